@@ -1,0 +1,1 @@
+"""The ``qmix`` command line: one small module per subcommand, all logic in the core."""

@@ -1,0 +1,48 @@
+"""The ``qmix`` Typer application."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from qmix_cli import __version__
+from qmix_cli.cli import audit, corrupt, demo, evaluate, show, train
+from qmix_cli.cli.common import State
+
+app = typer.Typer(
+    name="qmix",
+    help="Find wrong labels and unreadable images in image datasets with QMix.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode="rich",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"qmix {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    ctx: typer.Context,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print nothing but errors and requested output.")
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks with errors.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
+    ctx.obj = State(quiet=quiet, verbose=verbose)
+
+
+for module in (corrupt, train, audit, evaluate, show, demo):
+    module.register(app)
+
+
+def main() -> None:
+    app()

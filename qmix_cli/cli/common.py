@@ -1,0 +1,68 @@
+"""What every subcommand shares: global state, consoles, and turning errors into one line."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import click
+import typer
+from rich.console import Console
+
+from qmix_cli.errors import QmixError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass
+class State:
+    quiet: bool = False
+    verbose: bool = False
+
+    @property
+    def err(self) -> Console:
+        # Human-facing output goes to stderr so that stdout stays clean for pipes (`--out -`).
+        return Console(stderr=True, quiet=self.quiet)
+
+
+def state() -> State:
+    ctx = click.get_current_context(silent=True)
+    obj = ctx.find_root().obj if ctx else None
+    return obj if isinstance(obj, State) else State()
+
+
+def fail(message: str) -> None:
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def guarded(fn: F) -> F:
+    """Run a command so that any failure is one styled line on stderr and exit code 1.
+
+    With ``--verbose`` the traceback is printed as well. Errors the user can fix are `QmixError`s; anything else
+    is reported as unexpected, still without a traceback unless asked.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        st = state()
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, click.exceptions.ClickException):
+            raise
+        except QmixError as e:
+            if st.verbose:
+                Console(stderr=True).print_exception()
+            fail(str(e))
+        except KeyboardInterrupt:
+            Console(stderr=True).print("[bold red]interrupted[/]")
+            raise typer.Exit(130) from None
+        except Exception as e:
+            if st.verbose:
+                Console(stderr=True).print_exception()
+            hint = "" if st.verbose else " (rerun with --verbose for the traceback)"
+            fail(f"unexpected {type(e).__name__}: {e}{hint}")
+
+    return wrapper  # type: ignore[return-value]

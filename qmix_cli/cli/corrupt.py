@@ -1,0 +1,88 @@
+"""``qmix corrupt``: a corrupted copy of a clean dataset, with the truth kept."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from qmix_cli.cli.common import guarded, state
+
+
+@guarded
+def corrupt_command(
+    src: Annotated[
+        str, typer.Argument(help="Clean dataset: ImageFolder dir, .csv/.parquet manifest, or built-in name.")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (must not exist unless --force).")],
+    preset: Annotated[
+        str | None,
+        typer.Option(help="Paper protocol: paper-15, paper-35, paper-45, paper-55 or paper-75."),
+    ] = None,
+    label_noise: Annotated[
+        str | None,
+        typer.Option(
+            help="none, symmetric (redraw over all classes), symmetric-exclusive (always another class; default), "
+            "pairflip, asymmetric (needs --class-map) or matrix:FILE (K×K, .npy/.csv/.json)."
+        ),
+    ] = None,
+    label_rate: Annotated[float | None, typer.Option(help="Label-noise rate on high-quality images [0.2].")] = None,
+    quality_rate: Annotated[
+        float | None, typer.Option(help="Fraction of images degraded to low quality [0.15].")
+    ] = None,
+    degradations: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma list of blur,motion,dark,bright,contrast,noise,jpeg,occlusion,haze,vignette or 'all'."
+        ),
+    ] = None,
+    severity: Annotated[str | None, typer.Option(help="Severity 1..5, or a range drawn per image [3-5].")] = None,
+    per_image: Annotated[int | None, typer.Option(help="Degradations composed on each low-quality image [1].")] = None,
+    lq_labels: Annotated[
+        str | None,
+        typer.Option(help="Labels of low-quality images: random (another class), prior or keep."),
+    ] = None,
+    class_map: Annotated[
+        str | None, typer.Option(help="Class→class map for asymmetric noise, e.g. 'cat=dog,truck=car'.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed; the same seed gives the same output [0].")] = None,
+    workers: Annotated[int | None, typer.Option(help="Threads (does not change the output).")] = None,
+    on_bad_image: Annotated[str, typer.Option(help="error or skip unreadable source images.")] = "error",
+    force: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
+) -> None:
+    """Corrupt a clean dataset with reproducible label noise and image degradations, keeping the truth."""
+    from qmix_cli.api import corrupt
+
+    st = state()
+    result = corrupt(
+        src,
+        out,
+        preset=preset,
+        label_noise=label_noise,
+        label_rate=label_rate,
+        quality_rate=quality_rate,
+        degradations=degradations,
+        severity=severity,
+        per_image=per_image,
+        lq_labels=lq_labels,
+        class_map=class_map,
+        seed=seed,
+        workers=workers,
+        on_bad_image=on_bad_image,
+        force=force,
+        console=st.err,
+        quiet=st.quiet,
+    )
+    counts = result.summary["counts"]
+    skipped = len(result.summary["skipped"])
+    st.err.print(
+        f"wrote {result.summary['num_images']} images to [bold]{out}[/]: {counts['clean']} clean, "
+        f"{counts['mislabeled_hq']} mislabeled (high quality), {counts['mislabeled_lq']} low quality"
+        + (f"; skipped {skipped} unreadable source images" if skipped else ""),
+        highlight=False,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("corrupt")(corrupt_command)

@@ -1,0 +1,95 @@
+"""``qmix train``: train qmix, dividemix or ce on a (noisy) dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+
+from qmix_cli.cli.common import guarded, state
+from qmix_cli.errors import ConfigError
+
+
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """``["lambda_con=0", "hflip=false"]`` → typed values (YAML scalars)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects KEY=VALUE (got {item!r})")
+        out[key.strip().replace("-", "_")] = yaml.safe_load(value)
+    return out
+
+
+@guarded
+def train_command(
+    data: Annotated[
+        str,
+        typer.Argument(help="Training data: ImageFolder dir, .csv/.parquet manifest, corrupt output, built-in."),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory for config, metrics, checkpoints and model.")],
+    method: Annotated[str | None, typer.Option(help="qmix, dividemix or ce [qmix].")] = None,
+    model: Annotated[str | None, typer.Option(help="Any timm model name [resnet18].")] = None,
+    pretrained: Annotated[
+        bool | None,
+        typer.Option("--pretrained/--no-pretrained", help="Start from timm's pretrained weights (online)."),
+    ] = None,
+    weights: Annotated[
+        Path | None, typer.Option(help="Local weights file for the backbone (offline --pretrained).")
+    ] = None,
+    img_size: Annotated[int | None, typer.Option(help="Training image size in pixels [224].")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Total epochs, warm-up included [30].")] = None,
+    warmup_epochs: Annotated[int | None, typer.Option(help="Cross-entropy warm-up epochs [10].")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size [64].")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate (SGD, momentum 0.9) [0.02].")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N [auto].")] = None,
+    amp: Annotated[
+        bool | None,
+        typer.Option("--amp/--no-amp", help="Mixed precision on CUDA (bf16 where supported) [on]."),
+    ] = None,
+    compile: Annotated[
+        bool | None, typer.Option("--compile/--no-compile", help="torch.compile the nets [off].")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="DataLoader workers for caches too big to keep in memory [0].")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed [0].")] = None,
+    hflip: Annotated[
+        bool | None,
+        typer.Option("--hflip/--no-hflip", help="Horizontal flips in the views (off for text, digits) [on]."),
+    ] = None,
+    val: Annotated[
+        str | None, typer.Option(help="Clean labelled data to report accuracy on after every epoch.")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="YAML file of options; flags override it.")
+    ] = None,
+    set_: Annotated[
+        list[str],
+        typer.Option("--set", help="Any config option as KEY=VALUE (e.g. lambda_con=0); repeatable."),
+    ] = [],  # noqa: B006
+    cache_dir: Annotated[Path | None, typer.Option(help="Where decoded images are cached [~/.cache/qmix].")] = None,
+    on_bad_image: Annotated[str | None, typer.Option(help="error or skip unreadable images [error].")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
+    force: Annotated[bool, typer.Option(help="Delete an existing --out and start over.")] = False,
+) -> None:
+    """Train QMix (or the dividemix / ce baselines) and save everything audit needs."""
+    from qmix_cli.api import train
+
+    st = state()
+    options: dict[str, Any] = {
+        "method": method, "model": model, "pretrained": pretrained, "weights": str(weights) if weights else None,
+        "img_size": img_size, "epochs": epochs, "warmup_epochs": warmup_epochs, "batch_size": batch_size, "lr": lr,
+        "device": device, "amp": amp, "compile": compile, "workers": workers, "seed": seed, "hflip": hflip,
+        "val": val, "cache_dir": str(cache_dir) if cache_dir else None, "on_bad_image": on_bad_image,
+    }  # fmt: skip
+    options.update(parse_sets(set_))
+    result = train(data, out, config=config, resume=resume, force=force, console=st.err, quiet=st.quiet, **options)
+    last = result.metrics[-1] if result.metrics else {}
+    st.err.print(f"run saved in [bold]{result.run_dir}[/] after {last.get('epoch', 0)} epochs", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_command)

@@ -1,0 +1,138 @@
+"""Typed training configuration.
+
+Precedence, lowest to highest: the dataclass defaults (METHOD.md), a ``--config FILE.yaml``, then flags given on
+the command line. The resolved config is written to ``RUN/config.yaml`` so that every run can be repeated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from qmix_cli.errors import ConfigError
+
+Method = Literal["qmix", "dividemix", "ce"]
+METHODS: tuple[str, ...] = ("qmix", "dividemix", "ce")
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run. Defaults follow METHOD.md; [default] choices are open to ablation."""
+
+    # What to train
+    method: Method = "qmix"
+    model: str = "resnet18"
+    pretrained: bool = False
+    weights: str | None = None
+    img_size: int = 224
+    channels: Literal["auto", 1, 3] = "auto"
+    proj_dim: int = 128
+
+    # Optimisation
+    epochs: int = 30
+    warmup_epochs: int = 10
+    batch_size: int = 64
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    seed: int = 0
+
+    # Views
+    hflip: bool = True
+    rotation: float = 15.0
+
+    # Separation (METHOD.md "Sample separation")
+    gmm_components: int = 3
+    gmm_reg_covar: float = 5e-4
+    gmm_max_iter: int = 20
+    gmm_tol: float = 1e-2
+    uncertainty: Literal["entropy", "collision"] = "entropy"
+    smooth_epochs: int = 1
+    p_threshold: float = 0.5
+
+    # Semi-supervised training
+    temperature: float = 0.5
+    mixup_alpha: float = 4.0
+    lambda_u: float = 25.0
+    rampup_epochs: int = 16
+    mislq_weight: float = 0.5
+    lambda_con: float = 0.1
+    con_temperature: float = 0.1
+    prior: Literal["uniform", "class"] = "uniform"
+
+    # Machinery
+    device: str = "auto"
+    amp: bool = True
+    compile: bool = False
+    workers: int = 0
+    eval_batch_size: int = 256
+    on_bad_image: Literal["error", "skip"] = "error"
+    cache_dir: str | None = None
+    val: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> TrainConfig:
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        positive = ("epochs", "batch_size", "img_size", "eval_batch_size", "gmm_components", "smooth_epochs")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise ConfigError(f"warmup-epochs must be between 0 and epochs ({self.epochs})")
+        if self.lr <= 0:
+            raise ConfigError("lr must be positive")
+        if self.gmm_components < 3 and self.method == "qmix":
+            raise ConfigError("qmix needs gmm-components >= 3 (Correct, Mis-H, Mis-L)")
+        if self.channels not in ("auto", 1, 3):
+            raise ConfigError("channels must be auto, 1 or 3")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def field_names() -> set[str]:
+    return {f.name for f in fields(TrainConfig)}
+
+
+def config_from_dict(values: dict[str, Any], *, base: TrainConfig | None = None) -> TrainConfig:
+    """Overlay ``values`` (keys may use ``-`` or ``_``) on ``base``; unknown keys are an error, not ignored."""
+    normalised = {str(k).replace("-", "_"): v for k, v in values.items()}
+    unknown = sorted(set(normalised) - field_names())
+    if unknown:
+        raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
+    return dataclasses.replace(base or TrainConfig(), **normalised).validate()
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of option: value")
+    return data
+
+
+def resolve_config(*, config_file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults < config file < explicit overrides (``None`` values in ``overrides`` mean "not given")."""
+    cfg = TrainConfig()
+    if config_file is not None:
+        cfg = config_from_dict(load_config_file(config_file), base=cfg)
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    return config_from_dict(given, base=cfg)
+
+
+def dump_config(cfg: TrainConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

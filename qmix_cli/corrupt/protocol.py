@@ -1,0 +1,262 @@
+"""The mixed-noise protocol of ``qmix corrupt`` (METHOD.md "Noise protocol").
+
+1. A fixed fraction of images (``quality_rate``) is degraded into low-quality (LQ) images; their labels follow
+   ``lq_labels`` (``random``: uniform over the other classes, ``prior``: drawn from the class frequencies,
+   ``keep``). LQ images count as mislabeled whatever label they carry (category ``mislabeled_lq``).
+2. The labels of the remaining high-quality (HQ) images pass through a label-noise transition matrix.
+
+Every random choice comes from ``seed``: the global ones (which images, which labels) from one generator, and
+each image's degradation from its own generator seeded by ``(seed, index)``, so the output is identical whatever
+the number of worker threads.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from qmix_cli import __version__
+from qmix_cli.corrupt.degrade import degrade, parse_degradations
+from qmix_cli.corrupt.label_noise import (
+    apply_transition,
+    load_matrix,
+    parse_class_map,
+    realised_matrix,
+    transition_matrix,
+)
+from qmix_cli.data.images import default_workers, to_array
+from qmix_cli.data.manifest import Dataset
+from qmix_cli.errors import ConfigError
+from qmix_cli.io import atomic_dir
+from qmix_cli.progress import Reporter, SilentReporter
+
+LQ_LABEL_RULES = ("random", "prior", "keep")
+
+
+@dataclass(frozen=True)
+class CorruptSpec:
+    """Options of ``qmix corrupt``; see `PRESETS` for the paper's protocol."""
+
+    label_noise: str = "symmetric-exclusive"
+    label_rate: float = 0.2
+    quality_rate: float = 0.15
+    degradations: str = "all"
+    severity: str = "3-5"
+    per_image: int = 1
+    lq_labels: str = "random"
+    class_map: str | None = None
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def severity_range(self) -> tuple[int, int]:
+        text = str(self.severity)
+        try:
+            lo, hi = (int(v) for v in text.split("-", 1)) if "-" in text else (int(text), int(text))
+        except ValueError:
+            raise ConfigError(f"severity must be 1..5 or a range like 3-5 (got {text!r})") from None
+        if not 1 <= lo <= hi <= 5:
+            raise ConfigError(f"severity must be within 1..5 (got {text!r})")
+        return lo, hi
+
+    def validate(self) -> CorruptSpec:
+        for name in ("label_rate", "quality_rate"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"{name.replace('_', '-')} must be between 0 and 1 (got {value})")
+        if self.lq_labels not in LQ_LABEL_RULES:
+            raise ConfigError(f"lq-labels must be one of {', '.join(LQ_LABEL_RULES)} (got {self.lq_labels!r})")
+        if self.per_image < 1:
+            raise ConfigError("per-image must be at least 1")
+        self.severity_range()
+        parse_degradations(self.degradations)
+        return self
+
+
+# The paper's DDR protocol: 20 % label noise on good images, 15-75 % data noise (strongly degraded images with
+# random labels).
+PRESETS: dict[str, CorruptSpec] = {
+    f"paper-{q}": CorruptSpec(label_rate=0.2, quality_rate=q / 100, severity="4-5", lq_labels="random")
+    for q in (15, 35, 45, 55, 75)
+}
+
+
+def resolve_spec(preset: str | None, **given: Any) -> CorruptSpec:
+    """Defaults < preset < options given explicitly (``None`` = not given)."""
+    if preset is not None and preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    base = PRESETS[preset] if preset else CorruptSpec()
+    return replace(base, **{k: v for k, v in given.items() if v is not None}).validate()
+
+
+@dataclass(frozen=True)
+class CorruptResult:
+    out: Path
+    manifest: pd.DataFrame
+    summary: dict[str, Any]
+
+
+def _transition(spec: CorruptSpec, classes: Sequence[str]) -> np.ndarray:
+    k = len(classes)
+    if spec.label_noise.startswith("matrix:"):
+        return load_matrix(spec.label_noise.split(":", 1)[1], num_classes=k)
+    mapping = parse_class_map(spec.class_map, classes=classes) if spec.class_map else None
+    return transition_matrix(spec.label_noise, num_classes=k, rate=spec.label_rate, mapping=mapping)
+
+
+def _lq_labels(true: np.ndarray, rule: str, prior: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    k = len(prior)
+    if rule == "keep":
+        return true.copy()
+    if rule == "prior":
+        return rng.choice(k, size=len(true), p=prior)
+    # Uniform over the other classes: shift by 1..K-1.
+    return (true + rng.integers(1, k, size=len(true))) % k
+
+
+def plan_corruption(labels: np.ndarray, *, classes: Sequence[str], spec: CorruptSpec) -> pd.DataFrame:
+    """Decide every image's fate (pure: no I/O). Returns one row per image, in input order."""
+    k, n = len(classes), len(labels)
+    rng = np.random.default_rng(spec.seed)
+    names = parse_degradations(spec.degradations)
+    lo, hi = spec.severity_range()
+
+    n_lq = round(spec.quality_rate * n)
+    is_lq = np.zeros(n, dtype=bool)
+    is_lq[rng.choice(n, size=n_lq, replace=False)] = True
+    noisy = labels.copy()
+    hq = ~is_lq
+    noisy[hq] = apply_transition(labels[hq], _transition(spec, classes), rng=rng)
+    prior = np.bincount(labels, minlength=k) / n
+    noisy[is_lq] = _lq_labels(labels[is_lq], spec.lq_labels, prior, rng)
+
+    picks = [rng.choice(len(names), size=spec.per_image, replace=spec.per_image > len(names)) for _ in range(n_lq)]
+    degradation = np.full(n, "", dtype=object)
+    degradation[is_lq] = ["+".join(names[j] for j in p) for p in picks]
+    severity = np.zeros(n, dtype=np.int8)
+    severity[is_lq] = rng.integers(lo, hi + 1, size=n_lq)
+
+    category = np.where(is_lq, "mislabeled_lq", np.where(noisy != labels, "mislabeled_hq", "clean"))
+    return pd.DataFrame(
+        {
+            "label": np.asarray(classes, dtype=object)[noisy],
+            "true_label": np.asarray(classes, dtype=object)[labels],
+            "is_label_noisy": noisy != labels,
+            "is_low_quality": is_lq,
+            "degradation": degradation,
+            "severity": severity,
+            "category": category,
+        }
+    )
+
+
+def _out_name(i: int, src_rel: str, *, degraded: bool) -> str:
+    rel = Path(src_rel)
+    if rel.is_absolute() or ".." in rel.parts:
+        rel = Path(f"{i:07d}_{rel.name}")
+    # Degraded images are re-encoded losslessly as PNG so that their damage is exactly what was planned.
+    return (Path("images") / (rel.with_suffix(".png") if degraded else rel)).as_posix()
+
+
+def _process_image(src: Path, dst: Path, *, names: list[str], severity: int, seed: int, index: int) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if not names:
+        shutil.copyfile(src, dst)
+        return
+    with Image.open(src) as img:
+        img.load()
+        gray = img.mode in {"1", "L", "LA", "I", "I;16", "F"}
+        arr = to_array(img, channels=1 if gray else 3)
+    rng = np.random.default_rng([seed, index])
+    out = degrade(arr[:, :, 0] if gray else arr, names=names, severity=severity, rng=rng)
+    Image.fromarray(out).save(dst, compress_level=1)
+
+
+def _check_paths(dataset: Dataset, out: Path) -> None:
+    src, dst = dataset.root.resolve(), out.resolve()
+    if dst == src or src in dst.parents:
+        raise ConfigError(f"--out {out} is inside the source dataset {dataset.root}; choose a folder outside it")
+    if dst in src.parents:
+        raise ConfigError(f"--out {out} contains the source dataset; choose another folder")
+
+
+def corrupt_dataset(
+    dataset: Dataset,
+    out: str | Path,
+    *,
+    spec: CorruptSpec,
+    force: bool = False,
+    workers: int | None = None,
+    reporter: Reporter | None = None,
+) -> CorruptResult:
+    """Write a corrupted copy of ``dataset`` to ``out`` with its ground truth; the source is only read."""
+    out = Path(out)
+    reporter = reporter or SilentReporter()
+    _check_paths(dataset, out)
+    spec.validate()
+    classes = list(dataset.classes)
+    plan = plan_corruption(dataset.labels, classes=classes, spec=spec)
+    src_paths = dataset.abs_paths
+    rel_out = [
+        _out_name(i, p, degraded=bool(lq))
+        for i, (p, lq) in enumerate(zip(dataset.frame["path"], plan["is_low_quality"], strict=True))
+    ]
+    with atomic_dir(out, force=force) as tmp:
+        advance = reporter.task("corrupting", len(plan))
+
+        def work(i: int) -> None:
+            names = plan.at[i, "degradation"].split("+") if plan.at[i, "is_low_quality"] else []
+            _process_image(
+                src_paths[i],
+                tmp / rel_out[i],
+                names=names,
+                severity=int(plan.at[i, "severity"]),
+                seed=spec.seed,
+                index=i,
+            )
+
+        with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
+            for _ in pool.map(work, range(len(plan)), chunksize=16):
+                advance(1)
+
+        manifest = pd.concat(
+            [pd.DataFrame({"sample_id": dataset.frame["sample_id"].to_numpy(), "path": rel_out}), plan],
+            axis=1,
+        )
+        manifest.to_parquet(tmp / "manifest.parquet", index=False)
+        summary = _summary(dataset, manifest, spec, classes)
+        (tmp / "noise.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    return CorruptResult(out=out, manifest=manifest, summary=summary)
+
+
+def _summary(dataset: Dataset, manifest: pd.DataFrame, spec: CorruptSpec, classes: list[str]) -> dict[str, Any]:
+    index = {c: i for i, c in enumerate(classes)}
+    hq = ~manifest["is_low_quality"].to_numpy()
+    true = manifest["true_label"].map(index).to_numpy()
+    noisy = manifest["label"].map(index).to_numpy()
+    n = len(manifest)
+    return {
+        "tool_version": __version__,
+        "source": dataset.source,
+        "options": asdict(spec),
+        "seed": spec.seed,
+        "classes": classes,
+        "num_images": n,
+        "counts": {c: int((manifest["category"] == c).sum()) for c in ("clean", "mislabeled_hq", "mislabeled_lq")},
+        "requested_transition_matrix": _transition(spec, classes).round(6).tolist(),
+        "realised_transition_matrix": realised_matrix(true[hq], noisy[hq], num_classes=len(classes)).round(6).tolist(),
+        "realised_label_noise_rate_hq": float((true[hq] != noisy[hq]).mean()) if hq.any() else 0.0,
+        "realised_quality_rate": float((~hq).mean()),
+        "degradation_counts": {
+            k: int(v) for k, v in manifest.loc[~hq, "degradation"].value_counts().sort_index().items()
+        },
+        "skipped": dataset.skipped.to_dict(orient="records"),
+    }

@@ -1,0 +1,92 @@
+"""Built-in datasets, materialised once as ImageFolder PNGs in the cache directory.
+
+* ``digits``: scikit-learn's 1,797 handwritten digits (8×8, 17 grey levels), upscaled to 32×32 so that the
+  degradations of ``qmix corrupt`` (blur, JPEG, occlusion, ...) have pixels to act on.
+* ``fashion-mnist`` / ``fashion-mnist:test``: the 60,000 / 10,000 images of the Debian package
+  ``dataset-fashion-mnist``, which ships the original idx files.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from qmix_cli.errors import DataError
+from qmix_cli.io import atomic_dir
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = (
+    "t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot",
+)  # fmt: skip
+DIGITS_SIZE = 32
+
+
+def default_cache_dir() -> Path:
+    """``$QMIX_CACHE_DIR``, else ``$XDG_CACHE_HOME/qmix``, else ``~/.cache/qmix``."""
+    if env := os.environ.get("QMIX_CACHE_DIR"):
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "qmix"
+
+
+def _load_digits() -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = (bunch.images / 16.0 * 255.0).round().astype(np.uint8)
+    big = np.stack(
+        [np.asarray(Image.fromarray(im).resize((DIGITS_SIZE, DIGITS_SIZE), Image.Resampling.BICUBIC)) for im in images]
+    )
+    return big, bunch.target.astype(np.int64), tuple(str(i) for i in range(10))
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _load_fashion_mnist(split: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    prefix = "train" if split == "train" else "t10k"
+    images_path = FASHION_MNIST_DIR / f"{prefix}-images-idx3-ubyte.gz"
+    labels_path = FASHION_MNIST_DIR / f"{prefix}-labels-idx1-ubyte.gz"
+    if not images_path.is_file() or not labels_path.is_file():
+        raise DataError(
+            "fashion-mnist is not installed; install it with: "
+            "sudo apt-get install dataset-fashion-mnist (Debian/Ubuntu)"
+        )
+    return _read_idx(images_path), _read_idx(labels_path).astype(np.int64), FASHION_MNIST_CLASSES
+
+
+BUILTINS: dict[str, Callable[[], tuple[np.ndarray, np.ndarray, tuple[str, ...]]]] = {
+    "digits": _load_digits,
+    "fashion-mnist": lambda: _load_fashion_mnist("train"),
+    "fashion-mnist:test": lambda: _load_fashion_mnist("test"),
+}
+
+
+def is_builtin(name: str) -> bool:
+    return name in BUILTINS and not Path(name).exists()
+
+
+def materialise_builtin(name: str, *, cache_dir: str | Path | None = None) -> Path:
+    """Write a built-in dataset as ``<cache>/datasets/<name>/<class>/<index>.png`` once; return its root."""
+    root = Path(cache_dir or default_cache_dir()) / "datasets" / name.replace(":", "-")
+    if (root / ".complete").is_file():
+        return root
+    images, labels, classes = BUILTINS[name]()
+    with atomic_dir(root, force=True) as tmp:
+        for c in classes:
+            (tmp / c).mkdir()
+        width = len(str(len(images)))
+        for i, (img, y) in enumerate(zip(images, labels, strict=True)):
+            Image.fromarray(img).save(tmp / classes[y] / f"{i:0{width}d}.png", optimize=False, compress_level=1)
+        (tmp / ".complete").write_text("ok\n")
+    return root

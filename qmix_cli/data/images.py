@@ -1,0 +1,115 @@
+"""Decoding and validating images with Pillow.
+
+Every image is decoded fully once during validation: a truncated file often opens fine and only fails when its
+pixel data is read, so checking the header alone would let it through to training.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"})
+
+# Modes whose pixels carry no colour: they become one-channel images.
+GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What a scan learns about one file: ``error`` is None for a good image."""
+
+    error: str | None
+    mode: str = ""
+    size: tuple[int, int] = (0, 0)
+
+    @property
+    def is_gray(self) -> bool:
+        return self.mode in GRAY_MODES
+
+
+def default_workers() -> int:
+    """Threads for decoding: Pillow releases the GIL while decoding, so threads scale."""
+    return min(8, os.cpu_count() or 1)
+
+
+def inspect_image(path: str | Path) -> ImageInfo:
+    """Decode one image fully and describe it, or say why it cannot be used."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                return ImageInfo(error=None, mode=img.mode, size=img.size)
+    except FileNotFoundError:
+        return ImageInfo(error="file not found")
+    except IsADirectoryError:
+        return ImageInfo(error="is a directory")
+    except Image.UnidentifiedImageError:
+        return ImageInfo(error="not an image Pillow can read")
+    except (
+        OSError,
+        SyntaxError,
+        ValueError,
+        Image.DecompressionBombWarning,
+        Image.DecompressionBombError,
+    ) as e:
+        # Pillow reports truncated and corrupt data as OSError ("image file is truncated", "broken PNG file").
+        return ImageInfo(error=f"unreadable ({e})")
+
+
+def to_array(img: Image.Image, *, channels: int) -> np.ndarray:
+    """Convert a Pillow image to uint8 ``(H, W, channels)``, channels in {1, 3}."""
+    if img.mode in {"I", "I;16", "I;16B", "I;16L", "F"}:
+        # 16-bit and float images (common in medical imaging) are rescaled by their own range, not clipped.
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = np.zeros_like(arr) if hi <= lo else (arr - lo) / (hi - lo) * 255.0
+        img = Image.fromarray(arr.round().astype(np.uint8), mode="L")
+    target = "L" if channels == 1 else "RGB"
+    if img.mode != target:
+        img = img.convert(target)
+    arr = np.asarray(img, dtype=np.uint8)
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def read_image(path: str | Path, *, channels: int, size: int | None = None) -> np.ndarray:
+    """Decode an image to uint8 ``(H, W, channels)``, optionally resized to ``size × size`` (bilinear)."""
+    with Image.open(path) as img:
+        img.load()
+        if size is not None and img.size != (size, size):
+            if img.mode not in {"L", "RGB"}:
+                img = Image.fromarray(to_array(img, channels=channels).squeeze(-1 if channels == 1 else None))
+            img = img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+        return to_array(img, channels=channels)
+
+
+def scan_images(
+    paths: Sequence[str | Path],
+    *,
+    workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[ImageInfo]:
+    """Inspect every image in parallel threads; results are in the order of ``paths``."""
+    workers = workers or default_workers()
+    if workers <= 1 or len(paths) < 64:
+        out = []
+        for p in paths:
+            out.append(inspect_image(p))
+            if progress:
+                progress(1)
+        return out
+    results: list[ImageInfo] = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for info in pool.map(inspect_image, paths, chunksize=64):
+            results.append(info)
+            if progress:
+                progress(1)
+    return results

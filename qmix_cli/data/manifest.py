@@ -1,0 +1,263 @@
+"""Manifests: one row per image with ``sample_id``, ``path`` and ``label``.
+
+`create_dataset` accepts an ImageFolder directory, a CSV or Parquet manifest, a directory holding a
+``manifest.parquet`` / ``manifest.csv`` (what ``qmix corrupt`` writes) or a built-in name, validates it, and
+returns a `Dataset`. Everything that can be wrong with user data is reported here, before any training starts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from qmix_cli.data.images import IMAGE_SUFFIXES, ImageInfo, scan_images
+from qmix_cli.errors import DataError, summarise_offenders
+from qmix_cli.progress import Reporter, SilentReporter
+
+REQUIRED_COLUMNS = ("path", "label")
+MANIFEST_NAMES = ("manifest.parquet", "manifest.csv")
+OnBadImage = Literal["error", "skip"]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A validated manifest.
+
+    Attributes
+    ----------
+    root
+        Directory that relative paths resolve against.
+    frame
+        One row per usable image: ``sample_id``, ``path`` (as given), ``label`` (str) and any extra columns of
+        the manifest (e.g. the truth columns written by ``qmix corrupt``). Index is 0..N-1.
+    classes
+        Sorted class names; ``labels`` index into it.
+    skipped
+        Rows left out with ``on_bad_image="skip"``: ``sample_id``, ``path``, ``reason``.
+    channels
+        1 when every image is grayscale, else 3 (0 when images were not inspected).
+    source
+        How the user named the dataset (recorded in run configs).
+    """
+
+    root: Path
+    frame: pd.DataFrame
+    classes: tuple[str, ...]
+    skipped: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["sample_id", "path", "reason"]))
+    channels: int = 0
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Given labels as int64 indices into ``classes``, shape (N,)."""
+        index = {c: i for i, c in enumerate(self.classes)}
+        return self.frame["label"].map(index).to_numpy(dtype=np.int64)
+
+    @property
+    def abs_paths(self) -> list[Path]:
+        return [resolve_path(self.root, p) for p in self.frame["path"]]
+
+    @property
+    def sample_ids(self) -> list[str]:
+        return self.frame["sample_id"].tolist()
+
+    def has_truth(self) -> bool:
+        return {"category", "true_label"} <= set(self.frame.columns)
+
+
+def resolve_path(root: Path, path: str) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() else root / p
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    try:
+        if path.suffix.lower() == ".csv":
+            return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+        return pd.read_parquet(path)
+    except FileNotFoundError:
+        raise DataError(f"manifest not found: {path}") from None
+    except Exception as e:  # pandas/pyarrow raise many types for malformed files
+        raise DataError(f"cannot read manifest {path}: {e}") from None
+
+
+def _scan_image_folder(root: Path) -> pd.DataFrame:
+    rows = []
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for dirpath, dirnames, filenames in os.walk(class_dir):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(filenames):
+                if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_SUFFIXES:
+                    continue
+                rel = Path(dirpath, name).relative_to(root).as_posix()
+                rows.append((rel, rel, class_dir.name))
+    return pd.DataFrame(rows, columns=["sample_id", "path", "label"])
+
+
+def read_manifest(source: str | Path) -> tuple[pd.DataFrame, Path]:
+    """Read a manifest or ImageFolder without touching the images; returns the raw frame and its root."""
+    path = Path(source)
+    if path.is_dir():
+        for name in MANIFEST_NAMES:
+            if (path / name).is_file():
+                return _read_table(path / name), path
+        return _scan_image_folder(path), path
+    if path.suffix.lower() in {".csv", ".parquet", ".pq"}:
+        return _read_table(path), path.parent
+    if not path.exists():
+        raise DataError(
+            f"dataset not found: {source} (expected a directory, a .csv/.parquet manifest or a built-in name)"
+        )
+    raise DataError(f"cannot read {source}: expected an ImageFolder directory or a .csv/.parquet manifest")
+
+
+def _check_columns(frame: pd.DataFrame, source: str) -> pd.DataFrame:
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        raise DataError(
+            f"{source}: missing column(s) {', '.join(missing)}; a manifest needs 'path' and 'label' "
+            f"(and optionally 'sample_id'); found: {', '.join(map(str, frame.columns)) or 'none'}"
+        )
+    frame = frame.reset_index(drop=True).copy()
+    if "sample_id" not in frame.columns:
+        frame.insert(0, "sample_id", frame["path"])
+    for col in ("sample_id", "path", "label"):
+        empty = frame[col].isna() | (frame[col].astype(str).str.strip() == "")
+        if empty.any():
+            rows = [f"row {i + 1}" for i in np.flatnonzero(empty.to_numpy())]
+            raise DataError(summarise_offenders(f"rows with an empty '{col}' in {source}", rows))
+        frame[col] = frame[col].astype(str)
+    dup = frame["sample_id"].duplicated(keep=False)
+    if dup.any():
+        ids = list(dict.fromkeys(frame.loc[dup, "sample_id"]))
+        raise DataError(summarise_offenders(f"duplicate sample_ids in {source}", ids))
+    return frame
+
+
+def _check_inside_root(frame: pd.DataFrame, root: Path, source: str) -> None:
+    # Relative paths must stay under the root: "../../etc/passwd" in a shared manifest is refused. The check
+    # is lexical (normpath), so symlinks placed inside the root by the user still work.
+    root_norm = os.path.normpath(os.path.abspath(root))
+    bad = []
+    for sid, p in zip(frame["sample_id"], frame["path"], strict=True):
+        if os.path.isabs(p):
+            continue
+        full = os.path.normpath(os.path.join(root_norm, p))
+        if os.path.commonpath([root_norm, full]) != root_norm:
+            bad.append(f"{sid} ({p})")
+    if bad:
+        raise DataError(summarise_offenders(f"paths escaping the dataset root {root} in {source}", bad))
+
+
+def _check_images(
+    frame: pd.DataFrame,
+    root: Path,
+    *,
+    on_bad_image: OnBadImage,
+    workers: int | None,
+    reporter: Reporter,
+) -> tuple[pd.DataFrame, pd.DataFrame, list[ImageInfo]]:
+    advance = reporter.task("checking images", len(frame))
+    infos = scan_images([resolve_path(root, p) for p in frame["path"]], workers=workers, progress=advance)
+    bad = np.array([info.error is not None for info in infos], dtype=bool)
+    skipped = pd.DataFrame(
+        {
+            "sample_id": frame.loc[bad, "sample_id"].to_numpy(),
+            "path": frame.loc[bad, "path"].to_numpy(),
+            "reason": [info.error for info in infos if info.error is not None],
+        }
+    )
+    if bad.any() and on_bad_image == "error":
+        offenders = [f"{r.path}: {r.reason}" for r in skipped.itertuples()]
+        raise DataError(summarise_offenders("bad images", offenders) + " (pass --on-bad-image skip to leave them out)")
+    good = [info for info, b in zip(infos, bad, strict=True) if not b]
+    return frame.loc[~bad].reset_index(drop=True), skipped, good
+
+
+def create_dataset(
+    source: str | Path,
+    *,
+    on_bad_image: OnBadImage = "error",
+    check_images: bool = True,
+    classes: Sequence[str] | None = None,
+    min_classes: int = 2,
+    cache_dir: str | Path | None = None,
+    workers: int | None = None,
+    reporter: Reporter | None = None,
+) -> Dataset:
+    """Load and validate a dataset.
+
+    Parameters
+    ----------
+    source
+        An ImageFolder directory, a ``.csv``/``.parquet`` manifest, a directory containing ``manifest.parquet``
+        or ``manifest.csv``, or a built-in name (``digits``, ``fashion-mnist``, ``fashion-mnist:test``).
+    on_bad_image
+        ``"error"`` stops at missing, unreadable or truncated images; ``"skip"`` leaves them out and lists them
+        in ``Dataset.skipped``.
+    check_images
+        Decode every image once to validate it (and to learn whether all are grayscale).
+    classes
+        The class list to use (e.g. a trained run's). Labels outside it are an error. By default the sorted
+        distinct labels.
+    min_classes
+        Fewest distinct labels accepted (training needs 2).
+    cache_dir
+        Where built-in datasets are materialised (default: `default_cache_dir`).
+    workers
+        Decoding threads.
+    reporter
+        Receives progress (a bar while images are checked).
+    """
+    from qmix_cli.data.builtin import is_builtin, materialise_builtin
+
+    name = str(source)
+    if is_builtin(name):
+        source = materialise_builtin(name, cache_dir=cache_dir)
+    raw, root = read_manifest(source)
+    frame = _check_columns(raw, name)
+    if frame.empty:
+        raise DataError(f"{name}: the dataset is empty (no images found)")
+    _check_inside_root(frame, root, name)
+
+    if classes is not None:
+        classes = tuple(str(c) for c in classes)
+        unknown = sorted(set(frame["label"]) - set(classes))
+        if unknown:
+            raise DataError(
+                summarise_offenders(f"unknown labels in {name} (not among the {len(classes)} known classes)", unknown)
+            )
+
+    skipped = pd.DataFrame(columns=["sample_id", "path", "reason"])
+    channels = 0
+    if check_images:
+        frame, skipped, infos = _check_images(
+            frame, root, on_bad_image=on_bad_image, workers=workers, reporter=reporter or SilentReporter()
+        )
+        if frame.empty:
+            raise DataError(f"{name}: no usable images left after skipping {len(skipped)} bad ones")
+        channels = 1 if all(info.is_gray for info in infos) else 3
+
+    present = sorted(set(frame["label"]))
+    if len(present) < min_classes:
+        raise DataError(
+            f"{name}: found {len(present)} class ({', '.join(present)}); at least {min_classes} are needed "
+            "to tell wrong labels from right ones"
+        )
+    return Dataset(
+        root=Path(root),
+        frame=frame,
+        classes=classes if classes is not None else tuple(present),
+        skipped=skipped,
+        channels=channels,
+        source=name,
+    )

@@ -1,0 +1,112 @@
+"""Views of a batch, computed batch-wise on the training device.
+
+Images arrive as uint8 (B, C, H, W) tensors already at the training size. Each view is one affine resampling
+(flip, rotation, zoom, shift composed into a single 2×3 matrix per image) plus, for strong views, colour jitter
+and random grayscale: no per-image Python, and on a GPU the work stays on the GPU. Random parameters are drawn
+on the CPU from an explicit `torch.Generator`, so a run is reproducible whatever the device.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """Strength of one kind of view. ``zoom`` is the range of the crop's side as a fraction of the image."""
+
+    hflip: bool = True
+    rotation: float = 15.0
+    shift: float = 0.125
+    zoom: tuple[float, float] = (1.0, 1.0)
+    jitter: float = 0.0
+    grayscale_p: float = 0.0
+
+
+def weak_spec(*, hflip: bool, rotation: float) -> ViewSpec:
+    return ViewSpec(hflip=hflip, rotation=rotation, shift=0.125)
+
+
+def strong_spec(*, hflip: bool, rotation: float) -> ViewSpec:
+    # Strong = weak geometry plus a random resized crop, colour jitter and grayscale (METHOD.md).
+    return ViewSpec(hflip=hflip, rotation=rotation, shift=0.125, zoom=(0.7, 1.0), jitter=0.4, grayscale_p=0.2)
+
+
+@dataclass(frozen=True)
+class Normalise:
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        return (x - mean) / std
+
+
+def channel_stats(images, *, sample: int = 4096, seed: int = 0) -> Normalise:
+    """Per-channel mean and std of a uint8 (N, C, H, W) array, estimated on a fixed random subset."""
+    import numpy as np
+
+    n = len(images)
+    idx = np.sort(np.random.default_rng(seed).choice(n, size=min(n, sample), replace=False))
+    x = torch.from_numpy(np.asarray(images[idx])).float() / 255.0
+    mean = x.mean(dim=(0, 2, 3))
+    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return Normalise(tuple(mean.tolist()), tuple(std.tolist()))
+
+
+def _affine(batch: int, spec: ViewSpec, gen: torch.Generator) -> torch.Tensor:
+    u = torch.rand(batch, 6, generator=gen)
+    flip = torch.where(u[:, 0] < 0.5, -1.0, 1.0) if spec.hflip else torch.ones(batch)
+    angle = (u[:, 1] * 2 - 1) * math.radians(spec.rotation)
+    side = spec.zoom[0] + (spec.zoom[1] - spec.zoom[0]) * u[:, 2]
+    # The crop may move as far as it can while staying inside the image, plus the plain shift.
+    room = (1 - side) + spec.shift * 2
+    tx, ty = (u[:, 3] * 2 - 1) * room, (u[:, 4] * 2 - 1) * room
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.stack(
+        [
+            torch.stack([cos * side * flip, -sin * side, tx], dim=1),
+            torch.stack([sin * side * flip, cos * side, ty], dim=1),
+        ],
+        dim=1,
+    )
+    return theta
+
+
+def _colour(x: torch.Tensor, spec: ViewSpec, gen: torch.Generator) -> torch.Tensor:
+    b = x.shape[0]
+    u = torch.rand(b, 4, generator=gen).to(x.device, x.dtype)
+    j = spec.jitter
+    brightness = (1 + (u[:, 0] * 2 - 1) * j).view(b, 1, 1, 1)
+    contrast = (1 + (u[:, 1] * 2 - 1) * j).view(b, 1, 1, 1)
+    x = x * brightness
+    gray = x.mean(dim=1, keepdim=True)
+    x = (x - gray.mean(dim=(2, 3), keepdim=True)) * contrast + gray.mean(dim=(2, 3), keepdim=True)
+    if x.shape[1] == 3:
+        saturation = (1 + (u[:, 2] * 2 - 1) * j).view(b, 1, 1, 1)
+        gray = x.mean(dim=1, keepdim=True)
+        x = gray + (x - gray) * saturation
+        to_gray = (u[:, 3] < spec.grayscale_p).view(b, 1, 1, 1)
+        x = torch.where(to_gray, x.mean(dim=1, keepdim=True).expand_as(x), x)
+    return x.clamp(0, 1)
+
+
+def make_view(x: torch.Tensor, spec: ViewSpec, gen: torch.Generator, norm: Normalise) -> torch.Tensor:
+    """One random view of a uint8 batch (B, C, H, W), returned normalised as float32 on ``x``'s device."""
+    xf = x.float().div_(255.0)
+    theta = _affine(x.shape[0], spec, gen).to(x.device)
+    grid = F.affine_grid(theta, list(xf.shape), align_corners=False)
+    xf = F.grid_sample(xf, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if spec.jitter > 0:
+        xf = _colour(xf, spec, gen)
+    return norm(xf)
+
+
+def eval_view(x: torch.Tensor, norm: Normalise) -> torch.Tensor:
+    """The deterministic view used for separation and audit: just scaling and normalisation."""
+    return norm(x.float().div_(255.0))

@@ -1,0 +1,45 @@
+"""User-facing errors.
+
+Anything the user can fix (bad input, bad options, a run that cannot resume) raises a `QmixError`. The CLI turns
+it into one styled line and exit code 1; every other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class QmixError(Exception):
+    """An error the user can act on; its message is shown as is, without a traceback."""
+
+
+class DataError(QmixError):
+    """The dataset or manifest is unusable (missing files, bad columns, one class, ...)."""
+
+
+class ConfigError(QmixError):
+    """Options or a config file are invalid."""
+
+
+class TrainingError(QmixError):
+    """Training cannot go on (NaN loss, incompatible checkpoint, ...)."""
+
+
+def summarise_offenders(what: str, offenders: Sequence[str], *, total: int | None = None, show: int = 5) -> str:
+    """One message naming the first few offending items and how many there are in all.
+
+    Parameters
+    ----------
+    what
+        What is wrong, e.g. ``"unreadable images"``.
+    offenders
+        Human-readable descriptions of the offending rows, in dataset order.
+    total
+        Total number of offenders if ``offenders`` is a truncated list.
+    show
+        How many to spell out.
+    """
+    total = len(offenders) if total is None else total
+    head = "; ".join(offenders[:show])
+    more = f" (and {total - show} more)" if total > show else ""
+    return f"{total} {what}: {head}{more}"

@@ -1,0 +1,77 @@
+"""Atomic output: a reader never sees a half-written file or directory, and a failure leaves nothing behind."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from qmix_cli.errors import QmixError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it replaces ``path`` in one rename.
+
+    The temporary file lives in the same directory so that ``os.replace`` is atomic. On an exception the
+    temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (UTF-8)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def check_out_dir(out: str | Path, *, force: bool) -> Path:
+    """Refuse an existing, non-empty output directory unless ``force`` is set."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise QmixError(f"{out} exists and is not a directory")
+    if out.exists() and any(out.iterdir()) and not force:
+        raise QmixError(f"{out} already exists; choose another --out or pass --force to replace it")
+    return out
+
+
+@contextlib.contextmanager
+def atomic_dir(out: str | Path, *, force: bool = False) -> Iterator[Path]:
+    """Build a directory under a temporary name and move it to ``out`` only when the block succeeds.
+
+    With ``force`` an existing ``out`` is replaced, but only after the new one is complete: a failed run never
+    destroys the previous output.
+    """
+    out = check_out_dir(out, force=force).absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

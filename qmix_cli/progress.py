@@ -1,0 +1,82 @@
+"""Progress reporting: rich bars on a terminal, nothing (or plain lines) otherwise.
+
+The core takes a `Progress`-like object with ``task(description, total)`` returning an advance callback, so it
+never imports rich itself and stays silent when used as a library.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+
+class Reporter(Protocol):
+    def task(self, description: str, total: int) -> Callable[[int], None]: ...
+
+    def log(self, message: str) -> None: ...
+
+
+class SilentReporter:
+    """Reports nothing: the default for library calls."""
+
+    def task(self, description: str, total: int) -> Callable[[int], None]:
+        return lambda n=1: None
+
+    def log(self, message: str) -> None:
+        return None
+
+
+class RichReporter:
+    """Progress bars on a TTY; on a pipe or in CI only the plain ``log`` lines appear."""
+
+    def __init__(self, progress: Progress | None, console: Console) -> None:
+        self._progress = progress
+        self._console = console
+
+    def task(self, description: str, total: int) -> Callable[[int], None]:
+        if self._progress is None:
+            return lambda n=1: None
+        task_id = self._progress.add_task(description, total=total)
+
+        def advance(n: int = 1) -> None:
+            self._progress.advance(task_id, n)
+            if self._progress.tasks[task_id].finished:
+                self._progress.remove_task(task_id)
+
+        return advance
+
+    def log(self, message: str) -> None:
+        (self._progress.console if self._progress else self._console).print(message, highlight=False)
+
+
+@contextlib.contextmanager
+def reporter(console: Console, *, quiet: bool = False) -> Iterator[Reporter]:
+    """A reporter bound to ``console`` (stderr in the CLI); bars only when it is an interactive terminal."""
+    if quiet:
+        yield SilentReporter()
+        return
+    if not console.is_terminal:
+        yield RichReporter(None, console)
+        return
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as progress:
+        yield RichReporter(progress, console)
