@@ -51,8 +51,8 @@ def corrupt(
 
     Options left as ``None`` take the preset's value, else the defaults of `CorruptSpec`.
     """
-    from qmix_cli.corrupt.protocol import corrupt_dataset, resolve_spec
     from qmix_cli.data.manifest import create_dataset
+    from qmix_cli.noise.protocol import corrupt_dataset, resolve_spec
 
     spec = resolve_spec(
         preset,
@@ -110,3 +110,82 @@ def train(
         if len(dataset.skipped):
             rep.log(f"skipped {len(dataset.skipped)} unreadable images: {', '.join(dataset.skipped['path'][:5])}")
         return run_training(dataset, cfg, out, resume=resume, force=force, reporter=rep, on_epoch_end=on_epoch_end)
+
+
+def audit(
+    data: str | Path,
+    *,
+    run: str | Path,
+    out: str | Path | None = None,
+    fmt: str | None = None,
+    batch_size: int = 512,
+    tta: int = 0,
+    device: str = "auto",
+    on_bad_image: str = "error",
+    cache_dir: str | Path | None = None,
+    workers: int = 0,
+    console: Console | None = None,
+    quiet: bool = False,
+    stream=None,
+):
+    """Score every image of ``data`` with the run in ``run`` and write the report to ``out``.
+
+    ``data`` may be the training set or any labelled manifest with the run's classes. ``out`` is a path (format
+    from its suffix unless ``fmt`` is given), ``"-"`` for CSV/JSONL on stdout, or None to only return the table.
+    Returns the report as a `pandas.DataFrame` (rows sorted by ``sample_id``) and, in ``.attrs["pipe_closed"]``,
+    whether a downstream pipe closed early.
+    """
+    import pyarrow as pa
+
+    from qmix_cli.data.manifest import create_dataset
+    from qmix_cli.reporting.report import infer_format, open_report_writer
+    from qmix_cli.reporting.score import load_run, metadata_for, report_batches, score_dataset
+
+    if out is not None:
+        fmt = infer_format(str(out), fmt)
+    trained = load_run(run, device=device)
+    with _reporter(console, quiet) as rep:
+        dataset = create_dataset(
+            data,
+            classes=trained.classes,
+            min_classes=1,
+            on_bad_image=on_bad_image,  # type: ignore[arg-type]
+            cache_dir=cache_dir,
+            reporter=rep,
+        )
+        scores = score_dataset(
+            trained, dataset, batch_size=batch_size, tta=tta, cache_dir=cache_dir, workers=workers, reporter=rep
+        )
+        tables = []
+        pipe_closed = False
+        if out is None:
+            tables = list(report_batches(trained, dataset, scores))
+        else:
+            with open_report_writer(out, fmt=fmt, metadata=metadata_for(trained, dataset), stream=stream) as writer:
+                for table in report_batches(trained, dataset, scores):
+                    tables.append(table)
+                    writer.write(table)
+                    if writer.pipe_closed:
+                        pipe_closed = True
+                        break
+    frame = pa.concat_tables(tables).to_pandas() if tables else None
+    if frame is not None:
+        frame.attrs["pipe_closed"] = pipe_closed
+        frame.attrs["skipped"] = dataset.skipped
+    return frame
+
+
+def evaluate(report: str | Path, *, truth: str | Path) -> dict[str, Any]:
+    """Compare a report with the truth columns of a manifest written by ``qmix corrupt``; returns a JSON-able dict."""
+    from qmix_cli.data.manifest import read_manifest
+    from qmix_cli.errors import DataError
+    from qmix_cli.reporting.evaluate import evaluate_report
+    from qmix_cli.reporting.report import read_report
+
+    frame = read_report(report)
+    truth_frame, _ = read_manifest(truth)
+    if "category" not in truth_frame.columns:
+        raise DataError(f"{truth} has no truth columns (category); it must be a manifest written by qmix corrupt")
+    if "sample_id" not in truth_frame.columns:
+        truth_frame = truth_frame.assign(sample_id=truth_frame["path"])
+    return evaluate_report(report=frame, truth=truth_frame)

@@ -1,9 +1,61 @@
-"""``qmix audit``."""
+"""``qmix audit``: the per-image report."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.table import Table
+
+from qmix_cli.cli.common import guarded, state
+
+
+@guarded
+def audit_command(
+    ctx: typer.Context,
+    data: Annotated[
+        str, typer.Argument(help="Labelled data to audit: the training set or any manifest with the run's classes.")
+    ],
+    run: Annotated[Path, typer.Option("--run", "-r", help="Run directory written by qmix train.")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Report file (.parquet, .csv, .jsonl) or - for stdout.")],
+    format: Annotated[
+        str | None, typer.Option("--format", "-f", help="parquet, csv or jsonl [from the suffix; csv for -].")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 512,
+    tta: Annotated[int, typer.Option(help="Extra augmented views averaged into each prediction.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    on_bad_image: Annotated[str, typer.Option(help="error or skip unreadable images.")] = "error",
+    cache_dir: Annotated[Path | None, typer.Option(help="Where decoded images are cached.")] = None,
+    workers: Annotated[int, typer.Option(help="DataLoader workers for caches too big to keep in memory.")] = 0,
+) -> None:
+    """Write a report that says, for every image, clean / mislabeled_hq / mislabeled_lq and what to do."""
+    from qmix_cli.api import audit
+
+    st = state(ctx)
+    frame = audit(
+        data, run=run, out=out, fmt=format, batch_size=batch_size, tta=tta, device=device,
+        on_bad_image=on_bad_image, cache_dir=cache_dir, workers=workers, console=st.err, quiet=st.quiet,
+    )  # fmt: skip
+    if frame is None or frame.attrs.get("pipe_closed") or st.quiet:
+        return
+    counts = frame["category"].value_counts()
+    table = Table(title=f"audit of {len(frame)} images" + ("" if out == "-" else f" → {out}"), title_justify="left")
+    for col in ("category", "images", "share"):
+        table.add_column(col, justify="left" if col == "category" else "right")
+    for cat in ("clean", "mislabeled_hq", "mislabeled_lq"):
+        n = int(counts.get(cat, 0))
+        table.add_row(cat, str(n), f"{n / len(frame):.1%}")
+    st.err.print(table)
+    top = frame.sort_values("rank").head(5)
+    issues = Table(title="top issues", title_justify="left")
+    for col in ("rank", "sample_id", "given", "suggested", "category", "p_clean"):
+        issues.add_column(col)
+    for row in top.itertuples():
+        suggestion = row.suggested_label if isinstance(row.suggested_label, str) else "— (fix or drop image)"
+        issues.add_row(str(row.rank), row.sample_id, row.given_label, suggestion, row.category, f"{row.p_clean:.3f}")
+    st.err.print(issues)
 
 
 def register(app: typer.Typer) -> None:
-    return None
+    app.command("audit")(audit_command)

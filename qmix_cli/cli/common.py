@@ -7,7 +7,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import click
 import typer
 from rich.console import Console
 
@@ -27,9 +26,9 @@ class State:
         return Console(stderr=True, quiet=self.quiet)
 
 
-def state() -> State:
-    ctx = click.get_current_context(silent=True)
-    obj = ctx.find_root().obj if ctx else None
+def state(ctx: typer.Context | None) -> State:
+    """The global options, stored on the root context by the app's callback."""
+    obj = ctx.find_root().obj if ctx is not None else None
     return obj if isinstance(obj, State) else State()
 
 
@@ -42,15 +41,15 @@ def guarded(fn: F) -> F:
     """Run a command so that any failure is one styled line on stderr and exit code 1.
 
     With ``--verbose`` the traceback is printed as well. Errors the user can fix are `QmixError`s; anything else
-    is reported as unexpected, still without a traceback unless asked.
+    is reported as unexpected, still without a traceback unless asked. The command must take ``ctx``.
     """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        st = state()
+        st = state(kwargs.get("ctx"))
         try:
             return fn(*args, **kwargs)
-        except (typer.Exit, typer.Abort, click.exceptions.ClickException):
+        except (typer.Exit, typer.Abort):
             raise
         except QmixError as e:
             if st.verbose:

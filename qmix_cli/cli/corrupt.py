@@ -12,6 +12,7 @@ from qmix_cli.cli.common import guarded, state
 
 @guarded
 def corrupt_command(
+    ctx: typer.Context,
     src: Annotated[
         str, typer.Argument(help="Clean dataset: ImageFolder dir, .csv/.parquet manifest, or built-in name.")
     ],
@@ -54,7 +55,7 @@ def corrupt_command(
     """Corrupt a clean dataset with reproducible label noise and image degradations, keeping the truth."""
     from qmix_cli.api import corrupt
 
-    st = state()
+    st = state(ctx)
     result = corrupt(
         src,
         out,

@@ -1,9 +1,34 @@
-"""``qmix evaluate``."""
+"""``qmix evaluate``: a report against the truth."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.console import Console
+
+from qmix_cli.cli.common import guarded, state
+
+
+@guarded
+def evaluate_command(
+    ctx: typer.Context,
+    report: Annotated[Path, typer.Argument(help="Report written by qmix audit.")],
+    truth: Annotated[str, typer.Option("--truth", "-t", help="Manifest with truth columns (qmix corrupt output).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
+) -> None:
+    """Per-category precision, recall and F1, macro-F1, confusion matrix and ROC-AUCs of a report."""
+    from qmix_cli.api import evaluate
+    from qmix_cli.reporting.evaluate import render_evaluation
+
+    result = evaluate(report, truth=truth)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        render_evaluation(result, Console(quiet=state(ctx).quiet))
 
 
 def register(app: typer.Typer) -> None:
-    return None
+    app.command("evaluate")(evaluate_command)

@@ -25,6 +25,7 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
 
 @guarded
 def train_command(
+    ctx: typer.Context,
     data: Annotated[
         str,
         typer.Argument(help="Training data: ImageFolder dir, .csv/.parquet manifest, corrupt output, built-in."),
@@ -78,7 +79,7 @@ def train_command(
     """Train QMix (or the dividemix / ce baselines) and save everything audit needs."""
     from qmix_cli.api import train
 
-    st = state()
+    st = state(ctx)
     options: dict[str, Any] = {
         "method": method, "model": model, "pretrained": pretrained, "weights": str(weights) if weights else None,
         "img_size": img_size, "epochs": epochs, "warmup_epochs": warmup_epochs, "batch_size": batch_size, "lr": lr,

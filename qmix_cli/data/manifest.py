@@ -220,6 +220,8 @@ def create_dataset(
     """
     from qmix_cli.data.builtin import is_builtin, materialise_builtin
 
+    if on_bad_image not in ("error", "skip"):
+        raise DataError(f"on-bad-image must be 'error' or 'skip' (got {on_bad_image!r})")
     name = str(source)
     if is_builtin(name):
         source = materialise_builtin(name, cache_dir=cache_dir)

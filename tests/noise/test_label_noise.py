@@ -1,4 +1,4 @@
-"""Tests for qmix_cli.corrupt.label_noise: transition matrices, sampling, matrix files and class maps."""
+"""Tests for qmix_cli.noise.label_noise: transition matrices, sampling, matrix files and class maps."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from qmix_cli.corrupt.label_noise import (
+from qmix_cli.errors import ConfigError
+from qmix_cli.noise.label_noise import (
     NOISE_KINDS,
     apply_transition,
     load_matrix,
@@ -17,7 +18,6 @@ from qmix_cli.corrupt.label_noise import (
     transition_matrix,
     validate_matrix,
 )
-from qmix_cli.errors import ConfigError
 
 K = 4
 RATE = 0.4

@@ -1,4 +1,4 @@
-"""Tests for qmix_cli.corrupt.degrade on real images: scikit-learn digits and scikit-image's fundus photo."""
+"""Tests for qmix_cli.noise.degrade on real images: scikit-learn digits and scikit-image's fundus photo."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from scipy import ndimage
 from skimage import data as skdata
 from sklearn.datasets import load_digits
 
-from qmix_cli.corrupt.degrade import DEGRADATIONS, degrade, parse_degradations
 from qmix_cli.errors import ConfigError
+from qmix_cli.noise.degrade import DEGRADATIONS, degrade, parse_degradations
 
 SEVERITIES = (1, 2, 3, 4, 5)
 

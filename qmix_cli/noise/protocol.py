@@ -25,18 +25,18 @@ import pandas as pd
 from PIL import Image
 
 from qmix_cli import __version__
-from qmix_cli.corrupt.degrade import degrade, parse_degradations
-from qmix_cli.corrupt.label_noise import (
+from qmix_cli.data.images import default_workers, to_array
+from qmix_cli.data.manifest import Dataset
+from qmix_cli.errors import ConfigError
+from qmix_cli.io import atomic_dir
+from qmix_cli.noise.degrade import degrade, parse_degradations
+from qmix_cli.noise.label_noise import (
     apply_transition,
     load_matrix,
     parse_class_map,
     realised_matrix,
     transition_matrix,
 )
-from qmix_cli.data.images import default_workers, to_array
-from qmix_cli.data.manifest import Dataset
-from qmix_cli.errors import ConfigError
-from qmix_cli.io import atomic_dir
 from qmix_cli.progress import Reporter, SilentReporter
 
 LQ_LABEL_RULES = ("random", "prior", "keep")
@@ -159,11 +159,11 @@ def plan_corruption(labels: np.ndarray, *, classes: Sequence[str], spec: Corrupt
 
 
 def _out_name(i: int, src_rel: str, *, degraded: bool) -> str:
-    rel = Path(src_rel)
-    if rel.is_absolute() or ".." in rel.parts:
-        rel = Path(f"{i:07d}_{rel.name}")
-    # Degraded images are re-encoded losslessly as PNG so that their damage is exactly what was planned.
-    return (Path("images") / (rel.with_suffix(".png") if degraded else rel)).as_posix()
+    """``images/<index>.<ext>``: unique by construction, and the file name does not give the true class away
+    (the source's ``sample_id`` stays in the manifest for traceability). Degraded images are re-encoded
+    losslessly as PNG so that their damage is exactly what was planned."""
+    suffix = ".png" if degraded else Path(src_rel).suffix.lower()
+    return f"images/{i:07d}{suffix}"
 
 
 def _process_image(src: Path, dst: Path, *, names: list[str], severity: int, seed: int, index: int) -> None:
@@ -251,8 +251,9 @@ def _summary(dataset: Dataset, manifest: pd.DataFrame, spec: CorruptSpec, classe
         "classes": classes,
         "num_images": n,
         "counts": {c: int((manifest["category"] == c).sum()) for c in ("clean", "mislabeled_hq", "mislabeled_lq")},
-        "requested_transition_matrix": _transition(spec, classes).round(6).tolist(),
-        "realised_transition_matrix": realised_matrix(true[hq], noisy[hq], num_classes=len(classes)).round(6).tolist(),
+        # Unrounded, so that a matrix can be fed back with --label-noise matrix:FILE.
+        "requested_transition_matrix": _transition(spec, classes).tolist(),
+        "realised_transition_matrix": realised_matrix(true[hq], noisy[hq], num_classes=len(classes)).tolist(),
         "realised_label_noise_rate_hq": float((true[hq] != noisy[hq]).mean()) if hq.any() else 0.0,
         "realised_quality_rate": float((~hq).mean()),
         "degradation_counts": {

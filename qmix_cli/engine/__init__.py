@@ -1,0 +1,1 @@
+"""Training engine: sample separation, target construction, losses and the co-training loop."""

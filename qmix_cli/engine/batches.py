@@ -1,0 +1,92 @@
+"""Delivering uint8 image batches to the training device.
+
+Small caches (most CPU runs, and any dataset that fits in a quarter of the GPU's free memory) live on the device
+as one tensor and a batch is a single index operation. Larger ones stay memory-mapped on disk and are gathered by
+DataLoader workers into pinned memory, then copied without blocking so the copy overlaps compute.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
+
+CPU_RESIDENT_LIMIT = 2 << 30  # bytes
+
+
+class _GatherBatches(TorchDataset):
+    """Item ``i`` is the uint8 batch for ``batches[i]``; workers open the memory map themselves."""
+
+    def __init__(self, path: Path, batches: Sequence[np.ndarray]) -> None:
+        self.path = path
+        self.batches = batches
+        self._images: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if self._images is None:
+            self._images = np.load(self.path, mmap_mode="r")
+        return torch.from_numpy(np.ascontiguousarray(self._images[self.batches[i]]))
+
+    def __getstate__(self) -> dict:
+        # Send workers the path, never the mapped pages.
+        return {"path": self.path, "batches": self.batches, "_images": None}
+
+
+class ImageStore:
+    """All training images at the training size, served as uint8 (B, C, H, W) batches on ``device``."""
+
+    def __init__(self, images: np.ndarray, *, device: torch.device, workers: int = 0) -> None:
+        self.path = Path(images.filename) if isinstance(images, np.memmap) else None
+        self.shape = images.shape
+        self.device = device
+        self.workers = workers
+        self.tensor: torch.Tensor | None = None
+        if self.path is None or self._fits(images.nbytes):
+            self.tensor = torch.from_numpy(np.array(images)).to(device)
+
+    def _fits(self, nbytes: int) -> bool:
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            return nbytes < free // 4
+        return nbytes <= CPU_RESIDENT_LIMIT
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def iterate(self, batches: Sequence[np.ndarray]) -> Iterator[torch.Tensor]:
+        """Yield the batches in order."""
+        if self.tensor is not None:
+            for idx in batches:
+                yield self.tensor[torch.as_tensor(idx, device=self.device)]
+            return
+        assert self.path is not None
+        loader = DataLoader(
+            _GatherBatches(self.path, batches),
+            batch_size=None,
+            shuffle=False,
+            num_workers=self.workers,
+            pin_memory=self.device.type == "cuda",
+            prefetch_factor=4 if self.workers > 0 else None,
+        )
+        for batch in loader:
+            yield batch.to(self.device, non_blocking=True)
+
+
+def epoch_batches(indices: np.ndarray, *, batch_size: int, gen: torch.Generator, drop_last: bool) -> list[np.ndarray]:
+    """Shuffle ``indices`` with ``gen`` and cut them into batches (the last one dropped if short and asked)."""
+    if len(indices) == 0:
+        return []
+    order = indices[torch.randperm(len(indices), generator=gen).numpy()]
+    stop = len(order) - len(order) % batch_size if drop_last and len(order) >= batch_size else len(order)
+    return [order[i : i + batch_size] for i in range(0, stop, batch_size)]
+
+
+def sequential_batches(n: int, *, batch_size: int) -> list[np.ndarray]:
+    return [np.arange(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]

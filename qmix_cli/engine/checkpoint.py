@@ -1,0 +1,27 @@
+"""Checkpoints: written atomically, read with ``weights_only=True`` (tensors and plain containers only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qmix_cli.errors import TrainingError
+from qmix_cli.io import atomic_path
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Save ``state`` so that a crash mid-write leaves the previous checkpoint intact."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise TrainingError(f"no checkpoint at {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file: say which and why, without a traceback
+        raise TrainingError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}") from None

@@ -1,0 +1,255 @@
+"""One epoch of each kind of training, and prediction.
+
+The three methods share these; what differs is which groups feed the labelled and unlabelled streams and which
+loss terms are on (`MethodRules`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qmix_cli.data.transforms import Normalise, ViewSpec, eval_view, make_view
+from qmix_cli.engine.batches import ImageStore, epoch_batches, sequential_batches
+from qmix_cli.engine.losses import (
+    mislq_weights,
+    prior_regulariser,
+    soft_cross_entropy,
+    supervised_contrastive,
+    unlabelled_mse,
+)
+from qmix_cli.engine.targets import co_guess, co_refine, mixup, pseudo_label, sample_lambda
+from qmix_cli.errors import TrainingError
+
+CLEAN, MIS_H, MIS_L = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class MethodRules:
+    """What makes a method: how many nets, how groups are found, which loss terms run."""
+
+    name: str
+    num_nets: int
+    separation: str | None  # "quality" (2-D GMM), "loss" (1-D GMM) or None (no co-divide)
+    warmup_view: str  # "weak" or "strong"
+    mislq_labelled: bool  # Mis-L joins the labelled stream with a pseudo-label and a lower weight
+    contrastive: bool
+
+
+METHOD_RULES = {
+    "qmix": MethodRules("qmix", 2, "quality", "strong", mislq_labelled=True, contrastive=True),
+    "dividemix": MethodRules("dividemix", 2, "loss", "weak", mislq_labelled=False, contrastive=False),
+    "ce": MethodRules("ce", 1, None, "weak", mislq_labelled=False, contrastive=False),
+}
+
+
+@dataclass
+class StepContext:
+    """Everything a step needs besides the nets: device, precision, views and the run's generator."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    scaler: torch.amp.GradScaler | None
+    norm: Normalise
+    weak: ViewSpec
+    strong: ViewSpec
+    gen: torch.Generator
+    num_classes: int
+    channels_last: bool = False
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def view(self, x: torch.Tensor, spec: ViewSpec) -> torch.Tensor:
+        out = make_view(x, spec, self.gen, self.norm)
+        return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out
+
+
+def _check_finite(loss: torch.Tensor, where: str) -> None:
+    if not torch.isfinite(loss):
+        raise TrainingError(
+            f"the loss became {loss.item()} ({where}); lower --lr, try --no-amp, or check the images. "
+            "The last checkpoint is kept: fix the cause and rerun with --resume"
+        )
+
+
+def _optimise(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+
+
+@torch.no_grad()
+def predict_probs(net: nn.Module, store: ImageStore, ctx: StepContext, *, batch_size: int) -> np.ndarray:
+    """Softmax of ``net`` on every image with the deterministic eval view; float32 (N, K)."""
+    net.eval()
+    out = []
+    for x in store.iterate(sequential_batches(len(store), batch_size=batch_size)):
+        xv = eval_view(x, ctx.norm)
+        if ctx.channels_last:
+            xv = xv.contiguous(memory_format=torch.channels_last)
+        with ctx.autocast():
+            logits = net(xv)
+        out.append(torch.softmax(logits.float(), dim=1).cpu())
+    return torch.cat(out).numpy()
+
+
+def supervised_epoch(
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    store: ImageStore,
+    labels: torch.Tensor,
+    ctx: StepContext,
+    *,
+    batch_size: int,
+    spec: ViewSpec,
+    where: str,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, float]:
+    """Cross-entropy on the given labels for every image (warm-up, and the whole of the ``ce`` method)."""
+    net.train()
+    batches = epoch_batches(np.arange(len(store)), batch_size=batch_size, gen=ctx.gen, drop_last=False)
+    total, seen = 0.0, 0
+    for idx, x in zip(batches, store.iterate(batches), strict=True):
+        y = labels[torch.as_tensor(idx, device=labels.device)]
+        with ctx.autocast():
+            logits = net(ctx.view(x, spec))
+        loss = F.cross_entropy(logits.float(), y)
+        _check_finite(loss, where)
+        _optimise(loss, optimizer, ctx.scaler)
+        total += loss.item() * len(idx)
+        seen += len(idx)
+        if progress:
+            progress(len(idx))
+    return {"loss_x": total / max(seen, 1)}
+
+
+@dataclass(frozen=True)
+class SslWeights:
+    temperature: float
+    mixup_alpha: float
+    lambda_u: float
+    mislq_weight: float
+    lambda_con: float
+    con_temperature: float
+
+
+def _unlabelled_batches(unlabelled: np.ndarray, count: int, size: int, gen: torch.Generator) -> list[np.ndarray]:
+    """``count`` batches drawn by cycling through shuffled passes over the unlabelled set."""
+    if len(unlabelled) == 0:
+        return [np.empty(0, dtype=np.int64)] * count
+    size = min(size, len(unlabelled))
+    need = count * size
+    passes = math.ceil(need / len(unlabelled))
+    order = np.concatenate([unlabelled[torch.randperm(len(unlabelled), generator=gen).numpy()] for _ in range(passes)])
+    return [order[i * size : (i + 1) * size] for i in range(count)]
+
+
+def ssl_epoch(
+    net: nn.Module,
+    peer: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    store: ImageStore,
+    labels: torch.Tensor,
+    posteriors: torch.Tensor,
+    groups: np.ndarray,
+    ctx: StepContext,
+    *,
+    rules: MethodRules,
+    weights: SslWeights,
+    prior: torch.Tensor,
+    batch_size: int,
+    where: str,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, float]:
+    """One epoch of quality-aware semi-supervised training of ``net`` on the peer's groups (METHOD.md).
+
+    ``posteriors`` (N, 3) and ``groups`` (N,) come from the *peer's* separation. Correct (and, for qmix, Mis-L)
+    samples form the labelled stream; Mis-H samples (for dividemix: every non-clean one) the unlabelled stream.
+    """
+    labelled_mask = groups == CLEAN
+    if rules.mislq_labelled:
+        labelled_mask |= groups == MIS_L
+    labelled = np.flatnonzero(labelled_mask)
+    unlabelled = np.flatnonzero(~labelled_mask)
+    l_batches = epoch_batches(labelled, batch_size=batch_size, gen=ctx.gen, drop_last=True)
+    u_batches = _unlabelled_batches(unlabelled, len(l_batches), batch_size, ctx.gen)
+    combined = [np.concatenate([lb, ub]) for lb, ub in zip(l_batches, u_batches, strict=True)]
+    groups_t = torch.as_tensor(groups, device=ctx.device)
+
+    net.train()
+    peer.eval()
+    sums = dict.fromkeys(("loss_x", "loss_u", "loss_reg", "loss_con", "loss_total"), 0.0)
+    steps = 0
+    eye = torch.eye(ctx.num_classes, device=ctx.device)
+    for lb, x in zip(l_batches, store.iterate(combined), strict=True):
+        nl = len(lb)
+        idx = torch.as_tensor(lb, device=ctx.device)
+        xl, xu = x[:nl], x[nl:]
+        nu = len(xu)
+        g = groups_t[idx]
+        with torch.no_grad(), ctx.autocast():
+            wl = torch.cat([ctx.view(xl, ctx.weak), ctx.view(xl, ctx.weak)])
+            p_l = torch.softmax(net(wl).float(), dim=1).view(2, nl, -1)
+            refined = co_refine(eye[labels[idx]], p_l, posteriors[idx, CLEAN], temperature=weights.temperature)
+            if rules.mislq_labelled:
+                guessed = pseudo_label(p_l, temperature=weights.temperature)
+                refined = torch.where((g == MIS_L)[:, None], guessed, refined)
+            if nu:
+                wu = torch.cat([ctx.view(xu, ctx.weak), ctx.view(xu, ctx.weak)])
+                p_u = torch.cat([torch.softmax(net(wu).float(), 1), torch.softmax(peer(wu).float(), 1)])
+                target_u = co_guess(p_u.view(4, nu, -1), temperature=weights.temperature)
+        w_l = mislq_weights(g, posteriors[idx, MIS_L], mislq_weight=weights.mislq_weight)
+        parts = [ctx.view(xl, ctx.strong), ctx.view(xl, ctx.strong)]
+        targets = [refined, refined]
+        sample_w = [w_l, w_l]
+        if nu:
+            parts += [ctx.view(xu, ctx.strong), ctx.view(xu, ctx.strong)]
+            targets += [target_u, target_u]
+            sample_w += [torch.ones(2 * nu, device=ctx.device)]
+        inputs, targets_t, weights_t = torch.cat(parts), torch.cat(targets), torch.cat(sample_w)
+        lam = sample_lambda(weights.mixup_alpha, ctx.gen)
+        perm = torch.randperm(len(inputs), generator=ctx.gen).to(ctx.device)
+        mixed, mixed_t, mixed_w = mixup(inputs, targets_t, weights_t, lam=lam, perm=perm)
+
+        with ctx.autocast():
+            logits, proj = net.forward_with_projection(mixed)
+        logits = logits.float()
+        loss_x = soft_cross_entropy(logits[: 2 * nl], mixed_t[: 2 * nl], mixed_w[: 2 * nl])
+        loss_u = unlabelled_mse(logits[2 * nl :], mixed_t[2 * nl :]) if nu else logits.new_zeros(())
+        loss_reg = prior_regulariser(logits, prior)
+        if rules.contrastive and weights.lambda_con > 0:
+            # The projections of the labelled half of the mixed batch: each row is dominated (λ ≥ 0.5) by the
+            # strong view it came from, so the two halves pair up as the two views (docs/decisions.md).
+            loss_con = supervised_contrastive(
+                proj[: 2 * nl],
+                refined.argmax(dim=1),
+                g == CLEAN,
+                g == MIS_L,
+                temperature=weights.con_temperature,
+            )
+        else:
+            loss_con = logits.new_zeros(())
+        loss = loss_x + weights.lambda_u * loss_u + loss_reg + weights.lambda_con * loss_con
+        _check_finite(loss, where)
+        _optimise(loss, optimizer, ctx.scaler)
+        for key, val in zip(sums, (loss_x, loss_u, loss_reg, loss_con, loss), strict=True):
+            sums[key] += float(val.detach())
+        steps += 1
+        if progress:
+            progress(nl)
+    return {k: v / max(steps, 1) for k, v in sums.items()}

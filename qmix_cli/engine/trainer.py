@@ -1,0 +1,450 @@
+"""The training loop shared by qmix, dividemix and ce.
+
+A run directory holds ``config.yaml`` (every resolved setting), ``metrics.jsonl`` (one object per epoch),
+``checkpoints/last.pt`` (written atomically after every epoch: enough to resume bit-for-bit on the same device),
+and at the end ``model.pt`` + ``run.json`` + ``separation.json``: what ``qmix audit`` needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from qmix_cli import __version__
+from qmix_cli.config import TrainConfig, config_from_dict, dump_config, load_config_file
+from qmix_cli.data.cache import cached_images
+from qmix_cli.data.manifest import Dataset, create_dataset
+from qmix_cli.data.transforms import channel_stats, strong_spec, weak_spec
+from qmix_cli.engine.batches import ImageStore
+from qmix_cli.engine.checkpoint import load_checkpoint, save_checkpoint
+from qmix_cli.engine.losses import linear_rampup
+from qmix_cli.engine.models import QmixNet, create_model, input_normalisation
+from qmix_cli.engine.scoring import Scores, compute_scores, fit_separation
+from qmix_cli.engine.separation import hard_groups, separation_aucs
+from qmix_cli.engine.steps import (
+    METHOD_RULES,
+    SslWeights,
+    StepContext,
+    predict_probs,
+    ssl_epoch,
+    supervised_epoch,
+)
+from qmix_cli.errors import ConfigError, TrainingError
+from qmix_cli.io import atomic_write_text
+from qmix_cli.progress import Reporter, SilentReporter
+
+CHECKPOINT = Path("checkpoints") / "last.pt"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    metrics: list[dict[str, Any]]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name} requested but CUDA is not available; use --device cpu")
+    return device
+
+
+def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
+    """bf16 where the GPU supports it (no loss scaling needed), else fp16; full precision on the CPU."""
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def dataset_fingerprint(dataset: Dataset) -> str:
+    h = hashlib.sha256()
+    for sid, label in zip(dataset.frame["sample_id"], dataset.frame["label"], strict=True):
+        h.update(f"{sid}\0{label}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _truth(dataset: Dataset) -> tuple[np.ndarray | None, np.ndarray | None]:
+    if "category" not in dataset.frame.columns:
+        return None, None
+    cat = dataset.frame["category"].astype(str).to_numpy()
+    return cat == "clean", cat != "mislabeled_lq"
+
+
+def _read_metrics(path: Path, *, before_epoch: int) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r["epoch"] <= before_epoch]
+
+
+class _Run:
+    """Mutable state of one training run; `train` drives it."""
+
+    def __init__(self, cfg: TrainConfig, dataset: Dataset, run_dir: Path, reporter: Reporter) -> None:
+        self.cfg = cfg
+        self.dataset = dataset
+        self.run_dir = run_dir
+        self.reporter = reporter
+        self.rules = METHOD_RULES[cfg.method]
+        self.device = resolve_device(cfg.device)
+        channels = (dataset.channels or 3) if cfg.channels == "auto" else int(cfg.channels)
+        self.channels = channels
+        self.classes = list(dataset.classes)
+        torch.manual_seed(cfg.seed)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+
+        advance = reporter.task("decoding images", len(dataset))
+        images = cached_images(dataset, size=cfg.img_size, channels=channels, cache_dir=cfg.cache_dir, progress=advance)
+        if cfg.pretrained or cfg.weights:
+            self.norm = input_normalisation(cfg.model, channels=channels)
+        else:
+            self.norm = channel_stats(images, seed=cfg.seed)
+        self.store = ImageStore(images, device=self.device, workers=cfg.workers)
+        self.labels_np = dataset.labels
+        self.labels = torch.as_tensor(self.labels_np, device=self.device)
+        self.is_clean, self.is_hq = _truth(dataset)
+
+        self.nets: list[QmixNet] = []
+        for k in range(self.rules.num_nets):
+            torch.manual_seed(cfg.seed + 1000 * k)  # two nets, two different initialisations
+            net = create_model(
+                cfg.model,
+                num_classes=len(self.classes),
+                in_chans=channels,
+                pretrained=cfg.pretrained,
+                weights=cfg.weights,
+                proj_dim=cfg.proj_dim,
+            ).to(self.device)
+            if self.device.type == "cuda":
+                net = net.to(memory_format=torch.channels_last)
+            self.nets.append(net)
+        torch.manual_seed(cfg.seed)
+        self.optimizers, self.schedulers = zip(*(self._optimizer(net) for net in self.nets), strict=True)
+        self.amp_dtype = amp_dtype(self.device, cfg.amp)
+        use_scaler = self.amp_dtype == torch.float16
+        self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+        self.forward_nets = [torch.compile(n) if cfg.compile else n for n in self.nets]
+        self.ctx = StepContext(
+            device=self.device,
+            amp_dtype=self.amp_dtype,
+            scaler=self.scaler,
+            norm=self.norm,
+            weak=weak_spec(hflip=cfg.hflip, rotation=cfg.rotation),
+            strong=strong_spec(hflip=cfg.hflip, rotation=cfg.rotation),
+            gen=self.gen,
+            num_classes=len(self.classes),
+            channels_last=self.device.type == "cuda",
+        )
+        counts = np.bincount(self.labels_np, minlength=len(self.classes)).astype(np.float64)
+        prior = counts / counts.sum() if cfg.prior == "class" else np.full(len(self.classes), 1 / len(self.classes))
+        self.prior = torch.as_tensor(prior, dtype=torch.float32, device=self.device)
+        self.history: deque[np.ndarray] = deque(maxlen=cfg.smooth_epochs)
+        self.separations: list[Any] = []
+        self.epoch = 0
+        self.metrics: list[dict[str, Any]] = []
+
+    def _optimizer(self, net: torch.nn.Module):
+        from timm.optim import create_optimizer_v2
+        from timm.scheduler import create_scheduler_v2
+
+        cfg = self.cfg
+        opt = create_optimizer_v2(net, opt="momentum", lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        sched_name = {"cosine": "cosine", "step": "step", "constant": "step"}[cfg.schedule]
+        decay = 0.1 if cfg.schedule == "step" else 1.0
+        sched, _ = create_scheduler_v2(
+            opt,
+            sched=sched_name,
+            num_epochs=cfg.epochs,
+            decay_epochs=max(cfg.epochs // 2, 1),
+            decay_rate=decay,
+        )
+        return opt, sched
+
+    # ---- state -------------------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "epoch": self.epoch,
+            "fingerprint": dataset_fingerprint(self.dataset),
+            "config": self.cfg.to_dict(),
+            "nets": [n.state_dict() for n in self.nets],
+            "optimizers": [o.state_dict() for o in self.optimizers],
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "rng": {
+                "gen": self.gen.get_state(),
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            },
+            "history": [torch.from_numpy(h) for h in self.history],
+            "separations": [json.dumps(s.to_dict()) for s in self.separations],
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        from qmix_cli.engine.scoring import separation_from_dict
+
+        if state["fingerprint"] != dataset_fingerprint(self.dataset):
+            raise TrainingError("the checkpoint was made on another dataset (sample ids or labels differ)")
+        for net, sd in zip(self.nets, state["nets"], strict=True):
+            net.load_state_dict(sd)
+        for opt, sd in zip(self.optimizers, state["optimizers"], strict=True):
+            opt.load_state_dict(sd)
+        if self.scaler and state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        self.gen.set_state(state["rng"]["gen"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if self.device.type == "cuda" and state["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.history.extend(h.numpy() for h in state["history"])
+        self.separations = [separation_from_dict(json.loads(s)) for s in state["separations"]]
+        self.epoch = int(state["epoch"])
+
+    # ---- one epoch ---------------------------------------------------------------------------------------
+    def scores(self) -> Scores:
+        probs = np.stack(
+            [predict_probs(n, self.store, self.ctx, batch_size=self.cfg.eval_batch_size) for n in self.forward_nets]
+        )
+        scores = compute_scores(probs, self.labels_np, uncertainty=self.cfg.uncertainty)
+        self.history.append(np.stack([scores.loss, scores.uncertainty], axis=-1))
+        smoothed = np.mean(np.stack(self.history), axis=0)
+        return Scores(probs=probs, loss=smoothed[..., 0], uncertainty=smoothed[..., 1])
+
+    def separate(self, scores: Scores, kind: str) -> list[Any]:
+        cfg = self.cfg
+        return [
+            fit_separation(
+                scores.loss[k],
+                scores.uncertainty[k],
+                kind=kind,
+                components=cfg.gmm_components,
+                reg_covar=cfg.gmm_reg_covar,
+                max_iter=cfg.gmm_max_iter,
+                tol=cfg.gmm_tol,
+                seed=cfg.seed + self.epoch,
+            )
+            for k in range(len(self.nets))
+        ]
+
+    def run_epoch(self) -> dict[str, Any]:
+        cfg, rules, e = self.cfg, self.rules, self.epoch
+        for sched in self.schedulers:
+            sched.step(e)
+        start = time.perf_counter()
+        warmup = rules.separation is None or e < cfg.warmup_epochs
+        where = f"epoch {e + 1}"
+        row: dict[str, Any] = {"epoch": e + 1, "phase": "warmup" if warmup else "train"}
+        row["lr"] = self.optimizers[0].param_groups[0]["lr"]
+        per_net: list[dict[str, float]] = []
+        if warmup:
+            spec = self.ctx.strong if rules.warmup_view == "strong" else self.ctx.weak
+            for k, net in enumerate(self.forward_nets):
+                advance = self.reporter.task(f"epoch {e + 1}/{cfg.epochs} net {k} warm-up", len(self.store))
+                per_net.append(
+                    supervised_epoch(
+                        net, self.optimizers[k], self.store, self.labels, self.ctx,
+                        batch_size=cfg.batch_size, spec=spec, where=f"{where}, net {k}", progress=advance,
+                    )
+                )  # fmt: skip
+        else:
+            scores = self.scores()
+            self.separations = self.separate(scores, rules.separation)
+            posteriors = [s.posteriors(scores.loss[k], scores.uncertainty[k]) for k, s in enumerate(self.separations)]
+            weights = SslWeights(
+                temperature=cfg.temperature,
+                mixup_alpha=cfg.mixup_alpha,
+                lambda_u=linear_rampup(e - cfg.warmup_epochs, lambda_u=cfg.lambda_u, length=cfg.rampup_epochs),
+                mislq_weight=cfg.mislq_weight,
+                lambda_con=cfg.lambda_con,
+                con_temperature=cfg.con_temperature,
+            )
+            for k, net in enumerate(self.forward_nets):
+                peer = 1 - k
+                groups = hard_groups(posteriors[peer], p_threshold=cfg.p_threshold)
+                advance = self.reporter.task(f"epoch {e + 1}/{cfg.epochs} net {k}", int((groups != 1).sum()))
+                per_net.append(
+                    ssl_epoch(
+                        net, self.forward_nets[peer], self.optimizers[k], self.store, self.labels,
+                        torch.as_tensor(posteriors[peer], dtype=torch.float32, device=self.device), groups, self.ctx,
+                        rules=rules, weights=weights, prior=self.prior, batch_size=cfg.batch_size,
+                        where=f"{where}, net {k}", progress=advance,
+                    )
+                )  # fmt: skip
+            row.update(self.separation_summary(posteriors))
+            row["lambda_u"] = weights.lambda_u
+        for key in per_net[0]:
+            row[key] = float(np.mean([p[key] for p in per_net]))
+        seconds = time.perf_counter() - start
+        row["seconds"] = round(seconds, 3)
+        row["images_per_s"] = round(len(self.store) / seconds, 1)
+        return row
+
+    def separation_summary(self, posteriors: list[np.ndarray]) -> dict[str, Any]:
+        mean_post = np.mean(posteriors, axis=0)
+        groups = hard_groups(mean_post, p_threshold=self.cfg.p_threshold)
+        out: dict[str, Any] = {
+            "n_clean": int((groups == 0).sum()),
+            "n_mis_h": int((groups == 1).sum()),
+            "n_mis_l": int((groups == 2).sum()),
+            "gmm_means": [_json_floats(s.group_means()) for s in self.separations],
+            "gmm_fallback": any(s.fallback for s in self.separations),
+        }
+        aucs = separation_aucs(mean_post, is_clean=self.is_clean, is_high_quality=self.is_hq)
+        out.update({k: (None if not np.isfinite(v) else round(float(v), 4)) for k, v in aucs.items()})
+        return out
+
+    def val_accuracy(self, val: tuple[ImageStore, np.ndarray]) -> float:
+        store, labels = val
+        probs = np.mean(
+            [predict_probs(n, store, self.ctx, batch_size=self.cfg.eval_batch_size) for n in self.forward_nets],
+            axis=0,
+        )
+        return float((probs.argmax(1) == labels).mean())
+
+
+def _prepare_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
+    if resume:
+        if not (run_dir / CHECKPOINT).is_file():
+            raise TrainingError(f"nothing to resume: {run_dir / CHECKPOINT} does not exist")
+        return
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not force:
+            raise ConfigError(f"{run_dir} already exists; pass --resume to continue it or --force to start over")
+        import shutil
+
+        shutil.rmtree(run_dir)
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+
+
+def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """The saved config of the run being resumed.
+
+    Only ``device``, ``workers``, ``amp`` and ``epochs`` (to extend a finished run) may be overridden: anything
+    else would make the resumed run a different experiment.
+    """
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise TrainingError(f"nothing to resume: {path} does not exist")
+    allowed = {"device", "workers", "amp", "epochs"}
+    given = {k: v for k, v in (overrides or {}).items() if v is not None and k in allowed}
+    return config_from_dict(given, base=config_from_dict(load_config_file(path)))
+
+
+def _val_store(cfg: TrainConfig, run: _Run) -> tuple[ImageStore, np.ndarray] | None:
+    if not cfg.val:
+        return None
+    val = create_dataset(cfg.val, classes=run.classes, min_classes=1, cache_dir=cfg.cache_dir)
+    images = cached_images(val, size=cfg.img_size, channels=run.channels, cache_dir=cfg.cache_dir)
+    return ImageStore(images, device=run.device, workers=cfg.workers), val.labels
+
+
+def train(
+    dataset: Dataset,
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    reporter: Reporter | None = None,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Train ``cfg.method`` on ``dataset``, writing everything to ``run_dir``.
+
+    Parameters
+    ----------
+    resume
+        Continue from ``run_dir/checkpoints/last.pt``; pass the config from `resume_config`.
+    on_epoch_end
+        Called with each epoch's metrics after its checkpoint is written (tests use it to simulate a kill).
+    """
+    run_dir = Path(run_dir)
+    reporter = reporter or SilentReporter()
+    _prepare_run_dir(run_dir, resume=resume, force=force)
+    cfg.validate()
+    if cfg.channels == "auto" and not dataset.channels:
+        raise ConfigError("channels unknown: load the dataset with check_images=True or set channels")
+    run = _Run(cfg, dataset, run_dir, reporter)
+    metrics_path = run_dir / "metrics.jsonl"
+    if resume:
+        run.load_state(load_checkpoint(run_dir / CHECKPOINT))
+        run.metrics = _read_metrics(metrics_path, before_epoch=run.epoch)
+        reporter.log(f"resuming {run_dir} at epoch {run.epoch + 1}/{cfg.epochs}")
+    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    atomic_write_text(metrics_path, "".join(json.dumps(m) + "\n" for m in run.metrics))
+    val = _val_store(cfg, run)
+
+    while run.epoch < cfg.epochs:
+        row = run.run_epoch()
+        if val is not None:
+            row["val_acc"] = round(run.val_accuracy(val), 4)
+        run.epoch += 1
+        run.metrics.append(row)
+        with metrics_path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        save_checkpoint(run_dir / CHECKPOINT, run.state())
+        reporter.log(_epoch_line(row, cfg.epochs))
+        if on_epoch_end is not None:
+            on_epoch_end(row)
+
+    _finalise(run)
+    return TrainResult(run_dir=run_dir, metrics=run.metrics)
+
+
+def _json_floats(values: np.ndarray) -> list:
+    """Nested lists with NaN as None, since NaN is not valid JSON."""
+    return [[None if not np.isfinite(v) else round(float(v), 4) for v in row] for row in values]
+
+
+def _epoch_line(row: dict[str, Any], epochs: int) -> str:
+    parts = [f"epoch {row['epoch']}/{epochs}", row["phase"], f"loss {row.get('loss_x', float('nan')):.4f}"]
+    if "n_clean" in row:
+        parts.append(f"groups {row['n_clean']}/{row['n_mis_h']}/{row['n_mis_l']}")
+    for key in ("auc_clean", "auc_hq", "val_acc"):
+        if row.get(key) is not None:
+            parts.append(f"{key} {row[key]:.3f}")
+    parts.append(f"{row['seconds']:.1f}s ({row['images_per_s']:.0f} img/s)")
+    return "  ".join(parts)
+
+
+def _finalise(run: _Run) -> None:
+    """Score the training set with the final nets, fit the final separation and save what audit needs."""
+    scores = run.scores()
+    run.separations = run.separate(scores, "quality")
+    run.reporter.log(
+        "final separation: " + ", ".join(f"net {k}: {s.note or 'ok'}" for k, s in enumerate(run.separations))
+    )
+    meta = {
+        "tool_version": __version__,
+        "method": run.cfg.method,
+        "model": run.cfg.model,
+        "classes": run.classes,
+        "img_size": run.cfg.img_size,
+        "channels": run.channels,
+        "norm_mean": list(run.norm.mean),
+        "norm_std": list(run.norm.std),
+        "uncertainty": run.cfg.uncertainty,
+        "p_threshold": run.cfg.p_threshold,
+        "dataset": run.dataset.source,
+        "fingerprint": dataset_fingerprint(run.dataset),
+        "num_samples": len(run.dataset),
+        "proj_dim": run.cfg.proj_dim,
+        "final_summary": run.separation_summary(
+            [s.posteriors(scores.loss[k], scores.uncertainty[k]) for k, s in enumerate(run.separations)]
+        ),
+    }
+    model_state = {"nets": [n.state_dict() for n in run.nets], "meta": json.dumps(meta)}
+    save_checkpoint(run.run_dir / "model.pt", model_state)
+    atomic_write_text(run.run_dir / "separation.json", json.dumps([s.to_dict() for s in run.separations], indent=1))
+    atomic_write_text(run.run_dir / "run.json", json.dumps(meta, indent=1))

@@ -1,0 +1,291 @@
+"""Score an audit report against the ground truth that ``qmix corrupt`` records.
+
+Metrics (all JSON-able; an undefined value, e.g. an AUC with one class present, is ``None``):
+
+* three-way classification of each image into :data:`CATEGORIES`: per-category precision / recall / F1,
+  macro-F1, accuracy, confusion matrix (rows = truth, columns = prediction);
+* mislabeled detection, binary: ``is_label_issue`` against ``truth.category != "clean"``;
+* ROC-AUC of the continuous scores, which need no threshold: ``1 - p_clean`` for "mislabeled" and
+  ``p_mislabeled_lq`` for "low quality", plus the raw axes and ``label_score`` for comparison.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
+
+from qmix_cli.errors import QmixError, summarise_offenders
+from qmix_cli.reporting.report import CATEGORIES
+
+_REPORT_COLUMNS = ("sample_id", "category", "is_label_issue", "p_clean", "p_mislabeled_lq")
+_TRUTH_COLUMNS = ("sample_id", "category")
+
+
+def evaluate_report(*, report: pd.DataFrame, truth: pd.DataFrame) -> dict[str, Any]:
+    """Compare a report with the truth, image by image (joined on ``sample_id``).
+
+    Parameters
+    ----------
+    report
+        A report (see :func:`qmix_cli.reporting.report.read_report`), at least ``sample_id``, ``category``,
+        ``is_label_issue``, ``p_clean``, ``p_mislabeled_lq``; ``loss``, ``uncertainty``, ``label_score`` are
+        used when present.
+    truth
+        ``sample_id`` and ``category`` (values in :data:`CATEGORIES`); optional ``is_low_quality`` (then the
+        low-quality target, instead of ``category == "mislabeled_lq"``) and ``is_label_noisy`` (adds AUCs for
+        "the given label is wrong").
+
+    Returns
+    -------
+    dict
+        ``n``; ``counts`` (``truth`` / ``predicted`` per category); ``per_category`` (category →
+        ``precision``, ``recall``, ``f1``, ``support``); ``macro_f1``; ``accuracy``; ``confusion_matrix``
+        (``labels``, ``matrix`` as nested lists, rows truth, columns predicted); ``detection`` (``precision``,
+        ``recall``, ``f1``, ``support``, ``flagged``); ``roc_auc`` (``mislabeled``, ``low_quality``);
+        ``roc_auc_by_score`` (target → score expression → AUC); ``targets`` (how each AUC target is defined).
+        Undefined metrics are ``None``. A category absent from both truth and prediction gets ``f1 = None``
+        and is left out of the macro average.
+
+    Raises
+    ------
+    QmixError
+        Missing columns, unknown categories, duplicate ids, or ids present on one side only.
+    """
+    _require_columns(report, _REPORT_COLUMNS, what="report")
+    _require_columns(truth, _TRUTH_COLUMNS, what="truth")
+    joined = _join(report=report, truth=truth)
+    if joined.empty:
+        raise QmixError("the report is empty: nothing to evaluate")
+
+    y_true = joined["category_truth"].to_numpy(dtype=object)
+    y_pred = joined["category_report"].to_numpy(dtype=object)
+    labels = list(CATEGORIES)
+
+    # zero_division=nan: a precision or recall with nothing to divide by is undefined (None), not 0, and
+    # sklearn then leaves that category out of the macro average instead of dragging it down.
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=np.nan
+    )
+    per_category = {
+        name: {
+            "precision": _num(precision[i]),
+            "recall": _num(recall[i]),
+            "f1": _num(f1[i]),
+            "support": int(support[i]),
+        }
+        for i, name in enumerate(labels)
+    }
+    macro_f1 = f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=np.nan)
+
+    true_issue = y_true != "clean"
+    flagged = _as_bool(joined["is_label_issue"], name="is_label_issue")
+    det_p, det_r, det_f1, _ = precision_recall_fscore_support(
+        true_issue, flagged, average="binary", pos_label=True, zero_division=np.nan
+    )
+
+    if "is_low_quality" in joined.columns:
+        true_lq = _as_bool(joined["is_low_quality"], name="is_low_quality")
+        lq_target = "is_low_quality"
+    else:
+        true_lq = y_true == "mislabeled_lq"
+        lq_target = "category == mislabeled_lq"
+
+    by_score: dict[str, dict[str, float | None]] = {
+        "mislabeled": _aucs(
+            true_issue,
+            {
+                "1 - p_clean": 1.0 - _scores(joined, "p_clean"),
+                "loss": _scores(joined, "loss"),
+                "1 - label_score": _neg_scores(joined, "label_score"),
+            },
+        ),
+        "low_quality": _aucs(
+            true_lq,
+            {
+                "p_mislabeled_lq": _scores(joined, "p_mislabeled_lq"),
+                "uncertainty": _scores(joined, "uncertainty"),
+            },
+        ),
+    }
+    targets = {"mislabeled": "category != clean", "low_quality": lq_target}
+    if "is_label_noisy" in joined.columns:
+        by_score["label_noisy"] = _aucs(
+            _as_bool(joined["is_label_noisy"], name="is_label_noisy"),
+            {
+                "1 - label_score": _neg_scores(joined, "label_score"),
+                "1 - p_clean": 1.0 - _scores(joined, "p_clean"),
+            },
+        )
+        targets["label_noisy"] = "is_label_noisy"
+
+    return {
+        "n": len(joined),
+        "counts": {
+            "truth": {name: int((y_true == name).sum()) for name in labels},
+            "predicted": {name: int((y_pred == name).sum()) for name in labels},
+        },
+        "per_category": per_category,
+        "macro_f1": _num(macro_f1),
+        "accuracy": _num(accuracy_score(y_true, y_pred)),
+        "confusion_matrix": {
+            "labels": labels,
+            "rows": "truth",
+            "columns": "predicted",
+            "matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        },
+        "detection": {
+            "precision": _num(det_p),
+            "recall": _num(det_r),
+            "f1": _num(det_f1),
+            "support": int(true_issue.sum()),
+            "flagged": int(flagged.sum()),
+        },
+        "roc_auc": {
+            "mislabeled": by_score["mislabeled"]["1 - p_clean"],
+            "low_quality": by_score["low_quality"]["p_mislabeled_lq"],
+        },
+        "roc_auc_by_score": by_score,
+        "targets": targets,
+    }
+
+
+def render_evaluation(result: Mapping[str, Any], console: Console) -> None:
+    """Print an :func:`evaluate_report` result as rich tables.
+
+    Four tables: per-category precision / recall / F1 / support with macro-F1 and accuracy; mislabeled
+    detection; ROC-AUCs; the confusion matrix.
+    """
+    per_cat = Table(title=f"Categories ({result['n']} images)", title_justify="left")
+    per_cat.add_column("category")
+    for name in ("precision", "recall", "F1", "support"):
+        per_cat.add_column(name, justify="right")
+    for name, row in result["per_category"].items():
+        per_cat.add_row(name, _fmt(row["precision"]), _fmt(row["recall"]), _fmt(row["f1"]), str(row["support"]))
+    per_cat.add_section()
+    per_cat.add_row("macro-F1", "", "", _fmt(result["macro_f1"]), "")
+    per_cat.add_row("accuracy", "", "", _fmt(result["accuracy"]), "")
+    console.print(per_cat)
+
+    det = result["detection"]
+    detection = Table(title="Mislabeled detection (is_label_issue vs category != clean)", title_justify="left")
+    for name in ("precision", "recall", "F1", "mislabeled", "flagged"):
+        detection.add_column(name, justify="right")
+    detection.add_row(
+        _fmt(det["precision"]), _fmt(det["recall"]), _fmt(det["f1"]), str(det["support"]), str(det["flagged"])
+    )
+    console.print(detection)
+
+    aucs = Table(title="ROC-AUC", title_justify="left")
+    aucs.add_column("target")
+    aucs.add_column("score")
+    aucs.add_column("AUC", justify="right")
+    for target, scores in result["roc_auc_by_score"].items():
+        definition = result["targets"].get(target, target)
+        for i, (score, value) in enumerate(scores.items()):
+            # The first score of each target is its headline (the one in result["roc_auc"]); the rest compare.
+            text = f"[bold]{_fmt(value)}[/bold]" if i == 0 else _fmt(value)
+            aucs.add_row(f"{target} ({definition})" if i == 0 else "", score, text)
+    console.print(aucs)
+
+    cm = result["confusion_matrix"]
+    matrix = Table(title="Confusion matrix (rows: truth, columns: predicted)", title_justify="left")
+    matrix.add_column("truth \\ predicted")
+    for label in cm["labels"]:
+        matrix.add_column(label, justify="right")
+    for label, row in zip(cm["labels"], cm["matrix"], strict=True):
+        matrix.add_row(label, *(str(value) for value in row))
+    console.print(matrix)
+
+
+# --------------------------------------------------------------------------------------------------- helpers
+
+
+def _require_columns(frame: pd.DataFrame, columns: tuple[str, ...], *, what: str) -> None:
+    missing = [name for name in columns if name not in frame.columns]
+    if missing:
+        raise QmixError(f"the {what} lacks column(s): {', '.join(missing)}")
+
+
+def _join(*, report: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
+    """Join on ``sample_id`` once both sides hold the same unique ids and valid categories."""
+    rep = report.assign(sample_id=report["sample_id"].astype(str))
+    tru = truth.assign(sample_id=truth["sample_id"].astype(str))
+    for frame, what in ((rep, "report"), (tru, "truth")):
+        dupes = frame["sample_id"][frame["sample_id"].duplicated()].unique().tolist()
+        if dupes:
+            raise QmixError(summarise_offenders(f"duplicate sample ids in the {what}", dupes))
+        bad = sorted(set(frame["category"].astype(str)) - set(CATEGORIES))
+        if bad:
+            raise QmixError(f"the {what} has unknown categories {bad}; expected {list(CATEGORIES)}")
+
+    rep_ids, tru_ids = set(rep["sample_id"]), set(tru["sample_id"])
+    problems = []
+    only_report = sorted(rep_ids - tru_ids)
+    if only_report:
+        problems.append(summarise_offenders("report rows missing from the truth", only_report))
+    only_truth = sorted(tru_ids - rep_ids)
+    if only_truth:
+        problems.append(summarise_offenders("truth rows missing from the report", only_truth))
+    if problems:
+        raise QmixError("the report and the truth do not cover the same images: " + "; ".join(problems))
+
+    keep = ["sample_id", "category"] + [c for c in ("is_low_quality", "is_label_noisy") if c in tru.columns]
+    return rep.merge(tru[keep], on="sample_id", how="inner", suffixes=("_report", "_truth"), validate="1:1")
+
+
+def _as_bool(series: pd.Series, *, name: str) -> np.ndarray:
+    if series.isna().any():
+        raise QmixError(f"{name} has missing values")
+    if series.dtype == bool:
+        return series.to_numpy(dtype=bool)
+    # CSV files written by other tools may spell booleans as text or 0/1.
+    mapping = {"true": True, "false": False, "1": True, "0": False, "1.0": True, "0.0": False}
+    text = series.astype(str).str.strip().str.lower()
+    unknown = sorted(set(text) - set(mapping))
+    if unknown:
+        raise QmixError(f"{name} must be true/false, got {unknown[:5]}")
+    return text.map(mapping).to_numpy(dtype=bool)
+
+
+def _scores(frame: pd.DataFrame, column: str) -> np.ndarray | None:
+    if column not in frame.columns:
+        return None
+    return pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=np.float64)
+
+
+def _neg_scores(frame: pd.DataFrame, column: str) -> np.ndarray | None:
+    scores = _scores(frame, column)
+    return None if scores is None else 1.0 - scores
+
+
+def _aucs(target: np.ndarray, scores: Mapping[str, np.ndarray | None]) -> dict[str, float | None]:
+    """ROC-AUC of each score for a binary target; None when undefined (one class or non-finite scores)."""
+    return {name: _auc(target, values) for name, values in scores.items() if values is not None}
+
+
+def _auc(target: np.ndarray, scores: np.ndarray) -> float | None:
+    if len(np.unique(target)) < 2 or not np.isfinite(scores).all():
+        return None
+    return _num(roc_auc_score(target, scores))
+
+
+def _num(value: Any) -> float | None:
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

@@ -1,0 +1,702 @@
+"""The per-image audit report: its schema, how rows are derived from scores, streaming writers and a reader.
+
+The schema is the contract of ``DESIGN.md`` ("The report"): one row per training image, sorted by
+``sample_id``, written as Parquet (with run metadata in the file), CSV or JSON Lines, to a file (atomically)
+or to stdout.
+
+Reports are built in two passes so that memory stays bounded on large datasets: first every image's scores
+(``p_clean`` and ``loss``) give the global :func:`compute_ranks`; then rows are built batch by batch with
+:func:`build_report` (passing the precomputed ``rank``) and appended with a :class:`ReportWriter`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import io
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from json.encoder import encode_basestring
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+
+from qmix_cli import __version__
+from qmix_cli.errors import DataError, QmixError, summarise_offenders
+from qmix_cli.io import atomic_path
+
+#: Group names in the project-wide order: index 0 = clean, 1 = mislabeled_hq, 2 = mislabeled_lq.
+CATEGORIES: tuple[str, str, str] = ("clean", "mislabeled_hq", "mislabeled_lq")
+
+#: Output formats a report can be written in.
+FORMATS: tuple[str, str, str] = ("parquet", "csv", "jsonl")
+
+REPORT_SCHEMA: pa.Schema = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("given_label", pa.string(), nullable=False),
+        pa.field("predicted_label", pa.string(), nullable=False),
+        pa.field("suggested_label", pa.string(), nullable=True),
+        pa.field("confidence", pa.float32(), nullable=False),
+        pa.field("label_score", pa.float32(), nullable=False),
+        pa.field("loss", pa.float32(), nullable=False),
+        pa.field("uncertainty", pa.float32(), nullable=False),
+        pa.field("p_clean", pa.float32(), nullable=False),
+        pa.field("p_mislabeled_hq", pa.float32(), nullable=False),
+        pa.field("p_mislabeled_lq", pa.float32(), nullable=False),
+        pa.field("category", pa.string(), nullable=False),
+        pa.field("is_label_issue", pa.bool_(), nullable=False),
+        pa.field("rank", pa.int32(), nullable=False),
+    ]
+)
+
+_SUFFIX_FORMATS: dict[str, str] = {
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json-lines": "jsonl",
+}
+
+# Prefix of every key this module puts in Parquet metadata, so that it never collides with pandas' or Arrow's.
+_META_PREFIX = "qmix."
+
+
+# --------------------------------------------------------------------------------------------------- building
+
+
+def normalise_posteriors(posteriors: np.ndarray) -> np.ndarray:
+    """Rescale group posteriors so that each row sums to 1, as stored in the report.
+
+    Parameters
+    ----------
+    posteriors
+        ``(N, 3)`` non-negative, finite; columns in :data:`CATEGORIES` order.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(N, 3)`` float32, rows summing to 1 within float32 rounding (< 1e-6).
+    """
+    post = np.asarray(posteriors, dtype=np.float64)
+    if post.ndim != 2 or post.shape[1] != len(CATEGORIES):
+        raise ValueError(f"posteriors must have shape (N, 3), got {post.shape}")
+    if not np.isfinite(post).all() or (post < 0).any():
+        raise ValueError("posteriors must be finite and non-negative")
+    total = post.sum(axis=1, keepdims=True)
+    if (total <= 0).any():
+        raise ValueError("every row of posteriors needs a positive sum")
+    # Divide in float64 and round once, so the float32 row sums stay within one ulp or two of 1.
+    return (post / total).astype(np.float32)
+
+
+def compute_ranks(*, p_clean: np.ndarray, loss: np.ndarray, sample_ids: Sequence[str] | pa.Array) -> np.ndarray:
+    """Rank images from most to least likely label issue.
+
+    Order: ascending ``p_clean``, ties broken by descending ``loss``, then ascending ``sample_id``, so the
+    ranking is total and reproducible. Both scores are compared as float32, the precision stored in the
+    report; pass ``p_clean`` from :func:`normalise_posteriors` so that ranks agree with the stored column.
+
+    Parameters
+    ----------
+    p_clean, loss
+        ``(N,)`` finite scores of every image in the report (the rank is global, not per batch).
+    sample_ids
+        ``(N,)`` unique ids.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(N,)`` int32, a permutation of ``1..N``; 1 = most likely issue.
+    """
+    ids = _string_array(sample_ids, name="sample_ids")
+    n = len(ids)
+    p_clean32 = _float_vector(p_clean, name="p_clean", n=n)
+    loss32 = _float_vector(loss, name="loss", n=n)
+    keys = pa.table({"p_clean": p_clean32, "loss": loss32, "sample_id": ids})
+    order = pc.sort_indices(
+        keys, sort_keys=[("p_clean", "ascending"), ("loss", "descending"), ("sample_id", "ascending")]
+    ).to_numpy()
+    ranks = np.empty(n, dtype=np.int32)
+    ranks[order] = np.arange(1, n + 1, dtype=np.int32)
+    return ranks
+
+
+def build_report(
+    *,
+    sample_ids: Sequence[str] | pa.Array,
+    paths: Sequence[str] | pa.Array,
+    given_labels: np.ndarray,
+    probs: np.ndarray,
+    loss: np.ndarray,
+    uncertainty: np.ndarray,
+    posteriors: np.ndarray,
+    categories: np.ndarray,
+    class_names: Sequence[str],
+    rank: np.ndarray | None = None,
+) -> pa.Table:
+    """Build report rows from the audit scores.
+
+    Parameters
+    ----------
+    sample_ids, paths
+        ``(N,)`` strings from the manifest; ids must be unique.
+    given_labels
+        ``(N,)`` int class indices into ``class_names`` (the possibly noisy labels).
+    probs
+        ``(N, K)`` ensemble softmax, ``K == len(class_names)``; used as is (not renormalised).
+    loss, uncertainty
+        ``(N,)`` scores normalised to [0, 1] over the whole training set.
+    posteriors
+        ``(N, 3)`` group posteriors in :data:`CATEGORIES` order; renormalised to sum to 1.
+    categories
+        ``(N,)`` int hard groups in {0, 1, 2} (:data:`CATEGORIES` order).
+    class_names
+        ``K`` class names, index ``i`` naming class ``i``.
+    rank
+        ``(N,)`` precomputed global ranks (see :func:`compute_ranks`) when these rows are one batch of a
+        larger report; computed over these rows when omitted.
+
+    Returns
+    -------
+    pyarrow.Table
+        ``N`` rows with schema :data:`REPORT_SCHEMA`, sorted by ``sample_id``. Rows are sorted only within
+        this call: a caller writing several batches must feed them in ``sample_id`` order.
+    """
+    ids = _string_array(sample_ids, name="sample_ids")
+    n = len(ids)
+    path_arr = _string_array(paths, name="paths", n=n)
+    names = [str(name) for name in class_names]
+    k = len(names)
+    if k == 0:
+        raise ValueError("class_names is empty")
+
+    prob = np.asarray(probs, dtype=np.float64)
+    if prob.shape != (n, k):
+        raise ValueError(f"probs must have shape (N, K) = ({n}, {k}), got {prob.shape}")
+    if not np.isfinite(prob).all():
+        raise ValueError("probs must be finite")
+    given = _int_vector(given_labels, name="given_labels", n=n, high=k)
+    cats = _int_vector(categories, name="categories", n=n, high=len(CATEGORIES))
+    loss32 = _float_vector(loss, name="loss", n=n)
+    unc32 = _float_vector(uncertainty, name="uncertainty", n=n)
+    post = normalise_posteriors(posteriors)
+    if post.shape[0] != n:
+        raise ValueError(f"posteriors must have {n} rows, got {post.shape[0]}")
+    _check_unique(ids)
+
+    if rank is None:
+        ranks = compute_ranks(p_clean=post[:, 0], loss=loss32, sample_ids=ids)
+    else:
+        ranks = _int_vector(rank, name="rank", n=n, low=1, high=None).astype(np.int32)
+
+    predicted = prob.argmax(axis=1)
+    rows = np.arange(n)
+    # The suggested label follows the group: keep the given label, adopt the prediction, or none at all (the
+    # image itself is the problem, so no label should be trusted).
+    suggested = np.where(cats == 0, given, predicted)
+    class_arr = pa.array(names, type=pa.string())
+    columns = {
+        "sample_id": ids,
+        "path": path_arr,
+        "given_label": class_arr.take(pa.array(given)),
+        "predicted_label": class_arr.take(pa.array(predicted)),
+        "suggested_label": class_arr.take(pa.array(suggested, mask=cats == 2)),
+        "confidence": pa.array(prob[rows, predicted].astype(np.float32)),
+        "label_score": pa.array(prob[rows, given].astype(np.float32)),
+        "loss": pa.array(loss32),
+        "uncertainty": pa.array(unc32),
+        "p_clean": pa.array(post[:, 0]),
+        "p_mislabeled_hq": pa.array(post[:, 1]),
+        "p_mislabeled_lq": pa.array(post[:, 2]),
+        "category": pa.array(list(CATEGORIES), type=pa.string()).take(pa.array(cats)),
+        "is_label_issue": pa.array(cats != 0),
+        "rank": pa.array(ranks, type=pa.int32()),
+    }
+    table = pa.Table.from_pydict(columns, schema=REPORT_SCHEMA)
+    return table.take(pc.sort_indices(ids))
+
+
+def report_metadata(
+    *,
+    method: str,
+    model: str,
+    class_names: Sequence[str],
+    run_dir: str | Path | None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[bytes, bytes]:
+    """Key/value metadata to store in a Parquet report.
+
+    Keys are prefixed ``qmix.``: ``version``, ``method``, ``model``, ``class_names`` (a JSON list),
+    ``run_dir`` (omitted when None), ``created_at`` (ISO-8601 UTC, seconds). ``extra`` adds ``qmix.<key>``
+    entries: strings as is, anything else as JSON.
+    """
+    entries: dict[str, str] = {
+        "version": __version__,
+        "method": method,
+        "model": model,
+        "class_names": json.dumps([str(name) for name in class_names]),
+        "created_at": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+    }
+    if run_dir is not None:
+        entries["run_dir"] = str(run_dir)
+    for key, value in (extra or {}).items():
+        entries[str(key)] = value if isinstance(value, str) else json.dumps(value)
+    return {f"{_META_PREFIX}{key}".encode(): value.encode() for key, value in entries.items()}
+
+
+def read_report_metadata(path: str | Path) -> dict[str, str]:
+    """The ``qmix.*`` metadata of a Parquet report, keys without the prefix; empty for CSV and JSON Lines.
+
+    ``class_names`` is a JSON list: decode it with ``json.loads``.
+    """
+    path = Path(path)
+    if infer_format(str(path)) != "parquet":
+        return {}
+    try:
+        raw = pq.read_schema(path).metadata or {}
+    except (pa.ArrowException, OSError) as exc:
+        raise QmixError(f"cannot read report {path}: {exc}") from exc
+    prefix = _META_PREFIX.encode()
+    return {key[len(prefix) :].decode(): value.decode() for key, value in raw.items() if key.startswith(prefix)}
+
+
+# --------------------------------------------------------------------------------------------------- formats
+
+
+def infer_format(out: str | Path, fmt: str | None = None) -> str:
+    """Resolve the output format: ``fmt`` when given, else from the suffix of ``out``.
+
+    ``out == "-"`` (stdout) defaults to CSV; Parquet cannot go to stdout because its footer is written last
+    and readers need to seek.
+
+    Returns
+    -------
+    str
+        One of :data:`FORMATS`.
+
+    Raises
+    ------
+    QmixError
+        Unknown ``fmt``, unknown suffix, or Parquet to stdout.
+    """
+    to_stdout = isinstance(out, str) and out == "-"
+    if fmt is not None:
+        resolved = fmt.strip().lower()
+        if resolved not in FORMATS:
+            raise QmixError(f"unknown report format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    elif to_stdout:
+        resolved = "csv"
+    else:
+        suffix = Path(out).suffix.lower()
+        if suffix not in _SUFFIX_FORMATS:
+            known = ", ".join(_SUFFIX_FORMATS)
+            raise QmixError(
+                f"cannot tell the report format of {str(out)!r} from its suffix (known: {known}); "
+                "use --format parquet, csv or jsonl"
+            )
+        resolved = _SUFFIX_FORMATS[suffix]
+    if to_stdout and resolved == "parquet":
+        raise QmixError("parquet cannot stream to stdout; use --format csv or jsonl")
+    return resolved
+
+
+# --------------------------------------------------------------------------------------------------- writing
+
+
+class ReportWriter:
+    """Append report batches to one output, as Parquet, CSV or JSON Lines; use as a context manager.
+
+    Each :meth:`write` appends its rows immediately (one Parquet row group per write), so memory holds one
+    batch at a time. The writer does not sort across batches: the caller feeds batches in ``sample_id`` order.
+
+    A file output appears only when the ``with`` block succeeds (written to a temporary file, then renamed);
+    metadata is stored in Parquet only. With ``out == "-"`` rows stream to ``stream`` (default
+    ``sys.stdout``), flushed after each batch. If the reader of a pipe goes away (``| head``), the writer
+    stops writing, points stdout at the null device so the interpreter exits quietly, and sets
+    :attr:`pipe_closed`; later writes are no-ops, and the caller should stop and exit 0.
+
+    Attributes
+    ----------
+    fmt
+        The resolved format.
+    rows_written
+        Rows handed to the output so far.
+    pipe_closed
+        True once the stdout reader has closed the pipe.
+    """
+
+    def __init__(
+        self,
+        out: str | Path,
+        *,
+        fmt: str | None = None,
+        metadata: Mapping[bytes, bytes] | None = None,
+        stream: IO[str] | None = None,
+    ) -> None:
+        self.fmt = infer_format(out, fmt)
+        self.to_stdout = isinstance(out, str) and out == "-"
+        self.path: Path | None = None if self.to_stdout else Path(out)
+        self.metadata = dict(metadata or {})
+        self.rows_written = 0
+        self.pipe_closed = False
+        self._stream = stream
+        self._stack = contextlib.ExitStack()
+        self._sink: IO[Any] | None = None
+        self._encode = False  # True when the sink takes UTF-8 bytes rather than text
+        self._parquet: pq.ParquetWriter | None = None
+        self._header_written = False
+        self._state: Literal["new", "open", "done"] = "new"
+
+    # -- lifecycle
+
+    def open(self) -> ReportWriter:
+        """Open the output (the context manager does this); calling it again does nothing."""
+        if self._state == "done":
+            raise RuntimeError("the report writer is already closed")
+        if self._state == "open":
+            return self
+        if self.to_stdout:
+            if self._stream is not None:
+                self._sink = self._stream
+            else:
+                # Reports are UTF-8 whatever the locale, so write bytes beneath sys.stdout's text layer,
+                # flushing that layer first so that anything printed before keeps its place.
+                self._sink = getattr(sys.stdout, "buffer", sys.stdout)
+                self._encode = self._sink is not sys.stdout
+                try:
+                    sys.stdout.flush()
+                except BrokenPipeError:
+                    self._on_closed_pipe()
+        else:
+            assert self.path is not None
+            tmp = self._stack.enter_context(atomic_path(self.path))
+            if self.fmt == "parquet":
+                schema = REPORT_SCHEMA.with_metadata(self.metadata)
+                self._parquet = pq.ParquetWriter(tmp, schema)
+            else:
+                # Binary, so that rows end in "\n" on every platform, as on stdout.
+                self._sink = self._stack.enter_context(open(tmp, "wb"))  # noqa: SIM115
+                self._encode = True
+        self._state = "open"
+        return self
+
+    def close(self) -> None:
+        """Finish the output: a file is complete and in place once this returns."""
+        if self._state != "open":
+            self._state = "done"
+            return
+        try:
+            if self._parquet is not None:
+                self._parquet.close()
+            elif self.fmt == "csv" and not self._header_written:
+                # An empty report is still a valid CSV with its columns.
+                self._emit(_csv_text(REPORT_SCHEMA.empty_table(), header=True))
+            if self.to_stdout:
+                self._flush_stdout()
+        except BaseException as exc:
+            self._state = "done"
+            self._stack.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        self._state = "done"
+        self._stack.close()
+
+    def abort(self) -> None:
+        """Give up: a file output is not created and its temporary file is removed."""
+        if self._state != "open":
+            self._state = "done"
+            return
+        self._state = "done"
+        if self._parquet is not None:
+            with contextlib.suppress(Exception):
+                self._parquet.close()
+        # atomic_path keeps the old file and deletes the temporary one when an exception crosses it.
+        reason = _Aborted()
+        self._stack.__exit__(_Aborted, reason, None)
+
+    def __enter__(self) -> ReportWriter:
+        return self.open()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> Literal[False]:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+        return False
+
+    # -- writing
+
+    def write(self, table: pa.Table | pa.RecordBatch) -> None:
+        """Append rows.
+
+        Parameters
+        ----------
+        table
+            Rows with (at least) the :data:`REPORT_SCHEMA` columns, e.g. from :func:`build_report`; columns
+            are reordered and cast to the schema, extra columns are dropped.
+        """
+        if self._state == "new":
+            self.open()
+        if self._state != "open":
+            raise RuntimeError("the report writer is closed")
+        batch = conform_to_schema(table)
+        if batch.num_rows == 0 or self.pipe_closed:
+            return
+        if self._parquet is not None:
+            self._parquet.write_table(batch, row_group_size=batch.num_rows)
+        elif self.fmt == "csv":
+            self._emit(_csv_text(batch, header=not self._header_written))
+            self._header_written = True
+        else:
+            self._emit(_jsonl_text(batch))
+        self.rows_written += batch.num_rows
+
+    def _emit(self, text: str) -> None:
+        if self.pipe_closed:
+            return
+        assert self._sink is not None
+        try:
+            self._sink.write(text.encode("utf-8") if self._encode else text)
+            if self.to_stdout:
+                # Flush per batch: a pipeline sees rows as they come and a closed pipe is noticed early.
+                self._sink.flush()
+        except BrokenPipeError:
+            if not self.to_stdout:
+                raise
+            self._on_closed_pipe()
+
+    def _flush_stdout(self) -> None:
+        if self.pipe_closed or self._sink is None:
+            return
+        try:
+            self._sink.flush()
+        except BrokenPipeError:
+            self._on_closed_pipe()
+
+    def _on_closed_pipe(self) -> None:
+        self.pipe_closed = True
+        # Output still buffered for the dead pipe (or printed later) would fail again at interpreter exit with
+        # "Exception ignored ... BrokenPipeError"; pointing the descriptor at the null device lets it succeed.
+        with contextlib.suppress(AttributeError, OSError, ValueError, io.UnsupportedOperation):
+            assert self._sink is not None
+            fd = self._sink.fileno()
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(devnull, fd)
+            finally:
+                os.close(devnull)
+
+
+class _Aborted(Exception):
+    """Thrown into the atomic output to discard it."""
+
+
+def open_report_writer(
+    out: str | Path,
+    *,
+    fmt: str | None = None,
+    metadata: Mapping[bytes, bytes] | None = None,
+    stream: IO[str] | None = None,
+) -> ReportWriter:
+    """Create a :class:`ReportWriter` for ``out`` (a path, or ``"-"`` for stdout); use it in a ``with`` block.
+
+    ``fmt`` defaults to :func:`infer_format`; ``metadata`` (e.g. from :func:`report_metadata`) goes into the
+    Parquet footer; ``stream`` replaces ``sys.stdout`` when ``out == "-"``.
+    """
+    return ReportWriter(out, fmt=fmt, metadata=metadata, stream=stream)
+
+
+def write_report(
+    table: pa.Table,
+    out: str | Path,
+    *,
+    fmt: str | None = None,
+    metadata: Mapping[bytes, bytes] | None = None,
+    stream: IO[str] | None = None,
+) -> bool:
+    """Write a whole report in one go; returns False when stdout's reader closed the pipe early."""
+    with open_report_writer(out, fmt=fmt, metadata=metadata, stream=stream) as writer:
+        writer.write(table)
+    return not writer.pipe_closed
+
+
+def conform_to_schema(table: pa.Table | pa.RecordBatch) -> pa.Table:
+    """Select the :data:`REPORT_SCHEMA` columns of ``table`` in order and cast them to the schema's types."""
+    if isinstance(table, pa.RecordBatch):
+        table = pa.Table.from_batches([table])
+    missing = [name for name in REPORT_SCHEMA.names if name not in table.column_names]
+    if missing:
+        raise ValueError(f"report rows lack column(s): {', '.join(missing)}")
+    return table.select(REPORT_SCHEMA.names).cast(REPORT_SCHEMA)
+
+
+def _csv_text(table: pa.Table, *, header: bool) -> str:
+    buffer = pa.BufferOutputStream()
+    # quoting_style="needed" quotes every string, so a null (an empty unquoted field) differs from "".
+    options = pacsv.WriteOptions(include_header=header, quoting_style="needed")
+    pacsv.write_csv(table, buffer, write_options=options)
+    return buffer.getvalue().to_pybytes().decode("utf-8")
+
+
+def _jsonl_text(table: pa.Table) -> str:
+    """One JSON object per row, newline-terminated; nulls and non-finite floats become ``null``."""
+    parts: list[Any] = []
+    for i, field in enumerate(table.schema):
+        prefix = "{" if i == 0 else ","
+        parts.append(f"{prefix}{encode_basestring(field.name)}:")
+        parts.append(_json_values(table.column(field.name).combine_chunks()))
+    parts.append("}\n")
+    lines = pc.binary_join_element_wise(*parts, "")
+    return "".join(lines.to_pylist())
+
+
+def _json_values(column: pa.Array) -> pa.Array:
+    """JSON text of each value of ``column``: a string array without nulls, built column-wise for speed."""
+    kind = column.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        # Escape each distinct string once: labels and categories repeat a lot.
+        encoded = pc.dictionary_encode(column)
+        escaped = pa.array([encode_basestring(value) for value in encoded.dictionary.to_pylist()], pa.string())
+        values = escaped.take(encoded.indices)
+    elif pa.types.is_floating(kind):
+        # Arrow prints the shortest decimal that reads back to the same float32, e.g. "0.1", "1e-20".
+        text = pc.cast(column, pa.string())
+        values = pc.if_else(pc.is_finite(column), text, pa.scalar(None, pa.string()))
+    elif pa.types.is_boolean(kind):
+        values = pc.if_else(column, "true", "false")
+    else:
+        values = pc.cast(column, pa.string())
+    return pc.fill_null(values, "null")
+
+
+# --------------------------------------------------------------------------------------------------- reading
+
+
+def read_report(path: str | Path) -> pd.DataFrame:
+    """Read a report written in any format (chosen by suffix) and check its columns.
+
+    Known columns are cast to the :data:`REPORT_SCHEMA` types (float32, int32, bool, string with nulls kept in
+    ``suggested_label``); extra columns are kept. The ``qmix.*`` Parquet metadata is in ``df.attrs["qmix"]``.
+
+    Raises
+    ------
+    QmixError
+        The file is missing, unreadable, or lacks report columns (all named).
+    """
+    if isinstance(path, str) and path == "-":
+        raise QmixError("reading a report from stdin is not supported; save it to a file first")
+    path = Path(path)
+    fmt = infer_format(str(path))
+    if not path.is_file():
+        raise QmixError(f"report not found: {path}")
+    try:
+        table = _read_table(path, fmt)
+    except (pa.ArrowException, OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise QmixError(f"cannot read report {path}: {exc}") from exc
+    missing = [name for name in REPORT_SCHEMA.names if name not in table.column_names]
+    if missing:
+        raise QmixError(f"{path} is not a qmix report: missing column(s) {', '.join(missing)}")
+    target = pa.schema([REPORT_SCHEMA.field(f.name) if f.name in REPORT_SCHEMA.names else f for f in table.schema])
+    try:
+        table = table.cast(target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise QmixError(f"{path} has report columns of the wrong type: {exc}") from exc
+    frame = table.to_pandas()
+    frame.attrs["qmix"] = read_report_metadata(path) if fmt == "parquet" else {}
+    return frame
+
+
+def _read_table(path: Path, fmt: str) -> pa.Table:
+    if fmt == "parquet":
+        return pq.read_table(path)
+    column_types = {field.name: field.type for field in REPORT_SCHEMA}
+    if fmt == "csv":
+        convert = pacsv.ConvertOptions(
+            column_types=column_types,
+            # Only an empty, unquoted field is null: the writer quotes every string, so "NA" stays a label.
+            null_values=[""],
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
+        )
+        return pacsv.read_csv(path, convert_options=convert)
+    # JSON Lines: an explicit schema fills absent fields with nulls, so check the first row for missing ones.
+    first = _first_json_row(path)
+    if first is None:
+        return REPORT_SCHEMA.empty_table()
+    absent = [name for name in REPORT_SCHEMA.names if name not in first]
+    if absent:
+        raise QmixError(f"{path} is not a qmix report: missing column(s) {', '.join(absent)}")
+    parse = pajson.ParseOptions(explicit_schema=REPORT_SCHEMA, unexpected_field_behavior="infer")
+    return pajson.read_json(path, parse_options=parse)
+
+
+def _first_json_row(path: Path) -> dict[str, Any] | None:
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                row = json.loads(line)
+                if not isinstance(row, dict):
+                    raise QmixError(f"{path} is not JSON Lines of objects")
+                return row
+    return None
+
+
+# ------------------------------------------------------------------------------------------------- validation
+
+
+def _string_array(values: Sequence[str] | pa.Array, *, name: str, n: int | None = None) -> pa.Array:
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if isinstance(values, pa.Array):
+        arr = values.cast(pa.string())
+    else:
+        arr = pa.array(values if isinstance(values, (list, np.ndarray)) else list(values), type=pa.string())
+    if n is not None and len(arr) != n:
+        raise ValueError(f"{name} must have {n} entries, got {len(arr)}")
+    if arr.null_count:
+        raise ValueError(f"{name} contains missing values")
+    return arr
+
+
+def _float_vector(values: np.ndarray, *, name: str, n: int) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), got {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} must be finite")
+    return arr.astype(np.float32)
+
+
+def _int_vector(values: np.ndarray, *, name: str, n: int, high: int | None, low: int = 0) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), got {arr.shape}")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{name} must hold integers, got dtype {arr.dtype}")
+    arr = arr.astype(np.int64)
+    if arr.size and (arr.min() < low or (high is not None and arr.max() >= high)):
+        upper = "" if high is None else f", < {high}"
+        raise ValueError(f"{name} out of range (must be >= {low}{upper})")
+    return arr
+
+
+def _check_unique(ids: pa.Array) -> None:
+    if pc.count_distinct(ids).as_py() == len(ids):
+        return
+    counts = pd.Series(ids.to_pylist()).value_counts()
+    dupes = [str(value) for value in counts[counts > 1].index]
+    raise DataError(summarise_offenders("duplicate sample ids", dupes))

@@ -1,0 +1,202 @@
+"""Scoring a dataset with a trained run: the numbers behind every report row.
+
+Any labelled manifest whose labels are among the run's classes can be audited, not only the training set: new
+images are scored with the run's nets and placed on the run's *saved* separation (its normalisers and GMMs), so
+their posteriors are comparable with the training images'.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from qmix_cli.data.cache import cached_images
+from qmix_cli.data.manifest import Dataset
+from qmix_cli.data.transforms import Normalise, weak_spec
+from qmix_cli.engine.batches import ImageStore
+from qmix_cli.engine.checkpoint import load_checkpoint
+from qmix_cli.engine.models import QmixNet, create_model
+from qmix_cli.engine.scoring import compute_scores, separation_from_dict
+from qmix_cli.engine.separation import QualitySeparation, hard_groups
+from qmix_cli.engine.steps import StepContext, predict_probs
+from qmix_cli.engine.trainer import amp_dtype, resolve_device
+from qmix_cli.errors import QmixError
+from qmix_cli.progress import Reporter, SilentReporter
+from qmix_cli.reporting.report import build_report, compute_ranks, normalise_posteriors, report_metadata
+
+
+@dataclass
+class TrainedRun:
+    """The final nets and separations of a run directory."""
+
+    run_dir: Path
+    meta: dict[str, Any]
+    nets: list[QmixNet]
+    separations: list[QualitySeparation]
+    device: torch.device
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["classes"])
+
+
+def load_run(run_dir: str | Path, *, device: str = "auto") -> TrainedRun:
+    """Load ``run_dir/model.pt`` and ``run.json`` written at the end of ``qmix train``."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise QmixError(f"run directory not found: {run_dir}")
+    if not (run_dir / "model.pt").is_file():
+        hint = (
+            " (training has not finished: resume it with qmix train --resume)"
+            if (run_dir / "checkpoints").is_dir()
+            else ""
+        )
+        raise QmixError(f"{run_dir} holds no trained model (model.pt missing){hint}")
+    state = load_checkpoint(run_dir / "model.pt")
+    meta = json.loads(state["meta"])
+    separations = [separation_from_dict(d) for d in json.loads((run_dir / "separation.json").read_text())]
+    dev = resolve_device(device)
+    nets = []
+    for sd in state["nets"]:
+        net = create_model(
+            meta["model"], num_classes=len(meta["classes"]), in_chans=meta["channels"], proj_dim=meta["proj_dim"]
+        )
+        net.load_state_dict(sd)
+        nets.append(net.to(dev).eval())
+    return TrainedRun(run_dir=run_dir, meta=meta, nets=nets, separations=separations, device=dev)
+
+
+@dataclass(frozen=True)
+class AuditScores:
+    """Per-sample results, in dataset order. ``probs`` (N, K) ensemble softmax; ``loss``/``uncertainty`` (N,)
+    normalised to [0, 1] on the run's scale; ``posteriors`` (N, 3) in group order; ``categories`` (N,) int8."""
+
+    probs: np.ndarray
+    loss: np.ndarray
+    uncertainty: np.ndarray
+    posteriors: np.ndarray
+    categories: np.ndarray
+
+
+def _context(run: TrainedRun, seed: int) -> StepContext:
+    norm = Normalise(tuple(run.meta["norm_mean"]), tuple(run.meta["norm_std"]))
+    spec = weak_spec(hflip=True, rotation=10.0)
+    return StepContext(
+        device=run.device,
+        amp_dtype=amp_dtype(run.device, True),
+        scaler=None,
+        norm=norm,
+        weak=spec,
+        strong=spec,
+        gen=torch.Generator().manual_seed(seed),
+        num_classes=len(run.classes),
+        channels_last=run.device.type == "cuda",
+    )
+
+
+def score_dataset(
+    run: TrainedRun,
+    dataset: Dataset,
+    *,
+    batch_size: int = 512,
+    tta: int = 0,
+    cache_dir: str | Path | None = None,
+    workers: int = 0,
+    reporter: Reporter | None = None,
+) -> AuditScores:
+    """Score every image of ``dataset`` with both nets of ``run`` (optionally averaging ``tta`` weak views)."""
+    reporter = reporter or SilentReporter()
+    index = {c: i for i, c in enumerate(run.classes)}
+    labels = dataset.frame["label"].map(index).to_numpy(dtype=np.int64)
+    images = cached_images(
+        dataset,
+        size=run.meta["img_size"],
+        channels=run.meta["channels"],
+        cache_dir=cache_dir,
+        progress=reporter.task("decoding images", len(dataset)),
+    )
+    store = ImageStore(images, device=run.device, workers=workers)
+    ctx = _context(run, seed=0)
+    per_net = []
+    for net in run.nets:
+        probs = predict_probs(net, store, ctx, batch_size=batch_size)
+        for _ in range(tta):
+            probs = probs + _predict_view(net, store, ctx, batch_size=batch_size)
+        per_net.append(probs / (1 + tta))
+    probs = np.stack(per_net)
+    scores = compute_scores(probs, labels, uncertainty=run.meta.get("uncertainty", "entropy"))
+    posteriors = np.mean(
+        [s.posteriors(scores.loss[k], scores.uncertainty[k]) for k, s in enumerate(run.separations)], axis=0
+    )
+    axes = np.mean([s.normalise(scores.loss[k], scores.uncertainty[k]) for k, s in enumerate(run.separations)], axis=0)
+    axes = np.nan_to_num(axes, nan=0.0)
+    return AuditScores(
+        probs=_ensemble(probs),
+        loss=axes[:, 0],
+        uncertainty=axes[:, 1],
+        posteriors=posteriors,
+        categories=hard_groups(posteriors, p_threshold=run.meta.get("p_threshold", 0.5)),
+    )
+
+
+@torch.no_grad()
+def _predict_view(net: QmixNet, store: ImageStore, ctx: StepContext, *, batch_size: int) -> np.ndarray:
+    from qmix_cli.engine.batches import sequential_batches
+
+    out = []
+    for x in store.iterate(sequential_batches(len(store), batch_size=batch_size)):
+        with ctx.autocast():
+            out.append(torch.softmax(net(ctx.view(x, ctx.weak)).float(), dim=1).cpu())
+    return torch.cat(out).numpy()
+
+
+def _ensemble(probs: np.ndarray) -> np.ndarray:
+    """Softmax of the summed logits of the nets (METHOD.md), from their softmax outputs."""
+    logits = np.log(np.clip(probs, 1e-12, 1.0)).sum(axis=0)
+    logits -= logits.max(axis=1, keepdims=True)
+    e = np.exp(logits)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def report_batches(
+    run: TrainedRun, dataset: Dataset, scores: AuditScores, *, rows_per_batch: int = 65536
+) -> Iterator[pa.Table]:
+    """Report rows in ``sample_id`` order, ``rows_per_batch`` at a time (one Parquet row group each)."""
+    ids = dataset.frame["sample_id"].to_numpy(dtype=object)
+    posteriors = normalise_posteriors(scores.posteriors)
+    rank = compute_ranks(p_clean=posteriors[:, 0], loss=scores.loss, sample_ids=ids.tolist())
+    order = np.argsort(ids, kind="stable")
+    index = {c: i for i, c in enumerate(run.classes)}
+    labels = dataset.frame["label"].map(index).to_numpy(dtype=np.int64)
+    paths = dataset.frame["path"].to_numpy(dtype=object)
+    for start in range(0, len(order), rows_per_batch):
+        sel = order[start : start + rows_per_batch]
+        yield build_report(
+            sample_ids=ids[sel].tolist(),
+            paths=paths[sel].tolist(),
+            given_labels=labels[sel],
+            probs=scores.probs[sel],
+            loss=scores.loss[sel],
+            uncertainty=scores.uncertainty[sel],
+            posteriors=posteriors[sel],
+            categories=scores.categories[sel],
+            class_names=run.classes,
+            rank=rank[sel],
+        )
+
+
+def metadata_for(run: TrainedRun, dataset: Dataset) -> dict[bytes, bytes]:
+    return report_metadata(
+        method=run.meta["method"],
+        model=run.meta["model"],
+        class_names=run.classes,
+        run_dir=str(run.run_dir),
+        extra={"dataset": dataset.source, "training_set": dataset.source == run.meta.get("dataset")},
+    )

@@ -1,0 +1,228 @@
+"""``qmix corrupt`` through the Typer app: success output, one-line errors, exit codes, the source untouched."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+import qmix_cli
+from qmix_cli.cli.app import app
+from qmix_cli.data.manifest import create_dataset
+from qmix_cli.noise.protocol import CorruptSpec, plan_corruption
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def _stderr(result) -> str:
+    # Click >= 8.2 (and Typer's vendored copy) always capture stderr separately; older ones need mix_stderr=False.
+    try:
+        return result.stderr
+    except ValueError:  # pragma: no cover - old Click with mixed streams
+        return result.output
+
+
+def _assert_one_line_error(result, *fragments: str) -> str:
+    err = _stderr(result)
+    assert result.exit_code == 1, (result.exit_code, result.output)
+    error_lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1, err
+    assert "Traceback" not in result.output and "Traceback" not in err
+    assert result.stdout == ""  # stdout stays clean for pipes
+    for fragment in fragments:
+        assert fragment in error_lines[0], error_lines[0]
+    return error_lines[0]
+
+
+@pytest.fixture
+def source(make_image_folder):
+    return make_image_folder("src", classes=("a", "b", "c"), per_class=4, size=24)
+
+
+def test_version(runner):
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"qmix {qmix_cli.__version__}"
+
+
+def test_corrupt_digits(runner, tmp_path, digits_dir, hash_tree):
+    before = hash_tree(digits_dir)
+    out = tmp_path / "D"
+    args = ["corrupt", "digits", "--out", str(out), "--label-rate", "0.2", "--quality-rate", "0.15", "--seed", "1"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+    info = json.loads((out / "noise.json").read_text())
+    manifest = pd.read_parquet(out / "manifest.parquet")
+    assert len(manifest) == info["num_images"] == 1797
+    counts = info["counts"]
+    assert counts["mislabeled_lq"] == 270
+    assert f"wrote 1797 images to {out}: {counts['clean']} clean, {counts['mislabeled_hq']} mislabeled" in " ".join(
+        _stderr(result).split()
+    )
+    # The CLI has the API's defaults: the plan is exactly what plan_corruption gives for these options.
+    ds = create_dataset("digits", check_images=False)
+    plan = plan_corruption(ds.labels, classes=ds.classes, spec=CorruptSpec(label_rate=0.2, quality_rate=0.15, seed=1))
+    pd.testing.assert_frame_equal(manifest.drop(columns=["sample_id", "path"]), plan)
+    assert (out / "images").is_dir()
+    assert hash_tree(digits_dir) == before
+
+
+def test_corrupt_small_folder_with_options(runner, tmp_path, source, hash_tree):
+    before = hash_tree(source)
+    out = tmp_path / "out"
+    args = ["corrupt", str(source), "-o", str(out), "--preset", "paper-35", "--degradations", "blur,dark"]
+    args += ["--severity", "5", "--lq-labels", "keep", "--seed", "4", "--workers", "2"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    info = json.loads((out / "noise.json").read_text())
+    assert info["options"]["quality_rate"] == 0.35
+    assert info["options"]["severity"] == "5"
+    assert info["options"]["lq_labels"] == "keep"
+    m = pd.read_parquet(out / "manifest.parquet")
+    lq = m[m["is_low_quality"]]
+    assert len(lq) == round(0.35 * 12)
+    assert set(lq["degradation"]) <= {"blur", "dark"} and (lq["severity"] == 5).all()
+    assert (lq["label"] == lq["true_label"]).all()
+    assert hash_tree(source) == before
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragments"),
+    [
+        (["--label-rate", "1.5"], ["label-rate must be between 0 and 1", "1.5"]),
+        (["--quality-rate", "-0.5"], ["quality-rate must be between 0 and 1"]),
+        (["--degradations", "blur,sparkle"], ["unknown degradation 'sparkle'", "valid:"]),
+        (["--severity", "9"], ["severity must be within 1..5"]),
+        (["--severity", "high"], ["severity must be 1..5"]),
+        (["--preset", "paper-99"], ["unknown preset 'paper-99'"]),
+        (["--lq-labels", "maybe"], ["lq-labels must be one of"]),
+        (["--label-noise", "asymmetric"], ["class map"]),
+    ],
+    ids=["label-rate", "quality-rate", "degradation", "severity-range", "severity-text", "preset", "lq", "asym"],
+)
+def test_bad_options(runner, tmp_path, source, hash_tree, extra, fragments):
+    before = hash_tree(source)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["corrupt", str(source), "--out", str(out), *extra])
+    _assert_one_line_error(result, *fragments)
+    assert not out.exists()
+    assert hash_tree(source) == before
+
+
+def test_missing_source(runner, tmp_path):
+    result = runner.invoke(app, ["corrupt", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")])
+    _assert_one_line_error(result, "error: dataset not found", "nowhere")
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_out_without_force(runner, tmp_path, source, hash_tree):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("keep me")
+    before = hash_tree(source)
+    result = runner.invoke(app, ["corrupt", str(source), "--out", str(out)])
+    _assert_one_line_error(result, "already exists", "--force")
+    assert (out / "old.txt").read_text() == "keep me"
+    result = runner.invoke(app, ["corrupt", str(source), "--out", str(out), "--force"])
+    assert result.exit_code == 0, result.output
+    assert not (out / "old.txt").exists() and (out / "manifest.parquet").is_file()
+    assert hash_tree(source) == before
+
+
+def test_out_inside_source(runner, source, hash_tree):
+    before = hash_tree(source)
+    result = runner.invoke(app, ["corrupt", str(source), "--out", str(source / "noisy")])
+    _assert_one_line_error(result, "inside the source dataset")
+    assert hash_tree(source) == before
+
+
+def test_truncated_image_in_source(runner, tmp_path, source, write_image, truncate, hash_tree):
+    truncate(write_image(source / "b" / "broken.jpg", size=48))
+    before = hash_tree(source)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["corrupt", str(source), "--out", str(out)])
+    _assert_one_line_error(result, "1 bad images", "b/broken.jpg: unreadable", "--on-bad-image skip")
+    assert not out.exists()
+    assert hash_tree(source) == before
+    # ... and with --on-bad-image skip the rest goes through, the skipped file recorded in noise.json.
+    result = runner.invoke(app, ["corrupt", str(source), "--out", str(out), "--on-bad-image", "skip"])
+    assert result.exit_code == 0, result.output
+    info = json.loads((out / "noise.json").read_text())
+    assert info["num_images"] == 12
+    assert [s["path"] for s in info["skipped"]] == ["b/broken.jpg"]
+    assert "skipped 1 unreadable" in " ".join(_stderr(result).split())
+    assert hash_tree(source) == before
+
+
+def test_csv_with_wrong_columns(runner, tmp_path, source, hash_tree):
+    csv = tmp_path / "m.csv"
+    pd.DataFrame({"file": ["src/a/0.png"], "class": ["a"]}).to_csv(csv, index=False)
+    before = hash_tree(source)
+    result = runner.invoke(app, ["corrupt", str(csv), "--out", str(tmp_path / "out")])
+    _assert_one_line_error(result, "missing column(s) path, label")
+    assert not (tmp_path / "out").exists()
+    assert hash_tree(source) == before
+
+
+def test_unexpected_error_is_one_line_too(runner, tmp_path, source, monkeypatch):
+    from qmix_cli.noise import protocol
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("kaboom")
+
+    monkeypatch.setattr(protocol, "_process_image", broken)
+    result = runner.invoke(app, ["corrupt", str(source), "--out", str(tmp_path / "out")])
+    _assert_one_line_error(result, "unexpected RuntimeError: kaboom", "--verbose")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # no output, no temp dir
+
+
+def test_bad_usage_is_exit_code_2(runner, tmp_path, source):
+    result = runner.invoke(app, ["corrupt", str(source), "--out", str(tmp_path / "o"), "--label-rate", "lots"])
+    assert result.exit_code == 2
+    assert not (tmp_path / "o").exists()
+    result = runner.invoke(app, ["corrupt", str(source)])  # --out is required
+    assert result.exit_code == 2
+
+
+def test_verbose_shows_traceback(runner, tmp_path, source, hash_tree):
+    before = hash_tree(source)
+    result = runner.invoke(app, ["--verbose", "corrupt", str(source), "--out", str(tmp_path / "o"), "--severity", "9"])
+    assert result.exit_code == 1
+    err = _stderr(result)
+    assert "severity must be within 1..5" in err
+    assert "Traceback" in err
+    assert hash_tree(source) == before
+
+
+def test_quiet_prints_nothing_on_success(runner, tmp_path, source):
+    result = runner.invoke(app, ["--quiet", "corrupt", str(source), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "o" / "manifest.parquet").is_file()
+    assert _stderr(result) == ""
+
+
+def test_invalid_on_bad_image_is_refused(runner, tmp_path, source, write_image, truncate):
+    truncate(write_image(source / "a" / "cut.png", size=48))
+    result = runner.invoke(app, ["corrupt", str(source), "--out", str(tmp_path / "o"), "--on-bad-image", "skp"])
+    assert result.exit_code in (1, 2)
+    assert not (tmp_path / "o").exists()
+
+
+def test_api_and_cli_agree(runner, tmp_path, source):
+    from qmix_cli.api import corrupt
+
+    result = runner.invoke(app, ["corrupt", str(source), "--out", str(tmp_path / "cli"), "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    api = corrupt(source, tmp_path / "api", seed=3)
+    assert (tmp_path / "cli" / "manifest.parquet").read_bytes() == (api.out / "manifest.parquet").read_bytes()
+    assert np.array_equal(
+        pd.read_parquet(tmp_path / "cli" / "manifest.parquet")["is_low_quality"].to_numpy(),
+        api.manifest["is_low_quality"].to_numpy(),
+    )

@@ -1,0 +1,107 @@
+"""Shared fixtures: an isolated cache directory, the built-in digits, and tiny real image datasets."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+@pytest.fixture(scope="session")
+def qmix_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache directory for the whole session, so built-ins are materialised once."""
+    return tmp_path_factory.mktemp("qmix-cache")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(qmix_cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    # Never touch ~/.cache: every test (and every CLI call it makes) uses the session's cache directory.
+    monkeypatch.setenv("QMIX_CACHE_DIR", str(qmix_cache_dir))
+    return qmix_cache_dir
+
+
+@pytest.fixture(scope="session")
+def digits_dir(qmix_cache_dir: Path) -> Path:
+    """Root of the materialised built-in ``digits`` ImageFolder."""
+    from qmix_cli.data.builtin import materialise_builtin
+
+    return materialise_builtin("digits", cache_dir=qmix_cache_dir)
+
+
+def _random_image(rng: np.random.Generator, size: int, mode: str) -> Image.Image:
+    if mode == "L":
+        return Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8), mode="L")
+    return Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), mode="RGB")
+
+
+@pytest.fixture
+def write_image() -> Callable[..., Path]:
+    """``write_image(path, size=16, mode="RGB", seed=0)``: a random real image saved by Pillow (format by suffix)."""
+
+    def write(path: Path, *, size: int = 16, mode: str = "RGB", seed: int = 0) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _random_image(np.random.default_rng(seed), size, mode).save(path)
+        return path
+
+    return write
+
+
+@pytest.fixture
+def make_image_folder(tmp_path: Path) -> Callable[..., Path]:
+    """``make_image_folder(name, classes=("a","b","c"), per_class=4, size=16, mode="RGB", suffix=".png")``.
+
+    Writes ``tmp_path/name/<class>/<i>.png`` with random pixels (distinct per file) and returns the root.
+    """
+    counter = iter(range(10**6))
+
+    def make(
+        name: str = "folder",
+        *,
+        classes: Sequence[str] = ("a", "b", "c"),
+        per_class: int = 4,
+        size: int = 16,
+        mode: str = "RGB",
+        suffix: str = ".png",
+    ) -> Path:
+        root = tmp_path / name
+        rng = np.random.default_rng(next(counter))
+        for c in classes:
+            (root / c).mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                _random_image(rng, size, mode).save(root / c / f"{i}{suffix}")
+        root.mkdir(parents=True, exist_ok=True)
+        return root
+
+    return make
+
+
+@pytest.fixture
+def truncate() -> Callable[[Path], Path]:
+    """Cut a file to half its size (a real image becomes a truncated one)."""
+
+    def cut(path: Path) -> Path:
+        data = Path(path).read_bytes()
+        Path(path).write_bytes(data[: len(data) // 2])
+        return Path(path)
+
+    return cut
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root`` (including hidden ones), keyed by relative path."""
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(Path(root).rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture
+def hash_tree() -> Callable[[Path], dict[str, str]]:
+    """``hash_tree(root)``: sha256 of every file under root, to prove a source was left untouched."""
+    return tree_digest

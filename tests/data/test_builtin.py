@@ -1,0 +1,112 @@
+"""Built-in datasets: digits (scikit-learn) and fashion-mnist (Debian package), materialised once."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from qmix_cli.data import builtin
+from qmix_cli.data.builtin import default_cache_dir, is_builtin, materialise_builtin
+from qmix_cli.data.manifest import create_dataset
+from qmix_cli.errors import DataError
+
+
+def _mtimes(root):
+    return {p: p.stat().st_mtime_ns for p in sorted(root.rglob("*"))}
+
+
+def test_cache_dir_comes_from_the_environment(qmix_cache_dir):
+    assert default_cache_dir() == qmix_cache_dir
+
+
+def test_digits_dataset(digits_dir, qmix_cache_dir):
+    from sklearn.datasets import load_digits
+
+    assert digits_dir == qmix_cache_dir / "datasets" / "digits"
+    ds = create_dataset("digits")
+    assert ds.root == digits_dir
+    assert len(ds) == 1797
+    assert ds.classes == tuple(str(i) for i in range(10))
+    assert ds.channels == 1
+    assert np.bincount(ds.labels).tolist() == np.bincount(load_digits().target).tolist()
+    for p in ds.abs_paths[::300]:
+        with Image.open(p) as img:
+            assert img.mode == "L"
+            assert img.size == (32, 32)
+
+
+def test_digits_pixels_match_scikit_learn(digits_dir):
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    with Image.open(digits_dir / str(bunch.target[0]) / "0000.png") as img:
+        arr = np.asarray(img, dtype=np.float64)
+    # Downsampling the 32×32 PNG back to 8×8 recovers sklearn's image (0..16 scaled to 0..255).
+    small = arr.reshape(8, 4, 8, 4).mean(axis=(1, 3))
+    expected = bunch.images[0] / 16.0 * 255.0
+    assert np.corrcoef(small.ravel(), expected.ravel())[0, 1] > 0.95
+
+
+def test_digits_materialised_once(digits_dir, monkeypatch):
+    before = _mtimes(digits_dir)
+    assert (digits_dir / ".complete").is_file()
+
+    def boom():
+        raise AssertionError("digits were loaded again")
+
+    monkeypatch.setitem(builtin.BUILTINS, "digits", boom)
+    assert materialise_builtin("digits") == digits_dir
+    assert len(create_dataset("digits", check_images=False)) == 1797
+    assert _mtimes(digits_dir) == before
+
+
+def test_incomplete_materialisation_is_redone(tmp_path, monkeypatch):
+    calls = []
+
+    def tiny():
+        calls.append(1)
+        imgs = np.stack([np.full((4, 4), v, dtype=np.uint8) for v in (0, 100, 200)])
+        return imgs, np.array([0, 1, 1]), ("p", "q")
+
+    monkeypatch.setitem(builtin.BUILTINS, "digits", tiny)
+    stale = tmp_path / "datasets" / "digits"
+    (stale / "junk").mkdir(parents=True)  # a previous, interrupted run without .complete
+    root = materialise_builtin("digits", cache_dir=tmp_path)
+    assert root == stale
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == [
+        ".complete", "p", "p/0.png", "q", "q/1.png", "q/2.png",
+    ]  # fmt: skip
+    materialise_builtin("digits", cache_dir=tmp_path)
+    assert len(calls) == 1
+
+
+def test_local_path_named_like_a_builtin_wins(tmp_path, make_image_folder, monkeypatch):
+    make_image_folder("digits", classes=("x", "y"), per_class=2)
+    monkeypatch.chdir(tmp_path)
+    assert not is_builtin("digits")
+    ds = create_dataset("digits")
+    assert ds.classes == ("x", "y")
+    assert len(ds) == 4
+
+
+@pytest.mark.skipif(not builtin.FASHION_MNIST_DIR.is_dir(), reason="dataset-fashion-mnist is not installed")
+def test_fashion_mnist_test_split():
+    ds = create_dataset("fashion-mnist:test", check_images=False)
+    assert len(ds) == 10_000
+    assert ds.classes == tuple(sorted(builtin.FASHION_MNIST_CLASSES))
+    assert np.bincount(ds.labels).tolist() == [1000] * 10  # the test split is balanced
+    assert ds.root.name == "fashion-mnist-test"
+    with Image.open(ds.abs_paths[0]) as img:
+        assert img.mode == "L" and img.size == (28, 28)
+
+
+def test_fashion_mnist_missing_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.setattr(builtin, "FASHION_MNIST_DIR", tmp_path / "not-installed")
+    cache = tmp_path / "cache"
+    with pytest.raises(DataError) as exc:
+        create_dataset("fashion-mnist", cache_dir=cache)
+    msg = str(exc.value)
+    assert "fashion-mnist is not installed" in msg
+    assert "apt-get install dataset-fashion-mnist" in msg
+    assert not (cache / "datasets" / "fashion-mnist").exists()  # nothing half-written

@@ -1,0 +1,102 @@
+"""The decoded-image cache: same pixels as a direct decode, reused across calls, invalidated by edits."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from qmix_cli.data import cache
+from qmix_cli.data.cache import cache_key, cached_images
+from qmix_cli.data.images import read_image
+from qmix_cli.data.manifest import create_dataset
+
+
+@pytest.fixture
+def rgb_dataset(make_image_folder):
+    return create_dataset(make_image_folder("rgb", classes=("a", "b", "c"), per_class=4, size=16))
+
+
+def _npy_files(folder):
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def test_cached_images_equal_a_direct_decode(rgb_dataset, tmp_path):
+    arr = cached_images(rgb_dataset, size=8, channels=3, cache_dir=tmp_path / "c", workers=2)
+    assert isinstance(arr, np.memmap)
+    assert arr.shape == (12, 3, 8, 8) and arr.dtype == np.uint8
+    assert not arr.flags.writeable
+    for i, p in enumerate(rgb_dataset.abs_paths):
+        assert np.array_equal(arr[i], read_image(p, channels=3, size=8).transpose(2, 0, 1))
+        with Image.open(p) as img:  # an independent Pillow decode + bilinear resize agrees
+            direct = np.asarray(img.convert("RGB").resize((8, 8), Image.Resampling.BILINEAR)).transpose(2, 0, 1)
+        assert np.abs(arr[i].astype(int) - direct.astype(int)).max() <= 1
+
+
+def test_cached_gray_from_rgb_and_at_native_size(rgb_dataset, tmp_path):
+    gray = cached_images(rgb_dataset, size=16, channels=1, cache_dir=tmp_path)
+    assert gray.shape == (12, 1, 16, 16)
+    with Image.open(rgb_dataset.abs_paths[5]) as img:
+        assert np.array_equal(gray[5, 0], np.asarray(img.convert("L")))
+
+
+def test_second_call_reuses_the_file(rgb_dataset, tmp_path, monkeypatch):
+    first = cached_images(rgb_dataset, size=8, channels=3, cache_dir=tmp_path)
+    target = tmp_path / "decoded" / f"{cache_key(rgb_dataset.abs_paths, size=8, channels=3)}.npy"
+    assert str(first.filename) == str(target)
+    mtime = target.stat().st_mtime_ns
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr(cache, "decode_all", no_decoding)
+    second = cached_images(rgb_dataset, size=8, channels=3, cache_dir=tmp_path)
+    assert str(second.filename) == str(first.filename)
+    assert target.stat().st_mtime_ns == mtime
+    assert np.array_equal(first, second)
+    assert _npy_files(tmp_path / "decoded") == [target.name]  # no temp files left over
+
+
+def test_default_cache_dir_is_the_environment_one(rgb_dataset, qmix_cache_dir):
+    arr = cached_images(rgb_dataset, size=4, channels=1)
+    assert os.path.dirname(arr.filename) == str(qmix_cache_dir / "decoded")
+
+
+def test_key_depends_on_size_channels_and_paths(rgb_dataset):
+    paths = rgb_dataset.abs_paths
+    base = cache_key(paths, size=8, channels=3)
+    assert cache_key(paths, size=8, channels=3) == base
+    assert cache_key(paths, size=16, channels=3) != base
+    assert cache_key(paths, size=8, channels=1) != base
+    assert cache_key(paths[:-1], size=8, channels=3) != base
+    assert cache_key(paths[::-1], size=8, channels=3) != base
+
+
+def test_touching_an_image_changes_the_key(rgb_dataset):
+    paths = rgb_dataset.abs_paths
+    before = cache_key(paths, size=8, channels=3)
+    st = paths[3].stat()
+    os.utime(paths[3], ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    assert cache_key(paths, size=8, channels=3) != before
+
+
+def test_modified_image_is_decoded_again(rgb_dataset, tmp_path):
+    old = np.array(cached_images(rgb_dataset, size=8, channels=3, cache_dir=tmp_path))
+    p = rgb_dataset.abs_paths[0]
+    st = p.stat()
+    Image.fromarray(np.full((16, 16, 3), 7, dtype=np.uint8)).save(p)
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # coarse filesystems: force a new mtime
+    new = cached_images(rgb_dataset, size=8, channels=3, cache_dir=tmp_path)
+    assert (new[0] == 7).all()
+    assert not np.array_equal(old[0], new[0])
+    assert np.array_equal(old[1:], new[1:])
+    assert len(_npy_files(tmp_path / "decoded")) == 2
+
+
+def test_failed_decode_leaves_no_cache_file(rgb_dataset, tmp_path):
+    rgb_dataset.abs_paths[2].write_bytes(b"garbage")  # broken after validation
+    with pytest.raises(OSError):
+        cached_images(rgb_dataset, size=8, channels=3, cache_dir=tmp_path)
+    assert _npy_files(tmp_path / "decoded") == []

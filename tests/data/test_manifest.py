@@ -1,0 +1,355 @@
+"""Manifests: ImageFolder / CSV / Parquet reading and every way user data can be wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from qmix_cli.data.images import read_image
+from qmix_cli.data.manifest import create_dataset, read_manifest
+from qmix_cli.errors import DataError
+
+
+def _csv(path: Path, rows: list[dict], columns: list[str] | None = None) -> Path:
+    pd.DataFrame(rows, columns=columns).to_csv(path, index=False)
+    return path
+
+
+def _folder_rows(root: Path) -> list[dict]:
+    return [{"path": p.relative_to(root).as_posix(), "label": p.parent.name} for p in sorted(root.rglob("*.png"))]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Reading
+
+
+def test_image_folder_reads_sorted_classes_and_paths(make_image_folder):
+    root = make_image_folder(classes=("zebra", "ant", "moth"), per_class=4)
+    (root / ".hidden").mkdir()  # ignored
+    (root / "ant" / "notes.txt").write_text("not an image")  # ignored: not an image suffix
+    ds = create_dataset(root)
+    assert ds.classes == ("ant", "moth", "zebra")
+    assert len(ds) == 12
+    assert list(ds.frame.index) == list(range(12))
+    assert ds.frame["sample_id"].tolist() == ds.frame["path"].tolist()
+    assert ds.frame["path"].iloc[0] == "ant/0.png"
+    assert ds.labels.dtype == np.int64
+    expected = [ds.classes.index(p.split("/")[0]) for p in ds.frame["path"]]
+    assert ds.labels.tolist() == expected
+    assert all(p.is_file() for p in ds.abs_paths)
+    assert ds.channels == 3
+    assert not ds.has_truth()
+
+
+def test_image_folder_recurses_into_subfolders(make_image_folder, write_image):
+    root = make_image_folder(classes=("a", "b"), per_class=2)
+    write_image(root / "a" / "deeper" / "x.png")
+    ds = create_dataset(root)
+    assert "a/deeper/x.png" in set(ds.frame["path"])
+    assert ds.frame.set_index("path").loc["a/deeper/x.png", "label"] == "a"
+
+
+def test_csv_manifest_defaults_sample_id_and_keeps_extra_columns(tmp_path, make_image_folder):
+    root = make_image_folder("imgs", classes=("b", "a"), per_class=3)
+    rows = [
+        {"path": f"imgs/{r['path']}", "label": r["label"], "site": f"s{i}"} for i, r in enumerate(_folder_rows(root))
+    ]
+    csv = _csv(tmp_path / "m.csv", rows)
+    ds = create_dataset(csv)
+    assert ds.root == tmp_path  # relative paths resolve against the manifest's directory
+    assert ds.classes == ("a", "b")
+    assert ds.frame["sample_id"].tolist() == [r["path"] for r in rows]
+    assert ds.frame["site"].tolist() == [r["site"] for r in rows]
+    assert ds.labels.tolist() == [ds.classes.index(r["label"]) for r in rows]
+
+
+def test_parquet_manifest_with_sample_ids_and_absolute_paths(tmp_path, make_image_folder):
+    root = make_image_folder("imgs", classes=("cat", "dog"), per_class=3)
+    rows = _folder_rows(root)
+    frame = pd.DataFrame(
+        {
+            "sample_id": [f"id-{i}" for i in range(len(rows))],
+            "path": [str(root / r["path"]) for r in rows],  # absolute paths are allowed
+            "label": [r["label"] for r in rows],
+            "weight": np.arange(len(rows), dtype=np.float64),
+        }
+    )
+    frame.to_parquet(tmp_path / "m.parquet", index=False)
+    ds = create_dataset(tmp_path / "m.parquet")
+    assert ds.sample_ids == [f"id-{i}" for i in range(6)]
+    assert ds.classes == ("cat", "dog")
+    assert ds.frame["weight"].tolist() == list(range(6))
+    assert ds.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert [p.resolve() for p in ds.abs_paths] == [(root / r["path"]).resolve() for r in rows]
+
+
+def test_parquet_integer_labels_become_strings(tmp_path, make_image_folder):
+    root = make_image_folder("imgs", classes=("0", "1"), per_class=2)
+    rows = _folder_rows(root)
+    pd.DataFrame({"path": [f"imgs/{r['path']}" for r in rows], "label": [int(r["label"]) for r in rows]}).to_parquet(
+        tmp_path / "m.parquet"
+    )
+    ds = create_dataset(tmp_path / "m.parquet")
+    assert ds.classes == ("0", "1")
+    assert ds.labels.tolist() == [0, 0, 1, 1]
+
+
+def test_directory_with_manifest_parquet_is_read_as_that_manifest(tmp_path, make_image_folder):
+    root = make_image_folder("ds", classes=("a", "b"), per_class=2)
+    rows = _folder_rows(root)
+    # Labels deliberately disagree with the folder names: the manifest wins over an ImageFolder scan.
+    pd.DataFrame(
+        {"path": [r["path"] for r in rows], "label": ["x", "y", "y", "x"], "true_label": ["a", "a", "b", "b"]}
+    ).to_parquet(root / "manifest.parquet", index=False)
+    raw, manifest_root = read_manifest(root)
+    assert manifest_root == root
+    assert raw["label"].tolist() == ["x", "y", "y", "x"]
+    ds = create_dataset(root)
+    assert ds.classes == ("x", "y")
+    assert ds.frame["true_label"].tolist() == ["a", "a", "b", "b"]
+    assert len(ds) == 4
+
+
+def test_check_images_false_does_not_open_images(tmp_path):
+    csv = _csv(tmp_path / "m.csv", [{"path": "nope1.png", "label": "a"}, {"path": "nope2.png", "label": "b"}])
+    ds = create_dataset(csv, check_images=False)
+    assert len(ds) == 2
+    assert ds.channels == 0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Bad input: one DataError naming the problem, the first offenders and the total
+
+
+def test_missing_images_name_first_offenders_and_total(tmp_path, make_image_folder):
+    root = make_image_folder("imgs", classes=("a", "b"), per_class=2)
+    rows = [{"path": f"imgs/{r['path']}", "label": r["label"]} for r in _folder_rows(root)]
+    rows += [{"path": f"gone/{i}.png", "label": "a"} for i in range(7)]
+    csv = _csv(tmp_path / "m.csv", rows)
+    with pytest.raises(DataError) as exc:
+        create_dataset(csv)
+    msg = str(exc.value)
+    assert msg.startswith("7 bad images")
+    assert "gone/0.png: file not found" in msg
+    assert "gone/4.png" in msg
+    assert "gone/5.png" not in msg  # only the first five are spelled out...
+    assert "(and 2 more)" in msg  # ...plus how many more
+    assert "--on-bad-image skip" in msg
+
+
+def test_unreadable_random_bytes(make_image_folder):
+    root = make_image_folder(classes=("a", "b"), per_class=2)
+    (root / "a" / "junk.png").write_bytes(np.random.default_rng(0).bytes(500))
+    with pytest.raises(DataError) as exc:
+        create_dataset(root)
+    msg = str(exc.value)
+    assert msg.startswith("1 bad images")
+    assert "a/junk.png: not an image Pillow can read" in msg
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_truncated_image_is_caught(make_image_folder, write_image, truncate, suffix):
+    root = make_image_folder(classes=("a", "b"), per_class=2)
+    bad = truncate(write_image(root / "b" / f"cut{suffix}", size=48, seed=3))
+    with Image.open(bad) as img:  # the header still parses: only a full decode finds the damage
+        assert img.size == (48, 48)
+    with pytest.raises(DataError) as exc:
+        create_dataset(root)
+    msg = str(exc.value)
+    assert f"b/cut{suffix}: unreadable" in msg
+    assert msg.startswith("1 bad images")
+
+
+def test_missing_columns(tmp_path):
+    csv = _csv(tmp_path / "m.csv", [{"file": "a.png", "class": "a"}])
+    with pytest.raises(DataError) as exc:
+        create_dataset(csv)
+    msg = str(exc.value)
+    assert "missing column(s) path, label" in msg
+    assert "found: file, class" in msg
+
+
+def test_missing_label_column_only(tmp_path):
+    csv = _csv(tmp_path / "m.csv", [{"path": "a.png", "klass": "a"}])
+    with pytest.raises(DataError, match=r"missing column\(s\) label;"):
+        create_dataset(csv)
+
+
+def test_empty_labels(tmp_path, make_image_folder):
+    root = make_image_folder("imgs", classes=("a", "b"), per_class=2)
+    rows = [{"path": f"imgs/{r['path']}", "label": r["label"]} for r in _folder_rows(root)]
+    rows[1]["label"] = ""
+    rows[3]["label"] = "   "
+    csv = _csv(tmp_path / "m.csv", rows)
+    with pytest.raises(DataError) as exc:
+        create_dataset(csv)
+    msg = str(exc.value)
+    assert msg.startswith("2 rows with an empty 'label'")
+    assert "row 2; row 4" in msg
+
+
+def test_duplicate_sample_ids(tmp_path, make_image_folder):
+    root = make_image_folder("imgs", classes=("a", "b"), per_class=2)
+    rows = [{"sample_id": sid, "path": f"imgs/{r['path']}", "label": r["label"]} for sid, r in
+            zip(["x", "y", "x", "z"], _folder_rows(root), strict=True)]  # fmt: skip
+    csv = _csv(tmp_path / "m.csv", rows)
+    with pytest.raises(DataError) as exc:
+        create_dataset(csv)
+    msg = str(exc.value)
+    assert msg.startswith("1 duplicate sample_ids")
+    assert msg.endswith(": x")  # only the duplicated id is listed
+
+
+def test_path_escaping_the_root_is_refused(tmp_path, write_image):
+    write_image(tmp_path / "x.png")
+    write_image(tmp_path / "ds" / "a.png")
+    write_image(tmp_path / "ds" / "b.png")
+    csv = _csv(
+        tmp_path / "ds" / "m.csv",
+        [
+            {"path": "a.png", "label": "a"},
+            {"path": "b.png", "label": "b"},
+            {"path": "../x.png", "label": "a"},
+            {"path": "sub/../../x.png", "label": "b"},
+        ],
+    )
+    with pytest.raises(DataError) as exc:
+        create_dataset(csv)
+    msg = str(exc.value)
+    assert msg.startswith("2 paths escaping the dataset root")
+    assert "../x.png" in msg and "sub/../../x.png" in msg
+
+
+def test_path_with_dotdot_staying_inside_root_is_accepted(tmp_path, write_image):
+    write_image(tmp_path / "a.png")
+    write_image(tmp_path / "b.png", seed=1)
+    (tmp_path / "sub").mkdir()
+    csv = _csv(tmp_path / "m.csv", [{"path": "sub/../a.png", "label": "a"}, {"path": "b.png", "label": "b"}])
+    assert len(create_dataset(csv)) == 2
+
+
+def test_empty_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="empty"):
+        create_dataset(tmp_path / "empty")
+
+
+def test_folder_with_class_dirs_but_no_images(tmp_path):
+    (tmp_path / "ds" / "a").mkdir(parents=True)
+    (tmp_path / "ds" / "a" / "readme.txt").write_text("x")
+    with pytest.raises(DataError, match="empty"):
+        create_dataset(tmp_path / "ds")
+
+
+def test_header_only_csv(tmp_path):
+    csv = tmp_path / "m.csv"
+    csv.write_text("path,label\n")
+    with pytest.raises(DataError, match="the dataset is empty"):
+        create_dataset(csv)
+
+
+def test_single_class(make_image_folder):
+    root = make_image_folder(classes=("only",), per_class=3)
+    with pytest.raises(DataError) as exc:
+        create_dataset(root)
+    msg = str(exc.value)
+    assert "found 1 class (only)" in msg
+    assert "at least 2" in msg
+
+
+def test_unknown_labels_when_classes_given(make_image_folder):
+    root = make_image_folder(classes=("a", "b", "c", "d"), per_class=1)
+    with pytest.raises(DataError) as exc:
+        create_dataset(root, classes=["a", "b"])
+    msg = str(exc.value)
+    assert msg.startswith("2 unknown labels")
+    assert "2 known classes" in msg
+    assert ": c; d" in msg
+
+
+def test_given_classes_are_kept_even_when_absent(make_image_folder):
+    root = make_image_folder(classes=("b", "c"), per_class=2)
+    ds = create_dataset(root, classes=["a", "b", "c"])
+    assert ds.classes == ("a", "b", "c")
+    assert ds.labels.tolist() == [1, 1, 2, 2]
+
+
+def test_missing_source_and_unknown_file_type(tmp_path):
+    with pytest.raises(DataError, match="dataset not found"):
+        create_dataset(tmp_path / "nowhere")
+    (tmp_path / "x.txt").write_text("hello")
+    with pytest.raises(DataError, match="cannot read"):
+        create_dataset(tmp_path / "x.txt")
+
+
+def test_malformed_parquet(tmp_path):
+    (tmp_path / "m.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(DataError, match="cannot read manifest"):
+        create_dataset(tmp_path / "m.parquet")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Skipping bad images
+
+
+def test_skip_drops_bad_rows_and_lists_them(tmp_path, make_image_folder, write_image, truncate):
+    root = make_image_folder("imgs", classes=("a", "b", "c"), per_class=4)
+    (root / "a" / "junk.png").write_bytes(b"\x89PNG but not really")
+    truncate(write_image(root / "b" / "cut.jpg", size=48))
+    rows = [{"path": f"imgs/{r['path']}", "label": r["label"]} for r in _folder_rows(root)]
+    rows.append({"path": "imgs/b/cut.jpg", "label": "b"})
+    rows.insert(2, {"path": "imgs/c/missing.png", "label": "c"})
+    csv = _csv(tmp_path / "m.csv", rows)
+
+    ds = create_dataset(csv, on_bad_image="skip")
+    assert len(ds) == 12
+    assert list(ds.frame.index) == list(range(12))
+    assert ds.classes == ("a", "b", "c")
+    skipped = ds.skipped.set_index("path")["reason"].to_dict()
+    assert set(skipped) == {"imgs/a/junk.png", "imgs/c/missing.png", "imgs/b/cut.jpg"}
+    assert skipped["imgs/c/missing.png"] == "file not found"
+    assert skipped["imgs/a/junk.png"] == "not an image Pillow can read"
+    assert skipped["imgs/b/cut.jpg"].startswith("unreadable")
+    assert not set(ds.frame["path"]) & set(skipped)
+    assert ds.labels.tolist() == [ds.classes.index(lab) for lab in ds.frame["label"]]
+
+
+def test_skip_everything_is_an_error(tmp_path):
+    csv = _csv(tmp_path / "m.csv", [{"path": "a.png", "label": "a"}, {"path": "b.png", "label": "b"}])
+    with pytest.raises(DataError, match="no usable images left after skipping 2"):
+        create_dataset(csv, on_bad_image="skip")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Channels and decoding
+
+
+def test_channels_grayscale_rgb_and_mixed(tmp_path, make_image_folder, write_image):
+    gray = make_image_folder("gray", classes=("a", "b"), per_class=2, mode="L")
+    assert create_dataset(gray).channels == 1
+    rgb = make_image_folder("rgb", classes=("a", "b"), per_class=2, mode="RGB")
+    assert create_dataset(rgb).channels == 3
+    write_image(gray / "a" / "colour.png", mode="RGB")
+    assert create_dataset(gray).channels == 3
+
+
+def test_16bit_grayscale_png_is_rescaled_not_clipped(tmp_path, write_image):
+    arr = np.linspace(1000, 3000, 16 * 16).reshape(16, 16).astype(np.uint16)
+    (tmp_path / "a").mkdir()
+    Image.fromarray(arr).save(tmp_path / "a" / "x16.png")
+    write_image(tmp_path / "b" / "y.png", mode="L")
+    with Image.open(tmp_path / "a" / "x16.png") as img:
+        assert img.mode.startswith("I")  # really a 16-bit file
+    ds = create_dataset(tmp_path)
+    assert ds.channels == 1
+    out = read_image(tmp_path / "a" / "x16.png", channels=1)
+    assert out.dtype == np.uint8 and out.shape == (16, 16, 1)
+    assert out.min() == 0 and out.max() == 255  # clipping would make every pixel 255
+    assert np.all(np.diff(out[:, :, 0].ravel().astype(int)) >= 0)  # the ramp's order survives
+    small = read_image(tmp_path / "a" / "x16.png", channels=3, size=8)
+    assert small.shape == (8, 8, 3)
+    assert small.min() < 40 and small.max() > 215

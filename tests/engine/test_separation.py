@@ -1,0 +1,356 @@
+"""Tests for qmix_cli.engine.separation: scores, normaliser, GMM naming, guard rails, serialisation, AUCs."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+from sklearn.mixture import GaussianMixture
+
+from qmix_cli.engine.separation import (
+    CLEAN,
+    GROUPS,
+    MIS_H,
+    MIS_L,
+    Normaliser,
+    QualitySeparation,
+    collision_uncertainty,
+    entropy,
+    fit_loss_separation,
+    fit_quality_separation,
+    hard_groups,
+    name_components,
+    per_sample_loss,
+    separation_aucs,
+)
+from qmix_cli.errors import TrainingError
+
+# Planted cluster centres in raw (loss, uncertainty) units, one row per group in GROUPS order:
+# clean = low loss / low uncertainty, Mis-H = high loss / low uncertainty, Mis-L = mid loss / high unc.
+CENTRES = np.array([[0.2, 0.15], [2.6, 0.3], [1.5, 1.7]])
+SPREAD = np.array([0.12, 0.08])
+
+
+def planted(n: int = 600, *, seed: int = 0, share=(0.6, 0.25, 0.15)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    truth = rng.choice(3, size=n, p=share)
+    x = CENTRES[truth] + rng.normal(size=(n, 2)) * SPREAD
+    return np.abs(x[:, 0]), np.abs(x[:, 1]), truth
+
+
+# --------------------------------------------------------------------------------------------------- scores
+
+
+def test_group_order_is_the_project_convention():
+    assert GROUPS == ("clean", "mislabeled_hq", "mislabeled_lq")
+    assert (CLEAN, MIS_H, MIS_L) == (0, 1, 2)
+
+
+def test_entropy_known_values_and_zero_safe():
+    probs = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [1 / 3, 1 / 3, 1 / 3]])
+    np.testing.assert_allclose(entropy(probs), [0.0, math.log(2), math.log(3)], atol=1e-12)
+    assert entropy(probs).dtype == np.float64
+
+
+def test_collision_uncertainty_matches_method_landmarks():
+    k = 1000
+    confident_right = np.eye(k)[[0]]
+    confident_wrong = np.eye(k)[[1]]
+    diffuse = np.full((1, k), 1.0 / k)
+    probs = np.concatenate([confident_right, confident_wrong, diffuse])
+    u = collision_uncertainty(probs, np.zeros(3, dtype=int))
+    np.testing.assert_allclose(u[:2], [0.0, math.log(2)], atol=1e-12)
+    assert u[2] == pytest.approx(math.log(4), abs=5e-3)
+    # Hand value: q = (0.5 + 0.3, 0.35, ... ) for probs (0.6, 0.4), label 0 → q = (0.8, 0.2).
+    v = collision_uncertainty(np.array([[0.6, 0.4]]), np.array([0]))
+    assert v[0] == pytest.approx(-math.log(0.8**2 + 0.2**2))
+
+
+def test_per_sample_loss_is_cross_entropy_and_finite():
+    probs = np.array([[0.25, 0.75], [1.0, 0.0]])
+    loss = per_sample_loss(probs, np.array([1, 1]))
+    assert loss[0] == pytest.approx(-math.log(0.75))
+    assert np.isfinite(loss[1]) and loss[1] == pytest.approx(-math.log(1e-12))
+
+
+def test_scores_reject_bad_labels():
+    with pytest.raises(ValueError):
+        per_sample_loss(np.full((2, 3), 1 / 3), np.array([0, 3]))
+    with pytest.raises(ValueError):
+        collision_uncertainty(np.full((2, 3), 1 / 3), np.array([0]))
+
+
+# ----------------------------------------------------------------------------------------------- normaliser
+
+
+def test_normaliser_min_max_clip_and_constant_column():
+    x = np.array([[1.0, 5.0], [3.0, 5.0], [2.0, 5.0]])
+    norm = Normaliser.fit(x)
+    np.testing.assert_allclose(norm(x), [[0.0, 0.0], [1.0, 0.0], [0.5, 0.0]])
+    new = np.array([[0.0, 4.0], [10.0, 5.5]])
+    out = norm(new)
+    assert np.isfinite(out).all() and out.min() >= 0.0 and out.max() <= 1.0
+    np.testing.assert_allclose(out[:, 0], [0.0, 1.0])
+    restored = Normaliser.from_dict(json.loads(json.dumps(norm.to_dict())))
+    np.testing.assert_array_equal(restored(new), out)
+
+
+# --------------------------------------------------------------------------------------------------- naming
+
+
+def test_name_components_paper_rule_under_every_permutation():
+    means = np.array([[0.1, 0.1], [0.9, 0.2], [0.5, 0.9]])  # clean, Mis-H, Mis-L
+    for order in itertools.permutations(range(3)):
+        named = name_components(means[list(order)])
+        np.testing.assert_array_equal(named, np.array([0, 1, 2])[list(order)])
+
+
+def test_name_components_one_dimensional_and_single():
+    np.testing.assert_array_equal(name_components(np.array([[0.8], [0.1]])), [MIS_H, CLEAN])
+    np.testing.assert_array_equal(name_components(np.array([[0.3, 0.5]])), [CLEAN])
+
+
+def test_name_components_many_components_by_position():
+    # Two components on the clean mode (one a skewed tail), two on Mis-H, one on Mis-L.
+    means = np.array([[0.05, 0.1], [0.2, 0.15], [0.85, 0.1], [0.95, 0.2], [0.55, 0.9]])
+    weights = np.array([0.4, 0.2, 0.15, 0.1, 0.15])
+    expected = np.array([CLEAN, CLEAN, MIS_H, MIS_H, MIS_L])
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        order = rng.permutation(5)
+        np.testing.assert_array_equal(name_components(means[order], weights=weights[order]), expected[order])
+
+
+def test_naming_survives_sklearn_component_order():
+    # Permute the components of a real fitted mixture: the per-group posteriors must not change.
+    loss, unc, _ = planted(seed=3)
+    sep = fit_quality_separation(loss, unc)
+    reference = sep.posteriors(loss, unc)
+    for order in itertools.permutations(range(3)):
+        o = list(order)
+        permuted = QualitySeparation(
+            normaliser=sep.normaliser,
+            weights=sep.weights[o],
+            means=sep.means[o],
+            covariances=sep.covariances[o],
+            precisions_cholesky=sep.precisions_cholesky[o],
+            component_groups=name_components(sep.means[o]),
+        )
+        np.testing.assert_allclose(permuted.posteriors(loss, unc), reference, atol=1e-12)
+
+
+# -------------------------------------------------------------------------------------------------- fitting
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_three_component_fit_recovers_planted_groups(seed):
+    loss, unc, truth = planted(seed=seed)
+    order = np.random.default_rng(100 + seed).permutation(len(loss))
+    sep = fit_quality_separation(loss[order], unc[order], seed=seed)
+    assert not sep.fallback and sep.n_components == 3
+    post = sep.posteriors(loss[order], unc[order])
+    assert post.shape == (len(loss), 3) and post.dtype == np.float64
+    np.testing.assert_allclose(post.sum(axis=1), 1.0)
+    accuracy = (hard_groups(post) == truth[order]).mean()
+    assert accuracy > 0.95
+
+
+@pytest.mark.parametrize("components", [10, 16])
+def test_many_component_option_recovers_planted_groups(components):
+    loss, unc, truth = planted(n=800, seed=5)
+    sep = fit_quality_separation(loss, unc, components=components, seed=1)
+    assert not sep.fallback and sep.n_components == components
+    assert set(sep.component_groups.tolist()) == {CLEAN, MIS_H, MIS_L}
+    assert (hard_groups(sep.posteriors(loss, unc)) == truth).mean() > 0.95
+
+
+def test_many_components_with_too_few_samples_falls_back_to_three():
+    loss, unc, _ = planted(n=120, seed=2)
+    sep = fit_quality_separation(loss, unc, components=20)
+    assert sep.fallback and sep.n_components == 3
+    assert "20 components" in sep.note
+
+
+def test_group_means_are_ordered_like_the_names():
+    loss, unc, _ = planted(seed=4)
+    means = fit_quality_separation(loss, unc).group_means()
+    assert means.shape == (3, 2) and np.isfinite(means).all()
+    assert means[CLEAN, 0] < means[MIS_H, 0] and means[CLEAN, 0] < means[MIS_L, 0]
+    assert means[MIS_L, 1] > means[MIS_H, 1]
+    assert means.min() >= 0.0 and means.max() <= 1.0
+
+
+def test_restored_separation_scores_new_points_identically():
+    loss, unc, _ = planted(seed=6)
+    sep = fit_quality_separation(loss, unc)
+    payload = json.dumps(sep.to_dict(), allow_nan=False)  # strictly JSON
+    restored = QualitySeparation.from_dict(json.loads(payload))
+    new_loss, new_unc, _ = planted(n=50, seed=60)
+    new_loss[0], new_unc[0] = 100.0, -1.0  # outside the fitted range: clipped, still scored
+    np.testing.assert_array_equal(restored.posteriors(new_loss, new_unc), sep.posteriors(new_loss, new_unc))
+    np.testing.assert_array_equal(restored.component_groups, sep.component_groups)
+    assert restored.note == sep.note and restored.fallback == sep.fallback
+
+
+def test_restored_loss_separation_round_trips_nan_uncertainty():
+    loss, _, _ = planted(seed=7)
+    sep = fit_loss_separation(loss)
+    restored = QualitySeparation.from_dict(json.loads(json.dumps(sep.to_dict(), allow_nan=False)))
+    np.testing.assert_array_equal(restored.posteriors(loss), sep.posteriors(loss))
+    assert np.isnan(restored.normalise(loss)[:, 1]).all()
+
+
+# ---------------------------------------------------------------------------------------------- guard rails
+
+
+def test_identical_losses_are_all_clean():
+    rng = np.random.default_rng(0)
+    sep = fit_quality_separation(np.full(200, 0.01), rng.random(200))
+    post = sep.posteriors(np.full(200, 0.01), rng.random(200))
+    np.testing.assert_allclose(post[:, CLEAN], 1.0)
+    assert sep.fallback and "no spread" in sep.note
+    assert (hard_groups(post) == CLEAN).all()
+
+
+def test_tiny_losses_are_all_clean():
+    rng = np.random.default_rng(1)
+    loss, unc = rng.random(300) * 1e-4, rng.random(300) * 1e-3
+    post = fit_quality_separation(loss, unc).posteriors(loss, unc)
+    np.testing.assert_allclose(post[:, CLEAN], 1.0)
+
+
+def test_five_samples_fall_back_to_loss_gmm_and_are_mostly_clean():
+    loss = np.array([0.10, 0.12, 0.11, 0.09, 2.5])
+    unc = np.array([0.2, 0.1, 0.15, 0.2, 0.9])
+    sep = fit_quality_separation(loss, unc)
+    assert sep.fallback and not sep.uses_uncertainty
+    post = sep.posteriors(loss, unc)
+    np.testing.assert_array_equal(post[:, MIS_L], 0.0)
+    np.testing.assert_array_equal(hard_groups(post), [CLEAN, CLEAN, CLEAN, CLEAN, MIS_H])
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_a_handful_of_samples_never_crashes(n):
+    loss, unc = np.linspace(0.1, 1.0, n), np.linspace(0.2, 0.4, n)
+    post = fit_quality_separation(loss, unc).posteriors(loss, unc)
+    assert post.shape == (n, 3)
+    np.testing.assert_allclose(post[:, CLEAN], 1.0)
+
+
+def test_confidently_fitted_dataset_is_all_clean():
+    # Every sample gives its label p > 0.99 (skewed, not identical): min–max scaling must not invent groups.
+    rng = np.random.default_rng(2)
+    loss = rng.gamma(2.0, 0.001, size=500).clip(max=0.0099)
+    unc = np.abs(rng.normal(0.05, 0.02, size=500))
+    sep = fit_quality_separation(loss, unc)
+    assert sep.fallback and "all clean" in sep.note
+    np.testing.assert_allclose(sep.posteriors(loss, unc)[:, CLEAN], 1.0)
+    np.testing.assert_allclose(fit_loss_separation(loss).posteriors(loss)[:, CLEAN], 1.0)
+
+
+def test_unimodal_moderate_losses_do_not_crash():
+    # A single moderate-loss mode is still split by the mixture (as in DivideMix): only sanity is promised.
+    rng = np.random.default_rng(3)
+    loss, unc = rng.gamma(2.0, 0.05, size=500), np.abs(rng.normal(0.1, 0.03, size=500))
+    post = fit_quality_separation(loss, unc).posteriors(loss, unc)
+    assert np.isfinite(post).all()
+    np.testing.assert_allclose(post.sum(axis=1), 1.0)
+
+
+def test_constant_uncertainty_uses_loss_only():
+    loss, _, truth = planted(seed=8)
+    sep = fit_quality_separation(loss, np.zeros_like(loss))
+    assert sep.fallback and not sep.uses_uncertainty
+    groups = hard_groups(sep.posteriors(loss, np.zeros_like(loss)))
+    assert (groups[truth == CLEAN] == CLEAN).mean() > 0.95
+
+
+def test_degenerate_component_triggers_fallback():
+    # Two tight clusters and a single far outlier: a 3-component fit spends a component on one sample.
+    rng = np.random.default_rng(9)
+    loss = np.concatenate([rng.normal(0.1, 0.01, 100), rng.normal(2.0, 0.01, 100), [50.0]])
+    unc = np.concatenate([rng.normal(0.1, 0.01, 100), rng.normal(0.1, 0.01, 100), [1.0]])
+    sep = fit_quality_separation(loss, unc)
+    assert sep.fallback and "fell back" in sep.note
+    post = sep.posteriors(loss, unc)
+    assert np.isfinite(post).all() and post.shape == (201, 3)
+
+
+def test_non_finite_input_is_a_training_error():
+    with pytest.raises(TrainingError):
+        fit_quality_separation(np.array([0.1, np.nan, 0.3]), np.zeros(3))
+
+
+def test_quality_separation_needs_uncertainty_to_score():
+    loss, unc, _ = planted(seed=10)
+    sep = fit_quality_separation(loss, unc)
+    with pytest.raises(ValueError):
+        sep.posteriors(loss)
+
+
+# ------------------------------------------------------------------------------------------------ DivideMix
+
+
+def test_loss_separation_matches_sklearn_two_component_fit():
+    loss, _, truth = planted(seed=11)
+    sep = fit_loss_separation(loss, seed=0)
+    assert not sep.fallback and sep.n_components == 2 and not sep.uses_uncertainty
+    x = (loss - loss.min()) / (loss.max() - loss.min())
+    gm = GaussianMixture(2, reg_covar=5e-4, max_iter=10, tol=1e-2, random_state=0).fit(x[:, None])
+    expected = gm.predict_proba(x[:, None])[:, int(np.argmin(gm.means_[:, 0]))]
+    post = sep.posteriors(loss)
+    np.testing.assert_allclose(post[:, CLEAN], expected, atol=1e-10)
+    np.testing.assert_allclose(post[:, MIS_H], 1.0 - expected, atol=1e-10)
+    np.testing.assert_array_equal(post[:, MIS_L], 0.0)
+    assert (hard_groups(post)[truth == CLEAN] == CLEAN).mean() > 0.95
+
+
+def test_loss_separation_records_uncertainty_range_for_reporting():
+    loss, unc, _ = planted(seed=12)
+    sep = fit_loss_separation(loss, uncertainty=unc)
+    norm = sep.normalise(loss, unc)
+    assert norm[:, 1].min() == 0.0 and norm[:, 1].max() == 1.0
+    means = sep.group_means()
+    assert np.isnan(means[:, 1]).all() and np.isnan(means[MIS_L]).all()
+
+
+# ---------------------------------------------------------------------------------------------- hard groups
+
+
+def test_hard_groups_threshold_rule():
+    post = np.array(
+        [
+            [0.90, 0.05, 0.05],  # clean
+            [0.50, 0.30, 0.20],  # argmax clean but not > 0.5 → larger of the two: Mis-H
+            [0.45, 0.20, 0.35],  # argmax clean but not > 0.5 → Mis-L
+            [0.10, 0.20, 0.70],  # Mis-L
+            [0.40, 0.60, 0.00],  # Mis-H
+        ]
+    )
+    groups = hard_groups(post)
+    assert groups.dtype == np.int8
+    np.testing.assert_array_equal(groups, [CLEAN, MIS_H, MIS_L, MIS_L, MIS_H])
+    np.testing.assert_array_equal(hard_groups(post, p_threshold=0.4)[:3], [CLEAN, CLEAN, CLEAN])
+
+
+# ----------------------------------------------------------------------------------------------------- AUCs
+
+
+def test_separation_aucs_known_values():
+    post = np.array([[0.9, 0.1, 0.0], [0.8, 0.0, 0.2], [0.3, 0.6, 0.1], [0.1, 0.1, 0.8]])
+    is_clean = np.array([True, False, True, False])
+    is_hq = np.array([True, True, True, False])
+    aucs = separation_aucs(post, is_clean=is_clean, is_high_quality=is_hq)
+    # p_clean ranks: clean {0.9, 0.3} vs noisy {0.8, 0.1}: pairs won 0.9>0.8, 0.9>0.1, 0.3>0.1 → 3/4.
+    assert aucs["auc_clean"] == pytest.approx(0.75)
+    # p_clean + p_mis_h = (1.0, 0.8, 0.9, 0.2): the single LQ sample is lowest → 1.
+    assert aucs["auc_hq"] == pytest.approx(1.0)
+
+
+def test_separation_aucs_nan_without_usable_truth():
+    post = np.tile([0.5, 0.3, 0.2], (4, 1))
+    aucs = separation_aucs(post, is_clean=None, is_high_quality=np.ones(4, dtype=bool))
+    assert math.isnan(aucs["auc_clean"]) and math.isnan(aucs["auc_hq"])

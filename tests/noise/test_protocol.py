@@ -1,0 +1,412 @@
+"""The mixed-noise protocol: planning (pure) and writing a corrupted copy (atomic, reproducible, source untouched)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+import qmix_cli
+from qmix_cli.api import corrupt
+from qmix_cli.data.manifest import create_dataset
+from qmix_cli.errors import ConfigError, QmixError
+from qmix_cli.noise import protocol
+from qmix_cli.noise.degrade import DEGRADATIONS
+from qmix_cli.noise.protocol import PRESETS, CorruptSpec, corrupt_dataset, plan_corruption, resolve_spec
+
+K = 10
+CLASSES = [f"c{i}" for i in range(K)]
+
+
+@pytest.fixture(scope="module")
+def labels() -> np.ndarray:
+    return np.random.default_rng(123).integers(0, K, size=10_000)
+
+
+def _within_3_sigma(count: int, n: int, p: float) -> bool:
+    return abs(count - n * p) <= 3 * np.sqrt(n * p * (1 - p))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# plan_corruption
+
+
+@pytest.mark.parametrize("quality_rate", [0.0, 0.15, 0.3333, 0.75, 1.0])
+def test_lq_count_is_exact(labels, quality_rate):
+    plan = plan_corruption(labels, classes=CLASSES, spec=CorruptSpec(quality_rate=quality_rate, seed=1))
+    assert len(plan) == len(labels)
+    assert int(plan["is_low_quality"].sum()) == round(quality_rate * len(labels))
+
+
+@pytest.mark.parametrize("label_rate", [0.1, 0.2, 0.45])
+def test_hq_label_noise_rate_is_binomial(labels, label_rate):
+    plan = plan_corruption(labels, classes=CLASSES, spec=CorruptSpec(label_rate=label_rate, quality_rate=0.2, seed=2))
+    hq = ~plan["is_low_quality"]
+    n_hq = int(hq.sum())
+    flipped = int(plan.loc[hq, "is_label_noisy"].sum())
+    assert _within_3_sigma(flipped, n_hq, label_rate), (flipped, n_hq * label_rate)
+    # symmetric-exclusive: the wrong labels spread evenly over the other classes.
+    wrong = plan.loc[hq & plan["is_label_noisy"]]
+    shift = (wrong["label"].str[1:].astype(int) - wrong["true_label"].str[1:].astype(int)) % K
+    counts = np.bincount(shift, minlength=K)
+    assert counts[0] == 0
+    assert all(_within_3_sigma(int(c), len(wrong), 1 / (K - 1)) for c in counts[1:])
+
+
+def test_no_label_noise(labels):
+    plan = plan_corruption(labels, classes=CLASSES, spec=CorruptSpec(label_noise="none", quality_rate=0.1, seed=0))
+    hq = ~plan["is_low_quality"]
+    assert not plan.loc[hq, "is_label_noisy"].any()
+    assert (plan.loc[hq, "category"] == "clean").all()
+
+
+def test_categories_are_consistent(labels):
+    plan = plan_corruption(labels, classes=CLASSES, spec=CorruptSpec(quality_rate=0.3, lq_labels="prior", seed=4))
+    lq, noisy = plan["is_low_quality"], plan["is_label_noisy"]
+    assert (noisy == (plan["label"] != plan["true_label"])).all()
+    assert ((plan["category"] == "mislabeled_lq") == lq).all()
+    assert ((plan["category"] == "mislabeled_hq") == (~lq & noisy)).all()
+    assert ((plan["category"] == "clean") == (~lq & ~noisy)).all()
+    assert (plan["true_label"] == np.asarray(CLASSES)[labels]).all()
+    assert set(plan["label"]) <= set(CLASSES)
+
+
+def test_degradation_and_severity_columns(labels):
+    spec = CorruptSpec(quality_rate=0.2, degradations="blur,jpeg,haze", severity="2-4", per_image=2, seed=5)
+    plan = plan_corruption(labels, classes=CLASSES, spec=spec)
+    lq = plan["is_low_quality"]
+    assert (plan.loc[~lq, "degradation"] == "").all()
+    assert (plan.loc[~lq, "severity"] == 0).all()
+    sev = plan.loc[lq, "severity"]
+    assert sev.between(2, 4).all() and set(sev) == {2, 3, 4}
+    parts = plan.loc[lq, "degradation"].str.split("+")
+    assert all(len(p) == 2 and len(set(p)) == 2 and set(p) <= {"blur", "jpeg", "haze"} for p in parts)
+
+
+def test_all_degradations_are_used(labels):
+    plan = plan_corruption(labels, classes=CLASSES, spec=CorruptSpec(quality_rate=0.2, seed=6))
+    used = set(plan.loc[plan["is_low_quality"], "degradation"])
+    assert used == set(DEGRADATIONS)
+
+
+def test_lq_labels_random_never_equals_true(labels):
+    plan = plan_corruption(labels, classes=CLASSES, spec=CorruptSpec(quality_rate=0.4, lq_labels="random", seed=7))
+    lq = plan.loc[plan["is_low_quality"]]
+    assert (lq["label"] != lq["true_label"]).all()
+    assert lq["is_label_noisy"].all()
+    assert lq["label"].nunique() == K
+
+
+def test_lq_labels_keep_always_equals_true(labels):
+    plan = plan_corruption(labels, classes=CLASSES, spec=CorruptSpec(quality_rate=0.4, lq_labels="keep", seed=8))
+    lq = plan.loc[plan["is_low_quality"]]
+    assert (lq["label"] == lq["true_label"]).all()
+    assert not lq["is_label_noisy"].any()
+    assert (lq["category"] == "mislabeled_lq").all()  # LQ counts as mislabeled whatever label it keeps
+
+
+def test_lq_labels_prior_follows_class_frequencies():
+    skewed = np.repeat(np.arange(3), [6000, 3000, 1000])
+    plan = plan_corruption(skewed, classes=["a", "b", "c"], spec=CorruptSpec(quality_rate=0.5, lq_labels="prior"))
+    lq = plan.loc[plan["is_low_quality"], "label"]
+    for name, p in zip("abc", (0.6, 0.3, 0.1), strict=True):
+        assert _within_3_sigma(int((lq == name).sum()), len(lq), p)
+
+
+def test_plan_is_reproducible_by_seed(labels):
+    spec = CorruptSpec(quality_rate=0.25, seed=11)
+    a = plan_corruption(labels, classes=CLASSES, spec=spec)
+    b = plan_corruption(labels, classes=CLASSES, spec=spec)
+    pd.testing.assert_frame_equal(a, b)
+    c = plan_corruption(labels, classes=CLASSES, spec=CorruptSpec(quality_rate=0.25, seed=12))
+    assert not a["is_low_quality"].equals(c["is_low_quality"])
+    assert not a["label"].equals(c["label"])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Specs and presets
+
+
+def test_presets_resolve():
+    spec = resolve_spec("paper-35")
+    assert spec.quality_rate == 0.35
+    assert spec.label_rate == 0.2
+    assert spec.severity == "4-5"
+    assert spec.lq_labels == "random"
+    assert set(PRESETS) == {"paper-15", "paper-35", "paper-45", "paper-55", "paper-75"}
+    assert resolve_spec("paper-75").quality_rate == 0.75
+
+
+def test_explicit_options_override_preset_values():
+    spec = resolve_spec("paper-35", quality_rate=0.1, severity="2", seed=9, label_rate=None)
+    assert spec.quality_rate == 0.1
+    assert spec.severity == "2"
+    assert spec.seed == 9
+    assert spec.label_rate == 0.2  # None means "not given": the preset's value stays
+    assert resolve_spec(None) == CorruptSpec()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"preset": "paper-99"}, "unknown preset"),
+        ({"label_rate": 1.5}, "label-rate must be between 0 and 1"),
+        ({"quality_rate": -0.1}, "quality-rate must be between 0 and 1"),
+        ({"severity": "7"}, "severity must be within 1..5"),
+        ({"severity": "bad"}, "severity must be 1..5"),
+        ({"severity": "5-3"}, "severity must be within 1..5"),
+        ({"degradations": "blur,sparkle"}, "unknown degradation 'sparkle'"),
+        ({"lq_labels": "maybe"}, "lq-labels must be one of"),
+        ({"per_image": 0}, "per-image must be at least 1"),
+    ],
+)
+def test_invalid_specs(options, message):
+    preset = options.pop("preset", None)
+    with pytest.raises(ConfigError, match=message):
+        resolve_spec(preset, **options)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# corrupt_dataset / api.corrupt on digits
+
+
+@pytest.fixture(scope="module")
+def digits_run(digits_dir, tmp_path_factory):
+    """digits corrupted once with 4 threads, and once more with the same seed and 1 thread."""
+    base = tmp_path_factory.mktemp("corrupt")
+    a = corrupt("digits", base / "a", label_rate=0.2, quality_rate=0.15, seed=1, workers=4)
+    b = corrupt("digits", base / "b", label_rate=0.2, quality_rate=0.15, seed=1, workers=1)
+    return a, b
+
+
+def test_truth_counts_match_requested_rates(digits_run):
+    result, _ = digits_run
+    m = result.manifest
+    n = len(m)
+    assert n == 1797
+    assert int(m["is_low_quality"].sum()) == round(0.15 * n)
+    hq = ~m["is_low_quality"]
+    assert _within_3_sigma(int(m.loc[hq, "is_label_noisy"].sum()), int(hq.sum()), 0.2)
+    counts = m["category"].value_counts().to_dict()
+    assert counts["mislabeled_lq"] == 270
+    assert counts["mislabeled_hq"] == int(m.loc[hq, "is_label_noisy"].sum())
+    assert counts["clean"] == n - 270 - counts["mislabeled_hq"]
+
+
+def test_manifest_is_readable_with_truth(digits_run):
+    result, _ = digits_run
+    ds = create_dataset(result.out)
+    assert len(ds) == 1797
+    assert ds.has_truth()
+    assert ds.classes == tuple(str(i) for i in range(10))
+    assert ds.channels == 1
+    on_disk = pd.read_parquet(result.out / "manifest.parquet")
+    assert list(on_disk.columns) == [
+        "sample_id", "path", "label", "true_label", "is_label_noisy", "is_low_quality", "degradation", "severity",
+        "category",
+    ]  # fmt: skip
+    pd.testing.assert_frame_equal(on_disk, result.manifest)
+    assert on_disk["path"].str.startswith("images/").all()
+    # the true label is the class folder of the source image
+    assert (on_disk["true_label"] == on_disk["sample_id"].str.split("/").str[0]).all()
+
+
+def test_same_seed_is_byte_identical_whatever_the_threads(digits_run, hash_tree):
+    a, b = digits_run
+    assert (a.out / "manifest.parquet").read_bytes() == (b.out / "manifest.parquet").read_bytes()
+    assert hash_tree(a.out / "images") == hash_tree(b.out / "images")
+    ja = json.loads((a.out / "noise.json").read_text())
+    jb = json.loads((b.out / "noise.json").read_text())
+    assert ja == jb
+
+
+def test_different_seed_differs(digits_run, tmp_path):
+    a, _ = digits_run
+    c = corrupt("digits", tmp_path / "c", label_rate=0.2, quality_rate=0.15, seed=2)
+    assert not c.manifest["is_low_quality"].equals(a.manifest["is_low_quality"])
+
+
+def test_degraded_images_differ_and_clean_ones_are_copies(digits_run, digits_dir):
+    result, _ = digits_run
+    m = result.manifest
+    for row in m.itertuples():
+        src, dst = digits_dir / row.sample_id, result.out / row.path
+        if row.is_low_quality:
+            assert dst.suffix == ".png"
+            a, b = np.asarray(Image.open(src)), np.asarray(Image.open(dst))
+            assert b.shape == a.shape == (32, 32)
+            assert not np.array_equal(a, b), row
+        else:
+            assert src.read_bytes() == dst.read_bytes(), row
+    n_files = sum(1 for p in (result.out / "images").rglob("*") if p.is_file())
+    assert n_files == len(m)
+
+
+def test_noise_json_records_options_matrix_and_counts(digits_run):
+    result, _ = digits_run
+    info = json.loads((result.out / "noise.json").read_text())
+    m = result.manifest
+    assert info == result.summary
+    assert info["tool_version"] == qmix_cli.__version__
+    assert info["seed"] == 1
+    assert info["source"] == "digits"
+    assert info["num_images"] == 1797
+    assert info["classes"] == [str(i) for i in range(10)]
+    assert info["options"] == asdict(CorruptSpec(label_rate=0.2, quality_rate=0.15, seed=1))
+    assert info["counts"] == {c: int((m["category"] == c).sum()) for c in ("clean", "mislabeled_hq", "mislabeled_lq")}
+    hq = m.loc[~m["is_low_quality"]]
+    realised = np.asarray(info["realised_transition_matrix"])
+    expected = pd.crosstab(hq["true_label"], hq["label"], normalize="index").reindex(
+        index=info["classes"], columns=info["classes"], fill_value=0.0
+    )
+    assert realised.shape == (10, 10)
+    np.testing.assert_allclose(realised, expected.to_numpy(), atol=1e-6)
+    requested = np.asarray(info["requested_transition_matrix"])
+    np.testing.assert_allclose(np.diag(requested), 0.8)
+    np.testing.assert_allclose(requested.sum(axis=1), 1.0, atol=1e-5)
+    assert info["realised_label_noise_rate_hq"] == pytest.approx(hq["is_label_noisy"].mean())
+    assert info["realised_quality_rate"] == pytest.approx(270 / 1797)
+    lq = m.loc[m["is_low_quality"], "degradation"].value_counts().to_dict()
+    assert info["degradation_counts"] == lq
+    assert info["skipped"] == []
+
+
+def test_noise_json_matrix_can_be_reused(digits_run, tmp_path):
+    result, _ = digits_run
+    info = json.loads((result.out / "noise.json").read_text())
+    matrix_file = tmp_path / "matrix.json"
+    matrix_file.write_text(json.dumps(info["requested_transition_matrix"]))
+    spec = CorruptSpec(label_noise=f"matrix:{matrix_file}", quality_rate=0.0, seed=1)
+    plan = plan_corruption(np.arange(1000) % 10, classes=[str(i) for i in range(10)], spec=spec)
+    assert _within_3_sigma(int(plan["is_label_noisy"].sum()), 1000, 0.2)
+
+
+def test_top_level_api_functions_survive_subpackage_imports():
+    # Importing the subpackages (as every API call does) must not shadow the top-level functions.
+    import qmix_cli.noise.protocol
+    import qmix_cli.reporting.report  # noqa: F401
+
+    assert qmix_cli.corrupt is corrupt
+    assert callable(qmix_cli.audit)
+    assert callable(qmix_cli.evaluate)
+    assert callable(qmix_cli.train)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Safety: output handling, source untouched, atomic failure
+
+
+def _small(make_image_folder):
+    return make_image_folder("src", classes=("a", "b", "c"), per_class=4, size=24)
+
+
+def test_source_is_unchanged(make_image_folder, tmp_path, hash_tree):
+    src = _small(make_image_folder)
+    before = hash_tree(src)
+    result = corrupt(src, tmp_path / "out", quality_rate=0.5, label_rate=0.5, seed=3)
+    assert hash_tree(src) == before
+    assert int(result.manifest["is_low_quality"].sum()) == 6
+    assert sorted(p.name for p in result.out.iterdir()) == ["images", "manifest.parquet", "noise.json"]
+
+
+def test_existing_out_refused_without_force_and_replaced_with_force(make_image_folder, tmp_path):
+    src = _small(make_image_folder)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    with pytest.raises(QmixError, match=r"already exists.*--force"):
+        corrupt(src, out, seed=0)
+    assert (out / "keep.txt").read_text() == "precious"
+    corrupt(src, out, seed=0, force=True)
+    assert not (out / "keep.txt").exists()
+    assert (out / "manifest.parquet").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]  # no leftover old/temp dirs
+
+
+def test_existing_empty_out_is_accepted(make_image_folder, tmp_path):
+    src = _small(make_image_folder)
+    (tmp_path / "out").mkdir()
+    corrupt(src, tmp_path / "out", seed=0)
+    assert (tmp_path / "out" / "noise.json").is_file()
+
+
+def test_out_inside_the_source_is_refused(make_image_folder, tmp_path, hash_tree):
+    src = _small(make_image_folder)
+    before = hash_tree(src)
+    for out in (src / "noisy", src, tmp_path):
+        with pytest.raises(ConfigError, match="--out"):
+            corrupt(src, out, seed=0)
+    assert hash_tree(src) == before
+
+
+def test_failure_midway_leaves_nothing_behind(make_image_folder, tmp_path, monkeypatch, hash_tree):
+    src = _small(make_image_folder)
+    before = hash_tree(src)
+    original = protocol._process_image
+    lock, calls = threading.Lock(), []
+
+    def flaky(*args, **kwargs):
+        with lock:
+            calls.append(1)
+            n = len(calls)
+        if n == 5:
+            raise RuntimeError("disk on fire")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(protocol, "_process_image", flaky)
+    parent = tmp_path / "outputs"
+    parent.mkdir()
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        corrupt(src, parent / "out", seed=0, workers=2)
+    assert list(parent.iterdir()) == []  # neither the output nor its temp dir
+    assert hash_tree(src) == before
+
+
+def test_failure_with_force_keeps_the_previous_output(make_image_folder, tmp_path, monkeypatch, hash_tree):
+    src = _small(make_image_folder)
+    out = tmp_path / "outputs" / "out"
+    corrupt(src, out, seed=0)
+    previous = hash_tree(out)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(protocol, "_process_image", broken)
+    with pytest.raises(RuntimeError):
+        corrupt(src, out, seed=1, force=True)
+    assert hash_tree(out) == previous
+    assert [p.name for p in out.parent.iterdir()] == ["out"]
+
+
+def test_corrupt_dataset_directly_with_rgb_jpeg_source(make_image_folder, tmp_path):
+    src = make_image_folder("jpg", classes=("a", "b"), per_class=5, size=24, suffix=".jpg")
+    ds = create_dataset(src)
+    spec = CorruptSpec(quality_rate=0.4, degradations="noise", severity="5", seed=0)
+    result = corrupt_dataset(ds, tmp_path / "out", spec=spec, workers=1)
+    m = result.manifest
+    lq = m["is_low_quality"]
+    assert lq.sum() == 4
+    assert m.loc[lq, "path"].str.endswith(".png").all()  # degraded images are re-encoded losslessly
+    assert m.loc[~lq, "path"].str.endswith(".jpg").all()
+    for p in m.loc[lq, "path"]:
+        with Image.open(result.out / p) as img:
+            assert img.mode == "RGB" and img.size == (24, 24)
+    reread = create_dataset(result.out)
+    assert reread.channels == 3 and len(reread) == 10
+
+
+def test_output_paths_are_unique_when_stems_collide(tmp_path, write_image):
+    for c in ("a", "b"):
+        for i in range(3):
+            write_image(tmp_path / "src" / c / f"x{i}.png", seed=i)
+            write_image(tmp_path / "src" / c / f"x{i}.jpg", seed=10 + i)
+    result = corrupt(tmp_path / "src", tmp_path / "out", quality_rate=0.5, seed=0)
+    m = result.manifest
+    assert not m["path"].duplicated().any(), m.loc[m["path"].duplicated(keep=False), ["sample_id", "path"]]
+    assert len(list(Path(result.out, "images").rglob("*.*"))) == len(m)

@@ -1,0 +1,177 @@
+"""Tests for qmix_cli/reporting/evaluate.py against hand-computed answers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from rich.console import Console
+
+from qmix_cli.errors import QmixError
+from qmix_cli.reporting.evaluate import evaluate_report, render_evaluation
+from qmix_cli.reporting.report import CATEGORIES
+
+C, H, L = CATEGORIES  # clean, mislabeled_hq, mislabeled_lq
+
+# Ten images. Truth: 5 clean, 3 mislabeled_hq, 2 mislabeled_lq.
+TRUTH_CATS = [C, C, C, C, C, H, H, H, L, L]
+PRED_CATS = [C, C, C, C, H, H, H, C, L, H]
+# p_clean ranks truth-clean images above every issue except one (s07, predicted clean with p_clean 0.7 > 0.6).
+P_CLEAN = [0.9, 0.8, 0.95, 0.85, 0.6, 0.1, 0.2, 0.7, 0.05, 0.3]
+P_LQ = [0.01, 0.02, 0.01, 0.03, 0.1, 0.2, 0.1, 0.1, 0.9, 0.4]
+
+
+def make_frames(
+    truth_cats: list[str] = TRUTH_CATS, pred_cats: list[str] = PRED_CATS
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    n = len(truth_cats)
+    ids = [f"s{i:02d}" for i in range(n)]
+    report = pd.DataFrame(
+        {
+            "sample_id": ids,
+            "category": pred_cats,
+            "is_label_issue": [c != C for c in pred_cats],
+            "p_clean": np.asarray(P_CLEAN[:n], dtype=np.float32),
+            "p_mislabeled_lq": np.asarray(P_LQ[:n], dtype=np.float32),
+            "loss": np.asarray([1 - p for p in P_CLEAN[:n]], dtype=np.float32),
+            "uncertainty": np.asarray(P_LQ[:n], dtype=np.float32),
+            "label_score": np.asarray(P_CLEAN[:n], dtype=np.float32),
+        }
+    )
+    # The truth comes in another order: the join must not depend on row order.
+    truth = pd.DataFrame({"sample_id": ids, "category": truth_cats}).iloc[::-1].reset_index(drop=True)
+    return report, truth
+
+
+def test_hand_computed_metrics() -> None:
+    report, truth = make_frames()
+    result = evaluate_report(report=report, truth=truth)
+    json.dumps(result, allow_nan=False)  # JSON-able, no NaN
+
+    assert result["n"] == 10
+    assert result["counts"] == {"truth": {C: 5, H: 3, L: 2}, "predicted": {C: 5, H: 4, L: 1}}
+    # Confusion (rows truth, cols predicted):
+    #   clean: 4 clean, 1 hq;  hq: 1 clean, 2 hq;  lq: 0 clean, 1 hq, 1 lq.
+    assert result["confusion_matrix"]["labels"] == list(CATEGORIES)
+    assert result["confusion_matrix"]["matrix"] == [[4, 1, 0], [1, 2, 0], [0, 1, 1]]
+
+    per = result["per_category"]
+    # clean: tp 4, predicted 5, actual 5 -> P = R = F1 = 0.8
+    assert per[C] == pytest.approx({"precision": 0.8, "recall": 0.8, "f1": 0.8, "support": 5})
+    # hq: tp 2, predicted 4, actual 3 -> P 0.5, R 2/3, F1 = 2*0.5*(2/3)/(0.5+2/3) = 4/7
+    assert per[H] == pytest.approx({"precision": 0.5, "recall": 2 / 3, "f1": 4 / 7, "support": 3})
+    # lq: tp 1, predicted 1, actual 2 -> P 1, R 0.5, F1 2/3
+    assert per[L] == pytest.approx({"precision": 1.0, "recall": 0.5, "f1": 2 / 3, "support": 2})
+    assert result["macro_f1"] == pytest.approx((0.8 + 4 / 7 + 2 / 3) / 3)
+    assert result["accuracy"] == pytest.approx(7 / 10)
+
+    # Detection: flagged = predicted != clean = {s04, s05, s06, s08, s09}; truth issues = s05..s09.
+    # tp 4 (s05, s06, s08, s09), fp 1 (s04), fn 1 (s07) -> P = R = F1 = 0.8
+    det = result["detection"]
+    assert det == pytest.approx({"precision": 0.8, "recall": 0.8, "f1": 0.8, "support": 5, "flagged": 5})
+
+    # AUC of 1 - p_clean for truth != clean: 25 (issue, clean) pairs; only s07 (p_clean 0.7) is out-ranked,
+    # by the clean s04 (p_clean 0.6) -> 24/25.
+    assert result["roc_auc"]["mislabeled"] == pytest.approx(24 / 25)
+    # AUC of p_mislabeled_lq for truth == lq: s08 (0.9) beats all 8; s09 (0.4) beats all 8 -> 1.0.
+    assert result["roc_auc"]["low_quality"] == pytest.approx(1.0)
+    assert result["targets"] == {
+        "mislabeled": "category != clean",
+        "low_quality": "category == mislabeled_lq",
+    }
+    by_score = result["roc_auc_by_score"]
+    assert by_score["mislabeled"]["loss"] == pytest.approx(24 / 25)
+    assert by_score["mislabeled"]["1 - label_score"] == pytest.approx(24 / 25)
+    assert "label_noisy" not in by_score
+
+
+def test_perfect_report_scores_one() -> None:
+    report, truth = make_frames(pred_cats=TRUTH_CATS)
+    report["p_clean"] = np.where(np.array(TRUTH_CATS) == C, 0.9, 0.1).astype(np.float32)
+    report["p_mislabeled_lq"] = np.where(np.array(TRUTH_CATS) == L, 0.8, 0.1).astype(np.float32)
+    result = evaluate_report(report=report, truth=truth)
+    assert result["macro_f1"] == 1.0
+    assert result["accuracy"] == 1.0
+    assert all(row["f1"] == 1.0 for row in result["per_category"].values())
+    assert result["detection"]["f1"] == 1.0
+    assert result["roc_auc"] == {"mislabeled": 1.0, "low_quality": 1.0}
+
+
+def test_single_class_truth_gives_undefined_auc() -> None:
+    clean = [C] * 4
+    report, truth = make_frames(truth_cats=clean, pred_cats=[C, C, H, C])
+    result = evaluate_report(report=report, truth=truth)
+    json.dumps(result, allow_nan=False)
+    assert result["roc_auc"] == {"mislabeled": None, "low_quality": None}
+    assert all(value is None for value in result["roc_auc_by_score"]["mislabeled"].values())
+    # Nothing is truly mislabeled, so detection recall is undefined and precision is 0 (one false alarm).
+    assert result["detection"]["recall"] is None
+    assert result["detection"]["precision"] == 0.0
+    # mislabeled_lq is absent from truth and prediction: undefined, and left out of the macro average.
+    assert result["per_category"][L]["f1"] is None
+    assert result["macro_f1"] == pytest.approx((2 * 1.0 * 0.75 / 1.75 + 0.0) / 2)
+
+
+def test_optional_truth_columns_are_used() -> None:
+    report, truth = make_frames()
+    order = truth["sample_id"].str[1:].astype(int)
+    # Low quality by the truth flag: only s09 (p_lq 0.4), which s08 (0.9, now high quality) out-ranks.
+    truth["is_low_quality"] = order == 9
+    truth["is_label_noisy"] = order.isin([5, 6, 7])
+    result = evaluate_report(report=report, truth=truth)
+    assert result["targets"]["low_quality"] == "is_low_quality"
+    assert result["roc_auc"]["low_quality"] == pytest.approx(8 / 9)
+    # label_score = p_clean here. Noisy s05 (0.1), s06 (0.2), s07 (0.7) against the other 7
+    # (0.9, 0.8, 0.95, 0.85, 0.6, 0.05, 0.3): each beats those with a higher label_score -> (6 + 6 + 4) / 21.
+    assert result["roc_auc_by_score"]["label_noisy"]["1 - label_score"] == pytest.approx(16 / 21)
+
+
+def test_booleans_read_as_text_are_accepted() -> None:
+    report, truth = make_frames()
+    expected = evaluate_report(report=report, truth=truth)
+    report["is_label_issue"] = report["is_label_issue"].map({True: "true", False: "false"})
+    assert evaluate_report(report=report, truth=truth)["detection"] == expected["detection"]
+
+
+def test_mismatched_ids_are_reported() -> None:
+    report, truth = make_frames()
+    truth = pd.concat([truth[truth["sample_id"] != "s03"], pd.DataFrame({"sample_id": ["extra"], "category": [C]})])
+    with pytest.raises(QmixError) as info:
+        evaluate_report(report=report, truth=truth)
+    message = str(info.value)
+    assert "1 report rows missing from the truth: s03" in message
+    assert "1 truth rows missing from the report: extra" in message
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda r, t: (r.drop(columns="p_clean"), t), "report lacks column"),
+        (lambda r, t: (r, t.drop(columns="category")), "truth lacks column"),
+        (lambda r, t: (r, t.replace({"category": {C: "good"}})), "unknown categories"),
+        (lambda r, t: (pd.concat([r, r.iloc[:1]]), t), "duplicate sample ids in the report"),
+    ],
+)
+def test_bad_inputs_raise(change, message: str) -> None:
+    report, truth = change(*make_frames())
+    with pytest.raises(QmixError, match=message):
+        evaluate_report(report=report, truth=truth)
+
+
+def test_render_evaluation_prints_every_table() -> None:
+    report, truth = make_frames()
+    result = evaluate_report(report=report, truth=truth)
+    console = Console(record=True, width=120, color_system=None)
+    render_evaluation(json.loads(json.dumps(result)), console)
+    text = console.export_text()
+    for fragment in (
+        "macro-F1",
+        "mislabeled_lq",
+        "Confusion matrix",
+        "ROC-AUC",
+        "0.960",
+        "Mislabeled detection",
+    ):
+        assert fragment in text
