@@ -45,6 +45,7 @@ class TrainConfig:
     # Views
     hflip: bool = True
     rotation: float = 15.0
+    warmup_aug: Literal["auto", "weak", "strong"] = "auto"  # auto: the method's own choice (METHOD.md)
 
     # Separation (METHOD.md "Sample separation")
     gmm_components: int = 3

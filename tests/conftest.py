@@ -105,3 +105,29 @@ def tree_digest(root: Path) -> dict[str, str]:
 def hash_tree() -> Callable[[Path], dict[str, str]]:
     """``hash_tree(root)``: sha256 of every file under root, to prove a source was left untouched."""
     return tree_digest
+
+
+# Small but real settings for training tests: timm's smallest ResNet at 32 px trains at ~1,700 images/s on 2 cores.
+TINY_TRAIN = {"model": "test_resnet", "img_size": 32, "hflip": False, "batch_size": 64}
+
+
+@pytest.fixture(scope="session")
+def noisy_digits(tmp_path_factory: pytest.TempPathFactory, qmix_cache_dir: Path) -> Path:
+    """Built-in digits corrupted with 20 % label noise and 15 % degraded images (seed 1)."""
+    from qmix_cli.api import corrupt
+
+    out = tmp_path_factory.mktemp("noisy") / "digits"
+    corrupt("digits", out, label_rate=0.2, quality_rate=0.15, seed=1, cache_dir=qmix_cache_dir, quiet=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def qmix_run(tmp_path_factory: pytest.TempPathFactory, noisy_digits: Path, qmix_cache_dir: Path):
+    """A short qmix run on `noisy_digits`, shared by the engine, audit and CLI tests."""
+    from qmix_cli.api import train
+
+    out = tmp_path_factory.mktemp("runs") / "qmix"
+    result = train(
+        noisy_digits, out, method="qmix", epochs=10, warmup_epochs=6, cache_dir=str(qmix_cache_dir), **TINY_TRAIN
+    )
+    return result

@@ -249,7 +249,8 @@ class _Run:
         row["lr"] = self.optimizers[0].param_groups[0]["lr"]
         per_net: list[dict[str, float]] = []
         if warmup:
-            spec = self.ctx.strong if rules.warmup_view == "strong" else self.ctx.weak
+            view = rules.warmup_view if cfg.warmup_aug == "auto" else cfg.warmup_aug
+            spec = self.ctx.strong if view == "strong" else self.ctx.weak
             for k, net in enumerate(self.forward_nets):
                 advance = self.reporter.task(f"epoch {e + 1}/{cfg.epochs} net {k} warm-up", len(self.store))
                 per_net.append(
