@@ -5,6 +5,7 @@
 >>> train("noisy-digits", "run", model="test_byobnet", img_size=32, epochs=12)  # doctest: +SKIP
 >>> audit("noisy-digits", run="run", out="report.parquet")  # doctest: +SKIP
 >>> evaluate("report.parquet", truth="noisy-digits")  # doctest: +SKIP
+>>> show("report.parquet", out="report.html", run="run")  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -173,6 +174,20 @@ def audit(
         frame.attrs["pipe_closed"] = pipe_closed
         frame.attrs["skipped"] = dataset.skipped
     return frame
+
+
+def show(
+    report: str | Path,
+    *,
+    out: str | Path = "report.html",
+    run: str | Path | None = None,
+    data: str | Path | None = None,
+    top: int = 12,
+) -> Path:
+    """Write the self-contained HTML page of a report (scatter, per-class counts, thumbnails, training curves)."""
+    from qmix_cli.reporting.html import write_html_report
+
+    return write_html_report(report, out=out, run=run, data=data, top=top)
 
 
 def evaluate(report: str | Path, *, truth: str | Path) -> dict[str, Any]:

@@ -34,7 +34,7 @@ class TrainConfig:
 
     # Optimisation
     epochs: int = 30
-    warmup_epochs: int = 10
+    warmup_epochs: int | None = None  # None: a third of the epochs (10 of the default 30)
     batch_size: int = 64
     lr: float = 0.02
     momentum: float = 0.9
@@ -84,6 +84,8 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
+        if self.warmup_epochs is None:
+            self.warmup_epochs = max(1, round(self.epochs / 3))
         if not 0 <= self.warmup_epochs <= self.epochs:
             raise ConfigError(f"warmup-epochs must be between 0 and epochs ({self.epochs})")
         if self.lr <= 0:
@@ -127,12 +129,15 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def resolve_config(*, config_file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Defaults < config file < explicit overrides (``None`` values in ``overrides`` mean "not given")."""
-    cfg = TrainConfig()
-    if config_file is not None:
-        cfg = config_from_dict(load_config_file(config_file), base=cfg)
-    given = {k: v for k, v in (overrides or {}).items() if v is not None}
-    return config_from_dict(given, base=cfg)
+    """Defaults < config file < explicit overrides (``None`` values in ``overrides`` mean "not given").
+
+    File and flags are merged before anything is validated or derived, so a flag can fix a value the file got
+    wrong, and derived defaults (the warm-up length) follow the final ``epochs``.
+    """
+    values = load_config_file(config_file) if config_file is not None else {}
+    values = {str(k).replace("-", "_"): v for k, v in values.items()}
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return config_from_dict(values)
 
 
 def dump_config(cfg: TrainConfig) -> str:

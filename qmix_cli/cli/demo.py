@@ -26,7 +26,7 @@ def demo_command(
     force: Annotated[bool, typer.Option(help="Replace an existing demo folder.")] = False,
 ) -> None:
     """Corrupt digits, train qmix, audit every image, evaluate against the truth and write the HTML page."""
-    from qmix_cli.api import audit, corrupt, evaluate, train
+    from qmix_cli.api import audit, corrupt, evaluate, show, train
     from qmix_cli.io import check_out_dir
     from qmix_cli.reporting.evaluate import render_evaluation
 
@@ -44,19 +44,14 @@ def demo_command(
     st.err.rule("4/4 evaluate against the truth")
     result = evaluate(report, truth=data)
     render_evaluation(result, st.err)
-    html = out / "report.html"
-    try:
-        from qmix_cli.api import show
-
-        show(report, out=html, run=run, data=data)
-    except ImportError:
-        html = None
+    html = show(report, out=out / "report.html", run=run, data=data)
     files = Table(title="where everything is", title_justify="left", show_header=False)
+    files.add_column("what", no_wrap=True)
+    files.add_column("where", overflow="fold")  # whole paths, so they can be copied from a log
     files.add_row("corrupted dataset", f"{data}/ (manifest.parquet, noise.json, images/)")
     files.add_row("training run", f"{run}/ (config.yaml, metrics.jsonl, model.pt, checkpoints/)")
     files.add_row("report", str(report))
-    if html is not None:
-        files.add_row("HTML page", str(html))
+    files.add_row("HTML page", str(html))
     files.add_row("next", f"qmix audit {data} --run {run} --out - | head")
     st.err.print(files)
 

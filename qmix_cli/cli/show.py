@@ -1,9 +1,42 @@
-"""``qmix show``."""
+"""``qmix show``: a report as one self-contained HTML page."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from qmix_cli.cli.common import guarded, state
+
+
+@guarded
+def show_command(
+    ctx: typer.Context,
+    report: Annotated[Path, typer.Argument(help="Report written by qmix audit (.parquet, .csv or .jsonl).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write.")] = Path("report.html"),
+    run: Annotated[
+        Path | None,
+        typer.Option("--run", "-r", help="Run directory: adds the GMM means and the training curves."),
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            "-d",
+            help="Dataset root the report's paths are relative to (default: the dataset recorded in the report).",
+        ),
+    ] = None,
+    top: Annotated[
+        int, typer.Option("--top", "-n", min=0, help="Thumbnails shown per issue group, most likely first.")
+    ] = 12,
+) -> None:
+    """Write a self-contained HTML page: loss × uncertainty scatter, per-class counts, top issues, curves."""
+    from qmix_cli.reporting.html import write_html_report
+
+    path = write_html_report(report, out=out, run=run, data=data, top=top)
+    state(ctx).err.print(f"wrote [bold]{path}[/]", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
-    return None
+    app.command("show")(show_command)

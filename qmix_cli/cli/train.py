@@ -42,7 +42,7 @@ def train_command(
     ] = None,
     img_size: Annotated[int | None, typer.Option(help="Training image size in pixels [224].")] = None,
     epochs: Annotated[int | None, typer.Option(help="Total epochs, warm-up included [30].")] = None,
-    warmup_epochs: Annotated[int | None, typer.Option(help="Cross-entropy warm-up epochs [10].")] = None,
+    warmup_epochs: Annotated[int | None, typer.Option(help="Warm-up epochs [epochs/3].")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size [64].")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate (SGD, momentum 0.9) [0.02].")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N [auto].")] = None,

@@ -115,7 +115,7 @@ class _Run:
             self.norm = channel_stats(images, seed=cfg.seed)
         self.store = ImageStore(images, device=self.device, workers=cfg.workers)
         self.labels_np = dataset.labels
-        self.labels = torch.as_tensor(self.labels_np, device=self.device)
+        self.labels = torch.tensor(self.labels_np, device=self.device)
         self.is_clean, self.is_hq = _truth(dataset)
 
         self.nets: list[QmixNet] = []
@@ -315,18 +315,23 @@ class _Run:
         return float((probs.argmax(1) == labels).mean())
 
 
-def _prepare_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
+def _check_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
+    """Refuse to start before any work is done; nothing is created or deleted here."""
     if resume:
         if not (run_dir / CHECKPOINT).is_file():
             raise TrainingError(f"nothing to resume: {run_dir / CHECKPOINT} does not exist")
-        return
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not force:
-            raise ConfigError(f"{run_dir} already exists; pass --resume to continue it or --force to start over")
+    elif run_dir.exists() and any(run_dir.iterdir()) and not force:
+        raise ConfigError(f"{run_dir} already exists; pass --resume to continue it or --force to start over")
+
+
+def _make_run_dir(run_dir: Path, *, resume: bool) -> None:
+    """Create (or with --force, replace) the run directory, once the run has been set up successfully."""
+    if not resume:
         import shutil
 
-        shutil.rmtree(run_dir)
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        (run_dir / "checkpoints").mkdir(parents=True)
 
 
 def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -372,11 +377,14 @@ def train(
     """
     run_dir = Path(run_dir)
     reporter = reporter or SilentReporter()
-    _prepare_run_dir(run_dir, resume=resume, force=force)
+    _check_run_dir(run_dir, resume=resume, force=force)
     cfg.validate()
     if cfg.channels == "auto" and not dataset.channels:
         raise ConfigError("channels unknown: load the dataset with check_images=True or set channels")
+    # Build everything (device, model, data) before touching the run directory: a bad --model or --device
+    # must not leave a half-made run that blocks the corrected command.
     run = _Run(cfg, dataset, run_dir, reporter)
+    _make_run_dir(run_dir, resume=resume)
     metrics_path = run_dir / "metrics.jsonl"
     if resume:
         run.load_state(load_checkpoint(run_dir / CHECKPOINT))
@@ -436,6 +444,8 @@ def _finalise(run: _Run) -> None:
         "norm_mean": list(run.norm.mean),
         "norm_std": list(run.norm.std),
         "uncertainty": run.cfg.uncertainty,
+        "hflip": run.cfg.hflip,
+        "rotation": run.cfg.rotation,
         "p_threshold": run.cfg.p_threshold,
         "dataset": run.dataset.source,
         "fingerprint": dataset_fingerprint(run.dataset),

@@ -87,7 +87,8 @@ class AuditScores:
 
 def _context(run: TrainedRun, seed: int) -> StepContext:
     norm = Normalise(tuple(run.meta["norm_mean"]), tuple(run.meta["norm_std"]))
-    spec = weak_spec(hflip=True, rotation=10.0)
+    # TTA views are the run's own weak views: a run trained without flips (digits, text) must not be shown mirrored.
+    spec = weak_spec(hflip=run.meta.get("hflip", True), rotation=run.meta.get("rotation", 15.0))
     return StepContext(
         device=run.device,
         amp_dtype=amp_dtype(run.device, True),

@@ -290,7 +290,7 @@ def test_noise_json_matrix_can_be_reused(digits_run, tmp_path):
 def test_top_level_api_functions_survive_subpackage_imports():
     # Importing the subpackages (as every API call does) must not shadow the top-level functions.
     import qmix_cli.noise.protocol
-    import qmix_cli.reporting.report  # noqa: F401
+    import qmix_cli.reporting.report
 
     assert qmix_cli.corrupt is corrupt
     assert callable(qmix_cli.audit)

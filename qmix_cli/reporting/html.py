@@ -1,0 +1,640 @@
+"""``qmix show``: one self-contained HTML page for a report.
+
+The page needs nothing but a browser: no external assets, no JavaScript, no plotting library. Plots are
+hand-written inline SVG and thumbnails are base64-embedded PNGs. It holds
+
+* a header: tool version, method, model and classes (from the report's Parquet metadata when present) and the
+  number of images per category;
+* the loss × uncertainty scatter coloured by category (subsampled deterministically to ``max_points``), with the
+  fitted GMM component means of ``run/separation.json`` as crosses;
+* a per-class table (given label × category);
+* thumbnails of the top-ranked ``mislabeled_hq`` and ``mislabeled_lq`` images;
+* training curves from ``run/metrics.jsonl``.
+
+The SVG and table builders are pure functions of arrays; only :func:`write_html_report` reads files.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import io
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from qmix_cli import __version__
+from qmix_cli.errors import QmixError
+from qmix_cli.io import atomic_write_text
+from qmix_cli.reporting.report import CATEGORIES, read_report
+
+#: Okabe–Ito colours (safe for the common colour-vision deficiencies), one per category in CATEGORIES order.
+PALETTE: tuple[str, str, str] = ("#0072B2", "#E69F00", "#CC79A7")
+
+#: Human names of the categories, in CATEGORIES order.
+CATEGORY_TITLES: tuple[str, str, str] = ("clean", "mislabeled, good image", "low-quality image")
+
+#: Metrics drawn as training curves, in this order, when the run logged them.
+CURVE_METRICS: tuple[str, ...] = ("loss_x", "auc_clean", "auc_hq", "val_acc")
+
+_CURVE_TITLES = {
+    "loss_x": "supervised loss (loss_x)",
+    "auc_clean": "AUC clean vs issue (auc_clean)",
+    "auc_hq": "AUC mislabeled hq vs lq (auc_hq)",
+    "val_acc": "validation accuracy (val_acc)",
+}
+
+# Longest side of an embedded thumbnail, in pixels; small images are kept as they are and scaled up by CSS.
+_THUMB_PX = 128
+
+
+def _e(value: Any) -> str:
+    """Escape any value for HTML text or attributes."""
+    return html.escape(str(value), quote=True)
+
+
+# --------------------------------------------------------------------------------------------------- data
+
+
+def subsample_indices(n: int, max_points: int, *, seed: int = 0) -> np.ndarray:
+    """Sorted indices of at most ``max_points`` of ``n`` rows, the same for the same inputs."""
+    if max_points < 0:
+        raise ValueError("max_points must be >= 0")
+    if n <= max_points:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, size=max_points, replace=False))
+
+
+def category_codes(categories: Sequence[str] | np.ndarray) -> np.ndarray:
+    """Category names → ints in :data:`CATEGORIES` order; an unknown name becomes -1."""
+    index = {name: i for i, name in enumerate(CATEGORIES)}
+    return np.array([index.get(str(c), -1) for c in categories], dtype=np.int64)
+
+
+def read_separation_means(path: str | Path) -> list[tuple[float, float, int]]:
+    """``(loss, uncertainty, group)`` of every 2-D GMM component in a ``separation.json`` (one entry per net).
+
+    A missing or malformed file, or a loss-only (1-D) separation, gives no means: the crosses are decoration.
+    """
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    entries = data if isinstance(data, list) else [data]
+    means: list[tuple[float, float, int]] = []
+    for entry in entries:
+        if not isinstance(entry, dict):
+            continue
+        try:
+            arr = np.asarray(entry.get("means", []), dtype=np.float64)
+            groups = [int(g) for g in entry.get("component_groups", [])]
+        except (TypeError, ValueError):
+            continue
+        if arr.ndim != 2 or arr.shape[1] != 2 or len(groups) != len(arr):
+            continue
+        for (loss, unc), group in zip(arr, groups, strict=True):
+            if math.isfinite(loss) and math.isfinite(unc) and 0 <= group < len(CATEGORIES):
+                means.append((float(loss), float(unc), group))
+    return means
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a ``metrics.jsonl`` that are JSON objects with an ``epoch``; other lines are skipped."""
+    rows: list[dict[str, Any]] = []
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError:
+        return rows
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("epoch"), (int, float)):
+            rows.append(row)
+    return rows
+
+
+def curve_series(rows: Sequence[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(epochs, values)`` of the finite numeric ``key`` entries of the metrics rows."""
+    xs, ys = [], []
+    for row in rows:
+        value = row.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            xs.append(float(row["epoch"]))
+            ys.append(float(value))
+    return np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
+
+
+def thumbnail_data_uri(path: str | Path, *, size: int = _THUMB_PX) -> str | None:
+    """A ``data:image/png;base64,…`` thumbnail of an image file, or None when it cannot be read."""
+    try:
+        from PIL import Image
+
+        with Image.open(path) as img:
+            img.load()
+            thumb = img.convert("L" if img.mode in ("L", "LA", "I", "I;16", "1", "F") else "RGB")
+        thumb.thumbnail((size, size))
+        buffer = io.BytesIO()
+        thumb.save(buffer, format="PNG", optimize=True)
+    except Exception:  # any unreadable, truncated or odd file becomes a placeholder
+        return None
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+# --------------------------------------------------------------------------------------------------- SVG
+
+
+def scatter_svg(
+    x: np.ndarray,
+    y: np.ndarray,
+    codes: np.ndarray,
+    *,
+    titles: Sequence[str] | None = None,
+    means: Sequence[tuple[float, float, int]] = (),
+    width: int = 620,
+    height: int = 520,
+) -> str:
+    """An SVG scatter of points in [0, 1]² coloured by category code, with optional crosses at GMM means.
+
+    Parameters
+    ----------
+    x, y
+        ``(N,)`` coordinates (loss, uncertainty), clipped to [0, 1]; non-finite ones are drawn at 0.
+    codes
+        ``(N,)`` category indices into :data:`PALETTE` (-1 is grey).
+    titles
+        ``N`` tooltips (escaped here), or None.
+    means
+        ``(loss, uncertainty, group)`` of the GMM components.
+
+    Returns
+    -------
+    str
+        One ``<svg>`` element with exactly ``N`` ``<circle>``; clean points are drawn first so issues stay on top.
+    """
+    x = np.clip(np.nan_to_num(np.asarray(x, dtype=np.float64), nan=0.0), 0.0, 1.0)
+    y = np.clip(np.nan_to_num(np.asarray(y, dtype=np.float64), nan=0.0), 0.0, 1.0)
+    codes = np.asarray(codes, dtype=np.int64)
+    left, right, top, bottom = 56, 16, 16, 48
+    pw, ph = width - left - right, height - top - bottom
+
+    def px(v: float) -> float:
+        return left + v * pw
+
+    def py(v: float) -> float:
+        return top + (1.0 - v) * ph
+
+    parts = [
+        f'<svg class="scatter" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="loss versus uncertainty scatter">',
+        f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="#fff" stroke="#999"/>',
+    ]
+    for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
+        tx, ty = px(tick), py(tick)
+        parts.append(f'<line x1="{tx:.1f}" y1="{top}" x2="{tx:.1f}" y2="{top + ph}" class="grid"/>')
+        parts.append(f'<line x1="{left}" y1="{ty:.1f}" x2="{left + pw}" y2="{ty:.1f}" class="grid"/>')
+        parts.append(f'<text x="{tx:.1f}" y="{top + ph + 16}" text-anchor="middle" class="tick">{tick:g}</text>')
+        parts.append(f'<text x="{left - 6}" y="{ty + 4:.1f}" text-anchor="end" class="tick">{tick:g}</text>')
+    parts.append(
+        f'<text x="{left + pw / 2:.1f}" y="{height - 10}" text-anchor="middle" class="axis">loss (normalised)</text>'
+    )
+    parts.append(
+        f'<text x="14" y="{top + ph / 2:.1f}" text-anchor="middle" class="axis" '
+        f'transform="rotate(-90 14 {top + ph / 2:.1f})">uncertainty (normalised)</text>'
+    )
+    # Clean first, then the two issue groups, so that the rarer issue points are never hidden.
+    order = np.argsort(np.where(codes < 0, -1, codes), kind="stable")
+    parts.append("<g>")
+    for i in order:
+        code = int(codes[i])
+        cls = f"c{code}" if 0 <= code < len(PALETTE) else "cx"
+        tip = f"<title>{_e(titles[i])}</title>" if titles is not None else ""
+        parts.append(f'<circle cx="{px(x[i]):.1f}" cy="{py(y[i]):.1f}" r="2.6" class="{cls}">{tip}</circle>')
+    parts.append("</g>")
+    for loss, unc, group in means:
+        cx, cy = px(min(max(loss, 0.0), 1.0)), py(min(max(unc, 0.0), 1.0))
+        arm = 7
+        a, b, c, d = cx - arm, cy - arm, cx + arm, cy + arm
+        cross = f"M{a:.1f},{b:.1f}L{c:.1f},{d:.1f}M{a:.1f},{d:.1f}L{c:.1f},{b:.1f}"
+        parts.append(
+            f'<path d="{cross}" stroke="#000" stroke-width="4.5" stroke-linecap="round"/>'
+            f'<path d="{cross}" stroke="{PALETTE[group]}" stroke-width="2.5" stroke-linecap="round">'
+            f"<title>GMM component mean ({_e(CATEGORIES[group])}): loss {loss:.3f}, uncertainty {unc:.3f}</title>"
+            "</path>"
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def line_chart_svg(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    title: str,
+    marker_x: float | None = None,
+    x_range: tuple[float, float] | None = None,
+    width: int = 300,
+    height: int = 190,
+    color: str = PALETTE[0],
+) -> str:
+    """A small SVG line chart of ``y`` against ``x`` (epochs), titled; ``marker_x`` draws a dashed vertical line.
+
+    ``x_range`` fixes the horizontal axis (so that several charts line up); default: the range of ``x``.
+
+    An empty series gives the frame with a "no data" note.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    left, right, top, bottom = 48, 12, 26, 34
+    pw, ph = width - left - right, height - top - bottom
+    parts = [
+        f'<svg class="curve" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="{_e(title)}">',
+        f'<text x="{left}" y="16" class="ctitle">{_e(title)}</text>',
+        f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="#fff" stroke="#999"/>',
+    ]
+    if len(x) == 0:
+        parts.append(
+            f'<text x="{left + pw / 2}" y="{top + ph / 2}" text-anchor="middle" class="tick">no data</text></svg>'
+        )
+        return "".join(parts)
+    x0, x1 = (float(x.min()), float(x.max())) if x_range is None else (float(x_range[0]), float(x_range[1]))
+    y0, y1 = float(y.min()), float(y.max())
+    if x1 == x0:
+        x0, x1 = x0 - 0.5, x1 + 0.5
+    pad = (y1 - y0) * 0.08 if y1 > y0 else max(abs(y0) * 0.05, 0.05)
+    y0, y1 = y0 - pad, y1 + pad
+
+    def px(v: float) -> float:
+        return left + (v - x0) / (x1 - x0) * pw
+
+    def py(v: float) -> float:
+        return top + (1.0 - (v - y0) / (y1 - y0)) * ph
+
+    for frac in (0.0, 0.5, 1.0):
+        value = y0 + frac * (y1 - y0)
+        ty = py(value)
+        parts.append(f'<line x1="{left}" y1="{ty:.1f}" x2="{left + pw}" y2="{ty:.1f}" class="grid"/>')
+        parts.append(f'<text x="{left - 5}" y="{ty + 4:.1f}" text-anchor="end" class="tick">{value:.3g}</text>')
+    first, last = x0, x1
+    for value in sorted({first, last, round((first + last) / 2)}):
+        if first <= value <= last and value == int(value):
+            parts.append(
+                f'<text x="{px(value):.1f}" y="{top + ph + 14}" text-anchor="middle" class="tick">{value:g}</text>'
+            )
+    parts.append(f'<text x="{left + pw / 2:.1f}" y="{height - 4}" text-anchor="middle" class="tick">epoch</text>')
+    if marker_x is not None and x0 <= marker_x <= x1:
+        mx = px(marker_x)
+        parts.append(
+            f'<line x1="{mx:.1f}" y1="{top}" x2="{mx:.1f}" y2="{top + ph}" stroke="#888" stroke-dasharray="4 3">'
+            "<title>end of warm-up</title></line>"
+        )
+    points = " ".join(f"{px(a):.1f},{py(b):.1f}" for a, b in zip(x, y, strict=True))
+    parts.append(f'<polyline points="{points}" fill="none" stroke="{color}" stroke-width="2"/>')
+    for a, b in zip(x, y, strict=True):
+        parts.append(
+            f'<rect x="{px(a) - 2:.1f}" y="{py(b) - 2:.1f}" width="4" height="4" fill="{color}">'
+            f"<title>epoch {a:g}: {b:.4g}</title></rect>"
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+# --------------------------------------------------------------------------------------------------- HTML parts
+
+
+def legend_html(counts: Sequence[int], *, vertical: bool = False) -> str:
+    """Colour keys with the number of images per category (in a row, or a column)."""
+    total = max(sum(counts), 1)
+    items = [
+        f'<span class="key"><span class="swatch" style="background:{PALETTE[i]}"></span>'
+        f"<b>{_e(CATEGORIES[i])}</b> {counts[i]} ({100 * counts[i] / total:.1f}%)</span>"
+        for i in range(len(CATEGORIES))
+    ]
+    cls = "legend vertical" if vertical else "legend"
+    return f'<div class="{cls}">' + "".join(items) + "</div>"
+
+
+def class_table_html(given: Sequence[str], categories: Sequence[str], class_names: Sequence[str]) -> str:
+    """A table of images per given label (rows, in ``class_names`` order, then any others) and category."""
+    frame = pd.DataFrame({"given": [str(g) for g in given], "category": [str(c) for c in categories]})
+    counts = pd.crosstab(frame["given"], frame["category"]) if len(frame) else pd.DataFrame()
+    labels = [str(c) for c in class_names]
+    labels += sorted(set(frame["given"]) - set(labels))
+    head = "".join(
+        f'<th><span class="swatch" style="background:{PALETTE[i]}"></span>{_e(c)}</th>'
+        for i, c in enumerate(CATEGORIES)
+    )
+    rows = []
+    totals = np.zeros(len(CATEGORIES), dtype=np.int64)
+    for label in labels:
+        row = np.array(
+            [int(counts.at[label, c]) if label in counts.index and c in counts.columns else 0 for c in CATEGORIES]
+        )
+        totals += row
+        rows.append(_class_row(_e(label), row))
+    rows.append(_class_row("<b>all</b>", totals, cls="total"))
+    return (
+        '<table class="counts"><thead><tr><th>given label</th>'
+        + head
+        + "<th>total</th><th>issues</th></tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
+    )
+
+
+def _class_row(label_html: str, row: np.ndarray, *, cls: str = "") -> str:
+    total = int(row.sum())
+    share = f"{100 * (total - int(row[0])) / total:.1f}%" if total else "–"
+    cells = "".join(f"<td>{int(v)}</td>" for v in row)
+    attr = f' class="{cls}"' if cls else ""
+    return f"<tr{attr}><th>{label_html}</th>{cells}<td>{total}</td><td>{share}</td></tr>"
+
+
+def thumbnail_card_html(row: dict[str, Any], uri: str | None) -> str:
+    """One thumbnail (or a placeholder) with rank, sample_id, given → suggested label and the posteriors."""
+    if uri is None:
+        picture = '<div class="placeholder" title="image not found or unreadable">no image</div>'
+    else:
+        picture = f'<img src="{uri}" alt="{_e(row["sample_id"])}">'
+    suggested = row.get("suggested_label")
+    if suggested is None or (isinstance(suggested, float) and math.isnan(suggested)):
+        label = f"{_e(row['given_label'])} → <i>fix or drop</i> (pred. {_e(row['predicted_label'])})"
+    else:
+        label = f"{_e(row['given_label'])} → <b>{_e(suggested)}</b>"
+    probs = (
+        f'<span title="p_clean / p_mislabeled_hq / p_mislabeled_lq">p clean/hq/lq {float(row["p_clean"]):.2f}'
+        f" / {float(row['p_mislabeled_hq']):.2f} / {float(row['p_mislabeled_lq']):.2f}</span>"
+    )
+    return (
+        f'<figure class="thumb">{picture}<figcaption>'
+        f'<span class="rank">#{int(row["rank"])}</span> <span class="sid">{_e(row["sample_id"])}</span><br>'
+        f'{label}<br><span class="probs">{probs}</span></figcaption></figure>'
+    )
+
+
+# --------------------------------------------------------------------------------------------------- page
+
+_CSS = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#222;background:#f6f6f4}
+main{max-width:1180px;margin:0 auto;padding:20px 28px 48px}
+h1{font-size:24px;margin:0 0 4px}h2{font-size:18px;margin:30px 0 10px;border-bottom:1px solid #ddd;padding-bottom:4px}
+.meta{color:#555;margin:0 0 10px}.meta b{color:#222}.note{color:#666;font-size:13px}
+.legend{display:flex;flex-wrap:wrap;gap:18px;margin:10px 0}.key{white-space:nowrap}
+.legend.vertical{flex-direction:column;gap:6px}.side{max-width:380px;padding-top:8px}
+.swatch{display:inline-block;width:11px;height:11px;border-radius:2px;margin-right:5px;vertical-align:-1px}
+.row{display:flex;flex-wrap:wrap;gap:28px;align-items:flex-start}
+svg{background:#fff;border:1px solid #e2e2e2;border-radius:4px}
+.grid{stroke:#eee}.tick{font-size:11px;fill:#555}.axis{font-size:12px;fill:#333}.ctitle{font-size:12px;fill:#222}
+.c0{fill:#0072B2;fill-opacity:.45}.c1{fill:#E69F00;fill-opacity:.85}.c2{fill:#CC79A7;fill-opacity:.85}
+.cx{fill:#999;fill-opacity:.6}
+table.counts{border-collapse:collapse;background:#fff;font-variant-numeric:tabular-nums}
+.counts th,.counts td{border:1px solid #e2e2e2;padding:3px 12px;text-align:right}
+.counts thead th{background:#f0f0ee}.counts tbody th{text-align:left;font-weight:normal}
+.counts tr.total{background:#f0f0ee}
+.thumbs{display:flex;flex-wrap:wrap;gap:12px}
+.thumb{margin:0;width:158px;background:#fff;border:1px solid #e2e2e2;border-radius:4px;padding:8px;font-size:12px}
+.thumb img,.placeholder{display:block;width:128px;height:128px;margin:0 auto 6px;object-fit:contain;
+image-rendering:pixelated;background:#000}
+.placeholder{background:repeating-linear-gradient(45deg,#eee,#eee 8px,#ddd 8px,#ddd 16px);color:#777;
+display:flex;align-items:center;justify-content:center}
+.sid{font-family:ui-monospace,Menlo,Consolas,monospace;word-break:break-all}.rank{color:#777}
+.probs{color:#555;font-size:11px;white-space:nowrap}
+footer{margin-top:36px;color:#888;font-size:12px}
+"""
+
+
+def write_html_report(
+    report: str | Path,
+    *,
+    out: str | Path,
+    run: str | Path | None = None,
+    data: str | Path | None = None,
+    top: int = 12,
+    max_points: int = 5000,
+) -> Path:
+    """Write one self-contained HTML page for a report (atomically) and return its path.
+
+    Parameters
+    ----------
+    report
+        A report written by ``qmix audit`` (Parquet, CSV or JSON Lines).
+    out
+        The HTML file to write.
+    run
+        The run directory, for the GMM means (``separation.json``) and training curves (``metrics.jsonl``).
+    data
+        Dataset root (directory, or a manifest file whose folder is the root) the report's ``path`` values are
+        relative to. Default: the ``dataset`` recorded in the report's metadata when it exists, else paths are
+        taken as they are (absolute, or relative to the current directory).
+    top
+        Thumbnails shown for each of ``mislabeled_hq`` and ``mislabeled_lq``, best ranked first.
+    max_points
+        Most points in the scatter; larger reports are subsampled deterministically.
+
+    Raises
+    ------
+    QmixError
+        The report is missing or unreadable, or ``run``/``data`` does not exist.
+    """
+    if top < 0:
+        raise QmixError("--top must be >= 0")
+    if max_points < 0:
+        raise QmixError("max_points must be >= 0")
+    frame = read_report(report)
+    meta: dict[str, str] = dict(frame.attrs.get("qmix", {}))
+    run_dir = _existing_dir(run, "run directory") if run is not None else None
+    root = _data_root(data, meta)
+    page = render_page(frame, meta=meta, run_dir=run_dir, root=root, top=top, max_points=max_points, source=report)
+    out = Path(out)
+    if out.is_dir():
+        raise QmixError(f"{out} is a directory; give a file name such as report.html")
+    try:
+        atomic_write_text(out, page)
+    except OSError as exc:
+        raise QmixError(f"cannot write {out}: {exc}") from exc
+    return out
+
+
+def _existing_dir(path: str | Path, what: str) -> Path:
+    path = Path(path)
+    if not path.is_dir():
+        raise QmixError(f"{what} not found: {path}")
+    return path
+
+
+def _data_root(data: str | Path | None, meta: dict[str, str]) -> Path | None:
+    if data is not None:
+        path = Path(data)
+        if path.is_dir():
+            return path
+        if path.is_file():
+            return path.parent
+        raise QmixError(f"dataset not found: {data}")
+    recorded = meta.get("dataset")
+    if recorded and Path(recorded).is_dir():
+        return Path(recorded)
+    return None
+
+
+def _class_names(frame: pd.DataFrame, meta: dict[str, str]) -> list[str]:
+    try:
+        names = json.loads(meta.get("class_names", "null"))
+    except ValueError:
+        names = None
+    if isinstance(names, list):
+        return [str(n) for n in names]
+    return sorted({str(v) for v in frame["given_label"]})
+
+
+def render_page(
+    frame: pd.DataFrame,
+    *,
+    meta: dict[str, str],
+    run_dir: Path | None,
+    root: Path | None,
+    top: int,
+    max_points: int,
+    source: str | Path = "",
+) -> str:
+    """The whole HTML document for a report frame (see :func:`write_html_report`)."""
+    class_names = _class_names(frame, meta)
+    cats = frame["category"].astype(str).to_numpy()
+    codes = category_codes(cats)
+    counts = [int((codes == i).sum()) for i in range(len(CATEGORIES))]
+    sections = [
+        _header_html(frame, meta, class_names, counts, source),
+        _scatter_section(frame, codes, counts, run_dir, max_points),
+        "<h2>Per class</h2>"
+        '<p class="note">Images per given label and category; "issues" is the share not judged clean.</p>'
+        + class_table_html(frame["given_label"].astype(str).tolist(), cats.tolist(), class_names),
+    ]
+    for group, blurb in (
+        ("mislabeled_hq", "good images whose label looks wrong; the suggested label is the model's prediction"),
+        ("mislabeled_lq", "low-quality images (blurred, noisy, corrupted…): fix or drop them rather than relabel"),
+    ):
+        sections.append(_thumbs_section(frame, group, blurb, root=root, top=top))
+    if run_dir is not None:
+        sections.append(_curves_section(run_dir))
+    title = f"qmix report — {Path(str(source)).name}" if source else "qmix report"
+    generated = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body><main>"
+        + "\n".join(sections)
+        + f"<footer>Generated by qmix {_e(__version__)} at {_e(generated)}; self-contained, no external assets."
+        + "</footer>"
+        + "</main></body></html>\n"
+    )
+
+
+def _header_html(
+    frame: pd.DataFrame, meta: dict[str, str], class_names: list[str], counts: list[int], source: str | Path
+) -> str:
+    facts = [("images", str(len(frame)))]
+    for key, label in (("method", "method"), ("model", "model")):
+        if meta.get(key):
+            facts.append((label, meta[key]))
+    shown = ", ".join(class_names[:20]) + (" …" if len(class_names) > 20 else "")
+    facts.append(("classes", f"{len(class_names)}: {shown}"))
+    facts.append(("report written by", f"qmix {meta['version']}" if meta.get("version") else "unknown"))
+    for key, label in (("created_at", "created"), ("run_dir", "run"), ("dataset", "dataset")):
+        if meta.get(key):
+            facts.append((label, meta[key]))
+    facts_html = " · ".join(f"{_e(label)} <b>{_e(value)}</b>" for label, value in facts)
+    return (
+        f'<header><h1>qmix report <small class="note">{_e(source)}</small></h1>'
+        f'<p class="meta">{facts_html}</p>{legend_html(counts)}</header>'
+    )
+
+
+_READING = (
+    '<p class="note">How to read it: images the nets fit easily sit at low loss (left). A wrong label on a clear '
+    "image gives a high loss but a confident prediction (right, lower); a low-quality image leaves the nets "
+    "unsure whatever its label (top).</p>"
+)
+
+
+def _scatter_section(
+    frame: pd.DataFrame, codes: np.ndarray, counts: list[int], run_dir: Path | None, max_points: int
+) -> str:
+    idx = subsample_indices(len(frame), max_points)
+    titles = [
+        f"{sid} ({cat}; given {given}, p_clean {pc:.2f})"
+        for sid, cat, given, pc in zip(
+            frame["sample_id"].to_numpy()[idx],
+            frame["category"].to_numpy()[idx],
+            frame["given_label"].to_numpy()[idx],
+            frame["p_clean"].to_numpy()[idx],
+            strict=True,
+        )
+    ]
+    means = read_separation_means(run_dir / "separation.json") if run_dir is not None else []
+    svg = scatter_svg(
+        frame["loss"].to_numpy()[idx], frame["uncertainty"].to_numpy()[idx], codes[idx], titles=titles, means=means
+    )
+    shown = f"all {len(frame)} images" if len(idx) == len(frame) else f"{len(idx)} of {len(frame)} images (sampled)"
+    cross = (
+        " Crosses: the fitted Gaussian-mixture component means (one set per net), coloured by the group they stand for."
+        if means
+        else ""
+    )
+    return (
+        "<h2>Loss × uncertainty</h2>"
+        f'<p class="note">{_e(shown)}, both axes normalised to [0, 1]. Hover a point for its id.{cross}</p>'
+        f'<div class="row">{svg}<div class="side">{legend_html(counts, vertical=True)}{_READING}</div></div>'
+    )
+
+
+def _resolve_image(path: str, root: Path | None) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() or root is None else root / p
+
+
+def _thumbs_section(frame: pd.DataFrame, group: str, blurb: str, *, root: Path | None, top: int) -> str:
+    rows = frame[frame["category"] == group].sort_values("rank", kind="stable").head(top)
+    total = int((frame["category"] == group).sum())
+    code = CATEGORIES.index(group)
+    heading = (
+        f'<h2><span class="swatch" style="background:{PALETTE[code]}"></span>{_e(group)} '
+        f'<small class="note">top {len(rows)} of {total} by rank</small></h2><p class="note">{_e(blurb)}</p>'
+    )
+    if rows.empty:
+        return heading + '<p class="note">No images in this group.</p>'
+    cards = [
+        thumbnail_card_html(row, thumbnail_data_uri(_resolve_image(str(row["path"]), root)))
+        for row in rows.to_dict("records")
+    ]
+    return heading + '<div class="thumbs">' + "".join(cards) + "</div>"
+
+
+def _curves_section(run_dir: Path) -> str:
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    heading = f'<h2>Training curves <small class="note">{_e(run_dir)}</small></h2>'
+    if not rows:
+        return heading + '<p class="note">No metrics.jsonl in the run directory.</p>'
+    warm_end = next((float(r["epoch"]) - 0.5 for r in rows if r.get("phase") == "train"), None)
+    if warm_end is not None and not any(r.get("phase") == "warmup" for r in rows):
+        warm_end = None
+    epochs = [float(r["epoch"]) for r in rows]
+    span = (min(epochs), max(epochs))
+    charts = []
+    for i, key in enumerate(CURVE_METRICS):
+        x, y = curve_series(rows, key)
+        if len(x):
+            color = PALETTE[0] if i == 0 else ("#009E73", "#D55E00", "#56B4E9")[(i - 1) % 3]
+            charts.append(line_chart_svg(x, y, title=_CURVE_TITLES[key], marker_x=warm_end, x_range=span, color=color))
+    if not charts:
+        return heading + '<p class="note">metrics.jsonl has none of the plotted metrics.</p>'
+    note = '<p class="note">Dashed line: end of warm-up.</p>' if warm_end is not None else ""
+    return heading + note + '<div class="row">' + "".join(charts) + "</div>"

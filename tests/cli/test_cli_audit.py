@@ -1,0 +1,329 @@
+"""``qmix audit`` through the Typer app: the report schema in every format, stdout pipes, other manifests, errors."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+import qmix_cli
+from qmix_cli.cli.app import app
+
+CATEGORIES = ("clean", "mislabeled_hq", "mislabeled_lq")
+
+# DESIGN.md "The report": the columns, in order, and their Parquet types.
+REPORT_COLUMNS: dict[str, pa.DataType] = {
+    "sample_id": pa.string(),
+    "path": pa.string(),
+    "given_label": pa.string(),
+    "predicted_label": pa.string(),
+    "suggested_label": pa.string(),
+    "confidence": pa.float32(),
+    "label_score": pa.float32(),
+    "loss": pa.float32(),
+    "uncertainty": pa.float32(),
+    "p_clean": pa.float32(),
+    "p_mislabeled_hq": pa.float32(),
+    "p_mislabeled_lq": pa.float32(),
+    "category": pa.string(),
+    "is_label_issue": pa.bool_(),
+    "rank": pa.int32(),
+}
+FLOAT_COLUMNS = [name for name, kind in REPORT_COLUMNS.items() if kind == pa.float32()]
+STRING_COLUMNS = [name for name, kind in REPORT_COLUMNS.items() if kind == pa.string()]
+POSTERIORS = ["p_clean", "p_mislabeled_hq", "p_mislabeled_lq"]
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def _stderr(result) -> str:
+    try:
+        return result.stderr
+    except ValueError:  # pragma: no cover - old Click with mixed streams
+        return result.output
+
+
+def _assert_one_line_error(result, *fragments: str) -> str:
+    err = _stderr(result)
+    assert result.exit_code == 1, (result.exit_code, result.output, err)
+    error_lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1, err
+    assert "Traceback" not in result.output and "Traceback" not in err
+    assert result.stdout == ""
+    for fragment in fragments:
+        assert fragment in error_lines[0], error_lines[0]
+    return error_lines[0]
+
+
+def _audit(runner: CliRunner, data, run, *extra: str):
+    return runner.invoke(app, ["audit", str(data), "--run", str(run), *extra])
+
+
+def _read_csv(source) -> pd.DataFrame:
+    # Class names are digits: keep every string column a string (pandas would parse "3" as an int).
+    return pd.read_csv(source, dtype={name: str for name in STRING_COLUMNS})
+
+
+def _read_jsonl(source) -> pd.DataFrame:
+    # dtype=False: JSON strings stay strings ("3" is a label, not a number); numbers stay numbers.
+    return pd.read_json(source, lines=True, dtype=False)
+
+
+@pytest.fixture(scope="module")
+def parquet_report(qmix_run, noisy_digits, tmp_path_factory) -> tuple[Path, str]:
+    """One audit of the training set to Parquet through the CLI, shared by this module; (path, stderr)."""
+    out = tmp_path_factory.mktemp("audit") / "r.parquet"
+    result = CliRunner().invoke(app, ["audit", str(noisy_digits), "--run", str(qmix_run.run_dir), "--out", str(out)])
+    assert result.exit_code == 0, (result.output, _stderr(result))
+    return out, _stderr(result)
+
+
+def _assert_same_report(frame: pd.DataFrame, reference: pd.DataFrame) -> None:
+    assert list(frame.columns) == list(reference.columns)
+    assert len(frame) == len(reference)
+    assert frame["sample_id"].tolist() == reference["sample_id"].tolist()
+    for name in ("path", "given_label", "predicted_label", "category"):
+        assert frame[name].tolist() == reference[name].tolist(), name
+    # Nulls (mislabeled_lq) stay nulls, not "" or "nan".
+    assert frame["suggested_label"].isna().tolist() == reference["suggested_label"].isna().tolist()
+    keep = reference["suggested_label"].notna()
+    assert frame.loc[keep, "suggested_label"].tolist() == reference.loc[keep, "suggested_label"].tolist()
+    for name in FLOAT_COLUMNS:
+        np.testing.assert_allclose(
+            frame[name].to_numpy(np.float64), reference[name].to_numpy(np.float64), rtol=1e-6, atol=1e-7, err_msg=name
+        )
+    assert frame["is_label_issue"].astype(bool).tolist() == reference["is_label_issue"].tolist()
+    assert frame["rank"].astype(int).tolist() == reference["rank"].astype(int).tolist()
+
+
+# ------------------------------------------------------------------------------------------------ Parquet
+
+
+def test_parquet_report_follows_the_design_schema(parquet_report, noisy_digits):
+    path, _ = parquet_report
+    manifest = pd.read_parquet(noisy_digits / "manifest.parquet")
+    n = len(manifest)
+
+    schema = pq.read_schema(path)
+    assert schema.names == list(REPORT_COLUMNS)
+    for name, kind in REPORT_COLUMNS.items():
+        assert schema.field(name).type == kind, (name, schema.field(name).type)
+
+    df = pd.read_parquet(path)
+    assert list(df.columns) == list(REPORT_COLUMNS)
+    assert len(df) == n
+    for name in FLOAT_COLUMNS:
+        assert df[name].dtype == np.float32, name
+    assert df["rank"].dtype == np.int32
+    assert df["is_label_issue"].dtype == np.bool_
+
+    # Rows sorted by sample_id, one per training image.
+    assert df["sample_id"].tolist() == sorted(manifest["sample_id"])
+    assert df["sample_id"].is_unique
+
+    # Posteriors are probabilities summing to 1; the other scores live in [0, 1].
+    post = df[POSTERIORS].to_numpy(np.float64)
+    assert np.isfinite(post).all() and (post >= 0).all() and (post <= 1).all()
+    np.testing.assert_allclose(post.sum(axis=1), 1.0, atol=1e-5)
+    for name in ("confidence", "label_score", "loss", "uncertainty"):
+        values = df[name].to_numpy(np.float64)
+        assert np.isfinite(values).all() and (values >= 0).all() and (values <= 1 + 1e-6).all(), name
+
+    # Categories and what follows from them.
+    assert set(df["category"]) <= set(CATEGORIES)
+    assert (df["is_label_issue"] == (df["category"] != "clean")).all()
+    lq = df["category"] == "mislabeled_lq"
+    assert (df["suggested_label"].isna() == lq).all()
+    clean, hq = df["category"] == "clean", df["category"] == "mislabeled_hq"
+    assert (df.loc[clean, "suggested_label"] == df.loc[clean, "given_label"]).all()
+    assert (df.loc[hq, "suggested_label"] == df.loc[hq, "predicted_label"]).all()
+
+    # Labels are class names; given labels are the manifest's.
+    classes = sorted(manifest["label"].unique())
+    assert set(df["predicted_label"]) <= set(classes)
+    by_id = manifest.set_index("sample_id")["label"]
+    assert (df["given_label"].to_numpy() == by_id.loc[df["sample_id"]].to_numpy()).all()
+
+    # rank: a permutation of 1..N, ascending in p_clean (1 = most likely issue).
+    assert sorted(df["rank"].tolist()) == list(range(1, n + 1))
+    by_rank = df.sort_values("rank")
+    assert by_rank["p_clean"].is_monotonic_increasing
+
+
+def test_parquet_metadata_records_version_method_model_classes(parquet_report, qmix_run):
+    path, _ = parquet_report
+    meta = {k.decode(): v.decode() for k, v in (pq.read_schema(path).metadata or {}).items()}
+    run_meta = json.loads((qmix_run.run_dir / "run.json").read_text())
+    assert meta["qmix.version"] == qmix_cli.__version__
+    assert meta["qmix.method"] == "qmix"
+    assert meta["qmix.model"] == "test_resnet"
+    assert json.loads(meta["qmix.class_names"]) == run_meta["classes"] == [str(i) for i in range(10)]
+    assert Path(meta["qmix.run_dir"]) == Path(qmix_run.run_dir)
+    assert "qmix.created_at" in meta
+
+
+def test_summary_goes_to_stderr(parquet_report):
+    _, err = parquet_report
+    flat = " ".join(err.split())
+    assert "audit of" in flat and "top issues" in flat
+    assert "clean" in flat and "mislabeled_hq" in flat and "mislabeled_lq" in flat
+
+
+# ------------------------------------------------------------------------------------------ CSV and JSONL
+
+
+@pytest.mark.parametrize(("name", "read"), [("r.csv", _read_csv), ("r.jsonl", _read_jsonl)], ids=["csv", "jsonl"])
+def test_format_from_suffix_matches_parquet(runner, tmp_path, qmix_run, noisy_digits, parquet_report, name, read):
+    out = tmp_path / name
+    result = _audit(runner, noisy_digits, qmix_run.run_dir, "--out", str(out))
+    assert result.exit_code == 0, (result.output, _stderr(result))
+    assert result.stdout == ""
+    if name.endswith(".csv"):
+        assert out.read_text().splitlines()[0].replace('"', "").split(",") == list(REPORT_COLUMNS)
+    else:
+        first = json.loads(out.read_text().splitlines()[0])
+        assert list(first) == list(REPORT_COLUMNS)
+    _assert_same_report(read(out), pd.read_parquet(parquet_report[0]))
+
+
+@pytest.mark.parametrize(("fmt", "read"), [("csv", _read_csv), ("jsonl", _read_jsonl)], ids=["csv", "jsonl"])
+def test_stdout_streams_the_report_and_keeps_the_summary_on_stderr(
+    runner, qmix_run, noisy_digits, parquet_report, fmt, read
+):
+    result = _audit(runner, noisy_digits, qmix_run.run_dir, "--out", "-", "--format", fmt)
+    assert result.exit_code == 0, (result.output, _stderr(result))
+    frame = read(io.StringIO(result.stdout))
+    reference = pd.read_parquet(parquet_report[0])
+    assert len(frame) == len(reference) == 1797
+    _assert_same_report(frame, reference)
+    # Human output only on stderr.
+    assert "audit of" in _stderr(result) and "top issues" in _stderr(result)
+    assert "audit of" not in result.stdout and "top issues" not in result.stdout
+
+
+def test_stdout_defaults_to_csv(runner, qmix_run, noisy_digits):
+    result = _audit(runner, noisy_digits, qmix_run.run_dir, "--out", "-")
+    assert result.exit_code == 0, _stderr(result)
+    assert len(_read_csv(io.StringIO(result.stdout))) == 1797
+
+
+def test_closed_pipe_exits_cleanly(qmix_run, noisy_digits, tmp_path):
+    qmix = f"{shlex.quote(sys.executable)} -m qmix_cli audit {shlex.quote(str(noisy_digits))}"
+    qmix += f" --run {shlex.quote(str(qmix_run.run_dir))} --out - --format csv"
+    script = f'{qmix} | head -n 3; echo "rc=${{PIPESTATUS[0]}}" >&2'
+    env = {**os.environ, "QMIX_CACHE_DIR": os.environ["QMIX_CACHE_DIR"]}
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 3, proc.stdout
+    assert lines[0].replace('"', "").split(",") == list(REPORT_COLUMNS)
+    frame = _read_csv(io.StringIO(proc.stdout))
+    assert len(frame) == 2
+    assert "rc=0" in proc.stderr.splitlines(), proc.stderr
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+    assert "Exception ignored" not in proc.stderr, proc.stderr
+
+
+# ------------------------------------------------------------------------------------------ other manifests
+
+
+def test_audit_another_manifest_with_the_run_classes(runner, tmp_path, qmix_run, noisy_digits, parquet_report):
+    manifest = pd.read_parquet(noisy_digits / "manifest.parquet")
+    subset = manifest[manifest["label"].isin(["1", "4", "7"])].sample(n=50, random_state=0)
+    csv = tmp_path / "other.csv"
+    other = pd.DataFrame(
+        {"path": [str((noisy_digits / p).resolve()) for p in subset["path"]], "label": subset["label"].tolist()}
+    )
+    other.to_csv(csv, index=False)
+    out = tmp_path / "other.parquet"
+    result = _audit(runner, csv, qmix_run.run_dir, "--out", str(out))
+    assert result.exit_code == 0, (result.output, _stderr(result))
+    df = pd.read_parquet(out)
+    assert list(df.columns) == list(REPORT_COLUMNS)
+    assert len(df) == 50
+    assert set(df["path"]) == set(other["path"])
+    assert set(df["given_label"]) <= {"1", "4", "7"}
+    assert set(df["predicted_label"]) <= {str(i) for i in range(10)}
+    post = df[POSTERIORS].to_numpy(np.float64)
+    assert (post >= 0).all()
+    np.testing.assert_allclose(post.sum(axis=1), 1.0, atol=1e-5)
+    assert set(df["category"]) <= set(CATEGORIES)
+    assert sorted(df["rank"]) == list(range(1, 51))
+    # New images are placed on the run's saved separation: the same image gets the same scores as in training.
+    full = pd.read_parquet(parquet_report[0]).set_index("sample_id")
+    ids = dict(zip(other["path"], subset["sample_id"], strict=True))
+    ref = full.loc[[ids[p] for p in df["path"]]]
+    for name in (*POSTERIORS, "loss", "uncertainty", "confidence", "label_score"):
+        np.testing.assert_allclose(df[name].to_numpy(), ref[name].to_numpy(), atol=1e-4, err_msg=name)
+    assert df["category"].tolist() == ref["category"].tolist()
+
+
+# -------------------------------------------------------------------------------------------------- errors
+
+
+def test_missing_run_dir(runner, tmp_path, noisy_digits):
+    result = _audit(runner, noisy_digits, tmp_path / "no-run", "--out", str(tmp_path / "r.parquet"))
+    _assert_one_line_error(result, "run directory not found", "no-run")
+    assert not (tmp_path / "r.parquet").exists()
+
+
+def test_unfinished_run_points_to_resume(runner, tmp_path, noisy_digits):
+    run = tmp_path / "half"
+    (run / "checkpoints").mkdir(parents=True)
+    result = _audit(runner, noisy_digits, run, "--out", str(tmp_path / "r.parquet"))
+    _assert_one_line_error(result, "model.pt", "--resume")
+    assert not (tmp_path / "r.parquet").exists()
+
+
+def test_unknown_label_is_named(runner, tmp_path, qmix_run, noisy_digits):
+    manifest = pd.read_parquet(noisy_digits / "manifest.parquet").head(6)
+    csv = tmp_path / "bad.csv"
+    labels = manifest["label"].tolist()
+    labels[2] = "eleven"
+    pd.DataFrame({"path": [str(noisy_digits / p) for p in manifest["path"]], "label": labels}).to_csv(csv, index=False)
+    result = _audit(runner, csv, qmix_run.run_dir, "--out", str(tmp_path / "r.parquet"))
+    _assert_one_line_error(result, "eleven", "unknown label")
+    assert not (tmp_path / "r.parquet").exists()
+
+
+@pytest.mark.parametrize(
+    ("out", "extra", "fragments"),
+    [
+        ("r.parquet", ["--format", "xml"], ["unknown report format 'xml'", "parquet, csv"]),
+        ("report.txt", [], ["report.txt", "--format"]),
+        ("-", ["--format", "parquet"], ["parquet cannot stream to stdout"]),
+    ],
+    ids=["format-xml", "suffix-txt", "parquet-stdout"],
+)
+def test_bad_output_options(runner, tmp_path, qmix_run, noisy_digits, out, extra, fragments):
+    target = out if out == "-" else str(tmp_path / out)
+    result = _audit(runner, noisy_digits, qmix_run.run_dir, "--out", target, *extra)
+    _assert_one_line_error(result, *fragments)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_quiet_suppresses_the_summary(runner, tmp_path, qmix_run, noisy_digits):
+    out = tmp_path / "r.csv"
+    result = runner.invoke(app, ["--quiet", "audit", str(noisy_digits), "--run", str(qmix_run.run_dir), "-o", str(out)])
+    assert result.exit_code == 0, (result.output, _stderr(result))
+    assert _stderr(result) == ""
+    assert result.stdout == ""
+    assert len(_read_csv(out)) == 1797
+    # ... and with --out - the report is the only output.
+    result = runner.invoke(app, ["--quiet", "audit", str(noisy_digits), "--run", str(qmix_run.run_dir), "-o", "-"])
+    assert result.exit_code == 0, _stderr(result)
+    assert _stderr(result) == ""
+    assert len(_read_csv(io.StringIO(result.stdout))) == 1797

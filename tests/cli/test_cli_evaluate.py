@@ -1,0 +1,126 @@
+"""``qmix evaluate`` through the Typer app: JSON metrics that agree with sklearn, the table, and errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support, roc_auc_score
+from typer.testing import CliRunner
+
+from qmix_cli.cli.app import app
+
+CATEGORIES = ["clean", "mislabeled_hq", "mislabeled_lq"]
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def _stderr(result) -> str:
+    try:
+        return result.stderr
+    except ValueError:  # pragma: no cover - old Click with mixed streams
+        return result.output
+
+
+def _assert_one_line_error(result, *fragments: str) -> str:
+    err = _stderr(result)
+    assert result.exit_code == 1, (result.exit_code, result.output, err)
+    error_lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1, err
+    assert "Traceback" not in result.output and "Traceback" not in err
+    assert result.stdout == ""
+    for fragment in fragments:
+        assert fragment in error_lines[0], error_lines[0]
+    return error_lines[0]
+
+
+@pytest.fixture(scope="module")
+def report(qmix_run, noisy_digits, tmp_path_factory) -> Path:
+    from qmix_cli.api import audit
+
+    out = tmp_path_factory.mktemp("evaluate") / "report.parquet"
+    audit(noisy_digits, run=qmix_run.run_dir, out=out, quiet=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def joined(report, noisy_digits) -> pd.DataFrame:
+    rep = pd.read_parquet(report)
+    truth = pd.read_parquet(noisy_digits / "manifest.parquet")
+    return rep.merge(truth, on="sample_id", how="inner", suffixes=("", "_truth"), validate="1:1")
+
+
+def test_json_metrics_agree_with_sklearn(runner, report, noisy_digits, joined):
+    result = runner.invoke(app, ["evaluate", str(report), "--truth", str(noisy_digits), "--json"])
+    assert result.exit_code == 0, (result.output, _stderr(result))
+    metrics = json.loads(result.stdout)
+    assert {"macro_f1", "per_category", "confusion_matrix", "roc_auc"} <= set(metrics)
+
+    y_true = joined["category_truth"].to_numpy(dtype=object)
+    y_pred = joined["category"].to_numpy(dtype=object)
+    assert metrics["n"] == len(joined) == 1797
+    assert set(y_true) == set(CATEGORIES)  # every category present: no undefined F1 to worry about
+
+    assert metrics["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, labels=CATEGORIES, average="macro"))
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=CATEGORIES, zero_division=0)
+    assert list(metrics["per_category"]) == CATEGORIES
+    for i, name in enumerate(CATEGORIES):
+        row = metrics["per_category"][name]
+        assert row["support"] == int(support[i])
+        assert row["f1"] == pytest.approx(f1[i])
+        assert row["recall"] == pytest.approx(recall[i])
+        if (y_pred == name).any():
+            assert row["precision"] == pytest.approx(precision[i])
+
+    cm = metrics["confusion_matrix"]
+    assert cm["labels"] == CATEGORIES
+    assert cm["matrix"] == confusion_matrix(y_true, y_pred, labels=CATEGORIES).tolist()
+    assert np.asarray(cm["matrix"]).sum() == len(joined)
+
+    true_issue = y_true != "clean"
+    assert metrics["roc_auc"]["mislabeled"] == pytest.approx(
+        roc_auc_score(true_issue, 1.0 - joined["p_clean"].to_numpy(np.float64))
+    )
+    assert metrics["roc_auc"]["low_quality"] == pytest.approx(
+        roc_auc_score(joined["is_low_quality"].to_numpy(bool), joined["p_mislabeled_lq"].to_numpy(np.float64))
+    )
+    assert metrics["detection"]["f1"] == pytest.approx(f1_score(true_issue, joined["is_label_issue"].to_numpy(bool)))
+    assert metrics["detection"]["support"] == int(true_issue.sum())
+    assert metrics["accuracy"] == pytest.approx((y_true == y_pred).mean())
+
+
+def test_table_output(runner, report, noisy_digits):
+    result = runner.invoke(app, ["evaluate", str(report), "--truth", str(noisy_digits / "manifest.parquet")])
+    assert result.exit_code == 0, (result.output, _stderr(result))
+    text = " ".join((result.stdout + _stderr(result)).split())
+    assert "macro-F1" in text
+    assert "Confusion matrix" in text and "ROC-AUC" in text
+    for name in CATEGORIES:
+        assert name in text
+
+
+def test_truth_without_category_column(runner, report, noisy_digits, tmp_path):
+    manifest = pd.read_parquet(noisy_digits / "manifest.parquet")[["sample_id", "path", "label"]]
+    plain = tmp_path / "plain.parquet"
+    manifest.to_parquet(plain)
+    result = runner.invoke(app, ["evaluate", str(report), "--truth", str(plain), "--json"])
+    _assert_one_line_error(result, "category")
+
+
+def test_mismatched_ids(runner, report, noisy_digits, tmp_path):
+    manifest = pd.read_parquet(noisy_digits / "manifest.parquet")
+    partial = tmp_path / "partial.parquet"
+    manifest.iloc[10:].to_parquet(partial)
+    result = runner.invoke(app, ["evaluate", str(report), "--truth", str(partial), "--json"])
+    _assert_one_line_error(result, "do not cover the same images", "10 report rows missing from the truth")
+
+
+def test_missing_report(runner, noisy_digits, tmp_path):
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "nope.parquet"), "--truth", str(noisy_digits)])
+    _assert_one_line_error(result, "report not found", "nope.parquet")

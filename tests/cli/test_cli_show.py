@@ -1,0 +1,68 @@
+"""``qmix show`` through the Typer app: the page is written, stdout stays clean, errors are one line."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from qmix_cli.cli.app import app
+from tests.reporting.test_html import make_report, make_run
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def _stderr(result) -> str:
+    try:
+        return result.stderr
+    except ValueError:  # pragma: no cover - old Click with mixed streams
+        return result.output
+
+
+def test_show_writes_the_page(runner, tmp_path, write_image):
+    report, data, rows = make_report(tmp_path, write_image)
+    run = make_run(tmp_path)
+    out = tmp_path / "out" / "report.html"
+    args = ["show", str(report), "--out", str(out), "--run", str(run), "--data", str(data), "--top", "2"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+    assert "wrote" in _stderr(result) and "report.html" in _stderr(result)
+    page = out.read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>")
+    assert page.count("<circle") == len(rows)
+    assert page.count('<figure class="thumb">') == 4  # 2 per issue group
+    assert page.count('<svg class="curve"') == 2
+
+
+def test_show_quiet_prints_nothing(runner, tmp_path, write_image):
+    report, _, _ = make_report(tmp_path, write_image)
+    result = runner.invoke(app, ["--quiet", "show", str(report), "--out", str(tmp_path / "r.html"), "--top", "0"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "" and _stderr(result) == ""
+    assert '<figure class="thumb">' not in (tmp_path / "r.html").read_text()
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [([], "report not found"), (["--run", "nope-run"], "report not found")],
+)
+def test_show_missing_report_is_one_error_line(runner, tmp_path, extra, fragment):
+    out = tmp_path / "r.html"
+    result = runner.invoke(app, ["show", str(tmp_path / "missing.parquet"), "--out", str(out), *extra])
+    assert result.exit_code == 1, result.output
+    err = _stderr(result)
+    error_lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and fragment in error_lines[0], err
+    assert "Traceback" not in err and result.stdout == ""
+    assert not out.exists()
+
+
+def test_show_missing_run_is_one_error_line(runner, tmp_path, write_image):
+    report, _, _ = make_report(tmp_path, write_image)
+    result = runner.invoke(app, ["show", str(report), "--out", str(tmp_path / "r.html"), "--run", str(tmp_path / "x")])
+    assert result.exit_code == 1
+    error_lines = [line for line in _stderr(result).splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and "run directory not found" in error_lines[0]

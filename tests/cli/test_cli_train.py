@@ -1,0 +1,169 @@
+"""``qmix train`` through the Typer app: config precedence (flag > file > default), ``--set``, and refusals."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from qmix_cli.cli.app import app
+from qmix_cli.config import TrainConfig
+
+# TINY_TRAIN of conftest as flags, with the cheapest method: a couple of seconds of CPU.
+TINY_FLAGS = ["--model", "test_resnet", "--img-size", "32", "--no-hflip", "--epochs", "2", "--warmup-epochs", "1"]
+TINY_FLAGS += ["--batch-size", "64", "--method", "ce"]
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def _stderr(result) -> str:
+    try:
+        return result.stderr
+    except ValueError:  # pragma: no cover - old Click with mixed streams
+        return result.output
+
+
+def _assert_one_line_error(result, *fragments: str) -> str:
+    err = _stderr(result)
+    assert result.exit_code == 1, (result.exit_code, result.output, err)
+    error_lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1, err
+    assert "Traceback" not in result.output and "Traceback" not in err
+    assert result.stdout == ""
+    for fragment in fragments:
+        assert fragment in error_lines[0], error_lines[0]
+    return error_lines[0]
+
+
+def _train(runner: CliRunner, data, out, *extra: str):
+    return runner.invoke(app, ["train", str(data), "--out", str(out), *extra])
+
+
+def test_config_precedence_flag_over_file_over_default(runner, tmp_path, noisy_digits, qmix_cache_dir):
+    cfg_file = tmp_path / "cfg.yaml"
+    # epochs, warmup: the file says 5 / 3, the flags 2 / 1 (flags win); lr and seed: only in the file (file beats
+    # the default); lambda_con: file 0.9, --set 0.3.
+    cfg_file.write_text(yaml.safe_dump({"epochs": 5, "warmup_epochs": 3, "lr": 0.05, "seed": 7, "lambda_con": 0.9}))
+    out = tmp_path / "run"
+    result = _train(
+        runner, noisy_digits, out, *TINY_FLAGS, "--config", str(cfg_file), "--set", "lambda_con=0.3",
+        "--cache-dir", str(qmix_cache_dir), "--device", "cpu",
+    )  # fmt: skip
+    assert result.exit_code == 0, (result.output, _stderr(result))
+    assert result.stdout == ""
+    assert "run saved in" in " ".join(_stderr(result).split())
+
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    defaults = TrainConfig()
+    assert set(saved) == set(defaults.to_dict())
+    # flags
+    assert saved["method"] == "ce"
+    assert saved["model"] == "test_resnet"
+    assert saved["img_size"] == 32
+    assert saved["hflip"] is False
+    assert saved["epochs"] == 2
+    assert saved["warmup_epochs"] == 1
+    assert saved["batch_size"] == 64
+    assert saved["device"] == "cpu"
+    # file beats default
+    assert saved["lr"] == 0.05 != defaults.lr
+    assert saved["seed"] == 7 != defaults.seed
+    # --set beats the file
+    assert saved["lambda_con"] == 0.3
+    # untouched options keep their defaults
+    assert saved["weight_decay"] == defaults.weight_decay
+    assert saved["mixup_alpha"] == defaults.mixup_alpha
+
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [1, 2]
+    assert (out / "model.pt").is_file() and (out / "checkpoints" / "last.pt").is_file()
+
+
+@pytest.mark.parametrize(
+    ("file_values", "flags", "expected"),
+    [
+        # epochs 1 < warmup 2 in the file alone; --epochs 2 makes the resolved config valid.
+        ({"epochs": 1, "warmup_epochs": 2}, ["--epochs", "2"], (2, 2)),
+        # No warm-up anywhere: a third of the FINAL epochs (3 -> 1), not of the file's 6 (-> 2).
+        ({"epochs": 6}, ["--epochs", "3"], (3, 1)),
+    ],
+    ids=["flag-fixes-file", "derived-warmup"],
+)
+def test_config_file_is_resolved_after_the_flags(
+    runner, tmp_path, noisy_digits, qmix_cache_dir, file_values, flags, expected
+):
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(yaml.safe_dump(file_values))
+    out = tmp_path / "run"
+    base = ["--model", "test_resnet", "--img-size", "32", "--no-hflip", "--method", "ce"]
+    result = _train(
+        runner, noisy_digits, out, *base, *flags, "--config", str(cfg_file), "--cache-dir", str(qmix_cache_dir)
+    )
+    assert result.exit_code == 0, _stderr(result)
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert (saved["epochs"], saved["warmup_epochs"]) == expected
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragments"),
+    [
+        (["--set", "foo=1"], ["unknown config key(s): foo"]),
+        (["--set", "lambda_con"], ["--set expects KEY=VALUE"]),
+        (["--method", "nope"], ["unknown method 'nope'", "qmix, dividemix, ce"]),
+        (["--epochs", "0"], ["epochs must be at least 1"]),
+        (["--warmup-epochs", "5"], ["warmup-epochs must be between 0 and epochs"]),
+    ],
+    ids=["set-unknown", "set-no-value", "method", "epochs-0", "warmup-too-long"],
+)
+def test_bad_options_are_one_line_errors(runner, tmp_path, noisy_digits, extra, fragments):
+    out = tmp_path / "run"
+    result = _train(runner, noisy_digits, out, *TINY_FLAGS, *extra)
+    _assert_one_line_error(result, *fragments)
+    assert not out.exists()
+
+
+def test_unknown_model_is_named(runner, tmp_path, noisy_digits):
+    out = tmp_path / "run"
+    result = _train(runner, noisy_digits, out, *TINY_FLAGS, "--model", "not_a_model")
+    _assert_one_line_error(result, "not_a_model", "unknown timm model")
+
+
+def test_existing_out_is_refused_and_left_unchanged(runner, tmp_path, noisy_digits, hash_tree):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("an earlier experiment")
+    (out / "config.yaml").write_text("epochs: 99\n")
+    before = hash_tree(out)
+    result = _train(runner, noisy_digits, out, *TINY_FLAGS)
+    _assert_one_line_error(result, "already exists", "--resume", "--force")
+    assert hash_tree(out) == before
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "notes.txt"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_on_a_cpu_only_machine(runner, tmp_path, noisy_digits):
+    out = tmp_path / "run"
+    result = _train(runner, noisy_digits, out, *TINY_FLAGS, "--device", "cuda")
+    _assert_one_line_error(result, "cuda", "CUDA is not available", "--device cpu")
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [["--model", "not_a_model"], ["--device", "cuda"]],
+    ids=["model", "cuda"],
+)
+def test_failed_start_does_not_block_the_next_try(runner, tmp_path, noisy_digits, extra, qmix_cache_dir):
+    if "cuda" in extra and torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    out = tmp_path / "run"
+    result = _train(runner, noisy_digits, out, *TINY_FLAGS, *extra)
+    assert result.exit_code == 1
+    # The user fixes the option and reruns the same command: it must not say "already exists".
+    result = _train(runner, noisy_digits, out, *TINY_FLAGS, "--epochs", "1", "--warmup-epochs", "1")
+    assert result.exit_code == 0, _stderr(result)

@@ -1,0 +1,303 @@
+"""The HTML page of ``qmix show``: self-contained, scatter, counts, ranked thumbnails, escaping, curves."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from qmix_cli.errors import QmixError
+from qmix_cli.reporting.html import (
+    line_chart_svg,
+    read_separation_means,
+    scatter_svg,
+    subsample_indices,
+    write_html_report,
+)
+from qmix_cli.reporting.report import CATEGORIES, build_report, report_metadata, write_report
+
+CLASSES = ("cat", "dog", "<b>bird</b>")
+EVIL_ID = "<script>alert(1)</script>"
+MISSING_ID = "s-missing"
+
+
+def make_report(
+    root: Path,
+    write_image: Callable[..., Path],
+    *,
+    n: int = 30,
+    fmt: str = "parquet",
+    seed: int = 0,
+) -> tuple[Path, Path, pd.DataFrame]:
+    """A report of ``n`` rows over real PNGs under ``root/ds`` (one of them missing); returns (report, data, rows).
+
+    Row 0 has a sample id that is an HTML tag, and every group has at least a few rows.
+    """
+    rng = np.random.default_rng(seed)
+    data = root / "ds"
+    ids = [EVIL_ID, MISSING_ID] + [f"s{i:03d}" for i in range(2, n)]
+    paths = [f"img/{i:03d}.png" for i in range(n)]
+    for i, rel in enumerate(paths):
+        if ids[i] != MISSING_ID:
+            write_image(data / rel, size=20, mode="L" if i % 2 else "RGB", seed=i)
+    categories = np.arange(n) % 3
+    posteriors = rng.dirichlet(np.ones(3), size=n)
+    # Make the hard group the most likely one, as the audit does.
+    posteriors[np.arange(n), categories] += 2.0
+    probs = rng.dirichlet(np.ones(len(CLASSES)), size=n)
+    table = build_report(
+        sample_ids=ids,
+        paths=paths,
+        given_labels=rng.integers(0, len(CLASSES), n),
+        probs=probs,
+        loss=rng.uniform(0, 1, n),
+        uncertainty=rng.uniform(0, 1, n),
+        posteriors=posteriors,
+        categories=categories,
+        class_names=CLASSES,
+    )
+    out = root / f"report.{fmt}"
+    meta = report_metadata(method="qmix", model="tiny<net>", class_names=CLASSES, run_dir=None)
+    write_report(table, out, metadata=meta if fmt == "parquet" else None)
+    return out, data, table.to_pandas()
+
+
+def make_run(root: Path, *, epochs: int = 6, warmup: int = 2) -> Path:
+    run = root / "run"
+    run.mkdir()
+    lines = []
+    for epoch in range(1, epochs + 1):
+        row = {"epoch": epoch, "phase": "warmup" if epoch <= warmup else "train", "loss_x": 2.0 / epoch}
+        if epoch > warmup:
+            row["auc_clean"] = 0.5 + 0.05 * epoch
+        lines.append(json.dumps(row))
+    (run / "metrics.jsonl").write_text("\n".join([*lines, "not json"]) + "\n")
+    entry = {"means": [[0.1, 0.4], [0.7, 0.5], [0.3, 0.9]], "component_groups": [0, 1, 2], "weights": [0.5, 0.3, 0.2]}
+    (run / "separation.json").write_text(json.dumps([entry, entry]))
+    return run
+
+
+@pytest.fixture
+def report(tmp_path, write_image):
+    return make_report(tmp_path, write_image)
+
+
+def _section(page: str, group: str) -> str:
+    start = page.index(f"{group} <small")
+    end = page.find("<h2>", start)
+    return page[start : end if end >= 0 else len(page)]
+
+
+def test_page_is_self_contained_html(report, tmp_path):
+    path, data, _ = report
+    out = write_html_report(path, out=tmp_path / "page" / "r.html", data=data)
+    assert out == tmp_path / "page" / "r.html"
+    page = out.read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    assert page.count("<html") == 1 and page.count("</body>") == 1
+    # No scripts, stylesheets or remote assets: only the SVG namespace URL.
+    assert "<script" not in page and "<link" not in page
+    assert set(re.findall(r"https?://[^\s\"']+", page)) <= {"http://www.w3.org/2000/svg"}
+    assert not list(out.parent.glob(".*.tmp"))  # written atomically, nothing left behind
+
+
+def test_scatter_has_one_circle_per_point(report, tmp_path):
+    path, data, rows = report
+    page = write_html_report(path, out=tmp_path / "r.html", data=data).read_text()
+    assert page.count('<svg class="scatter"') == 1
+    assert page.count("<circle") == len(rows)
+    for i in range(len(CATEGORIES)):
+        assert page.count(f'class="c{i}"') == int((rows["category"] == CATEGORIES[i]).sum())
+
+
+def test_scatter_subsamples_deterministically(report, tmp_path):
+    path, data, _ = report
+    first = write_html_report(path, out=tmp_path / "a.html", data=data, max_points=7).read_text()
+    second = write_html_report(path, out=tmp_path / "b.html", data=data, max_points=7).read_text()
+    circles = re.findall(r"<circle[^>]*>", first)
+    assert len(circles) == 7
+    assert circles == re.findall(r"<circle[^>]*>", second)
+    assert "7 of 30 images (sampled)" in first
+
+
+def test_header_and_class_table_counts(report, tmp_path):
+    path, data, rows = report
+    page = write_html_report(path, out=tmp_path / "r.html", data=data).read_text()
+    counts = rows["category"].value_counts()
+    for category in CATEGORIES:
+        assert f"<b>{category}</b> {counts[category]} (" in page
+    assert "method <b>qmix</b>" in page and "model <b>tiny&lt;net&gt;</b>" in page
+    # One table row per class, in the metadata's order, and a total row.
+    table = page[page.index('<table class="counts">') : page.index("</table>")]
+    body_rows = re.findall(r"<tr[^>]*><th>(.*?)</th>(.*?)</tr>", table.split("<tbody>")[1])
+    assert [label for label, _ in body_rows] == [*(s.replace("<", "&lt;").replace(">", "&gt;") for s in CLASSES),
+                                                 "<b>all</b>"]  # fmt: skip
+    for (_, cells), name in zip(body_rows, [*CLASSES, None], strict=True):
+        values = [int(v) for v in re.findall(r"<td>(\d+)</td>", cells)]
+        sub = rows if name is None else rows[rows["given_label"] == name]
+        expected = [int((sub["category"] == c).sum()) for c in CATEGORIES]
+        assert values == [*expected, len(sub)]
+
+
+def test_thumbnails_top_n_in_rank_order(report, tmp_path):
+    path, data, rows = report
+    page = write_html_report(path, out=tmp_path / "r.html", data=data, top=3).read_text()
+    for group in ("mislabeled_hq", "mislabeled_lq"):
+        section = _section(page, group)
+        expected = rows[rows["category"] == group].sort_values("rank")["sample_id"].head(3).tolist()
+        shown = [
+            m.replace("&lt;", "<").replace("&gt;", ">") for m in re.findall(r'<span class="sid">(.*?)</span>', section)
+        ]
+        assert shown == expected
+        ranks = [int(r) for r in re.findall(r'<span class="rank">#(\d+)</span>', section)]
+        assert ranks == sorted(ranks) and len(ranks) == 3
+        uris = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', section)
+        assert len(uris) + section.count('class="placeholder"') == 3
+        for uri in uris:
+            with Image.open(io.BytesIO(base64.b64decode(uri))) as img:
+                assert img.format == "PNG" and max(img.size) <= 128
+
+
+def test_clean_images_get_no_thumbnails(report, tmp_path):
+    path, data, rows = report
+    page = write_html_report(path, out=tmp_path / "r.html", data=data, top=100).read_text()
+    issues = int((rows["category"] != "clean").sum())
+    missing = int(((rows["sample_id"] == MISSING_ID) & (rows["category"] != "clean")).sum())
+    assert page.count("data:image/png;base64,") == issues - missing
+    assert page.count('<figure class="thumb">') == issues
+
+
+def test_text_is_escaped(report, tmp_path):
+    path, data, _ = report
+    page = write_html_report(path, out=tmp_path / "r.html", data=data, top=100).read_text()
+    assert EVIL_ID not in page and "<b>bird</b>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page  # in the thumbnail caption or the point's tooltip
+    assert "&lt;b&gt;bird&lt;/b&gt;" in page
+
+
+def test_missing_image_gives_a_placeholder(tmp_path, write_image):
+    path, data, rows = make_report(tmp_path, write_image)
+    group = rows.loc[rows["sample_id"] == MISSING_ID, "category"].item()
+    assert group != "clean"  # row 1 is mislabeled_hq by construction
+    page = write_html_report(path, out=tmp_path / "r.html", data=data, top=100).read_text()
+    section = _section(page, group)
+    card = next(c for c in section.split('<figure class="thumb">') if f'<span class="sid">{MISSING_ID}</span>' in c)
+    assert 'class="placeholder"' in card and "data:image" not in card
+
+
+def test_unreadable_image_gives_a_placeholder(tmp_path, write_image):
+    path, data, rows = make_report(tmp_path, write_image)
+    for png in (data / "img").glob("*.png"):
+        png.write_bytes(b"not a png")
+    page = write_html_report(path, out=tmp_path / "r.html", data=data, top=100).read_text()
+    assert "data:image/png;base64," not in page
+    assert page.count('class="placeholder"') == int((rows["category"] != "clean").sum())
+
+
+def test_paths_relative_to_cwd_without_data(report, tmp_path, monkeypatch):
+    path, data, _ = report
+    monkeypatch.chdir(data)
+    page = write_html_report(path, out=tmp_path / "r.html").read_text()
+    assert "data:image/png;base64," in page
+    monkeypatch.chdir(tmp_path)
+    page = write_html_report(path, out=tmp_path / "r.html").read_text()
+    assert "data:image/png;base64," not in page and 'class="placeholder"' in page
+
+
+def test_run_adds_curves_and_gmm_means(report, tmp_path):
+    path, data, _ = report
+    run = make_run(tmp_path)
+    page = write_html_report(path, out=tmp_path / "r.html", run=run, data=data).read_text()
+    assert "Training curves" in page
+    assert page.count('<svg class="curve"') == 2  # loss_x and auc_clean; no auc_hq or val_acc logged
+    assert "supervised loss (loss_x)" in page and "(auc_clean)" in page and "(val_acc)" not in page
+    assert page.count("<title>epoch ") == 6 + 4
+    assert page.count("GMM component mean") == 6  # 3 components x 2 nets
+    assert page.count("<circle") == 30  # the crosses are paths, not circles
+
+
+def test_no_run_no_curves(report, tmp_path):
+    path, data, _ = report
+    page = write_html_report(path, out=tmp_path / "r.html", data=data).read_text()
+    assert "Training curves" not in page and '<svg class="curve"' not in page and "GMM component" not in page
+
+
+def test_run_without_files_still_renders(report, tmp_path):
+    path, data, _ = report
+    (tmp_path / "empty_run").mkdir()
+    page = write_html_report(path, out=tmp_path / "r.html", run=tmp_path / "empty_run", data=data).read_text()
+    assert "No metrics.jsonl" in page and page.count("<circle") == 30
+
+
+def test_csv_report_without_metadata(tmp_path, write_image):
+    path, data, rows = make_report(tmp_path, write_image, fmt="csv")
+    page = write_html_report(path, out=tmp_path / "r.html", data=data).read_text()
+    assert page.count("<circle") == len(rows)
+    assert "method <b>" not in page
+    assert "&lt;b&gt;bird&lt;/b&gt;" in page  # classes come from the given labels
+
+
+@pytest.mark.parametrize("name", ["missing.parquet", "garbage.parquet"])
+def test_missing_or_unreadable_report_raises(tmp_path, name):
+    (tmp_path / "garbage.parquet").write_bytes(b"definitely not parquet")
+    with pytest.raises(QmixError, match="report"):
+        write_html_report(tmp_path / name, out=tmp_path / "r.html")
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_missing_run_or_data_raises(report, tmp_path):
+    path, _, _ = report
+    with pytest.raises(QmixError, match="run directory not found"):
+        write_html_report(path, out=tmp_path / "r.html", run=tmp_path / "nope")
+    with pytest.raises(QmixError, match="dataset not found"):
+        write_html_report(path, out=tmp_path / "r.html", data=tmp_path / "nope")
+
+
+def test_empty_report(tmp_path):
+    from qmix_cli.reporting.report import REPORT_SCHEMA
+
+    write_report(REPORT_SCHEMA.empty_table(), tmp_path / "e.parquet")
+    page = write_html_report(tmp_path / "e.parquet", out=tmp_path / "r.html").read_text()
+    assert page.count("<circle") == 0 and "No images in this group." in page
+
+
+# ------------------------------------------------------------------------------------------- pure builders
+
+
+def test_subsample_indices():
+    assert subsample_indices(5, 10).tolist() == [0, 1, 2, 3, 4]
+    idx = subsample_indices(1000, 50)
+    assert len(idx) == 50 and len(set(idx.tolist())) == 50 and (np.diff(idx) > 0).all()
+    assert idx.tolist() == subsample_indices(1000, 50).tolist()
+
+
+def test_scatter_svg_counts_and_clipping():
+    svg = scatter_svg(np.array([0.0, 0.5, 2.0, np.nan]), np.array([1.0, 0.5, -1.0, 0.2]), np.array([2, 0, 1, -1]))
+    assert svg.startswith("<svg") and svg.endswith("</svg>")
+    assert svg.count("<circle") == 4 and 'class="cx"' in svg
+    # Clean (code 0) is drawn before the issue groups.
+    assert svg.index('class="c0"') < svg.index('class="c1"') < svg.index('class="c2"')
+
+
+def test_line_chart_svg():
+    svg = line_chart_svg(np.array([1, 2, 3]), np.array([0.3, 0.2, 0.1]), title="a < b", marker_x=1.5)
+    assert svg.count("<polyline") == 1 and "a &lt; b" in svg and "stroke-dasharray" in svg
+    empty = line_chart_svg(np.array([]), np.array([]), title="t")
+    assert "no data" in empty and "<polyline" not in empty
+
+
+def test_read_separation_means(tmp_path):
+    path = tmp_path / "separation.json"
+    path.write_text(json.dumps([{"means": [[0.1, 0.2], [0.3, 0.4]], "component_groups": [0, 2]}, {"means": [[0.5]]}]))
+    assert read_separation_means(path) == [(0.1, 0.2, 0), (0.3, 0.4, 2)]
+    path.write_text("{broken")
+    assert read_separation_means(path) == []
+    assert read_separation_means(tmp_path / "absent.json") == []
