@@ -181,11 +181,17 @@ def _process_image(src: Path, dst: Path, *, names: list[str], severity: int, see
 
 
 def _check_paths(dataset: Dataset, out: Path) -> None:
+    """Refuse outputs that would change the source: inside an image folder (new files would join the dataset) or
+    around any source file (``--force`` would delete it). Next to a manifest file is fine."""
     src, dst = dataset.root.resolve(), out.resolve()
-    if dst == src or src in dst.parents:
-        raise ConfigError(f"--out {out} is inside the source dataset {dataset.root}; choose a folder outside it")
-    if dst in src.parents:
+    if dst == src or dst in src.parents:
         raise ConfigError(f"--out {out} contains the source dataset; choose another folder")
+    if Path(dataset.source).is_file():
+        inside = [p for p in dataset.abs_paths if dst in p.resolve().parents]
+        if inside:
+            raise ConfigError(f"--out {out} contains source images (e.g. {inside[0]}); choose another folder")
+    elif src in dst.parents:
+        raise ConfigError(f"--out {out} is inside the source dataset {dataset.root}; choose a folder outside it")
 
 
 def corrupt_dataset(

@@ -368,6 +368,30 @@ def test_failure_midway_leaves_nothing_behind(make_image_folder, tmp_path, monke
     assert hash_tree(src) == before
 
 
+def test_out_next_to_a_manifest_file_is_accepted(make_image_folder, tmp_path, hash_tree):
+    # A manifest with absolute paths lives in its own folder; writing beside it touches no source file.
+    root = make_image_folder("imgs")
+    frame = create_dataset(root).frame
+    manifest = tmp_path / "lists" / "subset.csv"
+    manifest.parent.mkdir()
+    frame.assign(path=[str(root / p) for p in frame["path"]]).to_csv(manifest, index=False)
+    before = hash_tree(root)
+    result = corrupt(manifest, tmp_path / "lists" / "noisy", quality_rate=0.5, seed=0, quiet=True)
+    assert len(result.manifest) == len(frame)
+    assert hash_tree(root) == before
+
+
+def test_out_around_source_images_of_a_manifest_is_refused(make_image_folder, tmp_path, hash_tree):
+    root = make_image_folder("imgs")
+    frame = create_dataset(root).frame
+    manifest = tmp_path / "subset.csv"
+    frame.assign(path=[str(root / p) for p in frame["path"]]).to_csv(manifest, index=False)
+    before = hash_tree(root)
+    with pytest.raises(ConfigError, match="contains source images"):
+        corrupt(manifest, root.parent / "imgs", force=True, seed=0, quiet=True)
+    assert hash_tree(root) == before
+
+
 def test_failure_with_force_keeps_the_previous_output(make_image_folder, tmp_path, monkeypatch, hash_tree):
     src = _small(make_image_folder)
     out = tmp_path / "outputs" / "out"
