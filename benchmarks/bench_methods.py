@@ -86,7 +86,7 @@ def main() -> None:
     noisy = work / "noisy"
     corrupt(subset, noisy, label_noise=args.label_noise, label_rate=args.label_rate,
             quality_rate=args.quality_rate, seed=args.seed, force=True, quiet=True)  # fmt: skip
-    truth = pd.read_parquet(noisy / "manifest.parquet")[["sample_id", "category"]]
+    truth = pd.read_parquet(noisy / "manifest.parquet")[["sample_id", "category"]].rename(columns={"category": "truth"})
 
     common = dict(model=args.model, img_size=args.img_size, batch_size=args.batch_size, epochs=args.epochs,
                   warmup_epochs=args.warmup_epochs, seed=args.seed, device=args.device, **extra)  # fmt: skip
@@ -104,9 +104,9 @@ def main() -> None:
             {
                 "method": method,
                 "test_acc": float((test["predicted_label"] == test["given_label"]).mean()),
-                "auc_clean": float(roc_auc_score(merged["category"] == "clean", merged["p_clean"])),
+                "auc_clean": float(roc_auc_score(merged["truth"] == "clean", merged["p_clean"])),
                 "auc_hq": float(
-                    roc_auc_score(merged["category"] != "mislabeled_lq", merged["p_clean"] + merged["p_mislabeled_hq"])
+                    roc_auc_score(merged["truth"] != "mislabeled_lq", merged["p_clean"] + merged["p_mislabeled_hq"])
                 ),
                 "macro_f1": ev["macro_f1"],
                 "detection_f1": ev["detection"]["f1"],

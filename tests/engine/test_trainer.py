@@ -176,3 +176,12 @@ def test_checkpoint_from_another_dataset_is_refused(noisy_digits, tmp_path, qmix
         train(noisy_digits, tmp_path / "run", on_epoch_end=_interrupt, **opts)
     with pytest.raises(TrainingError, match="another dataset"):
         train(digits_dir, tmp_path / "run", resume=True, cache_dir=str(qmix_cache_dir))
+
+
+def test_val_accuracy_is_logged_every_epoch(noisy_digits, digits_dir, tmp_path, qmix_cache_dir):
+    # The clean digits as validation data: accuracy must be reported and far above chance (0.1).
+    result = train(noisy_digits, tmp_path / "run", method="ce", epochs=2, val=str(digits_dir),
+                   cache_dir=str(qmix_cache_dir), **TINY_TRAIN)  # fmt: skip
+    accs = [m["val_acc"] for m in result.metrics]
+    assert len(accs) == 2 and all(0.0 <= a <= 1.0 for a in accs)
+    assert accs[-1] > 0.3

@@ -1,0 +1,118 @@
+"""Audit throughput against a raw forward of the same nets, and peak memory on a large manifest.
+
+* ``raw forward``: both nets of the run over the already-decoded images (eval view, batched, no_grad): the
+  compute an audit cannot avoid.
+* ``audit (warm)``: ``qmix_cli.api.audit`` end to end with the decoded cache already built: manifest reading and
+  validation (every image decoded once), scoring, posteriors on the saved separation, report written as Parquet.
+* ``audit (cold)``: the same, first call, which also builds the decoded cache.
+* Peak RSS: ``qmix audit`` run as a child process on the whole manifest, its ``ru_maxrss``.
+
+The manifest cycles through the Fashion-MNIST images (train then test split) with unique sample ids, so that any
+number of rows can be made without writing new files. The run must have been trained on Fashion-MNIST classes
+(e.g. by ``benchmarks/bench_methods.py --work DIR``, then ``--run DIR/run-qmix``).
+
+Usage::
+
+    python benchmarks/bench_audit.py --run /tmp/fm/run-qmix --rows 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from qmix_cli.api import audit
+from qmix_cli.data.cache import cached_images
+from qmix_cli.data.manifest import create_dataset
+from qmix_cli.engine.batches import ImageStore
+from qmix_cli.engine.steps import predict_probs
+from qmix_cli.reporting.score import _context, load_run
+
+
+def cycling_manifest(rows: int, out: Path) -> Path:
+    parts = []
+    for name in ("fashion-mnist", "fashion-mnist:test"):
+        ds = create_dataset(name, check_images=False)
+        parts.append(pd.DataFrame({"path": [str(p) for p in ds.abs_paths], "label": ds.frame["label"]}))
+    pool = pd.concat(parts, ignore_index=True)
+    frame = pool.iloc[np.arange(rows) % len(pool)].reset_index(drop=True)
+    frame.insert(0, "sample_id", [f"r{i:07d}" for i in range(rows)])
+    frame.to_csv(out, index=False)
+    return out
+
+
+def raw_forward_seconds(run_dir: Path, manifest: Path, batch_size: int) -> float:
+    run = load_run(run_dir)
+    ds = create_dataset(manifest, classes=run.classes, min_classes=1, check_images=False)
+    images = cached_images(ds, size=run.meta["img_size"], channels=run.meta["channels"])
+    store = ImageStore(images, device=run.device)
+    ctx = _context(run, seed=0)
+    start = time.perf_counter()
+    for net in run.nets:
+        predict_probs(net, store, ctx, batch_size=batch_size)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, required=True)
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="qmix-bench-audit-"))
+    manifest = cycling_manifest(args.rows, work / "manifest.csv")
+    out = work / "report.parquet"
+
+    # Peak memory of a cold audit in a fresh process (cache built on the way).
+    child = [sys.executable, "-m", "qmix_cli", "--quiet", "audit", str(manifest), "--run", str(args.run),
+             "--out", str(out), "--batch-size", str(args.batch_size)]  # fmt: skip
+    start = time.perf_counter()
+    subprocess.run(child, check=True)
+    cold = time.perf_counter() - start
+    peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+    start = time.perf_counter()
+    audit(manifest, run=args.run, out=out, batch_size=args.batch_size, quiet=True)
+    warm = time.perf_counter() - start
+    raw = raw_forward_seconds(args.run, manifest, args.batch_size)
+
+    result = {
+        "rows": args.rows,
+        "raw_forward_s": raw,
+        "audit_warm_s": warm,
+        "audit_cold_s": cold,
+        "raw_images_per_s": args.rows / raw,
+        "audit_warm_images_per_s": args.rows / warm,
+        "ratio_audit_warm_vs_raw": raw / warm,
+        "peak_rss_mib_cold_audit": peak_mib,
+        "report_mib": out.stat().st_size / 2**20,
+        "threads": torch.get_num_threads(),
+        "command": "python " + " ".join(sys.argv),
+        "date": time.strftime("%Y-%m-%d"),
+        "cpus": os.cpu_count(),
+    }
+    print(json.dumps(result, indent=1))
+    lines = ["| what | seconds | images/s |", "|---|---:|---:|"]
+    for what, seconds in (("raw forward, 2 nets", raw), ("audit, warm cache", warm), ("audit, cold", cold)):
+        lines.append(f"| {what} | {seconds:.1f} | {args.rows / seconds:,.0f} |")
+    print("\n" + "\n".join(lines))
+    print(f"\naudit/raw throughput = {raw / warm:.2f}; peak RSS, cold audit of {args.rows:,} rows: {peak_mib:,.0f} MiB")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""The timm model factory: any timm name, local weights files, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+from qmix_cli.engine.models import create_model
+from qmix_cli.errors import ConfigError
+
+
+def test_local_weights_file_is_loaded_into_the_encoder(tmp_path):
+    # A backbone saved by timm (as a user would download it once, online) is the offline --pretrained.
+    torch.manual_seed(123)
+    source = timm.create_model("test_resnet", num_classes=0, in_chans=3)
+    path = tmp_path / "backbone.pth"
+    torch.save(source.state_dict(), path)
+    torch.manual_seed(0)
+    net = create_model("test_resnet", num_classes=5, in_chans=3, weights=path)
+    fresh = create_model("test_resnet", num_classes=5, in_chans=3)
+    loaded, expected = net.encoder.state_dict(), source.state_dict()
+    assert loaded.keys() == expected.keys()
+    for key in expected:
+        torch.testing.assert_close(loaded[key], expected[key])
+    assert any(not torch.equal(fresh.encoder.state_dict()[k], expected[k]) for k in expected)
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 5)
+
+
+def test_rgb_weights_are_adapted_to_grayscale_input(tmp_path):
+    source = timm.create_model("test_resnet", num_classes=0, in_chans=3)
+    path = tmp_path / "backbone.pth"
+    torch.save(source.state_dict(), path)
+    net = create_model("test_resnet", num_classes=3, in_chans=1, weights=path)
+    assert net(torch.randn(2, 1, 32, 32)).shape == (2, 3)
+
+
+def test_projection_is_unit_length():
+    net = create_model("test_resnet", num_classes=4, in_chans=1, proj_dim=16)
+    logits, proj = net.forward_with_projection(torch.randn(3, 1, 32, 32))
+    assert logits.shape == (3, 4) and proj.shape == (3, 16)
+    torch.testing.assert_close(proj.norm(dim=1), torch.ones(3))
+
+
+def test_unknown_model_and_missing_weights_are_clear_errors(tmp_path):
+    with pytest.raises(ConfigError, match="unknown timm model 'resnet_nope'"):
+        create_model("resnet_nope", num_classes=2, in_chans=3)
+    with pytest.raises(ConfigError, match="weights file not found"):
+        create_model("test_resnet", num_classes=2, in_chans=3, weights=tmp_path / "missing.pth")
+    bad = tmp_path / "garbage.pth"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="could not load weights"):
+        create_model("test_resnet", num_classes=2, in_chans=3, weights=bad)
