@@ -104,8 +104,7 @@ def pseudo_label(probs_views: torch.Tensor, *, temperature: float) -> torch.Tens
     torch.Tensor
         (B, K) float targets, rows summing to 1.
     """
-    _check_views(probs_views)
-    return sharpen(probs_views.mean(dim=0), temperature)
+    return co_guess(probs_views, temperature=temperature)
 
 
 def sample_lambda(alpha: float, generator: np.random.Generator | torch.Generator) -> float:
