@@ -19,6 +19,8 @@ from typer.testing import CliRunner
 
 import qmix_cli
 from qmix_cli.cli.app import app
+from tests.cli.helpers import assert_one_line_error as _assert_one_line_error
+from tests.cli.helpers import stderr_of as _stderr
 
 CATEGORIES = ("clean", "mislabeled_hq", "mislabeled_lq")
 
@@ -43,30 +45,6 @@ REPORT_COLUMNS: dict[str, pa.DataType] = {
 FLOAT_COLUMNS = [name for name, kind in REPORT_COLUMNS.items() if kind == pa.float32()]
 STRING_COLUMNS = [name for name, kind in REPORT_COLUMNS.items() if kind == pa.string()]
 POSTERIORS = ["p_clean", "p_mislabeled_hq", "p_mislabeled_lq"]
-
-
-@pytest.fixture
-def runner() -> CliRunner:
-    return CliRunner()
-
-
-def _stderr(result) -> str:
-    try:
-        return result.stderr
-    except ValueError:  # pragma: no cover - old Click with mixed streams
-        return result.output
-
-
-def _assert_one_line_error(result, *fragments: str) -> str:
-    err = _stderr(result)
-    assert result.exit_code == 1, (result.exit_code, result.output, err)
-    error_lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(error_lines) == 1, err
-    assert "Traceback" not in result.output and "Traceback" not in err
-    assert result.stdout == ""
-    for fragment in fragments:
-        assert fragment in error_lines[0], error_lines[0]
-    return error_lines[0]
 
 
 def _audit(runner: CliRunner, data, run, *extra: str):

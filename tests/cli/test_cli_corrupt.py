@@ -7,37 +7,13 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
 import qmix_cli
 from qmix_cli.cli.app import app
 from qmix_cli.data.manifest import create_dataset
 from qmix_cli.noise.protocol import CorruptSpec, plan_corruption
-
-
-@pytest.fixture
-def runner() -> CliRunner:
-    return CliRunner()
-
-
-def _stderr(result) -> str:
-    # Click >= 8.2 (and Typer's vendored copy) always capture stderr separately; older ones need mix_stderr=False.
-    try:
-        return result.stderr
-    except ValueError:  # pragma: no cover - old Click with mixed streams
-        return result.output
-
-
-def _assert_one_line_error(result, *fragments: str) -> str:
-    err = _stderr(result)
-    assert result.exit_code == 1, (result.exit_code, result.output)
-    error_lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(error_lines) == 1, err
-    assert "Traceback" not in result.output and "Traceback" not in err
-    assert result.stdout == ""  # stdout stays clean for pipes
-    for fragment in fragments:
-        assert fragment in error_lines[0], error_lines[0]
-    return error_lines[0]
+from tests.cli.helpers import assert_one_line_error as _assert_one_line_error
+from tests.cli.helpers import stderr_of as _stderr
 
 
 @pytest.fixture

@@ -11,15 +11,9 @@ from sklearn.metrics import f1_score
 from typer.testing import CliRunner
 
 from qmix_cli.cli.app import app
+from tests.cli.helpers import stderr_of as _stderr
 
 CATEGORIES = ["clean", "mislabeled_hq", "mislabeled_lq"]
-
-
-def _stderr(result) -> str:
-    try:
-        return result.stderr
-    except ValueError:  # pragma: no cover - old Click with mixed streams
-        return result.output
 
 
 def _scores(truth: np.ndarray, predicted: np.ndarray) -> tuple[float, float]:

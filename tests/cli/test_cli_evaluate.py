@@ -9,35 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support, roc_auc_score
-from typer.testing import CliRunner
 
 from qmix_cli.cli.app import app
+from tests.cli.helpers import assert_one_line_error as _assert_one_line_error
+from tests.cli.helpers import stderr_of as _stderr
 
 CATEGORIES = ["clean", "mislabeled_hq", "mislabeled_lq"]
-
-
-@pytest.fixture
-def runner() -> CliRunner:
-    return CliRunner()
-
-
-def _stderr(result) -> str:
-    try:
-        return result.stderr
-    except ValueError:  # pragma: no cover - old Click with mixed streams
-        return result.output
-
-
-def _assert_one_line_error(result, *fragments: str) -> str:
-    err = _stderr(result)
-    assert result.exit_code == 1, (result.exit_code, result.output, err)
-    error_lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(error_lines) == 1, err
-    assert "Traceback" not in result.output and "Traceback" not in err
-    assert result.stdout == ""
-    for fragment in fragments:
-        assert fragment in error_lines[0], error_lines[0]
-    return error_lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -3,22 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from typer.testing import CliRunner
 
 from qmix_cli.cli.app import app
+from tests.cli.helpers import stderr_of as _stderr
 from tests.reporting.test_html import make_report, make_run
-
-
-@pytest.fixture
-def runner() -> CliRunner:
-    return CliRunner()
-
-
-def _stderr(result) -> str:
-    try:
-        return result.stderr
-    except ValueError:  # pragma: no cover - old Click with mixed streams
-        return result.output
 
 
 def test_show_writes_the_page(runner, tmp_path, write_image):

@@ -11,34 +11,12 @@ from typer.testing import CliRunner
 
 from qmix_cli.cli.app import app
 from qmix_cli.config import TrainConfig
+from tests.cli.helpers import assert_one_line_error as _assert_one_line_error
+from tests.cli.helpers import stderr_of as _stderr
 
 # TINY_TRAIN of conftest as flags, with the cheapest method: a couple of seconds of CPU.
 TINY_FLAGS = ["--model", "test_resnet", "--img-size", "32", "--no-hflip", "--epochs", "2", "--warmup-epochs", "1"]
 TINY_FLAGS += ["--batch-size", "64", "--method", "ce"]
-
-
-@pytest.fixture
-def runner() -> CliRunner:
-    return CliRunner()
-
-
-def _stderr(result) -> str:
-    try:
-        return result.stderr
-    except ValueError:  # pragma: no cover - old Click with mixed streams
-        return result.output
-
-
-def _assert_one_line_error(result, *fragments: str) -> str:
-    err = _stderr(result)
-    assert result.exit_code == 1, (result.exit_code, result.output, err)
-    error_lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(error_lines) == 1, err
-    assert "Traceback" not in result.output and "Traceback" not in err
-    assert result.stdout == ""
-    for fragment in fragments:
-        assert fragment in error_lines[0], error_lines[0]
-    return error_lines[0]
 
 
 def _train(runner: CliRunner, data, out, *extra: str):
