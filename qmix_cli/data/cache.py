@@ -6,8 +6,6 @@ file's path, size and modification time plus the target size and channels, so an
 
 from __future__ import annotations
 
-import hashlib
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,17 +15,14 @@ import numpy as np
 from qmix_cli.data.builtin import default_cache_dir
 from qmix_cli.data.images import default_workers, read_image
 from qmix_cli.data.manifest import Dataset
+from qmix_cli.data.scan_cache import files_digest
 from qmix_cli.io import atomic_path
 
 CACHE_VERSION = "1"
 
 
 def cache_key(paths: list[Path], *, size: int, channels: int) -> str:
-    h = hashlib.sha256(f"v{CACHE_VERSION}|{size}|{channels}".encode())
-    for p in paths:
-        st = os.stat(p)
-        h.update(f"|{os.path.abspath(p)}|{st.st_size}|{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:24]
+    return files_digest(paths, salt=f"v{CACHE_VERSION}|{size}|{channels}")
 
 
 def decode_all(

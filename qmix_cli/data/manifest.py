@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from qmix_cli.data.images import IMAGE_SUFFIXES, ImageInfo, scan_images
+from qmix_cli.data.scan_cache import cached_scan
 from qmix_cli.errors import DataError, summarise_offenders
 from qmix_cli.progress import Reporter, SilentReporter
 
@@ -165,9 +166,12 @@ def _check_images(
     on_bad_image: OnBadImage,
     workers: int | None,
     reporter: Reporter,
+    cache_dir: Path,
 ) -> tuple[pd.DataFrame, pd.DataFrame, list[ImageInfo]]:
-    advance = reporter.task("checking images", len(frame))
-    infos = scan_images([resolve_path(root, p) for p in frame["path"]], workers=workers, progress=advance)
+    def scan(paths: Sequence[str | Path]) -> list[ImageInfo]:
+        return scan_images(paths, workers=workers, progress=reporter.task("checking images", len(paths)))
+
+    infos = cached_scan([resolve_path(root, p) for p in frame["path"]], cache_dir=cache_dir, scan=scan)
     bad = np.array([info.error is not None for info in infos], dtype=bool)
     skipped = pd.DataFrame(
         {
@@ -212,13 +216,14 @@ def create_dataset(
     min_classes
         Fewest distinct labels accepted (training needs 2).
     cache_dir
-        Where built-in datasets are materialised (default: `default_cache_dir`).
+        Where built-in datasets are materialised and image checks are remembered (default: `default_cache_dir`):
+        files unchanged since their last check are not decoded again.
     workers
         Decoding threads.
     reporter
         Receives progress (a bar while images are checked).
     """
-    from qmix_cli.data.builtin import is_builtin, materialise_builtin
+    from qmix_cli.data.builtin import default_cache_dir, is_builtin, materialise_builtin
 
     if on_bad_image not in ("error", "skip"):
         raise DataError(f"on-bad-image must be 'error' or 'skip' (got {on_bad_image!r})")
@@ -243,7 +248,12 @@ def create_dataset(
     channels = 0
     if check_images:
         frame, skipped, infos = _check_images(
-            frame, root, on_bad_image=on_bad_image, workers=workers, reporter=reporter or SilentReporter()
+            frame,
+            root,
+            on_bad_image=on_bad_image,
+            workers=workers,
+            reporter=reporter or SilentReporter(),
+            cache_dir=Path(cache_dir or default_cache_dir()),
         )
         if frame.empty:
             raise DataError(f"{name}: no usable images left after skipping {len(skipped)} bad ones")

@@ -1,0 +1,73 @@
+"""Remembering image checks, so that unchanged files are not decoded again only to be validated.
+
+`create_dataset` decodes every image to prove it readable. Training, auditing and the benchmarks load the same
+files again and again; a check of a file set whose paths, sizes and modification times are unchanged would give
+the same answer, so its result is stored next to the decoded-image cache and reused. Any edited, added, removed
+or missing file changes the key, and the files are checked again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from qmix_cli.data.images import ImageInfo
+from qmix_cli.io import atomic_write_text
+
+SCAN_CACHE_VERSION = "1"
+
+
+def files_digest(paths: Sequence[str | Path], *, salt: str = "") -> str:
+    """A digest of each file's absolute path, size and modification time (in order), plus ``salt``.
+
+    Raises `OSError` when a file cannot be stat'ed (missing, no permission).
+    """
+    h = hashlib.sha256(salt.encode())
+    for p in paths:
+        st = os.stat(p)
+        h.update(f"|{os.path.abspath(p)}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:24]
+
+
+def cached_scan(
+    paths: Sequence[str | Path],
+    *,
+    cache_dir: Path,
+    scan: Callable[[Sequence[str | Path]], list[ImageInfo]],
+) -> list[ImageInfo]:
+    """``scan(paths)``, or its stored result when the same unchanged files were scanned before.
+
+    Only complete results over files that all exist are stored: a missing file is always reported afresh.
+    """
+    try:
+        key = files_digest(paths, salt=f"scan-v{SCAN_CACHE_VERSION}")
+    except OSError:
+        return scan(paths)
+    target = cache_dir / "checked" / f"{key}.json"
+    stored = _read(target, len(paths))
+    if stored is not None:
+        return stored
+    infos = scan(paths)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        rows = [[i.error, i.mode, list(i.size)] for i in infos]
+        atomic_write_text(target, json.dumps(rows, separators=(",", ":")))
+    except OSError:
+        pass  # a read-only cache only costs the next run a re-check
+    return infos
+
+
+def _read(target: Path, n: int) -> list[ImageInfo] | None:
+    try:
+        rows = json.loads(target.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(rows, list) or len(rows) != n:
+        return None
+    try:
+        return [ImageInfo(error=e, mode=m, size=(int(s[0]), int(s[1]))) for e, m, s in rows]
+    except (TypeError, ValueError, IndexError):
+        return None
