@@ -7,7 +7,6 @@ loss terms are on (`MethodRules`).
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -149,17 +148,6 @@ class SslWeights:
     con_temperature: float
 
 
-def _unlabelled_batches(unlabelled: np.ndarray, count: int, size: int, gen: torch.Generator) -> list[np.ndarray]:
-    """``count`` batches drawn by cycling through shuffled passes over the unlabelled set."""
-    if len(unlabelled) == 0:
-        return [np.empty(0, dtype=np.int64)] * count
-    size = min(size, len(unlabelled))
-    need = count * size
-    passes = math.ceil(need / len(unlabelled))
-    order = np.concatenate([unlabelled[torch.randperm(len(unlabelled), generator=gen).numpy()] for _ in range(passes)])
-    return [order[i * size : (i + 1) * size] for i in range(count)]
-
-
 def ssl_epoch(
     net: nn.Module,
     peer: nn.Module,
@@ -185,11 +173,11 @@ def ssl_epoch(
     labelled_mask = groups == CLEAN
     if rules.mislq_labelled:
         labelled_mask |= groups == MIS_L
-    labelled = np.flatnonzero(labelled_mask)
-    unlabelled = np.flatnonzero(~labelled_mask)
-    l_batches = epoch_batches(labelled, batch_size=batch_size, gen=ctx.gen, drop_last=True)
-    u_batches = _unlabelled_batches(unlabelled, len(l_batches), batch_size, ctx.gen)
-    combined = [np.concatenate([lb, ub]) for lb, ub in zip(l_batches, u_batches, strict=True)]
+    # One epoch is one pass over every image; each batch splits into its labelled and unlabelled members.
+    # Both methods then do the same work per epoch whatever their group sizes (docs/decisions.md).
+    batches = epoch_batches(np.arange(len(groups)), batch_size=batch_size, gen=ctx.gen, drop_last=True)
+    l_batches = [b[labelled_mask[b]] for b in batches]
+    combined = [np.concatenate([b[labelled_mask[b]], b[~labelled_mask[b]]]) for b in batches]
     groups_t = torch.as_tensor(groups, device=ctx.device)
 
     net.train()
@@ -203,11 +191,14 @@ def ssl_epoch(
         xl, xu = x[:nl], x[nl:]
         nu = len(xu)
         g = groups_t[idx]
+        refined = eye[labels[idx]]  # (0, K) when the batch has no labelled member
         with torch.no_grad(), ctx.autocast():
-            wl = torch.cat([ctx.view(xl, ctx.weak), ctx.view(xl, ctx.weak)])
-            p_l = torch.softmax(net(wl).float(), dim=1).view(2, nl, -1)
-            refined = co_refine(eye[labels[idx]], p_l, posteriors[idx, CLEAN], temperature=weights.temperature)
-            if rules.mislq_labelled:
+            # A batch can lack either stream; an empty forward would feed BatchNorm nothing to normalise.
+            if nl:
+                wl = torch.cat([ctx.view(xl, ctx.weak), ctx.view(xl, ctx.weak)])
+                p_l = torch.softmax(net(wl).float(), dim=1).view(2, nl, -1)
+                refined = co_refine(refined, p_l, posteriors[idx, CLEAN], temperature=weights.temperature)
+            if nl and rules.mislq_labelled:
                 guessed = pseudo_label(p_l, temperature=weights.temperature)
                 refined = torch.where((g == MIS_L)[:, None], guessed, refined)
             if nu:
@@ -215,9 +206,11 @@ def ssl_epoch(
                 p_u = torch.cat([torch.softmax(net(wu).float(), 1), torch.softmax(peer(wu).float(), 1)])
                 target_u = co_guess(p_u.view(4, nu, -1), temperature=weights.temperature)
         w_l = mislq_weights(g, posteriors[idx, MIS_L], mislq_weight=weights.mislq_weight)
-        parts = [ctx.view(xl, ctx.strong), ctx.view(xl, ctx.strong)]
-        targets = [refined, refined]
-        sample_w = [w_l, w_l]
+        parts, targets, sample_w = [], [], []
+        if nl:
+            parts += [ctx.view(xl, ctx.strong), ctx.view(xl, ctx.strong)]
+            targets += [refined, refined]
+            sample_w += [w_l, w_l]
         if nu:
             parts += [ctx.view(xu, ctx.strong), ctx.view(xu, ctx.strong)]
             targets += [target_u, target_u]
@@ -252,5 +245,5 @@ def ssl_epoch(
             sums[key] += float(val.detach())
         steps += 1
         if progress:
-            progress(nl)
+            progress(len(x))
     return {k: v / max(steps, 1) for k, v in sums.items()}

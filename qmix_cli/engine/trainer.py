@@ -274,7 +274,7 @@ class _Run:
             for k, net in enumerate(self.forward_nets):
                 peer = 1 - k
                 groups = hard_groups(posteriors[peer], p_threshold=cfg.p_threshold)
-                advance = self.reporter.task(f"epoch {e + 1}/{cfg.epochs} net {k}", int((groups != 1).sum()))
+                advance = self.reporter.task(f"epoch {e + 1}/{cfg.epochs} net {k}", len(self.store))
                 per_net.append(
                     ssl_epoch(
                         net, self.forward_nets[peer], self.optimizers[k], self.store, self.labels,

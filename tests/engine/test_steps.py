@@ -1,0 +1,77 @@
+"""The semi-supervised epoch: one pass over every image for every method, whatever the group sizes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from qmix_cli.data.transforms import Normalise, strong_spec, weak_spec
+from qmix_cli.engine.batches import ImageStore
+from qmix_cli.engine.models import create_model
+from qmix_cli.engine.steps import CLEAN, METHOD_RULES, MIS_H, MIS_L, SslWeights, StepContext, ssl_epoch
+
+N, K, BATCH = 48, 3, 16
+
+
+class RecordingStore(ImageStore):
+    """An ImageStore that remembers which indices each epoch asked for."""
+
+    def __init__(self, images: np.ndarray) -> None:
+        super().__init__(images, device=torch.device("cpu"))
+        self.seen: list[np.ndarray] = []
+
+    def iterate(self, batches):
+        self.seen.extend(batches)
+        yield from super().iterate(batches)
+
+
+def _epoch(method: str, groups: np.ndarray, *, seed: int = 0) -> tuple[dict, RecordingStore]:
+    rng = np.random.default_rng(seed)
+    store = RecordingStore(rng.integers(0, 256, (N, 1, 16, 16), dtype=np.uint8))
+    torch.manual_seed(seed)
+    nets = [create_model("test_resnet", num_classes=K, in_chans=1, proj_dim=8) for _ in range(2)]
+    posteriors = torch.zeros(N, 3)
+    posteriors[np.arange(N), torch.as_tensor(groups, dtype=torch.long)] = 0.9
+    posteriors += 0.05
+    ctx = StepContext(
+        device=torch.device("cpu"), amp_dtype=None, scaler=None, norm=Normalise((0.5,), (0.25,)),
+        weak=weak_spec(hflip=False, rotation=10), strong=strong_spec(hflip=False, rotation=10),
+        gen=torch.Generator().manual_seed(seed), num_classes=K,
+    )  # fmt: skip
+    weights = SslWeights(temperature=0.5, mixup_alpha=4, lambda_u=1, mislq_weight=0.5, lambda_con=0.1,
+                         con_temperature=0.1)  # fmt: skip
+    out = ssl_epoch(
+        nets[0], nets[1], torch.optim.SGD(nets[0].parameters(), lr=0.01), store,
+        torch.as_tensor(rng.integers(0, K, N)), posteriors, groups, ctx,
+        rules=METHOD_RULES[method], weights=weights, prior=torch.full((K,), 1 / K), batch_size=BATCH, where="test",
+    )  # fmt: skip
+    return out, store
+
+
+@pytest.mark.parametrize("method", ["qmix", "dividemix"])
+def test_every_image_is_seen_once_per_epoch_whatever_the_groups(method):
+    groups = np.array([CLEAN] * 30 + [MIS_H] * 6 + [MIS_L] * 12, dtype=np.int8)
+    _, store = _epoch(method, groups)
+    seen = np.concatenate(store.seen)
+    assert np.array_equal(np.sort(seen), np.arange(N))
+    assert all(len(b) == BATCH for b in store.seen)
+
+
+def test_labelled_members_come_first_in_each_batch():
+    groups = np.array([CLEAN, MIS_H, MIS_L] * (N // 3), dtype=np.int8)
+    _, store = _epoch("qmix", groups)
+    for batch in store.seen:
+        labelled = np.isin(groups[batch], (CLEAN, MIS_L))
+        assert not np.any(labelled[1:] & ~labelled[:-1]), "an unlabelled image precedes a labelled one"
+
+
+@pytest.mark.parametrize(
+    ("groups", "zero_key"),
+    [(np.full(N, MIS_H, dtype=np.int8), "loss_x"), (np.full(N, CLEAN, dtype=np.int8), "loss_u")],
+)
+def test_a_missing_stream_contributes_nothing_and_nothing_breaks(groups, zero_key):
+    out, _ = _epoch("qmix", groups)
+    assert out[zero_key] == 0.0
+    assert all(np.isfinite(v) for v in out.values())
+    assert out["loss_total"] > 0
