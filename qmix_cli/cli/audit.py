@@ -26,7 +26,9 @@ def audit_command(
     tta: Annotated[int, typer.Option(help="Extra augmented views averaged into each prediction.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     on_bad_image: Annotated[str, typer.Option(help="error or skip unreadable images.")] = "error",
-    cache_dir: Annotated[Path | None, typer.Option(help="Where decoded images are cached.")] = None,
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Cache of decoded images and image checks [~/.cache/qmix].")
+    ] = None,
     workers: Annotated[int, typer.Option(help="DataLoader workers for caches too big to keep in memory.")] = 0,
 ) -> None:
     """Write a report that says, for every image, clean / mislabeled_hq / mislabeled_lq and what to do."""

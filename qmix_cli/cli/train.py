@@ -71,7 +71,9 @@ def train_command(
         list[str],
         typer.Option("--set", help="Any config option as KEY=VALUE (e.g. lambda_con=0); repeatable."),
     ] = [],  # noqa: B006
-    cache_dir: Annotated[Path | None, typer.Option(help="Where decoded images are cached [~/.cache/qmix].")] = None,
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Cache of decoded images and image checks [~/.cache/qmix].")
+    ] = None,
     on_bad_image: Annotated[str | None, typer.Option(help="error or skip unreadable images [error].")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
     force: Annotated[bool, typer.Option(help="Delete an existing --out and start over.")] = False,
