@@ -25,37 +25,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import roc_auc_score
+from _common import markdown_table, run_engine_method, stratified_subset
 
 from qmix_cli import __version__
-from qmix_cli.api import audit, corrupt, evaluate, train
-from qmix_cli.data.manifest import create_dataset
-
-
-def stratified_subset(source: str, *, size: int, seed: int, out: Path) -> Path:
-    """A CSV manifest of ``size`` images of ``source`` with the class balance kept (absolute paths)."""
-    ds = create_dataset(source, check_images=False)
-    frame = ds.frame.assign(path=[str(p) for p in ds.abs_paths])
-    rng = np.random.default_rng(seed)
-    per_class = size // len(ds.classes)
-    parts = [g.iloc[rng.permutation(len(g))[:per_class]] for _, g in frame.groupby("label")]
-    pd.concat(parts)[["sample_id", "path", "label"]].to_csv(out, index=False)
-    return out
-
-
-def markdown_table(table: pd.DataFrame) -> str:
-    head = "| method | " + " | ".join(table.columns) + " |"
-    rule = "|---|" + "---:|" * len(table.columns)
-    body = ["| " + " | ".join([str(i), *(f"{v:.4g}" for v in row)]) + " |" for i, row in table.iterrows()]
-    return "\n".join([head, rule, *body])
-
-
-def post_warmup_epoch_seconds(metrics: list[dict]) -> float:
-    rows = [m["seconds"] for m in metrics if m["phase"] == "train"] or [m["seconds"] for m in metrics]
-    return float(np.median(rows))
+from qmix_cli.api import corrupt
 
 
 def main() -> None:
@@ -86,35 +61,14 @@ def main() -> None:
     noisy = work / "noisy"
     corrupt(subset, noisy, label_noise=args.label_noise, label_rate=args.label_rate,
             quality_rate=args.quality_rate, seed=args.seed, force=True, quiet=True)  # fmt: skip
-    truth = pd.read_parquet(noisy / "manifest.parquet")[["sample_id", "category"]].rename(columns={"category": "truth"})
 
     common = dict(model=args.model, img_size=args.img_size, batch_size=args.batch_size, epochs=args.epochs,
-                  warmup_epochs=args.warmup_epochs, seed=args.seed, device=args.device, **extra)  # fmt: skip
+                  warmup_epochs=args.warmup_epochs, seed=args.seed, **extra)  # fmt: skip
     rows = []
     for method in args.methods.split(","):
-        start = time.perf_counter()
-        result = train(noisy, work / f"run-{method}", method=method, force=True, quiet=True, **common)
-        wall = time.perf_counter() - start
-        report_path = work / f"report-{method}.parquet"
-        report = audit(noisy, run=result.run_dir, out=report_path, device=args.device, quiet=True)
-        ev = evaluate(report_path, truth=noisy)
-        merged = report.merge(truth, on="sample_id")
-        test = audit("fashion-mnist:test", run=result.run_dir, device=args.device, quiet=True)
-        rows.append(
-            {
-                "method": method,
-                "test_acc": float((test["predicted_label"] == test["given_label"]).mean()),
-                "auc_clean": float(roc_auc_score(merged["truth"] == "clean", merged["p_clean"])),
-                "auc_hq": float(
-                    roc_auc_score(merged["truth"] != "mislabeled_lq", merged["p_clean"] + merged["p_mislabeled_hq"])
-                ),
-                "macro_f1": ev["macro_f1"],
-                "detection_f1": ev["detection"]["f1"],
-                "epoch_s": post_warmup_epoch_seconds(result.metrics),
-                "train_wall_s": wall,
-                "images_per_s": float(np.median([m["images_per_s"] for m in result.metrics[-3:]])),
-            }
-        )
+        row = run_engine_method(method, noisy, work, test="fashion-mnist:test", device=args.device, **common)
+        row.pop("evaluation")
+        rows.append(row)
         print(json.dumps(rows[-1]), flush=True)
 
     table = pd.DataFrame(rows).set_index("method")

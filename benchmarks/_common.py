@@ -1,0 +1,73 @@
+"""Helpers shared by the benchmark scripts (not part of the package): subsets, tables, one engine method."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score
+
+from qmix_cli.api import audit, evaluate, train
+from qmix_cli.data.manifest import create_dataset
+
+
+def stratified_subset(source: str, *, size: int, seed: int, out: Path) -> Path:
+    """A CSV manifest of ``size`` images of ``source`` with the class balance kept (absolute paths)."""
+    ds = create_dataset(source, check_images=False)
+    frame = ds.frame.assign(path=[str(p) for p in ds.abs_paths])
+    rng = np.random.default_rng(seed)
+    per_class = size // len(ds.classes)
+    parts = [g.iloc[rng.permutation(len(g))[:per_class]] for _, g in frame.groupby("label")]
+    pd.concat(parts)[["sample_id", "path", "label"]].to_csv(out, index=False)
+    return out
+
+
+def markdown_table(table: pd.DataFrame, *, first: str = "method") -> str:
+    def cell(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, float | np.floating) else str(v)
+
+    head = f"| {first} | " + " | ".join(table.columns) + " |"
+    rule = "|---|" + "---:|" * len(table.columns)
+    body = ["| " + " | ".join([str(i), *(cell(v) for v in row)]) + " |" for i, row in table.iterrows()]
+    return "\n".join([head, rule, *body])
+
+
+def post_warmup_epoch_seconds(metrics: list[dict]) -> float:
+    rows = [m["seconds"] for m in metrics if m["phase"] == "train"] or [m["seconds"] for m in metrics]
+    return float(np.median(rows))
+
+
+def run_engine_method(method: str, noisy: Path, work: Path, *, test: str, device: str, **options: Any) -> dict:
+    """Train ``method`` on ``noisy``, audit it, and score the audit and the test accuracy.
+
+    Returns the row of the comparison table plus ``evaluation`` (the full `qmix evaluate` result).
+    """
+    start = time.perf_counter()
+    result = train(noisy, work / f"run-{method}", method=method, device=device, force=True, quiet=True, **options)
+    train_s = time.perf_counter() - start
+    report_path = work / f"report-{method}.parquet"
+    start = time.perf_counter()
+    report = audit(noisy, run=result.run_dir, out=report_path, device=device, quiet=True)
+    audit_s = time.perf_counter() - start
+    ev = evaluate(report_path, truth=noisy)
+    truth = pd.read_parquet(noisy / "manifest.parquet")[["sample_id", "category"]]
+    merged = report.merge(truth.rename(columns={"category": "truth"}), on="sample_id")
+    test_report = audit(test, run=result.run_dir, device=device, quiet=True)
+    return {
+        "method": method,
+        "test_acc": float((test_report["predicted_label"] == test_report["given_label"]).mean()),
+        "auc_clean": float(roc_auc_score(merged["truth"] == "clean", merged["p_clean"])),
+        "auc_hq": float(
+            roc_auc_score(merged["truth"] != "mislabeled_lq", merged["p_clean"] + merged["p_mislabeled_hq"])
+        ),
+        "macro_f1": ev["macro_f1"],
+        "detection_f1": ev["detection"]["f1"],
+        "epoch_s": post_warmup_epoch_seconds(result.metrics),
+        "train_wall_s": train_s,
+        "wall_s": train_s + audit_s,
+        "images_per_s": float(np.median([m["images_per_s"] for m in result.metrics[-3:]])),
+        "evaluation": ev,
+    }

@@ -1,0 +1,284 @@
+"""qmix against cleanlab + cleanvision, CE and DivideMix on corrupted Fashion-MNIST; writes RESULTS.md.
+
+For each noise preset the same corrupted training subset is given to:
+
+* ``qmix``, ``dividemix``, ``ce``: trained on the qmix engine, then ``qmix audit`` + ``qmix evaluate``;
+* ``cleanlab``: out-of-fold softmax from k-fold cross-validation of the same backbone trained with CE (our ``ce``
+  method, same settings), then ``cleanlab.filter.find_label_issues`` and
+  ``cleanlab.rank.get_label_quality_scores``; its test accuracy is that of the k fold models' mean softmax;
+* ``cleanvision``: ``Imagelab`` image-quality issues on the same image files;
+* ``cleanlab+cleanvision``: the 3-way verdict a user would build from both: label issue and quality issue →
+  mislabeled_lq, label issue only → mislabeled_hq, otherwise clean (the issue's rule); ``…+quality→lq`` also
+  calls a quality issue alone mislabeled_lq (our protocol counts every low-quality image as mislabeled);
+* ``oof-ce + 2-D GMM``: the QMix separation (3-component GMM on normalised loss and entropy) fitted on the
+  cleanlab out-of-fold softmax, a reference for what separation alone achieves without co-training.
+
+Usage (needs ``pip install -e '.[bench]'``)::
+
+    python benchmarks/bench_baselines.py --train-size 5000 --epochs 12 --out benchmarks/RESULTS.md
+
+Wall times are measured on this machine in this run; cleanlab's includes its k trainings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from _common import markdown_table, run_engine_method, stratified_subset
+from sklearn.model_selection import StratifiedKFold
+
+from qmix_cli import __version__
+from qmix_cli.api import corrupt, train
+from qmix_cli.data.manifest import create_dataset
+from qmix_cli.engine.scoring import compute_scores, fit_separation
+from qmix_cli.engine.separation import hard_groups
+from qmix_cli.reporting.evaluate import evaluate_report
+from qmix_cli.reporting.score import load_run, score_dataset
+
+# Fashion-MNIST's usual asymmetric noise: confusable garments and shoes flip into each other.
+FMNIST_ASYMMETRIC = "t-shirt=shirt,shirt=t-shirt,pullover=coat,coat=pullover,sandal=sneaker,sneaker=sandal"
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "sym20+lq15": {"label_noise": "symmetric-exclusive", "label_rate": 0.2, "quality_rate": 0.15},
+    "asym20+lq35": {
+        "label_noise": "asymmetric",
+        "label_rate": 0.2,
+        "quality_rate": 0.35,
+        "class_map": FMNIST_ASYMMETRIC,
+    },
+}
+
+# cleanvision issue types that describe image quality (duplicates are not; grayscale is every Fashion-MNIST image).
+QUALITY_ISSUES = ("dark", "light", "blurry", "low_information", "odd_aspect_ratio", "odd_size")
+CATEGORY_NAMES = np.array(["clean", "mislabeled_hq", "mislabeled_lq"], dtype=object)
+
+
+def verdict_frame(
+    ids: np.ndarray,
+    *,
+    label_issue: np.ndarray,
+    quality_issue: np.ndarray,
+    label_score: np.ndarray,
+    lq_score: np.ndarray,
+    quality_alone_is_lq: bool,
+) -> pd.DataFrame:
+    """A minimal report (the columns `evaluate_report` needs) from a label-issue and a quality-issue flag."""
+    category = np.where(label_issue, np.where(quality_issue, "mislabeled_lq", "mislabeled_hq"), "clean")
+    if quality_alone_is_lq:
+        category = np.where(quality_issue, "mislabeled_lq", category)
+    return pd.DataFrame(
+        {
+            "sample_id": ids,
+            "category": category,
+            "is_label_issue": category != "clean",
+            "p_clean": label_score,
+            "p_mislabeled_lq": lq_score,
+        }
+    )
+
+
+def cleanlab_oof(noisy: Path, work: Path, *, folds: int, seed: int, device: str, test: str, **options: Any) -> dict:
+    """Out-of-fold softmax (N, K) of the ``ce`` method, and the fold models' mean softmax on ``test``."""
+    ds = create_dataset(noisy, check_images=False)
+    frame = ds.frame.assign(path=[str(p) for p in ds.abs_paths])
+    labels = ds.labels
+    oof = np.zeros((len(frame), len(ds.classes)), dtype=np.float64)
+    test_ds = create_dataset(test, classes=ds.classes, min_classes=1)
+    test_probs = np.zeros((len(test_ds), len(ds.classes)))
+    split = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    start = time.perf_counter()
+    for k, (fit_idx, held_idx) in enumerate(split.split(np.zeros(len(labels)), labels)):
+        fold_csv = work / f"fold{k}.csv"
+        frame.iloc[fit_idx][["sample_id", "path", "label"]].to_csv(fold_csv, index=False)
+        result = train(fold_csv, work / f"run-fold{k}", method="ce", device=device, force=True, quiet=True, **options)
+        run = load_run(result.run_dir, device=device)
+        held_csv = work / f"held{k}.csv"
+        frame.iloc[held_idx][["sample_id", "path", "label"]].to_csv(held_csv, index=False)
+        held = create_dataset(held_csv, classes=ds.classes, min_classes=1)
+        oof[held_idx] = score_dataset(run, held).probs
+        test_probs += score_dataset(run, test_ds).probs / folds
+    return {
+        "probs": oof,
+        "labels": labels,
+        "ids": frame["sample_id"].to_numpy(dtype=object),
+        "paths": frame["path"].tolist(),
+        "test_acc": float((test_probs.argmax(1) == test_ds.labels).mean()),
+        "train_s": time.perf_counter() - start,
+    }
+
+
+def cleanlab_flags(oof: dict) -> tuple[np.ndarray, np.ndarray, float]:
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+
+    start = time.perf_counter()
+    issues = find_label_issues(oof["labels"], oof["probs"])
+    scores = get_label_quality_scores(oof["labels"], oof["probs"])
+    return issues, scores, time.perf_counter() - start
+
+
+def cleanvision_flags(paths: list[str]) -> tuple[np.ndarray, np.ndarray, float]:
+    from cleanvision import Imagelab
+
+    start = time.perf_counter()
+    lab = Imagelab(filepaths=paths)
+    lab.find_issues(issue_types={name: {} for name in QUALITY_ISSUES}, n_jobs=1 if sys.platform == "darwin" else None)
+    issues = lab.issues.reindex(paths)
+    flag_cols = [f"is_{n}_issue" for n in QUALITY_ISSUES if f"is_{n}_issue" in issues.columns]
+    score_cols = [f"{n}_score" for n in QUALITY_ISSUES if f"{n}_score" in issues.columns]
+    flags = issues[flag_cols].fillna(False).to_numpy(dtype=bool).any(axis=1)
+    worst = issues[score_cols].fillna(1.0).to_numpy(dtype=np.float64).min(axis=1)  # cleanvision: low = bad
+    return flags, 1.0 - worst, time.perf_counter() - start
+
+
+def oof_gmm_frame(oof: dict, *, seed: int) -> pd.DataFrame:
+    scores = compute_scores(oof["probs"][None], oof["labels"])
+    sep = fit_separation(scores.loss[0], scores.uncertainty[0], kind="quality", seed=seed)
+    post = sep.posteriors(scores.loss[0], scores.uncertainty[0])
+    groups = hard_groups(post, p_threshold=0.5)
+    return pd.DataFrame(
+        {
+            "sample_id": oof["ids"],
+            "category": CATEGORY_NAMES[groups],
+            "is_label_issue": groups != 0,
+            "p_clean": post[:, 0],
+            "p_mislabeled_lq": post[:, 2],
+        }
+    )
+
+
+def summary_row(name: str, ev: dict, **extra: Any) -> dict:
+    per = ev["per_category"]
+    row = {"method": name}
+    for cat, short in (("clean", "clean"), ("mislabeled_hq", "hq"), ("mislabeled_lq", "lq")):
+        row[f"P {short}"] = per[cat]["precision"]
+        row[f"R {short}"] = per[cat]["recall"]
+        row[f"F1 {short}"] = per[cat]["f1"]
+    row["macro-F1"] = ev["macro_f1"]
+    row["detect F1"] = ev["detection"]["f1"]
+    row["AUC mislabeled"] = ev["roc_auc"]["mislabeled"]
+    row["AUC low quality"] = ev["roc_auc"]["low_quality"]
+    row.update(extra)
+    return row
+
+
+def run_preset(name: str, spec: dict, args: argparse.Namespace, work: Path) -> pd.DataFrame:
+    work.mkdir(parents=True, exist_ok=True)
+    subset = stratified_subset("fashion-mnist", size=args.train_size, seed=args.seed, out=work / "subset.csv")
+    noisy = work / "noisy"
+    corrupt(subset, noisy, seed=args.seed, force=True, quiet=True, **spec)
+    truth = pd.read_parquet(noisy / "manifest.parquet")
+    options = dict(model=args.model, img_size=args.img_size, batch_size=args.batch_size, epochs=args.epochs,
+                   seed=args.seed, hflip=args.hflip)  # fmt: skip
+    rows = []
+    for method in ("qmix", "dividemix", "ce"):
+        r = run_engine_method(method, noisy, work, test=args.test, device=args.device, **options)
+        rows.append(summary_row(method, r["evaluation"], **{"test acc": r["test_acc"], "wall s": r["wall_s"]}))
+        print(json.dumps(rows[-1]), flush=True)
+
+    oof = cleanlab_oof(noisy, work, folds=args.folds, seed=args.seed, device=args.device, test=args.test, **options)
+    label_issue, label_score, cl_s = cleanlab_flags(oof)
+    quality_issue, lq_score, cv_s = cleanvision_flags(oof["paths"])
+    cl_wall = oof["train_s"] + cl_s
+    common = dict(ids=oof["ids"], label_score=label_score, lq_score=lq_score)
+    no_quality = np.zeros_like(quality_issue)
+    variants = {
+        "cleanlab": (dict(label_issue=label_issue, quality_issue=no_quality, quality_alone_is_lq=False), cl_wall),
+        "cleanlab+cleanvision": (
+            dict(label_issue=label_issue, quality_issue=quality_issue, quality_alone_is_lq=False),
+            cl_wall + cv_s,
+        ),
+        "cleanlab+cleanvision, quality→lq": (
+            dict(label_issue=label_issue, quality_issue=quality_issue, quality_alone_is_lq=True),
+            cl_wall + cv_s,
+        ),
+    }
+    for label, (flags, wall) in variants.items():
+        ev = evaluate_report(report=verdict_frame(**common, **flags), truth=truth)
+        rows.append(summary_row(label, ev, **{"test acc": oof["test_acc"], "wall s": wall}))
+        print(json.dumps(rows[-1]), flush=True)
+    ev = evaluate_report(report=oof_gmm_frame(oof, seed=args.seed), truth=truth)
+    rows.append(summary_row("oof-ce + 2-D GMM", ev, **{"test acc": oof["test_acc"], "wall s": cl_wall}))
+    noise = json.loads((noisy / "noise.json").read_text())
+    table = pd.DataFrame(rows).set_index("method")
+    table.attrs["noise"] = noise
+    return table
+
+
+def render(tables: dict[str, pd.DataFrame], args: argparse.Namespace, seconds: float) -> str:
+    versions = ", ".join(
+        f"{p} {version(p)}" for p in ("torch", "timm", "scikit-learn", "cleanlab", "cleanvision") if _has(p)
+    )
+    lines = [
+        "# Benchmark results: qmix vs cleanlab + cleanvision, CE and DivideMix",
+        "",
+        "Produced by `benchmarks/bench_baselines.py` (see its docstring for what each row is). Command:",
+        "",
+        f"    python {' '.join(sys.argv)}",
+        "",
+        f"- qmix {__version__}; {versions}",
+        f"- machine: {platform.machine()}, {torch.get_num_threads()} torch threads, device {args.device}; "
+        f"{time.strftime('%Y-%m-%d')}; total {seconds / 60:.0f} min",
+        f"- data: Fashion-MNIST train, stratified subset of {args.train_size} images, seed {args.seed}; test "
+        f"accuracy on `{args.test}`",
+        f"- training: `{args.model}` at {args.img_size} px, {args.epochs} epochs, batch {args.batch_size}, "
+        f"{args.folds}-fold cross-validation for cleanlab",
+        "- P / R / F1 per category (clean, mislabeled-HQ, mislabeled-LQ), 3-way macro-F1, mislabeled-detection F1,"
+        " ROC-AUCs of the scores (mislabeled: 1 − p_clean or cleanlab's label quality; low quality: p_mislabeled_lq"
+        " or cleanvision's worst quality score), wall time of training + audit",
+        "",
+    ]
+    for name, table in tables.items():
+        noise = table.attrs.get("noise", {})
+        realised = {k: v for k, v in noise.items() if "realised" in k or "rate" in k}
+        lines += [f"## {name}", "", f"Noise (noise.json): `{json.dumps(realised)[:400]}`", ""]
+        lines += [markdown_table(table), ""]
+    return "\n".join(lines)
+
+
+def _has(package: str) -> bool:
+    try:
+        version(package)
+    except Exception:
+        return False
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train-size", type=int, default=5000)
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--model", default="test_resnet")
+    parser.add_argument("--img-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--presets", default=",".join(PRESETS))
+    parser.add_argument("--test", default="fashion-mnist:test")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/RESULTS.md"))
+    args = parser.parse_args()
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="qmix-bench-baselines-"))
+    start = time.perf_counter()
+    tables = {name: run_preset(name, PRESETS[name], args, work / name) for name in args.presets.split(",")}
+    text = render(tables, args, time.perf_counter() - start)
+    args.out.write_text(text + "\n", encoding="utf-8")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
