@@ -88,7 +88,7 @@ def verdict_frame(
     )
 
 
-def cleanlab_oof(noisy: Path, work: Path, *, folds: int, seed: int, device: str, test: str, **options: Any) -> dict:
+def cleanlab_oof(noisy: Path, work: Path, *, folds: int, device: str, test: str, **options: Any) -> dict:
     """Out-of-fold softmax (N, K) of the ``ce`` method, and the fold models' mean softmax on ``test``."""
     ds = create_dataset(noisy, check_images=False)
     frame = ds.frame.assign(path=[str(p) for p in ds.abs_paths])
@@ -96,7 +96,7 @@ def cleanlab_oof(noisy: Path, work: Path, *, folds: int, seed: int, device: str,
     oof = np.zeros((len(frame), len(ds.classes)), dtype=np.float64)
     test_ds = create_dataset(test, classes=ds.classes, min_classes=1)
     test_probs = np.zeros((len(test_ds), len(ds.classes)))
-    split = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    split = StratifiedKFold(n_splits=folds, shuffle=True, random_state=options["seed"])
     start = time.perf_counter()
     for k, (fit_idx, held_idx) in enumerate(split.split(np.zeros(len(labels)), labels)):
         fold_csv = work / f"fold{k}.csv"
@@ -187,7 +187,7 @@ def run_preset(name: str, spec: dict, args: argparse.Namespace, work: Path) -> p
         rows.append(summary_row(method, r["evaluation"], **{"test acc": r["test_acc"], "wall s": r["wall_s"]}))
         print(json.dumps(rows[-1]), flush=True)
 
-    oof = cleanlab_oof(noisy, work, folds=args.folds, seed=args.seed, device=args.device, test=args.test, **options)
+    oof = cleanlab_oof(noisy, work, folds=args.folds, device=args.device, test=args.test, **options)
     label_issue, label_score, cl_s = cleanlab_flags(oof)
     quality_issue, lq_score, cv_s = cleanvision_flags(oof["paths"])
     cl_wall = oof["train_s"] + cl_s
@@ -239,11 +239,23 @@ def render(tables: dict[str, pd.DataFrame], args: argparse.Namespace, seconds: f
         " or cleanvision's worst quality score), wall time of training + audit",
         "",
     ]
+    summary_cols = ["macro-F1", "detect F1", "AUC mislabeled", "AUC low quality", "test acc", "wall s"]
     for name, table in tables.items():
         noise = table.attrs.get("noise", {})
-        realised = {k: v for k, v in noise.items() if "realised" in k or "rate" in k}
-        lines += [f"## {name}", "", f"Noise (noise.json): `{json.dumps(realised)[:400]}`", ""]
-        lines += [markdown_table(table), ""]
+        lines += [
+            f"## {name}",
+            "",
+            f"Realised noise: {noise.get('realised_label_noise_rate_hq', float('nan')):.1%} wrong labels among "
+            f"high-quality images, {noise.get('realised_quality_rate', float('nan')):.1%} degraded images "
+            f"(counts: `{json.dumps(noise.get('counts', {}))}`).",
+            "",
+            markdown_table(table[summary_cols]),
+            "",
+            "Per category (P = precision, R = recall):",
+            "",
+            markdown_table(table.drop(columns=summary_cols)),
+            "",
+        ]
     return "\n".join(lines)
 
 
