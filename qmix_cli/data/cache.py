@@ -6,7 +6,7 @@ file's path, size and modification time plus the target size and channels, so an
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,12 +21,12 @@ from qmix_cli.io import atomic_path
 CACHE_VERSION = "1"
 
 
-def cache_key(paths: list[Path], *, size: int, channels: int) -> str:
+def cache_key(paths: Sequence[str | Path], *, size: int, channels: int) -> str:
     return files_digest(paths, salt=f"v{CACHE_VERSION}|{size}|{channels}")
 
 
 def decode_all(
-    paths: list[Path],
+    paths: Sequence[str | Path],
     *,
     size: int,
     channels: int,
@@ -55,7 +55,7 @@ def cached_images(
     progress: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """All images of ``dataset`` as a read-only memory-mapped uint8 array of shape (N, channels, size, size)."""
-    paths = dataset.abs_paths
+    paths = dataset.file_paths
     folder = Path(cache_dir or default_cache_dir()) / "decoded"
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{cache_key(paths, size=size, channels=channels)}.npy"

@@ -8,7 +8,7 @@ returns a `Dataset`. Everything that can be wrong with user data is reported her
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -68,6 +68,11 @@ class Dataset:
         return [resolve_path(self.root, p) for p in self.frame["path"]]
 
     @property
+    def file_paths(self) -> list[str]:
+        """Every image's absolute path as a string: what the hot paths use (no `Path` object per image)."""
+        return absolute_paths(self.root, self.frame["path"])
+
+    @property
     def sample_ids(self) -> list[str]:
         return self.frame["sample_id"].tolist()
 
@@ -78,6 +83,12 @@ class Dataset:
 def resolve_path(root: Path, path: str) -> Path:
     p = Path(path)
     return p if p.is_absolute() else root / p
+
+
+def absolute_paths(root: Path, paths: Iterable[str]) -> list[str]:
+    """``paths`` made absolute against ``root``, as strings (about 10x cheaper than `resolve_path` per image)."""
+    base = os.path.abspath(root)
+    return [p if os.path.isabs(p) else os.path.join(base, p) for p in paths]
 
 
 def _read_table(path: Path) -> pd.DataFrame:
@@ -149,7 +160,8 @@ def _check_inside_root(frame: pd.DataFrame, root: Path, source: str) -> None:
     # is lexical (normpath), so symlinks placed inside the root by the user still work.
     root_norm = os.path.normpath(os.path.abspath(root))
     bad = []
-    for sid, p in zip(frame["sample_id"], frame["path"], strict=True):
+    relative = ~frame["path"].str.startswith(os.sep)  # vectorised first pass: absolute paths need no check
+    for sid, p in zip(frame.loc[relative, "sample_id"], frame.loc[relative, "path"], strict=True):
         if os.path.isabs(p):
             continue
         full = os.path.normpath(os.path.join(root_norm, p))
@@ -171,7 +183,7 @@ def _check_images(
     def scan(paths: Sequence[str | Path]) -> list[ImageInfo]:
         return scan_images(paths, workers=workers, progress=reporter.task("checking images", len(paths)))
 
-    infos = cached_scan([resolve_path(root, p) for p in frame["path"]], cache_dir=cache_dir, scan=scan)
+    infos = cached_scan(absolute_paths(root, frame["path"]), cache_dir=cache_dir, scan=scan)
     bad = np.array([info.error is not None for info in infos], dtype=bool)
     skipped = pd.DataFrame(
         {

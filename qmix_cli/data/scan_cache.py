@@ -17,7 +17,7 @@ from pathlib import Path
 from qmix_cli.data.images import ImageInfo
 from qmix_cli.io import atomic_write_text
 
-SCAN_CACHE_VERSION = "1"
+SCAN_CACHE_VERSION = "2"
 
 
 def files_digest(paths: Sequence[str | Path], *, salt: str = "") -> str:
@@ -25,11 +25,12 @@ def files_digest(paths: Sequence[str | Path], *, salt: str = "") -> str:
 
     Raises `OSError` when a file cannot be stat'ed (missing, no permission).
     """
-    h = hashlib.sha256(salt.encode())
+    parts = [salt]
     for p in paths:
+        p = os.fspath(p)
         st = os.stat(p)
-        h.update(f"|{os.path.abspath(p)}|{st.st_size}|{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:24]
+        parts.append(f"|{p if os.path.isabs(p) else os.path.abspath(p)}|{st.st_size}|{st.st_mtime_ns}")
+    return hashlib.sha256("".join(parts).encode()).hexdigest()[:24]
 
 
 def cached_scan(
@@ -53,21 +54,33 @@ def cached_scan(
     infos = scan(paths)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        rows = [[i.error, i.mode, list(i.size)] for i in infos]
-        atomic_write_text(target, json.dumps(rows, separators=(",", ":")))
+        atomic_write_text(target, json.dumps(_runs(infos), separators=(",", ":")))
     except OSError:
         pass  # a read-only cache only costs the next run a re-check
     return infos
 
 
+def _runs(infos: list[ImageInfo]) -> list[list]:
+    """Run-length encoding: ``[error, mode, width, height, count]`` per run of identical results.
+
+    A dataset of same-sized images of one mode is one run, so a 100k-image record stays a few bytes.
+    """
+    runs: list[list] = []
+    for info in infos:
+        key = [info.error, info.mode, int(info.size[0]), int(info.size[1])]
+        if runs and runs[-1][:4] == key:
+            runs[-1][4] += 1
+        else:
+            runs.append([*key, 1])
+    return runs
+
+
 def _read(target: Path, n: int) -> list[ImageInfo] | None:
     try:
-        rows = json.loads(target.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        runs = json.loads(target.read_text(encoding="utf-8"))
+        infos: list[ImageInfo] = []
+        for error, mode, width, height, count in runs:
+            infos.extend([ImageInfo(error=error, mode=mode, size=(int(width), int(height)))] * int(count))
+    except (OSError, ValueError, TypeError):
         return None
-    if not isinstance(rows, list) or len(rows) != n:
-        return None
-    try:
-        return [ImageInfo(error=e, mode=m, size=(int(s[0]), int(s[1]))) for e, m, s in rows]
-    except (TypeError, ValueError, IndexError):
-        return None
+    return infos if len(infos) == n else None

@@ -169,6 +169,8 @@ def ssl_epoch(
 
     ``posteriors`` (N, 3) and ``groups`` (N,) come from the *peer's* separation. Correct (and, for qmix, Mis-L)
     samples form the labelled stream; Mis-H samples (for dividemix: every non-clean one) the unlabelled stream.
+    The epoch is one shuffled pass over all N images in batches of ``batch_size`` (a short last batch is
+    dropped); each batch is split into its labelled members, then its unlabelled ones.
     """
     labelled_mask = groups == CLEAN
     if rules.mislq_labelled:
