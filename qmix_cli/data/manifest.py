@@ -65,7 +65,7 @@ class Dataset:
 
     @property
     def abs_paths(self) -> list[Path]:
-        return [resolve_path(self.root, p) for p in self.frame["path"]]
+        return [Path(p) for p in self.file_paths]
 
     @property
     def file_paths(self) -> list[str]:
@@ -80,13 +80,8 @@ class Dataset:
         return {"category", "true_label"} <= set(self.frame.columns)
 
 
-def resolve_path(root: Path, path: str) -> Path:
-    p = Path(path)
-    return p if p.is_absolute() else root / p
-
-
 def absolute_paths(root: Path, paths: Iterable[str]) -> list[str]:
-    """``paths`` made absolute against ``root``, as strings (about 10x cheaper than `resolve_path` per image)."""
+    """``paths`` made absolute against ``root``, as strings (no `Path` object per image: cheap for 100k rows)."""
     base = os.path.abspath(root)
     return [p if os.path.isabs(p) else os.path.join(base, p) for p in paths]
 

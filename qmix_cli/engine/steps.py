@@ -179,7 +179,7 @@ def ssl_epoch(
     # Both methods then do the same work per epoch whatever their group sizes (docs/decisions.md).
     batches = epoch_batches(np.arange(len(groups)), batch_size=batch_size, gen=ctx.gen, drop_last=True)
     l_batches = [b[labelled_mask[b]] for b in batches]
-    combined = [np.concatenate([b[labelled_mask[b]], b[~labelled_mask[b]]]) for b in batches]
+    combined = [np.concatenate([lb, b[~labelled_mask[b]]]) for lb, b in zip(l_batches, batches, strict=True)]
     groups_t = torch.as_tensor(groups, device=ctx.device)
 
     net.train()
