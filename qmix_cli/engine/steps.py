@@ -94,14 +94,20 @@ def _optimise(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torc
 
 
 @torch.no_grad()
-def predict_probs(net: nn.Module, store: ImageStore, ctx: StepContext, *, batch_size: int) -> np.ndarray:
-    """Softmax of ``net`` on every image with the deterministic eval view; float32 (N, K)."""
+def predict_probs(
+    net: nn.Module, store: ImageStore, ctx: StepContext, *, batch_size: int, spec: ViewSpec | None = None
+) -> np.ndarray:
+    """Softmax of ``net`` on every image, float32 (N, K): the deterministic eval view, or with ``spec`` one
+    random view of that kind per image (test-time augmentation)."""
     net.eval()
     out = []
     for x in store.iterate(sequential_batches(len(store), batch_size=batch_size)):
-        xv = eval_view(x, ctx.norm)
-        if ctx.channels_last:
-            xv = xv.contiguous(memory_format=torch.channels_last)
+        if spec is None:
+            xv = eval_view(x, ctx.norm)
+            if ctx.channels_last:
+                xv = xv.contiguous(memory_format=torch.channels_last)
+        else:
+            xv = ctx.view(x, spec)
         with ctx.autocast():
             logits = net(xv)
         out.append(torch.softmax(logits.float(), dim=1).cpu())

@@ -129,7 +129,7 @@ def score_dataset(
     for net in run.nets:
         probs = predict_probs(net, store, ctx, batch_size=batch_size)
         for _ in range(tta):
-            probs = probs + _predict_view(net, store, ctx, batch_size=batch_size)
+            probs = probs + predict_probs(net, store, ctx, batch_size=batch_size, spec=ctx.weak)
         per_net.append(probs / (1 + tta))
     probs = np.stack(per_net)
     scores = compute_scores(probs, labels, uncertainty=run.meta.get("uncertainty", "entropy"))
@@ -145,17 +145,6 @@ def score_dataset(
         posteriors=posteriors,
         categories=hard_groups(posteriors, p_threshold=run.meta.get("p_threshold", 0.5)),
     )
-
-
-@torch.no_grad()
-def _predict_view(net: QmixNet, store: ImageStore, ctx: StepContext, *, batch_size: int) -> np.ndarray:
-    from qmix_cli.engine.batches import sequential_batches
-
-    out = []
-    for x in store.iterate(sequential_batches(len(store), batch_size=batch_size)):
-        with ctx.autocast():
-            out.append(torch.softmax(net(ctx.view(x, ctx.weak)).float(), dim=1).cpu())
-    return torch.cat(out).numpy()
 
 
 def _ensemble(probs: np.ndarray) -> np.ndarray:
