@@ -79,12 +79,18 @@ class ImageStore:
             yield batch.to(self.device, non_blocking=True)
 
 
+def epoch_size(n: int, *, batch_size: int, drop_last: bool) -> int:
+    """How many of ``n`` images `epoch_batches` visits: a short last batch is dropped only when asked and when
+    there is at least one full batch (so a dataset smaller than one batch still trains)."""
+    return n - n % batch_size if drop_last and n >= batch_size else n
+
+
 def epoch_batches(indices: np.ndarray, *, batch_size: int, gen: torch.Generator, drop_last: bool) -> list[np.ndarray]:
     """Shuffle ``indices`` with ``gen`` and cut them into batches (the last one dropped if short and asked)."""
     if len(indices) == 0:
         return []
     order = indices[torch.randperm(len(indices), generator=gen).numpy()]
-    stop = len(order) - len(order) % batch_size if drop_last and len(order) >= batch_size else len(order)
+    stop = epoch_size(len(order), batch_size=batch_size, drop_last=drop_last)
     return [order[i : i + batch_size] for i in range(0, stop, batch_size)]
 
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qmix_cli.data.transforms import Normalise, ViewSpec, eval_view, make_view
-from qmix_cli.engine.batches import ImageStore, epoch_batches, sequential_batches
+from qmix_cli.engine.batches import ImageStore, epoch_batches, epoch_size, sequential_batches
 from qmix_cli.engine.losses import (
     mislq_weights,
     prior_regulariser,
@@ -154,6 +154,15 @@ class SslWeights:
     con_temperature: float
 
 
+# A short last batch would give mixup and BatchNorm a handful of rows; the semi-supervised epoch drops it.
+SSL_DROP_LAST = True
+
+
+def ssl_epoch_size(n: int, *, batch_size: int) -> int:
+    """How many of ``n`` images one `ssl_epoch` trains on (the total of its progress reports)."""
+    return epoch_size(n, batch_size=batch_size, drop_last=SSL_DROP_LAST)
+
+
 def ssl_epoch(
     net: nn.Module,
     peer: nn.Module,
@@ -183,7 +192,7 @@ def ssl_epoch(
         labelled_mask |= groups == MIS_L
     # One epoch is one pass over every image; each batch splits into its labelled and unlabelled members.
     # Both methods then do the same work per epoch whatever their group sizes (docs/decisions.md).
-    batches = epoch_batches(np.arange(len(groups)), batch_size=batch_size, gen=ctx.gen, drop_last=True)
+    batches = epoch_batches(np.arange(len(groups)), batch_size=batch_size, gen=ctx.gen, drop_last=SSL_DROP_LAST)
     l_batches = [b[labelled_mask[b]] for b in batches]
     combined = [np.concatenate([lb, b[~labelled_mask[b]]]) for lb, b in zip(l_batches, batches, strict=True)]
     groups_t = torch.as_tensor(groups, device=ctx.device)

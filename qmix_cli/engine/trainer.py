@@ -36,6 +36,7 @@ from qmix_cli.engine.steps import (
     StepContext,
     predict_probs,
     ssl_epoch,
+    ssl_epoch_size,
     supervised_epoch,
 )
 from qmix_cli.errors import ConfigError, TrainingError
@@ -274,7 +275,8 @@ class _Run:
             for k, net in enumerate(self.forward_nets):
                 peer = 1 - k
                 groups = hard_groups(posteriors[peer], p_threshold=cfg.p_threshold)
-                advance = self.reporter.task(f"epoch {e + 1}/{cfg.epochs} net {k}", len(self.store))
+                total = ssl_epoch_size(len(self.store), batch_size=cfg.batch_size)
+                advance = self.reporter.task(f"epoch {e + 1}/{cfg.epochs} net {k}", total)
                 per_net.append(
                     ssl_epoch(
                         net, self.forward_nets[peer], self.optimizers[k], self.store, self.labels,

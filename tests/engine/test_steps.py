@@ -9,7 +9,16 @@ import torch
 from qmix_cli.data.transforms import Normalise, strong_spec, weak_spec
 from qmix_cli.engine.batches import ImageStore
 from qmix_cli.engine.models import create_model
-from qmix_cli.engine.steps import CLEAN, METHOD_RULES, MIS_H, MIS_L, SslWeights, StepContext, ssl_epoch
+from qmix_cli.engine.steps import (
+    CLEAN,
+    METHOD_RULES,
+    MIS_H,
+    MIS_L,
+    SslWeights,
+    StepContext,
+    ssl_epoch,
+    ssl_epoch_size,
+)
 
 N, K, BATCH = 48, 3, 16
 
@@ -26,13 +35,14 @@ class RecordingStore(ImageStore):
         yield from super().iterate(batches)
 
 
-def _epoch(method: str, groups: np.ndarray, *, seed: int = 0) -> tuple[dict, RecordingStore]:
+def _epoch(method: str, groups: np.ndarray, *, seed: int = 0, progress=None) -> tuple[dict, RecordingStore]:
+    n = len(groups)
     rng = np.random.default_rng(seed)
-    store = RecordingStore(rng.integers(0, 256, (N, 1, 16, 16), dtype=np.uint8))
+    store = RecordingStore(rng.integers(0, 256, (n, 1, 16, 16), dtype=np.uint8))
     torch.manual_seed(seed)
     nets = [create_model("test_resnet", num_classes=K, in_chans=1, proj_dim=8) for _ in range(2)]
-    posteriors = torch.zeros(N, 3)
-    posteriors[np.arange(N), torch.as_tensor(groups, dtype=torch.long)] = 0.9
+    posteriors = torch.zeros(n, 3)
+    posteriors[np.arange(n), torch.as_tensor(groups, dtype=torch.long)] = 0.9
     posteriors += 0.05
     ctx = StepContext(
         device=torch.device("cpu"), amp_dtype=None, scaler=None, norm=Normalise((0.5,), (0.25,)),
@@ -43,8 +53,9 @@ def _epoch(method: str, groups: np.ndarray, *, seed: int = 0) -> tuple[dict, Rec
                          con_temperature=0.1)  # fmt: skip
     out = ssl_epoch(
         nets[0], nets[1], torch.optim.SGD(nets[0].parameters(), lr=0.01), store,
-        torch.as_tensor(rng.integers(0, K, N)), posteriors, groups, ctx,
+        torch.as_tensor(rng.integers(0, K, n)), posteriors, groups, ctx,
         rules=METHOD_RULES[method], weights=weights, prior=torch.full((K,), 1 / K), batch_size=BATCH, where="test",
+        progress=progress,
     )  # fmt: skip
     return out, store
 
@@ -75,3 +86,12 @@ def test_a_missing_stream_contributes_nothing_and_nothing_breaks(groups, zero_ke
     assert out[zero_key] == 0.0
     assert all(np.isfinite(v) for v in out.values())
     assert out["loss_total"] > 0
+
+
+@pytest.mark.parametrize("n", [N, N + 5, BATCH - 3])
+def test_progress_total_is_what_the_epoch_reports(n):
+    # The trainer sizes its progress bar with ssl_epoch_size; a bar that never reaches its total never closes.
+    groups = np.array([CLEAN, MIS_H, MIS_L] * n, dtype=np.int8)[:n]
+    reported = []
+    _epoch("qmix", groups, progress=reported.append)
+    assert sum(reported) == ssl_epoch_size(n, batch_size=BATCH)
