@@ -17,7 +17,7 @@ from qmix_cli.data.manifest import create_dataset
 def stratified_subset(source: str, *, size: int, seed: int, out: Path) -> Path:
     """A CSV manifest of ``size`` images of ``source`` with the class balance kept (absolute paths)."""
     ds = create_dataset(source, check_images=False)
-    frame = ds.frame.assign(path=[str(p) for p in ds.abs_paths])
+    frame = ds.frame.assign(path=ds.file_paths)
     rng = np.random.default_rng(seed)
     per_class = size // len(ds.classes)
     parts = [g.iloc[rng.permutation(len(g))[:per_class]] for _, g in frame.groupby("label")]

@@ -45,6 +45,7 @@ from qmix_cli.data.manifest import create_dataset
 from qmix_cli.engine.scoring import compute_scores, fit_separation
 from qmix_cli.engine.separation import hard_groups
 from qmix_cli.reporting.evaluate import evaluate_report
+from qmix_cli.reporting.report import CATEGORIES
 from qmix_cli.reporting.score import load_run, score_dataset
 
 # Fashion-MNIST's usual asymmetric noise: confusable garments and shoes flip into each other.
@@ -62,7 +63,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 # cleanvision issue types that describe image quality (duplicates are not; grayscale is every Fashion-MNIST image).
 QUALITY_ISSUES = ("dark", "light", "blurry", "low_information", "odd_aspect_ratio", "odd_size")
-CATEGORY_NAMES = np.array(["clean", "mislabeled_hq", "mislabeled_lq"], dtype=object)
+CATEGORY_NAMES = np.array(CATEGORIES, dtype=object)  # indexed by separation group (0 clean, 1 Mis-H, 2 Mis-L)
 
 
 def verdict_frame(
@@ -92,7 +93,7 @@ def verdict_frame(
 def cleanlab_oof(noisy: Path, work: Path, *, folds: int, device: str, test: str, **options: Any) -> dict:
     """Out-of-fold softmax (N, K) of the ``ce`` method, and the fold models' mean softmax on ``test``."""
     ds = create_dataset(noisy, check_images=False)
-    frame = ds.frame.assign(path=[str(p) for p in ds.abs_paths])
+    frame = ds.frame.assign(path=ds.file_paths)
     labels = ds.labels
     oof = np.zeros((len(frame), len(ds.classes)), dtype=np.float64)
     test_ds = create_dataset(test, classes=ds.classes, min_classes=1)
