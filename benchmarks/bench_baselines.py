@@ -41,11 +41,11 @@ from sklearn.model_selection import StratifiedKFold
 
 from qmix_cli import __version__
 from qmix_cli.api import corrupt, train
+from qmix_cli.categories import CATEGORIES
 from qmix_cli.data.manifest import create_dataset
 from qmix_cli.engine.scoring import compute_scores, fit_separation
 from qmix_cli.engine.separation import hard_groups
 from qmix_cli.reporting.evaluate import evaluate_report
-from qmix_cli.reporting.report import CATEGORIES
 from qmix_cli.reporting.score import load_run, score_dataset
 
 # Fashion-MNIST's usual asymmetric noise: confusable garments and shoes flip into each other.

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from qmix_cli.categories import CATEGORIES
 from qmix_cli.cli.common import guarded, state
 
 
@@ -45,7 +46,7 @@ def audit_command(
     table = Table(title=f"audit of {len(frame)} images" + ("" if out == "-" else f" → {out}"), title_justify="left")
     for col in ("category", "images", "share"):
         table.add_column(col, justify="left" if col == "category" else "right")
-    for cat in ("clean", "mislabeled_hq", "mislabeled_lq"):
+    for cat in CATEGORIES:
         n = int(counts.get(cat, 0))
         table.add_row(cat, str(n), f"{n / len(frame):.1%}")
     st.err.print(table)

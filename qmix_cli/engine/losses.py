@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-CLEAN, MIS_H, MIS_L = 0, 1, 2  # group indices, as in `qmix_cli.engine.separation.GROUPS`
+from qmix_cli.categories import CLEAN, MIS_L
 
 
 def _zero(like: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,8 @@ QMix fits a Gaussian mixture on the min–max normalised (loss, uncertainty) poi
 set and names its components by where their means lie (METHOD.md, "Sample separation"); DivideMix fits a
 2-component mixture on the loss alone. Both are served by one serialisable class, `QualitySeparation`, so
 the trainer, the checkpoints and the audit handle every method the same way: posteriors always come back as
-an (N, 3) array in the project's group order (`GROUPS`), with the columns a method cannot produce set to 0.
+an (N, 3) array in the project's group order (`qmix_cli.categories.CATEGORIES`), with the columns a
+method cannot produce set to 0.
 
 Everything here is pure NumPy / scikit-learn: no torch, no I/O, no global state.
 """
@@ -21,13 +22,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import roc_auc_score
 from sklearn.mixture import GaussianMixture
 
+from qmix_cli.categories import CLEAN, MIS_H, MIS_L
 from qmix_cli.errors import TrainingError
-
-GROUPS: tuple[str, str, str] = ("clean", "mislabeled_hq", "mislabeled_lq")
-"""Group names in the project-wide column order of every posterior array."""
-
-CLEAN, MIS_H, MIS_L = 0, 1, 2
-"""Indices of the groups in `GROUPS`."""
 
 # A component this light, or holding fewer hard-assigned samples than this, means the 3-component fit has not
 # found three groups: one of them is an artefact (METHOD.md guard rails).

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qmix_cli.categories import CLEAN, MIS_L
 from qmix_cli.data.transforms import Normalise, ViewSpec, eval_view, make_view
 from qmix_cli.engine.batches import ImageStore, epoch_batches, epoch_size, sequential_batches
 from qmix_cli.engine.losses import (
@@ -26,8 +27,6 @@ from qmix_cli.engine.losses import (
 )
 from qmix_cli.engine.targets import co_guess, co_refine, mixup, pseudo_label, sample_lambda
 from qmix_cli.errors import TrainingError
-
-CLEAN, MIS_H, MIS_L = 0, 1, 2
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ import pandas as pd
 from PIL import Image
 
 from qmix_cli import __version__
+from qmix_cli.categories import CATEGORIES, CLEAN, MIS_H, MIS_L
 from qmix_cli.data.images import default_workers, to_array
 from qmix_cli.data.manifest import Dataset
 from qmix_cli.errors import ConfigError
@@ -144,7 +145,7 @@ def plan_corruption(labels: np.ndarray, *, classes: Sequence[str], spec: Corrupt
     severity = np.zeros(n, dtype=np.int8)
     severity[is_lq] = rng.integers(lo, hi + 1, size=n_lq)
 
-    category = np.where(is_lq, "mislabeled_lq", np.where(noisy != labels, "mislabeled_hq", "clean"))
+    category = np.asarray(CATEGORIES)[np.where(is_lq, MIS_L, np.where(noisy != labels, MIS_H, CLEAN))]
     return pd.DataFrame(
         {
             "label": np.asarray(classes, dtype=object)[noisy],
@@ -256,7 +257,7 @@ def _summary(dataset: Dataset, manifest: pd.DataFrame, spec: CorruptSpec, classe
         "seed": spec.seed,
         "classes": classes,
         "num_images": n,
-        "counts": {c: int((manifest["category"] == c).sum()) for c in ("clean", "mislabeled_hq", "mislabeled_lq")},
+        "counts": {c: int((manifest["category"] == c).sum()) for c in CATEGORIES},
         # Unrounded, so that a matrix can be fed back with --label-noise matrix:FILE.
         "requested_transition_matrix": _transition(spec, classes).tolist(),
         "realised_transition_matrix": realised_matrix(true[hq], noisy[hq], num_classes=len(classes)).tolist(),

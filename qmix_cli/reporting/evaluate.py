@@ -27,8 +27,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from qmix_cli.categories import CATEGORIES
 from qmix_cli.errors import QmixError, summarise_offenders
-from qmix_cli.reporting.report import CATEGORIES
 
 _REPORT_COLUMNS = ("sample_id", "category", "is_label_issue", "p_clean", "p_mislabeled_lq")
 _TRUTH_COLUMNS = ("sample_id", "category")

@@ -30,9 +30,10 @@ import numpy as np
 import pandas as pd
 
 from qmix_cli import __version__
+from qmix_cli.categories import CATEGORIES
 from qmix_cli.errors import QmixError
 from qmix_cli.io import atomic_write_text
-from qmix_cli.reporting.report import CATEGORIES, read_report
+from qmix_cli.reporting.report import read_report
 
 #: Okabe–Ito colours (safe for the common colour-vision deficiencies), one per category in CATEGORIES order.
 PALETTE: tuple[str, str, str] = ("#0072B2", "#E69F00", "#CC79A7")

@@ -32,11 +32,9 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from qmix_cli import __version__
+from qmix_cli.categories import CATEGORIES
 from qmix_cli.errors import DataError, QmixError, summarise_offenders
 from qmix_cli.io import atomic_path
-
-#: Group names in the project-wide order: index 0 = clean, 1 = mislabeled_hq, 2 = mislabeled_lq.
-CATEGORIES: tuple[str, str, str] = ("clean", "mislabeled_hq", "mislabeled_lq")
 
 #: Output formats a report can be written in.
 FORMATS: tuple[str, str, str] = ("parquet", "csv", "jsonl")

@@ -10,11 +10,8 @@ import numpy as np
 import pytest
 from sklearn.mixture import GaussianMixture
 
+from qmix_cli.categories import CLEAN, MIS_H, MIS_L
 from qmix_cli.engine.separation import (
-    CLEAN,
-    GROUPS,
-    MIS_H,
-    MIS_L,
     Normaliser,
     QualitySeparation,
     collision_uncertainty,
@@ -28,7 +25,7 @@ from qmix_cli.engine.separation import (
 )
 from qmix_cli.errors import TrainingError
 
-# Planted cluster centres in raw (loss, uncertainty) units, one row per group in GROUPS order:
+# Planted cluster centres in raw (loss, uncertainty) units, one row per group in CATEGORIES order:
 # clean = low loss / low uncertainty, Mis-H = high loss / low uncertainty, Mis-L = mid loss / high unc.
 CENTRES = np.array([[0.2, 0.15], [2.6, 0.3], [1.5, 1.7]])
 SPREAD = np.array([0.12, 0.08])
@@ -42,11 +39,6 @@ def planted(n: int = 600, *, seed: int = 0, share=(0.6, 0.25, 0.15)) -> tuple[np
 
 
 # --------------------------------------------------------------------------------------------------- scores
-
-
-def test_group_order_is_the_project_convention():
-    assert GROUPS == ("clean", "mislabeled_hq", "mislabeled_lq")
-    assert (CLEAN, MIS_H, MIS_L) == (0, 1, 2)
 
 
 def test_entropy_known_values_and_zero_safe():

@@ -6,14 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from qmix_cli.categories import CLEAN, MIS_H, MIS_L
 from qmix_cli.data.transforms import Normalise, strong_spec, weak_spec
 from qmix_cli.engine.batches import ImageStore
 from qmix_cli.engine.models import create_model
 from qmix_cli.engine.steps import (
-    CLEAN,
     METHOD_RULES,
-    MIS_H,
-    MIS_L,
     SslWeights,
     StepContext,
     ssl_epoch,

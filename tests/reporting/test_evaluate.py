@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
+from qmix_cli.categories import CATEGORIES
 from qmix_cli.errors import QmixError
 from qmix_cli.reporting.evaluate import evaluate_report, render_evaluation
-from qmix_cli.reporting.report import CATEGORIES
 
 C, H, L = CATEGORIES  # clean, mislabeled_hq, mislabeled_lq
 

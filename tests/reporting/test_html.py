@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from qmix_cli.categories import CATEGORIES
 from qmix_cli.errors import QmixError
 from qmix_cli.reporting.html import (
     line_chart_svg,
@@ -22,7 +23,7 @@ from qmix_cli.reporting.html import (
     subsample_indices,
     write_html_report,
 )
-from qmix_cli.reporting.report import CATEGORIES, build_report, report_metadata, write_report
+from qmix_cli.reporting.report import build_report, report_metadata, write_report
 
 CLASSES = ("cat", "dog", "<b>bird</b>")
 EVIL_ID = "<script>alert(1)</script>"
