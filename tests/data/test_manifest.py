@@ -227,9 +227,10 @@ def test_path_escaping_the_root_is_refused(tmp_path, write_image):
 def test_path_with_dotdot_staying_inside_root_is_accepted(tmp_path, write_image):
     write_image(tmp_path / "a.png")
     write_image(tmp_path / "b.png", seed=1)
+    write_image(tmp_path / "c..d.png", seed=2)  # ".." inside a name is not a parent-directory segment
     (tmp_path / "sub").mkdir()
-    csv = _csv(tmp_path / "m.csv", [{"path": "sub/../a.png", "label": "a"}, {"path": "b.png", "label": "b"}])
-    assert len(create_dataset(csv)) == 2
+    rows = [{"path": "sub/../a.png", "label": "a"}, {"path": "b.png", "label": "b"}, {"path": "c..d.png", "label": "b"}]
+    assert len(create_dataset(_csv(tmp_path / "m.csv", rows))) == 3
 
 
 def test_empty_folder(tmp_path):
