@@ -51,12 +51,13 @@ from qmix_cli.reporting.score import load_run, score_dataset
 # Fashion-MNIST's usual asymmetric noise: confusable garments and shoes flip into each other.
 FMNIST_ASYMMETRIC = "t-shirt=shirt,shirt=t-shirt,pullover=coat,coat=pullover,sandal=sneaker,sneaker=sandal"
 
+# `qmix corrupt`'s paper presets (20 % label noise on good images, strongly degraded images at severity 4-5 with
+# random labels), the second with Fashion-MNIST's asymmetric label noise instead of symmetric.
 PRESETS: dict[str, dict[str, Any]] = {
-    "sym20+lq15": {"label_noise": "symmetric-exclusive", "label_rate": 0.2, "quality_rate": 0.15},
-    "asym20+lq35": {
+    "paper-15": {"preset": "paper-15"},
+    "paper-35-asym": {
+        "preset": "paper-35",
         "label_noise": "asymmetric",
-        "label_rate": 0.2,
-        "quality_rate": 0.35,
         "class_map": FMNIST_ASYMMETRIC,
     },
 }
@@ -250,6 +251,8 @@ def render(tables: dict[str, pd.DataFrame], args: argparse.Namespace, seconds: f
         lines += [
             f"## {name}",
             "",
+            f"`qmix corrupt` options: `{json.dumps(PRESETS.get(name, {}))}` "
+            f"(severity {noise.get('options', {}).get('severity', '?')}). "
             f"Realised noise: {noise.get('realised_label_noise_rate_hq', float('nan')):.1%} wrong labels among "
             f"high-quality images, {noise.get('realised_quality_rate', float('nan')):.1%} degraded images "
             f"(counts: `{json.dumps(noise.get('counts', {}))}`).",
