@@ -7,9 +7,12 @@ the command line. The resolved config is written to ``RUN/config.yaml`` so that 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import numbers
+import types
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -79,8 +82,8 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> TrainConfig:
-        if self.method not in METHODS:
-            raise ConfigError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        for f in fields(self):
+            setattr(self, f.name, _checked(f.name, getattr(self, f.name), _field_types()[f.name]))
         positive = ("epochs", "batch_size", "img_size", "eval_batch_size", "gmm_components", "smooth_epochs")
         for name in positive:
             if getattr(self, name) < 1:
@@ -93,12 +96,53 @@ class TrainConfig:
             raise ConfigError("lr must be positive")
         if self.gmm_components < 3 and self.method == "qmix":
             raise ConfigError("qmix needs gmm-components >= 3 (Correct, Mis-H, Mis-L)")
-        if self.channels not in ("auto", 1, 3):
-            raise ConfigError("channels must be auto, 1 or 3")
         return self
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@functools.cache
+def _field_types() -> dict[str, Any]:
+    return get_type_hints(TrainConfig)
+
+
+def _checked(name: str, value: Any, hint: Any) -> Any:
+    """``value`` as the type ``hint`` of field ``name`` demands, or a `ConfigError` naming the option.
+
+    Values from YAML and ``--set`` arrive loosely typed (PyYAML reads ``1e-3`` as a string, ``5`` as an int), so
+    numbers are converted where that loses nothing; a choice outside a ``Literal`` is refused instead of quietly
+    falling back to a default somewhere downstream.
+    """
+    option = name.replace("_", "-")
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is Literal:
+        match = next((a for a in args if a == value or (isinstance(value, str) and str(a) == value)), None)
+        if match is None or isinstance(value, bool):
+            raise ConfigError(f"unknown {option} {value!r}; choose one of {', '.join(map(str, args))}")
+        return match
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = (a for a in args if a is not type(None))
+        return _checked(name, value, inner)
+    expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
+    try:
+        if hint is bool and isinstance(value, bool):
+            return value
+        if hint is int and not isinstance(value, bool):
+            number = float(value) if isinstance(value, str) else value
+            if isinstance(number, numbers.Real) and float(number).is_integer():
+                return int(number)
+        if hint is float and not isinstance(value, bool):
+            return float(value)
+        if hint is str and isinstance(value, (str, numbers.Real)) and not isinstance(value, bool):
+            return str(value)
+        if origin is dict and isinstance(value, dict):
+            return value
+    except (TypeError, ValueError):
+        pass
+    raise ConfigError(f"{option} must be {expected.get(origin or hint, str(hint))} (got {value!r})")
 
 
 def field_names() -> set[str]:

@@ -1,0 +1,45 @@
+"""Tests for qmix_cli.config: loosely typed values from YAML and --set are checked against the field types."""
+
+from __future__ import annotations
+
+import pytest
+
+from qmix_cli.config import TrainConfig, config_from_dict, resolve_config
+from qmix_cli.errors import ConfigError
+
+
+def test_numbers_from_yaml_strings_are_converted(tmp_path):
+    # PyYAML reads 1e-3 as the string "1e-3"; it must still be a learning rate, not a crash in the optimiser.
+    path = tmp_path / "cfg.yaml"
+    path.write_text("lr: 1e-3\nepochs: 5.0\nchannels: '1'\n")
+    cfg = resolve_config(config_file=path)
+    assert cfg.lr == pytest.approx(0.001) and isinstance(cfg.lr, float)
+    assert cfg.epochs == 5 and isinstance(cfg.epochs, int)
+    assert cfg.channels == 1
+
+
+@pytest.mark.parametrize(
+    ("values", "fragments"),
+    [
+        ({"schedule": "linear"}, ["unknown schedule 'linear'", "cosine, step, constant"]),
+        ({"uncertainty": "colision"}, ["unknown uncertainty 'colision'", "entropy, collision"]),
+        ({"method": "nope"}, ["unknown method 'nope'", "qmix, dividemix, ce"]),
+        ({"channels": 2}, ["unknown channels 2"]),
+        ({"lr": "fast"}, ["lr must be a number", "'fast'"]),
+        ({"epochs": 2.5}, ["epochs must be an integer"]),
+        ({"epochs": True}, ["epochs must be an integer"]),
+        ({"hflip": "sometimes"}, ["hflip must be true or false"]),
+        ({"extra": 3}, ["extra must be a mapping"]),
+    ],
+)
+def test_wrong_types_and_choices_are_refused_by_name(values, fragments):
+    with pytest.raises(ConfigError) as exc:
+        config_from_dict(values)
+    for fragment in fragments:
+        assert fragment in str(exc.value)
+
+
+def test_optional_fields_accept_none_and_defaults_validate():
+    cfg = config_from_dict({"warmup_epochs": None, "weights": None, "epochs": 9})
+    assert cfg.warmup_epochs == 3  # derived: a third of the epochs
+    assert TrainConfig().validate().channels == "auto"
