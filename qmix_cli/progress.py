@@ -58,7 +58,9 @@ class RichReporter:
         return advance
 
     def log(self, message: str) -> None:
-        (self._progress.console if self._progress else self._console).print(message, highlight=False, soft_wrap=True)
+        (self._progress.console if self._progress else self._console).print(
+            message, markup=False, highlight=False, soft_wrap=True
+        )
 
 
 @contextlib.contextmanager

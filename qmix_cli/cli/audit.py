@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from qmix_cli.categories import CATEGORIES
 from qmix_cli.cli.common import guarded, state
@@ -56,7 +57,8 @@ def audit_command(
         issues.add_column(col)
     for row in top.itertuples():
         suggestion = row.suggested_label if isinstance(row.suggested_label, str) else "— (fix or drop image)"
-        issues.add_row(str(row.rank), row.sample_id, row.given_label, suggestion, row.category, f"{row.p_clean:.3f}")
+        cells = (str(row.rank), row.sample_id, row.given_label, suggestion, row.category, f"{row.p_clean:.3f}")
+        issues.add_row(*(Text(str(c)) for c in cells))  # Text: labels and ids are not markup
     st.err.print(issues)
 
 

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from qmix_cli.errors import QmixError
 
@@ -33,7 +34,9 @@ def state(ctx: typer.Context | None) -> State:
 
 
 def fail(message: str) -> None:
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # The message quotes user text (labels, paths) that may contain "[...]": escaped, it prints as written
+    # instead of being read, or rejected, as rich markup.
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
 
