@@ -18,6 +18,7 @@ from typing import Any
 from rich.console import Console
 
 from qmix_cli.config import TrainConfig, resolve_config
+from qmix_cli.errors import ConfigError
 from qmix_cli.progress import Reporter, reporter
 
 
@@ -95,7 +96,7 @@ def train(
     ``options`` are `TrainConfig` fields (``method``, ``model``, ``epochs``, ...), overriding ``config`` (a YAML
     file or a `TrainConfig`). With ``resume=True`` the run continues with its saved configuration.
     """
-    from qmix_cli.config import config_from_dict
+    from qmix_cli.config import config_from_dict, load_config_file
     from qmix_cli.data.manifest import create_dataset
     from qmix_cli.engine.trainer import resume_config
     from qmix_cli.engine.trainer import train as run_training
@@ -105,7 +106,11 @@ def train(
     else:
         cfg = resolve_config(config_file=config, overrides=options)
     if resume:
-        cfg = resume_config(out, options)
+        # A config given with --resume must agree with the saved one (resume_config says where it does not).
+        given = config.to_dict() if isinstance(config, TrainConfig) else {}
+        if config is not None and not isinstance(config, TrainConfig):
+            given = load_config_file(config)
+        cfg = resume_config(out, {**given, **{k: v for k, v in options.items() if v is not None}})
     with _reporter(console, quiet) as rep:
         dataset = create_dataset(data, on_bad_image=cfg.on_bad_image, cache_dir=cfg.cache_dir, reporter=rep)
         if len(dataset.skipped):
@@ -138,10 +143,14 @@ def audit(
     """
     import pyarrow as pa
 
-    from qmix_cli.data.manifest import create_dataset
+    from qmix_cli.data.manifest import check_output_file, create_dataset
     from qmix_cli.reporting.report import infer_format, open_report_writer
     from qmix_cli.reporting.score import load_run, metadata_for, report_batches, score_dataset
 
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1 (got {batch_size})")
+    if tta < 0:
+        raise ConfigError(f"--tta must be 0 or more (got {tta})")
     if out is not None:
         fmt = infer_format(str(out), fmt)
     trained = load_run(run, device=device)
@@ -154,6 +163,8 @@ def audit(
             cache_dir=cache_dir,
             reporter=rep,
         )
+        if out is not None and str(out) != "-":
+            check_output_file(dataset, out)
         scores = score_dataset(
             trained, dataset, batch_size=batch_size, tta=tta, cache_dir=cache_dir, workers=workers, reporter=rep
         )

@@ -18,7 +18,7 @@ import pandas as pd
 
 from qmix_cli.data.images import IMAGE_SUFFIXES, ImageInfo, scan_images
 from qmix_cli.data.scan_cache import cached_scan
-from qmix_cli.errors import DataError, summarise_offenders
+from qmix_cli.errors import ConfigError, DataError, summarise_offenders
 from qmix_cli.progress import Reporter, SilentReporter
 
 REQUIRED_COLUMNS = ("path", "label")
@@ -84,6 +84,45 @@ def absolute_paths(root: Path, paths: Iterable[str]) -> list[str]:
     """``paths`` made absolute against ``root``, as strings (no `Path` object per image: cheap for 100k rows)."""
     base = os.path.abspath(root)
     return [p if os.path.isabs(p) else os.path.join(base, p) for p in paths]
+
+
+def manifest_file(source: str | Path) -> Path | None:
+    """The manifest file behind ``source`` (a .csv/.parquet, or a directory holding one); None for an
+    ImageFolder or a built-in name."""
+    path = Path(source)
+    if path.is_dir():
+        return next((path / n for n in MANIFEST_NAMES if (path / n).is_file()), None)
+    return path if path.is_file() else None
+
+
+def check_output_dir(dataset: Dataset, out: str | Path) -> None:
+    """Refuse an output folder that would change ``dataset``: one holding the dataset or any of its images
+    (``--force`` would delete them), or one inside an ImageFolder (its files would join the dataset).
+
+    Raises
+    ------
+    ConfigError
+        Naming the flag ``--out`` and what it would have touched. Nothing is created or deleted.
+    """
+    src, dst = dataset.root.resolve(), Path(out).resolve()
+    if dst == src or dst in src.parents:
+        raise ConfigError(f"--out {out} contains the source dataset {dataset.root}; choose another folder")
+    if Path(dataset.source).is_dir() and manifest_file(dataset.source) is None and src in dst.parents:
+        raise ConfigError(f"--out {out} is inside the source dataset {dataset.root}; choose a folder outside it")
+    # Lexical prefix test on normalised strings (the folder as written and as resolved): one pass over the
+    # paths without resolving each one, which matters for manifests with a million rows.
+    prefixes = tuple({os.path.join(os.path.abspath(out), ""), os.path.join(str(dst), "")})
+    paths = pd.Series(dataset.file_paths, dtype=object).map(os.path.normpath)
+    inside = paths[paths.str.startswith(prefixes)]
+    if len(inside):
+        raise ConfigError(f"--out {out} contains source images (e.g. {inside.iloc[0]}); choose another folder")
+
+
+def check_output_file(dataset: Dataset, out: str | Path) -> None:
+    """Refuse an output file that is ``dataset``'s own manifest (writing it would replace the input)."""
+    manifest = manifest_file(dataset.source)
+    if manifest is not None and Path(out).resolve() == manifest.resolve():
+        raise ConfigError(f"--out {out} is the dataset's own manifest; write the report to another file")
 
 
 def _read_table(path: Path) -> pd.DataFrame:

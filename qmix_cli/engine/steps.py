@@ -76,8 +76,9 @@ class StepContext:
 def _check_finite(loss: torch.Tensor, where: str) -> None:
     if not torch.isfinite(loss):
         raise TrainingError(
-            f"the loss became {loss.item()} ({where}); lower --lr, try --no-amp, or check the images. "
-            "The last checkpoint is kept: fix the cause and rerun with --resume"
+            f"the loss became {loss.item()} ({where}). The last checkpoint, if an epoch has finished, is kept: "
+            "--resume --no-amp continues from it without mixed precision; a lower --lr needs a new run (--force). "
+            "Check the images too"
         )
 
 

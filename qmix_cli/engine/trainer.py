@@ -22,7 +22,7 @@ import torch
 from qmix_cli import __version__
 from qmix_cli.config import TrainConfig, config_from_dict, dump_config, load_config_file
 from qmix_cli.data.cache import cached_images
-from qmix_cli.data.manifest import Dataset, create_dataset
+from qmix_cli.data.manifest import Dataset, check_output_dir, create_dataset
 from qmix_cli.data.transforms import channel_stats, strong_spec, weak_spec
 from qmix_cli.engine.batches import ImageStore
 from qmix_cli.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -88,7 +88,15 @@ def _truth(dataset: Dataset) -> tuple[np.ndarray | None, np.ndarray | None]:
 def _read_metrics(path: Path, *, before_epoch: int) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        # A line cut short by a kill or a full disk is dropped: the checkpoint, not this log, is the truth.
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("epoch"), int):
+            rows.append(row)
     return [r for r in rows if r["epoch"] <= before_epoch]
 
 
@@ -199,6 +207,13 @@ class _Run:
 
         if state["fingerprint"] != dataset_fingerprint(self.dataset):
             raise TrainingError("the checkpoint was made on another dataset (sample ids or labels differ)")
+        now = self.cfg.to_dict()
+        edited = sorted(k for k, v in state["config"].items() if k not in RESUMABLE and now.get(k) != v)
+        if edited:
+            raise TrainingError(
+                f"the checkpoint was made with other settings than config.yaml now holds ({', '.join(edited)}); "
+                "restore them, or start a new run with --force"
+            )
         for net, sd in zip(self.nets, state["nets"], strict=True):
             net.load_state_dict(sd)
         for opt, sd in zip(self.optimizers, state["optimizers"], strict=True):
@@ -319,6 +334,8 @@ class _Run:
 
 def _check_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
     """Refuse to start before any work is done; nothing is created or deleted here."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--out {run_dir} is a file; a run needs a directory")
     if resume:
         if not (run_dir / CHECKPOINT).is_file():
             raise TrainingError(f"nothing to resume: {run_dir / CHECKPOINT} does not exist")
@@ -327,33 +344,60 @@ def _check_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
 
 
 def _make_run_dir(run_dir: Path, *, resume: bool) -> None:
-    """Create (or with --force, replace) the run directory, once the run has been set up successfully."""
-    if not resume:
-        import shutil
+    """Create (or with --force, replace) the run directory, once the run has been set up successfully.
 
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
-        (run_dir / "checkpoints").mkdir(parents=True)
+    A resumed run loses its final model first: `_finalise` writes ``model.pt`` last, so a run directory with a
+    ``model.pt`` always holds the matching ``separation.json`` and ``run.json``, even if a kill interrupts an
+    extension of a finished run.
+    """
+    if resume:
+        (run_dir / "model.pt").unlink(missing_ok=True)
+        return
+    import shutil
+
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    (run_dir / "checkpoints").mkdir(parents=True)
 
 
 def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """The saved config of the run being resumed.
 
-    Only ``device``, ``workers``, ``amp`` and ``epochs`` (to extend a finished run) may be overridden: anything
-    else would make the resumed run a different experiment.
+    Only `RESUMABLE` settings (how the run executes, and ``epochs`` to extend a finished run) may be
+    overridden; any other option given with a value that differs from the saved one is refused, since it would
+    make the resumed run a different experiment.
+
+    Raises
+    ------
+    ConfigError
+        Listing the options that differ from the saved run.
     """
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise TrainingError(f"nothing to resume: {path} does not exist")
-    allowed = {"device", "workers", "amp", "epochs"}
-    given = {k: v for k, v in (overrides or {}).items() if v is not None and k in allowed}
-    return config_from_dict(given, base=config_from_dict(load_config_file(path)))
+    saved = config_from_dict(load_config_file(path))
+    given = {str(k).replace("-", "_"): v for k, v in (overrides or {}).items() if v is not None}
+    changed = config_from_dict(given, base=saved)
+    differ = sorted(k for k in given if k not in RESUMABLE and getattr(changed, k) != getattr(saved, k))
+    if differ:
+        names = ", ".join(k.replace("_", "-") for k in differ)
+        raise ConfigError(
+            f"--resume continues {run_dir} with its saved config.yaml; these options differ from it: {names} "
+            "(start a new run with --force, or in another --out, to change them)"
+        )
+    return config_from_dict({k: v for k, v in given.items() if k in RESUMABLE}, base=saved)
+
+
+# What may change when a run is resumed: how it executes, and how long it goes on.
+RESUMABLE = frozenset({"device", "workers", "amp", "compile", "eval_batch_size", "cache_dir", "epochs"})
 
 
 def _val_store(cfg: TrainConfig, run: _Run) -> tuple[ImageStore, np.ndarray] | None:
     if not cfg.val:
         return None
-    val = create_dataset(cfg.val, classes=run.classes, min_classes=1, cache_dir=cfg.cache_dir)
+    val = create_dataset(
+        cfg.val, classes=run.classes, min_classes=1, on_bad_image=cfg.on_bad_image, cache_dir=cfg.cache_dir
+    )
     images = cached_images(val, size=cfg.img_size, channels=run.channels, cache_dir=cfg.cache_dir)
     return ImageStore(images, device=run.device, workers=cfg.workers), val.labels
 
@@ -379,22 +423,24 @@ def train(
     """
     run_dir = Path(run_dir)
     reporter = reporter or SilentReporter()
+    check_output_dir(dataset, run_dir)
     _check_run_dir(run_dir, resume=resume, force=force)
     cfg.validate()
     if cfg.channels == "auto" and not dataset.channels:
         raise ConfigError("channels unknown: load the dataset with check_images=True or set channels")
-    # Build everything (device, model, data) before touching the run directory: a bad --model or --device
-    # must not leave a half-made run that blocks the corrected command.
+    # Build everything (device, model, data, validation set) before touching the run directory: a bad
+    # --model, --device or --val must not leave a half-made run that blocks the corrected command.
     run = _Run(cfg, dataset, run_dir, reporter)
+    val = _val_store(cfg, run)
+    if resume:
+        run.load_state(load_checkpoint(run_dir / CHECKPOINT))
     _make_run_dir(run_dir, resume=resume)
     metrics_path = run_dir / "metrics.jsonl"
     if resume:
-        run.load_state(load_checkpoint(run_dir / CHECKPOINT))
         run.metrics = _read_metrics(metrics_path, before_epoch=run.epoch)
         reporter.log(f"resuming {run_dir} at epoch {run.epoch + 1}/{cfg.epochs}")
     atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
     atomic_write_text(metrics_path, "".join(json.dumps(m) + "\n" for m in run.metrics))
-    val = _val_store(cfg, run)
 
     while run.epoch < cfg.epochs:
         row = run.run_epoch()
@@ -458,6 +504,7 @@ def _finalise(run: _Run) -> None:
         ),
     }
     model_state = {"nets": [n.state_dict() for n in run.nets], "meta": json.dumps(meta)}
-    save_checkpoint(run.run_dir / "model.pt", model_state)
+    # model.pt last: audit treats its presence as "the run is finished" (see `_make_run_dir`).
     atomic_write_text(run.run_dir / "separation.json", json.dumps([s.to_dict() for s in run.separations], indent=1))
     atomic_write_text(run.run_dir / "run.json", json.dumps(meta, indent=1))
+    save_checkpoint(run.run_dir / "model.pt", model_state)

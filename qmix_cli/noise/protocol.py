@@ -27,7 +27,7 @@ from PIL import Image
 from qmix_cli import __version__
 from qmix_cli.categories import CATEGORIES, CLEAN, MIS_H, MIS_L
 from qmix_cli.data.images import default_workers, to_array
-from qmix_cli.data.manifest import Dataset
+from qmix_cli.data.manifest import Dataset, check_output_dir
 from qmix_cli.errors import ConfigError
 from qmix_cli.io import atomic_dir
 from qmix_cli.noise.degrade import degrade, parse_degradations
@@ -181,20 +181,6 @@ def _process_image(src: Path, dst: Path, *, names: list[str], severity: int, see
     Image.fromarray(out).save(dst, compress_level=1)
 
 
-def _check_paths(dataset: Dataset, out: Path) -> None:
-    """Refuse outputs that would change the source: inside an image folder (new files would join the dataset) or
-    around any source file (``--force`` would delete it). Next to a manifest file is fine."""
-    src, dst = dataset.root.resolve(), out.resolve()
-    if dst == src or dst in src.parents:
-        raise ConfigError(f"--out {out} contains the source dataset; choose another folder")
-    if Path(dataset.source).is_file():
-        inside = [p for p in dataset.abs_paths if dst in p.resolve().parents]
-        if inside:
-            raise ConfigError(f"--out {out} contains source images (e.g. {inside[0]}); choose another folder")
-    elif src in dst.parents:
-        raise ConfigError(f"--out {out} is inside the source dataset {dataset.root}; choose a folder outside it")
-
-
 def corrupt_dataset(
     dataset: Dataset,
     out: str | Path,
@@ -207,7 +193,7 @@ def corrupt_dataset(
     """Write a corrupted copy of ``dataset`` to ``out`` with its ground truth; the source is only read."""
     out = Path(out)
     reporter = reporter or SilentReporter()
-    _check_paths(dataset, out)
+    check_output_dir(dataset, out)
     spec.validate()
     classes = list(dataset.classes)
     plan = plan_corruption(dataset.labels, classes=classes, spec=spec)

@@ -450,6 +450,8 @@ def write_html_report(
         raise QmixError("--top must be >= 0")
     if max_points < 0:
         raise QmixError("max_points must be >= 0")
+    if Path(out).resolve() == Path(report).resolve():
+        raise QmixError(f"--out {out} is the report being read; write the page to another file")
     frame = read_report(report)
     meta: dict[str, str] = dict(frame.attrs.get("qmix", {}))
     run_dir = _existing_dir(run, "run directory") if run is not None else None

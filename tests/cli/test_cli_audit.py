@@ -305,3 +305,25 @@ def test_quiet_suppresses_the_summary(runner, tmp_path, qmix_run, noisy_digits):
     assert result.exit_code == 0, _stderr(result)
     assert _stderr(result) == ""
     assert len(_read_csv(io.StringIO(result.stdout))) == 1797
+
+
+def test_out_that_is_the_dataset_manifest_is_refused(runner, qmix_run, noisy_digits, hash_tree):
+    before = hash_tree(noisy_digits)
+    result = _audit(runner, noisy_digits, qmix_run.run_dir, "--out", str(noisy_digits / "manifest.parquet"))
+    _assert_one_line_error(result, "dataset's own manifest")
+    assert hash_tree(noisy_digits) == before
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--batch-size", "0"), ("--tta", "-1")])
+def test_impossible_batch_size_or_tta_is_one_error_line(runner, qmix_run, noisy_digits, flag, value):
+    result = _audit(runner, noisy_digits, qmix_run.run_dir, flag, value, "--out", "-")
+    _assert_one_line_error(result, flag)
+
+
+def test_error_quoting_user_text_is_printed_verbatim(runner, tmp_path, write_image):
+    # Labels and paths with brackets are data, not rich markup: "[/x]" once crashed the error printer itself.
+    write_image(tmp_path / "a.png")
+    (tmp_path / "m.csv").write_text("path,label\na.png,cat\nmissing[/x].png,[dog]\n")
+    result = runner.invoke(app, ["train", str(tmp_path / "m.csv"), "--out", str(tmp_path / "run")])
+    line = _assert_one_line_error(result, "missing[/x].png")
+    assert "Traceback" not in line

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from qmix_cli.cli.app import app
+from tests.cli.helpers import assert_one_line_error as _assert_one_line_error
 from tests.cli.helpers import stderr_of as _stderr
 from tests.reporting.test_html import make_report, make_run
 
@@ -54,3 +55,11 @@ def test_show_missing_run_is_one_error_line(runner, tmp_path, write_image):
     assert result.exit_code == 1
     error_lines = [line for line in _stderr(result).splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1 and "run directory not found" in error_lines[0]
+
+
+def test_show_refuses_to_write_over_its_report(runner, tmp_path, write_image):
+    report, _, _ = make_report(tmp_path, write_image)
+    before = report.read_bytes()
+    result = runner.invoke(app, ["show", str(report), "--out", str(report)])
+    _assert_one_line_error(result, "is the report being read")
+    assert report.read_bytes() == before

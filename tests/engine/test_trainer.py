@@ -17,7 +17,7 @@ import torch
 
 from qmix_cli.api import audit, train
 from qmix_cli.engine.checkpoint import load_checkpoint
-from qmix_cli.errors import ConfigError, TrainingError
+from qmix_cli.errors import ConfigError, DataError, QmixError, TrainingError
 from tests.conftest import TINY_TRAIN
 
 pytestmark = pytest.mark.slow
@@ -185,3 +185,67 @@ def test_val_accuracy_is_logged_every_epoch(noisy_digits, digits_dir, tmp_path, 
     accs = [m["val_acc"] for m in result.metrics]
     assert len(accs) == 2 and all(0.0 <= a <= 1.0 for a in accs)
     assert accs[-1] > 0.3
+
+
+def test_out_holding_the_dataset_is_refused_even_with_force(noisy_digits, hash_tree):
+    before = hash_tree(noisy_digits)
+    for out in (noisy_digits, noisy_digits.parent):
+        with pytest.raises(ConfigError, match="contains the source dataset"):
+            train(noisy_digits, out, force=True, method="ce", epochs=1, **TINY_TRAIN)
+    assert hash_tree(noisy_digits) == before
+
+
+def test_out_that_is_a_file_is_refused(noisy_digits, tmp_path):
+    out = tmp_path / "run"
+    out.write_text("not a run")
+    with pytest.raises(ConfigError, match="is a file"):
+        train(noisy_digits, out, force=True, method="ce", epochs=1, **TINY_TRAIN)
+    assert out.read_text() == "not a run"
+
+
+def test_bad_validation_set_leaves_no_half_made_run(noisy_digits, tmp_path, make_image_folder, qmix_cache_dir):
+    val = make_image_folder("val", classes=("not-a-digit", "0"))
+    with pytest.raises(DataError, match="unknown labels"):
+        train(noisy_digits, tmp_path / "run", method="ce", epochs=1, val=str(val), cache_dir=str(qmix_cache_dir),
+              **TINY_TRAIN)  # fmt: skip
+    assert not (tmp_path / "run").exists()  # so the corrected command needs neither --force nor --resume
+
+
+def test_resume_refuses_other_settings_and_survives_a_cut_metrics_line(noisy_digits, tmp_path, qmix_cache_dir):
+    run = tmp_path / "run"
+    opts = dict(method="ce", epochs=3, cache_dir=str(qmix_cache_dir), **TINY_TRAIN)
+    with pytest.raises(KeyboardInterrupt):
+        train(noisy_digits, run, on_epoch_end=_interrupt, **opts)
+    with pytest.raises(ConfigError, match="differ from it: lr"):
+        train(noisy_digits, run, resume=True, lr=0.5, cache_dir=str(qmix_cache_dir))
+    with (run / "metrics.jsonl").open("a", encoding="utf-8") as f:
+        f.write('{"epoch": 2, "pha')  # the tail of a line a kill cut short
+    # Repeating the saved settings is fine, and so is changing how the run executes (amp, device, workers).
+    done = train(noisy_digits, run, resume=True, amp=False, **opts)
+    assert [m["epoch"] for m in done.metrics] == [1, 2, 3]
+
+
+def test_checkpoint_and_hand_edited_config_must_agree(noisy_digits, tmp_path, qmix_cache_dir):
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(noisy_digits, run, method="ce", epochs=2, cache_dir=str(qmix_cache_dir), on_epoch_end=_interrupt,
+              **TINY_TRAIN)  # fmt: skip
+    saved = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(saved.replace("lr: 0.02", "lr: 0.5"))
+    with pytest.raises(TrainingError, match=r"other settings than config.yaml now holds \(lr\)"):
+        train(noisy_digits, run, resume=True, cache_dir=str(qmix_cache_dir))
+
+
+def test_killed_extension_of_a_finished_run_leaves_no_stale_model(noisy_digits, tmp_path, qmix_cache_dir):
+    run = tmp_path / "run"
+    cache = str(qmix_cache_dir)
+    train(noisy_digits, run, method="ce", epochs=1, cache_dir=cache, **TINY_TRAIN)
+    assert (run / "model.pt").is_file()
+    with pytest.raises(KeyboardInterrupt):
+        train(noisy_digits, run, resume=True, epochs=3, cache_dir=cache, on_epoch_end=_interrupt)
+    # The one-epoch model no longer matches the run; audit must say so rather than pair it with new files.
+    assert not (run / "model.pt").exists()
+    with pytest.raises(QmixError, match="--resume"):
+        audit(noisy_digits, run=run)
+    train(noisy_digits, run, resume=True, epochs=3, cache_dir=cache)
+    assert len(audit(noisy_digits, run=run)) == 1797
