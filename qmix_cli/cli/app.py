@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from typing import Annotated
 
 import typer
@@ -44,5 +45,12 @@ for module in (corrupt, train, audit, evaluate, show, demo):
     module.register(app)
 
 
+def _interrupt_on_sigterm(signum: int, frame: object) -> None:
+    # `kill PID` (a scheduler's time limit, `docker stop`) then unwinds like Ctrl-C: temporary files are removed
+    # and the run stops after its last complete checkpoint, instead of dying with half-written files around.
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     app()

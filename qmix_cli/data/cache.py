@@ -6,6 +6,8 @@ file's path, size and modification time plus the target size and channels, so an
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -45,6 +47,19 @@ def decode_all(
                 progress(1)
 
 
+# A partial decode older than this was left by a process that was killed (SIGKILL runs no cleanup); a live one
+# touches its file as it writes. Decoded arrays run to gigabytes, so they are not left to pile up.
+STALE_PARTIAL_SECONDS = 24 * 3600
+
+
+def _remove_stale_partials(folder: Path) -> None:
+    now = time.time()
+    for tmp in folder.glob(".*.npy.*.tmp"):
+        with contextlib.suppress(OSError):  # another process may clean it up at the same moment
+            if now - tmp.stat().st_mtime > STALE_PARTIAL_SECONDS:
+                tmp.unlink()
+
+
 def cached_images(
     dataset: Dataset,
     *,
@@ -59,6 +74,7 @@ def cached_images(
     folder = Path(cache_dir or default_cache_dir()) / "decoded"
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{cache_key(paths, size=size, channels=channels)}.npy"
+    _remove_stale_partials(folder)
     if not target.is_file():
         with atomic_path(target) as tmp:
             arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), channels, size, size))

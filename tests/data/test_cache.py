@@ -100,3 +100,16 @@ def test_failed_decode_leaves_no_cache_file(rgb_dataset, tmp_path):
     with pytest.raises(OSError):
         cached_images(rgb_dataset, size=8, channels=3, cache_dir=tmp_path)
     assert _npy_files(tmp_path / "decoded") == []
+
+
+def test_partials_left_by_a_killed_decode_are_removed_once_stale(rgb_dataset, tmp_path):
+    folder = tmp_path / "decoded"
+    folder.mkdir()
+    stale, fresh = folder / ".abc.npy.k1ll3d.tmp", folder / ".def.npy.wr1t1ng.tmp"
+    for path in (stale, fresh):
+        path.write_bytes(b"\0" * 64)
+    old = stale.stat().st_mtime - cache.STALE_PARTIAL_SECONDS - 60
+    os.utime(stale, (old, old))
+    cached_images(rgb_dataset, size=8, channels=3, cache_dir=tmp_path)
+    assert not stale.exists()
+    assert fresh.exists()  # may belong to a decode still running in another process

@@ -104,31 +104,56 @@ def _assert_same_metrics(got: list[dict], expected: list[dict]) -> None:
                 assert ra[key] == rb[key], (ra["epoch"], key)
 
 
-def test_sigkill_mid_run_then_resume_completes(noisy_digits, tmp_path, qmix_cache_dir):
-    run = tmp_path / "run"
+def _cli_train(noisy_digits: Path, run: Path, cache: Path, *, until_epoch: int) -> subprocess.Popen:
+    """``qmix train`` (ce, 6 epochs) in a subprocess, returned once its checkpoint has ``until_epoch`` epochs."""
     args = [
         *(sys.executable, "-m", "qmix_cli", "train", str(noisy_digits), "--out", str(run)),
         *("--method", "ce", "--model", "test_resnet", "--img-size", "32", "--no-hflip", "--epochs", "6"),
-        *("--cache-dir", str(qmix_cache_dir)),
+        *("--cache-dir", str(cache)),
     ]
-    env = {**os.environ, "QMIX_CACHE_DIR": str(qmix_cache_dir)}
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    env = {**os.environ, "QMIX_CACHE_DIR": str(cache)}
+    proc = subprocess.Popen(
+        args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     ckpt = run / "checkpoints" / "last.pt"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        if ckpt.is_file() and load_checkpoint(ckpt)["epoch"] >= 2:
+        if ckpt.is_file() and load_checkpoint(ckpt)["epoch"] >= until_epoch:
             break
         time.sleep(0.2)
-    assert proc.poll() is None, "the run finished before it could be killed; make it longer"
+    assert proc.poll() is None, "the run finished before it could be stopped; make it longer"
+    return proc
+
+
+def _resume_cli(noisy_digits: Path, run: Path, cache: Path) -> subprocess.CompletedProcess:
+    args = [sys.executable, "-m", "qmix_cli", "train", str(noisy_digits), "--out", str(run), "--resume"]
+    env = {**os.environ, "QMIX_CACHE_DIR": str(cache)}
+    return subprocess.run([*args, "--cache-dir", str(cache)], env=env, capture_output=True, text=True)
+
+
+def test_sigkill_mid_run_then_resume_completes(noisy_digits, tmp_path, qmix_cache_dir):
+    run = tmp_path / "run"
+    proc = _cli_train(noisy_digits, run, qmix_cache_dir, until_epoch=2)
     os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    proc.communicate()
     assert not (run / "model.pt").exists()
-    done = subprocess.run(
-        [*args[:7], "--resume", "--cache-dir", str(qmix_cache_dir)], env=env, capture_output=True, text=True
-    )
+    done = _resume_cli(noisy_digits, run, qmix_cache_dir)
     assert done.returncode == 0, done.stderr
     epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert epochs == list(range(1, 7))
+    assert (run / "model.pt").is_file()
+
+
+def test_sigterm_stops_like_ctrl_c_and_leaves_no_temporary_files(noisy_digits, tmp_path, qmix_cache_dir):
+    run = tmp_path / "run"
+    proc = _cli_train(noisy_digits, run, qmix_cache_dir, until_epoch=1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert not list(run.rglob("*.tmp"))
+    done = _resume_cli(noisy_digits, run, qmix_cache_dir)
+    assert done.returncode == 0, done.stderr
     assert (run / "model.pt").is_file()
 
 
