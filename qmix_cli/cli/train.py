@@ -77,7 +77,12 @@ def train_command(
     ] = None,
     on_bad_image: Annotated[str | None, typer.Option(help="error or skip unreadable images [error].")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
-    force: Annotated[bool, typer.Option(help="Delete an existing --out and start over.")] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            help="Start over in an existing --out; the old run is kept as OUT.previous until this one finishes."
+        ),
+    ] = False,
 ) -> None:
     """Train QMix (or the dividemix / ce baselines) and save everything audit needs."""
     from qmix_cli.api import train

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 import time
 from collections import deque
 from collections.abc import Callable
@@ -343,8 +345,20 @@ def _check_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
         raise ConfigError(f"{run_dir} already exists; pass --resume to continue it or --force to start over")
 
 
-def _make_run_dir(run_dir: Path, *, resume: bool) -> None:
+def previous_run_dir(run_dir: Path) -> Path:
+    """Where ``--force`` keeps the run it replaces until the new one has finished."""
+    return run_dir.with_name(f"{run_dir.name}.previous")
+
+
+# Left in a run that moved an older one aside, so that finishing deletes only the backup this run made.
+_REPLACES = "replaces-previous"
+
+
+def _make_run_dir(run_dir: Path, *, resume: bool, reporter: Reporter) -> None:
     """Create (or with --force, replace) the run directory, once the run has been set up successfully.
+
+    ``--force`` moves an existing run to `previous_run_dir` instead of deleting it: if the new run fails or is
+    killed, the old one is still there; `_finalise` deletes it once the new run is complete.
 
     A resumed run loses its final model first: `_finalise` writes ``model.pt`` last, so a run directory with a
     ``model.pt`` always holds the matching ``separation.json`` and ``run.json``, even if a kill interrupts an
@@ -353,11 +367,16 @@ def _make_run_dir(run_dir: Path, *, resume: bool) -> None:
     if resume:
         (run_dir / "model.pt").unlink(missing_ok=True)
         return
-    import shutil
-
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    (run_dir / "checkpoints").mkdir(parents=True)
+    replaces = run_dir.exists() and any(run_dir.iterdir())
+    if replaces:
+        previous = previous_run_dir(run_dir)
+        if previous.exists():
+            shutil.rmtree(previous)
+        os.replace(run_dir, previous)
+        reporter.log(f"moved the existing run to {previous}; it is deleted when this run finishes")
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    if replaces:
+        (run_dir / "checkpoints" / _REPLACES).touch()
 
 
 def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -434,7 +453,7 @@ def train(
     val = _val_store(cfg, run)
     if resume:
         run.load_state(load_checkpoint(run_dir / CHECKPOINT))
-    _make_run_dir(run_dir, resume=resume)
+    _make_run_dir(run_dir, resume=resume, reporter=reporter)
     metrics_path = run_dir / "metrics.jsonl"
     if resume:
         run.metrics = _read_metrics(metrics_path, before_epoch=run.epoch)
@@ -508,3 +527,7 @@ def _finalise(run: _Run) -> None:
     atomic_write_text(run.run_dir / "separation.json", json.dumps([s.to_dict() for s in run.separations], indent=1))
     atomic_write_text(run.run_dir / "run.json", json.dumps(meta, indent=1))
     save_checkpoint(run.run_dir / "model.pt", model_state)
+    marker = run.run_dir / "checkpoints" / _REPLACES
+    if marker.exists():
+        shutil.rmtree(previous_run_dir(run.run_dir), ignore_errors=True)
+        marker.unlink()

@@ -274,3 +274,17 @@ def test_killed_extension_of_a_finished_run_leaves_no_stale_model(noisy_digits, 
         audit(noisy_digits, run=run)
     train(noisy_digits, run, resume=True, epochs=3, cache_dir=cache)
     assert len(audit(noisy_digits, run=run)) == 1797
+
+
+def test_force_keeps_the_old_run_until_the_new_one_finishes(noisy_digits, tmp_path, qmix_cache_dir):
+    run, cache = tmp_path / "run", str(qmix_cache_dir)
+    train(noisy_digits, run, method="ce", epochs=1, cache_dir=cache, **TINY_TRAIN)
+    old_model = (run / "model.pt").read_bytes()
+    with pytest.raises(KeyboardInterrupt):
+        train(noisy_digits, run, force=True, method="ce", epochs=2, seed=5, cache_dir=cache, on_epoch_end=_interrupt,
+              **TINY_TRAIN)  # fmt: skip
+    previous = tmp_path / "run.previous"
+    assert (previous / "model.pt").read_bytes() == old_model  # a killed --force run has lost nothing
+    train(noisy_digits, run, resume=True, cache_dir=cache)
+    assert (run / "model.pt").is_file()
+    assert not previous.exists()
