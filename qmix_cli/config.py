@@ -19,7 +19,6 @@ import yaml
 from qmix_cli.errors import ConfigError
 
 Method = Literal["qmix", "dividemix", "ce"]
-METHODS: tuple[str, ...] = ("qmix", "dividemix", "ce")
 
 
 @dataclass

@@ -46,6 +46,10 @@ from qmix_cli.io import atomic_write_text
 from qmix_cli.progress import Reporter, SilentReporter
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
+# What may change when a run is resumed: how it executes, and how long it goes on.
+RESUMABLE = frozenset({"device", "workers", "amp", "compile", "eval_batch_size", "cache_dir", "epochs"})
+# Left in a run that moved an older one aside, so that finishing deletes only the backup this run made.
+_REPLACES = "replaces-previous"
 
 
 @dataclass(frozen=True)
@@ -350,10 +354,6 @@ def previous_run_dir(run_dir: Path) -> Path:
     return run_dir.with_name(f"{run_dir.name}.previous")
 
 
-# Left in a run that moved an older one aside, so that finishing deletes only the backup this run made.
-_REPLACES = "replaces-previous"
-
-
 def _make_run_dir(run_dir: Path, *, resume: bool, reporter: Reporter) -> None:
     """Create (or with --force, replace) the run directory, once the run has been set up successfully.
 
@@ -405,10 +405,6 @@ def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) 
             "(start a new run with --force, or in another --out, to change them)"
         )
     return config_from_dict({k: v for k, v in given.items() if k in RESUMABLE}, base=saved)
-
-
-# What may change when a run is resumed: how it executes, and how long it goes on.
-RESUMABLE = frozenset({"device", "workers", "amp", "compile", "eval_batch_size", "cache_dir", "epochs"})
 
 
 def _val_store(cfg: TrainConfig, run: _Run) -> tuple[ImageStore, np.ndarray] | None:
