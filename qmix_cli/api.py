@@ -101,16 +101,18 @@ def train(
     from qmix_cli.engine.trainer import resume_config
     from qmix_cli.engine.trainer import train as run_training
 
-    if isinstance(config, TrainConfig):
-        cfg = config_from_dict({k: v for k, v in options.items() if v is not None}, base=config)
-    else:
-        cfg = resolve_config(config_file=config, overrides=options)
+    explicit = {k: v for k, v in options.items() if v is not None}
     if resume:
         # A config given with --resume must agree with the saved one (resume_config says where it does not).
-        given = config.to_dict() if isinstance(config, TrainConfig) else {}
-        if config is not None and not isinstance(config, TrainConfig):
-            given = load_config_file(config)
-        cfg = resume_config(out, {**given, **{k: v for k, v in options.items() if v is not None}})
+        if isinstance(config, TrainConfig):
+            explicit = {**config.to_dict(), **explicit}
+        elif config is not None:
+            explicit = {**load_config_file(config), **explicit}
+        cfg = resume_config(out, explicit)
+    elif isinstance(config, TrainConfig):
+        cfg = config_from_dict(explicit, base=config)
+    else:
+        cfg = resolve_config(config_file=config, overrides=options)
     with _reporter(console, quiet) as rep:
         dataset = create_dataset(data, on_bad_image=cfg.on_bad_image, cache_dir=cfg.cache_dir, reporter=rep)
         if len(dataset.skipped):

@@ -153,10 +153,8 @@ def read_manifest(source: str | Path) -> tuple[pd.DataFrame, Path]:
     """Read a manifest or ImageFolder without touching the images; returns the raw frame and its root."""
     path = Path(source)
     if path.is_dir():
-        for name in MANIFEST_NAMES:
-            if (path / name).is_file():
-                return _read_table(path / name), path
-        return _scan_image_folder(path), path
+        found = manifest_file(path)
+        return (_read_table(found) if found else _scan_image_folder(path)), path
     if path.suffix.lower() in {".csv", ".parquet", ".pq"}:
         return _read_table(path), path.parent
     if not path.exists():

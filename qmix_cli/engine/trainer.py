@@ -404,7 +404,7 @@ def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) 
             f"--resume continues {run_dir} with its saved config.yaml; these options differ from it: {names} "
             "(start a new run with --force, or in another --out, to change them)"
         )
-    return config_from_dict({k: v for k, v in given.items() if k in RESUMABLE}, base=saved)
+    return changed  # every other option given equals the saved one
 
 
 def _val_store(cfg: TrainConfig, run: _Run) -> tuple[ImageStore, np.ndarray] | None:
