@@ -58,6 +58,9 @@ class TrainConfig:
     uncertainty: Literal["entropy", "collision"] = "entropy"
     smooth_epochs: int = 1
     p_threshold: float = 0.5
+    # What the final separation (the audit's) is fitted on: "probe", out-of-fold linear probes on the nets'
+    # features fitted on the given labels; "classifier", the nets' own classifier as in the paper (decisions.md).
+    audit_scores: Literal["probe", "classifier"] = "probe"
 
     # Semi-supervised training
     temperature: float = 0.5

@@ -7,7 +7,7 @@ loss terms are on (`MethodRules`).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +25,7 @@ from qmix_cli.engine.losses import (
     supervised_contrastive,
     unlabelled_mse,
 )
+from qmix_cli.engine.models import QmixNet
 from qmix_cli.engine.targets import co_guess, co_refine, mixup, pseudo_label, sample_lambda
 from qmix_cli.errors import TrainingError
 
@@ -93,14 +94,12 @@ def _optimise(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torc
         optimizer.step()
 
 
-@torch.no_grad()
-def predict_probs(
-    net: nn.Module, store: ImageStore, ctx: StepContext, *, batch_size: int, spec: ViewSpec | None = None
-) -> np.ndarray:
-    """Softmax of ``net`` on every image, float32 (N, K): the deterministic eval view, or with ``spec`` one
-    random view of that kind per image (test-time augmentation)."""
+def _eval_outputs(
+    net: QmixNet, store: ImageStore, ctx: StepContext, *, batch_size: int, spec: ViewSpec | None, features: bool
+) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """(softmax, pooled features or None) of each batch, float32 on the device: the deterministic eval view, or
+    with ``spec`` one random view of that kind per image (test-time augmentation)."""
     net.eval()
-    out = []
     for x in store.iterate(sequential_batches(len(store), batch_size=batch_size)):
         if spec is None:
             xv = eval_view(x, ctx.norm)
@@ -109,9 +108,29 @@ def predict_probs(
         else:
             xv = ctx.view(x, spec)
         with ctx.autocast():
-            logits = net(xv)
-        out.append(torch.softmax(logits.float(), dim=1).cpu())
-    return torch.cat(out).numpy()
+            # net(x) when only the softmax is asked for: that is the call `torch.compile` has optimised.
+            feats = net.encoder(xv) if features else None
+            logits = net(xv) if feats is None else net.classifier(feats)
+        yield torch.softmax(logits.float(), dim=1), (None if feats is None else feats.float())
+
+
+@torch.no_grad()
+def predict_probs(
+    net: QmixNet, store: ImageStore, ctx: StepContext, *, batch_size: int, spec: ViewSpec | None = None
+) -> np.ndarray:
+    """Softmax of ``net`` on every image, float32 (N, K) (see `_eval_outputs` for ``spec``)."""
+    probs = [p.cpu() for p, _ in _eval_outputs(net, store, ctx, batch_size=batch_size, spec=spec, features=False)]
+    return torch.cat(probs).numpy()
+
+
+@torch.no_grad()
+def predict_with_features(
+    net: QmixNet, store: ImageStore, ctx: StepContext, *, batch_size: int, spec: ViewSpec | None = None
+) -> tuple[np.ndarray, torch.Tensor]:
+    """Softmax (N, K) as `predict_probs`, and the pooled encoder features (N, D), float32, left on the device
+    for the audit probe (`qmix_cli.engine.probe`)."""
+    probs, feats = zip(*_eval_outputs(net, store, ctx, batch_size=batch_size, spec=spec, features=True), strict=True)
+    return torch.cat([p.cpu() for p in probs]).numpy(), torch.cat(feats)
 
 
 def supervised_epoch(

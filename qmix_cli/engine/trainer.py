@@ -30,6 +30,7 @@ from qmix_cli.engine.batches import ImageStore
 from qmix_cli.engine.checkpoint import load_checkpoint, save_checkpoint
 from qmix_cli.engine.losses import linear_rampup
 from qmix_cli.engine.models import QmixNet, create_model, input_normalisation
+from qmix_cli.engine.probe import LinearProbe, fit_probe, fold_ids
 from qmix_cli.engine.scoring import Scores, compute_scores, fit_separation
 from qmix_cli.engine.separation import hard_groups, separation_aucs
 from qmix_cli.engine.steps import (
@@ -37,6 +38,7 @@ from qmix_cli.engine.steps import (
     SslWeights,
     StepContext,
     predict_probs,
+    predict_with_features,
     ssl_epoch,
     ssl_epoch_size,
     supervised_epoch,
@@ -129,6 +131,8 @@ class _Run:
         else:
             self.norm = channel_stats(images, seed=cfg.seed)
         self.store = ImageStore(images, device=self.device, workers=cfg.workers)
+        # Folds of the audit probe, from the pixels (`fold_ids`): found here, where the decoded images are at hand.
+        self.probe_folds = fold_ids(images, seed=cfg.seed) if cfg.audit_scores == "probe" else None
         self.labels_np = dataset.labels
         self.labels = torch.tensor(self.labels_np, device=self.device)
         self.is_clean, self.is_hq = _truth(dataset)
@@ -243,6 +247,17 @@ class _Run:
         self.history.append(np.stack([scores.loss, scores.uncertainty], axis=-1))
         smoothed = np.mean(np.stack(self.history), axis=0)
         return Scores(probs=probs, loss=smoothed[..., 0], uncertainty=smoothed[..., 1])
+
+    def probe_scores(self) -> tuple[Scores, list[LinearProbe]]:
+        """Scores of every training image from out-of-fold probes on each net's features, and the probes."""
+        folds = self.probe_folds
+        probes, probs = [], []
+        for net in self.forward_nets:
+            _, feats = predict_with_features(net, self.store, self.ctx, batch_size=self.cfg.eval_batch_size)
+            probe = fit_probe(feats, self.labels_np, folds, num_classes=len(self.classes), seed=self.cfg.seed)
+            probes.append(probe)
+            probs.append(probe.probs(feats, folds))
+        return compute_scores(np.stack(probs), self.labels_np, uncertainty=self.cfg.uncertainty), probes
 
     def separate(self, scores: Scores, kind: str) -> list[Any]:
         cfg = self.cfg
@@ -492,7 +507,11 @@ def _epoch_line(row: dict[str, Any], epochs: int) -> str:
 
 def _finalise(run: _Run) -> None:
     """Score the training set with the final nets, fit the final separation and save what audit needs."""
-    scores = run.scores()
+    probes: list[LinearProbe] = []
+    if run.cfg.audit_scores == "probe":
+        scores, probes = run.probe_scores()
+    else:
+        scores = run.scores()
     run.separations = run.separate(scores, "quality")
     run.reporter.log(
         "final separation: " + ", ".join(f"net {k}: {s.note or 'ok'}" for k, s in enumerate(run.separations))
@@ -514,11 +533,16 @@ def _finalise(run: _Run) -> None:
         "fingerprint": dataset_fingerprint(run.dataset),
         "num_samples": len(run.dataset),
         "proj_dim": run.cfg.proj_dim,
+        "audit_scores": run.cfg.audit_scores,
         "final_summary": run.separation_summary(
             [s.posteriors(scores.loss[k], scores.uncertainty[k]) for k, s in enumerate(run.separations)]
         ),
     }
-    model_state = {"nets": [n.state_dict() for n in run.nets], "meta": json.dumps(meta)}
+    model_state = {
+        "nets": [n.state_dict() for n in run.nets],
+        "probes": [p.state_dict() for p in probes],
+        "meta": json.dumps(meta),
+    }
     # model.pt last: audit treats its presence as "the run is finished" (see `_make_run_dir`).
     atomic_write_text(run.run_dir / "separation.json", json.dumps([s.to_dict() for s in run.separations], indent=1))
     atomic_write_text(run.run_dir / "run.json", json.dumps(meta, indent=1))

@@ -23,9 +23,10 @@ from qmix_cli.data.transforms import Normalise, weak_spec
 from qmix_cli.engine.batches import ImageStore
 from qmix_cli.engine.checkpoint import load_checkpoint
 from qmix_cli.engine.models import QmixNet, create_model
+from qmix_cli.engine.probe import LinearProbe
 from qmix_cli.engine.scoring import compute_scores, separation_from_dict
 from qmix_cli.engine.separation import QualitySeparation, hard_groups
-from qmix_cli.engine.steps import StepContext, predict_probs
+from qmix_cli.engine.steps import StepContext, predict_probs, predict_with_features
 from qmix_cli.engine.trainer import amp_dtype, resolve_device
 from qmix_cli.errors import QmixError
 from qmix_cli.progress import Reporter, SilentReporter
@@ -40,6 +41,7 @@ class TrainedRun:
     meta: dict[str, Any]
     nets: list[QmixNet]
     separations: list[QualitySeparation]
+    probes: list[LinearProbe]  # one per net, or none: the separation was fitted on the nets' own classifier
     device: torch.device
 
     @property
@@ -70,7 +72,8 @@ def load_run(run_dir: str | Path, *, device: str = "auto") -> TrainedRun:
         )
         net.load_state_dict(sd)
         nets.append(net.to(dev).eval())
-    return TrainedRun(run_dir=run_dir, meta=meta, nets=nets, separations=separations, device=dev)
+    probes = [LinearProbe.from_state_dict(p) for p in state.get("probes", [])]
+    return TrainedRun(run_dir=run_dir, meta=meta, nets=nets, separations=separations, probes=probes, device=dev)
 
 
 @dataclass(frozen=True)
@@ -125,14 +128,22 @@ def score_dataset(
     )
     store = ImageStore(images, device=run.device, workers=workers)
     ctx = _context(run, seed=0)
-    per_net = []
-    for net in run.nets:
-        probs = predict_probs(net, store, ctx, batch_size=batch_size)
-        for _ in range(tta):
-            probs = probs + predict_probs(net, store, ctx, batch_size=batch_size, spec=ctx.weak)
-        per_net.append(probs / (1 + tta))
-    probs = np.stack(per_net)
-    scores = compute_scores(probs, labels, uncertainty=run.meta.get("uncertainty", "entropy"))
+    # Every net's probe shares the run's seed and fold count, so one fold per image serves them all.
+    folds = run.probes[0].fold_of(images) if run.probes else None
+    views = [None] + [ctx.weak] * tta
+    own, scored = [], []
+    for k, net in enumerate(run.nets):
+        if run.probes:
+            outputs = [predict_with_features(net, store, ctx, batch_size=batch_size, spec=v) for v in views]
+            own.append(np.mean([p for p, _ in outputs], axis=0))
+            scored.append(np.mean([run.probes[k].probs(f, folds) for _, f in outputs], axis=0))
+        else:
+            own.append(np.mean([predict_probs(net, store, ctx, batch_size=batch_size, spec=v) for v in views], axis=0))
+            scored.append(own[-1])
+    probs = np.stack(own)
+    # Loss and uncertainty from what the run's final separation was fitted on (`_finalise`); the suggested label
+    # from the nets' own ensemble, the method's estimate of the true class.
+    scores = compute_scores(np.stack(scored), labels, uncertainty=run.meta.get("uncertainty", "entropy"))
     posteriors = np.mean(
         [s.posteriors(scores.loss[k], scores.uncertainty[k]) for k, s in enumerate(run.separations)], axis=0
     )

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from scipy.stats import spearmanr
 
 from qmix_cli.api import audit, train
 from qmix_cli.engine.checkpoint import load_checkpoint
@@ -104,6 +105,11 @@ def _assert_same_metrics(got: list[dict], expected: list[dict]) -> None:
                 assert ra[key] == rb[key], (ra["epoch"], key)
 
 
+def _cli_env(cache: Path) -> dict[str, str]:
+    """The environment of a ``qmix`` subprocess: this one's, with the test's cache directory."""
+    return {**os.environ, "QMIX_CACHE_DIR": str(cache)}
+
+
 def _cli_train(noisy_digits: Path, run: Path, cache: Path, *, until_epoch: int) -> subprocess.Popen:
     """``qmix train`` (ce, 6 epochs) in a subprocess, returned once its checkpoint has ``until_epoch`` epochs."""
     args = [
@@ -111,9 +117,8 @@ def _cli_train(noisy_digits: Path, run: Path, cache: Path, *, until_epoch: int) 
         *("--method", "ce", "--model", "test_resnet", "--img-size", "32", "--no-hflip", "--epochs", "6"),
         *("--cache-dir", str(cache)),
     ]
-    env = {**os.environ, "QMIX_CACHE_DIR": str(cache)}
     proc = subprocess.Popen(
-        args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+        args, env=_cli_env(cache), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
     ckpt = run / "checkpoints" / "last.pt"
     deadline = time.time() + 120
@@ -127,8 +132,7 @@ def _cli_train(noisy_digits: Path, run: Path, cache: Path, *, until_epoch: int) 
 
 def _resume_cli(noisy_digits: Path, run: Path, cache: Path) -> subprocess.CompletedProcess:
     args = [sys.executable, "-m", "qmix_cli", "train", str(noisy_digits), "--out", str(run), "--resume"]
-    env = {**os.environ, "QMIX_CACHE_DIR": str(cache)}
-    return subprocess.run([*args, "--cache-dir", str(cache)], env=env, capture_output=True, text=True)
+    return subprocess.run([*args, "--cache-dir", str(cache)], env=_cli_env(cache), capture_output=True, text=True)
 
 
 def test_sigkill_mid_run_then_resume_completes(noisy_digits, tmp_path, qmix_cache_dir):
@@ -166,6 +170,22 @@ def test_ce_and_dividemix_produce_auditable_runs(noisy_digits, tmp_path, qmix_ca
         assert np.allclose(report[["p_clean", "p_mislabeled_hq", "p_mislabeled_lq"]].sum(axis=1), 1, atol=1e-5)
     ce_state = torch.load(tmp_path / "ce" / "model.pt", weights_only=True)
     assert len(ce_state["nets"]) == 1
+
+
+@pytest.mark.parametrize("audit_scores", ["probe", "classifier"])
+def test_audit_loss_comes_from_the_chosen_read_out(audit_scores, noisy_digits, tmp_path, qmix_cache_dir):
+    """``classifier`` (the paper's read-out, and that of runs made before the probe) saves no probe and scores
+    each image with the net's own softmax, so the audit's loss ranks images exactly as its label_score does;
+    ``probe`` scores them with another model of the given label, related but not the same."""
+    result = train(noisy_digits, tmp_path / audit_scores, method="ce", epochs=2, audit_scores=audit_scores,
+                   cache_dir=str(qmix_cache_dir), **TINY_TRAIN)  # fmt: skip
+    probes = torch.load(result.run_dir / "model.pt", weights_only=True)["probes"]
+    report = audit(noisy_digits, run=result.run_dir)
+    rho = spearmanr(report["loss"], report["label_score"]).statistic
+    if audit_scores == "classifier":
+        assert probes == [] and rho < -0.999
+    else:
+        assert len(probes) == 1 and -0.99 < rho < -0.3
 
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(noisy_digits, tmp_path, qmix_cache_dir):

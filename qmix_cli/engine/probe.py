@@ -1,0 +1,211 @@
+"""Out-of-fold linear probes: how well each image's *given* label fits, for the audit's final separation.
+
+Why not the nets' own classifier? In ``qmix`` and ``dividemix`` it is trained on refined and guessed labels,
+with strong views and mixup: it estimates the true class, and it is deliberately made sure of images whose
+labels it does not trust, degraded ones included. Its loss and entropy against the given labels then blur both
+axes of the separation. A multinomial logistic regression fitted on the given labels, on the frozen features of
+the trained encoder, and scored out of fold (each image by a probe that never saw it, as cleanlab does with
+cross-validation) is an honest estimate of p(given label | image): low on a wrong label, flat on an image whose
+look-alikes carry conflicting labels (docs/decisions.md, "Fifth round").
+
+Folds are drawn from a hash of each decoded image's pixels, not from row order or ``sample_id``: the audit of any
+manifest finds the fold of every training image again, whatever its id or path there, copies of one image share
+a fold, and an image the run never saw is scored by one fold's probe (trained on the other four fifths of the
+training set).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from qmix_cli.errors import TrainingError
+
+FOLDS = 5
+# Inverse L2 strength in scikit-learn's convention (``C`` of ``LogisticRegression``: C · Σ cross-entropy +
+# ½‖W‖²) on standardised features; the penalty per sample then shrinks as the training set grows.
+PROBE_C = 0.02
+MAX_ITER = 200
+
+
+# Pixels per side hashed for an image's fold: a grid this fine tells any two different photographs apart, and
+# keeps hashing a 224-px dataset far cheaper than decoding it.
+KEY_GRID = 16
+_HASH_CHUNK = 4096
+
+
+def fold_ids(images: np.ndarray, *, folds: int = FOLDS, seed: int = 0) -> np.ndarray:
+    """The probe fold of each image, a stable function of ``seed`` and its pixels.
+
+    Parameters
+    ----------
+    images
+        (N, C, H, W) uint8, decoded at the run's size (a memory-mapped cache is read in chunks).
+
+    Returns
+    -------
+    np.ndarray
+        (N,) int64 in ``[0, folds)``.
+    """
+    n, _, h, w = images.shape
+    step_h, step_w = max(1, h // KEY_GRID), max(1, w // KEY_GRID)
+    salt = f"qmix-probe-fold\0{seed}\0".encode()
+    out = np.empty(n, dtype=np.int64)
+    for start in range(0, n, _HASH_CHUNK):
+        grid = np.ascontiguousarray(images[start : start + _HASH_CHUNK, :, ::step_h, ::step_w])
+        for i, row in enumerate(grid, start=start):
+            digest = hashlib.blake2b(salt + row.tobytes(), digest_size=8).digest()
+            out[i] = int.from_bytes(digest, "little") % folds
+    return out
+
+
+def fit_softmax_regression(
+    x: torch.Tensor, y: torch.Tensor, *, num_classes: int, c: float = PROBE_C, max_iter: int = MAX_ITER
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multinomial logistic regression by full-batch L-BFGS, on ``x``'s device.
+
+    Minimises ``c · Σ_i CE(x_i W + b, y_i) + ½‖W‖²`` (the bias is not penalised), the objective of scikit-learn's
+    ``LogisticRegression(C=c)``.
+
+    Parameters
+    ----------
+    x
+        (n, D) float features (standardise them first: the penalty treats every dimension alike).
+    y
+        (n,) int64 labels in ``[0, num_classes)``. With n = 0 the result is all zeros (a uniform prediction).
+
+    Returns
+    -------
+    tuple[torch.Tensor, torch.Tensor]
+        Weight (D, num_classes) and bias (num_classes,), float32.
+    """
+    x = x.float()
+    weight = torch.zeros(x.shape[1], num_classes, device=x.device, requires_grad=True)
+    bias = torch.zeros(num_classes, device=x.device, requires_grad=True)
+    n = len(y)
+    if n == 0:
+        return weight.detach(), bias.detach()
+    # The same minimiser, divided by c·n so the loss stays O(1) whatever n is (L-BFGS's tolerances are absolute).
+    l2 = 1.0 / (2.0 * c * n)
+    opt = torch.optim.LBFGS(
+        [weight, bias],
+        lr=1.0,
+        max_iter=max_iter,
+        history_size=20,
+        tolerance_grad=1e-6,
+        tolerance_change=1e-10,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(x @ weight + bias, y) + l2 * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    weight, bias = weight.detach(), bias.detach()
+    if not (torch.isfinite(weight).all() and torch.isfinite(bias).all()):
+        raise TrainingError("the audit probe did not converge (non-finite weights): the nets' features are not finite")
+    return weight, bias
+
+
+@dataclass(frozen=True)
+class LinearProbe:
+    """``folds`` linear heads on standardised features; head ``k`` was fitted without the images of fold ``k``.
+
+    ``mean``/``std`` (D,), ``weight`` (folds, D, K), ``bias`` (folds, K); ``seed`` salts `fold_ids`.
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor
+    seed: int
+
+    @property
+    def folds(self) -> int:
+        return int(self.weight.shape[0])
+
+    def fold_of(self, images: np.ndarray) -> np.ndarray:
+        """(N,) the fold of each image: which head scores it (`fold_ids` with this probe's folds and seed)."""
+        return fold_ids(images, folds=self.folds, seed=self.seed)
+
+    def probs(self, features: torch.Tensor, folds: np.ndarray) -> np.ndarray:
+        """Softmax (N, K), each row by the head of its fold (``folds`` from `fold_of`): out of fold for every
+        training image.
+
+        ``features`` (N, D) float on any device.
+        """
+        fold = torch.as_tensor(folds, device=features.device)
+        x = (features.float() - self.mean.to(features.device)) / self.std.to(features.device)
+        weight, bias = self.weight.to(features.device), self.bias.to(features.device)
+        # Batched (N, 1, D) @ (N, D, K) would copy a head per row; loop over the few folds instead.
+        logits = torch.empty(len(x), weight.shape[2], device=features.device)
+        for k in range(self.folds):
+            rows = fold == k
+            logits[rows] = x[rows] @ weight[k] + bias[k]
+        return torch.softmax(logits, dim=1).cpu().numpy()
+
+    def state_dict(self) -> dict[str, torch.Tensor | int]:
+        """Tensors and an int only, so checkpoints load with ``weights_only=True``."""
+        return {
+            "mean": self.mean.cpu(),
+            "std": self.std.cpu(),
+            "weight": self.weight.cpu(),
+            "bias": self.bias.cpu(),
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> LinearProbe:
+        return cls(
+            mean=state["mean"], std=state["std"], weight=state["weight"], bias=state["bias"], seed=int(state["seed"])
+        )
+
+
+def fit_probe(
+    features: torch.Tensor,
+    labels: np.ndarray,
+    folds: np.ndarray,
+    *,
+    num_classes: int,
+    num_folds: int = FOLDS,
+    c: float = PROBE_C,
+    seed: int = 0,
+) -> LinearProbe:
+    """Fit one head per fold, each on the images of the other folds.
+
+    Parameters
+    ----------
+    features
+        (N, D) float, the encoder's pooled features of the training images (deterministic eval view).
+    labels
+        (N,) int given labels in ``[0, num_classes)``.
+    folds
+        (N,) int fold of each image, ``fold_ids(images, folds=num_folds, seed=seed)``; ``num_folds`` heads are
+        fitted (one with no image in its fold is fitted on all of them). ``seed`` is stored so that
+        `LinearProbe.fold_of` finds the same folds again.
+    """
+    if not len(features) == len(labels) == len(folds):
+        raise ValueError(f"features, labels and folds differ in length: {len(features)}, {len(labels)}, {len(folds)}")
+    x = features.float()
+    mean = x.mean(dim=0)
+    # A constant feature (a dead ReLU channel) would divide by zero; any positive std leaves it at 0.
+    std = x.std(dim=0, correction=0).clamp_min(1e-6)
+    x = (x - mean) / std
+    y = torch.tensor(np.asarray(labels, dtype=np.int64), device=x.device)  # a copy: `labels` may be read-only
+    fold = torch.as_tensor(np.asarray(folds), device=x.device)
+    heads = [fit_softmax_regression(x[fold != k], y[fold != k], num_classes=num_classes, c=c) for k in range(num_folds)]
+    return LinearProbe(
+        mean=mean,
+        std=std,
+        weight=torch.stack([w for w, _ in heads]),
+        bias=torch.stack([b for _, b in heads]),
+        seed=seed,
+    )

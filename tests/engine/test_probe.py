@@ -1,0 +1,110 @@
+"""The audit probe: fold assignment, the L-BFGS logistic regression, and out-of-fold scoring on real digits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+
+from qmix_cli.engine.probe import LinearProbe, fit_probe, fit_softmax_regression, fold_ids
+from qmix_cli.engine.separation import per_sample_loss
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """Pixel features (N, 64), labels (N,) and the images as uint8 (N, 1, 8, 8) for their folds."""
+    data = load_digits()
+    images = (data.images * 15).astype(np.uint8)[:, None]
+    return torch.tensor(data.data, dtype=torch.float32), data.target.astype(np.int64), images
+
+
+def _standardise(x: torch.Tensor) -> torch.Tensor:
+    return (x - x.mean(0)) / x.std(0, correction=0).clamp_min(1e-6)
+
+
+def test_fold_ids_follow_the_pixels_not_the_order() -> None:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (2000, 3, 40, 40), dtype=np.uint8)
+    folds = fold_ids(images, folds=5, seed=3)
+    assert folds.min() == 0 and folds.max() == 4
+    assert np.all(np.bincount(folds) > 300)  # roughly even: 400 expected per fold
+    shuffled = rng.permutation(len(images))
+    assert np.array_equal(fold_ids(images[shuffled], folds=5, seed=3), folds[shuffled])
+    assert not np.array_equal(fold_ids(images, folds=5, seed=4), folds)
+    # A copy of an image, wherever it sits, shares its fold; chunked hashing changes nothing.
+    copies = np.concatenate([images[:7], images[:7]])
+    assert np.array_equal(fold_ids(copies, folds=5, seed=3), np.tile(folds[:7], 2))
+
+
+@pytest.mark.parametrize("c", [0.02, 1.0])
+def test_softmax_regression_matches_scikit_learn(digits, c: float) -> None:
+    x, y, _ = digits
+    x = _standardise(x)
+    weight, bias = fit_softmax_regression(x, torch.as_tensor(y), num_classes=10, c=c)
+    ours = torch.softmax(x @ weight + bias, dim=1).numpy()
+    ref = LogisticRegression(C=c, max_iter=2000, tol=1e-8).fit(x.numpy(), y).predict_proba(x.numpy())
+    assert np.abs(ours - ref).max() < 2e-3
+
+
+def test_softmax_regression_without_samples_predicts_uniformly() -> None:
+    weight, bias = fit_softmax_regression(torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64), num_classes=3)
+    assert weight.shape == (4, 3) and bias.shape == (3,)
+    assert torch.count_nonzero(weight) == 0 and torch.count_nonzero(bias) == 0
+
+
+def test_probe_scores_each_image_out_of_fold(digits) -> None:
+    """A probe that had seen an image would fit its label better than one that had not; the out-of-fold
+    losses must equal those of heads refitted without each fold, and be worse than in-sample ones."""
+    x, y, images = digits
+    folds = fold_ids(images, folds=3, seed=1)
+    probe = fit_probe(x, y, folds, num_classes=10, num_folds=3, seed=1)
+    assert np.array_equal(probe.fold_of(images), folds)
+    oof = per_sample_loss(probe.probs(x, folds), y)
+    xs = (x - probe.mean) / probe.std
+    for k in range(3):
+        w, b = fit_softmax_regression(xs[folds != k], torch.as_tensor(y[folds != k]), num_classes=10)
+        held = torch.softmax(xs[folds == k] @ w + b, dim=1).numpy()
+        np.testing.assert_allclose(oof[folds == k], per_sample_loss(held, y[folds == k]), rtol=1e-3, atol=1e-4)
+    w, b = fit_softmax_regression(xs, torch.as_tensor(y), num_classes=10)
+    in_sample = per_sample_loss(torch.softmax(xs @ w + b, dim=1).numpy(), y)
+    assert oof.mean() > in_sample.mean()
+
+
+def test_probe_keeps_its_fold_count_when_a_fold_is_empty(digits) -> None:
+    """Five images rarely fill five folds; the probe must still have five heads, or `fold_of` would hash new
+    images into a different number of folds than the one it was fitted with."""
+    x, y, images = digits
+    folds = fold_ids(images[:5], seed=0)
+    probe = fit_probe(x[:5], y[:5], folds, num_classes=10, seed=0)
+    assert probe.folds == 5
+    assert np.isfinite(probe.probs(x[:5], folds)).all()
+
+
+def test_probe_finds_flipped_labels_far_better_than_chance(digits) -> None:
+    x, y, images = digits
+    rng = np.random.default_rng(0)
+    flipped = rng.random(len(y)) < 0.2
+    noisy = np.where(flipped, (y + rng.integers(1, 10, len(y))) % 10, y)
+    folds = fold_ids(images, seed=0)
+    probe = fit_probe(x, noisy, folds, num_classes=10, seed=0)
+    loss = per_sample_loss(probe.probs(x, folds), noisy)
+    assert roc_auc_score(flipped, loss) > 0.95
+
+
+def test_probe_state_round_trips_through_a_weights_only_checkpoint(digits, tmp_path) -> None:
+    x, y, images = digits
+    folds = fold_ids(images[:300], seed=2)
+    probe = fit_probe(x[:300], y[:300], folds, num_classes=10, seed=2)
+    torch.save(probe.state_dict(), tmp_path / "p.pt")
+    again = LinearProbe.from_state_dict(torch.load(tmp_path / "p.pt", weights_only=True))
+    assert again.folds == probe.folds and again.seed == 2
+    np.testing.assert_array_equal(again.probs(x[:300], folds), probe.probs(x[:300], folds))
+
+
+def test_probe_rejects_misaligned_inputs(digits) -> None:
+    x, y, images = digits
+    with pytest.raises(ValueError, match="differ in length"):
+        fit_probe(x, y[:-1], fold_ids(images), num_classes=10)
