@@ -40,15 +40,19 @@ def post_warmup_epoch_seconds(metrics: list[dict]) -> float:
     return float(np.median(rows))
 
 
-def run_engine_method(method: str, noisy: Path, work: Path, *, test: str, device: str, **options: Any) -> dict:
+def run_engine_method(
+    method: str, noisy: Path, work: Path, *, test: str, device: str, tag: str | None = None, **options: Any
+) -> dict:
     """Train ``method`` on ``noisy``, audit it, and score the audit and the test accuracy.
 
-    Returns the row of the comparison table plus ``evaluation`` (the full `qmix evaluate` result).
+    ``tag`` names the run directory and report (default: the method), so variants of one method can sit side
+    by side. Returns the row of the comparison table plus ``evaluation`` (the full `qmix evaluate` result).
     """
+    tag = tag or method
     start = time.perf_counter()
-    result = train(noisy, work / f"run-{method}", method=method, device=device, force=True, quiet=True, **options)
+    result = train(noisy, work / f"run-{tag}", method=method, device=device, force=True, quiet=True, **options)
     train_s = time.perf_counter() - start
-    report_path = work / f"report-{method}.parquet"
+    report_path = work / f"report-{tag}.parquet"
     start = time.perf_counter()
     report = audit(noisy, run=result.run_dir, out=report_path, device=device, quiet=True)
     audit_s = time.perf_counter() - start

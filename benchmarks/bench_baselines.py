@@ -2,7 +2,9 @@
 
 For each noise preset the same corrupted training subset is given to:
 
-* ``qmix``, ``dividemix``, ``ce``: trained on the qmix engine, then ``qmix audit`` + ``qmix evaluate``;
+* ``qmix``, ``dividemix``, ``ce``: trained on the qmix engine, then ``qmix audit`` + ``qmix evaluate``; the
+  ``… classifier read-out`` rows fit the final separation on each net's own classifier (``audit_scores:
+  classifier``, the paper's read-out) instead of the default out-of-fold probes;
 * ``cleanlab``: out-of-fold softmax from k-fold cross-validation of the same backbone trained with CE (our ``ce``
   method, same settings), then ``cleanlab.filter.find_label_issues`` and
   ``cleanlab.rank.get_label_quality_scores``; its test accuracy is that of the k fold models' mean softmax;
@@ -61,6 +63,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         "class_map": FMNIST_ASYMMETRIC,
     },
 }
+
+# (row label, method, options): the three methods as shipped, then the paper's read-out of the final separation,
+# each net's own classifier, for qmix (the ablation of the audit probe) and for ce (the strongest baseline).
+ENGINE_RUNS: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("qmix", "qmix", {}),
+    ("dividemix", "dividemix", {}),
+    ("ce", "ce", {}),
+    ("qmix, classifier read-out", "qmix", {"audit_scores": "classifier"}),
+    ("ce, classifier read-out", "ce", {"audit_scores": "classifier"}),
+)
 
 # cleanvision issue types that describe image quality (duplicates are not; grayscale is every Fashion-MNIST image).
 QUALITY_ISSUES = ("dark", "light", "blurry", "low_information", "odd_aspect_ratio", "odd_size")
@@ -185,9 +197,10 @@ def run_preset(name: str, spec: dict, args: argparse.Namespace, work: Path) -> p
     options = dict(model=args.model, img_size=args.img_size, batch_size=args.batch_size, epochs=args.epochs,
                    seed=args.seed, hflip=args.hflip)  # fmt: skip
     rows = []
-    for method in ("qmix", "dividemix", "ce"):
-        r = run_engine_method(method, noisy, work, test=args.test, device=args.device, **options)
-        rows.append(summary_row(method, r["evaluation"], **{"test acc": r["test_acc"], "wall s": r["wall_s"]}))
+    for label, method, extra in ENGINE_RUNS:
+        tag = method if not extra else f"{method}-{'-'.join(map(str, extra.values()))}"
+        r = run_engine_method(method, noisy, work, test=args.test, device=args.device, tag=tag, **options, **extra)
+        rows.append(summary_row(label, r["evaluation"], **{"test acc": r["test_acc"], "wall s": r["wall_s"]}))
         print(json.dumps(rows[-1]), flush=True)
 
     oof = cleanlab_oof(noisy, work, folds=args.folds, device=args.device, test=args.test, **options)
