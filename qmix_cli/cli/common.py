@@ -33,6 +33,11 @@ def state(ctx: typer.Context | None) -> State:
     return obj if isinstance(obj, State) else State()
 
 
+def bold(text: object) -> str:
+    """``text`` (a path, a name) in bold rich markup, escaped so that any "[...]" in it prints as written."""
+    return f"[bold]{escape(str(text))}[/]"
+
+
 def fail(message: str) -> None:
     # The message quotes user text (labels, paths) that may contain "[...]": escaped, it prints as written
     # instead of being read, or rejected, as rich markup.

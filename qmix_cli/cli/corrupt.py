@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
-from qmix_cli.cli.common import guarded, state
+from qmix_cli.cli.common import bold, guarded, state
 
 
 @guarded
@@ -79,7 +78,7 @@ def corrupt_command(
     counts = result.summary["counts"]
     skipped = len(result.summary["skipped"])
     st.err.print(
-        f"wrote {result.summary['num_images']} images to [bold]{escape(str(out))}[/]: {counts['clean']} clean, "
+        f"wrote {result.summary['num_images']} images to {bold(out)}: {counts['clean']} clean, "
         f"{counts['mislabeled_hq']} mislabeled (high quality), {counts['mislabeled_lq']} low quality"
         + (f"; skipped {skipped} unreadable source images" if skipped else ""),
         highlight=False,

@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
-from qmix_cli.cli.common import guarded, state
+from qmix_cli.cli.common import bold, guarded, state
 
 
 @guarded
@@ -36,7 +35,7 @@ def show_command(
     from qmix_cli.reporting.html import write_html_report
 
     path = write_html_report(report, out=out, run=run, data=data, top=top)
-    state(ctx).err.print(f"wrote [bold]{escape(str(path))}[/]", highlight=False, soft_wrap=True)
+    state(ctx).err.print(f"wrote {bold(path)}", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -7,9 +7,8 @@ from typing import Annotated, Any
 
 import typer
 import yaml
-from rich.markup import escape
 
-from qmix_cli.cli.common import guarded, state
+from qmix_cli.cli.common import bold, guarded, state
 from qmix_cli.errors import ConfigError
 
 
@@ -97,9 +96,7 @@ def train_command(
     options.update(parse_sets(set_))
     result = train(data, out, config=config, resume=resume, force=force, console=st.err, quiet=st.quiet, **options)
     last = result.metrics[-1] if result.metrics else {}
-    st.err.print(
-        f"run saved in [bold]{escape(str(result.run_dir))}[/] after {last.get('epoch', 0)} epochs", highlight=False
-    )
+    st.err.print(f"run saved in {bold(result.run_dir)} after {last.get('epoch', 0)} epochs", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -130,9 +130,8 @@ class _Run:
             self.norm = input_normalisation(cfg.model, channels=channels)
         else:
             self.norm = channel_stats(images, seed=cfg.seed)
+        self.images = images  # the read-only memory map of the cache: holding it costs no memory
         self.store = ImageStore(images, device=self.device, workers=cfg.workers)
-        # Folds of the audit probe, from the pixels (`fold_ids`): found here, where the decoded images are at hand.
-        self.probe_folds = fold_ids(images, seed=cfg.seed) if cfg.audit_scores == "probe" else None
         self.labels_np = dataset.labels
         self.labels = torch.tensor(self.labels_np, device=self.device)
         self.is_clean, self.is_hq = _truth(dataset)
@@ -250,7 +249,7 @@ class _Run:
 
     def probe_scores(self) -> tuple[Scores, list[LinearProbe]]:
         """Scores of every training image from out-of-fold probes on each net's features, and the probes."""
-        folds = self.probe_folds
+        folds = fold_ids(self.images, seed=self.cfg.seed)
         probes, probs = [], []
         for net in self.forward_nets:
             _, feats = predict_with_features(net, self.store, self.ctx, batch_size=self.cfg.eval_batch_size)
