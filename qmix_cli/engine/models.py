@@ -33,6 +33,45 @@ class QmixNet(nn.Module):
         proj = nn.functional.normalize(self.projector(feats).float(), dim=1)
         return self.classifier(feats), proj
 
+    def forward_with_stages(self, x: torch.Tensor, *, stages: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (B, K) and the features the audit probe reads (B, D'): the pooled features (B, D), followed by
+        the global-average-pooled output of each of the ``stages - 1`` encoder stages before the last.
+
+        ``stages`` above 1 needs timm's ``forward_intermediates`` (`max_probe_stages`).
+        """
+        if stages <= 1:
+            feats = self.encoder(x)
+            return self.classifier(feats), feats
+        final, inner = self.encoder.forward_intermediates(x, indices=stages, intermediates_only=False)
+        pooled = self.encoder.forward_head(final, pre_logits=True)
+        earlier = [_global_pool(t) for t in inner[: stages - 1]]
+        return self.classifier(pooled), torch.cat([pooled, *earlier], dim=1)
+
+
+def _global_pool(t: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) or (B, L, C) → (B, C); (B, C) is returned as it is."""
+    if t.ndim == 4:
+        return t.mean(dim=(2, 3))
+    return t.mean(dim=1) if t.ndim == 3 else t
+
+
+def max_probe_stages(net: QmixNet, x: torch.Tensor, *, wanted: int) -> int:
+    """``wanted``, capped at the encoder's stage count, if `QmixNet.forward_with_stages` works on the sample
+    batch ``x`` (timm's ``forward_intermediates``: most timm CNNs and ViTs); else 1, the pooled features alone."""
+    if wanted <= 1 or not hasattr(net.encoder, "forward_intermediates"):
+        return 1
+    training = net.training
+    net.eval()  # a trial forward in train mode would move the batch-norm statistics
+    try:
+        stages = min(wanted, len(net.encoder.feature_info))
+        with torch.no_grad():
+            net.forward_with_stages(x, stages=stages)
+    except (AttributeError, AssertionError, NotImplementedError, RuntimeError, TypeError, ValueError):
+        return 1
+    finally:
+        net.train(training)
+    return stages
+
 
 def create_model(
     name: str,

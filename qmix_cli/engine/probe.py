@@ -30,6 +30,10 @@ FOLDS = 5
 # ½‖W‖²) on standardised features; the penalty per sample then shrinks as the training set grows.
 PROBE_C = 0.02
 MAX_ITER = 200
+# Encoder stages the probe reads: the pooled features and the stage before the last (`QmixNet.forward_with_stages`).
+# Strong views and label guessing teach the last stage to ignore many degradations (a JPEG-blocked or vignetted
+# image lands among clear images of its class); the stage before still shows them (docs/decisions.md, "Sixth round").
+PROBE_STAGES = 2
 
 
 # Pixels per side hashed for an image's fold: a grid this fine tells any two different photographs apart, and
@@ -119,7 +123,8 @@ def fit_softmax_regression(
 class LinearProbe:
     """``folds`` linear heads on standardised features; head ``k`` was fitted without the images of fold ``k``.
 
-    ``mean``/``std`` (D,), ``weight`` (folds, D, K), ``bias`` (folds, K); ``seed`` salts `fold_ids`.
+    ``mean``/``std`` (D,), ``weight`` (folds, D, K), ``bias`` (folds, K); ``seed`` salts `fold_ids`; ``stages``
+    says which features it reads (`QmixNet.forward_with_stages`).
     """
 
     mean: torch.Tensor
@@ -127,6 +132,7 @@ class LinearProbe:
     weight: torch.Tensor
     bias: torch.Tensor
     seed: int
+    stages: int = 1
 
     @property
     def folds(self) -> int:
@@ -160,12 +166,18 @@ class LinearProbe:
             "weight": self.weight.cpu(),
             "bias": self.bias.cpu(),
             "seed": self.seed,
+            "stages": self.stages,
         }
 
     @classmethod
     def from_state_dict(cls, state: dict) -> LinearProbe:
         return cls(
-            mean=state["mean"], std=state["std"], weight=state["weight"], bias=state["bias"], seed=int(state["seed"])
+            mean=state["mean"],
+            std=state["std"],
+            weight=state["weight"],
+            bias=state["bias"],
+            seed=int(state["seed"]),
+            stages=int(state.get("stages", 1)),  # probes saved before stages were recorded read the pooled features
         )
 
 
@@ -178,13 +190,15 @@ def fit_probe(
     num_folds: int = FOLDS,
     c: float = PROBE_C,
     seed: int = 0,
+    stages: int = 1,
 ) -> LinearProbe:
     """Fit one head per fold, each on the images of the other folds.
 
     Parameters
     ----------
     features
-        (N, D) float, the encoder's pooled features of the training images (deterministic eval view).
+        (N, D) float features of the training images (deterministic eval view), from
+        `QmixNet.forward_with_stages` with ``stages``, which is stored so that the audit reads the same ones.
     labels
         (N,) int given labels in ``[0, num_classes)``.
     folds
@@ -208,4 +222,5 @@ def fit_probe(
         weight=torch.stack([w for w, _ in heads]),
         bias=torch.stack([b for _, b in heads]),
         seed=seed,
+        stages=stages,
     )

@@ -95,10 +95,11 @@ def _optimise(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torc
 
 
 def _eval_outputs(
-    net: QmixNet, store: ImageStore, ctx: StepContext, *, batch_size: int, spec: ViewSpec | None, features: bool
+    net: QmixNet, store: ImageStore, ctx: StepContext, *, batch_size: int, spec: ViewSpec | None, stages: int | None
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-    """(softmax, pooled features or None) of each batch, float32 on the device: the deterministic eval view, or
-    with ``spec`` one random view of that kind per image (test-time augmentation)."""
+    """(softmax, features or None) of each batch, float32 on the device: the deterministic eval view, or with
+    ``spec`` one random view of that kind per image (test-time augmentation). Features only when ``stages`` is
+    given: those of `QmixNet.forward_with_stages`."""
     net.eval()
     for x in store.iterate(sequential_batches(len(store), batch_size=batch_size)):
         if spec is None:
@@ -109,8 +110,7 @@ def _eval_outputs(
             xv = ctx.view(x, spec)
         with ctx.autocast():
             # net(x) when only the softmax is asked for: that is the call `torch.compile` has optimised.
-            feats = net.encoder(xv) if features else None
-            logits = net(xv) if feats is None else net.classifier(feats)
+            logits, feats = (net(xv), None) if stages is None else net.forward_with_stages(xv, stages=stages)
         yield torch.softmax(logits.float(), dim=1), (None if feats is None else feats.float())
 
 
@@ -119,17 +119,24 @@ def predict_probs(
     net: QmixNet, store: ImageStore, ctx: StepContext, *, batch_size: int, spec: ViewSpec | None = None
 ) -> np.ndarray:
     """Softmax of ``net`` on every image, float32 (N, K) (see `_eval_outputs` for ``spec``)."""
-    probs = [p.cpu() for p, _ in _eval_outputs(net, store, ctx, batch_size=batch_size, spec=spec, features=False)]
+    probs = [p.cpu() for p, _ in _eval_outputs(net, store, ctx, batch_size=batch_size, spec=spec, stages=None)]
     return torch.cat(probs).numpy()
 
 
 @torch.no_grad()
 def predict_with_features(
-    net: QmixNet, store: ImageStore, ctx: StepContext, *, batch_size: int, spec: ViewSpec | None = None
+    net: QmixNet,
+    store: ImageStore,
+    ctx: StepContext,
+    *,
+    batch_size: int,
+    stages: int = 1,
+    spec: ViewSpec | None = None,
 ) -> tuple[np.ndarray, torch.Tensor]:
-    """Softmax (N, K) as `predict_probs`, and the pooled encoder features (N, D), float32, left on the device
-    for the audit probe (`qmix_cli.engine.probe`)."""
-    probs, feats = zip(*_eval_outputs(net, store, ctx, batch_size=batch_size, spec=spec, features=True), strict=True)
+    """Softmax (N, K) as `predict_probs`, and the features of `QmixNet.forward_with_stages` (N, D'), float32,
+    left on the device for the audit probe (`qmix_cli.engine.probe`)."""
+    outputs = _eval_outputs(net, store, ctx, batch_size=batch_size, spec=spec, stages=stages)
+    probs, feats = zip(*outputs, strict=True)
     return torch.cat([p.cpu() for p in probs]).numpy(), torch.cat(feats)
 
 

@@ -25,12 +25,12 @@ from qmix_cli import __version__
 from qmix_cli.config import TrainConfig, config_from_dict, dump_config, load_config_file
 from qmix_cli.data.cache import cached_images
 from qmix_cli.data.manifest import Dataset, check_output_dir, create_dataset
-from qmix_cli.data.transforms import channel_stats, strong_spec, weak_spec
+from qmix_cli.data.transforms import channel_stats, eval_view, strong_spec, weak_spec
 from qmix_cli.engine.batches import ImageStore
 from qmix_cli.engine.checkpoint import load_checkpoint, save_checkpoint
 from qmix_cli.engine.losses import linear_rampup
-from qmix_cli.engine.models import QmixNet, create_model, input_normalisation
-from qmix_cli.engine.probe import LinearProbe, fit_probe, fold_ids
+from qmix_cli.engine.models import QmixNet, create_model, input_normalisation, max_probe_stages
+from qmix_cli.engine.probe import PROBE_STAGES, LinearProbe, fit_probe, fold_ids
 from qmix_cli.engine.scoring import Scores, compute_scores, fit_separation
 from qmix_cli.engine.separation import hard_groups, separation_aucs
 from qmix_cli.engine.steps import (
@@ -250,10 +250,16 @@ class _Run:
     def probe_scores(self) -> tuple[Scores, list[LinearProbe]]:
         """Scores of every training image from out-of-fold probes on each net's features, and the probes."""
         folds = fold_ids(self.images, seed=self.cfg.seed)
+        sample = eval_view(torch.from_numpy(np.array(self.images[:2])).to(self.device), self.ctx.norm)
         probes, probs = [], []
         for net in self.forward_nets:
-            _, feats = predict_with_features(net, self.store, self.ctx, batch_size=self.cfg.eval_batch_size)
-            probe = fit_probe(feats, self.labels_np, folds, num_classes=len(self.classes), seed=self.cfg.seed)
+            stages = max_probe_stages(net, sample, wanted=PROBE_STAGES)
+            _, feats = predict_with_features(
+                net, self.store, self.ctx, batch_size=self.cfg.eval_batch_size, stages=stages
+            )
+            probe = fit_probe(
+                feats, self.labels_np, folds, num_classes=len(self.classes), seed=self.cfg.seed, stages=stages
+            )
             probes.append(probe)
             probs.append(probe.probs(feats, folds))
         return compute_scores(np.stack(probs), self.labels_np, uncertainty=self.cfg.uncertainty), probes

@@ -134,7 +134,10 @@ def score_dataset(
     own, scored = [], []
     for k, net in enumerate(run.nets):
         if run.probes:
-            outputs = [predict_with_features(net, store, ctx, batch_size=batch_size, spec=v) for v in views]
+            stages = run.probes[k].stages
+            outputs = [
+                predict_with_features(net, store, ctx, batch_size=batch_size, stages=stages, spec=v) for v in views
+            ]
             own.append(np.mean([p for p, _ in outputs], axis=0))
             scored.append(np.mean([run.probes[k].probs(f, folds) for _, f in outputs], axis=0))
         else:

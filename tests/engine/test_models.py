@@ -6,7 +6,7 @@ import pytest
 import timm
 import torch
 
-from qmix_cli.engine.models import create_model
+from qmix_cli.engine.models import QmixNet, create_model, max_probe_stages
 from qmix_cli.errors import ConfigError
 
 
@@ -51,3 +51,49 @@ def test_unknown_model_and_missing_weights_are_clear_errors(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ConfigError, match="could not load weights"):
         create_model("test_resnet", num_classes=2, in_chans=3, weights=bad)
+
+
+def test_stage_features_start_with_the_pooled_features_and_add_the_stage_before():
+    torch.manual_seed(0)
+    net = create_model("test_resnet", num_classes=4, in_chans=1).eval()
+    x = torch.randn(3, 1, 32, 32)
+    with torch.no_grad():
+        pooled = net.encoder(x)
+        logits1, feats1 = net.forward_with_stages(x, stages=1)
+        logits2, feats2 = net.forward_with_stages(x, stages=2)
+        inner = net.encoder.forward_intermediates(x, intermediates_only=True)
+    torch.testing.assert_close(feats1, pooled)
+    torch.testing.assert_close(logits1, net.classifier(pooled))
+    torch.testing.assert_close(logits2, logits1)
+    width = net.encoder.feature_info[-2]["num_chs"]
+    assert feats2.shape == (3, pooled.shape[1] + width)
+    torch.testing.assert_close(feats2[:, : pooled.shape[1]], pooled)
+    torch.testing.assert_close(feats2[:, pooled.shape[1] :], inner[-2].mean(dim=(2, 3)))
+
+
+class _PlainEncoder(torch.nn.Module):
+    """An encoder without timm's intermediate-stage API, as a user's own module would be."""
+
+    num_features = 8
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def test_probe_stages_fall_back_to_the_pooled_features_and_leave_the_net_as_it_was():
+    net = create_model("test_resnet", num_classes=4, in_chans=1).train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    assert max_probe_stages(net, torch.randn(2, 1, 32, 32), wanted=2) == 2
+    assert max_probe_stages(net, torch.randn(2, 1, 32, 32), wanted=99) == len(net.encoder.feature_info)
+    assert max_probe_stages(net, torch.randn(2, 1, 32, 32), wanted=1) == 1
+    assert net.training  # restored ...
+    for key, value in net.state_dict().items():  # ... and the trial forwards moved no batch-norm statistic
+        torch.testing.assert_close(value, before[key], msg=key)
+    plain = QmixNet(_PlainEncoder(), num_classes=3)
+    assert max_probe_stages(plain, torch.randn(2, 1, 4, 4), wanted=2) == 1
+    # One that has the method but fails with it (here: a wrong input) falls back too.
+    assert max_probe_stages(net, torch.randn(2, 3, 32, 32), wanted=2) == 1

@@ -97,11 +97,15 @@ def test_probe_finds_flipped_labels_far_better_than_chance(digits) -> None:
 def test_probe_state_round_trips_through_a_weights_only_checkpoint(digits, tmp_path) -> None:
     x, y, images = digits
     folds = fold_ids(images[:300], seed=2)
-    probe = fit_probe(x[:300], y[:300], folds, num_classes=10, seed=2)
+    probe = fit_probe(x[:300], y[:300], folds, num_classes=10, seed=2, stages=2)
     torch.save(probe.state_dict(), tmp_path / "p.pt")
-    again = LinearProbe.from_state_dict(torch.load(tmp_path / "p.pt", weights_only=True))
-    assert again.folds == probe.folds and again.seed == 2
+    state = torch.load(tmp_path / "p.pt", weights_only=True)
+    again = LinearProbe.from_state_dict(state)
+    assert again.folds == probe.folds and again.seed == 2 and again.stages == 2
     np.testing.assert_array_equal(again.probs(x[:300], folds), probe.probs(x[:300], folds))
+    # Probes saved before the stages were recorded read the pooled features alone.
+    del state["stages"]
+    assert LinearProbe.from_state_dict(state).stages == 1
 
 
 def test_probe_rejects_misaligned_inputs(digits) -> None:

@@ -44,7 +44,7 @@ def test_load_run(trained, qmix_run):
     assert trained.classes == [str(i) for i in range(10)]
     assert len(trained.nets) == 2 and len(trained.separations) == 2
     assert trained.meta["audit_scores"] == "probe"
-    assert [p.folds for p in trained.probes] == [5, 5]
+    assert [(p.folds, p.stages) for p in trained.probes] == [(5, 2), (5, 2)]
     assert all(not net.training for net in trained.nets)
     assert trained.meta["method"] == "qmix" and trained.meta["model"] == "test_resnet"
 
