@@ -68,7 +68,13 @@ def fold_ids(images: np.ndarray, *, folds: int = FOLDS, seed: int = 0) -> np.nda
 
 
 def fit_softmax_regression(
-    x: torch.Tensor, y: torch.Tensor, *, num_classes: int, c: float = PROBE_C, max_iter: int = MAX_ITER
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    num_classes: int,
+    c: float = PROBE_C,
+    max_iter: int = MAX_ITER,
+    skip: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Multinomial logistic regression by full-batch L-BFGS, on ``x``'s device.
 
@@ -80,7 +86,10 @@ def fit_softmax_regression(
     x
         (n, D) float features (standardise them first: the penalty treats every dimension alike).
     y
-        (n,) int64 labels in ``[0, num_classes)``. With n = 0 the result is all zeros (a uniform prediction).
+        (n,) int64 labels in ``[0, num_classes)``. With no sample the result is all zeros (a uniform prediction).
+    skip
+        ``(start, stop)``: leave rows ``start:stop`` out of the fit, without copying the others (a fold's held-out
+        rows, when ``x`` is sorted by fold).
 
     Returns
     -------
@@ -90,7 +99,9 @@ def fit_softmax_regression(
     x = x.float()
     weight = torch.zeros(x.shape[1], num_classes, device=x.device, requires_grad=True)
     bias = torch.zeros(num_classes, device=x.device, requires_grad=True)
-    n = len(y)
+    start, stop = (len(y), len(y)) if skip is None else skip
+    parts = [(x[a:b], y[a:b]) for a, b in ((0, start), (stop, len(y))) if b > a]  # views, not copies
+    n = sum(len(part_y) for _, part_y in parts)
     if n == 0:
         return weight.detach(), bias.detach()
     # The same minimiser, divided by c·n so the loss stays O(1) whatever n is (L-BFGS's tolerances are absolute).
@@ -107,7 +118,8 @@ def fit_softmax_regression(
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        loss = F.cross_entropy(x @ weight + bias, y) + l2 * weight.pow(2).sum()
+        fit = sum(F.cross_entropy(px @ weight + bias, py, reduction="sum") for px, py in parts) / n
+        loss = fit + l2 * weight.pow(2).sum()
         loss.backward()
         return loss
 
@@ -208,14 +220,21 @@ def fit_probe(
     """
     if not len(features) == len(labels) == len(folds):
         raise ValueError(f"features, labels and folds differ in length: {len(features)}, {len(labels)}, {len(folds)}")
-    x = features.float()
-    mean = x.mean(dim=0)
+    folds = np.asarray(folds)
+    if len(folds) and not 0 <= folds.min() <= folds.max() < num_folds:
+        raise ValueError(f"folds must lie in [0, {num_folds}), got {folds.min()}..{folds.max()}")
+    features = features.float()
+    mean = features.mean(dim=0)
     # A constant feature (a dead ReLU channel) would divide by zero; any positive std leaves it at 0.
-    std = x.std(dim=0, correction=0).clamp_min(1e-6)
-    x = (x - mean) / std
-    y = torch.tensor(np.asarray(labels, dtype=np.int64), device=x.device)  # a copy: `labels` may be read-only
-    fold = torch.as_tensor(np.asarray(folds), device=x.device)
-    heads = [fit_softmax_regression(x[fold != k], y[fold != k], num_classes=num_classes, c=c) for k in range(num_folds)]
+    std = features.std(dim=0, correction=0).clamp_min(1e-6)
+    # One standardised copy, sorted by fold: each head then skips one contiguous block of rows, and no fold's
+    # training rows are ever copied out (they would be 0.8 × N × D floats more on the device, per head).
+    order = np.argsort(folds, kind="stable")
+    x = features[torch.as_tensor(order, device=features.device)].sub_(mean).div_(std)
+    y = torch.as_tensor(np.asarray(labels, dtype=np.int64)[order], device=x.device)
+    ends = np.cumsum(np.bincount(folds, minlength=num_folds))
+    blocks = zip(np.concatenate([[0], ends[:-1]]).tolist(), ends.tolist(), strict=True)
+    heads = [fit_softmax_regression(x, y, num_classes=num_classes, c=c, skip=block) for block in blocks]
     return LinearProbe(
         mean=mean,
         std=std,

@@ -26,6 +26,7 @@ from qmix_cli.engine.losses import (
     unlabelled_mse,
 )
 from qmix_cli.engine.models import QmixNet
+from qmix_cli.engine.probe import LinearProbe
 from qmix_cli.engine.targets import co_guess, co_refine, mixup, pseudo_label, sample_lambda
 from qmix_cli.errors import TrainingError
 
@@ -138,6 +139,29 @@ def predict_with_features(
     outputs = _eval_outputs(net, store, ctx, batch_size=batch_size, spec=spec, stages=stages)
     probs, feats = zip(*outputs, strict=True)
     return torch.cat([p.cpu() for p in probs]).numpy(), torch.cat(feats)
+
+
+@torch.no_grad()
+def predict_with_probe(
+    net: QmixNet,
+    store: ImageStore,
+    ctx: StepContext,
+    probe: LinearProbe,
+    folds: np.ndarray,
+    *,
+    batch_size: int,
+    spec: ViewSpec | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax of ``net`` (N, K) and of its audit ``probe`` (N, K), each image by the head of its fold (``folds``
+    (N,), from `LinearProbe.fold_of`). Batch by batch: the features, N × D' floats, are never all held at once,
+    which is what lets an audit of millions of images run in the memory of a batch."""
+    own, probed, start = [], [], 0
+    for probs, feats in _eval_outputs(net, store, ctx, batch_size=batch_size, spec=spec, stages=probe.stages):
+        stop = start + len(probs)
+        own.append(probs.cpu())
+        probed.append(probe.probs(feats, folds[start:stop]))
+        start = stop
+    return torch.cat(own).numpy(), np.concatenate(probed)
 
 
 def supervised_epoch(

@@ -26,7 +26,7 @@ from qmix_cli.engine.models import QmixNet, create_model
 from qmix_cli.engine.probe import LinearProbe
 from qmix_cli.engine.scoring import compute_scores, separation_from_dict
 from qmix_cli.engine.separation import QualitySeparation, hard_groups
-from qmix_cli.engine.steps import StepContext, predict_probs, predict_with_features
+from qmix_cli.engine.steps import StepContext, predict_probs, predict_with_probe
 from qmix_cli.engine.trainer import amp_dtype, resolve_device
 from qmix_cli.errors import QmixError
 from qmix_cli.progress import Reporter, SilentReporter
@@ -134,12 +134,11 @@ def score_dataset(
     own, scored = [], []
     for k, net in enumerate(run.nets):
         if run.probes:
-            stages = run.probes[k].stages
             outputs = [
-                predict_with_features(net, store, ctx, batch_size=batch_size, stages=stages, spec=v) for v in views
+                predict_with_probe(net, store, ctx, run.probes[k], folds, batch_size=batch_size, spec=v) for v in views
             ]
             own.append(np.mean([p for p, _ in outputs], axis=0))
-            scored.append(np.mean([run.probes[k].probs(f, folds) for _, f in outputs], axis=0))
+            scored.append(np.mean([p for _, p in outputs], axis=0))
         else:
             own.append(np.mean([predict_probs(net, store, ctx, batch_size=batch_size, spec=v) for v in views], axis=0))
             scored.append(own[-1])

@@ -67,7 +67,8 @@ def test_probe_scores_each_image_out_of_fold(digits) -> None:
     for k in range(3):
         w, b = fit_softmax_regression(xs[folds != k], torch.as_tensor(y[folds != k]), num_classes=10)
         held = torch.softmax(xs[folds == k] @ w + b, dim=1).numpy()
-        np.testing.assert_allclose(oof[folds == k], per_sample_loss(held, y[folds == k]), rtol=1e-3, atol=1e-4)
+        # Two L-BFGS runs on one objective, its rows in another order, stop a little apart: 6e-4 seen.
+        np.testing.assert_allclose(oof[folds == k], per_sample_loss(held, y[folds == k]), rtol=1e-3, atol=2e-3)
     w, b = fit_softmax_regression(xs, torch.as_tensor(y), num_classes=10)
     in_sample = per_sample_loss(torch.softmax(xs @ w + b, dim=1).numpy(), y)
     assert oof.mean() > in_sample.mean()
@@ -112,3 +113,5 @@ def test_probe_rejects_misaligned_inputs(digits) -> None:
     x, y, images = digits
     with pytest.raises(ValueError, match="differ in length"):
         fit_probe(x, y[:-1], fold_ids(images), num_classes=10)
+    with pytest.raises(ValueError, match=r"folds must lie in \[0, 3\)"):
+        fit_probe(x, y, fold_ids(images, folds=5), num_classes=10, num_folds=3)

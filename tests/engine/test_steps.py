@@ -10,10 +10,13 @@ from qmix_cli.categories import CLEAN, MIS_H, MIS_L
 from qmix_cli.data.transforms import Normalise, strong_spec, weak_spec
 from qmix_cli.engine.batches import ImageStore
 from qmix_cli.engine.models import create_model
+from qmix_cli.engine.probe import fit_probe, fold_ids
 from qmix_cli.engine.steps import (
     METHOD_RULES,
     SslWeights,
     StepContext,
+    predict_with_features,
+    predict_with_probe,
     ssl_epoch,
     ssl_epoch_size,
 )
@@ -93,3 +96,26 @@ def test_progress_total_is_what_the_epoch_reports(n):
     reported = []
     _epoch("qmix", groups, progress=reported.append)
     assert sum(reported) == ssl_epoch_size(n, batch_size=BATCH)
+
+
+def test_streamed_probe_read_out_equals_the_probe_on_all_features():
+    """The audit applies each net's probe batch by batch; every row must get what the probe gives it on the
+    whole feature matrix, with the head of its own fold, whatever the batch boundaries."""
+    rng = np.random.default_rng(0)
+    n = 70
+    images = rng.integers(0, 256, (n, 1, 16, 16), dtype=np.uint8)
+    store = ImageStore(images, device=torch.device("cpu"))
+    torch.manual_seed(0)
+    net = create_model("test_resnet", num_classes=K, in_chans=1)
+    ctx = StepContext(
+        device=torch.device("cpu"), amp_dtype=None, scaler=None, norm=Normalise((0.5,), (0.25,)),
+        weak=weak_spec(hflip=False, rotation=10), strong=strong_spec(hflip=False, rotation=10),
+        gen=torch.Generator().manual_seed(0), num_classes=K,
+    )  # fmt: skip
+    probs, feats = predict_with_features(net, store, ctx, batch_size=32, stages=2)
+    folds = fold_ids(images, seed=0)
+    probe = fit_probe(feats, rng.integers(0, K, n), folds, num_classes=K, stages=2)
+    own, probed = predict_with_probe(net, store, ctx, probe, folds, batch_size=16)  # 16 does not divide 70
+    np.testing.assert_allclose(own, probs, atol=1e-6)
+    np.testing.assert_allclose(probed, probe.probs(feats, folds), atol=1e-6)
+    assert len(np.unique(folds)) > 1  # several heads were used
