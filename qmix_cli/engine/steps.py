@@ -126,17 +126,11 @@ def predict_probs(
 
 @torch.no_grad()
 def predict_with_features(
-    net: QmixNet,
-    store: ImageStore,
-    ctx: StepContext,
-    *,
-    batch_size: int,
-    stages: int = 1,
-    spec: ViewSpec | None = None,
+    net: QmixNet, store: ImageStore, ctx: StepContext, *, batch_size: int, stages: int = 1
 ) -> tuple[np.ndarray, torch.Tensor]:
-    """Softmax (N, K) as `predict_probs`, and the features of `QmixNet.forward_with_stages` (N, D'), float32,
-    left on the device for the audit probe (`qmix_cli.engine.probe`)."""
-    outputs = _eval_outputs(net, store, ctx, batch_size=batch_size, spec=spec, stages=stages)
+    """Softmax (N, K) of the eval view, and the features of `QmixNet.forward_with_stages` (N, D'), float32, left
+    on the device to fit the audit probe on (`qmix_cli.engine.probe`)."""
+    outputs = _eval_outputs(net, store, ctx, batch_size=batch_size, spec=None, stages=stages)
     probs, feats = zip(*outputs, strict=True)
     return torch.cat([p.cpu() for p in probs]).numpy(), torch.cat(feats)
 
