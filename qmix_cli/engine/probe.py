@@ -17,7 +17,7 @@ training set).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -149,6 +149,16 @@ class LinearProbe:
     @property
     def folds(self) -> int:
         return int(self.weight.shape[0])
+
+    def to(self, device: torch.device) -> LinearProbe:
+        """This probe with its tensors on ``device``: move it once, not on every batch `probs` scores."""
+        return replace(
+            self,
+            mean=self.mean.to(device),
+            std=self.std.to(device),
+            weight=self.weight.to(device),
+            bias=self.bias.to(device),
+        )
 
     def fold_of(self, images: np.ndarray) -> np.ndarray:
         """(N,) the fold of each image: which head scores it (`fold_ids` with this probe's folds and seed)."""

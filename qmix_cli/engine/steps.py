@@ -125,14 +125,13 @@ def predict_probs(
 
 
 @torch.no_grad()
-def predict_with_features(
+def predict_features(
     net: QmixNet, store: ImageStore, ctx: StepContext, *, batch_size: int, stages: int = 1
-) -> tuple[np.ndarray, torch.Tensor]:
-    """Softmax (N, K) of the eval view, and the features of `QmixNet.forward_with_stages` (N, D'), float32, left
-    on the device to fit the audit probe on (`qmix_cli.engine.probe`)."""
+) -> torch.Tensor:
+    """The features of `QmixNet.forward_with_stages` of the eval view (N, D'), float32, left on the device to fit
+    the audit probe on (`qmix_cli.engine.probe`)."""
     outputs = _eval_outputs(net, store, ctx, batch_size=batch_size, spec=None, stages=stages)
-    probs, feats = zip(*outputs, strict=True)
-    return torch.cat([p.cpu() for p in probs]).numpy(), torch.cat(feats)
+    return torch.cat([feats for _, feats in outputs])
 
 
 @torch.no_grad()

@@ -37,8 +37,8 @@ from qmix_cli.engine.steps import (
     METHOD_RULES,
     SslWeights,
     StepContext,
+    predict_features,
     predict_probs,
-    predict_with_features,
     ssl_epoch,
     ssl_epoch_size,
     supervised_epoch,
@@ -254,9 +254,7 @@ class _Run:
         probes, probs = [], []
         for net in self.forward_nets:
             stages = max_probe_stages(net, sample, wanted=PROBE_STAGES)
-            _, feats = predict_with_features(
-                net, self.store, self.ctx, batch_size=self.cfg.eval_batch_size, stages=stages
-            )
+            feats = predict_features(net, self.store, self.ctx, batch_size=self.cfg.eval_batch_size, stages=stages)
             probe = fit_probe(
                 feats, self.labels_np, folds, num_classes=len(self.classes), seed=self.cfg.seed, stages=stages
             )

@@ -72,7 +72,7 @@ def load_run(run_dir: str | Path, *, device: str = "auto") -> TrainedRun:
         )
         net.load_state_dict(sd)
         nets.append(net.to(dev).eval())
-    probes = [LinearProbe.from_state_dict(p) for p in state.get("probes", [])]
+    probes = [LinearProbe.from_state_dict(p).to(dev) for p in state.get("probes", [])]
     return TrainedRun(run_dir=run_dir, meta=meta, nets=nets, separations=separations, probes=probes, device=dev)
 
 

@@ -104,6 +104,9 @@ def test_probe_state_round_trips_through_a_weights_only_checkpoint(digits, tmp_p
     again = LinearProbe.from_state_dict(state)
     assert again.folds == probe.folds and again.seed == 2 and again.stages == 2
     np.testing.assert_array_equal(again.probs(x[:300], folds), probe.probs(x[:300], folds))
+    moved = again.to(torch.device("meta"))  # the audit moves each probe to the run's device once
+    assert {t.device.type for t in (moved.mean, moved.std, moved.weight, moved.bias)} == {"meta"}
+    assert (moved.seed, moved.stages) == (2, 2)
     # Probes saved before the stages were recorded read the pooled features alone.
     del state["stages"]
     assert LinearProbe.from_state_dict(state).stages == 1

@@ -15,7 +15,8 @@ from qmix_cli.engine.steps import (
     METHOD_RULES,
     SslWeights,
     StepContext,
-    predict_with_features,
+    predict_features,
+    predict_probs,
     predict_with_probe,
     ssl_epoch,
     ssl_epoch_size,
@@ -112,7 +113,8 @@ def test_streamed_probe_read_out_equals_the_probe_on_all_features():
         weak=weak_spec(hflip=False, rotation=10), strong=strong_spec(hflip=False, rotation=10),
         gen=torch.Generator().manual_seed(0), num_classes=K,
     )  # fmt: skip
-    probs, feats = predict_with_features(net, store, ctx, batch_size=32, stages=2)
+    probs = predict_probs(net, store, ctx, batch_size=32)
+    feats = predict_features(net, store, ctx, batch_size=32, stages=2)
     folds = fold_ids(images, seed=0)
     probe = fit_probe(feats, rng.integers(0, K, n), folds, num_classes=K, stages=2)
     own, probed = predict_with_probe(net, store, ctx, probe, folds, batch_size=16)  # 16 does not divide 70
