@@ -24,6 +24,12 @@ Usage (needs ``pip install -e '.[bench]'``)::
 
     python benchmarks/bench_baselines.py --train-size 5000 --epochs 12 --out benchmarks/RESULTS.md
 
+With ``--seeds 1,2,3`` every preset is run once per seed (a new training subset, corruption, initialisation and
+fold split each time) and the tables give the mean ± standard deviation over seeds, each seed's macro-F1, and
+qmix's margin over the best baseline seed by seed: one run's macro-F1 moves by a few hundredths with the seed
+alone, so method comparisons need several. ``--no-readouts`` skips the classifier read-out rows (an ablation
+that trains qmix and ce a second time). Every row of every seed also goes to a JSON file next to ``--out``.
+
 Wall times are measured on this machine in this run; cleanlab's includes its k trainings.
 """
 
@@ -74,9 +80,15 @@ ENGINE_RUNS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("qmix", "qmix", {}),
     ("dividemix", "dividemix", {}),
     ("ce", "ce", {}),
+)
+READOUT_RUNS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("qmix, classifier read-out", "qmix", {"audit_scores": "classifier"}),
     ("ce, classifier read-out", "ce", {"audit_scores": "classifier"}),
 )
+# What the issue calls the baselines qmix must beat: the user's cleanlab + cleanvision verdict (either way of
+# combining the two), and ce and dividemix on the same engine.
+BASELINES = ("dividemix", "ce", "cleanlab+cleanvision", "cleanlab+cleanvision, quality→lq")
+SUMMARY_COLS = ["macro-F1", "ceiling", "detect F1", "AUC mislabeled", "AUC low quality", "test acc", "wall s"]
 
 # cleanvision issue types that describe image quality (duplicates are not; grayscale is every Fashion-MNIST image).
 QUALITY_ISSUES = ("dark", "light", "blurry", "low_information", "odd_aspect_ratio", "odd_size")
@@ -192,21 +204,22 @@ def summary_row(name: str, ev: dict, **extra: Any) -> dict:
     return row
 
 
-def run_preset(name: str, spec: dict, args: argparse.Namespace, work: Path) -> pd.DataFrame:
+def run_preset(name: str, spec: dict, args: argparse.Namespace, work: Path, *, seed: int) -> pd.DataFrame:
+    """Every row of one preset for one seed: subset, corruption, the engine methods and the cleanlab family."""
     work.mkdir(parents=True, exist_ok=True)
-    subset = stratified_subset("fashion-mnist", size=args.train_size, seed=args.seed, out=work / "subset.csv")
+    subset = stratified_subset("fashion-mnist", size=args.train_size, seed=seed, out=work / "subset.csv")
     noisy = work / "noisy"
-    corrupt(subset, noisy, seed=args.seed, force=True, quiet=True, **spec)
+    corrupt(subset, noisy, seed=seed, force=True, quiet=True, **spec)
     truth = pd.read_parquet(noisy / "manifest.parquet")
     options = dict(model=args.model, img_size=args.img_size, batch_size=args.batch_size, epochs=args.epochs,
-                   seed=args.seed, hflip=args.hflip)  # fmt: skip
+                   seed=seed, hflip=args.hflip)  # fmt: skip
     rows = []
-    for label, method, extra in ENGINE_RUNS:
+    for label, method, extra in ENGINE_RUNS + (READOUT_RUNS if args.readouts else ()):
         tag = method if not extra else f"{method}-{'-'.join(map(str, extra.values()))}"
         r = run_engine_method(method, noisy, work, test=args.test, device=args.device, tag=tag, **options, **extra)
         extra_cols = {"ceiling": r["ceiling_macro_f1"], "test acc": r["test_acc"], "wall s": r["wall_s"]}
         rows.append(summary_row(label, r["evaluation"], **extra_cols))
-        print(json.dumps(rows[-1]), flush=True)
+        print(json.dumps({"preset": name, "seed": seed, **rows[-1]}), flush=True)
 
     oof = cleanlab_oof(noisy, work, folds=args.folds, device=args.device, test=args.test, **options)
     label_issue, label_score, cl_s = cleanlab_flags(oof)
@@ -228,13 +241,13 @@ def run_preset(name: str, spec: dict, args: argparse.Namespace, work: Path) -> p
     for label, (flags, wall) in variants.items():
         ev = evaluate_report(report=verdict_frame(**common, **flags), truth=truth)
         rows.append(summary_row(label, ev, **{"ceiling": np.nan, "test acc": oof["test_acc"], "wall s": wall}))
-        print(json.dumps(rows[-1]), flush=True)
+        print(json.dumps({"preset": name, "seed": seed, **rows[-1]}), flush=True)
     oof_scores = compute_scores(oof["probs"][None], oof["labels"])
     oof_truth = truth.set_index("sample_id").loc[oof["ids"], "category"].to_numpy()
-    ceiling = separation_ceiling(oof_scores.loss[0], oof_scores.uncertainty[0], oof_truth, seed=args.seed)
+    ceiling = separation_ceiling(oof_scores.loss[0], oof_scores.uncertainty[0], oof_truth, seed=seed)
     # The paper's three Gaussians, and the ten that qmix uses by default (docs/decisions.md).
     for components in (3, 10):
-        ev = evaluate_report(report=oof_gmm_frame(oof, components=components, seed=args.seed), truth=truth)
+        ev = evaluate_report(report=oof_gmm_frame(oof, components=components, seed=seed), truth=truth)
         label = f"oof-ce + 2-D GMM ({components} comp.)"
         rows.append(summary_row(label, ev, **{"ceiling": ceiling, "test acc": oof["test_acc"], "wall s": cl_wall}))
     noise = json.loads((noisy / "noise.json").read_text())
@@ -243,10 +256,42 @@ def run_preset(name: str, spec: dict, args: argparse.Namespace, work: Path) -> p
     return table
 
 
-def render(tables: dict[str, pd.DataFrame], args: argparse.Namespace, seconds: float) -> str:
+def seed_statistics(tables: dict[int, pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Mean and standard deviation (ddof 1; NaN for one seed) over seeds of every cell, rows in table order."""
+    stacked = pd.concat(tables.values(), keys=list(tables), names=["seed", "method"])
+    order = next(iter(tables.values())).index
+    grouped = stacked.groupby(level="method", sort=False)
+    return grouped.mean().reindex(order), grouped.std(ddof=1).reindex(order)
+
+
+def margin_over_baselines(tables: dict[int, pd.DataFrame]) -> pd.Series:
+    """Per seed: qmix's macro-F1 minus the best baseline's (`BASELINES`) in the same run."""
+    margins = {}
+    for seed, table in tables.items():
+        baselines = [b for b in BASELINES if b in table.index]
+        margins[seed] = table.at["qmix", "macro-F1"] - table.loc[baselines, "macro-F1"].max()
+    return pd.Series(margins)
+
+
+def _mean_sd(mean: pd.DataFrame, sd: pd.DataFrame) -> pd.DataFrame:
+    """Cells as 'mean ± sd' strings (mean alone where the sd is NaN)."""
+
+    def cell(m: float, s: float) -> str:
+        if np.isnan(m):
+            return "nan"
+        return f"{m:.3f}" if np.isnan(s) else f"{m:.3f} ± {s:.3f}"
+
+    return pd.DataFrame(
+        {col: [cell(m, s) for m, s in zip(mean[col], sd[col], strict=True)] for col in mean.columns}, index=mean.index
+    )
+
+
+def render(tables: dict[str, dict[int, pd.DataFrame]], args: argparse.Namespace, seconds: float) -> str:
     versions = ", ".join(
         f"{p} {version(p)}" for p in ("torch", "timm", "scikit-learn", "cleanlab", "cleanvision") if _has(p)
     )
+    seeds = args.seeds
+    several = len(seeds) > 1
     lines = [
         "# Benchmark results: qmix vs cleanlab + cleanvision, CE and DivideMix",
         "",
@@ -257,8 +302,9 @@ def render(tables: dict[str, pd.DataFrame], args: argparse.Namespace, seconds: f
         f"- qmix {__version__}; {versions}",
         f"- machine: {platform.machine()}, {torch.get_num_threads()} torch threads, device {args.device}; "
         f"{time.strftime('%Y-%m-%d')}; total {seconds / 60:.0f} min",
-        f"- data: Fashion-MNIST train, stratified subset of {args.train_size} images, seed {args.seed}; test "
-        f"accuracy on `{args.test}`",
+        f"- data: Fashion-MNIST train, stratified subset of {args.train_size} images; seeds "
+        f"{', '.join(map(str, seeds))} (each seed draws its own subset, corruption, initialisation and folds); "
+        f"test accuracy on `{args.test}`",
         f"- training: `{args.model}` at {args.img_size} px, {args.epochs} epochs, batch {args.batch_size}, "
         f"{args.folds}-fold cross-validation for cleanlab",
         "- P / R / F1 per category (clean, mislabeled-HQ, mislabeled-LQ), 3-way macro-F1, mislabeled-detection F1,"
@@ -267,28 +313,52 @@ def render(tables: dict[str, pd.DataFrame], args: argparse.Namespace, seconds: f
         "- ceiling: the macro-F1 a classifier fitted on the truth reaches from the same two separation axes (loss,"
         " uncertainty; gradient-boosted trees, 5-fold cross-validated): roughly the best any separation of those"
         " scores can do",
-        "",
     ]
-    summary_cols = ["macro-F1", "ceiling", "detect F1", "AUC mislabeled", "AUC low quality", "test acc", "wall s"]
-    for name, table in tables.items():
-        noise = table.attrs.get("noise", {})
+    if several:
+        lines.append(f"- cells: mean ± standard deviation over the {len(seeds)} seeds")
+    lines.append("")
+    for name, by_seed in tables.items():
+        mean, sd = seed_statistics(by_seed)
+        noise = next(iter(by_seed.values())).attrs.get("noise", {})
         lines += [
             f"## {name}",
             "",
             f"`qmix corrupt` options: `{json.dumps(PRESETS.get(name, {}))}` "
             f"(severity {noise.get('options', {}).get('severity', '?')}). "
-            f"Realised noise: {noise.get('realised_label_noise_rate_hq', float('nan')):.1%} wrong labels among "
-            f"high-quality images, {noise.get('realised_quality_rate', float('nan')):.1%} degraded images "
-            f"(counts: `{json.dumps(noise.get('counts', {}))}`).",
+            f"Realised noise (seed {seeds[0]}): {noise.get('realised_label_noise_rate_hq', float('nan')):.1%} wrong "
+            f"labels among high-quality images, {noise.get('realised_quality_rate', float('nan')):.1%} degraded "
+            f"images (counts: `{json.dumps(noise.get('counts', {}))}`).",
             "",
-            markdown_table(table[summary_cols]),
+            markdown_table(_mean_sd(mean, sd)[SUMMARY_COLS] if several else mean[SUMMARY_COLS]),
             "",
-            "Per category (P = precision, R = recall):",
+        ]
+        if several:
+            per_seed = pd.DataFrame({f"seed {s}": t["macro-F1"] for s, t in by_seed.items()})
+            margin = margin_over_baselines(by_seed)
+            lines += [
+                "Macro-F1 by seed:",
+                "",
+                markdown_table(per_seed),
+                "",
+                f"qmix's macro-F1 minus the best baseline's ({', '.join(BASELINES)}), seed by seed: "
+                + ", ".join(f"{m:+.3f}" for m in margin)
+                + f" (mean {margin.mean():+.3f}).",
+                "",
+            ]
+        lines += [
+            "Per category (P = precision, R = recall" + (", means over seeds):" if several else "):"),
             "",
-            markdown_table(table.drop(columns=summary_cols)),
+            markdown_table(mean.drop(columns=SUMMARY_COLS)),
             "",
         ]
     return "\n".join(lines)
+
+
+def _seed_list(text: str) -> list[int]:
+    seeds = [int(part) for part in text.split(",") if part.strip()]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"need distinct integer seeds, got {text!r}")
+    return seeds
 
 
 def _has(package: str) -> bool:
@@ -310,7 +380,8 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--presets", default=",".join(PRESETS))
     parser.add_argument("--test", default="fashion-mnist:test")
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--seeds", type=_seed_list, default=[1], help="comma-separated, e.g. 1,2,3")
+    parser.add_argument("--readouts", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/RESULTS.md"))
@@ -318,9 +389,20 @@ def main() -> None:
 
     work = args.work or Path(tempfile.mkdtemp(prefix="qmix-bench-baselines-"))
     start = time.perf_counter()
-    tables = {name: run_preset(name, PRESETS[name], args, work / name) for name in args.presets.split(",")}
+    tables: dict[str, dict[int, pd.DataFrame]] = {}
+    for name in args.presets.split(","):
+        tables[name] = {
+            seed: run_preset(name, PRESETS[name], args, work / f"{name}-seed{seed}", seed=seed) for seed in args.seeds
+        }
     text = render(tables, args, time.perf_counter() - start)
     args.out.write_text(text + "\n", encoding="utf-8")
+    rows = [
+        {"preset": name, "seed": seed, **row}
+        for name, by_seed in tables.items()
+        for seed, table in by_seed.items()
+        for row in table.reset_index().to_dict(orient="records")
+    ]
+    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1, default=float) + "\n", encoding="utf-8")
     print(text)
 
 
