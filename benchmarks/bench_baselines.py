@@ -279,7 +279,8 @@ def _mean_sd(mean: pd.DataFrame, sd: pd.DataFrame) -> pd.DataFrame:
     def cell(m: float, s: float) -> str:
         if np.isnan(m):
             return "nan"
-        return f"{m:.3f}" if np.isnan(s) else f"{m:.3f} ± {s:.3f}"
+        digits = 0 if abs(m) >= 10 else 3  # seconds to the second, scores and rates to a thousandth
+        return f"{m:.{digits}f}" if np.isnan(s) else f"{m:.{digits}f} ± {s:.{digits}f}"
 
     return pd.DataFrame(
         {col: [cell(m, s) for m, s in zip(mean[col], sd[col], strict=True)] for col in mean.columns}, index=mean.index
