@@ -398,12 +398,13 @@ def main() -> None:
     text = render(tables, args, time.perf_counter() - start)
     args.out.write_text(text + "\n", encoding="utf-8")
     rows = [
-        {"preset": name, "seed": seed, **row}
+        {"preset": name, "seed": seed, **{k: None if pd.isna(v) else v for k, v in row.items()}}  # NaN is not JSON
         for name, by_seed in tables.items()
         for seed, table in by_seed.items()
         for row in table.reset_index().to_dict(orient="records")
     ]
-    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1, default=float) + "\n", encoding="utf-8")
+    text_json = json.dumps(rows, indent=1, default=float, allow_nan=False)
+    args.out.with_suffix(".json").write_text(text_json + "\n", encoding="utf-8")
     print(text)
 
 
