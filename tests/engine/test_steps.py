@@ -37,6 +37,15 @@ class RecordingStore(ImageStore):
         yield from super().iterate(batches)
 
 
+def _ctx(seed: int) -> StepContext:
+    """A CPU step context for one-channel 16 × 16 images and K classes."""
+    return StepContext(
+        device=torch.device("cpu"), amp_dtype=None, scaler=None, norm=Normalise((0.5,), (0.25,)),
+        weak=weak_spec(hflip=False, rotation=10), strong=strong_spec(hflip=False, rotation=10),
+        gen=torch.Generator().manual_seed(seed), num_classes=K,
+    )  # fmt: skip
+
+
 def _epoch(method: str, groups: np.ndarray, *, seed: int = 0, progress=None) -> tuple[dict, RecordingStore]:
     n = len(groups)
     rng = np.random.default_rng(seed)
@@ -46,11 +55,7 @@ def _epoch(method: str, groups: np.ndarray, *, seed: int = 0, progress=None) -> 
     posteriors = torch.zeros(n, 3)
     posteriors[np.arange(n), torch.as_tensor(groups, dtype=torch.long)] = 0.9
     posteriors += 0.05
-    ctx = StepContext(
-        device=torch.device("cpu"), amp_dtype=None, scaler=None, norm=Normalise((0.5,), (0.25,)),
-        weak=weak_spec(hflip=False, rotation=10), strong=strong_spec(hflip=False, rotation=10),
-        gen=torch.Generator().manual_seed(seed), num_classes=K,
-    )  # fmt: skip
+    ctx = _ctx(seed)
     weights = SslWeights(temperature=0.5, mixup_alpha=4, lambda_u=1, mislq_weight=0.5, lambda_con=0.1,
                          con_temperature=0.1)  # fmt: skip
     out = ssl_epoch(
@@ -108,11 +113,7 @@ def test_streamed_probe_read_out_equals_the_probe_on_all_features():
     store = ImageStore(images, device=torch.device("cpu"))
     torch.manual_seed(0)
     net = create_model("test_resnet", num_classes=K, in_chans=1)
-    ctx = StepContext(
-        device=torch.device("cpu"), amp_dtype=None, scaler=None, norm=Normalise((0.5,), (0.25,)),
-        weak=weak_spec(hflip=False, rotation=10), strong=strong_spec(hflip=False, rotation=10),
-        gen=torch.Generator().manual_seed(0), num_classes=K,
-    )  # fmt: skip
+    ctx = _ctx(0)
     probs = predict_probs(net, store, ctx, batch_size=32)
     feats = predict_features(net, store, ctx, batch_size=32, stages=2)
     folds = fold_ids(images, seed=0)
