@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import f1_score, roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
@@ -52,26 +54,50 @@ def post_warmup_epoch_seconds(metrics: list[dict]) -> float:
     return float(np.median(rows))
 
 
+def finished_run_matches(run_dir: Path, **options: Any) -> bool:
+    """Whether ``run_dir`` holds a finished run (its ``model.pt``) trained with every one of ``options``."""
+    if not (run_dir / "model.pt").is_file():
+        return False
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    return all(saved.get(k) == v for k, v in options.items() if v is not None and k != "device")
+
+
 def run_engine_method(
-    method: str, noisy: Path, work: Path, *, test: str, device: str, tag: str | None = None, **options: Any
+    method: str,
+    noisy: Path,
+    work: Path,
+    *,
+    test: str,
+    device: str,
+    tag: str | None = None,
+    reuse: bool = False,
+    **options: Any,
 ) -> dict:
     """Train ``method`` on ``noisy``, audit it, and score the audit and the test accuracy.
 
     ``tag`` names the run directory and report (default: the method), so variants of one method can sit side
-    by side. Returns the row of the comparison table plus ``evaluation`` (the full `qmix evaluate` result).
+    by side. With ``reuse``, a finished run already in that directory with the same options is scored without
+    training it again (training is deterministic on CPU; its wall times are then NaN). Returns the row of the
+    comparison table plus ``evaluation`` (the full `qmix evaluate` result).
     """
     tag = tag or method
-    start = time.perf_counter()
-    result = train(noisy, work / f"run-{tag}", method=method, device=device, force=True, quiet=True, **options)
-    train_s = time.perf_counter() - start
+    run_dir = work / f"run-{tag}"
+    if reuse and finished_run_matches(run_dir, method=method, **options):
+        metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+        train_s = float("nan")
+    else:
+        start = time.perf_counter()
+        result = train(noisy, run_dir, method=method, device=device, force=True, quiet=True, **options)
+        train_s = time.perf_counter() - start
+        metrics = result.metrics
     report_path = work / f"report-{tag}.parquet"
     start = time.perf_counter()
-    report = audit(noisy, run=result.run_dir, out=report_path, device=device, quiet=True)
+    report = audit(noisy, run=run_dir, out=report_path, device=device, quiet=True)
     audit_s = time.perf_counter() - start
     ev = evaluate(report_path, truth=noisy)
     truth = pd.read_parquet(noisy / "manifest.parquet")[["sample_id", "category"]]
     merged = report.merge(truth.rename(columns={"category": "truth"}), on="sample_id")
-    test_report = audit(test, run=result.run_dir, device=device, quiet=True)
+    test_report = audit(test, run=run_dir, device=device, quiet=True)
     return {
         "method": method,
         "test_acc": float((test_report["predicted_label"] == test_report["given_label"]).mean()),
@@ -82,9 +108,9 @@ def run_engine_method(
         "macro_f1": ev["macro_f1"],
         "ceiling_macro_f1": separation_ceiling(merged["loss"], merged["uncertainty"], merged["truth"]),
         "detection_f1": ev["detection"]["f1"],
-        "epoch_s": post_warmup_epoch_seconds(result.metrics),
+        "epoch_s": post_warmup_epoch_seconds(metrics),
         "train_wall_s": train_s,
         "wall_s": train_s + audit_s,
-        "images_per_s": float(np.median([m["images_per_s"] for m in result.metrics[-3:]])),
+        "images_per_s": float(np.median([m["images_per_s"] for m in metrics[-3:]])),
         "evaluation": ev,
     }

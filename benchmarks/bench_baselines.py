@@ -204,12 +204,18 @@ def summary_row(name: str, ev: dict, **extra: Any) -> dict:
     return row
 
 
-def run_preset(name: str, spec: dict, args: argparse.Namespace, work: Path, *, seed: int) -> pd.DataFrame:
-    """Every row of one preset for one seed: subset, corruption, the engine methods and the cleanlab family."""
+def corrupted_subset(spec: dict, work: Path, *, size: int, seed: int) -> Path:
+    """``work/noisy``: a class-balanced Fashion-MNIST subset of ``size`` images corrupted by the preset ``spec``."""
     work.mkdir(parents=True, exist_ok=True)
-    subset = stratified_subset("fashion-mnist", size=args.train_size, seed=seed, out=work / "subset.csv")
+    subset = stratified_subset("fashion-mnist", size=size, seed=seed, out=work / "subset.csv")
     noisy = work / "noisy"
     corrupt(subset, noisy, seed=seed, force=True, quiet=True, **spec)
+    return noisy
+
+
+def run_preset(name: str, spec: dict, args: argparse.Namespace, work: Path, *, seed: int) -> pd.DataFrame:
+    """Every row of one preset for one seed: subset, corruption, the engine methods and the cleanlab family."""
+    noisy = corrupted_subset(spec, work, size=args.train_size, seed=seed)
     truth = pd.read_parquet(noisy / "manifest.parquet")
     options = dict(model=args.model, img_size=args.img_size, batch_size=args.batch_size, epochs=args.epochs,
                    seed=seed, hflip=args.hflip)  # fmt: skip

@@ -1,0 +1,145 @@
+"""Ablations of qmix's options, paired by seed, on the benchmark presets of ``bench_baselines.py``.
+
+Each variant is qmix with some `TrainConfig` options changed (``--variant "lambda_con=0"``, several options
+comma-separated). Every variant and the default are trained on the same corrupted subsets, one per preset and
+seed, and judged by the audit against the planted truth. Because one run's macro-F1 moves by a few hundredths
+with the seed alone, the table reports each variant's mean ± standard deviation over seeds *and* its paired
+difference from the default, seed by seed: a change is worth keeping only when the difference has the same sign
+on (nearly) every preset and seed. Column ``ceiling`` is ``bench_baselines.py``'s: the macro-F1 of a classifier
+fitted on the truth over the run's two separation scores. A variant that moves it changed what the nets' scores
+can tell apart; one that moves only the macro-F1 moved where the mixture drew its boundaries.
+
+Usage (``pip install -e '.[bench]'`` is not needed: only the engine runs)::
+
+    python benchmarks/bench_ablation.py --seeds 1,2,3 --variant "lambda_con=0" --variant "mixup_alpha=0.5" \\
+        --work /tmp/ablation --out ablation.md
+
+``--work`` may be a ``bench_baselines.py`` work directory: its corrupted subsets are used as they are, and with
+``--reuse`` (default) its finished ``run-qmix`` runs count as the default arm when their options match (training
+is deterministic on CPU), so only the variants are trained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+from _common import markdown_table, run_engine_method
+from bench_baselines import PRESETS, _seed_list, corrupted_subset
+
+COLUMNS = {
+    "macro_f1": "macro-F1",
+    "ceiling_macro_f1": "ceiling",
+    "detection_f1": "detect F1",
+    "auc_clean": "AUC clean",
+    "auc_hq": "AUC high quality",
+    "test_acc": "test acc",
+    "epoch_s": "epoch s",
+}
+DEFAULT = "default"
+
+
+def parse_variant(text: str) -> dict[str, Any]:
+    """``"a=1,b=x"`` → ``{"a": 1, "b": "x"}`` (values parsed as YAML scalars)."""
+    pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+    if not pairs or any(len(p) != 2 for p in pairs):
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE[,KEY=VALUE...], got {text!r}")
+    return {k.strip(): yaml.safe_load(v) for k, v in pairs}
+
+
+def variant_tag(options: dict[str, Any]) -> str:
+    """Run-directory tag of a variant; the default arm is ``qmix``, as in ``bench_baselines.py``."""
+    return "qmix" + "".join(f"-{k}={v}" for k, v in options.items())
+
+
+def paired_summary(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per variant: mean ± sd of every column over (preset, seed), and of its paired difference from default.
+
+    ``rows`` has one row per (variant, preset, seed) with the `COLUMNS` keys; the default arm is ``DEFAULT``.
+    """
+    keys = ["preset", "seed"]
+    base = rows[rows["variant"] == DEFAULT].set_index(keys)
+    out = []
+    for name, group in rows.groupby("variant", sort=False):
+        g = group.set_index(keys)
+        diff = g["macro_f1"] - base["macro_f1"].reindex(g.index)
+        entry: dict[str, Any] = {"variant": name}
+        for key, label in COLUMNS.items():
+            entry[label] = f"{g[key].mean():.3f} ± {g[key].std(ddof=1):.3f}" if len(g) > 1 else f"{g[key].mean():.3f}"
+        entry["Δ macro-F1"] = f"{diff.mean():+.3f} ± {diff.std(ddof=1):.3f}" if len(g) > 1 else f"{diff.mean():+.3f}"
+        entry["better / runs"] = f"{int((diff > 0).sum())} / {int(diff.notna().sum())}"
+        out.append(entry)
+    return pd.DataFrame(out).set_index("variant")
+
+
+def per_run_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Macro-F1 of every variant (rows) on every preset and seed (columns)."""
+    wide = rows.pivot_table(index="variant", columns=["preset", "seed"], values="macro_f1", sort=False)
+    wide.columns = [f"{p} s{s}" for p, s in wide.columns]
+    return wide.map(lambda v: f"{v:.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variant", type=parse_variant, action="append", default=[], required=True)
+    parser.add_argument("--presets", default=",".join(PRESETS))
+    parser.add_argument("--seeds", type=_seed_list, default=[1, 2, 3], help="comma-separated, e.g. 1,2,3")
+    parser.add_argument("--train-size", type=int, default=5000)
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--model", default="test_resnet")
+    parser.add_argument("--img-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--test", default="fashion-mnist:test")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--reuse", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=Path("ablation.md"))
+    args = parser.parse_args()
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="qmix-bench-ablation-"))
+    arms = [(DEFAULT, {})] + [(", ".join(f"{k}={v}" for k, v in v.items()), v) for v in args.variant]
+    start = time.perf_counter()
+    runs = [(name, seed, work / f"{name}-seed{seed}") for name in args.presets.split(",") for seed in args.seeds]
+    for name, seed, seed_work in runs:
+        if not (seed_work / "noisy" / "manifest.parquet").is_file():
+            corrupted_subset(PRESETS[name], seed_work, size=args.train_size, seed=seed)
+    rows = []
+    # Variant by variant, so that a run stopped early has every seed of the variants it finished.
+    for label, extra in arms:
+        for name, seed, seed_work in runs:
+            options = dict(model=args.model, img_size=args.img_size, batch_size=args.batch_size,
+                           epochs=args.epochs, seed=seed, hflip=True)  # fmt: skip
+            r = run_engine_method("qmix", seed_work / "noisy", seed_work, test=args.test, device=args.device,
+                                  tag=variant_tag(extra), reuse=args.reuse, **options, **extra)  # fmt: skip
+            rows.append({"variant": label, "preset": name, "seed": seed, **{k: r[k] for k in COLUMNS}})
+            print(json.dumps(rows[-1]), flush=True)
+    frame = pd.DataFrame(rows)
+    minutes = (time.perf_counter() - start) / 60
+    text = "\n".join(
+        [
+            "# qmix ablations, paired by seed",
+            "",
+            f"Command: `python {' '.join(sys.argv)}` ({minutes:.0f} min). qmix defaults otherwise; "
+            f"{args.train_size} images, {args.epochs} epochs, `{args.model}` at {args.img_size} px.",
+            "",
+            markdown_table(paired_summary(frame), first="variant"),
+            "",
+            "Macro-F1 per preset and seed:",
+            "",
+            markdown_table(per_run_table(frame), first="variant"),
+        ]
+    )
+    args.out.write_text(text + "\n", encoding="utf-8")
+    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
