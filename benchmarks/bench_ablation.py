@@ -60,23 +60,27 @@ def variant_tag(options: dict[str, Any]) -> str:
 
 
 def paired_summary(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per variant: mean ± sd of every column over (preset, seed), and of its paired difference from default.
+    """Per variant and preset: mean ± sd over seeds of every column, and of the paired macro-F1 difference.
 
     ``rows`` has one row per (variant, preset, seed) with the `COLUMNS` keys; the default arm is ``DEFAULT``.
+    Presets are kept apart: their levels differ by more than most variants move them.
     """
-    keys = ["preset", "seed"]
-    base = rows[rows["variant"] == DEFAULT].set_index(keys)
+    base = rows[rows["variant"] == DEFAULT].set_index(["preset", "seed"])["macro_f1"]
+
+    def mean_sd(x: pd.Series, sign: str = "") -> str:
+        return f"{x.mean():{sign}.3f}" + (f" ± {x.std(ddof=1):.3f}" if len(x) > 1 else "")
+
     out = []
-    for name, group in rows.groupby("variant", sort=False):
-        g = group.set_index(keys)
-        diff = g["macro_f1"] - base["macro_f1"].reindex(g.index)
-        entry: dict[str, Any] = {"variant": name}
-        for key, label in COLUMNS.items():
-            entry[label] = f"{g[key].mean():.3f} ± {g[key].std(ddof=1):.3f}" if len(g) > 1 else f"{g[key].mean():.3f}"
-        entry["Δ macro-F1"] = f"{diff.mean():+.3f} ± {diff.std(ddof=1):.3f}" if len(g) > 1 else f"{diff.mean():+.3f}"
-        entry["better / runs"] = f"{int((diff > 0).sum())} / {int(diff.notna().sum())}"
+    for (name, preset), group in rows.groupby(["variant", "preset"], sort=False):
+        g = group.set_index(["preset", "seed"])
+        diff = g["macro_f1"] - base.reindex(g.index)
+        entry: dict[str, Any] = {"variant": name, "preset": preset}
+        entry.update({label: mean_sd(g[key]) for key, label in COLUMNS.items()})
+        is_base = name == DEFAULT
+        entry["Δ macro-F1"] = "—" if is_base else mean_sd(diff, "+")
+        entry["better / seeds"] = "—" if is_base else f"{int((diff > 0).sum())} / {int(diff.notna().sum())}"
         out.append(entry)
-    return pd.DataFrame(out).set_index("variant")
+    return pd.DataFrame(out).sort_values("preset", kind="stable").set_index("variant")
 
 
 def per_run_table(rows: pd.DataFrame) -> pd.DataFrame:
