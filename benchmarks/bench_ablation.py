@@ -108,14 +108,15 @@ def main() -> None:
     args = parser.parse_args()
 
     work = args.work or Path(tempfile.mkdtemp(prefix="qmix-bench-ablation-"))
-    arms = [(DEFAULT, {})] + [(", ".join(f"{k}={v}" for k, v in v.items()), v) for v in args.variant]
+    arms = [(DEFAULT, {})] + [(", ".join(f"{k}={v}" for k, v in opts.items()), opts) for opts in args.variant]
     start = time.perf_counter()
     runs = [(name, seed, work / f"{name}-seed{seed}") for name in args.presets.split(",") for seed in args.seeds]
     for name, seed, seed_work in runs:
         if not (seed_work / "noisy" / "manifest.parquet").is_file():
             corrupted_subset(PRESETS[name], seed_work, size=args.train_size, seed=seed)
     rows = []
-    # Variant by variant, so that a run stopped early has every seed of the variants it finished.
+    # Variant by variant: the rows printed before a stop cover every seed of the variants finished, and a rerun
+    # (``--reuse``) trains only what is missing.
     for label, extra in arms:
         for name, seed, seed_work in runs:
             options = dict(model=args.model, img_size=args.img_size, batch_size=args.batch_size,
