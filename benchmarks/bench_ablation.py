@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import yaml
 from _common import markdown_table, run_engine_method
@@ -41,8 +42,7 @@ COLUMNS = {
     "auc_clean": "AUC clean",
     "auc_hq": "AUC high quality",
     "test_acc": "test acc",
-    "epoch_s": "epoch s",
-}
+}  # no timings: reused runs were timed in other runs, and this VM's speed drifts (bench_methods.py times side by side)
 DEFAULT = "default"
 
 
@@ -102,7 +102,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--test", default="fashion-mnist:test")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--reuse", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--reuse", action=argparse.BooleanOptionalAction, default=True,
+                        help="score finished runs with the same options instead of retraining them; "
+                             "pass --no-reuse after changing the engine")  # fmt: skip
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=Path("ablation.md"))
     args = parser.parse_args()
@@ -123,7 +125,8 @@ def main() -> None:
                            epochs=args.epochs, seed=seed, hflip=True)  # fmt: skip
             r = run_engine_method("qmix", seed_work / "noisy", seed_work, test=args.test, device=args.device,
                                   tag=variant_tag(extra), reuse=args.reuse, **options, **extra)  # fmt: skip
-            rows.append({"variant": label, "preset": name, "seed": seed, **{k: r[k] for k in COLUMNS}})
+            rows.append({"variant": label, "preset": name, "seed": seed, **{k: r[k] for k in COLUMNS},
+                         "reused": bool(np.isnan(r["train_wall_s"]))})  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
     frame = pd.DataFrame(rows)
     minutes = (time.perf_counter() - start) / 60
@@ -131,7 +134,8 @@ def main() -> None:
         [
             "# qmix ablations, paired by seed",
             "",
-            f"Command: `python {' '.join(sys.argv)}` ({minutes:.0f} min). qmix defaults otherwise; "
+            f"Command: `python {' '.join(sys.argv)}` ({minutes:.0f} min; {len(frame) - frame['reused'].sum()} runs "
+            f"trained, {frame['reused'].sum()} finished runs reused). qmix defaults otherwise; "
             f"{args.train_size} images, {args.epochs} epochs, `{args.model}` at {args.img_size} px.",
             "",
             markdown_table(paired_summary(frame), first="variant"),
