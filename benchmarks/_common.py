@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import f1_score, roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
 from qmix_cli.api import audit, evaluate, train
+from qmix_cli.config import load_config_file
 from qmix_cli.data.manifest import create_dataset
+from qmix_cli.reporting.html import read_metrics
 
 
 def stratified_subset(source: str, *, size: int, seed: int, out: Path) -> Path:
@@ -58,8 +58,14 @@ def finished_run_matches(run_dir: Path, **options: Any) -> bool:
     """Whether ``run_dir`` holds a finished run (its ``model.pt``) trained with every one of ``options``."""
     if not (run_dir / "model.pt").is_file():
         return False
-    saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    saved = load_config_file(run_dir / "config.yaml")
     return all(saved.get(k) == v for k, v in options.items() if v is not None and k != "device")
+
+
+def with_truth(report: pd.DataFrame, noisy: Path) -> pd.DataFrame:
+    """``report`` with the planted category of each image (column ``truth``) from ``noisy``'s manifest."""
+    truth = pd.read_parquet(noisy / "manifest.parquet", columns=["sample_id", "category"])
+    return report.merge(truth.rename(columns={"category": "truth"}), on="sample_id")
 
 
 def run_engine_method(
@@ -77,13 +83,14 @@ def run_engine_method(
 
     ``tag`` names the run directory and report (default: the method), so variants of one method can sit side
     by side. With ``reuse``, a finished run already in that directory with the same options is scored without
-    training it again (training is deterministic on CPU; its wall times are then NaN). Returns the row of the
-    comparison table plus ``evaluation`` (the full `qmix evaluate` result).
+    training it again (training is deterministic on CPU; ``reused`` is then True and its wall times NaN).
+    Returns the row of the comparison table plus ``evaluation`` (the full `qmix evaluate` result).
     """
     tag = tag or method
     run_dir = work / f"run-{tag}"
-    if reuse and finished_run_matches(run_dir, method=method, **options):
-        metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    reused = reuse and finished_run_matches(run_dir, method=method, **options)
+    if reused:
+        metrics = read_metrics(run_dir / "metrics.jsonl")
         train_s = float("nan")
     else:
         start = time.perf_counter()
@@ -95,8 +102,7 @@ def run_engine_method(
     report = audit(noisy, run=run_dir, out=report_path, device=device, quiet=True)
     audit_s = time.perf_counter() - start
     ev = evaluate(report_path, truth=noisy)
-    truth = pd.read_parquet(noisy / "manifest.parquet")[["sample_id", "category"]]
-    merged = report.merge(truth.rename(columns={"category": "truth"}), on="sample_id")
+    merged = with_truth(report, noisy)
     test_report = audit(test, run=run_dir, device=device, quiet=True)
     return {
         "method": method,
@@ -110,6 +116,7 @@ def run_engine_method(
         "detection_f1": ev["detection"]["f1"],
         "epoch_s": post_warmup_epoch_seconds(metrics),
         "train_wall_s": train_s,
+        "reused": reused,
         "wall_s": train_s + audit_s,
         "images_per_s": float(np.median([m["images_per_s"] for m in metrics[-3:]])),
         "evaluation": ev,

@@ -29,11 +29,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import yaml
 from _common import markdown_table, run_engine_method
-from bench_baselines import PRESETS, _seed_list, corrupted_subset
+from bench_baselines import PRESETS, add_preset_args, corrupted_subset, engine_options
 
 COLUMNS = {
     "macro_f1": "macro-F1",
@@ -93,19 +92,10 @@ def per_run_table(rows: pd.DataFrame) -> pd.DataFrame:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", type=parse_variant, action="append", default=[], required=True)
-    parser.add_argument("--presets", default=",".join(PRESETS))
-    parser.add_argument("--seeds", type=_seed_list, default=[1, 2, 3], help="comma-separated, e.g. 1,2,3")
-    parser.add_argument("--train-size", type=int, default=5000)
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--model", default="test_resnet")
-    parser.add_argument("--img-size", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--test", default="fashion-mnist:test")
-    parser.add_argument("--device", default="auto")
+    add_preset_args(parser, seeds=[1, 2, 3])
     parser.add_argument("--reuse", action=argparse.BooleanOptionalAction, default=True,
                         help="score finished runs with the same options instead of retraining them; "
                              "pass --no-reuse after changing the engine")  # fmt: skip
-    parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=Path("ablation.md"))
     args = parser.parse_args()
 
@@ -121,12 +111,11 @@ def main() -> None:
     # (``--reuse``) trains only what is missing.
     for label, extra in arms:
         for name, seed, seed_work in runs:
-            options = dict(model=args.model, img_size=args.img_size, batch_size=args.batch_size,
-                           epochs=args.epochs, seed=seed, hflip=True)  # fmt: skip
             r = run_engine_method("qmix", seed_work / "noisy", seed_work, test=args.test, device=args.device,
-                                  tag=variant_tag(extra), reuse=args.reuse, **options, **extra)  # fmt: skip
+                                  tag=variant_tag(extra), reuse=args.reuse, **engine_options(args, seed=seed),
+                                  **extra)  # fmt: skip
             rows.append({"variant": label, "preset": name, "seed": seed, **{k: r[k] for k in COLUMNS},
-                         "reused": bool(np.isnan(r["train_wall_s"]))})  # fmt: skip
+                         "reused": r["reused"]})  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
     frame = pd.DataFrame(rows)
     minutes = (time.perf_counter() - start) / 60

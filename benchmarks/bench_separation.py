@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from _common import markdown_table
+from _common import markdown_table, with_truth
 from sklearn.metrics import f1_score
 from sklearn.mixture import GaussianMixture
 
@@ -32,6 +32,8 @@ from qmix_cli.categories import CATEGORIES, CLEAN, MIS_H, MIS_L
 from qmix_cli.engine.separation import fit_quality_separation, hard_groups
 
 NAMES = np.array(CATEGORIES, dtype=object)  # indexed by group
+RESPLIT = "10 + non-clean re-split"
+RULES = ("3 Gaussians", "10 Gaussians", "20 Gaussians", RESPLIT)
 
 
 def gmm_groups(loss: np.ndarray, unc: np.ndarray, *, components: int, seed: int) -> np.ndarray:
@@ -54,22 +56,22 @@ def resplit_non_clean(loss: np.ndarray, unc: np.ndarray, groups: np.ndarray, *, 
 
 def score_report(path: Path, *, seeds: int) -> dict:
     """Macro-F1 of the shipped verdicts and of each rule (mean over GMM seeds) for one report."""
-    report = pd.read_parquet(path)
-    truth = pd.read_parquet(path.parent / "noisy" / "manifest.parquet")[["sample_id", "category"]]
-    merged = report.merge(truth.rename(columns={"category": "truth"}), on="sample_id")
+    merged = with_truth(pd.read_parquet(path), path.parent / "noisy")
     y = merged["truth"].to_numpy()
     loss, unc = merged["loss"].to_numpy(), merged["uncertainty"].to_numpy()
 
     def f1(groups: np.ndarray) -> float:
         return float(f1_score(y, NAMES[groups], average="macro"))
 
+    per_seed: dict[str, list[float]] = {rule: [] for rule in RULES}
+    for s in range(seeds):
+        for k in (3, 10, 20):
+            groups = gmm_groups(loss, unc, components=k, seed=s)
+            per_seed[f"{k} Gaussians"].append(f1(groups))
+            if k == 10:  # the re-split starts from the default rule's verdicts of the same seed
+                per_seed[RESPLIT].append(f1(resplit_non_clean(loss, unc, groups, seed=s)))
     row = {"report": float(f1_score(y, merged["category"], average="macro"))}
-    for k in (3, 10, 20):
-        row[f"{k} Gaussians"] = np.mean([f1(gmm_groups(loss, unc, components=k, seed=s)) for s in range(seeds)])
-    row["10 + non-clean re-split"] = np.mean(
-        [f1(resplit_non_clean(loss, unc, gmm_groups(loss, unc, components=10, seed=s), seed=s)) for s in range(seeds)]
-    )
-    return row
+    return row | {rule: float(np.mean(values)) for rule, values in per_seed.items()}
 
 
 def main() -> None:
@@ -87,8 +89,7 @@ def main() -> None:
     if not rows:
         raise SystemExit(f"no report-*.parquet under {args.work}/*-seed*/")
     frame = pd.DataFrame(rows)
-    rules = [c for c in frame.columns if c not in ("preset", "method", "report")]
-    frame["rule spread"] = frame[rules].max(axis=1) - frame[rules].min(axis=1)  # same scores, another rule
+    frame["rule spread"] = frame[list(RULES)].max(axis=1) - frame[list(RULES)].min(axis=1)  # same scores, another rule
     groups = frame.groupby(["method", "preset"])
     means = groups.mean(numeric_only=True)
     means.insert(0, "reports", groups.size())
