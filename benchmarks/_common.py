@@ -15,7 +15,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from qmix_cli.api import audit, evaluate, train
 from qmix_cli.config import load_config_file
 from qmix_cli.data.manifest import create_dataset
-from qmix_cli.reporting.html import read_metrics
+from qmix_cli.io import read_metrics
 
 
 def stratified_subset(source: str, *, size: int, seed: int, out: Path) -> Path:

@@ -1,13 +1,16 @@
-"""Atomic output: a reader never sees a half-written file or directory, and a failure leaves nothing behind."""
+"""Atomic output (a reader never sees a half-written file or directory, and a failure leaves nothing behind), and
+the tolerant reader of the one file written line by line instead: a run's ``metrics.jsonl``."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from qmix_cli.errors import QmixError
 
@@ -84,3 +87,24 @@ def atomic_dir(out: str | Path, *, force: bool = False) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a run's ``metrics.jsonl``: each line that is a JSON object with an integer ``epoch``.
+
+    Other lines are skipped, a line cut short by a kill or a full disk included (the checkpoint, not this log, is
+    the truth about where a run stands); a missing or unreadable file gives no rows.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError:
+        return []
+    rows = []
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("epoch"), int) and not isinstance(row["epoch"], bool):
+            rows.append(row)
+    return rows

@@ -44,7 +44,7 @@ from qmix_cli.engine.steps import (
     supervised_epoch,
 )
 from qmix_cli.errors import ConfigError, TrainingError
-from qmix_cli.io import atomic_write_text
+from qmix_cli.io import atomic_write_text, read_metrics
 from qmix_cli.progress import Reporter, SilentReporter
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
@@ -91,21 +91,6 @@ def _truth(dataset: Dataset) -> tuple[np.ndarray | None, np.ndarray | None]:
         return None, None
     cat = dataset.frame["category"].astype(str).to_numpy()
     return cat == "clean", cat != "mislabeled_lq"
-
-
-def _read_metrics(path: Path, *, before_epoch: int) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        # A line cut short by a kill or a full disk is dropped: the checkpoint, not this log, is the truth.
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("epoch"), int):
-            rows.append(row)
-    return [r for r in rows if r["epoch"] <= before_epoch]
 
 
 class _Run:
@@ -470,7 +455,7 @@ def train(
     _make_run_dir(run_dir, resume=resume, reporter=reporter)
     metrics_path = run_dir / "metrics.jsonl"
     if resume:
-        run.metrics = _read_metrics(metrics_path, before_epoch=run.epoch)
+        run.metrics = [row for row in read_metrics(metrics_path) if row["epoch"] <= run.epoch]
         reporter.log(f"resuming {run_dir} at epoch {run.epoch + 1}/{cfg.epochs}")
     atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
     atomic_write_text(metrics_path, "".join(json.dumps(m) + "\n" for m in run.metrics))

@@ -32,7 +32,7 @@ import pandas as pd
 from qmix_cli import __version__
 from qmix_cli.categories import CATEGORIES
 from qmix_cli.errors import QmixError
-from qmix_cli.io import atomic_write_text
+from qmix_cli.io import atomic_write_text, read_metrics
 from qmix_cli.reporting.report import read_report
 
 #: Okabe–Ito colours (safe for the common colour-vision deficiencies), one per category in CATEGORIES order.
@@ -104,23 +104,6 @@ def read_separation_means(path: str | Path) -> list[tuple[float, float, int]]:
             if math.isfinite(loss) and math.isfinite(unc) and 0 <= group < len(CATEGORIES):
                 means.append((float(loss), float(unc), group))
     return means
-
-
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """The rows of a ``metrics.jsonl`` that are JSON objects with an ``epoch``; other lines are skipped."""
-    rows: list[dict[str, Any]] = []
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError:
-        return rows
-    for line in text.splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("epoch"), (int, float)):
-            rows.append(row)
-    return rows
 
 
 def curve_series(rows: Sequence[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
