@@ -39,6 +39,16 @@ def markdown_table(table: pd.DataFrame, *, first: str = "method") -> str:
     return "\n".join([head, rule, *body])
 
 
+def mean_sd_text(mean: float, sd: float, *, sign: str = "") -> str:
+    """``"mean ± sd"`` (the mean alone where ``sd`` is NaN); seconds to the second, scores and rates to a
+    thousandth. ``sign="+"`` writes the mean's sign (paired differences)."""
+    if np.isnan(mean):
+        return "nan"
+    digits = 0 if abs(mean) >= 10 else 3
+    text = f"{mean:{sign}.{digits}f}"
+    return text if np.isnan(sd) else f"{text} ± {sd:.{digits}f}"
+
+
 def separation_ceiling(loss: np.ndarray, uncertainty: np.ndarray, truth: np.ndarray, *, seed: int = 0) -> float:
     """3-way macro-F1 of a classifier *fitted on the truth* over the two separation axes (gradient-boosted trees,
     5-fold cross-validated): about the best any decision rule on these two scores can do. The unsupervised

@@ -31,7 +31,7 @@ from typing import Any
 
 import pandas as pd
 import yaml
-from _common import markdown_table, run_engine_method
+from _common import markdown_table, mean_sd_text, run_engine_method
 from bench_baselines import PRESETS, add_preset_args, corrupted_subset, engine_options
 
 COLUMNS = {
@@ -67,7 +67,7 @@ def paired_summary(rows: pd.DataFrame) -> pd.DataFrame:
     base = rows[rows["variant"] == DEFAULT].set_index(["preset", "seed"])["macro_f1"]
 
     def mean_sd(x: pd.Series, sign: str = "") -> str:
-        return f"{x.mean():{sign}.3f}" + (f" ± {x.std(ddof=1):.3f}" if len(x) > 1 else "")
+        return mean_sd_text(x.mean(), x.std(ddof=1), sign=sign)  # std of one value is NaN: the mean alone
 
     out = []
     for (name, preset), group in rows.groupby(["variant", "preset"], sort=False):

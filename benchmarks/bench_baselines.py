@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from _common import markdown_table, run_engine_method, separation_ceiling, stratified_subset
+from _common import markdown_table, mean_sd_text, run_engine_method, separation_ceiling, stratified_subset
 from sklearn.model_selection import StratifiedKFold
 
 from qmix_cli import __version__
@@ -280,15 +280,9 @@ def margin_over_baselines(tables: dict[int, pd.DataFrame]) -> pd.Series:
 
 def _mean_sd(mean: pd.DataFrame, sd: pd.DataFrame) -> pd.DataFrame:
     """Cells as 'mean ± sd' strings (mean alone where the sd is NaN)."""
-
-    def cell(m: float, s: float) -> str:
-        if np.isnan(m):
-            return "nan"
-        digits = 0 if abs(m) >= 10 else 3  # seconds to the second, scores and rates to a thousandth
-        return f"{m:.{digits}f}" if np.isnan(s) else f"{m:.{digits}f} ± {s:.{digits}f}"
-
     return pd.DataFrame(
-        {col: [cell(m, s) for m, s in zip(mean[col], sd[col], strict=True)] for col in mean.columns}, index=mean.index
+        {col: [mean_sd_text(m, s) for m, s in zip(mean[col], sd[col], strict=True)] for col in mean.columns},
+        index=mean.index,
     )
 
 
