@@ -83,7 +83,7 @@ def run_engine_method(
     noisy: Path,
     work: Path,
     *,
-    test: str,
+    test: str | None,
     device: str,
     tag: str | None = None,
     reuse: bool = False,
@@ -94,7 +94,8 @@ def run_engine_method(
     ``tag`` names the run directory and report (default: the method), so variants of one method can sit side
     by side. With ``reuse``, a finished run already in that directory with the same options is scored without
     training it again (training is deterministic on CPU; ``reused`` is then True and its wall times NaN).
-    Returns the row of the comparison table plus ``evaluation`` (the full `qmix evaluate` result).
+    Returns the row of the comparison table plus ``evaluation`` (the full `qmix evaluate` result); ``test_acc``
+    is NaN when there is no ``test`` set.
     """
     tag = tag or method
     run_dir = work / f"run-{tag}"
@@ -113,10 +114,13 @@ def run_engine_method(
     audit_s = time.perf_counter() - start
     ev = evaluate(report_path, truth=noisy)
     merged = with_truth(report, noisy)
-    test_report = audit(test, run=run_dir, device=device, quiet=True)
+    test_acc = float("nan")
+    if test is not None:
+        test_report = audit(test, run=run_dir, device=device, quiet=True)
+        test_acc = float((test_report["predicted_label"] == test_report["given_label"]).mean())
     return {
         "method": method,
-        "test_acc": float((test_report["predicted_label"] == test_report["given_label"]).mean()),
+        "test_acc": test_acc,
         "auc_clean": float(roc_auc_score(merged["truth"] == "clean", merged["p_clean"])),
         "auc_hq": float(
             roc_auc_score(merged["truth"] != "mislabeled_lq", merged["p_clean"] + merged["p_mislabeled_hq"])

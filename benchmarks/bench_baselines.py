@@ -204,10 +204,10 @@ def summary_row(name: str, ev: dict, **extra: Any) -> dict:
     return row
 
 
-def corrupted_subset(spec: dict, work: Path, *, size: int, seed: int) -> Path:
-    """``work/noisy``: a class-balanced Fashion-MNIST subset of ``size`` images corrupted by the preset ``spec``."""
+def corrupted_subset(spec: dict, work: Path, *, size: int, seed: int, source: str = "fashion-mnist") -> Path:
+    """``work/noisy``: a class-balanced subset of ``size`` images of ``source`` corrupted by the preset ``spec``."""
     work.mkdir(parents=True, exist_ok=True)
-    subset = stratified_subset("fashion-mnist", size=size, seed=seed, out=work / "subset.csv")
+    subset = stratified_subset(source, size=size, seed=seed, out=work / "subset.csv")
     noisy = work / "noisy"
     corrupt(subset, noisy, seed=seed, force=True, quiet=True, **spec)
     return noisy

@@ -1,0 +1,185 @@
+"""qmix and the baselines on the same engine across noise conditions other than the benchmark's two presets.
+
+``bench_baselines.py`` and ``bench_ablation.py`` measure two presets on Fashion-MNIST, and every choice made from
+them risks fitting those two. This script is the check against that: a fixed list of other conditions (more and
+less data noise, milder degradations, noisy labels drawn from the class prior, asymmetric noise with few degraded
+images, another dataset), each with its own seed, none of them used to choose a default. Per condition and
+method it reports the audit's 3-way macro-F1, the ceiling (``bench_baselines.py``'s truth-fitted classifier on
+the same two scores), detection F1, both separation AUCs and the test accuracy, then qmix's margin over each
+other method condition by condition. ``--variant "key=value[,key=value]"`` (repeatable, as in
+``bench_ablation.py``) adds qmix with options changed: the held-out check of a default chosen on the presets.
+
+Usage (only the engine runs; no extras needed)::
+
+    python benchmarks/bench_conditions.py --work /tmp/conditions --out benchmarks/CONDITIONS.md
+
+The work directory holds one ``<condition>-seed<seed>`` folder per condition, laid out like
+``bench_baselines.py``'s, so ``bench_separation.py --work`` can refit its separation rules on these audits too.
+With ``--reuse`` (default) finished runs with the same options are scored instead of retrained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from _common import markdown_table, run_engine_method
+from bench_ablation import parse_variant, variant_tag
+from bench_baselines import FMNIST_ASYMMETRIC, corrupted_subset
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One corrupted training subset: where it comes from, how it is corrupted and how long the nets train."""
+
+    spec: dict[str, Any]
+    seed: int
+    source: str = "fashion-mnist"
+    size: int = 5000
+    epochs: int = 12
+    test: str | None = "fashion-mnist:test"
+    about: str = field(default="", compare=False)
+
+
+# Seeds 11 and up: none of these subsets overlaps the choices made on bench_baselines.py's seeds 1-3.
+CONDITIONS: dict[str, Condition] = {
+    "paper-55": Condition({"preset": "paper-55"}, 11, about="55 % degraded images, 20 % symmetric label noise"),
+    "mild-prior": Condition(
+        {"label_rate": 0.3, "quality_rate": 0.10, "severity": "2-4", "lq_labels": "prior"},
+        12,
+        about="30 % label noise, 10 % milder degradations whose labels follow the class prior",
+    ),
+    "paper-35": Condition({"preset": "paper-35"}, 13, about="35 % degraded, symmetric label noise"),
+    "digits-paper-35": Condition(
+        {"preset": "paper-35"},
+        14,
+        source="digits",
+        size=1790,
+        epochs=30,
+        test=None,
+        about="scikit-learn digits (no test split): 1,790 images, so 30 epochs",
+    ),
+    "low-noise": Condition({"label_rate": 0.1, "quality_rate": 0.05}, 15, about="10 % label noise, 5 % degraded"),
+    "paper-15-mild": Condition(
+        {"preset": "paper-15", "severity": "2-3"}, 16, about="the paper-15 mix with severity 2-3 instead of 4-5"
+    ),
+    "paper-15-asym": Condition(
+        {"preset": "paper-15", "label_noise": "asymmetric", "class_map": FMNIST_ASYMMETRIC},
+        17,
+        about="15 % degraded, asymmetric label noise between look-alike classes",
+    ),
+}
+COLUMNS = {
+    "macro_f1": "macro-F1",
+    "ceiling_macro_f1": "ceiling",
+    "detection_f1": "detect F1",
+    "auc_clean": "AUC clean",
+    "auc_hq": "AUC high quality",
+    "test_acc": "test acc",
+}
+
+
+def run_condition(name: str, cond: Condition, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One row per method for one condition (training what is not already there)."""
+    work = args.work / f"{name}-seed{cond.seed}"
+    noisy = work / "noisy"
+    if not (noisy / "manifest.parquet").is_file():
+        corrupted_subset(cond.spec, work, size=cond.size, seed=cond.seed, source=cond.source)
+    noise = json.loads((noisy / "noise.json").read_text())
+    options = dict(model=args.model, img_size=args.img_size, batch_size=args.batch_size, epochs=cond.epochs,
+                   seed=cond.seed, hflip=args.hflip)  # fmt: skip
+    arms = [(method, method, {}) for method in args.methods.split(",")]
+    arms += [(variant_tag(extra).replace("-", " ", 1), "qmix", extra) for extra in args.variant]
+    rows = []
+    for label, method, extra in arms:
+        tag = variant_tag(extra) if extra else method
+        r = run_engine_method(method, noisy, work, test=cond.test, device=args.device, tag=tag, reuse=args.reuse,
+                              **options, **extra)  # fmt: skip
+        rows.append({"condition": name, "method": label, **{k: r[k] for k in COLUMNS}, "reused": r["reused"],
+                     "label noise": noise.get("realised_label_noise_rate_hq"),
+                     "degraded": noise.get("realised_quality_rate")})  # fmt: skip
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def margins(frame: pd.DataFrame) -> pd.DataFrame:
+    """qmix's macro-F1 minus each other method's, per condition (rows) and method (columns)."""
+    wide = frame.pivot(index="condition", columns="method", values="macro_f1")
+    others = [m for m in wide.columns if m != "qmix"]
+    return wide[others].rsub(wide["qmix"], axis=0).rename(columns=lambda m: f"qmix − {m}")
+
+
+def render(frame: pd.DataFrame, args: argparse.Namespace, minutes: float) -> str:
+    lines = [
+        "# qmix across noise conditions",
+        "",
+        f"Command: `python {' '.join(sys.argv)}` ({minutes:.0f} min; {int((~frame['reused']).sum())} runs trained, "
+        f"{int(frame['reused'].sum())} finished runs reused). `{args.model}` at {args.img_size} px, batch "
+        f"{args.batch_size}; every option else at its default. One seed per condition: read single differences "
+        "below about 0.05 as noise (docs/decisions.md, seventh round).",
+        "",
+    ]
+    conditions = {n: c for n, c in CONDITIONS.items() if n in set(frame["condition"])}
+    about = pd.DataFrame(
+        {
+            "data": [f"{c.source}, {c.size} images, {c.epochs} epochs" for c in conditions.values()],
+            "seed": [c.seed for c in conditions.values()],
+            "corruption": [json.dumps(c.spec) for c in conditions.values()],
+            "what it tests": [c.about for c in conditions.values()],
+        },
+        index=list(conditions),
+    )
+    realised = frame.groupby("condition", sort=False)[["label noise", "degraded"]].first()
+    about = about.join(realised.map(lambda v: f"{v:.1%}"))
+    lines += [markdown_table(about, first="condition"), ""]
+    table = frame.set_index(["condition", "method"])[list(COLUMNS)].rename(columns=COLUMNS).round(3)
+    table.index = [f"{c} · {m}" for c, m in table.index]
+    lines += [markdown_table(table, first="condition · method"), ""]
+    if "qmix" in set(frame["method"]) and frame["method"].nunique() > 1:
+        diff = margins(frame)
+        diff.loc["mean"] = diff.mean()
+        lines += ["Macro-F1 margins:", "", markdown_table(diff.round(3), first="condition")]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--conditions", default=",".join(CONDITIONS))
+    parser.add_argument("--methods", default="qmix,ce", help="comma-separated engine methods")
+    parser.add_argument("--variant", type=parse_variant, action="append", default=[],
+                        help='also qmix with options changed, e.g. "mixup_alpha=0.5" (repeatable)')  # fmt: skip
+    parser.add_argument("--model", default="test_resnet")
+    parser.add_argument("--img-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--reuse", action=argparse.BooleanOptionalAction, default=True,
+                        help="score finished runs with the same options instead of retraining them; "
+                             "pass --no-reuse after changing the engine")  # fmt: skip
+    parser.add_argument("--out", type=Path, default=Path("conditions.md"))
+    args = parser.parse_args()
+    unknown = set(args.conditions.split(",")) - set(CONDITIONS)
+    if unknown:
+        parser.error(f"unknown conditions {sorted(unknown)}; choose from {', '.join(CONDITIONS)}")
+    args.work = args.work or Path(tempfile.mkdtemp(prefix="qmix-bench-conditions-"))
+
+    start = time.perf_counter()
+    rows = [row for name in args.conditions.split(",") for row in run_condition(name, CONDITIONS[name], args)]
+    frame = pd.DataFrame(rows)
+    text = render(frame, args, (time.perf_counter() - start) / 60)
+    args.out.write_text(text + "\n", encoding="utf-8")
+    records = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")  # NaN is not JSON
+    args.out.with_suffix(".json").write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
