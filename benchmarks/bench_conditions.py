@@ -31,7 +31,7 @@ from typing import Any
 
 import pandas as pd
 from _common import markdown_table, run_engine_method
-from bench_ablation import parse_variant, variant_tag
+from bench_ablation import COLUMNS, parse_variant, variant_tag
 from bench_baselines import FMNIST_ASYMMETRIC, corrupted_subset
 
 
@@ -75,14 +75,6 @@ CONDITIONS: dict[str, Condition] = {
         17,
         about="15 % degraded, asymmetric label noise between look-alike classes",
     ),
-}
-COLUMNS = {
-    "macro_f1": "macro-F1",
-    "ceiling_macro_f1": "ceiling",
-    "detection_f1": "detect F1",
-    "auc_clean": "AUC clean",
-    "auc_hq": "AUC high quality",
-    "test_acc": "test acc",
 }
 
 
