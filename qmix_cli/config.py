@@ -68,6 +68,9 @@ class TrainConfig:
     lambda_u: float = 25.0
     rampup_epochs: int = 16
     mislq_weight: float = 0.5
+    # Where qmix trains Mis-L: "labelled" (the paper: own pseudo-label, down-weighted, negatives of L_con) or
+    # "unlabelled" (co-guessed like Mis-H, as dividemix treats every non-clean image; decisions.md, ninth round).
+    mislq_stream: Literal["labelled", "unlabelled"] = "labelled"
     lambda_con: float = 0.1
     con_temperature: float = 0.1
     prior: Literal["uniform", "class"] = "uniform"

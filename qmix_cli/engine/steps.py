@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -49,6 +49,16 @@ METHOD_RULES = {
     "dividemix": MethodRules("dividemix", 2, "loss", "weak", mislq_labelled=False, contrastive=False),
     "ce": MethodRules("ce", 1, None, "weak", mislq_labelled=False, contrastive=False),
 }
+
+
+def method_rules(method: str, *, mislq_stream: str = "labelled") -> MethodRules:
+    """The rules of ``method`` (`METHOD_RULES`). ``mislq_stream="unlabelled"`` moves qmix's Mis-L samples into
+    the unlabelled stream, co-guessed like Mis-H (and so no longer negatives of ``L_con``): an ablation of the
+    paper's design (docs/decisions.md, "Ninth round"). Methods without a Mis-L branch are unchanged."""
+    rules = METHOD_RULES[method]
+    if mislq_stream == "unlabelled" and rules.mislq_labelled:
+        rules = replace(rules, mislq_labelled=False)
+    return rules
 
 
 @dataclass

@@ -34,9 +34,9 @@ from qmix_cli.engine.probe import PROBE_STAGES, LinearProbe, fit_probe, fold_ids
 from qmix_cli.engine.scoring import Scores, compute_scores, fit_separation
 from qmix_cli.engine.separation import hard_groups, separation_aucs
 from qmix_cli.engine.steps import (
-    METHOD_RULES,
     SslWeights,
     StepContext,
+    method_rules,
     predict_features,
     predict_probs,
     ssl_epoch,
@@ -101,7 +101,7 @@ class _Run:
         self.dataset = dataset
         self.run_dir = run_dir
         self.reporter = reporter
-        self.rules = METHOD_RULES[cfg.method]
+        self.rules = method_rules(cfg.method, mislq_stream=cfg.mislq_stream)
         self.device = resolve_device(cfg.device)
         channels = (dataset.channels or 3) if cfg.channels == "auto" else int(cfg.channels)
         self.channels = channels

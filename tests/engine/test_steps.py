@@ -15,6 +15,7 @@ from qmix_cli.engine.steps import (
     METHOD_RULES,
     SslWeights,
     StepContext,
+    method_rules,
     predict_features,
     predict_probs,
     predict_with_probe,
@@ -46,7 +47,9 @@ def _ctx(seed: int) -> StepContext:
     )  # fmt: skip
 
 
-def _epoch(method: str, groups: np.ndarray, *, seed: int = 0, progress=None) -> tuple[dict, RecordingStore]:
+def _epoch(
+    method: str, groups: np.ndarray, *, seed: int = 0, progress=None, mislq_stream: str = "labelled"
+) -> tuple[dict, RecordingStore]:
     n = len(groups)
     rng = np.random.default_rng(seed)
     store = RecordingStore(rng.integers(0, 256, (n, 1, 16, 16), dtype=np.uint8))
@@ -61,7 +64,8 @@ def _epoch(method: str, groups: np.ndarray, *, seed: int = 0, progress=None) -> 
     out = ssl_epoch(
         nets[0], nets[1], torch.optim.SGD(nets[0].parameters(), lr=0.01), store,
         torch.as_tensor(rng.integers(0, K, n)), posteriors, groups, ctx,
-        rules=METHOD_RULES[method], weights=weights, prior=torch.full((K,), 1 / K), batch_size=BATCH, where="test",
+        rules=method_rules(method, mislq_stream=mislq_stream), weights=weights, prior=torch.full((K,), 1 / K),
+        batch_size=BATCH, where="test",
         progress=progress,
     )  # fmt: skip
     return out, store
@@ -93,6 +97,21 @@ def test_a_missing_stream_contributes_nothing_and_nothing_breaks(groups, zero_ke
     assert out[zero_key] == 0.0
     assert all(np.isfinite(v) for v in out.values())
     assert out["loss_total"] > 0
+
+
+@pytest.mark.parametrize(("stream", "zero_key", "trained_key"), [("labelled", "loss_u", "loss_x"),
+                                                                  ("unlabelled", "loss_x", "loss_u")])  # fmt: skip
+def test_mislq_stream_decides_which_loss_trains_mis_l(stream, zero_key, trained_key):
+    out, store = _epoch("qmix", np.full(N, MIS_L, dtype=np.int8), mislq_stream=stream)
+    assert out[zero_key] == 0.0
+    assert out[trained_key] > 0
+    assert np.array_equal(np.sort(np.concatenate(store.seen)), np.arange(N))
+
+
+@pytest.mark.parametrize("method", ["dividemix", "ce"])
+def test_mislq_stream_leaves_methods_without_mis_l_alone(method):
+    assert method_rules(method, mislq_stream="unlabelled") == METHOD_RULES[method]
+    assert method_rules("qmix", mislq_stream="unlabelled").contrastive  # L_con stays, without Mis-L negatives
 
 
 @pytest.mark.parametrize("n", [N, N + 5, BATCH - 3])
