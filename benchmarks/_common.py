@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,29 @@ def mean_sd_text(mean: float, sd: float, *, sign: str = "") -> str:
     digits = 0 if abs(mean) >= 10 else 3
     text = f"{mean:{sign}.{digits}f}"
     return text if np.isnan(sd) else f"{text} ± {sd:.{digits}f}"
+
+
+def add_engine_args(parser: argparse.ArgumentParser) -> None:
+    """How every engine run of a benchmark trains, and where it works (see `engine_options`)."""
+    parser.add_argument("--model", default="test_resnet")
+    parser.add_argument("--img-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--work", type=Path, default=None)
+
+
+def add_reuse_arg(parser: argparse.ArgumentParser) -> None:
+    """``--reuse`` / ``--no-reuse`` for `run_engine_method`."""
+    parser.add_argument("--reuse", action=argparse.BooleanOptionalAction, default=True,
+                        help="score finished runs with the same options instead of retraining them; "
+                             "pass --no-reuse after changing the engine")  # fmt: skip
+
+
+def engine_options(args: argparse.Namespace, *, seed: int, epochs: int) -> dict[str, Any]:
+    """The `train` options of one engine run, from `add_engine_args`' options."""
+    return dict(model=args.model, img_size=args.img_size, batch_size=args.batch_size, epochs=epochs, seed=seed,
+                hflip=args.hflip)  # fmt: skip
 
 
 def separation_ceiling(loss: np.ndarray, uncertainty: np.ndarray, truth: np.ndarray, *, seed: int = 0) -> float:

@@ -31,8 +31,8 @@ from typing import Any
 
 import pandas as pd
 import yaml
-from _common import markdown_table, mean_sd_text, run_engine_method
-from bench_baselines import PRESETS, add_preset_args, corrupted_subset, engine_options
+from _common import add_reuse_arg, engine_options, markdown_table, mean_sd_text, run_engine_method
+from bench_baselines import PRESETS, add_preset_args, corrupted_subset
 
 COLUMNS = {
     "macro_f1": "macro-F1",
@@ -93,9 +93,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", type=parse_variant, action="append", default=[], required=True)
     add_preset_args(parser, seeds=[1, 2, 3])
-    parser.add_argument("--reuse", action=argparse.BooleanOptionalAction, default=True,
-                        help="score finished runs with the same options instead of retraining them; "
-                             "pass --no-reuse after changing the engine")  # fmt: skip
+    add_reuse_arg(parser)
     parser.add_argument("--out", type=Path, default=Path("ablation.md"))
     args = parser.parse_args()
 
@@ -111,9 +109,9 @@ def main() -> None:
     # (``--reuse``) trains only what is missing.
     for label, extra in arms:
         for name, seed, seed_work in runs:
+            options = engine_options(args, seed=seed, epochs=args.epochs) | extra
             r = run_engine_method("qmix", seed_work / "noisy", seed_work, test=args.test, device=args.device,
-                                  tag=variant_tag(extra), reuse=args.reuse, **engine_options(args, seed=seed),
-                                  **extra)  # fmt: skip
+                                  tag=variant_tag(extra), reuse=args.reuse, **options)  # fmt: skip
             rows.append({"variant": label, "preset": name, "seed": seed, **{k: r[k] for k in COLUMNS},
                          "reused": r["reused"]})  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)

@@ -48,7 +48,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from _common import markdown_table, mean_sd_text, run_engine_method, separation_ceiling, stratified_subset
+from _common import (
+    add_engine_args,
+    engine_options,
+    markdown_table,
+    mean_sd_text,
+    run_engine_method,
+    separation_ceiling,
+    stratified_subset,
+)
 from sklearn.model_selection import StratifiedKFold
 
 from qmix_cli import __version__
@@ -217,7 +225,7 @@ def run_preset(name: str, spec: dict, args: argparse.Namespace, work: Path, *, s
     """Every row of one preset for one seed: subset, corruption, the engine methods and the cleanlab family."""
     noisy = corrupted_subset(spec, work, size=args.train_size, seed=seed)
     truth = pd.read_parquet(noisy / "manifest.parquet")
-    options = engine_options(args, seed=seed)
+    options = engine_options(args, seed=seed, epochs=args.epochs)
     rows = []
     for label, method, extra in ENGINE_RUNS + (READOUT_RUNS if args.readouts else ()):
         tag = method if not extra else f"{method}-{'-'.join(map(str, extra.values()))}"
@@ -363,23 +371,12 @@ def _seed_list(text: str) -> list[int]:
 
 def add_preset_args(parser: argparse.ArgumentParser, *, seeds: list[int]) -> None:
     """Options that fix the corrupted subsets and how every engine run trains (shared with bench_ablation.py)."""
+    add_engine_args(parser)
     parser.add_argument("--train-size", type=int, default=5000)
     parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--model", default="test_resnet")
-    parser.add_argument("--img-size", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--presets", default=",".join(PRESETS))
     parser.add_argument("--test", default="fashion-mnist:test")
     parser.add_argument("--seeds", type=_seed_list, default=seeds, help="comma-separated, e.g. 1,2,3")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--work", type=Path, default=None)
-
-
-def engine_options(args: argparse.Namespace, *, seed: int) -> dict[str, Any]:
-    """The `train` options of every engine run of one seed, from `add_preset_args`' options."""
-    return dict(model=args.model, img_size=args.img_size, batch_size=args.batch_size, epochs=args.epochs,
-                seed=seed, hflip=args.hflip)  # fmt: skip
 
 
 def _has(package: str) -> bool:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from _common import markdown_table, run_engine_method
+from _common import add_engine_args, add_reuse_arg, engine_options, markdown_table, run_engine_method
 from bench_ablation import COLUMNS, parse_variant, variant_tag
 from bench_baselines import FMNIST_ASYMMETRIC, corrupted_subset
 
@@ -85,8 +85,7 @@ def run_condition(name: str, cond: Condition, args: argparse.Namespace) -> list[
     if not (noisy / "manifest.parquet").is_file():
         corrupted_subset(cond.spec, work, size=cond.size, seed=cond.seed, source=cond.source)
     noise = json.loads((noisy / "noise.json").read_text())
-    options = dict(model=args.model, img_size=args.img_size, batch_size=args.batch_size, epochs=cond.epochs,
-                   seed=cond.seed, hflip=args.hflip)  # fmt: skip
+    options = engine_options(args, seed=cond.seed, epochs=cond.epochs)
     arms = [(method, method, {}) for method in args.methods.split(",")]
     arms += [(variant_tag(extra).replace("-", " ", 1), "qmix", extra) for extra in args.variant]
     rows = []
@@ -147,15 +146,8 @@ def main() -> None:
     parser.add_argument("--methods", default="qmix,ce", help="comma-separated engine methods")
     parser.add_argument("--variant", type=parse_variant, action="append", default=[],
                         help='also qmix with options changed, e.g. "mixup_alpha=0.5" (repeatable)')  # fmt: skip
-    parser.add_argument("--model", default="test_resnet")
-    parser.add_argument("--img-size", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--work", type=Path, default=None)
-    parser.add_argument("--reuse", action=argparse.BooleanOptionalAction, default=True,
-                        help="score finished runs with the same options instead of retraining them; "
-                             "pass --no-reuse after changing the engine")  # fmt: skip
+    add_engine_args(parser)
+    add_reuse_arg(parser)
     parser.add_argument("--out", type=Path, default=Path("conditions.md"))
     args = parser.parse_args()
     unknown = set(args.conditions.split(",")) - set(CONDITIONS)
