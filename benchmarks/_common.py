@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import f1_score, roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
@@ -48,6 +49,14 @@ def mean_sd_text(mean: float, sd: float, *, sign: str = "") -> str:
     digits = 0 if abs(mean) >= 10 else 3
     text = f"{mean:{sign}.{digits}f}"
     return text if np.isnan(sd) else f"{text} ± {sd:.{digits}f}"
+
+
+def parse_variant(text: str) -> dict[str, Any]:
+    """``"a=1,b=x"`` → ``{"a": 1, "b": "x"}`` (values parsed as YAML scalars)."""
+    pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+    if not pairs or any(len(p) != 2 for p in pairs):
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE[,KEY=VALUE...], got {text!r}")
+    return {k.strip(): yaml.safe_load(v) for k, v in pairs}
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:

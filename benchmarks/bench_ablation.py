@@ -30,8 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
-from _common import add_reuse_arg, engine_options, markdown_table, mean_sd_text, run_engine_method
+from _common import add_reuse_arg, engine_options, markdown_table, mean_sd_text, parse_variant, run_engine_method
 from bench_baselines import PRESETS, add_preset_args, corrupted_subset
 
 COLUMNS = {
@@ -43,14 +42,6 @@ COLUMNS = {
     "test_acc": "test acc",
 }  # no timings: reused runs were timed in other runs, and this VM's speed drifts (bench_methods.py times side by side)
 DEFAULT = "default"
-
-
-def parse_variant(text: str) -> dict[str, Any]:
-    """``"a=1,b=x"`` → ``{"a": 1, "b": "x"}`` (values parsed as YAML scalars)."""
-    pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
-    if not pairs or any(len(p) != 2 for p in pairs):
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE[,KEY=VALUE...], got {text!r}")
-    return {k.strip(): yaml.safe_load(v) for k, v in pairs}
 
 
 def variant_tag(options: dict[str, Any]) -> str:

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from _common import add_engine_args, add_reuse_arg, engine_options, markdown_table, run_engine_method
-from bench_ablation import COLUMNS, parse_variant, variant_tag
+from _common import add_engine_args, add_reuse_arg, engine_options, markdown_table, parse_variant, run_engine_method
+from bench_ablation import COLUMNS, variant_tag
 from bench_baselines import FMNIST_ASYMMETRIC, corrupted_subset
 
 

@@ -27,7 +27,14 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from _common import markdown_table, run_engine_method, stratified_subset
+from _common import (
+    add_engine_args,
+    engine_options,
+    markdown_table,
+    parse_variant,
+    run_engine_method,
+    stratified_subset,
+)
 
 from qmix_cli import __version__
 from qmix_cli.api import corrupt
@@ -41,20 +48,15 @@ def main() -> None:
     parser.add_argument("--label-noise", default="symmetric-exclusive")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--warmup-epochs", type=int, default=None)
-    parser.add_argument("--model", default="test_resnet")
-    parser.add_argument("--img-size", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--methods", default="ce,dividemix,qmix")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--set", action="append", default=[], help="extra KEY=VALUE training options for all methods")
-    parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--set", type=parse_variant, action="append", default=[],
+                        help="extra KEY=VALUE[,KEY=VALUE] training options for all methods (repeatable)")  # fmt: skip
     parser.add_argument("--json", type=Path, default=None)
+    add_engine_args(parser)
     args = parser.parse_args()
 
-    import yaml
-
-    extra = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
+    extra = {k: v for options in args.set for k, v in options.items()}
     work = args.work or Path(tempfile.mkdtemp(prefix="qmix-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     subset = stratified_subset("fashion-mnist", size=args.train_size, seed=args.seed, out=work / "subset.csv")
@@ -62,8 +64,7 @@ def main() -> None:
     corrupt(subset, noisy, label_noise=args.label_noise, label_rate=args.label_rate,
             quality_rate=args.quality_rate, seed=args.seed, force=True, quiet=True)  # fmt: skip
 
-    common = dict(model=args.model, img_size=args.img_size, batch_size=args.batch_size, epochs=args.epochs,
-                  warmup_epochs=args.warmup_epochs, seed=args.seed, **extra)  # fmt: skip
+    common = engine_options(args, seed=args.seed, epochs=args.epochs) | dict(warmup_epochs=args.warmup_epochs, **extra)
     rows = []
     for method in args.methods.split(","):
         row = run_engine_method(method, noisy, work, test="fashion-mnist:test", device=args.device, **common)
