@@ -504,7 +504,10 @@ def render_page(
         + class_table_html(frame["given_label"].astype(str).tolist(), cats.tolist(), class_names),
     ]
     for group, blurb in (
-        ("mislabeled_hq", "good images whose label looks wrong; the suggested label is the model's prediction"),
+        (
+            "mislabeled_hq",
+            "good images whose label looks wrong; the suggested label is the model's likeliest other class",
+        ),
         ("mislabeled_lq", "low-quality images (blurred, noisy, corrupted…): fix or drop them rather than relabel"),
     ):
         sections.append(_thumbs_section(frame, group, blurb, root=root, top=top))

@@ -202,9 +202,12 @@ def build_report(
 
     predicted = prob.argmax(axis=1)
     rows = np.arange(n)
-    # The suggested label follows the group: keep the given label, adopt the prediction, or none at all (the
-    # image itself is the problem, so no label should be trusted).
-    suggested = np.where(cats == 0, given, predicted)
+    # The suggested label follows the group: keep the given label, relabel, or none at all (the image itself is
+    # the problem, so no label should be trusted). A relabel is the most probable class *other than* the given
+    # one: it is the prediction wherever the nets disagree with the given label, and where their argmax is the
+    # given label the separation has overruled them, so suggesting that label back would contradict the verdict.
+    alternative = np.where(np.arange(k) == given[:, None], -np.inf, prob).argmax(axis=1)
+    suggested = np.where(cats == 0, given, alternative)
     class_arr = pa.array(names, type=pa.string())
     columns = {
         "sample_id": ids,

@@ -110,7 +110,9 @@ def test_build_report_rows_follow_the_contract(report: pa.Table) -> None:
     clean = df["category"] == "clean"
     hq = df["category"] == "mislabeled_hq"
     assert (df.loc[clean, "suggested_label"] == df.loc[clean, "given_label"]).all()
-    assert (df.loc[hq, "suggested_label"] == df.loc[hq, "predicted_label"]).all()
+    assert (df.loc[hq, "suggested_label"] != df.loc[hq, "given_label"]).all()
+    disagree = hq & (df["predicted_label"] != df["given_label"])
+    assert (df.loc[disagree, "suggested_label"] == df.loc[disagree, "predicted_label"]).all()
     assert (df["is_label_issue"] == (df["category"] != "clean")).all()
     assert df["sample_id"].tolist() == sorted(df["sample_id"])
 
@@ -130,6 +132,27 @@ def test_build_report_derives_labels_and_scores_from_probs() -> None:
     np.testing.assert_array_equal(df["confidence"], probs.max(axis=1).astype(np.float32))
     np.testing.assert_array_equal(df["label_score"], probs[np.arange(30), given].astype(np.float32))
     assert df["path"].tolist() == [inputs["paths"][i] for i in order]
+
+
+def test_mislabeled_hq_never_suggests_its_given_label_back() -> None:
+    # Rows the nets agree with (argmax = given label) but the separation calls mislabeled_hq: the suggestion is
+    # the runner-up class, not the label the verdict says is wrong; clean and mislabeled_lq rows are unaffected.
+    probs = np.array([[0.6, 0.3, 0.1], [0.6, 0.1, 0.3], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1], [0.6, 0.3, 0.1]])
+    df = build_report(
+        sample_ids=list("abcde"),
+        paths=list("abcde"),
+        given_labels=np.array([0, 0, 0, 0, 0]),
+        probs=probs,
+        loss=np.zeros(5),
+        uncertainty=np.zeros(5),
+        posteriors=np.full((5, 3), 1 / 3),
+        categories=np.array([1, 1, 1, 0, 2]),
+        class_names=["cat", "dog", "fox"],
+    ).to_pandas()
+    assert df["predicted_label"].tolist() == ["cat", "cat", "dog", "cat", "cat"]
+    assert df["suggested_label"].tolist()[:4] == ["dog", "fox", "dog", "cat"]
+    assert df["suggested_label"].isna().tolist() == [False, False, False, False, True]
+    np.testing.assert_allclose(df["confidence"], [0.6, 0.6, 0.7, 0.6, 0.6])  # still the prediction's probability
 
 
 def test_ranks_break_ties_by_loss_then_sample_id() -> None:
