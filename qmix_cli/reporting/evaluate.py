@@ -6,7 +6,9 @@ Metrics (all JSON-able; an undefined value, e.g. an AUC with one class present, 
   macro-F1, accuracy, confusion matrix (rows = truth, columns = prediction);
 * mislabeled detection, binary: ``is_label_issue`` against ``truth.category != "clean"``;
 * ROC-AUC of the continuous scores, which need no threshold: ``1 - p_clean`` for "mislabeled" and
-  ``p_mislabeled_lq`` for "low quality", plus the raw axes and ``label_score`` for comparison.
+  ``p_mislabeled_lq`` for "low quality", plus the raw axes and ``label_score`` for comparison;
+* the suggested relabels, when the truth has ``true_label`` and the report ``suggested_label``: how many of the
+  labels the report proposes to change it gets right, and how many of the wrong labels on good images it fixes.
 """
 
 from __future__ import annotations
@@ -45,8 +47,8 @@ def evaluate_report(*, report: pd.DataFrame, truth: pd.DataFrame) -> dict[str, A
         used when present.
     truth
         ``sample_id`` and ``category`` (values in :data:`CATEGORIES`); optional ``is_low_quality`` (then the
-        low-quality target, instead of ``category == "mislabeled_lq"``) and ``is_label_noisy`` (adds AUCs for
-        "the given label is wrong").
+        low-quality target, instead of ``category == "mislabeled_lq"``), ``is_label_noisy`` (adds AUCs for
+        "the given label is wrong") and ``true_label`` (scores the suggested labels).
 
     Returns
     -------
@@ -55,7 +57,8 @@ def evaluate_report(*, report: pd.DataFrame, truth: pd.DataFrame) -> dict[str, A
         ``precision``, ``recall``, ``f1``, ``support``); ``macro_f1``; ``accuracy``; ``confusion_matrix``
         (``labels``, ``matrix`` as nested lists, rows truth, columns predicted); ``detection`` (``precision``,
         ``recall``, ``f1``, ``support``, ``flagged``); ``roc_auc`` (``mislabeled``, ``low_quality``);
-        ``roc_auc_by_score`` (target → score expression → AUC); ``targets`` (how each AUC target is defined).
+        ``roc_auc_by_score`` (target → score expression → AUC); ``targets`` (how each AUC target is defined);
+        ``relabel`` (see `relabel_metrics`; ``None`` without ``truth.true_label`` or ``report.suggested_label``).
         Undefined metrics are ``None``. A category absent from both truth and prediction gets ``f1 = None``
         and is left out of the macro average.
 
@@ -159,14 +162,43 @@ def evaluate_report(*, report: pd.DataFrame, truth: pd.DataFrame) -> dict[str, A
         },
         "roc_auc_by_score": by_score,
         "targets": targets,
+        "relabel": relabel_metrics(joined) if {"suggested_label", "true_label"} <= set(joined.columns) else None,
+    }
+
+
+def relabel_metrics(joined: pd.DataFrame) -> dict[str, Any]:
+    """How far a curator can trust the suggested labels of the rows the report proposes to relabel.
+
+    ``joined`` has ``category_report``, ``category_truth``, ``suggested_label`` and ``true_label`` (class names;
+    compared as text). A proposal is a ``mislabeled_hq`` row: its suggested label replaces the given one.
+
+    Returns
+    -------
+    dict
+        ``proposed`` (rows the report would relabel), ``correct`` (of those, suggested = true label),
+        ``precision`` (``correct / proposed``: the share of accepted suggestions that are right), ``wrong_labels``
+        (images whose truth is ``mislabeled_hq``: wrong labels on good images) and ``recall`` (the share of them
+        the report relabels correctly); ratios are ``None`` when their denominator is 0.
+    """
+    proposed = joined["category_report"].to_numpy(dtype=object) == "mislabeled_hq"
+    right = joined["suggested_label"].astype(str).to_numpy() == joined["true_label"].astype(str).to_numpy()
+    fixed = proposed & right
+    target = joined["category_truth"].to_numpy(dtype=object) == "mislabeled_hq"
+    n_proposed, n_target = int(proposed.sum()), int(target.sum())
+    return {
+        "proposed": n_proposed,
+        "correct": int(fixed.sum()),
+        "precision": _num(fixed.sum() / n_proposed) if n_proposed else None,
+        "wrong_labels": n_target,
+        "recall": _num((fixed & target).sum() / n_target) if n_target else None,
     }
 
 
 def render_evaluation(result: Mapping[str, Any], console: Console) -> None:
     """Print an :func:`evaluate_report` result as rich tables.
 
-    Four tables: per-category precision / recall / F1 / support with macro-F1 and accuracy; mislabeled
-    detection; ROC-AUCs; the confusion matrix.
+    Per-category precision / recall / F1 / support with macro-F1 and accuracy; mislabeled detection; ROC-AUCs;
+    the suggested relabels (when scored); the confusion matrix.
     """
     per_cat = Table(title=f"Categories ({result['n']} images)", title_justify="left")
     per_cat.add_column("category")
@@ -199,6 +231,20 @@ def render_evaluation(result: Mapping[str, Any], console: Console) -> None:
             text = f"[bold]{_fmt(value)}[/bold]" if i == 0 else _fmt(value)
             aucs.add_row(f"{target} ({definition})" if i == 0 else "", score, text)
     console.print(aucs)
+
+    relabel = result.get("relabel")
+    if relabel is not None:
+        table = Table(title="Suggested relabels (mislabeled_hq rows vs true_label)", title_justify="left")
+        for name in ("proposed", "correct", "precision", "wrong labels (truth mislabeled_hq)", "share fixed"):
+            table.add_column(name, justify="right")
+        table.add_row(
+            str(relabel["proposed"]),
+            str(relabel["correct"]),
+            _fmt(relabel["precision"]),
+            str(relabel["wrong_labels"]),
+            _fmt(relabel["recall"]),
+        )
+        console.print(table)
 
     cm = result["confusion_matrix"]
     matrix = Table(title="Confusion matrix (rows: truth, columns: predicted)", title_justify="left")
@@ -242,8 +288,17 @@ def _join(*, report: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
     if problems:
         raise QmixError("the report and the truth do not cover the same images: " + "; ".join(problems))
 
-    keep = ["sample_id", "category"] + [c for c in ("is_low_quality", "is_label_noisy") if c in tru.columns]
-    return rep.merge(tru[keep], on="sample_id", how="inner", suffixes=("_report", "_truth"), validate="1:1")
+    # Truth columns come from the truth only, never from a report that carries a column of the same name along.
+    truth_only = ("is_low_quality", "is_label_noisy", "true_label")
+    optional = [c for c in truth_only if c in tru.columns]
+    rep = rep.drop(columns=[c for c in truth_only if c in rep.columns])
+    return rep.merge(
+        tru[["sample_id", "category", *optional]],
+        on="sample_id",
+        how="inner",
+        suffixes=("_report", "_truth"),
+        validate="1:1",
+    )
 
 
 def _as_bool(series: pd.Series, *, name: str) -> np.ndarray:

@@ -71,6 +71,16 @@ def test_json_metrics_agree_with_sklearn(runner, report, noisy_digits, joined):
     assert metrics["detection"]["support"] == int(true_issue.sum())
     assert metrics["accuracy"] == pytest.approx((y_true == y_pred).mean())
 
+    # Relabels: the mislabeled_hq rows' suggestions against the true labels; right far more often than a guess
+    # among the nine other digits would be (1/9).
+    proposed = y_pred == "mislabeled_hq"
+    right = (joined["suggested_label"] == joined["true_label"]).to_numpy(bool)
+    relabel = metrics["relabel"]
+    assert relabel["proposed"] == int(proposed.sum()) > 0
+    assert relabel["correct"] == int((proposed & right).sum())
+    assert relabel["recall"] == pytest.approx((proposed & right)[y_true == "mislabeled_hq"].mean())
+    assert relabel["precision"] > 0.8
+
 
 def test_table_output(runner, report, noisy_digits):
     result = runner.invoke(app, ["evaluate", str(report), "--truth", str(noisy_digits / "manifest.parquet")])

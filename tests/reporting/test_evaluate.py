@@ -128,6 +128,28 @@ def test_optional_truth_columns_are_used() -> None:
     assert result["roc_auc_by_score"]["label_noisy"]["1 - label_score"] == pytest.approx(16 / 21)
 
 
+def test_suggested_relabels_are_scored_against_the_true_labels() -> None:
+    report, truth = make_frames()
+    order = truth["sample_id"].str[1:].astype(int)
+    # Predicted mislabeled_hq: s04 (truly clean, so any relabel breaks it), s05, s06 (truly hq) and s09 (truly lq).
+    report["suggested_label"] = ["a", "b", "c", "d", "x", "y", "z", "h", None, "lq"]
+    truth["true_label"] = np.array(["a", "b", "c", "d", "e", "y", "q", "h", "i", "lq"])[order]
+    relabel = evaluate_report(report=report, truth=truth)["relabel"]
+    # Right: s05 and s09 of 4 proposals; of the 3 truly mislabeled_hq images (s05-s07) only s05 is fixed (s07 was
+    # called clean: its suggestion is the given label, which is no relabel).
+    assert relabel == {"proposed": 4, "correct": 2, "precision": 0.5, "wrong_labels": 3, "recall": pytest.approx(1 / 3)}
+
+
+def test_relabels_are_not_scored_without_true_labels() -> None:
+    report, truth = make_frames()
+    report["suggested_label"] = "a"
+    assert evaluate_report(report=report, truth=truth)["relabel"] is None
+    report["true_label"] = "a"  # a column the report carries along is not the truth
+    assert evaluate_report(report=report, truth=truth)["relabel"] is None
+    truth["true_label"] = "b"
+    assert evaluate_report(report=report, truth=truth)["relabel"]["correct"] == 0
+
+
 def test_booleans_read_as_text_are_accepted() -> None:
     report, truth = make_frames()
     expected = evaluate_report(report=report, truth=truth)
@@ -162,6 +184,8 @@ def test_bad_inputs_raise(change, message: str) -> None:
 
 def test_render_evaluation_prints_every_table() -> None:
     report, truth = make_frames()
+    report["suggested_label"] = "a"
+    truth["true_label"] = "a"
     result = evaluate_report(report=report, truth=truth)
     console = Console(record=True, width=120, color_system=None)
     render_evaluation(json.loads(json.dumps(result)), console)
@@ -173,5 +197,6 @@ def test_render_evaluation_prints_every_table() -> None:
         "ROC-AUC",
         "0.960",
         "Mislabeled detection",
+        "Suggested relabels",
     ):
         assert fragment in text
