@@ -37,6 +37,8 @@ COLUMNS = {
     "macro_f1": "macro-F1",
     "ceiling_macro_f1": "ceiling",
     "detection_f1": "detect F1",
+    "relabel_precision": "relabel precision",
+    "relabel_fixed": "wrong labels fixed",
     "auc_clean": "AUC clean",
     "auc_hq": "AUC high quality",
     "test_acc": "test acc",

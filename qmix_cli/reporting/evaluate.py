@@ -58,7 +58,8 @@ def evaluate_report(*, report: pd.DataFrame, truth: pd.DataFrame) -> dict[str, A
         (``labels``, ``matrix`` as nested lists, rows truth, columns predicted); ``detection`` (``precision``,
         ``recall``, ``f1``, ``support``, ``flagged``); ``roc_auc`` (``mislabeled``, ``low_quality``);
         ``roc_auc_by_score`` (target → score expression → AUC); ``targets`` (how each AUC target is defined);
-        ``relabel`` (see `relabel_metrics`; ``None`` without ``truth.true_label`` or ``report.suggested_label``).
+        ``relabel`` (``proposed``, ``correct``, ``precision``, ``wrong_labels``, ``recall``: the ``mislabeled_hq``
+        rows' suggested labels against ``truth.true_label``; ``None`` without it or ``report.suggested_label``).
         Undefined metrics are ``None``. A category absent from both truth and prediction gets ``f1 = None``
         and is left out of the macro average.
 
@@ -162,11 +163,11 @@ def evaluate_report(*, report: pd.DataFrame, truth: pd.DataFrame) -> dict[str, A
         },
         "roc_auc_by_score": by_score,
         "targets": targets,
-        "relabel": relabel_metrics(joined) if {"suggested_label", "true_label"} <= set(joined.columns) else None,
+        "relabel": _relabel_metrics(joined) if {"suggested_label", "true_label"} <= set(joined.columns) else None,
     }
 
 
-def relabel_metrics(joined: pd.DataFrame) -> dict[str, Any]:
+def _relabel_metrics(joined: pd.DataFrame) -> dict[str, Any]:
     """How far a curator can trust the suggested labels of the rows the report proposes to relabel.
 
     ``joined`` has ``category_report``, ``category_truth``, ``suggested_label`` and ``true_label`` (class names;
