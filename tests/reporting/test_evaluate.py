@@ -135,8 +135,8 @@ def test_suggested_relabels_are_scored_against_the_true_labels() -> None:
     report["suggested_label"] = ["a", "b", "c", "d", "x", "y", "z", "h", None, "lq"]
     truth["true_label"] = np.array(["a", "b", "c", "d", "e", "y", "q", "h", "i", "lq"])[order]
     relabel = evaluate_report(report=report, truth=truth)["relabel"]
-    # Right: s05 and s09 of 4 proposals; of the 3 truly mislabeled_hq images (s05-s07) only s05 is fixed (s07 was
-    # called clean: its suggestion is the given label, which is no relabel).
+    # Right: s05 and s09 of 4 proposals; of the 3 truly mislabeled_hq images (s05-s07) only s05 is fixed: s07's
+    # suggestion matches its true label, but a row called clean proposes no relabel, so it does not count.
     assert relabel == {"proposed": 4, "correct": 2, "precision": 0.5, "wrong_labels": 3, "recall": pytest.approx(1 / 3)}
 
 
