@@ -132,6 +132,35 @@ def compute_ranks(*, p_clean: np.ndarray, loss: np.ndarray, sample_ids: Sequence
     return ranks
 
 
+def suggest_labels(*, probs: np.ndarray, given_labels: np.ndarray, categories: np.ndarray) -> np.ndarray:
+    """The label to keep or use for each image, following its verdict.
+
+    ``clean``: the given label. ``mislabeled_hq``: the most probable class *other than* the given one; that is
+    the prediction wherever the prediction differs from the given label, and where the argmax is the given label
+    the verdict has overruled it, so suggesting that label back would contradict the verdict.
+    ``mislabeled_lq``: none (the image itself is the problem, so no label should be trusted).
+
+    Parameters
+    ----------
+    probs
+        ``(N, K)`` class probabilities (any scores ordered like them).
+    given_labels
+        ``(N,)`` int given labels in ``[0, K)``.
+    categories
+        ``(N,)`` int verdicts in {0, 1, 2} (:data:`CATEGORIES` order).
+
+    Returns
+    -------
+    np.ndarray
+        ``(N,)`` int64 class indices; ``-1`` where there is no suggestion (``mislabeled_lq``).
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    given = np.asarray(given_labels, dtype=np.int64)
+    cats = np.asarray(categories)
+    others = np.where(np.arange(probs.shape[1]) == given[:, None], -np.inf, probs)
+    return np.where(cats == 0, given, np.where(cats == 1, others.argmax(axis=1), -1))
+
+
 def build_report(
     *,
     sample_ids: Sequence[str] | pa.Array,
@@ -202,19 +231,14 @@ def build_report(
 
     predicted = prob.argmax(axis=1)
     rows = np.arange(n)
-    # The suggested label follows the group: keep the given label, relabel, or none at all (the image itself is
-    # the problem, so no label should be trusted). A relabel is the most probable class *other than* the given
-    # one: it is the prediction wherever the nets disagree with the given label, and where their argmax is the
-    # given label the separation has overruled them, so suggesting that label back would contradict the verdict.
-    alternative = np.where(np.arange(k) == given[:, None], -np.inf, prob).argmax(axis=1)
-    suggested = np.where(cats == 0, given, alternative)
+    suggested = suggest_labels(probs=prob, given_labels=given, categories=cats)
     class_arr = pa.array(names, type=pa.string())
     columns = {
         "sample_id": ids,
         "path": path_arr,
         "given_label": class_arr.take(pa.array(given)),
         "predicted_label": class_arr.take(pa.array(predicted)),
-        "suggested_label": class_arr.take(pa.array(suggested, mask=cats == 2)),
+        "suggested_label": class_arr.take(pa.array(suggested, mask=suggested < 0)),
         "confidence": pa.array(prob[rows, predicted].astype(np.float32)),
         "label_score": pa.array(prob[rows, given].astype(np.float32)),
         "loss": pa.array(loss32),

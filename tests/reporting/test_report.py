@@ -29,6 +29,7 @@ from qmix_cli.reporting.report import (
     read_report,
     read_report_metadata,
     report_metadata,
+    suggest_labels,
 )
 
 CLASSES = ("cat", "dog", "fox", "owl")
@@ -153,6 +154,14 @@ def test_mislabeled_hq_never_suggests_its_given_label_back() -> None:
     assert df["suggested_label"].tolist()[:4] == ["dog", "fox", "dog", "cat"]
     assert df["suggested_label"].isna().tolist() == [False, False, False, False, True]
     np.testing.assert_allclose(df["confidence"], [0.6, 0.6, 0.7, 0.6, 0.6])  # still the prediction's probability
+
+
+def test_suggest_labels_follows_the_verdict() -> None:
+    probs = np.array([[0.5, 0.3, 0.2], [0.5, 0.3, 0.2], [0.1, 0.2, 0.7], [0.5, 0.3, 0.2]])
+    suggested = suggest_labels(probs=probs, given_labels=np.array([0, 0, 0, 2]), categories=np.array([0, 1, 1, 2]))
+    # clean keeps 0; mislabeled_hq takes the runner-up 1 when the argmax is the given label, else the argmax 2;
+    # mislabeled_lq gets none.
+    assert suggested.tolist() == [0, 1, 2, -1]
 
 
 def test_ranks_break_ties_by_loss_then_sample_id() -> None:
