@@ -136,8 +136,8 @@ def suggest_labels(*, probs: np.ndarray, given_labels: np.ndarray, categories: n
     """The label to keep or use for each image, following its verdict.
 
     ``clean``: the given label. ``mislabeled_hq``: the most probable class *other than* the given one; that is
-    the prediction wherever the prediction differs from the given label, and where the argmax is the given label
-    the verdict has overruled it, so suggesting that label back would contradict the verdict.
+    the argmax wherever the argmax differs from the given label, and where it is the given label the verdict has
+    overruled it, so suggesting that label back would contradict the verdict.
     ``mislabeled_lq``: none (the image itself is the problem, so no label should be trusted).
 
     Parameters
@@ -173,6 +173,7 @@ def build_report(
     categories: np.ndarray,
     class_names: Sequence[str],
     rank: np.ndarray | None = None,
+    suggestion_probs: np.ndarray | None = None,
 ) -> pa.Table:
     """Build report rows from the audit scores.
 
@@ -195,6 +196,8 @@ def build_report(
     rank
         ``(N,)`` precomputed global ranks (see :func:`compute_ranks`) when these rows are one batch of a
         larger report; computed over these rows when omitted.
+    suggestion_probs
+        ``(N, K)`` the probabilities relabels are suggested from (`suggest_labels`); ``probs`` when omitted.
 
     Returns
     -------
@@ -231,7 +234,13 @@ def build_report(
 
     predicted = prob.argmax(axis=1)
     rows = np.arange(n)
-    suggested = suggest_labels(probs=prob, given_labels=given, categories=cats)
+    if suggestion_probs is None:
+        suggestion = prob
+    else:
+        suggestion = np.asarray(suggestion_probs, dtype=np.float64)
+        if suggestion.shape != (n, k):
+            raise ValueError(f"suggestion_probs must have shape (N, K) = ({n}, {k}), got {suggestion.shape}")
+    suggested = suggest_labels(probs=suggestion, given_labels=given, categories=cats)
     class_arr = pa.array(names, type=pa.string())
     columns = {
         "sample_id": ids,

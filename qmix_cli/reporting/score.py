@@ -78,14 +78,17 @@ def load_run(run_dir: str | Path, *, device: str = "auto") -> TrainedRun:
 
 @dataclass(frozen=True)
 class AuditScores:
-    """Per-sample results, in dataset order. ``probs`` (N, K) ensemble softmax; ``loss``/``uncertainty`` (N,)
-    normalised to [0, 1] on the run's scale; ``posteriors`` (N, 3) in group order; ``categories`` (N,) int8."""
+    """Per-sample results, in dataset order. ``probs`` (N, K) the nets' ensemble softmax; ``loss``/``uncertainty``
+    (N,) normalised to [0, 1] on the run's scale; ``posteriors`` (N, 3) in group order; ``categories`` (N,) int8;
+    ``suggestion_probs`` (N, K) what relabels are suggested from: the out-of-fold probes' ensemble (the nets'
+    where the run has no probes)."""
 
     probs: np.ndarray
     loss: np.ndarray
     uncertainty: np.ndarray
     posteriors: np.ndarray
     categories: np.ndarray
+    suggestion_probs: np.ndarray
 
 
 def _context(run: TrainedRun, seed: int) -> StepContext:
@@ -143,8 +146,10 @@ def score_dataset(
             own.append(np.mean([predict_probs(net, store, ctx, batch_size=batch_size, spec=v) for v in views], axis=0))
             scored.append(own[-1])
     probs = np.stack(own)
-    # Loss and uncertainty from what the run's final separation was fitted on (`_finalise`); the suggested label
-    # from the nets' own ensemble, the method's estimate of the true class.
+    # Loss and uncertainty from what the run's final separation was fitted on (`_finalise`); the predicted label
+    # from the nets' own ensemble, the method's classifier. Relabels are suggested from the probes: each training
+    # image is judged by a probe that never saw it, where the nets were trained on it, wrong label included, and
+    # partly learnt it (docs/decisions.md, "Tenth round").
     scores = compute_scores(np.stack(scored), labels, uncertainty=run.meta.get("uncertainty", "entropy"))
     posteriors = np.mean(
         [s.posteriors(scores.loss[k], scores.uncertainty[k]) for k, s in enumerate(run.separations)], axis=0
@@ -157,6 +162,7 @@ def score_dataset(
         uncertainty=axes[:, 1],
         posteriors=posteriors,
         categories=hard_groups(posteriors, p_threshold=run.meta.get("p_threshold", 0.5)),
+        suggestion_probs=_ensemble(np.stack(scored)),
     )
 
 
@@ -186,6 +192,7 @@ def report_batches(
             paths=paths[sel].tolist(),
             given_labels=labels[sel],
             probs=scores.probs[sel],
+            suggestion_probs=scores.suggestion_probs[sel],
             loss=scores.loss[sel],
             uncertainty=scores.uncertainty[sel],
             posteriors=posteriors[sel],

@@ -128,9 +128,9 @@ def test_parquet_report_follows_the_design_schema(parquet_report, noisy_digits):
     assert (df["suggested_label"].isna() == lq).all()
     clean, hq = df["category"] == "clean", df["category"] == "mislabeled_hq"
     assert (df.loc[clean, "suggested_label"] == df.loc[clean, "given_label"]).all()
+    # Relabels come from the out-of-fold probes, not the nets: they may differ from predicted_label, never from
+    # the verdict (no mislabeled_hq row suggests its given label back).
     assert (df.loc[hq, "suggested_label"] != df.loc[hq, "given_label"]).all()
-    disagree = hq & (df["predicted_label"] != df["given_label"])
-    assert (df.loc[disagree, "suggested_label"] == df.loc[disagree, "predicted_label"]).all()
 
     # Labels are class names; given labels are the manifest's.
     classes = sorted(manifest["label"].unique())

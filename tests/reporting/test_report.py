@@ -164,6 +164,23 @@ def test_suggest_labels_follows_the_verdict() -> None:
     assert suggested.tolist() == [0, 1, 2, -1]
 
 
+def test_suggestions_can_come_from_other_probabilities() -> None:
+    inputs = make_inputs(40, seed=5)
+    # Suggestion scores whose argmax is class (given + 1) mod K: every mislabeled_hq row must suggest it, whatever
+    # predicted_label and confidence (still from probs) say.
+    k = len(CLASSES)
+    target = (inputs["given_labels"] + 1) % k
+    suggestion = np.full((40, k), 0.1)
+    suggestion[np.arange(40), target] = 0.9
+    df = build_report(**inputs, suggestion_probs=suggestion).to_pandas().set_index("sample_id")
+    order = [inputs["sample_ids"].index(sid) for sid in df.index]
+    hq = inputs["categories"][order] == 1
+    assert df.loc[hq, "suggested_label"].tolist() == [CLASSES[i] for i in target[order][hq]]
+    assert df["predicted_label"].tolist() == [CLASSES[i] for i in inputs["probs"][order].argmax(axis=1)]
+    with pytest.raises(ValueError, match="suggestion_probs"):
+        build_report(**inputs, suggestion_probs=suggestion[:, :2])
+
+
 def test_ranks_break_ties_by_loss_then_sample_id() -> None:
     ranks = compute_ranks(
         p_clean=np.array([0.5, 0.1, 0.5, 0.5, 0.9]),
