@@ -506,7 +506,8 @@ def render_page(
     for group, blurb in (
         (
             "mislabeled_hq",
-            "good images whose label looks wrong; the suggested label is the model's likeliest other class",
+            "good images whose label looks wrong; the suggested label is the likeliest other class by a probe "
+            "that never saw the image",
         ),
         ("mislabeled_lq", "low-quality images (blurred, noisy, corrupted…): fix or drop them rather than relabel"),
     ):
