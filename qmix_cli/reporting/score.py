@@ -162,7 +162,7 @@ def score_dataset(
         uncertainty=axes[:, 1],
         posteriors=posteriors,
         categories=hard_groups(posteriors, p_threshold=run.meta.get("p_threshold", 0.5)),
-        suggestion_probs=_ensemble(np.stack(scored)),
+        suggestion_probs=_ensemble(np.stack(scored)).astype(np.float32),  # only its ranking is used
     )
 
 
