@@ -334,8 +334,9 @@ def render(tables: dict[str, dict[int, pd.DataFrame]], args: argparse.Namespace,
         " ROC-AUCs of the scores (mislabeled: 1 − p_clean or cleanlab's label quality; low quality: p_mislabeled_lq"
         " or cleanvision's worst quality score), wall time of training + audit",
         "- relabel precision / wrong labels fixed: of the labels the verdict would change (mislabeled-HQ rows, the"
-        " most probable other class suggested: the nets' for the engine methods, the out-of-fold CE model's for the"
-        " cleanlab rows), the share changed to the true label; and the share of wrong labels on good images fixed",
+        " most probable other class suggested: the out-of-fold probes' for the engine methods, the out-of-fold CE"
+        " model's for the cleanlab rows), the share changed to the true label; and the share of wrong labels on"
+        " good images fixed",
         "- ceiling: the macro-F1 a classifier fitted on the truth reaches from the same two separation axes (loss,"
         " uncertainty; gradient-boosted trees, 5-fold cross-validated): roughly the best any separation of those"
         " scores can do",

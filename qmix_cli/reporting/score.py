@@ -150,19 +150,22 @@ def score_dataset(
     # from the nets' own ensemble, the method's classifier. Relabels are suggested from the probes: each training
     # image is judged by a probe that never saw it, where the nets were trained on it, wrong label included, and
     # partly learnt it (docs/decisions.md, "Tenth round").
-    scores = compute_scores(np.stack(scored), labels, uncertainty=run.meta.get("uncertainty", "entropy"))
+    scored_probs = np.stack(scored)
+    scores = compute_scores(scored_probs, labels, uncertainty=run.meta.get("uncertainty", "entropy"))
     posteriors = np.mean(
         [s.posteriors(scores.loss[k], scores.uncertainty[k]) for k, s in enumerate(run.separations)], axis=0
     )
     axes = np.mean([s.normalise(scores.loss[k], scores.uncertainty[k]) for k, s in enumerate(run.separations)], axis=0)
     axes = np.nan_to_num(axes, nan=0.0)
+    ensemble = _ensemble(probs)
+    suggestion = _ensemble(scored_probs) if run.probes else ensemble  # without probes both are the nets' outputs
     return AuditScores(
-        probs=_ensemble(probs),
+        probs=ensemble,
         loss=axes[:, 0],
         uncertainty=axes[:, 1],
         posteriors=posteriors,
         categories=hard_groups(posteriors, p_threshold=run.meta.get("p_threshold", 0.5)),
-        suggestion_probs=_ensemble(np.stack(scored)).astype(np.float32),  # only its ranking is used
+        suggestion_probs=suggestion.astype(np.float32),  # only its ranking is used
     )
 
 
