@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +64,7 @@ def loss_split_then_quality(loss: np.ndarray, post10: np.ndarray, *, seed: int) 
 
 
 def rule_groups(loss: np.ndarray, unc: np.ndarray, *, seed: int) -> dict[str, np.ndarray]:
-    """(N,) group index of every sample under each rule of `RULES`, for one GMM seed."""
+    """(N,) group index of every sample under each separation rule (keyed by its name), for one GMM seed."""
     post = {k: gmm_posteriors(loss, unc, components=k, seed=seed) for k in (3, 10, 20)}
     groups = {f"{k} Gaussians": hard_groups(p) for k, p in post.items()}
     groups["10 + non-clean re-split"] = resplit_non_clean(loss, unc, groups["10 Gaussians"], seed=seed)
@@ -72,16 +73,12 @@ def rule_groups(loss: np.ndarray, unc: np.ndarray, *, seed: int) -> dict[str, np
     return groups
 
 
-RULES = ("3 Gaussians", "10 Gaussians", "20 Gaussians", "10 + non-clean re-split", "3 and 10 averaged",
-         "loss split + 10's quality")  # fmt: skip
-
-
 def score_report(path: Path, *, seeds: int) -> dict:
     """Macro-F1 of the shipped verdicts and of each rule (mean over GMM seeds) for one report."""
     merged = with_truth(pd.read_parquet(path), path.parent / "noisy")
     y = merged["truth"].to_numpy()
     loss, unc = merged["loss"].to_numpy(), merged["uncertainty"].to_numpy()
-    per_seed: dict[str, list[float]] = {rule: [] for rule in RULES}
+    per_seed: dict[str, list[float]] = defaultdict(list)
     for s in range(seeds):
         for rule, groups in rule_groups(loss, unc, seed=s).items():
             per_seed[rule].append(float(f1_score(y, NAMES[groups], average="macro")))
@@ -104,7 +101,8 @@ def main() -> None:
     if not rows:
         raise SystemExit(f"no report-*.parquet under {args.work}/*-seed*/")
     frame = pd.DataFrame(rows)
-    frame["rule spread"] = frame[list(RULES)].max(axis=1) - frame[list(RULES)].min(axis=1)  # same scores, another rule
+    rules = frame.columns.drop(["preset", "method", "report"])
+    frame["rule spread"] = frame[rules].max(axis=1) - frame[rules].min(axis=1)  # same scores, another rule
     groups = frame.groupby(["method", "preset"])
     means = groups.mean(numeric_only=True)
     means.insert(0, "reports", groups.size())

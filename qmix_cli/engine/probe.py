@@ -170,14 +170,15 @@ class LinearProbe:
 
         ``features`` (N, D) float on any device.
         """
+        probe = self.to(features.device)
         fold = torch.as_tensor(folds, device=features.device)
-        x = (features.float() - self.mean.to(features.device)) / self.std.to(features.device)
-        weight, bias = self.weight.to(features.device), self.bias.to(features.device)
-        # Batched (N, 1, D) @ (N, D, K) would copy a head per row; loop over the few folds instead.
-        logits = torch.empty(len(x), weight.shape[2], device=features.device)
+        # Batched (N, 1, D) @ (N, D, K) would copy a head per row; loop over the few folds instead, standardising
+        # one fold's rows at a time so no second (N, D) matrix is ever held.
+        logits = torch.empty(len(features), probe.weight.shape[2], device=features.device)
         for k in range(self.folds):
             rows = fold == k
-            logits[rows] = x[rows] @ weight[k] + bias[k]
+            x = (features[rows].float() - probe.mean) / probe.std
+            logits[rows] = x @ probe.weight[k] + probe.bias[k]
         return torch.softmax(logits, dim=1).cpu().numpy()
 
     def state_dict(self) -> dict[str, torch.Tensor | int]:
