@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from qmix_cli import __version__
+from qmix_cli.allocator import keep_freed_memory
 from qmix_cli.cli import audit, corrupt, demo, evaluate, show, train
 from qmix_cli.cli.common import State
 
@@ -53,4 +54,5 @@ def _interrupt_on_sigterm(signum: int, frame: object) -> None:
 
 def main() -> None:
     signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+    keep_freed_memory()
     app()
