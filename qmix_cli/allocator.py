@@ -2,9 +2,10 @@
 
 glibc returns large freed blocks to the system (``munmap``, heap trimming) and the next batch faults them in
 again, zero-filled. A CPU forward pass allocates activation buffers of tens of MB every batch, and that churn cost
-a fifth of an audit's raw forward and 8 % of a semi-supervised epoch on our 2-core VM (docs/decisions.md,
-"Eleventh round"). Raising the mmap and trim thresholds keeps those blocks in the heap for reuse. The price is a
-process that keeps its peak heap until it exits, which a training or audit process reaches anyway.
+a fifth of an audit's raw forward on our 2-core VM (training epochs gained less, within the VM's drift;
+docs/decisions.md, "Eleventh round"). Raising the mmap and trim thresholds keeps those blocks in the heap for
+reuse. The price is a process that keeps its peak heap until it exits, which a training or audit process reaches
+anyway.
 """
 
 from __future__ import annotations
