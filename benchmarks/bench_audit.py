@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from qmix_cli.allocator import keep_freed_memory
 from qmix_cli.api import audit
 from qmix_cli.data.cache import cached_images
 from qmix_cli.data.manifest import create_dataset
@@ -74,6 +75,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="warm audits and raw forwards, alternated")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    # As the `qmix` command does at start: without it, whichever side runs later in this process finds glibc's
+    # heap settled and looks about a fifth faster (docs/decisions.md, "Eleventh round").
+    keep_freed_memory()
 
     work = Path(tempfile.mkdtemp(prefix="qmix-bench-audit-"))
     manifest = cycling_manifest(args.rows, work / "manifest.csv")
