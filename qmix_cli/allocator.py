@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 from collections.abc import Mapping
 
 # mallopt parameters (<malloc.h>).
@@ -31,7 +30,11 @@ def keep_freed_memory(*, environ: Mapping[str, str] | None = None) -> bool:
     env = os.environ if environ is None else environ
     if any(key.startswith("MALLOC_") or key == "GLIBC_TUNABLES" for key in env):
         return False
-    if platform.libc_ver()[0] != "glibc":
+    # confstr answers from libc itself; platform.libc_ver() would scan the interpreter binary at every start.
+    try:
+        if not os.confstr("CS_GNU_LIBC_VERSION"):
+            return False
+    except (AttributeError, ValueError, OSError):  # no confstr (Windows), or a libc without the name (musl, macOS)
         return False
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt

@@ -32,7 +32,7 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from qmix_cli import __version__
-from qmix_cli.categories import CATEGORIES
+from qmix_cli.categories import CATEGORIES, CLEAN, MIS_H
 from qmix_cli.errors import DataError, QmixError, summarise_offenders
 from qmix_cli.io import atomic_path
 
@@ -158,7 +158,7 @@ def suggest_labels(*, probs: np.ndarray, given_labels: np.ndarray, categories: n
     given = np.asarray(given_labels, dtype=np.int64)
     cats = np.asarray(categories)
     others = np.where(np.arange(probs.shape[1]) == given[:, None], -np.inf, probs)
-    return np.where(cats == 0, given, np.where(cats == 1, others.argmax(axis=1), -1))
+    return np.where(cats == CLEAN, given, np.where(cats == MIS_H, others.argmax(axis=1), -1))
 
 
 def build_report(
@@ -256,7 +256,7 @@ def build_report(
         "p_mislabeled_hq": pa.array(post[:, 1]),
         "p_mislabeled_lq": pa.array(post[:, 2]),
         "category": pa.array(list(CATEGORIES), type=pa.string()).take(pa.array(cats)),
-        "is_label_issue": pa.array(cats != 0),
+        "is_label_issue": pa.array(cats != CLEAN),
         "rank": pa.array(ranks, type=pa.int32()),
     }
     table = pa.Table.from_pydict(columns, schema=REPORT_SCHEMA)
