@@ -119,6 +119,19 @@ def create_model(
     return QmixNet(encoder, num_classes=num_classes, proj_dim=proj_dim)
 
 
+def channels_last_on(device: torch.device) -> bool:
+    """Whether nets and their inputs use channels-last memory on ``device``: on CUDA, where cuDNN's convolutions
+    (tensor cores under mixed precision) run fastest that way; not on the CPU, where it measured no faster end to
+    end (docs/decisions.md, "Eleventh round")."""
+    return device.type == "cuda"
+
+
+def place_model(net: QmixNet, device: torch.device) -> QmixNet:
+    """``net`` moved to ``device`` in the memory format its inputs will have there (`channels_last_on`)."""
+    net = net.to(device)
+    return net.to(memory_format=torch.channels_last) if channels_last_on(device) else net
+
+
 def input_normalisation(name: str, *, channels: int) -> Normalise:
     """The mean/std timm's pretrained weights for ``name`` expect (averaged over RGB for 1-channel input,
     matching how timm folds the first convolution's RGB filters into one)."""

@@ -29,7 +29,14 @@ from qmix_cli.data.transforms import channel_stats, eval_view, strong_spec, weak
 from qmix_cli.engine.batches import ImageStore
 from qmix_cli.engine.checkpoint import load_checkpoint, save_checkpoint
 from qmix_cli.engine.losses import linear_rampup
-from qmix_cli.engine.models import QmixNet, create_model, input_normalisation, max_probe_stages
+from qmix_cli.engine.models import (
+    QmixNet,
+    channels_last_on,
+    create_model,
+    input_normalisation,
+    max_probe_stages,
+    place_model,
+)
 from qmix_cli.engine.probe import PROBE_STAGES, LinearProbe, fit_probe, fold_ids
 from qmix_cli.engine.scoring import Scores, compute_scores, fit_separation
 from qmix_cli.engine.separation import hard_groups, separation_aucs
@@ -131,10 +138,8 @@ class _Run:
                 pretrained=cfg.pretrained,
                 weights=cfg.weights,
                 proj_dim=cfg.proj_dim,
-            ).to(self.device)
-            if self.device.type == "cuda":
-                net = net.to(memory_format=torch.channels_last)
-            self.nets.append(net)
+            )
+            self.nets.append(place_model(net, self.device))
         torch.manual_seed(cfg.seed)
         self.optimizers, self.schedulers = zip(*(self._optimizer(net) for net in self.nets), strict=True)
         self.amp_dtype = amp_dtype(self.device, cfg.amp)
@@ -150,7 +155,7 @@ class _Run:
             strong=strong_spec(hflip=cfg.hflip, rotation=cfg.rotation),
             gen=self.gen,
             num_classes=len(self.classes),
-            channels_last=self.device.type == "cuda",
+            channels_last=channels_last_on(self.device),
         )
         counts = np.bincount(self.labels_np, minlength=len(self.classes)).astype(np.float64)
         prior = counts / counts.sum() if cfg.prior == "class" else np.full(len(self.classes), 1 / len(self.classes))

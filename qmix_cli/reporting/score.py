@@ -22,7 +22,7 @@ from qmix_cli.data.manifest import Dataset
 from qmix_cli.data.transforms import Normalise, weak_spec
 from qmix_cli.engine.batches import ImageStore
 from qmix_cli.engine.checkpoint import load_checkpoint
-from qmix_cli.engine.models import QmixNet, create_model
+from qmix_cli.engine.models import QmixNet, channels_last_on, create_model, place_model
 from qmix_cli.engine.probe import LinearProbe
 from qmix_cli.engine.scoring import compute_scores, separation_from_dict
 from qmix_cli.engine.separation import QualitySeparation, hard_groups
@@ -71,7 +71,7 @@ def load_run(run_dir: str | Path, *, device: str = "auto") -> TrainedRun:
             meta["model"], num_classes=len(meta["classes"]), in_chans=meta["channels"], proj_dim=meta["proj_dim"]
         )
         net.load_state_dict(sd)
-        nets.append(net.to(dev).eval())
+        nets.append(place_model(net, dev).eval())
     probes = [LinearProbe.from_state_dict(p).to(dev) for p in state.get("probes", [])]
     return TrainedRun(run_dir=run_dir, meta=meta, nets=nets, separations=separations, probes=probes, device=dev)
 
@@ -104,7 +104,7 @@ def _context(run: TrainedRun, seed: int) -> StepContext:
         strong=spec,
         gen=torch.Generator().manual_seed(seed),
         num_classes=len(run.classes),
-        channels_last=run.device.type == "cuda",
+        channels_last=channels_last_on(run.device),
     )
 
 

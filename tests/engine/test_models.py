@@ -6,7 +6,7 @@ import pytest
 import timm
 import torch
 
-from qmix_cli.engine.models import QmixNet, create_model, max_probe_stages
+from qmix_cli.engine.models import QmixNet, channels_last_on, create_model, max_probe_stages, place_model
 from qmix_cli.errors import ConfigError
 
 
@@ -97,3 +97,16 @@ def test_probe_stages_fall_back_to_the_pooled_features_and_leave_the_net_as_it_w
     assert max_probe_stages(plain, torch.randn(2, 1, 4, 4), wanted=2) == 1
     # One that has the method but fails with it (here: a wrong input) falls back too.
     assert max_probe_stages(net, torch.randn(2, 3, 32, 32), wanted=2) == 1
+
+
+def test_place_model_keeps_cpu_weights_contiguous_and_outputs_unchanged():
+    # Channels-last is for CUDA only (measured no faster on the CPU): on the CPU the net is moved, not re-laid out.
+    assert channels_last_on(torch.device("cuda")) and not channels_last_on(torch.device("cpu"))
+    torch.manual_seed(0)
+    net = create_model("test_resnet", num_classes=3, in_chans=1).eval()
+    x = torch.randn(2, 1, 32, 32)
+    before = net(x)
+    placed = place_model(net, torch.device("cpu"))
+    conv = next(m for m in placed.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous()
+    assert torch.equal(placed(x), before)
