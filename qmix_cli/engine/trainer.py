@@ -1,7 +1,8 @@
 """The training loop shared by qmix, dividemix and ce.
 
 A run directory holds ``config.yaml`` (every resolved setting), ``metrics.jsonl`` (one object per epoch),
-``checkpoints/last.pt`` (written atomically after every epoch: enough to resume bit-for-bit on the same device),
+``checkpoints/last.pt`` (written atomically after every epoch: enough to resume bit-for-bit on the CPU; on CUDA,
+whose cuDNN kernels are not deterministic, a resumed run continues the same training but not to the same digits),
 and at the end ``model.pt`` + ``run.json`` + ``separation.json``: what ``qmix audit`` needs.
 """
 
@@ -76,14 +77,19 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name} requested but CUDA is not available; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {name} requested but this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 
 def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
-    """bf16 where the GPU supports it (no loss scaling needed), else fp16; full precision on the CPU."""
+    """bf16 where the GPU computes it natively (no loss scaling needed), else fp16; full precision on the CPU.
+
+    Without ``including_emulation=False`` torch also says yes for GPUs older than Ampere, which only emulate bf16.
+    """
     if not enabled or device.type != "cuda":
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
 
 
 def dataset_fingerprint(dataset: Dataset) -> str:
@@ -195,7 +201,8 @@ class _Run:
             "rng": {
                 "gen": self.gen.get_state(),
                 "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+                # The training device's generator only: a resume may see other GPUs, or fewer.
+                "cuda": [torch.cuda.get_rng_state(self.device)] if self.device.type == "cuda" else [],
             },
             "history": [torch.from_numpy(h) for h in self.history],
             "separations": [json.dumps(s.to_dict()) for s in self.separations],
@@ -222,7 +229,7 @@ class _Run:
         self.gen.set_state(state["rng"]["gen"])
         torch.set_rng_state(state["rng"]["torch"])
         if self.device.type == "cuda" and state["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+            torch.cuda.set_rng_state(state["rng"]["cuda"][0], self.device)
         self.history.extend(h.numpy() for h in state["history"])
         self.separations = [separation_from_dict(json.loads(s)) for s in state["separations"]]
         self.epoch = int(state["epoch"])
@@ -527,6 +534,9 @@ def _finalise(run: _Run) -> None:
         "num_samples": len(run.dataset),
         "proj_dim": run.cfg.proj_dim,
         "audit_scores": run.cfg.audit_scores,
+        # Whether the final scores (what the separation was fitted on) came from mixed precision: the audit
+        # scores in the same precision, so its posteriors are read on the scale the mixture was fitted on.
+        "amp": run.amp_dtype is not None,
         "final_summary": run.separation_summary(
             [s.posteriors(scores.loss[k], scores.uncertainty[k]) for k, s in enumerate(run.separations)]
         ),

@@ -97,7 +97,8 @@ def _context(run: TrainedRun, seed: int) -> StepContext:
     spec = weak_spec(hflip=run.meta.get("hflip", True), rotation=run.meta.get("rotation", 15.0))
     return StepContext(
         device=run.device,
-        amp_dtype=amp_dtype(run.device, True),
+        # As the final training scores were computed (runs saved before `amp` was recorded: mixed precision).
+        amp_dtype=amp_dtype(run.device, run.meta.get("amp", True)),
         scaler=None,
         norm=norm,
         weak=spec,

@@ -308,3 +308,38 @@ def test_force_keeps_the_old_run_until_the_new_one_finishes(noisy_digits, tmp_pa
     train(noisy_digits, run, resume=True, cache_dir=cache)
     assert (run / "model.pt").is_file()
     assert not previous.exists()
+
+
+def _pretend_cuda(monkeypatch, *, devices: int, native_bf16: bool) -> list[dict]:
+    """Make torch report ``devices`` CUDA devices; record how bf16 support is asked about."""
+    asked: list[dict] = []
+
+    def bf16_supported(including_emulation: bool = True) -> bool:
+        asked.append({"including_emulation": including_emulation})
+        return native_bf16 or including_emulation  # an older GPU: bf16 only by emulation
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: devices)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", bf16_supported)
+    return asked
+
+
+def test_a_cuda_ordinal_the_machine_lacks_is_a_config_error(monkeypatch):
+    from qmix_cli.engine.trainer import resolve_device
+
+    _pretend_cuda(monkeypatch, devices=1, native_bf16=True)
+    assert resolve_device("cuda:0") == torch.device("cuda:0")
+    assert resolve_device("cuda") == torch.device("cuda")
+    with pytest.raises(ConfigError, match="has 1 CUDA device"):
+        resolve_device("cuda:3")
+
+
+@pytest.mark.parametrize(("native_bf16", "expected"), [(True, torch.bfloat16), (False, torch.float16)])
+def test_mixed_precision_uses_bf16_only_where_the_gpu_computes_it_natively(monkeypatch, native_bf16, expected):
+    from qmix_cli.engine.trainer import amp_dtype
+
+    asked = _pretend_cuda(monkeypatch, devices=1, native_bf16=native_bf16)
+    assert amp_dtype(torch.device("cuda"), True) == expected
+    assert asked == [{"including_emulation": False}]
+    assert amp_dtype(torch.device("cuda"), False) is None
+    assert amp_dtype(torch.device("cpu"), True) is None

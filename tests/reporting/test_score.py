@@ -147,3 +147,23 @@ def test_tta_views_follow_the_run_augmentation(trained, dataset, monkeypatch, qm
     monkeypatch.setattr(score, "weak_spec", spy)
     score.score_dataset(trained, dataset, tta=1)
     assert calls and all(call.get("hflip") is False for call in calls), calls
+
+
+@pytest.mark.parametrize(("recorded", "expected"), [(False, None), (True, "bfloat16"), (None, "bfloat16")])
+def test_audit_scores_in_the_precision_the_final_separation_was_fitted_in(trained, monkeypatch, recorded, expected):
+    # A run trained in full precision (on the CPU, or with --no-amp) is audited in full precision on a GPU too;
+    # runs saved before `amp` was recorded keep the audit's mixed precision.
+    import dataclasses
+
+    import torch
+
+    from qmix_cli.reporting.score import _context
+
+    assert trained.meta["amp"] is False  # the shared run trained on the CPU
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    meta = {k: v for k, v in trained.meta.items() if k != "amp"}
+    if recorded is not None:
+        meta["amp"] = recorded
+    on_gpu = dataclasses.replace(trained, meta=meta, device=torch.device("cuda"))
+    ctx = _context(on_gpu, seed=0)
+    assert ctx.amp_dtype == (None if expected is None else getattr(torch, expected))
