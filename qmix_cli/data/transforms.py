@@ -3,7 +3,8 @@
 Images arrive as uint8 (B, C, H, W) tensors already at the training size. Each view is one affine resampling
 (flip, rotation, zoom, shift composed into a single 2×3 matrix per image) plus, for strong views, colour jitter
 and random grayscale: no per-image Python, and on a GPU the work stays on the GPU. Random parameters are drawn
-on the CPU from an explicit `torch.Generator`, so a run is reproducible whatever the device.
+on the CPU from an explicit `torch.Generator`, so a run is reproducible whatever the device, and copied to it
+without blocking (a blocking copy would make the host wait for all the GPU's queued work at every view).
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ class Normalise:
     std: tuple[float, ...]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        mean = torch.tensor(self.mean, dtype=x.dtype).view(1, -1, 1, 1).to(x.device, non_blocking=True)
+        std = torch.tensor(self.std, dtype=x.dtype).view(1, -1, 1, 1).to(x.device, non_blocking=True)
         return (x - mean) / std
 
 
@@ -80,7 +81,7 @@ def _affine(batch: int, spec: ViewSpec, gen: torch.Generator) -> torch.Tensor:
 
 def _colour(x: torch.Tensor, spec: ViewSpec, gen: torch.Generator) -> torch.Tensor:
     b = x.shape[0]
-    u = torch.rand(b, 4, generator=gen).to(x.device, x.dtype)
+    u = torch.rand(b, 4, generator=gen).to(x.device, x.dtype, non_blocking=True)
     j = spec.jitter
     brightness = (1 + (u[:, 0] * 2 - 1) * j).view(b, 1, 1, 1)
     contrast = (1 + (u[:, 1] * 2 - 1) * j).view(b, 1, 1, 1)
@@ -99,7 +100,7 @@ def _colour(x: torch.Tensor, spec: ViewSpec, gen: torch.Generator) -> torch.Tens
 def make_view(x: torch.Tensor, spec: ViewSpec, gen: torch.Generator, norm: Normalise) -> torch.Tensor:
     """One random view of a uint8 batch (B, C, H, W), returned normalised as float32 on ``x``'s device."""
     xf = x.float().div_(255.0)
-    theta = _affine(x.shape[0], spec, gen).to(x.device)
+    theta = _affine(x.shape[0], spec, gen).to(x.device, non_blocking=True)
     grid = F.affine_grid(theta, list(xf.shape), align_corners=False)
     xf = F.grid_sample(xf, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     if spec.jitter > 0:

@@ -64,7 +64,7 @@ class ImageStore:
         """Yield the batches in order."""
         if self.tensor is not None:
             for idx in batches:
-                yield self.tensor[torch.as_tensor(idx, device=self.device)]
+                yield self.tensor[index_tensor(idx, self.device)]
             return
         assert self.path is not None
         loader = DataLoader(
@@ -77,6 +77,12 @@ class ImageStore:
         )
         for batch in loader:
             yield batch.to(self.device, non_blocking=True)
+
+
+def index_tensor(idx: np.ndarray, device: torch.device) -> torch.Tensor:
+    """``idx`` as an int64 tensor on ``device``, copied without blocking: a blocking host-to-GPU copy waits for
+    everything queued on the GPU, which then idles while the host prepares the next step."""
+    return torch.from_numpy(np.asarray(idx, dtype=np.int64)).to(device, non_blocking=True)
 
 
 def epoch_size(n: int, *, batch_size: int, drop_last: bool) -> int:

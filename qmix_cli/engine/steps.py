@@ -17,7 +17,7 @@ from torch import nn
 
 from qmix_cli.categories import CLEAN, MIS_L
 from qmix_cli.data.transforms import Normalise, ViewSpec, eval_view, make_view
-from qmix_cli.engine.batches import ImageStore, epoch_batches, epoch_size, sequential_batches
+from qmix_cli.engine.batches import ImageStore, epoch_batches, epoch_size, index_tensor, sequential_batches
 from qmix_cli.engine.losses import (
     mislq_weights,
     prior_regulariser,
@@ -85,13 +85,50 @@ class StepContext:
         return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out
 
 
-def _check_finite(loss: torch.Tensor, where: str) -> None:
-    if not torch.isfinite(loss):
-        raise TrainingError(
-            f"the loss became {loss.item()} ({where}). The last checkpoint, if an epoch has finished, is kept: "
-            "--resume --no-amp continues from it without mixed precision; a lower --lr needs a new run (--force). "
-            "Check the images too"
-        )
+# How often, in steps, a CUDA epoch reads its loss sums to check them (on the CPU: every step, where it is free).
+FINITE_CHECK_STEPS = 25
+
+
+class EpochLosses:
+    """An epoch's loss sums, kept on the device, and the check that stops training on a non-finite loss.
+
+    Reading a loss on the host (``.item()``, ``float()``, an ``if`` on a tensor) makes it wait for everything queued
+    on the GPU, which then idles while the host prepares the next step. So on CUDA the sums are read every
+    `FINITE_CHECK_STEPS` steps and at the end of the epoch; a non-finite loss poisons the sums, so it is still
+    caught, a few steps later, before the epoch ends and anything is saved. On the CPU the check runs every step
+    before the optimiser, as it always did. The sums are float64, the precision of a Python float, so the epoch
+    means are those of adding ``loss.item()`` step by step.
+    """
+
+    def __init__(
+        self, keys: tuple[str, ...], *, checked: str, device: torch.device, where: str, every: int | None = None
+    ) -> None:
+        self.sums = {k: torch.zeros((), dtype=torch.float64, device=device) for k in keys}
+        self.checked, self.where = checked, where
+        self.every = every or (1 if device.type == "cpu" else FINITE_CHECK_STEPS)
+        self.steps = 0
+
+    def add(self, values: dict[str, torch.Tensor], *, weight: float = 1.0) -> None:
+        """Add one step's losses (scalars, weighted by ``weight``); call before the optimiser step."""
+        for key, value in values.items():
+            self.sums[key] += value.detach().double() * weight
+        self.steps += 1
+        if self.steps % self.every == 0:
+            self.check()
+
+    def check(self) -> None:
+        total = self.sums[self.checked]
+        if not torch.isfinite(total):
+            raise TrainingError(
+                f"the loss became {total.item()} ({self.where}). The last checkpoint, if an epoch has finished, is "
+                "kept: --resume --no-amp continues from it without mixed precision; a lower --lr needs a new run "
+                "(--force). Check the images too"
+            )
+
+    def means(self, divisor: float) -> dict[str, float]:
+        """Check once more, then every sum over ``divisor`` (at least 1) as a float."""
+        self.check()
+        return {k: float(v) / max(divisor, 1) for k, v in self.sums.items()}
 
 
 def _optimise(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
@@ -182,19 +219,19 @@ def supervised_epoch(
     """Cross-entropy on the given labels for every image (warm-up, and the whole of the ``ce`` method)."""
     net.train()
     batches = epoch_batches(np.arange(len(store)), batch_size=batch_size, gen=ctx.gen, drop_last=False)
-    total, seen = 0.0, 0
+    losses = EpochLosses(("loss_x",), checked="loss_x", device=labels.device, where=where)
+    seen = 0
     for idx, x in zip(batches, store.iterate(batches), strict=True):
-        y = labels[torch.as_tensor(idx, device=labels.device)]
+        y = labels[index_tensor(idx, labels.device)]
         with ctx.autocast():
             logits = net(ctx.view(x, spec))
         loss = F.cross_entropy(logits.float(), y)
-        _check_finite(loss, where)
+        losses.add({"loss_x": loss}, weight=len(idx))
         _optimise(loss, optimizer, ctx.scaler)
-        total += loss.item() * len(idx)
         seen += len(idx)
         if progress:
             progress(len(idx))
-    return {"loss_x": total / max(seen, 1)}
+    return losses.means(seen)
 
 
 @dataclass(frozen=True)
@@ -252,12 +289,12 @@ def ssl_epoch(
 
     net.train()
     peer.eval()
-    sums = dict.fromkeys(("loss_x", "loss_u", "loss_reg", "loss_con", "loss_total"), 0.0)
-    steps = 0
+    keys = ("loss_x", "loss_u", "loss_reg", "loss_con", "loss_total")
+    losses = EpochLosses(keys, checked="loss_total", device=ctx.device, where=where)
     eye = torch.eye(ctx.num_classes, device=ctx.device)
     for lb, x in zip(l_batches, store.iterate(combined), strict=True):
         nl = len(lb)
-        idx = torch.as_tensor(lb, device=ctx.device)
+        idx = index_tensor(lb, ctx.device)
         xl, xu = x[:nl], x[nl:]
         nu = len(xu)
         g = groups_t[idx]
@@ -287,7 +324,7 @@ def ssl_epoch(
             sample_w += [torch.ones(2 * nu, device=ctx.device)]
         inputs, targets_t, weights_t = torch.cat(parts), torch.cat(targets), torch.cat(sample_w)
         lam = sample_lambda(weights.mixup_alpha, ctx.gen)
-        perm = torch.randperm(len(inputs), generator=ctx.gen).to(ctx.device)
+        perm = torch.randperm(len(inputs), generator=ctx.gen).to(ctx.device, non_blocking=True)
         mixed, mixed_t, mixed_w = mixup(inputs, targets_t, weights_t, lam=lam, perm=perm)
 
         with ctx.autocast():
@@ -309,11 +346,8 @@ def ssl_epoch(
         else:
             loss_con = logits.new_zeros(())
         loss = loss_x + weights.lambda_u * loss_u + loss_reg + weights.lambda_con * loss_con
-        _check_finite(loss, where)
+        losses.add(dict(zip(keys, (loss_x, loss_u, loss_reg, loss_con, loss), strict=True)))
         _optimise(loss, optimizer, ctx.scaler)
-        for key, val in zip(sums, (loss_x, loss_u, loss_reg, loss_con, loss), strict=True):
-            sums[key] += float(val.detach())
-        steps += 1
         if progress:
             progress(len(x))
-    return {k: v / max(steps, 1) for k, v in sums.items()}
+    return losses.means(losses.steps)

@@ -13,6 +13,7 @@ from qmix_cli.engine.models import create_model
 from qmix_cli.engine.probe import fit_probe, fold_ids
 from qmix_cli.engine.steps import (
     METHOD_RULES,
+    EpochLosses,
     SslWeights,
     StepContext,
     method_rules,
@@ -22,6 +23,7 @@ from qmix_cli.engine.steps import (
     ssl_epoch,
     ssl_epoch_size,
 )
+from qmix_cli.errors import TrainingError
 
 N, K, BATCH = 48, 3, 16
 
@@ -141,3 +143,34 @@ def test_streamed_probe_read_out_equals_the_probe_on_all_features():
     np.testing.assert_allclose(own, probs, atol=1e-6)
     np.testing.assert_allclose(probed, probe.probs(feats, folds), atol=1e-6)
     assert len(np.unique(folds)) > 1  # several heads were used
+
+
+def test_loss_sums_are_checked_every_step_on_the_cpu_and_every_few_steps_otherwise():
+    finite, nan = torch.tensor(0.5), torch.tensor(float("nan"))
+    cpu = EpochLosses(("loss",), checked="loss", device=torch.device("cpu"), where="epoch 1, net 0")
+    cpu.add({"loss": finite}, weight=2)
+    with pytest.raises(TrainingError, match=r"the loss became nan \(epoch 1, net 0\)"):
+        cpu.add({"loss": nan})  # before the optimiser would take this step
+    # Deferred (as on CUDA, where each check makes the host wait for the GPU): a NaN poisons the sums, so the
+    # next check still stops the epoch before it can end and be saved.
+    deferred = EpochLosses(("loss",), checked="loss", device=torch.device("cpu"), where="epoch 2", every=3)
+    deferred.add({"loss": nan})
+    deferred.add({"loss": finite})
+    with pytest.raises(TrainingError, match="loss became nan"):
+        deferred.add({"loss": finite})
+    short = EpochLosses(("loss",), checked="loss", device=torch.device("cpu"), where="epoch 3", every=25)
+    short.add({"loss": torch.tensor(float("inf"))})
+    with pytest.raises(TrainingError, match="loss became inf"):
+        short.means(1)
+
+
+def test_epoch_means_are_float64_sums_as_if_read_step_by_step():
+    values = [torch.tensor(v, dtype=torch.float32) for v in (0.1, 0.2, 0.30000001, 1e-8)]
+    sums = EpochLosses(("a", "b"), checked="a", device=torch.device("cpu"), where="")
+    expected = 0.0
+    for v in values:
+        sums.add({"a": v, "b": 2 * v}, weight=3)
+        expected += v.item() * 3
+    means = sums.means(12)
+    assert means["a"] == expected / 12  # exactly: the epoch means in metrics.jsonl did not change
+    assert means["b"] == pytest.approx(2 * expected / 12)
