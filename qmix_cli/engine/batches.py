@@ -16,6 +16,9 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 CPU_RESIDENT_LIMIT = 2 << 30  # bytes
+# A memory-mapped cache goes to the GPU this many bytes at a time: host memory then holds one chunk, not the
+# whole cache (which may be a quarter of the GPU's memory).
+UPLOAD_CHUNK = 256 << 20
 
 
 class _GatherBatches(TorchDataset):
@@ -39,6 +42,17 @@ class _GatherBatches(TorchDataset):
         return {"path": self.path, "batches": self.batches, "_images": None}
 
 
+def resident_copy(images: np.ndarray, device: torch.device, *, chunk_bytes: int = UPLOAD_CHUNK) -> torch.Tensor:
+    """``images`` (N, ...) as one tensor on ``device``, read ``chunk_bytes`` at a time (at least one image): host
+    memory holds the result (on the CPU) or one chunk (on a GPU) besides the memory map, never a second copy."""
+    dtype = torch.from_numpy(np.empty(0, dtype=images.dtype)).dtype
+    out = torch.empty(images.shape, dtype=dtype, device=device)
+    rows = max(1, chunk_bytes // max(images[:1].nbytes, 1))
+    for start in range(0, len(images), rows):
+        out[start : start + rows].copy_(torch.from_numpy(np.array(images[start : start + rows])))
+    return out
+
+
 class ImageStore:
     """All training images at the training size, served as uint8 (B, C, H, W) batches on ``device``."""
 
@@ -49,7 +63,7 @@ class ImageStore:
         self.workers = workers
         self.tensor: torch.Tensor | None = None
         if self.path is None or self._fits(images.nbytes):
-            self.tensor = torch.from_numpy(np.array(images)).to(device)
+            self.tensor = resident_copy(images, device)
 
     def _fits(self, nbytes: int) -> bool:
         if self.device.type == "cuda":

@@ -1,0 +1,38 @@
+"""Delivering image batches to the training device (`qmix_cli.engine.batches`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from qmix_cli.engine.batches import ImageStore, epoch_batches, index_tensor, resident_copy
+
+
+@pytest.fixture
+def cache(tmp_path) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    path = tmp_path / "images.npy"
+    np.save(path, rng.integers(0, 256, size=(11, 1, 4, 4), dtype=np.uint8))
+    return np.load(path, mmap_mode="r")
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 16, 48, 10_000])  # under one image, one, three, everything
+def test_resident_copy_is_exact_whatever_the_chunk(cache, chunk_bytes):
+    out = resident_copy(cache, torch.device("cpu"), chunk_bytes=chunk_bytes)
+    assert out.dtype == torch.uint8 and out.shape == cache.shape
+    assert np.array_equal(out.numpy(), np.asarray(cache))
+
+
+def test_store_serves_the_batches_asked_for_in_order(cache):
+    store = ImageStore(cache, device=torch.device("cpu"))
+    batches = epoch_batches(np.arange(len(cache)), batch_size=4, gen=torch.Generator().manual_seed(0), drop_last=False)
+    served = list(store.iterate(batches))
+    assert [len(b) for b in served] == [4, 4, 3]
+    for idx, batch in zip(batches, served, strict=True):
+        assert np.array_equal(batch.numpy(), np.asarray(cache)[idx])
+
+
+def test_index_tensor_is_int64_on_the_device_whatever_the_input_dtype():
+    idx = index_tensor(np.array([3, 0, 2], dtype=np.int32), torch.device("cpu"))
+    assert idx.dtype == torch.int64 and idx.tolist() == [3, 0, 2]
