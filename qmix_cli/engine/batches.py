@@ -42,6 +42,15 @@ class _GatherBatches(TorchDataset):
         return {"path": self.path, "batches": self.batches, "_images": None}
 
 
+def device_has_room(device: torch.device, nbytes: int, *, share: float) -> bool:
+    """Whether ``nbytes`` fit in ``share`` of a GPU's free memory; the CPU always has room (host memory limits are
+    the callers' to set)."""
+    if device.type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes < free * share
+
+
 def resident_copy(images: np.ndarray, device: torch.device, *, chunk_bytes: int = UPLOAD_CHUNK) -> torch.Tensor:
     """``images`` (N, ...) as one tensor on ``device``, read ``chunk_bytes`` at a time (at least one image): host
     memory holds the result (on the CPU) or one chunk (on a GPU) besides the memory map, never a second copy."""
@@ -67,8 +76,7 @@ class ImageStore:
 
     def _fits(self, nbytes: int) -> bool:
         if self.device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(self.device)
-            return nbytes < free // 4
+            return device_has_room(self.device, nbytes, share=0.25)
         return nbytes <= CPU_RESIDENT_LIMIT
 
     def __len__(self) -> int:

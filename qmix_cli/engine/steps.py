@@ -17,7 +17,14 @@ from torch import nn
 
 from qmix_cli.categories import CLEAN, MIS_L
 from qmix_cli.data.transforms import Normalise, ViewSpec, eval_view, make_view
-from qmix_cli.engine.batches import ImageStore, epoch_batches, epoch_size, index_tensor, sequential_batches
+from qmix_cli.engine.batches import (
+    ImageStore,
+    device_has_room,
+    epoch_batches,
+    epoch_size,
+    index_tensor,
+    sequential_batches,
+)
 from qmix_cli.engine.losses import (
     mislq_weights,
     prior_regulariser,
@@ -171,14 +178,33 @@ def predict_probs(
     return torch.cat(probs).numpy()
 
 
+# Copies of the (N, D) features the probe fit holds at once: the features, their standardised copy sorted by fold,
+# and one fold's rows while scoring (`qmix_cli.engine.probe`).
+PROBE_FEATURE_COPIES = 3
+
+
 @torch.no_grad()
 def predict_features(
     net: QmixNet, store: ImageStore, ctx: StepContext, *, batch_size: int, stages: int = 1
 ) -> torch.Tensor:
-    """The features of `QmixNet.forward_with_stages` of the eval view (N, D'), float32, left on the device to fit
-    the audit probe on (`qmix_cli.engine.probe`)."""
-    outputs = _eval_outputs(net, store, ctx, batch_size=batch_size, spec=None, stages=stages)
-    return torch.cat([feats for _, feats in outputs])
+    """The features of `QmixNet.forward_with_stages` of the eval view (N, D'), float32, to fit the audit probe on.
+
+    They stay on the training device where `PROBE_FEATURE_COPIES` copies fit in half its free memory, and go to
+    host memory otherwise (a large dataset on a small GPU): the probe is then fitted on the CPU, slower, instead
+    of running out of GPU memory at the end of a long run.
+    """
+    out: torch.Tensor | None = None
+    start = 0
+    for _, feats in _eval_outputs(net, store, ctx, batch_size=batch_size, spec=None, stages=stages):
+        if out is None:
+            nbytes = PROBE_FEATURE_COPIES * len(store) * feats.shape[1] * feats.element_size()
+            on_device = device_has_room(feats.device, nbytes, share=0.5)
+            out = feats.new_empty((len(store), feats.shape[1]), device=None if on_device else torch.device("cpu"))
+        out[start : start + len(feats)].copy_(feats)
+        start += len(feats)
+    if out is None:
+        raise ValueError("no images to compute features of")
+    return out
 
 
 @torch.no_grad()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from qmix_cli.engine.batches import ImageStore, epoch_batches, index_tensor, resident_copy
+from qmix_cli.engine.batches import ImageStore, device_has_room, epoch_batches, index_tensor, resident_copy
 
 
 @pytest.fixture
@@ -36,3 +36,11 @@ def test_store_serves_the_batches_asked_for_in_order(cache):
 def test_index_tensor_is_int64_on_the_device_whatever_the_input_dtype():
     idx = index_tensor(np.array([3, 0, 2], dtype=np.int32), torch.device("cpu"))
     assert idx.dtype == torch.int64 and idx.tolist() == [3, 0, 2]
+
+
+def test_device_has_room_reads_the_gpus_free_memory_and_never_refuses_the_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1000, 4000))
+    gpu = torch.device("cuda")
+    assert device_has_room(gpu, 249, share=0.25) and not device_has_room(gpu, 250, share=0.25)
+    assert device_has_room(gpu, 499, share=0.5)
+    assert device_has_room(torch.device("cpu"), 10**15, share=0.25)
