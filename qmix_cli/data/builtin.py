@@ -2,8 +2,9 @@
 
 * ``digits``: scikit-learn's 1,797 handwritten digits (8×8, 17 grey levels), upscaled to 32×32 so that the
   degradations of ``qmix corrupt`` (blur, JPEG, occlusion, ...) have pixels to act on.
-* ``fashion-mnist`` / ``fashion-mnist:test``: the 60,000 / 10,000 images of the Debian package
-  ``dataset-fashion-mnist``, which ships the original idx files.
+* ``fashion-mnist`` / ``fashion-mnist:test``: the 60,000 / 10,000 images of the original idx files, from the
+  Debian package ``dataset-fashion-mnist`` or from the folder ``$QMIX_FASHION_MNIST_DIR`` names (the four
+  ``.gz`` files as Zalando publishes them), for systems without that package.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from PIL import Image
 from qmix_cli.errors import DataError
 from qmix_cli.io import atomic_dir
 
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # where the Debian package puts the idx files
 FASHION_MNIST_CLASSES = (
     "t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot",
 )  # fmt: skip
@@ -53,14 +54,21 @@ def _read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
+def fashion_mnist_dir() -> Path:
+    """``$QMIX_FASHION_MNIST_DIR`` if set, else the Debian package's folder (`FASHION_MNIST_DIR`)."""
+    return Path(os.environ.get("QMIX_FASHION_MNIST_DIR") or FASHION_MNIST_DIR)
+
+
 def _load_fashion_mnist(split: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     prefix = "train" if split == "train" else "t10k"
-    images_path = FASHION_MNIST_DIR / f"{prefix}-images-idx3-ubyte.gz"
-    labels_path = FASHION_MNIST_DIR / f"{prefix}-labels-idx1-ubyte.gz"
+    folder = fashion_mnist_dir()
+    images_path = folder / f"{prefix}-images-idx3-ubyte.gz"
+    labels_path = folder / f"{prefix}-labels-idx1-ubyte.gz"
     if not images_path.is_file() or not labels_path.is_file():
         raise DataError(
-            "fashion-mnist is not installed; install it with: "
-            "sudo apt-get install dataset-fashion-mnist (Debian/Ubuntu)"
+            f"fashion-mnist is not installed ({images_path.name} or {labels_path.name} missing in {folder}); "
+            "install it with: sudo apt-get install dataset-fashion-mnist (Debian/Ubuntu), or set "
+            "QMIX_FASHION_MNIST_DIR to a folder holding the original idx .gz files"
         )
     return _read_idx(images_path), _read_idx(labels_path).astype(np.int64), FASHION_MNIST_CLASSES
 

@@ -90,7 +90,7 @@ def test_local_path_named_like_a_builtin_wins(tmp_path, make_image_folder, monke
     assert len(ds) == 4
 
 
-@pytest.mark.skipif(not builtin.FASHION_MNIST_DIR.is_dir(), reason="dataset-fashion-mnist is not installed")
+@pytest.mark.skipif(not builtin.fashion_mnist_dir().is_dir(), reason="dataset-fashion-mnist is not installed")
 def test_fashion_mnist_test_split():
     ds = create_dataset("fashion-mnist:test", check_images=False)
     assert len(ds) == 10_000
@@ -102,11 +102,36 @@ def test_fashion_mnist_test_split():
 
 
 def test_fashion_mnist_missing_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.delenv("QMIX_FASHION_MNIST_DIR", raising=False)
     monkeypatch.setattr(builtin, "FASHION_MNIST_DIR", tmp_path / "not-installed")
     cache = tmp_path / "cache"
     with pytest.raises(DataError) as exc:
         create_dataset("fashion-mnist", cache_dir=cache)
     msg = str(exc.value)
     assert "fashion-mnist is not installed" in msg
-    assert "apt-get install dataset-fashion-mnist" in msg
+    assert "apt-get install dataset-fashion-mnist" in msg and "QMIX_FASHION_MNIST_DIR" in msg
     assert not (cache / "datasets" / "fashion-mnist").exists()  # nothing half-written
+
+
+def test_fashion_mnist_is_read_from_the_folder_the_environment_names(tmp_path, monkeypatch):
+    # Systems without the Debian package point QMIX_FASHION_MNIST_DIR at the original idx files.
+    import gzip
+
+    def idx(path, array):
+        header = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+        with gzip.open(path, "wb") as f:
+            f.write(header + array.tobytes())
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(20, 28, 28), dtype=np.uint8)
+    labels = np.arange(20, dtype=np.uint8) % 10
+    idx(tmp_path / "t10k-images-idx3-ubyte.gz", images)
+    idx(tmp_path / "t10k-labels-idx1-ubyte.gz", labels)
+    monkeypatch.setattr(builtin, "FASHION_MNIST_DIR", tmp_path / "not-installed")
+    monkeypatch.setenv("QMIX_FASHION_MNIST_DIR", str(tmp_path))
+    ds = create_dataset("fashion-mnist:test", cache_dir=tmp_path / "cache")
+    assert len(ds) == 20 and np.bincount(ds.labels).tolist() == [2] * 10
+    with Image.open(ds.abs_paths[0]) as img:
+        assert img.size == (28, 28)
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte\.gz or train-labels-idx1-ubyte\.gz missing"):
+        create_dataset("fashion-mnist", cache_dir=tmp_path / "cache")
