@@ -132,6 +132,7 @@ def audit(
     on_bad_image: str = "error",
     cache_dir: str | Path | None = None,
     workers: int = 0,
+    sort_by: str = "sample_id",
     console: Console | None = None,
     quiet: bool = False,
     stream=None,
@@ -140,15 +141,18 @@ def audit(
 
     ``data`` may be the training set or any labelled manifest with the run's classes. ``out`` is a path (format
     from its suffix unless ``fmt`` is given), ``"-"`` for CSV/JSONL on stdout, or None to only return the table.
-    Returns the report as a `pandas.DataFrame` (rows sorted by ``sample_id``) and, in ``.attrs["pipe_closed"]``,
-    whether a downstream pipe closed early.
+    Rows are sorted by ``sort_by``: ``"sample_id"``, or ``"rank"`` (the most likely issues first, so that
+    ``| head`` shows them). Returns the report as a `pandas.DataFrame` (in the same order) and, in
+    ``.attrs["pipe_closed"]``, whether a downstream pipe closed early.
     """
     import pyarrow as pa
 
     from qmix_cli.data.manifest import check_output_file, create_dataset
-    from qmix_cli.reporting.report import infer_format, open_report_writer
+    from qmix_cli.reporting.report import REPORT_ORDERS, infer_format, open_report_writer
     from qmix_cli.reporting.score import load_run, metadata_for, report_batches, score_dataset
 
+    if sort_by not in REPORT_ORDERS:
+        raise ConfigError(f"--sort must be {' or '.join(REPORT_ORDERS)} (got {sort_by!r})")
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1 (got {batch_size})")
     if tta < 0:
@@ -173,10 +177,10 @@ def audit(
         tables = []
         pipe_closed = False
         if out is None:
-            tables = list(report_batches(trained, dataset, scores))
+            tables = list(report_batches(trained, dataset, scores, sort_by=sort_by))
         else:
             with open_report_writer(out, fmt=fmt, metadata=metadata_for(trained, dataset), stream=stream) as writer:
-                for table in report_batches(trained, dataset, scores):
+                for table in report_batches(trained, dataset, scores, sort_by=sort_by):
                     tables.append(table)
                     writer.write(table)
                     if writer.pipe_closed:

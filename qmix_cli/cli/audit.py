@@ -32,6 +32,9 @@ def audit_command(
         Path | None, typer.Option(help="Cache of decoded images and image checks [~/.cache/qmix].")
     ] = None,
     workers: Annotated[int, typer.Option(help="DataLoader workers for caches too big to keep in memory.")] = 0,
+    sort: Annotated[
+        str, typer.Option(help="Row order: sample_id, or rank (most likely issues first, for | head).")
+    ] = "sample_id",
 ) -> None:
     """Write a report that says, for every image, clean / mislabeled_hq / mislabeled_lq and what to do."""
     from qmix_cli.api import audit
@@ -39,7 +42,8 @@ def audit_command(
     st = state(ctx)
     frame = audit(
         data, run=run, out=out, fmt=format, batch_size=batch_size, tta=tta, device=device,
-        on_bad_image=on_bad_image, cache_dir=cache_dir, workers=workers, console=st.err, quiet=st.quiet,
+        on_bad_image=on_bad_image, cache_dir=cache_dir, workers=workers, sort_by=sort, console=st.err,
+        quiet=st.quiet,
     )  # fmt: skip
     if frame is None or frame.attrs.get("pipe_closed") or st.quiet:
         return

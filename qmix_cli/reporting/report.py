@@ -1,8 +1,8 @@
 """The per-image audit report: its schema, how rows are derived from scores, streaming writers and a reader.
 
 The schema is the contract of ``DESIGN.md`` ("The report"): one row per training image, sorted by
-``sample_id``, written as Parquet (with run metadata in the file), CSV or JSON Lines, to a file (atomically)
-or to stdout.
+``sample_id`` (or, asked, by ``rank``: most likely issues first), written as Parquet (with run metadata in the
+file), CSV or JSON Lines, to a file (atomically) or to stdout.
 
 Reports are built in two passes so that memory stays bounded on large datasets: first every image's scores
 (``p_clean`` and ``loss``) give the global :func:`compute_ranks`; then rows are built batch by batch with
@@ -161,6 +161,10 @@ def suggest_labels(*, probs: np.ndarray, given_labels: np.ndarray, categories: n
     return np.where(cats == CLEAN, given, np.where(cats == MIS_H, others.argmax(axis=1), -1))
 
 
+# Row orders a report can be written in: by id (stable, for joins and diffs) or by rank (issues first, for `| head`).
+REPORT_ORDERS = ("sample_id", "rank")
+
+
 def build_report(
     *,
     sample_ids: Sequence[str] | pa.Array,
@@ -174,6 +178,7 @@ def build_report(
     class_names: Sequence[str],
     rank: np.ndarray | None = None,
     suggestion_probs: np.ndarray | None = None,
+    sort_by: str = "sample_id",
 ) -> pa.Table:
     """Build report rows from the audit scores.
 
@@ -198,13 +203,17 @@ def build_report(
         larger report; computed over these rows when omitted.
     suggestion_probs
         ``(N, K)`` the probabilities relabels are suggested from (`suggest_labels`); ``probs`` when omitted.
+    sort_by
+        One of :data:`REPORT_ORDERS`: the column the rows are sorted by (``rank``: ascending, issues first).
 
     Returns
     -------
     pyarrow.Table
-        ``N`` rows with schema :data:`REPORT_SCHEMA`, sorted by ``sample_id``. Rows are sorted only within
-        this call: a caller writing several batches must feed them in ``sample_id`` order.
+        ``N`` rows with schema :data:`REPORT_SCHEMA`, sorted by ``sort_by``. Rows are sorted only within
+        this call: a caller writing several batches must feed them in that order.
     """
+    if sort_by not in REPORT_ORDERS:
+        raise ValueError(f"sort_by must be one of {REPORT_ORDERS}, got {sort_by!r}")
     ids = _string_array(sample_ids, name="sample_ids")
     n = len(ids)
     path_arr = _string_array(paths, name="paths", n=n)
@@ -260,7 +269,7 @@ def build_report(
         "rank": pa.array(ranks, type=pa.int32()),
     }
     table = pa.Table.from_pydict(columns, schema=REPORT_SCHEMA)
-    return table.take(pc.sort_indices(ids))
+    return table.take(pc.sort_indices(table[sort_by]))
 
 
 def report_metadata(
@@ -354,7 +363,7 @@ class ReportWriter:
     """Append report batches to one output, as Parquet, CSV or JSON Lines; use as a context manager.
 
     Each :meth:`write` appends its rows immediately (one Parquet row group per write), so memory holds one
-    batch at a time. The writer does not sort across batches: the caller feeds batches in ``sample_id`` order.
+    batch at a time. The writer does not sort across batches: the caller feeds batches in the report's order.
 
     A file output appears only when the ``with`` block succeeds (written to a temporary file, then renamed);
     metadata is stored in Parquet only. With ``out == "-"`` rows stream to ``stream`` (default

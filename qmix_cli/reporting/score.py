@@ -179,13 +179,19 @@ def _ensemble(probs: np.ndarray) -> np.ndarray:
 
 
 def report_batches(
-    run: TrainedRun, dataset: Dataset, scores: AuditScores, *, rows_per_batch: int = 65536
+    run: TrainedRun,
+    dataset: Dataset,
+    scores: AuditScores,
+    *,
+    rows_per_batch: int = 65536,
+    sort_by: str = "sample_id",
 ) -> Iterator[pa.Table]:
-    """Report rows in ``sample_id`` order, ``rows_per_batch`` at a time (one Parquet row group each)."""
+    """Report rows in ``sort_by`` order (`REPORT_ORDERS`), ``rows_per_batch`` at a time (one Parquet row group
+    each)."""
     ids = dataset.frame["sample_id"].to_numpy(dtype=object)
     posteriors = normalise_posteriors(scores.posteriors)
     rank = compute_ranks(p_clean=posteriors[:, 0], loss=scores.loss, sample_ids=ids.tolist())
-    order = np.argsort(ids, kind="stable")
+    order = np.argsort(rank if sort_by == "rank" else ids, kind="stable")
     index = {c: i for i, c in enumerate(run.classes)}
     labels = dataset.frame["label"].map(index).to_numpy(dtype=np.int64)
     paths = dataset.frame["path"].to_numpy(dtype=object)
@@ -203,6 +209,7 @@ def report_batches(
             categories=scores.categories[sel],
             class_names=run.classes,
             rank=rank[sel],
+            sort_by=sort_by,
         )
 
 

@@ -316,6 +316,27 @@ def test_out_that_is_the_dataset_manifest_is_refused(runner, qmix_run, noisy_dig
     assert hash_tree(noisy_digits) == before
 
 
+def test_sort_by_rank_puts_the_likeliest_issues_first(runner, tmp_path, qmix_run, noisy_digits, parquet_report):
+    result = _audit(runner, noisy_digits, qmix_run.run_dir, "--out", "-", "--sort", "rank")
+    assert result.exit_code == 0, _stderr(result)
+    frame = _read_csv(io.StringIO(result.stdout))
+    assert frame["rank"].tolist() == list(range(1, 1798))
+    assert (frame["p_clean"].diff().dropna() >= 0).all()  # rank follows p_clean, lowest first
+    # The same rows as the default report, only in another order.
+    reference = pd.read_parquet(parquet_report[0])
+    _assert_same_report(frame.sort_values("sample_id", ignore_index=True), reference)
+    # Parquet too, across row groups (a tiny batch would not show it; the order is global).
+    out = tmp_path / "ranked.parquet"
+    assert _audit(runner, noisy_digits, qmix_run.run_dir, "--out", str(out), "--sort", "rank").exit_code == 0
+    assert pd.read_parquet(out)["rank"].tolist() == list(range(1, 1798))
+
+
+def test_unknown_sort_is_one_error_line(runner, tmp_path, qmix_run, noisy_digits):
+    result = _audit(runner, noisy_digits, qmix_run.run_dir, "--out", str(tmp_path / "r.csv"), "--sort", "p_clean")
+    _assert_one_line_error(result, "--sort must be sample_id or rank", "p_clean")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize(("flag", "value"), [("--batch-size", "0"), ("--tta", "-1")])
 def test_impossible_batch_size_or_tta_is_one_error_line(runner, qmix_run, noisy_digits, flag, value):
     result = _audit(runner, noisy_digits, qmix_run.run_dir, flag, value, "--out", "-")
