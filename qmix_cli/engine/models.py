@@ -25,13 +25,21 @@ class QmixNet(nn.Module):
         self.classifier = nn.Linear(width, num_classes)
         self.projector = nn.Sequential(nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, proj_dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.encoder(x))
+    def forward(self, x: torch.Tensor, *, projection: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Logits (B, K); with ``projection``, the pair (logits, ℓ2-normalised projection (B, proj_dim)).
 
-    def forward_with_projection(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        One entry point for both, so that ``torch.compile(net)`` also compiles the semi-supervised training
+        forward, which calls ``net(x, projection=True)``.
+        """
         feats = self.encoder(x)
+        if not projection:
+            return self.classifier(feats)
         proj = nn.functional.normalize(self.projector(feats).float(), dim=1)
         return self.classifier(feats), proj
+
+    def forward_with_projection(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, projection): ``self(x, projection=True)``."""
+        return self(x, projection=True)
 
     def forward_with_stages(self, x: torch.Tensor, *, stages: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits (B, K) and the features the audit probe reads (B, D'): the pooled features (B, D), followed by
