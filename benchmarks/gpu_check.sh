@@ -5,7 +5,8 @@
 #   benchmarks/gpu_check.sh quality OUTDIR      # ce, then qmix, on 20,000 Fashion-MNIST images for 30 epochs
 #   benchmarks/gpu_check.sh all OUTDIR          # both
 #
-# Each step writes its JSON and log to OUTDIR as soon as it ends, so a lease cut short keeps what finished.
+# Each step writes its JSON and log to OUTDIR as soon as it ends (8 files at most), so a lease cut short keeps what
+# finished.
 # Works from a checkout without installing qmix (the repository goes on PYTHONPATH) where torch, timm and the other
 # dependencies are present. Fashion-MNIST comes from the Debian package or from $QMIX_FASHION_MNIST_DIR (the four
 # original idx .gz files). Environment overrides, for a dry run on a CPU: DEVICE (default cuda), MODEL, IMG_SIZE,
@@ -19,7 +20,7 @@ export PYTHONPATH="$(dirname "$here")${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFER
 device="${DEVICE:-cuda}"
 python="${PYTHON:-python3}"
 
-"$python" - "$device" <<'EOF' | tee "$out/env.txt"
+"$python" - "$device" <<'EOF'
 import sys, torch, timm
 device = sys.argv[1]
 if device.startswith("cuda") and not torch.cuda.is_available():
@@ -47,12 +48,15 @@ if [[ "$step" == throughput || "$step" == all ]]; then
     --warmup-epochs 2 --methods qmix,ce --json "$out/throughput.json"
 fi
 if [[ "$step" == quality || "$step" == all ]]; then
-  # Does qmix overtake ce when the nets are better trained? One method per call, ce first (the faster).
+  # Does qmix's semi-supervised phase improve its classifier once the schedule is long enough for mixup, and does
+  # qmix then overtake ce (docs/decisions.md, "Twelfth round")? One method per call, ce first (the faster); each
+  # run logs its test accuracy after every epoch (metrics-METHOD.jsonl, field val_acc).
   for method in ce qmix; do
     run_step "quality-$method" "$python" bench_methods.py --device "$device" --methods "$method" \
       --model "${QUALITY_MODEL:-resnet18}" --img-size "${QUALITY_IMG_SIZE:-32}" \
-      --train-size "${QUALITY_SIZE:-20000}" --epochs "${QUALITY_EPOCHS:-30}" --work "$out/quality-work" \
-      --json "$out/quality-$method.json"
+      --train-size "${QUALITY_SIZE:-20000}" --epochs "${QUALITY_EPOCHS:-30}" --set val=fashion-mnist:test \
+      --work "$out/quality-work" --json "$out/quality-$method.json"
+    cp "$out/quality-work/run-$method/metrics.jsonl" "$out/metrics-$method.jsonl" 2>/dev/null || true
   done
   rm -rf "$out/quality-work"
 fi
