@@ -56,13 +56,13 @@ from _common import add_engine_args, engine_options, markdown_table, parse_varia
 
 from qmix_cli import __version__
 from qmix_cli.api import audit, corrupt, train
-from qmix_cli.config import load_config_file
+from qmix_cli.config import config_from_dict, load_config_file
 from qmix_cli.data.cache import cached_images
 from qmix_cli.data.manifest import create_dataset
-from qmix_cli.engine.models import channels_last_on, create_model, max_probe_stages, place_model
+from qmix_cli.engine.models import create_model, max_probe_stages, place_input, place_model
 from qmix_cli.engine.probe import PROBE_STAGES
-from qmix_cli.engine.steps import method_rules
-from qmix_cli.engine.trainer import amp_dtype, resolve_device
+from qmix_cli.engine.steps import autocast, method_rules, optimise
+from qmix_cli.engine.trainer import amp_dtype, create_optimizer, resolve_device
 
 AUDIT_BATCH = 512  # `qmix audit`'s default
 
@@ -90,30 +90,19 @@ class SyntheticNets:
     """The run's architecture on random device-resident batches: per-image seconds of each kind of net work."""
 
     def __init__(self, cfg: dict[str, Any], *, num_classes: int, channels: int, min_seconds: float) -> None:
-        from timm.optim import create_optimizer_v2
-
         self.device = resolve_device(cfg["device"])
         self.size, self.channels, self.num_classes = cfg["img_size"], channels, num_classes
         self.min_seconds = min_seconds
         # As the trainer builds them: same factory, memory format, optimiser and mixed precision.
         net = create_model(cfg["model"], num_classes=num_classes, in_chans=channels, proj_dim=cfg["proj_dim"])
         self.net = place_model(net, self.device)
-        self.channels_last = channels_last_on(self.device)
-        self.opt = create_optimizer_v2(
-            self.net, opt="momentum", lr=1e-3, momentum=cfg["momentum"], weight_decay=cfg["weight_decay"]
-        )
+        self.opt = create_optimizer(self.net, config_from_dict(cfg))
         self.amp = amp_dtype(self.device, cfg["amp"])
         self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
         self.stages = max_probe_stages(self.net, self.batch(2), wanted=PROBE_STAGES)
 
     def batch(self, n: int) -> torch.Tensor:
-        x = torch.randn(n, self.channels, self.size, self.size, device=self.device)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
-    def _autocast(self):
-        if self.amp is None:
-            return torch.autocast(device_type=self.device.type, enabled=False)
-        return torch.autocast(device_type=self.device.type, dtype=self.amp)
+        return place_input(torch.randn(n, self.channels, self.size, self.size, device=self.device))
 
     def train_step(self, n: int, *, projection: bool) -> float:
         """Seconds per image of a training step (forward, backward, optimiser) on batches of ``n``."""
@@ -121,22 +110,12 @@ class SyntheticNets:
         self.net.train()
 
         def step() -> None:
-            with self._autocast():
-                if projection:
-                    logits, proj = self.net.forward_with_projection(x)
-                else:
-                    logits, proj = self.net(x), None
+            with autocast(self.device, self.amp):
+                logits, proj = self.net(x, projection=True) if projection else (self.net(x), None)
             loss = F.cross_entropy(logits.float(), y)
             if proj is not None:
                 loss = loss + proj.float().square().mean()
-            self.opt.zero_grad(set_to_none=True)
-            if self.scaler is not None:
-                self.scaler.scale(loss).backward()
-                self.scaler.step(self.opt)
-                self.scaler.update()
-            else:
-                loss.backward()
-                self.opt.step()
+            optimise(loss, self.opt, self.scaler)
 
         return seconds_per_call(step, device=self.device, min_seconds=self.min_seconds, max_calls=200) / n
 
@@ -147,7 +126,7 @@ class SyntheticNets:
         self.net.eval()
 
         def fwd() -> None:
-            with self._autocast():
+            with autocast(self.device, self.amp):
                 if features:
                     self.net.forward_with_stages(x, stages=self.stages)
                 else:

@@ -140,6 +140,11 @@ def place_model(net: QmixNet, device: torch.device) -> QmixNet:
     return net.to(memory_format=torch.channels_last) if channels_last_on(device) else net
 
 
+def place_input(x: torch.Tensor) -> torch.Tensor:
+    """A batch (B, C, H, W) in the memory format the nets on its device take (`channels_last_on`)."""
+    return x.contiguous(memory_format=torch.channels_last) if channels_last_on(x.device) else x
+
+
 def input_normalisation(name: str, *, channels: int) -> Normalise:
     """The mean/std timm's pretrained weights for ``name`` expect (averaged over RGB for 1-channel input,
     matching how timm folds the first convolution's RGB filters into one)."""

@@ -32,7 +32,7 @@ from qmix_cli.engine.losses import (
     supervised_contrastive,
     unlabelled_mse,
 )
-from qmix_cli.engine.models import QmixNet
+from qmix_cli.engine.models import QmixNet, place_input
 from qmix_cli.engine.probe import LinearProbe
 from qmix_cli.engine.targets import co_guess, co_refine, mixup, pseudo_label, sample_lambda
 from qmix_cli.errors import TrainingError
@@ -80,16 +80,19 @@ class StepContext:
     strong: ViewSpec
     gen: torch.Generator
     num_classes: int
-    channels_last: bool = False
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+        return autocast(self.device, self.amp_dtype)
 
     def view(self, x: torch.Tensor, spec: ViewSpec) -> torch.Tensor:
-        out = make_view(x, spec, self.gen, self.norm)
-        return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out
+        return place_input(make_view(x, spec, self.gen, self.norm))
+
+
+def autocast(device: torch.device, amp_dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Mixed precision in ``amp_dtype`` on ``device``; nothing when it is None."""
+    if amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
 
 # How often, in steps, a CUDA epoch reads its loss sums to check them (on the CPU: every step, where it is free).
@@ -138,7 +141,7 @@ class EpochLosses:
         return {k: float(v) / max(divisor, 1) for k, v in self.sums.items()}
 
 
-def _optimise(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
+def optimise(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()
@@ -157,12 +160,7 @@ def _eval_outputs(
     given: those of `QmixNet.forward_with_stages`."""
     net.eval()
     for x in store.iterate(sequential_batches(len(store), batch_size=batch_size)):
-        if spec is None:
-            xv = eval_view(x, ctx.norm)
-            if ctx.channels_last:
-                xv = xv.contiguous(memory_format=torch.channels_last)
-        else:
-            xv = ctx.view(x, spec)
+        xv = place_input(eval_view(x, ctx.norm)) if spec is None else ctx.view(x, spec)
         with ctx.autocast():
             # net(x) when only the softmax is asked for: that is the call `torch.compile` has optimised.
             logits, feats = (net(xv), None) if stages is None else net.forward_with_stages(xv, stages=stages)
@@ -253,7 +251,7 @@ def supervised_epoch(
             logits = net(ctx.view(x, spec))
         loss = F.cross_entropy(logits.float(), y)
         losses.add({"loss_x": loss}, weight=len(idx))
-        _optimise(loss, optimizer, ctx.scaler)
+        optimise(loss, optimizer, ctx.scaler)
         seen += len(idx)
         if progress:
             progress(len(idx))
@@ -374,7 +372,7 @@ def ssl_epoch(
             loss_con = logits.new_zeros(())
         loss = loss_x + weights.lambda_u * loss_u + loss_reg + weights.lambda_con * loss_con
         losses.add(dict(zip(keys, (loss_x, loss_u, loss_reg, loss_con, loss), strict=True)))
-        _optimise(loss, optimizer, ctx.scaler)
+        optimise(loss, optimizer, ctx.scaler)
         if progress:
             progress(len(x))
     return losses.means(losses.steps)

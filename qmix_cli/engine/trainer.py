@@ -32,7 +32,6 @@ from qmix_cli.engine.checkpoint import load_checkpoint, save_checkpoint
 from qmix_cli.engine.losses import linear_rampup
 from qmix_cli.engine.models import (
     QmixNet,
-    channels_last_on,
     create_model,
     input_normalisation,
     max_probe_stages,
@@ -90,6 +89,13 @@ def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
     if not enabled or device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+
+
+def create_optimizer(net: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with momentum and weight decay, by timm's factory (METHOD.md); the learning rate is the schedule's."""
+    from timm.optim import create_optimizer_v2
+
+    return create_optimizer_v2(net, opt="momentum", lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 def dataset_fingerprint(dataset: Dataset) -> str:
@@ -161,7 +167,6 @@ class _Run:
             strong=strong_spec(hflip=cfg.hflip, rotation=cfg.rotation),
             gen=self.gen,
             num_classes=len(self.classes),
-            channels_last=channels_last_on(self.device),
         )
         counts = np.bincount(self.labels_np, minlength=len(self.classes)).astype(np.float64)
         prior = counts / counts.sum() if cfg.prior == "class" else np.full(len(self.classes), 1 / len(self.classes))
@@ -172,11 +177,10 @@ class _Run:
         self.metrics: list[dict[str, Any]] = []
 
     def _optimizer(self, net: torch.nn.Module):
-        from timm.optim import create_optimizer_v2
         from timm.scheduler import create_scheduler_v2
 
         cfg = self.cfg
-        opt = create_optimizer_v2(net, opt="momentum", lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        opt = create_optimizer(net, cfg)
         sched_name = {"cosine": "cosine", "step": "step", "constant": "step"}[cfg.schedule]
         decay = 0.1 if cfg.schedule == "step" else 1.0
         sched, _ = create_scheduler_v2(

@@ -22,7 +22,7 @@ from qmix_cli.data.manifest import Dataset
 from qmix_cli.data.transforms import Normalise, weak_spec
 from qmix_cli.engine.batches import ImageStore
 from qmix_cli.engine.checkpoint import load_checkpoint
-from qmix_cli.engine.models import QmixNet, channels_last_on, create_model, place_model
+from qmix_cli.engine.models import QmixNet, create_model, place_model
 from qmix_cli.engine.probe import LinearProbe
 from qmix_cli.engine.scoring import compute_scores, separation_from_dict
 from qmix_cli.engine.separation import QualitySeparation, hard_groups
@@ -105,7 +105,6 @@ def _context(run: TrainedRun, seed: int) -> StepContext:
         strong=spec,
         gen=torch.Generator().manual_seed(seed),
         num_classes=len(run.classes),
-        channels_last=channels_last_on(run.device),
     )
 
 

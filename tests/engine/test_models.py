@@ -6,7 +6,7 @@ import pytest
 import timm
 import torch
 
-from qmix_cli.engine.models import QmixNet, channels_last_on, create_model, max_probe_stages, place_model
+from qmix_cli.engine.models import QmixNet, channels_last_on, create_model, max_probe_stages, place_input, place_model
 from qmix_cli.errors import ConfigError
 
 
@@ -110,3 +110,4 @@ def test_place_model_keeps_cpu_weights_contiguous_and_outputs_unchanged():
     conv = next(m for m in placed.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous()
     assert torch.equal(placed(x), before)
+    assert place_input(x) is x  # inputs follow the same rule
