@@ -2,15 +2,17 @@
 # The GPU measurements, in one script that fits a short lease on a GPU machine.
 #
 #   benchmarks/gpu_check.sh throughput OUTDIR   # images/s and the nets' share of the wall time at 224 px (~3 min)
-#   benchmarks/gpu_check.sh quality OUTDIR      # ce, then qmix, on 20,000 Fashion-MNIST images for 30 epochs
-#   benchmarks/gpu_check.sh all OUTDIR          # both
+#   benchmarks/gpu_check.sh tests OUTDIR        # the GPU-only tests (tests/engine/test_cuda.py)
+#   benchmarks/gpu_check.sh quality OUTDIR      # qmix, then ce, on 20,000 Fashion-MNIST images for 30 epochs
+#   benchmarks/gpu_check.sh all OUTDIR          # all three, in that order
 #
 # Each step writes its JSON and log to OUTDIR as soon as it ends (8 files at most), so a lease cut short keeps what
-# finished.
+# finished. BUDGET_S (seconds, default none) bounds the whole script: each step is stopped where it would overrun,
+# keeping what it wrote (a stopped training run keeps its per-epoch metrics).
 # Works from a checkout without installing qmix (the repository goes on PYTHONPATH) where torch, timm and the other
 # dependencies are present. Fashion-MNIST comes from the Debian package or from $QMIX_FASHION_MNIST_DIR (the four
 # original idx .gz files). Environment overrides, for a dry run on a CPU: DEVICE (default cuda), MODEL, IMG_SIZE,
-# TRAIN_SIZE, EPOCHS, QUALITY_SIZE, QUALITY_EPOCHS, QUALITY_MODEL, QUALITY_IMG_SIZE.
+# TRAIN_SIZE, EPOCHS, QUALITY_SIZE, QUALITY_EPOCHS, QUALITY_MODEL, QUALITY_IMG_SIZE, BUDGET_S.
 set -uo pipefail
 
 step="${1:-all}"
@@ -29,13 +31,23 @@ name = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
 print(f"torch {torch.__version__}, timm {timm.__version__}, {name}")
 EOF
 
-# One step: its output to the screen and to OUTDIR/NAME.log; a failed step is reported and the next one still runs.
+# One step: its output to the screen and to OUTDIR/NAME.log (or OUTDIR/$LOG.log, shared by several steps); a failed step is reported and the next one still runs.
+# CAP (seconds) bounds the step further; with BUDGET_S the step also ends 15 s before the script's budget would.
 failed=0
 run_step() {
-  local name="$1"
+  local name="$1" limit="${CAP:-86400}"
   shift
-  if ! "$@" 2>&1 | tee "$out/$name.log"; then
-    echo "gpu_check: step $name failed (see $out/$name.log)" >&2
+  if [[ -n "${BUDGET_S:-}" ]]; then
+    local left=$((BUDGET_S - SECONDS - 15))
+    ((left < limit)) && limit=$left
+    if ((limit < 20)); then
+      echo "gpu_check: no time left for step $name" >&2
+      failed=1
+      return
+    fi
+  fi
+  if ! timeout --signal=INT --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$out/${LOG:-$name}.log"; then
+    echo "gpu_check: step $name failed (see $out/${LOG:-$name}.log)" >&2
     failed=1
   fi
 }
@@ -43,16 +55,20 @@ run_step() {
 cd "$here"
 if [[ "$step" == throughput || "$step" == all ]]; then
   # RGB input as users' photos have; both methods, so the qmix / ce ratio is measured on the same card.
-  run_step throughput "$python" bench_throughput.py --device "$device" --model "${MODEL:-resnet18}" \
+  CAP="${THROUGHPUT_CAP_S:-240}" run_step throughput "$python" bench_throughput.py --device "$device" --model "${MODEL:-resnet18}" \
     --img-size "${IMG_SIZE:-224}" --set channels=3 --train-size "${TRAIN_SIZE:-5000}" --epochs "${EPOCHS:-6}" \
     --warmup-epochs 2 --methods qmix,ce --json "$out/throughput.json"
 fi
+if [[ "$step" == tests || "$step" == all ]]; then
+  cd .. && CAP="${TESTS_CAP_S:-200}" run_step tests "$python" -m pytest -q -p no:cacheprovider tests/engine/test_cuda.py
+  cd "$here"
+fi
 if [[ "$step" == quality || "$step" == all ]]; then
   # Does qmix's semi-supervised phase improve its classifier once the schedule is long enough for mixup, and does
-  # qmix then overtake ce (docs/decisions.md, "Twelfth round")? One method per call, ce first (the faster); each
-  # run logs its test accuracy after every epoch (metrics-METHOD.jsonl, field val_acc).
-  for method in ce qmix; do
-    run_step "quality-$method" "$python" bench_methods.py --device "$device" --methods "$method" \
+  # qmix then overtake ce (docs/decisions.md, "Twelfth round")? One method per call, qmix first (the question);
+  # each run logs its test accuracy after every epoch (metrics-METHOD.jsonl, field val_acc), kept if it is stopped.
+  for method in qmix ce; do
+    LOG=quality run_step "quality-$method" "$python" bench_methods.py --device "$device" --methods "$method" \
       --model "${QUALITY_MODEL:-resnet18}" --img-size "${QUALITY_IMG_SIZE:-32}" \
       --train-size "${QUALITY_SIZE:-20000}" --epochs "${QUALITY_EPOCHS:-30}" --set val=fashion-mnist:test \
       --work "$out/quality-work" --json "$out/quality-$method.json"
