@@ -31,14 +31,21 @@ test split as the image source)::
     python benchmarks/bench_throughput.py --model resnet18 --img-size 224 --set channels=3 --methods qmix,ce \
         --json throughput.json
 
-Everything is written under ``--work`` (a temporary directory by default).
+Everything is written under ``--work`` (a temporary directory by default). ``--profile DIR`` also runs the
+training and the warm audit of each method under cProfile and writes the functions that took the most time
+(cumulative, host side: on a GPU, time waiting for the device shows up in the call that synchronises) to
+``DIR/METHOD-train.txt`` and ``DIR/METHOD-audit.txt``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import cProfile
+import io
 import json
 import platform
+import pstats
 import shutil
 import sys
 import tempfile
@@ -189,21 +196,43 @@ def prime_cache(noisy: Path, *, size: int, channels: int | str) -> None:
     cached_images(ds, size=size, channels=(ds.channels or 3) if channels == "auto" else int(channels))
 
 
+@contextlib.contextmanager
+def profiled(path: Path | None, *, top: int = 60):
+    """Run the block under cProfile and write its ``top`` functions by cumulative time to ``path`` (None: no
+    profiling)."""
+    if path is None:
+        yield
+        return
+    profile = cProfile.Profile()
+    profile.enable()
+    try:
+        yield
+    finally:
+        profile.disable()
+        text = io.StringIO()
+        pstats.Stats(profile, stream=text).sort_stats("cumulative").print_stats(top)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text.getvalue())
+
+
 def measure_method(method: str, noisy: Path, work: Path, args: argparse.Namespace, extra: dict) -> dict[str, Any]:
     run_dir = work / f"run-{method}"
     options = {**engine_options(args, seed=args.seed, epochs=args.epochs), **extra}
     device = resolve_device(args.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    profile_to = (lambda part: args.profile / f"{method}-{part}.txt") if args.profile else (lambda part: None)
     start = time.perf_counter()
-    result = train(noisy, run_dir, method=method, device=args.device, warmup_epochs=args.warmup_epochs,
-                   force=True, quiet=True, **options)  # fmt: skip
+    with profiled(profile_to("train")):
+        result = train(noisy, run_dir, method=method, device=args.device, warmup_epochs=args.warmup_epochs,
+                       force=True, quiet=True, **options)  # fmt: skip
     train_s = time.perf_counter() - start
     peak_gib = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     audits = []
-    for _ in range(2):  # the first decodes the audit's cache if it differs from training's; the second is warm
+    for warm in (False, True):  # the first decodes the audit's cache if it differs from training's
         start = time.perf_counter()
-        audit(noisy, run=run_dir, device=args.device, batch_size=AUDIT_BATCH, quiet=True)
+        with profiled(profile_to("audit") if warm else None):
+            audit(noisy, run=run_dir, device=args.device, batch_size=AUDIT_BATCH, quiet=True)
         audits.append(time.perf_counter() - start)
 
     cfg = load_config_file(run_dir / "config.yaml")
@@ -290,6 +319,7 @@ def main() -> None:
     parser.add_argument("--cudnn-benchmark", action="store_true",
                         help="let cuDNN time its algorithms for each new input shape (off in the engine)")  # fmt: skip
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--profile", type=Path, default=None, help="write cProfile summaries to this folder")
     add_engine_args(parser)
     args = parser.parse_args()
     torch.backends.cudnn.benchmark = args.cudnn_benchmark

@@ -127,22 +127,24 @@ def create_model(
     return QmixNet(encoder, num_classes=num_classes, proj_dim=proj_dim)
 
 
-def channels_last_on(device: torch.device) -> bool:
+def channels_last_on(device: torch.device, *, compiled: bool = False) -> bool:
     """Whether nets and their inputs use channels-last memory on ``device``: on CUDA, where cuDNN's convolutions
     (tensor cores under mixed precision) run fastest that way; not on the CPU, where it measured no faster end to
-    end (docs/decisions.md, "Eleventh round")."""
-    return device.type == "cuda"
+    end (docs/decisions.md, "Eleventh round"); not for ``compiled`` nets, whose layouts Inductor chooses itself
+    and whose backward failed Inductor's stride checks with channels-last weights (torch 2.11, H200;
+    docs/decisions.md, "Thirteenth round")."""
+    return device.type == "cuda" and not compiled
 
 
-def place_model(net: QmixNet, device: torch.device) -> QmixNet:
+def place_model(net: QmixNet, device: torch.device, *, compiled: bool = False) -> QmixNet:
     """``net`` moved to ``device`` in the memory format its inputs will have there (`channels_last_on`)."""
     net = net.to(device)
-    return net.to(memory_format=torch.channels_last) if channels_last_on(device) else net
+    return net.to(memory_format=torch.channels_last) if channels_last_on(device, compiled=compiled) else net
 
 
-def place_input(x: torch.Tensor) -> torch.Tensor:
+def place_input(x: torch.Tensor, *, compiled: bool = False) -> torch.Tensor:
     """A batch (B, C, H, W) in the memory format the nets on its device take (`channels_last_on`)."""
-    return x.contiguous(memory_format=torch.channels_last) if channels_last_on(x.device) else x
+    return x.contiguous(memory_format=torch.channels_last) if channels_last_on(x.device, compiled=compiled) else x
 
 
 def input_normalisation(name: str, *, channels: int) -> Normalise:

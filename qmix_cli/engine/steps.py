@@ -80,12 +80,13 @@ class StepContext:
     strong: ViewSpec
     gen: torch.Generator
     num_classes: int
+    compiled: bool = False  # the nets are torch.compile'd: inputs keep the default layout (`channels_last_on`)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return autocast(self.device, self.amp_dtype)
 
     def view(self, x: torch.Tensor, spec: ViewSpec) -> torch.Tensor:
-        return place_input(make_view(x, spec, self.gen, self.norm))
+        return place_input(make_view(x, spec, self.gen, self.norm), compiled=self.compiled)
 
 
 def autocast(device: torch.device, amp_dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
@@ -160,7 +161,7 @@ def _eval_outputs(
     given: those of `QmixNet.forward_with_stages`."""
     net.eval()
     for x in store.iterate(sequential_batches(len(store), batch_size=batch_size)):
-        xv = place_input(eval_view(x, ctx.norm)) if spec is None else ctx.view(x, spec)
+        xv = place_input(eval_view(x, ctx.norm), compiled=ctx.compiled) if spec is None else ctx.view(x, spec)
         with ctx.autocast():
             # net(x) when only the softmax is asked for: that is the call `torch.compile` has optimised.
             logits, feats = (net(xv), None) if stages is None else net.forward_with_stages(xv, stages=stages)

@@ -151,7 +151,7 @@ class _Run:
                 weights=cfg.weights,
                 proj_dim=cfg.proj_dim,
             )
-            self.nets.append(place_model(net, self.device))
+            self.nets.append(place_model(net, self.device, compiled=cfg.compile))
         torch.manual_seed(cfg.seed)
         self.optimizers, self.schedulers = zip(*(self._optimizer(net) for net in self.nets), strict=True)
         self.amp_dtype = amp_dtype(self.device, cfg.amp)
@@ -167,6 +167,7 @@ class _Run:
             strong=strong_spec(hflip=cfg.hflip, rotation=cfg.rotation),
             gen=self.gen,
             num_classes=len(self.classes),
+            compiled=cfg.compile,
         )
         counts = np.bincount(self.labels_np, minlength=len(self.classes)).astype(np.float64)
         prior = counts / counts.sum() if cfg.prior == "class" else np.full(len(self.classes), 1 / len(self.classes))

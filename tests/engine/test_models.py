@@ -102,6 +102,8 @@ def test_probe_stages_fall_back_to_the_pooled_features_and_leave_the_net_as_it_w
 def test_place_model_keeps_cpu_weights_contiguous_and_outputs_unchanged():
     # Channels-last is for CUDA only (measured no faster on the CPU): on the CPU the net is moved, not re-laid out.
     assert channels_last_on(torch.device("cuda")) and not channels_last_on(torch.device("cpu"))
+    # Compiled nets keep the default layout on CUDA too: Inductor chooses its own (and failed with channels-last).
+    assert not channels_last_on(torch.device("cuda"), compiled=True)
     torch.manual_seed(0)
     net = create_model("test_resnet", num_classes=3, in_chans=1).eval()
     x = torch.randn(2, 1, 32, 32)
