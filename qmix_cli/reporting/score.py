@@ -22,7 +22,7 @@ from qmix_cli.data.manifest import Dataset
 from qmix_cli.data.transforms import Normalise, weak_spec
 from qmix_cli.engine.batches import ImageStore
 from qmix_cli.engine.checkpoint import load_checkpoint
-from qmix_cli.engine.models import QmixNet, create_model, place_model
+from qmix_cli.engine.models import QmixNet, model_from_state, place_model
 from qmix_cli.engine.probe import LinearProbe
 from qmix_cli.engine.scoring import compute_scores, separation_from_dict
 from qmix_cli.engine.separation import QualitySeparation, hard_groups
@@ -66,12 +66,9 @@ def load_run(run_dir: str | Path, *, device: str = "auto") -> TrainedRun:
     separations = [separation_from_dict(d) for d in json.loads((run_dir / "separation.json").read_text())]
     dev = resolve_device(device)
     nets = []
+    build = dict(name=meta["model"], num_classes=len(meta["classes"]), in_chans=meta["channels"])
     for sd in state["nets"]:
-        net = create_model(
-            meta["model"], num_classes=len(meta["classes"]), in_chans=meta["channels"], proj_dim=meta["proj_dim"]
-        )
-        net.load_state_dict(sd)
-        nets.append(place_model(net, dev).eval())
+        nets.append(place_model(model_from_state(sd, **build, proj_dim=meta["proj_dim"]), dev).eval())
     probes = [LinearProbe.from_state_dict(p).to(dev) for p in state.get("probes", [])]
     return TrainedRun(run_dir=run_dir, meta=meta, nets=nets, separations=separations, probes=probes, device=dev)
 

@@ -6,7 +6,15 @@ import pytest
 import timm
 import torch
 
-from qmix_cli.engine.models import QmixNet, channels_last_on, create_model, max_probe_stages, place_input, place_model
+from qmix_cli.engine.models import (
+    QmixNet,
+    channels_last_on,
+    create_model,
+    max_probe_stages,
+    model_from_state,
+    place_input,
+    place_model,
+)
 from qmix_cli.errors import ConfigError
 
 
@@ -113,3 +121,35 @@ def test_place_model_keeps_cpu_weights_contiguous_and_outputs_unchanged():
     assert conv.weight.is_contiguous()
     assert torch.equal(placed(x), before)
     assert place_input(x) is x  # inputs follow the same rule
+
+
+def test_model_from_state_rebuilds_the_saved_net_without_initialising_it(monkeypatch):
+    torch.manual_seed(0)
+    net = create_model("test_resnet", num_classes=3, in_chans=1, proj_dim=8).eval()
+    x = torch.randn(2, 1, 32, 32)
+    # A CUDA run saves channels-last weights; the rebuilt net gets standard-layout ones, as before.
+    saved = {k: v.to(memory_format=torch.channels_last) if v.dim() == 4 else v for k, v in net.state_dict().items()}
+    calls = []
+    monkeypatch.setattr(torch.nn.init, "kaiming_normal_", lambda *a, **k: calls.append(a) or a[0])
+    rebuilt = model_from_state(saved, name="test_resnet", num_classes=3, in_chans=1, proj_dim=8).eval()
+    assert not any(t.is_meta for t in [*rebuilt.parameters(), *rebuilt.buffers()])
+    assert all(p.is_contiguous() for p in rebuilt.parameters())
+    assert torch.equal(rebuilt(x), net(x))
+    assert all(t.is_meta for t, *_ in calls)  # whatever init ran, ran on meta tensors: nothing was computed
+
+
+def test_model_from_state_builds_nets_with_unsaved_buffers_the_ordinary_way(monkeypatch):
+    from qmix_cli.engine import models
+
+    plain = models.create_model
+
+    def with_unsaved_buffer(*args, **kwargs):
+        net = plain(*args, **kwargs)
+        net.register_buffer("table", torch.arange(4.0), persistent=False)  # only the constructor makes it
+        return net
+
+    monkeypatch.setattr(models, "create_model", with_unsaved_buffer)
+    state = with_unsaved_buffer("test_resnet", num_classes=3, in_chans=1).state_dict()
+    rebuilt = model_from_state(state, name="test_resnet", num_classes=3, in_chans=1)
+    assert torch.equal(rebuilt.table, torch.arange(4.0))
+    assert not any(t.is_meta for t in rebuilt.parameters())
