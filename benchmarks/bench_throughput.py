@@ -33,8 +33,8 @@ test split as the image source)::
 
 Everything is written under ``--work`` (a temporary directory by default). ``--profile DIR`` also runs the
 training and the warm audit of each method under cProfile and writes the functions that took the most time
-(cumulative, host side: on a GPU, time waiting for the device shows up in the call that synchronises) to
-``DIR/METHOD-train.txt`` and ``DIR/METHOD-audit.txt``.
+(cumulative and own time, host side: on a GPU, waiting for the device shows up in the call that synchronises)
+to ``DIR/METHOD-train.txt`` and ``DIR/METHOD-audit.txt``.
 """
 
 from __future__ import annotations
@@ -197,9 +197,9 @@ def prime_cache(noisy: Path, *, size: int, channels: int | str) -> None:
 
 
 @contextlib.contextmanager
-def profiled(path: Path | None, *, top: int = 60):
-    """Run the block under cProfile and write its ``top`` functions by cumulative time to ``path`` (None: no
-    profiling)."""
+def profiled(path: Path | None, *, top: int = 100):
+    """Run the block under cProfile and write to ``path`` its ``top`` functions by cumulative time, then by time
+    spent in the function itself (where a GPU sync shows) (None: no profiling)."""
     if path is None:
         yield
         return
@@ -210,7 +210,9 @@ def profiled(path: Path | None, *, top: int = 60):
     finally:
         profile.disable()
         text = io.StringIO()
-        pstats.Stats(profile, stream=text).sort_stats("cumulative").print_stats(top)
+        stats = pstats.Stats(profile, stream=text)
+        stats.sort_stats("cumulative").print_stats(top)
+        stats.sort_stats("tottime").print_stats(top // 2)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text.getvalue())
 

@@ -31,8 +31,9 @@ name = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
 print(f"torch {torch.__version__}, timm {timm.__version__}, {name}")
 EOF
 
-# One step: its output to the screen and to OUTDIR/NAME.log (or OUTDIR/$LOG.log, shared by several steps); a failed step is reported and the next one still runs.
-# CAP (seconds) bounds the step further; with BUDGET_S the step also ends 15 s before the script's budget would.
+# One step: its output to the screen and to OUTDIR/NAME.log (OUTDIR/$LOG.log where several steps share one); a
+# failed step is reported and the next one still runs. CAP (seconds) bounds the step; with BUDGET_S it also ends
+# 15 s before the script's budget would.
 failed=0
 run_step() {
   local name="$1" limit="${CAP:-86400}"
@@ -55,8 +56,8 @@ run_step() {
 cd "$here"
 if [[ "$step" == throughput || "$step" == all ]]; then
   # RGB input as users' photos have; both methods, so the qmix / ce ratio is measured on the same card.
-  CAP="${THROUGHPUT_CAP_S:-240}" run_step throughput "$python" bench_throughput.py --device "$device" --model "${MODEL:-resnet18}" \
-    --img-size "${IMG_SIZE:-224}" --set channels=3 --train-size "${TRAIN_SIZE:-5000}" --epochs "${EPOCHS:-6}" \
+  CAP="${THROUGHPUT_CAP_S:-240}" run_step throughput "$python" bench_throughput.py --device "$device" \
+    --model "${MODEL:-resnet18}" --img-size "${IMG_SIZE:-224}" --set channels=3 --train-size "${TRAIN_SIZE:-5000}" --epochs "${EPOCHS:-6}" \
     --warmup-epochs 2 --methods qmix,ce --json "$out/throughput.json"
 fi
 if [[ "$step" == tests || "$step" == all ]]; then

@@ -67,8 +67,9 @@ def load_run(run_dir: str | Path, *, device: str = "auto") -> TrainedRun:
     dev = resolve_device(device)
     nets = []
     build = dict(name=meta["model"], num_classes=len(meta["classes"]), in_chans=meta["channels"])
+    build["proj_dim"] = meta["proj_dim"]
     for sd in state["nets"]:
-        nets.append(place_model(model_from_state(sd, **build, proj_dim=meta["proj_dim"]), dev).eval())
+        nets.append(place_model(model_from_state(sd, **build), dev).eval())
     probes = [LinearProbe.from_state_dict(p).to(dev) for p in state.get("probes", [])]
     return TrainedRun(run_dir=run_dir, meta=meta, nets=nets, separations=separations, probes=probes, device=dev)
 
