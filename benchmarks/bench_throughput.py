@@ -68,8 +68,8 @@ from qmix_cli.data.cache import cached_images
 from qmix_cli.data.manifest import create_dataset
 from qmix_cli.engine.models import create_model, max_probe_stages, place_input, place_model
 from qmix_cli.engine.probe import PROBE_STAGES
-from qmix_cli.engine.steps import autocast, method_rules, optimise
-from qmix_cli.engine.trainer import amp_dtype, create_optimizer, resolve_device
+from qmix_cli.engine.steps import autocast, method_rules, optimise, ssl_epoch_size
+from qmix_cli.engine.trainer import amp_dtype, create_optimizer, input_channels, resolve_device
 
 AUDIT_BATCH = 512  # `qmix audit`'s default
 
@@ -168,7 +168,7 @@ def nets_only_seconds(
     }
     if unlabelled_share is not None:
         nl, nu = stream_sizes(batch, unlabelled_share)
-        steps = n // batch  # the semi-supervised epoch drops a short last batch
+        steps = ssl_epoch_size(n, batch_size=batch) // batch  # as the epoch itself counts them
         # Two weak views of the labelled members through the net; of the unlabelled ones through net and peer.
         guesses = 2 * nl * costs["fwd_labelled"] + 2 * (2 * nu) * costs["fwd_unlabelled"]
         per_step = 2 * batch * costs["step_2b_proj"] + guesses
@@ -193,7 +193,7 @@ def median_epoch(metrics: list[dict[str, Any]], phase: str) -> float:
 def prime_cache(noisy: Path, *, size: int, channels: int | str) -> None:
     """Decode the training set into the cache before any run is timed, so that no method pays for it."""
     ds = create_dataset(noisy, check_images=False)
-    cached_images(ds, size=size, channels=(ds.channels or 3) if channels == "auto" else int(channels))
+    cached_images(ds, size=size, channels=input_channels(ds, channels))
 
 
 @contextlib.contextmanager

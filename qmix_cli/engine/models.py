@@ -37,10 +37,6 @@ class QmixNet(nn.Module):
         proj = nn.functional.normalize(self.projector(feats).float(), dim=1)
         return self.classifier(feats), proj
 
-    def forward_with_projection(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits, projection): ``self(x, projection=True)``."""
-        return self(x, projection=True)
-
     def forward_with_stages(self, x: torch.Tensor, *, stages: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits (B, K) and the features the audit probe reads (B, D'): the pooled features (B, D), followed by
         the global-average-pooled output of each of the ``stages - 1`` encoder stages before the last.

@@ -353,7 +353,7 @@ def ssl_epoch(
         mixed, mixed_t, mixed_w = mixup(inputs, targets_t, weights_t, lam=lam, perm=perm)
 
         with ctx.autocast():
-            # Through __call__, not forward_with_projection: a compiled net compiles this call too.
+            # Through __call__, so that a compiled net compiles this call too.
             logits, proj = net(mixed, projection=True)
         logits = logits.float()
         loss_x = soft_cross_entropy(logits[: 2 * nl], mixed_t[: 2 * nl], mixed_w[: 2 * nl])

@@ -98,6 +98,11 @@ def create_optimizer(net: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
     return create_optimizer_v2(net, opt="momentum", lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
+def input_channels(dataset: Dataset, setting: int | str) -> int:
+    """The channels the nets take: ``setting``, or for ``"auto"`` the dataset's (3 when it is not known)."""
+    return (dataset.channels or 3) if setting == "auto" else int(setting)
+
+
 def dataset_fingerprint(dataset: Dataset) -> str:
     h = hashlib.sha256()
     for sid, label in zip(dataset.frame["sample_id"], dataset.frame["label"], strict=True):
@@ -122,8 +127,7 @@ class _Run:
         self.reporter = reporter
         self.rules = method_rules(cfg.method, mislq_stream=cfg.mislq_stream)
         self.device = resolve_device(cfg.device)
-        channels = (dataset.channels or 3) if cfg.channels == "auto" else int(cfg.channels)
-        self.channels = channels
+        self.channels = channels = input_channels(dataset, cfg.channels)
         self.classes = list(dataset.classes)
         torch.manual_seed(cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed)

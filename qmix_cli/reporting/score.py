@@ -66,8 +66,12 @@ def load_run(run_dir: str | Path, *, device: str = "auto") -> TrainedRun:
     separations = [separation_from_dict(d) for d in json.loads((run_dir / "separation.json").read_text())]
     dev = resolve_device(device)
     nets = []
-    build = dict(name=meta["model"], num_classes=len(meta["classes"]), in_chans=meta["channels"])
-    build["proj_dim"] = meta["proj_dim"]
+    build = {
+        "name": meta["model"],
+        "num_classes": len(meta["classes"]),
+        "in_chans": meta["channels"],
+        "proj_dim": meta["proj_dim"],
+    }
     for sd in state["nets"]:
         nets.append(place_model(model_from_state(sd, **build), dev).eval())
     probes = [LinearProbe.from_state_dict(p).to(dev) for p in state.get("probes", [])]

@@ -45,7 +45,7 @@ def test_rgb_weights_are_adapted_to_grayscale_input(tmp_path):
 
 def test_projection_is_unit_length():
     net = create_model("test_resnet", num_classes=4, in_chans=1, proj_dim=16)
-    logits, proj = net.forward_with_projection(torch.randn(3, 1, 32, 32))
+    logits, proj = net(torch.randn(3, 1, 32, 32), projection=True)
     assert logits.shape == (3, 4) and proj.shape == (3, 16)
     torch.testing.assert_close(proj.norm(dim=1), torch.ones(3))
 

@@ -386,6 +386,6 @@ def test_the_nets_forward_traces_with_torch_compile_in_both_modes():
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), net(x))
         logits, proj = compiled(x, projection=True)
-        ref_logits, ref_proj = net.forward_with_projection(x)
+        ref_logits, ref_proj = net(x, projection=True)
     torch.testing.assert_close(logits, ref_logits)
     torch.testing.assert_close(proj, ref_proj)
