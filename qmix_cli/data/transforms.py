@@ -43,9 +43,25 @@ class Normalise:
     std: tuple[float, ...]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(self.mean, dtype=x.dtype).view(1, -1, 1, 1).to(x.device, non_blocking=True)
-        std = torch.tensor(self.std, dtype=x.dtype).view(1, -1, 1, 1).to(x.device, non_blocking=True)
-        return (x - mean) / std
+        return self.on(x.device, dtype=x.dtype)(x)
+
+    def on(self, device: torch.device, *, dtype: torch.dtype = torch.float32) -> PlacedNormalise:
+        """This normalisation with its constants built once on ``device``: a training step makes several views,
+        and building the constants for each is, on a GPU, two host-to-device copies per view."""
+        mean = torch.tensor(self.mean, dtype=dtype).view(1, -1, 1, 1).to(device)
+        std = torch.tensor(self.std, dtype=dtype).view(1, -1, 1, 1).to(device)
+        return PlacedNormalise(mean, std)
+
+
+@dataclass(frozen=True)
+class PlacedNormalise:
+    """`Normalise` placed on a device: ``mean`` and ``std`` (1, C, 1, 1) tensors of the views' dtype."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
 
 
 def channel_stats(images, *, sample: int = 4096, seed: int = 0) -> Normalise:
@@ -97,7 +113,7 @@ def _colour(x: torch.Tensor, spec: ViewSpec, gen: torch.Generator) -> torch.Tens
     return x.clamp(0, 1)
 
 
-def make_view(x: torch.Tensor, spec: ViewSpec, gen: torch.Generator, norm: Normalise) -> torch.Tensor:
+def make_view(x: torch.Tensor, spec: ViewSpec, gen: torch.Generator, norm: Normalise | PlacedNormalise) -> torch.Tensor:
     """One random view of a uint8 batch (B, C, H, W), returned normalised as float32 on ``x``'s device."""
     xf = x.float().div_(255.0)
     theta = _affine(x.shape[0], spec, gen).to(x.device, non_blocking=True)
@@ -108,6 +124,6 @@ def make_view(x: torch.Tensor, spec: ViewSpec, gen: torch.Generator, norm: Norma
     return norm(xf)
 
 
-def eval_view(x: torch.Tensor, norm: Normalise) -> torch.Tensor:
+def eval_view(x: torch.Tensor, norm: Normalise | PlacedNormalise) -> torch.Tensor:
     """The deterministic view used for separation and audit: just scaling and normalisation."""
     return norm(x.float().div_(255.0))

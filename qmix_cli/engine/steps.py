@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qmix_cli.categories import CLEAN, MIS_L
-from qmix_cli.data.transforms import Normalise, ViewSpec, eval_view, make_view
+from qmix_cli.data.transforms import Normalise, PlacedNormalise, ViewSpec, eval_view, make_view
 from qmix_cli.engine.batches import (
     ImageStore,
     device_has_room,
@@ -75,7 +75,7 @@ class StepContext:
     device: torch.device
     amp_dtype: torch.dtype | None
     scaler: torch.amp.GradScaler | None
-    norm: Normalise
+    norm: Normalise | PlacedNormalise  # placed on ``device`` by the trainer and the audit (`Normalise.on`)
     weak: ViewSpec
     strong: ViewSpec
     gen: torch.Generator
@@ -319,35 +319,34 @@ def ssl_epoch(
     eye = torch.eye(ctx.num_classes, device=ctx.device)
     for lb, x in zip(l_batches, store.iterate(combined), strict=True):
         nl = len(lb)
+        nu = len(x) - nl
         idx = index_tensor(lb, ctx.device)
-        xl, xu = x[:nl], x[nl:]
-        nu = len(xu)
         g = groups_t[idx]
         refined = eye[labels[idx]]  # (0, K) when the batch has no labelled member
+        # Rows [xl, xl, xu, xu]: one weak and one strong call make both views of both streams, the first 2·nl rows
+        # of each the labelled stream's two views. Four calls per kind cost four times the host work of building a
+        # view, which on a GPU is what the device waits for (docs/decisions.md, "Fourteenth round").
+        xl, xu = x[:nl], x[nl:]
+        doubled = torch.cat([xl, xl, xu, xu])
         with torch.no_grad(), ctx.autocast():
-            # A batch can lack either stream; an empty forward would feed BatchNorm nothing to normalise.
+            # One forward for both streams' guesses: never empty, so BatchNorm always has rows to normalise.
+            weak = ctx.view(doubled, ctx.weak)
+            p_own = torch.softmax(net(weak).float(), dim=1)
             if nl:
-                wl = torch.cat([ctx.view(xl, ctx.weak), ctx.view(xl, ctx.weak)])
-                p_l = torch.softmax(net(wl).float(), dim=1).view(2, nl, -1)
+                p_l = p_own[: 2 * nl].view(2, nl, -1)
                 refined = co_refine(refined, p_l, posteriors[idx, CLEAN], temperature=weights.temperature)
             if nl and rules.mislq_labelled:
                 guessed = pseudo_label(p_l, temperature=weights.temperature)
                 refined = torch.where((g == MIS_L)[:, None], guessed, refined)
             if nu:
-                wu = torch.cat([ctx.view(xu, ctx.weak), ctx.view(xu, ctx.weak)])
-                p_u = torch.cat([torch.softmax(net(wu).float(), 1), torch.softmax(peer(wu).float(), 1)])
+                p_u = torch.cat([p_own[2 * nl :], torch.softmax(peer(weak[2 * nl :]).float(), 1)])
                 target_u = co_guess(p_u.view(4, nu, -1), temperature=weights.temperature)
         w_l = mislq_weights(g, posteriors[idx, MIS_L], mislq_weight=weights.mislq_weight)
-        parts, targets, sample_w = [], [], []
-        if nl:
-            parts += [ctx.view(xl, ctx.strong), ctx.view(xl, ctx.strong)]
-            targets += [refined, refined]
-            sample_w += [w_l, w_l]
+        targets, sample_w = [refined, refined], [w_l, w_l]
         if nu:
-            parts += [ctx.view(xu, ctx.strong), ctx.view(xu, ctx.strong)]
             targets += [target_u, target_u]
             sample_w += [torch.ones(2 * nu, device=ctx.device)]
-        inputs, targets_t, weights_t = torch.cat(parts), torch.cat(targets), torch.cat(sample_w)
+        inputs, targets_t, weights_t = ctx.view(doubled, ctx.strong), torch.cat(targets), torch.cat(sample_w)
         lam = sample_lambda(weights.mixup_alpha, ctx.gen)
         perm = torch.randperm(len(inputs), generator=ctx.gen).to(ctx.device, non_blocking=True)
         mixed, mixed_t, mixed_w = mixup(inputs, targets_t, weights_t, lam=lam, perm=perm)

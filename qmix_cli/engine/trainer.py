@@ -166,7 +166,7 @@ class _Run:
             device=self.device,
             amp_dtype=self.amp_dtype,
             scaler=self.scaler,
-            norm=self.norm,
+            norm=self.norm.on(self.device),
             weak=weak_spec(hflip=cfg.hflip, rotation=cfg.rotation),
             strong=strong_spec(hflip=cfg.hflip, rotation=cfg.rotation),
             gen=self.gen,

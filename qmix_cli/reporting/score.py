@@ -102,7 +102,7 @@ def _context(run: TrainedRun, seed: int) -> StepContext:
         # As the final training scores were computed (runs saved before `amp` was recorded: mixed precision).
         amp_dtype=amp_dtype(run.device, run.meta.get("amp", True)),
         scaler=None,
-        norm=norm,
+        norm=norm.on(run.device),
         weak=spec,
         strong=spec,
         gen=torch.Generator().manual_seed(seed),

@@ -157,10 +157,13 @@ def test_audit_scores_in_the_precision_the_final_separation_was_fitted_in(traine
 
     import torch
 
+    from qmix_cli.data.transforms import Normalise
     from qmix_cli.reporting.score import _context
 
     assert trained.meta["amp"] is False  # the shared run trained on the CPU
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    # No GPU here: the context's normalisation constants stay where they are instead of going to CUDA.
+    monkeypatch.setattr(Normalise, "on", lambda self, device, dtype=torch.float32: self)
     meta = {k: v for k, v in trained.meta.items() if k != "amp"}
     if recorded is not None:
         meta["amp"] = recorded
