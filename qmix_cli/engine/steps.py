@@ -180,25 +180,37 @@ def predict_probs(
 # Copies of the (N, D) features the probe fit holds at once: the features, their standardised copy sorted by fold,
 # and one fold's rows while scoring (`qmix_cli.engine.probe`).
 PROBE_FEATURE_COPIES = 3
+# Features up to this size are fitted on the host even when a GPU trained the nets (about 21,000 images of a
+# resnet18's two probe stages, 768 floats each). torch's L-BFGS reads a step size on the host for every stored
+# history pair of every iteration, so on a GPU the fit waits for the device tens of thousands of times, whatever
+# the data's size: on the H200 the final fits of 3,000 images took 6.8 s, against about 1 s on a 2-core CPU
+# (docs/decisions.md, "Thirteenth round"). Above it the GPU's arithmetic wins back its waiting.
+PROBE_HOST_BYTES = 64 << 20
+
+
+def probe_fit_device(device: torch.device, feature_bytes: int) -> torch.device:
+    """Where to hold ``feature_bytes`` of probe features computed on ``device``, and so fit the probe: on a GPU
+    only when they exceed `PROBE_HOST_BYTES` and `PROBE_FEATURE_COPIES` copies fit in half its free memory (a
+    large dataset on a small GPU is fitted on the host, slower, rather than running out of memory at the end of a
+    long run); otherwise on the host."""
+    if device.type == "cpu":
+        return device
+    fits = device_has_room(device, PROBE_FEATURE_COPIES * feature_bytes, share=0.5)
+    return device if feature_bytes > PROBE_HOST_BYTES and fits else torch.device("cpu")
 
 
 @torch.no_grad()
 def predict_features(
     net: QmixNet, store: ImageStore, ctx: StepContext, *, batch_size: int, stages: int = 1
 ) -> torch.Tensor:
-    """The features of `QmixNet.forward_with_stages` of the eval view (N, D'), float32, to fit the audit probe on.
-
-    They stay on the training device where `PROBE_FEATURE_COPIES` copies fit in half its free memory, and go to
-    host memory otherwise (a large dataset on a small GPU): the probe is then fitted on the CPU, slower, instead
-    of running out of GPU memory at the end of a long run.
-    """
+    """The features of `QmixNet.forward_with_stages` of the eval view (N, D'), float32, to fit the audit probe on,
+    on the device `probe_fit_device` chooses."""
     out: torch.Tensor | None = None
     start = 0
     for _, feats in _eval_outputs(net, store, ctx, batch_size=batch_size, spec=None, stages=stages):
         if out is None:
-            nbytes = PROBE_FEATURE_COPIES * len(store) * feats.shape[1] * feats.element_size()
-            on_device = device_has_room(feats.device, nbytes, share=0.5)
-            out = feats.new_empty((len(store), feats.shape[1]), device=None if on_device else torch.device("cpu"))
+            where = probe_fit_device(feats.device, len(store) * feats.shape[1] * feats.element_size())
+            out = feats.new_empty((len(store), feats.shape[1]), device=where)
         out[start : start + len(feats)].copy_(feats)
         start += len(feats)
     if out is None:

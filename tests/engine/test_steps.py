@@ -13,6 +13,8 @@ from qmix_cli.engine.models import create_model
 from qmix_cli.engine.probe import fit_probe, fold_ids
 from qmix_cli.engine.steps import (
     METHOD_RULES,
+    PROBE_FEATURE_COPIES,
+    PROBE_HOST_BYTES,
     EpochLosses,
     SslWeights,
     StepContext,
@@ -20,6 +22,7 @@ from qmix_cli.engine.steps import (
     predict_features,
     predict_probs,
     predict_with_probe,
+    probe_fit_device,
     ssl_epoch,
     ssl_epoch_size,
 )
@@ -143,6 +146,19 @@ def test_streamed_probe_read_out_equals_the_probe_on_all_features():
     np.testing.assert_allclose(own, probs, atol=1e-6)
     np.testing.assert_allclose(probed, probe.probs(feats, folds), atol=1e-6)
     assert len(np.unique(folds)) > 1  # several heads were used
+
+
+def test_probe_features_stay_on_a_gpu_only_when_large_and_when_they_fit(monkeypatch):
+    # Small fits are faster on the host (L-BFGS waits for the GPU at every history pair); large ones stay on the
+    # GPU unless their copies would not fit in half its free memory.
+    free = 10 * PROBE_FEATURE_COPIES * PROBE_HOST_BYTES
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free, 2 * free))
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")
+    assert probe_fit_device(gpu, PROBE_HOST_BYTES) == cpu
+    assert probe_fit_device(gpu, PROBE_HOST_BYTES + 1) == gpu
+    assert probe_fit_device(gpu, free // (2 * PROBE_FEATURE_COPIES) - 1) == gpu
+    assert probe_fit_device(gpu, free // (2 * PROBE_FEATURE_COPIES) + 1) == cpu
+    assert probe_fit_device(cpu, 10 * free) == cpu
 
 
 def test_loss_sums_are_checked_every_step_on_the_cpu_and_every_few_steps_otherwise():
