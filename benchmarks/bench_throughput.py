@@ -15,9 +15,9 @@ What the phases hold, per net (``N`` training images, batch ``B``, two nets for 
 
 * warm-up epoch: one training step of ``B`` images per batch;
 * semi-supervised epoch: a no-grad forward of every image to score it, then per batch a training step of ``2B``
-  images (two mixed strong views, with the projection head), a no-grad forward of the ``2B`` weak views through
-  the net and one of the ``2uB`` unlabelled weak views through the peer (``u`` the share of the batch in the
-  unlabelled stream, taken from the epoch's own group sizes);
+  images (two mixed strong views, with the projection head) and no-grad forwards of ``2B (1 + u)`` weak views,
+  ``u`` the share of the batch in the unlabelled stream (net and peer both guess their labels), taken from the
+  epoch's own group sizes;
 * final scoring: a no-grad forward of every image through two encoder stages (the audit probes' features);
 * audit: the same forward, at the audit's batch size.
 
@@ -157,9 +157,9 @@ def nets_only_seconds(
     ``costs`` holds seconds per image: ``step_b`` (training step on batches of ``batch``), ``step_2b_proj``
     (``2 batch``, with the projection head), ``fwd_eval`` (no-grad, the training run's eval batch),
     ``features_eval`` and ``features_audit`` (no-grad through the probe stages, eval and audit batch), and with
-    semi-supervised epochs ``fwd_weak`` (no-grad, both weak views of a batch: ``2 batch``) and ``fwd_peer``
-    (no-grad, both weak views of a batch's mean unlabelled members, `stream_sizes`). ``unlabelled_share`` is None
-    for a method without semi-supervised epochs.
+    semi-supervised epochs ``fwd_labelled`` / ``fwd_unlabelled``: no-grad forwards of the two weak views of a
+    batch's mean labelled / unlabelled members (`stream_sizes`). ``unlabelled_share`` is None for a method without
+    semi-supervised epochs.
     """
     out = {
         "warmup_epoch": nets * n * costs["step_b"],
@@ -167,10 +167,10 @@ def nets_only_seconds(
         "audit": nets * n * costs["features_audit"],
     }
     if unlabelled_share is not None:
-        _, nu = stream_sizes(batch, unlabelled_share)
+        nl, nu = stream_sizes(batch, unlabelled_share)
         steps = ssl_epoch_size(n, batch_size=batch) // batch  # as the epoch itself counts them
-        # Both weak views of the whole batch through the net; those of the unlabelled members through the peer too.
-        guesses = 2 * batch * costs["fwd_weak"] + 2 * nu * costs["fwd_peer"]
+        # Two weak views of the labelled members through the net; of the unlabelled ones through net and peer.
+        guesses = 2 * nl * costs["fwd_labelled"] + 2 * (2 * nu) * costs["fwd_unlabelled"]
         per_step = 2 * batch * costs["step_2b_proj"] + guesses
         out["ssl_epoch"] = nets * (n * costs["fwd_eval"] + steps * per_step)
     return out
@@ -252,10 +252,10 @@ def measure_method(method: str, noisy: Path, work: Path, args: argparse.Namespac
         "features_audit": synth.forward(AUDIT_BATCH, features=True),
     }
     if share is not None:
-        _, nu = stream_sizes(b, share)
+        nl, nu = stream_sizes(b, share)
         costs["step_2b_proj"] = synth.train_step(2 * b, projection=True)
-        costs["fwd_weak"] = synth.forward(2 * b, features=False)
-        costs["fwd_peer"] = synth.forward(2 * nu, features=False) if nu else 0.0
+        costs["fwd_labelled"] = synth.forward(2 * nl, features=False) if nl else 0.0
+        costs["fwd_unlabelled"] = synth.forward(2 * nu, features=False) if nu else 0.0
     nets = method_rules(method).num_nets
     ideal = nets_only_seconds(costs, n=n, nets=nets, batch=b, unlabelled_share=share)
     measured = {

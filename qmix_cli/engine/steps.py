@@ -341,17 +341,20 @@ def ssl_epoch(
         xl, xu = x[:nl], x[nl:]
         doubled = torch.cat([xl, xl, xu, xu])
         with torch.no_grad(), ctx.autocast():
-            # One forward for both streams' guesses: never empty, so BatchNorm always has rows to normalise.
             weak = ctx.view(doubled, ctx.weak)
-            p_own = torch.softmax(net(weak).float(), dim=1)
+            # One forward per stream, not one for both: each train-mode forward moves BatchNorm's running estimates
+            # towards its batch, and these weak views keep them near the eval view. A single forward halved their
+            # weight against the mixed-up training forward and cost qmix 0.01 of test accuracy on every benchmark
+            # seed (docs/decisions.md, "Fourteenth round"). A stream may be empty: BatchNorm is never fed no rows.
             if nl:
-                p_l = p_own[: 2 * nl].view(2, nl, -1)
+                p_l = torch.softmax(net(weak[: 2 * nl]).float(), dim=1).view(2, nl, -1)
                 refined = co_refine(refined, p_l, posteriors[idx, CLEAN], temperature=weights.temperature)
             if nl and rules.mislq_labelled:
                 guessed = pseudo_label(p_l, temperature=weights.temperature)
                 refined = torch.where((g == MIS_L)[:, None], guessed, refined)
             if nu:
-                p_u = torch.cat([p_own[2 * nl :], torch.softmax(peer(weak[2 * nl :]).float(), 1)])
+                wu = weak[2 * nl :]
+                p_u = torch.cat([torch.softmax(net(wu).float(), 1), torch.softmax(peer(wu).float(), 1)])
                 target_u = co_guess(p_u.view(4, nu, -1), temperature=weights.temperature)
         w_l = mislq_weights(g, posteriors[idx, MIS_L], mislq_weight=weights.mislq_weight)
         targets, sample_w = [refined, refined], [w_l, w_l]
