@@ -343,9 +343,10 @@ def ssl_epoch(
         with torch.no_grad(), ctx.autocast():
             weak = ctx.view(doubled, ctx.weak)
             # One forward per stream, not one for both: each train-mode forward moves BatchNorm's running estimates
-            # towards its batch, and these weak views keep them near the eval view. A single forward halved their
-            # weight against the mixed-up training forward and cost qmix 0.01 of test accuracy on every benchmark
-            # seed (docs/decisions.md, "Fourteenth round"). A stream may be empty: BatchNorm is never fed no rows.
+            # towards its batch, and these weak views keep them near the eval view. A single forward cut their share
+            # against the mixed-up training forward from 63 % to 47 % and cost qmix 0.01 of test accuracy on every
+            # benchmark seed (docs/decisions.md, "Fourteenth round"). An empty stream is skipped: BatchNorm cannot
+            # normalise no rows.
             if nl:
                 p_l = torch.softmax(net(weak[: 2 * nl]).float(), dim=1).view(2, nl, -1)
                 refined = co_refine(refined, p_l, posteriors[idx, CLEAN], temperature=weights.temperature)
