@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qmix_cli.categories import CLEAN, MIS_L
-from qmix_cli.data.transforms import Normalise, PlacedNormalise, ViewSpec, eval_view, make_view
+from qmix_cli.data.transforms import PlacedNormalise, ViewSpec, eval_view, make_view
 from qmix_cli.engine.batches import (
     ImageStore,
     device_has_room,
@@ -75,7 +75,7 @@ class StepContext:
     device: torch.device
     amp_dtype: torch.dtype | None
     scaler: torch.amp.GradScaler | None
-    norm: Normalise | PlacedNormalise  # placed on ``device`` by the trainer and the audit (`Normalise.on`)
+    norm: PlacedNormalise  # on ``device`` (`Normalise.on`): built once, not per view
     weak: ViewSpec
     strong: ViewSpec
     gen: torch.Generator
@@ -87,6 +87,9 @@ class StepContext:
 
     def view(self, x: torch.Tensor, spec: ViewSpec) -> torch.Tensor:
         return place_input(make_view(x, spec, self.gen, self.norm), compiled=self.compiled)
+
+    def eval_view(self, x: torch.Tensor) -> torch.Tensor:
+        return place_input(eval_view(x, self.norm), compiled=self.compiled)
 
 
 def autocast(device: torch.device, amp_dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
@@ -161,7 +164,7 @@ def _eval_outputs(
     given: those of `QmixNet.forward_with_stages`."""
     net.eval()
     for x in store.iterate(sequential_batches(len(store), batch_size=batch_size)):
-        xv = place_input(eval_view(x, ctx.norm), compiled=ctx.compiled) if spec is None else ctx.view(x, spec)
+        xv = ctx.eval_view(x) if spec is None else ctx.view(x, spec)
         with ctx.autocast():
             # net(x) when only the softmax is asked for: that is the call `torch.compile` has optimised.
             logits, feats = (net(xv), None) if stages is None else net.forward_with_stages(xv, stages=stages)

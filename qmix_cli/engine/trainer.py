@@ -26,7 +26,7 @@ from qmix_cli import __version__
 from qmix_cli.config import TrainConfig, config_from_dict, dump_config, load_config_file
 from qmix_cli.data.cache import cached_images
 from qmix_cli.data.manifest import Dataset, check_output_dir, create_dataset
-from qmix_cli.data.transforms import channel_stats, eval_view, strong_spec, weak_spec
+from qmix_cli.data.transforms import channel_stats, strong_spec, weak_spec
 from qmix_cli.engine.batches import ImageStore
 from qmix_cli.engine.checkpoint import load_checkpoint, save_checkpoint
 from qmix_cli.engine.losses import linear_rampup
@@ -256,7 +256,7 @@ class _Run:
     def probe_scores(self) -> tuple[Scores, list[LinearProbe]]:
         """Scores of every training image from out-of-fold probes on each net's features, and the probes."""
         folds = fold_ids(self.images, seed=self.cfg.seed)
-        sample = eval_view(torch.from_numpy(np.array(self.images[:2])).to(self.device), self.ctx.norm)
+        sample = self.ctx.eval_view(torch.from_numpy(np.array(self.images[:2])).to(self.device))
         probes, probs = [], []
         for net in self.forward_nets:
             stages = max_probe_stages(net, sample, wanted=PROBE_STAGES)

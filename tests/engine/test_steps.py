@@ -46,7 +46,8 @@ class RecordingStore(ImageStore):
 def _ctx(seed: int) -> StepContext:
     """A CPU step context for one-channel 16 × 16 images and K classes."""
     return StepContext(
-        device=torch.device("cpu"), amp_dtype=None, scaler=None, norm=Normalise((0.5,), (0.25,)),
+        device=torch.device("cpu"), amp_dtype=None, scaler=None,
+        norm=Normalise((0.5,), (0.25,)).on(torch.device("cpu")),
         weak=weak_spec(hflip=False, rotation=10), strong=strong_spec(hflip=False, rotation=10),
         gen=torch.Generator().manual_seed(seed), num_classes=K,
     )  # fmt: skip
