@@ -15,8 +15,9 @@ from sklearn.metrics import f1_score, roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
 from qmix_cli.api import audit, evaluate, train
-from qmix_cli.config import load_config_file
+from qmix_cli.config import load_config_file, resolve_config
 from qmix_cli.data.manifest import create_dataset
+from qmix_cli.engine.trainer import RESUMABLE
 from qmix_cli.io import read_metrics
 
 
@@ -98,11 +99,15 @@ def post_warmup_epoch_seconds(metrics: list[dict]) -> float:
 
 
 def finished_run_matches(run_dir: Path, **options: Any) -> bool:
-    """Whether ``run_dir`` holds a finished run (its ``model.pt``) trained with every one of ``options``."""
+    """Whether ``run_dir`` holds a finished run (its ``model.pt``) trained with the settings ``options`` resolve to,
+    every other setting at today's default: a run made before a default changed or an option was added is trained
+    again, not scored as if it were today's. Settings that change how a run executes, not what it computes
+    (device, workers, ...), are not compared."""
     if not (run_dir / "model.pt").is_file():
         return False
     saved = load_config_file(run_dir / "config.yaml")
-    return all(saved.get(k) == v for k, v in options.items() if v is not None and k != "device")
+    wanted = resolve_config(overrides=options).to_dict()
+    return all(saved.get(k) == v for k, v in wanted.items() if k == "epochs" or k not in RESUMABLE)
 
 
 def with_truth(report: pd.DataFrame, noisy: Path) -> pd.DataFrame:
