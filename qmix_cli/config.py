@@ -61,6 +61,10 @@ class TrainConfig:
     # What the final separation (the audit's) is fitted on: "probe", out-of-fold linear probes on the nets'
     # features fitted on the given labels; "classifier", the nets' own classifier as in the paper (decisions.md).
     audit_scores: Literal["probe", "classifier"] = "probe"
+    # With probes, also read each net as it stood at the end of warm-up and average the two probes' outputs
+    # (qmix and dividemix): the semi-supervised phase teaches the nets to be sure of degraded images, which the
+    # warm-up nets still are not (docs/decisions.md, fifteenth round).
+    audit_warmup: bool = True
 
     # Semi-supervised training
     temperature: float = 0.5

@@ -35,6 +35,7 @@ from qmix_cli.engine.models import (
     create_model,
     input_normalisation,
     max_probe_stages,
+    model_from_state,
     place_model,
 )
 from qmix_cli.engine.probe import PROBE_STAGES, LinearProbe, fit_probe, fold_ids
@@ -178,6 +179,8 @@ class _Run:
         self.prior = torch.as_tensor(prior, dtype=torch.float32, device=self.device)
         self.history: deque[np.ndarray] = deque(maxlen=cfg.smooth_epochs)
         self.separations: list[Any] = []
+        # Each net's weights at the end of warm-up, on the host, for the audit (`keep_warmup_snapshot`).
+        self.warmup_states: list[dict[str, torch.Tensor]] = []
         self.epoch = 0
         self.metrics: list[dict[str, Any]] = []
 
@@ -215,6 +218,7 @@ class _Run:
             },
             "history": [torch.from_numpy(h) for h in self.history],
             "separations": [json.dumps(s.to_dict()) for s in self.separations],
+            "warmup_nets": self.warmup_states,
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -241,7 +245,38 @@ class _Run:
             torch.cuda.set_rng_state(state["rng"]["cuda"][0], self.device)
         self.history.extend(h.numpy() for h in state["history"])
         self.separations = [separation_from_dict(json.loads(s)) for s in state["separations"]]
+        self.warmup_states = list(state.get("warmup_nets", []))  # older checkpoints kept none
         self.epoch = int(state["epoch"])
+
+    # ---- the warm-up snapshot ----------------------------------------------------------------------------
+    @property
+    def reads_warmup_nets(self) -> bool:
+        """Whether the audit also reads the nets as they stood at the end of warm-up: only where a warm-up ends
+        in a semi-supervised phase (``ce`` has none) and the final scores come from probes."""
+        cfg = self.cfg
+        return (
+            cfg.audit_warmup
+            and cfg.audit_scores == "probe"
+            and self.rules.separation is not None
+            and 0 < (cfg.warmup_epochs or 0) < cfg.epochs
+        )
+
+    def keep_warmup_snapshot(self) -> None:
+        """Copy each net's weights to the host once the last warm-up epoch is done (call after each epoch)."""
+        if self.reads_warmup_nets and self.epoch == self.cfg.warmup_epochs:
+            self.warmup_states = [
+                {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()} for net in self.nets
+            ]
+
+    def warmup_nets(self) -> list[QmixNet]:
+        """The warm-up snapshot as nets on the run's device (none if the run kept no snapshot)."""
+        if not self.reads_warmup_nets:
+            return []
+        build = dict(name=self.cfg.model, num_classes=len(self.classes), in_chans=self.channels)
+        return [
+            place_model(model_from_state(sd, **build, proj_dim=self.cfg.proj_dim), self.device).eval()
+            for sd in self.warmup_states
+        ]
 
     # ---- one epoch ---------------------------------------------------------------------------------------
     def scores(self) -> Scores:
@@ -253,20 +288,26 @@ class _Run:
         smoothed = np.mean(np.stack(self.history), axis=0)
         return Scores(probs=probs, loss=smoothed[..., 0], uncertainty=smoothed[..., 1])
 
-    def probe_scores(self) -> tuple[Scores, list[LinearProbe]]:
-        """Scores of every training image from out-of-fold probes on each net's features, and the probes."""
+    def probe_scores(self) -> tuple[Scores, list[LinearProbe], list[LinearProbe]]:
+        """Scores of every training image from out-of-fold probes on each net's features; the final nets' probes;
+        the warm-up snapshot's probes (empty without a snapshot). With a snapshot, net k's scores are those of the
+        mean of its two probes' outputs (`TrainConfig.audit_warmup`)."""
         folds = fold_ids(self.images, seed=self.cfg.seed)
         sample = self.ctx.eval_view(torch.from_numpy(np.array(self.images[:2])).to(self.device))
-        probes, probs = [], []
-        for net in self.forward_nets:
-            stages = max_probe_stages(net, sample, wanted=PROBE_STAGES)
-            feats = predict_features(net, self.store, self.ctx, batch_size=self.cfg.eval_batch_size, stages=stages)
-            probe = fit_probe(
-                feats, self.labels_np, folds, num_classes=len(self.classes), seed=self.cfg.seed, stages=stages
-            )
-            probes.append(probe)
-            probs.append(probe.probs(feats, folds))
-        return compute_scores(np.stack(probs), self.labels_np, uncertainty=self.cfg.uncertainty), probes
+        final = [self._fit_probe(net, folds, sample) for net in self.forward_nets]
+        warm = [self._fit_probe(net, folds, sample) for net in self.warmup_nets()]
+        probs = [np.mean([p for _, p in pair], axis=0) for pair in zip(final, warm or final, strict=True)]
+        scores = compute_scores(np.stack(probs), self.labels_np, uncertainty=self.cfg.uncertainty)
+        return scores, [probe for probe, _ in final], [probe for probe, _ in warm]
+
+    def _fit_probe(self, net: QmixNet, folds: np.ndarray, sample: torch.Tensor) -> tuple[LinearProbe, np.ndarray]:
+        """``net``'s out-of-fold probe and its outputs (N, K) on the training images."""
+        stages = max_probe_stages(net, sample, wanted=PROBE_STAGES)
+        feats = predict_features(net, self.store, self.ctx, batch_size=self.cfg.eval_batch_size, stages=stages)
+        probe = fit_probe(
+            feats, self.labels_np, folds, num_classes=len(self.classes), seed=self.cfg.seed, stages=stages
+        )
+        return probe, probe.probs(feats, folds)
 
     def separate(self, scores: Scores, kind: str) -> list[Any]:
         cfg = self.cfg
@@ -486,6 +527,7 @@ def train(
         if val is not None:
             row["val_acc"] = round(run.val_accuracy(val), 4)
         run.epoch += 1
+        run.keep_warmup_snapshot()
         run.metrics.append(row)
         with metrics_path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
@@ -517,8 +559,9 @@ def _epoch_line(row: dict[str, Any], epochs: int) -> str:
 def _finalise(run: _Run) -> None:
     """Score the training set with the final nets, fit the final separation and save what audit needs."""
     probes: list[LinearProbe] = []
+    warmup_probes: list[LinearProbe] = []
     if run.cfg.audit_scores == "probe":
-        scores, probes = run.probe_scores()
+        scores, probes, warmup_probes = run.probe_scores()
     else:
         scores = run.scores()
     run.separations = run.separate(scores, "quality")
@@ -543,6 +586,7 @@ def _finalise(run: _Run) -> None:
         "num_samples": len(run.dataset),
         "proj_dim": run.cfg.proj_dim,
         "audit_scores": run.cfg.audit_scores,
+        "audit_warmup": bool(warmup_probes),
         # Whether the final scores (what the separation was fitted on) came from mixed precision: the audit
         # scores in the same precision, so its posteriors are read on the scale the mixture was fitted on.
         "amp": run.amp_dtype is not None,
@@ -553,6 +597,9 @@ def _finalise(run: _Run) -> None:
     model_state = {
         "nets": [n.state_dict() for n in run.nets],
         "probes": [p.state_dict() for p in probes],
+        # The nets at the end of warm-up and their probes, which the audit averages in (none for `ce`).
+        "warmup_nets": run.warmup_states if warmup_probes else [],
+        "warmup_probes": [p.state_dict() for p in warmup_probes],
         "meta": json.dumps(meta),
     }
     # model.pt last: audit treats its presence as "the run is finished" (see `_make_run_dir`).

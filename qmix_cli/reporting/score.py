@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,10 @@ class TrainedRun:
     separations: list[QualitySeparation]
     probes: list[LinearProbe]  # one per net, or none: the separation was fitted on the nets' own classifier
     device: torch.device
+    # The nets as they stood at the end of warm-up and their probes, one each per net, or none (`ce`, runs with
+    # ``audit_warmup`` off, runs saved before it existed): each net's probe outputs are averaged with its snapshot's.
+    warmup_nets: list[QmixNet] = field(default_factory=list)
+    warmup_probes: list[LinearProbe] = field(default_factory=list)
 
     @property
     def classes(self) -> list[str]:
@@ -65,17 +69,29 @@ def load_run(run_dir: str | Path, *, device: str = "auto") -> TrainedRun:
     meta = json.loads(state["meta"])
     separations = [separation_from_dict(d) for d in json.loads((run_dir / "separation.json").read_text())]
     dev = resolve_device(device)
-    nets = []
     build = {
         "name": meta["model"],
         "num_classes": len(meta["classes"]),
         "in_chans": meta["channels"],
         "proj_dim": meta["proj_dim"],
     }
-    for sd in state["nets"]:
-        nets.append(place_model(model_from_state(sd, **build), dev).eval())
-    probes = [LinearProbe.from_state_dict(p).to(dev) for p in state.get("probes", [])]
-    return TrainedRun(run_dir=run_dir, meta=meta, nets=nets, separations=separations, probes=probes, device=dev)
+
+    def nets(key: str) -> list[QmixNet]:
+        return [place_model(model_from_state(sd, **build), dev).eval() for sd in state.get(key, [])]
+
+    def probes(key: str) -> list[LinearProbe]:
+        return [LinearProbe.from_state_dict(p).to(dev) for p in state.get(key, [])]
+
+    return TrainedRun(
+        run_dir=run_dir,
+        meta=meta,
+        nets=nets("nets"),
+        separations=separations,
+        probes=probes("probes"),
+        device=dev,
+        warmup_nets=nets("warmup_nets"),
+        warmup_probes=probes("warmup_probes"),
+    )
 
 
 @dataclass(frozen=True)
@@ -143,7 +159,13 @@ def score_dataset(
                 predict_with_probe(net, store, ctx, run.probes[k], folds, batch_size=batch_size, spec=v) for v in views
             ]
             own.append(np.mean([p for p, _ in outputs], axis=0))
-            scored.append(np.mean([p for _, p in outputs], axis=0))
+            probe_outputs = [p for _, p in outputs]
+            if run.warmup_probes:  # as `_Run.probe_scores` scored the training images: the two probes averaged
+                warm, probe = run.warmup_nets[k], run.warmup_probes[k]
+                probe_outputs += [
+                    predict_with_probe(warm, store, ctx, probe, folds, batch_size=batch_size, spec=v)[1] for v in views
+                ]
+            scored.append(np.mean(probe_outputs, axis=0))
         else:
             own.append(np.mean([predict_probs(net, store, ctx, batch_size=batch_size, spec=v) for v in views], axis=0))
             scored.append(own[-1])

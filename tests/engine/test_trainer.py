@@ -85,9 +85,11 @@ def test_killed_run_resumes_to_the_same_result(method, noisy_digits, tmp_path, q
     resumed = train(noisy_digits, tmp_path / "killed", resume=True, cache_dir=str(qmix_cache_dir))
 
     _assert_same_metrics(resumed.metrics, full.metrics)
-    a = torch.load(tmp_path / "full" / "model.pt", weights_only=True)["nets"]
-    b = torch.load(tmp_path / "killed" / "model.pt", weights_only=True)["nets"]
-    for sa, sb in zip(a, b, strict=True):
+    a = torch.load(tmp_path / "full" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "killed" / "model.pt", weights_only=True)
+    # The warm-up snapshot (taken at epoch 2) came back from the checkpoint, not from the resumed nets.
+    assert len(a["warmup_nets"]) == 2
+    for sa, sb in zip(a["nets"] + a["warmup_nets"], b["nets"] + b["warmup_nets"], strict=True):
         for key in sa:
             torch.testing.assert_close(sa[key], sb[key], rtol=1e-4, atol=1e-5)
 
@@ -170,6 +172,42 @@ def test_ce_and_dividemix_produce_auditable_runs(noisy_digits, tmp_path, qmix_ca
         assert np.allclose(report[["p_clean", "p_mislabeled_hq", "p_mislabeled_lq"]].sum(axis=1), 1, atol=1e-5)
     ce_state = torch.load(tmp_path / "ce" / "model.pt", weights_only=True)
     assert len(ce_state["nets"]) == 1
+
+
+def test_warmup_snapshot_is_the_nets_at_the_end_of_warmup(noisy_digits, tmp_path, qmix_cache_dir):
+    at_epoch: dict[int, list[dict]] = {}
+
+    def record(row: dict) -> None:
+        at_epoch[row["epoch"]] = load_checkpoint(tmp_path / "qmix" / "checkpoints" / "last.pt")["nets"]
+
+    train(noisy_digits, tmp_path / "qmix", method="qmix", epochs=4, warmup_epochs=2, on_epoch_end=record,
+          cache_dir=str(qmix_cache_dir), **TINY_TRAIN)  # fmt: skip
+    saved = torch.load(tmp_path / "qmix" / "model.pt", weights_only=True)
+    assert len(saved["warmup_nets"]) == len(saved["warmup_probes"]) == 2
+    for snapshot, warm, final in zip(saved["warmup_nets"], at_epoch[2], saved["nets"], strict=True):
+        assert all(torch.equal(snapshot[k], warm[k]) for k in warm)
+        assert not all(torch.equal(snapshot[k], final[k]) for k in final)  # the semi-supervised epochs trained on
+    assert json.loads((tmp_path / "qmix" / "run.json").read_text())["audit_warmup"] is True
+
+
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [
+        ("ce", {}),
+        ("qmix", {"audit_warmup": False}),
+        ("qmix", {"audit_scores": "classifier"}),
+        ("qmix", {"warmup_epochs": 3}),
+    ],
+)
+def test_no_warmup_snapshot_where_there_is_nothing_to_read(method, options, noisy_digits, tmp_path, qmix_cache_dir):
+    """``ce`` has no semi-supervised phase, the classifier read-out fits no probes, and a run that ends with its
+    warm-up would read the same nets twice."""
+    opts = {"epochs": 3, "warmup_epochs": 2, **options}
+    result = train(noisy_digits, tmp_path / "run", method=method, cache_dir=str(qmix_cache_dir), **TINY_TRAIN, **opts)
+    saved = torch.load(result.run_dir / "model.pt", weights_only=True)
+    assert saved["warmup_nets"] == [] and saved["warmup_probes"] == []
+    assert load_checkpoint(result.run_dir / "checkpoints" / "last.pt")["warmup_nets"] == []
+    assert json.loads((result.run_dir / "run.json").read_text())["audit_warmup"] is False
 
 
 @pytest.mark.parametrize("audit_scores", ["probe", "classifier"])

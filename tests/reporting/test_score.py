@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,22 @@ def test_load_run(trained, qmix_run):
     assert [(p.folds, p.stages) for p in trained.probes] == [(5, 2), (5, 2)]
     assert all(not net.training for net in trained.nets)
     assert trained.meta["method"] == "qmix" and trained.meta["model"] == "test_resnet"
+
+
+def test_audit_of_the_training_set_reproduces_the_final_separation(trained, scores):
+    """The audit reads the nets as training's last step did (final and warm-up probes averaged, net by net), so its
+    groups of the training images are the ones training ended with; without the warm-up probes they are not."""
+    final = trained.meta["final_summary"]
+    counts = np.bincount(scores.categories, minlength=3)
+    assert trained.meta["audit_warmup"] and len(trained.warmup_nets) == len(trained.warmup_probes) == 2
+    assert counts.tolist() == [final["n_clean"], final["n_mis_h"], final["n_mis_l"]]
+
+
+def test_without_its_warmup_probes_the_audit_scores_otherwise(trained, dataset, scores):
+    final_only = dataclasses.replace(trained, warmup_nets=[], warmup_probes=[])
+    other = score_dataset(final_only, dataset)
+    assert np.abs(other.loss - scores.loss).max() > 1e-3
+    np.testing.assert_array_equal(other.probs, scores.probs)  # the classifier is the final nets' in both
 
 
 def test_shapes_and_ranges(scores, dataset):
