@@ -272,11 +272,10 @@ class _Run:
         """The warm-up snapshot as nets on the run's device (none if the run kept no snapshot)."""
         if not self.reads_warmup_nets:
             return []
-        build = dict(name=self.cfg.model, num_classes=len(self.classes), in_chans=self.channels)
-        return [
-            place_model(model_from_state(sd, **build, proj_dim=self.cfg.proj_dim), self.device).eval()
-            for sd in self.warmup_states
-        ]
+        build = dict(
+            name=self.cfg.model, num_classes=len(self.classes), in_chans=self.channels, proj_dim=self.cfg.proj_dim
+        )
+        return [place_model(model_from_state(sd, **build), self.device).eval() for sd in self.warmup_states]
 
     # ---- one epoch ---------------------------------------------------------------------------------------
     def scores(self) -> Scores:

@@ -109,14 +109,19 @@ class AuditScores:
     suggestion_probs: np.ndarray
 
 
+def audit_amp_dtype(run: TrainedRun) -> torch.dtype | None:
+    """The precision the audit scores in on ``run.device``: that of the final training scores the separation was
+    fitted on (runs saved before ``amp`` was recorded: mixed precision)."""
+    return amp_dtype(run.device, run.meta.get("amp", True))
+
+
 def _context(run: TrainedRun, seed: int) -> StepContext:
     norm = Normalise(tuple(run.meta["norm_mean"]), tuple(run.meta["norm_std"]))
     # TTA views are the run's own weak views: a run trained without flips (digits, text) must not be shown mirrored.
     spec = weak_spec(hflip=run.meta.get("hflip", True), rotation=run.meta.get("rotation", 15.0))
     return StepContext(
         device=run.device,
-        # As the final training scores were computed (runs saved before `amp` was recorded: mixed precision).
-        amp_dtype=amp_dtype(run.device, run.meta.get("amp", True)),
+        amp_dtype=audit_amp_dtype(run),
         scaler=None,
         norm=norm.on(run.device),
         weak=spec,

@@ -170,20 +170,14 @@ def test_tta_views_follow_the_run_augmentation(trained, dataset, monkeypatch, qm
 def test_audit_scores_in_the_precision_the_final_separation_was_fitted_in(trained, monkeypatch, recorded, expected):
     # A run trained in full precision (on the CPU, or with --no-amp) is audited in full precision on a GPU too;
     # runs saved before `amp` was recorded keep the audit's mixed precision.
-    import dataclasses
-
     import torch
 
-    from qmix_cli.data.transforms import Normalise
-    from qmix_cli.reporting.score import _context
+    from qmix_cli.reporting.score import audit_amp_dtype
 
     assert trained.meta["amp"] is False  # the shared run trained on the CPU
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
-    # No GPU here: the context's normalisation constants stay where they are instead of going to CUDA.
-    monkeypatch.setattr(Normalise, "on", lambda self, device, dtype=torch.float32: self)
     meta = {k: v for k, v in trained.meta.items() if k != "amp"}
     if recorded is not None:
         meta["amp"] = recorded
     on_gpu = dataclasses.replace(trained, meta=meta, device=torch.device("cuda"))
-    ctx = _context(on_gpu, seed=0)
-    assert ctx.amp_dtype == (None if expected is None else getattr(torch, expected))
+    assert audit_amp_dtype(on_gpu) == (None if expected is None else getattr(torch, expected))
