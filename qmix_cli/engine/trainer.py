@@ -556,7 +556,8 @@ def _epoch_line(row: dict[str, Any], epochs: int) -> str:
 
 
 def _finalise(run: _Run) -> None:
-    """Score the training set with the final nets, fit the final separation and save what audit needs."""
+    """Score the training set with the final nets (and their warm-up snapshot, `_Run.probe_scores`), fit the final
+    separation and save what audit needs."""
     probes: list[LinearProbe] = []
     warmup_probes: list[LinearProbe] = []
     if run.cfg.audit_scores == "probe":
