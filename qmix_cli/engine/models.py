@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -178,3 +179,9 @@ def input_normalisation(name: str, *, channels: int) -> Normalise:
     if channels == 1:
         return Normalise((sum(mean) / len(mean),), (sum(std) / len(std),))
     return Normalise(tuple(mean), tuple(std))
+
+
+def trained_models(states: list[dict[str, torch.Tensor]], *, device: torch.device, **build: Any) -> list[QmixNet]:
+    """Saved nets (``state_dict`` s) rebuilt with `model_from_state` (``build``: its keyword arguments), placed on
+    ``device`` and in eval mode: what the audit and the trainer's warm-up snapshot score with."""
+    return [place_model(model_from_state(sd, **build), device).eval() for sd in states]

@@ -35,8 +35,8 @@ from qmix_cli.engine.models import (
     create_model,
     input_normalisation,
     max_probe_stages,
-    model_from_state,
     place_model,
+    trained_models,
 )
 from qmix_cli.engine.probe import PROBE_STAGES, LinearProbe, fit_probe, fold_ids
 from qmix_cli.engine.scoring import Scores, compute_scores, fit_separation
@@ -272,10 +272,15 @@ class _Run:
         """The warm-up snapshot as nets on the run's device (none if the run kept no snapshot)."""
         if not self.reads_warmup_nets:
             return []
-        build = dict(
-            name=self.cfg.model, num_classes=len(self.classes), in_chans=self.channels, proj_dim=self.cfg.proj_dim
+        cfg = self.cfg
+        return trained_models(
+            self.warmup_states,
+            device=self.device,
+            name=cfg.model,
+            num_classes=len(self.classes),
+            in_chans=self.channels,
+            proj_dim=cfg.proj_dim,
         )
-        return [place_model(model_from_state(sd, **build), self.device).eval() for sd in self.warmup_states]
 
     # ---- one epoch ---------------------------------------------------------------------------------------
     def scores(self) -> Scores:
@@ -295,7 +300,9 @@ class _Run:
         sample = self.ctx.eval_view(torch.from_numpy(np.array(self.images[:2])).to(self.device))
         final = [self._fit_probe(net, folds, sample) for net in self.forward_nets]
         warm = [self._fit_probe(net, folds, sample) for net in self.warmup_nets()]
-        probs = [np.mean([p for _, p in pair], axis=0) for pair in zip(final, warm or final, strict=True)]
+        probs = [p for _, p in final]
+        if warm:
+            probs = [(p + pw) / 2 for p, (_, pw) in zip(probs, warm, strict=True)]
         scores = compute_scores(np.stack(probs), self.labels_np, uncertainty=self.cfg.uncertainty)
         return scores, [probe for probe, _ in final], [probe for probe, _ in warm]
 

@@ -22,7 +22,7 @@ from qmix_cli.data.manifest import Dataset
 from qmix_cli.data.transforms import Normalise, weak_spec
 from qmix_cli.engine.batches import ImageStore
 from qmix_cli.engine.checkpoint import load_checkpoint
-from qmix_cli.engine.models import QmixNet, model_from_state, place_model
+from qmix_cli.engine.models import QmixNet, trained_models
 from qmix_cli.engine.probe import LinearProbe
 from qmix_cli.engine.scoring import compute_scores, separation_from_dict
 from qmix_cli.engine.separation import QualitySeparation, hard_groups
@@ -77,7 +77,7 @@ def load_run(run_dir: str | Path, *, device: str = "auto") -> TrainedRun:
     }
 
     def nets(key: str) -> list[QmixNet]:
-        return [place_model(model_from_state(sd, **build), dev).eval() for sd in state.get(key, [])]
+        return trained_models(state.get(key, []), device=dev, **build)
 
     def probes(key: str) -> list[LinearProbe]:
         return [LinearProbe.from_state_dict(p).to(dev) for p in state.get(key, [])]
