@@ -150,7 +150,7 @@ def stream_sizes(batch: int, share: float) -> tuple[int, int]:
 
 
 def nets_only_seconds(
-    costs: dict[str, float], *, n: int, nets: int, batch: int, unlabelled_share: float | None
+    costs: dict[str, float], *, n: int, nets: int, probed_nets: int, batch: int, unlabelled_share: float | None
 ) -> dict[str, float]:
     """Seconds each phase of a run would take if the device did nothing but the nets' work (module docstring).
 
@@ -159,12 +159,13 @@ def nets_only_seconds(
     ``features_eval`` and ``features_audit`` (no-grad through the probe stages, eval and audit batch), and with
     semi-supervised epochs ``fwd_labelled`` / ``fwd_unlabelled``: no-grad forwards of the two weak views of a
     batch's mean labelled / unlabelled members (`stream_sizes`). ``unlabelled_share`` is None for a method without
-    semi-supervised epochs.
+    semi-supervised epochs. ``probed_nets``: how many nets the final scoring and the audit read through the probe
+    stages (``nets``, twice that where the run kept its warm-up snapshot: run.json's ``audit_warmup``).
     """
     out = {
         "warmup_epoch": nets * n * costs["step_b"],
-        "final_scoring": nets * n * costs["features_eval"],
-        "audit": nets * n * costs["features_audit"],
+        "final_scoring": probed_nets * n * costs["features_eval"],
+        "audit": probed_nets * n * costs["features_audit"],
     }
     if unlabelled_share is not None:
         nl, nu = stream_sizes(batch, unlabelled_share)
@@ -257,7 +258,8 @@ def measure_method(method: str, noisy: Path, work: Path, args: argparse.Namespac
         costs["fwd_labelled"] = synth.forward(2 * nl, features=False) if nl else 0.0
         costs["fwd_unlabelled"] = synth.forward(2 * nu, features=False) if nu else 0.0
     nets = method_rules(method).num_nets
-    ideal = nets_only_seconds(costs, n=n, nets=nets, batch=b, unlabelled_share=share)
+    probed = nets * (2 if run_meta.get("audit_warmup") else 1)  # the warm-up snapshot's nets are read too
+    ideal = nets_only_seconds(costs, n=n, nets=nets, probed_nets=probed, batch=b, unlabelled_share=share)
     measured = {
         "warmup_epoch": median_epoch(metrics, "warmup"),
         "ssl_epoch": median_epoch(metrics, "train"),

@@ -3,8 +3,10 @@
 #
 #   benchmarks/gpu_check.sh throughput OUTDIR   # images/s and the nets' share of the wall time at 224 px (~3 min)
 #   benchmarks/gpu_check.sh tests OUTDIR        # the GPU-only tests (tests/engine/test_cuda.py)
+#   benchmarks/gpu_check.sh profile OUTDIR      # qmix's training and audit at 224 px under cProfile (~1.5 min)
 #   benchmarks/gpu_check.sh quality OUTDIR      # qmix, then ce, on 20,000 Fashion-MNIST images for 30 epochs
-#   benchmarks/gpu_check.sh all OUTDIR          # all three, in that order
+#   benchmarks/gpu_check.sh all OUTDIR          # throughput, tests and quality, in that order
+#   benchmarks/gpu_check.sh throughput,tests,profile OUTDIR   # any steps, comma-separated, in the order above
 #
 # Each step writes its JSON and log to OUTDIR as soon as it ends (8 files at most), so a lease cut short keeps what
 # finished. BUDGET_S (seconds, default none) bounds the whole script: each step is stopped where it would overrun,
@@ -15,7 +17,9 @@
 # TRAIN_SIZE, EPOCHS, QUALITY_SIZE, QUALITY_EPOCHS, QUALITY_MODEL, QUALITY_IMG_SIZE, BUDGET_S.
 set -uo pipefail
 
-step="${1:-all}"
+steps=",${1:-all},"
+[[ "$steps" == ,all, ]] && steps=",throughput,tests,quality,"
+wants() { [[ "$steps" == *",$1,"* ]]; }
 out="$(mkdir -p "${2:-/tmp/qmix-gpu-check}" && cd "${2:-/tmp/qmix-gpu-check}" && pwd)"
 here="$(cd "$(dirname "$0")" && pwd)"
 export PYTHONPATH="$(dirname "$here")${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -54,17 +58,24 @@ run_step() {
 }
 
 cd "$here"
-if [[ "$step" == throughput || "$step" == all ]]; then
+if wants throughput; then
   # RGB input as users' photos have; both methods, so the qmix / ce ratio is measured on the same card.
   CAP="${THROUGHPUT_CAP_S:-240}" run_step throughput "$python" bench_throughput.py --device "$device" \
     --model "${MODEL:-resnet18}" --img-size "${IMG_SIZE:-224}" --set channels=3 --train-size "${TRAIN_SIZE:-5000}" --epochs "${EPOCHS:-6}" \
     --warmup-epochs 2 --methods qmix,ce --json "$out/throughput.json"
 fi
-if [[ "$step" == tests || "$step" == all ]]; then
+if wants tests; then
   cd .. && CAP="${TESTS_CAP_S:-200}" run_step tests "$python" -m pytest -q -p no:cacheprovider tests/engine/test_cuda.py
   cd "$here"
 fi
-if [[ "$step" == quality || "$step" == all ]]; then
+if wants profile; then
+  # Where the host's time goes in qmix's epochs and audit (on a GPU, waiting for the device shows in the call that
+  # synchronises): the functions by cumulative and own time, in OUTDIR/profile/.
+  CAP="${PROFILE_CAP_S:-150}" run_step profile "$python" bench_throughput.py --device "$device" \
+    --model "${MODEL:-resnet18}" --img-size "${IMG_SIZE:-224}" --set channels=3 --train-size "${PROFILE_SIZE:-3000}" \
+    --epochs 4 --warmup-epochs 2 --methods qmix --min-seconds 0.3 --profile "$out/profile" --json "$out/profile.json"
+fi
+if wants quality; then
   # Does qmix's semi-supervised phase improve its classifier once the schedule is long enough for mixup, and does
   # qmix then overtake ce (docs/decisions.md, "Twelfth round")? One method per call, qmix first (the question);
   # each run logs its test accuracy after every epoch (metrics-METHOD.jsonl, field val_acc), kept if it is stopped.

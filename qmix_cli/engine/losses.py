@@ -186,9 +186,9 @@ def supervised_contrastive(
     b = n // 2
     if n != 2 * b or labels.shape != (b,) or is_anchor.shape != (b,) or is_negative_only.shape != (b,):
         raise ValueError("features must be (2B, D) and labels / is_anchor / is_negative_only (B,)")
-    anchor = (is_anchor.bool() & ~is_negative_only.bool()).repeat(2)
-    if not bool(anchor.any()):
+    if b == 0:  # a shape, known on the host: no rows, no loss
         return _zero(features)
+    anchor = (is_anchor.bool() & ~is_negative_only.bool()).repeat(2)
     label2 = labels.repeat(2)
     sample2 = torch.arange(b, device=features.device).repeat(2)
     self_mask = torch.eye(n, dtype=torch.bool, device=features.device)
@@ -201,7 +201,10 @@ def supervised_contrastive(
     same_sample = sample2[:, None] == sample2[None, :]
     same_class_anchor = anchor[None, :] & (label2[:, None] == label2[None, :])
     positives = (same_sample | same_class_anchor) & ~self_mask
-    positives = positives[anchor]  # rows: anchor views only
-    pos_log_prob = torch.where(positives, log_prob[anchor], torch.zeros_like(log_prob[anchor]))
-    per_anchor = -pos_log_prob.sum(dim=1) / positives.sum(dim=1)  # every anchor has its other view: >= 1
-    return per_anchor.mean()
+    # Every row, anchor or not, has its other view as a positive, so each row's mean is finite; the anchors' rows
+    # are then averaged by masking, not selected. Selecting rows by a boolean mask (or testing ``anchor.any()``)
+    # reads the mask on the host, which on a GPU waits for everything queued: three waits per training step.
+    per_row = -torch.where(positives, log_prob, torch.zeros_like(log_prob)).sum(dim=1) / positives.sum(dim=1)
+    weight = anchor.to(per_row.dtype)
+    # With no anchor this is 0 and still connected to the graph (0 · finite rows).
+    return (per_row * weight).sum() / weight.sum().clamp_min(1.0)

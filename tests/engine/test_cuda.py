@@ -57,6 +57,7 @@ def test_nets_and_batches_share_channels_last_memory_on_the_gpu():
 def test_gpu_run_separates_planted_noise_as_the_cpu_run_does(cuda_qmix_run):
     meta = json.loads((cuda_qmix_run / "run.json").read_text())
     assert meta["amp"] is True
+    assert meta["audit_warmup"] is True  # the warm-up snapshot was copied off the GPU and probed
     final = meta["final_summary"]
     # The same bounds as the CPU test (test_trainer.py): a run that did not separate sits near 0.5.
     assert final["auc_clean"] > 0.95
@@ -95,7 +96,8 @@ def test_killed_gpu_run_resumes_from_its_checkpoint(noisy_digits, tmp_path, qmix
     resumed = train(noisy_digits, run, resume=True, cache_dir=str(qmix_cache_dir), quiet=True)
     assert [m["epoch"] for m in resumed.metrics] == [1, 2, 3, 4]
     assert resumed.metrics[:3] == before  # the finished epochs are kept, not retrained
-    assert (run / "model.pt").is_file()
+    # The warm-up snapshot, taken on the GPU at epoch 2, survived the kill in the checkpoint and reached the model.
+    assert len(load_checkpoint(run / "model.pt")["warmup_nets"]) == 2
 
 
 def test_compiled_gpu_run_learns_like_the_eager_one(noisy_digits, tmp_path, qmix_cache_dir):

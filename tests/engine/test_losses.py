@@ -179,6 +179,15 @@ def test_supervised_contrastive_without_anchors_is_zero_with_a_graph():
     torch.testing.assert_close(raw.grad, torch.zeros_like(raw))
 
 
+def test_supervised_contrastive_of_an_empty_batch_is_zero_with_a_graph():
+    # A semi-supervised batch with no labelled member hands the loss no rows.
+    raw = torch.zeros(0, 4, requires_grad=True)
+    none = torch.zeros(0, dtype=torch.bool)
+    loss = supervised_contrastive(raw, torch.zeros(0, dtype=torch.long), none, none)
+    assert loss.item() == 0.0
+    loss.backward()
+
+
 def test_supervised_contrastive_rejects_bad_shapes():
     with pytest.raises(ValueError):
         supervised_contrastive(torch.randn(5, 2), torch.zeros(2), torch.ones(2), torch.zeros(2))
