@@ -14,7 +14,7 @@
 # Works from a checkout without installing qmix (the repository goes on PYTHONPATH) where torch, timm and the other
 # dependencies are present. Fashion-MNIST comes from the Debian package or from $QMIX_FASHION_MNIST_DIR (the four
 # original idx .gz files). Environment overrides, for a dry run on a CPU: DEVICE (default cuda), MODEL, IMG_SIZE,
-# TRAIN_SIZE, EPOCHS, QUALITY_SIZE, QUALITY_EPOCHS, QUALITY_MODEL, QUALITY_IMG_SIZE, BUDGET_S.
+# TRAIN_SIZE, EPOCHS, METHODS, PROFILE_SIZE, QUALITY_SIZE, QUALITY_EPOCHS, QUALITY_MODEL, QUALITY_IMG_SIZE, BUDGET_S.
 set -uo pipefail
 
 steps=",${1:-all},"
@@ -59,10 +59,10 @@ run_step() {
 
 cd "$here"
 if wants throughput; then
-  # RGB input as users' photos have; both methods, so the qmix / ce ratio is measured on the same card.
-  CAP="${THROUGHPUT_CAP_S:-240}" run_step throughput "$python" bench_throughput.py --device "$device" \
-    --model "${MODEL:-resnet18}" --img-size "${IMG_SIZE:-224}" --set channels=3 --train-size "${TRAIN_SIZE:-5000}" --epochs "${EPOCHS:-6}" \
-    --warmup-epochs 2 --methods qmix,ce --json "$out/throughput.json"
+  # RGB input as users' photos have; every method, so the epoch ratios are measured on the same card.
+  CAP="${THROUGHPUT_CAP_S:-300}" run_step throughput "$python" bench_throughput.py --device "$device" \
+    --model "${MODEL:-resnet18}" --img-size "${IMG_SIZE:-224}" --set channels=3 --train-size "${TRAIN_SIZE:-5000}" \
+    --epochs "${EPOCHS:-6}" --warmup-epochs 2 --methods "${METHODS:-qmix,dividemix,ce}" --json "$out/throughput.json"
 fi
 if wants tests; then
   cd .. && CAP="${TESTS_CAP_S:-200}" run_step tests "$python" -m pytest -q -p no:cacheprovider tests/engine/test_cuda.py
