@@ -5,7 +5,8 @@ tensors already on the device, run through exactly the forward / backward / opti
 the nets, with nothing else (no data path, no augmentation, no separation, no bookkeeping). For each phase:
 
 * ``images/s``: training images over the measured seconds (an epoch from ``metrics.jsonl``, the median over the
-  run's epochs of that phase; the audit: `qmix_cli.api.audit` end to end with a warm cache);
+  run's epochs of that phase after its first, `median_epoch`; the audit: `qmix_cli.api.audit` end to end with a
+  warm cache);
 * ``nets only s``: the seconds the same phase costs on synthetic batches, summed from per-image costs measured
   on batches of the phase's sizes;
 * ``fraction``: nets only / measured, the share of the wall time the device spends on the nets (1.0: nothing
@@ -187,8 +188,12 @@ def unlabelled_share(metrics: list[dict[str, Any]], *, method: str, mislq_stream
 
 
 def median_epoch(metrics: list[dict[str, Any]], phase: str) -> float:
+    """The median seconds of the phase's epochs after its first (the first alone where there is one). A phase's
+    first epoch also pays for one-off work the steady state does not: on a GPU, cuDNN's plans for each new batch
+    shape (a semi-supervised batch's two streams change size from step to step) and the allocator's growth; the
+    whole training's row still counts it."""
     rows = [m["seconds"] for m in metrics if m["phase"] == phase]
-    return float(np.median(rows)) if rows else float("nan")
+    return float(np.median(rows[1:] if len(rows) > 1 else rows)) if rows else float("nan")
 
 
 def prime_cache(noisy: Path, *, size: int, channels: int | str) -> None:
@@ -293,6 +298,7 @@ def measure_method(method: str, noisy: Path, work: Path, args: argparse.Namespac
         "per_image_costs_s": costs,
         "unlabelled_share": share,
         "epochs_s": epochs_s,
+        "epoch_seconds": {p: [m["seconds"] for m in metrics if m["phase"] == p] for p in ("warmup", "train")},
         "outside_epochs_s": train_s - epochs_s,
         "peak_gpu_gib": peak_gib,
         "amp": str(synth.amp).replace("torch.", "") if synth.amp else "off",

@@ -4,6 +4,7 @@
 #   benchmarks/gpu_check.sh throughput OUTDIR   # images/s and the nets' share of the wall time at 224 px (~3 min)
 #   benchmarks/gpu_check.sh tests OUTDIR        # the GPU-only tests (tests/engine/test_cuda.py)
 #   benchmarks/gpu_check.sh profile OUTDIR      # qmix's training and audit at 224 px under cProfile (~1.5 min)
+#   benchmarks/gpu_check.sh probefit OUTDIR     # the audit probes' fit: host threads against the GPU (~1 min)
 #   benchmarks/gpu_check.sh quality OUTDIR      # qmix, then ce, on 20,000 Fashion-MNIST images for 30 epochs
 #   benchmarks/gpu_check.sh all OUTDIR          # throughput, tests and quality, in that order
 #   benchmarks/gpu_check.sh throughput,tests,profile OUTDIR   # any steps, comma-separated, in the order above
@@ -74,6 +75,10 @@ if wants profile; then
   CAP="${PROFILE_CAP_S:-150}" run_step profile "$python" bench_throughput.py --device "$device" \
     --model "${MODEL:-resnet18}" --img-size "${IMG_SIZE:-224}" --set channels=3 --train-size "${PROFILE_SIZE:-3000}" \
     --epochs 4 --warmup-epochs 2 --methods qmix --min-seconds 0.3 --profile "$out/profile" --json "$out/profile.json"
+fi
+if wants probefit; then
+  CAP="${PROBEFIT_CAP_S:-120}" run_step probefit "$python" bench_probe_fit.py --sizes "${PROBEFIT_SIZES:-2000,8000,32000}" \
+    --json "$out/probefit.json"
 fi
 if wants quality; then
   # Does qmix's semi-supervised phase improve its classifier once the schedule is long enough for mixup, and does

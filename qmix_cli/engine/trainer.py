@@ -138,7 +138,7 @@ class _Run:
         if cfg.pretrained or cfg.weights:
             self.norm = input_normalisation(cfg.model, channels=channels)
         else:
-            self.norm = channel_stats(images, seed=cfg.seed)
+            self.norm = channel_stats(images, seed=cfg.seed, device=self.device)
         self.images = images  # the read-only memory map of the cache: holding it costs no memory
         self.store = ImageStore(images, device=self.device, workers=cfg.workers)
         self.labels_np = dataset.labels

@@ -113,3 +113,17 @@ def test_channel_stats():
     assert stats.mean[2] == pytest.approx(0.0)
     assert stats.std[0] == pytest.approx(1e-3)  # constant channels are clamped, never divide by 0
     assert stats.std[1] == pytest.approx(0.29, abs=0.03)
+
+
+@pytest.mark.parametrize("chunk", [7, 256])
+def test_channel_stats_in_chunks_equal_the_whole_sample(chunk):
+    # The sums are taken a chunk at a time (never a float copy of the whole sample); the result must not depend on
+    # where the chunks fall, and must be the sample's own mean and (unbiased) std.
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (60, 3, 5, 6), dtype=np.uint8)
+    images[:, 2] //= 4
+    stats = channel_stats(images, sample=40, seed=3, chunk=chunk)
+    idx = np.sort(np.random.default_rng(3).choice(60, size=40, replace=False))
+    x = images[idx].astype(np.float64) / 255.0
+    np.testing.assert_allclose(stats.mean, x.mean(axis=(0, 2, 3)), rtol=1e-12)
+    np.testing.assert_allclose(stats.std, x.std(axis=(0, 2, 3), ddof=1), rtol=1e-9)
