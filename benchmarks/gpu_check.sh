@@ -9,9 +9,10 @@
 #   benchmarks/gpu_check.sh all OUTDIR          # throughput, tests and quality, in that order
 #   benchmarks/gpu_check.sh throughput,tests,profile OUTDIR   # any steps, comma-separated, in the order above
 #
-# Each step writes its JSON and log to OUTDIR as soon as it ends (8 files at most), so a lease cut short keeps what
-# finished. BUDGET_S (seconds, default none) bounds the whole script: each step is stopped where it would overrun,
-# keeping what it wrote (a stopped training run keeps its per-epoch metrics).
+# Each step writes its JSON and log to OUTDIR as soon as it ends, so a lease cut short keeps what finished (`all`
+# writes 8 files, throughput 2, tests 1, profile 4, probefit 2, quality 5: a lease that returns at most 8 needs the
+# steps chosen to fit). BUDGET_S (seconds, default none) bounds the whole script: each step is stopped where it
+# would overrun, keeping what it wrote (a stopped training run keeps its per-epoch metrics).
 # Works from a checkout without installing qmix (the repository goes on PYTHONPATH) where torch, timm and the other
 # dependencies are present. Fashion-MNIST comes from the Debian package or from $QMIX_FASHION_MNIST_DIR (the four
 # original idx .gz files). Environment overrides, for a dry run on a CPU: DEVICE (default cuda), MODEL, IMG_SIZE,
