@@ -77,6 +77,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="warm audits and raw forwards, alternated")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1: the ratio needs a warm audit and a raw forward")
     # As the `qmix` command does at start: without it, whichever side runs later in this process finds glibc's
     # heap settled and looks about a fifth faster (docs/decisions.md, "Eleventh round").
     keep_freed_memory()

@@ -60,11 +60,14 @@ run_step() {
 }
 
 cd "$here"
+# The throughput and profile steps time the same setting: RGB input as users' photos have, at the backbone's size.
+throughput_setting=(bench_throughput.py --device "$device" --model "${MODEL:-resnet18}" --img-size "${IMG_SIZE:-224}"
+  --set channels=3 --warmup-epochs 2)
 if wants throughput; then
-  # RGB input as users' photos have; every method, so the epoch ratios are measured on the same card.
-  CAP="${THROUGHPUT_CAP_S:-300}" run_step throughput "$python" bench_throughput.py --device "$device" \
-    --model "${MODEL:-resnet18}" --img-size "${IMG_SIZE:-224}" --set channels=3 --train-size "${TRAIN_SIZE:-5000}" \
-    --epochs "${EPOCHS:-6}" --warmup-epochs 2 --methods "${METHODS:-qmix,dividemix,ce}" --json "$out/throughput.json"
+  # Every method, so the epoch ratios are measured on the same card.
+  CAP="${THROUGHPUT_CAP_S:-300}" run_step throughput "$python" "${throughput_setting[@]}" \
+    --train-size "${TRAIN_SIZE:-5000}" --epochs "${EPOCHS:-6}" --methods "${METHODS:-qmix,dividemix,ce}" \
+    --json "$out/throughput.json"
 fi
 if wants tests; then
   cd .. && CAP="${TESTS_CAP_S:-200}" run_step tests "$python" -m pytest -q -p no:cacheprovider tests/engine/test_cuda.py
@@ -73,9 +76,8 @@ fi
 if wants profile; then
   # Where the host's time goes in qmix's epochs and audit (on a GPU, waiting for the device shows in the call that
   # synchronises): the functions by cumulative and own time, in OUTDIR/profile/.
-  CAP="${PROFILE_CAP_S:-150}" run_step profile "$python" bench_throughput.py --device "$device" \
-    --model "${MODEL:-resnet18}" --img-size "${IMG_SIZE:-224}" --set channels=3 --train-size "${PROFILE_SIZE:-3000}" \
-    --epochs 4 --warmup-epochs 2 --methods qmix --min-seconds 0.3 --profile "$out/profile" --json "$out/profile.json"
+  CAP="${PROFILE_CAP_S:-150}" run_step profile "$python" "${throughput_setting[@]}" --train-size "${PROFILE_SIZE:-3000}" \
+    --epochs 4 --methods qmix --min-seconds 0.3 --profile "$out/profile" --json "$out/profile.json"
 fi
 if wants probefit; then
   CAP="${PROBEFIT_CAP_S:-120}" run_step probefit "$python" bench_probe_fit.py --sizes "${PROBEFIT_SIZES:-2000,8000,32000}" \
