@@ -150,12 +150,16 @@ def model_from_state(
 
 
 def channels_last_on(device: torch.device, *, compiled: bool = False) -> bool:
-    """Whether nets and their inputs use channels-last memory on ``device``: on CUDA, where cuDNN's convolutions
-    (tensor cores under mixed precision) run fastest that way; not on the CPU, where it measured no faster end to
-    end (docs/decisions.md, "Eleventh round"); not for ``compiled`` nets, whose layouts Inductor chooses itself
-    and whose backward failed Inductor's stride checks with channels-last weights (torch 2.11, H200;
-    docs/decisions.md, "Thirteenth round")."""
-    return device.type == "cuda" and not compiled
+    """Whether nets and their inputs use channels-last memory on ``device``.
+
+    On CUDA, where cuDNN's convolutions (tensor cores under mixed precision) run fastest that way, and on the CPU,
+    where oneDNN's convolutions, pooling and batch norm do too: 1.3x for the benchmark's ``test_resnet``, 1.7x for
+    an efficientnet_b0, level for a resnet18 at 32-64 px (torch 2.14; `benchmarks/bench_memory_format.py`,
+    docs/decisions.md, "Seventeenth round"). Not for ``compiled`` nets, whose layouts Inductor chooses itself and
+    whose backward failed Inductor's stride checks with channels-last weights (torch 2.11, H200;
+    docs/decisions.md, "Thirteenth round").
+    """
+    return device.type in ("cuda", "cpu") and not compiled
 
 
 def place_model(net: QmixNet, device: torch.device, *, compiled: bool = False) -> QmixNet:

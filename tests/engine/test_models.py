@@ -107,20 +107,27 @@ def test_probe_stages_fall_back_to_the_pooled_features_and_leave_the_net_as_it_w
     assert max_probe_stages(net, torch.randn(2, 3, 32, 32), wanted=2) == 1
 
 
-def test_place_model_keeps_cpu_weights_contiguous_and_outputs_unchanged():
-    # Channels-last is for CUDA only (measured no faster on the CPU): on the CPU the net is moved, not re-laid out.
-    assert channels_last_on(torch.device("cuda")) and not channels_last_on(torch.device("cpu"))
-    # Compiled nets keep the default layout on CUDA too: Inductor chooses its own (and failed with channels-last).
+def test_place_model_lays_nets_and_inputs_out_channels_last_unless_compiled():
+    # Channels-last on both devices (measured faster on the CPU with torch 2.14 too); compiled nets keep the default
+    # layout: Inductor chooses its own (and failed with channels-last weights).
+    assert channels_last_on(torch.device("cuda")) and channels_last_on(torch.device("cpu"))
     assert not channels_last_on(torch.device("cuda"), compiled=True)
+    assert not channels_last_on(torch.device("cpu"), compiled=True)
     torch.manual_seed(0)
     net = create_model("test_resnet", num_classes=3, in_chans=1).eval()
     x = torch.randn(2, 1, 32, 32)
     before = net(x)
     placed = place_model(net, torch.device("cpu"))
-    conv = next(m for m in placed.modules() if isinstance(m, torch.nn.Conv2d))
-    assert conv.weight.is_contiguous()
-    assert torch.equal(placed(x), before)
-    assert place_input(x) is x  # inputs follow the same rule
+    # (a conv with several input channels: with one, both layouts are the same strides)
+    conv = next(m for m in placed.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+    xl = place_input(x)
+    assert torch.equal(xl, x)
+    rgb = place_input(torch.randn(2, 3, 8, 8))
+    assert rgb.is_contiguous(memory_format=torch.channels_last) and not rgb.is_contiguous()
+    # Another layout, other kernels: the same function up to float rounding.
+    torch.testing.assert_close(placed(xl), before, rtol=1e-4, atol=1e-5)
+    assert place_input(x, compiled=True) is x
 
 
 def test_model_from_state_rebuilds_the_saved_net_without_initialising_it(monkeypatch):
