@@ -65,6 +65,15 @@ def separation_from_dict(data: dict[str, Any]) -> QualitySeparation:
     return QualitySeparation.from_dict(data)
 
 
+def probe_output(final: np.ndarray, warm: np.ndarray | None = None) -> np.ndarray:
+    """One net's probe output (N, K): its final probe's softmax, averaged with its warm-up snapshot's probe's when
+    the run kept the snapshot (`TrainConfig.audit_warmup`; docs/decisions.md, "Fifteenth round").
+
+    Training scores the training images with this, the audit every image it reads, so both apply one rule.
+    """
+    return final if warm is None else (final + warm) / 2
+
+
 def mean_posteriors(separations, scores: Scores) -> np.ndarray:
     """Posteriors (N, 3) averaged over the nets, each net scored by its own separation."""
     return np.mean([s.posteriors(scores.loss[k], scores.uncertainty[k]) for k, s in enumerate(separations)], axis=0)

@@ -39,7 +39,7 @@ from qmix_cli.engine.models import (
     trained_models,
 )
 from qmix_cli.engine.probe import PROBE_STAGES, LinearProbe, fit_probe, fold_ids
-from qmix_cli.engine.scoring import Scores, compute_scores, fit_separation
+from qmix_cli.engine.scoring import Scores, compute_scores, fit_separation, probe_output
 from qmix_cli.engine.separation import hard_groups, separation_aucs
 from qmix_cli.engine.steps import (
     SslWeights,
@@ -300,9 +300,8 @@ class _Run:
         sample = self.ctx.eval_view(torch.from_numpy(np.array(self.images[:2])).to(self.device))
         final = [self._fit_probe(net, folds, sample) for net in self.forward_nets]
         warm = [self._fit_probe(net, folds, sample) for net in self.warmup_nets()]
-        probs = [p for _, p in final]
-        if warm:
-            probs = [(p + pw) / 2 for p, (_, pw) in zip(probs, warm, strict=True)]
+        warm_probs = [p for _, p in warm] if warm else [None] * len(final)
+        probs = [probe_output(p, pw) for (_, p), pw in zip(final, warm_probs, strict=True)]
         scores = compute_scores(np.stack(probs), self.labels_np, uncertainty=self.cfg.uncertainty)
         return scores, [probe for probe, _ in final], [probe for probe, _ in warm]
 

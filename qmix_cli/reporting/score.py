@@ -24,7 +24,7 @@ from qmix_cli.engine.batches import ImageStore
 from qmix_cli.engine.checkpoint import load_checkpoint
 from qmix_cli.engine.models import QmixNet, trained_models
 from qmix_cli.engine.probe import LinearProbe
-from qmix_cli.engine.scoring import compute_scores, separation_from_dict
+from qmix_cli.engine.scoring import compute_scores, mean_posteriors, probe_output, separation_from_dict
 from qmix_cli.engine.separation import QualitySeparation, hard_groups
 from qmix_cli.engine.steps import StepContext, predict_probs, predict_with_probe
 from qmix_cli.engine.trainer import amp_dtype, resolve_device
@@ -158,19 +158,19 @@ def score_dataset(
     folds = run.probes[0].fold_of(images) if run.probes else None
     views = [None] + [ctx.weak] * tta
     own, scored = [], []
+
+    def read(net: QmixNet, probe: LinearProbe) -> tuple[np.ndarray, np.ndarray]:
+        """The net's own softmax and its probe's, each averaged over the views."""
+        outputs = [predict_with_probe(net, store, ctx, probe, folds, batch_size=batch_size, spec=v) for v in views]
+        return np.mean([p for p, _ in outputs], axis=0), np.mean([p for _, p in outputs], axis=0)
+
     for k, net in enumerate(run.nets):
         if run.probes:
-            outputs = [
-                predict_with_probe(net, store, ctx, run.probes[k], folds, batch_size=batch_size, spec=v) for v in views
-            ]
-            own.append(np.mean([p for p, _ in outputs], axis=0))
-            probe_outputs = [p for _, p in outputs]
-            if run.warmup_probes:  # as `_Run.probe_scores` scored the training images: the two probes averaged
-                warm, probe = run.warmup_nets[k], run.warmup_probes[k]
-                probe_outputs += [
-                    predict_with_probe(warm, store, ctx, probe, folds, batch_size=batch_size, spec=v)[1] for v in views
-                ]
-            scored.append(np.mean(probe_outputs, axis=0))
+            net_probs, probe_probs = read(net, run.probes[k])
+            # The snapshot's own softmax is not used: predictions come from the final nets, the method's classifier.
+            warm = read(run.warmup_nets[k], run.warmup_probes[k])[1] if run.warmup_probes else None
+            own.append(net_probs)
+            scored.append(probe_output(probe_probs, warm))
         else:
             own.append(np.mean([predict_probs(net, store, ctx, batch_size=batch_size, spec=v) for v in views], axis=0))
             scored.append(own[-1])
@@ -181,9 +181,7 @@ def score_dataset(
     # partly learnt it (docs/decisions.md, "Tenth round").
     scored_probs = np.stack(scored)
     scores = compute_scores(scored_probs, labels, uncertainty=run.meta.get("uncertainty", "entropy"))
-    posteriors = np.mean(
-        [s.posteriors(scores.loss[k], scores.uncertainty[k]) for k, s in enumerate(run.separations)], axis=0
-    )
+    posteriors = mean_posteriors(run.separations, scores)
     axes = np.mean([s.normalise(scores.loss[k], scores.uncertainty[k]) for k, s in enumerate(run.separations)], axis=0)
     axes = np.nan_to_num(axes, nan=0.0)
     ensemble = _ensemble(probs)
