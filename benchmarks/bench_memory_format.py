@@ -44,7 +44,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def step_seconds(model: str, *, size: int, channels: int, layout: str, batch: int, steps: int, device: torch.device):
+def step_seconds(
+    model: str, *, size: int, channels: int, layout: str, batch: int, steps: int, device: torch.device
+) -> tuple[float, float]:
     """Seconds per training step and per eval forward of one freshly built ``model`` in ``layout``."""
     fmt = LAYOUTS[layout]
     torch.manual_seed(0)

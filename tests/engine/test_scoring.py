@@ -1,0 +1,43 @@
+"""Scores from softmax outputs, and the rules training and the audit share (`qmix_cli.engine.scoring`)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from qmix_cli.engine.scoring import compute_scores, fit_separation, mean_posteriors, probe_output
+
+
+def _softmax_rows(rng: np.random.Generator, n: int, k: int, scale: float) -> np.ndarray:
+    z = rng.normal(scale=scale, size=(n, k))
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_probe_output_is_the_final_probe_alone_or_averaged_with_the_snapshot_probe():
+    rng = np.random.default_rng(0)
+    final, warm = _softmax_rows(rng, 50, 4, 3.0), _softmax_rows(rng, 50, 4, 1.0)
+    assert probe_output(final) is final  # no snapshot: untouched
+    both = probe_output(final, warm)
+    np.testing.assert_allclose(both.sum(axis=1), 1.0)
+    # An arithmetic mean of the two probabilities: each given label's loss lies between the two probes' losses.
+    labels = rng.integers(0, 4, 50)
+    loss = compute_scores(np.stack([final, warm, both]), labels).loss
+    assert np.all(loss[2] <= np.maximum(loss[0], loss[1]) + 1e-12)
+    assert np.all(loss[2] >= np.minimum(loss[0], loss[1]) - 1e-12)
+    np.testing.assert_allclose(both, (final + warm) / 2)
+
+
+def test_mean_posteriors_scores_each_net_with_its_own_separation():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 5, 600)
+    # Two nets on very different scales: a sharp one and a diffuse one.
+    probs = np.stack([_softmax_rows(rng, 600, 5, 6.0), _softmax_rows(rng, 600, 5, 0.7)])
+    scores = compute_scores(probs, labels)
+    seps = [fit_separation(scores.loss[k], scores.uncertainty[k], kind="quality", components=3) for k in range(2)]
+    post = mean_posteriors(seps, scores)
+    assert post.shape == (600, 3)
+    np.testing.assert_allclose(post.sum(axis=1), 1.0)
+    expected = np.mean([s.posteriors(scores.loss[k], scores.uncertainty[k]) for k, s in enumerate(seps)], axis=0)
+    np.testing.assert_allclose(post, expected)
+    # The pairing matters: each net's scores read with the other net's separation give other posteriors.
+    assert not np.allclose(post, mean_posteriors(seps[::-1], scores))
