@@ -7,12 +7,15 @@ so that both see the same machine state:
 * ``train ms``: one training step of ``--batch-size`` images (forward, cross-entropy, backward, SGD step);
 * ``eval ms``: one no-grad forward of ``2 x --batch-size`` images in eval mode (scoring and the audit).
 
+Forwards run under the mixed precision `qmix train` uses on the device (bf16 or fp16 on CUDA, none on the CPU;
+``--no-amp``: full precision everywhere), since tensor cores and their preferred layout go together.
+
 Each cell is the median over ``--repeats`` rounds of ``--steps`` steps after two warm-up steps; ``ratio`` is
 channels-last time over default time (below 1: channels-last is faster). With ``--end-to-end N`` it also trains and
 audits qmix on ``N`` Fashion-MNIST images (``test_resnet`` at 32 px as in RESULTS.md, 2 warm-up + 2 semi-supervised
 epochs) once per layout, switching `channels_last_on` in this process, and reports the whole run's seconds.
 
-Usage (CPU)::
+Usage (CPU; on a GPU, ``gpu_check.sh layout``)::
 
     python benchmarks/bench_memory_format.py --models test_resnet:32:1,resnet18:32:3,resnet18:64:3 --end-to-end 3000
 """
@@ -34,6 +37,9 @@ import timm
 import torch
 from _common import markdown_table
 
+from qmix_cli.engine.steps import autocast
+from qmix_cli.engine.trainer import amp_dtype
+
 LAYOUTS = {"default": torch.contiguous_format, "channels-last": torch.channels_last}
 # The end-to-end run: RESULTS.md's benchmark scale, shortened to two epochs of each phase.
 E2E_SETTING = dict(method="qmix", model="test_resnet", img_size=32, batch_size=64, epochs=4, warmup_epochs=2)
@@ -45,7 +51,15 @@ def _sync(device: torch.device) -> None:
 
 
 def step_seconds(
-    model: str, *, size: int, channels: int, layout: str, batch: int, steps: int, device: torch.device
+    model: str,
+    *,
+    size: int,
+    channels: int,
+    layout: str,
+    batch: int,
+    steps: int,
+    device: torch.device,
+    amp: torch.dtype | None,
 ) -> tuple[float, float]:
     """Seconds per training step and per eval forward of one freshly built ``model`` in ``layout``."""
     fmt = LAYOUTS[layout]
@@ -56,7 +70,8 @@ def step_seconds(
     y = torch.randint(0, 10, (batch,), device=device)
 
     def train_step() -> None:
-        loss = torch.nn.functional.cross_entropy(net(x), y)
+        with autocast(device, amp):
+            loss = torch.nn.functional.cross_entropy(net(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -75,7 +90,7 @@ def step_seconds(
     train = timed(train_step)
     net.eval()
     x_eval = torch.randn(2 * batch, channels, size, size, device=device).contiguous(memory_format=fmt)
-    with torch.no_grad():
+    with torch.no_grad(), autocast(device, amp):
         evaluate = timed(lambda: net(x_eval))
     return train, evaluate
 
@@ -95,6 +110,7 @@ def layout_rows(args: argparse.Namespace, device: torch.device) -> pd.DataFrame:
                     batch=args.batch_size,
                     steps=args.steps,
                     device=device,
+                    amp=amp_dtype(device, args.amp),
                 )
                 times[layout]["train"].append(train)
                 times[layout]["eval"].append(evaluate)
@@ -154,6 +170,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="rounds per layout (medians reported)")
     parser.add_argument("--end-to-end", type=int, default=0, help="also train + audit qmix on this many images")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
+                        help="mixed precision where qmix train uses it (CUDA)")  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write the tables here")
     args = parser.parse_args()
     if args.repeats < 1 or args.steps < 1:
@@ -162,8 +180,9 @@ def main() -> None:
 
     steps = layout_rows(args, device)
     whole = end_to_end(args, device) if args.end_to_end else None
-    print(f"device {device}, torch {torch.__version__}, timm {timm.__version__}, {torch.get_num_threads()} threads, "
-          f"{platform.machine()}")  # fmt: skip
+    amp = amp_dtype(device, args.amp)
+    print(f"device {device}, autocast {amp}, torch {torch.__version__}, timm {timm.__version__}, "
+          f"{torch.get_num_threads()} threads, {platform.machine()}")  # fmt: skip
     if len(steps):
         print(markdown_table(steps.set_index("net"), first="net"))
     if whole is not None:
