@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 import yaml
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import f1_score, roc_auc_score
@@ -19,6 +20,12 @@ from qmix_cli.config import load_config_file, resolve_config
 from qmix_cli.data.manifest import create_dataset
 from qmix_cli.engine.trainer import RESUMABLE
 from qmix_cli.io import read_metrics
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a timer read next counts it (no-op off CUDA)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def stratified_subset(source: str, *, size: int, seed: int, out: Path) -> Path:

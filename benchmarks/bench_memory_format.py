@@ -35,7 +35,7 @@ from unittest import mock
 import pandas as pd
 import timm
 import torch
-from _common import markdown_table
+from _common import markdown_table, sync
 
 from qmix_cli.engine.steps import autocast
 from qmix_cli.engine.trainer import amp_dtype
@@ -43,11 +43,6 @@ from qmix_cli.engine.trainer import amp_dtype
 LAYOUTS = {"default": torch.contiguous_format, "channels-last": torch.channels_last}
 # The end-to-end run: RESULTS.md's benchmark scale, shortened to two epochs of each phase.
 E2E_SETTING = dict(method="qmix", model="test_resnet", img_size=32, batch_size=64, epochs=4, warmup_epochs=2)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def step_seconds(
@@ -79,11 +74,11 @@ def step_seconds(
     def timed(fn) -> float:
         for _ in range(2):
             fn()
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         for _ in range(steps):
             fn()
-        _sync(device)
+        sync(device)
         return (time.perf_counter() - start) / steps
 
     net.train()

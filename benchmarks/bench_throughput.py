@@ -60,7 +60,7 @@ import pandas as pd
 import timm  # noqa: F401  (imported here so that no timed run pays for it)
 import torch
 import torch.nn.functional as F
-from _common import add_engine_args, engine_options, markdown_table, parse_variant, stratified_subset
+from _common import add_engine_args, engine_options, markdown_table, parse_variant, stratified_subset, sync
 
 from qmix_cli import __version__
 from qmix_cli.api import audit, corrupt, train
@@ -75,22 +75,17 @@ from qmix_cli.engine.trainer import amp_dtype, create_optimizer, input_channels,
 AUDIT_BATCH = 512  # `qmix audit`'s default
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def seconds_per_call(fn: Callable[[], Any], *, device: torch.device, min_seconds: float, max_calls: int) -> float:
     """Mean seconds of ``fn()`` after three untimed calls (cuDNN and the allocator settle), over as many calls as
     fit in ``min_seconds`` (at least 3, at most ``max_calls``)."""
     for _ in range(3):
         fn()
-    _sync(device)
+    sync(device)
     calls, start = 0, time.perf_counter()
     while calls < 3 or (calls < max_calls and time.perf_counter() - start < min_seconds):
         fn()
         calls += 1
-    _sync(device)
+    sync(device)
     return (time.perf_counter() - start) / calls
 
 
@@ -187,13 +182,12 @@ def unlabelled_share(metrics: list[dict[str, Any]], *, method: str, mislq_stream
     return float(np.mean([(m["n_mis_h"] + (0 if labelled_mislq else m["n_mis_l"])) / n for m in rows]))
 
 
-def median_epoch(metrics: list[dict[str, Any]], phase: str) -> float:
-    """The median seconds of the phase's epochs after its first (the first alone where there is one). A phase's
+def median_epoch(seconds: list[float]) -> float:
+    """The median of a phase's epoch seconds after its first (the first alone where there is one). A phase's
     first epoch also pays for one-off work the steady state does not: on a GPU, cuDNN's plans for each new batch
     shape (a semi-supervised batch's two streams change size from step to step) and the allocator's growth; the
     whole training's row still counts it."""
-    rows = [m["seconds"] for m in metrics if m["phase"] == phase]
-    return float(np.median(rows[1:] if len(rows) > 1 else rows)) if rows else float("nan")
+    return float(np.median(seconds[1:] if len(seconds) > 1 else seconds)) if seconds else float("nan")
 
 
 def prime_cache(noisy: Path, *, size: int, channels: int | str) -> None:
@@ -265,9 +259,10 @@ def measure_method(method: str, noisy: Path, work: Path, args: argparse.Namespac
     nets = method_rules(method).num_nets
     probed = nets * (2 if run_meta.get("audit_warmup") else 1)  # the warm-up snapshot's nets are read too
     ideal = nets_only_seconds(costs, n=n, nets=nets, probed_nets=probed, batch=b, unlabelled_share=share)
+    epoch_seconds = {p: [m["seconds"] for m in metrics if m["phase"] == p] for p in ("warmup", "train")}
     measured = {
-        "warmup_epoch": median_epoch(metrics, "warmup"),
-        "ssl_epoch": median_epoch(metrics, "train"),
+        "warmup_epoch": median_epoch(epoch_seconds["warmup"]),
+        "ssl_epoch": median_epoch(epoch_seconds["train"]),
         "audit": min(audits),
     }
     epochs_s = sum(m["seconds"] for m in metrics)
@@ -298,7 +293,7 @@ def measure_method(method: str, noisy: Path, work: Path, args: argparse.Namespac
         "per_image_costs_s": costs,
         "unlabelled_share": share,
         "epochs_s": epochs_s,
-        "epoch_seconds": {p: [m["seconds"] for m in metrics if m["phase"] == p] for p in ("warmup", "train")},
+        "epoch_seconds": epoch_seconds,
         "outside_epochs_s": train_s - epochs_s,
         "peak_gpu_gib": peak_gib,
         "amp": str(synth.amp).replace("torch.", "") if synth.amp else "off",
