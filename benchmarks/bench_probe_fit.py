@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 from _common import markdown_table, sync
 
-from qmix_cli.engine.probe import fit_probe, fold_ids
+from qmix_cli.engine.probe import fit_probe, image_keys
 
 FEATURES = 768  # a resnet18's two probe stages (512 pooled + 256 from the stage before)
 CLASSES = 10
@@ -33,21 +33,21 @@ CLASSES = 10
 
 def synthetic_features(n: int, *, seed: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """Features with class structure as a trained encoder gives (class means plus noise, 20 % of labels flipped),
-    their labels and folds."""
+    their labels and image keys."""
     rng = np.random.default_rng(seed)
     truth = rng.integers(0, CLASSES, n)
     centres = rng.normal(size=(CLASSES, FEATURES))
     x = centres[truth] * 0.3 + rng.normal(size=(n, FEATURES))
     labels = np.where(rng.random(n) < 0.2, rng.integers(0, CLASSES, n), truth)
-    images = rng.integers(0, 256, (n, 1, 4, 4), dtype=np.uint8)  # only for fold ids
-    return torch.tensor(x, dtype=torch.float32), labels, fold_ids(images, seed=seed)
+    images = rng.integers(0, 256, (n, 1, 4, 4), dtype=np.uint8)  # only for their keys (folds, copies)
+    return torch.tensor(x, dtype=torch.float32), labels, image_keys(images, seed=seed)
 
 
-def seconds_to_fit(features: torch.Tensor, labels: np.ndarray, folds: np.ndarray, device: torch.device) -> float:
+def seconds_to_fit(features: torch.Tensor, labels: np.ndarray, keys: np.ndarray, device: torch.device) -> float:
     x = features.to(device)
     sync(device)
     start = time.perf_counter()
-    probe = fit_probe(x, labels, folds, num_classes=CLASSES)
+    probe = fit_probe(x, labels, keys, num_classes=CLASSES)
     probe.weight.sum().item()  # the fit's last work done, on any device
     return time.perf_counter() - start
 

@@ -65,6 +65,10 @@ class TrainConfig:
     # (qmix and dividemix): the semi-supervised phase teaches the nets to be sure of degraded images, which the
     # warm-up nets still are not (docs/decisions.md, fifteenth round).
     audit_warmup: bool = True
+    # With probes, each probe's softmax is averaged with a vote of the image's nearest training images in the same
+    # features (this many of them; 0: no vote): a local read-out that a linear head's global one misses
+    # (docs/decisions.md, eighteenth round).
+    audit_neighbours: int = 10
 
     # Semi-supervised training
     temperature: float = 0.5
@@ -103,6 +107,8 @@ class TrainConfig:
             raise ConfigError(f"warmup-epochs must be between 0 and epochs ({self.epochs})")
         if self.lr <= 0:
             raise ConfigError("lr must be positive")
+        if self.audit_neighbours < 0:
+            raise ConfigError(f"audit-neighbours must be 0 (no vote) or more (got {self.audit_neighbours})")
         if self.gmm_components < 3 and self.method == "qmix":
             raise ConfigError("qmix needs gmm-components >= 3 (Correct, Mis-H, Mis-L)")
         return self

@@ -30,6 +30,7 @@ def test_numbers_from_yaml_strings_are_converted(tmp_path):
         ({"epochs": True}, ["epochs must be an integer"]),
         ({"hflip": "sometimes"}, ["hflip must be true or false"]),
         ({"extra": 3}, ["extra must be a mapping"]),
+        ({"audit_neighbours": -1}, ["audit-neighbours must be 0 (no vote) or more", "-1"]),
     ],
 )
 def test_wrong_types_and_choices_are_refused_by_name(values, fragments):

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from qmix_cli.engine.neighbours import NEIGHBOURS, NeighbourVote, fit_neighbour_vote
 from qmix_cli.errors import TrainingError
 
 FOLDS = 5
@@ -42,8 +43,8 @@ KEY_GRID = 16
 _HASH_CHUNK = 4096
 
 
-def fold_ids(images: np.ndarray, *, folds: int = FOLDS, seed: int = 0) -> np.ndarray:
-    """The probe fold of each image, a stable function of ``seed`` and its pixels.
+def image_keys(images: np.ndarray, *, seed: int = 0) -> np.ndarray:
+    """A 64-bit key of each image, a stable function of ``seed`` and its pixels: copies of one image share it.
 
     Parameters
     ----------
@@ -53,18 +54,22 @@ def fold_ids(images: np.ndarray, *, folds: int = FOLDS, seed: int = 0) -> np.nda
     Returns
     -------
     np.ndarray
-        (N,) int64 in ``[0, folds)``.
+        (N,) int64 (the digest's 64 bits, read as a signed integer).
     """
     n, _, h, w = images.shape
     step_h, step_w = max(1, h // KEY_GRID), max(1, w // KEY_GRID)
     salt = f"qmix-probe-fold\0{seed}\0".encode()
-    out = np.empty(n, dtype=np.int64)
+    out = np.empty(n, dtype=np.uint64)
     for start in range(0, n, _HASH_CHUNK):
         grid = np.ascontiguousarray(images[start : start + _HASH_CHUNK, :, ::step_h, ::step_w])
         for i, row in enumerate(grid, start=start):
-            digest = hashlib.blake2b(salt + row.tobytes(), digest_size=8).digest()
-            out[i] = int.from_bytes(digest, "little") % folds
-    return out
+            out[i] = int.from_bytes(hashlib.blake2b(salt + row.tobytes(), digest_size=8).digest(), "little")
+    return out.view(np.int64)
+
+
+def folds_of_keys(keys: np.ndarray, *, folds: int = FOLDS) -> np.ndarray:
+    """(N,) int64 fold in ``[0, folds)`` of each image's key (`image_keys`)."""
+    return (np.asarray(keys, dtype=np.int64).view(np.uint64) % np.uint64(folds)).astype(np.int64)
 
 
 def fit_softmax_regression(
@@ -131,12 +136,18 @@ def fit_softmax_regression(
     return weight, bias
 
 
+# Rows standardised at once when scoring: bounds the copy `LinearProbe.probs` makes of its features.
+_SCORE_ROWS = 4096
+
+
 @dataclass(frozen=True)
 class LinearProbe:
-    """``folds`` linear heads on standardised features; head ``k`` was fitted without the images of fold ``k``.
+    """``folds`` linear heads on standardised features; head ``k`` was fitted without the images of fold ``k``;
+    and, unless it was switched off, the neighbour vote of the same features (`qmix_cli.engine.neighbours`).
 
-    ``mean``/``std`` (D,), ``weight`` (folds, D, K), ``bias`` (folds, K); ``seed`` salts `fold_ids`; ``stages``
-    says which features it reads (`QmixNet.forward_with_stages`).
+    ``mean``/``std`` (D,), ``weight`` (folds, D, K), ``bias`` (folds, K); ``seed`` salts `image_keys`; ``stages``
+    says which features it reads (`QmixNet.forward_with_stages`); ``vote`` None for probes saved before votes
+    existed or fitted with ``neighbours=0``.
     """
 
     mean: torch.Tensor
@@ -145,6 +156,7 @@ class LinearProbe:
     bias: torch.Tensor
     seed: int
     stages: int = 1
+    vote: NeighbourVote | None = None
 
     @property
     def folds(self) -> int:
@@ -158,32 +170,41 @@ class LinearProbe:
             std=self.std.to(device),
             weight=self.weight.to(device),
             bias=self.bias.to(device),
+            vote=None if self.vote is None else self.vote.to(device),
         )
 
-    def fold_of(self, images: np.ndarray) -> np.ndarray:
-        """(N,) the fold of each image: which head scores it (`fold_ids` with this probe's folds and seed)."""
-        return fold_ids(images, folds=self.folds, seed=self.seed)
+    def keys_of(self, images: np.ndarray) -> np.ndarray:
+        """(N,) the key of each image (`image_keys` with this probe's seed): its fold, and its copies for the vote."""
+        return image_keys(images, seed=self.seed)
 
-    def probs(self, features: torch.Tensor, folds: np.ndarray) -> np.ndarray:
-        """Softmax (N, K), each row by the head of its fold (``folds`` from `fold_of`): out of fold for every
-        training image.
+    def probs(self, features: torch.Tensor, keys: np.ndarray) -> np.ndarray:
+        """(N, K): the softmax of each row's fold head (out of fold for every training image), averaged with the
+        row's neighbour vote (leave-one-out for every training image) when the probe has one.
 
-        ``features`` (N, D) float on any device.
+        ``features`` (N, D) float on any device; ``keys`` (N,) from `keys_of`.
         """
         probe = self.to(features.device)
-        fold = torch.as_tensor(folds, device=features.device)
-        # Batched (N, 1, D) @ (N, D, K) would copy a head per row; loop over the few folds instead, standardising
-        # one fold's rows at a time so no second (N, D) matrix is ever held.
-        logits = torch.empty(len(features), probe.weight.shape[2], device=features.device)
-        for k in range(self.folds):
-            rows = fold == k
-            x = (features[rows].float() - probe.mean) / probe.std
-            logits[rows] = x @ probe.weight[k] + probe.bias[k]
-        return torch.softmax(logits, dim=1).cpu().numpy()
+        keys = np.asarray(keys, dtype=np.int64)
+        fold = torch.as_tensor(folds_of_keys(keys, folds=self.folds), device=features.device)
+        out = []
+        # A block of rows at a time, so no second (N, D) matrix is ever held; within it, one matrix product per
+        # fold (batched (N, 1, D) @ (N, D, K) would copy a head per row).
+        for start in range(0, len(features), _SCORE_ROWS):
+            stop = start + _SCORE_ROWS
+            x = (features[start:stop].float() - probe.mean) / probe.std
+            logits = torch.empty(len(x), probe.weight.shape[2], device=features.device)
+            for k in range(self.folds):
+                rows = fold[start:stop] == k
+                logits[rows] = x[rows] @ probe.weight[k] + probe.bias[k]
+            p = torch.softmax(logits, dim=1).cpu().numpy()
+            if probe.vote is not None:
+                p = (p + probe.vote.probs(x, keys[start:stop])) / 2
+            out.append(p)
+        return np.concatenate(out) if out else np.zeros((0, self.weight.shape[2]), dtype=np.float32)
 
-    def state_dict(self) -> dict[str, torch.Tensor | int]:
-        """Tensors and an int only, so checkpoints load with ``weights_only=True``."""
-        return {
+    def state_dict(self) -> dict:
+        """Tensors, ints and a dict of them only, so checkpoints load with ``weights_only=True``."""
+        state = {
             "mean": self.mean.cpu(),
             "std": self.std.cpu(),
             "weight": self.weight.cpu(),
@@ -191,6 +212,9 @@ class LinearProbe:
             "seed": self.seed,
             "stages": self.stages,
         }
+        if self.vote is not None:
+            state["vote"] = self.vote.state_dict()
+        return state
 
     @classmethod
     def from_state_dict(cls, state: dict) -> LinearProbe:
@@ -201,21 +225,23 @@ class LinearProbe:
             bias=state["bias"],
             seed=int(state["seed"]),
             stages=int(state.get("stages", 1)),  # probes saved before stages were recorded read the pooled features
+            vote=NeighbourVote.from_state_dict(state["vote"]) if "vote" in state else None,
         )
 
 
 def fit_probe(
     features: torch.Tensor,
     labels: np.ndarray,
-    folds: np.ndarray,
+    keys: np.ndarray,
     *,
     num_classes: int,
     num_folds: int = FOLDS,
     c: float = PROBE_C,
     seed: int = 0,
     stages: int = 1,
+    neighbours: int = NEIGHBOURS,
 ) -> LinearProbe:
-    """Fit one head per fold, each on the images of the other folds.
+    """Fit one head per fold, each on the images of the other folds, and keep the features for a neighbour vote.
 
     Parameters
     ----------
@@ -224,16 +250,17 @@ def fit_probe(
         `QmixNet.forward_with_stages` with ``stages``, which is stored so that the audit reads the same ones.
     labels
         (N,) int given labels in ``[0, num_classes)``.
-    folds
-        (N,) int fold of each image, ``fold_ids(images, folds=num_folds, seed=seed)``; ``num_folds`` heads are
-        fitted (one with no image in its fold is fitted on all of them). ``seed`` is stored so that
-        `LinearProbe.fold_of` finds the same folds again.
+    keys
+        (N,) int64 key of each image, ``image_keys(images, seed=seed)``: its fold is `folds_of_keys`; ``num_folds``
+        heads are fitted (one with no image in its fold is fitted on all of them). ``seed`` is stored so that
+        `LinearProbe.keys_of` finds the same keys again.
+    neighbours
+        Neighbours in the vote averaged with the heads' softmax (`qmix_cli.engine.neighbours`); 0: no vote.
     """
-    if not len(features) == len(labels) == len(folds):
-        raise ValueError(f"features, labels and folds differ in length: {len(features)}, {len(labels)}, {len(folds)}")
-    folds = np.asarray(folds)
-    if len(folds) and not 0 <= folds.min() <= folds.max() < num_folds:
-        raise ValueError(f"folds must lie in [0, {num_folds}), got {folds.min()}..{folds.max()}")
+    if not len(features) == len(labels) == len(keys):
+        raise ValueError(f"features, labels and keys differ in length: {len(features)}, {len(labels)}, {len(keys)}")
+    keys = np.asarray(keys, dtype=np.int64)
+    folds = folds_of_keys(keys, folds=num_folds)
     features = features.float()
     mean = features.mean(dim=0)
     # A constant feature (a dead ReLU channel) would divide by zero; any positive std leaves it at 0.
@@ -242,10 +269,14 @@ def fit_probe(
     # training rows are ever copied out (they would be 0.8 × N × D floats more on the device, per head).
     order = np.argsort(folds, kind="stable")
     x = features[torch.as_tensor(order, device=features.device)].sub_(mean).div_(std)
-    y = torch.as_tensor(np.asarray(labels, dtype=np.int64)[order], device=x.device)
+    labels_sorted = np.asarray(labels, dtype=np.int64)[order]
+    y = torch.as_tensor(labels_sorted, device=x.device)
     ends = np.cumsum(np.bincount(folds, minlength=num_folds))
     blocks = zip(np.concatenate([[0], ends[:-1]]).tolist(), ends.tolist(), strict=True)
     heads = [fit_softmax_regression(x, y, num_classes=num_classes, c=c, skip=block) for block in blocks]
+    vote = None
+    if neighbours > 0:
+        vote = fit_neighbour_vote(x, labels_sorted, keys[order], num_classes=num_classes, k=neighbours)
     return LinearProbe(
         mean=mean,
         std=std,
@@ -253,4 +284,5 @@ def fit_probe(
         bias=torch.stack([b for _, b in heads]),
         seed=seed,
         stages=stages,
+        vote=vote,
     )

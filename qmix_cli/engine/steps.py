@@ -227,19 +227,20 @@ def predict_with_probe(
     store: ImageStore,
     ctx: StepContext,
     probe: LinearProbe,
-    folds: np.ndarray,
+    keys: np.ndarray,
     *,
     batch_size: int,
     spec: ViewSpec | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Softmax of ``net`` (N, K) and of its audit ``probe`` (N, K), each image by the head of its fold (``folds``
-    (N,), from `LinearProbe.fold_of`). Batch by batch: the features, N × D' floats, are never all held at once,
-    which is what lets an audit of millions of images run in the memory of a batch."""
+    """Softmax of ``net`` (N, K) and the output of its audit ``probe`` (N, K), each image read by the head of its
+    fold and voted on by its neighbours other than its copies (``keys`` (N,), from `LinearProbe.keys_of`). Batch by
+    batch: the features, N × D' floats, are never all held at once, which is what lets an audit of millions of
+    images run in the memory of a batch."""
     own, probed, start = [], [], 0
     for probs, feats in _eval_outputs(net, store, ctx, batch_size=batch_size, spec=spec, stages=probe.stages):
         stop = start + len(probs)
         own.append(probs.cpu())
-        probed.append(probe.probs(feats, folds[start:stop]))
+        probed.append(probe.probs(feats, keys[start:stop]))
         start = stop
     return torch.cat(own).numpy(), np.concatenate(probed)
 

@@ -38,7 +38,7 @@ from qmix_cli.engine.models import (
     place_model,
     trained_models,
 )
-from qmix_cli.engine.probe import PROBE_STAGES, LinearProbe, fit_probe, fold_ids
+from qmix_cli.engine.probe import PROBE_STAGES, LinearProbe, fit_probe, image_keys
 from qmix_cli.engine.scoring import Scores, compute_scores, fit_separation, probe_output
 from qmix_cli.engine.separation import hard_groups, separation_aucs
 from qmix_cli.engine.steps import (
@@ -296,23 +296,29 @@ class _Run:
         """Scores of every training image from out-of-fold probes on each net's features; the final nets' probes;
         the warm-up snapshot's probes (empty without a snapshot). With a snapshot, net k's scores are those of the
         mean of its two probes' outputs (`TrainConfig.audit_warmup`)."""
-        folds = fold_ids(self.images, seed=self.cfg.seed)
+        keys = image_keys(self.images, seed=self.cfg.seed)
         sample = self.ctx.eval_view(torch.from_numpy(np.array(self.images[:2])).to(self.device))
-        final = [self._fit_probe(net, folds, sample) for net in self.forward_nets]
-        warm = [self._fit_probe(net, folds, sample) for net in self.warmup_nets()]
+        final = [self._fit_probe(net, keys, sample) for net in self.forward_nets]
+        warm = [self._fit_probe(net, keys, sample) for net in self.warmup_nets()]
         warm_probs = [p for _, p in warm] if warm else [None] * len(final)
         probs = [probe_output(p, pw) for (_, p), pw in zip(final, warm_probs, strict=True)]
         scores = compute_scores(np.stack(probs), self.labels_np, uncertainty=self.cfg.uncertainty)
         return scores, [probe for probe, _ in final], [probe for probe, _ in warm]
 
-    def _fit_probe(self, net: QmixNet, folds: np.ndarray, sample: torch.Tensor) -> tuple[LinearProbe, np.ndarray]:
+    def _fit_probe(self, net: QmixNet, keys: np.ndarray, sample: torch.Tensor) -> tuple[LinearProbe, np.ndarray]:
         """``net``'s out-of-fold probe and its outputs (N, K) on the training images."""
         stages = max_probe_stages(net, sample, wanted=PROBE_STAGES)
         feats = predict_features(net, self.store, self.ctx, batch_size=self.cfg.eval_batch_size, stages=stages)
         probe = fit_probe(
-            feats, self.labels_np, folds, num_classes=len(self.classes), seed=self.cfg.seed, stages=stages
+            feats,
+            self.labels_np,
+            keys,
+            num_classes=len(self.classes),
+            seed=self.cfg.seed,
+            stages=stages,
+            neighbours=self.cfg.audit_neighbours,
         )
-        return probe, probe.probs(feats, folds)
+        return probe, probe.probs(feats, keys)
 
     def separate(self, scores: Scores, kind: str) -> list[Any]:
         cfg = self.cfg
@@ -593,6 +599,7 @@ def _finalise(run: _Run) -> None:
         "proj_dim": run.cfg.proj_dim,
         "audit_scores": run.cfg.audit_scores,
         "audit_warmup": bool(warmup_probes),
+        "audit_neighbours": run.cfg.audit_neighbours if probes else 0,
         # Whether the final scores (what the separation was fitted on) came from mixed precision: the audit
         # scores in the same precision, so its posteriors are read on the scale the mixture was fitted on.
         "amp": run.amp_dtype is not None,

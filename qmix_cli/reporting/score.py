@@ -154,14 +154,14 @@ def score_dataset(
     )
     store = ImageStore(images, device=run.device, workers=workers)
     ctx = _context(run, seed=0)
-    # Every net's probe shares the run's seed and fold count, so one fold per image serves them all.
-    folds = run.probes[0].fold_of(images) if run.probes else None
+    # Every net's probe shares the run's seed, so one key per image serves them all.
+    keys = run.probes[0].keys_of(images) if run.probes else None
     views = [None] + [ctx.weak] * tta
     own, scored = [], []
 
     def read(net: QmixNet, probe: LinearProbe) -> tuple[np.ndarray, np.ndarray]:
         """The net's own softmax and its probe's, each averaged over the views."""
-        outputs = [predict_with_probe(net, store, ctx, probe, folds, batch_size=batch_size, spec=v) for v in views]
+        outputs = [predict_with_probe(net, store, ctx, probe, keys, batch_size=batch_size, spec=v) for v in views]
         return np.mean([p for p, _ in outputs], axis=0), np.mean([p for _, p in outputs], axis=0)
 
     for k, net in enumerate(run.nets):

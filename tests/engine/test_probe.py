@@ -1,4 +1,4 @@
-"""The audit probe: fold assignment, the L-BFGS logistic regression, and out-of-fold scoring on real digits."""
+"""The audit probe: image keys and folds, the L-BFGS logistic regression, and out-of-fold scoring on real digits."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from qmix_cli.engine.probe import LinearProbe, fit_probe, fit_softmax_regression, fold_ids
+from qmix_cli.engine.probe import LinearProbe, fit_probe, fit_softmax_regression, folds_of_keys, image_keys
 from qmix_cli.engine.separation import per_sample_loss
 
 
@@ -25,18 +25,20 @@ def _standardise(x: torch.Tensor) -> torch.Tensor:
     return (x - x.mean(0)) / x.std(0, correction=0).clamp_min(1e-6)
 
 
-def test_fold_ids_follow_the_pixels_not_the_order() -> None:
+def test_image_keys_and_folds_follow_the_pixels_not_the_order() -> None:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (2000, 3, 40, 40), dtype=np.uint8)
-    folds = fold_ids(images, folds=5, seed=3)
+    keys = image_keys(images, seed=3)
+    assert keys.dtype == np.int64 and len(np.unique(keys)) == len(images)
+    folds = folds_of_keys(keys, folds=5)
     assert folds.min() == 0 and folds.max() == 4
     assert np.all(np.bincount(folds) > 300)  # roughly even: 400 expected per fold
     shuffled = rng.permutation(len(images))
-    assert np.array_equal(fold_ids(images[shuffled], folds=5, seed=3), folds[shuffled])
-    assert not np.array_equal(fold_ids(images, folds=5, seed=4), folds)
-    # A copy of an image, wherever it sits, shares its fold; chunked hashing changes nothing.
+    assert np.array_equal(image_keys(images[shuffled], seed=3), keys[shuffled])
+    assert not np.array_equal(folds_of_keys(image_keys(images, seed=4), folds=5), folds)
+    # A copy of an image, wherever it sits, shares its key and so its fold; chunked hashing changes nothing.
     copies = np.concatenate([images[:7], images[:7]])
-    assert np.array_equal(fold_ids(copies, folds=5, seed=3), np.tile(folds[:7], 2))
+    assert np.array_equal(image_keys(copies, seed=3), np.tile(keys[:7], 2))
 
 
 @pytest.mark.parametrize("c", [0.02, 1.0])
@@ -59,10 +61,11 @@ def test_probe_scores_each_image_out_of_fold(digits) -> None:
     """A probe that had seen an image would fit its label better than one that had not; the out-of-fold
     losses must equal those of heads refitted without each fold, and be worse than in-sample ones."""
     x, y, images = digits
-    folds = fold_ids(images, folds=3, seed=1)
-    probe = fit_probe(x, y, folds, num_classes=10, num_folds=3, seed=1)
-    assert np.array_equal(probe.fold_of(images), folds)
-    oof = per_sample_loss(probe.probs(x, folds), y)
+    keys = image_keys(images, seed=1)
+    folds = folds_of_keys(keys, folds=3)
+    probe = fit_probe(x, y, keys, num_classes=10, num_folds=3, seed=1, neighbours=0)
+    assert probe.vote is None and np.array_equal(probe.keys_of(images), keys)
+    oof = per_sample_loss(probe.probs(x, keys), y)
     xs = (x - probe.mean) / probe.std
     for k in range(3):
         w, b = fit_softmax_regression(xs[folds != k], torch.as_tensor(y[folds != k]), num_classes=10)
@@ -74,47 +77,58 @@ def test_probe_scores_each_image_out_of_fold(digits) -> None:
     assert oof.mean() > in_sample.mean()
 
 
-def test_probe_keeps_its_fold_count_when_a_fold_is_empty(digits) -> None:
-    """Five images rarely fill five folds; the probe must still have five heads, or `fold_of` would hash new
-    images into a different number of folds than the one it was fitted with."""
+def test_probe_output_is_the_mean_of_its_heads_and_its_neighbour_vote(digits) -> None:
     x, y, images = digits
-    folds = fold_ids(images[:5], seed=0)
-    probe = fit_probe(x[:5], y[:5], folds, num_classes=10, seed=0)
+    keys = image_keys(images, seed=1)
+    with_vote = fit_probe(x, y, keys, num_classes=10, seed=1)
+    heads_only = fit_probe(x, y, keys, num_classes=10, seed=1, neighbours=0)
+    assert with_vote.vote is not None and with_vote.vote.k == 10
+    vote = with_vote.vote.probs((x - with_vote.mean) / with_vote.std, keys)
+    np.testing.assert_allclose(with_vote.probs(x, keys), (heads_only.probs(x, keys) + vote) / 2, atol=1e-6)
+
+
+def test_probe_keeps_its_fold_count_when_a_fold_is_empty(digits) -> None:
+    """Five images rarely fill five folds; the probe must still have five heads, or new images would be hashed
+    into a different number of folds than the one it was fitted with."""
+    x, y, images = digits
+    keys = image_keys(images[:5], seed=0)
+    probe = fit_probe(x[:5], y[:5], keys, num_classes=10, seed=0)
     assert probe.folds == 5
-    assert np.isfinite(probe.probs(x[:5], folds)).all()
+    assert np.isfinite(probe.probs(x[:5], keys)).all()
 
 
-def test_probe_finds_flipped_labels_far_better_than_chance(digits) -> None:
+@pytest.mark.parametrize("neighbours", [0, 10])
+def test_probe_finds_flipped_labels_far_better_than_chance(digits, neighbours: int) -> None:
     x, y, images = digits
     rng = np.random.default_rng(0)
     flipped = rng.random(len(y)) < 0.2
     noisy = np.where(flipped, (y + rng.integers(1, 10, len(y))) % 10, y)
-    folds = fold_ids(images, seed=0)
-    probe = fit_probe(x, noisy, folds, num_classes=10, seed=0)
-    loss = per_sample_loss(probe.probs(x, folds), noisy)
+    keys = image_keys(images, seed=0)
+    probe = fit_probe(x, noisy, keys, num_classes=10, seed=0, neighbours=neighbours)
+    loss = per_sample_loss(probe.probs(x, keys), noisy)
     assert roc_auc_score(flipped, loss) > 0.95
 
 
 def test_probe_state_round_trips_through_a_weights_only_checkpoint(digits, tmp_path) -> None:
     x, y, images = digits
-    folds = fold_ids(images[:300], seed=2)
-    probe = fit_probe(x[:300], y[:300], folds, num_classes=10, seed=2, stages=2)
+    keys = image_keys(images[:300], seed=2)
+    probe = fit_probe(x[:300], y[:300], keys, num_classes=10, seed=2, stages=2)
     torch.save(probe.state_dict(), tmp_path / "p.pt")
     state = torch.load(tmp_path / "p.pt", weights_only=True)
     again = LinearProbe.from_state_dict(state)
-    assert again.folds == probe.folds and again.seed == 2 and again.stages == 2
-    np.testing.assert_array_equal(again.probs(x[:300], folds), probe.probs(x[:300], folds))
+    assert again.folds == probe.folds and again.seed == 2 and again.stages == 2 and again.vote is not None
+    np.testing.assert_array_equal(again.probs(x[:300], keys), probe.probs(x[:300], keys))
     moved = again.to(torch.device("meta"))  # the audit moves each probe to the run's device once
-    assert {t.device.type for t in (moved.mean, moved.std, moved.weight, moved.bias)} == {"meta"}
+    assert {t.device.type for t in (moved.mean, moved.std, moved.weight, moved.bias, moved.vote.bank)} == {"meta"}
     assert (moved.seed, moved.stages) == (2, 2)
-    # Probes saved before the stages were recorded read the pooled features alone.
-    del state["stages"]
-    assert LinearProbe.from_state_dict(state).stages == 1
+    # Probes saved before the stages were recorded read the pooled features alone, and those saved before the
+    # neighbour vote existed are read without one.
+    del state["stages"], state["vote"]
+    old = LinearProbe.from_state_dict(state)
+    assert old.stages == 1 and old.vote is None
 
 
 def test_probe_rejects_misaligned_inputs(digits) -> None:
     x, y, images = digits
     with pytest.raises(ValueError, match="differ in length"):
-        fit_probe(x, y[:-1], fold_ids(images), num_classes=10)
-    with pytest.raises(ValueError, match=r"folds must lie in \[0, 3\)"):
-        fit_probe(x, y, fold_ids(images, folds=5), num_classes=10, num_folds=3)
+        fit_probe(x, y[:-1], image_keys(images), num_classes=10)

@@ -10,7 +10,7 @@ from qmix_cli.categories import CLEAN, MIS_H, MIS_L
 from qmix_cli.data.transforms import Normalise, strong_spec, weak_spec
 from qmix_cli.engine.batches import ImageStore
 from qmix_cli.engine.models import create_model
-from qmix_cli.engine.probe import fit_probe, fold_ids
+from qmix_cli.engine.probe import fit_probe, folds_of_keys, image_keys
 from qmix_cli.engine.steps import (
     METHOD_RULES,
     PROBE_FEATURE_COPIES,
@@ -131,7 +131,7 @@ def test_progress_total_is_what_the_epoch_reports(n):
 
 def test_streamed_probe_read_out_equals_the_probe_on_all_features():
     """The audit applies each net's probe batch by batch; every row must get what the probe gives it on the
-    whole feature matrix, with the head of its own fold, whatever the batch boundaries."""
+    whole feature matrix, with the head of its own fold and its own neighbours, whatever the batch boundaries."""
     rng = np.random.default_rng(0)
     n = 70
     images = rng.integers(0, 256, (n, 1, 16, 16), dtype=np.uint8)
@@ -141,12 +141,13 @@ def test_streamed_probe_read_out_equals_the_probe_on_all_features():
     ctx = _ctx(0)
     probs = predict_probs(net, store, ctx, batch_size=32)
     feats = predict_features(net, store, ctx, batch_size=32, stages=2)
-    folds = fold_ids(images, seed=0)
-    probe = fit_probe(feats, rng.integers(0, K, n), folds, num_classes=K, stages=2)
-    own, probed = predict_with_probe(net, store, ctx, probe, folds, batch_size=16)  # 16 does not divide 70
+    keys = image_keys(images, seed=0)
+    probe = fit_probe(feats, rng.integers(0, K, n), keys, num_classes=K, stages=2)
+    assert probe.vote is not None  # the neighbour vote is streamed too
+    own, probed = predict_with_probe(net, store, ctx, probe, keys, batch_size=16)  # 16 does not divide 70
     np.testing.assert_allclose(own, probs, atol=1e-6)
-    np.testing.assert_allclose(probed, probe.probs(feats, folds), atol=1e-6)
-    assert len(np.unique(folds)) > 1  # several heads were used
+    np.testing.assert_allclose(probed, probe.probs(feats, keys), atol=1e-6)
+    assert len(np.unique(folds_of_keys(keys))) > 1  # several heads were used
 
 
 def test_probe_features_stay_on_a_gpu_only_when_large_and_when_they_fit(monkeypatch):

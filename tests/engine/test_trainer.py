@@ -190,6 +190,18 @@ def test_warmup_snapshot_is_the_nets_at_the_end_of_warmup(noisy_digits, tmp_path
     assert json.loads((tmp_path / "qmix" / "run.json").read_text())["audit_warmup"] is True
 
 
+@pytest.mark.parametrize("neighbours", [10, 0])
+def test_probes_carry_the_neighbour_vote_unless_it_is_off(neighbours, noisy_digits, tmp_path, qmix_cache_dir):
+    result = train(noisy_digits, tmp_path / "run", method="ce", epochs=2, audit_neighbours=neighbours,
+                   cache_dir=str(qmix_cache_dir), **TINY_TRAIN)  # fmt: skip
+    (probe,) = torch.load(result.run_dir / "model.pt", weights_only=True)["probes"]
+    if neighbours:
+        assert probe["vote"]["k"] == neighbours and len(probe["vote"]["labels"]) == 1797
+    else:
+        assert "vote" not in probe
+    assert json.loads((result.run_dir / "run.json").read_text())["audit_neighbours"] == neighbours
+
+
 @pytest.mark.parametrize(
     ("method", "options"),
     [
