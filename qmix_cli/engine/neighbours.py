@@ -4,8 +4,8 @@ The audit probe (`qmix_cli.engine.probe`) asks one linear question of a net's fe
 the features' neighbourhood. Where the two disagree is where one of them is wrong: a linear head is smooth and
 class-global, so it absorbs part of a class's label noise, while a vote is local and sees a wrongly labelled
 image among look-alikes that carry another label. Averaged with the probe's softmax, the vote gave the final
-separation steadier and better verdicts on every preset and held-out condition we tried (docs/decisions.md,
-"Eighteenth round").
+separation steadier and better verdicts, on average over the benchmark's presets and over seven held-out
+conditions, for every method (docs/decisions.md, "Eighteenth round").
 
 Each image is judged without itself: training images that share its pixel key (`qmix_cli.engine.probe.image_keys`:
 the image itself and any exact copy) never vote for it, so the vote is leave-one-out for the training set and
@@ -36,7 +36,8 @@ class NeighbourVote:
 
     ``projection`` (D, d) float32 onto the leading principal axes of the standardised training features;
     ``bank`` (N, d) their unit-norm projections, float16; ``labels`` (N,) int64 given labels; ``keys`` (N,) int64
-    pixel keys (`image_keys`); ``k`` neighbours vote; ``num_classes`` K.
+    pixel keys (`image_keys`); ``k`` neighbours vote; ``num_classes`` K; ``copies`` the most rows any one key has
+    (1 unless the training set holds exact copies): how many candidates beyond ``k`` a vote may have to skip.
     """
 
     projection: torch.Tensor
@@ -45,6 +46,7 @@ class NeighbourVote:
     keys: torch.Tensor
     k: int
     num_classes: int
+    copies: int = 1
 
     def to(self, device: torch.device) -> NeighbourVote:
         """This vote with its tensors on ``device`` (the bank as float32, which every device multiplies fast)."""
@@ -75,15 +77,18 @@ class NeighbourVote:
         vote = self.to(features.device)
         query = F.normalize(features.float() @ vote.projection, dim=1)
         key = torch.as_tensor(np.asarray(keys, dtype=np.int64), device=features.device)
-        k = min(self.k, len(vote.labels))
+        # The k best candidates and as many more as an image can have rows in the bank: after its own rows are
+        # skipped, k remain (or every other row, in a bank smaller than that).
+        candidates = min(self.k + self.copies, len(vote.labels))
+        k = min(self.k, candidates)
         out = torch.zeros(len(query), self.num_classes, device=features.device)
         rows = max(1, _SIM_BLOCK // max(1, len(vote.labels)))
         for start in range(0, len(query), rows):
-            sim = query[start : start + rows] @ vote.bank.T
-            sim.masked_fill_(key[start : start + rows, None] == vote.keys[None, :], -torch.inf)
-            top, idx = sim.topk(k, dim=1)
-            voters = torch.isfinite(top).float()  # fewer than k candidates: the masked ones do not vote
-            out[start : start + rows].scatter_add_(1, vote.labels[idx], voters)
+            top, idx = (query[start : start + rows] @ vote.bank.T).topk(candidates, dim=1)
+            top.masked_fill_(vote.keys[idx] == key[start : start + rows, None], -torch.inf)
+            top, best = top.topk(k, dim=1)  # candidates come sorted, so this keeps their order
+            voters = torch.isfinite(top).float()  # the image's own rows do not vote
+            out[start : start + rows].scatter_add_(1, vote.labels[idx.gather(1, best)], voters)
         voters = out.sum(dim=1, keepdim=True)
         return ((out + 1.0 / self.num_classes) / (voters + 1.0)).cpu().numpy()
 
@@ -107,6 +112,7 @@ class NeighbourVote:
             keys=state["keys"],
             k=int(state["k"]),
             num_classes=int(state["num_classes"]),
+            copies=_most_copies(state["keys"].numpy()),
         )
 
 
@@ -145,11 +151,18 @@ def fit_neighbour_vote(
         cov += (block.T @ block).double()
     _, vectors = torch.linalg.eigh(cov / max(1, len(x)))
     projection = vectors[:, -min(dim, x.shape[1]) :].flip(1).float()
+    keys = np.asarray(keys, dtype=np.int64)
     return NeighbourVote(
         projection=projection,
         bank=F.normalize(x @ projection, dim=1).half(),
         labels=torch.as_tensor(np.asarray(labels, dtype=np.int64), device=x.device),
-        keys=torch.as_tensor(np.asarray(keys, dtype=np.int64), device=x.device),
+        keys=torch.as_tensor(keys, device=x.device),
         k=k,
         num_classes=num_classes,
+        copies=_most_copies(keys),
     )
+
+
+def _most_copies(keys: np.ndarray) -> int:
+    """The most rows any one key has (at least 1)."""
+    return int(np.unique(keys, return_counts=True)[1].max(initial=1))
