@@ -11,7 +11,8 @@ look-alikes carry conflicting labels (docs/decisions.md, "Fifth round").
 Folds are drawn from a hash of each decoded image's pixels, not from row order or ``sample_id``: the audit of any
 manifest finds the fold of every training image again, whatever its id or path there, copies of one image share
 a fold, and an image the run never saw is scored by one fold's probe (trained on the other four fifths of the
-training set).
+training set). The same hash, the image's key, tells the neighbour vote (`qmix_cli.engine.neighbours`), which a
+probe averages with its heads' softmax, which training images are the image itself and so must not vote.
 """
 
 from __future__ import annotations
