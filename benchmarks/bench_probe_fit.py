@@ -1,8 +1,8 @@
 """Where the audit probes are fitted fastest: on the host with how many threads, or on the GPU.
 
 At the end of training `qmix train` fits one out-of-fold probe per net read (`qmix_cli.engine.probe.fit_probe`: five
-full-batch L-BFGS fits of a multinomial logistic regression on the encoder's features, and the neighbour vote's
-principal axes; the vote over the training set itself is not timed here). Features up to
+full-batch L-BFGS fits of a multinomial logistic regression on the encoder's features; the net's neighbour vote,
+fitted after, is not timed here). Features up to
 `PROBE_HOST_BYTES` are fitted on the host, larger ones on the GPU when they fit (`probe_fit_device`), a crossover
 guessed from two measurements (docs/decisions.md, "Fourteenth round"). This times `fit_probe` on synthetic
 features of a resnet18's two probe stages (768 floats per image, 10 classes) for several dataset sizes: on the host

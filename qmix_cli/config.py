@@ -65,9 +65,9 @@ class TrainConfig:
     # (qmix and dividemix): the semi-supervised phase teaches the nets to be sure of degraded images, which the
     # warm-up nets still are not (docs/decisions.md, fifteenth round).
     audit_warmup: bool = True
-    # With probes, each probe's softmax is averaged with a vote of the image's nearest training images in the same
-    # features (this many of them; 0: no vote): a local read-out that a linear head's global one misses
-    # (docs/decisions.md, eighteenth round).
+    # With probes, each net's probe output is averaged with a vote of the image's nearest training images in the
+    # features its probes read (this many of them; 0: no vote): a local read-out that a linear head's global one
+    # misses (docs/decisions.md, eighteenth and nineteenth rounds).
     audit_neighbours: int = 10
 
     # Semi-supervised training

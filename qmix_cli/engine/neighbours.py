@@ -7,6 +7,10 @@ image among look-alikes that carry another label. Averaged with the probe's soft
 separation steadier and better verdicts, on average over the benchmark's presets and over seven held-out
 conditions, for every method (docs/decisions.md, "Eighteenth round").
 
+One vote per net reads every feature set its probes read, side by side (the final net's and, where the run kept
+it, its warm-up snapshot's): one neighbourhood in both, rather than one vote per probe, voted as well and costs half
+as much (docs/decisions.md, "Nineteenth round"). Each feature is standardised as the probes standardise it.
+
 Each image is judged without itself: training images that share its pixel key (`qmix_cli.engine.probe.image_keys`:
 the image itself and any exact copy) never vote for it, so the vote is leave-one-out for the training set and
 plain kNN for images the run never saw. The training features are kept, projected onto their leading principal
@@ -15,6 +19,7 @@ axes and normalised, so that an audit can vote for any image; cosine similarity 
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -23,11 +28,19 @@ import torch.nn.functional as F
 
 # Neighbours that vote. Ten is the usual choice of kNN label-noise detectors; 5 and 20 did no better on average.
 NEIGHBOURS = 10
-# Principal axes the stored training features keep: 256 bytes per image in float16, whatever the backbone.
-BANK_DIM = 128
-# Similarities computed at once (queries × bank rows): bounds the memory of one vote at about 64 MiB of floats.
-_SIM_BLOCK = 1 << 24
+# Principal axes the stored training features keep: 128 bytes per image in float16, whatever the backbone. 64 voted
+# as well as 128 and costs less per vote (docs/decisions.md, "Nineteenth round").
+BANK_DIM = 64
+# Similarities computed at once (queries × bank rows), 16 MiB of floats: small enough that the top-k reads them
+# back from cache (a block four times larger made a vote 40 % slower on a 2-core CPU), large enough for full
+# matrix products.
+_SIM_BLOCK = 1 << 22
 _COV_ROWS = 8192
+
+
+def _standardised(parts: Sequence[torch.Tensor], mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """The feature sets side by side, (B, D) float32, each column standardised."""
+    return (torch.cat([p.float() for p in parts], dim=1) - mean) / std
 
 
 @dataclass(frozen=True)
@@ -40,6 +53,8 @@ class NeighbourVote:
     (1 unless the training set holds exact copies): how many candidates beyond ``k`` a vote may have to skip.
     """
 
+    mean: torch.Tensor
+    std: torch.Tensor
     projection: torch.Tensor
     bank: torch.Tensor
     labels: torch.Tensor
@@ -52,19 +67,22 @@ class NeighbourVote:
         """This vote with its tensors on ``device`` (the bank as float32, which every device multiplies fast)."""
         return replace(
             self,
+            mean=self.mean.to(device),
+            std=self.std.to(device),
             projection=self.projection.to(device),
             bank=self.bank.to(device, torch.float32),
             labels=self.labels.to(device),
             keys=self.keys.to(device),
         )
 
-    def probs(self, features: torch.Tensor, keys: np.ndarray) -> np.ndarray:
+    def probs(self, features: Sequence[torch.Tensor], keys: np.ndarray) -> np.ndarray:
         """The vote of each image's ``k`` nearest training images other than its copies, (B, K) float32.
 
         Parameters
         ----------
         features
-            (B, D) standardised features (the probe's standardisation), on any device.
+            The feature sets the vote was fitted on, in that order, each (B, D_i) float on one device (not
+            standardised).
         keys
             (B,) int64 pixel keys of the images (`image_keys` with the probe's seed).
 
@@ -74,17 +92,19 @@ class NeighbourVote:
             (B, K), rows summing to 1: ``(votes + 1/K) / (voters + 1)``, a vote with one uniform pseudo-vote added
             so that no class gets probability 0 (its loss stays finite) and an image with no neighbour gets 1/K.
         """
-        vote = self.to(features.device)
-        query = F.normalize(features.float() @ vote.projection, dim=1)
-        key = torch.as_tensor(np.asarray(keys, dtype=np.int64), device=features.device)
+        device = features[0].device
+        vote = self.to(device)
+        key = torch.as_tensor(np.asarray(keys, dtype=np.int64), device=device)
         # The k best candidates and as many more as an image can have rows in the bank: after its own rows are
         # skipped, k remain (or every other row, in a bank smaller than that).
         candidates = min(self.k + self.copies, len(vote.labels))
         k = min(self.k, candidates)
-        out = torch.zeros(len(query), self.num_classes, device=features.device)
+        out = torch.zeros(len(key), self.num_classes, device=device)
         rows = max(1, _SIM_BLOCK // max(1, len(vote.labels)))
-        for start in range(0, len(query), rows):
-            top, idx = (query[start : start + rows] @ vote.bank.T).topk(candidates, dim=1)
+        for start in range(0, len(key), rows):
+            block = _standardised([f[start : start + rows] for f in features], vote.mean, vote.std)
+            query = F.normalize(block @ vote.projection, dim=1)
+            top, idx = (query @ vote.bank.T).topk(candidates, dim=1)
             top.masked_fill_(vote.keys[idx] == key[start : start + rows, None], -torch.inf)
             top, best = top.topk(k, dim=1)  # candidates come sorted, so this keeps their order
             voters = torch.isfinite(top).float()  # the image's own rows do not vote
@@ -95,6 +115,8 @@ class NeighbourVote:
     def state_dict(self) -> dict[str, torch.Tensor | int]:
         """Tensors and ints only, so checkpoints load with ``weights_only=True``."""
         return {
+            "mean": self.mean.cpu(),
+            "std": self.std.cpu(),
             "projection": self.projection.cpu(),
             "bank": self.bank.cpu().half(),
             "labels": self.labels.cpu(),
@@ -106,6 +128,8 @@ class NeighbourVote:
     @classmethod
     def from_state_dict(cls, state: dict) -> NeighbourVote:
         return cls(
+            mean=state["mean"],
+            std=state["std"],
             projection=state["projection"],
             bank=state["bank"],
             labels=state["labels"],
@@ -117,7 +141,7 @@ class NeighbourVote:
 
 
 def fit_neighbour_vote(
-    features: torch.Tensor,
+    features: Sequence[torch.Tensor],
     labels: np.ndarray,
     keys: np.ndarray,
     *,
@@ -130,7 +154,8 @@ def fit_neighbour_vote(
     Parameters
     ----------
     features
-        (N, D) standardised features of the training images (zero mean, as the probe standardises them).
+        One or more feature sets of the training images, each (N, D_i) float on one device: those of each probe of
+        one net (`qmix_cli.engine.probe.fit_probe`), read side by side.
     labels
         (N,) int given labels in ``[0, num_classes)``.
     keys
@@ -138,25 +163,38 @@ def fit_neighbour_vote(
     k, dim
         Neighbours that vote; principal axes kept (at most D).
     """
-    if not len(features) == len(labels) == len(keys):
-        raise ValueError(f"features, labels and keys differ in length: {len(features)}, {len(labels)}, {len(keys)}")
+    n = len(labels)
+    if not features or any(len(f) != n for f in features) or len(keys) != n:
+        lengths = [len(f) for f in features]
+        raise ValueError(f"features, labels and keys differ in length: {lengths}, {n}, {len(keys)}")
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
-    x = features.float()
+    device = features[0].device
+    # Standardised as the probes standardise, block by block: no standardised copy of the N × D features is held.
+    mean = torch.cat([f.float().mean(dim=0) for f in features])
+    std = torch.cat([f.float().std(dim=0, correction=0) for f in features]).clamp_min(1e-6)
+
+    def blocks() -> Iterator[torch.Tensor]:
+        for start in range(0, n, _COV_ROWS):
+            yield _standardised([f[start : start + _COV_ROWS] for f in features], mean, std)
+
     # The leading eigenvectors of the (D, D) covariance, summed in float64 block by block (no float64 copy of the
     # N × D features): exact and deterministic, unlike a randomised SVD, and cheap (D is at most a few thousand).
-    cov = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
-    for start in range(0, len(x), _COV_ROWS):
-        block = x[start : start + _COV_ROWS]
+    width = len(mean)
+    cov = torch.zeros(width, width, dtype=torch.float64, device=device)
+    for block in blocks():
         cov += (block.T @ block).double()
-    _, vectors = torch.linalg.eigh(cov / max(1, len(x)))
-    projection = vectors[:, -min(dim, x.shape[1]) :].flip(1).float()
+    _, vectors = torch.linalg.eigh(cov / max(1, n))
+    projection = vectors[:, -min(dim, width) :].flip(1).float()
     keys = np.asarray(keys, dtype=np.int64)
+    bank = torch.cat([F.normalize(block @ projection, dim=1).half() for block in blocks()])
     return NeighbourVote(
+        mean=mean,
+        std=std,
         projection=projection,
-        bank=F.normalize(x @ projection, dim=1).half(),
-        labels=torch.as_tensor(np.asarray(labels, dtype=np.int64), device=x.device),
-        keys=torch.as_tensor(keys, device=x.device),
+        bank=bank,
+        labels=torch.as_tensor(np.array(labels, dtype=np.int64), device=device),  # a copy: the caller's is read-only
+        keys=torch.as_tensor(keys, device=device),
         k=k,
         num_classes=num_classes,
         copies=_most_copies(keys),

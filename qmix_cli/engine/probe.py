@@ -11,8 +11,8 @@ look-alikes carry conflicting labels (docs/decisions.md, "Fifth round").
 Folds are drawn from a hash of each decoded image's pixels, not from row order or ``sample_id``: the audit of any
 manifest finds the fold of every training image again, whatever its id or path there, copies of one image share
 a fold, and an image the run never saw is scored by one fold's probe (trained on the other four fifths of the
-training set). The same hash, the image's key, tells the neighbour vote (`qmix_cli.engine.neighbours`), which a
-probe averages with its heads' softmax, which training images are the image itself and so must not vote.
+training set). The same hash, the image's key, tells the neighbour vote (`qmix_cli.engine.neighbours`), which the
+audit averages with the probes' output, which training images are the image itself and so must not vote.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from qmix_cli.engine.neighbours import NEIGHBOURS, NeighbourVote, fit_neighbour_vote
 from qmix_cli.errors import TrainingError
 
 FOLDS = 5
@@ -143,12 +142,10 @@ _SCORE_ROWS = 4096
 
 @dataclass(frozen=True)
 class LinearProbe:
-    """``folds`` linear heads on standardised features; head ``k`` was fitted without the images of fold ``k``;
-    and, unless it was switched off, the neighbour vote of the same features (`qmix_cli.engine.neighbours`).
+    """``folds`` linear heads on standardised features; head ``k`` was fitted without the images of fold ``k``.
 
     ``mean``/``std`` (D,), ``weight`` (folds, D, K), ``bias`` (folds, K); ``seed`` salts `image_keys`; ``stages``
-    says which features it reads (`QmixNet.forward_with_stages`); ``vote`` None for probes saved before votes
-    existed or fitted with ``neighbours=0``.
+    says which features it reads (`QmixNet.forward_with_stages`).
     """
 
     mean: torch.Tensor
@@ -157,7 +154,6 @@ class LinearProbe:
     bias: torch.Tensor
     seed: int
     stages: int = 1
-    vote: NeighbourVote | None = None
 
     @property
     def folds(self) -> int:
@@ -171,7 +167,6 @@ class LinearProbe:
             std=self.std.to(device),
             weight=self.weight.to(device),
             bias=self.bias.to(device),
-            vote=None if self.vote is None else self.vote.to(device),
         )
 
     def keys_of(self, images: np.ndarray) -> np.ndarray:
@@ -179,8 +174,7 @@ class LinearProbe:
         return image_keys(images, seed=self.seed)
 
     def probs(self, features: torch.Tensor, keys: np.ndarray) -> np.ndarray:
-        """(N, K): the softmax of each row's fold head (out of fold for every training image), averaged with the
-        row's neighbour vote (leave-one-out for every training image) when the probe has one.
+        """(N, K): the softmax of each row's fold head, out of fold for every training image.
 
         ``features`` (N, D) float on any device; ``keys`` (N,) from `keys_of`.
         """
@@ -197,15 +191,12 @@ class LinearProbe:
             for k in range(self.folds):
                 rows = fold[start:stop] == k
                 logits[rows] = x[rows] @ probe.weight[k] + probe.bias[k]
-            p = torch.softmax(logits, dim=1).cpu().numpy()
-            if probe.vote is not None:
-                p = (p + probe.vote.probs(x, keys[start:stop])) / 2
-            out.append(p)
+            out.append(torch.softmax(logits, dim=1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.weight.shape[2]), dtype=np.float32)
 
     def state_dict(self) -> dict:
-        """Tensors, ints and a dict of them only, so checkpoints load with ``weights_only=True``."""
-        state = {
+        """Tensors and ints only, so checkpoints load with ``weights_only=True``."""
+        return {
             "mean": self.mean.cpu(),
             "std": self.std.cpu(),
             "weight": self.weight.cpu(),
@@ -213,9 +204,6 @@ class LinearProbe:
             "seed": self.seed,
             "stages": self.stages,
         }
-        if self.vote is not None:
-            state["vote"] = self.vote.state_dict()
-        return state
 
     @classmethod
     def from_state_dict(cls, state: dict) -> LinearProbe:
@@ -226,7 +214,6 @@ class LinearProbe:
             bias=state["bias"],
             seed=int(state["seed"]),
             stages=int(state.get("stages", 1)),  # probes saved before stages were recorded read the pooled features
-            vote=NeighbourVote.from_state_dict(state["vote"]) if "vote" in state else None,
         )
 
 
@@ -240,9 +227,8 @@ def fit_probe(
     c: float = PROBE_C,
     seed: int = 0,
     stages: int = 1,
-    neighbours: int = NEIGHBOURS,
 ) -> LinearProbe:
-    """Fit one head per fold, each on the images of the other folds, and keep the features for a neighbour vote.
+    """Fit one head per fold, each on the images of the other folds.
 
     Parameters
     ----------
@@ -255,8 +241,6 @@ def fit_probe(
         (N,) int64 key of each image, ``image_keys(images, seed=seed)``: its fold is `folds_of_keys`; ``num_folds``
         heads are fitted (one with no image in its fold is fitted on all of them). ``seed`` is stored so that
         `LinearProbe.keys_of` finds the same keys again.
-    neighbours
-        Neighbours in the vote averaged with the heads' softmax (`qmix_cli.engine.neighbours`); 0: no vote.
     """
     if not len(features) == len(labels) == len(keys):
         raise ValueError(f"features, labels and keys differ in length: {len(features)}, {len(labels)}, {len(keys)}")
@@ -270,14 +254,10 @@ def fit_probe(
     # training rows are ever copied out (they would be 0.8 × N × D floats more on the device, per head).
     order = np.argsort(folds, kind="stable")
     x = features[torch.as_tensor(order, device=features.device)].sub_(mean).div_(std)
-    labels_sorted = np.asarray(labels, dtype=np.int64)[order]
-    y = torch.as_tensor(labels_sorted, device=x.device)
+    y = torch.as_tensor(np.asarray(labels, dtype=np.int64)[order], device=x.device)
     ends = np.cumsum(np.bincount(folds, minlength=num_folds))
     blocks = zip(np.concatenate([[0], ends[:-1]]).tolist(), ends.tolist(), strict=True)
     heads = [fit_softmax_regression(x, y, num_classes=num_classes, c=c, skip=block) for block in blocks]
-    vote = None
-    if neighbours > 0:
-        vote = fit_neighbour_vote(x, labels_sorted, keys[order], num_classes=num_classes, k=neighbours)
     return LinearProbe(
         mean=mean,
         std=std,
@@ -285,5 +265,4 @@ def fit_probe(
         bias=torch.stack([b for _, b in heads]),
         seed=seed,
         stages=stages,
-        vote=vote,
     )

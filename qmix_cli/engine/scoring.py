@@ -5,6 +5,7 @@ Training and audit both go through here, so a report scores samples exactly as t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,13 +66,15 @@ def separation_from_dict(data: dict[str, Any]) -> QualitySeparation:
     return QualitySeparation.from_dict(data)
 
 
-def probe_output(final: np.ndarray, warm: np.ndarray | None = None) -> np.ndarray:
-    """One net's probe output (N, K): its final probe's softmax, averaged with its warm-up snapshot's probe's when
-    the run kept the snapshot (`TrainConfig.audit_warmup`; docs/decisions.md, "Fifteenth round").
+def probe_output(heads: Sequence[np.ndarray], vote: np.ndarray | None = None) -> np.ndarray:
+    """One net's probe output (N, K): the mean of its probes' softmax outputs (the final net's probe and, where the
+    run kept the snapshot, its warm-up snapshot's: `TrainConfig.audit_warmup`, docs/decisions.md, "Fifteenth
+    round"), averaged with the net's neighbour vote where it has one (`qmix_cli.engine.neighbours`).
 
     Training scores the training images with this, the audit every image it reads, so both apply one rule.
     """
-    return final if warm is None else (final + warm) / 2
+    mean = heads[0] if len(heads) == 1 else np.mean(heads, axis=0)
+    return mean if vote is None else (mean + vote) / 2
 
 
 def mean_posteriors(separations, scores: Scores) -> np.ndarray:

@@ -7,7 +7,7 @@ loss terms are on (`MethodRules`).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -33,7 +33,9 @@ from qmix_cli.engine.losses import (
     unlabelled_mse,
 )
 from qmix_cli.engine.models import QmixNet, place_input
+from qmix_cli.engine.neighbours import NeighbourVote
 from qmix_cli.engine.probe import LinearProbe
+from qmix_cli.engine.scoring import probe_output
 from qmix_cli.engine.targets import co_guess, co_refine, mixup, pseudo_label, sample_lambda
 from qmix_cli.errors import TrainingError
 
@@ -157,18 +159,28 @@ def optimise(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch
 
 
 def _eval_outputs(
-    net: QmixNet, store: ImageStore, ctx: StepContext, *, batch_size: int, spec: ViewSpec | None, stages: int | None
-) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-    """(softmax, features or None) of each batch, float32 on the device: the deterministic eval view, or with
-    ``spec`` one random view of that kind per image (test-time augmentation). Features only when ``stages`` is
-    given: those of `QmixNet.forward_with_stages`."""
-    net.eval()
+    readers: Sequence[tuple[QmixNet, int | None]],
+    store: ImageStore,
+    ctx: StepContext,
+    *,
+    batch_size: int,
+    spec: ViewSpec | None,
+) -> Iterator[list[tuple[torch.Tensor, torch.Tensor | None]]]:
+    """For each batch, each net's (softmax, features or None), float32 on the device, all of one view of the batch:
+    the deterministic eval view, or with ``spec`` one random view of that kind per image (test-time augmentation).
+    ``readers`` pairs each net with the ``stages`` of `QmixNet.forward_with_stages` to return features of, or None
+    for no features."""
+    for net, _ in readers:
+        net.eval()
     for x in store.iterate(sequential_batches(len(store), batch_size=batch_size)):
         xv = ctx.eval_view(x) if spec is None else ctx.view(x, spec)
-        with ctx.autocast():
-            # net(x) when only the softmax is asked for: that is the call `torch.compile` has optimised.
-            logits, feats = (net(xv), None) if stages is None else net.forward_with_stages(xv, stages=stages)
-        yield torch.softmax(logits.float(), dim=1), (None if feats is None else feats.float())
+        outputs = []
+        for net, stages in readers:
+            with ctx.autocast():
+                # net(x) when only the softmax is asked for: that is the call `torch.compile` has optimised.
+                logits, feats = (net(xv), None) if stages is None else net.forward_with_stages(xv, stages=stages)
+            outputs.append((torch.softmax(logits.float(), dim=1), None if feats is None else feats.float()))
+        yield outputs
 
 
 @torch.no_grad()
@@ -176,7 +188,7 @@ def predict_probs(
     net: QmixNet, store: ImageStore, ctx: StepContext, *, batch_size: int, spec: ViewSpec | None = None
 ) -> np.ndarray:
     """Softmax of ``net`` on every image, float32 (N, K) (see `_eval_outputs` for ``spec``)."""
-    probs = [p.cpu() for p, _ in _eval_outputs(net, store, ctx, batch_size=batch_size, spec=spec, stages=None)]
+    probs = [p.cpu() for [(p, _)] in _eval_outputs([(net, None)], store, ctx, batch_size=batch_size, spec=spec)]
     return torch.cat(probs).numpy()
 
 
@@ -210,7 +222,7 @@ def predict_features(
     on the device `probe_fit_device` chooses."""
     out: torch.Tensor | None = None
     start = 0
-    for _, feats in _eval_outputs(net, store, ctx, batch_size=batch_size, spec=None, stages=stages):
+    for [(_, feats)] in _eval_outputs([(net, stages)], store, ctx, batch_size=batch_size, spec=None):
         if out is None:
             where = probe_fit_device(feats.device, len(store) * feats.shape[1] * feats.element_size())
             out = feats.new_empty((len(store), feats.shape[1]), device=where)
@@ -222,25 +234,33 @@ def predict_features(
 
 
 @torch.no_grad()
-def predict_with_probe(
-    net: QmixNet,
+def predict_with_probes(
+    nets: Sequence[QmixNet],
+    probes: Sequence[LinearProbe],
+    vote: NeighbourVote | None,
     store: ImageStore,
     ctx: StepContext,
-    probe: LinearProbe,
     keys: np.ndarray,
     *,
     batch_size: int,
     spec: ViewSpec | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Softmax of ``net`` (N, K) and the output of its audit ``probe`` (N, K), each image read by the head of its
-    fold and voted on by its neighbours other than its copies (``keys`` (N,), from `LinearProbe.keys_of`). Batch by
-    batch: the features, N × D' floats, are never all held at once, which is what lets an audit of millions of
-    images run in the memory of a batch."""
+    """One net's softmax (N, K) and its probe output (N, K), `probe_output` of its probes and vote.
+
+    ``nets`` are the final net and, where the run kept it, its warm-up snapshot, ``probes`` theirs, ``vote`` the
+    net's neighbour vote over both nets' features (or None); the softmax is that of ``nets[0]``. Each image is
+    read by the head of its fold and voted on by its neighbours other than its copies (``keys`` (N,), from
+    `LinearProbe.keys_of`). Batch by batch: the features, N × D' floats, are never all held at once, which is what
+    lets an audit of millions of images run in the memory of a batch."""
+    readers = [(net, probe.stages) for net, probe in zip(nets, probes, strict=True)]
     own, probed, start = [], [], 0
-    for probs, feats in _eval_outputs(net, store, ctx, batch_size=batch_size, spec=spec, stages=probe.stages):
-        stop = start + len(probs)
-        own.append(probs.cpu())
-        probed.append(probe.probs(feats, keys[start:stop]))
+    for outputs in _eval_outputs(readers, store, ctx, batch_size=batch_size, spec=spec):
+        feats = [f for _, f in outputs]
+        stop = start + len(feats[0])
+        batch_keys = keys[start:stop]
+        heads = [probe.probs(f, batch_keys) for probe, f in zip(probes, feats, strict=True)]
+        own.append(outputs[0][0].cpu())
+        probed.append(probe_output(heads, None if vote is None else vote.probs(feats, batch_keys)))
         start = stop
     return torch.cat(own).numpy(), np.concatenate(probed)
 

@@ -38,6 +38,7 @@ from qmix_cli.engine.models import (
     place_model,
     trained_models,
 )
+from qmix_cli.engine.neighbours import NeighbourVote, fit_neighbour_vote
 from qmix_cli.engine.probe import PROBE_STAGES, LinearProbe, fit_probe, image_keys
 from qmix_cli.engine.scoring import Scores, compute_scores, fit_separation, probe_output
 from qmix_cli.engine.separation import hard_groups, separation_aucs
@@ -292,33 +293,42 @@ class _Run:
         smoothed = np.mean(np.stack(self.history), axis=0)
         return Scores(probs=probs, loss=smoothed[..., 0], uncertainty=smoothed[..., 1])
 
-    def probe_scores(self) -> tuple[Scores, list[LinearProbe], list[LinearProbe]]:
-        """Scores of every training image from out-of-fold probes on each net's features; the final nets' probes;
-        the warm-up snapshot's probes (empty without a snapshot). With a snapshot, net k's scores are those of the
-        mean of its two probes' outputs (`TrainConfig.audit_warmup`)."""
-        keys = image_keys(self.images, seed=self.cfg.seed)
+    def probe_scores(self) -> tuple[Scores, list[LinearProbe], list[LinearProbe], list[NeighbourVote]]:
+        """Scores of every training image from out-of-fold probes on each net's features and, unless
+        ``audit_neighbours`` is 0, a leave-one-out neighbour vote over the same features; the final nets' probes;
+        the warm-up snapshot's probes (empty without a snapshot); each net's vote (empty without). Net k's scores
+        are those of `probe_output` of its probes (with a snapshot, two: `TrainConfig.audit_warmup`) and its vote.
+        """
+        cfg = self.cfg
+        keys = image_keys(self.images, seed=cfg.seed)
         sample = self.ctx.eval_view(torch.from_numpy(np.array(self.images[:2])).to(self.device))
-        final = [self._fit_probe(net, keys, sample) for net in self.forward_nets]
-        warm = [self._fit_probe(net, keys, sample) for net in self.warmup_nets()]
-        warm_probs = [p for _, p in warm] if warm else [None] * len(final)
-        probs = [probe_output(p, pw) for (_, p), pw in zip(final, warm_probs, strict=True)]
-        scores = compute_scores(np.stack(probs), self.labels_np, uncertainty=self.cfg.uncertainty)
-        return scores, [probe for probe, _ in final], [probe for probe, _ in warm]
+        snapshots = self.warmup_nets()
+        probes: list[LinearProbe] = []
+        warm_probes: list[LinearProbe] = []
+        votes: list[NeighbourVote] = []
+        probs = []
+        for k, net in enumerate(self.forward_nets):
+            fitted = [self._fit_probe(n, keys, sample) for n in [net, *snapshots[k : k + 1]]]
+            feats = [f for f, _ in fitted]
+            heads = [probe.probs(f, keys) for f, probe in fitted]
+            vote = None
+            if cfg.audit_neighbours > 0:
+                vote = fit_neighbour_vote(
+                    feats, self.labels_np, keys, num_classes=len(self.classes), k=cfg.audit_neighbours
+                )
+                votes.append(vote)
+            probs.append(probe_output(heads, None if vote is None else vote.probs(feats, keys)))
+            probes.append(fitted[0][1])
+            warm_probes.extend(probe for _, probe in fitted[1:])
+        scores = compute_scores(np.stack(probs), self.labels_np, uncertainty=cfg.uncertainty)
+        return scores, probes, warm_probes, votes
 
-    def _fit_probe(self, net: QmixNet, keys: np.ndarray, sample: torch.Tensor) -> tuple[LinearProbe, np.ndarray]:
-        """``net``'s out-of-fold probe and its outputs (N, K) on the training images."""
+    def _fit_probe(self, net: QmixNet, keys: np.ndarray, sample: torch.Tensor) -> tuple[torch.Tensor, LinearProbe]:
+        """``net``'s probe features of the training images (N, D) and its out-of-fold probe on them."""
         stages = max_probe_stages(net, sample, wanted=PROBE_STAGES)
         feats = predict_features(net, self.store, self.ctx, batch_size=self.cfg.eval_batch_size, stages=stages)
-        probe = fit_probe(
-            feats,
-            self.labels_np,
-            keys,
-            num_classes=len(self.classes),
-            seed=self.cfg.seed,
-            stages=stages,
-            neighbours=self.cfg.audit_neighbours,
-        )
-        return probe, probe.probs(feats, keys)
+        probe = fit_probe(feats, self.labels_np, keys, num_classes=len(self.classes), seed=self.cfg.seed, stages=stages)
+        return feats, probe
 
     def separate(self, scores: Scores, kind: str) -> list[Any]:
         cfg = self.cfg
@@ -572,8 +582,9 @@ def _finalise(run: _Run) -> None:
     separation and save what audit needs."""
     probes: list[LinearProbe] = []
     warmup_probes: list[LinearProbe] = []
+    votes: list[NeighbourVote] = []
     if run.cfg.audit_scores == "probe":
-        scores, probes, warmup_probes = run.probe_scores()
+        scores, probes, warmup_probes, votes = run.probe_scores()
     else:
         scores = run.scores()
     run.separations = run.separate(scores, "quality")
@@ -599,7 +610,7 @@ def _finalise(run: _Run) -> None:
         "proj_dim": run.cfg.proj_dim,
         "audit_scores": run.cfg.audit_scores,
         "audit_warmup": bool(warmup_probes),
-        "audit_neighbours": run.cfg.audit_neighbours if probes else 0,
+        "audit_neighbours": run.cfg.audit_neighbours if votes else 0,
         # Whether the final scores (what the separation was fitted on) came from mixed precision: the audit
         # scores in the same precision, so its posteriors are read on the scale the mixture was fitted on.
         "amp": run.amp_dtype is not None,
@@ -613,6 +624,8 @@ def _finalise(run: _Run) -> None:
         # The nets at the end of warm-up and their probes, which the audit averages in (none for `ce`).
         "warmup_nets": run.warmup_states if warmup_probes else [],
         "warmup_probes": [p.state_dict() for p in warmup_probes],
+        # Each net's neighbour vote over its probes' features (none with ``audit_neighbours`` 0).
+        "votes": [v.state_dict() for v in votes],
         "meta": json.dumps(meta),
     }
     # model.pt last: audit treats its presence as "the run is finished" (see `_make_run_dir`).

@@ -23,10 +23,11 @@ from qmix_cli.data.transforms import Normalise, weak_spec
 from qmix_cli.engine.batches import ImageStore
 from qmix_cli.engine.checkpoint import load_checkpoint
 from qmix_cli.engine.models import QmixNet, trained_models
+from qmix_cli.engine.neighbours import NeighbourVote
 from qmix_cli.engine.probe import LinearProbe
-from qmix_cli.engine.scoring import compute_scores, mean_posteriors, probe_output, separation_from_dict
+from qmix_cli.engine.scoring import compute_scores, mean_posteriors, separation_from_dict
 from qmix_cli.engine.separation import QualitySeparation, hard_groups
-from qmix_cli.engine.steps import StepContext, predict_probs, predict_with_probe
+from qmix_cli.engine.steps import StepContext, predict_probs, predict_with_probes
 from qmix_cli.engine.trainer import amp_dtype, resolve_device
 from qmix_cli.errors import QmixError
 from qmix_cli.progress import Reporter, SilentReporter
@@ -47,6 +48,8 @@ class TrainedRun:
     # ``audit_warmup`` off, runs saved before it existed): each net's probe outputs are averaged with its snapshot's.
     warmup_nets: list[QmixNet] = field(default_factory=list)
     warmup_probes: list[LinearProbe] = field(default_factory=list)
+    # Each net's neighbour vote over its probes' features, or none (``audit_neighbours`` 0, runs saved before it).
+    votes: list[NeighbourVote] = field(default_factory=list)
 
     @property
     def classes(self) -> list[str]:
@@ -91,6 +94,7 @@ def load_run(run_dir: str | Path, *, device: str = "auto") -> TrainedRun:
         device=dev,
         warmup_nets=nets("warmup_nets"),
         warmup_probes=probes("warmup_probes"),
+        votes=[NeighbourVote.from_state_dict(v).to(dev) for v in state.get("votes", [])],
     )
 
 
@@ -159,18 +163,19 @@ def score_dataset(
     views = [None] + [ctx.weak] * tta
     own, scored = [], []
 
-    def read(net: QmixNet, probe: LinearProbe) -> tuple[np.ndarray, np.ndarray]:
-        """The net's own softmax and its probe's, each averaged over the views."""
-        outputs = [predict_with_probe(net, store, ctx, probe, keys, batch_size=batch_size, spec=v) for v in views]
-        return np.mean([p for p, _ in outputs], axis=0), np.mean([p for _, p in outputs], axis=0)
-
     for k, net in enumerate(run.nets):
         if run.probes:
-            net_probs, probe_probs = read(net, run.probes[k])
             # The snapshot's own softmax is not used: predictions come from the final nets, the method's classifier.
-            warm = read(run.warmup_nets[k], run.warmup_probes[k])[1] if run.warmup_probes else None
-            own.append(net_probs)
-            scored.append(probe_output(probe_probs, warm))
+            nets, probes = [net], [run.probes[k]]
+            if run.warmup_probes:
+                nets.append(run.warmup_nets[k])
+                probes.append(run.warmup_probes[k])
+            vote = run.votes[k] if run.votes else None
+            outputs = [
+                predict_with_probes(nets, probes, vote, store, ctx, keys, batch_size=batch_size, spec=v) for v in views
+            ]
+            own.append(np.mean([p for p, _ in outputs], axis=0))
+            scored.append(np.mean([p for _, p in outputs], axis=0))
         else:
             own.append(np.mean([predict_probs(net, store, ctx, batch_size=batch_size, spec=v) for v in views], axis=0))
             scored.append(own[-1])

@@ -63,8 +63,8 @@ def test_probe_scores_each_image_out_of_fold(digits) -> None:
     x, y, images = digits
     keys = image_keys(images, seed=1)
     folds = folds_of_keys(keys, folds=3)
-    probe = fit_probe(x, y, keys, num_classes=10, num_folds=3, seed=1, neighbours=0)
-    assert probe.vote is None and np.array_equal(probe.keys_of(images), keys)
+    probe = fit_probe(x, y, keys, num_classes=10, num_folds=3, seed=1)
+    assert np.array_equal(probe.keys_of(images), keys)
     oof = per_sample_loss(probe.probs(x, keys), y)
     xs = (x - probe.mean) / probe.std
     for k in range(3):
@@ -77,16 +77,6 @@ def test_probe_scores_each_image_out_of_fold(digits) -> None:
     assert oof.mean() > in_sample.mean()
 
 
-def test_probe_output_is_the_mean_of_its_heads_and_its_neighbour_vote(digits) -> None:
-    x, y, images = digits
-    keys = image_keys(images, seed=1)
-    with_vote = fit_probe(x, y, keys, num_classes=10, seed=1)
-    heads_only = fit_probe(x, y, keys, num_classes=10, seed=1, neighbours=0)
-    assert with_vote.vote is not None and with_vote.vote.k == 10
-    vote = with_vote.vote.probs((x - with_vote.mean) / with_vote.std, keys)
-    np.testing.assert_allclose(with_vote.probs(x, keys), (heads_only.probs(x, keys) + vote) / 2, atol=1e-6)
-
-
 def test_probe_keeps_its_fold_count_when_a_fold_is_empty(digits) -> None:
     """Five images rarely fill five folds; the probe must still have five heads, or new images would be hashed
     into a different number of folds than the one it was fitted with."""
@@ -97,14 +87,13 @@ def test_probe_keeps_its_fold_count_when_a_fold_is_empty(digits) -> None:
     assert np.isfinite(probe.probs(x[:5], keys)).all()
 
 
-@pytest.mark.parametrize("neighbours", [0, 10])
-def test_probe_finds_flipped_labels_far_better_than_chance(digits, neighbours: int) -> None:
+def test_probe_finds_flipped_labels_far_better_than_chance(digits) -> None:
     x, y, images = digits
     rng = np.random.default_rng(0)
     flipped = rng.random(len(y)) < 0.2
     noisy = np.where(flipped, (y + rng.integers(1, 10, len(y))) % 10, y)
     keys = image_keys(images, seed=0)
-    probe = fit_probe(x, noisy, keys, num_classes=10, seed=0, neighbours=neighbours)
+    probe = fit_probe(x, noisy, keys, num_classes=10, seed=0)
     loss = per_sample_loss(probe.probs(x, keys), noisy)
     assert roc_auc_score(flipped, loss) > 0.95
 
@@ -116,16 +105,14 @@ def test_probe_state_round_trips_through_a_weights_only_checkpoint(digits, tmp_p
     torch.save(probe.state_dict(), tmp_path / "p.pt")
     state = torch.load(tmp_path / "p.pt", weights_only=True)
     again = LinearProbe.from_state_dict(state)
-    assert again.folds == probe.folds and again.seed == 2 and again.stages == 2 and again.vote is not None
+    assert again.folds == probe.folds and again.seed == 2 and again.stages == 2
     np.testing.assert_array_equal(again.probs(x[:300], keys), probe.probs(x[:300], keys))
     moved = again.to(torch.device("meta"))  # the audit moves each probe to the run's device once
-    assert {t.device.type for t in (moved.mean, moved.std, moved.weight, moved.bias, moved.vote.bank)} == {"meta"}
+    assert {t.device.type for t in (moved.mean, moved.std, moved.weight, moved.bias)} == {"meta"}
     assert (moved.seed, moved.stages) == (2, 2)
-    # Probes saved before the stages were recorded read the pooled features alone, and those saved before the
-    # neighbour vote existed are read without one.
-    del state["stages"], state["vote"]
-    old = LinearProbe.from_state_dict(state)
-    assert old.stages == 1 and old.vote is None
+    # Probes saved before the stages were recorded read the pooled features alone.
+    del state["stages"]
+    assert LinearProbe.from_state_dict(state).stages == 1
 
 
 def test_probe_rejects_misaligned_inputs(digits) -> None:

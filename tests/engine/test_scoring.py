@@ -13,11 +13,15 @@ def _softmax_rows(rng: np.random.Generator, n: int, k: int, scale: float) -> np.
     return e / e.sum(axis=1, keepdims=True)
 
 
-def test_probe_output_is_the_final_probe_alone_or_averaged_with_the_snapshot_probe():
+def test_probe_output_is_the_final_probe_alone_or_averaged_with_the_snapshot_probe_and_the_vote():
     rng = np.random.default_rng(0)
     final, warm = _softmax_rows(rng, 50, 4, 3.0), _softmax_rows(rng, 50, 4, 1.0)
-    assert probe_output(final) is final  # no snapshot: untouched
-    both = probe_output(final, warm)
+    vote = _softmax_rows(rng, 50, 4, 2.0)
+    assert probe_output([final]) is final  # no snapshot and no vote: untouched
+    np.testing.assert_allclose(probe_output([final], vote), (final + vote) / 2)
+    # The vote weighs as much as the probes together, however many there are.
+    np.testing.assert_allclose(probe_output([final, warm], vote), (final + warm) / 4 + vote / 2)
+    both = probe_output([final, warm])
     np.testing.assert_allclose(both.sum(axis=1), 1.0)
     # An arithmetic mean of the two probabilities: each given label's loss lies between the two probes' losses.
     labels = rng.integers(0, 4, 50)

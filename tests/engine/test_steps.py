@@ -10,7 +10,9 @@ from qmix_cli.categories import CLEAN, MIS_H, MIS_L
 from qmix_cli.data.transforms import Normalise, strong_spec, weak_spec
 from qmix_cli.engine.batches import ImageStore
 from qmix_cli.engine.models import create_model
+from qmix_cli.engine.neighbours import fit_neighbour_vote
 from qmix_cli.engine.probe import fit_probe, folds_of_keys, image_keys
+from qmix_cli.engine.scoring import probe_output
 from qmix_cli.engine.steps import (
     METHOD_RULES,
     PROBE_FEATURE_COPIES,
@@ -21,7 +23,7 @@ from qmix_cli.engine.steps import (
     method_rules,
     predict_features,
     predict_probs,
-    predict_with_probe,
+    predict_with_probes,
     probe_fit_device,
     ssl_epoch,
     ssl_epoch_size,
@@ -129,25 +131,29 @@ def test_progress_total_is_what_the_epoch_reports(n):
     assert sum(reported) == ssl_epoch_size(n, batch_size=BATCH)
 
 
-def test_streamed_probe_read_out_equals_the_probe_on_all_features():
-    """The audit applies each net's probe batch by batch; every row must get what the probe gives it on the
-    whole feature matrix, with the head of its own fold and its own neighbours, whatever the batch boundaries."""
+def test_streamed_probe_read_out_equals_the_probes_and_vote_on_all_features():
+    """The audit applies each net's probes and vote batch by batch, the final net and its snapshot on one view of
+    each batch; every row must get what they give it on the whole feature matrices, with the head of its own fold
+    and its own neighbours, whatever the batch boundaries."""
     rng = np.random.default_rng(0)
     n = 70
     images = rng.integers(0, 256, (n, 1, 16, 16), dtype=np.uint8)
+    labels = rng.integers(0, K, n)
     store = ImageStore(images, device=torch.device("cpu"))
     torch.manual_seed(0)
-    net = create_model("test_resnet", num_classes=K, in_chans=1)
+    nets = [create_model("test_resnet", num_classes=K, in_chans=1) for _ in range(2)]
     ctx = _ctx(0)
-    probs = predict_probs(net, store, ctx, batch_size=32)
-    feats = predict_features(net, store, ctx, batch_size=32, stages=2)
     keys = image_keys(images, seed=0)
-    probe = fit_probe(feats, rng.integers(0, K, n), keys, num_classes=K, stages=2)
-    assert probe.vote is not None  # the neighbour vote is streamed too
-    own, probed = predict_with_probe(net, store, ctx, probe, keys, batch_size=16)  # 16 does not divide 70
-    np.testing.assert_allclose(own, probs, atol=1e-6)
-    np.testing.assert_allclose(probed, probe.probs(feats, keys), atol=1e-6)
+    feats = [predict_features(net, store, ctx, batch_size=32, stages=s) for net, s in zip(nets, (2, 1), strict=True)]
+    probes = [fit_probe(f, labels, keys, num_classes=K, stages=s) for f, s in zip(feats, (2, 1), strict=True)]
+    vote = fit_neighbour_vote(feats, labels, keys, num_classes=K, k=5)
+    whole = probe_output([p.probs(f, keys) for p, f in zip(probes, feats, strict=True)], vote.probs(feats, keys))
+    own, probed = predict_with_probes(nets, probes, vote, store, ctx, keys, batch_size=16)  # 16 does not divide 70
+    np.testing.assert_allclose(own, predict_probs(nets[0], store, ctx, batch_size=32), atol=1e-6)
+    np.testing.assert_allclose(probed, whole, atol=1e-6)
     assert len(np.unique(folds_of_keys(keys))) > 1  # several heads were used
+    _, heads_only = predict_with_probes(nets[:1], probes[:1], None, store, ctx, keys, batch_size=16)
+    np.testing.assert_allclose(heads_only, probes[0].probs(feats[0], keys), atol=1e-6)
 
 
 def test_probe_features_stay_on_a_gpu_only_when_large_and_when_they_fit(monkeypatch):

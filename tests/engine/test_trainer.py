@@ -183,7 +183,10 @@ def test_warmup_snapshot_is_the_nets_at_the_end_of_warmup(noisy_digits, tmp_path
     train(noisy_digits, tmp_path / "qmix", method="qmix", epochs=4, warmup_epochs=2, on_epoch_end=record,
           cache_dir=str(qmix_cache_dir), **TINY_TRAIN)  # fmt: skip
     saved = torch.load(tmp_path / "qmix" / "model.pt", weights_only=True)
-    assert len(saved["warmup_nets"]) == len(saved["warmup_probes"]) == 2
+    assert len(saved["warmup_nets"]) == len(saved["warmup_probes"]) == len(saved["votes"]) == 2
+    # Each net's one vote reads its final probe's features and its snapshot probe's side by side.
+    for vote, final, warm in zip(saved["votes"], saved["probes"], saved["warmup_probes"], strict=True):
+        assert len(vote["mean"]) == len(vote["projection"]) == len(final["mean"]) + len(warm["mean"])
     for snapshot, warm, final in zip(saved["warmup_nets"], at_epoch[2], saved["nets"], strict=True):
         assert all(torch.equal(snapshot[k], warm[k]) for k in warm)
         assert not all(torch.equal(snapshot[k], final[k]) for k in final)  # the semi-supervised epochs trained on
@@ -191,14 +194,16 @@ def test_warmup_snapshot_is_the_nets_at_the_end_of_warmup(noisy_digits, tmp_path
 
 
 @pytest.mark.parametrize("neighbours", [7, 0])
-def test_probes_carry_the_neighbour_vote_unless_it_is_off(neighbours, noisy_digits, tmp_path, qmix_cache_dir):
+def test_each_net_has_a_neighbour_vote_unless_it_is_off(neighbours, noisy_digits, tmp_path, qmix_cache_dir):
     result = train(noisy_digits, tmp_path / "run", method="ce", epochs=2, audit_neighbours=neighbours,
                    cache_dir=str(qmix_cache_dir), **TINY_TRAIN)  # fmt: skip
-    (probe,) = torch.load(result.run_dir / "model.pt", weights_only=True)["probes"]
+    saved = torch.load(result.run_dir / "model.pt", weights_only=True)
+    (probe,) = saved["probes"]
     if neighbours:
-        assert probe["vote"]["k"] == neighbours and len(probe["vote"]["labels"]) == 1797
+        (vote,) = saved["votes"]  # `ce` keeps no snapshot: the vote reads the final net's probe features alone
+        assert vote["k"] == neighbours and len(vote["labels"]) == 1797 and len(vote["mean"]) == len(probe["mean"])
     else:
-        assert "vote" not in probe
+        assert saved["votes"] == []
     assert json.loads((result.run_dir / "run.json").read_text())["audit_neighbours"] == neighbours
 
 

@@ -59,9 +59,17 @@ def test_audit_of_the_training_set_reproduces_the_final_separation(trained, scor
     assert counts.tolist() == [final["n_clean"], final["n_mis_h"], final["n_mis_l"]]
 
 
-def test_without_its_warmup_probes_the_audit_scores_otherwise(trained, dataset, scores):
-    final_only = dataclasses.replace(trained, warmup_nets=[], warmup_probes=[])
-    other = score_dataset(final_only, dataset)
+@pytest.mark.parametrize(
+    "dropped",
+    [
+        {"votes": []},
+        # The votes read the snapshot's features too: without the snapshot, none can be asked.
+        {"warmup_nets": [], "warmup_probes": [], "votes": []},
+    ],
+)
+def test_without_its_votes_or_warmup_probes_the_audit_scores_otherwise(dropped, trained, dataset, scores):
+    assert all(getattr(trained, name) for name in dropped)
+    other = score_dataset(dataclasses.replace(trained, **dropped), dataset)
     assert np.abs(other.loss - scores.loss).max() > 1e-3
     np.testing.assert_array_equal(other.probs, scores.probs)  # the classifier is the final nets' in both
 
