@@ -32,8 +32,8 @@ NEIGHBOURS = 10
 # as well as 128 and costs less per vote (docs/decisions.md, "Nineteenth round").
 BANK_DIM = 64
 # Similarities computed at once (queries × bank rows), 16 MiB of floats: small enough that the top-k reads them
-# back from cache (a block four times larger made a vote 40 % slower on a 2-core CPU), large enough for full
-# matrix products.
+# back from cache (a block four times larger made the training set's vote 40 % slower on a 2-core CPU), large
+# enough for full matrix products.
 _SIM_BLOCK = 1 << 22
 _COV_ROWS = 8192
 
