@@ -3,9 +3,9 @@
 The audit probe (`qmix_cli.engine.probe`) asks one linear question of a net's features per class; a vote asks
 the features' neighbourhood. Where the two disagree is where one of them is wrong: a linear head is smooth and
 class-global, so it absorbs part of a class's label noise, while a vote is local and sees a wrongly labelled
-image among look-alikes that carry another label. Averaged with the probe's softmax, the vote gave the final
-separation steadier and better verdicts, on average over the benchmark's presets and over seven held-out
-conditions, for every method (docs/decisions.md, "Eighteenth round").
+image among look-alikes that carry another label. Averaged with the probes' softmax (`scoring.probe_output`),
+the vote gave the final separation steadier and better verdicts, on average over the benchmark's presets and over
+seven held-out conditions, for every method (docs/decisions.md, "Eighteenth round").
 
 One vote per net reads every feature set its probes read, side by side (the final net's and, where the run kept
 it, its warm-up snapshot's): one neighbourhood in both, rather than one vote per probe, voted as well and costs half
@@ -47,10 +47,12 @@ def _standardised(parts: Sequence[torch.Tensor], mean: torch.Tensor, std: torch.
 class NeighbourVote:
     """The training images' projected features and labels, and how to vote with them.
 
-    ``projection`` (D, d) float32 onto the leading principal axes of the standardised training features;
-    ``bank`` (N, d) their unit-norm projections, float16; ``labels`` (N,) int64 given labels; ``keys`` (N,) int64
-    pixel keys (`image_keys`); ``k`` neighbours vote; ``num_classes`` K; ``copies`` the most rows any one key has
-    (1 unless the training set holds exact copies): how many candidates beyond ``k`` a vote may have to skip.
+    ``mean``/``std`` (D,) standardise the feature sets side by side (D their summed widths; the probes'
+    statistics); ``projection`` (D, d) float32 onto the leading principal axes of the standardised training
+    features; ``bank`` (N, d) their unit-norm projections, float16; ``labels`` (N,) int64 given labels; ``keys``
+    (N,) int64 pixel keys (`image_keys`); ``k`` neighbours vote; ``num_classes`` K; ``copies`` the most rows any
+    one key has (1 unless the training set holds exact copies): how many candidates beyond ``k`` a vote may have
+    to skip.
     """
 
     mean: torch.Tensor

@@ -248,7 +248,8 @@ def predict_with_probes(
     """One net's softmax (N, K) and its probe output (N, K), `probe_output` of its probes and vote.
 
     ``nets`` are the final net and, where the run kept it, its warm-up snapshot, ``probes`` theirs, ``vote`` the
-    net's neighbour vote over both nets' features (or None); the softmax is that of ``nets[0]``. Each image is
+    net's neighbour vote over the features of ``nets`` in that order, as it was fitted (or None); the softmax is
+    that of ``nets[0]``. Each image is
     read by the head of its fold and voted on by its neighbours other than its copies (``keys`` (N,), from
     `LinearProbe.keys_of`). Batch by batch: the features, N × D' floats, are never all held at once, which is what
     lets an audit of millions of images run in the memory of a batch."""

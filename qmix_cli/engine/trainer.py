@@ -308,20 +308,37 @@ class _Run:
         votes: list[NeighbourVote] = []
         probs = []
         for k, net in enumerate(self.forward_nets):
-            fitted = [self._fit_probe(n, keys, sample) for n in [net, *snapshots[k : k + 1]]]
-            feats = [f for f, _ in fitted]
-            heads = [probe.probs(f, keys) for f, probe in fitted]
-            vote = None
-            if cfg.audit_neighbours > 0:
-                vote = fit_neighbour_vote(
-                    feats, self.labels_np, keys, num_classes=len(self.classes), k=cfg.audit_neighbours
-                )
+            fitted, vote, net_probs = self._read_net([net, *snapshots[k : k + 1]], keys, sample)
+            probes.append(fitted[0])
+            warm_probes.extend(fitted[1:])
+            if vote is not None:
                 votes.append(vote)
-            probs.append(probe_output(heads, None if vote is None else vote.probs(feats, keys)))
-            probes.append(fitted[0][1])
-            warm_probes.extend(probe for _, probe in fitted[1:])
+            probs.append(net_probs)
         scores = compute_scores(np.stack(probs), self.labels_np, uncertainty=cfg.uncertainty)
         return scores, probes, warm_probes, votes
+
+    def _read_net(
+        self, nets: list[QmixNet], keys: np.ndarray, sample: torch.Tensor
+    ) -> tuple[list[LinearProbe], NeighbourVote | None, np.ndarray]:
+        """One net's probes (the net's, then its snapshot's), its vote and its probe output (N, K) on the training
+        images. A function of its own so that one net's feature matrices are freed before the next net's are made.
+        """
+        fitted = [self._fit_probe(n, keys, sample) for n in nets]
+        feats = [f for f, _ in fitted]
+        heads = [probe.probs(f, keys) for f, probe in fitted]
+        vote = None
+        if self.cfg.audit_neighbours > 0:
+            if len({f.device for f in feats}) > 1:
+                # Each matrix was placed by the GPU memory free when it was made; the vote needs them together.
+                feats = [f.cpu() for f in feats]
+            vote = fit_neighbour_vote(
+                feats, self.labels_np, keys, num_classes=len(self.classes), k=self.cfg.audit_neighbours
+            )
+        return (
+            [probe for _, probe in fitted],
+            vote,
+            probe_output(heads, None if vote is None else vote.probs(feats, keys)),
+        )
 
     def _fit_probe(self, net: QmixNet, keys: np.ndarray, sample: torch.Tensor) -> tuple[torch.Tensor, LinearProbe]:
         """``net``'s probe features of the training images (N, D) and its out-of-fold probe on them."""

@@ -85,7 +85,7 @@ def load_run(run_dir: str | Path, *, device: str = "auto") -> TrainedRun:
     def probes(key: str) -> list[LinearProbe]:
         return [LinearProbe.from_state_dict(p).to(dev) for p in state.get(key, [])]
 
-    return TrainedRun(
+    run = TrainedRun(
         run_dir=run_dir,
         meta=meta,
         nets=nets("nets"),
@@ -96,6 +96,23 @@ def load_run(run_dir: str | Path, *, device: str = "auto") -> TrainedRun:
         warmup_probes=probes("warmup_probes"),
         votes=[NeighbourVote.from_state_dict(v).to(dev) for v in state.get("votes", [])],
     )
+    _check_votes(run)
+    return run
+
+
+def _check_votes(run: TrainedRun) -> None:
+    """Each net's vote must read the features its probes read: a mismatch (an edited or damaged ``model.pt``)
+    would otherwise surface as a shape error deep inside the audit."""
+    if not run.votes:
+        return
+    widths = [len(p.mean) for p in run.probes]
+    for k, warm in enumerate(run.warmup_probes[: len(widths)]):
+        widths[k] += len(warm.mean)
+    if len(run.votes) != len(widths) or any(len(v.mean) != w for v, w in zip(run.votes, widths, strict=False)):
+        raise QmixError(
+            f"{run.run_dir / 'model.pt'}: its neighbour votes do not match its probes (a damaged or edited file); "
+            "train the run again"
+        )
 
 
 @dataclass(frozen=True)

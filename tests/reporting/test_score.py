@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from sklearn.metrics import roc_auc_score
 
 from qmix_cli.data.manifest import create_dataset
 from qmix_cli.engine.separation import entropy, hard_groups
+from qmix_cli.errors import QmixError
 from qmix_cli.reporting.score import AuditScores, load_run, score_dataset
 
 
@@ -40,6 +43,21 @@ def _fields(s: AuditScores) -> dict[str, np.ndarray]:
     }
 
 
+def test_a_run_whose_votes_do_not_match_its_probes_is_refused(qmix_run, tmp_path):
+    """A vote reads the features of its net's final and warm-up probes side by side; a model.pt holding votes
+    without the warm-up probes (edited or damaged) must fail at loading, with the file named."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(qmix_run.run_dir, run_dir)
+    state = torch.load(run_dir / "model.pt", weights_only=True)
+    state["warmup_nets"], state["warmup_probes"] = [], []
+    torch.save(state, run_dir / "model.pt")
+    with pytest.raises(QmixError, match="neighbour votes do not match its probes"):
+        load_run(run_dir, device="cpu")
+    state["votes"] = []  # the same run without its votes is a valid run: final probes alone
+    torch.save(state, run_dir / "model.pt")
+    assert load_run(run_dir, device="cpu").votes == []
+
+
 def test_load_run(trained, qmix_run):
     assert trained.run_dir == Path(qmix_run.run_dir)
     assert trained.classes == [str(i) for i in range(10)]
@@ -51,11 +69,13 @@ def test_load_run(trained, qmix_run):
 
 
 def test_audit_of_the_training_set_reproduces_the_final_separation(trained, scores):
-    """The audit reads the nets as training's last step did (final and warm-up probes averaged, net by net), so its
-    groups of the training images are the ones training ended with; without the warm-up probes they are not."""
+    """The audit reads the nets as training's last step did (final and warm-up probes averaged, and each net's
+    vote, net by net), so its groups of the training images are the ones training ended with; without the warm-up
+    probes or the votes they are not (below)."""
     final = trained.meta["final_summary"]
     counts = np.bincount(scores.categories, minlength=3)
     assert trained.meta["audit_warmup"] and len(trained.warmup_nets) == len(trained.warmup_probes) == 2
+    assert len(trained.votes) == 2 and trained.meta["audit_neighbours"] == 10
     assert counts.tolist() == [final["n_clean"], final["n_mis_h"], final["n_mis_l"]]
 
 
