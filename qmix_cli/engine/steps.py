@@ -249,10 +249,9 @@ def predict_with_probes(
 
     ``nets`` are the final net and, where the run kept it, its warm-up snapshot, ``probes`` theirs, ``vote`` the
     net's neighbour vote over the features of ``nets`` in that order, as it was fitted (or None); the softmax is
-    that of ``nets[0]``. Each image is
-    read by the head of its fold and voted on by its neighbours other than its copies (``keys`` (N,), from
-    `LinearProbe.keys_of`). Batch by batch: the features, N × D' floats, are never all held at once, which is what
-    lets an audit of millions of images run in the memory of a batch."""
+    that of ``nets[0]``. Each image is read by the head of its fold and voted on by its neighbours other than its
+    copies (``keys`` (N,), from `LinearProbe.keys_of`). Batch by batch: the features, N × D' floats, are never all
+    held at once, which is what lets an audit of millions of images run in the memory of a batch."""
     readers = [(net, probe.stages) for net, probe in zip(nets, probes, strict=True)]
     own, probed, start = [], [], 0
     for outputs in _eval_outputs(readers, store, ctx, batch_size=batch_size, spec=spec):
