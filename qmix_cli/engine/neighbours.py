@@ -31,10 +31,12 @@ NEIGHBOURS = 10
 # Principal axes the stored training features keep: 128 bytes per image in float16, whatever the backbone. 64 voted
 # as well as 128 and costs less per vote (docs/decisions.md, "Nineteenth round").
 BANK_DIM = 64
-# Similarities computed at once (queries × bank rows), 16 MiB of floats: small enough that the top-k reads them
-# back from cache (a block four times larger made the training set's vote 40 % slower on a 2-core CPU), large
-# enough for full matrix products.
+# Similarities computed at once (queries × bank rows). On the host 16 MiB of floats: small enough that the top-k
+# reads them back from cache (a block four times larger made the training set's vote 40 % slower on a 2-core CPU),
+# large enough for full matrix products. A GPU has no such cache to fit and pays for every kernel launch, so it
+# keeps the larger blocks it had before (64 MiB; not yet timed there).
 _SIM_BLOCK = 1 << 22
+_SIM_BLOCK_GPU = 1 << 24
 _COV_ROWS = 8192
 
 
@@ -102,7 +104,8 @@ class NeighbourVote:
         candidates = min(self.k + self.copies, len(vote.labels))
         k = min(self.k, candidates)
         out = torch.zeros(len(key), self.num_classes, device=device)
-        rows = max(1, _SIM_BLOCK // max(1, len(vote.labels)))
+        block_size = _SIM_BLOCK if device.type == "cpu" else _SIM_BLOCK_GPU
+        rows = max(1, block_size // max(1, len(vote.labels)))
         for start in range(0, len(key), rows):
             block = _standardised([f[start : start + rows] for f in features], vote.mean, vote.std)
             query = F.normalize(block @ vote.projection, dim=1)
