@@ -6,18 +6,20 @@
 #   benchmarks/gpu_check.sh profile OUTDIR      # qmix's training and audit at 224 px under cProfile (~1.5 min)
 #   benchmarks/gpu_check.sh probefit OUTDIR     # the audit probes' fit: host threads against the GPU (~1 min)
 #   benchmarks/gpu_check.sh layout OUTDIR       # channels-last against the default layout under autocast (~1 min)
+#   benchmarks/gpu_check.sh vote OUTDIR         # the audit's neighbour vote by training-set size and block (~1 min)
 #   benchmarks/gpu_check.sh quality OUTDIR      # qmix, then ce, on 20,000 Fashion-MNIST images for 30 epochs
 #   benchmarks/gpu_check.sh all OUTDIR          # throughput, tests and quality, in that order
 #   benchmarks/gpu_check.sh throughput,tests,profile OUTDIR   # any steps, comma-separated, in the order above
 #
 # Each step writes its JSON and log to OUTDIR as soon as it ends, so a lease cut short keeps what finished (`all`
-# writes 8 files, throughput 2, tests 1, profile 4, probefit 2, layout 2, quality 5: a lease that returns at most 8 needs the
+# writes 8 files, throughput 2, tests 1, profile 4, probefit 2, layout 2, vote 2, quality 5: a lease that returns at most 8 needs the
 # steps chosen to fit). BUDGET_S (seconds, default none) bounds the whole script: each step is stopped where it
 # would overrun, keeping what it wrote (a stopped training run keeps its per-epoch metrics).
 # Works from a checkout without installing qmix (the repository goes on PYTHONPATH) where torch, timm and the other
 # dependencies are present. Fashion-MNIST comes from the Debian package or from $QMIX_FASHION_MNIST_DIR (the four
 # original idx .gz files). Environment overrides, for a dry run on a CPU: DEVICE (default cuda), MODEL, IMG_SIZE,
-# TRAIN_SIZE, EPOCHS, METHODS, PROFILE_SIZE, LAYOUT_MODELS, QUALITY_SIZE, QUALITY_EPOCHS, QUALITY_MODEL, QUALITY_IMG_SIZE, BUDGET_S.
+# TRAIN_SIZE, EPOCHS, METHODS, PROFILE_SIZE, LAYOUT_MODELS, VOTE_SIZES, QUALITY_SIZE, QUALITY_EPOCHS, QUALITY_MODEL,
+# QUALITY_IMG_SIZE, BUDGET_S.
 set -uo pipefail
 
 steps=",${1:-all},"
@@ -88,6 +90,12 @@ if wants layout; then
   # Channels-last has been the default on CUDA from the start, chosen for tensor cores and never measured here.
   CAP="${LAYOUT_CAP_S:-150}" run_step layout "$python" bench_memory_format.py --device "$device" \
     --models "${LAYOUT_MODELS:-resnet18:224:3,efficientnet_b0:224:3,convnext_atto:224:3}" --json "$out/layout.json"
+fi
+if wants vote; then
+  # The similarity block was chosen for a host's cache (docs/decisions.md, "Nineteenth round"); a GPU keeps a larger
+  # one, untimed until this step runs there. Widths of a resnet18's two probe feature sets, for each snapshot.
+  CAP="${VOTE_CAP_S:-150}" run_step vote "$python" bench_vote.py --device "$device" \
+    --sizes "${VOTE_SIZES:-20000,100000,300000}" --widths 768,768 --blocks 22,24,26 --json "$out/vote.json"
 fi
 if wants quality; then
   # Does qmix's semi-supervised phase improve its classifier once the schedule is long enough for mixup, and does

@@ -79,7 +79,9 @@ class NeighbourVote:
             keys=self.keys.to(device),
         )
 
-    def probs(self, features: Sequence[torch.Tensor], keys: np.ndarray) -> np.ndarray:
+    def probs(
+        self, features: Sequence[torch.Tensor], keys: np.ndarray, *, block_entries: int | None = None
+    ) -> np.ndarray:
         """The vote of each image's ``k`` nearest training images other than its copies, (B, K) float32.
 
         Parameters
@@ -89,6 +91,9 @@ class NeighbourVote:
             standardised).
         keys
             (B,) int64 pixel keys of the images (`image_keys` with the probe's seed).
+        block_entries
+            Similarities computed at once (queries × bank rows); by default `_SIM_BLOCK` on the host and
+            `_SIM_BLOCK_GPU` on a GPU. The vote is the same whatever the block; only its speed and memory change.
 
         Returns
         -------
@@ -104,8 +109,9 @@ class NeighbourVote:
         candidates = min(self.k + self.copies, len(vote.labels))
         k = min(self.k, candidates)
         out = torch.zeros(len(key), self.num_classes, device=device)
-        block_size = _SIM_BLOCK if device.type == "cpu" else _SIM_BLOCK_GPU
-        rows = max(1, block_size // max(1, len(vote.labels)))
+        if block_entries is None:
+            block_entries = _SIM_BLOCK if device.type == "cpu" else _SIM_BLOCK_GPU
+        rows = max(1, block_entries // max(1, len(vote.labels)))
         for start in range(0, len(key), rows):
             block = _standardised([f[start : start + rows] for f in features], vote.mean, vote.std)
             query = F.normalize(block @ vote.projection, dim=1)
