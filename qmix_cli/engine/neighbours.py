@@ -32,9 +32,10 @@ NEIGHBOURS = 10
 # as well as 128 and costs less per vote (docs/decisions.md, "Nineteenth round").
 BANK_DIM = 64
 # Similarities computed at once (queries × bank rows). On the host 16 MiB of floats: small enough that the top-k
-# reads them back from cache (a block four times larger made the training set's vote 40 % slower on a 2-core CPU),
-# large enough for full matrix products. A GPU has no such cache to fit and pays for every kernel launch, so it
-# keeps the larger blocks it had before (64 MiB; not yet timed there).
+# reads them back from cache (a block four times larger made the training set's vote 1.25-1.7 times slower at
+# 5,000-50,000 images on a 2-core CPU: benchmarks/bench_vote.py), large enough for full matrix products. A GPU has
+# no such cache to fit and pays for every kernel launch, so it keeps the larger blocks it had before (64 MiB; not
+# yet timed there).
 _SIM_BLOCK = 1 << 22
 _SIM_BLOCK_GPU = 1 << 24
 _COV_ROWS = 8192
