@@ -26,6 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from qmix_cli.engine.probe import standardisation
+
 # Neighbours that vote. Ten is the usual choice of kNN label-noise detectors; 5 and 20 did no better on average.
 NEIGHBOURS = 10
 # Principal axes the stored training features keep: 128 bytes per image in float16, whatever the backbone. 64 voted
@@ -183,8 +185,8 @@ def fit_neighbour_vote(
         raise ValueError(f"k must be at least 1, got {k}")
     device = features[0].device
     # Standardised as the probes standardise, block by block: no standardised copy of the N × D features is held.
-    mean = torch.cat([f.float().mean(dim=0) for f in features])
-    std = torch.cat([f.float().std(dim=0, correction=0) for f in features]).clamp_min(1e-6)
+    stats = [standardisation(f) for f in features]
+    mean, std = torch.cat([m for m, _ in stats]), torch.cat([s for _, s in stats])
 
     def blocks() -> Iterator[torch.Tensor]:
         for start in range(0, n, _COV_ROWS):

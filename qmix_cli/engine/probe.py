@@ -72,6 +72,14 @@ def folds_of_keys(keys: np.ndarray, *, folds: int = FOLDS) -> np.ndarray:
     return (np.asarray(keys, dtype=np.int64).view(np.uint64) % np.uint64(folds)).astype(np.int64)
 
 
+def standardisation(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each column's mean and standard deviation, (D,) float32 each, of (N, D) features: what the probes (and the
+    neighbour vote, reading the same features) standardise with. A constant feature (a dead ReLU channel) would
+    divide by zero; any positive std leaves it at 0."""
+    x = features.float()
+    return x.mean(dim=0), x.std(dim=0, correction=0).clamp_min(1e-6)
+
+
 def fit_softmax_regression(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -247,9 +255,7 @@ def fit_probe(
     keys = np.asarray(keys, dtype=np.int64)
     folds = folds_of_keys(keys, folds=num_folds)
     features = features.float()
-    mean = features.mean(dim=0)
-    # A constant feature (a dead ReLU channel) would divide by zero; any positive std leaves it at 0.
-    std = features.std(dim=0, correction=0).clamp_min(1e-6)
+    mean, std = standardisation(features)
     # One standardised copy, sorted by fold: each head then skips one contiguous block of rows, and no fold's
     # training rows are ever copied out (they would be 0.8 × N × D floats more on the device, per head).
     order = np.argsort(folds, kind="stable")
