@@ -97,6 +97,7 @@ def train(
     file or a `TrainConfig`). With ``resume=True`` the run continues with its saved configuration.
     """
     from qmix_cli.config import config_from_dict, load_config_file
+    from qmix_cli.data.cache import DecodeTarget
     from qmix_cli.data.manifest import create_dataset
     from qmix_cli.engine.trainer import resume_config
     from qmix_cli.engine.trainer import train as run_training
@@ -114,7 +115,13 @@ def train(
     else:
         cfg = resolve_config(config_file=config, overrides=options)
     with _reporter(console, quiet) as rep:
-        dataset = create_dataset(data, on_bad_image=cfg.on_bad_image, cache_dir=cfg.cache_dir, reporter=rep)
+        dataset = create_dataset(
+            data,
+            on_bad_image=cfg.on_bad_image,
+            cache_dir=cfg.cache_dir,
+            reporter=rep,
+            decode_to=DecodeTarget(cfg.img_size, None if cfg.channels == "auto" else int(cfg.channels)),
+        )
         if len(dataset.skipped):
             rep.log(f"skipped {len(dataset.skipped)} unreadable images: {', '.join(dataset.skipped['path'][:5])}")
         return run_training(dataset, cfg, out, resume=resume, force=force, reporter=rep, on_epoch_end=on_epoch_end)
@@ -147,6 +154,7 @@ def audit(
     """
     import pyarrow as pa
 
+    from qmix_cli.data.cache import DecodeTarget
     from qmix_cli.data.manifest import check_output_file, create_dataset
     from qmix_cli.reporting.report import REPORT_ORDERS, infer_format, open_report_writer
     from qmix_cli.reporting.score import load_run, metadata_for, report_batches, score_dataset
@@ -168,6 +176,7 @@ def audit(
             on_bad_image=on_bad_image,  # type: ignore[arg-type]
             cache_dir=cache_dir,
             reporter=rep,
+            decode_to=DecodeTarget(trained.meta["img_size"], trained.meta["channels"]),
         )
         if out is not None and str(out) != "-":
             check_output_file(dataset, out)

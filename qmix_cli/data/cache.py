@@ -2,29 +2,46 @@
 
 Later epochs (and later runs on the same files) memory-map it instead of decoding again. The key covers each
 file's path, size and modification time plus the target size and channels, so an edited image is re-read.
+
+A dataset whose images are checked for the first time can fill the cache in the same pass (`CacheFill`, through
+``create_dataset(decode_to=...)``): every image is then decoded once, not once to check it and again to cache it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+from PIL import Image
 
 from qmix_cli.data.builtin import default_cache_dir
-from qmix_cli.data.images import default_workers, read_image
-from qmix_cli.data.manifest import Dataset
-from qmix_cli.data.scan_cache import files_digest
+from qmix_cli.data.images import GRAY_MODES, default_workers, fit_image, read_image
+from qmix_cli.data.scan_cache import file_stats, files_digest
 from qmix_cli.io import atomic_path
+
+if TYPE_CHECKING:  # manifest.py imports this module when it checks images
+    from qmix_cli.data.manifest import Dataset
 
 CACHE_VERSION = "1"
 
 
-def cache_key(paths: Sequence[str | Path], *, size: int, channels: int) -> str:
-    return files_digest(paths, salt=f"v{CACHE_VERSION}|{size}|{channels}")
+def cache_key(
+    paths: Sequence[str | Path], *, size: int, channels: int, stats: Sequence[tuple[int, int]] | None = None
+) -> str:
+    """The cache file's name for ``paths`` decoded at ``size`` and ``channels`` (``stats``: see `files_digest`)."""
+    return files_digest(paths, salt=f"v{CACHE_VERSION}|{size}|{channels}", stats=stats)
+
+
+def _decoded_folder(cache_dir: str | Path | None) -> Path:
+    return Path(cache_dir or default_cache_dir()) / "decoded"
 
 
 def decode_all(
@@ -71,7 +88,7 @@ def cached_images(
 ) -> np.ndarray:
     """All images of ``dataset`` as a read-only memory-mapped uint8 array of shape (N, channels, size, size)."""
     paths = dataset.file_paths
-    folder = Path(cache_dir or default_cache_dir()) / "decoded"
+    folder = _decoded_folder(cache_dir)
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{cache_key(paths, size=size, channels=channels)}.npy"
     _remove_stale_partials(folder)
@@ -82,3 +99,85 @@ def cached_images(
             arr.flush()
             del arr
     return np.load(target, mmap_mode="r")
+
+
+@dataclass(frozen=True)
+class DecodeTarget:
+    """The size images are decoded to for the cache, and their channels: 1 or 3, or None for what
+    ``channels: auto`` makes of the dataset (1 when every image is grayscale, else 3)."""
+
+    size: int
+    channels: int | None = None
+
+
+class CacheFill:
+    """The decoded-image cache filled while a dataset's images are checked.
+
+    `create_dataset` proves every image readable by decoding it; `cached_images` decodes it again at the run's
+    size. Told that size and channels, the check hands each decoded image to `put` and `finish` stores the good
+    rows where `cached_images` will look for them. The key is that of the files as `start` found them, *before*
+    they were decoded, as `cached_images` does it: a file edited meanwhile is decoded again by the next run.
+
+    With ``channels`` None the images are kept as one channel, and the first colour image abandons the fill (the
+    dataset is then read with three channels, which `cached_images` decodes as before).
+    """
+
+    def __init__(self, paths: Sequence[str], target: DecodeTarget, folder: Path) -> None:
+        self.paths = paths
+        self.target = target
+        self.channels = target.channels or 1
+        self.folder = folder
+        self.stats = file_stats(paths)
+        folder.mkdir(parents=True, exist_ok=True)
+        # Named like `atomic_path`'s partials, so that one left by a killed process is cleaned up alike.
+        fd, name = tempfile.mkstemp(prefix=".fill.npy.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        self.tmp = Path(name)
+        shape = (len(paths), self.channels, target.size, target.size)
+        self.rows: np.memmap | None = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.uint8, shape=shape)
+        self.abandoned = False
+
+    @classmethod
+    def start(cls, paths: Sequence[str], target: DecodeTarget, *, cache_dir: str | Path | None) -> CacheFill | None:
+        """A fill for ``paths``, or None where there is nothing to fill: the cache already holds them, or a
+        file cannot be stat'ed (the check will report it)."""
+        folder = _decoded_folder(cache_dir)
+        try:
+            key = cache_key(paths, size=target.size, channels=target.channels or 1)
+        except OSError:
+            return None
+        return None if (folder / f"{key}.npy").is_file() else cls(paths, target, folder)
+
+    def put(self, i: int, img: Image.Image) -> None:
+        """Keep image ``i`` of the paths, decoded (called from the checking threads; rows are disjoint)."""
+        if self.abandoned:
+            return
+        if self.target.channels is None and img.mode not in GRAY_MODES:
+            self.abandoned = True
+            return
+        self.rows[i] = fit_image(img, channels=self.channels, size=self.target.size).transpose(2, 0, 1)
+
+    def finish(self, good: np.ndarray) -> None:
+        """Store rows ``good`` (N,) bool, the images the dataset keeps, as the cache of their paths."""
+        if self.abandoned or self.rows is None:
+            return
+        keep = np.flatnonzero(good)
+        paths = [self.paths[i] for i in keep]
+        key = cache_key(paths, size=self.target.size, channels=self.channels, stats=[self.stats[i] for i in keep])
+        target = self.folder / f"{key}.npy"
+        if target.is_file() or not len(keep):
+            return
+        self.rows.flush()
+        with atomic_path(target) as tmp:
+            if len(keep) == len(self.paths):
+                os.replace(self.tmp, tmp)
+            else:
+                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(keep), *self.rows.shape[1:]))
+                out[:] = self.rows[keep]
+                out.flush()
+                del out
+
+    def close(self) -> None:
+        """Drop the partial file (what `finish` did not move into the cache)."""
+        self.rows = None  # unmaps it
+        self.tmp.unlink(missing_ok=True)

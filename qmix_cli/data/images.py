@@ -40,13 +40,19 @@ def default_workers() -> int:
     return min(8, os.cpu_count() or 1)
 
 
-def inspect_image(path: str | Path) -> ImageInfo:
-    """Decode one image fully and describe it, or say why it cannot be used."""
+def inspect_image(path: str | Path, *, keep: Callable[[Image.Image], None] | None = None) -> ImageInfo:
+    """Decode one image fully and describe it, or say why it cannot be used.
+
+    ``keep``, if given, receives the decoded image of a good file before it is closed (`scan_images` uses it to
+    fill the decoded-image cache in the same pass); an error it raises marks the image unreadable.
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 img.load()
+                if keep is not None:
+                    keep(img)
                 return ImageInfo(error=None, mode=img.mode, size=img.size)
     except FileNotFoundError:
         return ImageInfo(error="file not found")
@@ -80,15 +86,20 @@ def to_array(img: Image.Image, *, channels: int) -> np.ndarray:
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
+def fit_image(img: Image.Image, *, channels: int, size: int | None = None) -> np.ndarray:
+    """A decoded image as uint8 ``(H, W, channels)``, optionally resized to ``size × size`` (bilinear)."""
+    if size is not None and img.size != (size, size):
+        if img.mode not in {"L", "RGB"}:
+            img = Image.fromarray(to_array(img, channels=channels).squeeze(-1 if channels == 1 else None))
+        img = img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    return to_array(img, channels=channels)
+
+
 def read_image(path: str | Path, *, channels: int, size: int | None = None) -> np.ndarray:
     """Decode an image to uint8 ``(H, W, channels)``, optionally resized to ``size × size`` (bilinear)."""
     with Image.open(path) as img:
         img.load()
-        if size is not None and img.size != (size, size):
-            if img.mode not in {"L", "RGB"}:
-                img = Image.fromarray(to_array(img, channels=channels).squeeze(-1 if channels == 1 else None))
-            img = img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
-        return to_array(img, channels=channels)
+        return fit_image(img, channels=channels, size=size)
 
 
 def scan_images(
@@ -96,19 +107,28 @@ def scan_images(
     *,
     workers: int | None = None,
     progress: Callable[[int], None] | None = None,
+    keep: Callable[[int, Image.Image], None] | None = None,
 ) -> list[ImageInfo]:
-    """Inspect every image in parallel threads; results are in the order of ``paths``."""
+    """Inspect every image in parallel threads; results are in the order of ``paths``.
+
+    ``keep(i, image)``, if given, receives each good image, decoded, with its index in ``paths`` (called from the
+    decoding threads, so it must be safe to call from several at once).
+    """
+
+    def inspect(i: int) -> ImageInfo:
+        return inspect_image(paths[i], keep=None if keep is None else lambda img: keep(i, img))
+
     workers = workers or default_workers()
     if workers <= 1 or len(paths) < 64:
         out = []
-        for p in paths:
-            out.append(inspect_image(p))
+        for i in range(len(paths)):
+            out.append(inspect(i))
             if progress:
                 progress(1)
         return out
     results: list[ImageInfo] = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for info in pool.map(inspect_image, paths, chunksize=64):
+        for info in pool.map(inspect, range(len(paths)), chunksize=64):
             results.append(info)
             if progress:
                 progress(1)

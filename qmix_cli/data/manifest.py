@@ -7,11 +7,12 @@ returns a `Dataset`. Everything that can be wrong with user data is reported her
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,9 @@ from qmix_cli.data.images import IMAGE_SUFFIXES, ImageInfo, scan_images
 from qmix_cli.data.scan_cache import cached_scan
 from qmix_cli.errors import ConfigError, DataError, summarise_offenders
 from qmix_cli.progress import Reporter, SilentReporter
+
+if TYPE_CHECKING:
+    from qmix_cli.data.cache import DecodeTarget
 
 REQUIRED_COLUMNS = ("path", "label")
 MANIFEST_NAMES = ("manifest.parquet", "manifest.csv")
@@ -216,12 +220,26 @@ def _check_images(
     workers: int | None,
     reporter: Reporter,
     cache_dir: Path,
+    decode_to: DecodeTarget | None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, list[ImageInfo]]:
-    def scan(paths: Sequence[str | Path]) -> list[ImageInfo]:
-        return scan_images(paths, workers=workers, progress=reporter.task("checking images", len(paths)))
+    from qmix_cli.data.cache import CacheFill
 
-    infos = cached_scan(absolute_paths(root, frame["path"]), cache_dir=cache_dir, scan=scan)
-    bad = np.array([info.error is not None for info in infos], dtype=bool)
+    with contextlib.ExitStack() as stack:
+        fills: list[CacheFill] = []
+
+        def scan(paths: Sequence[str]) -> list[ImageInfo]:
+            fill = None if decode_to is None else CacheFill.start(paths, decode_to, cache_dir=cache_dir)
+            if fill is not None:
+                stack.callback(fill.close)
+                fills.append(fill)
+            progress = reporter.task("checking images", len(paths))
+            return scan_images(paths, workers=workers, progress=progress, keep=None if fill is None else fill.put)
+
+        infos = cached_scan(absolute_paths(root, frame["path"]), cache_dir=cache_dir, scan=scan)
+        bad = np.array([info.error is not None for info in infos], dtype=bool)
+        if not bad.any() or on_bad_image == "skip":
+            for fill in fills:
+                fill.finish(~bad)
     skipped = pd.DataFrame(
         {
             "sample_id": frame.loc[bad, "sample_id"].to_numpy(),
@@ -246,6 +264,7 @@ def create_dataset(
     cache_dir: str | Path | None = None,
     workers: int | None = None,
     reporter: Reporter | None = None,
+    decode_to: DecodeTarget | None = None,
 ) -> Dataset:
     """Load and validate a dataset.
 
@@ -271,6 +290,10 @@ def create_dataset(
         Decoding threads.
     reporter
         Receives progress (a bar while images are checked).
+    decode_to
+        The size and channels the images will be read at (`qmix_cli.data.cache.cached_images`): images that are
+        checked now (not remembered from an earlier check) are also decoded into the cache in the same pass, so
+        that each is decoded once instead of twice.
     """
     from qmix_cli.data.builtin import default_cache_dir, is_builtin, materialise_builtin
 
@@ -303,6 +326,7 @@ def create_dataset(
             workers=workers,
             reporter=reporter or SilentReporter(),
             cache_dir=Path(cache_dir or default_cache_dir()),
+            decode_to=decode_to,
         )
         if frame.empty:
             raise DataError(f"{name}: no usable images left after skipping {len(skipped)} bad ones")

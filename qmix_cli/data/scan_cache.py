@@ -20,16 +20,30 @@ from qmix_cli.io import atomic_write_text
 SCAN_CACHE_VERSION = "2"
 
 
-def files_digest(paths: Sequence[str | Path], *, salt: str = "") -> str:
-    """A digest of each file's absolute path, size and modification time (in order), plus ``salt``.
+def file_stats(paths: Sequence[str | Path]) -> list[tuple[int, int]]:
+    """Each file's size and modification time in nanoseconds: what `files_digest` keys on.
 
     Raises `OSError` when a file cannot be stat'ed (missing, no permission).
     """
-    parts = [salt]
+    out = []
     for p in paths:
-        p = os.fspath(p)
         st = os.stat(p)
-        parts.append(f"|{p if os.path.isabs(p) else os.path.abspath(p)}|{st.st_size}|{st.st_mtime_ns}")
+        out.append((st.st_size, st.st_mtime_ns))
+    return out
+
+
+def files_digest(paths: Sequence[str | Path], *, salt: str = "", stats: Sequence[tuple[int, int]] | None = None) -> str:
+    """A digest of each file's absolute path, size and modification time (in order), plus ``salt``.
+
+    ``stats`` are the files' `file_stats` when they were read earlier (by default they are read now). Raises
+    `OSError` when a file cannot be stat'ed (missing, no permission).
+    """
+    if stats is None:
+        stats = file_stats(paths)
+    parts = [salt]
+    for p, (size, mtime_ns) in zip(paths, stats, strict=True):
+        p = os.fspath(p)
+        parts.append(f"|{p if os.path.isabs(p) else os.path.abspath(p)}|{size}|{mtime_ns}")
     return hashlib.sha256("".join(parts).encode()).hexdigest()[:24]
 
 

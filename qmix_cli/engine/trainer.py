@@ -24,7 +24,7 @@ import torch
 
 from qmix_cli import __version__
 from qmix_cli.config import TrainConfig, config_from_dict, dump_config, load_config_file
-from qmix_cli.data.cache import cached_images
+from qmix_cli.data.cache import DecodeTarget, cached_images
 from qmix_cli.data.manifest import Dataset, check_output_dir, create_dataset
 from qmix_cli.data.transforms import channel_stats, strong_spec, weak_spec
 from qmix_cli.engine.batches import ImageStore
@@ -514,7 +514,12 @@ def _val_store(cfg: TrainConfig, run: _Run) -> tuple[ImageStore, np.ndarray] | N
     if not cfg.val:
         return None
     val = create_dataset(
-        cfg.val, classes=run.classes, min_classes=1, on_bad_image=cfg.on_bad_image, cache_dir=cfg.cache_dir
+        cfg.val,
+        classes=run.classes,
+        min_classes=1,
+        on_bad_image=cfg.on_bad_image,
+        cache_dir=cfg.cache_dir,
+        decode_to=DecodeTarget(cfg.img_size, run.channels),
     )
     images = cached_images(val, size=cfg.img_size, channels=run.channels, cache_dir=cfg.cache_dir)
     return ImageStore(images, device=run.device, workers=cfg.workers), val.labels

@@ -9,9 +9,10 @@ import pytest
 from PIL import Image
 
 from qmix_cli.data import cache
-from qmix_cli.data.cache import cache_key, cached_images
+from qmix_cli.data.cache import DecodeTarget, cache_key, cached_images
 from qmix_cli.data.images import read_image
 from qmix_cli.data.manifest import create_dataset
+from qmix_cli.errors import DataError
 
 
 @pytest.fixture
@@ -113,3 +114,77 @@ def test_partials_left_by_a_killed_decode_are_removed_once_stale(rgb_dataset, tm
     cached_images(rgb_dataset, size=8, channels=3, cache_dir=tmp_path)
     assert not stale.exists()
     assert fresh.exists()  # may belong to a decode still running in another process
+
+
+# --- Filling the cache while the images are checked (create_dataset(decode_to=...)) ---
+
+
+def _decoding_refused(monkeypatch):
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded a second time")
+
+    monkeypatch.setattr(cache, "decode_all", no_decoding)
+
+
+def _no_partials(folder):
+    return [name for name in _npy_files(folder) if name.endswith(".tmp")] == []
+
+
+def test_checked_images_fill_the_cache_in_the_same_pass(make_image_folder, tmp_path, monkeypatch):
+    root = make_image_folder("rgb", per_class=5, size=16)
+    ds = create_dataset(root, cache_dir=tmp_path, decode_to=DecodeTarget(8, 3))
+    _decoding_refused(monkeypatch)
+    arr = cached_images(ds, size=8, channels=3, cache_dir=tmp_path)
+    assert arr.shape == (15, 3, 8, 8)
+    for i, p in enumerate(ds.abs_paths):
+        assert np.array_equal(arr[i], read_image(p, channels=3, size=8).transpose(2, 0, 1))
+    assert _no_partials(tmp_path / "decoded")
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_auto_channels_fill_grayscale_datasets_and_leave_colour_ones(make_image_folder, tmp_path, monkeypatch, mode):
+    root = make_image_folder(mode, per_class=5, size=16, mode=mode)
+    ds = create_dataset(root, cache_dir=tmp_path, decode_to=DecodeTarget(8, None))
+    assert ds.channels == (1 if mode == "L" else 3)
+    folder = tmp_path / "decoded"
+    assert _no_partials(folder)
+    if mode == "L":
+        _decoding_refused(monkeypatch)  # the one-channel images the run will read are there already
+    else:
+        assert not folder.exists() or not any(name.endswith(".npy") for name in _npy_files(folder))
+    arr = cached_images(ds, size=8, channels=ds.channels, cache_dir=tmp_path)
+    for i, p in enumerate(ds.abs_paths):
+        assert np.array_equal(arr[i], read_image(p, channels=ds.channels, size=8).transpose(2, 0, 1))
+
+
+def test_skipped_images_leave_the_filled_cache_to_the_good_ones(make_image_folder, truncate, tmp_path, monkeypatch):
+    root = make_image_folder("rgb", per_class=5, size=16)
+    truncate(root / "b" / "2.png")
+    ds = create_dataset(root, cache_dir=tmp_path, on_bad_image="skip", decode_to=DecodeTarget(8, 3))
+    assert len(ds) == 14 and list(ds.skipped["path"]) == ["b/2.png"]
+    _decoding_refused(monkeypatch)
+    arr = cached_images(ds, size=8, channels=3, cache_dir=tmp_path)
+    assert arr.shape == (14, 3, 8, 8)
+    for i, p in enumerate(ds.abs_paths):
+        assert np.array_equal(arr[i], read_image(p, channels=3, size=8).transpose(2, 0, 1))
+    assert _no_partials(tmp_path / "decoded")
+
+
+def test_a_refused_dataset_leaves_no_cache_behind(make_image_folder, truncate, tmp_path):
+    root = make_image_folder("rgb", per_class=5, size=16)
+    truncate(root / "a" / "0.png")
+    with pytest.raises(DataError, match="bad images"):
+        create_dataset(root, cache_dir=tmp_path, decode_to=DecodeTarget(8, 3))
+    assert _npy_files(tmp_path / "decoded") == []
+
+
+def test_an_image_edited_after_its_check_is_decoded_again(make_image_folder, tmp_path):
+    root = make_image_folder("rgb", per_class=5, size=16)
+    ds = create_dataset(root, cache_dir=tmp_path, decode_to=DecodeTarget(8, 3))
+    p = ds.abs_paths[4]
+    st = p.stat()
+    Image.fromarray(np.full((16, 16, 3), 7, dtype=np.uint8)).save(p)
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    arr = cached_images(ds, size=8, channels=3, cache_dir=tmp_path)
+    assert (arr[4] == 7).all()
+    assert len([n for n in _npy_files(tmp_path / "decoded") if n.endswith(".npy")]) == 2
