@@ -139,14 +139,14 @@ class CacheFill:
 
     @classmethod
     def start(cls, paths: Sequence[str], target: DecodeTarget, *, cache_dir: str | Path | None) -> CacheFill | None:
-        """A fill for ``paths``, or None where there is nothing to fill: the cache already holds them, or a
-        file cannot be stat'ed (the check will report it)."""
+        """A fill for ``paths``, or None where there is nothing to fill: the cache already holds them, a file
+        cannot be stat'ed (the check will report it) or the cache cannot be written (`cached_images` will say)."""
         folder = _decoded_folder(cache_dir)
         try:
             key = cache_key(paths, size=target.size, channels=target.channels or 1)
+            return None if (folder / f"{key}.npy").is_file() else cls(paths, target, folder)
         except OSError:
             return None
-        return None if (folder / f"{key}.npy").is_file() else cls(paths, target, folder)
 
     def put(self, i: int, img: Image.Image) -> None:
         """Keep image ``i`` of the paths, decoded (called from the checking threads; rows are disjoint)."""

@@ -188,3 +188,12 @@ def test_an_image_edited_after_its_check_is_decoded_again(make_image_folder, tmp
     arr = cached_images(ds, size=8, channels=3, cache_dir=tmp_path)
     assert (arr[4] == 7).all()
     assert len([n for n in _npy_files(tmp_path / "decoded") if n.endswith(".npy")]) == 2
+
+
+def test_an_unwritable_cache_does_not_stop_the_check(make_image_folder, tmp_path):
+    root = make_image_folder("rgb", per_class=2, size=16)
+    blocked = tmp_path / "cache"
+    blocked.mkdir()
+    (blocked / "decoded").write_text("a file where the cache folder should be")
+    ds = create_dataset(root, cache_dir=blocked, decode_to=DecodeTarget(8, 3))
+    assert len(ds) == 6 and ds.channels == 3
