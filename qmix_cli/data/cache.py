@@ -118,23 +118,30 @@ class CacheFill:
     rows where `cached_images` will look for them. The key is that of the files as `start` found them, *before*
     they were decoded, as `cached_images` does it: a file edited meanwhile is decoded again by the next run.
 
-    With ``channels`` None the images are kept as one channel, and the first colour image abandons the fill (the
-    dataset is then read with three channels, which `cached_images` decodes as before).
+    The fill is a shortcut and never changes what the check says: an image it cannot convert, a cache it cannot
+    write or a colour image while ``channels`` is None (kept as one channel until then) abandon it, and
+    `cached_images` decodes the dataset as before.
     """
 
-    def __init__(self, paths: Sequence[str], target: DecodeTarget, folder: Path) -> None:
+    def __init__(
+        self, paths: Sequence[str], target: DecodeTarget, folder: Path, stats: Sequence[tuple[int, int]]
+    ) -> None:
         self.paths = paths
         self.target = target
         self.channels = target.channels or 1
         self.folder = folder
-        self.stats = file_stats(paths)
+        self.stats = stats
         folder.mkdir(parents=True, exist_ok=True)
         # Named like `atomic_path`'s partials, so that one left by a killed process is cleaned up alike.
         fd, name = tempfile.mkstemp(prefix=".fill.npy.", suffix=".tmp", dir=folder)
         os.close(fd)
         self.tmp = Path(name)
         shape = (len(paths), self.channels, target.size, target.size)
-        self.rows: np.memmap | None = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.uint8, shape=shape)
+        try:
+            self.rows: np.memmap | None = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.uint8, shape=shape)
+        except BaseException:
+            self.tmp.unlink(missing_ok=True)  # e.g. a file system that cannot hold a file that large
+            raise
         self.abandoned = False
 
     @classmethod
@@ -143,22 +150,28 @@ class CacheFill:
         cannot be stat'ed (the check will report it) or the cache cannot be written (`cached_images` will say)."""
         folder = _decoded_folder(cache_dir)
         try:
-            key = cache_key(paths, size=target.size, channels=target.channels or 1)
-            return None if (folder / f"{key}.npy").is_file() else cls(paths, target, folder)
+            stats = file_stats(paths)
+            key = cache_key(paths, size=target.size, channels=target.channels or 1, stats=stats)
+            return None if (folder / f"{key}.npy").is_file() else cls(paths, target, folder, stats)
         except OSError:
             return None
 
     def put(self, i: int, img: Image.Image) -> None:
-        """Keep image ``i`` of the paths, decoded (called from the checking threads; rows are disjoint)."""
+        """Keep image ``i`` of the paths, decoded (called from the checking threads; rows are disjoint). Never
+        raises: the check, not the fill, says whether an image is usable."""
         if self.abandoned:
             return
         if self.target.channels is None and img.mode not in GRAY_MODES:
             self.abandoned = True
             return
-        self.rows[i] = fit_image(img, channels=self.channels, size=self.target.size).transpose(2, 0, 1)
+        try:
+            self.rows[i] = fit_image(img, channels=self.channels, size=self.target.size).transpose(2, 0, 1)
+        except Exception:  # e.g. a mode Pillow cannot convert: cached_images will report it for what it is
+            self.abandoned = True
 
     def finish(self, good: np.ndarray) -> None:
-        """Store rows ``good`` (N,) bool, the images the dataset keeps, as the cache of their paths."""
+        """Store rows ``good`` (N,) bool, the images the dataset keeps, as the cache of their paths; a cache that
+        cannot be written is left to `cached_images`."""
         if self.abandoned or self.rows is None:
             return
         keep = np.flatnonzero(good)
@@ -167,17 +180,27 @@ class CacheFill:
         target = self.folder / f"{key}.npy"
         if target.is_file() or not len(keep):
             return
-        self.rows.flush()
-        with atomic_path(target) as tmp:
-            if len(keep) == len(self.paths):
-                os.replace(self.tmp, tmp)
-            else:
-                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(keep), *self.rows.shape[1:]))
-                out[:] = self.rows[keep]
-                out.flush()
-                del out
+        rows, self.rows = self.rows, None
+        rows.flush()
+        try:
+            with atomic_path(target) as tmp:
+                if len(keep) == len(self.paths):
+                    del rows  # unmapped before its file is renamed (Windows refuses to rename a mapped file)
+                    os.replace(self.tmp, tmp)
+                else:
+                    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(keep), *rows.shape[1:]))
+                    for s in range(0, len(keep), _COPY_ROWS):  # a chunk at a time: the rows may not fit in memory
+                        out[s : s + _COPY_ROWS] = rows[keep[s : s + _COPY_ROWS]]
+                    out.flush()
+                    del out
+        except OSError:
+            pass
 
     def close(self) -> None:
         """Drop the partial file (what `finish` did not move into the cache)."""
         self.rows = None  # unmaps it
         self.tmp.unlink(missing_ok=True)
+
+
+# Rows copied at once when skipped images leave a subset to store (about 150 MB at 224 px RGB).
+_COPY_ROWS = 1024

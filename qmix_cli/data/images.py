@@ -44,7 +44,8 @@ def inspect_image(path: str | Path, *, keep: Callable[[Image.Image], None] | Non
     """Decode one image fully and describe it, or say why it cannot be used.
 
     ``keep``, if given, receives the decoded image of a good file before it is closed (`scan_images` uses it to
-    fill the decoded-image cache in the same pass); an error it raises marks the image unreadable.
+    fill the decoded-image cache in the same pass); it must not raise, since any error would count against the
+    image.
     """
     try:
         with warnings.catch_warnings():

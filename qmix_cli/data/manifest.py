@@ -221,6 +221,7 @@ def _check_images(
     reporter: Reporter,
     cache_dir: Path,
     decode_to: DecodeTarget | None,
+    min_classes: int,
 ) -> tuple[pd.DataFrame, pd.DataFrame, list[ImageInfo]]:
     from qmix_cli.data.cache import CacheFill
 
@@ -237,7 +238,8 @@ def _check_images(
 
         infos = cached_scan(absolute_paths(root, frame["path"]), cache_dir=cache_dir, scan=scan)
         bad = np.array([info.error is not None for info in infos], dtype=bool)
-        if not bad.any() or on_bad_image == "skip":
+        # Filled only for a dataset that will be accepted: no bad image refused, enough classes left.
+        if (not bad.any() or on_bad_image == "skip") and frame.loc[~bad, "label"].nunique() >= min_classes:
             for fill in fills:
                 fill.finish(~bad)
     skipped = pd.DataFrame(
@@ -293,7 +295,8 @@ def create_dataset(
     decode_to
         The size and channels the images will be read at (`qmix_cli.data.cache.cached_images`): images that are
         checked now (not remembered from an earlier check) are also decoded into the cache in the same pass, so
-        that each is decoded once instead of twice.
+        that each is decoded once instead of twice (with channels None, only where every image is grayscale;
+        nothing is stored for a dataset that is refused).
     """
     from qmix_cli.data.builtin import default_cache_dir, is_builtin, materialise_builtin
 
@@ -327,6 +330,7 @@ def create_dataset(
             reporter=reporter or SilentReporter(),
             cache_dir=Path(cache_dir or default_cache_dir()),
             decode_to=decode_to,
+            min_classes=min_classes,
         )
         if frame.empty:
             raise DataError(f"{name}: no usable images left after skipping {len(skipped)} bad ones")

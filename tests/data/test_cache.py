@@ -197,3 +197,69 @@ def test_an_unwritable_cache_does_not_stop_the_check(make_image_folder, tmp_path
     (blocked / "decoded").write_text("a file where the cache folder should be")
     ds = create_dataset(root, cache_dir=blocked, decode_to=DecodeTarget(8, 3))
     assert len(ds) == 6 and ds.channels == 3
+
+
+def test_the_fill_is_keyed_on_the_files_as_they_were_before_the_check_decoded_them(
+    make_image_folder, tmp_path, monkeypatch
+):
+    """An image rewritten while the check runs (after it was decoded) must not be served from the cache as its
+    old pixels under its new modification time: the next read decodes it again."""
+    root = make_image_folder("rgb", per_class=4, size=16)
+    first = sorted(root.glob("*/*.png"))[0]
+    put = cache.CacheFill.put
+
+    def rewrite_first_after_the_last(self, i, img):
+        put(self, i, img)
+        if i == len(self.paths) - 1:
+            st = first.stat()
+            Image.fromarray(np.full((16, 16, 3), 7, dtype=np.uint8)).save(first)
+            os.utime(first, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+
+    monkeypatch.setattr(cache.CacheFill, "put", rewrite_first_after_the_last)
+    ds = create_dataset(root, cache_dir=tmp_path, workers=1, decode_to=DecodeTarget(8, 3))
+    assert ds.abs_paths[0] == first
+    arr = cached_images(ds, size=8, channels=3, cache_dir=tmp_path)
+    assert (arr[0] == 7).all()
+
+
+def test_the_threaded_check_fills_every_row(make_image_folder, tmp_path, monkeypatch):
+    root = make_image_folder("gray", classes=("a", "b"), per_class=40, size=12, mode="L")
+    ds = create_dataset(root, cache_dir=tmp_path, workers=4, decode_to=DecodeTarget(8, None))
+    _decoding_refused(monkeypatch)
+    arr = cached_images(ds, size=8, channels=1, cache_dir=tmp_path)
+    assert arr.shape == (80, 1, 8, 8)
+    for i, p in enumerate(ds.abs_paths):
+        assert np.array_equal(arr[i], read_image(p, channels=1, size=8).transpose(2, 0, 1))
+
+
+def test_an_image_the_fill_cannot_convert_is_still_judged_by_the_check_alone(make_image_folder, tmp_path, monkeypatch):
+    root = make_image_folder("rgb", per_class=3, size=16)
+
+    def unconvertible(*args, **kwargs):
+        raise ValueError("conversion not supported")
+
+    monkeypatch.setattr(cache, "fit_image", unconvertible)
+    ds = create_dataset(root, cache_dir=tmp_path, decode_to=DecodeTarget(8, 3))
+    assert len(ds) == 9 and ds.skipped.empty  # the check's verdict, remembered as such
+    assert not any(name.endswith(".npy") or name.endswith(".tmp") for name in _npy_files(tmp_path / "decoded"))
+    monkeypatch.undo()
+    assert len(create_dataset(root, cache_dir=tmp_path)) == 9
+
+
+def test_a_dataset_refused_for_its_classes_leaves_no_cache_behind(make_image_folder, tmp_path):
+    root = make_image_folder("one", classes=("a",), per_class=4, size=16)
+    with pytest.raises(DataError, match="at least 2 are needed"):
+        create_dataset(root, cache_dir=tmp_path, decode_to=DecodeTarget(8, 3))
+    assert _npy_files(tmp_path / "decoded") == []
+
+
+def test_a_fill_that_cannot_make_its_file_leaves_none(make_image_folder, tmp_path, monkeypatch):
+    root = make_image_folder("rgb", per_class=2, size=16)
+
+    def too_large(*args, **kwargs):
+        raise OSError(27, "File too large")
+
+    monkeypatch.setattr(np.lib.format, "open_memmap", too_large)
+    ds = create_dataset(root, cache_dir=tmp_path, decode_to=DecodeTarget(8, 3))
+    assert len(ds) == 6
+    assert _npy_files(tmp_path / "decoded") == []
