@@ -140,6 +140,7 @@ def audit(
     cache_dir: str | Path | None = None,
     workers: int = 0,
     sort_by: str = "sample_id",
+    recompute: bool = False,
     console: Console | None = None,
     quiet: bool = False,
     stream=None,
@@ -150,7 +151,8 @@ def audit(
     from its suffix unless ``fmt`` is given), ``"-"`` for CSV/JSONL on stdout, or None to only return the table.
     Rows are sorted by ``sort_by``: ``"sample_id"``, or ``"rank"`` (the most likely issues first, so that
     ``| head`` shows them). Returns the report as a `pandas.DataFrame` (in the same order) and, in
-    ``.attrs["pipe_closed"]``, whether a downstream pipe closed early.
+    ``.attrs["pipe_closed"]``, whether a downstream pipe closed early. Images the run was trained on are scored
+    from what training read of them (kept in ``model.pt``) unless ``recompute`` is set.
     """
     import pyarrow as pa
 
@@ -181,7 +183,14 @@ def audit(
         if out is not None and str(out) != "-":
             check_output_file(dataset, out)
         scores = score_dataset(
-            trained, dataset, batch_size=batch_size, tta=tta, cache_dir=cache_dir, workers=workers, reporter=rep
+            trained,
+            dataset,
+            batch_size=batch_size,
+            tta=tta,
+            cache_dir=cache_dir,
+            workers=workers,
+            reporter=rep,
+            recompute=recompute,
         )
         tables = []
         pipe_closed = False

@@ -35,6 +35,10 @@ def audit_command(
     sort: Annotated[
         str, typer.Option(help="Row order: sample_id, or rank (most likely issues first, for | head).")
     ] = "sample_id",
+    recompute: Annotated[
+        bool,
+        typer.Option(help="Run the nets on the run's own training images too, instead of what the run kept of them."),
+    ] = False,
 ) -> None:
     """Write a report that says, for every image, clean / mislabeled_hq / mislabeled_lq and what to do."""
     from qmix_cli.api import audit
@@ -42,8 +46,8 @@ def audit_command(
     st = state(ctx)
     frame = audit(
         data, run=run, out=out, fmt=format, batch_size=batch_size, tta=tta, device=device,
-        on_bad_image=on_bad_image, cache_dir=cache_dir, workers=workers, sort_by=sort, console=st.err,
-        quiet=st.quiet,
+        on_bad_image=on_bad_image, cache_dir=cache_dir, workers=workers, sort_by=sort, recompute=recompute,
+        console=st.err, quiet=st.quiet,
     )  # fmt: skip
     if frame is None or frame.attrs.get("pipe_closed") or st.quiet:
         return

@@ -120,7 +120,3 @@ def epoch_batches(indices: np.ndarray, *, batch_size: int, gen: torch.Generator,
     order = indices[torch.randperm(len(indices), generator=gen).numpy()]
     stop = epoch_size(len(order), batch_size=batch_size, drop_last=drop_last)
     return [order[i : i + batch_size] for i in range(0, stop, batch_size)]
-
-
-def sequential_batches(n: int, *, batch_size: int) -> list[np.ndarray]:
-    return [np.arange(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]

@@ -23,7 +23,6 @@ from qmix_cli.engine.batches import (
     epoch_batches,
     epoch_size,
     index_tensor,
-    sequential_batches,
 )
 from qmix_cli.engine.losses import (
     mislq_weights,
@@ -165,14 +164,17 @@ def _eval_outputs(
     *,
     batch_size: int,
     spec: ViewSpec | None,
+    indices: np.ndarray | None = None,
 ) -> Iterator[list[tuple[torch.Tensor, torch.Tensor | None]]]:
     """For each batch, each net's (softmax, features or None), float32 on the device, all of one view of the batch:
     the deterministic eval view, or with ``spec`` one random view of that kind per image (test-time augmentation).
     ``readers`` pairs each net with the ``stages`` of `QmixNet.forward_with_stages` to return features of, or None
-    for no features."""
+    for no features. ``indices`` (ascending) are the images to read, by default all of ``store``."""
     for net, _ in readers:
         net.eval()
-    for x in store.iterate(sequential_batches(len(store), batch_size=batch_size)):
+    order = np.arange(len(store)) if indices is None else np.asarray(indices, dtype=np.int64)
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    for x in store.iterate(batches):
         xv = ctx.eval_view(x) if spec is None else ctx.view(x, spec)
         outputs = []
         for net, stages in readers:
@@ -185,11 +187,17 @@ def _eval_outputs(
 
 @torch.no_grad()
 def predict_probs(
-    net: QmixNet, store: ImageStore, ctx: StepContext, *, batch_size: int, spec: ViewSpec | None = None
+    net: QmixNet,
+    store: ImageStore,
+    ctx: StepContext,
+    *,
+    batch_size: int,
+    spec: ViewSpec | None = None,
+    indices: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Softmax of ``net`` on every image, float32 (N, K) (see `_eval_outputs` for ``spec``)."""
-    probs = [p.cpu() for [(p, _)] in _eval_outputs([(net, None)], store, ctx, batch_size=batch_size, spec=spec)]
-    return torch.cat(probs).numpy()
+    """Softmax of ``net`` on every image (or on ``indices``), float32 (N, K) (see `_eval_outputs`)."""
+    outputs = _eval_outputs([(net, None)], store, ctx, batch_size=batch_size, spec=spec, indices=indices)
+    return torch.cat([p.cpu() for [(p, _)] in outputs]).numpy()
 
 
 # Copies of the (N, D) features the probe fit holds at once: the features, their standardised copy sorted by fold,
@@ -217,20 +225,23 @@ def probe_fit_device(device: torch.device, feature_bytes: int) -> torch.device:
 @torch.no_grad()
 def predict_features(
     net: QmixNet, store: ImageStore, ctx: StepContext, *, batch_size: int, stages: int = 1
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, np.ndarray]:
     """The features of `QmixNet.forward_with_stages` of the eval view (N, D'), float32, to fit the audit probe on,
-    on the device `probe_fit_device` chooses."""
+    on the device `probe_fit_device` chooses; and the net's softmax of the same view (N, K) float32, which the
+    same forwards give."""
     out: torch.Tensor | None = None
+    probs = []
     start = 0
-    for [(_, feats)] in _eval_outputs([(net, stages)], store, ctx, batch_size=batch_size, spec=None):
+    for [(p, feats)] in _eval_outputs([(net, stages)], store, ctx, batch_size=batch_size, spec=None):
         if out is None:
             where = probe_fit_device(feats.device, len(store) * feats.shape[1] * feats.element_size())
             out = feats.new_empty((len(store), feats.shape[1]), device=where)
         out[start : start + len(feats)].copy_(feats)
+        probs.append(p.cpu())
         start += len(feats)
     if out is None:
         raise ValueError("no images to compute features of")
-    return out
+    return out, torch.cat(probs).numpy()
 
 
 @torch.no_grad()
@@ -244,6 +255,7 @@ def predict_with_probes(
     *,
     batch_size: int,
     spec: ViewSpec | None = None,
+    indices: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One net's softmax (N, K) and its probe output (N, K), `probe_output` of its probes and vote.
 
@@ -251,13 +263,15 @@ def predict_with_probes(
     net's neighbour vote over the features of ``nets`` in that order, as it was fitted (or None); the softmax is
     that of ``nets[0]``. Each image is read by the head of its fold and voted on by its neighbours other than its
     copies (``keys`` (N,), from `LinearProbe.keys_of`). Batch by batch: the features, N × D' floats, are never all
-    held at once, which is what lets an audit of millions of images run in the memory of a batch."""
+    held at once, which is what lets an audit of millions of images run in the memory of a batch. With ``indices``
+    (ascending) only those images are read, and the outputs have their rows."""
     readers = [(net, probe.stages) for net, probe in zip(nets, probes, strict=True)]
+    rows = np.arange(len(store)) if indices is None else np.asarray(indices, dtype=np.int64)
     own, probed, start = [], [], 0
-    for outputs in _eval_outputs(readers, store, ctx, batch_size=batch_size, spec=spec):
+    for outputs in _eval_outputs(readers, store, ctx, batch_size=batch_size, spec=spec, indices=rows):
         feats = [f for _, f in outputs]
         stop = start + len(feats[0])
-        batch_keys = keys[start:stop]
+        batch_keys = keys[rows[start:stop]]
         heads = [probe.probs(f, batch_keys) for probe, f in zip(probes, feats, strict=True)]
         own.append(outputs[0][0].cpu())
         probed.append(probe_output(heads, None if vote is None else vote.probs(feats, batch_keys)))

@@ -15,7 +15,7 @@ import shutil
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from qmix_cli.engine.models import (
 )
 from qmix_cli.engine.neighbours import NeighbourVote, fit_neighbour_vote
 from qmix_cli.engine.probe import PROBE_STAGES, LinearProbe, fit_probe, image_keys
+from qmix_cli.engine.readouts import TrainingReadouts
 from qmix_cli.engine.scoring import Scores, compute_scores, fit_separation, probe_output
 from qmix_cli.engine.separation import hard_groups, separation_aucs
 from qmix_cli.engine.steps import (
@@ -117,6 +118,19 @@ def _truth(dataset: Dataset) -> tuple[np.ndarray | None, np.ndarray | None]:
         return None, None
     cat = dataset.frame["category"].astype(str).to_numpy()
     return cat == "clean", cat != "mislabeled_lq"
+
+
+@dataclass(frozen=True)
+class FinalReadout:
+    """The end of training's reading of the training set: ``scores`` the final separation is fitted on, the final
+    nets' ``probes``, their warm-up snapshots' (empty without snapshots), each net's vote (empty without votes),
+    and the read-outs the audit can reuse (None: not kept, `TrainingReadouts.from_training`)."""
+
+    scores: Scores
+    probes: list[LinearProbe] = field(default_factory=list)
+    warmup_probes: list[LinearProbe] = field(default_factory=list)
+    votes: list[NeighbourVote] = field(default_factory=list)
+    readouts: TrainingReadouts | None = None
 
 
 class _Run:
@@ -293,11 +307,11 @@ class _Run:
         smoothed = np.mean(np.stack(self.history), axis=0)
         return Scores(probs=probs, loss=smoothed[..., 0], uncertainty=smoothed[..., 1])
 
-    def probe_scores(self) -> tuple[Scores, list[LinearProbe], list[LinearProbe], list[NeighbourVote]]:
+    def probe_scores(self) -> FinalReadout:
         """Scores of every training image from out-of-fold probes on each net's features and, unless
-        ``audit_neighbours`` is 0, a leave-one-out neighbour vote over the same features; the final nets' probes;
-        the warm-up snapshot's probes (empty without a snapshot); each net's vote (empty without). Net k's scores
-        are those of `probe_output` of its probes (with a snapshot, two: `TrainConfig.audit_warmup`) and its vote.
+        ``audit_neighbours`` is 0, a leave-one-out neighbour vote over the same features, with the probes, votes
+        and read-outs behind them (`FinalReadout`). Net k's scores are those of `probe_output` of its probes (with
+        a snapshot, two: `TrainConfig.audit_warmup`) and its vote.
         """
         cfg = self.cfg
         keys = image_keys(self.images, seed=cfg.seed)
@@ -306,26 +320,34 @@ class _Run:
         probes: list[LinearProbe] = []
         warm_probes: list[LinearProbe] = []
         votes: list[NeighbourVote] = []
-        probs = []
+        own, scored = [], []
         for k, net in enumerate(self.forward_nets):
-            fitted, vote, net_probs = self._read_net([net, *snapshots[k : k + 1]], keys, sample)
+            fitted, vote, net_own, net_scored = self._read_net([net, *snapshots[k : k + 1]], keys, sample)
             probes.append(fitted[0])
             warm_probes.extend(fitted[1:])
             if vote is not None:
                 votes.append(vote)
-            probs.append(net_probs)
-        scores = compute_scores(np.stack(probs), self.labels_np, uncertainty=cfg.uncertainty)
-        return scores, probes, warm_probes, votes
+            own.append(net_own)
+            scored.append(net_scored)
+        scores = compute_scores(np.stack(scored), self.labels_np, uncertainty=cfg.uncertainty)
+        return FinalReadout(
+            scores=scores,
+            probes=probes,
+            warmup_probes=warm_probes,
+            votes=votes,
+            readouts=TrainingReadouts.from_training(keys, np.stack(own), scores.probs),
+        )
 
     def _read_net(
         self, nets: list[QmixNet], keys: np.ndarray, sample: torch.Tensor
-    ) -> tuple[list[LinearProbe], NeighbourVote | None, np.ndarray]:
-        """One net's probes (the net's, then its snapshot's), its vote and its probe output (N, K) on the training
-        images. A function of its own so that one net's feature matrices are freed before the next net's are made.
+    ) -> tuple[list[LinearProbe], NeighbourVote | None, np.ndarray, np.ndarray]:
+        """One net's probes (the net's, then its snapshot's), its vote, its softmax (N, K) and its probe output
+        (N, K) on the training images. A function of its own so that one net's feature matrices are freed before
+        the next net's are made.
         """
         fitted = [self._fit_probe(n, keys, sample) for n in nets]
-        feats = [f for f, _ in fitted]
-        heads = [probe.probs(f, keys) for f, probe in fitted]
+        feats = [f for f, _, _ in fitted]
+        heads = [probe.probs(f, keys) for f, probe, _ in fitted]
         vote = None
         if self.cfg.audit_neighbours > 0:
             if len({f.device for f in feats}) > 1:
@@ -335,17 +357,21 @@ class _Run:
                 feats, self.labels_np, keys, num_classes=len(self.classes), k=self.cfg.audit_neighbours
             )
         return (
-            [probe for _, probe in fitted],
+            [probe for _, probe, _ in fitted],
             vote,
+            fitted[0][2],
             probe_output(heads, None if vote is None else vote.probs(feats, keys)),
         )
 
-    def _fit_probe(self, net: QmixNet, keys: np.ndarray, sample: torch.Tensor) -> tuple[torch.Tensor, LinearProbe]:
-        """``net``'s probe features of the training images (N, D) and its out-of-fold probe on them."""
+    def _fit_probe(
+        self, net: QmixNet, keys: np.ndarray, sample: torch.Tensor
+    ) -> tuple[torch.Tensor, LinearProbe, np.ndarray]:
+        """``net``'s probe features of the training images (N, D), its out-of-fold probe on them and its softmax
+        (N, K)."""
         stages = max_probe_stages(net, sample, wanted=PROBE_STAGES)
-        feats = predict_features(net, self.store, self.ctx, batch_size=self.cfg.eval_batch_size, stages=stages)
+        feats, probs = predict_features(net, self.store, self.ctx, batch_size=self.cfg.eval_batch_size, stages=stages)
         probe = fit_probe(feats, self.labels_np, keys, num_classes=len(self.classes), seed=self.cfg.seed, stages=stages)
-        return feats, probe
+        return feats, probe, probs
 
     def separate(self, scores: Scores, kind: str) -> list[Any]:
         cfg = self.cfg
@@ -602,13 +628,9 @@ def _epoch_line(row: dict[str, Any], epochs: int) -> str:
 def _finalise(run: _Run) -> None:
     """Score the training set with the final nets (and their warm-up snapshot, `_Run.probe_scores`), fit the final
     separation and save what audit needs."""
-    probes: list[LinearProbe] = []
-    warmup_probes: list[LinearProbe] = []
-    votes: list[NeighbourVote] = []
-    if run.cfg.audit_scores == "probe":
-        scores, probes, warmup_probes, votes = run.probe_scores()
-    else:
-        scores = run.scores()
+    # The nets' own scores keep no read-outs: they are smoothed over epochs (`smooth_epochs`), an audit's are not.
+    final = run.probe_scores() if run.cfg.audit_scores == "probe" else FinalReadout(scores=run.scores())
+    scores, probes, warmup_probes, votes = final.scores, final.probes, final.warmup_probes, final.votes
     run.separations = run.separate(scores, "quality")
     run.reporter.log(
         "final separation: " + ", ".join(f"net {k}: {s.note or 'ok'}" for k, s in enumerate(run.separations))
@@ -648,6 +670,8 @@ def _finalise(run: _Run) -> None:
         "warmup_probes": [p.state_dict() for p in warmup_probes],
         # Each net's neighbour vote over its probes' features (none with ``audit_neighbours`` 0).
         "votes": [v.state_dict() for v in votes],
+        # What the nets said about each training image, so that auditing the training set runs no net.
+        "readouts": None if final.readouts is None else final.readouts.state_dict(),
         "meta": json.dumps(meta),
     }
     # model.pt last: audit treats its presence as "the run is finished" (see `_make_run_dir`).

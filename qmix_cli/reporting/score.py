@@ -25,6 +25,7 @@ from qmix_cli.engine.checkpoint import load_checkpoint
 from qmix_cli.engine.models import QmixNet, trained_models
 from qmix_cli.engine.neighbours import NeighbourVote
 from qmix_cli.engine.probe import LinearProbe
+from qmix_cli.engine.readouts import TrainingReadouts
 from qmix_cli.engine.scoring import compute_scores, mean_posteriors, separation_from_dict
 from qmix_cli.engine.separation import QualitySeparation, hard_groups
 from qmix_cli.engine.steps import StepContext, predict_probs, predict_with_probes
@@ -50,6 +51,8 @@ class TrainedRun:
     warmup_probes: list[LinearProbe] = field(default_factory=list)
     # Each net's neighbour vote over its probes' features, or none (``audit_neighbours`` 0, runs saved before it).
     votes: list[NeighbourVote] = field(default_factory=list)
+    # What the nets said about each training image (by pixel key), or None (not kept, runs saved before it).
+    readouts: TrainingReadouts | None = None
 
     @property
     def classes(self) -> list[str]:
@@ -95,8 +98,10 @@ def load_run(run_dir: str | Path, *, device: str = "auto") -> TrainedRun:
         warmup_nets=nets("warmup_nets"),
         warmup_probes=probes("warmup_probes"),
         votes=[NeighbourVote.from_state_dict(v).to(dev) for v in state.get("votes", [])],
+        readouts=None if state.get("readouts") is None else TrainingReadouts.from_state_dict(state["readouts"]),
     )
     _check_votes(run)
+    _check_readouts(run)
     return run
 
 
@@ -111,6 +116,19 @@ def _check_votes(run: TrainedRun) -> None:
     if len(run.votes) != len(widths) or any(len(v.mean) != w for v, w in zip(run.votes, widths, strict=False)):
         raise QmixError(
             f"{run.run_dir / 'model.pt'}: its neighbour votes do not match its probes (a damaged or edited file); "
+            "train the run again"
+        )
+
+
+def _check_readouts(run: TrainedRun) -> None:
+    """Kept read-outs must be one per net and class of a run with probes, for as many images as keys."""
+    r = run.readouts
+    if r is None:
+        return
+    expected = (len(run.nets), len(r.keys), len(run.classes))
+    if not run.probes or r.probs.shape != expected or r.scored.shape != expected:
+        raise QmixError(
+            f"{run.run_dir / 'model.pt'}: its training read-outs do not match its nets (a damaged or edited file); "
             "train the run again"
         )
 
@@ -161,8 +179,14 @@ def score_dataset(
     cache_dir: str | Path | None = None,
     workers: int = 0,
     reporter: Reporter | None = None,
+    recompute: bool = False,
 ) -> AuditScores:
-    """Score every image of ``dataset`` with both nets of ``run`` (optionally averaging ``tta`` weak views)."""
+    """Score every image of ``dataset`` with both nets of ``run`` (optionally averaging ``tta`` weak views).
+
+    Images the run was trained on (same pixels) take the read-outs the run kept (`TrainedRun.readouts`) instead
+    of running the nets again, unless ``recompute`` or ``tta`` is set (test-time views are random, not what
+    training read).
+    """
     reporter = reporter or SilentReporter()
     index = {c: i for i, c in enumerate(run.classes)}
     labels = dataset.frame["label"].map(index).to_numpy(dtype=np.int64)
@@ -173,13 +197,56 @@ def score_dataset(
         cache_dir=cache_dir,
         progress=reporter.task("decoding images", len(dataset)),
     )
-    store = ImageStore(images, device=run.device, workers=workers)
-    ctx = _context(run, seed=0)
     # Every net's probe shares the run's seed, so one key per image serves them all.
     keys = run.probes[0].keys_of(images) if run.probes else None
+    n, classes = len(images), len(run.classes)
+    own = np.empty((len(run.nets), n, classes), dtype=np.float32)
+    scored = np.empty_like(own)
+    todo = np.arange(n)
+    if run.readouts is not None and keys is not None and not recompute and tta == 0:
+        found = run.readouts.lookup(keys)
+        known = found >= 0
+        own[:, known] = run.readouts.probs[:, found[known]]
+        scored[:, known] = run.readouts.scored[:, found[known]]
+        todo = np.flatnonzero(~known)
+    if len(todo):
+        store = ImageStore(images, device=run.device, workers=workers)
+        rows = None if len(todo) == n else todo
+        own[:, todo], scored[:, todo] = _read_nets(run, store, keys, batch_size=batch_size, tta=tta, rows=rows)
+    # Loss and uncertainty from what the run's final separation was fitted on (`_finalise`); the predicted label
+    # from the nets' own ensemble, the method's classifier. Relabels are suggested from the probes: each training
+    # image is judged by a probe that never saw it, where the nets were trained on it, wrong label included, and
+    # partly learnt it (docs/decisions.md, "Tenth round").
+    scores = compute_scores(scored, labels, uncertainty=run.meta.get("uncertainty", "entropy"))
+    posteriors = mean_posteriors(run.separations, scores)
+    axes = np.mean([s.normalise(scores.loss[k], scores.uncertainty[k]) for k, s in enumerate(run.separations)], axis=0)
+    axes = np.nan_to_num(axes, nan=0.0)
+    ensemble = _ensemble(own)
+    suggestion = _ensemble(scored) if run.probes else ensemble  # without probes both are the nets' outputs
+    return AuditScores(
+        probs=ensemble,
+        loss=axes[:, 0],
+        uncertainty=axes[:, 1],
+        posteriors=posteriors,
+        categories=hard_groups(posteriors, p_threshold=run.meta.get("p_threshold", 0.5)),
+        suggestion_probs=suggestion.astype(np.float32),  # only its ranking is used
+    )
+
+
+def _read_nets(
+    run: TrainedRun,
+    store: ImageStore,
+    keys: np.ndarray | None,
+    *,
+    batch_size: int,
+    tta: int,
+    rows: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each net's softmax and probe output (the softmax where the run has no probes), (nets, N', K) each, on the
+    images ``rows`` of ``store`` (all by default), averaged over the eval view and ``tta`` weak views."""
+    ctx = _context(run, seed=0)
     views = [None] + [ctx.weak] * tta
     own, scored = [], []
-
     for k, net in enumerate(run.nets):
         if run.probes:
             # The snapshot's own softmax is not used: predictions come from the final nets, the method's classifier.
@@ -189,33 +256,16 @@ def score_dataset(
                 probes.append(run.warmup_probes[k])
             vote = run.votes[k] if run.votes else None
             outputs = [
-                predict_with_probes(nets, probes, vote, store, ctx, keys, batch_size=batch_size, spec=v) for v in views
+                predict_with_probes(nets, probes, vote, store, ctx, keys, batch_size=batch_size, spec=v, indices=rows)
+                for v in views
             ]
             own.append(np.mean([p for p, _ in outputs], axis=0))
             scored.append(np.mean([p for _, p in outputs], axis=0))
         else:
-            own.append(np.mean([predict_probs(net, store, ctx, batch_size=batch_size, spec=v) for v in views], axis=0))
+            outputs = [predict_probs(net, store, ctx, batch_size=batch_size, spec=v, indices=rows) for v in views]
+            own.append(np.mean(outputs, axis=0))
             scored.append(own[-1])
-    probs = np.stack(own)
-    # Loss and uncertainty from what the run's final separation was fitted on (`_finalise`); the predicted label
-    # from the nets' own ensemble, the method's classifier. Relabels are suggested from the probes: each training
-    # image is judged by a probe that never saw it, where the nets were trained on it, wrong label included, and
-    # partly learnt it (docs/decisions.md, "Tenth round").
-    scored_probs = np.stack(scored)
-    scores = compute_scores(scored_probs, labels, uncertainty=run.meta.get("uncertainty", "entropy"))
-    posteriors = mean_posteriors(run.separations, scores)
-    axes = np.mean([s.normalise(scores.loss[k], scores.uncertainty[k]) for k, s in enumerate(run.separations)], axis=0)
-    axes = np.nan_to_num(axes, nan=0.0)
-    ensemble = _ensemble(probs)
-    suggestion = _ensemble(scored_probs) if run.probes else ensemble  # without probes both are the nets' outputs
-    return AuditScores(
-        probs=ensemble,
-        loss=axes[:, 0],
-        uncertainty=axes[:, 1],
-        posteriors=posteriors,
-        categories=hard_groups(posteriors, p_threshold=run.meta.get("p_threshold", 0.5)),
-        suggestion_probs=suggestion.astype(np.float32),  # only its ranking is used
-    )
+    return np.stack(own), np.stack(scored)
 
 
 def _ensemble(probs: np.ndarray) -> np.ndarray:

@@ -350,3 +350,18 @@ def test_error_quoting_user_text_is_printed_verbatim(runner, tmp_path, write_ima
     result = runner.invoke(app, ["train", str(tmp_path / "m.csv"), "--out", str(tmp_path / "run")])
     line = _assert_one_line_error(result, "missing[/x].png")
     assert "Traceback" not in line
+
+
+def test_recompute_runs_the_nets_and_agrees_with_what_the_run_kept(runner, tmp_path, qmix_run, noisy_digits):
+    """By default the training images are scored from the read-outs the run kept; ``--recompute`` runs the nets on
+    them, and the two reports agree row by row."""
+    reports = {}
+    for name, extra in (("kept", []), ("recomputed", ["--recompute"])):
+        out = tmp_path / f"{name}.parquet"
+        result = _audit(runner, noisy_digits, qmix_run.run_dir, "-o", str(out), *extra)
+        assert result.exit_code == 0, result.output
+        reports[name] = pd.read_parquet(out)
+    kept, recomputed = reports["kept"], reports["recomputed"]
+    assert kept["category"].tolist() == recomputed["category"].tolist()
+    assert kept["suggested_label"].tolist() == recomputed["suggested_label"].tolist()
+    np.testing.assert_allclose(kept["loss"], recomputed["loss"], atol=1e-5)

@@ -144,13 +144,22 @@ def test_streamed_probe_read_out_equals_the_probes_and_vote_on_all_features():
     nets = [create_model("test_resnet", num_classes=K, in_chans=1) for _ in range(2)]
     ctx = _ctx(0)
     keys = image_keys(images, seed=0)
-    feats = [predict_features(net, store, ctx, batch_size=32, stages=s) for net, s in zip(nets, (2, 1), strict=True)]
+    read = [predict_features(net, store, ctx, batch_size=32, stages=s) for net, s in zip(nets, (2, 1), strict=True)]
+    feats = [f for f, _ in read]
     probes = [fit_probe(f, labels, keys, num_classes=K, stages=s) for f, s in zip(feats, (2, 1), strict=True)]
     vote = fit_neighbour_vote(feats, labels, keys, num_classes=K, k=5)
     whole = probe_output([p.probs(f, keys) for p, f in zip(probes, feats, strict=True)], vote.probs(feats, keys))
     own, probed = predict_with_probes(nets, probes, vote, store, ctx, keys, batch_size=16)  # 16 does not divide 70
     np.testing.assert_allclose(own, predict_probs(nets[0], store, ctx, batch_size=32), atol=1e-6)
+    np.testing.assert_allclose(read[0][1], own, atol=1e-6)  # the features' forwards give the softmax too
     np.testing.assert_allclose(probed, whole, atol=1e-6)
+    # Some rows only (what an audit runs on images the run does not know): each gets what it got among all.
+    rows = np.array([0, 3, 4, 17, 40, 41, 69])
+    own_rows, probed_rows = predict_with_probes(nets, probes, vote, store, ctx, keys, batch_size=4, indices=rows)
+    np.testing.assert_allclose(own_rows, own[rows], atol=1e-6)
+    np.testing.assert_allclose(probed_rows, whole[rows], atol=1e-6)
+    np.testing.assert_allclose(predict_probs(nets[1], store, ctx, batch_size=4, indices=rows),
+                               predict_probs(nets[1], store, ctx, batch_size=32)[rows], atol=1e-6)  # fmt: skip
     assert len(np.unique(folds_of_keys(keys))) > 1  # several heads were used
     _, heads_only = predict_with_probes(nets[:1], probes[:1], None, store, ctx, keys, batch_size=16)
     np.testing.assert_allclose(heads_only, probes[0].probs(feats[0], keys), atol=1e-6)

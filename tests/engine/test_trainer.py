@@ -64,6 +64,11 @@ def test_run_directory_holds_everything_audit_and_resume_need(qmix_run):
     assert state["epoch"] == 10 and len(state["nets"]) == 2
     meta = json.loads((run / "run.json").read_text())
     assert meta["classes"] == [str(i) for i in range(10)] and meta["channels"] == 1
+    readouts = torch.load(run / "model.pt", weights_only=True)["readouts"]
+    n = meta["num_samples"]
+    assert readouts["probs"].shape == readouts["scored"].shape == (2, len(readouts["keys"]), 10)
+    assert 0.95 * n <= len(readouts["keys"]) <= n  # one row per distinct training image
+    np.testing.assert_allclose(readouts["probs"].sum(-1).numpy(), 1.0, atol=1e-5)
 
 
 def _comparable(metrics: list[dict]) -> list[dict]:
@@ -234,7 +239,11 @@ def test_audit_loss_comes_from_the_chosen_read_out(audit_scores, noisy_digits, t
     ``probe`` scores them with another model of the given label, related but not the same."""
     result = train(noisy_digits, tmp_path / audit_scores, method="ce", epochs=2, audit_scores=audit_scores,
                    cache_dir=str(qmix_cache_dir), **TINY_TRAIN)  # fmt: skip
-    probes = torch.load(result.run_dir / "model.pt", weights_only=True)["probes"]
+    saved = torch.load(result.run_dir / "model.pt", weights_only=True)
+    probes = saved["probes"]
+    # Read-outs are kept where the audit would compute what training did: the probes' (the classifier's scores
+    # are smoothed over epochs, the audit's are not).
+    assert (saved["readouts"] is None) == (audit_scores == "classifier")
     report = audit(noisy_digits, run=result.run_dir)
     rho = spearmanr(report["loss"], report["label_score"]).statistic
     if audit_scores == "classifier":

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from qmix_cli.data.manifest import create_dataset
@@ -43,6 +44,19 @@ def _fields(s: AuditScores) -> dict[str, np.ndarray]:
     }
 
 
+def test_a_run_whose_read_outs_do_not_match_its_nets_is_refused(qmix_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(qmix_run.run_dir, run_dir)
+    state = torch.load(run_dir / "model.pt", weights_only=True)
+    state["readouts"]["probs"] = state["readouts"]["probs"][:1]  # one net's read-outs for a two-net run
+    torch.save(state, run_dir / "model.pt")
+    with pytest.raises(QmixError, match="training read-outs do not match its nets"):
+        load_run(run_dir, device="cpu")
+    state["readouts"] = None  # runs without read-outs (saved before them, or too large) are audited by the nets
+    torch.save(state, run_dir / "model.pt")
+    assert load_run(run_dir, device="cpu").readouts is None
+
+
 def test_a_run_whose_votes_do_not_match_its_probes_is_refused(qmix_run, tmp_path):
     """A vote reads the features of its net's final and warm-up probes side by side; a model.pt holding votes
     without the warm-up probes (edited or damaged) must fail at loading, with the file named."""
@@ -68,11 +82,14 @@ def test_load_run(trained, qmix_run):
     assert trained.meta["method"] == "qmix" and trained.meta["model"] == "test_resnet"
 
 
-def test_audit_of_the_training_set_reproduces_the_final_separation(trained, scores):
+@pytest.mark.parametrize("recompute", [False, True])
+def test_audit_of_the_training_set_reproduces_the_final_separation(trained, dataset, scores, recompute):
     """The audit reads the nets as training's last step did (final and warm-up probes averaged, and each net's
-    vote, net by net), so its groups of the training images are the ones training ended with; without the warm-up
-    probes or the votes they are not (below)."""
+    vote, net by net), so its groups of the training images are the ones training ended with, whether it looks up
+    what training read or runs the nets again; without the warm-up probes or the votes they are not (below)."""
     final = trained.meta["final_summary"]
+    if recompute:
+        scores = score_dataset(trained, dataset, recompute=True)
     counts = np.bincount(scores.categories, minlength=3)
     assert trained.meta["audit_warmup"] and len(trained.warmup_nets) == len(trained.warmup_probes) == 2
     assert len(trained.votes) == 2 and trained.meta["audit_neighbours"] == 10
@@ -89,7 +106,7 @@ def test_audit_of_the_training_set_reproduces_the_final_separation(trained, scor
 )
 def test_without_its_votes_or_warmup_probes_the_audit_scores_otherwise(dropped, trained, dataset, scores):
     assert all(getattr(trained, name) for name in dropped)
-    other = score_dataset(dataclasses.replace(trained, **dropped), dataset)
+    other = score_dataset(dataclasses.replace(trained, **dropped), dataset, recompute=True)
     assert np.abs(other.loss - scores.loss).max() > 1e-3
     np.testing.assert_array_equal(other.probs, scores.probs)  # the classifier is the final nets' in both
 
@@ -121,10 +138,64 @@ def test_categories_are_the_hard_groups_of_the_posteriors(scores, trained):
     assert set(np.unique(scores.categories)) == {0, 1, 2}
 
 
-def test_scoring_is_deterministic(trained, dataset, scores):
-    again = score_dataset(trained, dataset)
+def test_scoring_is_deterministic(trained, dataset):
+    first, again = (score_dataset(trained, dataset, recompute=True) for _ in range(2))
     for name, values in _fields(again).items():
-        np.testing.assert_array_equal(values, _fields(scores)[name], err_msg=name)
+        np.testing.assert_array_equal(values, _fields(first)[name], err_msg=name)
+
+
+def test_the_training_set_is_audited_from_what_the_run_kept_without_running_a_net(
+    trained, dataset, scores, monkeypatch
+):
+    """Training read every training image at its end; the audit looks those read-outs up by pixel key, and they
+    are what running the nets again gives (the same groups, scores equal to float precision)."""
+    from qmix_cli.reporting import score
+
+    recomputed = score_dataset(trained, dataset, recompute=True)
+    assert trained.readouts is not None and len(trained.readouts.keys) == len(dataset)
+
+    def no_nets(*args, **kwargs):
+        raise AssertionError("a net was run on an image the run was trained on")
+
+    monkeypatch.setattr(score, "_read_nets", no_nets)
+    kept = score_dataset(trained, dataset)
+    np.testing.assert_array_equal(kept.categories, recomputed.categories)
+    for name, values in _fields(kept).items():
+        np.testing.assert_allclose(values, _fields(recomputed)[name], atol=1e-5, err_msg=name)
+    for name, values in _fields(scores).items():
+        np.testing.assert_array_equal(values, _fields(kept)[name], err_msg=name)
+
+
+def test_only_images_the_run_does_not_know_are_read_by_the_nets(trained, dataset, scores, noisy_digits, tmp_path):
+    """A manifest mixing training images with a changed one (mirrored: other pixels, another key) runs the nets on
+    the changed image alone, and the known rows keep the values the run kept."""
+    from qmix_cli.reporting import score
+
+    frame = dataset.frame.iloc[:30]
+    changed = tmp_path / "mirrored.png"
+    with Image.open(Path(noisy_digits) / frame["path"].iloc[7]) as img:
+        img.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(changed)
+    paths = [str((Path(noisy_digits) / p).resolve()) for p in frame["path"]]
+    paths[7] = str(changed)
+    manifest = tmp_path / "mixed.csv"
+    rows = pd.DataFrame({"sample_id": frame["sample_id"], "path": paths, "label": frame["label"]})
+    rows.to_csv(manifest, index=False)
+    mixed = create_dataset(manifest, classes=trained.classes, min_classes=1)
+
+    asked = []
+    original = score._read_nets
+
+    def spy(*args, rows, **kwargs):
+        asked.append(rows)
+        return original(*args, rows=rows, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(score, "_read_nets", spy)
+        out = score_dataset(trained, mixed)
+    assert len(asked) == 1 and asked[0].tolist() == [7]
+    known = np.r_[0:7, 8:30]
+    np.testing.assert_array_equal(out.loss[known], scores.loss[known])
+    assert abs(out.loss[7] - scores.loss[7]) > 0  # the mirrored image is scored as the image it now is
 
 
 def test_a_subset_is_placed_on_the_saved_separation(trained, dataset, scores, noisy_digits, tmp_path):
@@ -144,7 +215,7 @@ def test_a_subset_is_placed_on_the_saved_separation(trained, dataset, scores, no
     subset = create_dataset(manifest, classes=trained.classes, min_classes=1)
     assert subset.sample_ids == rows["sample_id"].tolist()
 
-    sub = score_dataset(trained, subset, batch_size=64)
+    sub = score_dataset(trained, subset, batch_size=64, recompute=True)  # read by the nets, not looked up
     full = {name: values[picked] for name, values in _fields(scores).items()}
     for name, values in _fields(sub).items():
         if name == "categories":

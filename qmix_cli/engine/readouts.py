@@ -1,0 +1,70 @@
+"""What a run's nets said about its training images, kept with the run so that auditing them again runs no net.
+
+The audit's numbers for an image are a function of its pixels alone: each net's softmax of its eval view, and its
+probe output (`qmix_cli.engine.scoring.probe_output`), whose fold head and whose neighbours (copies excluded)
+follow the image's pixel key (`qmix_cli.engine.probe.image_keys`); the given label only enters afterwards, in the
+loss. Training computes both for every training image at its end (`_finalise`), so ``model.pt`` keeps them by
+pixel key, and `qmix audit` of the training set (its main use) looks them up instead of running four forwards
+per image; images the run never saw, or whose pixels changed, are scored by the nets as before.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+# Read-outs are kept only up to this size (2 arrays × nets × images × classes float32): 100,000 images of 10
+# classes take 16 MB; ImageNet-sized runs (a million images, a thousand classes) would add gigabytes to model.pt,
+# and their audit recomputes instead.
+READOUT_BYTES = 256 << 20
+
+
+@dataclass(frozen=True)
+class TrainingReadouts:
+    """Per distinct training image, by pixel key: ``keys`` (M,) int64, sorted and unique; ``probs`` (nets, M, K)
+    float32 each net's softmax; ``scored`` (nets, M, K) float32 each net's probe output."""
+
+    keys: np.ndarray
+    probs: np.ndarray
+    scored: np.ndarray
+
+    @classmethod
+    def from_training(cls, keys: np.ndarray, probs: np.ndarray, scored: np.ndarray) -> TrainingReadouts | None:
+        """Keep training's read-outs, (nets, N, K) each, of images with pixel keys ``keys`` (N,); None when they
+        would exceed `READOUT_BYTES`. Copies of an image share a key and, their pixels being equal, their
+        read-outs: one row is kept per key."""
+        keys = np.asarray(keys, dtype=np.int64)
+        probs, scored = np.asarray(probs, dtype=np.float32), np.asarray(scored, dtype=np.float32)
+        if probs.shape != scored.shape or probs.ndim != 3 or probs.shape[1] != len(keys):
+            raise ValueError(f"read-outs {probs.shape} and {scored.shape} do not fit {len(keys)} keys")
+        unique, first = np.unique(keys, return_index=True)
+        nets, _, classes = probs.shape
+        if 2 * nets * len(unique) * classes * probs.itemsize > READOUT_BYTES:
+            return None
+        return cls(keys=unique, probs=probs[:, first], scored=scored[:, first])
+
+    def lookup(self, keys: np.ndarray) -> np.ndarray:
+        """(N,) int64 the row of each of ``keys`` (N,), or -1 for an image the run does not know."""
+        keys = np.asarray(keys, dtype=np.int64)
+        if not len(self.keys):
+            return np.full(len(keys), -1, dtype=np.int64)
+        at = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        return np.where(self.keys[at] == keys, at, -1).astype(np.int64)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors only, so checkpoints load with ``weights_only=True``."""
+        return {
+            "keys": torch.from_numpy(self.keys),
+            "probs": torch.from_numpy(self.probs),
+            "scored": torch.from_numpy(self.scored),
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> TrainingReadouts:
+        return cls(
+            keys=state["keys"].numpy(),
+            probs=state["probs"].float().numpy(),
+            scored=state["scored"].float().numpy(),
+        )
