@@ -114,7 +114,7 @@ def main() -> None:
 
     # The run's own training set from its kept read-outs and with the nets run on every image, both warm: the
     # first audit checks and caches the images, and the second recomputed one is the one timed.
-    training = load_run(args.run).meta["dataset"]
+    training = json.loads((args.run / "run.json").read_text())["dataset"]  # as given to qmix train
     training_s = {}
     for recompute in (True, False, True):
         start = time.perf_counter()

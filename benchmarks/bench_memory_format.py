@@ -144,7 +144,7 @@ def end_to_end(args: argparse.Namespace, device: torch.device) -> pd.DataFrame:
                 api.train(noisy, run, **E2E_SETTING, device=str(device), quiet=True)
                 trained = time.perf_counter() - start
                 start = time.perf_counter()
-                api.audit(noisy, run=run, device=str(device), quiet=True)
+                api.audit(noisy, run=run, device=str(device), quiet=True, recompute=True)
                 audited = time.perf_counter() - start
             rows.append({"layout": layout, "train s": round(trained, 1), "audit s": round(audited, 1)})
             print(rows[-1], file=sys.stderr, flush=True)

@@ -234,7 +234,7 @@ def measure_method(method: str, noisy: Path, work: Path, args: argparse.Namespac
     for warm in (False, True):  # the first decodes the audit's cache if it differs from training's
         start = time.perf_counter()
         with profiled(profile_to("audit") if warm else None):
-            audit(noisy, run=run_dir, device=args.device, batch_size=AUDIT_BATCH, quiet=True)
+            audit(noisy, run=run_dir, device=args.device, batch_size=AUDIT_BATCH, quiet=True, recompute=True)
         audits.append(time.perf_counter() - start)
 
     cfg = load_config_file(run_dir / "config.yaml")

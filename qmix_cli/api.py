@@ -151,8 +151,9 @@ def audit(
     from its suffix unless ``fmt`` is given), ``"-"`` for CSV/JSONL on stdout, or None to only return the table.
     Rows are sorted by ``sort_by``: ``"sample_id"``, or ``"rank"`` (the most likely issues first, so that
     ``| head`` shows them). Returns the report as a `pandas.DataFrame` (in the same order) and, in
-    ``.attrs["pipe_closed"]``, whether a downstream pipe closed early. Images the run was trained on are scored
-    from what training read of them (kept in ``model.pt``) unless ``recompute`` is set.
+    ``.attrs["pipe_closed"]``, whether a downstream pipe closed early. Images with the very pixels of a training
+    image are scored from what training read of them (kept in ``model.pt``) unless ``recompute`` or ``tta`` is
+    set.
     """
     import pyarrow as pa
 

@@ -3,13 +3,15 @@
 The audit's numbers for an image are a function of its pixels alone: each net's softmax of its eval view, and its
 probe output (`qmix_cli.engine.scoring.probe_output`), whose fold head and whose neighbours (copies excluded)
 follow the image's pixel key (`qmix_cli.engine.probe.image_keys`); the given label only enters afterwards, in the
-loss. Training computes both for every training image at its end (`_finalise`), so ``model.pt`` keeps them by
-pixel key, and `qmix audit` of the training set (its main use) looks them up instead of running four forwards
-per image; images the run never saw, or whose pixels changed, are scored by the nets as before.
+loss. Training computes both for every training image at its end (`_finalise`), so ``model.pt`` keeps them by a
+digest of *every* pixel of the decoded image (`pixel_digests`; the probes' key reads a grid of them only, which
+an edit elsewhere would not change), and `qmix audit` of the training set (its main use) looks them up instead
+of running four forwards per image; images the run never saw, or whose pixels changed, are scored by the nets.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,10 +23,25 @@ import torch
 READOUT_BYTES = 256 << 20
 
 
+# Images hashed per read of a memory-mapped cache.
+_DIGEST_CHUNK = 1024
+
+
+def pixel_digests(images: np.ndarray) -> np.ndarray:
+    """(N,) int64 a 64-bit digest of all of each image's pixels, (N, C, H, W) uint8 as decoded at the run's size:
+    equal for equal images, different (but for a 2^-64 chance) for any change to any pixel."""
+    out = np.empty(len(images), dtype=np.uint64)
+    for start in range(0, len(images), _DIGEST_CHUNK):
+        chunk = np.ascontiguousarray(images[start : start + _DIGEST_CHUNK])
+        for i, image in enumerate(chunk, start=start):
+            out[i] = int.from_bytes(hashlib.blake2b(image.tobytes(), digest_size=8).digest(), "little")
+    return out.view(np.int64)
+
+
 @dataclass(frozen=True)
 class TrainingReadouts:
-    """Per distinct training image, by pixel key: ``keys`` (M,) int64, sorted and unique; ``probs`` (nets, M, K)
-    float32 each net's softmax; ``scored`` (nets, M, K) float32 each net's probe output."""
+    """Per distinct training image, by `pixel_digests`: ``keys`` (M,) int64, sorted and unique; ``probs``
+    (nets, M, K) float32 each net's softmax; ``scored`` (nets, M, K) float32 each net's probe output."""
 
     keys: np.ndarray
     probs: np.ndarray
@@ -32,9 +49,9 @@ class TrainingReadouts:
 
     @classmethod
     def from_training(cls, keys: np.ndarray, probs: np.ndarray, scored: np.ndarray) -> TrainingReadouts | None:
-        """Keep training's read-outs, (nets, N, K) each, of images with pixel keys ``keys`` (N,); None when they
-        would exceed `READOUT_BYTES`. Copies of an image share a key and, their pixels being equal, their
-        read-outs: one row is kept per key."""
+        """Keep training's read-outs, (nets, N, K) each, of images with `pixel_digests` ``keys`` (N,); None when
+        they would exceed `READOUT_BYTES`. Copies of an image share a digest and, their pixels being equal, their
+        read-outs: one row is kept per digest."""
         keys = np.asarray(keys, dtype=np.int64)
         probs, scored = np.asarray(probs, dtype=np.float32), np.asarray(scored, dtype=np.float32)
         if probs.shape != scored.shape or probs.ndim != 3 or probs.shape[1] != len(keys):
@@ -63,8 +80,10 @@ class TrainingReadouts:
 
     @classmethod
     def from_state_dict(cls, state: dict) -> TrainingReadouts:
-        return cls(
-            keys=state["keys"].numpy(),
-            probs=state["probs"].float().numpy(),
-            scored=state["scored"].float().numpy(),
-        )
+        """Raises ValueError for keys that are not sorted and unique, or arrays that do not fit them."""
+        keys, probs, scored = state["keys"].numpy(), state["probs"].float().numpy(), state["scored"].float().numpy()
+        if keys.ndim != 1 or (len(keys) > 1 and not (np.diff(keys) > 0).all()):
+            raise ValueError("read-out keys are not sorted and unique")
+        if probs.ndim != 3 or probs.shape != scored.shape or probs.shape[1] != len(keys):
+            raise ValueError(f"read-outs {probs.shape} and {scored.shape} do not fit {len(keys)} keys")
+        return cls(keys=keys, probs=probs, scored=scored)

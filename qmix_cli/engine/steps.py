@@ -237,11 +237,11 @@ def predict_features(
             where = probe_fit_device(feats.device, len(store) * feats.shape[1] * feats.element_size())
             out = feats.new_empty((len(store), feats.shape[1]), device=where)
         out[start : start + len(feats)].copy_(feats)
-        probs.append(p.cpu())
+        probs.append(p)  # on the device until the end: a copy per batch would wait for the GPU every batch
         start += len(feats)
     if out is None:
         raise ValueError("no images to compute features of")
-    return out, torch.cat(probs).numpy()
+    return out, torch.cat(probs).cpu().numpy()
 
 
 @torch.no_grad()

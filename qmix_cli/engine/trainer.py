@@ -40,7 +40,7 @@ from qmix_cli.engine.models import (
 )
 from qmix_cli.engine.neighbours import NeighbourVote, fit_neighbour_vote
 from qmix_cli.engine.probe import PROBE_STAGES, LinearProbe, fit_probe, image_keys
-from qmix_cli.engine.readouts import TrainingReadouts
+from qmix_cli.engine.readouts import TrainingReadouts, pixel_digests
 from qmix_cli.engine.scoring import Scores, compute_scores, fit_separation, probe_output
 from qmix_cli.engine.separation import hard_groups, separation_aucs
 from qmix_cli.engine.steps import (
@@ -335,7 +335,7 @@ class _Run:
             probes=probes,
             warmup_probes=warm_probes,
             votes=votes,
-            readouts=TrainingReadouts.from_training(keys, np.stack(own), scores.probs),
+            readouts=TrainingReadouts.from_training(pixel_digests(self.images), np.stack(own), scores.probs),
         )
 
     def _read_net(
@@ -628,7 +628,8 @@ def _epoch_line(row: dict[str, Any], epochs: int) -> str:
 def _finalise(run: _Run) -> None:
     """Score the training set with the final nets (and their warm-up snapshot, `_Run.probe_scores`), fit the final
     separation and save what audit needs."""
-    # The nets' own scores keep no read-outs: they are smoothed over epochs (`smooth_epochs`), an audit's are not.
+    # Only the probes' read-outs are kept: the classifier's separation is fitted on losses smoothed over epochs
+    # (`smooth_epochs`), which an audit does not reproduce, and without probes the audit computes no pixel keys.
     final = run.probe_scores() if run.cfg.audit_scores == "probe" else FinalReadout(scores=run.scores())
     scores, probes, warmup_probes, votes = final.scores, final.probes, final.warmup_probes, final.votes
     run.separations = run.separate(scores, "quality")

@@ -25,7 +25,7 @@ from qmix_cli.engine.checkpoint import load_checkpoint
 from qmix_cli.engine.models import QmixNet, trained_models
 from qmix_cli.engine.neighbours import NeighbourVote
 from qmix_cli.engine.probe import LinearProbe
-from qmix_cli.engine.readouts import TrainingReadouts
+from qmix_cli.engine.readouts import TrainingReadouts, pixel_digests
 from qmix_cli.engine.scoring import compute_scores, mean_posteriors, separation_from_dict
 from qmix_cli.engine.separation import QualitySeparation, hard_groups
 from qmix_cli.engine.steps import StepContext, predict_probs, predict_with_probes
@@ -98,11 +98,20 @@ def load_run(run_dir: str | Path, *, device: str = "auto") -> TrainedRun:
         warmup_nets=nets("warmup_nets"),
         warmup_probes=probes("warmup_probes"),
         votes=[NeighbourVote.from_state_dict(v).to(dev) for v in state.get("votes", [])],
-        readouts=None if state.get("readouts") is None else TrainingReadouts.from_state_dict(state["readouts"]),
+        readouts=_readouts(state.get("readouts"), run_dir),
     )
     _check_votes(run)
     _check_readouts(run)
     return run
+
+
+def _readouts(state: dict | None, run_dir: Path) -> TrainingReadouts | None:
+    if state is None:
+        return None
+    try:
+        return TrainingReadouts.from_state_dict(state)
+    except (KeyError, ValueError) as e:
+        raise QmixError(f"{run_dir / 'model.pt'}: its training read-outs are damaged ({e}); train the run again") from e
 
 
 def _check_votes(run: TrainedRun) -> None:
@@ -121,16 +130,20 @@ def _check_votes(run: TrainedRun) -> None:
 
 
 def _check_readouts(run: TrainedRun) -> None:
-    """Kept read-outs must be one per net and class of a run with probes, for as many images as keys."""
+    """Kept read-outs must be one per net and class of a run with probes; read-outs of a run whose snapshots or
+    votes were taken out of ``model.pt`` since are not what its remaining parts compute, and are dropped."""
     r = run.readouts
     if r is None:
         return
     expected = (len(run.nets), len(r.keys), len(run.classes))
-    if not run.probes or r.probs.shape != expected or r.scored.shape != expected:
+    if not run.probes or r.probs.shape != expected:
         raise QmixError(
             f"{run.run_dir / 'model.pt'}: its training read-outs do not match its nets (a damaged or edited file); "
             "train the run again"
         )
+    snapshots, votes = bool(run.meta.get("audit_warmup")), run.meta.get("audit_neighbours", 0) > 0
+    if bool(run.warmup_probes) != snapshots or bool(run.votes) != votes:
+        run.readouts = None
 
 
 @dataclass(frozen=True)
@@ -183,9 +196,9 @@ def score_dataset(
 ) -> AuditScores:
     """Score every image of ``dataset`` with both nets of ``run`` (optionally averaging ``tta`` weak views).
 
-    Images the run was trained on (same pixels) take the read-outs the run kept (`TrainedRun.readouts`) instead
-    of running the nets again, unless ``recompute`` or ``tta`` is set (test-time views are random, not what
-    training read).
+    Images with the very pixels of a training image take the read-outs the run kept (`TrainedRun.readouts`)
+    instead of running the nets again, unless ``recompute`` or ``tta`` is set (test-time views are random, not
+    what training read).
     """
     reporter = reporter or SilentReporter()
     index = {c: i for i, c in enumerate(run.classes)}
@@ -203,8 +216,8 @@ def score_dataset(
     own = np.empty((len(run.nets), n, classes), dtype=np.float32)
     scored = np.empty_like(own)
     todo = np.arange(n)
-    if run.readouts is not None and keys is not None and not recompute and tta == 0:
-        found = run.readouts.lookup(keys)
+    if run.readouts is not None and not recompute and tta == 0:
+        found = run.readouts.lookup(pixel_digests(images))
         known = found >= 0
         own[:, known] = run.readouts.probs[:, found[known]]
         scored[:, known] = run.readouts.scored[:, found[known]]

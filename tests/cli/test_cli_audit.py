@@ -352,15 +352,27 @@ def test_error_quoting_user_text_is_printed_verbatim(runner, tmp_path, write_ima
     assert "Traceback" not in line
 
 
-def test_recompute_runs_the_nets_and_agrees_with_what_the_run_kept(runner, tmp_path, qmix_run, noisy_digits):
+def test_recompute_runs_the_nets_and_agrees_with_what_the_run_kept(
+    runner, tmp_path, qmix_run, noisy_digits, monkeypatch
+):
     """By default the training images are scored from the read-outs the run kept; ``--recompute`` runs the nets on
-    them, and the two reports agree row by row."""
+    all of them, and the two reports agree row by row."""
+    from qmix_cli.reporting import score
+
+    asked, original = [], score._read_nets
+
+    def spy(*args, rows, **kwargs):
+        asked.append(rows)
+        return original(*args, rows=rows, **kwargs)
+
+    monkeypatch.setattr(score, "_read_nets", spy)
     reports = {}
     for name, extra in (("kept", []), ("recomputed", ["--recompute"])):
         out = tmp_path / f"{name}.parquet"
         result = _audit(runner, noisy_digits, qmix_run.run_dir, "-o", str(out), *extra)
         assert result.exit_code == 0, result.output
         reports[name] = pd.read_parquet(out)
+        assert asked == ([] if name == "kept" else [None])  # None: every image
     kept, recomputed = reports["kept"], reports["recomputed"]
     assert kept["category"].tolist() == recomputed["category"].tolist()
     assert kept["suggested_label"].tolist() == recomputed["suggested_label"].tolist()

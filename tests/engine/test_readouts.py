@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from qmix_cli.engine import readouts
-from qmix_cli.engine.readouts import TrainingReadouts
+from qmix_cli.engine.probe import image_keys
+from qmix_cli.engine.readouts import TrainingReadouts, pixel_digests
 
 
 def _outputs(n: int, *, nets: int = 2, classes: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -72,3 +73,25 @@ def test_round_trip_through_a_weights_only_checkpoint():
     for name in ("keys", "probs", "scored"):
         np.testing.assert_array_equal(getattr(back, name), getattr(kept, name))
     assert back.lookup(np.array([15], dtype=np.int64)).tolist() == [2]
+
+
+def test_digests_see_every_pixel_where_the_probes_key_reads_a_grid():
+    """The probes' key samples a 16 x 16 grid (a fold per image, cheap); a read-out must not be reused for an
+    image changed anywhere, so its digest reads every pixel."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, 1, 64, 64), dtype=np.uint8)
+    images[1] = images[0]
+    images[2] = images[0]
+    images[2, 0, 1, 1] ^= 1  # off the grid of every fourth row and column
+    keys, digests = image_keys(images), pixel_digests(images)
+    assert keys[0] == keys[1] == keys[2]
+    assert digests[0] == digests[1] != digests[2]
+
+
+def test_damaged_state_is_refused():
+    kept = TrainingReadouts.from_training(np.array([1, 2, 3], dtype=np.int64), *_outputs(3))
+    state = kept.state_dict()
+    with pytest.raises(ValueError, match="sorted and unique"):
+        TrainingReadouts.from_state_dict({**state, "keys": state["keys"].flip(0)})
+    with pytest.raises(ValueError, match="do not fit"):
+        TrainingReadouts.from_state_dict({**state, "scored": state["scored"][:, :2]})

@@ -48,8 +48,13 @@ def test_a_run_whose_read_outs_do_not_match_its_nets_is_refused(qmix_run, tmp_pa
     run_dir = tmp_path / "run"
     shutil.copytree(qmix_run.run_dir, run_dir)
     state = torch.load(run_dir / "model.pt", weights_only=True)
-    state["readouts"]["probs"] = state["readouts"]["probs"][:1]  # one net's read-outs for a two-net run
+    readouts = dict(state["readouts"])
+    state["readouts"]["probs"] = readouts["probs"][:1]  # damaged: arrays that do not fit each other
     torch.save(state, run_dir / "model.pt")
+    with pytest.raises(QmixError, match="training read-outs are damaged"):
+        load_run(run_dir, device="cpu")
+    state["readouts"] = {**readouts, "probs": readouts["probs"][:1], "scored": readouts["scored"][:1]}
+    torch.save(state, run_dir / "model.pt")  # one net's read-outs for a two-net run
     with pytest.raises(QmixError, match="training read-outs do not match its nets"):
         load_run(run_dir, device="cpu")
     state["readouts"] = None  # runs without read-outs (saved before them, or too large) are audited by the nets
@@ -69,7 +74,8 @@ def test_a_run_whose_votes_do_not_match_its_probes_is_refused(qmix_run, tmp_path
         load_run(run_dir, device="cpu")
     state["votes"] = []  # the same run without its votes is a valid run: final probes alone
     torch.save(state, run_dir / "model.pt")
-    assert load_run(run_dir, device="cpu").votes == []
+    alone = load_run(run_dir, device="cpu")
+    assert alone.votes == [] and alone.readouts is None  # what training read with them is not what it now reads
 
 
 def test_load_run(trained, qmix_run):
@@ -167,16 +173,17 @@ def test_the_training_set_is_audited_from_what_the_run_kept_without_running_a_ne
 
 
 def test_only_images_the_run_does_not_know_are_read_by_the_nets(trained, dataset, scores, noisy_digits, tmp_path):
-    """A manifest mixing training images with a changed one (mirrored: other pixels, another key) runs the nets on
-    the changed image alone, and the known rows keep the values the run kept."""
+    """A manifest mixing training images with changed ones (mirrored: other pixels) runs the nets on the changed
+    images alone, batch boundaries falling between them, and every row gets what running the nets on all gives."""
     from qmix_cli.reporting import score
 
     frame = dataset.frame.iloc[:30]
-    changed = tmp_path / "mirrored.png"
-    with Image.open(Path(noisy_digits) / frame["path"].iloc[7]) as img:
-        img.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(changed)
+    changed = [3, 7, 8, 21]
     paths = [str((Path(noisy_digits) / p).resolve()) for p in frame["path"]]
-    paths[7] = str(changed)
+    for i in changed:
+        with Image.open(paths[i]) as img:
+            img.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(tmp_path / f"mirrored{i}.png")
+        paths[i] = str(tmp_path / f"mirrored{i}.png")
     manifest = tmp_path / "mixed.csv"
     rows = pd.DataFrame({"sample_id": frame["sample_id"], "path": paths, "label": frame["label"]})
     rows.to_csv(manifest, index=False)
@@ -191,11 +198,14 @@ def test_only_images_the_run_does_not_know_are_read_by_the_nets(trained, dataset
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(score, "_read_nets", spy)
-        out = score_dataset(trained, mixed)
-    assert len(asked) == 1 and asked[0].tolist() == [7]
-    known = np.r_[0:7, 8:30]
+        out = score_dataset(trained, mixed, batch_size=3)
+    assert len(asked) == 1 and asked[0].tolist() == changed
+    recomputed = score_dataset(trained, mixed, batch_size=3, recompute=True)
+    for name, values in _fields(out).items():
+        np.testing.assert_allclose(values, _fields(recomputed)[name], atol=1e-5, err_msg=name)
+    known = np.setdiff1d(np.arange(30), changed)
     np.testing.assert_array_equal(out.loss[known], scores.loss[known])
-    assert abs(out.loss[7] - scores.loss[7]) > 0  # the mirrored image is scored as the image it now is
+    assert np.abs(out.loss[changed] - scores.loss[changed]).max() > 1e-3  # scored as the images they now are
 
 
 def test_a_subset_is_placed_on_the_saved_separation(trained, dataset, scores, noisy_digits, tmp_path):
