@@ -41,26 +41,43 @@ def pixel_digests(images: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class TrainingReadouts:
     """Per distinct training image, by `pixel_digests`: ``keys`` (M,) int64, sorted and unique; ``probs``
-    (nets, M, K) float32 each net's softmax; ``scored`` (nets, M, K) float32 each net's probe output."""
+    (nets, M, K) float32 each net's softmax; ``scored`` (nets, M, K) float32 each net's probe output;
+    ``sampled`` (M',) int64 sorted, the training images' probe keys (`qmix_cli.engine.probe.image_keys`, which the
+    audit computes anyway): only an image with one of them can be a training image, and only such images need
+    the digest of all their pixels, which costs more (0.2 ms per 224-px RGB image on a 2-core CPU)."""
 
     keys: np.ndarray
     probs: np.ndarray
     scored: np.ndarray
+    sampled: np.ndarray
 
     @classmethod
-    def from_training(cls, keys: np.ndarray, probs: np.ndarray, scored: np.ndarray) -> TrainingReadouts | None:
-        """Keep training's read-outs, (nets, N, K) each, of images with `pixel_digests` ``keys`` (N,); None when
-        they would exceed `READOUT_BYTES`. Copies of an image share a digest and, their pixels being equal, their
-        read-outs: one row is kept per digest."""
+    def from_training(
+        cls, keys: np.ndarray, probs: np.ndarray, scored: np.ndarray, *, sampled: np.ndarray
+    ) -> TrainingReadouts | None:
+        """Keep training's read-outs, (nets, N, K) each, of images with `pixel_digests` ``keys`` (N,) and probe
+        keys ``sampled`` (N,); None when they would exceed `READOUT_BYTES`. Copies of an image share a digest and,
+        their pixels being equal, their read-outs: one row is kept per digest."""
         keys = np.asarray(keys, dtype=np.int64)
         probs, scored = np.asarray(probs, dtype=np.float32), np.asarray(scored, dtype=np.float32)
-        if probs.shape != scored.shape or probs.ndim != 3 or probs.shape[1] != len(keys):
+        if probs.shape != scored.shape or probs.ndim != 3 or probs.shape[1] != len(keys) or len(sampled) != len(keys):
             raise ValueError(f"read-outs {probs.shape} and {scored.shape} do not fit {len(keys)} keys")
         unique, first = np.unique(keys, return_index=True)
         nets, _, classes = probs.shape
         if 2 * nets * len(unique) * classes * probs.itemsize > READOUT_BYTES:
             return None
-        return cls(keys=unique, probs=probs[:, first], scored=scored[:, first])
+        sampled = np.unique(np.asarray(sampled, dtype=np.int64))
+        return cls(keys=unique, probs=probs[:, first], scored=scored[:, first], sampled=sampled)
+
+    def find(self, images: np.ndarray, sampled: np.ndarray) -> np.ndarray:
+        """(N,) int64 the row of each of ``images`` (N, C, H, W) uint8 with probe keys ``sampled`` (N,), or -1 for
+        an image the run does not know: digests are computed only for images whose probe key a training image
+        has."""
+        found = np.full(len(images), -1, dtype=np.int64)
+        maybe = np.flatnonzero(np.isin(np.asarray(sampled, dtype=np.int64), self.sampled))
+        if len(maybe):
+            found[maybe] = self.lookup(pixel_digests(images[maybe] if len(maybe) < len(images) else images))
+        return found
 
     def lookup(self, keys: np.ndarray) -> np.ndarray:
         """(N,) int64 the row of each of ``keys`` (N,), or -1 for an image the run does not know."""
@@ -76,14 +93,17 @@ class TrainingReadouts:
             "keys": torch.from_numpy(self.keys),
             "probs": torch.from_numpy(self.probs),
             "scored": torch.from_numpy(self.scored),
+            "sampled": torch.from_numpy(self.sampled),
         }
 
     @classmethod
     def from_state_dict(cls, state: dict) -> TrainingReadouts:
         """Raises ValueError for keys that are not sorted and unique, or arrays that do not fit them."""
         keys, probs, scored = state["keys"].numpy(), state["probs"].float().numpy(), state["scored"].float().numpy()
-        if keys.ndim != 1 or (len(keys) > 1 and not (np.diff(keys) > 0).all()):
-            raise ValueError("read-out keys are not sorted and unique")
+        sampled = state["sampled"].numpy()
+        for name, values in (("keys", keys), ("probe keys", sampled)):
+            if values.ndim != 1 or (len(values) > 1 and not (np.diff(values) > 0).all()):
+                raise ValueError(f"read-out {name} are not sorted and unique")
         if probs.ndim != 3 or probs.shape != scored.shape or probs.shape[1] != len(keys):
             raise ValueError(f"read-outs {probs.shape} and {scored.shape} do not fit {len(keys)} keys")
-        return cls(keys=keys, probs=probs, scored=scored)
+        return cls(keys=keys, probs=probs, scored=scored, sampled=sampled)

@@ -335,7 +335,9 @@ class _Run:
             probes=probes,
             warmup_probes=warm_probes,
             votes=votes,
-            readouts=TrainingReadouts.from_training(pixel_digests(self.images), np.stack(own), scores.probs),
+            readouts=TrainingReadouts.from_training(
+                pixel_digests(self.images), np.stack(own), scores.probs, sampled=keys
+            ),
         )
 
     def _read_net(
@@ -629,7 +631,7 @@ def _finalise(run: _Run) -> None:
     """Score the training set with the final nets (and their warm-up snapshot, `_Run.probe_scores`), fit the final
     separation and save what audit needs."""
     # Only the probes' read-outs are kept: the classifier's separation is fitted on losses smoothed over epochs
-    # (`smooth_epochs`), which an audit does not reproduce, and without probes the audit computes no pixel keys.
+    # (`smooth_epochs`), which its audit does not reproduce, so keeping them would not make the two agree.
     final = run.probe_scores() if run.cfg.audit_scores == "probe" else FinalReadout(scores=run.scores())
     scores, probes, warmup_probes, votes = final.scores, final.probes, final.warmup_probes, final.votes
     run.separations = run.separate(scores, "quality")

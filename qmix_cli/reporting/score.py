@@ -25,7 +25,7 @@ from qmix_cli.engine.checkpoint import load_checkpoint
 from qmix_cli.engine.models import QmixNet, trained_models
 from qmix_cli.engine.neighbours import NeighbourVote
 from qmix_cli.engine.probe import LinearProbe
-from qmix_cli.engine.readouts import TrainingReadouts, pixel_digests
+from qmix_cli.engine.readouts import TrainingReadouts
 from qmix_cli.engine.scoring import compute_scores, mean_posteriors, separation_from_dict
 from qmix_cli.engine.separation import QualitySeparation, hard_groups
 from qmix_cli.engine.steps import StepContext, predict_probs, predict_with_probes
@@ -51,7 +51,7 @@ class TrainedRun:
     warmup_probes: list[LinearProbe] = field(default_factory=list)
     # Each net's neighbour vote over its probes' features, or none (``audit_neighbours`` 0, runs saved before it).
     votes: list[NeighbourVote] = field(default_factory=list)
-    # What the nets said about each training image (by pixel key), or None (not kept, runs saved before it).
+    # What the nets said about each training image (by pixel digest), or None (not kept, runs saved before it).
     readouts: TrainingReadouts | None = None
 
     @property
@@ -216,8 +216,8 @@ def score_dataset(
     own = np.empty((len(run.nets), n, classes), dtype=np.float32)
     scored = np.empty_like(own)
     todo = np.arange(n)
-    if run.readouts is not None and not recompute and tta == 0:
-        found = run.readouts.lookup(pixel_digests(images))
+    if run.readouts is not None and keys is not None and not recompute and tta == 0:
+        found = run.readouts.find(images, keys)
         known = found >= 0
         own[:, known] = run.readouts.probs[:, found[known]]
         scored[:, known] = run.readouts.scored[:, found[known]]
