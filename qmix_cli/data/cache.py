@@ -31,6 +31,8 @@ if TYPE_CHECKING:  # manifest.py imports this module when it checks images
     from qmix_cli.data.manifest import Dataset
 
 CACHE_VERSION = "1"
+# Rows copied at once when skipped images leave a subset to store (about 150 MB at 224 px RGB).
+_COPY_ROWS = 1024
 
 
 def cache_key(
@@ -200,7 +202,3 @@ class CacheFill:
         """Drop the partial file (what `finish` did not move into the cache)."""
         self.rows = None  # unmaps it
         self.tmp.unlink(missing_ok=True)
-
-
-# Rows copied at once when skipped images leave a subset to store (about 150 MB at 224 px RGB).
-_COPY_ROWS = 1024
