@@ -40,7 +40,23 @@ PROBE_STAGES = 2
 # Pixels per side hashed for an image's fold: a grid this fine tells any two different photographs apart, and
 # keeps hashing a 224-px dataset far cheaper than decoding it.
 KEY_GRID = 16
-_HASH_CHUNK = 4096
+# Bytes of pixels hashed per read of a memory-mapped cache.
+_HASH_BYTES = 16 << 20
+
+
+def pixel_digests(images: np.ndarray, *, salt: bytes = b"", step: tuple[int, int] = (1, 1)) -> np.ndarray:
+    """(N,) int64 a 64-bit digest of ``salt`` and each image's pixels, (N, C, H, W) uint8, read every ``step``-th
+    row and column (by default all of them): equal for equal images, different (but for a 2^-64 chance) where a
+    pixel read differs."""
+    n, c, h, w = images.shape
+    step_h, step_w = step
+    rows = max(1, _HASH_BYTES // max(1, c * -(-h // step_h) * -(-w // step_w)))
+    out = np.empty(n, dtype=np.uint64)
+    for start in range(0, n, rows):
+        chunk = np.ascontiguousarray(images[start : start + rows, :, ::step_h, ::step_w])
+        for i, image in enumerate(chunk, start=start):
+            out[i] = int.from_bytes(hashlib.blake2b(salt + image.tobytes(), digest_size=8).digest(), "little")
+    return out.view(np.int64)
 
 
 def image_keys(images: np.ndarray, *, seed: int = 0) -> np.ndarray:
@@ -56,15 +72,9 @@ def image_keys(images: np.ndarray, *, seed: int = 0) -> np.ndarray:
     np.ndarray
         (N,) int64 (the digest's 64 bits, read as a signed integer).
     """
-    n, _, h, w = images.shape
-    step_h, step_w = max(1, h // KEY_GRID), max(1, w // KEY_GRID)
-    salt = f"qmix-probe-fold\0{seed}\0".encode()
-    out = np.empty(n, dtype=np.uint64)
-    for start in range(0, n, _HASH_CHUNK):
-        grid = np.ascontiguousarray(images[start : start + _HASH_CHUNK, :, ::step_h, ::step_w])
-        for i, row in enumerate(grid, start=start):
-            out[i] = int.from_bytes(hashlib.blake2b(salt + row.tobytes(), digest_size=8).digest(), "little")
-    return out.view(np.int64)
+    _, _, h, w = images.shape
+    step = (max(1, h // KEY_GRID), max(1, w // KEY_GRID))
+    return pixel_digests(images, salt=f"qmix-probe-fold\0{seed}\0".encode(), step=step)
 
 
 def folds_of_keys(keys: np.ndarray, *, folds: int = FOLDS) -> np.ndarray:

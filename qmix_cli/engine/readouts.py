@@ -11,31 +11,17 @@ of running four forwards per image; images the run never saw, or whose pixels ch
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from qmix_cli.engine.probe import pixel_digests
+
 # Read-outs are kept only up to this size (2 arrays × nets × images × classes float32): 100,000 images of 10
 # classes take 16 MB; ImageNet-sized runs (a million images, a thousand classes) would add gigabytes to model.pt,
 # and their audit recomputes instead.
 READOUT_BYTES = 256 << 20
-
-
-# Images hashed per read of a memory-mapped cache.
-_DIGEST_CHUNK = 1024
-
-
-def pixel_digests(images: np.ndarray) -> np.ndarray:
-    """(N,) int64 a 64-bit digest of all of each image's pixels, (N, C, H, W) uint8 as decoded at the run's size:
-    equal for equal images, different (but for a 2^-64 chance) for any change to any pixel."""
-    out = np.empty(len(images), dtype=np.uint64)
-    for start in range(0, len(images), _DIGEST_CHUNK):
-        chunk = np.ascontiguousarray(images[start : start + _DIGEST_CHUNK])
-        for i, image in enumerate(chunk, start=start):
-            out[i] = int.from_bytes(hashlib.blake2b(image.tobytes(), digest_size=8).digest(), "little")
-    return out.view(np.int64)
 
 
 @dataclass(frozen=True)
@@ -51,6 +37,14 @@ class TrainingReadouts:
     scored: np.ndarray
     sampled: np.ndarray
 
+    def __post_init__(self) -> None:
+        """Raises ValueError for keys that are not sorted and unique, or arrays that do not fit them (a damaged
+        ``model.pt``): `lookup` relies on both."""
+        for name, values in (("keys", self.keys), ("probe keys", self.sampled)):
+            if values.ndim != 1 or not (values[1:] > values[:-1]).all():  # np.diff would overflow on int64 keys
+                raise ValueError(f"read-out {name} are not sorted and unique")
+        _check_fit(self.keys, self.probs, self.scored)
+
     @classmethod
     def from_training(
         cls, keys: np.ndarray, probs: np.ndarray, scored: np.ndarray, *, sampled: np.ndarray
@@ -60,8 +54,7 @@ class TrainingReadouts:
         their pixels being equal, their read-outs: one row is kept per digest."""
         keys = np.asarray(keys, dtype=np.int64)
         probs, scored = np.asarray(probs, dtype=np.float32), np.asarray(scored, dtype=np.float32)
-        if probs.shape != scored.shape or probs.ndim != 3 or probs.shape[1] != len(keys) or len(sampled) != len(keys):
-            raise ValueError(f"read-outs {probs.shape} and {scored.shape} do not fit {len(keys)} keys")
+        _check_fit(keys, probs, scored, sampled)
         unique, first = np.unique(keys, return_index=True)
         nets, _, classes = probs.shape
         if 2 * nets * len(unique) * classes * probs.itemsize > READOUT_BYTES:
@@ -98,12 +91,16 @@ class TrainingReadouts:
 
     @classmethod
     def from_state_dict(cls, state: dict) -> TrainingReadouts:
-        """Raises ValueError for keys that are not sorted and unique, or arrays that do not fit them."""
-        keys, probs, scored = state["keys"].numpy(), state["probs"].float().numpy(), state["scored"].float().numpy()
-        sampled = state["sampled"].numpy()
-        for name, values in (("keys", keys), ("probe keys", sampled)):
-            if values.ndim != 1 or (len(values) > 1 and not (np.diff(values) > 0).all()):
-                raise ValueError(f"read-out {name} are not sorted and unique")
-        if probs.ndim != 3 or probs.shape != scored.shape or probs.shape[1] != len(keys):
-            raise ValueError(f"read-outs {probs.shape} and {scored.shape} do not fit {len(keys)} keys")
-        return cls(keys=keys, probs=probs, scored=scored, sampled=sampled)
+        return cls(
+            keys=state["keys"].numpy(),
+            probs=state["probs"].float().numpy(),
+            scored=state["scored"].float().numpy(),
+            sampled=state["sampled"].numpy(),
+        )
+
+
+def _check_fit(keys: np.ndarray, probs: np.ndarray, scored: np.ndarray, sampled: np.ndarray | None = None) -> None:
+    """Read-outs (nets, N, K) twice, for N keys (and N probe keys where given), or ValueError."""
+    fits = probs.ndim == 3 and probs.shape == scored.shape and probs.shape[1] == len(keys)
+    if not fits or (sampled is not None and len(sampled) != len(keys)):
+        raise ValueError(f"read-outs {probs.shape} and {scored.shape} do not fit {len(keys)} keys")

@@ -39,8 +39,8 @@ from qmix_cli.engine.models import (
     trained_models,
 )
 from qmix_cli.engine.neighbours import NeighbourVote, fit_neighbour_vote
-from qmix_cli.engine.probe import PROBE_STAGES, LinearProbe, fit_probe, image_keys
-from qmix_cli.engine.readouts import TrainingReadouts, pixel_digests
+from qmix_cli.engine.probe import PROBE_STAGES, LinearProbe, fit_probe, image_keys, pixel_digests
+from qmix_cli.engine.readouts import TrainingReadouts
 from qmix_cli.engine.scoring import Scores, compute_scores, fit_separation, probe_output
 from qmix_cli.engine.separation import hard_groups, separation_aucs
 from qmix_cli.engine.steps import (
