@@ -24,7 +24,7 @@ from PIL import Image
 
 from qmix_cli.data.builtin import default_cache_dir
 from qmix_cli.data.images import GRAY_MODES, default_workers, fit_image, read_image
-from qmix_cli.data.scan_cache import file_stats, files_digest
+from qmix_cli.data.scan_cache import files_digest
 from qmix_cli.io import atomic_path
 
 if TYPE_CHECKING:  # manifest.py imports this module when it checks images
@@ -88,11 +88,18 @@ def cached_images(
     workers: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> np.ndarray:
-    """All images of ``dataset`` as a read-only memory-mapped uint8 array of shape (N, channels, size, size)."""
+    """All images of ``dataset`` as a read-only memory-mapped uint8 array of shape (N, channels, size, size).
+
+    Keyed on the files as `Dataset.file_stats` recorded them where the dataset kept them, else as they are now.
+    """
     paths = dataset.file_paths
+    stats = dataset.file_stats
     folder = _decoded_folder(cache_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{cache_key(paths, size=size, channels=channels)}.npy"
+    key = cache_key(
+        paths, size=size, channels=channels, stats=None if stats is None or len(stats) != len(paths) else stats.tolist()
+    )
+    target = folder / f"{key}.npy"
     _remove_stale_partials(folder)
     if not target.is_file():
         with atomic_path(target) as tmp:
@@ -147,12 +154,18 @@ class CacheFill:
         self.abandoned = False
 
     @classmethod
-    def start(cls, paths: Sequence[str], target: DecodeTarget, *, cache_dir: str | Path | None) -> CacheFill | None:
-        """A fill for ``paths``, or None where there is nothing to fill: the cache already holds them, a file
-        cannot be stat'ed (the check will report it) or the cache cannot be written (`cached_images` will say)."""
+    def start(
+        cls,
+        paths: Sequence[str],
+        stats: Sequence[tuple[int, int]],
+        target: DecodeTarget,
+        *,
+        cache_dir: str | Path | None,
+    ) -> CacheFill | None:
+        """A fill for ``paths``, whose `file_stats` were read before any of them was decoded, or None where there
+        is nothing to fill: the cache already holds them or cannot be written (`cached_images` will say)."""
         folder = _decoded_folder(cache_dir)
         try:
-            stats = file_stats(paths)
             key = cache_key(paths, size=target.size, channels=target.channels or 1, stats=stats)
             return None if (folder / f"{key}.npy").is_file() else cls(paths, target, folder, stats)
         except OSError:

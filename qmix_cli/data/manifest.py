@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from qmix_cli.data.images import IMAGE_SUFFIXES, ImageInfo, scan_images
-from qmix_cli.data.scan_cache import cached_scan
+from qmix_cli.data.scan_cache import cached_scan, file_stats
 from qmix_cli.errors import ConfigError, DataError, summarise_offenders
 from qmix_cli.progress import Reporter, SilentReporter
 
@@ -49,6 +49,11 @@ class Dataset:
         1 when every image is grayscale, else 3 (0 when images were not inspected).
     source
         How the user named the dataset (recorded in run configs).
+    file_stats
+        (N, 2) int64: each image file's size and modification time in nanoseconds as the check found them, kept
+        by ``create_dataset(decode_to=...)``, whose caller reads the images next: `cached_images` keys the
+        decoded cache on them instead of stat'ing every file again, and so reads the files as they were
+        checked (an edit since then is seen by the next `create_dataset`). None: `cached_images` stats the files.
     """
 
     root: Path
@@ -57,6 +62,7 @@ class Dataset:
     skipped: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["sample_id", "path", "reason"]))
     channels: int = 0
     source: str = ""
+    file_stats: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -222,21 +228,33 @@ def _check_images(
     cache_dir: Path,
     decode_to: DecodeTarget | None,
     min_classes: int,
-) -> tuple[pd.DataFrame, pd.DataFrame, list[ImageInfo]]:
+) -> tuple[pd.DataFrame, pd.DataFrame, list[ImageInfo], np.ndarray | None]:
+    """The good rows, the skipped ones, the good rows' image infos and their files' `file_stats` as (N, 2)
+    int64 (None where a file could not be stat'ed; a dataset with such a file is refused or skips it)."""
     from qmix_cli.data.cache import CacheFill
 
     with contextlib.ExitStack() as stack:
         fills: list[CacheFill] = []
 
+        paths = absolute_paths(root, frame["path"])
+        # One stat of every file keys the remembered check, the fill and (through `Dataset.file_stats`) the
+        # decoded cache: on a network file system a stat pass over 100k files is seconds, not tenths.
+        try:
+            stats = file_stats(paths)
+        except OSError:  # a missing file: the check reports it, and nothing is remembered or filled
+            stats = None
+
         def scan(paths: Sequence[str]) -> list[ImageInfo]:
-            fill = None if decode_to is None else CacheFill.start(paths, decode_to, cache_dir=cache_dir)
+            fill = None
+            if decode_to is not None and stats is not None:
+                fill = CacheFill.start(paths, stats, decode_to, cache_dir=cache_dir)
             if fill is not None:
                 stack.callback(fill.close)
                 fills.append(fill)
             progress = reporter.task("checking images", len(paths))
             return scan_images(paths, workers=workers, progress=progress, keep=None if fill is None else fill.put)
 
-        infos = cached_scan(absolute_paths(root, frame["path"]), cache_dir=cache_dir, scan=scan)
+        infos = cached_scan(paths, cache_dir=cache_dir, scan=scan, stats=stats)
         bad = np.array([info.error is not None for info in infos], dtype=bool)
         # Filled only for a dataset that will be accepted: no bad image refused, enough classes left.
         if (not bad.any() or on_bad_image == "skip") and frame.loc[~bad, "label"].nunique() >= min_classes:
@@ -253,7 +271,8 @@ def _check_images(
         offenders = [f"{r.path}: {r.reason}" for r in skipped.itertuples()]
         raise DataError(summarise_offenders("bad images", offenders) + " (pass --on-bad-image skip to leave them out)")
     good = [info for info, b in zip(infos, bad, strict=True) if not b]
-    return frame.loc[~bad].reset_index(drop=True), skipped, good
+    kept_stats = None if stats is None else np.asarray(stats, dtype=np.int64).reshape(-1, 2)[~bad]
+    return frame.loc[~bad].reset_index(drop=True), skipped, good, kept_stats
 
 
 def create_dataset(
@@ -321,8 +340,9 @@ def create_dataset(
 
     skipped = pd.DataFrame(columns=["sample_id", "path", "reason"])
     channels = 0
+    stats = None
     if check_images:
-        frame, skipped, infos = _check_images(
+        frame, skipped, infos, stats = _check_images(
             frame,
             root,
             on_bad_image=on_bad_image,
@@ -349,4 +369,5 @@ def create_dataset(
         skipped=skipped,
         channels=channels,
         source=name,
+        file_stats=None if decode_to is None else stats,
     )

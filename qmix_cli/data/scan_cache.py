@@ -52,13 +52,15 @@ def cached_scan(
     *,
     cache_dir: Path,
     scan: Callable[[Sequence[str | Path]], list[ImageInfo]],
+    stats: Sequence[tuple[int, int]] | None = None,
 ) -> list[ImageInfo]:
     """``scan(paths)``, or its stored result when the same unchanged files were scanned before.
 
+    ``stats`` are the files' `file_stats` where the caller has just read them (by default they are read here).
     Only complete results over files that all exist are stored: a missing file is always reported afresh.
     """
     try:
-        key = files_digest(paths, salt=f"scan-v{SCAN_CACHE_VERSION}")
+        key = files_digest(paths, salt=f"scan-v{SCAN_CACHE_VERSION}", stats=stats)
     except OSError:
         return scan(paths)
     target = cache_dir / "checked" / f"{key}.json"

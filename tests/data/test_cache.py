@@ -20,6 +20,19 @@ def rgb_dataset(make_image_folder):
     return create_dataset(make_image_folder("rgb", classes=("a", "b", "c"), per_class=4, size=16))
 
 
+def _count_stats(monkeypatch):
+    """The paths `os.stat` is called on from now until ``monkeypatch.undo()``."""
+    calls = []
+    real = os.stat
+
+    def counting(path, *args, **kwargs):
+        calls.append(os.fspath(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", counting)
+    return calls
+
+
 def _npy_files(folder):
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
@@ -179,16 +192,50 @@ def test_a_refused_dataset_leaves_no_cache_behind(make_image_folder, truncate, t
     assert _npy_files(tmp_path / "decoded") == []
 
 
-def test_an_image_edited_after_its_check_is_decoded_again(make_image_folder, tmp_path):
+def test_a_dataset_made_to_be_decoded_reads_its_files_as_checked_and_the_next_one_sees_an_edit(
+    make_image_folder, tmp_path, monkeypatch
+):
+    """``decode_to`` keeps the check's one stat of each file for `cached_images`: the run reads the pixels that
+    were checked, without a second stat pass, and an edit made since is decoded by the next dataset made."""
     root = make_image_folder("rgb", per_class=5, size=16)
     ds = create_dataset(root, cache_dir=tmp_path, decode_to=DecodeTarget(8, 3))
+    checked = np.array(cached_images(ds, size=8, channels=3, cache_dir=tmp_path))
     p = ds.abs_paths[4]
     st = p.stat()
     Image.fromarray(np.full((16, 16, 3), 7, dtype=np.uint8)).save(p)
     os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
-    arr = cached_images(ds, size=8, channels=3, cache_dir=tmp_path)
-    assert (arr[4] == 7).all()
+    stat_calls = _count_stats(monkeypatch)
+    assert np.array_equal(cached_images(ds, size=8, channels=3, cache_dir=tmp_path), checked)
+    assert not set(stat_calls) & set(map(str, ds.abs_paths))
+    monkeypatch.undo()
+    again = create_dataset(root, cache_dir=tmp_path, decode_to=DecodeTarget(8, 3))
+    arr = cached_images(again, size=8, channels=3, cache_dir=tmp_path)
+    assert (arr[4] == 7).all() and np.array_equal(np.delete(arr, 4, axis=0), np.delete(checked, 4, axis=0))
     assert len([n for n in _npy_files(tmp_path / "decoded") if n.endswith(".npy")]) == 2
+
+
+def test_a_dataset_kept_without_decode_to_is_decoded_again_after_an_edit(make_image_folder, tmp_path):
+    root = make_image_folder("rgb", per_class=5, size=16)
+    ds = create_dataset(root, cache_dir=tmp_path)
+    assert ds.file_stats is None
+    cached_images(ds, size=8, channels=3, cache_dir=tmp_path)
+    p = ds.abs_paths[4]
+    st = p.stat()
+    Image.fromarray(np.full((16, 16, 3), 7, dtype=np.uint8)).save(p)
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert (cached_images(ds, size=8, channels=3, cache_dir=tmp_path)[4] == 7).all()
+
+
+def test_each_file_is_stat_ed_once_per_dataset_made_and_read(make_image_folder, tmp_path, monkeypatch):
+    root = make_image_folder("rgb", per_class=5, size=16)
+    for _ in range(2):  # a first load (check, fill, read) and a remembered one (no check, no decode)
+        paths = set(map(str, sorted(root.glob("*/*.png"))))
+        calls = _count_stats(monkeypatch)
+        ds = create_dataset(root, cache_dir=tmp_path, decode_to=DecodeTarget(8, 3))
+        cached_images(ds, size=8, channels=3, cache_dir=tmp_path)
+        monkeypatch.undo()
+        counted = [c for c in calls if c in paths]
+        assert sorted(counted) == sorted(paths)
 
 
 def test_an_unwritable_cache_does_not_stop_the_check(make_image_folder, tmp_path):
@@ -204,7 +251,8 @@ def test_the_fill_is_keyed_on_the_files_as_they_were_before_the_check_decoded_th
     make_image_folder, tmp_path, monkeypatch
 ):
     """An image rewritten while the check runs (after it was decoded) must not be served from the cache as its
-    old pixels under its new modification time: the next read decodes it again."""
+    old pixels under its new modification time: this dataset reads what was checked, the next one decodes it
+    again."""
     root = make_image_folder("rgb", per_class=4, size=16)
     first = sorted(root.glob("*/*.png"))[0]
     put = cache.CacheFill.put
@@ -218,9 +266,11 @@ def test_the_fill_is_keyed_on_the_files_as_they_were_before_the_check_decoded_th
 
     monkeypatch.setattr(cache.CacheFill, "put", rewrite_first_after_the_last)
     ds = create_dataset(root, cache_dir=tmp_path, workers=1, decode_to=DecodeTarget(8, 3))
+    monkeypatch.undo()
     assert ds.abs_paths[0] == first
-    arr = cached_images(ds, size=8, channels=3, cache_dir=tmp_path)
-    assert (arr[0] == 7).all()
+    assert not (cached_images(ds, size=8, channels=3, cache_dir=tmp_path)[0] == 7).all()  # as checked
+    again = create_dataset(root, cache_dir=tmp_path, decode_to=DecodeTarget(8, 3))
+    assert (cached_images(again, size=8, channels=3, cache_dir=tmp_path)[0] == 7).all()
 
 
 def test_the_threaded_check_fills_every_row(make_image_folder, tmp_path, monkeypatch):
