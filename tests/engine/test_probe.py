@@ -119,3 +119,23 @@ def test_probe_rejects_misaligned_inputs(digits) -> None:
     x, y, images = digits
     with pytest.raises(ValueError, match="differ in length"):
         fit_probe(x, y[:-1], image_keys(images), num_classes=10)
+
+
+@pytest.mark.parametrize("classes", [4, 40])  # heads together narrower than the 32 features, and wider
+def test_each_row_is_read_by_its_own_fold_head(classes) -> None:
+    gen = torch.Generator().manual_seed(classes)
+    folds, width, rows = 5, 32, 300
+    probe = LinearProbe(
+        mean=torch.randn(width, generator=gen),
+        std=torch.rand(width, generator=gen) + 0.5,
+        weight=torch.randn(folds, width, classes, generator=gen),
+        bias=torch.randn(folds, classes, generator=gen),
+        seed=0,
+    )
+    x = torch.randn(rows, width, generator=gen)
+    keys = np.random.default_rng(classes).integers(-(2**62), 2**62, rows)
+    fold = folds_of_keys(keys, folds=folds)
+    assert set(fold) == set(range(folds))
+    z = (x - probe.mean) / probe.std
+    expected = [torch.softmax(z[i] @ probe.weight[f] + probe.bias[f], dim=0).numpy() for i, f in enumerate(fold)]
+    np.testing.assert_allclose(probe.probs(x, keys), np.stack(expected), rtol=1e-5, atol=1e-6)
