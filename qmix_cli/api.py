@@ -157,7 +157,6 @@ def audit(
     """
     import pyarrow as pa
 
-    from qmix_cli.data.cache import DecodeTarget
     from qmix_cli.data.manifest import check_output_file, create_dataset
     from qmix_cli.reporting.report import REPORT_ORDERS, infer_format, open_report_writer
     from qmix_cli.reporting.score import load_run, metadata_for, report_batches, score_dataset
@@ -179,7 +178,7 @@ def audit(
             on_bad_image=on_bad_image,  # type: ignore[arg-type]
             cache_dir=cache_dir,
             reporter=rep,
-            decode_to=DecodeTarget(trained.meta["img_size"], trained.meta["channels"]),
+            decode_to=trained.decode_target,
         )
         if out is not None and str(out) != "-":
             check_output_file(dataset, out)

@@ -30,16 +30,26 @@ from qmix_cli.io import atomic_path
 if TYPE_CHECKING:  # manifest.py imports this module when it checks images
     from qmix_cli.data.manifest import Dataset
 
-CACHE_VERSION = "1"
+# The decoding rule, in every key: 2 decodes JPEGs at their DCT scale (`qmix_cli.data.images`); 1 decoded them whole,
+# and is still how runs trained before that read their images (``jpeg_scale=False``), and the caches they made.
+CACHE_VERSION = "2"
+_WHOLE_JPEG_VERSION = "1"
 # Rows copied at once when skipped images leave a subset to store (about 150 MB at 224 px RGB).
 _COPY_ROWS = 1024
 
 
 def cache_key(
-    paths: Sequence[str | Path], *, size: int, channels: int, stats: Sequence[tuple[int, int]] | None = None
+    paths: Sequence[str | Path],
+    *,
+    size: int,
+    channels: int,
+    stats: Sequence[tuple[int, int]] | None = None,
+    jpeg_scale: bool = True,
 ) -> str:
-    """The cache file's name for ``paths`` decoded at ``size`` and ``channels`` (``stats``: see `files_digest`)."""
-    return files_digest(paths, salt=f"v{CACHE_VERSION}|{size}|{channels}", stats=stats)
+    """The cache file's name for ``paths`` decoded at ``size`` and ``channels`` (``stats``: see `files_digest`;
+    ``jpeg_scale``: see `read_image`)."""
+    version = CACHE_VERSION if jpeg_scale else _WHOLE_JPEG_VERSION
+    return files_digest(paths, salt=f"v{version}|{size}|{channels}", stats=stats)
 
 
 def _decoded_folder(cache_dir: str | Path | None) -> Path:
@@ -54,11 +64,12 @@ def decode_all(
     out: np.ndarray,
     workers: int | None = None,
     progress: Callable[[int], None] | None = None,
+    jpeg_scale: bool = True,
 ) -> None:
     """Decode ``paths`` into ``out`` of shape (N, channels, size, size), uint8, in parallel threads."""
 
     def work(i: int) -> None:
-        out[i] = read_image(paths[i], channels=channels, size=size).transpose(2, 0, 1)
+        out[i] = read_image(paths[i], channels=channels, size=size, jpeg_scale=jpeg_scale).transpose(2, 0, 1)
 
     with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
         for _ in pool.map(work, range(len(paths)), chunksize=32):
@@ -87,24 +98,32 @@ def cached_images(
     cache_dir: str | Path | None = None,
     workers: int | None = None,
     progress: Callable[[int], None] | None = None,
+    jpeg_scale: bool = True,
 ) -> np.ndarray:
     """All images of ``dataset`` as a read-only memory-mapped uint8 array of shape (N, channels, size, size).
 
     Keyed on the files as `Dataset.file_stats` recorded them where the dataset kept them, else as they are now.
+    ``jpeg_scale`` False decodes JPEGs whole, as runs trained before DCT-scale decoding read them (`read_image`).
     """
     paths = dataset.file_paths
     stats = dataset.file_stats
     folder = _decoded_folder(cache_dir)
     folder.mkdir(parents=True, exist_ok=True)
     key = cache_key(
-        paths, size=size, channels=channels, stats=None if stats is None or len(stats) != len(paths) else stats.tolist()
+        paths,
+        size=size,
+        channels=channels,
+        stats=None if stats is None or len(stats) != len(paths) else stats.tolist(),
+        jpeg_scale=jpeg_scale,
     )
     target = folder / f"{key}.npy"
     _remove_stale_partials(folder)
     if not target.is_file():
         with atomic_path(target) as tmp:
             arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), channels, size, size))
-            decode_all(paths, size=size, channels=channels, out=arr, workers=workers, progress=progress)
+            decode_all(
+                paths, size=size, channels=channels, out=arr, workers=workers, progress=progress, jpeg_scale=jpeg_scale
+            )
             arr.flush()
             del arr
     return np.load(target, mmap_mode="r")
@@ -113,10 +132,12 @@ def cached_images(
 @dataclass(frozen=True)
 class DecodeTarget:
     """The size images are decoded to for the cache, and their channels: 1 or 3, or None for what
-    ``channels: auto`` makes of the dataset (1 when every image is grayscale, else 3)."""
+    ``channels: auto`` makes of the dataset (1 when every image is grayscale, else 3); ``jpeg_scale`` False decodes
+    JPEGs whole (`qmix_cli.data.images.read_image`)."""
 
     size: int
     channels: int | None = None
+    jpeg_scale: bool = True
 
 
 class CacheFill:
@@ -166,7 +187,9 @@ class CacheFill:
         is nothing to fill: the cache already holds them or cannot be written (`cached_images` will say)."""
         folder = _decoded_folder(cache_dir)
         try:
-            key = cache_key(paths, size=target.size, channels=target.channels or 1, stats=stats)
+            key = cache_key(
+                paths, size=target.size, channels=target.channels or 1, stats=stats, jpeg_scale=target.jpeg_scale
+            )
             return None if (folder / f"{key}.npy").is_file() else cls(paths, target, folder, stats)
         except OSError:
             return None
@@ -191,7 +214,10 @@ class CacheFill:
             return
         keep = np.flatnonzero(good)
         paths = [self.paths[i] for i in keep]
-        key = cache_key(paths, size=self.target.size, channels=self.channels, stats=[self.stats[i] for i in keep])
+        stats = [self.stats[i] for i in keep]
+        key = cache_key(
+            paths, size=self.target.size, channels=self.channels, stats=stats, jpeg_scale=self.target.jpeg_scale
+        )
         target = self.folder / f"{key}.npy"
         if target.is_file() or not len(keep):
             return

@@ -252,7 +252,10 @@ def _check_images(
                 stack.callback(fill.close)
                 fills.append(fill)
             progress = reporter.task("checking images", len(paths))
-            return scan_images(paths, workers=workers, progress=progress, keep=None if fill is None else fill.put)
+            if fill is None:
+                return scan_images(paths, workers=workers, progress=progress)
+            size = fill.target.size if fill.target.jpeg_scale else None
+            return scan_images(paths, workers=workers, progress=progress, keep=fill.put, size=size)
 
         infos = cached_scan(paths, cache_dir=cache_dir, scan=scan, stats=stats)
         bad = np.array([info.error is not None for info in infos], dtype=bool)

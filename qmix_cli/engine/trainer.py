@@ -645,6 +645,7 @@ def _finalise(run: _Run) -> None:
         "classes": run.classes,
         "img_size": run.cfg.img_size,
         "channels": run.channels,
+        "jpeg_scale": True,  # JPEGs decoded at their DCT scale (`qmix_cli.data.images`); runs before it lack it
         "norm_mean": list(run.norm.mean),
         "norm_std": list(run.norm.std),
         "uncertainty": run.cfg.uncertainty,

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from qmix_cli.data.cache import cached_images
+from qmix_cli.data.cache import DecodeTarget, cached_images
 from qmix_cli.data.manifest import Dataset
 from qmix_cli.data.transforms import Normalise, weak_spec
 from qmix_cli.engine.batches import ImageStore
@@ -57,6 +57,13 @@ class TrainedRun:
     @property
     def classes(self) -> list[str]:
         return list(self.meta["classes"])
+
+    @property
+    def decode_target(self) -> DecodeTarget:
+        """How the run's images were decoded: its size and channels, JPEGs at their DCT scale unless the run was
+        trained before that (its meta lacks ``jpeg_scale``), so that an audit reads each image as training did
+        (a training image read otherwise would get another probe key, hence another fold)."""
+        return DecodeTarget(self.meta["img_size"], self.meta["channels"], bool(self.meta.get("jpeg_scale", False)))
 
 
 def load_run(run_dir: str | Path, *, device: str = "auto") -> TrainedRun:
@@ -203,12 +210,14 @@ def score_dataset(
     reporter = reporter or SilentReporter()
     index = {c: i for i, c in enumerate(run.classes)}
     labels = dataset.frame["label"].map(index).to_numpy(dtype=np.int64)
+    target = run.decode_target
     images = cached_images(
         dataset,
-        size=run.meta["img_size"],
-        channels=run.meta["channels"],
+        size=target.size,
+        channels=target.channels,
         cache_dir=cache_dir,
         progress=reporter.task("decoding images", len(dataset)),
+        jpeg_scale=target.jpeg_scale,
     )
     # Every net's probe shares the run's seed, so one key per image serves them all.
     keys = run.probes[0].keys_of(images) if run.probes else None

@@ -10,7 +10,7 @@ from PIL import Image
 
 from qmix_cli.data import cache
 from qmix_cli.data.cache import DecodeTarget, cache_key, cached_images
-from qmix_cli.data.images import read_image
+from qmix_cli.data.images import inspect_image, read_image
 from qmix_cli.data.manifest import create_dataset
 from qmix_cli.errors import DataError
 
@@ -311,3 +311,35 @@ def test_a_fill_that_cannot_make_its_file_leaves_none(make_image_folder, tmp_pat
     ds = create_dataset(root, cache_dir=tmp_path, decode_to=DecodeTarget(8, 3))
     assert len(ds) == 6
     assert _npy_files(tmp_path / "decoded") == []
+
+
+def test_a_jpeg_to_be_shrunk_is_decoded_at_its_dct_scale_by_the_check_and_by_a_decode_alike(
+    make_image_folder, tmp_path, monkeypatch
+):
+    root = make_image_folder("jpeg", per_class=3, size=256, suffix=".jpg")
+    path = sorted(root.glob("*/*.jpg"))[0]
+    seen = []
+    info = inspect_image(path, keep=lambda img: seen.append(img.size), size=32)
+    assert seen == [(32, 32)] and info.size == (256, 256) and info.error is None  # 1/8 scale, file's own size
+    inspect_image(path, keep=lambda img: seen.append(img.size))
+    assert seen[-1] == (256, 256)  # no target size: decoded whole
+    png = make_image_folder("png", per_class=1, size=256)
+    inspect_image(sorted(png.glob("*/*.png"))[0], keep=lambda img: seen.append(img.size), size=32)
+    assert seen[-1] == (256, 256)  # only JPEGs have DCT scales
+    ds = create_dataset(root, cache_dir=tmp_path, decode_to=DecodeTarget(32, 3))
+    _decoding_refused(monkeypatch)
+    arr = _cached_as_decoded(ds, tmp_path, size=32, channels=3)  # the fill's pixels are `read_image`'s
+    with Image.open(path) as img:  # and as close to a whole decode, then resized, as two resamplings get
+        whole = np.asarray(img.convert("RGB").resize((32, 32), Image.Resampling.BILINEAR, reducing_gap=3.0))
+    assert np.abs(arr[0].transpose(1, 2, 0).astype(int) - whole.astype(int)).mean() < 8
+    np.testing.assert_array_equal(read_image(path, channels=3, size=32, jpeg_scale=False), whole)  # runs before it
+
+
+def test_a_truncated_jpeg_is_refused_when_decoded_at_its_dct_scale(make_image_folder, truncate, tmp_path):
+    root = make_image_folder("jpeg", per_class=3, size=256, suffix=".jpg")
+    truncate(root / "b" / "1.jpg")
+    with pytest.raises(DataError, match="bad images"):
+        create_dataset(root, cache_dir=tmp_path, decode_to=DecodeTarget(32, 3))
+    assert _npy_files(tmp_path / "decoded") == []
+    with pytest.raises(OSError, match="truncated"):
+        read_image(root / "b" / "1.jpg", channels=3, size=32)

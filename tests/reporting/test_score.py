@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
+from qmix_cli.data.cache import cache_key
 from qmix_cli.data.manifest import create_dataset
 from qmix_cli.engine.separation import entropy, hard_groups
 from qmix_cli.errors import QmixError
@@ -290,3 +291,25 @@ def test_audit_scores_in_the_precision_the_final_separation_was_fitted_in(traine
         meta["amp"] = recorded
     on_gpu = dataclasses.replace(trained, meta=meta, device=torch.device("cuda"))
     assert audit_amp_dtype(on_gpu) == (None if expected is None else getattr(torch, expected))
+
+
+def test_a_run_trained_before_dct_scale_decoding_reads_jpegs_whole_as_it_was_trained(trained, tmp_path):
+    assert trained.meta["jpeg_scale"] is True and trained.decode_target.jpeg_scale
+    old = dataclasses.replace(trained, meta={k: v for k, v in trained.meta.items() if k != "jpeg_scale"})
+    assert old.decode_target == dataclasses.replace(trained.decode_target, jpeg_scale=False)
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for i in range(12):  # 8-px digits as 96-px JPEGs: read at the run's 32 px, new runs decode them at 1/2 scale
+        folder = tmp_path / "jpeg" / trained.classes[int(digits.target[i])]
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = (digits.images[i] * 15).astype(np.uint8)
+        Image.fromarray(pixels).resize((96, 96), Image.Resampling.BICUBIC).save(folder / f"{i}.jpg", quality=90)
+    cache = tmp_path / "cache"
+    ds = create_dataset(tmp_path / "jpeg", classes=trained.classes, min_classes=1, cache_dir=cache)
+    as_trained = {run.decode_target.jpeg_scale: score_dataset(run, ds, cache_dir=cache) for run in (old, trained)}
+    stored = {p.name for p in (cache / "decoded").glob("*.npy")}
+    size, channels = trained.meta["img_size"], trained.meta["channels"]
+    keys = {cache_key(ds.file_paths, size=size, channels=channels, jpeg_scale=rule) for rule in (False, True)}
+    assert stored == {f"{key}.npy" for key in keys} and len(keys) == 2
+    assert not np.allclose(as_trained[False].probs, as_trained[True].probs)
