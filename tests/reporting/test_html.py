@@ -21,6 +21,7 @@ from qmix_cli.reporting.html import (
     read_separation_means,
     scatter_svg,
     subsample_indices,
+    thumbnail_data_uri,
     write_html_report,
 )
 from qmix_cli.reporting.report import build_report, report_metadata, write_report
@@ -302,3 +303,14 @@ def test_read_separation_means(tmp_path):
     path.write_text("{broken")
     assert read_separation_means(path) == []
     assert read_separation_means(tmp_path / "absent.json") == []
+
+
+def test_a_large_jpeg_thumbnail_is_small_and_looks_like_the_photo(tmp_path):
+    photo = np.zeros((1024, 768, 3), dtype=np.uint8)
+    photo[:512] = (200, 30, 30)  # red top half, blue bottom half
+    photo[512:] = (30, 30, 200)
+    Image.fromarray(photo).save(tmp_path / "photo.jpg", quality=90)
+    uri = thumbnail_data_uri(tmp_path / "photo.jpg", size=64)
+    thumb = np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("RGB")).astype(int)
+    assert thumb.shape == (64, 48, 3)  # aspect kept, longest side the thumbnail's
+    assert np.abs(thumb[5, 24] - (200, 30, 30)).max() <= 12 and np.abs(thumb[58, 24] - (30, 30, 200)).max() <= 12
