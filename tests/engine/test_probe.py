@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,14 @@ from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from qmix_cli.engine.probe import LinearProbe, fit_probe, fit_softmax_regression, folds_of_keys, image_keys
+from qmix_cli.engine.probe import (
+    LinearProbe,
+    fit_probe,
+    fit_softmax_regression,
+    folds_of_keys,
+    image_keys,
+    pixel_digests,
+)
 from qmix_cli.engine.separation import per_sample_loss
 
 
@@ -139,3 +148,16 @@ def test_each_row_is_read_by_its_own_fold_head(classes) -> None:
     z = (x - probe.mean) / probe.std
     expected = [torch.softmax(z[i] @ probe.weight[f] + probe.bias[f], dim=0).numpy() for i, f in enumerate(fold)]
     np.testing.assert_allclose(probe.probs(x, keys), np.stack(expected), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(50, 3, 40, 40), (300, 1, 8, 8)])  # hashed on threads, and on one
+def test_pixel_digests_are_blake2b_of_salt_and_pixels_whatever_the_threads(shape) -> None:
+    images = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+    images[7] = images[3]
+    expected = [
+        np.frombuffer(hashlib.blake2b(b"s" + im.tobytes(), digest_size=8).digest(), dtype="<i8")[0] for im in images
+    ]
+    for workers in (1, 3):
+        digests = pixel_digests(images, salt=b"s", workers=workers)
+        np.testing.assert_array_equal(digests, expected)
+    assert digests[7] == digests[3] and len(set(digests)) == len(images) - 1
