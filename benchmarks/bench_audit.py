@@ -64,7 +64,10 @@ def raw_forward_seconds(run_dir: Path, manifest: Path, batch_size: int, cache: P
     """Seconds of a plain forward of every net the audit reads, and how many nets that is."""
     run = load_run(run_dir)
     ds = create_dataset(manifest, classes=run.classes, min_classes=1, check_images=False)
-    images = cached_images(ds, size=run.meta["img_size"], channels=run.meta["channels"], cache_dir=cache)
+    target = run.decode_target
+    images = cached_images(
+        ds, size=target.size, channels=target.channels, cache_dir=cache, jpeg_scale=target.jpeg_scale
+    )
     store = ImageStore(images, device=run.device)
     ctx = _context(run, seed=0)
     start = time.perf_counter()

@@ -120,7 +120,9 @@ def train(
             on_bad_image=cfg.on_bad_image,
             cache_dir=cfg.cache_dir,
             reporter=rep,
-            decode_to=DecodeTarget(cfg.img_size, None if cfg.channels == "auto" else int(cfg.channels)),
+            decode_to=DecodeTarget(
+                cfg.img_size, None if cfg.channels == "auto" else int(cfg.channels), jpeg_scale=cfg.jpeg_scale
+            ),
         )
         if len(dataset.skipped):
             rep.log(f"skipped {len(dataset.skipped)} unreadable images: {', '.join(dataset.skipped['path'][:5])}")

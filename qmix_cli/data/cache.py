@@ -1,7 +1,8 @@
 """Decoded-image cache: every image decoded once, resized to the training size, stored as a uint8 ``.npy``.
 
 Later epochs (and later runs on the same files) memory-map it instead of decoding again. The key covers each
-file's path, size and modification time plus the target size and channels, so an edited image is re-read.
+file's path, size and modification time plus the target size, channels and JPEG decoding rule, so an edited image
+is re-read (by the next dataset made: one made with ``decode_to`` reads its files as its check found them).
 
 A dataset whose images are checked for the first time can fill the cache in the same pass (`CacheFill`, through
 ``create_dataset(decode_to=...)``): every image is then decoded once, not once to check it and again to cache it.
@@ -30,10 +31,7 @@ from qmix_cli.io import atomic_path
 if TYPE_CHECKING:  # manifest.py imports this module when it checks images
     from qmix_cli.data.manifest import Dataset
 
-# The decoding rule, in every key: 2 decodes JPEGs at their DCT scale (`qmix_cli.data.images`); 1 decoded them whole,
-# and is still how runs trained before that read their images (``jpeg_scale=False``), and the caches they made.
-CACHE_VERSION = "2"
-_WHOLE_JPEG_VERSION = "1"
+CACHE_VERSION = "1"
 # Rows copied at once when skipped images leave a subset to store (about 150 MB at 224 px RGB).
 _COPY_ROWS = 1024
 
@@ -47,9 +45,9 @@ def cache_key(
     jpeg_scale: bool = True,
 ) -> str:
     """The cache file's name for ``paths`` decoded at ``size`` and ``channels`` (``stats``: see `files_digest`;
-    ``jpeg_scale``: see `read_image`)."""
-    version = CACHE_VERSION if jpeg_scale else _WHOLE_JPEG_VERSION
-    return files_digest(paths, salt=f"v{version}|{size}|{channels}", stats=stats)
+    ``jpeg_scale``: see `read_image`; whole decodes keep the names they had before that option)."""
+    rule = "|dct" if jpeg_scale else ""
+    return files_digest(paths, salt=f"v{CACHE_VERSION}|{size}|{channels}{rule}", stats=stats)
 
 
 def _decoded_folder(cache_dir: str | Path | None) -> Path:
@@ -102,22 +100,24 @@ def cached_images(
 ) -> np.ndarray:
     """All images of ``dataset`` as a read-only memory-mapped uint8 array of shape (N, channels, size, size).
 
-    Keyed on the files as `Dataset.file_stats` recorded them where the dataset kept them, else as they are now.
-    ``jpeg_scale`` False decodes JPEGs whole, as runs trained before DCT-scale decoding read them (`read_image`).
+    Where the dataset kept its files' `Dataset.file_stats` (``create_dataset(decode_to=...)``), the cache is looked
+    up under them without stat'ing every file again: the images its check filled in are the ones checked. Anything
+    decoded here is stored under the files as they are now, since that is what is read. ``jpeg_scale`` False
+    decodes JPEGs whole, as runs trained before DCT-scale decoding read them (`read_image`).
     """
     paths = dataset.file_paths
-    stats = dataset.file_stats
+    kept = dataset.file_stats
     folder = _decoded_folder(cache_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    key = cache_key(
-        paths,
-        size=size,
-        channels=channels,
-        stats=None if stats is None or len(stats) != len(paths) else stats.tolist(),
-        jpeg_scale=jpeg_scale,
-    )
-    target = folder / f"{key}.npy"
     _remove_stale_partials(folder)
+
+    def cached(stats: list | None = None) -> Path:
+        return folder / f"{cache_key(paths, size=size, channels=channels, stats=stats, jpeg_scale=jpeg_scale)}.npy"
+
+    # The kept stats fit the paths unless the caller edited ``dataset.frame`` since: then they are not used.
+    if kept is not None and len(kept) == len(paths) and (checked := cached(kept.tolist())).is_file():
+        return np.load(checked, mmap_mode="r")
+    target = cached()
     if not target.is_file():
         with atomic_path(target) as tmp:
             arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), channels, size, size))
@@ -145,8 +145,8 @@ class CacheFill:
 
     `create_dataset` proves every image readable by decoding it; `cached_images` decodes it again at the run's
     size. Told that size and channels, the check hands each decoded image to `put` and `finish` stores the good
-    rows where `cached_images` will look for them. The key is that of the files as `start` found them, *before*
-    they were decoded, as `cached_images` does it: a file edited meanwhile is decoded again by the next run.
+    rows where `cached_images` will look for them. The key is that of the files as the check stat'ed them, *before*
+    they were decoded: a file edited meanwhile is decoded again by the next run.
 
     The fill is a shortcut and never changes what the check says: an image it cannot convert, a cache it cannot
     write or a colour image while ``channels`` is None (kept as one channel until then) abandon it, and

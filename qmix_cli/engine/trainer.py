@@ -149,7 +149,14 @@ class _Run:
         self.gen = torch.Generator().manual_seed(cfg.seed)
 
         advance = reporter.task("decoding images", len(dataset))
-        images = cached_images(dataset, size=cfg.img_size, channels=channels, cache_dir=cfg.cache_dir, progress=advance)
+        images = cached_images(
+            dataset,
+            size=cfg.img_size,
+            channels=channels,
+            cache_dir=cfg.cache_dir,
+            progress=advance,
+            jpeg_scale=cfg.jpeg_scale,
+        )
         if cfg.pretrained or cfg.weights:
             self.norm = input_normalisation(cfg.model, channels=channels)
         else:
@@ -525,7 +532,9 @@ def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) 
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise TrainingError(f"nothing to resume: {path} does not exist")
-    saved = config_from_dict(load_config_file(path))
+    raw = load_config_file(path)
+    raw.setdefault("jpeg_scale", False)  # runs saved before the option decoded JPEGs whole: resume them so
+    saved = config_from_dict(raw)
     given = {str(k).replace("-", "_"): v for k, v in (overrides or {}).items() if v is not None}
     changed = config_from_dict(given, base=saved)
     differ = sorted(k for k in given if k not in RESUMABLE and getattr(changed, k) != getattr(saved, k))
@@ -547,9 +556,11 @@ def _val_store(cfg: TrainConfig, run: _Run) -> tuple[ImageStore, np.ndarray] | N
         min_classes=1,
         on_bad_image=cfg.on_bad_image,
         cache_dir=cfg.cache_dir,
-        decode_to=DecodeTarget(cfg.img_size, run.channels),
+        decode_to=DecodeTarget(cfg.img_size, run.channels, jpeg_scale=cfg.jpeg_scale),
     )
-    images = cached_images(val, size=cfg.img_size, channels=run.channels, cache_dir=cfg.cache_dir)
+    images = cached_images(
+        val, size=cfg.img_size, channels=run.channels, cache_dir=cfg.cache_dir, jpeg_scale=cfg.jpeg_scale
+    )
     return ImageStore(images, device=run.device, workers=cfg.workers), val.labels
 
 
@@ -645,7 +656,7 @@ def _finalise(run: _Run) -> None:
         "classes": run.classes,
         "img_size": run.cfg.img_size,
         "channels": run.channels,
-        "jpeg_scale": True,  # JPEGs decoded at their DCT scale (`qmix_cli.data.images`); runs before it lack it
+        "jpeg_scale": run.cfg.jpeg_scale,  # how its images were decoded; runs saved before the option lack it
         "norm_mean": list(run.norm.mean),
         "norm_std": list(run.norm.std),
         "uncertainty": run.cfg.uncertainty,

@@ -214,6 +214,21 @@ def test_a_dataset_made_to_be_decoded_reads_its_files_as_checked_and_the_next_on
     assert len([n for n in _npy_files(tmp_path / "decoded") if n.endswith(".npy")]) == 2
 
 
+def test_what_a_kept_dataset_decodes_anew_is_stored_under_the_files_as_they_are_now(make_image_folder, tmp_path):
+    """The kept stats only find what the check filled in; an image decoded later (another size) is read as it is
+    now, so it must be named by its new stats, never by the checked ones."""
+    root = make_image_folder("rgb", per_class=5, size=16)
+    ds = create_dataset(root, cache_dir=tmp_path, decode_to=DecodeTarget(8, 3))
+    p = ds.abs_paths[4]
+    st = p.stat()
+    Image.fromarray(np.full((16, 16, 3), 7, dtype=np.uint8)).save(p)
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert (cached_images(ds, size=12, channels=3, cache_dir=tmp_path)[4] == 7).all()
+    names = {n for n in _npy_files(tmp_path / "decoded") if n.endswith(".npy")}
+    assert f"{cache_key(ds.abs_paths, size=12, channels=3)}.npy" in names  # stat'ed now
+    assert f"{cache_key(ds.abs_paths, size=12, channels=3, stats=ds.file_stats.tolist())}.npy" not in names
+
+
 def test_a_dataset_kept_without_decode_to_is_decoded_again_after_an_edit(make_image_folder, tmp_path):
     root = make_image_folder("rgb", per_class=5, size=16)
     ds = create_dataset(root, cache_dir=tmp_path)

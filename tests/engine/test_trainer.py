@@ -345,6 +345,21 @@ def test_checkpoint_and_hand_edited_config_must_agree(noisy_digits, tmp_path, qm
         train(noisy_digits, run, resume=True, cache_dir=str(qmix_cache_dir))
 
 
+def test_a_run_saved_before_jpeg_scale_resumes_decoding_jpegs_whole(noisy_digits, tmp_path, qmix_cache_dir):
+    run = tmp_path / "run"
+    opts = dict(method="ce", epochs=2, cache_dir=str(qmix_cache_dir), **TINY_TRAIN)
+    with pytest.raises(KeyboardInterrupt):
+        train(noisy_digits, run, on_epoch_end=_interrupt, **opts)
+    saved = (run / "config.yaml").read_text()
+    assert "jpeg_scale: true" in saved
+    (run / "config.yaml").write_text(saved.replace("jpeg_scale: true\n", ""))  # as the option's absence left it
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    del state["config"]["jpeg_scale"]
+    torch.save(state, run / "checkpoints" / "last.pt")
+    train(noisy_digits, run, resume=True, cache_dir=str(qmix_cache_dir))
+    assert json.loads(load_checkpoint(run / "model.pt")["meta"])["jpeg_scale"] is False
+
+
 def test_killed_extension_of_a_finished_run_leaves_no_stale_model(noisy_digits, tmp_path, qmix_cache_dir):
     run = tmp_path / "run"
     cache = str(qmix_cache_dir)
