@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from qmix_cli.categories import CATEGORIES
-from qmix_cli.cli.common import guarded, state
+from qmix_cli.cli.common import guarded, load_engine, state
 
 
 @guarded
@@ -41,6 +41,7 @@ def audit_command(
     ] = False,
 ) -> None:
     """Write a report that says, for every image, clean / mislabeled_hq / mislabeled_lq and what to do."""
+    load_engine()
     from qmix_cli.api import audit
 
     st = state(ctx)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import gc
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -36,6 +37,29 @@ def state(ctx: typer.Context | None) -> State:
 def bold(text: object) -> str:
     """``text`` (a path, a name) in bold rich markup, escaped so that any "[...]" in it prints as written."""
     return f"[bold]{escape(str(text))}[/]"
+
+
+def load_engine() -> None:
+    """Import the training and audit engine (torch, timm, scikit-learn) with Python's cyclic garbage collector
+    paused, then freeze what the imports made.
+
+    The imports leave a few hundred thousand long-lived objects; every time they grow by a quarter the collector
+    walks all of them again, and it went on walking them during the command: 0.8 of a `qmix audit`'s 3.9 s of
+    imports on a 2-core CPU (docs/decisions.md, "Twenty-first round"). Frozen, they are never walked again; the
+    collector runs as usual for everything the command makes. For the `qmix` commands that train or audit only:
+    a library user's process is theirs to tune.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        import timm  # noqa: F401  (imported by the first net built otherwise)
+
+        import qmix_cli.engine.trainer
+        import qmix_cli.reporting.score  # noqa: F401
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
 
 
 def fail(message: str) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from qmix_cli.cli.common import guarded, state
+from qmix_cli.cli.common import guarded, load_engine, state
 
 # Small enough for a CPU minute, big enough to show the method working: timm's smallest ResNet at 32 px.
 DEMO_TRAIN = {"model": "test_resnet", "img_size": 32, "hflip": False, "batch_size": 64, "warmup_aug": "weak"}
@@ -26,6 +26,7 @@ def demo_command(
     force: Annotated[bool, typer.Option(help="Replace an existing demo folder.")] = False,
 ) -> None:
     """Corrupt digits, train qmix, audit every image, evaluate against the truth and write the HTML page."""
+    load_engine()
     from qmix_cli.api import audit, corrupt, evaluate, show, train
     from qmix_cli.io import check_out_dir
     from qmix_cli.reporting.evaluate import render_evaluation

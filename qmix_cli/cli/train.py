@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from qmix_cli.cli.common import bold, guarded, state
+from qmix_cli.cli.common import bold, guarded, load_engine, state
 from qmix_cli.errors import ConfigError
 
 
@@ -84,6 +84,7 @@ def train_command(
     ] = False,
 ) -> None:
     """Train QMix (or the dividemix / ce baselines) and save everything audit needs."""
+    load_engine()
     from qmix_cli.api import train
 
     st = state(ctx)

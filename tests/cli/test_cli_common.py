@@ -1,0 +1,33 @@
+"""What the commands share: the engine imported under a paused collector."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+PROBE = """
+import gc, json, sys
+from qmix_cli.cli.common import load_engine
+if sys.argv[1] == "off":
+    gc.disable()
+load_engine()
+print(json.dumps({
+    "enabled": gc.isenabled(),
+    "frozen": gc.get_freeze_count(),
+    "loaded": all(m in sys.modules for m in ("torch", "timm", "sklearn", "qmix_cli.reporting.score")),
+}))
+"""
+
+
+def _after_load_engine(collector: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", PROBE, collector], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def test_the_engine_is_imported_frozen_and_the_collector_left_as_it_was():
+    on = _after_load_engine("on")
+    assert on["loaded"] and on["enabled"]
+    assert on["frozen"] > 100_000  # torch, timm and scikit-learn's objects: never walked by the collector again
+    off = _after_load_engine("off")
+    assert off["loaded"] and not off["enabled"]  # a process that turned it off keeps it off
