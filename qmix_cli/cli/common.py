@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -49,6 +50,8 @@ def load_engine() -> None:
     collector runs as usual for everything the command makes. For the `qmix` commands that train or audit only:
     a library user's process is theirs to tune.
     """
+    if {"timm", "qmix_cli.engine.trainer", "qmix_cli.reporting.score"} <= sys.modules.keys():
+        return  # loaded (and frozen) already: a second freeze would also keep whatever the process made since
     enabled = gc.isenabled()
     gc.disable()
     try:

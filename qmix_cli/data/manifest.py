@@ -51,9 +51,10 @@ class Dataset:
         How the user named the dataset (recorded in run configs).
     file_stats
         (N, 2) int64: each image file's size and modification time in nanoseconds as the check found them, kept
-        by ``create_dataset(decode_to=...)``, whose caller reads the images next: `cached_images` keys the
-        decoded cache on them instead of stat'ing every file again, and so reads the files as they were
-        checked (an edit since then is seen by the next `create_dataset`). None: `cached_images` stats the files.
+        by ``create_dataset(decode_to=...)``, whose caller reads the images next: `cached_images` looks up what
+        the check filled in under them instead of stat'ing every file again (so reads the images as checked; an
+        edit since then is seen by the next `create_dataset`). What it must decode itself, it stats first. None:
+        `cached_images` stats the files.
     """
 
     root: Path
@@ -238,7 +239,7 @@ def _check_images(
 
         paths = absolute_paths(root, frame["path"])
         # One stat of every file keys the remembered check, the fill and (through `Dataset.file_stats`) the
-        # decoded cache: on a network file system a stat pass over 100k files is seconds, not tenths.
+        # lookup of what the fill stored: on a network file system a stat pass over 100k files is seconds.
         try:
             stats = file_stats(paths)
         except OSError:  # a missing file: the check reports it, and nothing is remembered or filled

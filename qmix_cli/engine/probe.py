@@ -17,6 +17,7 @@ audit averages with the probes' output, which training images are the image itse
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 from concurrent.futures import ThreadPoolExecutor
@@ -63,9 +64,13 @@ def pixel_digests(
     # takes 0.17 ms: 17 s per 100,000 on one thread, at the end of a training run and in its audits).
     threads = (workers or default_workers()) if image_bytes > _GIL_FREE_BYTES else 1
     out = np.empty(n, dtype=np.int64)
-    with ThreadPoolExecutor(max_workers=threads) as pool:
+    with contextlib.ExitStack() as stack:
+        pool = stack.enter_context(ThreadPoolExecutor(max_workers=threads)) if threads > 1 else None
         for start in range(0, n, rows):
             chunk = np.ascontiguousarray(images[start : start + rows, :, ::step_h, ::step_w])
+            if pool is None:
+                out[start : start + len(chunk)] = _digests(chunk, salt)
+                continue
             bounds = np.linspace(0, len(chunk), min(threads, len(chunk)) + 1).astype(int)
             parts = pool.map(_digests, [chunk[a:b] for a, b in itertools.pairwise(bounds)], itertools.repeat(salt))
             out[start : start + len(chunk)] = np.concatenate(list(parts))

@@ -58,6 +58,9 @@ from qmix_cli.io import atomic_write_text, read_metrics
 from qmix_cli.progress import Reporter, SilentReporter
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
+# Options added since runs were first saved, with what a run saved before each did: such a run is resumed so
+# (its config.yaml and checkpoint lack them). ``jpeg_scale``: JPEGs were decoded whole.
+PREDATED = {"jpeg_scale": False}
 # What may change when a run is resumed: how it executes, and how long it goes on.
 RESUMABLE = frozenset({"device", "workers", "amp", "compile", "eval_batch_size", "cache_dir", "epochs"})
 # Left in a run that moved an older one aside, so that finishing deletes only the backup this run made.
@@ -249,7 +252,8 @@ class _Run:
         if state["fingerprint"] != dataset_fingerprint(self.dataset):
             raise TrainingError("the checkpoint was made on another dataset (sample ids or labels differ)")
         now = self.cfg.to_dict()
-        edited = sorted(k for k, v in state["config"].items() if k not in RESUMABLE and now.get(k) != v)
+        saved = {**PREDATED, **state["config"]}  # a checkpoint older than an option ran it as it did then
+        edited = sorted(k for k, v in saved.items() if k not in RESUMABLE and now.get(k) != v)
         if edited:
             raise TrainingError(
                 f"the checkpoint was made with other settings than config.yaml now holds ({', '.join(edited)}); "
@@ -533,9 +537,14 @@ def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) 
     if not path.is_file():
         raise TrainingError(f"nothing to resume: {path} does not exist")
     raw = load_config_file(path)
-    raw.setdefault("jpeg_scale", False)  # runs saved before the option decoded JPEGs whole: resume them so
-    saved = config_from_dict(raw)
     given = {str(k).replace("-", "_"): v for k, v in (overrides or {}).items() if v is not None}
+    for name, then in PREDATED.items():
+        if name not in raw:  # a run saved before the option: resumed as it ran
+            raw[name] = then
+            # A `TrainConfig` passed whole carries today's default, which is not a request to change it.
+            if given.get(name) == getattr(TrainConfig(), name):
+                del given[name]
+    saved = config_from_dict(raw)
     changed = config_from_dict(given, base=saved)
     differ = sorted(k for k in given if k not in RESUMABLE and getattr(changed, k) != getattr(saved, k))
     if differ:

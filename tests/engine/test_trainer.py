@@ -17,6 +17,7 @@ import torch
 from scipy.stats import spearmanr
 
 from qmix_cli.api import audit, train
+from qmix_cli.config import config_from_dict, load_config_file
 from qmix_cli.engine.checkpoint import load_checkpoint
 from qmix_cli.errors import ConfigError, DataError, QmixError, TrainingError
 from tests.conftest import TINY_TRAIN
@@ -356,7 +357,14 @@ def test_a_run_saved_before_jpeg_scale_resumes_decoding_jpegs_whole(noisy_digits
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     del state["config"]["jpeg_scale"]
     torch.save(state, run / "checkpoints" / "last.pt")
-    train(noisy_digits, run, resume=True, cache_dir=str(qmix_cache_dir))
+    (run / "config.yaml").write_text(saved)  # an old run's file edited to ask for the new rule mid-run: refused
+    with pytest.raises(TrainingError, match=r"other settings than config.yaml now holds \(jpeg_scale\)"):
+        train(noisy_digits, run, resume=True, cache_dir=str(qmix_cache_dir))
+    (run / "config.yaml").write_text(saved.replace("jpeg_scale: true\n", ""))
+    # Its settings loaded into today's `TrainConfig` (which says jpeg_scale: true) resume it as it ran.
+    config = config_from_dict(load_config_file(run / "config.yaml"))
+    assert config.jpeg_scale is True
+    train(noisy_digits, run, resume=True, config=config)
     assert json.loads(load_checkpoint(run / "model.pt")["meta"])["jpeg_scale"] is False
 
 
