@@ -3,8 +3,8 @@
 A dataset of camera or fundus photographs (thousands of pixels a side) is read at a training size of a few hundred.
 `qmix_cli.data.images` decodes a JPEG that will be shrunk at the smallest of its DCT scales (1/2, 1/4, 1/8) still at
 least that size; this times the first load (every image checked, filling the decoded cache in the same pass, up to
-the memory-mapped array an epoch reads: what `qmix train` and `qmix audit` do on new data) with that and with every
-JPEG decoded whole, alternated, each from an empty cache directory, and compares the cached pixels.
+the memory-mapped array an epoch reads: what `qmix train` does on new data, channels left to the data) with that and
+with every JPEG decoded whole, alternated, each from an empty cache directory, and compares the cached pixels.
 
 The photographs are made from scikit-image's fundus photograph (`skimage.data.retina`, 1,411 px): random crops of
 900-1,411 px, flipped and rotated by quarter turns, saved as JPEG (quality 90) in two class folders.
@@ -49,8 +49,9 @@ def first_load(root: Path, *, size: int, jpeg_scale: bool) -> tuple[float, np.nd
     decodes every JPEG whole, then resizes it (as runs trained before DCT-scale decoding still read them)."""
     with tempfile.TemporaryDirectory(prefix="qmix-bench-decode-") as cache:
         start = time.perf_counter()
-        ds = create_dataset(root, cache_dir=cache, decode_to=DecodeTarget(size, 3, jpeg_scale=jpeg_scale))
-        arr = cached_images(ds, size=size, channels=3, cache_dir=cache, jpeg_scale=jpeg_scale)
+        # Channels left to the data, as `qmix train` leaves them by default (`channels: auto`).
+        ds = create_dataset(root, cache_dir=cache, decode_to=DecodeTarget(size, None, jpeg_scale=jpeg_scale))
+        arr = cached_images(ds, size=size, channels=ds.channels, cache_dir=cache, jpeg_scale=jpeg_scale)
         seconds = time.perf_counter() - start
         return seconds, np.array(arr)
 

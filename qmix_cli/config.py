@@ -32,7 +32,7 @@ class TrainConfig:
     weights: str | None = None
     img_size: int = 224
     channels: Literal["auto", 1, 3] = "auto"
-    # JPEGs decoded at their smallest DCT scale still at least img_size (a first load of large photos 2.75 times
+    # JPEGs decoded at their smallest DCT scale still at least img_size (a first load of large photos 2.7 times
     # faster; docs/decisions.md, twenty-first round); false decodes them whole, as runs saved before it did.
     jpeg_scale: bool = True
     proj_dim: int = 128

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -148,9 +149,13 @@ class CacheFill:
     rows where `cached_images` will look for them. The key is that of the files as the check stat'ed them, *before*
     they were decoded: a file edited meanwhile is decoded again by the next run.
 
-    The fill is a shortcut and never changes what the check says: an image it cannot convert, a cache it cannot
-    write or a colour image while ``channels`` is None (kept as one channel until then) abandon it, and
-    `cached_images` decodes the dataset as before.
+    With ``channels`` None (``channels: auto``) the first image put decides: a grey one keeps one channel (a
+    colour image after it abandons the fill: the dataset will be read in colour), a colour one three (grey images
+    after it are stored as three equal channels, as the dataset will be read). Only the few datasets that mix
+    both, grey first, are decoded again.
+
+    The fill is a shortcut and never changes what the check says: an image it cannot convert or a cache it cannot
+    write abandon it, and `cached_images` decodes the dataset as before.
     """
 
     def __init__(
@@ -166,13 +171,33 @@ class CacheFill:
         fd, name = tempfile.mkstemp(prefix=".fill.npy.", suffix=".tmp", dir=folder)
         os.close(fd)
         self.tmp = Path(name)
-        shape = (len(paths), self.channels, target.size, target.size)
         try:
-            self.rows: np.memmap | None = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.uint8, shape=shape)
+            self.rows: np.memmap | None = self._allocate()
         except BaseException:
             self.tmp.unlink(missing_ok=True)  # e.g. a file system that cannot hold a file that large
             raise
         self.abandoned = False
+        self._decided = target.channels is not None  # the channels, with ``channels: auto`` once an image is put
+        self._deciding = threading.Lock()
+
+    def _allocate(self) -> np.memmap:
+        shape = (len(self.paths), self.channels, self.target.size, self.target.size)
+        return np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.uint8, shape=shape)
+
+    def _decide(self, img: Image.Image) -> None:
+        """With ``channels: auto``, the channels of the first image put (under a lock: the first of the checking
+        threads decides, the others wait for it)."""
+        with self._deciding:
+            if self._decided:
+                return
+            if img.mode not in GRAY_MODES:
+                self.channels = 3
+                self.rows = None  # unmapped, then made again at three channels
+                try:
+                    self.rows = self._allocate()
+                except OSError:
+                    self.abandoned = True
+            self._decided = True
 
     @classmethod
     def start(
@@ -187,20 +212,23 @@ class CacheFill:
         is nothing to fill: the cache already holds them or cannot be written (`cached_images` will say)."""
         folder = _decoded_folder(cache_dir)
         try:
-            key = cache_key(
-                paths, size=target.size, channels=target.channels or 1, stats=stats, jpeg_scale=target.jpeg_scale
-            )
-            return None if (folder / f"{key}.npy").is_file() else cls(paths, target, folder, stats)
+            for channels in [target.channels] if target.channels else [1, 3]:
+                key = cache_key(paths, size=target.size, channels=channels, stats=stats, jpeg_scale=target.jpeg_scale)
+                if (folder / f"{key}.npy").is_file():
+                    return None
+            return cls(paths, target, folder, stats)
         except OSError:
             return None
 
     def put(self, i: int, img: Image.Image) -> None:
         """Keep image ``i`` of the paths, decoded (called from the checking threads; rows are disjoint). Never
         raises: the check, not the fill, says whether an image is usable."""
+        if not self._decided:
+            self._decide(img)
         if self.abandoned:
             return
-        if self.target.channels is None and img.mode not in GRAY_MODES:
-            self.abandoned = True
+        if self.channels == 1 and self.target.channels is None and img.mode not in GRAY_MODES:
+            self.abandoned = True  # grey first, then colour: the dataset will be read in three channels
             return
         try:
             self.rows[i] = fit_image(img, channels=self.channels, size=self.target.size).transpose(2, 0, 1)

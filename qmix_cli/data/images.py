@@ -6,7 +6,7 @@ pixel data is read, so checking the header alone would let it through to trainin
 A JPEG that will be shrunk is decoded straight to the smallest of its DCT scales (1/2, 1/4 or 1/8) still at least
 the target size (Pillow's ``draft``, as its ``thumbnail`` does): libjpeg still reads every coefficient, so a
 truncated or corrupt file fails as before, but skips most of the inverse transform and the resize has less to do.
-A first load of 900-1,411-px fundus photographs at 224 px is 2.75 times faster (docs/decisions.md, "Twenty-first
+A first load of 900-1,411-px fundus photographs at 224 px is 2.7 times faster (docs/decisions.md, "Twenty-first
 round"). `qmix train --set jpeg_scale=false` decodes them whole, as runs saved before it did.
 """
 

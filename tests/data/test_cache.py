@@ -160,18 +160,34 @@ def test_checked_images_fill_the_cache_in_the_same_pass(make_image_folder, tmp_p
     assert _no_partials(tmp_path / "decoded")
 
 
+@pytest.mark.parametrize("workers", [1, 4])
 @pytest.mark.parametrize("mode", ["L", "RGB"])
-def test_auto_channels_fill_grayscale_datasets_and_leave_colour_ones(make_image_folder, tmp_path, monkeypatch, mode):
-    root = make_image_folder(mode, per_class=5, size=16, mode=mode)
-    ds = create_dataset(root, cache_dir=tmp_path, decode_to=DecodeTarget(8, None))
+def test_auto_channels_fill_grey_and_colour_datasets_alike(make_image_folder, tmp_path, monkeypatch, mode, workers):
+    root = make_image_folder(mode, per_class=30, size=16, mode=mode)
+    ds = create_dataset(root, cache_dir=tmp_path, workers=workers, decode_to=DecodeTarget(8, None))
     assert ds.channels == (1 if mode == "L" else 3)
-    folder = tmp_path / "decoded"
-    assert _no_partials(folder)
-    if mode == "L":
-        _decoding_refused(monkeypatch)  # the one-channel images the run will read are there already
-    else:
-        assert not folder.exists() or not any(name.endswith(".npy") for name in _npy_files(folder))
+    assert _no_partials(tmp_path / "decoded")
+    _decoding_refused(monkeypatch)  # the images the run will read, at the channels it will read, are there already
     _cached_as_decoded(ds, tmp_path, size=8, channels=ds.channels)
+
+
+@pytest.mark.parametrize("first", ["RGB", "L"])
+def test_auto_channels_with_grey_and_colour_images_mixed(make_image_folder, tmp_path, monkeypatch, first):
+    """Colour first: grey images are stored as three equal channels, as the dataset is read. Grey first: the fill
+    is given up (the one-channel rows would be of no use) and the images are decoded again, in colour."""
+    second = "L" if first == "RGB" else "RGB"
+    make_image_folder("mixed", classes=("a",), per_class=3, size=16, mode=first)
+    root = make_image_folder("mixed", classes=("b",), per_class=3, size=16, mode=second)
+    ds = create_dataset(root, cache_dir=tmp_path, workers=1, decode_to=DecodeTarget(8, None))
+    assert ds.channels == 3
+    assert _no_partials(tmp_path / "decoded")
+    if first == "RGB":
+        _decoding_refused(monkeypatch)
+    else:
+        assert not any(name.endswith(".npy") for name in _npy_files(tmp_path / "decoded"))
+    arr = _cached_as_decoded(ds, tmp_path, size=8, channels=3)
+    grey = 3 if first == "RGB" else 0
+    assert (arr[grey, 0] == arr[grey, 1]).all() and (arr[grey, 1] == arr[grey, 2]).all()
 
 
 def test_skipped_images_leave_the_filled_cache_to_the_good_ones(make_image_folder, truncate, tmp_path, monkeypatch):
