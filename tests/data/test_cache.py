@@ -33,6 +33,13 @@ def _count_stats(monkeypatch):
     return calls
 
 
+def _rewrite(path):
+    """Overwrite an image with pixels of 7, with a later modification time (coarse file systems keep the old)."""
+    st = path.stat()
+    Image.fromarray(np.full((16, 16, 3), 7, dtype=np.uint8)).save(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+
+
 def _npy_files(folder):
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
@@ -99,9 +106,7 @@ def test_touching_an_image_changes_the_key(rgb_dataset):
 def test_modified_image_is_decoded_again(rgb_dataset, tmp_path):
     old = np.array(cached_images(rgb_dataset, size=8, channels=3, cache_dir=tmp_path))
     p = rgb_dataset.abs_paths[0]
-    st = p.stat()
-    Image.fromarray(np.full((16, 16, 3), 7, dtype=np.uint8)).save(p)
-    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # coarse filesystems: force a new mtime
+    _rewrite(p)
     new = cached_images(rgb_dataset, size=8, channels=3, cache_dir=tmp_path)
     assert (new[0] == 7).all()
     assert not np.array_equal(old[0], new[0])
@@ -217,9 +222,7 @@ def test_a_dataset_made_to_be_decoded_reads_its_files_as_checked_and_the_next_on
     ds = create_dataset(root, cache_dir=tmp_path, decode_to=DecodeTarget(8, 3))
     checked = np.array(cached_images(ds, size=8, channels=3, cache_dir=tmp_path))
     p = ds.abs_paths[4]
-    st = p.stat()
-    Image.fromarray(np.full((16, 16, 3), 7, dtype=np.uint8)).save(p)
-    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    _rewrite(p)
     stat_calls = _count_stats(monkeypatch)
     assert np.array_equal(cached_images(ds, size=8, channels=3, cache_dir=tmp_path), checked)
     assert not set(stat_calls) & set(map(str, ds.abs_paths))
@@ -236,9 +239,7 @@ def test_what_a_kept_dataset_decodes_anew_is_stored_under_the_files_as_they_are_
     root = make_image_folder("rgb", per_class=5, size=16)
     ds = create_dataset(root, cache_dir=tmp_path, decode_to=DecodeTarget(8, 3))
     p = ds.abs_paths[4]
-    st = p.stat()
-    Image.fromarray(np.full((16, 16, 3), 7, dtype=np.uint8)).save(p)
-    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    _rewrite(p)
     assert (cached_images(ds, size=12, channels=3, cache_dir=tmp_path)[4] == 7).all()
     names = {n for n in _npy_files(tmp_path / "decoded") if n.endswith(".npy")}
     assert f"{cache_key(ds.abs_paths, size=12, channels=3)}.npy" in names  # stat'ed now
@@ -251,9 +252,7 @@ def test_a_dataset_kept_without_decode_to_is_decoded_again_after_an_edit(make_im
     assert ds.file_stats is None
     cached_images(ds, size=8, channels=3, cache_dir=tmp_path)
     p = ds.abs_paths[4]
-    st = p.stat()
-    Image.fromarray(np.full((16, 16, 3), 7, dtype=np.uint8)).save(p)
-    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    _rewrite(p)
     assert (cached_images(ds, size=8, channels=3, cache_dir=tmp_path)[4] == 7).all()
 
 
@@ -291,9 +290,7 @@ def test_the_fill_is_keyed_on_the_files_as_they_were_before_the_check_decoded_th
     def rewrite_first_after_the_last(self, i, img):
         put(self, i, img)
         if i == len(self.paths) - 1:
-            st = first.stat()
-            Image.fromarray(np.full((16, 16, 3), 7, dtype=np.uint8)).save(first)
-            os.utime(first, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+            _rewrite(first)
 
     monkeypatch.setattr(cache.CacheFill, "put", rewrite_first_after_the_last)
     ds = create_dataset(root, cache_dir=tmp_path, workers=1, decode_to=DecodeTarget(8, 3))
