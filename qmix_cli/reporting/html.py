@@ -123,7 +123,7 @@ def thumbnail_data_uri(path: str | Path, *, size: int = _THUMB_PX) -> str | None
         from PIL import Image
 
         with Image.open(path) as img:
-            img.draft(None, (size, size))  # a JPEG photo is decoded at its DCT scale: 1/8 of the work or less
+            img.draft(None, (size, size))  # a JPEG photo is decoded at its smallest DCT scale still that large
             img.load()
             thumb = img.convert("L" if img.mode in ("L", "LA", "I", "I;16", "1", "F") else "RGB")
         thumb.thumbnail((size, size))

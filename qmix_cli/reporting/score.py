@@ -29,7 +29,7 @@ from qmix_cli.engine.readouts import TrainingReadouts
 from qmix_cli.engine.scoring import compute_scores, mean_posteriors, separation_from_dict
 from qmix_cli.engine.separation import QualitySeparation, hard_groups
 from qmix_cli.engine.steps import StepContext, predict_probs, predict_with_probes
-from qmix_cli.engine.trainer import amp_dtype, resolve_device
+from qmix_cli.engine.trainer import PREDATED, amp_dtype, resolve_device
 from qmix_cli.errors import QmixError
 from qmix_cli.progress import Reporter, SilentReporter
 from qmix_cli.reporting.report import build_report, compute_ranks, normalise_posteriors, report_metadata
@@ -63,7 +63,8 @@ class TrainedRun:
         """How the run's images were decoded: its size and channels, JPEGs at their DCT scale unless the run was
         trained before that (its meta lacks ``jpeg_scale``), so that an audit reads each image as training did
         (a training image read otherwise would get another probe key, hence another fold)."""
-        return DecodeTarget(self.meta["img_size"], self.meta["channels"], bool(self.meta.get("jpeg_scale", False)))
+        jpeg_scale = bool(self.meta.get("jpeg_scale", PREDATED["jpeg_scale"]))
+        return DecodeTarget(self.meta["img_size"], self.meta["channels"], jpeg_scale)
 
 
 def load_run(run_dir: str | Path, *, device: str = "auto") -> TrainedRun:
