@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 from PIL import Image
+from PIL.JpegImagePlugin import JpegImageFile
 
 from qmix_cli.data import cache
 from qmix_cli.data.cache import DecodeTarget, cache_key, cached_images
@@ -351,6 +352,12 @@ def test_a_jpeg_to_be_shrunk_is_decoded_at_its_dct_scale_by_the_check_and_by_a_d
     assert seen == [(32, 32)] and info.size == (256, 256) and info.error is None  # 1/8 scale, file's own size
     inspect_image(path, keep=lambda img: seen.append(img.size))
     assert seen[-1] == (256, 256)  # no target size: decoded whole
+    drafts = []
+    draft = JpegImageFile.draft
+    monkeypatch.setattr(JpegImageFile, "draft", lambda img, mode, size: drafts.append(size) or draft(img, mode, size))
+    assert inspect_image(path) == info  # only its readability asked: read at the smallest scale, same description
+    assert drafts == [(1, 1)]
+    monkeypatch.undo()
     png = make_image_folder("png", per_class=1, size=256)
     inspect_image(sorted(png.glob("*/*.png"))[0], keep=lambda img: seen.append(img.size), size=32)
     assert seen[-1] == (256, 256)  # only JPEGs have DCT scales
@@ -368,6 +375,8 @@ def test_a_truncated_jpeg_is_refused_when_decoded_at_its_dct_scale(make_image_fo
     truncate(root / "b" / "1.jpg")
     with pytest.raises(DataError, match="bad images"):
         create_dataset(root, cache_dir=tmp_path, decode_to=DecodeTarget(32, 3))
+    with pytest.raises(DataError, match="bad images"):  # a check alone reads every JPEG at 1/8 scale
+        create_dataset(root, cache_dir=tmp_path / "check-only")
     assert _npy_files(tmp_path / "decoded") == []
     with pytest.raises(OSError, match="truncated"):
         read_image(root / "b" / "1.jpg", channels=3, size=32)
