@@ -55,6 +55,13 @@ def _decoded_folder(cache_dir: str | Path | None) -> Path:
     return Path(cache_dir or default_cache_dir()) / "decoded"
 
 
+def _cache_file(
+    folder: Path, paths: Sequence[str | Path], stats: Sequence | None, *, size: int, channels: int, jpeg_scale: bool
+) -> Path:
+    """Where ``folder`` holds (or would hold) ``paths`` decoded so (see `cache_key`)."""
+    return folder / f"{cache_key(paths, size=size, channels=channels, stats=stats, jpeg_scale=jpeg_scale)}.npy"
+
+
 def decode_all(
     paths: Sequence[str | Path],
     *,
@@ -111,14 +118,13 @@ def cached_images(
     folder = _decoded_folder(cache_dir)
     folder.mkdir(parents=True, exist_ok=True)
     _remove_stale_partials(folder)
-
-    def cached(stats: list | None = None) -> Path:
-        return folder / f"{cache_key(paths, size=size, channels=channels, stats=stats, jpeg_scale=jpeg_scale)}.npy"
-
+    decoded = {"size": size, "channels": channels, "jpeg_scale": jpeg_scale}
     # The kept stats fit the paths unless the caller edited ``dataset.frame`` since: then they are not used.
-    if kept is not None and len(kept) == len(paths) and (checked := cached(kept.tolist())).is_file():
-        return np.load(checked, mmap_mode="r")
-    target = cached()
+    if kept is not None and len(kept) == len(paths):
+        checked = _cache_file(folder, paths, kept.tolist(), **decoded)
+        if checked.is_file():
+            return np.load(checked, mmap_mode="r")
+    target = _cache_file(folder, paths, None, **decoded)
     if not target.is_file():
         with atomic_path(target) as tmp:
             arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), channels, size, size))
@@ -139,6 +145,11 @@ class DecodeTarget:
     size: int
     channels: int | None = None
     jpeg_scale: bool = True
+
+    @property
+    def jpeg_draft(self) -> int | None:
+        """The size a JPEG is decoded for (`qmix_cli.data.images.read_image`): ``size``, or None for whole."""
+        return self.size if self.jpeg_scale else None
 
 
 class CacheFill:
@@ -171,32 +182,32 @@ class CacheFill:
         fd, name = tempfile.mkstemp(prefix=".fill.npy.", suffix=".tmp", dir=folder)
         os.close(fd)
         self.tmp = Path(name)
-        try:
-            self.rows: np.memmap | None = self._allocate()
-        except BaseException:
-            self.tmp.unlink(missing_ok=True)  # e.g. a file system that cannot hold a file that large
-            raise
+        self.rows: np.memmap | None = None
         self.abandoned = False
-        self._decided = target.channels is not None  # the channels, with ``channels: auto`` once an image is put
         self._deciding = threading.Lock()
+        if target.channels is not None:
+            try:
+                self._allocate()
+            except BaseException:
+                self.tmp.unlink(missing_ok=True)  # e.g. a file system that cannot hold a file that large
+                raise
+        self._decided = target.channels is not None  # with ``channels: auto``, once the first image is put
 
-    def _allocate(self) -> np.memmap:
+    def _allocate(self) -> None:
         shape = (len(self.paths), self.channels, self.target.size, self.target.size)
-        return np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.uint8, shape=shape)
+        self.rows = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.uint8, shape=shape)
 
     def _decide(self, img: Image.Image) -> None:
-        """With ``channels: auto``, the channels of the first image put (under a lock: the first of the checking
-        threads decides, the others wait for it)."""
+        """With ``channels: auto``, the channels of the first image put, and the rows at them (under a lock: the
+        first of the checking threads decides, the others wait for it)."""
         with self._deciding:
             if self._decided:
                 return
-            if img.mode not in GRAY_MODES:
-                self.channels = 3
-                self.rows = None  # unmapped, then made again at three channels
-                try:
-                    self.rows = self._allocate()
-                except OSError:
-                    self.abandoned = True
+            self.channels = 1 if img.mode in GRAY_MODES else 3
+            try:
+                self._allocate()
+            except OSError:
+                self.abandoned = True
             self._decided = True
 
     @classmethod
@@ -213,8 +224,9 @@ class CacheFill:
         folder = _decoded_folder(cache_dir)
         try:
             for channels in [target.channels] if target.channels else [1, 3]:
-                key = cache_key(paths, size=target.size, channels=channels, stats=stats, jpeg_scale=target.jpeg_scale)
-                if (folder / f"{key}.npy").is_file():
+                if _cache_file(
+                    folder, paths, stats, size=target.size, channels=channels, jpeg_scale=target.jpeg_scale
+                ).is_file():
                     return None
             return cls(paths, target, folder, stats)
         except OSError:
@@ -243,10 +255,9 @@ class CacheFill:
         keep = np.flatnonzero(good)
         paths = [self.paths[i] for i in keep]
         stats = [self.stats[i] for i in keep]
-        key = cache_key(
-            paths, size=self.target.size, channels=self.channels, stats=stats, jpeg_scale=self.target.jpeg_scale
+        target = _cache_file(
+            self.folder, paths, stats, size=self.target.size, channels=self.channels, jpeg_scale=self.target.jpeg_scale
         )
-        target = self.folder / f"{key}.npy"
         if target.is_file() or not len(keep):
             return
         rows, self.rows = self.rows, None

@@ -245,18 +245,15 @@ def _check_images(
         except OSError:  # a missing file: the check reports it, and nothing is remembered or filled
             stats = None
 
-        def scan(paths: Sequence[str]) -> list[ImageInfo]:
-            fill = None
-            if decode_to is not None and stats is not None:
-                fill = CacheFill.start(paths, stats, decode_to, cache_dir=cache_dir)
-            if fill is not None:
-                stack.callback(fill.close)
-                fills.append(fill)
+        def scan(paths: Sequence[str]) -> list[ImageInfo]:  # the paths above, when the check is not remembered
+            fillable = decode_to is not None and stats is not None
+            fill = CacheFill.start(paths, stats, decode_to, cache_dir=cache_dir) if fillable else None
             progress = reporter.task("checking images", len(paths))
             if fill is None:
                 return scan_images(paths, workers=workers, progress=progress)
-            size = fill.target.size if fill.target.jpeg_scale else None
-            return scan_images(paths, workers=workers, progress=progress, keep=fill.put, size=size)
+            stack.callback(fill.close)
+            fills.append(fill)
+            return scan_images(paths, workers=workers, progress=progress, keep=fill.put, size=decode_to.jpeg_draft)
 
         infos = cached_scan(paths, cache_dir=cache_dir, scan=scan, stats=stats)
         bad = np.array([info.error is not None for info in infos], dtype=bool)
@@ -318,8 +315,8 @@ def create_dataset(
     decode_to
         The size and channels the images will be read at (`qmix_cli.data.cache.cached_images`): images that are
         checked now (not remembered from an earlier check) are also decoded into the cache in the same pass, so
-        that each is decoded once instead of twice (with channels None, only where every image is grayscale;
-        nothing is stored for a dataset that is refused).
+        that each is decoded once instead of twice (with channels None, the first image checked sets them: see
+        `qmix_cli.data.cache.CacheFill`; nothing is stored for a dataset that is refused).
     """
     from qmix_cli.data.builtin import default_cache_dir, is_builtin, materialise_builtin
 
