@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
 from qmix_cli.api import audit, evaluate, train
 from qmix_cli.config import load_config_file, resolve_config
+from qmix_cli.data.cache import DecodeTarget, cached_images
 from qmix_cli.data.manifest import create_dataset
 from qmix_cli.engine.trainer import RESUMABLE
 from qmix_cli.io import read_metrics
@@ -26,6 +28,19 @@ def sync(device: torch.device) -> None:
     """Wait for the device's queued work, so that a timer read next counts it (no-op off CUDA)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def first_load(source: str | Path, *, target: DecodeTarget, fill: bool = True) -> tuple[float, np.ndarray]:
+    """Seconds from a dataset's manifest to its cached array at ``target`` with an empty cache directory, and the
+    array: every image checked and, with ``fill``, decoded into the cache in the same pass (what `qmix train` and
+    `qmix audit` do), else decoded again afterwards by `cached_images`."""
+    with tempfile.TemporaryDirectory(prefix="qmix-bench-first-load-") as cache:
+        start = time.perf_counter()
+        ds = create_dataset(source, cache_dir=cache, decode_to=target if fill else None)
+        channels = target.channels or ds.channels or 3
+        arr = cached_images(ds, size=target.size, channels=channels, cache_dir=cache, jpeg_scale=target.jpeg_scale)
+        seconds = time.perf_counter() - start
+        return seconds, np.array(arr)
 
 
 def stratified_subset(source: str, *, size: int, seed: int, out: Path) -> Path:

@@ -24,11 +24,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 import time
 
 import numpy as np
 import torch
+from _common import first_load
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
@@ -66,15 +66,6 @@ def decode_epoch(dataset: DecodingDataset, *, batch_size: int, workers: int, gen
     for x in loader:
         seen += len(make_view(x, spec, gen, norm))
     return seen
-
-
-def first_load_seconds(source: str, *, size: int, fill: bool) -> float:
-    """Seconds from a dataset's manifest to its cached array, with an empty cache directory."""
-    with tempfile.TemporaryDirectory(prefix="qmix-bench-first-load-") as cache:
-        start = time.perf_counter()
-        ds = create_dataset(source, cache_dir=cache, decode_to=DecodeTarget(size) if fill else None)
-        cached_images(ds, size=size, channels=ds.channels or 3, cache_dir=cache)
-        return time.perf_counter() - start
 
 
 def main() -> None:
@@ -120,7 +111,7 @@ def main() -> None:
     loads: dict[str, list[float]] = {"check, then decode into the cache": [], "check filling the cache": []}
     for _ in range(args.first_loads):
         for name, fill in zip(loads, (False, True), strict=True):
-            loads[name].append(first_load_seconds(source, size=args.img_size, fill=fill))
+            loads[name].append(first_load(source, target=DecodeTarget(args.img_size), fill=fill)[0])
     first = {k: float(np.median(v)) for k, v in loads.items()}
     fill_ratio = first["check, then decode into the cache"] / first["check filling the cache"]
     print(f"\nfirst load, empty cache, median of {args.first_loads}:\n| first load | s | images/s |\n|---|---:|---:|")

@@ -19,15 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+from _common import first_load
 from PIL import Image
 from skimage import data as skdata
 
-from qmix_cli.data.cache import DecodeTarget, cached_images
-from qmix_cli.data.manifest import create_dataset
+from qmix_cli.data.cache import DecodeTarget
 
 
 def write_photos(root: Path, count: int, *, seed: int = 0) -> None:
@@ -44,18 +43,6 @@ def write_photos(root: Path, count: int, *, seed: int = 0) -> None:
         Image.fromarray(np.ascontiguousarray(crop)).save(folder / f"{i:05d}.jpg", quality=90)
 
 
-def first_load(root: Path, *, size: int, jpeg_scale: bool) -> tuple[float, np.ndarray]:
-    """Seconds to check and cache every image from an empty cache, and the cached pixels; ``jpeg_scale`` False
-    decodes every JPEG whole, then resizes it (as runs trained before DCT-scale decoding still read them)."""
-    with tempfile.TemporaryDirectory(prefix="qmix-bench-decode-") as cache:
-        start = time.perf_counter()
-        # Channels left to the data, as `qmix train` leaves them by default (`channels: auto`).
-        ds = create_dataset(root, cache_dir=cache, decode_to=DecodeTarget(size, None, jpeg_scale=jpeg_scale))
-        arr = cached_images(ds, size=size, channels=ds.channels, cache_dir=cache, jpeg_scale=jpeg_scale)
-        seconds = time.perf_counter() - start
-        return seconds, np.array(arr)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--photos", type=int, default=400)
@@ -70,9 +57,10 @@ def main() -> None:
         timings: dict[str, list[float]] = {"decoded whole, then resized": [], "decoded at the DCT scale": []}
         pixels = {}
         for _ in range(args.repeats):
-            seconds, pixels["whole"] = first_load(root, size=args.img_size, jpeg_scale=False)
+            # Channels left to the data, as `qmix train` leaves them by default (`channels: auto`).
+            seconds, pixels["whole"] = first_load(root, target=DecodeTarget(args.img_size, None, jpeg_scale=False))
             timings["decoded whole, then resized"].append(seconds)
-            seconds, pixels["scaled"] = first_load(root, size=args.img_size, jpeg_scale=True)
+            seconds, pixels["scaled"] = first_load(root, target=DecodeTarget(args.img_size, None))
             timings["decoded at the DCT scale"].append(seconds)
 
     median = {k: float(np.median(v)) for k, v in timings.items()}
