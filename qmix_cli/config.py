@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import numbers
 import types
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -108,16 +109,40 @@ class TrainConfig:
             self.warmup_epochs = max(1, round(self.epochs / 3))
         if not 0 <= self.warmup_epochs <= self.epochs:
             raise ConfigError(f"warmup-epochs must be between 0 and epochs ({self.epochs})")
-        if self.lr <= 0:
-            raise ConfigError("lr must be positive")
-        if self.audit_neighbours < 0:
-            raise ConfigError(f"audit-neighbours must be 0 (no vote) or more (got {self.audit_neighbours})")
-        if self.gmm_components < 3 and self.method == "qmix":
-            raise ConfigError("qmix needs gmm-components >= 3 (Correct, Mis-H, Mis-L)")
+        for name, (meaning, ok) in _RANGES.items():
+            value = getattr(self, name)
+            if not ok(value):
+                raise ConfigError(f"{name.replace('_', '-')} must be {meaning} (got {value})")
+        if self.gmm_components < 3:  # every method's final separation (the audit's) names three groups
+            raise ConfigError("gmm-components must be at least 3 (Correct, Mis-H, Mis-L)")
         return self
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# Numeric options that a value outside these ranges would not fail on but quietly turn into nonsense (a
+# p_threshold of 5 calls every image an issue; a negative weight reverses its loss term). NaN fails every test.
+_RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {
+    "lr": ("positive", lambda v: v > 0),
+    "momentum": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "weight_decay": ("0 or more", lambda v: v >= 0),
+    "rotation": ("between 0 and 180 degrees", lambda v: 0 <= v <= 180),
+    "gmm_reg_covar": ("positive", lambda v: v > 0),
+    "gmm_max_iter": ("at least 1", lambda v: v >= 1),
+    "gmm_tol": ("positive", lambda v: v > 0),
+    "p_threshold": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "audit_neighbours": ("0 (no vote) or more", lambda v: v >= 0),
+    "temperature": ("positive", lambda v: v > 0),
+    "mixup_alpha": ("0 (no mixup) or more", lambda v: v >= 0),
+    "lambda_u": ("0 or more", lambda v: v >= 0),
+    "rampup_epochs": ("0 or more", lambda v: v >= 0),
+    "mislq_weight": ("0 or more", lambda v: v >= 0),
+    "lambda_con": ("0 or more", lambda v: v >= 0),
+    "con_temperature": ("positive", lambda v: v > 0),
+    "proj_dim": ("at least 1", lambda v: v >= 1),
+    "workers": ("0 or more", lambda v: v >= 0),
+}
 
 
 @functools.cache

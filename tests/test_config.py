@@ -31,6 +31,14 @@ def test_numbers_from_yaml_strings_are_converted(tmp_path):
         ({"hflip": "sometimes"}, ["hflip must be true or false"]),
         ({"extra": 3}, ["extra must be a mapping"]),
         ({"audit_neighbours": -1}, ["audit-neighbours must be 0 (no vote) or more", "-1"]),
+        ({"p_threshold": 5}, ["p-threshold must be in [0, 1)", "5"]),
+        ({"mixup_alpha": -1}, ["mixup-alpha must be 0 (no mixup) or more"]),
+        ({"lr": "nan"}, ["lr must be positive", "nan"]),
+        ({"momentum": 1}, ["momentum must be in [0, 1)"]),
+        ({"temperature": 0}, ["temperature must be positive"]),
+        # Every method's final separation names three groups: dividemix and ce too, not only qmix.
+        ({"method": "ce", "gmm_components": 2}, ["gmm-components must be at least 3"]),
+        ({"method": "dividemix", "gmm_components": 2}, ["gmm-components must be at least 3"]),
     ],
 )
 def test_wrong_types_and_choices_are_refused_by_name(values, fragments):
