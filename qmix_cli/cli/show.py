@@ -17,7 +17,12 @@ def show_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write.")] = Path("report.html"),
     run: Annotated[
         Path | None,
-        typer.Option("--run", "-r", help="Run directory: adds the GMM means and the training curves."),
+        typer.Option(
+            "--run",
+            "-r",
+            help="Run directory: adds the GMM means and the training curves (default: the run recorded in the "
+            "report, if it still exists).",
+        ),
     ] = None,
     data: Annotated[
         Path | None,

@@ -32,7 +32,7 @@ import pandas as pd
 from qmix_cli import __version__
 from qmix_cli.categories import CATEGORIES
 from qmix_cli.errors import QmixError
-from qmix_cli.io import atomic_write_text, read_metrics
+from qmix_cli.io import atomic_write_text, check_out_file, read_metrics
 from qmix_cli.reporting.report import read_report
 
 #: Okabe–Ito colours (safe for the common colour-vision deficiencies), one per category in CATEGORIES order.
@@ -47,7 +47,7 @@ CURVE_METRICS: tuple[str, ...] = ("loss_x", "auc_clean", "auc_hq", "val_acc")
 _CURVE_TITLES = {
     "loss_x": "supervised loss (loss_x)",
     "auc_clean": "AUC clean vs issue (auc_clean)",
-    "auc_hq": "AUC mislabeled hq vs lq (auc_hq)",
+    "auc_hq": "AUC high vs low quality (auc_hq)",
     "val_acc": "validation accuracy (val_acc)",
 }
 
@@ -416,10 +416,11 @@ def write_html_report(
         The HTML file to write.
     run
         The run directory, for the GMM means (``separation.json``) and training curves (``metrics.jsonl``).
+        Default: the run recorded in a Parquet report's metadata, when it still exists.
     data
         Dataset root (directory, or a manifest file whose folder is the root) the report's ``path`` values are
-        relative to. Default: the ``dataset`` recorded in the report's metadata when it exists, else paths are
-        taken as they are (absolute, or relative to the current directory).
+        relative to. Default: the root recorded in a Parquet report's metadata when it still exists, else paths
+        are taken as they are (absolute, or relative to the current directory).
     top
         Thumbnails shown for each of ``mislabeled_hq`` and ``mislabeled_lq``, best ranked first.
     max_points
@@ -436,14 +437,12 @@ def write_html_report(
         raise QmixError("max_points must be >= 0")
     if Path(out).resolve() == Path(report).resolve():
         raise QmixError(f"--out {out} is the report being read; write the page to another file")
+    out = check_out_file(out)
     frame = read_report(report)
     meta: dict[str, str] = dict(frame.attrs.get("qmix", {}))
-    run_dir = _existing_dir(run, "run directory") if run is not None else None
+    run_dir = _existing_dir(run, "run directory") if run is not None else _recorded_dir(meta, "run_dir")
     root = _data_root(data, meta)
     page = render_page(frame, meta=meta, run_dir=run_dir, root=root, top=top, max_points=max_points, source=report)
-    out = Path(out)
-    if out.is_dir():
-        raise QmixError(f"{out} is a directory; give a file name such as report.html")
     try:
         atomic_write_text(out, page)
     except OSError as exc:
@@ -466,10 +465,19 @@ def _data_root(data: str | Path | None, meta: dict[str, str]) -> Path | None:
         if path.is_file():
             return path.parent
         raise QmixError(f"dataset not found: {data}")
-    recorded = meta.get("dataset")
-    if recorded and Path(recorded).is_dir():
-        return Path(recorded)
-    return None
+    # The absolute root; reports written before it was recorded name the dataset as the audit was given it.
+    if (root := _recorded_dir(meta, "dataset_root")) is not None:
+        return root
+    recorded = Path(meta.get("dataset") or "")
+    if recorded.is_file():  # a manifest: the paths in it are relative to its folder
+        return recorded.parent
+    return _recorded_dir(meta, "dataset")
+
+
+def _recorded_dir(meta: dict[str, str], key: str) -> Path | None:
+    """The directory the report's metadata records under ``key``, if it names one that exists (from here)."""
+    recorded = meta.get(key)
+    return Path(recorded) if recorded and Path(recorded).is_dir() else None
 
 
 def _class_names(frame: pd.DataFrame, meta: dict[str, str]) -> list[str]:

@@ -8,6 +8,7 @@ their posteriors are comparable with the training images'.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -339,6 +340,11 @@ def metadata_for(run: TrainedRun, dataset: Dataset) -> dict[bytes, bytes]:
         method=run.meta["method"],
         model=run.meta["model"],
         class_names=run.classes,
-        run_dir=str(run.run_dir),
-        extra={"dataset": dataset.source, "training_set": dataset.source == run.meta.get("dataset")},
+        # Absolute, so that `qmix show` finds the run and the images from any working directory.
+        run_dir=os.path.abspath(run.run_dir),
+        extra={
+            "dataset": dataset.source,
+            "dataset_root": os.path.abspath(dataset.root),
+            "training_set": dataset.source == run.meta.get("dataset"),
+        },
     )

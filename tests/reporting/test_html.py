@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,6 +39,8 @@ def make_report(
     n: int = 30,
     fmt: str = "parquet",
     seed: int = 0,
+    run_dir: str | None = None,
+    extra: dict[str, str] | None = None,
 ) -> tuple[Path, Path, pd.DataFrame]:
     """A report of ``n`` rows over real PNGs under ``root/ds`` (one of them missing); returns (report, data, rows).
 
@@ -67,7 +70,7 @@ def make_report(
         class_names=CLASSES,
     )
     out = root / f"report.{fmt}"
-    meta = report_metadata(method="qmix", model="tiny<net>", class_names=CLASSES, run_dir=None)
+    meta = report_metadata(method="qmix", model="tiny<net>", class_names=CLASSES, run_dir=run_dir, extra=extra)
     write_report(table, out, metadata=meta if fmt == "parquet" else None)
     return out, data, table.to_pandas()
 
@@ -212,6 +215,31 @@ def test_paths_relative_to_cwd_without_data(report, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     page = write_html_report(path, out=tmp_path / "r.html").read_text()
     assert "data:image/png;base64," not in page and 'class="placeholder"' in page
+
+
+def test_the_recorded_root_and_run_serve_from_any_directory(tmp_path, write_image, monkeypatch):
+    # What qmix audit records: the dataset as given (here a manifest, relative), its absolute root and run.
+    run = make_run(tmp_path)
+    data = tmp_path / "ds"
+    path, _, _ = make_report(
+        tmp_path, write_image, run_dir=str(run), extra={"dataset": "ds/m.csv", "dataset_root": str(data)}
+    )
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    page = write_html_report(path, out=tmp_path / "r.html").read_text()
+    assert "data:image/png;base64," in page and "Training curves" in page
+    shutil.rmtree(run)  # a run deleted since: the page is still written, without its curves
+    assert "Training curves" not in write_html_report(path, out=tmp_path / "r.html").read_text()
+
+
+def test_a_recorded_manifest_file_names_its_folder(tmp_path, write_image, monkeypatch):
+    # Reports written before the root was recorded name only the dataset: a manifest's paths are relative to
+    # the manifest's folder, not to the manifest file.
+    manifest = tmp_path / "ds" / "m.csv"
+    path, _, _ = make_report(tmp_path, write_image, extra={"dataset": str(manifest)})
+    manifest.write_text("path,label\n")
+    monkeypatch.chdir(tmp_path)
+    assert "data:image/png;base64," in write_html_report(path, out=tmp_path / "r.html").read_text()
 
 
 def test_run_adds_curves_and_gmm_means(report, tmp_path):
