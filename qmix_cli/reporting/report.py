@@ -513,7 +513,10 @@ class ReportWriter:
             return
         assert self._sink is not None
         try:
-            self._sink.write(text.encode("utf-8") if self._encode else text)
+            if self._encode:
+                _write_all(self._sink, text.encode("utf-8"))
+            else:
+                self._sink.write(text)
             if self.to_stdout:
                 # Flush per batch: a pipeline sees rows as they come and a closed pipe is noticed early.
                 self._sink.flush()
@@ -743,3 +746,19 @@ def _check_unique(ids: pa.Array) -> None:
     counts = pd.Series(ids.to_pylist()).value_counts()
     dupes = [str(value) for value in counts[counts > 1].index]
     raise DataError(summarise_offenders("duplicate sample ids", dupes))
+
+
+def _write_all(sink: Any, data: bytes) -> None:
+    """Write every byte of ``data`` to the binary ``sink``, or raise.
+
+    A buffered writer whose pipe's reader exits in the middle of a large write returns the short count instead of
+    raising; writing the rest then raises `BrokenPipeError`, which is how a closed pipe gets noticed.
+    """
+    view = memoryview(data)
+    while view:
+        written = sink.write(view)
+        if written is None:  # a stream that does not count what it took: it took all of it, or raised
+            return
+        if written == 0:  # nothing taken and no error: the other end is gone
+            raise BrokenPipeError("the pipe took no more bytes")
+        view = view[written:]

@@ -492,6 +492,40 @@ def test_closed_pipe_ends_cleanly(tmp_path: Path, fmt: str) -> None:
     assert rows < 200_000  # it stopped early instead of formatting everything for nobody
 
 
+class _ShortPipe:
+    """stdout's binary buffer as CPython's `BufferedWriter` behaves when the reader exits during a large write:
+    the write returns the bytes the pipe took, without an error; only the next write raises."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity, self.taken = capacity, 0
+
+    def write(self, data: bytes) -> int:
+        if self.taken >= self.capacity:
+            raise BrokenPipeError(32, "Broken pipe")
+        n = min(len(data), self.capacity - self.taken)
+        self.taken += n
+        return n
+
+    def flush(self) -> None:
+        pass
+
+    def fileno(self) -> int:
+        raise io.UnsupportedOperation("fileno")
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_a_pipe_closed_during_the_only_batch_is_noticed(monkeypatch, fmt: str) -> None:
+    # A report under one batch is one write: the short count must not pass for success.
+    pipe = _ShortPipe(capacity=65_536)
+    stdout = type("Stdout", (), {"buffer": pipe, "flush": lambda self: None})()
+    monkeypatch.setattr(sys, "stdout", stdout)
+    table = build_report(**make_inputs(2_000))
+    with open_report_writer("-", fmt=fmt) as writer:
+        writer.write(table)
+    assert pipe.taken == 65_536
+    assert writer.pipe_closed
+
+
 # --------------------------------------------------------------------------------------------------- reading
 
 
