@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
@@ -21,11 +21,21 @@ from qmix_cli.config import TrainConfig, resolve_config
 from qmix_cli.errors import ConfigError
 from qmix_cli.progress import Reporter, reporter
 
+if TYPE_CHECKING:
+    from qmix_cli.data.manifest import Dataset
+
 
 @contextlib.contextmanager
 def _reporter(console: Console | None, quiet: bool) -> Iterator[Reporter]:
     with reporter(console or Console(stderr=True), quiet=quiet or console is None) as rep:
         yield rep
+
+
+def _log_skipped(rep: Reporter, dataset: Dataset) -> None:
+    """Say which images ``on_bad_image="skip"`` left out of ``dataset`` (the first five of them)."""
+    if n := len(dataset.skipped):
+        first = ", ".join(dataset.skipped["path"][:5]) + (", ..." if n > 5 else "")
+        rep.log(f"skipped {n} unreadable image{'s' if n > 1 else ''}: {first}")
 
 
 def corrupt(
@@ -124,8 +134,7 @@ def train(
                 cfg.img_size, None if cfg.channels == "auto" else int(cfg.channels), jpeg_scale=cfg.jpeg_scale
             ),
         )
-        if len(dataset.skipped):
-            rep.log(f"skipped {len(dataset.skipped)} unreadable images: {', '.join(dataset.skipped['path'][:5])}")
+        _log_skipped(rep, dataset)
         return run_training(dataset, cfg, out, resume=resume, force=force, reporter=rep, on_epoch_end=on_epoch_end)
 
 
@@ -160,6 +169,7 @@ def audit(
     import pyarrow as pa
 
     from qmix_cli.data.manifest import check_output_file, create_dataset
+    from qmix_cli.io import check_out_file
     from qmix_cli.reporting.report import REPORT_ORDERS, infer_format, open_report_writer
     from qmix_cli.reporting.score import load_run, metadata_for, report_batches, score_dataset
 
@@ -170,7 +180,10 @@ def audit(
     if tta < 0:
         raise ConfigError(f"--tta must be 0 or more (got {tta})")
     if out is not None:
+        out = "-" if str(out) == "-" else out  # Path("-") too: the writer and the checks then agree on stdout
         fmt = infer_format(str(out), fmt)
+        if out != "-":
+            check_out_file(out)  # now, not after every image is scored
     trained = load_run(run, device=device)
     with _reporter(console, quiet) as rep:
         dataset = create_dataset(
@@ -182,7 +195,8 @@ def audit(
             reporter=rep,
             decode_to=trained.decode_target,
         )
-        if out is not None and str(out) != "-":
+        _log_skipped(rep, dataset)  # the report has no row for them: say so, or they are silently gone
+        if out is not None and out != "-":
             check_output_file(dataset, out)
         scores = score_dataset(
             trained,

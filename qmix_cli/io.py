@@ -21,6 +21,14 @@ def _umask() -> int:
     return mask
 
 
+def check_out_file(path: str | Path) -> Path:
+    """Refuse an output file name that is an existing directory (before any work is spent on its content)."""
+    path = Path(path)
+    if path.is_dir():
+        raise QmixError(f"{path} is a directory; give a file name to write")
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path`` in one rename.
@@ -28,7 +36,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     The temporary file lives in the same directory so that ``os.replace`` is atomic. On an exception the
     temporary file is removed and ``path`` is untouched.
     """
-    path = Path(path)
+    path = check_out_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

@@ -53,7 +53,8 @@ def audit_command(
     if frame is None or frame.attrs.get("pipe_closed") or st.quiet:
         return
     counts = frame["category"].value_counts()
-    table = Table(title=f"audit of {len(frame)} images" + ("" if out == "-" else f" → {out}"), title_justify="left")
+    title = Text(f"audit of {len(frame)} images" + ("" if out == "-" else f" → {out}"))  # Text: a path is not markup
+    table = Table(title=title, title_justify="left")
     for col in ("category", "images", "share"):
         table.add_column(col, justify="left" if col == "category" else "right")
     for cat in CATEGORIES:

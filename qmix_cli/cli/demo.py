@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from qmix_cli.cli.common import guarded, load_engine, state
 
@@ -49,11 +50,15 @@ def demo_command(
     files = Table(title="where everything is", title_justify="left", show_header=False)
     files.add_column("what", no_wrap=True)
     files.add_column("where", overflow="fold")  # whole paths, so they can be copied from a log
-    files.add_row("corrupted dataset", f"{data}/ (manifest.parquet, noise.json, images/)")
-    files.add_row("training run", f"{run}/ (config.yaml, metrics.jsonl, model.pt, checkpoints/)")
-    files.add_row("report", str(report))
-    files.add_row("HTML page", str(html))
-    files.add_row("next", f"qmix audit {data} --run {run} --out - | head")
+    rows = {
+        "corrupted dataset": f"{data}/ (manifest.parquet, noise.json, images/)",
+        "training run": f"{run}/ (config.yaml, metrics.jsonl, model.pt, checkpoints/)",
+        "report": str(report),
+        "HTML page": str(html),
+        "next": f"qmix audit {data} --run {run} --out - | head",
+    }
+    for what, where in rows.items():
+        files.add_row(what, Text(where))  # Text: paths are not markup
     st.err.print(files)
 
 

@@ -9,12 +9,12 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from qmix_cli.cli.common import guarded, state
+from qmix_cli.cli.common import guarded
 
 
 @guarded
 def evaluate_command(
-    ctx: typer.Context,
+    ctx: typer.Context,  # for @guarded: --verbose
     report: Annotated[Path, typer.Argument(help="Report written by qmix audit.")],
     truth: Annotated[str, typer.Option("--truth", "-t", help="Manifest with truth columns (qmix corrupt output).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
@@ -27,7 +27,7 @@ def evaluate_command(
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:
-        render_evaluation(result, Console(quiet=state(ctx).quiet))
+        render_evaluation(result, Console())  # the requested output: printed under --quiet too
 
 
 def register(app: typer.Typer) -> None:

@@ -343,6 +343,35 @@ def test_impossible_batch_size_or_tta_is_one_error_line(runner, qmix_run, noisy_
     _assert_one_line_error(result, flag)
 
 
+def test_skipped_images_are_named_and_the_out_path_is_not_markup(runner, tmp_path, qmix_run, noisy_digits):
+    # --on-bad-image skip leaves rows out of the report: the user is told which; and an output name with
+    # brackets (valid on every file system) is printed as written, not read as rich markup.
+    manifest = pd.read_parquet(noisy_digits / "manifest.parquet").head(6)
+    rows = [str((noisy_digits / p).resolve()) for p in manifest["path"]] + [str(tmp_path / "gone.png")]
+    csv = tmp_path / "m.csv"
+    pd.DataFrame({"path": rows, "label": [*manifest["label"], "3"]}).to_csv(csv, index=False)
+    out = tmp_path / "r[/x].csv"
+    result = _audit(runner, csv, qmix_run.run_dir, "--out", str(out), "--on-bad-image", "skip")
+    assert result.exit_code == 0, (result.output, _stderr(result))
+    assert len(_read_csv(out)) == 6
+    flat = "".join(_stderr(result).split())  # rich wraps long lines
+    assert "skipped1unreadableimage" in flat and "gone.png" in flat
+    assert "".join(str(out).split()) in flat
+
+
+def test_out_that_is_a_directory_is_refused_before_scoring(runner, tmp_path, qmix_run, noisy_digits, monkeypatch):
+    from qmix_cli.reporting import score
+
+    def never(*args, **kwargs):
+        raise AssertionError("scored although the output could not be written")
+
+    monkeypatch.setattr(score, "score_dataset", never)
+    (tmp_path / "d.csv").mkdir()
+    result = _audit(runner, noisy_digits, qmix_run.run_dir, "--out", str(tmp_path / "d.csv"))
+    _assert_one_line_error(result, "d.csv is a directory")
+    assert list((tmp_path / "d.csv").iterdir()) == []
+
+
 def test_error_quoting_user_text_is_printed_verbatim(runner, tmp_path, write_image):
     # Labels and paths with brackets are data, not rich markup: "[/x]" once crashed the error printer itself.
     write_image(tmp_path / "a.png")
