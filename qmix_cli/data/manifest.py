@@ -128,15 +128,48 @@ def check_output_dir(dataset: Dataset, out: str | Path) -> None:
     prefixes = tuple({os.path.join(os.path.abspath(out), ""), os.path.join(str(dst), "")})
     paths = pd.Series(dataset.file_paths, dtype=object).map(os.path.normpath)
     inside = paths[paths.str.startswith(prefixes)]
+    if len(inside) == 0 and dst.is_dir():
+        # ``--force`` deletes what is there: images reached through a symlinked folder or file are not found
+        # by their names, so compare the files themselves (only when there is something to delete).
+        inside = _files_stored_under(dst, paths)
     if len(inside):
         raise ConfigError(f"--out {out} contains source images (e.g. {inside.iloc[0]}); choose another folder")
 
 
+def _files_stored_under(folder: Path, paths: pd.Series) -> pd.Series:
+    """The ``paths`` whose files (symlinks followed) are stored under ``folder`` (symlinks in it not followed)."""
+    stored = set()
+    for dirpath, _, filenames in os.walk(folder):
+        for name in filenames:
+            with contextlib.suppress(OSError):
+                st = os.stat(os.path.join(dirpath, name), follow_symlinks=False)
+                stored.add((st.st_dev, st.st_ino))
+    if not stored:
+        return paths.iloc[:0]
+
+    def stored_here(path: str) -> bool:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) in stored
+
+    return paths[paths.map(stored_here).astype(bool)]
+
+
 def check_output_file(dataset: Dataset, out: str | Path) -> None:
-    """Refuse an output file that is ``dataset``'s own manifest (writing it would replace the input)."""
+    """Refuse an output file that would change ``dataset``: its own manifest, one of its images, or a manifest
+    name in an ImageFolder's root (the folder would then be read as that manifest)."""
+    target = Path(out).resolve()
     manifest = manifest_file(dataset.source)
-    if manifest is not None and Path(out).resolve() == manifest.resolve():
+    if manifest is not None and target == manifest.resolve():
         raise ConfigError(f"--out {out} is the dataset's own manifest; write the report to another file")
+    image_folder = manifest is None and Path(dataset.source).is_dir()
+    if image_folder and target.parent == dataset.root.resolve() and target.name in MANIFEST_NAMES:
+        raise ConfigError(f"--out {out} would make the image folder {dataset.root} read as a manifest")
+    names = {os.path.normpath(os.path.abspath(out)), str(target)}
+    if pd.Series(dataset.file_paths, dtype=object).map(os.path.normpath).isin(names).any():
+        raise ConfigError(f"--out {out} is one of the dataset's images; write the report to another file")
 
 
 def _read_table(path: Path) -> pd.DataFrame:
@@ -160,7 +193,22 @@ def _scan_image_folder(root: Path) -> pd.DataFrame:
                     continue
                 rel = Path(dirpath, name).relative_to(root).as_posix()
                 rows.append((rel, rel, class_dir.name))
+    # Names the file system holds as bytes that are not UTF-8 reach Python with surrogates, which no report,
+    # Parquet file or JSON can hold: refuse them here, by name, rather than fail in a writer later.
+    undecodable = [ascii(rel)[1:-1] for rel, _, _ in rows if not rel.isascii() and _has_surrogates(rel)]
+    if undecodable:
+        raise DataError(
+            summarise_offenders(f"file names in {root} that are not valid UTF-8 (rename them)", undecodable)
+        )
     return pd.DataFrame(rows, columns=["sample_id", "path", "label"])
+
+
+def _has_surrogates(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def read_manifest(source: str | Path) -> tuple[pd.DataFrame, Path]:

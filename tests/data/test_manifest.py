@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +11,8 @@ import pytest
 from PIL import Image
 
 from qmix_cli.data.images import read_image
-from qmix_cli.data.manifest import create_dataset, read_manifest
-from qmix_cli.errors import DataError
+from qmix_cli.data.manifest import check_output_file, create_dataset, read_manifest
+from qmix_cli.errors import ConfigError, DataError
 
 
 def _csv(path: Path, rows: list[dict], columns: list[str] | None = None) -> Path:
@@ -354,3 +355,22 @@ def test_16bit_grayscale_png_is_rescaled_not_clipped(tmp_path, write_image):
     small = read_image(tmp_path / "a" / "x16.png", channels=3, size=8)
     assert small.shape == (8, 8, 3)
     assert small.min() < 40 and small.max() > 215
+
+
+def test_file_names_that_are_not_utf8_are_named(tmp_path, write_image):
+    root = tmp_path / "ds"
+    write_image(root / "a" / "good.png")
+    write_image(root / "b" / "fine.png")
+    Image.new("RGB", (8, 8)).save(os.fsencode(root / "a") + b"/bad\xff.png", format="PNG")
+    with pytest.raises(DataError, match=r"not valid UTF-8.*bad\\udcff\.png"):
+        create_dataset(root)
+
+
+@pytest.mark.parametrize("target", ["image", "manifest-name"])
+def test_report_file_that_would_change_the_dataset_is_refused(make_image_folder, target):
+    root = make_image_folder("imgs")
+    ds = create_dataset(root)
+    out = root / ds.frame["path"].iloc[0] if target == "image" else root / "manifest.csv"
+    with pytest.raises(ConfigError, match="dataset's images" if target == "image" else "read as a manifest"):
+        check_output_file(ds, out)
+    check_output_file(ds, root.parent / "report.csv")  # beside the dataset: fine

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 from dataclasses import asdict
 from pathlib import Path
@@ -390,6 +391,26 @@ def test_out_around_source_images_of_a_manifest_is_refused(make_image_folder, tm
     with pytest.raises(ConfigError, match="contains source images"):
         corrupt(manifest, root.parent / "imgs", force=True, seed=0, quiet=True)
     assert hash_tree(root) == before
+
+
+@pytest.mark.parametrize("link", ["folder", "file"])
+def test_force_never_deletes_source_images_reached_through_symlinks(make_image_folder, tmp_path, hash_tree, link):
+    # A dataset assembled from symlinks: its images live in ``store``, which --out then names. Their paths never
+    # mention ``store``, so only the files themselves tell.
+    store = make_image_folder("store")
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    if link == "folder":
+        (ds / "a").symlink_to(store / "a", target_is_directory=True)
+    else:
+        (ds / "a").mkdir()
+        (ds / "a" / "kept.png").symlink_to(next((store / "a").iterdir()))
+    for cls in ("b", "c"):
+        shutil.copytree(store / cls, ds / cls)
+    before = hash_tree(store)
+    with pytest.raises(ConfigError, match="contains source images"):
+        corrupt(ds, store, force=True, seed=0, quiet=True)
+    assert hash_tree(store) == before
 
 
 def test_failure_with_force_keeps_the_previous_output(make_image_folder, tmp_path, monkeypatch, hash_tree):
