@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,11 +23,24 @@ def _umask() -> int:
 
 
 def check_out_file(path: str | Path) -> Path:
-    """Refuse an output file name that is an existing directory (before any work is spent on its content)."""
+    """The regular file to write for output ``path`` (before any work is spent on its content).
+
+    A symlink is followed, so that the file it names is replaced and the link kept. A directory, or anything else
+    that is not a regular file (a pipe, a device such as ``/dev/stdout``), is refused: an atomic write would
+    replace it with a file instead of writing into it.
+    """
     path = Path(path)
-    if path.is_dir():
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        mode = None
+    except OSError as exc:
+        raise QmixError(f"cannot write {path}: {exc.strerror or exc}") from None
+    if mode is not None and stat.S_ISDIR(mode):
         raise QmixError(f"{path} is a directory; give a file name to write")
-    return path
+    if mode is not None and not stat.S_ISREG(mode):
+        raise QmixError(f"{path} is not a regular file (a pipe or a device); write a file, or stream with --out -")
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 
 @contextlib.contextmanager

@@ -1,10 +1,14 @@
-"""The metrics-log reader shared by resume, `qmix show` and the benchmarks."""
+"""Atomic output files, and the metrics-log reader shared by resume, `qmix show` and the benchmarks."""
 
 from __future__ import annotations
 
 import json
+import os
 
-from qmix_cli.io import read_metrics
+import pytest
+
+from qmix_cli.errors import QmixError
+from qmix_cli.io import atomic_write_text, read_metrics
 
 
 def test_read_metrics_keeps_epoch_rows_and_drops_what_a_kill_leaves(tmp_path):
@@ -19,3 +23,23 @@ def test_read_metrics_keeps_epoch_rows_and_drops_what_a_kill_leaves(tmp_path):
 def test_read_metrics_of_a_missing_file_is_empty(tmp_path):
     assert read_metrics(tmp_path / "nope.jsonl") == []
     assert read_metrics(tmp_path) == []  # a directory is unreadable as text, not an error
+
+
+def test_an_atomic_write_through_a_symlink_replaces_its_target_and_keeps_the_link(tmp_path):
+    (tmp_path / "real.csv").write_text("old")
+    (tmp_path / "link.csv").symlink_to(tmp_path / "real.csv")
+    atomic_write_text(tmp_path / "link.csv", "new")
+    assert (tmp_path / "link.csv").is_symlink()
+    assert (tmp_path / "real.csv").read_text() == "new"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_an_output_that_is_not_a_regular_file_is_refused_untouched(tmp_path, kind):
+    # An atomic write renames a new file over its target: a pipe (or /dev/stdout) would be replaced by a file
+    # and its reader left waiting; a directory cannot be replaced at all.
+    target = tmp_path / "out.csv"
+    os.mkfifo(target) if kind == "fifo" else target.mkdir()
+    with pytest.raises(QmixError, match="regular file" if kind == "fifo" else "is a directory"):
+        atomic_write_text(target, "x")
+    assert target.is_fifo() if kind == "fifo" else target.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv"]  # no temporary file left behind

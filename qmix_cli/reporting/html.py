@@ -22,6 +22,7 @@ import html
 import io
 import json
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -442,6 +443,9 @@ def write_html_report(
     meta: dict[str, str] = dict(frame.attrs.get("qmix", {}))
     run_dir = _existing_dir(run, "run directory") if run is not None else _recorded_dir(meta, "run_dir")
     root = _data_root(data, meta)
+    target = {os.path.normpath(os.path.abspath(out)), str(out.resolve())}
+    if any(os.path.normpath(os.path.abspath(_resolve_image(str(p), root))) in target for p in frame["path"]):
+        raise QmixError(f"--out {out} is one of the report's images; write the page to another file")
     page = render_page(frame, meta=meta, run_dir=run_dir, root=root, top=top, max_points=max_points, source=report)
     try:
         atomic_write_text(out, page)
