@@ -510,8 +510,12 @@ def _make_run_dir(run_dir: Path, *, resume: bool, reporter: Reporter) -> None:
         (run_dir / "model.pt").unlink(missing_ok=True)
         return
     replaces = run_dir.exists() and any(run_dir.iterdir())
-    if replaces:
-        previous = previous_run_dir(run_dir)
+    previous = previous_run_dir(run_dir)
+    if replaces and previous.exists() and (run_dir / "checkpoints" / _REPLACES).exists():
+        # An earlier --force restart that never finished: the run it replaced is still the one kept aside.
+        shutil.rmtree(run_dir)
+        reporter.log(f"discarded an unfinished restart; {previous} still holds the run this one replaces")
+    elif replaces:
         if previous.exists():
             shutil.rmtree(previous)
         os.replace(run_dir, previous)

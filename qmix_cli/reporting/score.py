@@ -79,10 +79,17 @@ def load_run(run_dir: str | Path, *, device: str = "auto") -> TrainedRun:
             if (run_dir / "checkpoints").is_dir()
             else ""
         )
+        from qmix_cli.engine.trainer import previous_run_dir
+
+        if (previous_run_dir(run_dir) / "model.pt").is_file():
+            hint += f"; the finished run it replaces is in {previous_run_dir(run_dir)}"
         raise QmixError(f"{run_dir} holds no trained model (model.pt missing){hint}")
     state = load_checkpoint(run_dir / "model.pt")
     meta = json.loads(state["meta"])
-    separations = [separation_from_dict(d) for d in json.loads((run_dir / "separation.json").read_text())]
+    try:
+        separations = [separation_from_dict(d) for d in json.loads((run_dir / "separation.json").read_text())]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise QmixError(f"{run_dir / 'separation.json'} is missing or damaged ({exc.__class__.__name__})") from None
     dev = resolve_device(device)
     build = {
         "name": meta["model"],

@@ -392,6 +392,13 @@ def test_force_keeps_the_old_run_until_the_new_one_finishes(noisy_digits, tmp_pa
               **TINY_TRAIN)  # fmt: skip
     previous = tmp_path / "run.previous"
     assert (previous / "model.pt").read_bytes() == old_model  # a killed --force run has lost nothing
+    with pytest.raises(QmixError, match=r"run\.previous"):  # audit points to the finished run kept aside
+        audit(noisy_digits, run=run)
+    # Killed again: the unfinished restart is what gets discarded, never the finished run kept aside.
+    with pytest.raises(KeyboardInterrupt):
+        train(noisy_digits, run, force=True, method="ce", epochs=2, seed=5, cache_dir=cache, on_epoch_end=_interrupt,
+              **TINY_TRAIN)  # fmt: skip
+    assert (previous / "model.pt").read_bytes() == old_model
     train(noisy_digits, run, resume=True, cache_dir=cache)
     assert (run / "model.pt").is_file()
     assert not previous.exists()
