@@ -288,6 +288,17 @@ def _join(*, report: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
         problems.append(summarise_offenders("truth rows missing from the report", only_truth))
     if problems:
         raise QmixError("the report and the truth do not cover the same images: " + "; ".join(problems))
+    if "given_label" in rep.columns and "label" in tru.columns:
+        # Same ids, other labels: the truth of another corruption (another seed) of the same images, which would
+        # score the report against verdicts about labels it never saw.
+        given = rep.set_index("sample_id")["given_label"].astype(str)
+        labelled = tru.set_index("sample_id")["label"].astype(str).reindex(given.index)
+        differ = given.index[given.to_numpy() != labelled.to_numpy()].tolist()
+        if differ:
+            raise QmixError(
+                summarise_offenders("the report's given labels differ from the truth manifest's labels for", differ)
+                + "; is this the truth of the dataset that was audited?"
+            )
 
     # Truth columns come from the truth only, never from a report that carries a column of the same name along.
     truth_only = ("is_low_quality", "is_label_noisy", "true_label")

@@ -111,6 +111,18 @@ def test_mismatched_ids(runner, report, noisy_digits, tmp_path):
     _assert_one_line_error(result, "do not cover the same images", "10 report rows missing from the truth")
 
 
+def test_truth_of_another_corruption_is_refused(runner, report, noisy_digits, tmp_path):
+    # Same images and ids, other noisy labels (another seed's corruption): the verdicts would be scored against
+    # labels the audit never saw.
+    manifest = pd.read_parquet(noisy_digits / "manifest.parquet")
+    other = manifest.copy()
+    flip = other.index[:3]
+    other.loc[flip, "label"] = ["0" if v != "0" else "1" for v in other.loc[flip, "label"]]
+    other.to_parquet(tmp_path / "other.parquet")
+    result = runner.invoke(app, ["evaluate", str(report), "--truth", str(tmp_path / "other.parquet"), "--json"])
+    _assert_one_line_error(result, "given labels differ", "3 ", manifest["sample_id"].iloc[0])
+
+
 def test_missing_report(runner, noisy_digits, tmp_path):
     result = runner.invoke(app, ["evaluate", str(tmp_path / "nope.parquet"), "--truth", str(noisy_digits)])
     _assert_one_line_error(result, "report not found", "nope.parquet")
