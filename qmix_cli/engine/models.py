@@ -116,11 +116,19 @@ def create_model(
     elif pretrained:
         kwargs["pretrained"] = True
     try:
+        if weights is not None:
+            # timm loads a local file leniently (keys it does not know are ignored), so a file made for another
+            # architecture would leave the net as initialised: build it as initialised too, from the same random
+            # state, and see whether any tensor changed.
+            with torch.random.fork_rng(devices=[]):
+                initialised = timm.create_model(name, num_classes=0, in_chans=in_chans).state_dict()
         encoder = timm.create_model(name, **kwargs)
     except (OSError, RuntimeError, ValueError) as e:
         what = f"weights from {weights}" if weights else "pretrained weights"
         hint = "" if weights else " (offline? pass --weights FILE with a local copy, or drop --pretrained)"
         raise ConfigError(f"could not load {what} for {name}: {str(e).splitlines()[0]}{hint}") from None
+    if weights is not None and all(torch.equal(t, initialised[k]) for k, t in encoder.state_dict().items()):
+        raise ConfigError(f"no tensor in {weights} fits a {name}: is it a backbone of that architecture?")
     return QmixNet(encoder, num_classes=num_classes, proj_dim=proj_dim)
 
 

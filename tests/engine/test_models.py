@@ -59,6 +59,11 @@ def test_unknown_model_and_missing_weights_are_clear_errors(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ConfigError, match="could not load weights"):
         create_model("test_resnet", num_classes=2, in_chans=3, weights=bad)
+    # A file timm reads but whose tensors fit no layer (another architecture's) would train from scratch unseen.
+    other = tmp_path / "other.pth"
+    torch.save({"foo": torch.zeros(3)}, other)
+    with pytest.raises(ConfigError, match=r"no tensor in .*other\.pth fits a test_resnet"):
+        create_model("test_resnet", num_classes=2, in_chans=3, weights=other)
 
 
 def test_stage_features_start_with_the_pooled_features_and_add_the_stage_before():
