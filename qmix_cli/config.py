@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import numbers
 import types
 from collections.abc import Callable
@@ -111,7 +112,7 @@ class TrainConfig:
             raise ConfigError(f"warmup-epochs must be between 0 and epochs ({self.epochs})")
         for name, (meaning, ok) in _RANGES.items():
             value = getattr(self, name)
-            if not ok(value):
+            if not (math.isfinite(value) and ok(value)):
                 raise ConfigError(f"{name.replace('_', '-')} must be {meaning} (got {value})")
         if self.gmm_components < 3:  # every method's final separation (the audit's) names three groups
             raise ConfigError("gmm-components must be at least 3 (Correct, Mis-H, Mis-L)")
@@ -121,9 +122,20 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+# Seeds seed numpy and torch generators alike: numpy refuses negative ones, torch those over 64 bits.
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(seed: int) -> None:
+    """Refuse a seed no generator takes, naming the option (a `ConfigError`)."""
+    if not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"seed must be between 0 and {MAX_SEED} (got {seed})")
+
+
 # Numeric options that a value outside these ranges would not fail on but quietly turn into nonsense (a
 # p_threshold of 5 calls every image an issue; a negative weight reverses its loss term). NaN fails every test.
 _RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {
+    "seed": (f"between 0 and {MAX_SEED}", lambda v: 0 <= v <= MAX_SEED),
     "lr": ("positive", lambda v: v > 0),
     "momentum": ("in [0, 1)", lambda v: 0 <= v < 1),
     "weight_decay": ("0 or more", lambda v: v >= 0),
@@ -207,6 +219,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config file {path}: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
     if data is None:

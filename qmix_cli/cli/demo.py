@@ -29,18 +29,20 @@ def demo_command(
     """Corrupt digits, train qmix, audit every image, evaluate against the truth and write the HTML page."""
     load_engine()
     from qmix_cli.api import audit, corrupt, evaluate, show, train
+    from qmix_cli.config import config_from_dict
     from qmix_cli.io import check_out_dir
     from qmix_cli.reporting.evaluate import render_evaluation
 
     st = state(ctx)
     check_out_dir(out, force=force)
+    warmup = max(1, round(epochs * 0.6))
+    options = {"method": "qmix", "epochs": epochs, "warmup_epochs": warmup, "seed": seed, "device": device}
+    config_from_dict({**options, **DEMO_TRAIN})  # every option checked before anything is written
     data, run, report = out / "noisy-digits", out / "run", out / "report.parquet"
     st.err.rule("1/4 corrupt: 20 % wrong labels, 15 % degraded images")
     corrupt("digits", data, label_rate=0.2, quality_rate=0.15, seed=seed, force=True, console=st.err, quiet=st.quiet)
     st.err.rule("2/4 train qmix")
-    warmup = max(1, round(epochs * 0.6))
-    train(data, run, method="qmix", epochs=epochs, warmup_epochs=warmup, seed=seed, device=device, force=True,
-          console=st.err, quiet=st.quiet, **DEMO_TRAIN)  # fmt: skip
+    train(data, run, force=True, console=st.err, quiet=st.quiet, **options, **DEMO_TRAIN)
     st.err.rule("3/4 audit")
     audit(data, run=run, out=report, device=device, console=st.err, quiet=True)
     st.err.rule("4/4 evaluate against the truth")

@@ -120,20 +120,39 @@ def cached_images(
     _remove_stale_partials(folder)
     decoded = {"size": size, "channels": channels, "jpeg_scale": jpeg_scale}
     # The kept stats fit the paths unless the caller edited ``dataset.frame`` since: then they are not used.
+    shape = (len(paths), channels, size, size)
     if kept is not None and len(kept) == len(paths):
-        checked = _cache_file(folder, paths, kept.tolist(), **decoded)
-        if checked.is_file():
-            return np.load(checked, mmap_mode="r")
+        found = _open_cache(_cache_file(folder, paths, kept.tolist(), **decoded), shape)
+        if found is not None:
+            return found
     target = _cache_file(folder, paths, None, **decoded)
-    if not target.is_file():
-        with atomic_path(target) as tmp:
-            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), channels, size, size))
-            decode_all(
-                paths, size=size, channels=channels, out=arr, workers=workers, progress=progress, jpeg_scale=jpeg_scale
-            )
-            arr.flush()
-            del arr
+    found = _open_cache(target, shape)
+    if found is not None:
+        return found
+    with atomic_path(target) as tmp:
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        decode_all(
+            paths, size=size, channels=channels, out=arr, workers=workers, progress=progress, jpeg_scale=jpeg_scale
+        )
+        arr.flush()
+        del arr
     return np.load(target, mmap_mode="r")
+
+
+def _open_cache(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The cache file at ``path`` memory-mapped, or None where there is none. One that cannot be read whole (cut
+    short by a full disk or a copy, say: the rename that publishes it is atomic, what happens later is not) is
+    removed, so that it is decoded again instead of failing every run that reads it."""
+    if not path.is_file():
+        return None
+    try:
+        arr = np.load(path, mmap_mode="r")
+        if arr.shape == shape and arr.dtype == np.uint8:
+            return arr
+    except (OSError, ValueError):
+        pass
+    path.unlink(missing_ok=True)
+    return None
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from PIL import Image
 
 from qmix_cli import __version__
 from qmix_cli.categories import CATEGORIES, CLEAN, MIS_H, MIS_L
+from qmix_cli.config import check_seed
 from qmix_cli.data.images import default_workers, to_array
 from qmix_cli.data.manifest import Dataset, check_output_dir
 from qmix_cli.errors import ConfigError
@@ -77,6 +78,7 @@ class CorruptSpec:
             raise ConfigError(f"lq-labels must be one of {', '.join(LQ_LABEL_RULES)} (got {self.lq_labels!r})")
         if self.per_image < 1:
             raise ConfigError("per-image must be at least 1")
+        check_seed(self.seed)
         self.severity_range()
         parse_degradations(self.degradations)
         return self

@@ -656,10 +656,13 @@ def read_report(path: str | Path) -> pd.DataFrame:
     missing = [name for name in REPORT_SCHEMA.names if name not in table.column_names]
     if missing:
         raise QmixError(f"{path} is not a qmix report: missing column(s) {', '.join(missing)}")
+    empty = [f.name for f in REPORT_SCHEMA if not f.nullable and table.column(f.name).null_count]
+    if empty:  # e.g. a CSV report edited in a spreadsheet
+        raise QmixError(f"{path} has empty values in column(s) {', '.join(empty)}, which a report fills in every row")
     target = pa.schema([REPORT_SCHEMA.field(f.name) if f.name in REPORT_SCHEMA.names else f for f in table.schema])
     try:
         table = table.cast(target)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
         raise QmixError(f"{path} has report columns of the wrong type: {exc}") from exc
     frame = table.to_pandas()
     frame.attrs["qmix"] = read_report_metadata(path) if fmt == "parquet" else {}

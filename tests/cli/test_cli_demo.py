@@ -11,6 +11,7 @@ from sklearn.metrics import f1_score
 from typer.testing import CliRunner
 
 from qmix_cli.cli.app import app
+from tests.cli.helpers import assert_one_line_error
 from tests.cli.helpers import stderr_of as _stderr
 
 CATEGORIES = ["clean", "mislabeled_hq", "mislabeled_lq"]
@@ -77,3 +78,10 @@ def test_demo_beats_all_clean_and_random_reports(tmp_path):
     assert audit[0] >= 0.8, audit
     assert audit[0] >= best_det + 0.4, (audit, all_clean, random)
     assert audit[1] >= best_macro + 0.3, (audit, all_clean, random)
+
+
+@pytest.mark.parametrize("args", [["--epochs", "0"], ["--seed", "-1"]], ids=["epochs-0", "seed-negative"])
+def test_a_bad_option_fails_before_anything_is_written(tmp_path, args):
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "demo"), *args])
+    assert_one_line_error(result, args[0].lstrip("-"))
+    assert not (tmp_path / "demo").exists()

@@ -92,12 +92,15 @@ def test_config_file_is_resolved_after_the_flags(
     ("extra", "fragments"),
     [
         (["--set", "foo=1"], ["unknown config key(s): foo"]),
+        (["--set", "out=elsewhere"], ["unknown config key(s): out"]),
+        (["--seed", "-1"], ["seed must be between 0 and 4294967295", "-1"]),
+        (["--lr", "inf"], ["lr must be positive", "inf"]),
         (["--set", "lambda_con"], ["--set expects KEY=VALUE"]),
         (["--method", "nope"], ["unknown method 'nope'", "qmix, dividemix, ce"]),
         (["--epochs", "0"], ["epochs must be at least 1"]),
         (["--warmup-epochs", "5"], ["warmup-epochs must be between 0 and epochs"]),
     ],
-    ids=["set-unknown", "set-no-value", "method", "epochs-0", "warmup-too-long"],
+    ids=["set-unknown", "set-out", "seed-negative", "lr-inf", "set-no-value", "method", "epochs-0", "warmup-too-long"],
 )
 def test_bad_options_are_one_line_errors(runner, tmp_path, noisy_digits, extra, fragments):
     out = tmp_path / "run"

@@ -104,6 +104,14 @@ def test_touching_an_image_changes_the_key(rgb_dataset):
     assert cache_key(paths, size=8, channels=3) != before
 
 
+def test_a_cache_file_cut_short_is_decoded_again(rgb_dataset, tmp_path):
+    first = np.array(cached_images(rgb_dataset, size=8, channels=3, cache_dir=tmp_path))
+    (cached,) = (tmp_path / "decoded").glob("*.npy")
+    cached.write_bytes(cached.read_bytes()[:-100])  # e.g. a disk that filled up while it was copied
+    again = cached_images(rgb_dataset, size=8, channels=3, cache_dir=tmp_path)
+    np.testing.assert_array_equal(again, first)
+
+
 def test_modified_image_is_decoded_again(rgb_dataset, tmp_path):
     old = np.array(cached_images(rgb_dataset, size=8, channels=3, cache_dir=tmp_path))
     p = rgb_dataset.abs_paths[0]

@@ -543,6 +543,15 @@ def test_read_report_names_missing_columns(report: pa.Table, tmp_path: Path, suf
         read_report(out)
 
 
+def test_read_report_names_columns_left_empty(report: pa.Table, tmp_path: Path) -> None:
+    # A CSV report edited in a spreadsheet: a score deleted from a cell.
+    frame = report.to_pandas()
+    frame.loc[3, "p_clean"] = None
+    frame.to_csv(tmp_path / "edited.csv", index=False)
+    with pytest.raises(QmixError, match=r"empty values in column\(s\) p_clean"):
+        read_report(tmp_path / "edited.csv")
+
+
 def test_read_report_keeps_string_ids_and_extra_columns(tmp_path: Path) -> None:
     inputs = make_inputs(5)
     inputs["sample_ids"] = ["001", "002", "NA", "1e3", "010"]
