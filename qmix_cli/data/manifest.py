@@ -376,7 +376,11 @@ def create_dataset(
     raw, root = read_manifest(source)
     frame = _check_columns(raw, name)
     if frame.empty:
-        raise DataError(f"{name}: the dataset is empty (no images found)")
+        loose = Path(source).is_dir() and any(
+            f.suffix.lower() in IMAGE_SUFFIXES for f in Path(source).iterdir() if f.is_file()
+        )
+        hint = "; an image folder holds one folder per class (root/<class>/<image>)" if loose else ""
+        raise DataError(f"{name}: the dataset is empty (no images found){hint}")
     _check_inside_root(frame, root, name)
 
     if classes is not None:

@@ -487,8 +487,12 @@ def _check_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
     if resume:
         if not (run_dir / CHECKPOINT).is_file():
             raise TrainingError(f"nothing to resume: {run_dir / CHECKPOINT} does not exist")
-    elif run_dir.exists() and any(run_dir.iterdir()) and not force:
-        raise ConfigError(f"{run_dir} already exists; pass --resume to continue it or --force to start over")
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        if not force:
+            raise ConfigError(f"{run_dir} already exists; pass --resume to continue it or --force to start over")
+        if not any((run_dir / name).exists() for name in ("config.yaml", "checkpoints", "model.pt")):
+            # --force replaces a run (and deletes it once the new one is done), not any folder named by mistake.
+            raise ConfigError(f"--out {run_dir} holds files but no qmix run; --force only replaces runs")
 
 
 def previous_run_dir(run_dir: Path) -> Path:
@@ -609,6 +613,8 @@ def train(
     val = _val_store(cfg, run)
     if resume:
         run.load_state(load_checkpoint(run_dir / CHECKPOINT))
+        if run.epoch > cfg.epochs:  # refused before _make_run_dir takes a finished run's model away
+            raise ConfigError(f"--epochs {cfg.epochs}: this run has trained {run.epoch} epochs already")
     _make_run_dir(run_dir, resume=resume, reporter=reporter)
     metrics_path = run_dir / "metrics.jsonl"
     if resume:

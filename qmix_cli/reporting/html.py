@@ -436,6 +436,8 @@ def write_html_report(
         raise QmixError("--top must be >= 0")
     if max_points < 0:
         raise QmixError("max_points must be >= 0")
+    if str(out) == "-":
+        raise QmixError("--out -: the page is a file with embedded images; name it (e.g. --out report.html)")
     if Path(out).resolve() == Path(report).resolve():
         raise QmixError(f"--out {out} is the report being read; write the page to another file")
     out = check_out_file(out)

@@ -240,6 +240,12 @@ def test_empty_folder(tmp_path):
         create_dataset(tmp_path / "empty")
 
 
+def test_images_loose_in_the_root_are_pointed_to_class_folders(tmp_path, write_image):
+    write_image(tmp_path / "flat" / "x.png")
+    with pytest.raises(DataError, match=r"empty.*root/<class>/<image>"):
+        create_dataset(tmp_path / "flat")
+
+
 def test_folder_with_class_dirs_but_no_images(tmp_path):
     (tmp_path / "ds" / "a").mkdir(parents=True)
     (tmp_path / "ds" / "a" / "readme.txt").write_text("x")

@@ -305,6 +305,16 @@ def test_out_holding_the_dataset_is_refused_even_with_force(noisy_digits, hash_t
     assert hash_tree(noisy_digits) == before
 
 
+def test_force_replaces_runs_not_other_folders(noisy_digits, tmp_path, hash_tree):
+    out = tmp_path / "photos"
+    out.mkdir()
+    (out / "holiday.txt").write_text("not a run")
+    before = hash_tree(out)
+    with pytest.raises(ConfigError, match="no qmix run"):
+        train(noisy_digits, out, force=True, method="ce", epochs=1, **TINY_TRAIN)
+    assert hash_tree(out) == before
+
+
 def test_out_that_is_a_file_is_refused(noisy_digits, tmp_path):
     out = tmp_path / "run"
     out.write_text("not a run")
@@ -381,6 +391,10 @@ def test_killed_extension_of_a_finished_run_leaves_no_stale_model(noisy_digits, 
         audit(noisy_digits, run=run)
     train(noisy_digits, run, resume=True, epochs=3, cache_dir=cache)
     assert len(audit(noisy_digits, run=run)) == 1797
+    # Fewer epochs than it has trained: refused, and the finished run keeps its model.
+    with pytest.raises(ConfigError, match="trained 3 epochs already"):
+        train(noisy_digits, run, resume=True, epochs=2, cache_dir=cache)
+    assert (run / "model.pt").is_file()
 
 
 def test_force_keeps_the_old_run_until_the_new_one_finishes(noisy_digits, tmp_path, qmix_cache_dir):

@@ -283,6 +283,13 @@ def test_missing_or_unreadable_report_raises(tmp_path, name):
     assert not (tmp_path / "r.html").exists()
 
 
+def test_out_dash_is_refused_not_written_as_a_file(report, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(QmixError, match="name it"):
+        write_html_report(report[0], out="-")
+    assert not (tmp_path / "-").exists()
+
+
 def test_missing_run_or_data_raises(report, tmp_path):
     path, _, _ = report
     with pytest.raises(QmixError, match="run directory not found"):
