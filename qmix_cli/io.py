@@ -22,6 +22,12 @@ def _umask() -> int:
     return mask
 
 
+def path_names(path: str | Path) -> set[str]:
+    """The names a list of absolute, normalised paths may hold ``path`` under: as written, and with symlinks
+    resolved (to tell whether an output would overwrite one of them)."""
+    return {os.path.normpath(os.path.abspath(path)), os.path.realpath(path)}
+
+
 def check_out_file(path: str | Path) -> Path:
     """The regular file to write for output ``path`` (before any work is spent on its content).
 
