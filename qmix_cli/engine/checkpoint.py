@@ -25,3 +25,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file: say which and why, without a traceback
         raise TrainingError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}") from None
+
+
+def previous_run_dir(run_dir: Path) -> Path:
+    """Where ``qmix train --force`` keeps the run it replaces until the new one has finished."""
+    return run_dir.with_name(f"{run_dir.name}.previous")

@@ -28,7 +28,7 @@ from qmix_cli.data.cache import DecodeTarget, cached_images
 from qmix_cli.data.manifest import Dataset, check_output_dir, create_dataset
 from qmix_cli.data.transforms import channel_stats, strong_spec, weak_spec
 from qmix_cli.engine.batches import ImageStore
-from qmix_cli.engine.checkpoint import load_checkpoint, save_checkpoint
+from qmix_cli.engine.checkpoint import load_checkpoint, previous_run_dir, save_checkpoint
 from qmix_cli.engine.losses import linear_rampup
 from qmix_cli.engine.models import (
     QmixNet,
@@ -493,11 +493,6 @@ def _check_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
         if not any((run_dir / name).exists() for name in ("config.yaml", "checkpoints", "model.pt")):
             # --force replaces a run (and deletes it once the new one is done), not any folder named by mistake.
             raise ConfigError(f"--out {run_dir} holds files but no qmix run; --force only replaces runs")
-
-
-def previous_run_dir(run_dir: Path) -> Path:
-    """Where ``--force`` keeps the run it replaces until the new one has finished."""
-    return run_dir.with_name(f"{run_dir.name}.previous")
 
 
 def _make_run_dir(run_dir: Path, *, resume: bool, reporter: Reporter) -> None:

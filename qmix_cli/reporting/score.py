@@ -22,7 +22,7 @@ from qmix_cli.data.cache import DecodeTarget, cached_images
 from qmix_cli.data.manifest import Dataset
 from qmix_cli.data.transforms import Normalise, weak_spec
 from qmix_cli.engine.batches import ImageStore
-from qmix_cli.engine.checkpoint import load_checkpoint
+from qmix_cli.engine.checkpoint import load_checkpoint, previous_run_dir
 from qmix_cli.engine.models import QmixNet, trained_models
 from qmix_cli.engine.neighbours import NeighbourVote
 from qmix_cli.engine.probe import LinearProbe
@@ -79,8 +79,6 @@ def load_run(run_dir: str | Path, *, device: str = "auto") -> TrainedRun:
             if (run_dir / "checkpoints").is_dir()
             else ""
         )
-        from qmix_cli.engine.trainer import previous_run_dir
-
         if (previous_run_dir(run_dir) / "model.pt").is_file():
             hint += f"; the finished run it replaces is in {previous_run_dir(run_dir)}"
         raise QmixError(f"{run_dir} holds no trained model (model.pt missing){hint}")
