@@ -11,7 +11,7 @@ import functools
 import math
 import numbers
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -110,6 +110,7 @@ class TrainConfig:
             self.warmup_epochs = max(1, round(self.epochs / 3))
         if not 0 <= self.warmup_epochs <= self.epochs:
             raise ConfigError(f"warmup-epochs must be between 0 and epochs ({self.epochs})")
+        check_seed(self.seed)
         for name, (meaning, ok) in _RANGES.items():
             value = getattr(self, name)
             if not (math.isfinite(value) and ok(value)):
@@ -135,7 +136,6 @@ def check_seed(seed: int) -> None:
 # Numeric options that a value outside these ranges would not fail on but quietly turn into nonsense (a
 # p_threshold of 5 calls every image an issue; a negative weight reverses its loss term). NaN fails every test.
 _RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {
-    "seed": (f"between 0 and {MAX_SEED}", lambda v: 0 <= v <= MAX_SEED),
     "lr": ("positive", lambda v: v > 0),
     "momentum": ("in [0, 1)", lambda v: 0 <= v < 1),
     "weight_decay": ("0 or more", lambda v: v >= 0),
@@ -204,12 +204,17 @@ def field_names() -> set[str]:
     return {f.name for f in fields(TrainConfig)}
 
 
+def check_config_keys(keys: Iterable[str]) -> None:
+    """Refuse keys (``_`` spelling) that are not `TrainConfig` options, naming them."""
+    unknown = sorted(set(keys) - field_names())
+    if unknown:
+        raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
+
+
 def config_from_dict(values: dict[str, Any], *, base: TrainConfig | None = None) -> TrainConfig:
     """Overlay ``values`` (keys may use ``-`` or ``_``) on ``base``; unknown keys are an error, not ignored."""
     normalised = {str(k).replace("-", "_"): v for k, v in values.items()}
-    unknown = sorted(set(normalised) - field_names())
-    if unknown:
-        raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
+    check_config_keys(normalised)
     return dataclasses.replace(base or TrainConfig(), **normalised).validate()
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,22 +9,20 @@ import typer
 import yaml
 
 from qmix_cli.cli.common import bold, guarded, load_engine, state
-from qmix_cli.config import TrainConfig
+from qmix_cli.config import check_config_keys
 from qmix_cli.errors import ConfigError
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:
     """``["lambda_con=0", "hflip=false"]`` → typed values (YAML scalars)."""
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set expects KEY=VALUE (got {item!r})")
-        name = key.strip().replace("-", "_")
-        if name not in known:  # e.g. out=, resume=: the command's own arguments, which --set must not reach
-            raise ConfigError(f"unknown config key(s): {name} in --set (config.yaml in any run lists the options)")
-        out[name] = yaml.safe_load(value)
+        out[key.strip().replace("-", "_")] = yaml.safe_load(value)
+    # Now, not in the config: a key such as out= or resume= would otherwise reach the command's own arguments.
+    check_config_keys(out)
     return out
 
 

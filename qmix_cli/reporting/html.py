@@ -446,7 +446,9 @@ def write_html_report(
     run_dir = _existing_dir(run, "run directory") if run is not None else _recorded_dir(meta, "run_dir")
     root = _data_root(data, meta)
     target = path_names(out)
-    if any(os.path.normpath(os.path.abspath(_resolve_image(str(p), root))) in target for p in frame["path"]):
+    same_name = frame["path"].astype(str)
+    same_name = same_name[same_name.str.endswith(out.name)]  # the few rows that could be it, without a loop over all
+    if any(os.path.normpath(os.path.abspath(_resolve_image(p, root))) in target for p in same_name):
         raise QmixError(f"--out {out} is one of the report's images; write the page to another file")
     page = render_page(frame, meta=meta, run_dir=run_dir, root=root, top=top, max_points=max_points, source=report)
     try:

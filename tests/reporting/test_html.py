@@ -283,6 +283,15 @@ def test_missing_or_unreadable_report_raises(tmp_path, name):
     assert not (tmp_path / "r.html").exists()
 
 
+def test_out_that_is_one_of_the_reports_images_is_refused(report, tmp_path):
+    path, data, rows = report
+    image = data / rows["path"].iloc[2]
+    before = image.read_bytes()
+    with pytest.raises(QmixError, match="one of the report's images"):
+        write_html_report(path, out=image, data=data)
+    assert image.read_bytes() == before
+
+
 def test_out_dash_is_refused_not_written_as_a_file(report, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(QmixError, match="name it"):
