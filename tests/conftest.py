@@ -92,6 +92,29 @@ def truncate() -> Callable[[Path], Path]:
     return cut
 
 
+class _Payload:
+    """Unpickling this calls ``Path.touch(marker)``: the stand-in for any code a malicious checkpoint runs."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
+
+
+@pytest.fixture
+def write_evil_checkpoint() -> Callable[[Path, Path], Path]:
+    """``write_evil_checkpoint(path, marker)``: a checkpoint-shaped file (``torch.save`` of a dict) that creates
+    ``marker`` when it is unpickled without ``weights_only``."""
+    import torch
+
+    def write(path: Path, marker: Path) -> Path:
+        torch.save({"epoch": 1, "nets": [], "payload": _Payload(Path(marker))}, path)
+        return Path(path)
+
+    return write
+
+
 def tree_digest(root: Path) -> dict[str, str]:
     """sha256 of every file under ``root`` (including hidden ones), keyed by relative path."""
     return {

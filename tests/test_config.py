@@ -52,3 +52,30 @@ def test_optional_fields_accept_none_and_defaults_validate():
     cfg = config_from_dict({"warmup_epochs": None, "weights": None, "epochs": 9})
     assert cfg.warmup_epochs == 3  # derived: a third of the epochs
     assert TrainConfig().validate().channels == "auto"
+
+
+@pytest.mark.parametrize(
+    ("text", "fragments"),
+    [
+        (None, ["config file not found", "cfg.yaml"]),
+        ("lr: [0.1, 0.2\n", ["config file", "cfg.yaml", "is not valid YAML"]),
+        ("- lr\n- epochs\n", ["config file", "cfg.yaml", "must hold a mapping of option: value"]),
+        ("0.02\n", ["must hold a mapping of option: value"]),
+    ],
+    ids=["missing", "invalid-yaml", "list", "scalar"],
+)
+def test_unusable_config_files_are_config_errors_naming_the_file(tmp_path, text, fragments):
+    # Each must be a ConfigError (one line from the CLI), not a YAML or attribute error from deep inside.
+    path = tmp_path / "cfg.yaml"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(ConfigError) as exc:
+        resolve_config(config_file=path)
+    for fragment in fragments:
+        assert fragment in str(exc.value)
+
+
+def test_an_empty_config_file_means_the_defaults(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("# nothing set yet\n")
+    assert resolve_config(config_file=path) == TrainConfig().validate()

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -265,6 +266,23 @@ def test_unfinished_run_points_to_resume(runner, tmp_path, noisy_digits):
     (run / "checkpoints").mkdir(parents=True)
     result = _audit(runner, noisy_digits, run, "--out", str(tmp_path / "r.parquet"))
     _assert_one_line_error(result, "model.pt", "--resume")
+    assert not (tmp_path / "r.parquet").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "evil"])
+def test_unreadable_model_file_is_a_one_line_error(
+    runner, tmp_path, qmix_run, noisy_digits, truncate, write_evil_checkpoint, damage
+):
+    # A model.pt cut short by a full disk, or one that would run code when unpickled (refused unrun).
+    run = Path(shutil.copytree(qmix_run.run_dir, tmp_path / "run"))
+    marker = tmp_path / "pwned"
+    if damage == "truncated":
+        truncate(run / "model.pt")
+    else:
+        write_evil_checkpoint(run / "model.pt", marker)
+    result = _audit(runner, noisy_digits, run, "--out", str(tmp_path / "r.parquet"))
+    _assert_one_line_error(result, "cannot read checkpoint", str(run / "model.pt"))
+    assert not marker.exists()
     assert not (tmp_path / "r.parquet").exists()
 
 

@@ -51,8 +51,9 @@ def test_demo_beats_all_clean_and_random_reports(tmp_path):
         report_path,
     ):
         assert path.exists(), path
-    if "HTML page" in flat:
-        assert (out / "report.html").is_file()
+    # The page is always written and listed (it is the demo's last step, not an optional one).
+    assert "HTML page" in flat and str(out / "report.html") in flat
+    assert "<svg" in (out / "report.html").read_text()
     assert "macro-F1" in flat
 
     report = pd.read_parquet(report_path)

@@ -148,3 +148,18 @@ def test_failed_start_does_not_block_the_next_try(runner, tmp_path, noisy_digits
     # The user fixes the option and reruns the same command: it must not say "already exists".
     result = _train(runner, noisy_digits, out, *TINY_FLAGS, "--epochs", "1", "--warmup-epochs", "1")
     assert result.exit_code == 0, _stderr(result)
+
+
+@pytest.mark.parametrize(
+    ("text", "fragments"),
+    [(None, ["config file not found", "cfg.yaml"]), ("epochs: [1, 2\n", ["cfg.yaml", "is not valid YAML"])],
+    ids=["missing", "invalid-yaml"],
+)
+def test_unusable_config_file_is_a_one_line_error(runner, tmp_path, noisy_digits, text, fragments):
+    cfg_file = tmp_path / "cfg.yaml"
+    if text is not None:
+        cfg_file.write_text(text)
+    out = tmp_path / "run"
+    result = _train(runner, noisy_digits, out, *TINY_FLAGS, "--config", str(cfg_file))
+    _assert_one_line_error(result, *fragments)
+    assert not out.exists()  # refused before the run directory is made

@@ -124,14 +124,25 @@ def test_fashion_mnist_is_read_from_the_folder_the_environment_names(tmp_path, m
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(20, 28, 28), dtype=np.uint8)
-    labels = np.arange(20, dtype=np.uint8) % 10
+    labels = rng.permutation(np.arange(20, dtype=np.uint8) % 10)
+    # Each image carries its own index (top-left pixel) and its class (the top row), so that a file in the wrong
+    # class folder, or the images and labels read out of step, cannot pass unseen.
+    images[:, 0, :] = labels[:, None] * 25
+    images[:, 0, 0] = np.arange(20)
     idx(tmp_path / "t10k-images-idx3-ubyte.gz", images)
     idx(tmp_path / "t10k-labels-idx1-ubyte.gz", labels)
     monkeypatch.setattr(builtin, "FASHION_MNIST_DIR", tmp_path / "not-installed")
     monkeypatch.setenv("QMIX_FASHION_MNIST_DIR", str(tmp_path))
     ds = create_dataset("fashion-mnist:test", cache_dir=tmp_path / "cache")
     assert len(ds) == 20 and np.bincount(ds.labels).tolist() == [2] * 10
-    with Image.open(ds.abs_paths[0]) as img:
-        assert img.size == (28, 28)
+    seen = set()
+    for path, label in zip(ds.abs_paths, ds.labels, strict=True):
+        with Image.open(path) as img:
+            pixels = np.asarray(img)
+        i = int(pixels[0, 0])
+        np.testing.assert_array_equal(pixels, images[i])  # the very image, not only one of its class
+        assert ds.classes[label] == builtin.FASHION_MNIST_CLASSES[labels[i]] == path.parent.name
+        seen.add(i)
+    assert seen == set(range(20))
     with pytest.raises(DataError, match=r"train-images-idx3-ubyte\.gz or train-labels-idx1-ubyte\.gz missing"):
         create_dataset("fashion-mnist", cache_dir=tmp_path / "cache")

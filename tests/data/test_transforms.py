@@ -102,6 +102,72 @@ def test_hflip_flips_an_asymmetric_image():
     assert torch.allclose(no_flip, plain, atol=1e-5)
 
 
+def _views(img: torch.Tensor, spec: ViewSpec, n: int = 64, seed: int = 3) -> torch.Tensor:
+    """``n`` views of one uint8 (H, W) image in [0, 1] (no normalisation), as (n, H, W)."""
+    batch = img[None, None].repeat(n, 1, 1, 1)
+    return make_view(batch, spec, _gen(seed), Normalise((0.0,), (1.0,)))[:, 0]
+
+
+def _moments(views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per view: mass, centroid row, centroid column and the principal axis' angle in degrees (0: horizontal)."""
+    h, w = views.shape[-2:]
+    rows = torch.arange(h, dtype=torch.float64)[:, None].expand(h, w)
+    cols = torch.arange(w, dtype=torch.float64)[None, :].expand(h, w)
+    v = views.double()
+    mass = v.sum(dim=(1, 2))
+    r = (v * rows).sum(dim=(1, 2)) / mass
+    c = (v * cols).sum(dim=(1, 2)) / mass
+    dr, dc = rows - r[:, None, None], cols - c[:, None, None]
+    mu_rr, mu_cc, mu_rc = ((v * a * b).sum(dim=(1, 2)) for a, b in ((dr, dr), (dc, dc), (dr, dc)))
+    return mass, r, c, torch.rad2deg(0.5 * torch.atan2(2 * mu_rc, mu_cc - mu_rr))
+
+
+def test_shift_moves_a_dot_by_up_to_the_shift_fraction_of_the_side():
+    img = torch.zeros(32, 32, dtype=torch.uint8)
+    img[12, 18] = 255
+    views = _views(img, ViewSpec(hflip=False, rotation=0.0, shift=0.125))
+    mass, r, c, _ = _moments(views)
+    # Bilinear resampling of a pure translation keeps the dot's mass and moves its centroid by the shift.
+    torch.testing.assert_close(mass, torch.ones_like(mass), atol=1e-4, rtol=0)
+    dr, dc = r - 12, c - 18
+    limit = 0.125 * 32
+    assert dr.abs().max() <= limit + 1e-4 and dc.abs().max() <= limit + 1e-4
+    # It does move, both ways along both axes, and not always diagonally.
+    for d in (dr, dc):
+        assert d.min() < -limit / 2 and d.max() > limit / 2
+    assert not torch.allclose(dr, dc, atol=0.5)
+
+
+def test_rotation_turns_a_bar_about_the_centre_within_the_range():
+    img = torch.zeros(64, 64, dtype=torch.uint8)
+    img[31:33, 8:56] = 255  # a horizontal bar through the centre (31.5, 31.5)
+    for degrees in (10.0, 45.0):
+        views = _views(img, ViewSpec(hflip=False, rotation=degrees, shift=0.0))
+        _, r, c, angle = _moments(views)
+        torch.testing.assert_close(r, torch.full_like(r, 31.5), atol=0.05, rtol=0)
+        torch.testing.assert_close(c, torch.full_like(c, 31.5), atol=0.05, rtol=0)
+        assert angle.abs().max() <= degrees + 0.5
+        # Turned both ways, by angles spread over the range.
+        assert angle.min() < -degrees / 2 and angle.max() > degrees / 2
+
+
+def test_zoom_enlarges_the_image_content():
+    # A grid of period 4 px along both axes: a crop of half the side, resampled to the full size, has period 8 px,
+    # wherever the crop lies.
+    pattern = (torch.arange(32) // 2) % 2 == 0
+    img = ((pattern[:, None] | pattern[None, :]) * 255).to(torch.uint8)
+
+    def periods(views: torch.Tensor) -> set[float]:
+        found = set()
+        for profile in (views.mean(dim=1), views.mean(dim=2)):  # along columns, along rows
+            spectrum = torch.fft.rfft(profile - profile.mean(dim=1, keepdim=True)).abs()
+            found |= {32 / int(k) for k in spectrum[:, 1:].argmax(dim=1) + 1}
+        return found
+
+    assert periods(_views(img, ViewSpec(hflip=False, rotation=0.0, shift=0.0, zoom=(1.0, 1.0)))) == {4.0}
+    assert periods(_views(img, ViewSpec(hflip=False, rotation=0.0, shift=0.0, zoom=(0.5, 0.5)))) == {8.0}
+
+
 def test_channel_stats():
     rng = np.random.default_rng(0)
     images = np.zeros((50, 3, 4, 4), dtype=np.uint8)

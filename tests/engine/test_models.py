@@ -40,6 +40,17 @@ def test_rgb_weights_are_adapted_to_grayscale_input(tmp_path):
     path = tmp_path / "backbone.pth"
     torch.save(source.state_dict(), path)
     net = create_model("test_resnet", num_classes=3, in_chans=1, weights=path)
+    # timm folds the first convolution's RGB filters into one by summing them, so that a gray image (R = G = B)
+    # gives the pretrained response; every other tensor is the file's own.
+    first = source.pretrained_cfg["first_conv"] + ".weight"
+    loaded, expected = net.encoder.state_dict(), source.state_dict()
+    assert loaded.keys() == expected.keys()
+    torch.testing.assert_close(loaded[first], expected[first].sum(dim=1, keepdim=True))
+    for key in expected.keys() - {first}:
+        torch.testing.assert_close(loaded[key], expected[key])
+    gray = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(net.encoder.eval()(gray), source.eval()(gray.expand(-1, 3, -1, -1)))
     assert net(torch.randn(2, 1, 32, 32)).shape == (2, 3)
 
 

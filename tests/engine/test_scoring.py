@@ -45,3 +45,20 @@ def test_mean_posteriors_scores_each_net_with_its_own_separation():
     np.testing.assert_allclose(post, expected)
     # The pairing matters: each net's scores read with the other net's separation give other posteriors.
     assert not np.allclose(post, mean_posteriors(seps[::-1], scores))
+
+
+def test_collision_uncertainty_is_used_when_asked_for():
+    rng = np.random.default_rng(2)
+    probs = np.stack([_softmax_rows(rng, 40, 5, 3.0), _softmax_rows(rng, 40, 5, 0.5)])
+    labels = rng.integers(0, 5, 40)
+    collision = compute_scores(probs, labels, uncertainty="collision")
+    # Rényi-2 entropy of the mean of the one-hot given label and each net's softmax, written out here.
+    q = probs / 2
+    q[:, np.arange(40), labels] += 0.5
+    np.testing.assert_allclose(collision.uncertainty, -np.log(np.square(q).sum(axis=2)))
+    # It depends on the given label, which entropy ignores; the loss is the same under either choice.
+    default = compute_scores(probs, labels)
+    assert not np.allclose(collision.uncertainty, default.uncertainty)
+    np.testing.assert_array_equal(collision.loss, default.loss)
+    relabelled = compute_scores(probs, (labels + 1) % 5, uncertainty="collision")
+    assert not np.allclose(relabelled.uncertainty, collision.uncertainty)

@@ -56,7 +56,14 @@ def _ctx(seed: int) -> StepContext:
 
 
 def _epoch(
-    method: str, groups: np.ndarray, *, seed: int = 0, progress=None, mislq_stream: str = "labelled"
+    method: str,
+    groups: np.ndarray,
+    *,
+    seed: int = 0,
+    progress=None,
+    mislq_stream: str = "labelled",
+    lambda_u: float = 1,
+    lambda_con: float = 0.1,
 ) -> tuple[dict, RecordingStore]:
     n = len(groups)
     rng = np.random.default_rng(seed)
@@ -67,7 +74,7 @@ def _epoch(
     posteriors[np.arange(n), torch.as_tensor(groups, dtype=torch.long)] = 0.9
     posteriors += 0.05
     ctx = _ctx(seed)
-    weights = SslWeights(temperature=0.5, mixup_alpha=4, lambda_u=1, mislq_weight=0.5, lambda_con=0.1,
+    weights = SslWeights(temperature=0.5, mixup_alpha=4, lambda_u=lambda_u, mislq_weight=0.5, lambda_con=lambda_con,
                          con_temperature=0.1)  # fmt: skip
     out = ssl_epoch(
         nets[0], nets[1], torch.optim.SGD(nets[0].parameters(), lr=0.01), store,
@@ -105,6 +112,22 @@ def test_a_missing_stream_contributes_nothing_and_nothing_breaks(groups, zero_ke
     assert out[zero_key] == 0.0
     assert all(np.isfinite(v) for v in out.values())
     assert out["loss_total"] > 0
+
+
+@pytest.mark.parametrize("method", ["qmix", "dividemix"])
+def test_epoch_total_is_the_weighted_sum_of_its_terms(method):
+    # L = L_x + λ_u·L_u + L_reg + λ_con·L_con at every step, so the epoch means add up the same way. Weights other
+    # than 1 so that a term added unweighted (or weighted twice) shows.
+    groups = np.array([CLEAN, MIS_H, MIS_L] * (N // 3), dtype=np.int8)
+    out, _ = _epoch(method, groups, lambda_u=3.0, lambda_con=0.5)
+    expected = out["loss_x"] + 3.0 * out["loss_u"] + out["loss_reg"] + 0.5 * out["loss_con"]
+    assert out["loss_total"] == pytest.approx(expected, rel=1e-6)
+    assert out["loss_x"] > 0 and out["loss_u"] > 0
+    # Only qmix has the contrastive term; dividemix must not pay for it.
+    if method == "qmix":
+        assert out["loss_con"] > 0
+    else:
+        assert out["loss_con"] == 0.0
 
 
 @pytest.mark.parametrize(("stream", "zero_key", "trained_key"), [("labelled", "loss_u", "loss_x"),

@@ -92,3 +92,26 @@ def test_sample_lambda_range_and_reproducibility():
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     assert sample_lambda(4.0, g1) == sample_lambda(4.0, g2)
     assert sample_lambda(0.0, np.random.default_rng(0)) == 1.0
+
+
+@pytest.mark.parametrize("alpha", [0.75, 4.0])
+def test_sample_lambda_is_a_beta_draw_folded_to_its_larger_side(alpha):
+    # The very draw of Beta(α, α) from the caller's generator, folded: max(b, 1 - b).
+    for seed in range(20):
+        b = np.random.default_rng(seed).beta(alpha, alpha)
+        assert sample_lambda(alpha, np.random.default_rng(seed)) == max(b, 1 - b)
+
+
+@pytest.mark.parametrize("alpha", [0.5, 4.0])
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_sample_lambda_follows_the_folded_beta_distribution(alpha, kind):
+    from scipy import stats
+
+    gen = np.random.default_rng(11) if kind == "numpy" else torch.Generator().manual_seed(11)
+    draws = np.array([sample_lambda(alpha, gen) for _ in range(3000)])
+    # P(max(b, 1 - b) <= x) = F(x) - F(1 - x) = 2 F(x) - 1 for a symmetric Beta; a KS test against it.
+    assert stats.kstest(draws, lambda x: 2 * stats.beta.cdf(x, alpha, alpha) - 1).pvalue > 0.01
+    # And its mean (a small α pushes λ towards 1, a large one towards 0.5), within 4 standard errors.
+    mean = stats.beta.expect(lambda b: max(b, 1 - b), args=(alpha, alpha))
+    std = np.sqrt(stats.beta.expect(lambda b: max(b, 1 - b) ** 2, args=(alpha, alpha)) - mean**2)
+    assert draws.mean() == pytest.approx(mean, abs=4 * std / np.sqrt(len(draws)))

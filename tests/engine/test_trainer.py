@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import os
 import signal
 import subprocess
@@ -15,6 +17,7 @@ import pandas as pd
 import pytest
 import torch
 from scipy.stats import spearmanr
+from sklearn.metrics import roc_auc_score
 
 from qmix_cli.api import audit, train
 from qmix_cli.config import config_from_dict, load_config_file
@@ -70,6 +73,26 @@ def test_run_directory_holds_everything_audit_and_resume_need(qmix_run):
     assert readouts["probs"].shape == readouts["scored"].shape == (2, len(readouts["keys"]), 10)
     assert 0.95 * n <= len(readouts["keys"]) <= n  # one row per distinct training image
     np.testing.assert_allclose(readouts["probs"].sum(-1).numpy(), 1.0, atol=1e-5)
+
+
+def test_learning_rate_anneals_from_the_configured_rate_by_the_cosine_schedule(qmix_run):
+    cfg = load_config_file(qmix_run.run_dir / "config.yaml")
+    assert cfg["schedule"] == "cosine"
+    lrs = [json.loads(line)["lr"] for line in (qmix_run.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert lrs[0] == cfg["lr"]
+    # Cosine annealing towards 0 over the run, set at the start of each epoch from its index (no warm-up ramp).
+    epochs = cfg["epochs"]
+    assert lrs == pytest.approx([cfg["lr"] * (1 + math.cos(math.pi * e / epochs)) / 2 for e in range(epochs)])
+    assert all(a > b > 0 for a, b in itertools.pairwise(lrs))
+
+
+@pytest.mark.parametrize(("schedule", "factor"), [("step", 0.1), ("constant", 1.0)])
+def test_step_schedule_divides_the_rate_by_ten_halfway_and_constant_keeps_it(
+    schedule, factor, noisy_digits, tmp_path, qmix_cache_dir
+):
+    result = train(noisy_digits, tmp_path / "run", method="ce", epochs=2, schedule=schedule, lr=0.05,
+                   cache_dir=str(qmix_cache_dir), **TINY_TRAIN)  # fmt: skip
+    assert [m["lr"] for m in result.metrics] == pytest.approx([0.05, 0.05 * factor])
 
 
 def _comparable(metrics: list[dict]) -> list[dict]:
@@ -170,14 +193,28 @@ def test_sigterm_stops_like_ctrl_c_and_leaves_no_temporary_files(noisy_digits, t
 
 
 def test_ce_and_dividemix_produce_auditable_runs(noisy_digits, tmp_path, qmix_cache_dir):
+    runs, reports = {}, {}
     for method in ("ce", "dividemix"):
-        result = train(noisy_digits, tmp_path / method, method=method, epochs=3, warmup_epochs=2,
-                       cache_dir=str(qmix_cache_dir), **TINY_TRAIN)  # fmt: skip
-        report = audit(noisy_digits, run=result.run_dir)
+        runs[method] = train(noisy_digits, tmp_path / method, method=method, epochs=3, warmup_epochs=2,
+                             cache_dir=str(qmix_cache_dir), **TINY_TRAIN)  # fmt: skip
+        report = audit(noisy_digits, run=runs[method].run_dir).merge(_truth(noisy_digits), on="sample_id")
         assert len(report) == 1797
         assert np.allclose(report[["p_clean", "p_mislabeled_hq", "p_mislabeled_lq"]].sum(axis=1), 1, atol=1e-5)
+        reports[method] = report
     ce_state = torch.load(tmp_path / "ce" / "model.pt", weights_only=True)
     assert len(ce_state["nets"]) == 1
+    # Not only well-formed: each run finds the planted noise far above chance (0.5). ce's audit loss ranks the
+    # mislabeled images (wrong label or degraded) above the clean ones...
+    ce = reports["ce"]
+    assert roc_auc_score(ce["truth"] != "clean", ce["loss"]) > 0.9
+    # ...and dividemix's own separation (its 1-D loss mixture in the semi-supervised epoch) and the final one
+    # tell clean images from the rest.
+    train_rows = [m for m in runs["dividemix"].metrics if m["phase"] == "train"]
+    assert len(train_rows) == 1 and train_rows[0]["auc_clean"] > 0.9
+    final = json.loads((tmp_path / "dividemix" / "run.json").read_text())["final_summary"]
+    assert final["auc_clean"] > 0.9
+    dm = reports["dividemix"]
+    assert roc_auc_score(dm["truth"] == "clean", dm["p_clean"]) > 0.9
 
 
 def test_warmup_snapshot_is_the_nets_at_the_end_of_warmup(noisy_digits, tmp_path, qmix_cache_dir):

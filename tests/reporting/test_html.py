@@ -333,6 +333,33 @@ def test_scatter_svg_counts_and_clipping():
     assert svg.index('class="c0"') < svg.index('class="c1"') < svg.index('class="c2"')
 
 
+def _circles(svg: str) -> dict[str, tuple[float, float]]:
+    """(cx, cy) of each circle, keyed by its tooltip."""
+    found = re.findall(r'<circle cx="([-\d.]+)" cy="([-\d.]+)"[^>]*><title>([^<]*)</title>', svg)
+    return {title: (float(cx), float(cy)) for cx, cy, title in found}
+
+
+def test_scatter_svg_places_loss_rightwards_and_uncertainty_upwards_inside_the_plot():
+    x = np.array([0.0, 0.25, 0.5, 1.0, 0.5, 0.5, 2.0, -1.0, 0.5, np.nan])
+    y = np.array([0.5, 0.5, 0.5, 0.5, 0.0, 1.0, 0.5, 0.5, 7.0, -3.0])
+    names = ["x0", "x25", "x50", "x100", "y0", "y100", "x_big", "x_neg", "y_big", "x_nan"]
+    svg = scatter_svg(x, y, np.zeros(len(x), dtype=int), titles=names)
+    at = _circles(svg)
+    assert len(at) == len(names)
+    plot = re.search(r'<rect x="(\d+)" y="(\d+)" width="(\d+)" height="(\d+)"', svg)
+    rx, ry, rw, rh = (float(v) for v in plot.groups())
+    # Loss grows to the right, from the plot's left edge to its right edge, in proportion.
+    assert at["x0"][0] == rx and at["x100"][0] == rx + rw
+    assert at["x0"][0] < at["x25"][0] < at["x50"][0] < at["x100"][0]
+    assert at["x50"][0] == pytest.approx(rx + rw / 2, abs=0.05)
+    # Uncertainty grows upwards: SVG's y axis points down, so cy falls as uncertainty rises.
+    assert at["y0"][1] == ry + rh and at["y100"][1] == ry
+    assert at["y0"][1] > at["x50"][1] > at["y100"][1]
+    # Out-of-range points sit on the edges they crossed, not outside the plot; NaN is drawn at 0.
+    assert at["x_big"] == at["x100"] and at["x_neg"] == at["x0"] and at["y_big"] == at["y100"]
+    assert at["x_nan"] == (rx, ry + rh)  # NaN loss and an uncertainty below 0: the bottom-left corner
+
+
 def test_line_chart_svg():
     svg = line_chart_svg(np.array([1, 2, 3]), np.array([0.3, 0.2, 0.1]), title="a < b", marker_x=1.5)
     assert svg.count("<polyline") == 1 and "a &lt; b" in svg and "stroke-dasharray" in svg

@@ -1,0 +1,54 @@
+"""Checkpoints are read with ``weights_only=True``: a file that would run code when unpickled is refused unrun."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from qmix_cli.api import audit, train
+from qmix_cli.engine.checkpoint import load_checkpoint, save_checkpoint
+from qmix_cli.errors import TrainingError
+
+
+def test_load_checkpoint_refuses_pickled_code_without_running_it(tmp_path, write_evil_checkpoint):
+    marker = tmp_path / "pwned"
+    path = write_evil_checkpoint(tmp_path / "evil.pt", marker)
+    with pytest.raises(TrainingError, match=r"cannot read checkpoint .*evil\.pt"):
+        load_checkpoint(path)
+    assert not marker.exists()
+    # The same kind of content without the payload is read as it was saved.
+    save_checkpoint(tmp_path / "plain.pt", {"epoch": 1, "nets": [{"w": torch.ones(2)}]})
+    loaded = load_checkpoint(tmp_path / "plain.pt")
+    assert loaded["epoch"] == 1 and torch.equal(loaded["nets"][0]["w"], torch.ones(2))
+    # And the refused file is a real threat: fully unpickled (weights_only=False), it runs its payload.
+    torch.load(path, weights_only=False)
+    assert marker.exists()
+
+
+@pytest.fixture
+def run_copy(qmix_run, tmp_path) -> Path:
+    """A copy of the shared trained run that a test may damage."""
+    return Path(shutil.copytree(qmix_run.run_dir, tmp_path / "run"))
+
+
+def test_resume_refuses_an_evil_checkpoint_and_leaves_the_run_alone(
+    run_copy, noisy_digits, tmp_path, qmix_cache_dir, hash_tree, write_evil_checkpoint
+):
+    marker = tmp_path / "pwned"
+    write_evil_checkpoint(run_copy / "checkpoints" / "last.pt", marker)
+    before = hash_tree(run_copy)
+    with pytest.raises(TrainingError, match=r"cannot read checkpoint .*last\.pt"):
+        train(noisy_digits, run_copy, resume=True, epochs=11, cache_dir=str(qmix_cache_dir))
+    assert not marker.exists()
+    assert hash_tree(run_copy) == before  # refused before the finished run lost its model.pt
+
+
+def test_audit_refuses_an_evil_model_file(run_copy, noisy_digits, tmp_path, write_evil_checkpoint):
+    marker = tmp_path / "pwned"
+    write_evil_checkpoint(run_copy / "model.pt", marker)
+    with pytest.raises(TrainingError, match=r"cannot read checkpoint .*model\.pt"):
+        audit(noisy_digits, run=run_copy)
+    assert not marker.exists()
