@@ -28,7 +28,10 @@ def corrupt_command(
             "pairflip, asymmetric (needs --class-map) or matrix:FILE (K×K, .npy/.csv/.json)."
         ),
     ] = None,
-    label_rate: Annotated[float | None, typer.Option(help="Label-noise rate on high-quality images [0.2].")] = None,
+    label_rate: Annotated[
+        float | None,
+        typer.Option(help="Chance that a high-quality image's label is changed [0.2]; a matrix:FILE sets its own."),
+    ] = None,
     quality_rate: Annotated[
         float | None, typer.Option(help="Fraction of images degraded to low quality [0.15].")
     ] = None,
@@ -39,13 +42,16 @@ def corrupt_command(
         ),
     ] = None,
     severity: Annotated[str | None, typer.Option(help="Severity 1..5, or a range drawn per image [3-5].")] = None,
-    per_image: Annotated[int | None, typer.Option(help="Degradations composed on each low-quality image [1].")] = None,
+    per_image: Annotated[
+        int | None, typer.Option(help="Different degradations composed on each low-quality image [1].")
+    ] = None,
     lq_labels: Annotated[
         str | None,
         typer.Option(help="Labels of low-quality images: random (another class), prior or keep."),
     ] = None,
     class_map: Annotated[
-        str | None, typer.Option(help="Class→class map for asymmetric noise, e.g. 'cat=dog,truck=car'.")
+        str | None,
+        typer.Option(help="Class→class map for asymmetric noise, e.g. 'cat=dog,truck=car'; other classes keep labels."),
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed; the same seed gives the same output [0].")] = None,
     workers: Annotated[int | None, typer.Option(help="Threads (does not change the output).")] = None,

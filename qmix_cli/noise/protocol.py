@@ -49,7 +49,8 @@ class CorruptSpec:
     """Options of ``qmix corrupt``; see `PRESETS` for the paper's protocol."""
 
     label_noise: str = "symmetric-exclusive"
-    label_rate: float = 0.2
+    # None with a ``matrix:FILE`` noise, whose rows are the rates (`resolve_spec` clears the preset's).
+    label_rate: float | None = 0.2
     quality_rate: float = 0.15
     degradations: str = "all"
     severity: str = "3-5"
@@ -57,6 +58,7 @@ class CorruptSpec:
     lq_labels: str = "random"
     class_map: str | None = None
     seed: int = 0
+    preset: str | None = None  # recorded in noise.json; the options above already hold its values
     extra: dict[str, Any] = field(default_factory=dict)
 
     def severity_range(self) -> tuple[int, int]:
@@ -70,9 +72,19 @@ class CorruptSpec:
         return lo, hi
 
     def validate(self) -> CorruptSpec:
+        matrix = self.label_noise.startswith("matrix:")
+        if matrix and self.label_rate is not None:
+            raise ConfigError(
+                "--label-rate does not apply to --label-noise matrix:FILE: the matrix's rows are the rates"
+            )
+        if not matrix and self.label_rate is None:
+            raise ConfigError(f"label-noise {self.label_noise} needs a label-rate")
+        # A map with another kind would be recorded in noise.json yet change nothing.
+        if self.class_map is not None and self.label_noise != "asymmetric":
+            raise ConfigError(f"--class-map applies to --label-noise asymmetric only (got {self.label_noise})")
         for name in ("label_rate", "quality_rate"):
             value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
+            if value is not None and not 0.0 <= value <= 1.0:
                 raise ConfigError(f"{name.replace('_', '-')} must be between 0 and 1 (got {value})")
         if self.lq_labels not in LQ_LABEL_RULES:
             raise ConfigError(f"lq-labels must be one of {', '.join(LQ_LABEL_RULES)} (got {self.lq_labels!r})")
@@ -80,7 +92,12 @@ class CorruptSpec:
             raise ConfigError("per-image must be at least 1")
         check_seed(self.seed)
         self.severity_range()
-        parse_degradations(self.degradations)
+        names = parse_degradations(self.degradations)
+        if self.per_image > len(names):
+            raise ConfigError(
+                f"per-image {self.per_image} composes different degradations, but only {len(names)} are named "
+                f"({', '.join(names)})"
+            )
         return self
 
 
@@ -97,7 +114,10 @@ def resolve_spec(preset: str | None, **given: Any) -> CorruptSpec:
     if preset is not None and preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     base = PRESETS[preset] if preset else CorruptSpec()
-    return replace(base, **{k: v for k, v in given.items() if v is not None}).validate()
+    spec = replace(base, preset=preset, **{k: v for k, v in given.items() if v is not None})
+    if spec.label_noise.startswith("matrix:") and given.get("label_rate") is None:
+        spec = replace(spec, label_rate=None)  # the default's or the preset's rate, which a matrix replaces
+    return spec.validate()
 
 
 @dataclass(frozen=True)
@@ -141,7 +161,7 @@ def plan_corruption(labels: np.ndarray, *, classes: Sequence[str], spec: Corrupt
     prior = np.bincount(labels, minlength=k) / n
     noisy[is_lq] = _lq_labels(labels[is_lq], spec.lq_labels, prior, rng)
 
-    picks = [rng.choice(len(names), size=spec.per_image, replace=spec.per_image > len(names)) for _ in range(n_lq)]
+    picks = [rng.choice(len(names), size=spec.per_image, replace=False) for _ in range(n_lq)]
     degradation = np.full(n, "", dtype=object)
     degradation[is_lq] = ["+".join(names[j] for j in p) for p in picks]
     severity = np.zeros(n, dtype=np.int8)

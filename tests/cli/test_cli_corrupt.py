@@ -80,8 +80,23 @@ def test_corrupt_small_folder_with_options(runner, tmp_path, source, hash_tree):
         (["--preset", "paper-99"], ["unknown preset 'paper-99'"]),
         (["--lq-labels", "maybe"], ["lq-labels must be one of"]),
         (["--label-noise", "asymmetric"], ["class map"]),
+        (["--class-map", "a=b"], ["--class-map applies to --label-noise asymmetric only"]),
+        (["--label-noise", "matrix:m.csv", "--label-rate", "0.3"], ["--label-rate does not apply"]),
+        (["--degradations", "blur,dark", "--per-image", "3"], ["per-image 3 composes different degradations"]),
     ],
-    ids=["label-rate", "quality-rate", "degradation", "severity-range", "severity-text", "preset", "lq", "asym"],
+    ids=[
+        "label-rate",
+        "quality-rate",
+        "degradation",
+        "severity-range",
+        "severity-text",
+        "preset",
+        "lq",
+        "asym",
+        "map-without-asym",
+        "rate-with-matrix",
+        "per-image",
+    ],
 )
 def test_bad_options(runner, tmp_path, source, hash_tree, extra, fragments):
     before = hash_tree(source)

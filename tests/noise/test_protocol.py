@@ -150,7 +150,16 @@ def test_explicit_options_override_preset_values():
     assert spec.severity == "2"
     assert spec.seed == 9
     assert spec.label_rate == 0.2  # None means "not given": the preset's value stays
+    assert spec.preset == "paper-35"  # recorded in noise.json, so a reader knows the protocol by name
     assert resolve_spec(None) == CorruptSpec()
+
+
+def test_a_matrix_replaces_the_preset_label_rate_instead_of_recording_it():
+    # The matrix's rows are the rates: noise.json must not claim the preset's 0.2 was applied.
+    spec = resolve_spec("paper-35", label_noise="matrix:m.csv")
+    assert spec.label_rate is None
+    assert spec.quality_rate == 0.35
+    assert asdict(spec)["label_rate"] is None
 
 
 @pytest.mark.parametrize(
@@ -165,6 +174,11 @@ def test_explicit_options_override_preset_values():
         ({"degradations": "blur,sparkle"}, "unknown degradation 'sparkle'"),
         ({"lq_labels": "maybe"}, "lq-labels must be one of"),
         ({"per_image": 0}, "per-image must be at least 1"),
+        # Options that would otherwise be recorded in noise.json yet change nothing, or repeat a degradation:
+        ({"class_map": "a=b"}, "--class-map applies to --label-noise asymmetric only"),
+        ({"label_noise": "matrix:m.csv", "class_map": "a=b"}, "--class-map applies to --label-noise asymmetric"),
+        ({"label_noise": "matrix:m.csv", "label_rate": 0.3}, "--label-rate does not apply to --label-noise matrix"),
+        ({"degradations": "blur", "per_image": 2}, r"per-image 2 composes different degradations.*\(blur\)"),
     ],
 )
 def test_invalid_specs(options, message):
