@@ -241,8 +241,10 @@ def show(
     return write_html_report(report, out=out, run=run, data=data, top=top)
 
 
-def evaluate(report: str | Path, *, truth: str | Path) -> dict[str, Any]:
-    """Compare a report with the truth columns of a manifest written by ``qmix corrupt``; returns a JSON-able dict."""
+def evaluate(report: str | Path, *, truth: str | Path, on_missing: str = "error") -> dict[str, Any]:
+    """Compare a report with the truth columns of a manifest written by ``qmix corrupt``; returns a JSON-able dict.
+
+    ``on_missing="skip"`` scores a report of part of the truth's images on those (see `evaluate_report`)."""
     from qmix_cli.data.manifest import read_manifest
     from qmix_cli.errors import DataError
     from qmix_cli.reporting.evaluate import evaluate_report
@@ -254,4 +256,4 @@ def evaluate(report: str | Path, *, truth: str | Path) -> dict[str, Any]:
         raise DataError(f"{truth} has no truth columns (category); it must be a manifest written by qmix corrupt")
     if "sample_id" not in truth_frame.columns:
         truth_frame = truth_frame.assign(sample_id=truth_frame["path"])
-    return evaluate_report(report=frame, truth=truth_frame)
+    return evaluate_report(report=frame, truth=truth_frame, on_missing=on_missing)

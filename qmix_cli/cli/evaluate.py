@@ -18,12 +18,19 @@ def evaluate_command(
     report: Annotated[Path, typer.Argument(help="Report written by qmix audit.")],
     truth: Annotated[str, typer.Option("--truth", "-t", help="Manifest with truth columns (qmix corrupt output).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
+    on_missing: Annotated[
+        str,
+        typer.Option(
+            help="Truth rows the report lacks: error, or skip them and score the images the report covers "
+            "(a report written with --on-bad-image skip)."
+        ),
+    ] = "error",
 ) -> None:
     """Per-category precision, recall and F1, macro-F1, confusion matrix and ROC-AUCs of a report."""
     from qmix_cli.api import evaluate
     from qmix_cli.reporting.evaluate import render_evaluation
 
-    result = evaluate(report, truth=truth)
+    result = evaluate(report, truth=truth, on_missing=on_missing)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:

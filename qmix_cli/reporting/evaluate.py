@@ -36,7 +36,7 @@ _REPORT_COLUMNS = ("sample_id", "category", "is_label_issue", "p_clean", "p_misl
 _TRUTH_COLUMNS = ("sample_id", "category")
 
 
-def evaluate_report(*, report: pd.DataFrame, truth: pd.DataFrame) -> dict[str, Any]:
+def evaluate_report(*, report: pd.DataFrame, truth: pd.DataFrame, on_missing: str = "error") -> dict[str, Any]:
     """Compare a report with the truth, image by image (joined on ``sample_id``).
 
     Parameters
@@ -49,11 +49,16 @@ def evaluate_report(*, report: pd.DataFrame, truth: pd.DataFrame) -> dict[str, A
         ``sample_id`` and ``category`` (values in :data:`CATEGORIES`); optional ``is_low_quality`` (then the
         low-quality target, instead of ``category == "mislabeled_lq"``), ``is_label_noisy`` (adds AUCs for
         "the given label is wrong") and ``true_label`` (scores the suggested labels).
+    on_missing
+        Truth rows the report lacks: ``"error"``, or ``"skip"`` to score the report on the images it covers (a
+        report of part of the images, e.g. an audit with ``on_bad_image="skip"``). Report rows the truth lacks
+        are always an error.
 
     Returns
     -------
     dict
-        ``n``; ``counts`` (``truth`` / ``predicted`` per category); ``per_category`` (category →
+        ``n``; ``left_out`` (truth rows not in the report, 0 unless ``on_missing="skip"``); ``counts``
+        (``truth`` / ``predicted`` per category); ``per_category`` (category →
         ``precision``, ``recall``, ``f1``, ``support``); ``macro_f1``; ``accuracy``; ``confusion_matrix``
         (``labels``, ``matrix`` as nested lists, rows truth, columns predicted); ``detection`` (``precision``,
         ``recall``, ``f1``, ``support``, ``flagged``); ``roc_auc`` (``mislabeled``, ``low_quality``);
@@ -66,11 +71,14 @@ def evaluate_report(*, report: pd.DataFrame, truth: pd.DataFrame) -> dict[str, A
     Raises
     ------
     QmixError
-        Missing columns, unknown categories, duplicate ids, or ids present on one side only.
+        Missing columns, unknown categories, duplicate ids, or ids present on one side only (report rows only,
+        with ``on_missing="skip"``).
     """
+    if on_missing not in ("error", "skip"):
+        raise QmixError(f"on-missing must be error or skip (got {on_missing!r})")
     _require_columns(report, _REPORT_COLUMNS, what="report")
     _require_columns(truth, _TRUTH_COLUMNS, what="truth")
-    joined = _join(report=report, truth=truth)
+    joined = _join(report=report, truth=truth, skip_missing=on_missing == "skip")
     if joined.empty:
         raise QmixError("the report is empty: nothing to evaluate")
 
@@ -137,6 +145,7 @@ def evaluate_report(*, report: pd.DataFrame, truth: pd.DataFrame) -> dict[str, A
 
     return {
         "n": len(joined),
+        "left_out": len(truth) - len(joined),
         "counts": {
             "truth": {name: int((y_true == name).sum()) for name in labels},
             "predicted": {name: int((y_pred == name).sum()) for name in labels},
@@ -201,7 +210,9 @@ def render_evaluation(result: Mapping[str, Any], console: Console) -> None:
     Per-category precision / recall / F1 / support with macro-F1 and accuracy; mislabeled detection; ROC-AUCs;
     the suggested relabels (when scored); the confusion matrix.
     """
-    per_cat = Table(title=f"Categories ({result['n']} images)", title_justify="left")
+    left_out = result.get("left_out", 0)
+    scored = f"{result['n']} images" + (f"; {left_out} of the truth's not in the report, left out" if left_out else "")
+    per_cat = Table(title=f"Categories ({scored})", title_justify="left")
     per_cat.add_column("category")
     for name in ("precision", "recall", "F1", "support"):
         per_cat.add_column(name, justify="right")
@@ -266,8 +277,9 @@ def _require_columns(frame: pd.DataFrame, columns: tuple[str, ...], *, what: str
         raise QmixError(f"the {what} lacks column(s): {', '.join(missing)}")
 
 
-def _join(*, report: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
-    """Join on ``sample_id`` once both sides hold the same unique ids and valid categories."""
+def _join(*, report: pd.DataFrame, truth: pd.DataFrame, skip_missing: bool = False) -> pd.DataFrame:
+    """Join on ``sample_id`` once both sides hold the same unique ids (the report's a subset of the truth's with
+    ``skip_missing``) and valid categories."""
     rep = report.assign(sample_id=report["sample_id"].astype(str))
     tru = truth.assign(sample_id=truth["sample_id"].astype(str))
     for frame, what in ((rep, "report"), (tru, "truth")):
@@ -284,8 +296,11 @@ def _join(*, report: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
     if only_report:
         problems.append(summarise_offenders("report rows missing from the truth", only_report))
     only_truth = sorted(tru_ids - rep_ids)
-    if only_truth:
-        problems.append(summarise_offenders("truth rows missing from the report", only_truth))
+    if only_truth and not skip_missing:
+        problems.append(
+            summarise_offenders("truth rows missing from the report", only_truth)
+            + " (to score a report of part of the images on those, pass --on-missing skip)"
+        )
     if problems:
         raise QmixError("the report and the truth do not cover the same images: " + "; ".join(problems))
     if "given_label" in rep.columns and "label" in tru.columns:

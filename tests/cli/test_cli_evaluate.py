@@ -111,6 +111,35 @@ def test_mismatched_ids(runner, report, noisy_digits, tmp_path):
     _assert_one_line_error(result, "do not cover the same images", "10 report rows missing from the truth")
 
 
+def test_a_report_of_part_of_the_images_is_scored_on_those_when_asked(runner, report, noisy_digits, tmp_path, joined):
+    # What `qmix audit --on-bad-image skip` writes: fewer rows than the truth. Refused by default (a report of the
+    # wrong dataset looks the same), scored on the shared images with --on-missing skip, the rest counted.
+    part = tmp_path / "part.parquet"
+    pd.read_parquet(report).iloc[10:].to_parquet(part)
+    args = ["evaluate", str(part), "--truth", str(noisy_digits)]
+    refused = runner.invoke(app, [*args, "--json"])
+    _assert_one_line_error(refused, "10 truth rows missing from the report", "--on-missing skip")
+
+    result = runner.invoke(app, [*args, "--json", "--on-missing", "skip"])
+    assert result.exit_code == 0, (result.output, _stderr(result))
+    metrics = json.loads(result.stdout)
+    kept = joined.set_index("sample_id").loc[pd.read_parquet(part)["sample_id"]]
+    assert (metrics["n"], metrics["left_out"]) == (len(joined) - 10, 10)
+    assert metrics["macro_f1"] == pytest.approx(
+        f1_score(kept["category_truth"], kept["category"], labels=CATEGORIES, average="macro")
+    )
+    table = runner.invoke(app, [*args, "--on-missing", "skip"])
+    assert "10 of the truth's not in the report, left out" in " ".join(table.stdout.split())
+
+    # Report rows the truth lacks are never skipped: they are verdicts about images nobody can check.
+    truth_part = tmp_path / "truth_part.parquet"
+    pd.read_parquet(noisy_digits / "manifest.parquet").iloc[10:].to_parquet(truth_part)
+    result = runner.invoke(app, ["evaluate", str(report), "--truth", str(truth_part), "--on-missing", "skip"])
+    _assert_one_line_error(result, "10 report rows missing from the truth")
+    result = runner.invoke(app, [*args, "--on-missing", "maybe"])
+    _assert_one_line_error(result, "on-missing must be error or skip")
+
+
 def test_truth_of_another_corruption_is_refused(runner, report, noisy_digits, tmp_path):
     # Same images and ids, other noisy labels (another seed's corruption): the verdicts would be scored against
     # labels the audit never saw.
