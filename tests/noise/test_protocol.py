@@ -281,6 +281,27 @@ def test_degraded_images_are_what_their_recorded_degradation_and_severity_give(d
     assert len(set(lq["degradation"])) == len(DEGRADATIONS)  # every degradation was rebuilt at least once
 
 
+def test_composed_degradations_are_applied_in_their_recorded_order(digits_dir, tmp_path):
+    # "a+b" means a, then b: most pairs do not commute (noise then blur is not blur then noise), so the record must
+    # give the order, and rebuilding it reversed must not match.
+    result = corrupt("digits", tmp_path / "out", label_rate=0.0, quality_rate=0.05, per_image=2, seed=4)
+    lq = result.manifest[result.manifest["is_low_quality"]]
+    order_mattered = 0
+    for index, row in lq.iterrows():
+        names = row.degradation.split("+")
+        assert len(names) == 2 and names[0] != names[1]
+        source = np.asarray(Image.open(digits_dir / row.sample_id))
+
+        def rebuilt(order: list[str], index=index, row=row, source=source) -> np.ndarray:
+            rng = np.random.default_rng([4, index])
+            return degrade(source, names=order, severity=int(row.severity), rng=rng)
+
+        written = np.asarray(Image.open(result.out / row.path))
+        np.testing.assert_array_equal(written, rebuilt(names), err_msg=row.path)
+        order_mattered += not np.array_equal(written, rebuilt(names[::-1]))
+    assert order_mattered > len(lq) // 2
+
+
 def test_noise_json_records_options_matrix_and_counts(digits_run):
     result, _ = digits_run
     info = json.loads((result.out / "noise.json").read_text())
