@@ -22,7 +22,7 @@ def audit_command(
     run: Annotated[Path, typer.Option("--run", "-r", help="Run directory written by qmix train.")],
     out: Annotated[str, typer.Option("--out", "-o", help="Report file (.parquet, .csv, .jsonl) or - for stdout.")],
     format: Annotated[
-        str | None, typer.Option("--format", "-f", help="parquet, csv or jsonl [from the suffix; csv for -].")
+        str | None, typer.Option("--format", "-f", help="parquet, csv or jsonl \\[from the suffix; csv for -].")
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 512,
     tta: Annotated[int, typer.Option(help="Extra augmented views averaged into each prediction.")] = 0,

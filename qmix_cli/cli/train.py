@@ -34,8 +34,8 @@ def train_command(
         typer.Argument(help="Training data: ImageFolder dir, .csv/.parquet manifest, corrupt output, built-in."),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory for config, metrics, checkpoints and model.")],
-    method: Annotated[str | None, typer.Option(help="qmix, dividemix or ce [qmix].")] = None,
-    model: Annotated[str | None, typer.Option(help="Any timm model name [resnet18].")] = None,
+    method: Annotated[str | None, typer.Option(help="qmix, dividemix or ce \\[qmix].")] = None,
+    model: Annotated[str | None, typer.Option(help="Any timm model name \\[resnet18].")] = None,
     pretrained: Annotated[
         bool | None,
         typer.Option("--pretrained/--no-pretrained", help="Start from timm's pretrained weights (online)."),
@@ -45,16 +45,16 @@ def train_command(
     ] = None,
     img_size: Annotated[int | None, typer.Option(help="Training image size in pixels [224].")] = None,
     epochs: Annotated[int | None, typer.Option(help="Total epochs, warm-up included [30].")] = None,
-    warmup_epochs: Annotated[int | None, typer.Option(help="Warm-up epochs [epochs/3].")] = None,
+    warmup_epochs: Annotated[int | None, typer.Option(help="Warm-up epochs \\[epochs/3].")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size [64].")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate (SGD, momentum 0.9) [0.02].")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N [auto].")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N \\[auto].")] = None,
     amp: Annotated[
         bool | None,
-        typer.Option("--amp/--no-amp", help="Mixed precision on CUDA (bf16 where supported) [on]."),
+        typer.Option("--amp/--no-amp", help="Mixed precision on CUDA (bf16 where supported) \\[on]."),
     ] = None,
     compile: Annotated[
-        bool | None, typer.Option("--compile/--no-compile", help="torch.compile the nets [off].")
+        bool | None, typer.Option("--compile/--no-compile", help="torch.compile the nets \\[off].")
     ] = None,
     workers: Annotated[
         int | None, typer.Option(help="DataLoader workers for caches too big to keep in memory [0].")
@@ -62,7 +62,7 @@ def train_command(
     seed: Annotated[int | None, typer.Option(help="Random seed [0].")] = None,
     hflip: Annotated[
         bool | None,
-        typer.Option("--hflip/--no-hflip", help="Horizontal flips in the views (off for text, digits) [on]."),
+        typer.Option("--hflip/--no-hflip", help="Horizontal flips in the views (off for text, digits) \\[on]."),
     ] = None,
     val: Annotated[
         str | None, typer.Option(help="Clean labelled data to report accuracy on after every epoch.")
@@ -77,7 +77,7 @@ def train_command(
     cache_dir: Annotated[
         Path | None, typer.Option(help="Cache of decoded images and image checks [~/.cache/qmix].")
     ] = None,
-    on_bad_image: Annotated[str | None, typer.Option(help="error or skip unreadable images [error].")] = None,
+    on_bad_image: Annotated[str | None, typer.Option(help="error or skip unreadable images \\[error].")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
     force: Annotated[
         bool,
