@@ -89,6 +89,14 @@ def corrupt_command(
         + (f"; skipped {skipped} unreadable source images" if skipped else ""),
         highlight=False,
     )
+    unchanged = result.summary["unchanged_low_quality"]
+    if unchanged:
+        st.err.print(
+            f"warning: the degradation left {len(unchanged)} low-quality images unchanged (blank images?); "
+            "noise.json lists them (unchanged_low_quality)",
+            style="yellow",
+            highlight=False,
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -189,18 +189,21 @@ def _out_name(i: int, src_rel: str, *, degraded: bool) -> str:
     return f"images/{i:07d}{suffix}"
 
 
-def _process_image(src: Path, dst: Path, *, names: list[str], severity: int, seed: int, index: int) -> None:
+def _process_image(src: Path, dst: Path, *, names: list[str], severity: int, seed: int, index: int) -> bool:
+    """Copy or degrade one image; True when a planned degradation left its pixels as they were."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     if not names:
         shutil.copyfile(src, dst)
-        return
+        return False
     with Image.open(src) as img:
         img.load()
         gray = img.mode in {"1", "L", "LA", "I", "I;16", "F"}
         arr = to_array(img, channels=1 if gray else 3)
     rng = np.random.default_rng([seed, index])
-    out = degrade(arr[:, :, 0] if gray else arr, names=names, severity=severity, rng=rng)
+    source = arr[:, :, 0] if gray else arr
+    out = degrade(source, names=names, severity=severity, rng=rng)
     Image.fromarray(out).save(dst, compress_level=1)
+    return np.array_equal(out, source)
 
 
 def corrupt_dataset(
@@ -227,9 +230,9 @@ def corrupt_dataset(
     with atomic_dir(out, force=force) as tmp:
         advance = reporter.task("corrupting", len(plan))
 
-        def work(i: int) -> None:
+        def work(i: int) -> bool:
             names = plan.at[i, "degradation"].split("+") if plan.at[i, "is_low_quality"] else []
-            _process_image(
+            return _process_image(
                 src_paths[i],
                 tmp / rel_out[i],
                 names=names,
@@ -238,8 +241,10 @@ def corrupt_dataset(
                 index=i,
             )
 
+        unchanged = np.zeros(len(plan), dtype=bool)
         with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
-            for _ in pool.map(work, range(len(plan)), chunksize=16):
+            for i, same in enumerate(pool.map(work, range(len(plan)), chunksize=16)):
+                unchanged[i] = same
                 advance(1)
 
         manifest = pd.concat(
@@ -247,12 +252,14 @@ def corrupt_dataset(
             axis=1,
         )
         manifest.to_parquet(tmp / "manifest.parquet", index=False)
-        summary = _summary(dataset, manifest, spec, classes)
+        summary = _summary(dataset, manifest, spec, classes, unchanged=unchanged)
         (tmp / "noise.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     return CorruptResult(out=out, manifest=manifest, summary=summary)
 
 
-def _summary(dataset: Dataset, manifest: pd.DataFrame, spec: CorruptSpec, classes: list[str]) -> dict[str, Any]:
+def _summary(
+    dataset: Dataset, manifest: pd.DataFrame, spec: CorruptSpec, classes: list[str], *, unchanged: np.ndarray
+) -> dict[str, Any]:
     index = {c: i for i, c in enumerate(classes)}
     hq = ~manifest["is_low_quality"].to_numpy()
     true = manifest["true_label"].map(index).to_numpy()
@@ -274,5 +281,8 @@ def _summary(dataset: Dataset, manifest: pd.DataFrame, spec: CorruptSpec, classe
         "degradation_counts": {
             k: int(v) for k, v in manifest.loc[~hq, "degradation"].value_counts().sort_index().items()
         },
+        # Degradations that change nothing on some images (blur or contrast on a blank one): their mislabeled_lq
+        # truth is not visible in the pixels, so a reader of the benchmark should know which they are.
+        "unchanged_low_quality": manifest.loc[unchanged, "sample_id"].astype(str).tolist(),
         "skipped": dataset.skipped.to_dict(orient="records"),
     }

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 import qmix_cli
 from qmix_cli.cli.app import app
@@ -105,6 +106,25 @@ def test_bad_options(runner, tmp_path, source, hash_tree, extra, fragments):
     _assert_one_line_error(result, *fragments)
     assert not out.exists()
     assert hash_tree(source) == before
+
+
+def test_degradations_that_change_nothing_are_named(runner, tmp_path, make_image_folder):
+    # Blur cannot change a blank image: planted as low quality, it looks as good as its source. The truth stays as
+    # planned (the plan is drawn before any pixel is read) but noise.json and the command say which images they are.
+    src = make_image_folder("blank", classes=("a", "b"), per_class=3, size=24)
+    blank = src / "a" / "0.png"
+    Image.new("RGB", (24, 24), (128, 128, 128)).save(blank)
+    out = tmp_path / "out"
+    args = ["corrupt", str(src), "--out", str(out), "--quality-rate", "1", "--degradations", "blur", "--seed", "2"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    info = json.loads((out / "noise.json").read_text())
+    assert info["unchanged_low_quality"] == ["a/0.png"]
+    assert "left 1 low-quality images unchanged" in " ".join(_stderr(result).split())
+    m = pd.read_parquet(out / "manifest.parquet").set_index("sample_id")
+    assert (m["category"] == "mislabeled_lq").all()
+    written = np.asarray(Image.open(out / m.at["a/0.png", "path"]).convert("RGB"))
+    assert np.array_equal(written, np.asarray(Image.open(blank)))
 
 
 def test_missing_source(runner, tmp_path):

@@ -328,6 +328,7 @@ def test_noise_json_records_options_matrix_and_counts(digits_run):
     assert info["realised_quality_rate"] == pytest.approx(270 / 1797)
     lq = m.loc[m["is_low_quality"], "degradation"].value_counts().to_dict()
     assert info["degradation_counts"] == lq
+    assert info["unchanged_low_quality"] == []  # every planted low-quality digit is visibly degraded
     assert info["skipped"] == []
 
 
