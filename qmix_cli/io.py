@@ -9,7 +9,7 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,20 @@ def path_names(path: str | Path) -> set[str]:
     """The names a list of absolute, normalised paths may hold ``path`` under: as written, and with symlinks
     resolved (to tell whether an output would overwrite one of them)."""
     return {os.path.normpath(os.path.abspath(path)), os.path.realpath(path)}
+
+
+def is_one_of(path: str | Path, paths: Iterable[str], *, root: str | Path | None = None) -> bool:
+    """Whether output ``path`` names one of ``paths`` (absolute, or relative to ``root`` or else the current
+    directory), as written or through symlinks (`path_names`). Only the entries with one of its file names are
+    normalised, so a list of a million images costs a string comparison per entry."""
+    names = path_names(path)
+    basenames = {os.path.basename(name) for name in names}
+    for entry in paths:
+        if os.path.basename(entry) in basenames:
+            full = entry if root is None else os.path.join(root, entry)  # an absolute entry stays as it is
+            if os.path.normpath(os.path.abspath(full)) in names:
+                return True
+    return False
 
 
 def check_out_file(path: str | Path) -> Path:

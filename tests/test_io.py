@@ -8,7 +8,7 @@ import os
 import pytest
 
 from qmix_cli.errors import QmixError
-from qmix_cli.io import atomic_write_text, read_metrics
+from qmix_cli.io import atomic_write_text, is_one_of, read_metrics
 
 
 def test_read_metrics_keeps_epoch_rows_and_drops_what_a_kill_leaves(tmp_path):
@@ -43,3 +43,17 @@ def test_an_output_that_is_not_a_regular_file_is_refused_untouched(tmp_path, kin
         atomic_write_text(target, "x")
     assert target.is_fifo() if kind == "fifo" else target.is_dir()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv"]  # no temporary file left behind
+
+
+def test_is_one_of_matches_an_output_as_written_relative_to_a_root_or_through_a_symlink(tmp_path, monkeypatch):
+    images = tmp_path / "data"
+    (images / "a").mkdir(parents=True)
+    (images / "a" / "x.png").write_bytes(b"png")
+    (tmp_path / "link.png").symlink_to(images / "a" / "x.png")
+    monkeypatch.chdir(tmp_path)
+    listed = [str(images / "a" / "x.png")]
+    assert is_one_of("data/a/../a/x.png", listed)  # relative to the current directory, not normalised
+    assert is_one_of(tmp_path / "link.png", listed)  # another name for the same file
+    assert is_one_of(images / "a" / "x.png", ["a/x.png"], root=images)  # report paths are relative to the root
+    assert not is_one_of(images / "a" / "x.png", ["a/x.png"])  # ...and not to the current directory
+    assert not is_one_of(images / "x.png", listed)  # same file name, another file

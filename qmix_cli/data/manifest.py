@@ -20,7 +20,7 @@ import pandas as pd
 from qmix_cli.data.images import IMAGE_SUFFIXES, ImageInfo, scan_images
 from qmix_cli.data.scan_cache import cached_scan, file_stats
 from qmix_cli.errors import ConfigError, DataError, summarise_offenders
-from qmix_cli.io import path_names
+from qmix_cli.io import is_one_of
 from qmix_cli.progress import Reporter, SilentReporter
 
 if TYPE_CHECKING:
@@ -168,7 +168,7 @@ def check_output_file(dataset: Dataset, out: str | Path) -> None:
     image_folder = manifest is None and Path(dataset.source).is_dir()
     if image_folder and target.parent == dataset.root.resolve() and target.name in MANIFEST_NAMES:
         raise ConfigError(f"--out {out} would make the image folder {dataset.root} read as a manifest")
-    if pd.Series(dataset.file_paths, dtype=object).map(os.path.normpath).isin(path_names(out)).any():
+    if is_one_of(out, dataset.file_paths):
         raise ConfigError(f"--out {out} is one of the dataset's images; write the report to another file")
 
 

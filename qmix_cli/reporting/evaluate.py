@@ -210,7 +210,7 @@ def render_evaluation(result: Mapping[str, Any], console: Console) -> None:
     Per-category precision / recall / F1 / support with macro-F1 and accuracy; mislabeled detection; ROC-AUCs;
     the suggested relabels (when scored); the confusion matrix.
     """
-    left_out = result.get("left_out", 0)
+    left_out = result["left_out"]
     scored = f"{result['n']} images" + (f"; {left_out} of the truth's not in the report, left out" if left_out else "")
     per_cat = Table(title=f"Categories ({scored})", title_justify="left")
     per_cat.add_column("category")

@@ -22,7 +22,6 @@ import html
 import io
 import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ import pandas as pd
 from qmix_cli import __version__
 from qmix_cli.categories import CATEGORIES
 from qmix_cli.errors import QmixError
-from qmix_cli.io import atomic_write_text, check_out_file, path_names, read_metrics
+from qmix_cli.io import atomic_write_text, check_out_file, is_one_of, read_metrics
 from qmix_cli.reporting.report import read_report
 
 #: Okabe–Ito colours (safe for the common colour-vision deficiencies), one per category in CATEGORIES order.
@@ -445,10 +444,7 @@ def write_html_report(
     meta: dict[str, str] = dict(frame.attrs.get("qmix", {}))
     run_dir = _existing_dir(run, "run directory") if run is not None else _recorded_dir(meta, "run_dir")
     root = _data_root(data, meta)
-    target = path_names(out)
-    same_name = frame["path"].astype(str)
-    same_name = same_name[same_name.str.endswith(out.name)]  # the few rows that could be it, without a loop over all
-    if any(os.path.normpath(os.path.abspath(_resolve_image(p, root))) in target for p in same_name):
+    if is_one_of(out, frame["path"].astype(str), root=root):
         raise QmixError(f"--out {out} is one of the report's images; write the page to another file")
     page = render_page(frame, meta=meta, run_dir=run_dir, root=root, top=top, max_points=max_points, source=report)
     try:
