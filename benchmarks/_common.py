@@ -43,13 +43,34 @@ def first_load(source: str | Path, *, target: DecodeTarget, fill: bool = True) -
         return seconds, np.array(arr)
 
 
-def stratified_subset(source: str, *, size: int, seed: int, out: Path) -> Path:
-    """A CSV manifest of ``size`` images of ``source`` with the class balance kept (absolute paths)."""
+def class_sizes(n_classes: int, *, size: int, imbalance: float = 1.0) -> np.ndarray:
+    """Images per class for a subset of about ``size``: equal, or falling geometrically from the largest class to
+    the smallest, ``imbalance`` times fewer (a long tail, as in most medical and curated datasets).
+
+    Returns
+    -------
+    np.ndarray
+        (n_classes,) int, largest first; sums to ``size`` up to rounding.
+    """
+    if imbalance < 1:
+        raise ValueError(f"imbalance must be >= 1 (largest class / smallest), got {imbalance}")
+    shares = imbalance ** -(np.arange(n_classes) / max(n_classes - 1, 1))
+    return np.maximum(1, np.round(size * shares / shares.sum())).astype(int)
+
+
+def stratified_subset(source: str, *, size: int, seed: int, out: Path, imbalance: float = 1.0) -> Path:
+    """A CSV manifest of ``size`` images of ``source`` (absolute paths): the class balance kept, or with
+    ``imbalance`` > 1 a long tail (`class_sizes`) whose order of classes the seed draws."""
     ds = create_dataset(source, check_images=False)
     frame = ds.frame.assign(path=ds.file_paths)
     rng = np.random.default_rng(seed)
-    per_class = size // len(ds.classes)
-    parts = [g.iloc[rng.permutation(len(g))[:per_class]] for _, g in frame.groupby("label")]
+    groups = [g for _, g in frame.groupby("label")]
+    sizes = class_sizes(len(groups), size=size, imbalance=imbalance)
+    if imbalance == 1:
+        sizes[:] = size // len(groups)  # the balanced subsets every earlier benchmark drew, unchanged
+    else:
+        sizes = sizes[rng.permutation(len(groups))]
+    parts = [g.iloc[rng.permutation(len(g))[:n]] for g, n in zip(groups, sizes, strict=True)]
     pd.concat(parts)[["sample_id", "path", "label"]].to_csv(out, index=False)
     return out
 

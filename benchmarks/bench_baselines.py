@@ -226,10 +226,13 @@ def summary_row(name: str, ev: dict, **extra: Any) -> dict:
     return row
 
 
-def corrupted_subset(spec: dict, work: Path, *, size: int, seed: int, source: str = "fashion-mnist") -> Path:
-    """``work/noisy``: a class-balanced subset of ``size`` images of ``source`` corrupted by the preset ``spec``."""
+def corrupted_subset(
+    spec: dict, work: Path, *, size: int, seed: int, source: str = "fashion-mnist", imbalance: float = 1.0
+) -> Path:
+    """``work/noisy``: a subset of ``size`` images of ``source`` (class-balanced, or long-tailed by
+    ``imbalance``: `stratified_subset`) corrupted by the preset ``spec``."""
     work.mkdir(parents=True, exist_ok=True)
-    subset = stratified_subset(source, size=size, seed=seed, out=work / "subset.csv")
+    subset = stratified_subset(source, size=size, seed=seed, out=work / "subset.csv", imbalance=imbalance)
     noisy = work / "noisy"
     corrupt(subset, noisy, seed=seed, force=True, quiet=True, **spec)
     return noisy
