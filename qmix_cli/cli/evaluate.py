@@ -25,6 +25,15 @@ def evaluate_command(
             "(a report written with --on-bad-image skip)."
         ),
     ] = "error",
+    per_class: Annotated[
+        bool | None,
+        typer.Option(
+            "--per-class/--no-per-class",
+            help="Print detection by given label (images, flagged, precision, recall, correct labels flagged); "
+            "by default only for datasets of at most 20 classes. --json always has it.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Per-category precision, recall and F1, macro-F1, confusion matrix and ROC-AUCs of a report."""
     from qmix_cli.api import evaluate
@@ -34,7 +43,7 @@ def evaluate_command(
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:
-        render_evaluation(result, Console())  # the requested output: printed under --quiet too
+        render_evaluation(result, Console(), per_class=per_class)  # the requested output: printed under --quiet too
 
 
 def register(app: typer.Typer) -> None:

@@ -8,7 +8,9 @@ Metrics (all JSON-able; an undefined value, e.g. an AUC with one class present, 
 * ROC-AUC of the continuous scores, which need no threshold: ``1 - p_clean`` for "mislabeled" and
   ``p_mislabeled_lq`` for "low quality", plus the raw axes and ``label_score`` for comparison;
 * the suggested relabels, when the truth has ``true_label`` and the report ``suggested_label``: how many of the
-  labels the report proposes to change it gets right, and how many of the wrong labels on good images it fixes.
+  labels the report proposes to change it gets right, and how many of the wrong labels on good images it fixes;
+* mislabeled detection class by class (by given label): on a long-tailed dataset the overall figures are the
+  large classes', and a rare class can lose most of its correct labels to the audit unseen.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from qmix_cli.errors import QmixError, summarise_offenders
 
 _REPORT_COLUMNS = ("sample_id", "category", "is_label_issue", "p_clean", "p_mislabeled_lq")
 _TRUTH_COLUMNS = ("sample_id", "category")
+# Classes up to which `render_evaluation` prints the per-class table unasked.
+PER_CLASS_ROWS = 20
 
 
 def evaluate_report(*, report: pd.DataFrame, truth: pd.DataFrame, on_missing: str = "error") -> dict[str, Any]:
@@ -64,7 +68,9 @@ def evaluate_report(*, report: pd.DataFrame, truth: pd.DataFrame, on_missing: st
         ``recall``, ``f1``, ``support``, ``flagged``); ``roc_auc`` (``mislabeled``, ``low_quality``);
         ``roc_auc_by_score`` (target → score expression → AUC); ``targets`` (how each AUC target is defined);
         ``relabel`` (``proposed``, ``correct``, ``precision``, ``wrong_labels``, ``recall``: the ``mislabeled_hq``
-        rows' suggested labels against ``truth.true_label``; ``None`` without it or ``report.suggested_label``).
+        rows' suggested labels against ``truth.true_label``; ``None`` without it or ``report.suggested_label``);
+        ``per_class`` (given label → ``n``, ``mislabeled``, ``flagged``, ``precision``, ``recall``, ``false_alarms``:
+        the share of the class's correct labels flagged; ``None`` when the report has no given labels).
         Undefined metrics are ``None``. A category absent from both truth and prediction gets ``f1 = None``
         and is left out of the macro average.
 
@@ -173,6 +179,54 @@ def evaluate_report(*, report: pd.DataFrame, truth: pd.DataFrame, on_missing: st
         "roc_auc_by_score": by_score,
         "targets": targets,
         "relabel": _relabel_metrics(joined) if {"suggested_label", "true_label"} <= set(joined.columns) else None,
+        "per_class": _per_class_detection(joined, true_issue=true_issue, flagged=flagged),
+    }
+
+
+def _per_class_detection(
+    joined: pd.DataFrame, *, true_issue: np.ndarray, flagged: np.ndarray
+) -> dict[str, dict[str, Any]] | None:
+    """Mislabeled detection within each given label (the report's ``given_label``, or ``label`` in a report
+    written by another tool).
+
+    Returns
+    -------
+    dict or None
+        Class name (sorted) → ``n`` (images given that label), ``mislabeled`` (of those, truth not clean),
+        ``flagged`` (``is_label_issue``), ``precision``, ``recall`` and ``false_alarms`` (flagged among the truly
+        clean, over the truly clean); ratios are ``None`` when their denominator is 0. ``None`` when the report
+        has no given labels.
+    """
+    column = next((c for c in ("given_label", "label") if c in joined.columns), None)
+    if column is None:
+        return None
+    frame = pd.DataFrame(
+        {
+            "label": joined[column].astype(str).to_numpy(),
+            "issue": true_issue,
+            "flagged": flagged,
+            "hit": true_issue & flagged,
+            "false_alarm": ~true_issue & flagged,
+        }
+    )
+    sums = frame.groupby("label", sort=True).agg(
+        n=("issue", "size"), mislabeled=("issue", "sum"), flagged=("flagged", "sum"), hit=("hit", "sum"),
+        false_alarm=("false_alarm", "sum"),
+    )  # fmt: skip
+
+    def ratio(num: int, den: int) -> float | None:
+        return _num(num / den) if den else None
+
+    return {
+        str(label): {
+            "n": int(row.n),
+            "mislabeled": int(row.mislabeled),
+            "flagged": int(row.flagged),
+            "precision": ratio(row.hit, row.flagged),
+            "recall": ratio(row.hit, row.mislabeled),
+            "false_alarms": ratio(row.false_alarm, row.n - row.mislabeled),
+        }
+        for label, row in sums.iterrows()
     }
 
 
@@ -204,11 +258,12 @@ def _relabel_metrics(joined: pd.DataFrame) -> dict[str, Any]:
     }
 
 
-def render_evaluation(result: Mapping[str, Any], console: Console) -> None:
+def render_evaluation(result: Mapping[str, Any], console: Console, *, per_class: bool | None = None) -> None:
     """Print an :func:`evaluate_report` result as rich tables.
 
     Per-category precision / recall / F1 / support with macro-F1 and accuracy; mislabeled detection; ROC-AUCs;
-    the suggested relabels (when scored); the confusion matrix.
+    the suggested relabels (when scored); the confusion matrix; detection by given label when ``per_class`` is
+    True, or when it is None and there are at most :data:`PER_CLASS_ROWS` classes.
     """
     left_out = result["left_out"]
     scored = f"{result['n']} images" + (f"; {left_out} of the truth's not in the report, left out" if left_out else "")
@@ -266,6 +321,17 @@ def render_evaluation(result: Mapping[str, Any], console: Console) -> None:
     for label, row in zip(cm["labels"], cm["matrix"], strict=True):
         matrix.add_row(label, *(str(value) for value in row))
     console.print(matrix)
+
+    classes = result.get("per_class")
+    if classes and (per_class or (per_class is None and len(classes) <= PER_CLASS_ROWS)):
+        table = Table(title="Mislabeled detection by given label", title_justify="left")
+        table.add_column("given label")
+        for name in ("images", "mislabeled", "flagged", "precision", "recall", "correct labels flagged"):
+            table.add_column(name, justify="right")
+        for label, row in classes.items():
+            counts = (str(row[k]) for k in ("n", "mislabeled", "flagged"))
+            table.add_row(label, *counts, _fmt(row["precision"]), _fmt(row["recall"]), _fmt(row["false_alarms"]))
+        console.print(table)
 
 
 # --------------------------------------------------------------------------------------------------- helpers

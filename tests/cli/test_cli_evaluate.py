@@ -81,6 +81,19 @@ def test_json_metrics_agree_with_sklearn(runner, report, noisy_digits, joined):
     assert relabel["recall"] == pytest.approx((proposed & right)[y_true == "mislabeled_hq"].mean())
     assert relabel["precision"] > 0.8
 
+    # Detection by given label, recomputed with pandas: adds up to the whole, class by class.
+    flagged = joined["is_label_issue"].to_numpy(bool)
+    frame = pd.DataFrame({"label": joined["given_label"], "issue": true_issue, "flagged": flagged})
+    per_class = metrics["per_class"]
+    assert list(per_class) == sorted(frame["label"].unique())
+    for label, group in frame.groupby("label"):
+        row, clean = per_class[label], ~group["issue"]
+        assert row["n"] == len(group) and row["flagged"] == int(group["flagged"].sum())
+        assert row["mislabeled"] == int(group["issue"].sum())
+        assert row["false_alarms"] == pytest.approx(group["flagged"][clean].mean())
+        assert row["recall"] == pytest.approx(group["flagged"][group["issue"]].mean())
+    assert sum(row["flagged"] for row in per_class.values()) == metrics["detection"]["flagged"]
+
 
 @pytest.mark.parametrize("quiet", [[], ["--quiet"]], ids=["plain", "quiet"])
 def test_table_output(runner, report, noisy_digits, quiet):
@@ -91,6 +104,7 @@ def test_table_output(runner, report, noisy_digits, quiet):
     text = " ".join(result.stdout.split())
     assert "macro-F1" in text
     assert "Confusion matrix" in text and "ROC-AUC" in text
+    assert "Mislabeled detection by given label" in text  # ten classes: shown unasked
     for name in CATEGORIES:
         assert name in text
 
@@ -155,3 +169,13 @@ def test_truth_of_another_corruption_is_refused(runner, report, noisy_digits, tm
 def test_missing_report(runner, noisy_digits, tmp_path):
     result = runner.invoke(app, ["evaluate", str(tmp_path / "nope.parquet"), "--truth", str(noisy_digits)])
     _assert_one_line_error(result, "report not found", "nope.parquet")
+
+
+def test_per_class_flags(runner, report, noisy_digits):
+    from qmix_cli.reporting.evaluate import PER_CLASS_ROWS
+
+    args = ["evaluate", str(report), "--truth", str(noisy_digits)]
+    hidden = runner.invoke(app, [*args, "--no-per-class"])
+    assert hidden.exit_code == 0 and "by given label" not in hidden.stdout
+    help_text = " ".join(runner.invoke(app, ["evaluate", "--help"]).stdout.replace("│", " ").split())
+    assert f"at most {PER_CLASS_ROWS} classes" in help_text  # the help states the threshold the code uses

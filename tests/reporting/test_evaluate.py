@@ -11,7 +11,7 @@ from rich.console import Console
 
 from qmix_cli.categories import CATEGORIES
 from qmix_cli.errors import QmixError
-from qmix_cli.reporting.evaluate import evaluate_report, render_evaluation
+from qmix_cli.reporting.evaluate import PER_CLASS_ROWS, evaluate_report, render_evaluation
 
 C, H, L = CATEGORIES  # clean, mislabeled_hq, mislabeled_lq
 
@@ -200,3 +200,54 @@ def test_render_evaluation_prints_every_table() -> None:
         "Suggested relabels",
     ):
         assert fragment in text
+
+
+# Given labels of the ten images: class "a" holds s00-s02 (clean), s05 (hq) and s08 (lq); class "b" the rest.
+GIVEN = ["a", "a", "a", "b", "b", "a", "b", "b", "a", "b"]
+
+
+def test_detection_by_given_label() -> None:
+    report, truth = make_frames()
+    report["given_label"] = GIVEN
+    per_class = evaluate_report(report=report, truth=truth)["per_class"]
+    assert list(per_class) == ["a", "b"]
+    # a: truth issues s05, s08; flagged s05, s08 (both hits); its 3 clean images none flagged.
+    assert per_class["a"] == pytest.approx(
+        {"n": 5, "mislabeled": 2, "flagged": 2, "precision": 1.0, "recall": 1.0, "false_alarms": 0.0}
+    )
+    # b: truth issues s06, s07, s09; flagged s04 (clean: a false alarm), s06, s09; s07 missed.
+    assert per_class["b"] == pytest.approx(
+        {"n": 5, "mislabeled": 3, "flagged": 3, "precision": 2 / 3, "recall": 2 / 3, "false_alarms": 0.5}
+    )
+    # The classes add up to the whole.
+    assert sum(row["flagged"] for row in per_class.values()) == 5
+
+
+def test_detection_by_given_label_undefined_ratios_and_absence() -> None:
+    report, truth = make_frames()
+    report["given_label"] = ["a"] * 5 + ["b"] * 5  # b holds only truth issues, a only clean images
+    report["is_label_issue"] = [False] * 10
+    per_class = evaluate_report(report=report, truth=truth)["per_class"]
+    assert per_class["a"]["precision"] is None and per_class["a"]["recall"] is None  # nothing flagged, no issue
+    assert per_class["a"]["false_alarms"] == 0.0
+    assert per_class["b"]["false_alarms"] is None and per_class["b"]["recall"] == 0.0  # no clean image in b
+    report, truth = make_frames()
+    assert evaluate_report(report=report, truth=truth)["per_class"] is None  # no given labels: nothing to group
+
+
+@pytest.mark.parametrize(
+    ("n_classes", "per_class", "shown"),
+    [(2, None, True), (PER_CLASS_ROWS + 1, None, False), (PER_CLASS_ROWS + 1, True, True), (2, False, False)],
+)
+def test_per_class_table_shown_for_few_classes_or_when_asked(n_classes: int, per_class, shown: bool) -> None:
+    report, truth = make_frames()
+    report["given_label"] = GIVEN
+    result = evaluate_report(report=report, truth=truth)
+    row = result["per_class"]["b"]
+    result["per_class"] = {f"class{i:02d}": row for i in range(n_classes)}
+    console = Console(record=True, width=160, color_system=None)
+    render_evaluation(result, console, per_class=per_class)
+    text = console.export_text()
+    assert ("by given label" in text) == shown
+    if shown:
+        assert f"class{n_classes - 1:02d}" in text and "0.500" in text
