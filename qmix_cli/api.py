@@ -31,8 +31,17 @@ def _reporter(console: Console | None, quiet: bool) -> Iterator[Reporter]:
         yield rep
 
 
+def _log_ignored(rep: Reporter, dataset: Dataset) -> None:
+    """Say how many files of an image folder's class folders were passed over as not images (DICOM, text, ...)."""
+    if dataset.ignored:
+        from qmix_cli.data.manifest import describe_ignored
+
+        rep.log(f"ignored {describe_ignored(dataset.ignored)} in {dataset.source}'s class folders")
+
+
 def _log_skipped(rep: Reporter, dataset: Dataset) -> None:
     """Say which images ``on_bad_image="skip"`` left out of ``dataset`` (the first five of them)."""
+    _log_ignored(rep, dataset)
     if n := len(dataset.skipped):
         first = ", ".join(dataset.skipped["path"][:5]) + (", ..." if n > 5 else "")
         rep.log(f"skipped {n} unreadable image{'s' if n > 1 else ''}: {first}")
@@ -86,6 +95,7 @@ def corrupt(
             workers=workers,
             reporter=rep,
         )
+        _log_ignored(rep, dataset)  # corrupt states the skipped images in its summary line
         return corrupt_dataset(dataset, out, spec=spec, force=force, workers=workers, reporter=rep)
 
 

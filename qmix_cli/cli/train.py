@@ -100,7 +100,10 @@ def train_command(
     options.update(parse_sets(set_))
     result = train(data, out, config=config, resume=resume, force=force, console=st.err, quiet=st.quiet, **options)
     last = result.metrics[-1] if result.metrics else {}
-    st.err.print(f"run saved in {bold(result.run_dir)} after {last.get('epoch', 0)} epochs", highlight=False)
+    epochs = last.get("epoch", 0)
+    st.err.print(
+        f"run saved in {bold(result.run_dir)} after {epochs} epoch{'s' if epochs != 1 else ''}", highlight=False
+    )
 
 
 def register(app: typer.Typer) -> None:

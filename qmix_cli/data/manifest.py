@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,9 @@ class Dataset:
         1 when every image is grayscale, else 3 (0 when images were not inspected).
     source
         How the user named the dataset (recorded in run configs).
+    ignored
+        Files an ImageFolder's class folders hold that are not read as images (their suffix is not one of
+        `IMAGE_SUFFIXES`: DICOM, text, ...), counted by suffix; empty for a manifest, which names its images.
     file_stats
         (N, 2) int64: each image file's size and modification time in nanoseconds as the check found them, kept
         by ``create_dataset(decode_to=...)``, whose caller reads the images next: `cached_images` looks up what
@@ -65,6 +69,7 @@ class Dataset:
     channels: int = 0
     source: str = ""
     file_stats: np.ndarray | None = field(default=None, repr=False, compare=False)
+    ignored: dict[str, int] = field(default_factory=dict, compare=False)
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -184,12 +189,19 @@ def _read_table(path: Path) -> pd.DataFrame:
 
 
 def _scan_image_folder(root: Path) -> pd.DataFrame:
+    """The images under ``root/<class>/``; the files passed over for their suffix are counted by suffix in the
+    frame's ``attrs["ignored"]`` (`Dataset.ignored`), so that a folder of DICOM files is not silently empty."""
     rows = []
+    ignored: Counter[str] = Counter()
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for dirpath, dirnames, filenames in os.walk(class_dir):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for name in sorted(filenames):
-                if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_SUFFIXES:
+                if name.startswith("."):
+                    continue
+                suffix = Path(name).suffix.lower()
+                if suffix not in IMAGE_SUFFIXES:
+                    ignored[suffix or "(no suffix)"] += 1
                     continue
                 rel = Path(dirpath, name).relative_to(root).as_posix()
                 rows.append((rel, rel, class_dir.name))
@@ -200,7 +212,17 @@ def _scan_image_folder(root: Path) -> pd.DataFrame:
         raise DataError(
             summarise_offenders(f"file names in {root} that are not valid UTF-8 (rename them)", undecodable)
         )
-    return pd.DataFrame(rows, columns=["sample_id", "path", "label"])
+    frame = pd.DataFrame(rows, columns=["sample_id", "path", "label"])
+    frame.attrs["ignored"] = dict(ignored.most_common())
+    return frame
+
+
+def describe_ignored(ignored: dict[str, int]) -> str:
+    """``"7 files qmix does not read as images (.dcm 6, .txt 1)"`` for `Dataset.ignored`."""
+    n = sum(ignored.values())
+    kinds = ", ".join(f"{suffix} {count}" for suffix, count in list(ignored.items())[:5])
+    more = ", ..." if len(ignored) > 5 else ""
+    return f"{n} file{'s' if n != 1 else ''} qmix does not read as images ({kinds}{more})"
 
 
 def _has_surrogates(text: str) -> bool:
@@ -374,12 +396,19 @@ def create_dataset(
     if is_builtin(name):
         source = materialise_builtin(name, cache_dir=cache_dir)
     raw, root = read_manifest(source)
+    ignored = dict(raw.attrs.get("ignored", {}))
     frame = _check_columns(raw, name)
     if frame.empty:
         loose = Path(source).is_dir() and any(
             f.suffix.lower() in IMAGE_SUFFIXES for f in Path(source).iterdir() if f.is_file()
         )
         hint = "; an image folder holds one folder per class (root/<class>/<image>)" if loose else ""
+        if ignored:
+            readable = " ".join(sorted(IMAGE_SUFFIXES))
+            hint += (
+                f"; its class folders hold {describe_ignored(ignored)}: it reads {readable} (convert others, "
+                "e.g. DICOM, to PNG first)"
+            )
         raise DataError(f"{name}: the dataset is empty (no images found){hint}")
     _check_inside_root(frame, root, name)
 
@@ -423,4 +452,5 @@ def create_dataset(
         channels=channels,
         source=name,
         file_stats=None if decode_to is None else stats,
+        ignored=ignored,
     )

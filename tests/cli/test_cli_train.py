@@ -163,3 +163,14 @@ def test_unusable_config_file_is_a_one_line_error(runner, tmp_path, noisy_digits
     result = _train(runner, noisy_digits, out, *TINY_FLAGS, "--config", str(cfg_file))
     _assert_one_line_error(result, *fragments)
     assert not out.exists()  # refused before the run directory is made
+
+
+def test_files_an_image_folder_holds_besides_images_are_reported(runner, tmp_path, make_image_folder, qmix_cache_dir):
+    root = make_image_folder(classes=("a", "b"), per_class=6, mode="L")
+    for i in range(2):
+        (root / "b" / f"scan{i}.dcm").write_bytes(b"DICM")
+    result = _train(runner, root, tmp_path / "run", *TINY_FLAGS, "--epochs", "1", "--warmup-epochs", "1")
+    assert result.exit_code == 0, _stderr(result)
+    text = " ".join(_stderr(result).split())
+    assert "ignored 2 files qmix does not read as images (.dcm 2)" in text
+    assert "after 1 epoch" in text and "after 1 epochs" not in text

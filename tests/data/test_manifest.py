@@ -44,6 +44,7 @@ def test_image_folder_reads_sorted_classes_and_paths(make_image_folder):
     assert all(p.is_file() for p in ds.abs_paths)
     assert ds.channels == 3
     assert not ds.has_truth()
+    assert ds.ignored == {".txt": 1}  # passed over, but counted: the user is told
 
 
 def test_image_folder_recurses_into_subfolders(make_image_folder, write_image):
@@ -251,6 +252,29 @@ def test_folder_with_class_dirs_but_no_images(tmp_path):
     (tmp_path / "ds" / "a" / "readme.txt").write_text("x")
     with pytest.raises(DataError, match="empty"):
         create_dataset(tmp_path / "ds")
+
+
+def test_a_folder_of_files_qmix_cannot_read_says_what_they_are(tmp_path):
+    # A DICOM folder is the common case: "no images found" alone would leave the user guessing.
+    for label in ("normal", "nodule"):
+        for i in range(3):
+            (tmp_path / "scans" / label).mkdir(parents=True, exist_ok=True)
+            (tmp_path / "scans" / label / f"{i}.DCM").write_bytes(b"DICM" * 8)
+    (tmp_path / "scans" / "normal" / "README").write_text("x")
+    (tmp_path / "scans" / "normal" / ".DS_Store").write_text("x")  # hidden: not counted
+    with pytest.raises(DataError) as err:
+        create_dataset(tmp_path / "scans")
+    message = str(err.value)
+    assert "7 files qmix does not read as images (.dcm 6, (no suffix) 1)" in message
+    assert ".png" in message and "DICOM" in message
+
+
+def test_ignored_files_are_counted_for_folders_only(make_image_folder):
+    root = make_image_folder(classes=("a", "b"), per_class=2)
+    for i in range(3):
+        (root / "b" / f"{i}.dcm").write_bytes(b"x")
+    assert create_dataset(root).ignored == {".dcm": 3}
+    assert create_dataset(_csv(root / "m.csv", _folder_rows(root))).ignored == {}  # a manifest names its images
 
 
 def test_header_only_csv(tmp_path):
