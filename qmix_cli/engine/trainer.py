@@ -611,6 +611,8 @@ def train(
         if run.epoch > cfg.epochs:  # refused before _make_run_dir takes a finished run's model away
             raise ConfigError(f"--epochs {cfg.epochs}: this run has trained {run.epoch} epochs already")
     _make_run_dir(run_dir, resume=resume, reporter=reporter)
+    if not resume:
+        reporter.log(_start_line(run))
     metrics_path = run_dir / "metrics.jsonl"
     if resume:
         run.metrics = [row for row in read_metrics(metrics_path) if row["epoch"] <= run.epoch]
@@ -639,6 +641,18 @@ def train(
 def _json_floats(values: np.ndarray) -> list:
     """Nested lists with NaN as None, since NaN is not valid JSON."""
     return [[None if not np.isfinite(v) else round(float(v), 4) for v in row] for row in values]
+
+
+def _start_line(run: _Run) -> str:
+    """What is trained on what and where, with the smallest class: a class of a handful of images is one the
+    audit can hardly judge, and a user should see that before the epochs run."""
+    cfg, counts = run.cfg, np.bincount(run.labels_np, minlength=len(run.classes))
+    rarest = int(np.argmin(counts))
+    precision = f", {str(run.amp_dtype).removeprefix('torch.')} autocast" if run.amp_dtype is not None else ""
+    return (
+        f"{cfg.method}: {len(run.labels_np)} images in {len(run.classes)} classes (the smallest, "
+        f"{run.classes[rarest]}, has {counts[rarest]}), {cfg.model} at {cfg.img_size} px on {run.device}{precision}"
+    )
 
 
 def _epoch_line(row: dict[str, Any], epochs: int) -> str:

@@ -173,4 +173,5 @@ def test_files_an_image_folder_holds_besides_images_are_reported(runner, tmp_pat
     assert result.exit_code == 0, _stderr(result)
     text = " ".join(_stderr(result).split())
     assert "ignored 2 files qmix does not read as images (.dcm 2)" in text
+    assert "ce: 12 images in 2 classes (the smallest, a, has 6), test_resnet at 32 px on " in text
     assert "after 1 epoch" in text and "after 1 epochs" not in text
