@@ -2,7 +2,7 @@
 
 The Python API mirrors the CLI with the same defaults::
 
-    from qmix_cli import corrupt, train, audit, evaluate, show
+    from qmix_cli import corrupt, train, audit, evaluate, show, apply
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "audit", "corrupt", "evaluate", "show", "train"]
+__all__ = ["__version__", "apply", "audit", "corrupt", "evaluate", "show", "train"]
 
 
 def __getattr__(name: str) -> Any:
     # Imported lazily so that `import qmix_cli` (and `qmix --help`) does not pay for torch.
-    if name in {"corrupt", "train", "audit", "evaluate", "show"}:
+    if name in {"corrupt", "train", "audit", "evaluate", "show", "apply"}:
         from qmix_cli import api
 
         return getattr(api, name)

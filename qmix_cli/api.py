@@ -267,3 +267,47 @@ def evaluate(report: str | Path, *, truth: str | Path, on_missing: str = "error"
     if "sample_id" not in truth_frame.columns:
         truth_frame = truth_frame.assign(sample_id=truth_frame["path"])
     return evaluate_report(report=frame, truth=truth_frame, on_missing=on_missing)
+
+
+def apply(
+    data: str | Path,
+    *,
+    report: str | Path,
+    out: str | Path,
+    hq: str = "relabel",
+    lq: str = "drop",
+    on_missing: str = "error",
+) -> dict[str, Any]:
+    """Write the manifest that follows from a report's verdicts on ``data`` (`apply_verdicts`: relabel or drop the
+    ``mislabeled_hq`` images, drop or keep the ``mislabeled_lq`` ones), to train on next.
+
+    ``out`` is a new ``.csv`` or ``.parquet`` manifest, written atomically; ``data`` and ``report`` are never
+    changed. Its paths are relative to ``out``'s folder where the images lie under it and absolute elsewhere, so it
+    reads from wherever it is. Returns the counts of `Applied` and ``out``.
+    """
+    import os
+
+    from qmix_cli.data.manifest import check_output_file, create_dataset
+    from qmix_cli.io import atomic_path, check_out_file, is_one_of
+    from qmix_cli.reporting.apply import apply_verdicts
+    from qmix_cli.reporting.report import read_report
+
+    out = Path(out)
+    if out.suffix.lower() not in (".csv", ".parquet"):
+        raise ConfigError(f"--out {out}: the new manifest must be a .csv or .parquet file")
+    check_out_file(out)
+    if is_one_of(out, [str(report)]):
+        raise ConfigError(f"--out {out} is the report; write the new manifest to another file")
+    dataset = create_dataset(data, check_images=False, min_classes=1)
+    check_output_file(dataset, out)
+    rows = dataset.frame.assign(path=dataset.file_paths)  # absolute: the new manifest lives elsewhere
+    applied = apply_verdicts(rows, read_report(report), hq=hq, lq=lq, on_missing=on_missing)
+    folder = os.path.normpath(os.path.abspath(out.parent)) + os.sep
+    paths = [p[len(folder) :] if p.startswith(folder) else p for p in map(os.path.normpath, applied.frame["path"])]
+    frame = applied.frame.assign(path=paths)
+    with atomic_path(out) as tmp:
+        if out.suffix.lower() == ".csv":
+            frame.to_csv(tmp, index=False)
+        else:
+            frame.to_parquet(tmp, index=False)
+    return {**applied.counts, "out": str(out)}

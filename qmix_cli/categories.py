@@ -6,8 +6,28 @@ The separation's groups (METHOD.md: Correct, Mis-H, Mis-L), the report's ``categ
 
 from __future__ import annotations
 
+import numpy as np
+
 CATEGORIES: tuple[str, str, str] = ("clean", "mislabeled_hq", "mislabeled_lq")
 """Category names; column ``i`` of every (N, 3) posterior array belongs to ``CATEGORIES[i]``."""
 
 CLEAN, MIS_H, MIS_L = 0, 1, 2
 """Indices into `CATEGORIES`: Correct, mislabeled high-quality (Mis-H), mislabeled low-quality (Mis-L)."""
+
+
+def truth_categories(*, is_low_quality: np.ndarray, is_label_noisy: np.ndarray) -> np.ndarray:
+    """The true category of each image, by ``qmix corrupt``'s rule: a degraded image is ``mislabeled_lq`` whatever
+    label it carries; a good one is ``mislabeled_hq`` when its label is wrong, else ``clean``.
+
+    Parameters
+    ----------
+    is_low_quality, is_label_noisy
+        (N,) bool.
+
+    Returns
+    -------
+    np.ndarray
+        (N,) str, values in `CATEGORIES`.
+    """
+    index = np.where(is_low_quality, MIS_L, np.where(is_label_noisy, MIS_H, CLEAN))
+    return np.asarray(CATEGORIES)[index]

@@ -9,7 +9,7 @@ import typer
 
 from qmix_cli import __version__
 from qmix_cli.allocator import keep_freed_memory
-from qmix_cli.cli import audit, corrupt, demo, evaluate, show, train
+from qmix_cli.cli import apply, audit, corrupt, demo, evaluate, show, train
 from qmix_cli.cli.common import State
 
 app = typer.Typer(
@@ -42,7 +42,7 @@ def main_callback(
     ctx.obj = State(quiet=quiet, verbose=verbose)
 
 
-for module in (corrupt, train, audit, evaluate, show, demo):
+for module in (corrupt, train, audit, apply, evaluate, show, demo):
     module.register(app)
 
 

@@ -169,12 +169,12 @@ def check_output_file(dataset: Dataset, out: str | Path) -> None:
     target = Path(out).resolve()
     manifest = manifest_file(dataset.source)
     if manifest is not None and target == manifest.resolve():
-        raise ConfigError(f"--out {out} is the dataset's own manifest; write the report to another file")
+        raise ConfigError(f"--out {out} is the dataset's own manifest; write to another file")
     image_folder = manifest is None and Path(dataset.source).is_dir()
     if image_folder and target.parent == dataset.root.resolve() and target.name in MANIFEST_NAMES:
         raise ConfigError(f"--out {out} would make the image folder {dataset.root} read as a manifest")
     if is_one_of(out, dataset.file_paths):
-        raise ConfigError(f"--out {out} is one of the dataset's images; write the report to another file")
+        raise ConfigError(f"--out {out} is one of the dataset's images; write to another file")
 
 
 def _read_table(path: Path) -> pd.DataFrame:

@@ -25,7 +25,7 @@ import pandas as pd
 from PIL import Image
 
 from qmix_cli import __version__
-from qmix_cli.categories import CATEGORIES, CLEAN, MIS_H, MIS_L
+from qmix_cli.categories import CATEGORIES, truth_categories
 from qmix_cli.config import check_seed
 from qmix_cli.data.images import default_workers, to_array
 from qmix_cli.data.manifest import Dataset, check_output_dir
@@ -167,7 +167,7 @@ def plan_corruption(labels: np.ndarray, *, classes: Sequence[str], spec: Corrupt
     severity = np.zeros(n, dtype=np.int8)
     severity[is_lq] = rng.integers(lo, hi + 1, size=n_lq)
 
-    category = np.asarray(CATEGORIES)[np.where(is_lq, MIS_L, np.where(noisy != labels, MIS_H, CLEAN))]
+    category = truth_categories(is_low_quality=is_lq, is_label_noisy=noisy != labels)
     return pd.DataFrame(
         {
             "label": np.asarray(classes, dtype=object)[noisy],

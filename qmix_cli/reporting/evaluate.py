@@ -33,6 +33,7 @@ from sklearn.metrics import (
 
 from qmix_cli.categories import CATEGORIES
 from qmix_cli.errors import QmixError, summarise_offenders
+from qmix_cli.reporting.report import as_bool
 
 _REPORT_COLUMNS = ("sample_id", "category", "is_label_issue", "p_clean", "p_mislabeled_lq")
 _TRUTH_COLUMNS = ("sample_id", "category")
@@ -109,13 +110,13 @@ def evaluate_report(*, report: pd.DataFrame, truth: pd.DataFrame, on_missing: st
     macro_f1 = f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=np.nan)
 
     true_issue = y_true != "clean"
-    flagged = _as_bool(joined["is_label_issue"], name="is_label_issue")
+    flagged = as_bool(joined["is_label_issue"], name="is_label_issue")
     det_p, det_r, det_f1, _ = precision_recall_fscore_support(
         true_issue, flagged, average="binary", pos_label=True, zero_division=np.nan
     )
 
     if "is_low_quality" in joined.columns:
-        true_lq = _as_bool(joined["is_low_quality"], name="is_low_quality")
+        true_lq = as_bool(joined["is_low_quality"], name="is_low_quality")
         lq_target = "is_low_quality"
     else:
         true_lq = y_true == "mislabeled_lq"
@@ -141,7 +142,7 @@ def evaluate_report(*, report: pd.DataFrame, truth: pd.DataFrame, on_missing: st
     targets = {"mislabeled": "category != clean", "low_quality": lq_target}
     if "is_label_noisy" in joined.columns:
         by_score["label_noisy"] = _aucs(
-            _as_bool(joined["is_label_noisy"], name="is_label_noisy"),
+            as_bool(joined["is_label_noisy"], name="is_label_noisy"),
             {
                 "1 - label_score": _neg_scores(joined, "label_score"),
                 "1 - p_clean": 1.0 - _scores(joined, "p_clean"),
@@ -392,20 +393,6 @@ def _join(*, report: pd.DataFrame, truth: pd.DataFrame, skip_missing: bool = Fal
         suffixes=("_report", "_truth"),
         validate="1:1",
     )
-
-
-def _as_bool(series: pd.Series, *, name: str) -> np.ndarray:
-    if series.isna().any():
-        raise QmixError(f"{name} has missing values")
-    if series.dtype == bool:
-        return series.to_numpy(dtype=bool)
-    # CSV files written by other tools may spell booleans as text or 0/1.
-    mapping = {"true": True, "false": False, "1": True, "0": False, "1.0": True, "0.0": False}
-    text = series.astype(str).str.strip().str.lower()
-    unknown = sorted(set(text) - set(mapping))
-    if unknown:
-        raise QmixError(f"{name} must be true/false, got {unknown[:5]}")
-    return text.map(mapping).to_numpy(dtype=bool)
 
 
 def _scores(frame: pd.DataFrame, column: str) -> np.ndarray | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,15 +14,6 @@ from tests.cli.helpers import assert_one_line_error as _assert_one_line_error
 from tests.cli.helpers import stderr_of as _stderr
 
 CATEGORIES = ["clean", "mislabeled_hq", "mislabeled_lq"]
-
-
-@pytest.fixture(scope="module")
-def report(qmix_run, noisy_digits, tmp_path_factory) -> Path:
-    from qmix_cli.api import audit
-
-    out = tmp_path_factory.mktemp("evaluate") / "report.parquet"
-    audit(noisy_digits, run=qmix_run.run_dir, out=out, quiet=True)
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,48 @@
+"""``qmix apply``: the manifest that follows from a report's verdicts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from qmix_cli.cli.common import bold, guarded, state
+
+
+@guarded
+def apply_command(
+    ctx: typer.Context,
+    data: Annotated[str, typer.Argument(help="The dataset the report audits (folder, manifest or built-in name).")],
+    report: Annotated[Path, typer.Option("--report", "-r", help="Report written by qmix audit.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="New manifest to write (.csv or .parquet).")],
+    hq: Annotated[
+        str, typer.Option(help="mislabeled_hq images: relabel (to the suggested label), drop or keep.")
+    ] = "relabel",
+    lq: Annotated[str, typer.Option(help="mislabeled_lq images: drop or keep (label unchanged).")] = "drop",
+    on_missing: Annotated[
+        str,
+        typer.Option(help="Images the report has no row for (an audit with --on-bad-image skip): error, drop or keep."),
+    ] = "error",
+) -> None:
+    """Write a new manifest with the report's verdicts applied: relabel or drop wrong labels, drop unusable images."""
+    from qmix_cli.api import apply
+
+    counts = apply(data, report=report, out=out, hq=hq, lq=lq, on_missing=on_missing)
+    dropped = counts["images"] - counts["kept"]
+    parts = [f"relabelled {counts['relabelled']:,}", f"dropped {dropped:,}"]
+    if dropped:
+        why = {"mislabeled_lq": counts["dropped_lq"], "mislabeled_hq": counts["dropped_hq"]}
+        why["no verdict"] = counts["dropped_missing"]
+        parts[-1] += " (" + ", ".join(f"{n:,} {k}" for k, n in why.items() if n) + ")"
+    st = state(ctx)
+    st.err.print(
+        f"wrote {bold(out)}: {counts['kept']:,} of {counts['images']:,} images; {'; '.join(parts)}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    st.err.print(f"next: qmix train {bold(out)} --out RUN", highlight=False, soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("apply")(apply_command)

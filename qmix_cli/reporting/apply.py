@@ -1,0 +1,158 @@
+"""Apply a report's verdicts to the dataset it audits: the manifest a curator trains on next.
+
+What happens to each image follows its verdict: ``mislabeled_hq`` images are relabelled with the report's
+suggested label (or dropped, or kept as they are), ``mislabeled_lq`` images are dropped (or kept), ``clean``
+images are kept. Images the report has no row for (an audit with ``--on-bad-image skip`` left them out) are an
+error unless the caller says to drop or keep them. Nothing here reads or writes a file: `qmix_cli.api.apply`
+does the I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from qmix_cli.categories import CATEGORIES, MIS_H, MIS_L, truth_categories
+from qmix_cli.errors import QmixError, summarise_offenders
+from qmix_cli.reporting.report import as_bool
+
+HQ_ACTIONS = ("relabel", "drop", "keep")
+LQ_ACTIONS = ("drop", "keep")
+ON_MISSING = ("error", "drop", "keep")
+# Columns the new manifest gains: the label the image had and the verdict that changed it (or not).
+GIVEN_COLUMN = "qmix_given_label"
+VERDICT_COLUMN = "qmix_verdict"
+
+
+@dataclass(frozen=True)
+class Applied:
+    """The new manifest's rows and what was done.
+
+    Attributes
+    ----------
+    frame
+        The dataset's rows that stay, in their order, every column kept; ``label`` is the new label;
+        `GIVEN_COLUMN` the label before and `VERDICT_COLUMN` the report's category ("" where it has none).
+        Truth columns written by ``qmix corrupt`` (``category``, ``is_label_noisy``) describe the new labels.
+    counts
+        ``images`` (in the dataset), ``kept`` (rows of the new manifest), ``relabelled``, ``dropped_hq``,
+        ``dropped_lq``, ``missing`` (rows the report lacks) and ``dropped_missing``.
+    """
+
+    frame: pd.DataFrame
+    counts: dict[str, int]
+
+
+def apply_verdicts(
+    frame: pd.DataFrame,
+    report: pd.DataFrame,
+    *,
+    hq: str = "relabel",
+    lq: str = "drop",
+    on_missing: str = "error",
+) -> Applied:
+    """The manifest rows that follow from a report's verdicts.
+
+    Parameters
+    ----------
+    frame
+        The dataset's manifest rows: ``sample_id``, ``path``, ``label`` (str) and any other columns.
+    report
+        A report of that dataset (`qmix_cli.reporting.report.read_report`): ``sample_id``, ``category``,
+        ``given_label`` and ``suggested_label`` (used with ``hq="relabel"``).
+    hq
+        What to do with ``mislabeled_hq`` images: ``"relabel"`` (to ``suggested_label``), ``"drop"`` or ``"keep"``.
+    lq
+        What to do with ``mislabeled_lq`` images: ``"drop"`` or ``"keep"`` (their label unchanged).
+    on_missing
+        Dataset rows the report lacks: ``"error"``, ``"drop"`` or ``"keep"`` (unchanged).
+
+    Returns
+    -------
+    Applied
+
+    Raises
+    ------
+    QmixError
+        An unknown action; report rows of images the dataset lacks, or with another given label than the
+        dataset's (a report of another dataset or labelling); duplicate ids; unknown categories; a
+        ``mislabeled_hq`` row to relabel without a suggested label; dataset rows the report lacks, with
+        ``on_missing="error"``.
+    """
+    for value, allowed, name in (
+        (hq, HQ_ACTIONS, "hq"),
+        (lq, LQ_ACTIONS, "lq"),
+        (on_missing, ON_MISSING, "on-missing"),
+    ):
+        if value not in allowed:
+            raise QmixError(f"{name} must be one of {', '.join(allowed)} (got {value!r})")
+    rep = _indexed_report(report)
+    ids = frame["sample_id"].astype(str)
+    unknown = rep.index.difference(pd.Index(ids)).tolist()
+    if unknown:
+        raise QmixError(summarise_offenders("report rows of images the dataset does not have", sorted(unknown)))
+    rep = rep.reindex(ids)
+    missing = rep["category"].isna().to_numpy()
+    if missing.any() and on_missing == "error":
+        raise QmixError(
+            summarise_offenders("dataset images the report has no verdict for", ids[missing].tolist())
+            + " (pass --on-missing drop or keep)"
+        )
+    given = frame["label"].astype(str).to_numpy()
+    differ = ~missing & (rep["given_label"].astype(str).to_numpy() != given)
+    if differ.any():
+        raise QmixError(
+            summarise_offenders("the report's given labels differ from the dataset's for", ids[differ].tolist())
+            + "; is this the report of this dataset?"
+        )
+
+    verdict = rep["category"].fillna("").astype(str).to_numpy()
+    is_hq, is_lq = verdict == CATEGORIES[MIS_H], verdict == CATEGORIES[MIS_L]
+    drop = (is_hq & (hq == "drop")) | (is_lq & (lq == "drop")) | (missing & (on_missing == "drop"))
+    relabel = is_hq & (hq == "relabel")
+    suggested = rep["suggested_label"].to_numpy(dtype=object)
+    unsure = relabel & pd.isna(suggested)
+    if unsure.any():
+        raise QmixError(
+            summarise_offenders("mislabeled_hq rows without a suggested label", ids[unsure].tolist())
+            + " (pass --hq drop or keep)"
+        )
+    labels = np.where(relabel, suggested, given).astype(object)
+
+    out = frame.assign(label=labels, **{GIVEN_COLUMN: given, VERDICT_COLUMN: verdict})
+    out = _updated_truth(out)[~drop].reset_index(drop=True)
+    counts = {
+        "images": len(frame),
+        "kept": len(out),
+        "relabelled": int((relabel & (labels != given)).sum()),
+        "dropped_hq": int((is_hq & drop).sum()),
+        "dropped_lq": int((is_lq & drop).sum()),
+        "missing": int(missing.sum()),
+        "dropped_missing": int((missing & drop).sum()),
+    }
+    return Applied(frame=out, counts=counts)
+
+
+def _indexed_report(report: pd.DataFrame) -> pd.DataFrame:
+    """The report's verdict columns indexed by ``sample_id`` (as text), its ids and categories checked."""
+    rep = report.assign(sample_id=report["sample_id"].astype(str))
+    dupes = rep["sample_id"][rep["sample_id"].duplicated()].unique().tolist()
+    if dupes:
+        raise QmixError(summarise_offenders("duplicate sample ids in the report", dupes))
+    bad = sorted(set(rep["category"].astype(str)) - set(CATEGORIES))
+    if bad:
+        raise QmixError(f"the report has unknown categories {bad}; expected {list(CATEGORIES)}")
+    return rep.set_index("sample_id")[["category", "given_label", "suggested_label"]]
+
+
+def _updated_truth(frame: pd.DataFrame) -> pd.DataFrame:
+    """Truth columns of a ``qmix corrupt`` manifest recomputed for the new labels (`truth_categories`), so that
+    training's separation AUCs and ``qmix evaluate`` score against what the new manifest says."""
+    if not {"true_label", "is_low_quality", "category"} <= set(frame.columns):
+        return frame
+    is_lq = as_bool(frame["is_low_quality"], name="is_low_quality")
+    noisy = frame["label"].astype(str).to_numpy() != frame["true_label"].astype(str).to_numpy()
+    updated = frame.assign(category=truth_categories(is_low_quality=is_lq, is_label_noisy=noisy))
+    return updated.assign(is_label_noisy=noisy) if "is_label_noisy" in frame.columns else updated

@@ -1,0 +1,70 @@
+"""``qmix apply`` through the Typer app: a cleaner manifest out of a real audit, inputs untouched, refusals."""
+
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+
+from qmix_cli.cli.app import app
+from qmix_cli.data.manifest import create_dataset
+from tests.cli.helpers import assert_one_line_error as _assert_one_line_error
+from tests.cli.helpers import stderr_of as _stderr
+
+
+def test_the_new_manifest_holds_far_fewer_wrong_labels(runner, report, noisy_digits, tmp_path, hash_tree):
+    before = hash_tree(noisy_digits), hash_tree(report.parent)
+    out = tmp_path / "elsewhere" / "fixed.csv"
+    result = runner.invoke(app, ["apply", str(noisy_digits), "--report", str(report), "--out", str(out)])
+    assert result.exit_code == 0, (result.output, _stderr(result))
+    assert (hash_tree(noisy_digits), hash_tree(report.parent)) == before  # inputs never change
+
+    source = pd.read_parquet(noisy_digits / "manifest.parquet")
+    fixed = pd.read_csv(out, dtype=str, keep_default_na=False)
+    wrong_before = (source["label"] != source["true_label"]).mean()
+    wrong_after = (fixed["label"] != fixed["true_label"]).mean()
+    # The planted errors (a third of the labels, counting the degraded images' random ones) mostly gone.
+    assert wrong_before > 0.3 and wrong_after < wrong_before / 5
+    assert (fixed["is_low_quality"] == "True").mean() < source["is_low_quality"].mean() / 2
+    # The truth columns describe the new labels, so evaluating or training on it stays honest.
+    noisy = fixed["label"] != fixed["true_label"]
+    assert (fixed["is_label_noisy"] == noisy.map(str)).all()
+    assert set(fixed.loc[~noisy & (fixed["is_low_quality"] == "False"), "category"]) == {"clean"}
+
+    # The summary line agrees with the file, and the manifest reads from any working directory.
+    text = " ".join(_stderr(result).split())
+    relabelled = int((fixed["label"] != fixed["qmix_given_label"]).sum())
+    assert f"{len(fixed):,} of {len(source):,} images; relabelled {relabelled:,}" in text
+    assert all(os.path.isabs(p) for p in fixed["path"])  # the images are not under out's folder
+    cwd = os.getcwd()
+    try:
+        os.chdir(tmp_path)
+        assert len(create_dataset(out, check_images=True)) == len(fixed)
+    finally:
+        os.chdir(cwd)
+
+
+def test_paths_stay_relative_under_the_new_manifest(runner, report, noisy_digits):
+    out = noisy_digits.parent / "fixed-here.parquet"
+    try:
+        args = ["apply", str(noisy_digits), "-r", str(report), "-o", str(out), "--hq", "drop", "--lq", "keep"]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, _stderr(result)
+        fixed = pd.read_parquet(out)
+        assert all(p.startswith(f"{noisy_digits.name}/images/") for p in fixed["path"])
+        assert set(fixed["qmix_verdict"]) == {"clean", "mislabeled_lq"}  # hq dropped, lq kept
+        assert (fixed["label"] == fixed["qmix_given_label"]).all()
+        assert len(create_dataset(out, check_images=False)) == len(fixed)
+    finally:
+        out.unlink(missing_ok=True)
+
+
+def test_outputs_that_would_overwrite_an_input_are_refused(runner, report, noisy_digits, tmp_path, hash_tree):
+    before = hash_tree(noisy_digits), hash_tree(report.parent)
+    base = ["apply", str(noisy_digits), "--report", str(report), "--out"]
+    _assert_one_line_error(runner.invoke(app, [*base, str(noisy_digits / "manifest.parquet")]), "own manifest")
+    _assert_one_line_error(runner.invoke(app, [*base, str(report)]), "is the report")
+    _assert_one_line_error(runner.invoke(app, [*base, str(tmp_path / "fixed.txt")]), ".csv or .parquet")
+    _assert_one_line_error(runner.invoke(app, [*base, str(tmp_path / "f.csv"), "--hq", "fix"]), "hq must be one of")
+    assert (hash_tree(noisy_digits), hash_tree(report.parent)) == before
+    assert not (tmp_path / "f.csv").exists()

@@ -1,0 +1,102 @@
+"""`qmix_cli.reporting.apply`: what each verdict does to a manifest row, and the reports it refuses."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from qmix_cli.categories import CATEGORIES
+from qmix_cli.errors import QmixError
+from qmix_cli.reporting.apply import GIVEN_COLUMN, VERDICT_COLUMN, apply_verdicts
+
+C, H, L = CATEGORIES
+
+# Six images: two clean, two with a wrong label on a good image, two degraded (one of them labelled right).
+IDS = ["s0", "s1", "s2", "s3", "s4", "s5"]
+GIVEN = ["cat", "dog", "cat", "dog", "dog", "cat"]
+TRUE = ["cat", "dog", "dog", "cat", "cat", "cat"]
+LQ = [False, False, False, False, True, True]
+VERDICTS = [C, C, H, H, L, L]
+SUGGESTED = [None, None, "dog", "cat", None, None]
+
+
+def manifest(**extra) -> pd.DataFrame:
+    return pd.DataFrame({"sample_id": IDS, "path": [f"{i}.png" for i in IDS], "label": GIVEN, "site": "a", **extra})
+
+
+def report(ids: list[str] = IDS, **changes) -> pd.DataFrame:
+    rows = pd.DataFrame({"sample_id": IDS, "category": VERDICTS, "given_label": GIVEN, "suggested_label": SUGGESTED})
+    rows = rows.assign(**changes)
+    return rows.set_index("sample_id").loc[ids].reset_index().iloc[::-1]  # another order: joined by id
+
+
+def test_default_relabels_wrong_labels_and_drops_unusable_images() -> None:
+    applied = apply_verdicts(manifest(), report())
+    out = applied.frame
+    assert out["sample_id"].tolist() == ["s0", "s1", "s2", "s3"]  # the dataset's order, the two LQ rows gone
+    assert out["label"].tolist() == ["cat", "dog", "dog", "cat"]
+    assert out[GIVEN_COLUMN].tolist() == GIVEN[:4]
+    assert out[VERDICT_COLUMN].tolist() == VERDICTS[:4]
+    assert out["site"].tolist() == ["a"] * 4 and out["path"].tolist() == [f"s{i}.png" for i in range(4)]
+    assert applied.counts == {
+        "images": 6, "kept": 4, "relabelled": 2, "dropped_hq": 0, "dropped_lq": 2, "missing": 0,
+        "dropped_missing": 0,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("hq", "lq", "kept", "labels"),
+    [
+        ("drop", "drop", ["s0", "s1"], ["cat", "dog"]),
+        ("keep", "keep", IDS, GIVEN),
+        ("relabel", "keep", IDS, ["cat", "dog", "dog", "cat", "dog", "cat"]),
+        ("drop", "keep", ["s0", "s1", "s4", "s5"], ["cat", "dog", "dog", "cat"]),
+    ],
+)
+def test_each_action(hq: str, lq: str, kept: list[str], labels: list[str]) -> None:
+    out = apply_verdicts(manifest(), report(), hq=hq, lq=lq).frame
+    assert out["sample_id"].tolist() == kept
+    assert out["label"].tolist() == labels
+
+
+def test_truth_columns_follow_the_new_labels() -> None:
+    # A qmix corrupt manifest: after relabelling, its truth must describe the labels it now holds. From a CSV the
+    # booleans arrive as text.
+    truth = manifest(true_label=TRUE, is_low_quality=[str(v) for v in LQ], is_label_noisy=True, category=C)
+    out = apply_verdicts(truth, report(), lq="keep").frame
+    assert out["is_label_noisy"].tolist() == [False, False, False, False, True, False]
+    assert out["category"].tolist() == [C, C, C, C, L, L]
+    without_truth = apply_verdicts(manifest(category="x"), report()).frame
+    assert set(without_truth["category"]) == {"x"}  # not a qmix corrupt manifest: its columns are its own
+
+
+def test_images_without_a_verdict() -> None:
+    partial = report(ids=["s0", "s2", "s3", "s4", "s5"])
+    with pytest.raises(QmixError, match=r"1 dataset images the report has no verdict for.*s1.*--on-missing"):
+        apply_verdicts(manifest(), partial)
+    dropped = apply_verdicts(manifest(), partial, on_missing="drop")
+    assert "s1" not in set(dropped.frame["sample_id"]) and dropped.counts["dropped_missing"] == 1
+    kept = apply_verdicts(manifest(), partial, on_missing="keep").frame.set_index("sample_id")
+    assert kept.loc["s1", "label"] == "dog" and kept.loc["s1", VERDICT_COLUMN] == ""
+
+
+@pytest.mark.parametrize(
+    ("bad_report", "message"),
+    [
+        (report().replace({"sample_id": {"s5": "x9"}}), "report rows of images the dataset"),
+        (report(given_label=["dog", *GIVEN[1:]]), "given labels differ"),
+        (report(category=[C, C, H, H, L, "maybe"]), "unknown categories"),
+        (report(suggested_label=[None] * 6), "mislabeled_hq rows without a suggested label"),
+        (pd.concat([report(), report().iloc[:1]]), "duplicate sample ids"),
+    ],
+    ids=["unknown-id", "other-labels", "category", "no-suggestion", "duplicate"],
+)
+def test_reports_that_do_not_fit_are_refused(bad_report: pd.DataFrame, message: str) -> None:
+    with pytest.raises(QmixError, match=message):
+        apply_verdicts(manifest(), bad_report)
+
+
+@pytest.mark.parametrize(("option", "value"), [("hq", "fix"), ("lq", "relabel"), ("on_missing", "skip")])
+def test_unknown_actions(option: str, value: str) -> None:
+    with pytest.raises(QmixError, match="must be one of"):
+        apply_verdicts(manifest(), report(), **{option: value})
