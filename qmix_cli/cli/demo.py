@@ -26,9 +26,10 @@ def demo_command(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     force: Annotated[bool, typer.Option(help="Replace an existing demo folder.")] = False,
 ) -> None:
-    """Corrupt digits, train qmix, audit every image, evaluate against the truth and write the HTML page."""
+    """Corrupt digits, train qmix, audit every image, evaluate against the truth, write the HTML page and the
+    manifest with the verdicts applied."""
     load_engine()
-    from qmix_cli.api import audit, corrupt, evaluate, show, train
+    from qmix_cli.api import apply, audit, corrupt, evaluate, show, train
     from qmix_cli.config import config_from_dict
     from qmix_cli.io import check_out_dir
     from qmix_cli.reporting.evaluate import render_evaluation
@@ -39,16 +40,18 @@ def demo_command(
     options = {"method": "qmix", "epochs": epochs, "warmup_epochs": warmup, "seed": seed, "device": device}
     config_from_dict({**options, **DEMO_TRAIN})  # every option checked before anything is written
     data, run, report = out / "noisy-digits", out / "run", out / "report.parquet"
-    st.err.rule("1/4 corrupt: 20 % wrong labels, 15 % degraded images")
+    st.err.rule("1/5 corrupt: 20 % wrong labels, 15 % degraded images")
     corrupt("digits", data, label_rate=0.2, quality_rate=0.15, seed=seed, force=True, console=st.err, quiet=st.quiet)
-    st.err.rule("2/4 train qmix")
+    st.err.rule("2/5 train qmix")
     train(data, run, force=True, console=st.err, quiet=st.quiet, **options, **DEMO_TRAIN)
-    st.err.rule("3/4 audit")
+    st.err.rule("3/5 audit")
     audit(data, run=run, out=report, device=device, console=st.err, quiet=True)
-    st.err.rule("4/4 evaluate against the truth")
+    st.err.rule("4/5 evaluate against the truth")
     result = evaluate(report, truth=data)
     render_evaluation(result, st.err)
     html = show(report, out=out / "report.html", run=run, data=data)
+    st.err.rule("5/5 apply the verdicts: relabel mislabeled_hq, drop mislabeled_lq")
+    fixed = apply(data, report=report, out=out / "fixed.parquet")
     files = Table(title="where everything is", title_justify="left", show_header=False)
     files.add_column("what", no_wrap=True)
     files.add_column("where", overflow="fold")  # whole paths, so they can be copied from a log
@@ -57,6 +60,8 @@ def demo_command(
         "training run": f"{run}/ (config.yaml, metrics.jsonl, model.pt, checkpoints/)",
         "report": str(report),
         "HTML page": str(html),
+        "new manifest": f"{fixed['out']} ({fixed['kept']:,} of {fixed['images']:,} images, "
+        f"{fixed['relabelled']:,} relabelled)",
         "next": f"qmix audit {data} --run {run} --out - | head",
     }
     for what, where in rows.items():

@@ -56,6 +56,12 @@ def test_demo_beats_all_clean_and_random_reports(tmp_path):
     assert "<svg" in (out / "report.html").read_text()
     assert "macro-F1" in flat
 
+    # The loop's last step: the manifest to train on next holds far fewer wrong labels than the corrupted one.
+    fixed, source = pd.read_parquet(out / "fixed.parquet"), pd.read_parquet(data / "manifest.parquet")
+    assert "new manifest" in flat and str(out / "fixed.parquet") in flat
+    wrong_before, wrong_after = (source["label"] != source["true_label"]).mean(), fixed["is_label_noisy"].mean()
+    assert wrong_after < wrong_before / 5, (wrong_before, wrong_after)
+
     report = pd.read_parquet(report_path)
     truth = pd.read_parquet(data / "manifest.parquet")[["sample_id", "category"]]
     joined = report.merge(truth, on="sample_id", suffixes=("", "_truth"), validate="1:1")
