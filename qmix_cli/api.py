@@ -41,7 +41,6 @@ def _log_ignored(rep: Reporter, dataset: Dataset) -> None:
 
 def _log_skipped(rep: Reporter, dataset: Dataset) -> None:
     """Say which images ``on_bad_image="skip"`` left out of ``dataset`` (the first five of them)."""
-    _log_ignored(rep, dataset)
     if n := len(dataset.skipped):
         first = ", ".join(dataset.skipped["path"][:5]) + (", ..." if n > 5 else "")
         rep.log(f"skipped {n} unreadable image{'s' if n > 1 else ''}: {first}")
@@ -144,6 +143,7 @@ def train(
                 cfg.img_size, None if cfg.channels == "auto" else int(cfg.channels), jpeg_scale=cfg.jpeg_scale
             ),
         )
+        _log_ignored(rep, dataset)
         _log_skipped(rep, dataset)
         return run_training(dataset, cfg, out, resume=resume, force=force, reporter=rep, on_epoch_end=on_epoch_end)
 
@@ -205,6 +205,7 @@ def audit(
             reporter=rep,
             decode_to=trained.decode_target,
         )
+        _log_ignored(rep, dataset)
         _log_skipped(rep, dataset)  # the report has no row for them: say so, or they are silently gone
         if out is not None and out != "-":
             check_output_file(dataset, out)
