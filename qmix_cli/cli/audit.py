@@ -70,6 +70,11 @@ def audit_command(
         cells = (str(row.rank), row.sample_id, row.given_label, suggestion, row.category, f"{row.p_clean:.3f}")
         issues.add_row(*(Text(str(c)) for c in cells))  # Text: labels and ids are not markup
     st.err.print(issues)
+    if out not in (None, "-"):
+        hint = (
+            f"next: qmix apply {data} --report {out} --out fixed.parquet  (relabel mislabeled_hq, drop mislabeled_lq)"
+        )
+        st.err.print(Text(hint))
 
 
 def register(app: typer.Typer) -> None:

@@ -162,6 +162,7 @@ def test_summary_goes_to_stderr(parquet_report):
     flat = " ".join(err.split())
     assert "audit of" in flat and "top issues" in flat
     assert "clean" in flat and "mislabeled_hq" in flat and "mislabeled_lq" in flat
+    assert "next: qmix apply " in flat and "--out fixed.parquet" in flat  # where a curator goes from here
 
 
 # ------------------------------------------------------------------------------------------ CSV and JSONL
