@@ -324,6 +324,8 @@ def render_evaluation(result: Mapping[str, Any], console: Console, *, per_class:
     console.print(matrix)
 
     classes = result.get("per_class")
+    if classes and per_class is None and len(classes) > PER_CLASS_ROWS:
+        console.print(f"Detection by given label: {len(classes)} classes, printed with --per-class (and in --json)")
     if classes and (per_class or (per_class is None and len(classes) <= PER_CLASS_ROWS)):
         table = Table(title="Mislabeled detection by given label", title_justify="left")
         table.add_column("given label")
