@@ -22,6 +22,8 @@ from qmix_cli.errors import ConfigError
 from qmix_cli.progress import Reporter, reporter
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from qmix_cli.data.manifest import Dataset
 
 
@@ -273,7 +275,7 @@ def evaluate(report: str | Path, *, truth: str | Path, on_missing: str = "error"
 def apply(
     data: str | Path,
     *,
-    report: str | Path,
+    report: str | Path | pd.DataFrame,
     out: str | Path,
     hq: str = "relabel",
     lq: str = "drop",
@@ -282,33 +284,41 @@ def apply(
     """Write the manifest that follows from a report's verdicts on ``data`` (`apply_verdicts`: relabel or drop the
     ``mislabeled_hq`` images, drop or keep the ``mislabeled_lq`` ones), to train on next.
 
-    ``out`` is a new ``.csv`` or ``.parquet`` manifest, written atomically; ``data`` and ``report`` are never
-    changed. Its paths are relative to ``out``'s folder where the images lie under it and absolute elsewhere, so it
-    reads from wherever it is. Returns the counts of `Applied` and ``out``.
+    ``report`` is a report file, or the DataFrame `audit` returned. ``out`` is a new ``.csv`` or ``.parquet``
+    manifest, written atomically; ``data`` and ``report`` are never changed. Its paths are relative to the folder
+    the file lands in (a symlink's target's) where the images lie under it and absolute elsewhere, so it reads
+    from wherever it is. Returns the counts of `Applied`, ``emptied`` (classes no image carries any more) and
+    ``out``.
     """
+    import json
     import os
 
+    import pandas as pd
+
     from qmix_cli.data.manifest import check_output_file, create_dataset
-    from qmix_cli.io import atomic_path, check_out_file, is_one_of
+    from qmix_cli.io import atomic_path, check_out_file
     from qmix_cli.reporting.apply import apply_verdicts
     from qmix_cli.reporting.report import read_report
 
     out = Path(out)
     if out.suffix.lower() not in (".csv", ".parquet"):
         raise ConfigError(f"--out {out}: the new manifest must be a .csv or .parquet file")
-    check_out_file(out)
-    if is_one_of(out, [str(report)]):
-        raise ConfigError(f"--out {out} is the report; write the new manifest to another file")
+    target = check_out_file(out)  # a symlink's target: where the file lands, and what its paths are relative to
+    if not isinstance(report, pd.DataFrame):
+        if target.resolve() == Path(report).resolve():
+            raise ConfigError(f"--out {out} is the report; write the new manifest to another file")
+        report = read_report(report)
     dataset = create_dataset(data, check_images=False, min_classes=1)
-    check_output_file(dataset, out)
+    check_output_file(dataset, target)
+    classes = json.loads(report.attrs.get("qmix", {}).get("class_names", "[]"))
     rows = dataset.frame.assign(path=dataset.file_paths)  # absolute: the new manifest lives elsewhere
-    applied = apply_verdicts(rows, read_report(report), hq=hq, lq=lq, on_missing=on_missing)
-    folder = os.path.normpath(os.path.abspath(out.parent)) + os.sep
+    applied = apply_verdicts(rows, report, hq=hq, lq=lq, on_missing=on_missing, classes=classes)
+    folder = os.path.normpath(os.path.abspath(target.parent)) + os.sep
     paths = [p[len(folder) :] if p.startswith(folder) else p for p in map(os.path.normpath, applied.frame["path"])]
     frame = applied.frame.assign(path=paths)
-    with atomic_path(out) as tmp:
-        if out.suffix.lower() == ".csv":
+    with atomic_path(target) as tmp:
+        if target.suffix.lower() == ".csv":
             frame.to_csv(tmp, index=False)
         else:
             frame.to_parquet(tmp, index=False)
-    return {**applied.counts, "out": str(out)}
+    return {**applied.counts, "emptied": applied.emptied, "out": str(out)}

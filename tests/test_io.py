@@ -57,3 +57,10 @@ def test_is_one_of_matches_an_output_as_written_relative_to_a_root_or_through_a_
     assert is_one_of(images / "a" / "x.png", ["a/x.png"], root=images)  # report paths are relative to the root
     assert not is_one_of(images / "a" / "x.png", ["a/x.png"])  # ...and not to the current directory
     assert not is_one_of(images / "x.png", listed)  # same file name, another file
+
+
+def test_an_output_under_a_file_is_one_clear_error(tmp_path):
+    (tmp_path / "notes").write_text("x")
+    with pytest.raises(QmixError, match=r"cannot write .*x\.csv: .*notes is a file, not a folder"):
+        atomic_write_text(tmp_path / "notes" / "sub" / "x.csv", "a")
+    assert (tmp_path / "notes").read_text() == "x"

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.text import Text
 
 from qmix_cli.cli.common import bold, guarded, state
 
@@ -35,12 +36,17 @@ def apply_command(
         why = {"mislabeled_lq": counts["dropped_lq"], "mislabeled_hq": counts["dropped_hq"]}
         why["no verdict"] = counts["dropped_missing"]
         parts[-1] += " (" + ", ".join(f"{n:,} {k}" for k, n in why.items() if n) + ")"
+    if counts["kept_missing"]:
+        parts.append(f"kept {counts['kept_missing']:,} the report has no verdict for, unchanged")
     st = state(ctx)
     st.err.print(
         f"wrote {bold(out)}: {counts['kept']:,} of {counts['images']:,} images; {'; '.join(parts)}",
         highlight=False,
         soft_wrap=True,
     )
+    if counts["emptied"]:
+        emptied = ", ".join(counts["emptied"])
+        st.err.print(Text(f"warning: no image is labelled {emptied} any more; a run on it will not know the class"))
     st.err.print(f"next: qmix train {bold(out)} --out RUN", highlight=False, soft_wrap=True)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Annotated
 
@@ -71,10 +72,10 @@ def audit_command(
         issues.add_row(*(Text(str(c)) for c in cells))  # Text: labels and ids are not markup
     st.err.print(issues)
     if out not in (None, "-"):
-        hint = (
-            f"next: qmix apply {data} --report {out} --out fixed.parquet  (relabel mislabeled_hq, drop mislabeled_lq)"
-        )
-        st.err.print(Text(hint))
+        # The images --on-bad-image skip left out have no row: the suggested command must say what to do with them.
+        skipped = " --on-missing drop" if len(frame.attrs.get("skipped", ())) else ""
+        command = f"qmix apply {shlex.quote(str(data))} --report {shlex.quote(str(out))}{skipped} --out fixed.parquet"
+        st.err.print(Text(f"next: {command}  (relabel mislabeled_hq, drop mislabeled_lq)"))
 
 
 def register(app: typer.Typer) -> None:

@@ -165,14 +165,15 @@ def _files_stored_under(folder: Path, paths: pd.Series) -> pd.Series:
 
 def check_output_file(dataset: Dataset, out: str | Path) -> None:
     """Refuse an output file that would change ``dataset``: its own manifest, one of its images, or a manifest
-    name in an ImageFolder's root (the folder would then be read as that manifest)."""
+    name in its root folder (the folder, an image folder or a ``qmix corrupt`` output, would then be read as that
+    manifest; ``manifest.parquet`` is read before ``manifest.csv``). Names are compared without case, as a
+    case-insensitive file system would."""
     target = Path(out).resolve()
     manifest = manifest_file(dataset.source)
     if manifest is not None and target == manifest.resolve():
         raise ConfigError(f"--out {out} is the dataset's own manifest; write to another file")
-    image_folder = manifest is None and Path(dataset.source).is_dir()
-    if image_folder and target.parent == dataset.root.resolve() and target.name in MANIFEST_NAMES:
-        raise ConfigError(f"--out {out} would make the image folder {dataset.root} read as a manifest")
+    if target.parent == dataset.root.resolve() and target.name.lower() in MANIFEST_NAMES:
+        raise ConfigError(f"--out {out} would change what the dataset folder {dataset.root} reads as")
     if is_one_of(out, dataset.file_paths):
         raise ConfigError(f"--out {out} is one of the dataset's images; write to another file")
 

@@ -9,7 +9,8 @@ does the I/O.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -34,15 +35,19 @@ class Applied:
     ----------
     frame
         The dataset's rows that stay, in their order, every column kept; ``label`` is the new label;
-        `GIVEN_COLUMN` the label before and `VERDICT_COLUMN` the report's category ("" where it has none).
-        Truth columns written by ``qmix corrupt`` (``category``, ``is_label_noisy``) describe the new labels.
+        `GIVEN_COLUMN` the label before qmix first changed it (kept from an earlier round) and `VERDICT_COLUMN`
+        the report's category ("" where it has none). Truth columns written by ``qmix corrupt`` (``category``,
+        ``is_label_noisy``) describe the new labels.
     counts
         ``images`` (in the dataset), ``kept`` (rows of the new manifest), ``relabelled``, ``dropped_hq``,
-        ``dropped_lq``, ``missing`` (rows the report lacks) and ``dropped_missing``.
+        ``dropped_lq``, ``missing`` (rows the report lacks), ``dropped_missing`` and ``kept_missing``.
+    emptied
+        Classes the dataset had that no image of the new manifest carries.
     """
 
     frame: pd.DataFrame
     counts: dict[str, int]
+    emptied: list[str] = field(default_factory=list)
 
 
 def apply_verdicts(
@@ -52,6 +57,7 @@ def apply_verdicts(
     hq: str = "relabel",
     lq: str = "drop",
     on_missing: str = "error",
+    classes: Sequence[str] = (),
 ) -> Applied:
     """The manifest rows that follow from a report's verdicts.
 
@@ -68,6 +74,9 @@ def apply_verdicts(
         What to do with ``mislabeled_lq`` images: ``"drop"`` or ``"keep"`` (their label unchanged).
     on_missing
         Dataset rows the report lacks: ``"error"``, ``"drop"`` or ``"keep"`` (unchanged).
+    classes
+        The run's classes, when known (a Parquet report records them): a suggested label must be one of them or of
+        the dataset's labels.
 
     Returns
     -------
@@ -78,8 +87,8 @@ def apply_verdicts(
     QmixError
         An unknown action; report rows of images the dataset lacks, or with another given label than the
         dataset's (a report of another dataset or labelling); duplicate ids; unknown categories; a
-        ``mislabeled_hq`` row to relabel without a suggested label; dataset rows the report lacks, with
-        ``on_missing="error"``.
+        ``mislabeled_hq`` row to relabel without a suggested label, or with one that is no class (an edited
+        report); dataset rows the report lacks, with ``on_missing="error"``; nothing left to write.
     """
     for value, allowed, name in (
         (hq, HQ_ACTIONS, "hq"),
@@ -92,7 +101,8 @@ def apply_verdicts(
     ids = frame["sample_id"].astype(str)
     unknown = rep.index.difference(pd.Index(ids)).tolist()
     if unknown:
-        raise QmixError(summarise_offenders("report rows of images the dataset does not have", sorted(unknown)))
+        again = " (this manifest was written by qmix apply: audit it afresh first)" if VERDICT_COLUMN in frame else ""
+        raise QmixError(summarise_offenders("report rows of images the dataset does not have", sorted(unknown)) + again)
     rep = rep.reindex(ids)
     missing = rep["category"].isna().to_numpy()
     if missing.any() and on_missing == "error":
@@ -104,7 +114,7 @@ def apply_verdicts(
     differ = ~missing & (rep["given_label"].astype(str).to_numpy() != given)
     if differ.any():
         raise QmixError(
-            summarise_offenders("the report's given labels differ from the dataset's for", ids[differ].tolist())
+            summarise_offenders("images whose given label in the report is not the dataset's", ids[differ].tolist())
             + "; is this the report of this dataset?"
         )
 
@@ -119,9 +129,19 @@ def apply_verdicts(
             summarise_offenders("mislabeled_hq rows without a suggested label", ids[unsure].tolist())
             + " (pass --hq drop or keep)"
         )
+    known = set(given) | set(classes)
+    foreign = sorted({str(v) for v in suggested[relabel]} - known)
+    if foreign:
+        raise QmixError(
+            summarise_offenders("suggested labels that are not classes of the dataset or the run", foreign)
+            + " (an edited report?)"
+        )
     labels = np.where(relabel, suggested, given).astype(object)
+    if drop.all():
+        raise QmixError("every image would be dropped; nothing written")
 
-    out = frame.assign(label=labels, **{GIVEN_COLUMN: given, VERDICT_COLUMN: verdict})
+    first_given = frame[GIVEN_COLUMN].astype(str).to_numpy() if GIVEN_COLUMN in frame else given
+    out = frame.assign(label=labels, **{GIVEN_COLUMN: first_given, VERDICT_COLUMN: verdict})
     out = _updated_truth(out)[~drop].reset_index(drop=True)
     counts = {
         "images": len(frame),
@@ -131,8 +151,10 @@ def apply_verdicts(
         "dropped_lq": int((is_lq & drop).sum()),
         "missing": int(missing.sum()),
         "dropped_missing": int((missing & drop).sum()),
+        "kept_missing": int((missing & ~drop).sum()),
     }
-    return Applied(frame=out, counts=counts)
+    emptied = sorted(set(given) - set(out["label"].astype(str)))
+    return Applied(frame=out, counts=counts, emptied=emptied)
 
 
 def _indexed_report(report: pd.DataFrame) -> pd.DataFrame:
@@ -150,9 +172,12 @@ def _indexed_report(report: pd.DataFrame) -> pd.DataFrame:
 def _updated_truth(frame: pd.DataFrame) -> pd.DataFrame:
     """Truth columns of a ``qmix corrupt`` manifest recomputed for the new labels (`truth_categories`), so that
     training's separation AUCs and ``qmix evaluate`` score against what the new manifest says."""
-    if not {"true_label", "is_low_quality", "category"} <= set(frame.columns):
+    if not {"true_label", "category"} <= set(frame.columns):
         return frame
-    is_lq = as_bool(frame["is_low_quality"], name="is_low_quality")
+    if "is_low_quality" in frame.columns:
+        is_lq = as_bool(frame["is_low_quality"], name="is_low_quality")
+    else:  # truth written by hand with the category alone: the low-quality images are the ones it names so
+        is_lq = frame["category"].astype(str).to_numpy() == CATEGORIES[MIS_L]
     noisy = frame["label"].astype(str).to_numpy() != frame["true_label"].astype(str).to_numpy()
     updated = frame.assign(category=truth_categories(is_low_quality=is_lq, is_label_noisy=noisy))
     return updated.assign(is_label_noisy=noisy) if "is_label_noisy" in frame.columns else updated

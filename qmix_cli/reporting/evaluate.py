@@ -380,7 +380,7 @@ def _join(*, report: pd.DataFrame, truth: pd.DataFrame, skip_missing: bool = Fal
         differ = given.index[given.to_numpy() != labelled.to_numpy()].tolist()
         if differ:
             raise QmixError(
-                summarise_offenders("the report's given labels differ from the truth manifest's labels for", differ)
+                summarise_offenders("images whose given label in the report is not the truth manifest's", differ)
                 + "; is this the truth of the dataset that was audited?"
             )
 

@@ -659,9 +659,12 @@ def read_report(path: str | Path) -> pd.DataFrame:
     QmixError
         The file is missing, unreadable, or lacks report columns (all named).
     """
-    if isinstance(path, str) and path == "-":
+    if str(path) == "-":  # a Path too: the CLI hands its arguments over as paths
         raise QmixError("reading a report from stdin is not supported; save it to a file first")
     path = Path(path)
+    if path.suffix.lower() not in _SUFFIX_FORMATS:
+        known = ", ".join(_SUFFIX_FORMATS)
+        raise QmixError(f"cannot tell the format of report {str(path)!r} from its suffix (known: {known})")
     fmt = infer_format(str(path))
     if not path.is_file():
         raise QmixError(f"report not found: {path}")

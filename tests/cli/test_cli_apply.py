@@ -68,3 +68,39 @@ def test_outputs_that_would_overwrite_an_input_are_refused(runner, report, noisy
     _assert_one_line_error(runner.invoke(app, [*base, str(tmp_path / "f.csv"), "--hq", "fix"]), "hq must be one of")
     assert (hash_tree(noisy_digits), hash_tree(report.parent)) == before
     assert not (tmp_path / "f.csv").exists()
+
+
+def test_symlinks_around_the_output_and_the_report(runner, report, noisy_digits, tmp_path, hash_tree):
+    # A report named through a link is still the report; an --out link is written at its target, and the paths
+    # in it resolve from there (not from the link's folder, which here holds the images).
+    copy = tmp_path / "report-copy.parquet"
+    copy.write_bytes(report.read_bytes())
+    (tmp_path / "report-link.parquet").symlink_to(copy)
+    result = runner.invoke(
+        app, ["apply", str(noisy_digits), "-r", str(tmp_path / "report-link.parquet"), "-o", str(copy)]
+    )
+    _assert_one_line_error(result, "is the report")
+    assert copy.read_bytes() == report.read_bytes()
+
+    link, target = noisy_digits.parent / "fixed-link.csv", tmp_path / "elsewhere" / "real.csv"
+    target.parent.mkdir()
+    link.symlink_to(target)
+    try:
+        result = runner.invoke(app, ["apply", str(noisy_digits), "-r", str(report), "-o", str(link)])
+        assert result.exit_code == 0, _stderr(result)
+        assert link.is_symlink() and target.is_file()
+        fixed = pd.read_csv(target, dtype=str, keep_default_na=False)
+        assert all(os.path.isabs(p) for p in fixed["path"])  # the images are not under the target's folder
+        assert len(create_dataset(target, check_images=True)) == len(fixed)
+    finally:
+        link.unlink()
+
+
+def test_the_python_api_takes_the_report_as_a_file_or_as_audit_returns_it(report, noisy_digits, qmix_run, tmp_path):
+    from qmix_cli import apply, audit
+
+    frame = audit(noisy_digits, run=qmix_run.run_dir, quiet=True)  # no file: the DataFrame alone
+    from_frame = apply(noisy_digits, report=frame, out=tmp_path / "a.parquet")
+    from_file = apply(noisy_digits, report=report, out=tmp_path / "b.parquet")
+    assert {k: v for k, v in from_frame.items() if k != "out"} == {k: v for k, v in from_file.items() if k != "out"}
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "a.parquet"), pd.read_parquet(tmp_path / "b.parquet"))

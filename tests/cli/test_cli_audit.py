@@ -376,6 +376,9 @@ def test_skipped_images_are_named_and_the_out_path_is_not_markup(runner, tmp_pat
     flat = "".join(_stderr(result).split())  # rich wraps long lines
     assert "skipped1unreadableimage" in flat and "gone.png" in flat
     assert "".join(str(out).split()) in flat
+    # The next step it suggests must work on this report: quoted for the shell, and told what to do with the
+    # skipped image the report has no row for.
+    assert "--on-missingdrop" in flat and "".join(f"--report '{out}'".split()) in flat
 
 
 def test_out_that_is_a_directory_is_refused_before_scoring(runner, tmp_path, qmix_run, noisy_digits, monkeypatch):

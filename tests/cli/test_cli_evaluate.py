@@ -153,7 +153,9 @@ def test_truth_of_another_corruption_is_refused(runner, report, noisy_digits, tm
     other.loc[flip, "label"] = ["0" if v != "0" else "1" for v in other.loc[flip, "label"]]
     other.to_parquet(tmp_path / "other.parquet")
     result = runner.invoke(app, ["evaluate", str(report), "--truth", str(tmp_path / "other.parquet"), "--json"])
-    _assert_one_line_error(result, "given labels differ", "3 ", manifest["sample_id"].iloc[0])
+    _assert_one_line_error(
+        result, "3 images whose given label in the report is not the truth", manifest["sample_id"].iloc[0]
+    )
 
 
 def test_missing_report(runner, noisy_digits, tmp_path):

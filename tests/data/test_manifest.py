@@ -396,11 +396,23 @@ def test_file_names_that_are_not_utf8_are_named(tmp_path, write_image):
         create_dataset(root)
 
 
-@pytest.mark.parametrize("target", ["image", "manifest-name"])
+@pytest.mark.parametrize("target", ["image", "manifest-name", "manifest-name-capitals"])
 def test_report_file_that_would_change_the_dataset_is_refused(make_image_folder, target):
     root = make_image_folder("imgs")
     ds = create_dataset(root)
-    out = root / ds.frame["path"].iloc[0] if target == "image" else root / "manifest.csv"
-    with pytest.raises(ConfigError, match="dataset's images" if target == "image" else "read as a manifest"):
+    out = {"image": root / ds.frame["path"].iloc[0], "manifest-name": root / "manifest.csv"}.get(
+        target, root / "MANIFEST.CSV"
+    )
+    with pytest.raises(ConfigError, match="dataset's images" if target == "image" else "change what the dataset"):
         check_output_file(ds, out)
     check_output_file(ds, root.parent / "report.csv")  # beside the dataset: fine
+
+
+def test_a_manifest_beside_the_dataset_manifest_is_refused(tmp_path, make_image_folder):
+    # A folder read through its manifest.csv would be read through a new manifest.parquet instead (it comes first).
+    root = make_image_folder("imgs")
+    _csv(root / "manifest.csv", _folder_rows(root))
+    ds = create_dataset(root)
+    with pytest.raises(ConfigError, match="change what the dataset folder"):
+        check_output_file(ds, root / "manifest.parquet")
+    check_output_file(ds, root / "fixed.parquet")  # another name in the same folder: fine

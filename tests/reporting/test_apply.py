@@ -40,8 +40,9 @@ def test_default_relabels_wrong_labels_and_drops_unusable_images() -> None:
     assert out["site"].tolist() == ["a"] * 4 and out["path"].tolist() == [f"s{i}.png" for i in range(4)]
     assert applied.counts == {
         "images": 6, "kept": 4, "relabelled": 2, "dropped_hq": 0, "dropped_lq": 2, "missing": 0,
-        "dropped_missing": 0,
+        "dropped_missing": 0, "kept_missing": 0,
     }  # fmt: skip
+    assert applied.emptied == []
 
 
 @pytest.mark.parametrize(
@@ -84,7 +85,7 @@ def test_images_without_a_verdict() -> None:
     ("bad_report", "message"),
     [
         (report().replace({"sample_id": {"s5": "x9"}}), "report rows of images the dataset"),
-        (report(given_label=["dog", *GIVEN[1:]]), "given labels differ"),
+        (report(given_label=["dog", *GIVEN[1:]]), "given label in the report is not the dataset"),
         (report(category=[C, C, H, H, L, "maybe"]), "unknown categories"),
         (report(suggested_label=[None] * 6), "mislabeled_hq rows without a suggested label"),
         (pd.concat([report(), report().iloc[:1]]), "duplicate sample ids"),
@@ -100,3 +101,45 @@ def test_reports_that_do_not_fit_are_refused(bad_report: pd.DataFrame, message: 
 def test_unknown_actions(option: str, value: str) -> None:
     with pytest.raises(QmixError, match="must be one of"):
         apply_verdicts(manifest(), report(), **{option: value})
+
+
+def test_truth_given_by_category_alone_is_updated_too() -> None:
+    # Truth written by hand (category and true_label, no is_low_quality): the degraded images are those it names.
+    truth = manifest(true_label=TRUE, category=[C, C, H, H, L, L])
+    out = apply_verdicts(truth, report(), lq="keep").frame
+    assert out["category"].tolist() == [C, C, C, C, L, L]
+
+
+def test_suggestions_must_be_classes() -> None:
+    edited = report(suggested_label=[None, None, "dog ", "3.0", None, None])  # a report edited in a spreadsheet
+    with pytest.raises(QmixError, match=r"2 suggested labels that are not classes.*3\.0"):
+        apply_verdicts(manifest(), edited)
+    # A class of the run that this dataset happens not to hold is a fine suggestion.
+    run_class = report(suggested_label=[None, None, "bird", "cat", None, None])
+    out = apply_verdicts(manifest(), run_class, classes=["bird", "cat", "dog"]).frame
+    assert out["label"].tolist() == ["cat", "dog", "bird", "cat"]
+
+
+def test_nothing_left_and_classes_emptied() -> None:
+    with pytest.raises(QmixError, match="every image would be dropped"):
+        apply_verdicts(manifest(), report(category=[H, H, H, H, L, L], suggested_label=["cat"] * 6), hq="drop")
+    # Every image given "dog" (s1, s3, s4) is relabelled to "cat" or dropped: the class is gone, and said so.
+    no_dogs = report(category=[C, H, C, H, L, L], suggested_label=[None, "cat", None, "cat", None, None])
+    applied = apply_verdicts(manifest(), no_dogs)
+    assert set(applied.frame["label"]) == {"cat"} and applied.emptied == ["dog"]
+
+
+def test_a_second_round_keeps_the_first_given_label() -> None:
+    first = apply_verdicts(manifest(), report(), lq="keep").frame
+    # Round two: s2 (relabelled dog) is flagged again and relabelled back; its first label stays traceable.
+    again = report(
+        given_label=first["label"].tolist(),
+        category=[C, C, H, C, C, C],
+        suggested_label=[None, None, "cat", *[None] * 3],
+    )
+    second = apply_verdicts(first, again).frame.set_index("sample_id")
+    assert second.loc["s2", "label"] == "cat" and second.loc["s2", GIVEN_COLUMN] == "cat"
+    assert second.loc["s3", GIVEN_COLUMN] == "dog"  # relabelled in round one, kept in round two
+    # The same report twice is refused with the reason: the rows it dropped are gone.
+    with pytest.raises(QmixError, match="written by qmix apply"):
+        apply_verdicts(apply_verdicts(manifest(), report()).frame, report())

@@ -573,3 +573,10 @@ def test_read_report_errors(tmp_path: Path) -> None:
         read_report(bad)
     with pytest.raises(QmixError, match="suffix"):
         read_report(tmp_path / "report.txt")
+
+
+@pytest.mark.parametrize(("name", "message"), [("-", "stdin is not supported"), ("r.xlsx", "from its suffix")])
+def test_read_report_refuses_what_it_cannot_read_with_a_reason(tmp_path: Path, name: str, message: str) -> None:
+    # A Path as the CLI hands it over, not only a str: "-" must still be read as stdin, and named as such.
+    with pytest.raises(QmixError, match=message):
+        read_report(Path(name))
