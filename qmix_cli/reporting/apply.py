@@ -97,26 +97,8 @@ def apply_verdicts(
     ):
         if value not in allowed:
             raise QmixError(f"{name} must be one of {', '.join(allowed)} (got {value!r})")
-    rep = _indexed_report(report)
-    ids = frame["sample_id"].astype(str)
-    unknown = rep.index.difference(pd.Index(ids)).tolist()
-    if unknown:
-        again = " (this manifest was written by qmix apply: audit it afresh first)" if VERDICT_COLUMN in frame else ""
-        raise QmixError(summarise_offenders("report rows of images the dataset does not have", sorted(unknown)) + again)
-    rep = rep.reindex(ids)
-    missing = rep["category"].isna().to_numpy()
-    if missing.any() and on_missing == "error":
-        raise QmixError(
-            summarise_offenders("dataset images the report has no verdict for", ids[missing].tolist())
-            + " (pass --on-missing drop or keep)"
-        )
-    given = frame["label"].astype(str).to_numpy()
-    differ = ~missing & (rep["given_label"].astype(str).to_numpy() != given)
-    if differ.any():
-        raise QmixError(
-            summarise_offenders("images whose given label in the report is not the dataset's", ids[differ].tolist())
-            + "; is this the report of this dataset?"
-        )
+    rep, missing = _aligned_report(frame, report, on_missing=on_missing)
+    ids, given = frame["sample_id"].astype(str), frame["label"].astype(str).to_numpy()
 
     verdict = rep["category"].fillna("").astype(str).to_numpy()
     is_hq, is_lq = verdict == CATEGORIES[MIS_H], verdict == CATEGORIES[MIS_L]
@@ -155,6 +137,31 @@ def apply_verdicts(
     }
     emptied = sorted(set(given) - set(out["label"].astype(str)))
     return Applied(frame=out, counts=counts, emptied=emptied)
+
+
+def _aligned_report(frame: pd.DataFrame, report: pd.DataFrame, *, on_missing: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """The report's verdict columns in the dataset's row order, and a (N,) bool mask of the rows it lacks, once
+    it is known to be a report of this dataset: every row one of its images, with the label the dataset gives it."""
+    rep = _indexed_report(report)
+    ids = frame["sample_id"].astype(str)
+    unknown = rep.index.difference(pd.Index(ids)).tolist()
+    if unknown:
+        again = " (this manifest was written by qmix apply: audit it afresh first)" if VERDICT_COLUMN in frame else ""
+        raise QmixError(summarise_offenders("report rows of images the dataset does not have", sorted(unknown)) + again)
+    rep = rep.reindex(ids)
+    missing = rep["category"].isna().to_numpy()
+    if missing.any() and on_missing == "error":
+        raise QmixError(
+            summarise_offenders("dataset images the report has no verdict for", ids[missing].tolist())
+            + " (pass --on-missing drop or keep)"
+        )
+    differ = ~missing & (rep["given_label"].astype(str).to_numpy() != frame["label"].astype(str).to_numpy())
+    if differ.any():
+        raise QmixError(
+            summarise_offenders("images whose given label in the report is not the dataset's", ids[differ].tolist())
+            + "; is this the report of this dataset?"
+        )
+    return rep, missing
 
 
 def _indexed_report(report: pd.DataFrame) -> pd.DataFrame:
