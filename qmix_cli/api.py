@@ -237,6 +237,9 @@ def audit(
     if frame is not None:
         frame.attrs["pipe_closed"] = pipe_closed
         frame.attrs["skipped"] = dataset.skipped
+        # What a Parquet report carries as metadata (`read_report`'s attrs["qmix"]): the run's classes, for one.
+        meta = metadata_for(trained, dataset)
+        frame.attrs["qmix"] = {k.decode().removeprefix("qmix."): v.decode() for k, v in meta.items()}
     return frame
 
 
@@ -285,25 +288,28 @@ def apply(
     ``mislabeled_hq`` images, drop or keep the ``mislabeled_lq`` ones), to train on next.
 
     ``report`` is a report file, or the DataFrame `audit` returned. ``out`` is a new ``.csv`` or ``.parquet``
-    manifest, written atomically; ``data`` and ``report`` are never changed. Its paths are relative to the folder
-    the file lands in (a symlink's target's) where the images lie under it and absolute elsewhere, so it reads
+    manifest, written atomically; ``data`` and ``report`` are never changed. Its paths are relative to its folder
+    where the images lie under it and absolute elsewhere (and always, when ``out`` is a symlink), so it reads
     from wherever it is. Returns the counts of `Applied`, ``emptied`` (classes no image carries any more) and
     ``out``.
     """
     import json
-    import os
 
     import pandas as pd
 
-    from qmix_cli.data.manifest import check_output_file, create_dataset
+    from qmix_cli.data.manifest import check_output_file, create_dataset, paths_for_manifest
     from qmix_cli.io import atomic_path, check_out_file
-    from qmix_cli.reporting.apply import apply_verdicts
+    from qmix_cli.reporting.apply import apply_verdicts, check_actions
     from qmix_cli.reporting.report import read_report
 
+    check_actions(hq=hq, lq=lq, on_missing=on_missing)
     out = Path(out)
-    if out.suffix.lower() not in (".csv", ".parquet"):
+    suffix = out.suffix.lower()
+    if suffix not in (".csv", ".parquet", ".pq"):
         raise ConfigError(f"--out {out}: the new manifest must be a .csv or .parquet file")
-    target = check_out_file(out)  # a symlink's target: where the file lands, and what its paths are relative to
+    target = check_out_file(out)  # a symlink's target: where the bytes land
+    if target.suffix.lower() != suffix:
+        raise ConfigError(f"--out {out} links to {target}, a file of another type; name the file itself")
     if not isinstance(report, pd.DataFrame):
         if target.resolve() == Path(report).resolve():
             raise ConfigError(f"--out {out} is the report; write the new manifest to another file")
@@ -313,11 +319,10 @@ def apply(
     classes = json.loads(report.attrs.get("qmix", {}).get("class_names", "[]"))
     rows = dataset.frame.assign(path=dataset.file_paths)  # absolute: the new manifest lives elsewhere
     applied = apply_verdicts(rows, report, hq=hq, lq=lq, on_missing=on_missing, classes=classes)
-    folder = os.path.normpath(os.path.abspath(target.parent)) + os.sep
-    paths = [p[len(folder) :] if p.startswith(folder) else p for p in map(os.path.normpath, applied.frame["path"])]
-    frame = applied.frame.assign(path=paths)
+    folder = None if out.is_symlink() else target.parent
+    frame = applied.frame.assign(path=paths_for_manifest(applied.frame["path"], folder=folder))
     with atomic_path(target) as tmp:
-        if target.suffix.lower() == ".csv":
+        if suffix == ".csv":
             frame.to_csv(tmp, index=False)
         else:
             frame.to_parquet(tmp, index=False)

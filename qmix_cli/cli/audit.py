@@ -71,7 +71,7 @@ def audit_command(
         cells = (str(row.rank), row.sample_id, row.given_label, suggestion, row.category, f"{row.p_clean:.3f}")
         issues.add_row(*(Text(str(c)) for c in cells))  # Text: labels and ids are not markup
     st.err.print(issues)
-    if out not in (None, "-"):
+    if out != "-":
         # The images --on-bad-image skip left out have no row: the suggested command must say what to do with them.
         skipped = " --on-missing drop" if len(frame.attrs.get("skipped", ())) else ""
         command = f"qmix apply {shlex.quote(str(data))} --report {shlex.quote(str(out))}{skipped} --out fixed.parquet"

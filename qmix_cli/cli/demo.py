@@ -62,7 +62,7 @@ def demo_command(
         "HTML page": str(html),
         "new manifest": f"{fixed['out']} ({fixed['kept']:,} of {fixed['images']:,} images, "
         f"{fixed['relabelled']:,} relabelled)",
-        "next": f"qmix audit {data} --run {run} --out - | head",
+        "next": f"qmix train {fixed['out']} --out {out / 'run2'}",
     }
     for what, where in rows.items():
         files.add_row(what, Text(where))  # Text: paths are not markup

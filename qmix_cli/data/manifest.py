@@ -97,6 +97,17 @@ class Dataset:
         return {"category", "true_label"} <= set(self.frame.columns)
 
 
+def paths_for_manifest(paths: Iterable[str], *, folder: str | Path | None) -> list[str]:
+    """Absolute image ``paths`` as a manifest in ``folder`` should hold them: relative to it where they lie under
+    it (the manifest and its images move together), absolute elsewhere and wherever ``folder`` is None (a
+    manifest reached through a symlink resolves its paths from the link's folder, not its target's)."""
+    items = [os.path.normpath(p) for p in paths]
+    if folder is None:
+        return items
+    prefix = os.path.join(os.path.normpath(os.path.abspath(folder)), "")
+    return [p[len(prefix) :] if p.startswith(prefix) else p for p in items]
+
+
 def absolute_paths(root: Path, paths: Iterable[str]) -> list[str]:
     """``paths`` made absolute against ``root``, as strings (no `Path` object per image: cheap for 100k rows)."""
     base = os.path.abspath(root)
@@ -165,14 +176,15 @@ def _files_stored_under(folder: Path, paths: pd.Series) -> pd.Series:
 
 def check_output_file(dataset: Dataset, out: str | Path) -> None:
     """Refuse an output file that would change ``dataset``: its own manifest, one of its images, or a manifest
-    name in its root folder (the folder, an image folder or a ``qmix corrupt`` output, would then be read as that
-    manifest; ``manifest.parquet`` is read before ``manifest.csv``). Names are compared without case, as a
-    case-insensitive file system would."""
+    name in the folder it is read as (an image folder, a built-in's or a ``qmix corrupt`` output would then be read
+    as that manifest; ``manifest.parquet`` is read before ``manifest.csv``). Names are compared without case, as a
+    case-insensitive file system would. A dataset named by its manifest file is not read as a folder."""
     target = Path(out).resolve()
     manifest = manifest_file(dataset.source)
     if manifest is not None and target == manifest.resolve():
         raise ConfigError(f"--out {out} is the dataset's own manifest; write to another file")
-    if target.parent == dataset.root.resolve() and target.name.lower() in MANIFEST_NAMES:
+    read_as_folder = manifest is None or Path(dataset.source).is_dir()
+    if read_as_folder and target.parent == dataset.root.resolve() and target.name.lower() in MANIFEST_NAMES:
         raise ConfigError(f"--out {out} would change what the dataset folder {dataset.root} reads as")
     if is_one_of(out, dataset.file_paths):
         raise ConfigError(f"--out {out} is one of the dataset's images; write to another file")

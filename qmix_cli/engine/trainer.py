@@ -650,8 +650,8 @@ def _start_line(run: _Run) -> str:
     rarest = int(np.argmin(counts))
     precision = f", {str(run.amp_dtype).removeprefix('torch.')} autocast" if run.amp_dtype is not None else ""
     return (
-        f"{cfg.method}: {len(run.labels_np)} images in {len(run.classes)} classes (the smallest, "
-        f"{run.classes[rarest]}, has {counts[rarest]}), {cfg.model} at {cfg.img_size} px on {run.device}{precision}"
+        f"{cfg.method}: {len(run.labels_np):,} images in {len(run.classes):,} classes (the smallest, "
+        f"{run.classes[rarest]}, has {counts[rarest]:,}), {cfg.model} at {cfg.img_size} px on {run.device}{precision}"
     )
 
 

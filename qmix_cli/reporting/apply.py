@@ -17,7 +17,7 @@ import pandas as pd
 
 from qmix_cli.categories import CATEGORIES, MIS_H, MIS_L, truth_categories
 from qmix_cli.errors import QmixError, summarise_offenders
-from qmix_cli.reporting.report import as_bool
+from qmix_cli.reporting.report import as_bool, check_verdict_rows
 
 HQ_ACTIONS = ("relabel", "drop", "keep")
 LQ_ACTIONS = ("drop", "keep")
@@ -90,13 +90,7 @@ def apply_verdicts(
         ``mislabeled_hq`` row to relabel without a suggested label, or with one that is no class (an edited
         report); dataset rows the report lacks, with ``on_missing="error"``; nothing left to write.
     """
-    for value, allowed, name in (
-        (hq, HQ_ACTIONS, "hq"),
-        (lq, LQ_ACTIONS, "lq"),
-        (on_missing, ON_MISSING, "on-missing"),
-    ):
-        if value not in allowed:
-            raise QmixError(f"{name} must be one of {', '.join(allowed)} (got {value!r})")
+    check_actions(hq=hq, lq=lq, on_missing=on_missing)
     rep, missing = _aligned_report(frame, report, on_missing=on_missing)
     ids, given = frame["sample_id"].astype(str), frame["label"].astype(str).to_numpy()
 
@@ -106,6 +100,7 @@ def apply_verdicts(
     relabel = is_hq & (hq == "relabel")
     suggested = rep["suggested_label"].to_numpy(dtype=object)
     unsure = relabel & pd.isna(suggested)
+    suggested = np.where(pd.isna(suggested), None, suggested.astype(str))  # labels are text, as in the manifest
     if unsure.any():
         raise QmixError(
             summarise_offenders("mislabeled_hq rows without a suggested label", ids[unsure].tolist())
@@ -139,6 +134,17 @@ def apply_verdicts(
     return Applied(frame=out, counts=counts, emptied=emptied)
 
 
+def check_actions(*, hq: str, lq: str, on_missing: str) -> None:
+    """Refuse an unknown action (`HQ_ACTIONS`, `LQ_ACTIONS`, `ON_MISSING`) before any file is read."""
+    for value, allowed, name in (
+        (hq, HQ_ACTIONS, "hq"),
+        (lq, LQ_ACTIONS, "lq"),
+        (on_missing, ON_MISSING, "on-missing"),
+    ):
+        if value not in allowed:
+            raise QmixError(f"{name} must be one of {', '.join(allowed)} (got {value!r})")
+
+
 def _aligned_report(frame: pd.DataFrame, report: pd.DataFrame, *, on_missing: str) -> tuple[pd.DataFrame, np.ndarray]:
     """The report's verdict columns in the dataset's row order, and a (N,) bool mask of the rows it lacks, once
     it is known to be a report of this dataset: every row one of its images, with the label the dataset gives it."""
@@ -165,15 +171,10 @@ def _aligned_report(frame: pd.DataFrame, report: pd.DataFrame, *, on_missing: st
 
 
 def _indexed_report(report: pd.DataFrame) -> pd.DataFrame:
-    """The report's verdict columns indexed by ``sample_id`` (as text), its ids and categories checked."""
-    rep = report.assign(sample_id=report["sample_id"].astype(str))
-    dupes = rep["sample_id"][rep["sample_id"].duplicated()].unique().tolist()
-    if dupes:
-        raise QmixError(summarise_offenders("duplicate sample ids in the report", dupes))
-    bad = sorted(set(rep["category"].astype(str)) - set(CATEGORIES))
-    if bad:
-        raise QmixError(f"the report has unknown categories {bad}; expected {list(CATEGORIES)}")
-    return rep.set_index("sample_id")[["category", "given_label", "suggested_label"]]
+    """The report's verdict columns indexed by ``sample_id`` (as text), its ids and categories checked; as
+    objects, so that rows it lacks can be filled in whatever dtype a caller's DataFrame held them."""
+    rep = check_verdict_rows(report, what="report")
+    return rep.set_index("sample_id")[["category", "given_label", "suggested_label"]].astype(object)
 
 
 def _updated_truth(frame: pd.DataFrame) -> pd.DataFrame:

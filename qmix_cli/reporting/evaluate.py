@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 from sklearn.metrics import (
     accuracy_score,
     confusion_matrix,
@@ -33,7 +34,7 @@ from sklearn.metrics import (
 
 from qmix_cli.categories import CATEGORIES
 from qmix_cli.errors import QmixError, summarise_offenders
-from qmix_cli.reporting.report import as_bool
+from qmix_cli.reporting.report import as_bool, check_verdict_rows
 
 _REPORT_COLUMNS = ("sample_id", "category", "is_label_issue", "p_clean", "p_mislabeled_lq")
 _TRUTH_COLUMNS = ("sample_id", "category")
@@ -333,7 +334,8 @@ def render_evaluation(result: Mapping[str, Any], console: Console, *, per_class:
             table.add_column(name, justify="right")
         for label, row in classes.items():
             counts = (str(row[k]) for k in ("n", "mislabeled", "flagged"))
-            table.add_row(label, *counts, _fmt(row["precision"]), _fmt(row["recall"]), _fmt(row["false_alarms"]))
+            rates = (_fmt(row[k]) for k in ("precision", "recall", "false_alarms"))
+            table.add_row(Text(label), *counts, *rates)  # Text: a class name is not markup
         console.print(table)
 
 
@@ -349,15 +351,7 @@ def _require_columns(frame: pd.DataFrame, columns: tuple[str, ...], *, what: str
 def _join(*, report: pd.DataFrame, truth: pd.DataFrame, skip_missing: bool = False) -> pd.DataFrame:
     """Join on ``sample_id`` once both sides hold the same unique ids (the report's a subset of the truth's with
     ``skip_missing``) and valid categories."""
-    rep = report.assign(sample_id=report["sample_id"].astype(str))
-    tru = truth.assign(sample_id=truth["sample_id"].astype(str))
-    for frame, what in ((rep, "report"), (tru, "truth")):
-        dupes = frame["sample_id"][frame["sample_id"].duplicated()].unique().tolist()
-        if dupes:
-            raise QmixError(summarise_offenders(f"duplicate sample ids in the {what}", dupes))
-        bad = sorted(set(frame["category"].astype(str)) - set(CATEGORIES))
-        if bad:
-            raise QmixError(f"the {what} has unknown categories {bad}; expected {list(CATEGORIES)}")
+    rep, tru = check_verdict_rows(report, what="report"), check_verdict_rows(truth, what="truth")
 
     rep_ids, tru_ids = set(rep["sample_id"]), set(tru["sample_id"])
     problems = []

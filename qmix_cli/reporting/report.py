@@ -632,6 +632,20 @@ def _json_values(column: pa.Array) -> pa.Array:
 # --------------------------------------------------------------------------------------------------- reading
 
 
+def check_verdict_rows(frame: pd.DataFrame, *, what: str) -> pd.DataFrame:
+    """``frame`` with ``sample_id`` as text, once its ids are unique and its ``category`` values are verdicts
+    (`CATEGORIES`): what every join of a report (or a truth manifest) on ``sample_id`` needs. ``what`` names the
+    frame in the errors ("report", "truth")."""
+    frame = frame.assign(sample_id=frame["sample_id"].astype(str))
+    dupes = frame["sample_id"][frame["sample_id"].duplicated()].unique().tolist()
+    if dupes:
+        raise QmixError(summarise_offenders(f"duplicate sample ids in the {what}", dupes))
+    bad = sorted(set(frame["category"].astype(str)) - set(CATEGORIES))
+    if bad:
+        raise QmixError(f"the {what} has unknown categories {bad}; expected {list(CATEGORIES)}")
+    return frame
+
+
 def as_bool(series: pd.Series, *, name: str) -> np.ndarray:
     """(N,) bool of a column of booleans, or of text that spells them (``true``/``false``, ``1``/``0``), as CSV
     files written by other tools do; missing values or other text are a `QmixError` naming ``name``."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pandas as pd
@@ -90,16 +91,35 @@ def test_symlinks_around_the_output_and_the_report(runner, report, noisy_digits,
         assert result.exit_code == 0, _stderr(result)
         assert link.is_symlink() and target.is_file()
         fixed = pd.read_csv(target, dtype=str, keep_default_na=False)
-        assert all(os.path.isabs(p) for p in fixed["path"])  # the images are not under the target's folder
-        assert len(create_dataset(target, check_images=True)) == len(fixed)
+        assert all(os.path.isabs(p) for p in fixed["path"])  # read through the link or not, they resolve
+        for manifest in (link, target):
+            assert len(create_dataset(manifest, check_images=True)) == len(fixed)
+        # A link to a file of another type would be written in the type its target's name does not say.
+        (tmp_path / "to-parquet.csv").symlink_to(tmp_path / "real.parquet")
+        result = runner.invoke(
+            app, ["apply", str(noisy_digits), "-r", str(report), "-o", str(tmp_path / "to-parquet.csv")]
+        )
+        _assert_one_line_error(result, "a file of another type")
     finally:
         link.unlink()
+
+
+def test_a_class_emptied_is_named(runner, report, noisy_digits, tmp_path):
+    frame = pd.read_parquet(report)
+    zero = (frame["given_label"] == "0") | (frame["suggested_label"] == "0")  # every image that would say 0
+    frame.loc[zero, ["category", "suggested_label"]] = ["mislabeled_lq", None]
+    frame.to_parquet(tmp_path / "edited.parquet")
+    args = ["apply", str(noisy_digits), "-r", str(tmp_path / "edited.parquet"), "-o", str(tmp_path / "f.csv")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, _stderr(result)
+    assert "warning: no image is labelled 0 any more" in " ".join(_stderr(result).split())
 
 
 def test_the_python_api_takes_the_report_as_a_file_or_as_audit_returns_it(report, noisy_digits, qmix_run, tmp_path):
     from qmix_cli import apply, audit
 
     frame = audit(noisy_digits, run=qmix_run.run_dir, quiet=True)  # no file: the DataFrame alone
+    assert json.loads(frame.attrs["qmix"]["class_names"]) == [str(i) for i in range(10)]  # as a Parquet file has
     from_frame = apply(noisy_digits, report=frame, out=tmp_path / "a.parquet")
     from_file = apply(noisy_digits, report=report, out=tmp_path / "b.parquet")
     assert {k: v for k, v in from_frame.items() if k != "out"} == {k: v for k, v in from_file.items() if k != "out"}

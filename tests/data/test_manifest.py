@@ -416,3 +416,13 @@ def test_a_manifest_beside_the_dataset_manifest_is_refused(tmp_path, make_image_
     with pytest.raises(ConfigError, match="change what the dataset folder"):
         check_output_file(ds, root / "manifest.parquet")
     check_output_file(ds, root / "fixed.parquet")  # another name in the same folder: fine
+    # Named by its manifest file, the dataset is not read as a folder: a manifest name beside it changes nothing.
+    check_output_file(create_dataset(root / "manifest.csv"), root / "manifest.parquet")
+
+
+def test_paths_for_a_manifest_are_relative_under_its_folder_and_absolute_elsewhere(tmp_path):
+    from qmix_cli.data.manifest import paths_for_manifest
+
+    paths = [str(tmp_path / "data" / "a" / "1.png"), str(tmp_path / "other" / "2.png"), str(tmp_path / "data2.png")]
+    assert paths_for_manifest(paths, folder=tmp_path / "data") == ["a/1.png", paths[1], paths[2]]  # not "data2"
+    assert paths_for_manifest(paths, folder=None) == paths  # a manifest reached through a link: absolute

@@ -143,3 +143,13 @@ def test_a_second_round_keeps_the_first_given_label() -> None:
     # The same report twice is refused with the reason: the rows it dropped are gone.
     with pytest.raises(QmixError, match="written by qmix apply"):
         apply_verdicts(apply_verdicts(manifest(), report()).frame, report())
+
+
+def test_counts_and_dtypes_a_caller_may_hand_over() -> None:
+    # A DataFrame built by hand: categories as a pandas Categorical, a missing row kept, and a "suggestion" equal to
+    # the given label (no change, so not counted as relabelled).
+    rows = report(ids=IDS[1:], suggested_label=[None, None, "dog", "dog", None, None])  # s3: "dog" is its label
+    rows = rows.assign(category=pd.Categorical(rows["category"]))
+    applied = apply_verdicts(manifest(), rows, on_missing="keep")
+    assert applied.counts["relabelled"] == 1 and applied.counts["kept_missing"] == 1
+    assert applied.frame.set_index("sample_id").loc["s0", VERDICT_COLUMN] == ""

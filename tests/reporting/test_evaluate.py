@@ -253,3 +253,12 @@ def test_per_class_table_shown_for_few_classes_or_when_asked(n_classes: int, per
     assert ("printed with --per-class" in text) == (per_class is None and not shown)
     if shown:
         assert f"class{n_classes - 1:02d}" in text and "0.500" in text
+
+
+def test_class_names_are_printed_as_written() -> None:
+    report, truth = make_frames()
+    report["given_label"] = ["[/]" if g == "a" else "[red]b" for g in GIVEN]  # rich markup, as a name
+    console = Console(record=True, width=160, color_system=None)
+    render_evaluation(evaluate_report(report=report, truth=truth), console)
+    text = console.export_text()
+    assert "[/]" in text and "[red]b" in text
