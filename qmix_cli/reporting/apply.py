@@ -17,7 +17,7 @@ import pandas as pd
 
 from qmix_cli.categories import CATEGORIES, MIS_H, MIS_L, truth_categories
 from qmix_cli.errors import QmixError, summarise_offenders
-from qmix_cli.reporting.report import as_bool, check_verdict_rows
+from qmix_cli.reporting.report import as_bool, check_verdict_rows, given_label_mismatches
 
 HQ_ACTIONS = ("relabel", "drop", "keep")
 LQ_ACTIONS = ("drop", "keep")
@@ -91,8 +91,10 @@ def apply_verdicts(
         report); dataset rows the report lacks, with ``on_missing="error"``; nothing left to write.
     """
     check_actions(hq=hq, lq=lq, on_missing=on_missing)
-    rep, missing = _aligned_report(frame, report, on_missing=on_missing)
     ids, given = frame["sample_id"].astype(str), frame["label"].astype(str).to_numpy()
+    rep, missing = _aligned_report(
+        report, ids=ids, given=given, on_missing=on_missing, reapplied=VERDICT_COLUMN in frame
+    )
 
     verdict = rep["category"].fillna("").astype(str).to_numpy()
     is_hq, is_lq = verdict == CATEGORIES[MIS_H], verdict == CATEGORIES[MIS_L]
@@ -107,7 +109,7 @@ def apply_verdicts(
             + " (pass --hq drop or keep)"
         )
     known = set(given) | set(classes)
-    foreign = sorted({str(v) for v in suggested[relabel]} - known)
+    foreign = sorted(set(suggested[relabel]) - known)
     if foreign:
         raise QmixError(
             summarise_offenders("suggested labels that are not classes of the dataset or the run", foreign)
@@ -145,29 +147,30 @@ def check_actions(*, hq: str, lq: str, on_missing: str) -> None:
             raise QmixError(f"{name} must be one of {', '.join(allowed)} (got {value!r})")
 
 
-def _aligned_report(frame: pd.DataFrame, report: pd.DataFrame, *, on_missing: str) -> tuple[pd.DataFrame, np.ndarray]:
-    """The report's verdict columns in the dataset's row order, and a (N,) bool mask of the rows it lacks, once
-    it is known to be a report of this dataset: every row one of its images, with the label the dataset gives it."""
+def _aligned_report(
+    report: pd.DataFrame, *, ids: pd.Series, given: np.ndarray, on_missing: str, reapplied: bool
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """The report's verdict columns in the dataset's row order (its ``ids``, (N,) text) and a (N,) bool mask of the
+    rows it lacks, once it is known to be a report of this dataset: every row one of its images, with the label
+    the dataset gives it (``given``, (N,) text). ``reapplied``: the dataset was written by `apply_verdicts`."""
     rep = _indexed_report(report)
-    ids = frame["sample_id"].astype(str)
     unknown = rep.index.difference(pd.Index(ids)).tolist()
     if unknown:
-        again = " (this manifest was written by qmix apply: audit it afresh first)" if VERDICT_COLUMN in frame else ""
+        again = " (this manifest was written by qmix apply: audit it afresh first)" if reapplied else ""
         raise QmixError(summarise_offenders("report rows of images the dataset does not have", sorted(unknown)) + again)
-    rep = rep.reindex(ids)
-    missing = rep["category"].isna().to_numpy()
+    missing = ~ids.isin(rep.index).to_numpy()
     if missing.any() and on_missing == "error":
         raise QmixError(
             summarise_offenders("dataset images the report has no verdict for", ids[missing].tolist())
             + " (pass --on-missing drop or keep)"
         )
-    differ = ~missing & (rep["given_label"].astype(str).to_numpy() != frame["label"].astype(str).to_numpy())
-    if differ.any():
+    differ = given_label_mismatches(rep["given_label"], pd.Series(given, index=ids.to_numpy()))
+    if differ:
         raise QmixError(
-            summarise_offenders("images whose given label in the report is not the dataset's", ids[differ].tolist())
+            summarise_offenders("images whose given label in the report is not the dataset's", differ)
             + "; is this the report of this dataset?"
         )
-    return rep, missing
+    return rep.reindex(ids), missing
 
 
 def _indexed_report(report: pd.DataFrame) -> pd.DataFrame:

@@ -34,7 +34,7 @@ from sklearn.metrics import (
 
 from qmix_cli.categories import CATEGORIES
 from qmix_cli.errors import QmixError, summarise_offenders
-from qmix_cli.reporting.report import as_bool, check_verdict_rows
+from qmix_cli.reporting.report import as_bool, check_verdict_rows, given_label_mismatches
 
 _REPORT_COLUMNS = ("sample_id", "category", "is_label_issue", "p_clean", "p_mislabeled_lq")
 _TRUTH_COLUMNS = ("sample_id", "category")
@@ -369,9 +369,7 @@ def _join(*, report: pd.DataFrame, truth: pd.DataFrame, skip_missing: bool = Fal
     if "given_label" in rep.columns and "label" in tru.columns:
         # Same ids, other labels: the truth of another corruption (another seed) of the same images, which would
         # score the report against verdicts about labels it never saw.
-        given = rep.set_index("sample_id")["given_label"].astype(str)
-        labelled = tru.set_index("sample_id")["label"].astype(str).reindex(given.index)
-        differ = given.index[given.to_numpy() != labelled.to_numpy()].tolist()
+        differ = given_label_mismatches(rep.set_index("sample_id")["given_label"], tru.set_index("sample_id")["label"])
         if differ:
             raise QmixError(
                 summarise_offenders("images whose given label in the report is not the truth manifest's", differ)

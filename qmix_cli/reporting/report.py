@@ -646,6 +646,17 @@ def check_verdict_rows(frame: pd.DataFrame, *, what: str) -> pd.DataFrame:
     return frame
 
 
+def given_label_mismatches(given: pd.Series, labels: pd.Series) -> list[str]:
+    """The ids whose label in a report is not the manifest's: a report of another labelling of the same images
+    (another corruption, a relabelled copy), which must not be joined with it.
+
+    ``given`` is the report's ``given_label`` and ``labels`` the manifest's ``label``, both indexed by ``sample_id``
+    (as text); ids of ``given`` that ``labels`` lacks count as mismatches. Returned in ``given``'s order.
+    """
+    other = labels.astype(str).reindex(given.index)
+    return given.index[given.astype(str).to_numpy() != other.to_numpy()].tolist()
+
+
 def as_bool(series: pd.Series, *, name: str) -> np.ndarray:
     """(N,) bool of a column of booleans, or of text that spells them (``true``/``false``, ``1``/``0``), as CSV
     files written by other tools do; missing values or other text are a `QmixError` naming ``name``."""
