@@ -3,11 +3,12 @@
 ``bench_baselines.py`` and ``bench_ablation.py`` measure two presets on Fashion-MNIST, and every choice made from
 them risks fitting those two. This script is the check against that: a fixed list of other conditions (more and
 less data noise, milder degradations, noisy labels drawn from the class prior, asymmetric noise with few degraded
-images, a long-tailed class balance, another dataset), each with its own seed, none of them used to choose a
-default. Per condition and method it reports the audit's 3-way macro-F1, the ceiling (``bench_baselines.py``'s
-truth-fitted classifier on the same two scores), detection F1, both separation AUCs and the test accuracy, then
-qmix's margin over each other method condition by condition. ``--variant "key=value[,key=value]"`` (repeatable, as
-in ``bench_ablation.py``) adds qmix with options changed: the held-out check of a default chosen on the presets.
+images, a long-tailed class balance, another dataset, colour photographs), each with its own seed, none of them
+used to choose a default. Per condition and method it reports the audit's 3-way macro-F1, the ceiling
+(``bench_baselines.py``'s truth-fitted classifier on the same two scores), detection F1, both separation AUCs and
+the test accuracy, then qmix's margin over each other method condition by condition. ``--variant
+"key=value[,key=value]"`` (repeatable, as in ``bench_ablation.py``) adds qmix with options changed: the held-out
+check of a default chosen on the presets.
 
 Usage (only the engine runs; no extras needed)::
 
@@ -33,6 +34,7 @@ import pandas as pd
 from _common import add_engine_args, add_reuse_arg, engine_options, markdown_table, parse_variant, run_engine_method
 from bench_ablation import COLUMNS, variant_tag
 from bench_baselines import FMNIST_ASYMMETRIC, corrupted_subset
+from photo_patches import write_photo_patches
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ class Condition:
 
     spec: dict[str, Any]
     seed: int
-    source: str = "fashion-mnist"
+    source: str = "fashion-mnist"  # or "photos": `photo_patches.py`'s colour patches, built in the work folder
     size: int = 5000
     epochs: int = 12
     test: str | None = "fashion-mnist:test"
@@ -82,15 +84,34 @@ CONDITIONS: dict[str, Condition] = {
         imbalance=10.0,
         about="the paper-15 mix on a long-tailed subset: class sizes fall tenfold from the largest to the smallest",
     ),
+    "photos-paper-15": Condition(
+        {"preset": "paper-15"},
+        19,
+        source="photos",
+        test="photos:test",
+        about="colour: patches of ten photographs, one class each (benchmarks/photo_patches.py), the paper-15 mix",
+    ),
 }
+
+
+def data_paths(cond: Condition, work: Path) -> tuple[str, str | None]:
+    """The training source and test set `create_dataset` reads for ``cond``, building the photo patches under
+    ``work`` first where the condition names them (a fixed seed, so every condition using them sees one set)."""
+    if cond.source != "photos":
+        return cond.source, cond.test
+    root = work / "photo-patches"
+    if not (root / "test").is_dir():
+        write_photo_patches(root, per_class=cond.size // 10, test_per_class=200, seed=0)
+    return str(root / "train"), str(root / "test")
 
 
 def run_condition(name: str, cond: Condition, args: argparse.Namespace) -> list[dict[str, Any]]:
     """One row per method for one condition (training what is not already there)."""
     work = args.work / f"{name}-seed{cond.seed}"
     noisy = work / "noisy"
+    source, test = data_paths(cond, args.work)
     if not (noisy / "manifest.parquet").is_file():
-        corrupted_subset(cond.spec, work, size=cond.size, seed=cond.seed, source=cond.source, imbalance=cond.imbalance)
+        corrupted_subset(cond.spec, work, size=cond.size, seed=cond.seed, source=source, imbalance=cond.imbalance)
     noise = json.loads((noisy / "noise.json").read_text())
     options = engine_options(args, seed=cond.seed, epochs=cond.epochs)
     arms = [(method, method, {}) for method in args.methods.split(",")]
@@ -98,7 +119,7 @@ def run_condition(name: str, cond: Condition, args: argparse.Namespace) -> list[
     rows = []
     for label, method, extra in arms:
         tag = variant_tag(extra) if extra else method
-        r = run_engine_method(method, noisy, work, test=cond.test, device=args.device, tag=tag, reuse=args.reuse,
+        r = run_engine_method(method, noisy, work, test=test, device=args.device, tag=tag, reuse=args.reuse,
                               **options, **extra)  # fmt: skip
         rows.append({"condition": name, "method": label, **{k: r[k] for k in COLUMNS}, "reused": r["reused"],
                      "label noise": noise.get("realised_label_noise_rate_hq"),
