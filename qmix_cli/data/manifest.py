@@ -49,6 +49,9 @@ class Dataset:
         Rows left out with ``on_bad_image="skip"``: ``sample_id``, ``path``, ``reason``.
     channels
         1 when every image is grayscale, else 3 (0 when images were not inspected).
+    image_side
+        The median of the images' shorter sides in pixels, as stored (0 when images were not inspected): what
+        training at a larger size would enlarge.
     source
         How the user named the dataset (recorded in run configs).
     ignored
@@ -70,6 +73,7 @@ class Dataset:
     source: str = ""
     file_stats: np.ndarray | None = field(default=None, repr=False, compare=False)
     ignored: dict[str, int] = field(default_factory=dict, compare=False)
+    image_side: int = 0
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -434,7 +438,7 @@ def create_dataset(
             )
 
     skipped = pd.DataFrame(columns=["sample_id", "path", "reason"])
-    channels = 0
+    channels = image_side = 0
     stats = None
     if check_images:
         frame, skipped, infos, stats = _check_images(
@@ -450,6 +454,7 @@ def create_dataset(
         if frame.empty:
             raise DataError(f"{name}: no usable images left after skipping {len(skipped)} bad ones")
         channels = 1 if all(info.is_gray for info in infos) else 3
+        image_side = int(np.median([min(info.size) for info in infos]))
 
     present = sorted(set(frame["label"]))
     if len(present) < min_classes:
@@ -466,4 +471,5 @@ def create_dataset(
         source=name,
         file_stats=None if decode_to is None else stats,
         ignored=ignored,
+        image_side=image_side,
     )

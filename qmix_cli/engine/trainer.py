@@ -613,6 +613,8 @@ def train(
     _make_run_dir(run_dir, resume=resume, reporter=reporter)
     if not resume:
         reporter.log(_start_line(run))
+        if hint := size_hint(cfg, image_side=dataset.image_side):
+            reporter.log(hint)
     metrics_path = run_dir / "metrics.jsonl"
     if resume:
         run.metrics = [row for row in read_metrics(metrics_path) if row["epoch"] <= run.epoch]
@@ -652,6 +654,30 @@ def _start_line(run: _Run) -> str:
     return (
         f"{cfg.method}: {len(run.labels_np):,} images in {len(run.classes):,} classes (the smallest, "
         f"{run.classes[rarest]}, has {counts[rarest]:,}), {cfg.model} at {cfg.img_size} px on {run.device}{precision}"
+    )
+
+
+# Enlarging small images for the net's strides is normal (a 28-px image at 32 px); below this size the cost of
+# enlarging is small either way, so only larger sizes are worth a word.
+SIZE_HINT_ABOVE = 64
+
+
+def size_hint(cfg: TrainConfig, *, image_side: int) -> str | None:
+    """A note when ``cfg.img_size`` enlarges the images at least twice over (four times the pixels to compute) at
+    a size where that costs (above `SIZE_HINT_ABOVE`), training from scratch: the default 224 px on 28-px images
+    spends 64 times the compute of 28 px on pixels the images do not hold. With pretrained weights enlarging to
+    the size they were trained at is the usual recipe, so nothing is said. None when there is nothing to say.
+
+    ``image_side`` is `Dataset.image_side` (0: unknown)."""
+    if cfg.pretrained or cfg.weights or not image_side or cfg.img_size <= SIZE_HINT_ABOVE:
+        return None
+    if cfg.img_size < 2 * image_side:
+        return None
+    suggested = max(32, -(-image_side // 16) * 16)  # the images' side, rounded up to what strides divide
+    factor = (cfg.img_size / image_side) ** 2
+    return (
+        f"note: the images are about {image_side} px a side; --img-size {cfg.img_size} enlarges them "
+        f"({factor:.0f}× the pixels to compute); --img-size {suggested} trains on what they hold, much faster"
     )
 
 

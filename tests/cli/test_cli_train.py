@@ -175,3 +175,13 @@ def test_files_an_image_folder_holds_besides_images_are_reported(runner, tmp_pat
     assert "ignored 2 files qmix does not read as images (.dcm 2)" in text
     assert "ce: 12 images in 2 classes (the smallest, a, has 6), test_resnet at 32 px on " in text
     assert "after 1 epoch" in text and "after 1 epochs" not in text
+    assert "enlarges them" not in text  # 16-px images at 32 px: nothing to say
+
+
+def test_training_far_above_the_images_size_says_so(runner, tmp_path, make_image_folder, qmix_cache_dir):
+    root = make_image_folder(classes=("a", "b"), per_class=4, size=16, mode="L")
+    result = _train(runner, root, tmp_path / "run", *TINY_FLAGS, "--img-size", "96", "--epochs", "1",
+                    "--warmup-epochs", "1")  # fmt: skip
+    assert result.exit_code == 0, _stderr(result)
+    text = " ".join(_stderr(result).split())
+    assert "note: the images are about 16 px a side; --img-size 96 enlarges them (36× the pixels" in text

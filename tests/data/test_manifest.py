@@ -121,6 +121,7 @@ def test_check_images_false_does_not_open_images(tmp_path):
     ds = create_dataset(csv, check_images=False)
     assert len(ds) == 2
     assert ds.channels == 0
+    assert ds.image_side == 0
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -367,6 +368,15 @@ def test_channels_grayscale_rgb_and_mixed(tmp_path, make_image_folder, write_ima
     assert create_dataset(rgb).channels == 3
     write_image(gray / "a" / "colour.png", mode="RGB")
     assert create_dataset(gray).channels == 3
+
+
+def test_image_side_is_the_median_shorter_side_whether_checked_or_remembered(tmp_path):
+    for label, (width, height) in zip("aab", [(10, 40), (30, 20), (50, 60)], strict=True):
+        (tmp_path / label).mkdir(exist_ok=True)
+        Image.new("RGB", (width, height), (9, 9, 9)).save(tmp_path / label / f"{width}.png")
+    # Shorter sides 10, 20, 50: the median, not the mean (26) nor the largest side.
+    assert create_dataset(tmp_path).image_side == 20
+    assert create_dataset(tmp_path).image_side == 20  # the second check is remembered from the first
 
 
 def test_16bit_grayscale_png_is_rescaled_not_clipped(tmp_path, write_image):

@@ -22,6 +22,7 @@ from sklearn.metrics import roc_auc_score
 from qmix_cli.api import audit, train
 from qmix_cli.config import config_from_dict, load_config_file
 from qmix_cli.engine.checkpoint import load_checkpoint
+from qmix_cli.engine.trainer import size_hint
 from qmix_cli.errors import ConfigError, DataError, QmixError, TrainingError
 from tests.conftest import TINY_TRAIN
 
@@ -536,3 +537,32 @@ def test_the_nets_forward_traces_with_torch_compile_in_both_modes():
         ref_logits, ref_proj = net(x, projection=True)
     torch.testing.assert_close(logits, ref_logits)
     torch.testing.assert_close(proj, ref_proj)
+
+
+@pytest.mark.parametrize(
+    ("options", "side", "suggested"),
+    [
+        ({}, 28, 32),  # the default 224 px on Fashion-MNIST-sized images: 64 times the pixels
+        ({"img_size": 224}, 100, 112),  # rounded up to a multiple of 16
+        ({"img_size": 128}, 8, 32),  # never below 32
+    ],
+)
+def test_size_hint_names_the_enlargement_and_a_size_that_fits(options, side, suggested):
+    hint = size_hint(config_from_dict(options), image_side=side)
+    img_size = options.get("img_size", 224)
+    assert f"about {side} px a side; --img-size {img_size} enlarges them ({(img_size / side) ** 2:.0f}×" in hint
+    assert hint.endswith(f"--img-size {suggested} trains on what they hold, much faster")
+
+
+@pytest.mark.parametrize(
+    ("options", "side"),
+    [
+        ({"img_size": 224}, 120),  # less than twice the images' side
+        ({"img_size": 64}, 8),  # small sizes: enlarging is what the strides need, and cheap
+        ({"pretrained": True}, 28),  # pretrained weights are used at the size they were trained at
+        ({"weights": "w.pth"}, 28),
+        ({}, 0),  # images not inspected
+    ],
+)
+def test_size_hint_says_nothing_where_enlarging_is_cheap_usual_or_unknown(options, side):
+    assert size_hint(config_from_dict(options), image_side=side) is None
