@@ -21,6 +21,10 @@ class ConfigError(QmixError):
     """Options or a config file are invalid."""
 
 
+class NoSpaceError(QmixError):
+    """The disk (or the user's quota) cannot hold a file qmix must write."""
+
+
 class TrainingError(QmixError):
     """Training cannot go on (NaN loss, incompatible checkpoint, ...)."""
 

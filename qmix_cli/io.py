@@ -4,6 +4,7 @@ the tolerant reader of the one file written line by line instead: a run's ``metr
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -13,7 +14,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from qmix_cli.errors import QmixError
+from qmix_cli.errors import NoSpaceError, QmixError
+
+# What a write on a full disk or past a quota fails with.
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 def _umask() -> int:
@@ -88,6 +92,40 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes in the largest binary unit that keeps it at least 1 (``"7.4 MiB"``)."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def reserve_space(path: str | Path) -> None:
+    """Allocate the disk blocks of the whole file at ``path`` (as long as it is now) before anything is written.
+
+    A sparse file written through a memory map takes its blocks when each page is first written, and a full disk
+    then kills the process with SIGBUS, without a word or a traceback. Reserved blocks cannot run out; what
+    cannot be reserved is a `NoSpaceError` naming what is needed and what is free. Where the system cannot
+    reserve blocks (no ``posix_fallocate``, or a file system that refuses it) the free space is compared instead.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    free = shutil.disk_usage(path.parent).free  # before: a reservation that fails may keep what it took
+    try:
+        if not hasattr(os, "posix_fallocate"):
+            raise OSError(errno.EOPNOTSUPP, "no posix_fallocate")
+        with path.open("r+b") as f:
+            os.posix_fallocate(f.fileno(), 0, size)
+        return
+    except OSError as e:
+        if e.errno not in NO_SPACE | {errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS}:
+            raise
+        if e.errno not in NO_SPACE and free >= size:
+            return
+    raise NoSpaceError(f"{format_bytes(size)} needed in {path.parent}, {format_bytes(free)} free")
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

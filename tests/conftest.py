@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -113,6 +114,50 @@ def write_evil_checkpoint() -> Callable[[Path, Path], Path]:
         return Path(path)
 
     return write
+
+
+class _FullAfter:
+    """A file opened for writing that fails as a full disk does once ``room`` bytes are written."""
+
+    def __init__(self, file, room: int) -> None:
+        self.file, self.room = file, room
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()
+
+    def write(self, data: bytes) -> int:
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(data)
+        return self.file.write(data)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+@pytest.fixture
+def disk_full_at_checkpoint(monkeypatch: pytest.MonkeyPatch) -> Callable[[int | None], None]:
+    """``disk_full_at_checkpoint(n)``: from the ``n``-th checkpoint written on (1 = the first), the disk is full
+    a kilobyte into the file (the temporary file `atomic_path` opens for ``last.pt``); ``None``: space again."""
+    real_open = Path.open
+
+    def arm(n: int | None) -> None:
+        count = 0
+
+        def opening(self, mode="r", *args, **kwargs):
+            nonlocal count
+            file = real_open(self, mode, *args, **kwargs)
+            if mode != "wb" or not self.name.startswith(".last.pt."):
+                return file
+            count += 1
+            return _FullAfter(file, 1024) if count >= n else file
+
+        monkeypatch.setattr(Path, "open", real_open if n is None else opening)
+
+    return arm
 
 
 def tree_digest(root: Path) -> dict[str, str]:

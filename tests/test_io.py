@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
+import shutil
+from types import SimpleNamespace
 
 import pytest
 
-from qmix_cli.errors import QmixError
-from qmix_cli.io import atomic_write_text, is_one_of, read_metrics
+from qmix_cli.errors import NoSpaceError, QmixError
+from qmix_cli.io import atomic_write_text, format_bytes, is_one_of, read_metrics, reserve_space
 
 
 def test_read_metrics_keeps_epoch_rows_and_drops_what_a_kill_leaves(tmp_path):
@@ -64,3 +68,44 @@ def test_an_output_under_a_file_is_one_clear_error(tmp_path):
     with pytest.raises(QmixError, match=r"cannot write .*x\.csv: .*notes is a file, not a folder"):
         atomic_write_text(tmp_path / "notes" / "sub" / "x.csv", "a")
     assert (tmp_path / "notes").read_text() == "x"
+
+
+def _sparse(path, size):
+    with path.open("wb") as f:
+        f.truncate(size)
+    return path
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fallocate"), reason="no posix_fallocate here")
+def test_reserve_space_allocates_the_blocks_a_sparse_file_lacks(tmp_path):
+    path = _sparse(tmp_path / "rows.npy", 4 << 20)
+    reserve_space(path)
+    assert path.stat().st_size == 4 << 20
+    assert path.stat().st_blocks * 512 >= 4 << 20  # sparse, it held almost none
+
+
+@pytest.mark.parametrize("free", [1 << 20, 8 << 20])
+def test_where_blocks_cannot_be_reserved_the_free_space_decides(tmp_path, monkeypatch, free):
+    path = _sparse(tmp_path / "rows.npy", 4 << 20)
+    monkeypatch.delattr(os, "posix_fallocate", raising=False)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: SimpleNamespace(free=free))
+    if free < 4 << 20:
+        with pytest.raises(NoSpaceError, match=f"4.0 MiB needed in {re.escape(str(tmp_path))}, 1.0 MiB free"):
+            reserve_space(path)
+    else:
+        reserve_space(path)
+
+
+def test_other_reservation_failures_are_not_taken_for_a_full_disk(tmp_path, monkeypatch):
+    def denied(fd, offset, length):
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    monkeypatch.setattr(os, "posix_fallocate", denied, raising=False)
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        reserve_space(_sparse(tmp_path / "rows.npy", 1024))
+
+
+@pytest.mark.parametrize(("n", "text"), [(0, "0 B"), (1023, "1023 B"), (1536, "1.5 KiB"), (7 << 20, "7.0 MiB"),
+                                         (3 << 40, "3.0 TiB")])  # fmt: skip
+def test_format_bytes(n, text):
+    assert format_bytes(n) == text

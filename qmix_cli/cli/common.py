@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from qmix_cli.errors import QmixError
+from qmix_cli.io import NO_SPACE
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -96,6 +97,10 @@ def guarded(fn: F) -> F:
         except Exception as e:
             if st.verbose:
                 Console(stderr=True).print_exception()
+            if isinstance(e, OSError) and e.errno in NO_SPACE:  # wherever it was written, the fix is the user's
+                target = e.filename2 or e.filename  # a copy names its source first, and the full disk second
+                where = f" writing {target}" if target else ""
+                fail(f"no space left on the device{where}: free some space or write elsewhere")
             hint = "" if st.verbose else " (rerun with --verbose for the traceback)"
             fail(f"unexpected {type(e).__name__}: {e}{hint}")
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from qmix_cli.errors import DataError
-from qmix_cli.io import atomic_dir
+from qmix_cli.errors import DataError, NoSpaceError
+from qmix_cli.io import NO_SPACE, atomic_dir
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # where the Debian package puts the idx files
 FASHION_MNIST_CLASSES = (
@@ -90,11 +90,19 @@ def materialise_builtin(name: str, *, cache_dir: str | Path | None = None) -> Pa
     if (root / ".complete").is_file():
         return root
     images, labels, classes = BUILTINS[name]()
-    with atomic_dir(root, force=True) as tmp:
-        for c in classes:
-            (tmp / c).mkdir()
-        width = len(str(len(images)))
-        for i, (img, y) in enumerate(zip(images, labels, strict=True)):
-            Image.fromarray(img).save(tmp / classes[y] / f"{i:0{width}d}.png", optimize=False, compress_level=1)
-        (tmp / ".complete").write_text("ok\n")
+    try:
+        with atomic_dir(root, force=True) as tmp:
+            for c in classes:
+                (tmp / c).mkdir()
+            width = len(str(len(images)))
+            for i, (img, y) in enumerate(zip(images, labels, strict=True)):
+                Image.fromarray(img).save(tmp / classes[y] / f"{i:0{width}d}.png", optimize=False, compress_level=1)
+            (tmp / ".complete").write_text("ok\n")
+    except OSError as e:
+        if e.errno not in NO_SPACE:
+            raise
+        raise NoSpaceError(
+            f"no disk space to write the built-in dataset {name} ({len(images):,} images) in {root.parent}: free "
+            "some space or point --cache-dir (or QMIX_CACHE_DIR) at a larger disk"
+        ) from None
     return root

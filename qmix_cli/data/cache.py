@@ -27,7 +27,8 @@ from PIL import Image
 from qmix_cli.data.builtin import default_cache_dir
 from qmix_cli.data.images import GRAY_MODES, default_workers, fit_image, read_image
 from qmix_cli.data.scan_cache import files_digest
-from qmix_cli.io import atomic_path
+from qmix_cli.errors import NoSpaceError
+from qmix_cli.io import atomic_path, reserve_space
 
 if TYPE_CHECKING:  # manifest.py imports this module when it checks images
     from qmix_cli.data.manifest import Dataset
@@ -96,6 +97,18 @@ def _remove_stale_partials(folder: Path) -> None:
                 tmp.unlink()
 
 
+def _new_rows(path: Path, shape: tuple[int, ...]) -> np.memmap:
+    """A writable uint8 ``.npy`` memory map of ``shape`` at ``path``, its disk space reserved first
+    (`reserve_space`: a memory map written on a full disk would otherwise kill the process without a word)."""
+    rows = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    try:
+        reserve_space(path)
+    except BaseException:
+        del rows  # unmapped, so that the caller can remove the file
+        raise
+    return rows
+
+
 def cached_images(
     dataset: Dataset,
     *,
@@ -130,7 +143,14 @@ def cached_images(
     if found is not None:
         return found
     with atomic_path(target) as tmp:
-        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        try:
+            arr = _new_rows(tmp, shape)
+        except NoSpaceError as e:
+            raise NoSpaceError(
+                f"no disk space for the decoded images of {dataset.source or 'the dataset'} ({len(paths):,} at "
+                f"{size} px, {channels} channel{'s' if channels > 1 else ''}): {e}; free some space or point "
+                "--cache-dir (or QMIX_CACHE_DIR) at a larger disk"
+            ) from None
         decode_all(
             paths, size=size, channels=channels, out=arr, workers=workers, progress=progress, jpeg_scale=jpeg_scale
         )
@@ -214,7 +234,7 @@ class CacheFill:
 
     def _allocate(self) -> None:
         shape = (len(self.paths), self.channels, self.target.size, self.target.size)
-        self.rows = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.uint8, shape=shape)
+        self.rows = _new_rows(self.tmp, shape)
 
     def _decide(self, img: Image.Image) -> None:
         """With ``channels: auto``, the channels of the first image put, and the rows at them (under a lock: the
@@ -225,7 +245,7 @@ class CacheFill:
             self.channels = 1 if img.mode in GRAY_MODES else 3
             try:
                 self._allocate()
-            except OSError:
+            except (OSError, NoSpaceError):
                 self.abandoned = True
             self._decided = True
 
@@ -248,7 +268,7 @@ class CacheFill:
                 ).is_file():
                     return None
             return cls(paths, target, folder, stats)
-        except OSError:
+        except (OSError, NoSpaceError):
             return None
 
     def put(self, i: int, img: Image.Image) -> None:
@@ -287,12 +307,12 @@ class CacheFill:
                     del rows  # unmapped before its file is renamed (Windows refuses to rename a mapped file)
                     os.replace(self.tmp, tmp)
                 else:
-                    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(keep), *rows.shape[1:]))
+                    out = _new_rows(tmp, (len(keep), *rows.shape[1:]))
                     for s in range(0, len(keep), _COPY_ROWS):  # a chunk at a time: the rows may not fit in memory
                         out[s : s + _COPY_ROWS] = rows[keep[s : s + _COPY_ROWS]]
                     out.flush()
                     del out
-        except OSError:
+        except (OSError, NoSpaceError):
             pass
 
     def close(self) -> None:

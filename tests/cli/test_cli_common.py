@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import subprocess
@@ -11,6 +12,8 @@ import pytest
 import typer
 
 from qmix_cli.cli.app import app
+from qmix_cli.cli.common import guarded
+from tests.cli.helpers import assert_one_line_error, stderr_of
 
 PROBE = """
 import gc, json, sys
@@ -56,3 +59,25 @@ def test_help_prints_every_default_its_options_name(runner, command):
     for default in defaults:
         assert f"[{default}]" in result.output, default
     assert not re.search(r" \.\s", result.output)  # the trace a dropped "[...]" before a full stop leaves
+
+
+@pytest.mark.parametrize(
+    ("error", "where"),
+    [
+        (OSError(errno.ENOSPC, "No space left on device", "out/report.csv"), " writing out/report.csv"),
+        # A copy names its source first and the file it could not write second.
+        (OSError(errno.EDQUOT, "Disk quota exceeded", "a.png", None, "out/1.png"), " writing out/1.png"),
+        (OSError(errno.ENOSPC, "No space left on device"), ""),
+    ],
+)
+def test_a_full_disk_anywhere_is_one_line_naming_the_file(runner, error, where):
+    demo = typer.Typer()
+
+    @demo.command()
+    @guarded
+    def write(ctx: typer.Context) -> None:
+        raise error
+
+    result = runner.invoke(demo, [])
+    assert_one_line_error(result, f"error: no space left on the device{where}: free some space or write elsewhere")
+    assert "unexpected" not in stderr_of(result)

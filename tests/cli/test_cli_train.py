@@ -185,3 +185,19 @@ def test_training_far_above_the_images_size_says_so(runner, tmp_path, make_image
     assert result.exit_code == 0, _stderr(result)
     text = " ".join(_stderr(result).split())
     assert "note: the images are about 16 px a side; --img-size 96 enlarges them (36× the pixels" in text
+
+
+def test_a_full_disk_mid_run_is_one_line_and_resume_goes_on_from_the_last_checkpoint(
+    runner, tmp_path, noisy_digits, qmix_cache_dir, disk_full_at_checkpoint
+):
+    out = tmp_path / "run"
+    disk_full_at_checkpoint(2)  # epoch 1's checkpoint is written, epoch 2's finds the disk full
+    result = _train(runner, noisy_digits, out, *TINY_FLAGS)
+    checkpoint = out / "checkpoints" / "last.pt"
+    _assert_one_line_error(result, f"no space left on the device writing {checkpoint}: free some space")
+    assert torch.load(checkpoint, weights_only=True)["epoch"] == 1
+    disk_full_at_checkpoint(None)
+    result = _train(runner, noisy_digits, out, *TINY_FLAGS, "--resume")
+    assert result.exit_code == 0, _stderr(result)
+    assert "resuming" in _stderr(result) and "at epoch 2/2" in _stderr(result)
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]

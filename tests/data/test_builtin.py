@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -9,7 +11,7 @@ from PIL import Image
 from qmix_cli.data import builtin
 from qmix_cli.data.builtin import default_cache_dir, is_builtin, materialise_builtin
 from qmix_cli.data.manifest import create_dataset
-from qmix_cli.errors import DataError
+from qmix_cli.errors import DataError, NoSpaceError
 
 
 def _mtimes(root):
@@ -79,6 +81,28 @@ def test_incomplete_materialisation_is_redone(tmp_path, monkeypatch):
     ]  # fmt: skip
     materialise_builtin("digits", cache_dir=tmp_path)
     assert len(calls) == 1
+
+
+def test_a_full_disk_while_materialising_names_the_dataset_and_the_cache_and_leaves_nothing(tmp_path, monkeypatch):
+    imgs = np.stack([np.full((4, 4), v, dtype=np.uint8) for v in (0, 100, 200)])
+    monkeypatch.setitem(builtin.BUILTINS, "digits", lambda: (imgs, np.array([0, 1, 1]), ("p", "q")))
+    real_save = Image.Image.save
+    saved = []
+
+    def save(self, fp, *args, **kwargs):
+        if saved:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        saved.append(fp)
+        return real_save(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", save)
+    with pytest.raises(NoSpaceError) as err:
+        materialise_builtin("digits", cache_dir=tmp_path)
+    assert str(err.value) == (
+        f"no disk space to write the built-in dataset digits (3 images) in {tmp_path / 'datasets'}: free some space "
+        "or point --cache-dir (or QMIX_CACHE_DIR) at a larger disk"
+    )
+    assert list((tmp_path / "datasets").iterdir()) == []  # the partial folder is gone
 
 
 def test_local_path_named_like_a_builtin_wins(tmp_path, make_image_folder, monkeypatch):

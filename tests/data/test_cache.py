@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 
 import numpy as np
@@ -13,7 +14,7 @@ from qmix_cli.data import cache
 from qmix_cli.data.cache import DecodeTarget, cache_key, cached_images
 from qmix_cli.data.images import inspect_image, read_image
 from qmix_cli.data.manifest import create_dataset
-from qmix_cli.errors import DataError
+from qmix_cli.errors import DataError, NoSpaceError
 
 
 @pytest.fixture
@@ -388,3 +389,35 @@ def test_a_truncated_jpeg_is_refused_when_decoded_at_its_dct_scale(make_image_fo
     assert _npy_files(tmp_path / "decoded") == []
     with pytest.raises(OSError, match="truncated"):
         read_image(root / "b" / "1.jpg", channels=3, size=32)
+
+
+def _disk_full(monkeypatch):
+    """Every block reservation fails as on a full disk (what a real one makes `posix_fallocate` do)."""
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full, raising=False)
+
+
+def test_a_full_disk_is_an_error_naming_the_space_before_any_pixel_is_written(rgb_dataset, tmp_path, monkeypatch):
+    # Unreserved, the memory map's first page written on a full disk kills the process with SIGBUS, no message.
+    _disk_full(monkeypatch)
+    with pytest.raises(NoSpaceError) as err:
+        cached_images(rgb_dataset, size=64, channels=3, cache_dir=tmp_path)
+    message = str(err.value)
+    assert "no disk space for the decoded images of" in message and "(12 at 64 px, 3 channels)" in message
+    assert f"144.1 KiB needed in {tmp_path / 'decoded'}" in message  # 12 × 3 × 64 × 64 bytes and the header
+    assert "--cache-dir (or QMIX_CACHE_DIR)" in message
+    assert list((tmp_path / "decoded").iterdir()) == []  # the partial file is gone too
+
+
+def test_a_fill_on_a_full_disk_is_abandoned_and_the_decode_then_says_why(make_image_folder, tmp_path, monkeypatch):
+    root = make_image_folder("rgb", per_class=2, size=16)
+    _disk_full(monkeypatch)
+    ds = create_dataset(root, cache_dir=tmp_path, decode_to=DecodeTarget(8, 3))  # the check itself goes on
+    assert len(ds) == 6 and list((tmp_path / "decoded").iterdir()) == []
+    with pytest.raises(NoSpaceError, match="no disk space for the decoded images"):
+        cached_images(ds, size=8, channels=3, cache_dir=tmp_path)
+    monkeypatch.undo()
+    assert cached_images(ds, size=8, channels=3, cache_dir=tmp_path).shape == (6, 3, 8, 8)  # space freed: it works

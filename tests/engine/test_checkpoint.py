@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import pickletools
 import shutil
 import zipfile
@@ -57,3 +58,14 @@ def test_audit_refuses_an_evil_model_file(run_copy, noisy_digits, tmp_path, writ
     with pytest.raises(TrainingError, match=r"cannot read checkpoint .*model\.pt"):
         audit(noisy_digits, run=run_copy)
     assert not marker.exists()
+
+
+def test_a_full_disk_while_saving_names_the_file_and_keeps_the_previous_checkpoint(tmp_path, disk_full_at_checkpoint):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"epoch": 1, "w": torch.zeros(1000)})
+    disk_full_at_checkpoint(1)
+    with pytest.raises(OSError) as err:  # not torch's "enforce fail ... unexpected pos" RuntimeError
+        save_checkpoint(path, {"epoch": 2, "w": torch.ones(1000)})
+    assert err.value.errno == errno.ENOSPC and err.value.filename == str(path)
+    assert load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # the partial file is gone
