@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from qmix_cli.errors import QmixError
-from qmix_cli.io import NO_SPACE
+from qmix_cli.io import NO_SPACE, format_bytes
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -73,6 +74,32 @@ def fail(message: str) -> None:
     raise typer.Exit(1)
 
 
+def out_of_resources(error: BaseException) -> str | None:
+    """The one line for a failure whose fix is the user's wherever it happens, a full disk or an allocation the
+    memory could not hold (torch's CUDA `OutOfMemoryError`, its CPU allocator's ``RuntimeError``, Python's
+    `MemoryError`); None for any other error."""
+    if isinstance(error, OSError) and error.errno in NO_SPACE:
+        target = error.filename2 or error.filename  # a copy names its source first, and the full disk second
+        where = f" writing {target}" if target else ""
+        return f"no space left on the device{where}: free some space or write elsewhere"
+    torch = sys.modules.get("torch")  # loaded by any command that can run out of memory in it
+    on_gpu = torch is not None and isinstance(error, torch.OutOfMemoryError)
+    on_host = isinstance(error, MemoryError) or (
+        isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
+    )
+    if not (on_gpu or on_host):
+        return None
+    asked = re.search(r"[Tt]ried to allocate ([\d.]+ \w+|\d+ bytes)", str(error))
+    size = ""
+    if asked:
+        amount = asked.group(1)
+        size = f" (an allocation of {format_bytes(int(amount.split()[0])) if amount.endswith('bytes') else amount})"
+    return (
+        f"out of {'GPU ' if on_gpu else ''}memory{size}: lower --batch-size, or train with a smaller --img-size "
+        "or --model"
+    )
+
+
 def guarded(fn: F) -> F:
     """Run a command so that any failure is one styled line on stderr and exit code 1.
 
@@ -97,10 +124,8 @@ def guarded(fn: F) -> F:
         except Exception as e:
             if st.verbose:
                 Console(stderr=True).print_exception()
-            if isinstance(e, OSError) and e.errno in NO_SPACE:  # wherever it was written, the fix is the user's
-                target = e.filename2 or e.filename  # a copy names its source first, and the full disk second
-                where = f" writing {target}" if target else ""
-                fail(f"no space left on the device{where}: free some space or write elsewhere")
+            if message := out_of_resources(e):
+                fail(message)
             hint = "" if st.verbose else " (rerun with --verbose for the traceback)"
             fail(f"unexpected {type(e).__name__}: {e}{hint}")
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import typer
 
 from qmix_cli.cli.app import app
@@ -61,23 +62,57 @@ def test_help_prints_every_default_its_options_name(runner, command):
     assert not re.search(r" \.\s", result.output)  # the trace a dropped "[...]" before a full stop leaves
 
 
-@pytest.mark.parametrize(
-    ("error", "where"),
-    [
-        (OSError(errno.ENOSPC, "No space left on device", "out/report.csv"), " writing out/report.csv"),
-        # A copy names its source first and the file it could not write second.
-        (OSError(errno.EDQUOT, "Disk quota exceeded", "a.png", None, "out/1.png"), " writing out/1.png"),
-        (OSError(errno.ENOSPC, "No space left on device"), ""),
-    ],
+NO_SPACE_LINE = "free some space or write elsewhere"
+CPU_ALLOCATOR_ERROR = (
+    "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to "
+    "allocate 3221225472 bytes. Error code 12 (Cannot allocate memory)"
 )
-def test_a_full_disk_anywhere_is_one_line_naming_the_file(runner, error, where):
+MEMORY_HINT = ": lower --batch-size, or train with a smaller --img-size or --model"
+
+
+@pytest.mark.parametrize(
+    ("error", "line"),
+    [
+        (
+            OSError(errno.ENOSPC, "No space left on device", "out/report.csv"),
+            f"no space left on the device writing out/report.csv: {NO_SPACE_LINE}",
+        ),
+        (  # a copy names its source first and the file it could not write second
+            OSError(errno.EDQUOT, "Disk quota exceeded", "a.png", None, "out/1.png"),
+            f"no space left on the device writing out/1.png: {NO_SPACE_LINE}",
+        ),
+        (OSError(errno.ENOSPC, "No space left on device"), f"no space left on the device: {NO_SPACE_LINE}"),
+        (
+            torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of"),
+            f"out of GPU memory (an allocation of 2.00 GiB){MEMORY_HINT}",
+        ),
+        (
+            RuntimeError(CPU_ALLOCATOR_ERROR),
+            f"out of memory (an allocation of 3.0 GiB){MEMORY_HINT}",
+        ),
+        (MemoryError(), f"out of memory{MEMORY_HINT}"),
+    ],
+    ids=["no-space", "quota-on-copy", "no-space-unnamed", "gpu-memory", "host-allocator", "memory-error"],
+)
+def test_a_full_disk_or_memory_anywhere_is_one_line_saying_what_to_do(runner, error, line):
     demo = typer.Typer()
 
     @demo.command()
     @guarded
-    def write(ctx: typer.Context) -> None:
+    def work(ctx: typer.Context) -> None:
         raise error
 
     result = runner.invoke(demo, [])
-    assert_one_line_error(result, f"error: no space left on the device{where}: free some space or write elsewhere")
+    assert_one_line_error(result, f"error: {line}")
     assert "unexpected" not in stderr_of(result)
+
+
+def test_other_runtime_errors_stay_unexpected(runner):
+    demo = typer.Typer()
+
+    @demo.command()
+    @guarded
+    def work(ctx: typer.Context) -> None:
+        raise RuntimeError("a bug")
+
+    assert_one_line_error(runner.invoke(demo, []), "unexpected RuntimeError: a bug")
