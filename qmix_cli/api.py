@@ -181,7 +181,7 @@ def audit(
     import pyarrow as pa
 
     from qmix_cli.data.manifest import check_output_file, create_dataset
-    from qmix_cli.io import check_out_file
+    from qmix_cli.io import check_out_file, run_file_named
     from qmix_cli.reporting.report import REPORT_ORDERS, infer_format, open_report_writer
     from qmix_cli.reporting.score import load_run, metadata_for, report_batches, score_dataset
 
@@ -196,6 +196,10 @@ def audit(
         fmt = infer_format(str(out), fmt)
         if out != "-":
             check_out_file(out)  # now, not after every image is scored
+            if own := run_file_named(out, run):
+                raise ConfigError(
+                    f"--out {out} is one of the run's own files ({own}); write the report to another file"
+                )
     trained = load_run(run, device=device)
     with _reporter(console, quiet) as rep:
         dataset = create_dataset(
@@ -250,11 +254,15 @@ def show(
     run: str | Path | None = None,
     data: str | Path | None = None,
     top: int = 12,
+    console: Console | None = None,
+    quiet: bool = False,
 ) -> Path:
-    """Write the self-contained HTML page of a report (scatter, per-class counts, thumbnails, training curves)."""
+    """Write the self-contained HTML page of a report (scatter, per-class counts, thumbnails, training curves).
+    Thumbnails whose images are not found are said on ``console``."""
     from qmix_cli.reporting.html import write_html_report
 
-    return write_html_report(report, out=out, run=run, data=data, top=top)
+    with _reporter(console, quiet) as rep:
+        return write_html_report(report, out=out, run=run, data=data, top=top, warn=rep.log)
 
 
 def evaluate(report: str | Path, *, truth: str | Path, on_missing: str = "error") -> dict[str, Any]:
@@ -264,10 +272,11 @@ def evaluate(report: str | Path, *, truth: str | Path, on_missing: str = "error"
     from qmix_cli.data.manifest import read_manifest
     from qmix_cli.errors import DataError
     from qmix_cli.reporting.evaluate import evaluate_report
-    from qmix_cli.reporting.report import read_report
+    from qmix_cli.reporting.report import check_report_root, read_report
 
     frame = read_report(report)
-    truth_frame, _ = read_manifest(truth)
+    truth_frame, root = read_manifest(truth)
+    check_report_root(frame.attrs.get("qmix", {}), root, data=truth)
     if "category" not in truth_frame.columns:
         raise DataError(f"{truth} has no truth columns (category); it must be a manifest written by qmix corrupt")
     if "sample_id" not in truth_frame.columns:
@@ -300,7 +309,7 @@ def apply(
     from qmix_cli.data.manifest import check_output_file, create_dataset, paths_for_manifest
     from qmix_cli.io import atomic_path, check_out_file
     from qmix_cli.reporting.apply import apply_verdicts, check_actions
-    from qmix_cli.reporting.report import read_report
+    from qmix_cli.reporting.report import check_report_root, read_report
 
     check_actions(hq=hq, lq=lq, on_missing=on_missing)
     out = Path(out)
@@ -316,7 +325,9 @@ def apply(
         report = read_report(report)
     dataset = create_dataset(data, check_images=False, min_classes=1)
     check_output_file(dataset, target)
-    classes = json.loads(report.attrs.get("qmix", {}).get("class_names", "[]"))
+    meta = report.attrs.get("qmix", {})
+    check_report_root(meta, dataset.root, data=data)
+    classes = json.loads(meta.get("class_names", "[]"))
     rows = dataset.frame.assign(path=dataset.file_paths)  # absolute: the new manifest lives elsewhere
     applied = apply_verdicts(rows, report, hq=hq, lq=lq, on_missing=on_missing, classes=classes)
     folder = None if out.is_symlink() else target.parent

@@ -18,6 +18,10 @@ from qmix_cli.errors import NoSpaceError, QmixError
 
 # What a write on a full disk or past a quota fails with.
 NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+# What `qmix train` writes in a run directory (`engine.trainer`), besides its checkpoints folder: no other output
+# may replace them (a report written over ``model.pt`` loses the run).
+RUN_FILES = ("config.yaml", "metrics.jsonl", "separation.json", "run.json", "model.pt")
+RUN_CHECKPOINTS = "checkpoints"
 
 
 def _umask() -> int:
@@ -92,6 +96,19 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def run_file_named(path: str | Path, run_dir: str | Path) -> str | None:
+    """Which of the run's own files (`RUN_FILES`, or anything in its checkpoints folder) ``path`` would replace,
+    relative to ``run_dir`` and with symlinks resolved; None when it is none of them."""
+    try:
+        relative = Path(os.path.realpath(path)).relative_to(os.path.realpath(run_dir))
+    except ValueError:
+        return None
+    parts = relative.parts
+    if parts and (parts[0] == RUN_CHECKPOINTS or (len(parts) == 1 and parts[0] in RUN_FILES)):
+        return relative.as_posix()
+    return None
 
 
 def format_bytes(n: float) -> str:

@@ -37,10 +37,11 @@ def show_command(
     ] = 12,
 ) -> None:
     """Write a self-contained HTML page: loss × uncertainty scatter, per-class counts, top issues, curves."""
-    from qmix_cli.reporting.html import write_html_report
+    from qmix_cli.api import show
 
-    path = write_html_report(report, out=out, run=run, data=data, top=top)
-    state(ctx).err.print(f"wrote {bold(path)}", highlight=False, soft_wrap=True)
+    st = state(ctx)
+    path = show(report, out=out, run=run, data=data, top=top, console=st.err, quiet=st.quiet)
+    st.err.print(f"wrote {bold(path)}", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

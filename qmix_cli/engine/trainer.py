@@ -54,10 +54,10 @@ from qmix_cli.engine.steps import (
     supervised_epoch,
 )
 from qmix_cli.errors import ConfigError, TrainingError
-from qmix_cli.io import atomic_write_text, read_metrics
+from qmix_cli.io import RUN_CHECKPOINTS, atomic_write_text, read_metrics
 from qmix_cli.progress import Reporter, SilentReporter
 
-CHECKPOINT = Path("checkpoints") / "last.pt"
+CHECKPOINT = Path(RUN_CHECKPOINTS) / "last.pt"
 # Options added since runs were first saved, with what a run saved before each did: such a run is resumed so
 # (its config.yaml and checkpoint lack them). ``jpeg_scale``: JPEGs were decoded whole.
 PREDATED = {"jpeg_scale": False}
@@ -610,6 +610,11 @@ def train(
         run.load_state(load_checkpoint(run_dir / CHECKPOINT))
         if run.epoch > cfg.epochs:  # refused before _make_run_dir takes a finished run's model away
             raise ConfigError(f"--epochs {cfg.epochs}: this run has trained {run.epoch} epochs already")
+        if run.epoch == cfg.epochs and (run_dir / "model.pt").is_file():
+            raise ConfigError(
+                f"{run_dir} has finished its {cfg.epochs} epochs; to train on, resume with --epochs N (more than "
+                f"{cfg.epochs})"
+            )
     _make_run_dir(run_dir, resume=resume, reporter=reporter)
     if not resume:
         reporter.log(_start_line(run))
@@ -618,7 +623,10 @@ def train(
     metrics_path = run_dir / "metrics.jsonl"
     if resume:
         run.metrics = [row for row in read_metrics(metrics_path) if row["epoch"] <= run.epoch]
-        reporter.log(f"resuming {run_dir} at epoch {run.epoch + 1}/{cfg.epochs}")
+        if run.epoch < cfg.epochs:
+            reporter.log(f"resuming {run_dir} at epoch {run.epoch + 1}/{cfg.epochs}")
+        else:  # killed after its last epoch, before the final model was saved
+            reporter.log(f"finishing {run_dir}: its {cfg.epochs} epochs are trained")
     atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
     atomic_write_text(metrics_path, "".join(json.dumps(m) + "\n" for m in run.metrics))
 

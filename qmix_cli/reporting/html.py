@@ -22,7 +22,7 @@ import html
 import io
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +32,8 @@ import pandas as pd
 from qmix_cli import __version__
 from qmix_cli.categories import CATEGORIES
 from qmix_cli.errors import QmixError
-from qmix_cli.io import atomic_write_text, check_out_file, is_one_of, read_metrics
-from qmix_cli.reporting.report import read_report
+from qmix_cli.io import atomic_write_text, check_out_file, is_one_of, read_metrics, run_file_named
+from qmix_cli.reporting.report import check_report_root, read_report
 
 #: Okabe–Ito colours (safe for the common colour-vision deficiencies), one per category in CATEGORIES order.
 PALETTE: tuple[str, str, str] = ("#0072B2", "#E69F00", "#CC79A7")
@@ -405,6 +405,7 @@ def write_html_report(
     data: str | Path | None = None,
     top: int = 12,
     max_points: int = 5000,
+    warn: Callable[[str], None] | None = None,
 ) -> Path:
     """Write one self-contained HTML page for a report (atomically) and return its path.
 
@@ -425,6 +426,8 @@ def write_html_report(
         Thumbnails shown for each of ``mislabeled_hq`` and ``mislabeled_lq``, best ranked first.
     max_points
         Most points in the scatter; larger reports are subsampled deterministically.
+    warn
+        Called with one line when some of the thumbnails' images cannot be found (the page shows placeholders).
 
     Raises
     ------
@@ -443,9 +446,18 @@ def write_html_report(
     frame = read_report(report)
     meta: dict[str, str] = dict(frame.attrs.get("qmix", {}))
     run_dir = _existing_dir(run, "run directory") if run is not None else _recorded_dir(meta, "run_dir")
+    if run_dir is not None and (own := run_file_named(out, run_dir)):
+        raise QmixError(f"--out {out} is one of the run's own files ({own}); write the page to another file")
     root = _data_root(data, meta)
     if is_one_of(out, frame["path"].astype(str), root=root):
         raise QmixError(f"--out {out} is one of the report's images; write the page to another file")
+    missing, shown = missing_thumbnails(frame, root=root, top=top)
+    if missing and warn is not None:
+        where = f"under {root}" if root is not None else "from the current directory"
+        warn(
+            f"{missing} of the {shown} images shown as thumbnails are not found {where}: pass --data with the "
+            "dataset the report's paths are relative to"
+        )
     page = render_page(frame, meta=meta, run_dir=run_dir, root=root, top=top, max_points=max_points, source=report)
     try:
         atomic_write_text(out, page)
@@ -464,11 +476,11 @@ def _existing_dir(path: str | Path, what: str) -> Path:
 def _data_root(data: str | Path | None, meta: dict[str, str]) -> Path | None:
     if data is not None:
         path = Path(data)
-        if path.is_dir():
-            return path
-        if path.is_file():
-            return path.parent
-        raise QmixError(f"dataset not found: {data}")
+        if not path.exists():
+            raise QmixError(f"dataset not found: {data}")
+        root = path if path.is_dir() else path.parent
+        check_report_root(meta, root, data=data)  # thumbnails of other images under the same names would mislead
+        return root
     # The absolute root; reports written before it was recorded name the dataset as the audit was given it.
     if (root := _recorded_dir(meta, "dataset_root")) is not None:
         return root
@@ -516,14 +528,7 @@ def render_page(
         '<p class="note">Images per given label and category; "issues" is the share not judged clean.</p>'
         + class_table_html(frame["given_label"].astype(str).tolist(), cats.tolist(), class_names),
     ]
-    for group, blurb in (
-        (
-            "mislabeled_hq",
-            "good images whose label looks wrong; the suggested label is the likeliest other class by a probe "
-            "that never saw the image",
-        ),
-        ("mislabeled_lq", "low-quality images (blurred, noisy, corrupted…): fix or drop them rather than relabel"),
-    ):
+    for group, blurb in THUMB_GROUPS.items():
         sections.append(_thumbs_section(frame, group, blurb, root=root, top=top))
     if run_dir is not None:
         sections.append(_curves_section(run_dir))
@@ -604,8 +609,27 @@ def _resolve_image(path: str, root: Path | None) -> Path:
     return p if p.is_absolute() or root is None else root / p
 
 
+# The verdicts shown as thumbnails, with the line that says what to do about them.
+THUMB_GROUPS = {
+    "mislabeled_hq": "good images whose label looks wrong; the suggested label is the likeliest other class by a "
+    "probe that never saw the image",
+    "mislabeled_lq": "low-quality images (blurred, noisy, corrupted…): fix or drop them rather than relabel",
+}
+
+
+def _top_rows(frame: pd.DataFrame, group: str, top: int) -> pd.DataFrame:
+    """The ``top`` best-ranked rows of verdict ``group``: the ones the page shows as thumbnails."""
+    return frame[frame["category"] == group].sort_values("rank", kind="stable").head(top)
+
+
+def missing_thumbnails(frame: pd.DataFrame, *, root: Path | None, top: int) -> tuple[int, int]:
+    """How many of the images the page would show as thumbnails are not files (under ``root``), of how many."""
+    paths = [str(p) for g in THUMB_GROUPS for p in _top_rows(frame, g, top)["path"]]
+    return sum(not _resolve_image(p, root).is_file() for p in paths), len(paths)
+
+
 def _thumbs_section(frame: pd.DataFrame, group: str, blurb: str, *, root: Path | None, top: int) -> str:
-    rows = frame[frame["category"] == group].sort_values("rank", kind="stable").head(top)
+    rows = _top_rows(frame, group, top)
     total = int((frame["category"] == group).sum())
     code = CATEGORIES.index(group)
     heading = (

@@ -657,6 +657,20 @@ def given_label_mismatches(given: pd.Series, labels: pd.Series) -> list[str]:
     return given.index[given.astype(str).to_numpy() != other.to_numpy()].tolist()
 
 
+def check_report_root(meta: Mapping[str, str], root: str | Path, *, data: str | Path) -> None:
+    """Refuse a report whose metadata (`metadata_for`) records another dataset folder than ``root``, the folder of
+    ``data`` (as the user named it), while that folder still exists: the report is of other images, perhaps with
+    the very file names and labels of these (a test split beside its training split), which no check of ids or
+    labels tells apart. Reports that record no folder (CSV, JSON Lines) or one that is gone (a dataset moved since
+    its audit) pass."""
+    recorded = meta.get("dataset_root")
+    if not recorded or not os.path.isdir(recorded) or os.path.samefile(recorded, root):
+        return
+    raise QmixError(
+        f"the report is of the images in {recorded}, not of {data}; audit {data} with the run to get its report"
+    )
+
+
 def as_bool(series: pd.Series, *, name: str) -> np.ndarray:
     """(N,) bool of a column of booleans, or of text that spells them (``true``/``false``, ``1``/``0``), as CSV
     files written by other tools do; missing values or other text are a `QmixError` naming ``name``."""

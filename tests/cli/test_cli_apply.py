@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import pandas as pd
 
+from qmix_cli.api import audit
 from qmix_cli.cli.app import app
 from qmix_cli.data.manifest import create_dataset
 from tests.cli.helpers import assert_one_line_error as _assert_one_line_error
@@ -124,3 +126,36 @@ def test_the_python_api_takes_the_report_as_a_file_or_as_audit_returns_it(report
     from_file = apply(noisy_digits, report=report, out=tmp_path / "b.parquet")
     assert {k: v for k, v in from_frame.items() if k != "out"} == {k: v for k, v in from_file.items() if k != "out"}
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "a.parquet"), pd.read_parquet(tmp_path / "b.parquet"))
+
+
+def test_a_report_of_other_images_under_the_same_names_is_refused(runner, qmix_run, noisy_digits, tmp_path):
+    # A test split beside its training split: the same file names, ids and labels, which no row check tells apart.
+    twin = tmp_path / "twin"
+    shutil.copytree(noisy_digits, twin)
+    twin_report = tmp_path / "twin.parquet"
+    audit(twin, run=qmix_run.run_dir, out=twin_report, quiet=True)
+    fixed, page = tmp_path / "fixed.csv", tmp_path / "page.html"
+    commands = {
+        "apply": [
+            "apply",
+            str(noisy_digits),
+            "--report",
+            str(twin_report),
+            "--out",
+            str(fixed),
+            "--on-missing",
+            "keep",
+        ],
+        "evaluate": ["evaluate", str(twin_report), "--truth", str(noisy_digits)],
+        "show": ["show", str(twin_report), "--data", str(noisy_digits), "--out", str(page)],
+    }
+    for args in commands.values():
+        _assert_one_line_error(
+            runner.invoke(app, args), f"the report is of the images in {twin}, not of {noisy_digits}"
+        )
+    assert not fixed.exists() and not page.exists()
+    # Moved since its audit (the folder it records is gone): the report is taken for the dataset's.
+    shutil.rmtree(twin)
+    result = runner.invoke(app, commands["apply"])
+    assert result.exit_code == 0, _stderr(result)
+    assert "wrote" in _stderr(result) and len(pd.read_csv(fixed)) > 1000

@@ -63,3 +63,28 @@ def test_show_refuses_to_write_over_its_report(runner, tmp_path, write_image):
     result = runner.invoke(app, ["show", str(report), "--out", str(report)])
     _assert_one_line_error(result, "is the report being read")
     assert report.read_bytes() == before
+
+
+def test_thumbnails_not_found_are_said_with_what_to_pass(runner, tmp_path, write_image):
+    report, data, rows = make_report(tmp_path, write_image, fmt="csv")  # a CSV report records no dataset folder
+    shown = int(rows["category"].isin(["mislabeled_hq", "mislabeled_lq"]).sum())  # all of them, under --top 12
+    result = runner.invoke(app, ["show", str(report), "--out", str(tmp_path / "a.html")])
+    assert result.exit_code == 0, _stderr(result)
+    text = " ".join(_stderr(result).split())
+    assert f"{shown} of the {shown} images shown as thumbnails are not found from the current directory: pass " in text
+    assert "--data with the dataset the report's paths are relative to" in text
+    result = runner.invoke(app, ["show", str(report), "--out", str(tmp_path / "b.html"), "--data", str(data)])
+    assert result.exit_code == 0, _stderr(result)
+    # Only the one image make_report leaves out.
+    assert f"1 of the {shown} images shown as thumbnails are not found under {data}" in " ".join(
+        _stderr(result).split()
+    )
+
+
+def test_the_runs_own_files_are_not_an_output(runner, tmp_path, write_image):
+    report, _, _ = make_report(tmp_path, write_image)
+    run = make_run(tmp_path)
+    before = (run / "metrics.jsonl").read_bytes()
+    result = runner.invoke(app, ["show", str(report), "--run", str(run), "--out", str(run / "metrics.jsonl")])
+    _assert_one_line_error(result, "is one of the run's own files (metrics.jsonl)")
+    assert (run / "metrics.jsonl").read_bytes() == before

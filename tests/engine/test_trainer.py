@@ -433,6 +433,14 @@ def test_killed_extension_of_a_finished_run_leaves_no_stale_model(noisy_digits, 
     with pytest.raises(ConfigError, match="trained 3 epochs already"):
         train(noisy_digits, run, resume=True, epochs=2, cache_dir=cache)
     assert (run / "model.pt").is_file()
+    # As many: nothing to resume, said so (not "resuming at epoch 4/3"), and the model kept.
+    with pytest.raises(ConfigError, match="has finished its 3 epochs; to train on, resume with --epochs N"):
+        train(noisy_digits, run, resume=True, cache_dir=cache)
+    model = (run / "model.pt").read_bytes()
+    # Killed between its last checkpoint and its final model: resuming only finishes it, with the same model.
+    (run / "model.pt").unlink()
+    train(noisy_digits, run, resume=True, cache_dir=cache)
+    assert (run / "model.pt").read_bytes() == model
 
 
 def test_force_keeps_the_old_run_until_the_new_one_finishes(noisy_digits, tmp_path, qmix_cache_dir):
