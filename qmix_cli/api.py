@@ -33,12 +33,15 @@ def _reporter(console: Console | None, quiet: bool) -> Iterator[Reporter]:
         yield rep
 
 
-def _log_ignored(rep: Reporter, dataset: Dataset) -> None:
-    """Say how many files of an image folder's class folders were passed over as not images (DICOM, text, ...)."""
+def _log_scan(rep: Reporter, dataset: Dataset) -> None:
+    """Say how many files of an image folder's class folders were passed over as not images (DICOM, text, ...),
+    and what its layout suggests the user did not mean (`Dataset.notes`)."""
     if dataset.ignored:
         from qmix_cli.data.manifest import describe_ignored
 
         rep.log(f"ignored {describe_ignored(dataset.ignored)} in {dataset.source}'s class folders")
+    for note in dataset.notes:
+        rep.log(f"note: {note}")
 
 
 def _log_skipped(rep: Reporter, dataset: Dataset) -> None:
@@ -96,7 +99,7 @@ def corrupt(
             workers=workers,
             reporter=rep,
         )
-        _log_ignored(rep, dataset)  # corrupt states the skipped images in its summary line
+        _log_scan(rep, dataset)  # corrupt states the skipped images in its summary line
         return corrupt_dataset(dataset, out, spec=spec, force=force, workers=workers, reporter=rep)
 
 
@@ -145,7 +148,7 @@ def train(
                 cfg.img_size, None if cfg.channels == "auto" else int(cfg.channels), jpeg_scale=cfg.jpeg_scale
             ),
         )
-        _log_ignored(rep, dataset)
+        _log_scan(rep, dataset)
         _log_skipped(rep, dataset)
         return run_training(dataset, cfg, out, resume=resume, force=force, reporter=rep, on_epoch_end=on_epoch_end)
 
@@ -211,7 +214,7 @@ def audit(
             reporter=rep,
             decode_to=trained.decode_target,
         )
-        _log_ignored(rep, dataset)
+        _log_scan(rep, dataset)
         _log_skipped(rep, dataset)  # the report has no row for them: say so, or they are silently gone
         if out is not None and out != "-":
             check_output_file(dataset, out)

@@ -57,6 +57,8 @@ class Dataset:
     ignored
         Files an ImageFolder's class folders hold that are not read as images (their suffix is not one of
         `IMAGE_SUFFIXES`: DICOM, text, ...), counted by suffix; empty for a manifest, which names its images.
+    notes
+        Lines about an ImageFolder's layout that the user probably did not mean (`layout_notes`).
     file_stats
         (N, 2) int64: each image file's size and modification time in nanoseconds as the check found them, kept
         by ``create_dataset(decode_to=...)``, whose caller reads the images next: `cached_images` looks up what
@@ -73,6 +75,7 @@ class Dataset:
     source: str = ""
     file_stats: np.ndarray | None = field(default=None, repr=False, compare=False)
     ignored: dict[str, int] = field(default_factory=dict, compare=False)
+    notes: tuple[str, ...] = field(default=(), compare=False)
     image_side: int = 0
 
     def __len__(self) -> int:
@@ -210,7 +213,10 @@ def _scan_image_folder(root: Path) -> pd.DataFrame:
     frame's ``attrs["ignored"]`` (`Dataset.ignored`), so that a folder of DICOM files is not silently empty."""
     rows = []
     ignored: Counter[str] = Counter()
+    # Per class folder: whether it holds images itself, and the subfolders (first level) that hold them.
+    layout: dict[str, tuple[bool, set[str]]] = {}
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        direct, subfolders = False, set()
         for dirpath, dirnames, filenames in os.walk(class_dir):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for name in sorted(filenames):
@@ -222,6 +228,11 @@ def _scan_image_folder(root: Path) -> pd.DataFrame:
                     continue
                 rel = Path(dirpath, name).relative_to(root).as_posix()
                 rows.append((rel, rel, class_dir.name))
+                inner = Path(dirpath).relative_to(class_dir).parts
+                direct = direct or not inner
+                if inner:
+                    subfolders.add(inner[0])
+        layout[class_dir.name] = (direct, subfolders)
     # Names the file system holds as bytes that are not UTF-8 reach Python with surrogates, which no report,
     # Parquet file or JSON can hold: refuse them here, by name, rather than fail in a writer later.
     undecodable = [ascii(rel)[1:-1] for rel, _, _ in rows if not rel.isascii() and _has_surrogates(rel)]
@@ -231,7 +242,31 @@ def _scan_image_folder(root: Path) -> pd.DataFrame:
         )
     frame = pd.DataFrame(rows, columns=["sample_id", "path", "label"])
     frame.attrs["ignored"] = dict(ignored.most_common())
+    frame.attrs["notes"] = layout_notes(layout, root=root)
     return frame
+
+
+def layout_notes(layout: dict[str, tuple[bool, set[str]]], *, root: Path) -> list[str]:
+    """What an image folder's layout suggests the user did not mean, one line each: class folders with no image
+    (no class is made of them), and class folders holding their images only in subfolders of the same names (a
+    folder of splits, ``train/<class>`` and ``test/<class>``, read as two classes ``train`` and ``test``).
+
+    ``layout`` maps each class folder's name to whether it holds images itself and which of its subfolders do."""
+    notes = []
+    empty = [name for name, (direct, subs) in layout.items() if not direct and not subs]
+    if empty:
+        notes.append(f"class folders with no image, so no class: {', '.join(empty[:5])}{', ...' * (len(empty) > 5)}")
+    filled = {name: subs for name, (direct, subs) in layout.items() if direct or subs}
+    if len(filled) > 1 and not any(layout[name][0] for name in filled):
+        shared = sorted(set.intersection(*filled.values()))
+        if len(shared) > 1:
+            first = next(iter(filled))
+            notes.append(
+                f"the class folders {', '.join(filled)} hold the same subfolders ({', '.join(shared[:4])}"
+                f"{', ...' * (len(shared) > 4)}) and no image of their own: if those are the classes, name one of "
+                f"them as the dataset (e.g. {root / first})"
+            )
+    return notes
 
 
 def describe_ignored(ignored: dict[str, int]) -> str:
@@ -471,5 +506,6 @@ def create_dataset(
         source=name,
         file_stats=None if decode_to is None else stats,
         ignored=ignored,
+        notes=tuple(raw.attrs.get("notes", ())),
         image_side=image_side,
     )

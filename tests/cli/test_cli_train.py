@@ -169,10 +169,12 @@ def test_files_an_image_folder_holds_besides_images_are_reported(runner, tmp_pat
     root = make_image_folder(classes=("a", "b"), per_class=6, mode="L")
     for i in range(2):
         (root / "b" / f"scan{i}.dcm").write_bytes(b"DICM")
+    (root / "c").mkdir()  # a class meant, with no image yet
     result = _train(runner, root, tmp_path / "run", *TINY_FLAGS, "--epochs", "1", "--warmup-epochs", "1")
     assert result.exit_code == 0, _stderr(result)
     text = " ".join(_stderr(result).split())
     assert "ignored 2 files qmix does not read as images (.dcm 2)" in text
+    assert "note: class folders with no image, so no class: c" in text
     assert "ce: 12 images in 2 classes (the smallest, a, has 6), test_resnet at 32 px on " in text
     assert "after 1 epoch" in text and "after 1 epochs" not in text
     assert "enlarges them" not in text  # 16-px images at 32 px: nothing to say

@@ -278,6 +278,30 @@ def test_ignored_files_are_counted_for_folders_only(make_image_folder):
     assert create_dataset(_csv(root / "m.csv", _folder_rows(root))).ignored == {}  # a manifest names its images
 
 
+def test_a_folder_of_splits_read_as_classes_is_pointed_out(make_image_folder, write_image):
+    root = make_image_folder(classes=("train/a", "train/b", "test/a", "test/b"), per_class=2)
+    ds = create_dataset(root)
+    assert ds.classes == ("test", "train")  # read as named; the note says what was probably meant
+    assert ds.notes == (
+        "the class folders test, train hold the same subfolders (a, b) and no image of their own: if those are the "
+        f"classes, name one of them as the dataset (e.g. {root / 'test'})",
+    )
+    write_image(root / "train" / "loose.png")  # a class folder with images of its own: nothing to point out
+    assert create_dataset(root).notes == ()
+
+
+def test_other_nesting_is_no_note_and_a_class_folder_without_images_is(make_image_folder):
+    # Images grouped by patient inside each class: a layout users mean.
+    root = make_image_folder(classes=("sick/p1", "sick/p2", "well/p3", "well/p4"), per_class=2)
+    assert create_dataset(root).notes == ()
+    (root / "unused").mkdir()
+    (root / "unused" / "scan.dcm").write_bytes(b"x")
+    ds = create_dataset(root)
+    assert ds.classes == ("sick", "well")
+    assert ds.notes == ("class folders with no image, so no class: unused",)
+    assert create_dataset(_csv(root / "m.csv", _folder_rows(root))).notes == ()  # a manifest names its images
+
+
 def test_header_only_csv(tmp_path):
     csv = tmp_path / "m.csv"
     csv.write_text("path,label\n")
