@@ -323,6 +323,23 @@ def _check_columns(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     return frame
 
 
+def _posix_separators(frame: pd.DataFrame, root: Path) -> pd.DataFrame:
+    """``frame`` with paths written with Windows separators (``images\\cat\\1.png``, as a manifest made on
+    Windows holds them) read with ``/`` where that is the separator, except where a file of that very name exists
+    (a backslash is a legal file-name character there). Before the root check: ``..\\..\\x`` climbs out too."""
+    if os.sep == "\\":
+        return frame
+    windows = frame["path"].str.contains("\\", regex=False).to_numpy()
+    if not windows.any():
+        return frame
+    rows = np.flatnonzero(windows)
+    named = frame["path"].to_numpy()[rows]
+    fix = rows[np.array([not os.path.lexists(os.path.join(root, p)) for p in named], dtype=bool)]
+    paths = frame["path"].to_numpy().copy()
+    paths[fix] = [p.replace("\\", "/") for p in paths[fix]]
+    return frame.assign(path=paths)
+
+
 def _check_inside_root(frame: pd.DataFrame, root: Path, source: str) -> None:
     # Relative paths must stay under the root: "../../etc/passwd" in a shared manifest is refused. The check
     # is lexical (normpath), so symlinks placed inside the root by the user still work.
@@ -392,7 +409,11 @@ def _check_images(
     )
     if bad.any() and on_bad_image == "error":
         offenders = [f"{r.path}: {r.reason}" for r in skipped.itertuples()]
-        raise DataError(summarise_offenders("bad images", offenders) + " (pass --on-bad-image skip to leave them out)")
+        if bad.all():  # skipping them would leave nothing: the paths, not the images, are likely what is wrong
+            hint = f" (none of the images could be read: are the paths relative to {root}?)"
+        else:
+            hint = " (pass --on-bad-image skip to leave them out)"
+        raise DataError(summarise_offenders("bad images", offenders) + hint)
     good = [info for info, b in zip(infos, bad, strict=True) if not b]
     kept_stats = None if stats is None else np.asarray(stats, dtype=np.int64).reshape(-1, 2)[~bad]
     return frame.loc[~bad].reset_index(drop=True), skipped, good, kept_stats
@@ -462,6 +483,7 @@ def create_dataset(
                 "e.g. DICOM, to PNG first)"
             )
         raise DataError(f"{name}: the dataset is empty (no images found){hint}")
+    frame = _posix_separators(frame, root)
     _check_inside_root(frame, root, name)
 
     if classes is not None:

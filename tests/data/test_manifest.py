@@ -144,6 +144,32 @@ def test_missing_images_name_first_offenders_and_total(tmp_path, make_image_fold
     assert "--on-bad-image skip" in msg
 
 
+def test_when_no_image_can_be_read_the_paths_are_questioned_not_skipping_suggested(tmp_path, make_image_folder):
+    make_image_folder("imgs", classes=("a", "b"), per_class=2)
+    csv = _csv(tmp_path / "m.csv", [{"path": f"elsewhere/{i}.png", "label": "ab"[i % 2]} for i in range(4)])
+    with pytest.raises(DataError) as exc:
+        create_dataset(csv)
+    assert str(exc.value).endswith(f"(none of the images could be read: are the paths relative to {tmp_path}?)")
+
+
+@pytest.mark.skipif(os.sep != "/", reason="Windows reads its own separators")
+def test_windows_separators_in_a_manifest_are_read_and_a_file_so_named_is_kept(tmp_path, write_image):
+    write_image(tmp_path / "images" / "a" / "1.png")
+    write_image(tmp_path / "images" / "b" / "2.png", seed=1)
+    write_image(tmp_path / "odd\\name.png", seed=2)  # one file whose name holds a backslash: a legal name here
+    rows = [
+        {"path": "images\\a\\1.png", "label": "a"},
+        {"path": "images\\b\\2.png", "label": "b"},
+        {"path": "odd\\name.png", "label": "b"},
+    ]
+    ds = create_dataset(_csv(tmp_path / "m.csv", rows))
+    assert ds.frame["path"].tolist() == ["images/a/1.png", "images/b/2.png", "odd\\name.png"]
+    assert ds.frame["sample_id"].tolist() == [r["path"] for r in rows]  # ids as written
+    escaping = _csv(tmp_path / "up.csv", [*rows[:2], {"path": "..\\..\\x.png", "label": "a"}])
+    with pytest.raises(DataError, match="1 paths escaping the dataset root"):
+        create_dataset(escaping)
+
+
 def test_unreadable_random_bytes(make_image_folder):
     root = make_image_folder(classes=("a", "b"), per_class=2)
     (root / "a" / "junk.png").write_bytes(np.random.default_rng(0).bytes(500))
