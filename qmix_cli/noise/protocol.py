@@ -247,8 +247,11 @@ def corrupt_dataset(
                 unchanged[i] = same
                 advance(1)
 
+        # The source manifest's own columns (a patient id, a site) follow, except those the corruption writes anew.
+        written = {"sample_id", "path", "label", *plan.columns}
+        extra = dataset.frame.drop(columns=[c for c in dataset.frame.columns if c in written]).reset_index(drop=True)
         manifest = pd.concat(
-            [pd.DataFrame({"sample_id": dataset.frame["sample_id"].to_numpy(), "path": rel_out}), plan],
+            [pd.DataFrame({"sample_id": dataset.frame["sample_id"].to_numpy(), "path": rel_out}), plan, extra],
             axis=1,
         )
         manifest.to_parquet(tmp / "manifest.parquet", index=False)

@@ -509,3 +509,20 @@ def test_output_paths_are_unique_when_stems_collide(tmp_path, write_image):
     m = result.manifest
     assert not m["path"].duplicated().any(), m.loc[m["path"].duplicated(keep=False), ["sample_id", "path"]]
     assert len(list(Path(result.out, "images").rglob("*.*"))) == len(m)
+
+
+def test_the_source_manifests_own_columns_follow_each_image(make_image_folder, tmp_path):
+    root = make_image_folder("imgs", classes=("a", "b"), per_class=6)
+    frame = create_dataset(root).frame
+    source = frame.assign(
+        patient_id=[f"p{i}" for i in range(len(frame))],
+        category="not the truth",  # a column the corruption writes: its own replaces it
+    )
+    source.to_csv(root / "manifest.csv", index=False)
+    result = corrupt(root, tmp_path / "noisy", preset="paper-35", seed=3, quiet=True)
+    written = pd.read_parquet(tmp_path / "noisy" / "manifest.parquet")
+    assert written["patient_id"].tolist() == source["patient_id"].tolist()  # row by row, by sample_id
+    assert (written["sample_id"] == source["sample_id"]).all()
+    assert set(written["category"]) <= {"clean", "mislabeled_hq", "mislabeled_lq"}
+    assert written["category"].tolist() == result.manifest["category"].tolist()
+    assert list(written.columns).count("category") == 1
