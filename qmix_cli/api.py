@@ -295,9 +295,11 @@ def apply(
     hq: str = "relabel",
     lq: str = "drop",
     on_missing: str = "error",
+    force: bool = False,
 ) -> dict[str, Any]:
     """Write the manifest that follows from a report's verdicts on ``data`` (`apply_verdicts`: relabel or drop the
-    ``mislabeled_hq`` images, drop or keep the ``mislabeled_lq`` ones), to train on next.
+    ``mislabeled_hq`` images, drop or keep the ``mislabeled_lq`` ones), to train on next. An existing ``out`` is
+    replaced only with ``force`` (runs may have been trained on it).
 
     ``report`` is a report file, or the DataFrame `audit` returned. ``out`` is a new ``.csv`` or ``.parquet``
     manifest, written atomically; ``data`` and ``report`` are never changed. Its paths are relative to its folder
@@ -328,6 +330,8 @@ def apply(
         report = read_report(report)
     dataset = create_dataset(data, check_images=False, min_classes=1)
     check_output_file(dataset, target)
+    if target.exists() and not force:  # after the checks that say more: the report, the dataset's manifest
+        raise ConfigError(f"{out} already exists; choose another --out or pass --force to replace it")
     meta = report.attrs.get("qmix", {})
     check_report_root(meta, dataset.root, data=data)
     classes = json.loads(meta.get("class_names", "[]"))

@@ -25,11 +25,12 @@ def apply_command(
         str,
         typer.Option(help="Images the report has no row for (an audit with --on-bad-image skip): error, drop or keep."),
     ] = "error",
+    force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
 ) -> None:
     """Write a new manifest with the report's verdicts applied: relabel or drop wrong labels, drop unusable images."""
     from qmix_cli.api import apply
 
-    counts = apply(data, report=report, out=out, hq=hq, lq=lq, on_missing=on_missing)
+    counts = apply(data, report=report, out=out, hq=hq, lq=lq, on_missing=on_missing, force=force)
     dropped = counts["images"] - counts["kept"]
     parts = [f"relabelled {counts['relabelled']:,}", f"dropped {dropped:,}"]
     if dropped:

@@ -51,7 +51,7 @@ def demo_command(
     render_evaluation(result, st.err)
     html = show(report, out=out / "report.html", run=run, data=data)
     st.err.rule("5/5 apply the verdicts: relabel mislabeled_hq, drop mislabeled_lq")
-    fixed = apply(data, report=report, out=out / "fixed.parquet")
+    fixed = apply(data, report=report, out=out / "fixed.parquet", force=True)  # out was checked above
     files = Table(title="where everything is", title_justify="left", show_header=False)
     files.add_column("what", no_wrap=True)
     files.add_column("where", overflow="fold")  # whole paths, so they can be copied from a log

@@ -159,3 +159,14 @@ def test_a_report_of_other_images_under_the_same_names_is_refused(runner, qmix_r
     result = runner.invoke(app, commands["apply"])
     assert result.exit_code == 0, _stderr(result)
     assert "wrote" in _stderr(result) and len(pd.read_csv(fixed)) > 1000
+
+
+def test_an_existing_manifest_is_replaced_only_with_force(runner, report, noisy_digits, tmp_path):
+    out = tmp_path / "fixed.parquet"
+    out.write_bytes(b"a manifest a run was trained on")
+    args = ["apply", str(noisy_digits), "--report", str(report), "--out", str(out)]
+    _assert_one_line_error(runner.invoke(app, args), "already exists; choose another --out or pass --force")
+    assert out.read_bytes() == b"a manifest a run was trained on"
+    result = runner.invoke(app, [*args, "--force"])
+    assert result.exit_code == 0, _stderr(result)
+    assert len(pd.read_parquet(out)) > 1000
