@@ -275,11 +275,10 @@ def evaluate(report: str | Path, *, truth: str | Path, on_missing: str = "error"
     from qmix_cli.data.manifest import read_manifest
     from qmix_cli.errors import DataError
     from qmix_cli.reporting.evaluate import evaluate_report
-    from qmix_cli.reporting.report import check_report_root, read_report
+    from qmix_cli.reporting.report import read_report
 
     frame = read_report(report)
-    truth_frame, root = read_manifest(truth)
-    check_report_root(frame.attrs.get("qmix", {}), root, data=truth)
+    truth_frame, _ = read_manifest(truth)
     if "category" not in truth_frame.columns:
         raise DataError(f"{truth} has no truth columns (category); it must be a manifest written by qmix corrupt")
     if "sample_id" not in truth_frame.columns:
@@ -314,7 +313,7 @@ def apply(
     from qmix_cli.data.manifest import check_output_file, create_dataset, paths_for_manifest
     from qmix_cli.io import atomic_path, check_out_file
     from qmix_cli.reporting.apply import apply_verdicts, check_actions
-    from qmix_cli.reporting.report import check_report_root, read_report
+    from qmix_cli.reporting.report import check_same_images, read_report
 
     check_actions(hq=hq, lq=lq, on_missing=on_missing)
     out = Path(out)
@@ -333,7 +332,8 @@ def apply(
     if target.exists() and not force:  # after the checks that say more: the report, the dataset's manifest
         raise ConfigError(f"{out} already exists; choose another --out or pass --force to replace it")
     meta = report.attrs.get("qmix", {})
-    check_report_root(meta, dataset.root, data=data)
+    paths = pd.Series(dataset.frame["path"].to_numpy(), index=dataset.frame["sample_id"].to_numpy())
+    check_same_images(meta, report=report, root=dataset.root, paths=paths, data=data)
     classes = json.loads(meta.get("class_names", "[]"))
     rows = dataset.frame.assign(path=dataset.file_paths)  # absolute: the new manifest lives elsewhere
     applied = apply_verdicts(rows, report, hq=hq, lq=lq, on_missing=on_missing, classes=classes)

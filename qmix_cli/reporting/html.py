@@ -33,7 +33,7 @@ from qmix_cli import __version__
 from qmix_cli.categories import CATEGORIES
 from qmix_cli.errors import QmixError
 from qmix_cli.io import atomic_write_text, check_out_file, is_one_of, read_metrics, run_file_named
-from qmix_cli.reporting.report import check_report_root, read_report
+from qmix_cli.reporting.report import check_same_images, read_report
 
 #: Okabe–Ito colours (safe for the common colour-vision deficiencies), one per category in CATEGORIES order.
 PALETTE: tuple[str, str, str] = ("#0072B2", "#E69F00", "#CC79A7")
@@ -448,7 +448,7 @@ def write_html_report(
     run_dir = _existing_dir(run, "run directory") if run is not None else _recorded_dir(meta, "run_dir")
     if run_dir is not None and (own := run_file_named(out, run_dir)):
         raise QmixError(f"--out {out} is one of the run's own files ({own}); write the page to another file")
-    root = _data_root(data, meta)
+    root = _data_root(data, meta, frame)
     if is_one_of(out, frame["path"].astype(str), root=root):
         raise QmixError(f"--out {out} is one of the report's images; write the page to another file")
     missing, shown = missing_thumbnails(frame, root=root, top=top)
@@ -473,13 +473,15 @@ def _existing_dir(path: str | Path, what: str) -> Path:
     return path
 
 
-def _data_root(data: str | Path | None, meta: dict[str, str]) -> Path | None:
+def _data_root(data: str | Path | None, meta: dict[str, str], frame: pd.DataFrame) -> Path | None:
     if data is not None:
         path = Path(data)
         if not path.exists():
             raise QmixError(f"dataset not found: {data}")
         root = path if path.is_dir() else path.parent
-        check_report_root(meta, root, data=data)  # thumbnails of other images under the same names would mislead
+        # Thumbnails of other images under the same names would mislead.
+        paths = pd.Series(frame["path"].to_numpy(), index=frame["sample_id"].to_numpy())
+        check_same_images(meta, report=frame, root=root, paths=paths, data=data)
         return root
     # The absolute root; reports written before it was recorded name the dataset as the audit was given it.
     if (root := _recorded_dir(meta, "dataset_root")) is not None:

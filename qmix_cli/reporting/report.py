@@ -657,18 +657,33 @@ def given_label_mismatches(given: pd.Series, labels: pd.Series) -> list[str]:
     return given.index[given.astype(str).to_numpy() != other.to_numpy()].tolist()
 
 
-def check_report_root(meta: Mapping[str, str], root: str | Path, *, data: str | Path) -> None:
-    """Refuse a report whose metadata (`metadata_for`) records another dataset folder than ``root``, the folder of
-    ``data`` (as the user named it), while that folder still exists: the report is of other images, perhaps with
-    the very file names and labels of these (a test split beside its training split), which no check of ids or
-    labels tells apart. Reports that record no folder (CSV, JSON Lines) or one that is gone (a dataset moved since
-    its audit) pass."""
+def check_same_images(
+    meta: Mapping[str, str], *, report: pd.DataFrame, root: str | Path, paths: pd.Series, data: str | Path
+) -> None:
+    """Refuse a report whose rows are of other image files than the dataset's rows with the same ids: a test split
+    beside its training split has the very file names, ids and labels, which no check of rows tells apart.
+
+    The report's ``path`` values are resolved against the dataset folder its metadata records (`metadata_for`),
+    the dataset's ``paths`` (as its manifest gives them, indexed by ``sample_id``) against ``root``, both folders
+    with their symlinks resolved. A report that records no folder (CSV, JSON Lines) or one that is gone (the
+    dataset was moved since its audit) cannot be compared and passes. ``data`` names the dataset in the error."""
     recorded = meta.get("dataset_root")
-    if not recorded or not os.path.isdir(recorded) or os.path.samefile(recorded, root):
+    if not recorded or not os.path.isdir(recorded):
         return
-    raise QmixError(
-        f"the report is of the images in {recorded}, not of {data}; audit {data} with the run to get its report"
-    )
+    theirs = pd.Series(report["path"].astype(str).to_numpy(), index=report["sample_id"].astype(str).to_numpy())
+    ours = pd.Series(paths.astype(str).to_numpy(), index=paths.index.astype(str))
+    theirs, ours = (s[~s.index.duplicated()] for s in (theirs, ours))  # duplicate ids are refused elsewhere
+    shared = theirs.index.intersection(ours.index)
+    report_base, base = os.path.realpath(recorded), os.path.realpath(root)
+    pairs = zip(shared, theirs.reindex(shared).to_numpy(), ours.reindex(shared).to_numpy(), strict=True)
+    for sid, their_path, our_path in pairs:  # os.path.join keeps an absolute path as it is
+        there = os.path.normpath(os.path.join(report_base, their_path))
+        here = os.path.normpath(os.path.join(base, our_path))
+        if there != here:
+            raise QmixError(
+                f"the report is of other images than {data} (row {sid} is {there} there, {here} here); audit "
+                f"{data} with the run to get its report"
+            )
 
 
 def as_bool(series: pd.Series, *, name: str) -> np.ndarray:

@@ -136,29 +136,33 @@ def test_a_report_of_other_images_under_the_same_names_is_refused(runner, qmix_r
     audit(twin, run=qmix_run.run_dir, out=twin_report, quiet=True)
     fixed, page = tmp_path / "fixed.csv", tmp_path / "page.html"
     commands = {
-        "apply": [
-            "apply",
-            str(noisy_digits),
-            "--report",
-            str(twin_report),
-            "--out",
-            str(fixed),
-            "--on-missing",
-            "keep",
-        ],
-        "evaluate": ["evaluate", str(twin_report), "--truth", str(noisy_digits)],
+        "apply": ["apply", str(noisy_digits), "-r", str(twin_report), "-o", str(fixed), "--on-missing", "keep"],
         "show": ["show", str(twin_report), "--data", str(noisy_digits), "--out", str(page)],
     }
+    first = pd.read_parquet(twin_report)["path"].iloc[0]
     for args in commands.values():
         _assert_one_line_error(
-            runner.invoke(app, args), f"the report is of the images in {twin}, not of {noisy_digits}"
+            runner.invoke(app, args),
+            f"the report is of other images than {noisy_digits} (row ",
+            f" is {twin / first} there, {noisy_digits / first} here)",
         )
     assert not fixed.exists() and not page.exists()
     # Moved since its audit (the folder it records is gone): the report is taken for the dataset's.
     shutil.rmtree(twin)
     result = runner.invoke(app, commands["apply"])
     assert result.exit_code == 0, _stderr(result)
-    assert "wrote" in _stderr(result) and len(pd.read_csv(fixed)) > 1000
+    assert "wrote" in _stderr(result) and len(pd.read_parquet(twin_report)) == 1797
+
+
+def test_the_same_images_listed_by_a_manifest_elsewhere_are_the_reports(runner, report, noisy_digits, tmp_path):
+    # Another manifest, in another folder, naming the audited images by absolute path: the same files.
+    listed = pd.read_parquet(noisy_digits / "manifest.parquet")
+    listed = listed.assign(path=[str(noisy_digits / p) for p in listed["path"]])
+    (tmp_path / "lists").mkdir()
+    listed.to_csv(tmp_path / "lists" / "all.csv", index=False)
+    args = ["apply", str(tmp_path / "lists" / "all.csv"), "--report", str(report), "--out", str(tmp_path / "f.csv")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, _stderr(result)
 
 
 def test_an_existing_manifest_is_replaced_only_with_force(runner, report, noisy_digits, tmp_path):
