@@ -329,11 +329,11 @@ def apply(
         report = read_report(report)
     dataset = create_dataset(data, check_images=False, min_classes=1)
     check_output_file(dataset, target)
-    if target.exists() and not force:  # after the checks that say more: the report, the dataset's manifest
-        raise ConfigError(f"{out} already exists; choose another --out or pass --force to replace it")
     meta = report.attrs.get("qmix", {})
     paths = pd.Series(dataset.frame["path"].to_numpy(), index=dataset.frame["sample_id"].to_numpy())
     check_same_images(meta, report=report, root=dataset.root, paths=paths, data=data)
+    if target.exists() and not force:  # after the checks that say more: the report, the dataset's manifest
+        raise ConfigError(f"{out} already exists; choose another --out or pass --force to replace it")
     classes = json.loads(meta.get("class_names", "[]"))
     rows = dataset.frame.assign(path=dataset.file_paths)  # absolute: the new manifest lives elsewhere
     applied = apply_verdicts(rows, report, hq=hq, lq=lq, on_missing=on_missing, classes=classes)

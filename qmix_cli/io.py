@@ -140,6 +140,8 @@ def reserve_space(path: str | Path) -> None:
     except OSError as e:
         if e.errno not in NO_SPACE | {errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS}:
             raise
+        if e.errno == errno.EDQUOT:  # the disk's free space says nothing of the user's quota
+            raise NoSpaceError(f"{format_bytes(size)} needed in {path.parent}, past your disk quota") from None
         if e.errno not in NO_SPACE and free >= size:
             return
     raise NoSpaceError(f"{format_bytes(size)} needed in {path.parent}, {format_bytes(free)} free")

@@ -96,6 +96,15 @@ def test_where_blocks_cannot_be_reserved_the_free_space_decides(tmp_path, monkey
         reserve_space(path)
 
 
+def test_a_spent_quota_is_not_told_as_the_disks_free_space(tmp_path, monkeypatch):
+    def quota(fd, offset, length):
+        raise OSError(errno.EDQUOT, "Disk quota exceeded")
+
+    monkeypatch.setattr(os, "posix_fallocate", quota, raising=False)
+    with pytest.raises(NoSpaceError, match=r"^1\.0 KiB needed in .*, past your disk quota$"):
+        reserve_space(_sparse(tmp_path / "rows.npy", 1024))
+
+
 def test_other_reservation_failures_are_not_taken_for_a_full_disk(tmp_path, monkeypatch):
     def denied(fd, offset, length):
         raise OSError(errno.EBADF, "Bad file descriptor")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import gc
 import re
@@ -81,8 +82,10 @@ def out_of_resources(error: BaseException) -> str | None:
     if isinstance(error, OSError) and error.errno in NO_SPACE:
         target = error.filename2 or error.filename  # a copy names its source first, and the full disk second
         where = f" writing {target}" if target else ""
+        if error.errno == errno.EDQUOT:
+            return f"disk quota exceeded{where}: free some of your space or write elsewhere"
         return f"no space left on the device{where}: free some space or write elsewhere"
-    torch = sys.modules.get("torch")  # loaded by any command that can run out of memory in it
+    torch = sys.modules.get("torch")  # loaded by the commands that run the nets, and only by them
     on_gpu = torch is not None and isinstance(error, torch.OutOfMemoryError)
     on_host = isinstance(error, MemoryError) or (
         isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
@@ -94,6 +97,8 @@ def out_of_resources(error: BaseException) -> str | None:
     if asked:
         amount = asked.group(1)
         size = f" (an allocation of {format_bytes(int(amount.split()[0])) if amount.endswith('bytes') else amount})"
+    if torch is None:  # a table, not a net: nothing of the command's own to lower
+        return f"out of memory{size}: close other programs or use a machine with more memory"
     return (
         f"out of {'GPU ' if on_gpu else ''}memory{size}: lower --batch-size, or train with a smaller --img-size "
         "or --model"

@@ -246,26 +246,28 @@ def _scan_image_folder(root: Path) -> pd.DataFrame:
     return frame
 
 
+# Folder names that name a split of a dataset rather than a class.
+SPLIT_NAMES = frozenset({"train", "training", "val", "valid", "validation", "test", "testing", "dev", "eval"})
+
+
 def layout_notes(layout: dict[str, tuple[bool, set[str]]], *, root: Path) -> list[str]:
     """What an image folder's layout suggests the user did not mean, one line each: class folders with no image
-    (no class is made of them), and class folders holding their images only in subfolders of the same names (a
-    folder of splits, ``train/<class>`` and ``test/<class>``, read as two classes ``train`` and ``test``).
+    (no class is made of them), and class folders that are all named like splits, one of them with class folders
+    of its own (``train/<class>``, ``test/<class>``: a dataset's splits read as two classes).
 
     ``layout`` maps each class folder's name to whether it holds images itself and which of its subfolders do."""
     notes = []
     empty = [name for name, (direct, subs) in layout.items() if not direct and not subs]
     if empty:
         notes.append(f"class folders with no image, so no class: {', '.join(empty[:5])}{', ...' * (len(empty) > 5)}")
-    filled = {name: subs for name, (direct, subs) in layout.items() if direct or subs}
-    if len(filled) > 1 and not any(layout[name][0] for name in filled):
-        shared = sorted(set.intersection(*filled.values()))
-        if len(shared) > 1:
-            first = next(iter(filled))
-            notes.append(
-                f"the class folders {', '.join(filled)} hold the same subfolders ({', '.join(shared[:4])}"
-                f"{', ...' * (len(shared) > 4)}) and no image of their own: if those are the classes, name one of "
-                f"them as the dataset (e.g. {root / first})"
-            )
+    filled = [name for name, (direct, subs) in layout.items() if direct or subs]
+    nested = any(len(layout[name][1]) > 1 for name in filled)
+    if len(filled) > 1 and nested and all(name.lower() in SPLIT_NAMES for name in filled):
+        meant = next((name for name in filled if name.lower().startswith("train")), filled[0])
+        notes.append(
+            f"the class folders {', '.join(filled)} are named like a dataset's splits, with class folders inside: "
+            f"to train on one split, name it as the dataset (e.g. {root / meant})"
+        )
     return notes
 
 
@@ -409,8 +411,11 @@ def _check_images(
     )
     if bad.any() and on_bad_image == "error":
         offenders = [f"{r.path}: {r.reason}" for r in skipped.itertuples()]
-        if bad.all():  # skipping them would leave nothing: the paths, not the images, are likely what is wrong
+        if bad.all() and not frame["path"].map(os.path.isabs).all():
+            # Skipping them would leave nothing: the paths, not the images, are likely what is wrong.
             hint = f" (none of the images could be read: are the paths relative to {root}?)"
+        elif bad.all():
+            hint = " (none of the images could be read)"
         else:
             hint = " (pass --on-bad-image skip to leave them out)"
         raise DataError(summarise_offenders("bad images", offenders) + hint)

@@ -54,7 +54,7 @@ from qmix_cli.engine.steps import (
     supervised_epoch,
 )
 from qmix_cli.errors import ConfigError, TrainingError
-from qmix_cli.io import RUN_CHECKPOINTS, atomic_write_text, read_metrics
+from qmix_cli.io import RUN_CHECKPOINTS, RUN_FILES, atomic_write_text, read_metrics
 from qmix_cli.progress import Reporter, SilentReporter
 
 CHECKPOINT = Path(RUN_CHECKPOINTS) / "last.pt"
@@ -490,7 +490,7 @@ def _check_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
     elif run_dir.exists() and any(run_dir.iterdir()):
         if not force:
             raise ConfigError(f"{run_dir} already exists; pass --resume to continue it or --force to start over")
-        if not any((run_dir / name).exists() for name in ("config.yaml", "checkpoints", "model.pt")):
+        if not any((run_dir / name).exists() for name in (*RUN_FILES, RUN_CHECKPOINTS)):
             # --force replaces a run (and deletes it once the new one is done), not any folder named by mistake.
             raise ConfigError(f"--out {run_dir} holds files but no qmix run; --force only replaces runs")
 

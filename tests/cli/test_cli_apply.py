@@ -7,6 +7,7 @@ import os
 import shutil
 
 import pandas as pd
+from PIL import Image, ImageOps
 
 from qmix_cli.api import audit
 from qmix_cli.cli.app import app
@@ -129,9 +130,14 @@ def test_the_python_api_takes_the_report_as_a_file_or_as_audit_returns_it(report
 
 
 def test_a_report_of_other_images_under_the_same_names_is_refused(runner, qmix_run, noisy_digits, tmp_path):
-    # A test split beside its training split: the same file names, ids and labels, which no row check tells apart.
+    # A test split beside its training split: the same file names, ids and labels, which no row check tells apart,
+    # and other pixels.
     twin = tmp_path / "twin"
     shutil.copytree(noisy_digits, twin)
+    for image in (twin / "images").iterdir():
+        with Image.open(image) as img:
+            inverted = ImageOps.invert(img.convert("L"))
+        inverted.save(image)
     twin_report = tmp_path / "twin.parquet"
     audit(twin, run=qmix_run.run_dir, out=twin_report, quiet=True)
     fixed, page = tmp_path / "fixed.csv", tmp_path / "page.html"
@@ -152,6 +158,21 @@ def test_a_report_of_other_images_under_the_same_names_is_refused(runner, qmix_r
     result = runner.invoke(app, commands["apply"])
     assert result.exit_code == 0, _stderr(result)
     assert "wrote" in _stderr(result) and len(pd.read_parquet(twin_report)) == 1797
+
+
+def test_a_report_of_a_copy_of_the_dataset_or_of_it_through_a_link_is_the_datasets(
+    runner, report, noisy_digits, tmp_path
+):
+    # The same bytes under another folder (a copy, a built-in dataset materialised in another cache) are the same
+    # images, and so is the same folder reached through a symlink.
+    copy, link = tmp_path / "copy", tmp_path / "link"
+    shutil.copytree(noisy_digits, copy)
+    link.symlink_to(noisy_digits, target_is_directory=True)
+    for i, data in enumerate((copy, link)):
+        result = runner.invoke(app, ["apply", str(data), "-r", str(report), "-o", str(tmp_path / f"f{i}.csv")])
+        assert result.exit_code == 0, _stderr(result)
+        page = runner.invoke(app, ["show", str(report), "--data", str(data), "-o", str(tmp_path / f"p{i}.html")])
+        assert page.exit_code == 0, _stderr(page)
 
 
 def test_the_same_images_listed_by_a_manifest_elsewhere_are_the_reports(runner, report, noisy_digits, tmp_path):

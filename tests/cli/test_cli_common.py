@@ -13,7 +13,7 @@ import torch
 import typer
 
 from qmix_cli.cli.app import app
-from qmix_cli.cli.common import guarded
+from qmix_cli.cli.common import guarded, out_of_resources
 from tests.cli.helpers import assert_one_line_error, stderr_of
 
 PROBE = """
@@ -79,7 +79,7 @@ MEMORY_HINT = ": lower --batch-size, or train with a smaller --img-size or --mod
         ),
         (  # a copy names its source first and the file it could not write second
             OSError(errno.EDQUOT, "Disk quota exceeded", "a.png", None, "out/1.png"),
-            f"no space left on the device writing out/1.png: {NO_SPACE_LINE}",
+            "disk quota exceeded writing out/1.png: free some of your space or write elsewhere",
         ),
         (OSError(errno.ENOSPC, "No space left on device"), f"no space left on the device: {NO_SPACE_LINE}"),
         (
@@ -116,3 +116,9 @@ def test_other_runtime_errors_stay_unexpected(runner):
         raise RuntimeError("a bug")
 
     assert_one_line_error(runner.invoke(demo, []), "unexpected RuntimeError: a bug")
+
+
+def test_out_of_memory_without_the_nets_loaded_does_not_point_at_training_options(monkeypatch):
+    monkeypatch.delitem(sys.modules, "torch")  # apply, show and evaluate never load it
+    assert out_of_resources(MemoryError()) == "out of memory: close other programs or use a machine with more memory"
+    assert out_of_resources(ValueError("x")) is None

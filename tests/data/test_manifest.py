@@ -150,6 +150,11 @@ def test_when_no_image_can_be_read_the_paths_are_questioned_not_skipping_suggest
     with pytest.raises(DataError) as exc:
         create_dataset(csv)
     assert str(exc.value).endswith(f"(none of the images could be read: are the paths relative to {tmp_path}?)")
+    rows = [{"path": str(tmp_path / f"gone{i}.png"), "label": "ab"[i % 2]} for i in range(4)]
+    absolute = _csv(tmp_path / "a.csv", rows)
+    with pytest.raises(DataError) as exc:
+        create_dataset(absolute)
+    assert str(exc.value).endswith("(none of the images could be read)")  # nothing relative to ask about
 
 
 @pytest.mark.skipif(os.sep != "/", reason="Windows reads its own separators")
@@ -304,22 +309,24 @@ def test_ignored_files_are_counted_for_folders_only(make_image_folder):
     assert create_dataset(_csv(root / "m.csv", _folder_rows(root))).ignored == {}  # a manifest names its images
 
 
-def test_a_folder_of_splits_read_as_classes_is_pointed_out(make_image_folder, write_image):
-    root = make_image_folder(classes=("train/a", "train/b", "test/a", "test/b"), per_class=2)
+@pytest.mark.parametrize("flat_val", [False, True])
+def test_a_folder_of_splits_read_as_classes_is_pointed_out(make_image_folder, flat_val):
+    val = ("val",) if flat_val else ("val/a", "val/b")  # a validation split kept flat, as some datasets ship it
+    root = make_image_folder(classes=("test/a", "test/b", "train/a", "train/b", *val), per_class=2)
     ds = create_dataset(root)
-    assert ds.classes == ("test", "train")  # read as named; the note says what was probably meant
+    assert ds.classes == ("test", "train", "val")  # read as named; the note says what was probably meant
     assert ds.notes == (
-        "the class folders test, train hold the same subfolders (a, b) and no image of their own: if those are the "
-        f"classes, name one of them as the dataset (e.g. {root / 'test'})",
+        "the class folders test, train, val are named like a dataset's splits, with class folders inside: to train "
+        f"on one split, name it as the dataset (e.g. {root / 'train'})",
     )
-    write_image(root / "train" / "loose.png")  # a class folder with images of its own: nothing to point out
-    assert create_dataset(root).notes == ()
 
 
 def test_other_nesting_is_no_note_and_a_class_folder_without_images_is(make_image_folder):
-    # Images grouped by patient inside each class: a layout users mean.
+    # Images grouped by patient, or by side, inside each class: layouts users mean, even with shared names.
     root = make_image_folder(classes=("sick/p1", "sick/p2", "well/p3", "well/p4"), per_class=2)
     assert create_dataset(root).notes == ()
+    sides = make_image_folder("sides", classes=("benign/left", "benign/right", "malignant/left"), per_class=2)
+    assert create_dataset(sides).notes == ()
     (root / "unused").mkdir()
     (root / "unused" / "scan.dcm").write_bytes(b"x")
     ds = create_dataset(root)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import math
@@ -16,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from rich.console import Console
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
@@ -439,8 +441,10 @@ def test_killed_extension_of_a_finished_run_leaves_no_stale_model(noisy_digits, 
     model = (run / "model.pt").read_bytes()
     # Killed between its last checkpoint and its final model: resuming only finishes it, with the same model.
     (run / "model.pt").unlink()
-    train(noisy_digits, run, resume=True, cache_dir=cache)
+    log = io.StringIO()
+    train(noisy_digits, run, resume=True, cache_dir=cache, console=Console(file=log, width=200))
     assert (run / "model.pt").read_bytes() == model
+    assert f"finishing {run}: its 3 epochs are trained" in log.getvalue() and "resuming" not in log.getvalue()
 
 
 def test_force_keeps_the_old_run_until_the_new_one_finishes(noisy_digits, tmp_path, qmix_cache_dir):
