@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import shlex
 from pathlib import Path
 from typing import Annotated
@@ -74,8 +75,18 @@ def audit_command(
     if out != "-":
         # The images --on-bad-image skip left out have no row: the suggested command must say what to do with them.
         skipped = " --on-missing drop" if len(frame.attrs.get("skipped", ())) else ""
-        command = f"qmix apply {shlex.quote(str(data))} --report {shlex.quote(str(out))}{skipped} --out fixed.parquet"
+        fixed = shlex.quote(fixed_manifest_name(data))
+        command = f"qmix apply {shlex.quote(str(data))} --report {shlex.quote(str(out))}{skipped} --out {fixed}"
         st.err.print(Text(f"next: {command}  (relabel mislabeled_hq, drop mislabeled_lq)"))
+
+
+def fixed_manifest_name(data: str | Path) -> str:
+    """A name for the manifest `qmix apply` would write, that says which dataset it fixes and is not yet taken
+    here: ``noisy-fixed.parquet``, then ``noisy-fixed-2.parquet``, ... (audits of a test split and of its training
+    split get two names, and neither replaces a manifest a run was trained on)."""
+    stem = Path(str(data).rstrip("/")).stem.replace(":", "-") or "data"
+    names = (f"{stem}-fixed{'' if n == 1 else f'-{n}'}.parquet" for n in itertools.count(1))
+    return next(name for name in names if not Path(name).exists())
 
 
 def register(app: typer.Typer) -> None:

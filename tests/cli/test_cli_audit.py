@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 import qmix_cli
 from qmix_cli.cli.app import app
+from qmix_cli.cli.audit import fixed_manifest_name
 from tests.cli.helpers import assert_one_line_error as _assert_one_line_error
 from tests.cli.helpers import stderr_of as _stderr
 
@@ -162,7 +163,17 @@ def test_summary_goes_to_stderr(parquet_report):
     flat = " ".join(err.split())
     assert "audit of" in flat and "top issues" in flat
     assert "clean" in flat and "mislabeled_hq" in flat and "mislabeled_lq" in flat
-    assert "next: qmix apply " in flat and "--out fixed.parquet" in flat  # where a curator goes from here
+    assert "next: qmix apply " in flat and "--out digits-fixed.parquet" in flat  # where a curator goes from here
+
+
+def test_the_suggested_manifest_name_says_what_it_fixes_and_is_free(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert fixed_manifest_name("photos/test/") == "test-fixed.parquet"
+    assert fixed_manifest_name("lists/all.csv") == "all-fixed.parquet"
+    assert fixed_manifest_name("fashion-mnist:test") == "fashion-mnist-test-fixed.parquet"
+    (tmp_path / "train-fixed.parquet").write_bytes(b"a run was trained on it")
+    (tmp_path / "train-fixed-2.parquet").write_bytes(b"and on this")
+    assert fixed_manifest_name(Path("data/train")) == "train-fixed-3.parquet"
 
 
 # ------------------------------------------------------------------------------------------ CSV and JSONL
