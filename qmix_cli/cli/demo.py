@@ -12,6 +12,8 @@ from rich.text import Text
 from qmix_cli.cli.common import guarded, load_engine, state
 
 # Small enough for a CPU minute, big enough to show the method working: timm's smallest ResNet at 32 px.
+# Everything the demo writes in its folder (`run.previous`: the run a rerun replaces, until it is done).
+DEMO_OUTPUTS = frozenset({"noisy-digits", "run", "run.previous", "report.parquet", "report.html", "fixed.parquet"})
 DEMO_TRAIN = {"model": "test_resnet", "img_size": 32, "hflip": False, "batch_size": 64, "warmup_aug": "weak"}
 
 
@@ -24,7 +26,9 @@ def demo_command(
     epochs: Annotated[int, typer.Option(help="Training epochs (the first 60% are warm-up).")] = 10,
     seed: Annotated[int, typer.Option(help="Seed for the corruption and the training.")] = 1,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    force: Annotated[bool, typer.Option(help="Replace an existing demo folder.")] = False,
+    force: Annotated[
+        bool, typer.Option(help="Write into a folder holding other files too (an earlier demo's is replaced anyway).")
+    ] = False,
 ) -> None:
     """Corrupt digits, train qmix, audit every image, evaluate against the truth, write the HTML page and the
     manifest with the verdicts applied."""
@@ -35,7 +39,10 @@ def demo_command(
     from qmix_cli.reporting.evaluate import render_evaluation
 
     st = state(ctx)
-    check_out_dir(out, force=force)
+    # A folder holding only what an earlier demo wrote (and hidden files, such as a killed run's partials) is that
+    # demo's: running the README's command again replaces it; anything else there needs --force.
+    earlier = out.is_dir() and all(e.name in DEMO_OUTPUTS or e.name.startswith(".") for e in out.iterdir())
+    check_out_dir(out, force=force or earlier)
     warmup = max(1, round(epochs * 0.6))
     options = {"method": "qmix", "epochs": epochs, "warmup_epochs": warmup, "seed": seed, "device": device}
     config_from_dict({**options, **DEMO_TRAIN})  # every option checked before anything is written

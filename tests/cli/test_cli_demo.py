@@ -92,3 +92,17 @@ def test_a_bad_option_fails_before_anything_is_written(tmp_path, args):
     result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "demo"), *args])
     assert_one_line_error(result, args[0].lstrip("-"))
     assert not (tmp_path / "demo").exists()
+
+
+def test_an_earlier_demo_is_replaced_and_a_folder_of_other_files_is_not(tmp_path):
+    out = tmp_path / "demo"
+    (out / "run").mkdir(parents=True)
+    (out / "run" / "config.yaml").write_text("an earlier demo's run\n")
+    (out / "report.parquet").write_bytes(b"an earlier demo's report")
+    (out / ".report.parquet.x1y2.tmp").write_bytes(b"what a killed demo left")
+    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--epochs", "1"])  # no --force: the README's command
+    assert result.exit_code == 0, _stderr(result)
+    assert pd.read_parquet(out / "report.parquet")["sample_id"].nunique() == 1797
+    (out / "notes.txt").write_text("the user's own file")
+    assert_one_line_error(CliRunner().invoke(app, ["demo", "--out", str(out)]), "--force")
+    assert (out / "notes.txt").read_text() == "the user's own file"
