@@ -219,6 +219,7 @@ def _scan_image_folder(root: Path) -> pd.DataFrame:
         direct, subfolders = False, set()
         for dirpath, dirnames, filenames in os.walk(class_dir):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            found = len(rows)
             for name in sorted(filenames):
                 if name.startswith("."):
                     continue
@@ -228,10 +229,10 @@ def _scan_image_folder(root: Path) -> pd.DataFrame:
                     continue
                 rel = Path(dirpath, name).relative_to(root).as_posix()
                 rows.append((rel, rel, class_dir.name))
+            if len(rows) > found:  # this folder holds images: the class folder itself, or under one subfolder
                 inner = Path(dirpath).relative_to(class_dir).parts
                 direct = direct or not inner
-                if inner:
-                    subfolders.add(inner[0])
+                subfolders.update(inner[:1])
         layout[class_dir.name] = (direct, subfolders)
     # Names the file system holds as bytes that are not UTF-8 reach Python with surrogates, which no report,
     # Parquet file or JSON can hold: refuse them here, by name, rather than fail in a writer later.
