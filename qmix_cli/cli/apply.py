@@ -25,7 +25,7 @@ def apply_command(
         str,
         typer.Option(help="Images the report has no row for (an audit with --on-bad-image skip): error, drop or keep."),
     ] = "error",
-    force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
+    force: Annotated[bool, typer.Option(help="Replace --out if it exists (runs may have been trained on it).")] = False,
 ) -> None:
     """Write a new manifest with the report's verdicts applied: relabel or drop wrong labels, drop unusable images."""
     from qmix_cli.api import apply
