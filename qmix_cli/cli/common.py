@@ -86,10 +86,12 @@ def out_of_resources(error: BaseException) -> str | None:
             return f"disk quota exceeded{where}: free some of your space or write elsewhere"
         return f"no space left on the device{where}: free some space or write elsewhere"
     torch = sys.modules.get("torch")  # loaded by the commands that run the nets, and only by them
-    on_gpu = torch is not None and isinstance(error, torch.OutOfMemoryError)
-    on_host = isinstance(error, MemoryError) or (
-        isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
-    )
+    text = str(error) if isinstance(error, RuntimeError) else ""
+    if "DataLoader worker" in text and "killed by signal" in text:  # the kernel's OOM killer, most likely
+        return "a data-loading worker was killed (most likely out of memory): lower --workers or --batch-size"
+    # cuBLAS and cuDNN report a failed allocation of their own workspace in their own words.
+    on_gpu = torch is not None and (isinstance(error, torch.OutOfMemoryError) or "_STATUS_ALLOC_FAILED" in text)
+    on_host = isinstance(error, MemoryError) or "can't allocate memory" in text
     if not (on_gpu or on_host):
         return None
     asked = re.search(r"[Tt]ried to allocate ([\d.]+ \w+|\d+ bytes)", str(error))

@@ -91,8 +91,25 @@ MEMORY_HINT = ": lower --batch-size, or train with a smaller --img-size or --mod
             f"out of memory (an allocation of 3.0 GiB){MEMORY_HINT}",
         ),
         (MemoryError(), f"out of memory{MEMORY_HINT}"),
+        (
+            RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"),
+            f"out of GPU memory{MEMORY_HINT}",
+        ),
+        (
+            RuntimeError("DataLoader worker (pid 4242) is killed by signal: Killed. "),
+            "a data-loading worker was killed (most likely out of memory): lower --workers or --batch-size",
+        ),
     ],
-    ids=["no-space", "quota-on-copy", "no-space-unnamed", "gpu-memory", "host-allocator", "memory-error"],
+    ids=[
+        "no-space",
+        "quota-on-copy",
+        "no-space-unnamed",
+        "gpu-memory",
+        "host-allocator",
+        "memory-error",
+        "cublas",
+        "worker-killed",
+    ],
 )
 def test_a_full_disk_or_memory_anywhere_is_one_line_saying_what_to_do(runner, error, line):
     demo = typer.Typer()
