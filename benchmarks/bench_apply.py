@@ -36,7 +36,7 @@ def run_folder(folder: Path, args: argparse.Namespace) -> list[dict]:
         data = noisy
         if hq is not None:
             data = folder / f"applied-{args.method}-{hq}.parquet"
-            apply(noisy, report=report, out=data, hq=hq)
+            apply(noisy, report=report, out=data, hq=hq, force=True)  # a rerun replaces its own manifests
         manifest = pd.read_parquet(data / "manifest.parquet" if data.is_dir() else data)
         options = engine_options(args, seed=seed, epochs=args.epochs)
         run_dir = folder / f"run-{args.train}-on-{hq or 'corrupted'}"
