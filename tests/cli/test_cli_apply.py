@@ -39,6 +39,7 @@ def test_the_new_manifest_holds_far_fewer_wrong_labels(runner, report, noisy_dig
     text = " ".join(_stderr(result).split())
     relabelled = int((fixed["label"] != fixed["qmix_given_label"]).sum())
     assert f"{len(fixed):,} of {len(source):,} images; relabelled {relabelled:,}" in text
+    assert f"next: qmix train {out} --out RUN --method ce" in text  # few wrong labels left: plain CE (APPLY.md)
     assert all(os.path.isabs(p) for p in fixed["path"])  # the images are not under out's folder
     cwd = os.getcwd()
     try:

@@ -59,6 +59,7 @@ def test_demo_beats_all_clean_and_random_reports(tmp_path):
     # The loop's last step: the manifest to train on next holds far fewer wrong labels than the corrupted one.
     fixed, source = pd.read_parquet(out / "fixed.parquet"), pd.read_parquet(data / "manifest.parquet")
     assert "new manifest" in flat and str(out / "fixed.parquet") in flat
+    assert f"qmix train {out / 'fixed.parquet'} --out {out / 'run2'} --method ce" in flat
     wrong_before, wrong_after = (source["label"] != source["true_label"]).mean(), fixed["is_label_noisy"].mean()
     assert wrong_after < wrong_before / 5, (wrong_before, wrong_after)
 
