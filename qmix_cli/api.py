@@ -185,7 +185,7 @@ def audit(
 
     from qmix_cli.data.manifest import check_output_file, create_dataset
     from qmix_cli.io import check_out_file, run_file_named
-    from qmix_cli.reporting.report import REPORT_ORDERS, infer_format, open_report_writer
+    from qmix_cli.reporting.report import REPORT_ORDERS, decode_metadata, infer_format, open_report_writer
     from qmix_cli.reporting.score import load_run, metadata_for, report_batches, score_dataset
 
     if sort_by not in REPORT_ORDERS:
@@ -228,12 +228,13 @@ def audit(
             reporter=rep,
             recompute=recompute,
         )
+        metadata = metadata_for(trained, dataset)
         tables = []
         pipe_closed = False
         if out is None:
             tables = list(report_batches(trained, dataset, scores, sort_by=sort_by))
         else:
-            with open_report_writer(out, fmt=fmt, metadata=metadata_for(trained, dataset), stream=stream) as writer:
+            with open_report_writer(out, fmt=fmt, metadata=metadata, stream=stream) as writer:
                 for table in report_batches(trained, dataset, scores, sort_by=sort_by):
                     tables.append(table)
                     writer.write(table)
@@ -245,8 +246,7 @@ def audit(
         frame.attrs["pipe_closed"] = pipe_closed
         frame.attrs["skipped"] = dataset.skipped
         # What a Parquet report carries as metadata (`read_report`'s attrs["qmix"]): the run's classes, for one.
-        meta = metadata_for(trained, dataset)
-        frame.attrs["qmix"] = {k.decode().removeprefix("qmix."): v.decode() for k, v in meta.items()}
+        frame.attrs["qmix"] = decode_metadata(metadata)
     return frame
 
 
@@ -330,8 +330,7 @@ def apply(
     dataset = create_dataset(data, check_images=False, min_classes=1)
     check_output_file(dataset, target)
     meta = report.attrs.get("qmix", {})
-    paths = pd.Series(dataset.frame["path"].to_numpy(), index=dataset.frame["sample_id"].to_numpy())
-    check_same_images(meta, report=report, root=dataset.root, paths=paths, data=data)
+    check_same_images(meta, report=report, root=dataset.root, dataset=dataset.frame, data=data)
     if target.exists() and not force:  # after the checks that say more: the report, the dataset's manifest
         raise ConfigError(f"{out} already exists; choose another --out or pass --force to replace it")
     classes = json.loads(meta.get("class_names", "[]"))

@@ -11,9 +11,9 @@ from rich.text import Text
 
 from qmix_cli.cli.common import guarded, load_engine, state
 
-# Small enough for a CPU minute, big enough to show the method working: timm's smallest ResNet at 32 px.
 # Everything the demo writes in its folder (`run.previous`: the run a rerun replaces, until it is done).
 DEMO_OUTPUTS = frozenset({"noisy-digits", "run", "run.previous", "report.parquet", "report.html", "fixed.parquet"})
+# Small enough for a CPU minute, big enough to show the method working: timm's smallest ResNet at 32 px.
 DEMO_TRAIN = {"model": "test_resnet", "img_size": 32, "hflip": False, "batch_size": 64, "warmup_aug": "weak"}
 
 

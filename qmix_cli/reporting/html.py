@@ -479,9 +479,8 @@ def _data_root(data: str | Path | None, meta: dict[str, str], frame: pd.DataFram
         if not path.exists():
             raise QmixError(f"dataset not found: {data}")
         root = path if path.is_dir() else path.parent
-        # Thumbnails of other images under the same names would mislead.
-        paths = pd.Series(frame["path"].to_numpy(), index=frame["sample_id"].to_numpy())
-        check_same_images(meta, report=frame, root=root, paths=paths, data=data)
+        # Thumbnails of other images under the same names would mislead: the report's paths, re-rooted at --data.
+        check_same_images(meta, report=frame, root=root, dataset=frame, data=data)
         return root
     # The absolute root; reports written before it was recorded name the dataset as the audit was given it.
     if (root := _recorded_dir(meta, "dataset_root")) is not None:

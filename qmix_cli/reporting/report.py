@@ -313,6 +313,11 @@ def read_report_metadata(path: str | Path) -> dict[str, str]:
         raw = pq.read_schema(path).metadata or {}
     except (pa.ArrowException, OSError) as exc:
         raise QmixError(f"cannot read report {path}: {exc}") from exc
+    return decode_metadata(raw)
+
+
+def decode_metadata(raw: Mapping[bytes, bytes]) -> dict[str, str]:
+    """The ``qmix.*`` entries of Parquet metadata (`report_metadata`'s), keys without the prefix, as text."""
     prefix = _META_PREFIX.encode()
     return {key[len(prefix) :].decode(): value.decode() for key, value in raw.items() if key.startswith(prefix)}
 
@@ -664,13 +669,13 @@ COMPARED_FILES = 16
 
 
 def check_same_images(
-    meta: Mapping[str, str], *, report: pd.DataFrame, root: str | Path, paths: pd.Series, data: str | Path
+    meta: Mapping[str, str], *, report: pd.DataFrame, root: str | Path, dataset: pd.DataFrame, data: str | Path
 ) -> None:
     """Refuse a report whose rows are of other images than the dataset's rows with the same ids: a test split
     beside its training split has the very file names, ids and labels, which no check of rows tells apart.
 
     The report's ``path`` values are resolved against the dataset folder its metadata records (`metadata_for`),
-    the dataset's ``paths`` (as its manifest gives them, indexed by ``sample_id``) against ``root``, both folders
+    the ``path`` values of ``dataset`` (its manifest rows, with ``sample_id``) against ``root``, both folders
     with their symlinks resolved. Where the two name different files, the first `COMPARED_FILES` such pairs are
     compared: the same bytes (a copy of the dataset, a built-in dataset materialised in another cache) are the same
     images, and so is a pair one of whose files is missing, which cannot be compared; any other pair is refused.
@@ -679,9 +684,7 @@ def check_same_images(
     recorded = meta.get("dataset_root")
     if not recorded or not os.path.isdir(recorded):
         return
-    theirs = pd.Series(report["path"].astype(str).to_numpy(), index=report["sample_id"].astype(str).to_numpy())
-    ours = pd.Series(paths.astype(str).to_numpy(), index=paths.index.astype(str))
-    theirs, ours = (s[~s.index.duplicated()] for s in (theirs, ours))  # duplicate ids are refused elsewhere
+    theirs, ours = (_paths_by_id(frame) for frame in (report, dataset))
     shared = theirs.index.intersection(ours.index)
     their_paths, our_paths = theirs.reindex(shared).to_numpy(), ours.reindex(shared).to_numpy()
     report_base, base = os.path.realpath(recorded), os.path.realpath(root)
@@ -702,6 +705,13 @@ def check_same_images(
         compared += 1
         if compared == COMPARED_FILES:
             return
+
+
+def _paths_by_id(frame: pd.DataFrame) -> pd.Series:
+    """``frame``'s ``path`` as text indexed by its ``sample_id`` as text, the first row of a duplicated id only
+    (duplicates are refused where the rows are joined)."""
+    paths = pd.Series(frame["path"].astype(str).to_numpy(), index=frame["sample_id"].astype(str).to_numpy())
+    return paths[~paths.index.duplicated()]
 
 
 def _same_bytes(a: str, b: str) -> bool:
