@@ -186,7 +186,7 @@ def audit(
     from qmix_cli.data.manifest import check_output_file, create_dataset
     from qmix_cli.io import check_out_file, run_file_named
     from qmix_cli.reporting.report import REPORT_ORDERS, decode_metadata, infer_format, open_report_writer
-    from qmix_cli.reporting.score import load_run, metadata_for, report_batches, score_dataset
+    from qmix_cli.reporting.score import group_note, load_run, metadata_for, report_batches, score_dataset
 
     if sort_by not in REPORT_ORDERS:
         raise ConfigError(f"--sort must be {' or '.join(REPORT_ORDERS)} (got {sort_by!r})")
@@ -216,6 +216,8 @@ def audit(
         )
         _log_scan(rep, dataset)
         _log_skipped(rep, dataset)  # the report has no row for them: say so, or they are silently gone
+        if note := group_note(trained, dataset):
+            rep.log(note)
         if out is not None and out != "-":
             check_output_file(dataset, out)
         scores = score_dataset(

@@ -74,6 +74,10 @@ class TrainConfig:
     # features its probes read (this many of them; 0: no vote): a local read-out that a linear head's global one
     # misses (docs/decisions.md, eighteenth and nineteenth rounds).
     audit_neighbours: int = 10
+    # A manifest column saying which images belong together (a patient, a lesion, a video): with probes, the
+    # audit's folds and votes keep each group together, so that a group's other images, carrying the same wrong
+    # label, do not vouch for it (`qmix_cli.engine.groups`). None: each image stands alone, copies excepted.
+    group_column: str | None = None
 
     # Semi-supervised training
     temperature: float = 0.5

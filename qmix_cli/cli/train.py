@@ -67,6 +67,13 @@ def train_command(
     val: Annotated[
         str | None, typer.Option(help="Clean labelled data to report accuracy on after every epoch.")
     ] = None,
+    group_column: Annotated[
+        str | None,
+        typer.Option(
+            help="Manifest column of images that belong together (patient, lesion, video): the audit judges each "
+            "image without the others of its group."
+        ),
+    ] = None,
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="YAML file of options; flags override it.")
     ] = None,
@@ -95,7 +102,8 @@ def train_command(
         "method": method, "model": model, "pretrained": pretrained, "weights": str(weights) if weights else None,
         "img_size": img_size, "epochs": epochs, "warmup_epochs": warmup_epochs, "batch_size": batch_size, "lr": lr,
         "device": device, "amp": amp, "compile": compile, "workers": workers, "seed": seed, "hflip": hflip,
-        "val": val, "cache_dir": str(cache_dir) if cache_dir else None, "on_bad_image": on_bad_image,
+        "val": val, "group_column": group_column, "cache_dir": str(cache_dir) if cache_dir else None,
+        "on_bad_image": on_bad_image,
     }  # fmt: skip
     options.update(parse_sets(set_))
     result = train(data, out, config=config, resume=resume, force=force, console=st.err, quiet=st.quiet, **options)

@@ -11,9 +11,10 @@ One vote per net reads every feature set its probes read, side by side (the fina
 it, its warm-up snapshot's): one neighbourhood in both, rather than one vote per probe, voted as well and costs half
 as much (docs/decisions.md, "Nineteenth round"). Each feature is standardised as the probes standardise it.
 
-Each image is judged without itself: training images that share its pixel key (`qmix_cli.engine.probe.image_keys`:
-the image itself and any exact copy) never vote for it, so the vote is leave-one-out for the training set and
-plain kNN for images the run never saw. The training features are kept, projected onto their leading principal
+Each image is judged without itself: training images that share its key (its pixel key,
+`qmix_cli.engine.probe.image_keys`: the image itself and any exact copy; in a run with a group column, its group's,
+`qmix_cli.engine.groups`) never vote for it, so the vote is leave-one-out (or leave-group-out) for the training set
+and plain kNN for images the run never saw. The training features are kept, projected onto their leading principal
 axes and normalised, so that an audit can vote for any image; cosine similarity picks the neighbours.
 """
 
@@ -55,9 +56,9 @@ class NeighbourVote:
     ``mean``/``std`` (D,) standardise the feature sets side by side (D their summed widths; the probes'
     statistics); ``projection`` (D, d) float32 onto the leading principal axes of the standardised training
     features; ``bank`` (N, d) their unit-norm projections, float16; ``labels`` (N,) int64 given labels; ``keys``
-    (N,) int64 pixel keys (`image_keys`); ``k`` neighbours vote; ``num_classes`` K; ``copies`` the most rows any
-    one key has (1 unless the training set holds exact copies): how many candidates beyond ``k`` a vote may have
-    to skip.
+    (N,) int64 fold keys (`image_keys`, or `FoldKeys.keys` with groups); ``k`` neighbours vote; ``num_classes`` K;
+    ``copies`` the most rows any one key has (1 unless the training set holds exact copies or groups): how many
+    candidates beyond ``k`` a vote may have to skip.
     """
 
     mean: torch.Tensor
@@ -93,7 +94,7 @@ class NeighbourVote:
             The feature sets the vote was fitted on, in that order, each (B, D_i) float on one device (not
             standardised).
         keys
-            (B,) int64 pixel keys of the images (`image_keys` with the probe's seed).
+            (B,) int64 fold keys of the images (`image_keys` with the probe's seed, or `FoldKeys.keys`).
         block_entries
             Similarities computed at once (queries × bank rows); by default `_SIM_BLOCK` on the host and
             `_SIM_BLOCK_GPU` on a GPU. The vote is the same whatever the block; only its speed and memory change.
@@ -173,7 +174,7 @@ def fit_neighbour_vote(
     labels
         (N,) int given labels in ``[0, num_classes)``.
     keys
-        (N,) int64 pixel keys (`image_keys`).
+        (N,) int64 fold keys (`image_keys`, or `FoldKeys.keys` in a run with a group column).
     k, dim
         Neighbours that vote; principal axes kept (at most D).
     """

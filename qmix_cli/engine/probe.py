@@ -12,7 +12,9 @@ Folds are drawn from a hash of each decoded image's pixels, not from row order o
 manifest finds the fold of every training image again, whatever its id or path there, copies of one image share
 a fold, and an image the run never saw is scored by one fold's probe (trained on the other four fifths of the
 training set). The same hash, the image's key, tells the neighbour vote (`qmix_cli.engine.neighbours`), which the
-audit averages with the probes' output, which training images are the image itself and so must not vote.
+audit averages with the probes' output, which training images are the image itself and so must not vote. A run
+with a group column folds and votes by group instead (`qmix_cli.engine.groups`), the pixel key still finding each
+training image's group.
 """
 
 from __future__ import annotations
@@ -222,7 +224,7 @@ class LinearProbe:
     def probs(self, features: torch.Tensor, keys: np.ndarray) -> np.ndarray:
         """(N, K): the softmax of each row's fold head, out of fold for every training image.
 
-        ``features`` (N, D) float on any device; ``keys`` (N,) from `keys_of`.
+        ``features`` (N, D) float on any device; ``keys`` (N,) from `keys_of` (or their groups', `FoldKeys.keys`).
         """
         probe = self.to(features.device)
         keys = np.asarray(keys, dtype=np.int64)
@@ -294,9 +296,10 @@ def fit_probe(
     labels
         (N,) int given labels in ``[0, num_classes)``.
     keys
-        (N,) int64 key of each image, ``image_keys(images, seed=seed)``: its fold is `folds_of_keys`; ``num_folds``
-        heads are fitted (one with no image in its fold is fitted on all of them). ``seed`` is stored so that
-        `LinearProbe.keys_of` finds the same keys again.
+        (N,) int64 key of each image, ``image_keys(images, seed=seed)`` (with a group column, its group's,
+        `qmix_cli.engine.groups.FoldKeys.keys`): its fold is `folds_of_keys`; ``num_folds`` heads are fitted (one
+        with no image in its fold is fitted on all of them). ``seed`` is stored so that `LinearProbe.keys_of` finds
+        the same keys again.
     """
     if not len(features) == len(labels) == len(keys):
         raise ValueError(f"features, labels and keys differ in length: {len(features)}, {len(labels)}, {len(keys)}")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from qmix_cli.engine.groups import sorted_rows
 from qmix_cli.engine.probe import pixel_digests
 
 # Read-outs are kept only up to this size (2 arrays × nets × images × classes float32): 100,000 images of 10
@@ -74,11 +75,7 @@ class TrainingReadouts:
 
     def lookup(self, keys: np.ndarray) -> np.ndarray:
         """(N,) int64 the row of each of ``keys`` (N,), or -1 for an image the run does not know."""
-        keys = np.asarray(keys, dtype=np.int64)
-        if not len(self.keys):
-            return np.full(len(keys), -1, dtype=np.int64)
-        at = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
-        return np.where(self.keys[at] == keys, at, -1).astype(np.int64)
+        return sorted_rows(self.keys, keys)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Tensors only, so checkpoints load with ``weights_only=True``."""

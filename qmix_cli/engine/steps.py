@@ -262,9 +262,9 @@ def predict_with_probes(
     ``nets`` are the final net and, where the run kept it, its warm-up snapshot, ``probes`` theirs, ``vote`` the
     net's neighbour vote over the features of ``nets`` in that order, as it was fitted (or None); the softmax is
     that of ``nets[0]``. Each image is read by the head of its fold and voted on by its neighbours other than its
-    copies (``keys`` (N,), from `LinearProbe.keys_of`). Batch by batch: the features, N × D' floats, are never all
-    held at once, which is what lets an audit of millions of images run in the memory of a batch. With ``indices``
-    (ascending) only those images are read, and the outputs have their rows."""
+    copies or group (``keys`` (N,), from `LinearProbe.keys_of` or `FoldKeys.keys`). Batch by batch: the features,
+    N × D' floats, are never all held at once, which is what lets an audit of millions of images run in the memory
+    of a batch. With ``indices`` (ascending) only those images are read, and the outputs have their rows."""
     readers = [(net, probe.stages) for net, probe in zip(nets, probes, strict=True)]
     rows = np.arange(len(store)) if indices is None else np.asarray(indices, dtype=np.int64)
     if vote is not None:

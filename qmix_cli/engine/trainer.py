@@ -29,6 +29,7 @@ from qmix_cli.data.manifest import Dataset, check_output_dir, create_dataset
 from qmix_cli.data.transforms import channel_stats, strong_spec, weak_spec
 from qmix_cli.engine.batches import ImageStore
 from qmix_cli.engine.checkpoint import load_checkpoint, previous_run_dir, save_checkpoint
+from qmix_cli.engine.groups import FoldKeys, describe_groups, group_column_hint, group_keys
 from qmix_cli.engine.losses import linear_rampup
 from qmix_cli.engine.models import (
     QmixNet,
@@ -39,7 +40,7 @@ from qmix_cli.engine.models import (
     trained_models,
 )
 from qmix_cli.engine.neighbours import NeighbourVote, fit_neighbour_vote
-from qmix_cli.engine.probe import PROBE_STAGES, LinearProbe, fit_probe, image_keys, pixel_digests
+from qmix_cli.engine.probe import FOLDS, PROBE_STAGES, LinearProbe, fit_probe, image_keys, pixel_digests
 from qmix_cli.engine.readouts import TrainingReadouts
 from qmix_cli.engine.scoring import Scores, compute_scores, fit_separation, probe_output
 from qmix_cli.engine.separation import hard_groups, separation_aucs
@@ -127,13 +128,15 @@ def _truth(dataset: Dataset) -> tuple[np.ndarray | None, np.ndarray | None]:
 class FinalReadout:
     """The end of training's reading of the training set: ``scores`` the final separation is fitted on, the final
     nets' ``probes``, their warm-up snapshots' (empty without snapshots), each net's vote (empty without votes),
-    and the read-outs the audit can reuse (None: not kept, `TrainingReadouts.from_training`)."""
+    the read-outs the audit can reuse (None: not kept, `TrainingReadouts.from_training`) and the fold keys of a
+    run with a group column (None: folds by pixels, `qmix_cli.engine.groups`)."""
 
     scores: Scores
     probes: list[LinearProbe] = field(default_factory=list)
     warmup_probes: list[LinearProbe] = field(default_factory=list)
     votes: list[NeighbourVote] = field(default_factory=list)
     readouts: TrainingReadouts | None = None
+    fold_keys: FoldKeys | None = None
 
 
 class _Run:
@@ -325,7 +328,14 @@ class _Run:
         a snapshot, two: `TrainConfig.audit_warmup`) and its vote.
         """
         cfg = self.cfg
-        keys = image_keys(self.images, seed=cfg.seed)
+        pixel_keys = image_keys(self.images, seed=cfg.seed)
+        fold_keys = None
+        keys = pixel_keys
+        if cfg.group_column:
+            fold_keys = FoldKeys.from_training(
+                pixel_keys, *group_keys(self.dataset.frame[cfg.group_column], seed=cfg.seed)
+            )
+            keys = fold_keys.keys(pixel_keys)
         sample = self.ctx.eval_view(torch.from_numpy(np.array(self.images[:2])).to(self.device))
         snapshots = self.warmup_nets()
         probes: list[LinearProbe] = []
@@ -347,8 +357,9 @@ class _Run:
             warmup_probes=warm_probes,
             votes=votes,
             readouts=TrainingReadouts.from_training(
-                pixel_digests(self.images), np.stack(own), scores.probs, sampled=keys
+                pixel_digests(self.images), np.stack(own), scores.probs, sampled=pixel_keys
             ),
+            fold_keys=fold_keys,
         )
 
     def _read_net(
@@ -602,6 +613,13 @@ def train(
     cfg.validate()
     if cfg.channels == "auto" and not dataset.channels:
         raise ConfigError("channels unknown: load the dataset with check_images=True or set channels")
+    groups_line = None
+    if cfg.group_column:
+        if cfg.audit_scores != "probe":
+            raise ConfigError("group-column groups the audit's probes; with audit-scores classifier there are none")
+        groups_line = describe_groups(dataset.frame, cfg.group_column, folds=FOLDS)
+    elif cfg.audit_scores == "probe":
+        groups_line = group_column_hint(dataset.frame)
     # Build everything (device, model, data, validation set) before touching the run directory: a bad
     # --model, --device or --val must not leave a half-made run that blocks the corrected command.
     run = _Run(cfg, dataset, run_dir, reporter)
@@ -618,6 +636,8 @@ def train(
     _make_run_dir(run_dir, resume=resume, reporter=reporter)
     if not resume:
         reporter.log(_start_line(run))
+        if groups_line:
+            reporter.log(groups_line)
         if hint := size_hint(cfg, image_side=dataset.image_side):
             reporter.log(hint)
     metrics_path = run_dir / "metrics.jsonl"
@@ -732,6 +752,7 @@ def _finalise(run: _Run) -> None:
         "audit_scores": run.cfg.audit_scores,
         "audit_warmup": bool(warmup_probes),
         "audit_neighbours": run.cfg.audit_neighbours if votes else 0,
+        "group_column": run.cfg.group_column if final.fold_keys is not None else None,
         # Whether the final scores (what the separation was fitted on) came from mixed precision: the audit
         # scores in the same precision, so its posteriors are read on the scale the mixture was fitted on.
         "amp": run.amp_dtype is not None,
@@ -749,6 +770,8 @@ def _finalise(run: _Run) -> None:
         "votes": [v.state_dict() for v in votes],
         # What the nets said about each training image, so that auditing the training set runs no net.
         "readouts": None if final.readouts is None else final.readouts.state_dict(),
+        # Which training images share a fold and never vote for each other (None: each image and its copies).
+        "fold_keys": None if final.fold_keys is None else final.fold_keys.state_dict(),
         "meta": json.dumps(meta),
     }
     # model.pt last: audit treats its presence as "the run is finished" (see `_make_run_dir`).

@@ -23,6 +23,7 @@ from qmix_cli.data.manifest import Dataset
 from qmix_cli.data.transforms import Normalise, weak_spec
 from qmix_cli.engine.batches import ImageStore
 from qmix_cli.engine.checkpoint import load_checkpoint, previous_run_dir
+from qmix_cli.engine.groups import FoldKeys, group_keys
 from qmix_cli.engine.models import QmixNet, trained_models
 from qmix_cli.engine.neighbours import NeighbourVote
 from qmix_cli.engine.probe import LinearProbe
@@ -54,6 +55,9 @@ class TrainedRun:
     votes: list[NeighbourVote] = field(default_factory=list)
     # What the nets said about each training image (by pixel digest), or None (not kept, runs saved before it).
     readouts: TrainingReadouts | None = None
+    # Which images share a fold and never vote for each other, for a run trained with a group column; None: each
+    # image with its copies (`qmix_cli.engine.groups`).
+    fold_keys: FoldKeys | None = None
 
     @property
     def classes(self) -> list[str]:
@@ -113,10 +117,20 @@ def load_run(run_dir: str | Path, *, device: str = "auto") -> TrainedRun:
         warmup_probes=probes("warmup_probes"),
         votes=[NeighbourVote.from_state_dict(v).to(dev) for v in state.get("votes", [])],
         readouts=_readouts(state.get("readouts"), run_dir),
+        fold_keys=_fold_keys(state.get("fold_keys"), run_dir),
     )
     _check_votes(run)
     _check_readouts(run)
     return run
+
+
+def _fold_keys(state: dict | None, run_dir: Path) -> FoldKeys | None:
+    if state is None:
+        return None
+    try:
+        return FoldKeys.from_state_dict(state)
+    except (KeyError, ValueError) as e:
+        raise QmixError(f"{run_dir / 'model.pt'}: its fold keys are damaged ({e}); train the run again") from e
 
 
 def _readouts(state: dict | None, run_dir: Path) -> TrainingReadouts | None:
@@ -227,13 +241,15 @@ def score_dataset(
         jpeg_scale=target.jpeg_scale,
     )
     # Every net's probe shares the run's seed, so one key per image serves them all.
-    keys = run.probes[0].keys_of(images) if run.probes else None
+    pixel_keys = keys = run.probes[0].keys_of(images) if run.probes else None
+    if pixel_keys is not None and run.fold_keys is not None:
+        keys = run.fold_keys.keys(pixel_keys, *_groups(run, dataset))
     n, classes = len(images), len(run.classes)
     own = np.empty((len(run.nets), n, classes), dtype=np.float32)
     scored = np.empty_like(own)
     todo = np.arange(n)
     if run.readouts is not None and keys is not None and not recompute and tta == 0:
-        found = run.readouts.find(images, keys)
+        found = run.readouts.find(images, pixel_keys)
         known = found >= 0
         own[:, known] = run.readouts.probs[:, found[known]]
         scored[:, known] = run.readouts.scored[:, found[known]]
@@ -259,6 +275,26 @@ def score_dataset(
         posteriors=posteriors,
         categories=hard_groups(posteriors, p_threshold=run.meta.get("p_threshold", 0.5)),
         suggestion_probs=suggestion.astype(np.float32),  # only its ranking is used
+    )
+
+
+def _groups(run: TrainedRun, dataset: Dataset) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The group keys of ``dataset``'s images by the run's group column, (N,) each (`group_keys`), or Nones where
+    the manifest lacks it: its training images are then still found by their pixels (`FoldKeys.keys`)."""
+    column = run.meta.get("group_column")
+    if column is None or column not in dataset.frame.columns:
+        return None, None
+    return group_keys(dataset.frame[column], seed=run.probes[0].seed)
+
+
+def group_note(run: TrainedRun, dataset: Dataset) -> str | None:
+    """A note when ``run`` folded its audit by a group column that ``dataset`` lacks, else None."""
+    column = run.meta.get("group_column")
+    if run.fold_keys is None or column is None or column in dataset.frame.columns:
+        return None
+    return (
+        f"note: the run keeps images of one {column} together, and this dataset has no {column} column: its "
+        "training images keep their groups (found by their pixels), any other image is judged alone"
     )
 
 

@@ -99,8 +99,23 @@ def test_config_file_is_resolved_after_the_flags(
         (["--method", "nope"], ["unknown method 'nope'", "qmix, dividemix, ce"]),
         (["--epochs", "0"], ["epochs must be at least 1"]),
         (["--warmup-epochs", "5"], ["warmup-epochs must be between 0 and epochs"]),
+        (["--group-column", "patient"], ["--group-column patient: the dataset has no such column", "true_label"]),
+        (["--group-column", "label"], ["grouping by the label"]),
+        (["--group-column", "x", "--set", "audit_scores=classifier"], ["group-column groups the audit's probes"]),
     ],
-    ids=["set-unknown", "set-out", "seed-negative", "lr-inf", "set-no-value", "method", "epochs-0", "warmup-too-long"],
+    ids=[
+        "set-unknown",
+        "set-out",
+        "seed-negative",
+        "lr-inf",
+        "set-no-value",
+        "method",
+        "epochs-0",
+        "warmup-too-long",
+        "group-missing",
+        "group-label",
+        "group-no-probes",
+    ],
 )
 def test_bad_options_are_one_line_errors(runner, tmp_path, noisy_digits, extra, fragments):
     out = tmp_path / "run"
@@ -163,6 +178,22 @@ def test_unusable_config_file_is_a_one_line_error(runner, tmp_path, noisy_digits
     result = _train(runner, noisy_digits, out, *TINY_FLAGS, "--config", str(cfg_file))
     _assert_one_line_error(result, *fragments)
     assert not out.exists()  # refused before the run directory is made
+
+
+@pytest.mark.parametrize("grouped", [True, False])
+def test_groups_of_images_are_described_or_pointed_out(grouped, runner, tmp_path, make_image_folder, qmix_cache_dir):
+    root = make_image_folder(classes=("a", "b"), per_class=6, mode="L")
+    rows = [(f"{c}/{i}.png", c, f"p{c}{i // 2}") for c in ("a", "b") for i in range(6)]
+    manifest = root / "manifest.csv"
+    manifest.write_text("path,label,patient_id\n" + "".join(f"{p},{c},{g}\n" for p, c, g in rows), encoding="utf-8")
+    extra = ["--group-column", "patient_id"] if grouped else []
+    result = _train(runner, manifest, tmp_path / "run", *TINY_FLAGS, "--epochs", "1", "--warmup-epochs", "1", *extra)
+    assert result.exit_code == 0, _stderr(result)
+    text = " ".join(_stderr(result).split())
+    assert ("audit folds by patient_id: 6 groups, the largest of 2 images" in text) == grouped
+    assert ("pass --group-column patient_id" in text) != grouped
+    saved = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    assert (saved["fold_keys"] is not None) == grouped
 
 
 def test_files_an_image_folder_holds_besides_images_are_reported(runner, tmp_path, make_image_folder, qmix_cache_dir):

@@ -23,9 +23,11 @@ from sklearn.metrics import roc_auc_score
 
 from qmix_cli.api import audit, train
 from qmix_cli.config import config_from_dict, load_config_file
+from qmix_cli.data.manifest import create_dataset
 from qmix_cli.engine.checkpoint import load_checkpoint
 from qmix_cli.engine.trainer import size_hint
 from qmix_cli.errors import ConfigError, DataError, QmixError, TrainingError
+from qmix_cli.reporting.score import group_note, load_run, score_dataset
 from tests.conftest import TINY_TRAIN
 
 pytestmark = pytest.mark.slow
@@ -251,6 +253,39 @@ def test_each_net_has_a_neighbour_vote_unless_it_is_off(neighbours, noisy_digits
     else:
         assert saved["votes"] == []
     assert json.loads((result.run_dir / "run.json").read_text())["audit_neighbours"] == neighbours
+
+
+def test_a_group_column_changes_the_audits_folds_and_votes_only(noisy_digits, tmp_path, qmix_cache_dir):
+    """Training is the same with and without groups; the audit of a grouped run reads each training image with its
+    group's folds and votes whether it looks up what training read, runs the nets again, or meets the images in a
+    manifest without the column (found by their pixels)."""
+    frame = pd.read_parquet(noisy_digits / "manifest.parquet")
+    frame["path"] = [str(noisy_digits / p) for p in frame["path"]]
+    grouped_manifest, bare_manifest = tmp_path / "grouped.parquet", tmp_path / "bare.parquet"
+    frame.assign(patient=[f"p{i // 3}" for i in range(len(frame))]).to_parquet(grouped_manifest)
+    frame.to_parquet(bare_manifest)
+    options = dict(method="ce", epochs=2, cache_dir=str(qmix_cache_dir), quiet=True, **TINY_TRAIN)
+    alone = load_run(train(grouped_manifest, tmp_path / "alone", **options).run_dir, device="cpu")
+    grouped = load_run(
+        train(grouped_manifest, tmp_path / "grouped", group_column="patient", **options).run_dir, device="cpu"
+    )
+    assert alone.fold_keys is None and alone.meta["group_column"] is None
+    assert grouped.meta["group_column"] == "patient" and grouped.fold_keys.num_components == 599
+    for a, g in zip(alone.nets, grouped.nets, strict=True):
+        for name, value in a.state_dict().items():
+            assert torch.equal(value, g.state_dict()[name]), name
+
+    dataset = create_dataset(grouped_manifest, classes=grouped.classes, min_classes=1)
+    kept, recomputed = score_dataset(grouped, dataset), score_dataset(grouped, dataset, recompute=True)
+    final = grouped.meta["final_summary"]
+    assert np.bincount(kept.categories, minlength=3).tolist() == [final["n_clean"], final["n_mis_h"], final["n_mis_l"]]
+    np.testing.assert_array_equal(kept.categories, recomputed.categories)
+    np.testing.assert_allclose(kept.loss, recomputed.loss, atol=1e-5)
+    bare = create_dataset(bare_manifest, classes=grouped.classes, min_classes=1)
+    np.testing.assert_allclose(score_dataset(grouped, bare, recompute=True).loss, recomputed.loss, atol=1e-5)
+    assert group_note(grouped, dataset) is None and "no patient column" in group_note(grouped, bare)
+    assert group_note(alone, bare) is None
+    assert np.abs(score_dataset(alone, dataset).loss - kept.loss).max() > 1e-3
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,171 @@
+"""Groups of near-duplicate images sharing one wrong label: does ``--group-column`` help the audit find them?
+
+Medical datasets hold several images of one patient (both eyes, follow-up scans, slides of one lesion) that carry
+one label, so a wrong label is wrong on all of them. Without groups, the audit's out-of-fold probes learn from a
+patient's other images and its neighbour vote asks them: they vouch for the wrong label. This benchmark plants
+exactly that: ``--groups`` Fashion-MNIST images, each the "patient" of 1 to ``2 × views − 1`` near-duplicate views
+(shifted up to 2 px, brightness within ±15 %, Gaussian noise of σ 6 grey levels), a share ``--label-rate`` of the
+patients given one wrong label (uniform over the other classes) on every view. Each method is trained and audited
+twice on the same data and seed, without and with ``group_column="patient"`` (training is the same; only the
+audit's folds and votes differ), and the detection of the wrong labels is compared seed by seed.
+
+Usage (only the engine runs)::
+
+    python benchmarks/bench_groups.py --work /tmp/groups --out benchmarks/GROUPS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from _common import add_engine_args, add_reuse_arg, engine_options, markdown_table, run_engine_method, stratified_subset
+from PIL import Image
+
+SHIFT = 2
+BRIGHTNESS = 0.15
+NOISE_SD = 6.0
+
+
+def near_duplicate(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A view of ``image`` (H, W) uint8 as a second scan of the same thing might look: shifted, brighter or
+    darker, with sensor noise."""
+    dy, dx = rng.integers(-SHIFT, SHIFT + 1, size=2)
+    shifted = np.zeros_like(image)
+    h, w = image.shape
+    shifted[max(0, dy) : h + min(0, dy), max(0, dx) : w + min(0, dx)] = image[
+        max(0, -dy) : h + min(0, -dy), max(0, -dx) : w + min(0, -dx)
+    ]
+    view = shifted * rng.uniform(1 - BRIGHTNESS, 1 + BRIGHTNESS) + rng.normal(0.0, NOISE_SD, size=image.shape)
+    return np.clip(np.rint(view), 0, 255).astype(np.uint8)
+
+
+def grouped_views(source: str, out: Path, *, groups: int, views: int, label_rate: float, seed: int) -> Path:
+    """``out``: PNG views of ``groups`` images of ``source`` and ``manifest.parquet`` with each view's
+    ``patient``, given ``label``, ``true_label`` and ``category`` (clean or mislabeled_hq: no image is degraded)."""
+    rng = np.random.default_rng(seed)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    bases = pd.read_csv(stratified_subset(source, size=groups, seed=seed, out=out / "bases.csv"))
+    classes = sorted(bases["label"].astype(str).unique())
+    wrong = rng.random(len(bases)) < label_rate
+    rows = []
+    for i, (base, flip) in enumerate(zip(bases.itertuples(), wrong, strict=True)):
+        truth = str(base.label)
+        given = str(rng.choice([c for c in classes if c != truth])) if flip else truth
+        image = np.asarray(Image.open(base.path).convert("L"))
+        for v in range(int(rng.integers(1, 2 * views))):
+            path = f"images/p{i:05d}_{v}.png"
+            Image.fromarray(near_duplicate(image, rng)).save(out / path)
+            rows.append(
+                {
+                    "sample_id": f"p{i:05d}_{v}",
+                    "path": path,
+                    "label": given,
+                    "true_label": truth,
+                    "category": "mislabeled_hq" if flip else "clean",
+                    "patient": f"p{i:05d}",
+                }
+            )
+    pd.DataFrame(rows).to_parquet(out / "manifest.parquet", index=False)
+    return out
+
+
+def run_seed(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
+    work = args.work / f"seed{seed}"
+    noisy = work / "noisy"
+    if not (noisy / "manifest.parquet").is_file():
+        grouped_views(args.source, noisy, groups=args.groups, views=args.views, label_rate=args.label_rate, seed=seed)
+    options = engine_options(args, seed=seed, epochs=args.epochs)
+    rows = []
+    for method in args.methods.split(","):
+        for grouped in (False, True):
+            tag = f"{method}-{'grouped' if grouped else 'alone'}"
+            r = run_engine_method(
+                method, noisy, work, test=None, device=args.device, tag=tag, reuse=args.reuse,
+                group_column="patient" if grouped else None, **options,
+            )  # fmt: skip
+            detection = r["evaluation"]["detection"]
+            rows.append(
+                {
+                    "method": method,
+                    "groups": "patient" if grouped else "none",
+                    "seed": seed,
+                    "detect F1": detection["f1"],
+                    "detect P": detection["precision"],
+                    "detect R": detection["recall"],
+                    "AUC mislabeled": r["auc_clean"],
+                    "relabel precision": r["relabel_precision"],
+                    "wrong labels fixed": r["relabel_fixed"],
+                    "wall s": r["wall_s"],
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+METRICS = ["detect F1", "detect P", "detect R", "AUC mislabeled", "relabel precision", "wrong labels fixed"]
+
+
+def render(frame: pd.DataFrame, args: argparse.Namespace, minutes: float) -> str:
+    means = frame.groupby(["method", "groups"], sort=False)[[*METRICS, "wall s"]].mean().reset_index()
+    paired = frame.pivot_table(index=["method", "seed"], columns="groups", values=METRICS)
+    gain = pd.DataFrame({m: paired[(m, "patient")] - paired[(m, "none")] for m in METRICS}).reset_index()
+    by_seed = gain.groupby("method")[METRICS].agg(["mean", "min", "max"])
+    gain_rows = [
+        {"method": method, **{m: f"{by_seed.loc[method, (m, 'mean')]:+.3f} ({by_seed.loc[method, (m, 'min')]:+.3f} "
+                              f"to {by_seed.loc[method, (m, 'max')]:+.3f})" for m in METRICS}}
+        for method in by_seed.index
+    ]  # fmt: skip
+    lines = [
+        "# Groups: near-duplicate images sharing one wrong label",
+        "",
+        "Produced by `benchmarks/bench_groups.py` (its docstring says what is planted). Command:",
+        "",
+        f"    python benchmarks/bench_groups.py --groups {args.groups} --views {args.views} --label-rate "
+        f"{args.label_rate} --epochs {args.epochs} --seeds {args.seeds} --methods {args.methods} --work WORK",
+        "",
+        f"- data: {args.source}, {args.groups} patients of 1 to {2 * args.views - 1} views; {args.label_rate:.0%} of "
+        f"patients with one wrong label on every view; {args.model} at {args.img_size} px, {args.epochs} epochs",
+        f"- seeds {args.seeds}; total {minutes:.0f} min",
+        "",
+        "Means over seeds:",
+        "",
+        markdown_table(means.set_index("method").round(3)),
+        "",
+        "With groups minus without, seed by seed (mean, min to max):",
+        "",
+        markdown_table(pd.DataFrame(gain_rows).set_index("method")),
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", default="fashion-mnist")
+    parser.add_argument("--groups", type=int, default=1500)
+    parser.add_argument("--views", type=int, default=3, help="mean views per patient")
+    parser.add_argument("--label-rate", type=float, default=0.2)
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--seeds", default="1,2,3")
+    parser.add_argument("--methods", default="ce,qmix")
+    add_engine_args(parser)
+    add_reuse_arg(parser)
+    parser.add_argument("--out", type=Path, default=Path("groups.md"))
+    args = parser.parse_args()
+    args.work = args.work or Path(tempfile.mkdtemp(prefix="qmix-bench-groups-"))
+    start = time.perf_counter()
+    frame = pd.DataFrame([row for seed in args.seeds.split(",") for row in run_seed(args, int(seed))])
+    text = render(frame, args, (time.perf_counter() - start) / 60)
+    args.out.write_text(text + "\n", encoding="utf-8")
+    frame.to_json(args.out.with_suffix(".json"), orient="records", indent=1)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

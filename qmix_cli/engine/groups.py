@@ -1,0 +1,206 @@
+"""Images that belong together, which the audit's folds and neighbour votes must keep together.
+
+The audit judges each training image by probes fitted without it and by a vote of other training images
+(`qmix_cli.engine.probe`, `qmix_cli.engine.neighbours`), and out of fold means leaving the image itself out. That
+is not enough where several images carry one label by construction: a patient's two eyes or follow-up scans, the
+slides of one lesion, the frames of one video. A wrong label on one of them is then on all of them, and a probe
+that learnt from the others, or their vote, vouches for it. Grouped cross-validation's answer is ours: with a
+group column (`TrainConfig.group_column`), images of one group share a fold and never vote for one another.
+
+Folds follow *components*: images joined by a shared group value or by identical pixels (an exact copy filed under
+two groups joins them; without groups, copies are what share a fold already). A component's key is the smallest
+group key in it, so one group's images, and their copies, all get that group's key. Images with no group value
+keep their pixel key (`qmix_cli.engine.probe.image_keys`). `FoldKeys` keeps each training image's component key
+by its pixel key, and each group's, so that an audit finds a training image's fold from its pixels, and an image
+the run never saw from its group, when the audited manifest has the column.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from qmix_cli.errors import ConfigError
+
+
+def group_text(value: object) -> str | None:
+    """The group ``value`` of a manifest cell as text, or None for no group (missing, NaN, blank). An integral
+    float is written as an integer: a Parquet column of ids with a missing value is float (``17.0``), and must
+    name the same group as the integer column of the same ids (``17``)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        if math.isnan(value):
+            return None
+        if float(value).is_integer():
+            return str(int(value))
+    if value is pd.NA or value is pd.NaT:
+        return None
+    return str(value).strip()
+
+
+def group_keys(values: pd.Series, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A 64-bit key of each row's group, a stable function of ``seed`` and the value's text (`group_text`).
+
+    Returns
+    -------
+    tuple[np.ndarray, np.ndarray]
+        (N,) int64 keys (0 where there is no group) and (N,) bool whether the row has a group.
+    """
+    texts = [group_text(v) for v in values.tolist()]
+    salt = f"qmix-group\0{seed}\0".encode()
+    known: dict[str, int] = {}
+    keys = np.zeros(len(texts), dtype=np.int64)
+    for i, text in enumerate(texts):
+        if text is None:
+            continue
+        if text not in known:
+            digest = hashlib.blake2b(salt + text.encode(), digest_size=8).digest()
+            known[text] = int.from_bytes(digest, "little", signed=True)
+        keys[i] = known[text]
+    return keys, np.array([t is not None for t in texts], dtype=bool)
+
+
+def sorted_rows(table: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """(N,) int64 the position of each of ``keys`` in ``table`` (sorted, unique), or -1 where it is not there."""
+    keys = np.asarray(keys, dtype=np.int64)
+    if not len(table):
+        return np.full(len(keys), -1, dtype=np.int64)
+    at = np.minimum(np.searchsorted(table, keys), len(table) - 1)
+    return np.where(table[at] == keys, at, -1).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class FoldKeys:
+    """Each training image's component key by its pixel key, and each group's.
+
+    ``pixel`` (P,) int64 sorted unique pixel keys of the training images, ``pixel_to`` (P,) their component keys;
+    ``group`` (G,) int64 sorted unique group keys (`group_keys`), ``group_to`` (G,) theirs.
+    """
+
+    pixel: np.ndarray
+    pixel_to: np.ndarray
+    group: np.ndarray
+    group_to: np.ndarray
+
+    @classmethod
+    def from_training(cls, pixel: np.ndarray, group: np.ndarray, has_group: np.ndarray) -> FoldKeys:
+        """Components of the training images with pixel keys ``pixel`` (N,) and group keys ``group`` (N,), where
+        ``has_group`` (N,) bool (`group_keys`)."""
+        pixel, group = np.asarray(pixel, dtype=np.int64), np.asarray(group, dtype=np.int64)
+        has_group = np.asarray(has_group, dtype=bool)
+        pixels, pixel_of = np.unique(pixel, return_inverse=True)
+        groups, group_of = np.unique(group[has_group], return_inverse=True)
+        # A graph whose nodes are the distinct pixel keys, then the distinct group keys; each image with a group is
+        # an edge between its two.
+        nodes = len(pixels) + len(groups)
+        edges = np.ones(len(group_of), dtype=np.int8)
+        graph = coo_matrix((edges, (pixel_of[has_group], len(pixels) + group_of)), shape=(nodes, nodes))
+        count, component = connected_components(graph, directed=False)
+        smallest = np.full(count, np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(smallest, component[len(pixels) :], groups)
+        grouped = np.zeros(count, dtype=bool)
+        grouped[component[len(pixels) :]] = True
+        of_pixels = component[: len(pixels)]
+        return cls(
+            pixel=pixels,
+            pixel_to=np.where(grouped[of_pixels], smallest[of_pixels], pixels),
+            group=groups,
+            group_to=smallest[component[len(pixels) :]],
+        )
+
+    @property
+    def num_components(self) -> int:
+        """Distinct component keys among the training images: how many units the folds are drawn from."""
+        return len(np.unique(self.pixel_to))
+
+    def keys(
+        self, pixel: np.ndarray, group: np.ndarray | None = None, has_group: np.ndarray | None = None
+    ) -> np.ndarray:
+        """(N,) int64 the fold key of images with pixel keys ``pixel`` (N,) and, where known, group keys ``group``
+        (N,) with ``has_group`` (N,) bool: a training image's component key (found by its pixels, whatever group the
+        audited manifest gives it), else its group's component key, else its group key, else its pixel key."""
+        pixel = np.asarray(pixel, dtype=np.int64)
+        out = pixel.copy()
+        if group is not None and has_group is not None:
+            has_group = np.asarray(has_group, dtype=bool)
+            named = np.asarray(group, dtype=np.int64)[has_group]
+            at = sorted_rows(self.group, named)
+            out[has_group] = np.where(at >= 0, self.group_to[at], named)
+        at = sorted_rows(self.pixel, pixel)
+        return np.where(at >= 0, self.pixel_to[at], out)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors only, so checkpoints load with ``weights_only=True``."""
+        return {name: torch.from_numpy(getattr(self, name)) for name in ("pixel", "pixel_to", "group", "group_to")}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> FoldKeys:
+        """Raises ValueError for arrays that do not fit together (a damaged ``model.pt``)."""
+        arrays = {name: state[name].numpy().astype(np.int64) for name in ("pixel", "pixel_to", "group", "group_to")}
+        for table, values in (("pixel", "pixel_to"), ("group", "group_to")):
+            keys = arrays[table]
+            if keys.ndim != 1 or arrays[values].shape != keys.shape or not (keys[1:] > keys[:-1]).all():
+                raise ValueError(f"fold keys by {table} are not sorted, unique and one per key")
+        return cls(**arrays)
+
+
+def describe_groups(frame: pd.DataFrame, column: str, *, folds: int) -> str:
+    """A line saying how ``frame``'s images fall into groups by ``column``, for the start of a run.
+
+    Raises
+    ------
+    ConfigError
+        For a column the manifest lacks, the label column, a column with no value, or fewer distinct units (groups,
+        and images with no group) than ``folds``: some folds' probes would then be fitted on no image or one group.
+    """
+    option = f"--group-column {column}"
+    if column not in frame.columns:
+        others = [c for c in frame.columns if c not in ("sample_id", "path", "label")]
+        where = (
+            f"its columns besides the image's: {', '.join(map(str, others))}" if others else "it has no other column"
+        )
+        raise ConfigError(f"{option}: the dataset has no such column ({where}; an image folder has none)")
+    if column == "label":
+        raise ConfigError(f"{option}: grouping by the label would keep every class out of its own fold's probe")
+    keys, has_group = group_keys(frame[column])
+    if not has_group.any():
+        raise ConfigError(f"{option}: the column has no value")
+    groups, alone = len(np.unique(keys[has_group])), int((~has_group).sum())
+    if groups + alone < folds:
+        raise ConfigError(
+            f"{option}: the audit's {folds} folds need at least {folds} groups (found {groups + alone}); group by "
+            "something finer, such as a patient rather than a site"
+        )
+    largest = int(np.unique(keys[has_group], return_counts=True)[1].max())
+    without = f"; {alone:,} image{'s' if alone != 1 else ''} with no group stand alone" if alone else ""
+    return f"audit folds by {column}: {groups:,} groups, the largest of {largest:,} images{without}"
+
+
+# Words in the names of the columns that usually say which images belong together, in medical and other
+# collections (patient_id, SubjectID, case, study_uid, series, lesion_id, video, participant, ...).
+GROUP_WORDS = ("patient", "subject", "case", "study", "series", "lesion", "video", "participant", "individual")
+
+
+def group_column_hint(frame: pd.DataFrame) -> str | None:
+    """A note naming a column of ``frame`` whose name suggests groups and that groups some images (fewer distinct
+    values than rows), for a run trained without ``--group-column``; None when there is none."""
+    for column in frame.columns:
+        name = str(column).lower()
+        if column in ("sample_id", "path", "label") or not any(word in name for word in GROUP_WORDS):
+            continue
+        keys, has_group = group_keys(frame[column])
+        if has_group.sum() > len(np.unique(keys[has_group])):
+            return (
+                f"note: the column {column} looks like it says which images belong together; pass --group-column "
+                f"{column} so that the audit judges each image without the others of its group"
+            )
+    return None

@@ -1,0 +1,157 @@
+"""Groups of images the audit keeps together (`qmix_cli.engine.groups`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from qmix_cli.engine.groups import (
+    FoldKeys,
+    describe_groups,
+    group_column_hint,
+    group_keys,
+    group_text,
+    sorted_rows,
+)
+from qmix_cli.engine.neighbours import fit_neighbour_vote
+from qmix_cli.errors import ConfigError
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        ("p1", "p1"),
+        (" p1 ", "p1"),
+        (17, "17"),
+        (17.0, "17"),  # a Parquet id column with a missing value is float: the same patient as the integer 17
+        (np.int64(17), "17"),
+        (2.5, "2.5"),
+        (None, None),
+        (float("nan"), None),
+        (pd.NA, None),
+        ("", None),
+        ("  ", None),
+    ],
+)
+def test_group_text(value, text):
+    assert group_text(value) == text
+
+
+def test_group_keys_name_each_group_once_and_follow_the_seed():
+    keys, has = group_keys(pd.Series(["a", "b", "a", None, 7, 7.0]))
+    assert has.tolist() == [True, True, True, False, True, True]
+    assert keys[0] == keys[2] and keys[0] != keys[1] and keys[4] == keys[5] and keys[4] not in (keys[0], keys[1])
+    other, _ = group_keys(pd.Series(["a", "b"]), seed=1)
+    assert other[0] != keys[0] and other[1] != keys[1]  # another seed, other folds
+
+
+def test_sorted_rows():
+    table = np.array([-5, 3, 9], dtype=np.int64)
+    assert sorted_rows(table, np.array([9, 4, -5, 100])).tolist() == [2, -1, 0, -1]
+    assert sorted_rows(np.array([], dtype=np.int64), np.array([1])).tolist() == [-1]
+
+
+def _fold_keys() -> tuple[FoldKeys, np.ndarray, np.ndarray, np.ndarray]:
+    #            0    1    2    3    4    5     6
+    pixel = np.array([10, 11, 12, 13, 14, 12, 15], dtype=np.int64)  # image 5 is a copy of image 2
+    group, has = group_keys(pd.Series(["a", "a", "b", "c", None, "d", None]))
+    return FoldKeys.from_training(pixel, group, has), pixel, group, has
+
+
+def test_components_join_a_group_and_copies_across_groups():
+    fold_keys, pixel, group, _ = _fold_keys()
+    keys = fold_keys.keys(pixel)
+    assert keys[0] == keys[1] == group[0]  # one group, one key: its own
+    assert keys[2] == keys[5] == min(group[2], group[5])  # a copy filed under b and d joins the two groups
+    assert keys[3] == group[3]
+    assert keys[4] == 14 and keys[6] == 15  # no group: the pixel key, as without a group column
+    assert len(set(keys.tolist())) == fold_keys.num_components == 5
+
+
+def test_an_ungrouped_copy_of_a_grouped_image_joins_its_group():
+    pixel = np.array([1, 2, 1], dtype=np.int64)
+    group, has = group_keys(pd.Series(["a", "a", None]))
+    keys = FoldKeys.from_training(pixel, group, has).keys(pixel)
+    assert keys[0] == keys[1] == keys[2] == group[0]
+
+
+def test_the_audit_finds_training_images_by_pixels_and_new_images_by_group():
+    fold_keys, pixel, _, _ = _fold_keys()
+    trained = fold_keys.keys(pixel)
+    # The training images under other group names (or none) keep their training components.
+    other, other_has = group_keys(pd.Series(["z"] * 7))
+    np.testing.assert_array_equal(fold_keys.keys(pixel, other, other_has), trained)
+    # New images: of a known group, that group's component; of a new group, its own key; of none, their pixels.
+    new_pixel = np.array([100, 101, 102, 103], dtype=np.int64)
+    new_group, new_has = group_keys(pd.Series(["d", "a", "q", None]))
+    keys = fold_keys.keys(new_pixel, new_group, new_has)
+    assert keys[0] == trained[5] and keys[1] == trained[0]
+    assert keys[2] == new_group[2] and keys[3] == 103
+
+
+def test_fold_keys_survive_a_checkpoint_and_a_damaged_one_is_refused():
+    fold_keys, pixel, _, _ = _fold_keys()
+    state = fold_keys.state_dict()
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    again = FoldKeys.from_state_dict(state)
+    np.testing.assert_array_equal(again.keys(pixel), fold_keys.keys(pixel))
+    with pytest.raises(ValueError, match="not sorted"):
+        FoldKeys.from_state_dict({**state, "pixel": state["pixel"].flip(0)})
+    with pytest.raises(ValueError, match="one per key"):
+        FoldKeys.from_state_dict({**state, "group_to": state["group_to"][:1]})
+
+
+def test_a_groups_other_images_do_not_vote_for_its_wrong_label():
+    """Three near-identical images of one patient share a wrong label; the other images of their look carry the
+    true one. Voting by pixels, each is outvoted in its favour by its two group-mates (its nearest neighbours);
+    voting by group, only the true label's images are asked."""
+    rng = np.random.default_rng(0)
+    centre = rng.normal(size=16)
+    patient = centre + 0.01 * rng.normal(size=(3, 16))
+    others = centre + 0.3 * rng.normal(size=(12, 16))  # the same class, further away
+    far = -centre + 0.3 * rng.normal(size=(12, 16))  # another class, elsewhere
+    features = torch.tensor(np.concatenate([patient, others, far]), dtype=torch.float32)
+    labels = np.array([1] * 3 + [0] * 12 + [1] * 12)
+    pixel = np.arange(len(labels), dtype=np.int64) + 1000
+    group, has = group_keys(pd.Series(["p"] * 3 + [None] * 24))
+    grouped = FoldKeys.from_training(pixel, group, has).keys(pixel)
+    # Three neighbours vote: the two group-mates and one of the true label's images, when they may.
+    for keys, wrong_share in ((pixel, 2 / 3), (grouped, 0.0)):
+        vote = fit_neighbour_vote([features], labels, keys, num_classes=2, k=3)
+        probs = vote.probs([features[:3]], keys[:3])
+        # (votes + 1/K) / (voters + 1): the share of votes for the given (wrong) label, 1, read back.
+        np.testing.assert_allclose(probs[:, 1] * 4 - 0.5, wrong_share * 3, atol=1e-5)
+
+
+def test_describe_groups_says_how_the_images_fall_and_refuses_what_cannot_fold():
+    frame = pd.DataFrame(
+        {
+            "sample_id": [str(i) for i in range(8)],
+            "path": [f"{i}.png" for i in range(8)],
+            "label": ["x", "y"] * 4,
+            "patient": ["a", "a", "a", "b", "c", "d", None, "e"],
+            "site": ["s1", "s2"] * 4,
+            "empty": [None] * 8,
+        }
+    )
+    assert describe_groups(frame, "patient", folds=5) == (
+        "audit folds by patient: 5 groups, the largest of 3 images; 1 image with no group stand alone"
+    )
+    with pytest.raises(ConfigError, match=r"no such column \(its columns besides the image's: patient, site, empty"):
+        describe_groups(frame, "patients", folds=5)
+    with pytest.raises(ConfigError, match="grouping by the label"):
+        describe_groups(frame, "label", folds=5)
+    with pytest.raises(ConfigError, match="has no value"):
+        describe_groups(frame, "empty", folds=5)
+    with pytest.raises(ConfigError, match=r"at least 5 groups \(found 2\).*patient rather than a site"):
+        describe_groups(frame, "site", folds=5)
+
+
+def test_a_column_named_like_groups_is_pointed_out_when_it_groups_images():
+    base = {"sample_id": ["1", "2", "3"], "path": ["a", "b", "c"], "label": ["x", "y", "x"]}
+    hint = group_column_hint(pd.DataFrame({**base, "site": ["s", "s", "t"], "Patient_ID": ["p1", "p1", "p2"]}))
+    assert hint is not None and "--group-column Patient_ID" in hint
+    assert group_column_hint(pd.DataFrame({**base, "patient_id": ["p1", "p2", "p3"]})) is None  # one image each
+    assert group_column_hint(pd.DataFrame({**base, "site": ["s", "s", "t"]})) is None  # not named like a group
