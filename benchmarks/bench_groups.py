@@ -4,10 +4,12 @@ Medical datasets hold several images of one patient (both eyes, follow-up scans,
 one label, so a wrong label is wrong on all of them. Without groups, the audit's out-of-fold probes learn from a
 patient's other images and its neighbour vote asks them: they vouch for the wrong label. This benchmark plants
 exactly that: ``--groups`` Fashion-MNIST images, each the "patient" of 1 to ``2 × views − 1`` near-duplicate views
-(shifted up to 2 px, brightness within ±15 %, Gaussian noise of σ 6 grey levels), a share ``--label-rate`` of the
-patients given one wrong label (uniform over the other classes) on every view. Each method is trained and audited
-twice on the same data and seed, without and with ``group_column="patient"`` (training is the same; only the
-audit's folds and votes differ), and the detection of the wrong labels is compared seed by seed.
+(shifted up to 2 px, brightness within ±15 %, Gaussian noise of σ 6 grey levels), corrupted by ``qmix corrupt
+--group-column patient``: a share ``--label-rate`` of the patients given one wrong label (uniform over the other
+classes) on every view, and ``--quality-rate`` of the views strongly degraded (severity 4-5) with random labels,
+image by image. Each method is trained and audited twice on the same data and seed, without and with
+``group_column="patient"`` (training is the same; only the audit's folds and votes differ), and the audits are
+compared seed by seed.
 
 Usage (only the engine runs)::
 
@@ -28,6 +30,8 @@ import pandas as pd
 from _common import add_engine_args, add_reuse_arg, engine_options, markdown_table, run_engine_method, stratified_subset
 from PIL import Image
 
+from qmix_cli.api import corrupt
+
 SHIFT = 2
 BRIGHTNESS = 0.15
 NOISE_SD = 6.0
@@ -46,41 +50,32 @@ def near_duplicate(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(np.rint(view), 0, 255).astype(np.uint8)
 
 
-def grouped_views(source: str, out: Path, *, groups: int, views: int, label_rate: float, seed: int) -> Path:
-    """``out``: PNG views of ``groups`` images of ``source`` and ``manifest.parquet`` with each view's
-    ``patient``, given ``label``, ``true_label`` and ``category`` (clean or mislabeled_hq: no image is degraded)."""
+def grouped_views(source: str, out: Path, *, groups: int, views: int, seed: int) -> Path:
+    """``out/manifest.parquet`` and its PNGs: near-duplicate views of ``groups`` images of ``source``, each view's
+    ``patient`` and true ``label``."""
     rng = np.random.default_rng(seed)
     (out / "images").mkdir(parents=True, exist_ok=True)
     bases = pd.read_csv(stratified_subset(source, size=groups, seed=seed, out=out / "bases.csv"))
-    classes = sorted(bases["label"].astype(str).unique())
-    wrong = rng.random(len(bases)) < label_rate
     rows = []
-    for i, (base, flip) in enumerate(zip(bases.itertuples(), wrong, strict=True)):
-        truth = str(base.label)
-        given = str(rng.choice([c for c in classes if c != truth])) if flip else truth
+    for i, base in enumerate(bases.itertuples()):
         image = np.asarray(Image.open(base.path).convert("L"))
         for v in range(int(rng.integers(1, 2 * views))):
             path = f"images/p{i:05d}_{v}.png"
             Image.fromarray(near_duplicate(image, rng)).save(out / path)
-            rows.append(
-                {
-                    "sample_id": f"p{i:05d}_{v}",
-                    "path": path,
-                    "label": given,
-                    "true_label": truth,
-                    "category": "mislabeled_hq" if flip else "clean",
-                    "patient": f"p{i:05d}",
-                }
-            )
+            rows.append({"sample_id": f"p{i:05d}_{v}", "path": path, "label": str(base.label), "patient": f"p{i:05d}"})
     pd.DataFrame(rows).to_parquet(out / "manifest.parquet", index=False)
-    return out
+    return out / "manifest.parquet"
 
 
 def run_seed(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
     work = args.work / f"seed{seed}"
     noisy = work / "noisy"
     if not (noisy / "manifest.parquet").is_file():
-        grouped_views(args.source, noisy, groups=args.groups, views=args.views, label_rate=args.label_rate, seed=seed)
+        views = grouped_views(args.source, work / "clean", groups=args.groups, views=args.views, seed=seed)
+        corrupt(
+            views, noisy, label_rate=args.label_rate, quality_rate=args.quality_rate, severity="4-5",
+            group_column="patient", seed=seed, force=True, quiet=True,
+        )  # fmt: skip
     options = engine_options(args, seed=seed, epochs=args.epochs)
     rows = []
     for method in args.methods.split(","):
@@ -96,6 +91,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
                     "method": method,
                     "groups": "patient" if grouped else "none",
                     "seed": seed,
+                    "macro-F1": r["macro_f1"],
                     "detect F1": detection["f1"],
                     "detect P": detection["precision"],
                     "detect R": detection["recall"],
@@ -109,7 +105,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
     return rows
 
 
-METRICS = ["detect F1", "detect P", "detect R", "AUC mislabeled", "relabel precision", "wrong labels fixed"]
+METRICS = ["macro-F1", "detect F1", "detect P", "detect R", "AUC mislabeled", "relabel precision", "wrong labels fixed"]
 
 
 def render(frame: pd.DataFrame, args: argparse.Namespace, minutes: float) -> str:
@@ -128,10 +124,12 @@ def render(frame: pd.DataFrame, args: argparse.Namespace, minutes: float) -> str
         "Produced by `benchmarks/bench_groups.py` (its docstring says what is planted). Command:",
         "",
         f"    python benchmarks/bench_groups.py --groups {args.groups} --views {args.views} --label-rate "
-        f"{args.label_rate} --epochs {args.epochs} --seeds {args.seeds} --methods {args.methods} --work WORK",
+        f"{args.label_rate} --quality-rate {args.quality_rate} --epochs {args.epochs} --seeds {args.seeds} "
+        f"--methods {args.methods} --work WORK",
         "",
         f"- data: {args.source}, {args.groups} patients of 1 to {2 * args.views - 1} views; {args.label_rate:.0%} of "
-        f"patients with one wrong label on every view; {args.model} at {args.img_size} px, {args.epochs} epochs",
+        f"patients with one wrong label on every view, {args.quality_rate:.0%} of views degraded (random labels); "
+        f"{args.model} at {args.img_size} px, {args.epochs} epochs",
         f"- seeds {args.seeds}; total {minutes:.0f} min",
         "",
         "Means over seeds:",
@@ -151,6 +149,7 @@ def main() -> None:
     parser.add_argument("--groups", type=int, default=1500)
     parser.add_argument("--views", type=int, default=3, help="mean views per patient")
     parser.add_argument("--label-rate", type=float, default=0.2)
+    parser.add_argument("--quality-rate", type=float, default=0.15)
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--methods", default="ce,qmix")

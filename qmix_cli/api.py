@@ -64,6 +64,7 @@ def corrupt(
     per_image: int | None = None,
     lq_labels: str | None = None,
     class_map: str | None = None,
+    group_column: str | None = None,
     seed: int | None = None,
     workers: int | None = None,
     on_bad_image: str = "error",
@@ -89,6 +90,7 @@ def corrupt(
         per_image=per_image,
         lq_labels=lq_labels,
         class_map=class_map,
+        group_column=group_column,
         seed=seed,
     )
     with _reporter(console, quiet) as rep:

@@ -53,6 +53,12 @@ def corrupt_command(
         str | None,
         typer.Option(help="Class→class map for asymmetric noise, e.g. 'cat=dog,truck=car'; other classes keep labels."),
     ] = None,
+    group_column: Annotated[
+        str | None,
+        typer.Option(
+            help="Manifest column of images that belong together (a patient): one noisy label per group and class."
+        ),
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed; the same seed gives the same output [0].")] = None,
     workers: Annotated[int | None, typer.Option(help="Threads (does not change the output).")] = None,
     on_bad_image: Annotated[str, typer.Option(help="error or skip unreadable source images.")] = "error",
@@ -74,6 +80,7 @@ def corrupt_command(
         per_image=per_image,
         lq_labels=lq_labels,
         class_map=class_map,
+        group_column=group_column,
         seed=seed,
         workers=workers,
         on_bad_image=on_bad_image,

@@ -17,9 +17,6 @@ the run never saw from its group, when the audited manifest has the column.
 
 from __future__ import annotations
 
-import hashlib
-import math
-import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,45 +25,8 @@ import torch
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from qmix_cli.data.groups import check_group_column
 from qmix_cli.errors import ConfigError
-
-
-def group_text(value: object) -> str | None:
-    """The group ``value`` of a manifest cell as text, or None for no group (missing, NaN, blank). An integral
-    float is written as an integer: a Parquet column of ids with a missing value is float (``17.0``), and must
-    name the same group as the integer column of the same ids (``17``)."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        if math.isnan(value):
-            return None
-        if float(value).is_integer():
-            return str(int(value))
-    if value is pd.NA or value is pd.NaT:
-        return None
-    return str(value).strip()
-
-
-def group_keys(values: pd.Series, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """A 64-bit key of each row's group, a stable function of ``seed`` and the value's text (`group_text`).
-
-    Returns
-    -------
-    tuple[np.ndarray, np.ndarray]
-        (N,) int64 keys (0 where there is no group) and (N,) bool whether the row has a group.
-    """
-    texts = [group_text(v) for v in values.tolist()]
-    salt = f"qmix-group\0{seed}\0".encode()
-    known: dict[str, int] = {}
-    keys = np.zeros(len(texts), dtype=np.int64)
-    for i, text in enumerate(texts):
-        if text is None:
-            continue
-        if text not in known:
-            digest = hashlib.blake2b(salt + text.encode(), digest_size=8).digest()
-            known[text] = int.from_bytes(digest, "little", signed=True)
-        keys[i] = known[text]
-    return keys, np.array([t is not None for t in texts], dtype=bool)
 
 
 def sorted_rows(table: np.ndarray, keys: np.ndarray) -> np.ndarray:
@@ -162,45 +122,13 @@ def describe_groups(frame: pd.DataFrame, column: str, *, folds: int) -> str:
         For a column the manifest lacks, the label column, a column with no value, or fewer distinct units (groups,
         and images with no group) than ``folds``: some folds' probes would then be fitted on no image or one group.
     """
-    option = f"--group-column {column}"
-    if column not in frame.columns:
-        others = [c for c in frame.columns if c not in ("sample_id", "path", "label")]
-        where = (
-            f"its columns besides the image's: {', '.join(map(str, others))}" if others else "it has no other column"
-        )
-        raise ConfigError(f"{option}: the dataset has no such column ({where}; an image folder has none)")
-    if column == "label":
-        raise ConfigError(f"{option}: grouping by the label would keep every class out of its own fold's probe")
-    keys, has_group = group_keys(frame[column])
-    if not has_group.any():
-        raise ConfigError(f"{option}: the column has no value")
+    keys, has_group = check_group_column(frame, column)
     groups, alone = len(np.unique(keys[has_group])), int((~has_group).sum())
     if groups + alone < folds:
         raise ConfigError(
-            f"{option}: the audit's {folds} folds need at least {folds} groups (found {groups + alone}); group by "
-            "something finer, such as a patient rather than a site"
+            f"--group-column {column}: the audit's {folds} folds need at least {folds} groups (found "
+            f"{groups + alone}); group by something finer, such as a patient rather than a site"
         )
     largest = int(np.unique(keys[has_group], return_counts=True)[1].max())
     without = f"; {alone:,} image{'s' if alone != 1 else ''} with no group stand alone" if alone else ""
     return f"audit folds by {column}: {groups:,} groups, the largest of {largest:,} images{without}"
-
-
-# Words in the names of the columns that usually say which images belong together, in medical and other
-# collections (patient_id, SubjectID, case, study_uid, series, lesion_id, video, participant, ...).
-GROUP_WORDS = ("patient", "subject", "case", "study", "series", "lesion", "video", "participant", "individual")
-
-
-def group_column_hint(frame: pd.DataFrame) -> str | None:
-    """A note naming a column of ``frame`` whose name suggests groups and that groups some images (fewer distinct
-    values than rows), for a run trained without ``--group-column``; None when there is none."""
-    for column in frame.columns:
-        name = str(column).lower()
-        if column in ("sample_id", "path", "label") or not any(word in name for word in GROUP_WORDS):
-            continue
-        keys, has_group = group_keys(frame[column])
-        if has_group.sum() > len(np.unique(keys[has_group])):
-            return (
-                f"note: the column {column} looks like it says which images belong together; pass --group-column "
-                f"{column} so that the audit judges each image without the others of its group"
-            )
-    return None

@@ -25,11 +25,12 @@ import torch
 from qmix_cli import __version__
 from qmix_cli.config import TrainConfig, config_from_dict, dump_config, load_config_file
 from qmix_cli.data.cache import DecodeTarget, cached_images
+from qmix_cli.data.groups import group_column_hint, group_keys
 from qmix_cli.data.manifest import Dataset, check_output_dir, create_dataset
 from qmix_cli.data.transforms import channel_stats, strong_spec, weak_spec
 from qmix_cli.engine.batches import ImageStore
 from qmix_cli.engine.checkpoint import load_checkpoint, previous_run_dir, save_checkpoint
-from qmix_cli.engine.groups import FoldKeys, describe_groups, group_column_hint, group_keys
+from qmix_cli.engine.groups import FoldKeys, describe_groups
 from qmix_cli.engine.losses import linear_rampup
 from qmix_cli.engine.models import (
     QmixNet,

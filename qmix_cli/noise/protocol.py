@@ -27,6 +27,7 @@ from PIL import Image
 from qmix_cli import __version__
 from qmix_cli.categories import CATEGORIES, truth_categories
 from qmix_cli.config import check_seed
+from qmix_cli.data.groups import check_group_column, group_units
 from qmix_cli.data.images import default_workers, to_array
 from qmix_cli.data.manifest import Dataset, check_output_dir
 from qmix_cli.errors import ConfigError
@@ -57,6 +58,9 @@ class CorruptSpec:
     per_image: int = 1
     lq_labels: str = "random"
     class_map: str | None = None
+    # A manifest column of images that belong together (a patient): each group's images of one class get one noisy
+    # label, as a diagnosis wrong for a patient is wrong on every image of them. None: each image alone.
+    group_column: str | None = None
     seed: int = 0
     preset: str | None = None  # recorded in noise.json; the options above already hold its values
     extra: dict[str, Any] = field(default_factory=dict)
@@ -145,8 +149,14 @@ def _lq_labels(true: np.ndarray, rule: str, prior: np.ndarray, rng: np.random.Ge
     return (true + rng.integers(1, k, size=len(true))) % k
 
 
-def plan_corruption(labels: np.ndarray, *, classes: Sequence[str], spec: CorruptSpec) -> pd.DataFrame:
-    """Decide every image's fate (pure: no I/O). Returns one row per image, in input order."""
+def plan_corruption(
+    labels: np.ndarray, *, classes: Sequence[str], spec: CorruptSpec, units: np.ndarray | None = None
+) -> pd.DataFrame:
+    """Decide every image's fate (pure: no I/O). Returns one row per image, in input order.
+
+    ``units`` (N,) int: which images belong together (`qmix_cli.data.groups.group_units`); the label noise is then
+    drawn once per unit and true class, and every high-quality image of that pair gets it. Degradations, and the
+    labels of degraded images, stay drawn per image."""
     k, n = len(classes), len(labels)
     rng = np.random.default_rng(spec.seed)
     names = parse_degradations(spec.degradations)
@@ -157,7 +167,11 @@ def plan_corruption(labels: np.ndarray, *, classes: Sequence[str], spec: Corrupt
     is_lq[rng.choice(n, size=n_lq, replace=False)] = True
     noisy = labels.copy()
     hq = ~is_lq
-    noisy[hq] = apply_transition(labels[hq], _transition(spec, classes), rng=rng)
+    if units is None:
+        noisy[hq] = apply_transition(labels[hq], _transition(spec, classes), rng=rng)
+    else:
+        pairs, pair_of = np.unique(np.stack([units[hq], labels[hq]], axis=1), axis=0, return_inverse=True)
+        noisy[hq] = apply_transition(pairs[:, 1], _transition(spec, classes), rng=rng)[pair_of.ravel()]
     prior = np.bincount(labels, minlength=k) / n
     noisy[is_lq] = _lq_labels(labels[is_lq], spec.lq_labels, prior, rng)
 
@@ -221,7 +235,10 @@ def corrupt_dataset(
     check_output_dir(dataset, out)
     spec.validate()
     classes = list(dataset.classes)
-    plan = plan_corruption(dataset.labels, classes=classes, spec=spec)
+    units = None
+    if spec.group_column is not None:
+        units = group_units(*check_group_column(dataset.frame, spec.group_column))
+    plan = plan_corruption(dataset.labels, classes=classes, spec=spec, units=units)
     src_paths = dataset.abs_paths
     rel_out = [
         _out_name(i, p, degraded=bool(lq))

@@ -19,11 +19,12 @@ import pyarrow as pa
 import torch
 
 from qmix_cli.data.cache import DecodeTarget, cached_images
+from qmix_cli.data.groups import group_keys
 from qmix_cli.data.manifest import Dataset
 from qmix_cli.data.transforms import Normalise, weak_spec
 from qmix_cli.engine.batches import ImageStore
 from qmix_cli.engine.checkpoint import load_checkpoint, previous_run_dir
-from qmix_cli.engine.groups import FoldKeys, group_keys
+from qmix_cli.engine.groups import FoldKeys
 from qmix_cli.engine.models import QmixNet, trained_models
 from qmix_cli.engine.neighbours import NeighbourVote
 from qmix_cli.engine.probe import LinearProbe

@@ -84,6 +84,7 @@ def test_corrupt_small_folder_with_options(runner, tmp_path, source, hash_tree):
         (["--class-map", "a=b"], ["--class-map applies to --label-noise asymmetric only"]),
         (["--label-noise", "matrix:m.csv", "--label-rate", "0.3"], ["--label-rate does not apply"]),
         (["--degradations", "blur,dark", "--per-image", "3"], ["per-image 3 composes different degradations"]),
+        (["--group-column", "patient"], ["--group-column patient: the dataset has no such column"]),
     ],
     ids=[
         "label-rate",
@@ -97,6 +98,7 @@ def test_corrupt_small_folder_with_options(runner, tmp_path, source, hash_tree):
         "map-without-asym",
         "rate-with-matrix",
         "per-image",
+        "group-missing",
     ],
 )
 def test_bad_options(runner, tmp_path, source, hash_tree, extra, fragments):
@@ -125,6 +127,20 @@ def test_degradations_that_change_nothing_are_named(runner, tmp_path, make_image
     assert (m["category"] == "mislabeled_lq").all()
     written = np.asarray(Image.open(out / m.at["a/0.png", "path"]).convert("RGB"))
     assert np.array_equal(written, np.asarray(Image.open(blank)))
+
+
+def test_grouped_noise_keeps_the_group_column_and_records_it(runner, tmp_path, source):
+    rows = [(f"{c}/{i}.png", c, f"{c}-{i // 2}") for c in ("a", "b", "c") for i in range(4)]
+    manifest = source / "manifest.csv"
+    manifest.write_text("path,label,patient\n" + "".join(f"{p},{c},{g}\n" for p, c, g in rows), encoding="utf-8")
+    out = tmp_path / "out"
+    flags = ["--label-rate", "0.5", "--quality-rate", "0", "--group-column", "patient", "--seed", "2"]
+    result = runner.invoke(app, ["corrupt", str(manifest), "--out", str(out), *flags])
+    assert result.exit_code == 0, _stderr(result)
+    written = pd.read_parquet(out / "manifest.parquet")
+    assert (written.groupby("patient")["label"].nunique() == 1).all()
+    assert written["is_label_noisy"].any()
+    assert json.loads((out / "noise.json").read_text())["options"]["group_column"] == "patient"
 
 
 def test_missing_source(runner, tmp_path):

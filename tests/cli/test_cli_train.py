@@ -100,7 +100,7 @@ def test_config_file_is_resolved_after_the_flags(
         (["--epochs", "0"], ["epochs must be at least 1"]),
         (["--warmup-epochs", "5"], ["warmup-epochs must be between 0 and epochs"]),
         (["--group-column", "patient"], ["--group-column patient: the dataset has no such column", "true_label"]),
-        (["--group-column", "label"], ["grouping by the label"]),
+        (["--group-column", "label"], ["the label is not a group"]),
         (["--group-column", "x", "--set", "audit_scores=classifier"], ["group-column groups the audit's probes"]),
     ],
     ids=[

@@ -7,44 +7,10 @@ import pandas as pd
 import pytest
 import torch
 
-from qmix_cli.engine.groups import (
-    FoldKeys,
-    describe_groups,
-    group_column_hint,
-    group_keys,
-    group_text,
-    sorted_rows,
-)
+from qmix_cli.data.groups import group_keys
+from qmix_cli.engine.groups import FoldKeys, describe_groups, sorted_rows
 from qmix_cli.engine.neighbours import fit_neighbour_vote
 from qmix_cli.errors import ConfigError
-
-
-@pytest.mark.parametrize(
-    ("value", "text"),
-    [
-        ("p1", "p1"),
-        (" p1 ", "p1"),
-        (17, "17"),
-        (17.0, "17"),  # a Parquet id column with a missing value is float: the same patient as the integer 17
-        (np.int64(17), "17"),
-        (2.5, "2.5"),
-        (None, None),
-        (float("nan"), None),
-        (pd.NA, None),
-        ("", None),
-        ("  ", None),
-    ],
-)
-def test_group_text(value, text):
-    assert group_text(value) == text
-
-
-def test_group_keys_name_each_group_once_and_follow_the_seed():
-    keys, has = group_keys(pd.Series(["a", "b", "a", None, 7, 7.0]))
-    assert has.tolist() == [True, True, True, False, True, True]
-    assert keys[0] == keys[2] and keys[0] != keys[1] and keys[4] == keys[5] and keys[4] not in (keys[0], keys[1])
-    other, _ = group_keys(pd.Series(["a", "b"]), seed=1)
-    assert other[0] != keys[0] and other[1] != keys[1]  # another seed, other folds
 
 
 def test_sorted_rows():
@@ -141,17 +107,9 @@ def test_describe_groups_says_how_the_images_fall_and_refuses_what_cannot_fold()
     )
     with pytest.raises(ConfigError, match=r"no such column \(its columns besides the image's: patient, site, empty"):
         describe_groups(frame, "patients", folds=5)
-    with pytest.raises(ConfigError, match="grouping by the label"):
+    with pytest.raises(ConfigError, match="the label is not a group"):
         describe_groups(frame, "label", folds=5)
     with pytest.raises(ConfigError, match="has no value"):
         describe_groups(frame, "empty", folds=5)
     with pytest.raises(ConfigError, match=r"at least 5 groups \(found 2\).*patient rather than a site"):
         describe_groups(frame, "site", folds=5)
-
-
-def test_a_column_named_like_groups_is_pointed_out_when_it_groups_images():
-    base = {"sample_id": ["1", "2", "3"], "path": ["a", "b", "c"], "label": ["x", "y", "x"]}
-    hint = group_column_hint(pd.DataFrame({**base, "site": ["s", "s", "t"], "Patient_ID": ["p1", "p1", "p2"]}))
-    assert hint is not None and "--group-column Patient_ID" in hint
-    assert group_column_hint(pd.DataFrame({**base, "patient_id": ["p1", "p2", "p3"]})) is None  # one image each
-    assert group_column_hint(pd.DataFrame({**base, "site": ["s", "s", "t"]})) is None  # not named like a group

@@ -38,6 +38,34 @@ def _within_3_sigma(count: int, n: int, p: float) -> bool:
 # plan_corruption
 
 
+def test_grouped_label_noise_is_one_draw_per_group_and_class():
+    """1,000 patients of 5 images of one class: drawn per image, a fifth of their labels change and almost every
+    patient with a changed label keeps correct ones too; drawn per patient, a patient's images are all wrong or
+    all right, and about a fifth of the patients are wrong."""
+    units = np.repeat(np.arange(1000), 5)
+    labels = np.repeat(np.random.default_rng(4).integers(0, K, size=1000), 5)
+    spec = CorruptSpec(label_rate=0.2, quality_rate=0.0, seed=3)
+    for grouped in (False, True):
+        plan = plan_corruption(labels, classes=CLASSES, spec=spec, units=units if grouped else None)
+        wrong_per_patient = plan["is_label_noisy"].to_numpy().reshape(1000, 5).sum(axis=1)
+        given_per_patient = plan.groupby(units)["label"].nunique()
+        if grouped:
+            assert set(wrong_per_patient.tolist()) <= {0, 5} and (given_per_patient == 1).all()
+            assert _within_3_sigma(int((wrong_per_patient == 5).sum()), 1000, 0.2)
+        else:
+            assert ((wrong_per_patient > 0) & (wrong_per_patient < 5)).sum() > 500
+
+
+def test_grouped_label_noise_leaves_degraded_images_their_own_labels():
+    units = np.repeat(np.arange(400), 5)
+    labels = np.repeat(np.arange(400) % K, 5)
+    plan = plan_corruption(labels, classes=CLASSES, spec=CorruptSpec(quality_rate=0.5, seed=5), units=units)
+    hq = ~plan["is_low_quality"].to_numpy()
+    assert (plan[hq].groupby(units[hq])["label"].nunique() == 1).all()
+    # Degraded images' labels are drawn one by one (random: another class each), so patients' differ.
+    assert (plan[~hq].groupby(units[~hq])["label"].nunique() > 1).any()
+
+
 @pytest.mark.parametrize("quality_rate", [0.0, 0.15, 0.3333, 0.75, 1.0])
 def test_lq_count_is_exact(labels, quality_rate):
     plan = plan_corruption(labels, classes=CLASSES, spec=CorruptSpec(quality_rate=quality_rate, seed=1))

@@ -1,0 +1,60 @@
+"""Group columns of a manifest (`qmix_cli.data.groups`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from qmix_cli.data.groups import check_group_column, group_column_hint, group_keys, group_text
+from qmix_cli.errors import ConfigError
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        ("p1", "p1"),
+        (" p1 ", "p1"),
+        (17, "17"),
+        (17.0, "17"),  # a Parquet id column with a missing value is float: the same patient as the integer 17
+        (np.int64(17), "17"),
+        (2.5, "2.5"),
+        (None, None),
+        (float("nan"), None),
+        (pd.NA, None),
+        ("", None),
+        ("  ", None),
+    ],
+)
+def test_group_text(value, text):
+    assert group_text(value) == text
+
+
+def test_group_keys_name_each_group_once_and_follow_the_seed():
+    keys, has = group_keys(pd.Series(["a", "b", "a", None, 7, 7.0]))
+    assert has.tolist() == [True, True, True, False, True, True]
+    assert keys[0] == keys[2] and keys[0] != keys[1] and keys[4] == keys[5] and keys[4] not in (keys[0], keys[1])
+    other, _ = group_keys(pd.Series(["a", "b"]), seed=1)
+    assert other[0] != keys[0] and other[1] != keys[1]  # another seed, other folds
+
+
+def test_a_column_named_like_groups_is_pointed_out_when_it_groups_images():
+    base = {"sample_id": ["1", "2", "3"], "path": ["a", "b", "c"], "label": ["x", "y", "x"]}
+    hint = group_column_hint(pd.DataFrame({**base, "site": ["s", "s", "t"], "Patient_ID": ["p1", "p1", "p2"]}))
+    assert hint is not None and "--group-column Patient_ID" in hint
+    assert group_column_hint(pd.DataFrame({**base, "patient_id": ["p1", "p2", "p3"]})) is None  # one image each
+    assert group_column_hint(pd.DataFrame({**base, "site": ["s", "s", "t"]})) is None  # not named like a group
+
+
+def test_check_group_column_refuses_what_names_no_group():
+    frame = pd.DataFrame({"sample_id": ["1"], "path": ["a"], "label": ["x"], "site": ["s"], "empty": [None]})
+    keys, has = check_group_column(frame, "site")
+    assert has.tolist() == [True] and keys.tolist() == group_keys(frame["site"])[0].tolist()
+    with pytest.raises(ConfigError, match=r"no such column \(its columns besides the image's: site, empty;"):
+        check_group_column(frame, "patient")
+    with pytest.raises(ConfigError, match=r"no such column \(it has no other column; an image folder has none\)"):
+        check_group_column(frame[["sample_id", "path", "label"]], "patient")
+    with pytest.raises(ConfigError, match="the label is not a group"):
+        check_group_column(frame, "label")
+    with pytest.raises(ConfigError, match="has no value"):
+        check_group_column(frame, "empty")
