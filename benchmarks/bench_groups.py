@@ -6,10 +6,10 @@ patient's other images and its neighbour vote asks them: they vouch for the wron
 exactly that: ``--groups`` Fashion-MNIST images, each the "patient" of 1 to ``2 × views − 1`` near-duplicate views
 (shifted up to 2 px, brightness within ±15 %, Gaussian noise of σ 6 grey levels), corrupted by ``qmix corrupt
 --group-column patient``: a share ``--label-rate`` of the patients given one wrong label (uniform over the other
-classes) on every view, and ``--quality-rate`` of the views strongly degraded (severity 4-5) with random labels,
-image by image. Each method is trained and audited twice on the same data and seed, without and with
-``group_column="patient"`` (training is the same; only the audit's folds and votes differ), and the audits are
-compared seed by seed.
+classes) on every view, and, for each of ``--quality-rates``, that share of the views strongly degraded (severity
+4-5) with random labels, image by image. Each method is trained and audited twice on the same data and seed,
+without and with ``group_column="patient"`` (training is the same; only the audit's folds and votes differ), and
+the audits are compared seed by seed.
 
 Usage (only the engine runs)::
 
@@ -27,8 +27,17 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from _common import add_engine_args, add_reuse_arg, engine_options, markdown_table, run_engine_method, stratified_subset
+from _common import (
+    add_engine_args,
+    add_reuse_arg,
+    engine_options,
+    markdown_table,
+    run_engine_method,
+    stratified_subset,
+    with_truth,
+)
 from PIL import Image
+from sklearn.metrics import roc_auc_score
 
 from qmix_cli.api import corrupt
 
@@ -67,13 +76,21 @@ def grouped_views(source: str, out: Path, *, groups: int, views: int, seed: int)
     return out / "manifest.parquet"
 
 
-def run_seed(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
-    work = args.work / f"seed{seed}"
+def wrong_label_auc(report: Path, noisy: Path) -> float:
+    """ROC-AUC of ``1 - p_clean`` for the wrong labels among the images that are not degraded: how well the audit
+    ranks the label errors a group column is about, apart from the degraded images it also finds."""
+    merged = with_truth(pd.read_parquet(report), noisy)
+    good = merged[merged["truth"] != "mislabeled_lq"]
+    return float(roc_auc_score(good["truth"] == "mislabeled_hq", 1.0 - good["p_clean"]))
+
+
+def run_seed(args: argparse.Namespace, seed: int, quality_rate: float) -> list[dict[str, Any]]:
+    work = args.work / f"q{quality_rate:g}-seed{seed}"
     noisy = work / "noisy"
     if not (noisy / "manifest.parquet").is_file():
         views = grouped_views(args.source, work / "clean", groups=args.groups, views=args.views, seed=seed)
         corrupt(
-            views, noisy, label_rate=args.label_rate, quality_rate=args.quality_rate, severity="4-5",
+            views, noisy, label_rate=args.label_rate, quality_rate=quality_rate, severity="4-5",
             group_column="patient", seed=seed, force=True, quiet=True,
         )  # fmt: skip
     options = engine_options(args, seed=seed, epochs=args.epochs)
@@ -85,17 +102,22 @@ def run_seed(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
                 method, noisy, work, test=None, device=args.device, tag=tag, reuse=args.reuse,
                 group_column="patient" if grouped else None, **options,
             )  # fmt: skip
-            detection = r["evaluation"]["detection"]
+            ev = r["evaluation"]
+            detection, per_category = ev["detection"], ev["per_category"]
             rows.append(
                 {
+                    "degraded": quality_rate,
                     "method": method,
                     "groups": "patient" if grouped else "none",
                     "seed": seed,
                     "macro-F1": r["macro_f1"],
+                    "F1 hq": per_category["mislabeled_hq"]["f1"],
+                    "F1 lq": per_category["mislabeled_lq"]["f1"],
                     "detect F1": detection["f1"],
                     "detect P": detection["precision"],
                     "detect R": detection["recall"],
                     "AUC mislabeled": r["auc_clean"],
+                    "AUC wrong label, good images": wrong_label_auc(work / f"report-{tag}.parquet", noisy),
                     "relabel precision": r["relabel_precision"],
                     "wrong labels fixed": r["relabel_fixed"],
                     "wall s": r["wall_s"],
@@ -105,33 +127,32 @@ def run_seed(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
     return rows
 
 
-METRICS = ["macro-F1", "detect F1", "detect P", "detect R", "AUC mislabeled", "relabel precision", "wrong labels fixed"]
+METRICS = [
+    "macro-F1",
+    "F1 hq",
+    "F1 lq",
+    "detect F1",
+    "detect P",
+    "detect R",
+    "AUC mislabeled",
+    "AUC wrong label, good images",
+    "relabel precision",
+    "wrong labels fixed",
+]
 
 
-def render(frame: pd.DataFrame, args: argparse.Namespace, minutes: float) -> str:
-    means = frame.groupby(["method", "groups"], sort=False)[[*METRICS, "wall s"]].mean().reset_index()
-    paired = frame.pivot_table(index=["method", "seed"], columns="groups", values=METRICS)
-    gain = pd.DataFrame({m: paired[(m, "patient")] - paired[(m, "none")] for m in METRICS}).reset_index()
-    by_seed = gain.groupby("method")[METRICS].agg(["mean", "min", "max"])
+def comparison(frame: pd.DataFrame, metrics: list[str]) -> list[str]:
+    """Means over seeds, then with groups minus without, seed by seed, for one data setting."""
+    means = frame.groupby(["method", "groups"], sort=False)[metrics].mean().reset_index()
+    paired = frame.pivot_table(index=["method", "seed"], columns="groups", values=metrics)
+    gain = pd.DataFrame({m: paired[(m, "patient")] - paired[(m, "none")] for m in metrics}).reset_index()
+    by_seed = gain.groupby("method")[metrics].agg(["mean", "min", "max"])
     gain_rows = [
         {"method": method, **{m: f"{by_seed.loc[method, (m, 'mean')]:+.3f} ({by_seed.loc[method, (m, 'min')]:+.3f} "
-                              f"to {by_seed.loc[method, (m, 'max')]:+.3f})" for m in METRICS}}
+                              f"to {by_seed.loc[method, (m, 'max')]:+.3f})" for m in metrics}}
         for method in by_seed.index
     ]  # fmt: skip
-    lines = [
-        "# Groups: near-duplicate images sharing one wrong label",
-        "",
-        "Produced by `benchmarks/bench_groups.py` (its docstring says what is planted). Command:",
-        "",
-        f"    python benchmarks/bench_groups.py --groups {args.groups} --views {args.views} --label-rate "
-        f"{args.label_rate} --quality-rate {args.quality_rate} --epochs {args.epochs} --seeds {args.seeds} "
-        f"--methods {args.methods} --work WORK",
-        "",
-        f"- data: {args.source}, {args.groups} patients of 1 to {2 * args.views - 1} views; {args.label_rate:.0%} of "
-        f"patients with one wrong label on every view, {args.quality_rate:.0%} of views degraded (random labels); "
-        f"{args.model} at {args.img_size} px, {args.epochs} epochs",
-        f"- seeds {args.seeds}; total {minutes:.0f} min",
-        "",
+    return [
         "Means over seeds:",
         "",
         markdown_table(means.set_index("method").round(3)),
@@ -140,6 +161,34 @@ def render(frame: pd.DataFrame, args: argparse.Namespace, minutes: float) -> str
         "",
         markdown_table(pd.DataFrame(gain_rows).set_index("method")),
     ]
+
+
+def render(frame: pd.DataFrame, args: argparse.Namespace, minutes: float) -> str:
+    lines = [
+        "# Groups: near-duplicate images sharing one wrong label",
+        "",
+        "Produced by `benchmarks/bench_groups.py` (its docstring says what is planted). Command:",
+        "",
+        f"    python benchmarks/bench_groups.py --groups {args.groups} --views {args.views} --label-rate "
+        f"{args.label_rate} --quality-rates {args.quality_rates} --epochs {args.epochs} --seeds {args.seeds} "
+        f"--methods {args.methods} --work WORK",
+        "",
+        f"- data: {args.source}, {args.groups} patients of 1 to {2 * args.views - 1} views; {args.label_rate:.0%} of "
+        f"patients with one wrong label on every view; {args.model} at {args.img_size} px, {args.epochs} epochs",
+        f"- seeds {args.seeds}; total {minutes:.0f} min (runs already trained with the same options are reused)",
+        "- AUC wrong label, good images: ROC-AUC of 1 − p_clean for the wrong labels among the images not degraded",
+    ]
+    for quality_rate, part in frame.groupby("degraded", sort=False):
+        degraded = "none" if quality_rate == 0 else f"{quality_rate:.0%}, each with a random label"
+        # With no degraded image the three-way scores have no low-quality class to find, and the AUC over every
+        # image is the one over good images.
+        unscored = ("macro-F1", "F1 lq", "AUC mislabeled") if quality_rate == 0 else ()
+        lines += [
+            "",
+            f"## Degraded views: {degraded}",
+            "",
+            *comparison(part, [m for m in METRICS if m not in unscored]),
+        ]
     return "\n".join(lines)
 
 
@@ -149,7 +198,7 @@ def main() -> None:
     parser.add_argument("--groups", type=int, default=1500)
     parser.add_argument("--views", type=int, default=3, help="mean views per patient")
     parser.add_argument("--label-rate", type=float, default=0.2)
-    parser.add_argument("--quality-rate", type=float, default=0.15)
+    parser.add_argument("--quality-rates", default="0,0.15", help="shares of views degraded, one setting each")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--methods", default="ce,qmix")
@@ -159,7 +208,8 @@ def main() -> None:
     args = parser.parse_args()
     args.work = args.work or Path(tempfile.mkdtemp(prefix="qmix-bench-groups-"))
     start = time.perf_counter()
-    frame = pd.DataFrame([row for seed in args.seeds.split(",") for row in run_seed(args, int(seed))])
+    settings = [(float(q), int(seed)) for q in args.quality_rates.split(",") for seed in args.seeds.split(",")]
+    frame = pd.DataFrame([row for quality, seed in settings for row in run_seed(args, seed, quality)])
     text = render(frame, args, (time.perf_counter() - start) / 60)
     args.out.write_text(text + "\n", encoding="utf-8")
     frame.to_json(args.out.with_suffix(".json"), orient="records", indent=1)

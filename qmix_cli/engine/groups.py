@@ -4,15 +4,18 @@ The audit judges each training image by probes fitted without it and by a vote o
 (`qmix_cli.engine.probe`, `qmix_cli.engine.neighbours`), and out of fold means leaving the image itself out. That
 is not enough where several images carry one label by construction: a patient's two eyes or follow-up scans, the
 slides of one lesion, the frames of one video. A wrong label on one of them is then on all of them, and a probe
-that learnt from the others, or their vote, vouches for it. Grouped cross-validation's answer is ours: with a
-group column (`TrainConfig.group_column`), images of one group share a fold and never vote for one another.
+that learnt from the others, or their vote, vouches for it. Grouped cross-validation's answer is ours, by group
+*and given label*: with a group column (`TrainConfig.group_column`), a group's images of one label share a fold
+and never vote for one another. A group's images of *other* labels still count: a scan labelled otherwise than
+the rest of its patient's is contradicted by them, which is evidence, not a leak (docs/decisions.md,
+"Twenty-sixth round").
 
-Folds follow *components*: images joined by a shared group value or by identical pixels (an exact copy filed under
-two groups joins them; without groups, copies are what share a fold already). A component's key is the smallest
-group key in it, so one group's images, and their copies, all get that group's key. Images with no group value
-keep their pixel key (`qmix_cli.engine.probe.image_keys`). `FoldKeys` keeps each training image's component key
-by its pixel key, and each group's, so that an audit finds a training image's fold from its pixels, and an image
-the run never saw from its group, when the audited manifest has the column.
+Folds follow *components*: images joined by a shared unit (group and label) or by identical pixels (an exact copy
+filed under two units joins them; without groups, copies are what share a fold already). A component's key is the
+smallest unit key in it. Images with no group value keep their pixel key (`qmix_cli.engine.probe.image_keys`).
+`FoldKeys` keeps each training image's component key by its pixel key, and each unit's, so that an audit finds a
+training image's fold from its pixels, and an image the run never saw from its group and label, when the audited
+manifest has the column.
 """
 
 from __future__ import annotations
@@ -29,6 +32,19 @@ from qmix_cli.data.groups import check_group_column
 from qmix_cli.errors import ConfigError
 
 
+def unit_keys(group: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """(N,) int64 a key of each image's group and given label: ``group`` (N,) int64 keys (`group_keys`) mixed with
+    ``labels`` (N,) int class indices by SplitMix64's finaliser, so that every (group, label) pair gets its own
+    well-spread 64-bit key."""
+    with np.errstate(over="ignore"):
+        z = np.asarray(group, dtype=np.int64).view(np.uint64) + (
+            np.asarray(labels, dtype=np.uint64) + np.uint64(1)
+        ) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return (z ^ (z >> np.uint64(31))).view(np.int64)
+
+
 def sorted_rows(table: np.ndarray, keys: np.ndarray) -> np.ndarray:
     """(N,) int64 the position of each of ``keys`` in ``table`` (sorted, unique), or -1 where it is not there."""
     keys = np.asarray(keys, dtype=np.int64)
@@ -40,10 +56,10 @@ def sorted_rows(table: np.ndarray, keys: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class FoldKeys:
-    """Each training image's component key by its pixel key, and each group's.
+    """Each training image's component key by its pixel key, and each unit's.
 
     ``pixel`` (P,) int64 sorted unique pixel keys of the training images, ``pixel_to`` (P,) their component keys;
-    ``group`` (G,) int64 sorted unique group keys (`group_keys`), ``group_to`` (G,) theirs.
+    ``group`` (G,) int64 sorted unique unit keys (`unit_keys`), ``group_to`` (G,) theirs.
     """
 
     pixel: np.ndarray
@@ -53,8 +69,8 @@ class FoldKeys:
 
     @classmethod
     def from_training(cls, pixel: np.ndarray, group: np.ndarray, has_group: np.ndarray) -> FoldKeys:
-        """Components of the training images with pixel keys ``pixel`` (N,) and group keys ``group`` (N,), where
-        ``has_group`` (N,) bool (`group_keys`)."""
+        """Components of the training images with pixel keys ``pixel`` (N,) and unit keys ``group`` (N,)
+        (`unit_keys`), where ``has_group`` (N,) bool (`group_keys`)."""
         pixel, group = np.asarray(pixel, dtype=np.int64), np.asarray(group, dtype=np.int64)
         has_group = np.asarray(has_group, dtype=bool)
         pixels, pixel_of = np.unique(pixel, return_inverse=True)
@@ -85,9 +101,10 @@ class FoldKeys:
     def keys(
         self, pixel: np.ndarray, group: np.ndarray | None = None, has_group: np.ndarray | None = None
     ) -> np.ndarray:
-        """(N,) int64 the fold key of images with pixel keys ``pixel`` (N,) and, where known, group keys ``group``
-        (N,) with ``has_group`` (N,) bool: a training image's component key (found by its pixels, whatever group the
-        audited manifest gives it), else its group's component key, else its group key, else its pixel key."""
+        """(N,) int64 the fold key of images with pixel keys ``pixel`` (N,) and, where known, unit keys ``group``
+        (N,) with ``has_group`` (N,) bool: a training image's component key (found by its pixels, whatever group
+        and label the audited manifest gives it), else its unit's component key, else its unit key, else its pixel
+        key."""
         pixel = np.asarray(pixel, dtype=np.int64)
         out = pixel.copy()
         if group is not None and has_group is not None:
@@ -131,4 +148,12 @@ def describe_groups(frame: pd.DataFrame, column: str, *, folds: int) -> str:
         )
     largest = int(np.unique(keys[has_group], return_counts=True)[1].max())
     without = f"; {alone:,} image{'s' if alone != 1 else ''} with no group stand alone" if alone else ""
-    return f"audit folds by {column}: {groups:,} groups, the largest of {largest:,} images{without}"
+    line = f"audit folds by {column} and label: {groups:,} groups, the largest of {largest:,} images{without}"
+    if largest > len(frame) / folds:
+        # A group larger than a fold is most of its fold: its images are judged by probes that saw nothing like
+        # them, which is what grouping by a site or a scanner, rather than a subject, does.
+        line += (
+            f"; note: that group holds {largest / len(frame):.0%} of the images, more than a fold's share, so its "
+            "images are judged by probes that saw none of its kind (is the column a site rather than a subject?)"
+        )
+    return line

@@ -30,7 +30,7 @@ from qmix_cli.data.manifest import Dataset, check_output_dir, create_dataset
 from qmix_cli.data.transforms import channel_stats, strong_spec, weak_spec
 from qmix_cli.engine.batches import ImageStore
 from qmix_cli.engine.checkpoint import load_checkpoint, previous_run_dir, save_checkpoint
-from qmix_cli.engine.groups import FoldKeys, describe_groups
+from qmix_cli.engine.groups import FoldKeys, describe_groups, unit_keys
 from qmix_cli.engine.losses import linear_rampup
 from qmix_cli.engine.models import (
     QmixNet,
@@ -333,9 +333,8 @@ class _Run:
         fold_keys = None
         keys = pixel_keys
         if cfg.group_column:
-            fold_keys = FoldKeys.from_training(
-                pixel_keys, *group_keys(self.dataset.frame[cfg.group_column], seed=cfg.seed)
-            )
+            group, has_group = group_keys(self.dataset.frame[cfg.group_column], seed=cfg.seed)
+            fold_keys = FoldKeys.from_training(pixel_keys, unit_keys(group, self.labels_np), has_group)
             keys = fold_keys.keys(pixel_keys)
         sample = self.ctx.eval_view(torch.from_numpy(np.array(self.images[:2])).to(self.device))
         snapshots = self.warmup_nets()

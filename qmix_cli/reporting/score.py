@@ -24,7 +24,7 @@ from qmix_cli.data.manifest import Dataset
 from qmix_cli.data.transforms import Normalise, weak_spec
 from qmix_cli.engine.batches import ImageStore
 from qmix_cli.engine.checkpoint import load_checkpoint, previous_run_dir
-from qmix_cli.engine.groups import FoldKeys
+from qmix_cli.engine.groups import FoldKeys, unit_keys
 from qmix_cli.engine.models import QmixNet, trained_models
 from qmix_cli.engine.neighbours import NeighbourVote
 from qmix_cli.engine.probe import LinearProbe
@@ -244,7 +244,7 @@ def score_dataset(
     # Every net's probe shares the run's seed, so one key per image serves them all.
     pixel_keys = keys = run.probes[0].keys_of(images) if run.probes else None
     if pixel_keys is not None and run.fold_keys is not None:
-        keys = run.fold_keys.keys(pixel_keys, *_groups(run, dataset))
+        keys = run.fold_keys.keys(pixel_keys, *_units(run, dataset, labels))
     n, classes = len(images), len(run.classes)
     own = np.empty((len(run.nets), n, classes), dtype=np.float32)
     scored = np.empty_like(own)
@@ -279,13 +279,15 @@ def score_dataset(
     )
 
 
-def _groups(run: TrainedRun, dataset: Dataset) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """The group keys of ``dataset``'s images by the run's group column, (N,) each (`group_keys`), or Nones where
-    the manifest lacks it: its training images are then still found by their pixels (`FoldKeys.keys`)."""
+def _units(run: TrainedRun, dataset: Dataset, labels: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The unit keys of ``dataset``'s images, by the run's group column and their ``labels`` (N,) (`unit_keys`),
+    and whether each has a group, or Nones where the manifest lacks the column: its training images are then still
+    found by their pixels (`FoldKeys.keys`)."""
     column = run.meta.get("group_column")
     if column is None or column not in dataset.frame.columns:
         return None, None
-    return group_keys(dataset.frame[column], seed=run.probes[0].seed)
+    group, has_group = group_keys(dataset.frame[column], seed=run.probes[0].seed)
+    return unit_keys(group, labels), has_group
 
 
 def group_note(run: TrainedRun, dataset: Dataset) -> str | None:

@@ -190,7 +190,7 @@ def test_groups_of_images_are_described_or_pointed_out(grouped, runner, tmp_path
     result = _train(runner, manifest, tmp_path / "run", *TINY_FLAGS, "--epochs", "1", "--warmup-epochs", "1", *extra)
     assert result.exit_code == 0, _stderr(result)
     text = " ".join(_stderr(result).split())
-    assert ("audit folds by patient_id: 6 groups, the largest of 2 images" in text) == grouped
+    assert ("audit folds by patient_id and label: 6 groups, the largest of 2 images" in text) == grouped
     assert ("pass --group-column patient_id" in text) != grouped
     saved = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
     assert (saved["fold_keys"] is not None) == grouped

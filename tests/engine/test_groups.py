@@ -8,9 +8,16 @@ import pytest
 import torch
 
 from qmix_cli.data.groups import group_keys
-from qmix_cli.engine.groups import FoldKeys, describe_groups, sorted_rows
+from qmix_cli.engine.groups import FoldKeys, describe_groups, sorted_rows, unit_keys
 from qmix_cli.engine.neighbours import fit_neighbour_vote
 from qmix_cli.errors import ConfigError
+
+
+def test_unit_keys_tell_a_groups_labels_apart():
+    group, _ = group_keys(pd.Series(["a", "a", "a", "b", "b"]))
+    units = unit_keys(group, np.array([0, 0, 1, 0, 1]))
+    assert units[0] == units[1] and len(set(units.tolist())) == 4
+    np.testing.assert_array_equal(unit_keys(group, np.array([0, 0, 1, 0, 1])), units)  # a function of its inputs
 
 
 def test_sorted_rows():
@@ -69,26 +76,28 @@ def test_fold_keys_survive_a_checkpoint_and_a_damaged_one_is_refused():
         FoldKeys.from_state_dict({**state, "group_to": state["group_to"][:1]})
 
 
-def test_a_groups_other_images_do_not_vote_for_its_wrong_label():
-    """Three near-identical images of one patient share a wrong label; the other images of their look carry the
-    true one. Voting by pixels, each is outvoted in its favour by its two group-mates (its nearest neighbours);
-    voting by group, only the true label's images are asked."""
+def test_a_groups_images_of_its_label_do_not_vote_for_it_and_those_of_other_labels_do():
+    """Four near-identical images of one patient: three share a wrong label, the fourth carries the true one; the
+    other images of their look carry the true label too. Voting by pixels, each of the three is outvoted in its
+    favour by its two group-mates of its label (its nearest neighbours); voting by group and label, those two do not
+    vote, and the fourth image, its label contradicting theirs, does."""
     rng = np.random.default_rng(0)
     centre = rng.normal(size=16)
-    patient = centre + 0.01 * rng.normal(size=(3, 16))
+    patient = centre + 0.01 * rng.normal(size=(4, 16))
     others = centre + 0.3 * rng.normal(size=(12, 16))  # the same class, further away
     far = -centre + 0.3 * rng.normal(size=(12, 16))  # another class, elsewhere
     features = torch.tensor(np.concatenate([patient, others, far]), dtype=torch.float32)
-    labels = np.array([1] * 3 + [0] * 12 + [1] * 12)
+    labels = np.array([1] * 3 + [0] * 13 + [1] * 12)
     pixel = np.arange(len(labels), dtype=np.int64) + 1000
-    group, has = group_keys(pd.Series(["p"] * 3 + [None] * 24))
-    grouped = FoldKeys.from_training(pixel, group, has).keys(pixel)
-    # Three neighbours vote: the two group-mates and one of the true label's images, when they may.
-    for keys, wrong_share in ((pixel, 2 / 3), (grouped, 0.0)):
+    group, has = group_keys(pd.Series(["p"] * 4 + [None] * 24))
+    grouped = FoldKeys.from_training(pixel, unit_keys(group, labels), has).keys(pixel)
+    assert len(set(grouped[:4].tolist())) == 2
+    # Three neighbours vote: the three other images of the patient, or (grouped) the fourth and two of the others.
+    for keys, votes_for_given in ((pixel, 2), (grouped, 0)):
         vote = fit_neighbour_vote([features], labels, keys, num_classes=2, k=3)
         probs = vote.probs([features[:3]], keys[:3])
-        # (votes + 1/K) / (voters + 1): the share of votes for the given (wrong) label, 1, read back.
-        np.testing.assert_allclose(probs[:, 1] * 4 - 0.5, wrong_share * 3, atol=1e-5)
+        # (votes + 1/K) / (voters + 1): the votes for the given (wrong) label, 1, read back.
+        np.testing.assert_allclose(probs[:, 1] * 4 - 0.5, votes_for_given, atol=1e-5)
 
 
 def test_describe_groups_says_how_the_images_fall_and_refuses_what_cannot_fold():
@@ -102,8 +111,9 @@ def test_describe_groups_says_how_the_images_fall_and_refuses_what_cannot_fold()
             "empty": [None] * 8,
         }
     )
-    assert describe_groups(frame, "patient", folds=5) == (
-        "audit folds by patient: 5 groups, the largest of 3 images; 1 image with no group stand alone"
+    assert describe_groups(frame, "patient", folds=5).startswith(
+        "audit folds by patient and label: 5 groups, the largest of 3 images; 1 image with no group stand alone; "
+        "note: that group holds 38% of the images"
     )
     with pytest.raises(ConfigError, match=r"no such column \(its columns besides the image's: patient, site, empty"):
         describe_groups(frame, "patients", folds=5)
@@ -113,3 +123,8 @@ def test_describe_groups_says_how_the_images_fall_and_refuses_what_cannot_fold()
         describe_groups(frame, "empty", folds=5)
     with pytest.raises(ConfigError, match=r"at least 5 groups \(found 2\).*patient rather than a site"):
         describe_groups(frame, "site", folds=5)
+    frame["ward"] = ["w1", "w1", "w1", "w1", "w2", "w3", "w4", "w5"]
+    assert describe_groups(frame, "ward", folds=5).endswith(
+        "note: that group holds 50% of the images, more than a fold's share, so its images are judged by probes "
+        "that saw none of its kind (is the column a site rather than a subject?)"
+    )
