@@ -143,7 +143,8 @@ METRICS = [
 
 def comparison(frame: pd.DataFrame, metrics: list[str]) -> list[str]:
     """Means over seeds, then with groups minus without, seed by seed, for one data setting."""
-    means = frame.groupby(["method", "groups"], sort=False)[metrics].mean().reset_index()
+    # Wall time of training and audit (NaN where a run was reused): training is the same with and without groups.
+    means = frame.groupby(["method", "groups"], sort=False)[[*metrics, "wall s"]].mean().reset_index()
     paired = frame.pivot_table(index=["method", "seed"], columns="groups", values=metrics)
     gain = pd.DataFrame({m: paired[(m, "patient")] - paired[(m, "none")] for m in metrics}).reset_index()
     by_seed = gain.groupby("method")[metrics].agg(["mean", "min", "max"])

@@ -75,8 +75,8 @@ class TrainConfig:
     # misses (docs/decisions.md, eighteenth and nineteenth rounds).
     audit_neighbours: int = 10
     # A manifest column saying which images belong together (a patient, a lesion, a video): with probes, the
-    # audit's folds and votes keep each group together, so that a group's other images, carrying the same wrong
-    # label, do not vouch for it (`qmix_cli.engine.groups`). None: each image stands alone, copies excepted.
+    # audit's folds and votes keep a group's images of one label together, so that they do not vouch for a wrong
+    # label they all carry (`qmix_cli.engine.groups`). None: each image stands alone, copies excepted.
     group_column: str | None = None
 
     # Semi-supervised training
@@ -119,6 +119,11 @@ class TrainConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and ok(value)):
                 raise ConfigError(f"{name.replace('_', '-')} must be {meaning} (got {value})")
+        if self.group_column is not None:
+            if not self.group_column.strip():
+                raise ConfigError("group-column must name a column of the manifest")
+            if self.audit_scores != "probe":
+                raise ConfigError("group-column groups the audit's probes; with audit-scores classifier there are none")
         if self.gmm_components < 3:  # every method's final separation (the audit's) names three groups
             raise ConfigError("gmm-components must be at least 3 (Correct, Mis-H, Mis-L)")
         return self

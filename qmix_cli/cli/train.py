@@ -71,7 +71,7 @@ def train_command(
         str | None,
         typer.Option(
             help="Manifest column of images that belong together (patient, lesion, video): the audit judges each "
-            "image without the others of its group."
+            "image without the others of its group that share its label."
         ),
     ] = None,
     config: Annotated[

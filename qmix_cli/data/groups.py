@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 import numbers
+import re
 
 import numpy as np
 import pandas as pd
@@ -20,20 +21,31 @@ from qmix_cli.errors import ConfigError
 _IMAGE_COLUMNS = ("sample_id", "path", "label")
 
 
+# Cell texts that say "no value" in exported tables (a CSV's NA, pandas' NaN, a database's NULL): no group, rather
+# than one group of every image lacking an id.
+_MISSING_TEXTS = frozenset({"na", "n/a", "nan", "none", "null"})
+# The text a float column of integer ids exports to (``17.0``): the same id as ``17``.
+_INTEGRAL_FLOAT = re.compile(r"-?\d+\.0+")
+
+
 def group_text(value: object) -> str | None:
-    """The group ``value`` of a manifest cell as text, or None for no group (missing, NaN, blank). An integral
-    float is written as an integer: a Parquet column of ids with a missing value is float (``17.0``), and must
-    name the same group as the integer column of the same ids (``17``)."""
-    if value is None or (isinstance(value, str) and not value.strip()):
+    """The group ``value`` of a manifest cell as text, or None for no group (missing, NaN, blank, or a text such as
+    ``NA`` or ``null`` that tables export for "no value"). Integral floats read as integers: a Parquet column of
+    ids with a missing value is float (``17.0``), and its CSV export writes ``17.0``; both name the group ``17``, as
+    the integer column of the same ids does. (Ids beyond 2^53 stored as floats have lost digits already.)"""
+    if value is None or value is pd.NA or value is pd.NaT:
         return None
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
         if math.isnan(value):
             return None
         if float(value).is_integer():
             return str(int(value))
-    if value is pd.NA or value is pd.NaT:
+    text = str(value).strip()
+    if not text or text.lower() in _MISSING_TEXTS:
         return None
-    return str(value).strip()
+    if _INTEGRAL_FLOAT.fullmatch(text):
+        return str(int(text.split(".", 1)[0]))
+    return text
 
 
 def group_keys(values: pd.Series, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -67,7 +79,7 @@ def check_group_column(frame: pd.DataFrame, column: str) -> tuple[np.ndarray, np
         where = (
             f"its columns besides the image's: {', '.join(map(str, others))}" if others else "it has no other column"
         )
-        raise ConfigError(f"{option}: the dataset has no such column ({where}; an image folder has none)")
+        raise ConfigError(f"{option}: the dataset has no such column ({where}; image folders have no columns)")
     if column == "label":
         raise ConfigError(f"{option}: the label is not a group (every image of a class would be one group)")
     keys, has_group = group_keys(frame[column])
@@ -81,18 +93,20 @@ def check_group_column(frame: pd.DataFrame, column: str) -> tuple[np.ndarray, np
 GROUP_WORDS = ("patient", "subject", "case", "study", "series", "lesion", "video", "participant", "individual")
 
 
-def group_column_hint(frame: pd.DataFrame) -> str | None:
-    """A note naming a column of ``frame`` whose name suggests groups and that groups some images (fewer distinct
-    values than rows), for a run trained without ``--group-column``; None when there is none."""
+def group_column_hint(frame: pd.DataFrame, *, min_groups: int) -> str | None:
+    """A note naming a column of ``frame`` whose name suggests groups (a word of it starts with one of
+    `GROUP_WORDS`: ``patient_id``, ``SubjectID``, ``study-uid``) and that groups some images into at least
+    ``min_groups`` groups, for a run trained without ``--group-column``; None when there is none."""
     for column in frame.columns:
-        name = str(column).lower()
-        if column in _IMAGE_COLUMNS or not any(word in name for word in GROUP_WORDS):
+        words = re.split(r"[^a-z0-9]+", str(column).lower())
+        if column in _IMAGE_COLUMNS or not any(w.startswith(GROUP_WORDS) for w in words):
             continue
         keys, has_group = group_keys(frame[column])
-        if has_group.sum() > len(np.unique(keys[has_group])):
+        groups = len(np.unique(keys[has_group]))
+        if min_groups <= groups < has_group.sum():
             return (
                 f"note: the column {column} looks like it says which images belong together; pass --group-column "
-                f"{column} so that the audit judges each image without the others of its group"
+                f"{column} so that the audit judges each image without the others of its group that share its label"
             )
     return None
 

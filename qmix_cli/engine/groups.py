@@ -5,17 +5,18 @@ The audit judges each training image by probes fitted without it and by a vote o
 is not enough where several images carry one label by construction: a patient's two eyes or follow-up scans, the
 slides of one lesion, the frames of one video. A wrong label on one of them is then on all of them, and a probe
 that learnt from the others, or their vote, vouches for it. Grouped cross-validation's answer is ours, by group
-*and given label*: with a group column (`TrainConfig.group_column`), a group's images of one label share a fold
-and never vote for one another. A group's images of *other* labels still count: a scan labelled otherwise than
-the rest of its patient's is contradicted by them, which is evidence, not a leak (docs/decisions.md,
+*and given label*: with a group column (`TrainConfig.group_column`), a group's images of one label (a *unit*)
+share a fold and never vote for one another. A group's images of *other* labels still count: a scan labelled
+otherwise than the rest of its patient's is contradicted by them, which is evidence, not a leak (docs/decisions.md,
 "Twenty-sixth round").
 
-Folds follow *components*: images joined by a shared unit (group and label) or by identical pixels (an exact copy
-filed under two units joins them; without groups, copies are what share a fold already). A component's key is the
-smallest unit key in it. Images with no group value keep their pixel key (`qmix_cli.engine.probe.image_keys`).
-`FoldKeys` keeps each training image's component key by its pixel key, and each unit's, so that an audit finds a
-training image's fold from its pixels, and an image the run never saw from its group and label, when the audited
-manifest has the column.
+An image's fold key is its unit's key (`unit_keys`), or its pixel key (`qmix_cli.engine.probe.image_keys`) when it
+has no group. An audit must find a training image's fold from its pixels alone, whatever manifest it comes in, so
+one pixel key names one fold: an image whose pixels occur in several units (an exact copy filed under two
+patients; blank frames, whose keys read a coarse grid, in many) takes the smallest of their keys. Nothing chains
+beyond that image: joining the units themselves would let one blank frame shared by every patient put the whole
+training set into one fold. `FoldKeys` keeps each distinct training image's fold key by its pixel key; an image
+the run never saw is keyed by its group and label when the audited manifest has the column.
 """
 
 from __future__ import annotations
@@ -25,10 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from qmix_cli.data.groups import check_group_column
+from qmix_cli.engine.probe import sorted_rows
 from qmix_cli.errors import ConfigError
 
 
@@ -45,112 +45,81 @@ def unit_keys(group: np.ndarray, labels: np.ndarray) -> np.ndarray:
         return (z ^ (z >> np.uint64(31))).view(np.int64)
 
 
-def sorted_rows(table: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """(N,) int64 the position of each of ``keys`` in ``table`` (sorted, unique), or -1 where it is not there."""
-    keys = np.asarray(keys, dtype=np.int64)
-    if not len(table):
-        return np.full(len(keys), -1, dtype=np.int64)
-    at = np.minimum(np.searchsorted(table, keys), len(table) - 1)
-    return np.where(table[at] == keys, at, -1).astype(np.int64)
-
-
 @dataclass(frozen=True)
 class FoldKeys:
-    """Each training image's component key by its pixel key, and each unit's.
-
-    ``pixel`` (P,) int64 sorted unique pixel keys of the training images, ``pixel_to`` (P,) their component keys;
-    ``group`` (G,) int64 sorted unique unit keys (`unit_keys`), ``group_to`` (G,) theirs.
-    """
+    """The fold key of each distinct training image: ``pixel`` (P,) int64 sorted unique pixel keys of the training
+    images (`image_keys`), ``fold`` (P,) int64 their fold keys."""
 
     pixel: np.ndarray
-    pixel_to: np.ndarray
-    group: np.ndarray
-    group_to: np.ndarray
+    fold: np.ndarray
 
     @classmethod
-    def from_training(cls, pixel: np.ndarray, group: np.ndarray, has_group: np.ndarray) -> FoldKeys:
-        """Components of the training images with pixel keys ``pixel`` (N,) and unit keys ``group`` (N,)
-        (`unit_keys`), where ``has_group`` (N,) bool (`group_keys`)."""
-        pixel, group = np.asarray(pixel, dtype=np.int64), np.asarray(group, dtype=np.int64)
-        has_group = np.asarray(has_group, dtype=bool)
-        pixels, pixel_of = np.unique(pixel, return_inverse=True)
-        groups, group_of = np.unique(group[has_group], return_inverse=True)
-        # A graph whose nodes are the distinct pixel keys, then the distinct group keys; each image with a group is
-        # an edge between its two.
-        nodes = len(pixels) + len(groups)
-        edges = np.ones(len(group_of), dtype=np.int8)
-        graph = coo_matrix((edges, (pixel_of[has_group], len(pixels) + group_of)), shape=(nodes, nodes))
-        count, component = connected_components(graph, directed=False)
-        smallest = np.full(count, np.iinfo(np.int64).max, dtype=np.int64)
-        np.minimum.at(smallest, component[len(pixels) :], groups)
-        grouped = np.zeros(count, dtype=bool)
-        grouped[component[len(pixels) :]] = True
-        of_pixels = component[: len(pixels)]
-        return cls(
-            pixel=pixels,
-            pixel_to=np.where(grouped[of_pixels], smallest[of_pixels], pixels),
-            group=groups,
-            group_to=smallest[component[len(pixels) :]],
-        )
+    def from_training(cls, pixel: np.ndarray, unit: np.ndarray, has_unit: np.ndarray) -> FoldKeys:
+        """Fold keys of the training images with pixel keys ``pixel`` (N,) and unit keys ``unit`` (N,)
+        (`unit_keys`), where ``has_unit`` (N,) bool (the image has a group): the smallest unit key among the images
+        with those pixels, or the pixel key where none of them has a group."""
+        pixel, unit = np.asarray(pixel, dtype=np.int64), np.asarray(unit, dtype=np.int64)
+        has_unit = np.asarray(has_unit, dtype=bool)
+        pixels, of = np.unique(pixel, return_inverse=True)
+        smallest = np.full(len(pixels), np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(smallest, of[has_unit], unit[has_unit])
+        grouped = np.zeros(len(pixels), dtype=bool)
+        grouped[of[has_unit]] = True
+        return cls(pixel=pixels, fold=np.where(grouped, smallest, pixels))
 
-    @property
-    def num_components(self) -> int:
-        """Distinct component keys among the training images: how many units the folds are drawn from."""
-        return len(np.unique(self.pixel_to))
-
-    def keys(
-        self, pixel: np.ndarray, group: np.ndarray | None = None, has_group: np.ndarray | None = None
-    ) -> np.ndarray:
-        """(N,) int64 the fold key of images with pixel keys ``pixel`` (N,) and, where known, unit keys ``group``
-        (N,) with ``has_group`` (N,) bool: a training image's component key (found by its pixels, whatever group
-        and label the audited manifest gives it), else its unit's component key, else its unit key, else its pixel
-        key."""
+    def keys(self, pixel: np.ndarray, unit: np.ndarray | None = None, has_unit: np.ndarray | None = None) -> np.ndarray:
+        """(N,) int64 the fold key of images with pixel keys ``pixel`` (N,) and, where known, unit keys ``unit`` (N,)
+        with ``has_unit`` (N,) bool: a training image's (found by its pixels, whatever group and label the audited
+        manifest gives it), else its unit key, else its pixel key."""
         pixel = np.asarray(pixel, dtype=np.int64)
         out = pixel.copy()
-        if group is not None and has_group is not None:
-            has_group = np.asarray(has_group, dtype=bool)
-            named = np.asarray(group, dtype=np.int64)[has_group]
-            at = sorted_rows(self.group, named)
-            out[has_group] = np.where(at >= 0, self.group_to[at], named)
+        if unit is not None and has_unit is not None:
+            has_unit = np.asarray(has_unit, dtype=bool)
+            out[has_unit] = np.asarray(unit, dtype=np.int64)[has_unit]
         at = sorted_rows(self.pixel, pixel)
-        return np.where(at >= 0, self.pixel_to[at], out)
+        return np.where(at >= 0, self.fold[at], out)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Tensors only, so checkpoints load with ``weights_only=True``."""
-        return {name: torch.from_numpy(getattr(self, name)) for name in ("pixel", "pixel_to", "group", "group_to")}
+        return {"pixel": torch.from_numpy(self.pixel), "fold": torch.from_numpy(self.fold)}
 
     @classmethod
     def from_state_dict(cls, state: dict) -> FoldKeys:
         """Raises ValueError for arrays that do not fit together (a damaged ``model.pt``)."""
-        arrays = {name: state[name].numpy().astype(np.int64) for name in ("pixel", "pixel_to", "group", "group_to")}
-        for table, values in (("pixel", "pixel_to"), ("group", "group_to")):
-            keys = arrays[table]
-            if keys.ndim != 1 or arrays[values].shape != keys.shape or not (keys[1:] > keys[:-1]).all():
-                raise ValueError(f"fold keys by {table} are not sorted, unique and one per key")
-        return cls(**arrays)
+        pixel, fold = (state[name].numpy().astype(np.int64) for name in ("pixel", "fold"))
+        if pixel.ndim != 1 or fold.shape != pixel.shape or not (pixel[1:] > pixel[:-1]).all():
+            raise ValueError("pixel keys are not sorted, unique and one per fold key")
+        return cls(pixel=pixel, fold=fold)
 
 
 def describe_groups(frame: pd.DataFrame, column: str, *, folds: int) -> str:
-    """A line saying how ``frame``'s images fall into groups by ``column``, for the start of a run.
+    """A line saying how ``frame``'s images fall into groups by ``column`` and units by group and label, for the
+    start of a run.
 
     Raises
     ------
     ConfigError
-        For a column the manifest lacks, the label column, a column with no value, or fewer distinct units (groups,
-        and images with no group) than ``folds``: some folds' probes would then be fitted on no image or one group.
+        For a column the manifest lacks, the label column, a column with no value, or fewer units (a group's images
+        of one label, and images with no group) than ``folds``: some folds' probes would be fitted on no image.
     """
     keys, has_group = check_group_column(frame, column)
+    labels = pd.factorize(frame["label"])[0]
+    units = unit_keys(keys, labels)[has_group]
     groups, alone = len(np.unique(keys[has_group])), int((~has_group).sum())
-    if groups + alone < folds:
+    unit_sizes = np.unique(units, return_counts=True)[1]
+    if len(unit_sizes) + alone < folds:
         raise ConfigError(
-            f"--group-column {column}: the audit's {folds} folds need at least {folds} groups (found "
-            f"{groups + alone}); group by something finer, such as a patient rather than a site"
+            f"--group-column {column}: the audit's {folds} folds need at least {folds} groups of one label (found "
+            f"{len(unit_sizes) + alone}); group by something finer, such as a patient rather than a site"
         )
-    largest = int(np.unique(keys[has_group], return_counts=True)[1].max())
-    without = f"; {alone:,} image{'s' if alone != 1 else ''} with no group stand alone" if alone else ""
-    line = f"audit folds by {column} and label: {groups:,} groups, the largest of {largest:,} images{without}"
+    largest = int(unit_sizes.max())
+    without = f"; {alone:,} image{'s' if alone != 1 else ''} with no group, each alone" if alone else ""
+    line = (
+        f"audit folds by {column} and label: {groups:,} groups, {len(unit_sizes):,} of one label, the largest of "
+        f"{largest:,} images{without}"
+    )
     if largest > len(frame) / folds:
-        # A group larger than a fold is most of its fold: its images are judged by probes that saw nothing like
+        # A unit larger than a fold is most of its fold: its images are judged by probes that saw nothing like
         # them, which is what grouping by a site or a scanner, rather than a subject, does.
         line += (
             f"; note: that group holds {largest / len(frame):.0%} of the images, more than a fold's share, so its "

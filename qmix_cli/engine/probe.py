@@ -13,8 +13,8 @@ manifest finds the fold of every training image again, whatever its id or path t
 a fold, and an image the run never saw is scored by one fold's probe (trained on the other four fifths of the
 training set). The same hash, the image's key, tells the neighbour vote (`qmix_cli.engine.neighbours`), which the
 audit averages with the probes' output, which training images are the image itself and so must not vote. A run
-with a group column folds and votes by group instead (`qmix_cli.engine.groups`), the pixel key still finding each
-training image's group.
+with a group column folds and votes by group and label instead (`qmix_cli.engine.groups`), the pixel key still
+finding each training image's fold.
 """
 
 from __future__ import annotations
@@ -110,6 +110,15 @@ def image_keys(images: np.ndarray, *, seed: int = 0) -> np.ndarray:
 def folds_of_keys(keys: np.ndarray, *, folds: int = FOLDS) -> np.ndarray:
     """(N,) int64 fold in ``[0, folds)`` of each image's key (`image_keys`)."""
     return (np.asarray(keys, dtype=np.int64).view(np.uint64) % np.uint64(folds)).astype(np.int64)
+
+
+def sorted_rows(table: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """(N,) int64 the position of each of ``keys`` in ``table`` (sorted, unique int64), or -1 where it is not there."""
+    keys = np.asarray(keys, dtype=np.int64)
+    if not len(table):
+        return np.full(len(keys), -1, dtype=np.int64)
+    at = np.minimum(np.searchsorted(table, keys), len(table) - 1)
+    return np.where(table[at] == keys, at, -1).astype(np.int64)
 
 
 def standardisation(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

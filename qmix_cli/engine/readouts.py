@@ -16,8 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from qmix_cli.engine.groups import sorted_rows
-from qmix_cli.engine.probe import pixel_digests
+from qmix_cli.engine.probe import pixel_digests, sorted_rows
 
 # Read-outs are kept only up to this size (2 arrays × nets × images × classes float32): 100,000 images of 10
 # classes take 16 MB; ImageNet-sized runs (a million images, a thousand classes) would add gigabytes to model.pt,

@@ -332,7 +332,7 @@ class _Run:
         pixel_keys = image_keys(self.images, seed=cfg.seed)
         fold_keys = None
         keys = pixel_keys
-        if cfg.group_column:
+        if cfg.group_column is not None:
             group, has_group = group_keys(self.dataset.frame[cfg.group_column], seed=cfg.seed)
             fold_keys = FoldKeys.from_training(pixel_keys, unit_keys(group, self.labels_np), has_group)
             keys = fold_keys.keys(pixel_keys)
@@ -614,12 +614,10 @@ def train(
     if cfg.channels == "auto" and not dataset.channels:
         raise ConfigError("channels unknown: load the dataset with check_images=True or set channels")
     groups_line = None
-    if cfg.group_column:
-        if cfg.audit_scores != "probe":
-            raise ConfigError("group-column groups the audit's probes; with audit-scores classifier there are none")
+    if cfg.group_column is not None:
         groups_line = describe_groups(dataset.frame, cfg.group_column, folds=FOLDS)
     elif cfg.audit_scores == "probe":
-        groups_line = group_column_hint(dataset.frame)
+        groups_line = group_column_hint(dataset.frame, min_groups=FOLDS)
     # Build everything (device, model, data, validation set) before touching the run directory: a bad
     # --model, --device or --val must not leave a half-made run that blocks the corrected command.
     run = _Run(cfg, dataset, run_dir, reporter)

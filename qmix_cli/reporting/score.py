@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -36,6 +36,8 @@ from qmix_cli.engine.trainer import PREDATED, amp_dtype, resolve_device
 from qmix_cli.errors import QmixError
 from qmix_cli.progress import Reporter, SilentReporter
 from qmix_cli.reporting.report import build_report, compute_ranks, normalise_posteriors, report_metadata
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -117,30 +119,23 @@ def load_run(run_dir: str | Path, *, device: str = "auto") -> TrainedRun:
         warmup_nets=nets("warmup_nets"),
         warmup_probes=probes("warmup_probes"),
         votes=[NeighbourVote.from_state_dict(v).to(dev) for v in state.get("votes", [])],
-        readouts=_readouts(state.get("readouts"), run_dir),
-        fold_keys=_fold_keys(state.get("fold_keys"), run_dir),
+        readouts=_saved_part(state.get("readouts"), run_dir, TrainingReadouts.from_state_dict, "training read-outs"),
+        fold_keys=_saved_part(state.get("fold_keys"), run_dir, FoldKeys.from_state_dict, "fold keys"),
     )
     _check_votes(run)
     _check_readouts(run)
     return run
 
 
-def _fold_keys(state: dict | None, run_dir: Path) -> FoldKeys | None:
+def _saved_part(state: dict | None, run_dir: Path, load: Callable[[dict], T], what: str) -> T | None:
+    """``load(state)``, or None for a part the run did not save (or saved before it existed); a damaged part (a
+    `KeyError` or `ValueError` of ``load``) is a `QmixError` naming the file and ``what``."""
     if state is None:
         return None
     try:
-        return FoldKeys.from_state_dict(state)
+        return load(state)
     except (KeyError, ValueError) as e:
-        raise QmixError(f"{run_dir / 'model.pt'}: its fold keys are damaged ({e}); train the run again") from e
-
-
-def _readouts(state: dict | None, run_dir: Path) -> TrainingReadouts | None:
-    if state is None:
-        return None
-    try:
-        return TrainingReadouts.from_state_dict(state)
-    except (KeyError, ValueError) as e:
-        raise QmixError(f"{run_dir / 'model.pt'}: its training read-outs are damaged ({e}); train the run again") from e
+        raise QmixError(f"{run_dir / 'model.pt'}: its {what} are damaged ({e}); train the run again") from e
 
 
 def _check_votes(run: TrainedRun) -> None:
@@ -241,10 +236,7 @@ def score_dataset(
         progress=reporter.task("decoding images", len(dataset)),
         jpeg_scale=target.jpeg_scale,
     )
-    # Every net's probe shares the run's seed, so one key per image serves them all.
-    pixel_keys = keys = run.probes[0].keys_of(images) if run.probes else None
-    if pixel_keys is not None and run.fold_keys is not None:
-        keys = run.fold_keys.keys(pixel_keys, *_units(run, dataset, labels))
+    pixel_keys, keys = audit_keys(run, dataset, images, labels) if run.probes else (None, None)
     n, classes = len(images), len(run.classes)
     own = np.empty((len(run.nets), n, classes), dtype=np.float32)
     scored = np.empty_like(own)
@@ -279,15 +271,23 @@ def score_dataset(
     )
 
 
-def _units(run: TrainedRun, dataset: Dataset, labels: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """The unit keys of ``dataset``'s images, by the run's group column and their ``labels`` (N,) (`unit_keys`),
-    and whether each has a group, or Nones where the manifest lacks the column: its training images are then still
-    found by their pixels (`FoldKeys.keys`)."""
+def audit_keys(
+    run: TrainedRun, dataset: Dataset, images: np.ndarray, labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each image's pixel key (`LinearProbe.keys_of`: what finds a training image's read-outs) and fold key (which
+    probe head reads it, and which training images may not vote for it), (N,) int64 each, for ``dataset``'s
+    ``images`` (N, C, H, W) with given ``labels`` (N,) indices into the run's classes. In a run with a group column
+    the fold key of a training image is found by its pixels, that of any other image by its group and label where
+    ``dataset`` has the column (`FoldKeys.keys`); otherwise the two keys are the same."""
+    # Every net's probe shares the run's seed, so one key per image serves them all.
+    pixel_keys = run.probes[0].keys_of(images)
+    if run.fold_keys is None:
+        return pixel_keys, pixel_keys
     column = run.meta.get("group_column")
     if column is None or column not in dataset.frame.columns:
-        return None, None
+        return pixel_keys, run.fold_keys.keys(pixel_keys)
     group, has_group = group_keys(dataset.frame[column], seed=run.probes[0].seed)
-    return unit_keys(group, labels), has_group
+    return pixel_keys, run.fold_keys.keys(pixel_keys, unit_keys(group, labels), has_group)
 
 
 def group_note(run: TrainedRun, dataset: Dataset) -> str | None:

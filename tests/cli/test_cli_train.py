@@ -102,6 +102,7 @@ def test_config_file_is_resolved_after_the_flags(
         (["--group-column", "patient"], ["--group-column patient: the dataset has no such column", "true_label"]),
         (["--group-column", "label"], ["the label is not a group"]),
         (["--group-column", "x", "--set", "audit_scores=classifier"], ["group-column groups the audit's probes"]),
+        (["--group-column", " "], ["group-column must name a column"]),
     ],
     ids=[
         "set-unknown",
@@ -115,6 +116,7 @@ def test_config_file_is_resolved_after_the_flags(
         "group-missing",
         "group-label",
         "group-no-probes",
+        "group-blank",
     ],
 )
 def test_bad_options_are_one_line_errors(runner, tmp_path, noisy_digits, extra, fragments):
@@ -190,7 +192,7 @@ def test_groups_of_images_are_described_or_pointed_out(grouped, runner, tmp_path
     result = _train(runner, manifest, tmp_path / "run", *TINY_FLAGS, "--epochs", "1", "--warmup-epochs", "1", *extra)
     assert result.exit_code == 0, _stderr(result)
     text = " ".join(_stderr(result).split())
-    assert ("audit folds by patient_id and label: 6 groups, the largest of 2 images" in text) == grouped
+    assert ("audit folds by patient_id and label: 6 groups, 6 of one label, the largest of 2 images" in text) == grouped
     assert ("pass --group-column patient_id" in text) != grouped
     saved = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
     assert (saved["fold_keys"] is not None) == grouped

@@ -24,6 +24,12 @@ from qmix_cli.errors import ConfigError
         (pd.NA, None),
         ("", None),
         ("  ", None),
+        ("NA", None),  # what tables export for "no value": no group, not one group of all of them
+        ("null", None),
+        ("17.0", "17"),  # a float id column's CSV export names the same group as the integer column
+        ("-3.00", "-3"),
+        ("17.5", "17.5"),
+        ("p17.0", "p17.0"),
     ],
 )
 def test_group_text(value, text):
@@ -38,12 +44,19 @@ def test_group_keys_name_each_group_once_and_follow_the_seed():
     assert other[0] != keys[0] and other[1] != keys[1]  # another seed, other folds
 
 
-def test_a_column_named_like_groups_is_pointed_out_when_it_groups_images():
-    base = {"sample_id": ["1", "2", "3"], "path": ["a", "b", "c"], "label": ["x", "y", "x"]}
-    hint = group_column_hint(pd.DataFrame({**base, "site": ["s", "s", "t"], "Patient_ID": ["p1", "p1", "p2"]}))
-    assert hint is not None and "--group-column Patient_ID" in hint
-    assert group_column_hint(pd.DataFrame({**base, "patient_id": ["p1", "p2", "p3"]})) is None  # one image each
-    assert group_column_hint(pd.DataFrame({**base, "site": ["s", "s", "t"]})) is None  # not named like a group
+def test_a_column_named_like_groups_is_pointed_out_when_it_groups_images_into_enough_groups():
+    base = {"sample_id": list("123456"), "path": list("abcdef"), "label": list("xyxyxy")}
+
+    def hint(**columns):
+        return group_column_hint(pd.DataFrame({**base, **columns}), min_groups=2)
+
+    named = hint(site=list("sstsst"), Patient_ID=["p1", "p1", "p2", "p2", "p3", "p3"])
+    assert named is not None and "--group-column Patient_ID" in named
+    assert hint(SubjectID=list("aabbcc")) is not None  # a word starting with one of the group words
+    assert hint(patient_id=list("123456")) is None  # one image each: nothing to group
+    assert hint(study=list("ssssss")) is None  # one group: fewer than the folds need
+    assert hint(site=list("sstsst")) is None  # not named like a group
+    assert hint(lowercase_name=list("aabbcc")) is None  # "case" inside a word is not the word "case"
 
 
 def test_check_group_column_refuses_what_names_no_group():
@@ -52,7 +65,7 @@ def test_check_group_column_refuses_what_names_no_group():
     assert has.tolist() == [True] and keys.tolist() == group_keys(frame["site"])[0].tolist()
     with pytest.raises(ConfigError, match=r"no such column \(its columns besides the image's: site, empty;"):
         check_group_column(frame, "patient")
-    with pytest.raises(ConfigError, match=r"no such column \(it has no other column; an image folder has none\)"):
+    with pytest.raises(ConfigError, match=r"no such column \(it has no other column; image folders have no columns\)"):
         check_group_column(frame[["sample_id", "path", "label"]], "patient")
     with pytest.raises(ConfigError, match="the label is not a group"):
         check_group_column(frame, "label")

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from qmix_cli.data.groups import group_keys
-from qmix_cli.engine.groups import FoldKeys, describe_groups, sorted_rows, unit_keys
+from qmix_cli.engine.groups import FoldKeys, describe_groups, unit_keys
 from qmix_cli.engine.neighbours import fit_neighbour_vote
+from qmix_cli.engine.probe import folds_of_keys
 from qmix_cli.errors import ConfigError
 
 
@@ -20,48 +21,53 @@ def test_unit_keys_tell_a_groups_labels_apart():
     np.testing.assert_array_equal(unit_keys(group, np.array([0, 0, 1, 0, 1])), units)  # a function of its inputs
 
 
-def test_sorted_rows():
-    table = np.array([-5, 3, 9], dtype=np.int64)
-    assert sorted_rows(table, np.array([9, 4, -5, 100])).tolist() == [2, -1, 0, -1]
-    assert sorted_rows(np.array([], dtype=np.int64), np.array([1])).tolist() == [-1]
-
-
 def _fold_keys() -> tuple[FoldKeys, np.ndarray, np.ndarray, np.ndarray]:
-    #            0    1    2    3    4    5     6
-    pixel = np.array([10, 11, 12, 13, 14, 12, 15], dtype=np.int64)  # image 5 is a copy of image 2
-    group, has = group_keys(pd.Series(["a", "a", "b", "c", None, "d", None]))
-    return FoldKeys.from_training(pixel, group, has), pixel, group, has
+    #                  0   1   2   3   4   5   6   7
+    pixel = np.array([10, 11, 12, 13, 14, 12, 15, 16], dtype=np.int64)  # image 5 is a copy of image 2
+    unit, has = group_keys(pd.Series(["a", "a", "b", "c", None, "d", None, "d"]))
+    return FoldKeys.from_training(pixel, unit, has), pixel, unit, has
 
 
-def test_components_join_a_group_and_copies_across_groups():
-    fold_keys, pixel, group, _ = _fold_keys()
+def test_a_units_images_share_its_key_and_a_copy_takes_the_smallest_of_its_units():
+    fold_keys, pixel, unit, _ = _fold_keys()
     keys = fold_keys.keys(pixel)
-    assert keys[0] == keys[1] == group[0]  # one group, one key: its own
-    assert keys[2] == keys[5] == min(group[2], group[5])  # a copy filed under b and d joins the two groups
-    assert keys[3] == group[3]
+    assert keys[0] == keys[1] == unit[0]  # one unit, one key: its own
+    assert keys[2] == keys[5] == min(unit[2], unit[5])  # a copy filed under b and d: one key for its pixels
+    assert keys[7] == unit[7] and keys[3] == unit[3]  # d's other image keeps d's key: units are not joined
     assert keys[4] == 14 and keys[6] == 15  # no group: the pixel key, as without a group column
-    assert len(set(keys.tolist())) == fold_keys.num_components == 5
 
 
-def test_an_ungrouped_copy_of_a_grouped_image_joins_its_group():
+def test_an_ungrouped_copy_of_a_grouped_image_takes_its_units_key():
     pixel = np.array([1, 2, 1], dtype=np.int64)
-    group, has = group_keys(pd.Series(["a", "a", None]))
-    keys = FoldKeys.from_training(pixel, group, has).keys(pixel)
-    assert keys[0] == keys[1] == keys[2] == group[0]
+    unit, has = group_keys(pd.Series(["a", "a", None]))
+    keys = FoldKeys.from_training(pixel, unit, has).keys(pixel)
+    assert keys[0] == keys[1] == keys[2] == unit[0]
 
 
-def test_the_audit_finds_training_images_by_pixels_and_new_images_by_group():
+def test_a_frame_every_patient_shares_does_not_put_them_all_in_one_fold():
+    """200 patients of ten images, each with the same blank frame (one pixel key): the frames take one key, and
+    every patient keeps its own for the rest (joining units through shared pixels would make one fold of all)."""
+    patients = np.repeat(np.arange(200), 11)
+    pixel = np.where(np.arange(len(patients)) % 11 == 10, -1, np.arange(len(patients))).astype(np.int64)
+    unit, has = group_keys(pd.Series(patients))
+    keys = FoldKeys.from_training(pixel, unit, has).keys(pixel)
+    assert len(np.unique(keys[pixel == -1])) == 1
+    assert len(np.unique(keys)) == 200
+    assert np.unique(folds_of_keys(keys), return_counts=True)[1].max() < 0.5 * len(keys)  # joined: all of them
+
+
+def test_the_audit_finds_training_images_by_pixels_and_new_images_by_unit():
     fold_keys, pixel, _, _ = _fold_keys()
     trained = fold_keys.keys(pixel)
-    # The training images under other group names (or none) keep their training components.
-    other, other_has = group_keys(pd.Series(["z"] * 7))
+    # The training images under other group names (or none) keep their training keys.
+    other, other_has = group_keys(pd.Series(["z"] * 8))
     np.testing.assert_array_equal(fold_keys.keys(pixel, other, other_has), trained)
-    # New images: of a known group, that group's component; of a new group, its own key; of none, their pixels.
+    # New images: of a unit, its key (a training unit's or not); of none, their pixels.
     new_pixel = np.array([100, 101, 102, 103], dtype=np.int64)
-    new_group, new_has = group_keys(pd.Series(["d", "a", "q", None]))
-    keys = fold_keys.keys(new_pixel, new_group, new_has)
-    assert keys[0] == trained[5] and keys[1] == trained[0]
-    assert keys[2] == new_group[2] and keys[3] == 103
+    new_unit, new_has = group_keys(pd.Series(["d", "a", "q", None]))
+    keys = fold_keys.keys(new_pixel, new_unit, new_has)
+    assert keys[0] == trained[7] and keys[1] == trained[0]
+    assert keys[2] == new_unit[2] and keys[3] == 103
 
 
 def test_fold_keys_survive_a_checkpoint_and_a_damaged_one_is_refused():
@@ -72,8 +78,8 @@ def test_fold_keys_survive_a_checkpoint_and_a_damaged_one_is_refused():
     np.testing.assert_array_equal(again.keys(pixel), fold_keys.keys(pixel))
     with pytest.raises(ValueError, match="not sorted"):
         FoldKeys.from_state_dict({**state, "pixel": state["pixel"].flip(0)})
-    with pytest.raises(ValueError, match="one per key"):
-        FoldKeys.from_state_dict({**state, "group_to": state["group_to"][:1]})
+    with pytest.raises(ValueError, match="one per fold key"):
+        FoldKeys.from_state_dict({**state, "fold": state["fold"][:1]})
 
 
 def test_a_groups_images_of_its_label_do_not_vote_for_it_and_those_of_other_labels_do():
@@ -111,9 +117,10 @@ def test_describe_groups_says_how_the_images_fall_and_refuses_what_cannot_fold()
             "empty": [None] * 8,
         }
     )
-    assert describe_groups(frame, "patient", folds=5).startswith(
-        "audit folds by patient and label: 5 groups, the largest of 3 images; 1 image with no group stand alone; "
-        "note: that group holds 38% of the images"
+    assert describe_groups(frame, "patient", folds=5) == (
+        "audit folds by patient and label: 5 groups, 6 of one label, the largest of 2 images; 1 image with no "
+        "group, each alone; note: that group holds 25% of the images, more than a fold's share, so its images are "
+        "judged by probes that saw none of its kind (is the column a site rather than a subject?)"
     )
     with pytest.raises(ConfigError, match=r"no such column \(its columns besides the image's: patient, site, empty"):
         describe_groups(frame, "patients", folds=5)
@@ -121,10 +128,12 @@ def test_describe_groups_says_how_the_images_fall_and_refuses_what_cannot_fold()
         describe_groups(frame, "label", folds=5)
     with pytest.raises(ConfigError, match="has no value"):
         describe_groups(frame, "empty", folds=5)
-    with pytest.raises(ConfigError, match=r"at least 5 groups \(found 2\).*patient rather than a site"):
+    with pytest.raises(ConfigError, match=r"at least 5 groups of one label \(found 2\).*patient rather than a site"):
         describe_groups(frame, "site", folds=5)
-    frame["ward"] = ["w1", "w1", "w1", "w1", "w2", "w3", "w4", "w5"]
+    frame["pair"] = ["p", "p", "q", "q", "r", "r", "r", "r"]  # three groups, but six of one label: enough
+    assert describe_groups(frame, "pair", folds=5).startswith("audit folds by pair and label: 3 groups, 6 of one")
+    frame["ward"] = ["w1", "w2", "w1", "w3", "w1", "w4", "w1", "w5"]
     assert describe_groups(frame, "ward", folds=5).endswith(
-        "note: that group holds 50% of the images, more than a fold's share, so its images are judged by probes "
-        "that saw none of its kind (is the column a site rather than a subject?)"
+        "the largest of 4 images; note: that group holds 50% of the images, more than a fold's share, so its images "
+        "are judged by probes that saw none of its kind (is the column a site rather than a subject?)"
     )

@@ -18,6 +18,7 @@ from qmix_cli.engine.probe import (
     folds_of_keys,
     image_keys,
     pixel_digests,
+    sorted_rows,
 )
 from qmix_cli.engine.separation import per_sample_loss
 
@@ -161,3 +162,9 @@ def test_pixel_digests_are_blake2b_of_salt_and_pixels_whatever_the_threads(shape
         digests = pixel_digests(images, salt=b"s", workers=workers)
         np.testing.assert_array_equal(digests, expected)
     assert digests[7] == digests[3] and len(set(digests)) == len(images) - 1
+
+
+def test_sorted_rows():
+    table = np.array([-5, 3, 9], dtype=np.int64)
+    assert sorted_rows(table, np.array([9, 4, -5, 100])).tolist() == [2, -1, 0, -1]
+    assert sorted_rows(np.array([], dtype=np.int64), np.array([1])).tolist() == [-1]

@@ -17,17 +17,19 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 from rich.console import Console
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
 from qmix_cli.api import audit, train
 from qmix_cli.config import config_from_dict, load_config_file
+from qmix_cli.data.cache import cached_images
 from qmix_cli.data.manifest import create_dataset
 from qmix_cli.engine.checkpoint import load_checkpoint
 from qmix_cli.engine.trainer import size_hint
 from qmix_cli.errors import ConfigError, DataError, QmixError, TrainingError
-from qmix_cli.reporting.score import group_note, load_run, score_dataset
+from qmix_cli.reporting.score import audit_keys, group_note, load_run, score_dataset
 from tests.conftest import TINY_TRAIN
 
 pytestmark = pytest.mark.slow
@@ -272,7 +274,7 @@ def test_a_group_column_changes_the_audits_folds_and_votes_only(noisy_digits, tm
     assert alone.fold_keys is None and alone.meta["group_column"] is None
     patients = frame.assign(patient=[i // 3 for i in range(len(frame))])
     units = len(patients.groupby(["patient", "label"]))  # a patient's images of one given label
-    assert grouped.meta["group_column"] == "patient" and grouped.fold_keys.num_components == units < len(frame)
+    assert grouped.meta["group_column"] == "patient" and len(np.unique(grouped.fold_keys.fold)) == units < len(frame)
     for a, g in zip(alone.nets, grouped.nets, strict=True):
         for name, value in a.state_dict().items():
             assert torch.equal(value, g.state_dict()[name]), name
@@ -288,6 +290,31 @@ def test_a_group_column_changes_the_audits_folds_and_votes_only(noisy_digits, tm
     assert group_note(grouped, dataset) is None and "no patient column" in group_note(grouped, bare)
     assert group_note(alone, bare) is None
     assert np.abs(score_dataset(alone, dataset).loss - kept.loss).max() > 1e-3
+
+    # An image the run never saw, a brighter copy of a training image of patient p0: with the column it takes the
+    # fold of p0's training images of its label (so none of them votes for it); without it, its own pixels' fold.
+    row = frame.iloc[0]
+    near = tmp_path / "near.png"
+    Image.fromarray(np.clip(np.asarray(Image.open(row["path"])).astype(np.int16) + 1, 0, 255).astype(np.uint8)).save(
+        near
+    )
+    new = pd.DataFrame({"sample_id": ["near"], "path": [str(near)], "label": [row["label"]], "patient": ["p0"]})
+    new.to_parquet(tmp_path / "new.parquet")
+    new.drop(columns="patient").to_parquet(tmp_path / "new-bare.parquet")
+    training_keys = audit_keys(grouped, dataset, cached_images(dataset, size=32, channels=1), dataset.labels)
+    (mates,) = np.nonzero((dataset.frame["patient"] == "p0").to_numpy() & (dataset.labels == dataset.labels[0]))
+    for manifest, its_unit in (("new.parquet", True), ("new-bare.parquet", False)):
+        ds = create_dataset(tmp_path / manifest, classes=grouped.classes, min_classes=1)
+        pixel, fold = audit_keys(grouped, ds, cached_images(ds, size=32, channels=1), ds.labels)
+        assert pixel[0] not in training_keys[0]  # an image the run never saw
+        assert (fold[0] == training_keys[1][mates]).all() == its_unit
+        assert (fold[0] == pixel[0]) != its_unit
+
+    state = torch.load(grouped.run_dir / "model.pt", weights_only=True)
+    state["fold_keys"]["fold"] = state["fold_keys"]["fold"][:-1]  # damaged: pixel keys and fold keys differ
+    torch.save(state, grouped.run_dir / "model.pt")
+    with pytest.raises(QmixError, match=r"model\.pt: its fold keys are damaged"):
+        load_run(grouped.run_dir, device="cpu")
 
 
 @pytest.mark.parametrize(
