@@ -1,8 +1,9 @@
 """Which images belong together, as a manifest column says: a patient, a lesion, a video.
 
-Read by `qmix train --group-column` (the audit keeps each group together: `qmix_cli.engine.groups`) and by
-`qmix corrupt --group-column` (a group's images of one class get one noisy label, as a patient's diagnosis is wrong
-on all of their images at once). Each group value becomes a 64-bit key; cells with no value are no group.
+Read by `qmix train --group-column` (the audit keeps a group's images of one label together:
+`qmix_cli.engine.groups`) and by `qmix corrupt --group-column` (a group's images of one class get one noisy label,
+as a patient's diagnosis is wrong on all of their images at once). Each group value becomes a 64-bit key; cells
+with no value are no group.
 """
 
 from __future__ import annotations

@@ -278,7 +278,8 @@ def audit_keys(
     probe head reads it, and which training images may not vote for it), (N,) int64 each, for ``dataset``'s
     ``images`` (N, C, H, W) with given ``labels`` (N,) indices into the run's classes. In a run with a group column
     the fold key of a training image is found by its pixels, that of any other image by its group and label where
-    ``dataset`` has the column (`FoldKeys.keys`); otherwise the two keys are the same."""
+    ``dataset`` has the column (else by its pixels alone; `FoldKeys.keys`). In a run without one the two keys are the
+    same."""
     # Every net's probe shares the run's seed, so one key per image serves them all.
     pixel_keys = run.probes[0].keys_of(images)
     if run.fold_keys is None:
@@ -296,7 +297,7 @@ def group_note(run: TrainedRun, dataset: Dataset) -> str | None:
     if run.fold_keys is None or column is None or column in dataset.frame.columns:
         return None
     return (
-        f"note: the run keeps images of one {column} together, and this dataset has no {column} column: its "
+        f"note: the run keeps a {column}'s images of one label together, and this dataset has no {column} column: its "
         "training images keep their groups (found by their pixels), any other image is judged alone"
     )
 
