@@ -185,6 +185,7 @@ def audit(
     """
     import pyarrow as pa
 
+    from qmix_cli.data.groups import flagged_groups
     from qmix_cli.data.manifest import check_output_file, create_dataset
     from qmix_cli.io import check_out_file, run_file_named
     from qmix_cli.reporting.report import REPORT_ORDERS, decode_metadata, infer_format, open_report_writer
@@ -251,6 +252,12 @@ def audit(
         frame.attrs["skipped"] = dataset.skipped
         # What a Parquet report carries as metadata (`read_report`'s attrs["qmix"]): the run's classes, for one.
         frame.attrs["qmix"] = decode_metadata(metadata)
+        column = trained.meta.get("group_column")
+        if column is not None and column in dataset.frame.columns:
+            # Subjects, not images, are what a curation team reviews: how many have an image the audit flags.
+            groups = frame["sample_id"].map(dataset.frame.set_index("sample_id")[column])
+            flagged, total = flagged_groups(groups, frame["category"] != "clean")
+            frame.attrs["groups"] = {"column": column, "flagged": flagged, "groups": total}
     return frame
 
 

@@ -63,6 +63,13 @@ def audit_command(
         n = int(counts.get(cat, 0))
         table.add_row(cat, str(n), f"{n / len(frame):.1%}")
     st.err.print(table)
+    if groups := frame.attrs.get("groups"):
+        st.err.print(
+            Text(
+                f"{groups['flagged']:,} of {groups['groups']:,} groups by {groups['column']} have an image the audit "
+                "flags"
+            )
+        )
     top = frame.sort_values("rank").head(5)
     issues = Table(title="top issues", title_justify="left")
     for col in ("rank", "sample_id", "given", "suggested", "category", "p_clean"):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -196,6 +198,13 @@ def test_groups_of_images_are_described_or_pointed_out(grouped, runner, tmp_path
     assert ("pass --group-column patient_id" in text) != grouped
     saved = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
     assert (saved["fold_keys"] is not None) == grouped
+    audited = runner.invoke(app, ["audit", str(manifest), "--run", str(tmp_path / "run"), "--out", "-"])
+    assert audited.exit_code == 0, _stderr(audited)
+    report = pd.read_csv(io.StringIO(audited.stdout))
+    patient_of = {path: patient for path, _, patient in rows}  # a manifest without ids: the path is the id
+    expected = report.loc[report["category"] != "clean", "sample_id"].map(patient_of).nunique()
+    summary = f"{expected} of 6 groups by patient_id have an image the audit flags"
+    assert (summary in " ".join(_stderr(audited).split())) == grouped
 
 
 def test_files_an_image_folder_holds_besides_images_are_reported(runner, tmp_path, make_image_folder, qmix_cache_dir):
