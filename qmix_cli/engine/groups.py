@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from qmix_cli.data.groups import check_group_column
+from qmix_cli.data.groups import check_group_column, group_keys
 from qmix_cli.engine.probe import sorted_rows
 from qmix_cli.errors import ConfigError
 
@@ -43,6 +43,14 @@ def unit_keys(group: np.ndarray, labels: np.ndarray) -> np.ndarray:
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         return (z ^ (z >> np.uint64(31))).view(np.int64)
+
+
+def units_of(values: pd.Series, labels: np.ndarray, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The unit key of each image, (N,) int64, from its group value in ``values`` (N,) and its given label in
+    ``labels`` (N,), salted by the run's ``seed``, and (N,) bool whether it has a group: what training and the audit
+    must compute alike for a training image's unit to be found again."""
+    group, has_group = group_keys(values, seed=seed)
+    return unit_keys(group, labels), has_group
 
 
 @dataclass(frozen=True)

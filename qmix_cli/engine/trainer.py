@@ -25,12 +25,12 @@ import torch
 from qmix_cli import __version__
 from qmix_cli.config import TrainConfig, config_from_dict, dump_config, load_config_file
 from qmix_cli.data.cache import DecodeTarget, cached_images
-from qmix_cli.data.groups import group_column_hint, group_keys
+from qmix_cli.data.groups import group_column_hint
 from qmix_cli.data.manifest import Dataset, check_output_dir, create_dataset
 from qmix_cli.data.transforms import channel_stats, strong_spec, weak_spec
 from qmix_cli.engine.batches import ImageStore
 from qmix_cli.engine.checkpoint import load_checkpoint, previous_run_dir, save_checkpoint
-from qmix_cli.engine.groups import FoldKeys, describe_groups, unit_keys
+from qmix_cli.engine.groups import FoldKeys, describe_groups, units_of
 from qmix_cli.engine.losses import linear_rampup
 from qmix_cli.engine.models import (
     QmixNet,
@@ -333,8 +333,8 @@ class _Run:
         fold_keys = None
         keys = pixel_keys
         if cfg.group_column is not None:
-            group, has_group = group_keys(self.dataset.frame[cfg.group_column], seed=cfg.seed)
-            fold_keys = FoldKeys.from_training(pixel_keys, unit_keys(group, self.labels_np), has_group)
+            units = units_of(self.dataset.frame[cfg.group_column], self.labels_np, seed=cfg.seed)
+            fold_keys = FoldKeys.from_training(pixel_keys, *units)
             keys = fold_keys.keys(pixel_keys)
         sample = self.ctx.eval_view(torch.from_numpy(np.array(self.images[:2])).to(self.device))
         snapshots = self.warmup_nets()
@@ -613,11 +613,10 @@ def train(
     cfg.validate()
     if cfg.channels == "auto" and not dataset.channels:
         raise ConfigError("channels unknown: load the dataset with check_images=True or set channels")
-    groups_line = None
-    if cfg.group_column is not None:
-        groups_line = describe_groups(dataset.frame, cfg.group_column, folds=FOLDS)
-    elif cfg.audit_scores == "probe":
-        groups_line = group_column_hint(dataset.frame, min_groups=FOLDS)
+    # Refused before anything is built; the line is logged with the start line.
+    groups_line = (
+        describe_groups(dataset.frame, cfg.group_column, folds=FOLDS) if cfg.group_column is not None else None
+    )
     # Build everything (device, model, data, validation set) before touching the run directory: a bad
     # --model, --device or --val must not leave a half-made run that blocks the corrected command.
     run = _Run(cfg, dataset, run_dir, reporter)
@@ -634,6 +633,8 @@ def train(
     _make_run_dir(run_dir, resume=resume, reporter=reporter)
     if not resume:
         reporter.log(_start_line(run))
+        if cfg.group_column is None and cfg.audit_scores == "probe":  # only a new run is worth the hint
+            groups_line = group_column_hint(dataset.frame, min_groups=FOLDS)
         if groups_line:
             reporter.log(groups_line)
         if hint := size_hint(cfg, image_side=dataset.image_side):

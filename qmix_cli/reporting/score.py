@@ -19,12 +19,11 @@ import pyarrow as pa
 import torch
 
 from qmix_cli.data.cache import DecodeTarget, cached_images
-from qmix_cli.data.groups import group_keys
 from qmix_cli.data.manifest import Dataset
 from qmix_cli.data.transforms import Normalise, weak_spec
 from qmix_cli.engine.batches import ImageStore
 from qmix_cli.engine.checkpoint import load_checkpoint, previous_run_dir
-from qmix_cli.engine.groups import FoldKeys, unit_keys
+from qmix_cli.engine.groups import FoldKeys, units_of
 from qmix_cli.engine.models import QmixNet, trained_models
 from qmix_cli.engine.neighbours import NeighbourVote
 from qmix_cli.engine.probe import LinearProbe
@@ -287,8 +286,7 @@ def audit_keys(
     column = run.meta.get("group_column")
     if column is None or column not in dataset.frame.columns:
         return pixel_keys, run.fold_keys.keys(pixel_keys)
-    group, has_group = group_keys(dataset.frame[column], seed=run.probes[0].seed)
-    return pixel_keys, run.fold_keys.keys(pixel_keys, unit_keys(group, labels), has_group)
+    return pixel_keys, run.fold_keys.keys(pixel_keys, *units_of(dataset.frame[column], labels, seed=run.probes[0].seed))
 
 
 def group_note(run: TrainedRun, dataset: Dataset) -> str | None:
