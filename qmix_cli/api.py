@@ -169,6 +169,8 @@ def audit(
     workers: int = 0,
     sort_by: str = "sample_id",
     recompute: bool = False,
+    group_column: str | None = None,
+    groups_out: str | Path | None = None,
     console: Console | None = None,
     quiet: bool = False,
     stream=None,
@@ -182,12 +184,17 @@ def audit(
     ``.attrs["pipe_closed"]``, whether a downstream pipe closed early. Images with the very pixels of a training
     image are scored from what training read of them (kept in ``model.pt``) unless ``recompute`` or ``tta`` is
     set.
+
+    Where images come in groups (several per patient), ``group_column`` names the manifest column that says which
+    (the run's ``group_column`` by default; it changes only the summary, not how the run judges images):
+    ``.attrs["groups"]`` then counts the groups with a flagged image, and ``groups_out`` (a path, or ``"-"``)
+    receives the per-unit table of `qmix_cli.reporting.groups.summarise_groups`, in the report's format rules.
     """
     import pyarrow as pa
 
-    from qmix_cli.data.groups import flagged_groups
+    from qmix_cli.data.groups import check_group_column
     from qmix_cli.data.manifest import check_output_file, create_dataset
-    from qmix_cli.io import check_out_file, run_file_named
+    from qmix_cli.reporting.groups import GROUP_SCHEMA, group_counts, summarise_groups
     from qmix_cli.reporting.report import REPORT_ORDERS, decode_metadata, infer_format, open_report_writer
     from qmix_cli.reporting.score import group_note, load_run, metadata_for, report_batches, score_dataset
 
@@ -200,13 +207,22 @@ def audit(
     if out is not None:
         out = "-" if str(out) == "-" else out  # Path("-") too: the writer and the checks then agree on stdout
         fmt = infer_format(str(out), fmt)
-        if out != "-":
-            check_out_file(out)  # now, not after every image is scored
-            if own := run_file_named(out, run):
-                raise ConfigError(
-                    f"--out {out} is one of the run's own files ({own}); write the report to another file"
-                )
+        _check_audit_output(out, run=run, option="--out", what="the report")
+    if groups_out is not None:
+        groups_out = "-" if str(groups_out) == "-" else groups_out
+        groups_fmt = infer_format(str(groups_out))
+        _check_audit_output(groups_out, run=run, option="--groups-out", what="the group table")
+        if groups_out == "-" and out == "-":
+            raise ConfigError("--groups-out - and --out - would share stdout; write one of them to a file")
+        if out not in (None, "-") and groups_out != "-" and Path(groups_out).resolve() == Path(out).resolve():
+            raise ConfigError(f"--groups-out {groups_out} is the report's own file (--out); name another file")
     trained = load_run(run, device=device)
+    column = group_column if group_column is not None else trained.meta.get("group_column")
+    if groups_out is not None and column is None:
+        raise ConfigError(
+            "--groups-out needs a column that says which images belong together: the run was trained without "
+            "--group-column; name one with --group-column COL"
+        )
     with _reporter(console, quiet) as rep:
         dataset = create_dataset(
             data,
@@ -221,8 +237,13 @@ def audit(
         _log_skipped(rep, dataset)  # the report has no row for them: say so, or they are silently gone
         if note := group_note(trained, dataset):
             rep.log(note)
-        if out is not None and out != "-":
-            check_output_file(dataset, out)
+        if group_column is not None or groups_out is not None:
+            check_group_column(dataset.frame, column)  # named, or needed for --groups-out: it must be there
+        elif column is not None and column not in dataset.frame.columns:
+            column = None  # the run's column, which this manifest lacks: the note above said so
+        for path, option in ((out, "--out"), (groups_out, "--groups-out")):
+            if path is not None and path != "-":
+                check_output_file(dataset, path, option=option)
         scores = score_dataset(
             trained,
             dataset,
@@ -233,7 +254,7 @@ def audit(
             reporter=rep,
             recompute=recompute,
         )
-        metadata = metadata_for(trained, dataset)
+        metadata = metadata_for(trained, dataset, group_column=column)
         tables = []
         pipe_closed = False
         if out is None:
@@ -245,20 +266,42 @@ def audit(
                     writer.write(table)
                     if writer.pipe_closed:
                         pipe_closed = True
-                        break
+                        if groups_out is None:
+                            break  # else the group table still needs every row (the writer drops the rest)
     frame = pa.concat_tables(tables).to_pandas() if tables else None
     if frame is not None:
         frame.attrs["pipe_closed"] = pipe_closed
         frame.attrs["skipped"] = dataset.skipped
         # What a Parquet report carries as metadata (`read_report`'s attrs["qmix"]): the run's classes, for one.
         frame.attrs["qmix"] = decode_metadata(metadata)
-        column = trained.meta.get("group_column")
-        if column is not None and column in dataset.frame.columns:
+        if column is not None:
             # Subjects, not images, are what a curation team reviews: how many have an image the audit flags.
             groups = frame["sample_id"].map(dataset.frame.set_index("sample_id")[column])
-            flagged, total = flagged_groups(groups, frame["category"] != "clean")
-            frame.attrs["groups"] = {"column": column, "flagged": flagged, "groups": total}
+            table = summarise_groups(frame, groups=groups)
+            flagged, total = group_counts(table)
+            frame.attrs["groups"] = {
+                "column": column,
+                "flagged": flagged,
+                "groups": total,
+                "top": table.head(5).to_dict("records"),  # a few rows, not the table: attrs are copied along
+            }
+            if groups_out is not None:
+                with open_report_writer(
+                    groups_out, fmt=groups_fmt, metadata=metadata, stream=stream, schema=GROUP_SCHEMA
+                ) as writer:
+                    writer.write(pa.Table.from_pandas(table, schema=GROUP_SCHEMA, preserve_index=False))
     return frame
+
+
+def _check_audit_output(out: str | Path, *, run: str | Path, option: str, what: str) -> None:
+    """Refuse an output ``audit`` cannot write, before any image is scored: an unwritable path or a run's file."""
+    from qmix_cli.io import check_out_file, run_file_named
+
+    if out == "-":
+        return
+    check_out_file(out)
+    if own := run_file_named(out, run):
+        raise ConfigError(f"{option} {out} is one of the run's own files ({own}); write {what} to another file")
 
 
 def show(

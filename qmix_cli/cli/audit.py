@@ -41,6 +41,20 @@ def audit_command(
         bool,
         typer.Option(help="Run the nets on the run's own training images too, instead of what the run kept of them."),
     ] = False,
+    group_column: Annotated[
+        str | None,
+        typer.Option(
+            help="Manifest column saying which images belong together (a patient), for the summary by group "
+            "\\[the run's --group-column]. The run's folds stay as trained."
+        ),
+    ] = None,
+    groups_out: Annotated[
+        str | None,
+        typer.Option(
+            help="Also write one row per group and given label (.parquet, .csv, .jsonl, or -): images per verdict, "
+            "issue score (median of 1 − p_clean), the majority suggested label, rank."
+        ),
+    ] = None,
 ) -> None:
     """Write a report that says, for every image, clean / mislabeled_hq / mislabeled_lq and what to do."""
     load_engine()
@@ -50,7 +64,7 @@ def audit_command(
     frame = audit(
         data, run=run, out=out, fmt=format, batch_size=batch_size, tta=tta, device=device,
         on_bad_image=on_bad_image, cache_dir=cache_dir, workers=workers, sort_by=sort, recompute=recompute,
-        console=st.err, quiet=st.quiet,
+        group_column=group_column, groups_out=groups_out, console=st.err, quiet=st.quiet,
     )  # fmt: skip
     if frame is None or frame.attrs.get("pipe_closed") or st.quiet:
         return
@@ -64,12 +78,15 @@ def audit_command(
         table.add_row(cat, str(n), f"{n / len(frame):.1%}")
     st.err.print(table)
     if groups := frame.attrs.get("groups"):
+        written = "" if groups_out in (None, "-") else f" → {groups_out} (one row per group and given label)"
         st.err.print(
             Text(
                 f"{groups['flagged']:,} of {groups['groups']:,} groups by {groups['column']} have an image the audit "
-                "flags"
+                f"flags{written}"
             )
         )
+    if groups and groups["top"]:
+        st.err.print(_top_groups_table(groups["top"]))
     top = frame.sort_values("rank").head(5)
     issues = Table(title="top issues", title_justify="left")
     for col in ("rank", "sample_id", "given", "suggested", "category", "p_clean"):
@@ -85,6 +102,19 @@ def audit_command(
         fixed = shlex.quote(fixed_manifest_name(data))
         command = f"qmix apply {shlex.quote(str(data))} --report {shlex.quote(str(out))}{skipped} --out {fixed}"
         st.err.print(Text(f"next: {command}  (relabel mislabeled_hq, drop mislabeled_lq)"))
+
+
+def _top_groups_table(rows: list[dict]) -> Table:
+    """The likeliest wrong labels by group (`summarise_groups`' first rows)."""
+    table = Table(title="top groups", title_justify="left")
+    for col in ("rank", "group", "given", "flagged", "suggested", "issue score"):
+        table.add_column(col)
+    for row in rows:
+        flagged = f"{row['images'] - row['clean']} of {row['images']}"
+        suggestion = row["suggested_label"] if isinstance(row["suggested_label"], str) else "—"
+        cells = (row["rank"], row["group"], row["given_label"], flagged, suggestion, f"{row['issue_score']:.3f}")
+        table.add_row(*(Text(str(c)) for c in cells))  # Text: group names and labels are not markup
+    return table
 
 
 def fixed_manifest_name(data: str | Path) -> str:

@@ -121,12 +121,3 @@ def group_units(keys: np.ndarray, has_group: np.ndarray) -> np.ndarray:
     start = units[has_group].max(initial=-1) + 1
     units[~has_group] = start + np.arange(int((~has_group).sum()))
     return units
-
-
-def flagged_groups(groups: pd.Series, flagged: pd.Series) -> tuple[int, int]:
-    """How many groups hold at least one flagged image, and how many groups there are: ``groups`` (N,) each image's
-    group value (`group_text`; images with none are left out) and ``flagged`` (N,) bool, aligned with it."""
-    texts = pd.Series([group_text(v) for v in groups.tolist()], dtype=object)
-    has = texts.notna().to_numpy()
-    any_flagged = pd.Series(np.asarray(flagged, dtype=bool)[has]).groupby(texts[has].to_numpy()).any()
-    return int(any_flagged.sum()), len(any_flagged)

@@ -181,20 +181,21 @@ def _files_stored_under(folder: Path, paths: pd.Series) -> pd.Series:
     return paths[paths.map(stored_here).astype(bool)]
 
 
-def check_output_file(dataset: Dataset, out: str | Path) -> None:
+def check_output_file(dataset: Dataset, out: str | Path, *, option: str = "--out") -> None:
     """Refuse an output file that would change ``dataset``: its own manifest, one of its images, or a manifest
     name in the folder it is read as (an image folder, a built-in's or a ``qmix corrupt`` output would then be read
     as that manifest; ``manifest.parquet`` is read before ``manifest.csv``). Names are compared without case, as a
-    case-insensitive file system would. A dataset named by its manifest file is not read as a folder."""
+    case-insensitive file system would. A dataset named by its manifest file is not read as a folder. Errors name
+    the output by ``option``."""
     target = Path(out).resolve()
     manifest = manifest_file(dataset.source)
     if manifest is not None and target == manifest.resolve():
-        raise ConfigError(f"--out {out} is the dataset's own manifest; write to another file")
+        raise ConfigError(f"{option} {out} is the dataset's own manifest; write to another file")
     read_as_folder = manifest is None or Path(dataset.source).is_dir()
     if read_as_folder and target.parent == dataset.root.resolve() and target.name.lower() in MANIFEST_NAMES:
-        raise ConfigError(f"--out {out} would change what the dataset folder {dataset.root} reads as")
+        raise ConfigError(f"{option} {out} would change what the dataset folder {dataset.root} reads as")
     if is_one_of(out, dataset.file_paths):
-        raise ConfigError(f"--out {out} is one of the dataset's images; write to another file")
+        raise ConfigError(f"{option} {out} is one of the dataset's images; write to another file")
 
 
 def _read_table(path: Path) -> pd.DataFrame:

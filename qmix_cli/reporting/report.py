@@ -394,8 +394,10 @@ class ReportWriter:
         fmt: str | None = None,
         metadata: Mapping[bytes, bytes] | None = None,
         stream: IO[str] | None = None,
+        schema: pa.Schema = REPORT_SCHEMA,
     ) -> None:
         self.fmt = infer_format(out, fmt)
+        self.schema = schema
         self.to_stdout = isinstance(out, str) and out == "-"
         self.path: Path | None = None if self.to_stdout else Path(out)
         self.metadata = dict(metadata or {})
@@ -433,8 +435,7 @@ class ReportWriter:
             assert self.path is not None
             tmp = self._stack.enter_context(atomic_path(self.path))
             if self.fmt == "parquet":
-                schema = REPORT_SCHEMA.with_metadata(self.metadata)
-                self._parquet = pq.ParquetWriter(tmp, schema)
+                self._parquet = pq.ParquetWriter(tmp, self.schema.with_metadata(self.metadata))
             else:
                 # Binary, so that rows end in "\n" on every platform, as on stdout.
                 self._sink = self._stack.enter_context(open(tmp, "wb"))  # noqa: SIM115
@@ -452,7 +453,7 @@ class ReportWriter:
                 self._parquet.close()
             elif self.fmt == "csv" and not self._header_written:
                 # An empty report is still a valid CSV with its columns.
-                self._emit(_csv_text(REPORT_SCHEMA.empty_table(), header=True))
+                self._emit(_csv_text(self.schema.empty_table(), header=True))
             if self.to_stdout:
                 self._flush_stdout()
         except BaseException as exc:
@@ -495,14 +496,15 @@ class ReportWriter:
         Parameters
         ----------
         table
-            Rows with (at least) the :data:`REPORT_SCHEMA` columns, e.g. from :func:`build_report`; columns
+            Rows with (at least) the writer's schema's columns (:data:`REPORT_SCHEMA` unless another was given),
+            e.g. from :func:`build_report`; columns
             are reordered and cast to the schema, extra columns are dropped.
         """
         if self._state == "new":
             self.open()
         if self._state != "open":
             raise RuntimeError("the report writer is closed")
-        batch = conform_to_schema(table)
+        batch = conform_to_schema(table, self.schema)
         if batch.num_rows == 0 or self.pipe_closed:
             return
         if self._parquet is not None:
@@ -563,13 +565,15 @@ def open_report_writer(
     fmt: str | None = None,
     metadata: Mapping[bytes, bytes] | None = None,
     stream: IO[str] | None = None,
+    schema: pa.Schema = REPORT_SCHEMA,
 ) -> ReportWriter:
     """Create a :class:`ReportWriter` for ``out`` (a path, or ``"-"`` for stdout); use it in a ``with`` block.
 
     ``fmt`` defaults to :func:`infer_format`; ``metadata`` (e.g. from :func:`report_metadata`) goes into the
-    Parquet footer; ``stream`` replaces ``sys.stdout`` when ``out == "-"``.
+    Parquet footer; ``stream`` replaces ``sys.stdout`` when ``out == "-"``; ``schema`` is that of the rows (the
+    per-image report's unless given: the per-group table of `qmix_cli.reporting.groups` has its own).
     """
-    return ReportWriter(out, fmt=fmt, metadata=metadata, stream=stream)
+    return ReportWriter(out, fmt=fmt, metadata=metadata, stream=stream, schema=schema)
 
 
 def write_report(
@@ -579,21 +583,22 @@ def write_report(
     fmt: str | None = None,
     metadata: Mapping[bytes, bytes] | None = None,
     stream: IO[str] | None = None,
+    schema: pa.Schema = REPORT_SCHEMA,
 ) -> bool:
     """Write a whole report in one go; returns False when stdout's reader closed the pipe early."""
-    with open_report_writer(out, fmt=fmt, metadata=metadata, stream=stream) as writer:
+    with open_report_writer(out, fmt=fmt, metadata=metadata, stream=stream, schema=schema) as writer:
         writer.write(table)
     return not writer.pipe_closed
 
 
-def conform_to_schema(table: pa.Table | pa.RecordBatch) -> pa.Table:
-    """Select the :data:`REPORT_SCHEMA` columns of ``table`` in order and cast them to the schema's types."""
+def conform_to_schema(table: pa.Table | pa.RecordBatch, schema: pa.Schema = REPORT_SCHEMA) -> pa.Table:
+    """Select the ``schema`` columns of ``table`` in order and cast them to the schema's types."""
     if isinstance(table, pa.RecordBatch):
         table = pa.Table.from_batches([table])
-    missing = [name for name in REPORT_SCHEMA.names if name not in table.column_names]
+    missing = [name for name in schema.names if name not in table.column_names]
     if missing:
         raise ValueError(f"report rows lack column(s): {', '.join(missing)}")
-    return table.select(REPORT_SCHEMA.names).cast(REPORT_SCHEMA)
+    return table.select(schema.names).cast(schema)
 
 
 def _csv_text(table: pa.Table, *, header: bool) -> str:

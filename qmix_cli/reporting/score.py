@@ -378,7 +378,9 @@ def report_batches(
         )
 
 
-def metadata_for(run: TrainedRun, dataset: Dataset) -> dict[bytes, bytes]:
+def metadata_for(run: TrainedRun, dataset: Dataset, *, group_column: str | None = None) -> dict[bytes, bytes]:
+    """The Parquet metadata of an audit of ``dataset`` by ``run``; ``group_column`` names the column its images are
+    grouped by, when there is one."""
     return report_metadata(
         method=run.meta["method"],
         model=run.meta["model"],
@@ -389,5 +391,6 @@ def metadata_for(run: TrainedRun, dataset: Dataset) -> dict[bytes, bytes]:
             "dataset": dataset.source,
             "dataset_root": os.path.abspath(dataset.root),
             "training_set": dataset.source == run.meta.get("dataset"),
+            **({} if group_column is None else {"group_column": group_column}),
         },
     )

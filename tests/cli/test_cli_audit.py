@@ -447,3 +447,90 @@ def test_an_output_among_the_runs_own_files_is_refused(runner, qmix_run, noisy_d
     result = _audit(runner, noisy_digits, qmix_run.run_dir, "--out", str(qmix_run.run_dir / name), "-f", "csv")
     _assert_one_line_error(result, f"is one of the run's own files ({name}); write the report to another file")
     assert hash_tree(qmix_run.run_dir) == before
+
+
+# -------------------------------------------------------------------------------------------------- groups
+
+
+@pytest.fixture(scope="module")
+def grouped_manifest(noisy_digits, tmp_path_factory) -> Path:
+    """The noisy digits as a CSV manifest elsewhere with a ``patient`` column: three images a patient, one without."""
+    manifest = pd.read_parquet(noisy_digits / "manifest.parquet")
+    patients = [f"p{i // 3}" for i in range(len(manifest))]
+    patients[0] = ""  # an image of no patient
+    frame = pd.DataFrame(
+        {
+            "sample_id": manifest["sample_id"],
+            "path": [str((noisy_digits / p).resolve()) for p in manifest["path"]],
+            "label": manifest["label"],
+            "patient": patients,
+        }
+    )
+    out = tmp_path_factory.mktemp("grouped") / "grouped.csv"
+    frame.to_csv(out, index=False)
+    return out
+
+
+@pytest.mark.parametrize(("name", "read"), [("g.csv", _read_csv), ("g.parquet", pd.read_parquet)], ids=["csv", "pq"])
+def test_groups_out_writes_one_row_per_patient_and_label(runner, tmp_path, qmix_run, grouped_manifest, name, read):
+    from qmix_cli.reporting.groups import GROUP_SCHEMA, summarise_groups
+
+    report, groups = tmp_path / "r.parquet", tmp_path / name
+    extra = ["--group-column", "patient", "--groups-out", str(groups)]
+    result = _audit(runner, grouped_manifest, qmix_run.run_dir, "--out", str(report), *extra)
+    assert result.exit_code == 0, (result.output, _stderr(result))
+    frame = pd.read_parquet(report)
+    table = read(groups) if name.endswith(".parquet") else pd.read_csv(groups, dtype={"group": str, "given_label": str})
+    assert list(table.columns) == GROUP_SCHEMA.names
+    assert table["images"].sum() == len(frame) - 1  # every image of a patient, once
+    assert (table[list(CATEGORIES)].sum(axis=1) == table["images"]).all()
+    patient = pd.read_csv(grouped_manifest, dtype=str).set_index("sample_id")["patient"]
+    expected = summarise_groups(frame, groups=frame["sample_id"].map(patient))
+    assert table["group"].tolist() == expected["group"].tolist()
+    np.testing.assert_allclose(table["issue_score"], expected["issue_score"], atol=1e-6)
+    flagged = (table["images"] > table["clean"]).groupby(table["group"]).any()
+    line = " ".join(_stderr(result).split())
+    assert f"{flagged.sum()} of {flagged.size} groups by patient have an image the audit flags → {groups}" in line
+    first = table.iloc[0]
+    assert "top groups" in line
+    assert (
+        f"{first['group']} │ {first['given_label']} │ {first['images'] - first['clean']} of {first['images']}" in line
+    )
+    if name.endswith(".parquet"):
+        meta = pq.read_schema(groups).metadata
+        assert meta[b"qmix.group_column"] == b"patient" and pq.read_schema(report).metadata[b"qmix.group_column"]
+
+
+def test_groups_out_can_take_stdout_while_the_report_goes_to_a_file(runner, tmp_path, qmix_run, grouped_manifest):
+    extra = ["--group-column", "patient", "--groups-out", "-"]
+    result = _audit(runner, grouped_manifest, qmix_run.run_dir, "--out", str(tmp_path / "r.csv"), *extra)
+    assert result.exit_code == 0, _stderr(result)
+    table = pd.read_csv(io.StringIO(result.stdout))
+    assert table["rank"].tolist() == list(range(1, len(table) + 1))
+    assert (tmp_path / "r.csv").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragments"),
+    [
+        (["--groups-out", "g.csv"], ["--groups-out needs a column", "name one with --group-column"]),
+        (["--group-column", "ward", "--groups-out", "g.csv"], ["no such column", "patient"]),
+        (["--group-column", "patient", "--groups-out", "r.csv"], ["is the report's own file"]),
+        (["--group-column", "patient", "--groups-out", "g.txt"], ["g.txt", "--format"]),
+    ],
+    ids=["no-column", "unknown-column", "same-file", "suffix"],
+)
+def test_groups_out_errors_are_one_line_and_write_nothing(
+    runner, tmp_path, qmix_run, grouped_manifest, monkeypatch, extra, fragments
+):
+    monkeypatch.chdir(tmp_path)
+    result = _audit(runner, grouped_manifest, qmix_run.run_dir, "--out", "r.csv", *extra)
+    _assert_one_line_error(result, *fragments)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_groups_out_and_out_cannot_share_stdout(runner, qmix_run, grouped_manifest):
+    result = _audit(
+        runner, grouped_manifest, qmix_run.run_dir, "--out", "-", "--group-column", "patient", "--groups-out", "-"
+    )
+    _assert_one_line_error(result, "would share stdout")

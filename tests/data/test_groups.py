@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qmix_cli.data.groups import check_group_column, flagged_groups, group_column_hint, group_keys, group_text
+from qmix_cli.data.groups import check_group_column, group_column_hint, group_keys, group_text
 from qmix_cli.errors import ConfigError
 
 
@@ -71,10 +71,3 @@ def test_check_group_column_refuses_what_names_no_group():
         check_group_column(frame, "label")
     with pytest.raises(ConfigError, match="has no value"):
         check_group_column(frame, "empty")
-
-
-def test_flagged_groups_counts_groups_with_any_flagged_image():
-    groups = pd.Series(["a", "a", "b", "b", "c", None, 7, 7.0])
-    flagged = pd.Series([False, True, False, False, False, True, True, False])
-    # a: one of two flagged; b, c: none; 7 and 7.0 are one group, flagged once; the image with no group is left out.
-    assert flagged_groups(groups, flagged) == (2, 4)

@@ -1,0 +1,121 @@
+"""The audit by group: one row per subject and given label, for teams that review patients rather than images.
+
+A label error in a collection of several images per subject (both eyes, follow-up scans, the slides of one lesion)
+is usually the subject's: a wrong diagnosis sits on all of their images. The per-image report says so image by
+image; :func:`summarise_groups` gathers it by *unit*, a group's images of one given label (the unit the audit's
+folds use, `qmix_cli.engine.groups`), and ranks the units.
+
+A unit's score is the **median** of its images' ``1 − p_clean``: a subject's wrong label shows on most of its
+images, while a single unreadable image (its own ``mislabeled_lq`` row) or a single odd view moves a median little
+and a maximum all the way. On 1,500 Fashion-MNIST "patients" with planted per-patient label errors
+(`benchmarks/bench_groups.py`'s data, 12 runs), the median ranked the wrong patients best or within 0.005 of the
+best of mean, maximum and share flagged (ROC-AUC 0.91–0.98), and the maximum fell to 0.79–0.90 as soon as degraded
+views were mixed in (docs/decisions.md, "Twenty-seventh round").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from qmix_cli.categories import CATEGORIES, CLEAN, MIS_H
+from qmix_cli.data.groups import group_text
+
+GROUP_SCHEMA: pa.Schema = pa.schema(
+    [
+        pa.field("group", pa.string(), nullable=False),
+        pa.field("given_label", pa.string(), nullable=False),
+        pa.field("images", pa.int32(), nullable=False),
+        *(pa.field(category, pa.int32(), nullable=False) for category in CATEGORIES),
+        pa.field("issue_score", pa.float32(), nullable=False),
+        pa.field("suggested_label", pa.string(), nullable=True),
+        pa.field("rank", pa.int32(), nullable=False),
+    ]
+)
+
+
+def summarise_groups(report: pd.DataFrame, *, groups: pd.Series | Sequence[object]) -> pd.DataFrame:
+    """One row per unit (a group's images of one given label), the likeliest wrong labels first.
+
+    Parameters
+    ----------
+    report
+        The per-image report (`qmix audit`'s rows, any order): ``given_label``, ``category``, ``p_clean`` and
+        ``suggested_label`` are read.
+    groups
+        ``(N,)`` each report row's group, aligned by position (a manifest column, reordered to the report's rows).
+        Values are read as `qmix_cli.data.groups.group_text` reads them (``17``, ``17.0`` and ``"17"`` are one
+        group); rows without a group are left out.
+
+    Returns
+    -------
+    pandas.DataFrame
+        :data:`GROUP_SCHEMA`'s columns, sorted by ``rank``: ``group`` and ``given_label``; ``images`` and how many
+        of them fall in each category (``clean``, ``mislabeled_hq``, ``mislabeled_lq``, summing to ``images``);
+        ``issue_score`` in [0, 1], the median of the images' ``1 − p_clean``; ``suggested_label``, the suggestion
+        most of the unit's ``mislabeled_hq`` images make (ties by name), null when none is ``mislabeled_hq``;
+        ``rank``, 1 for the likeliest wrong label: descending ``issue_score`` (as float32), then more images
+        flagged, then ``group`` and ``given_label``. ``attrs["ungrouped"]`` counts the rows left out.
+    """
+    if len(groups) != len(report):
+        raise ValueError(f"groups has {len(groups)} values for {len(report)} report rows")
+    values = pd.Series(np.asarray(groups, dtype=object) if not isinstance(groups, pd.Series) else groups.to_numpy())
+    # One text per distinct value (a million rows hold far fewer patients); -1 codes (missing) read as no group.
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    texts = np.array([group_text(value) for value in uniques] + [None], dtype=object)[codes]
+    has = pd.notna(texts)
+    category = report["category"].to_numpy()[has]
+    rows = pd.DataFrame(
+        {
+            "group": texts[has].astype(str),
+            "given_label": report["given_label"].to_numpy()[has].astype(str),
+            "category": category,
+            "issue": 1.0 - report["p_clean"].to_numpy(dtype=np.float64)[has],
+            "suggested": np.where(category == CATEGORIES[MIS_H], report["suggested_label"].to_numpy()[has], None),
+        }
+    )
+    if rows.empty:
+        table = GROUP_SCHEMA.empty_table().to_pandas()
+        table.attrs["ungrouped"] = int((~has).sum())
+        return table
+    keys = ["group", "given_label"]
+    units = rows.groupby(keys, sort=True)
+    table = pd.crosstab([rows["group"], rows["given_label"]], rows["category"])
+    table = table.reindex(columns=list(CATEGORIES), fill_value=0)
+    table.insert(0, "images", units.size())
+    table["issue_score"] = units["issue"].median().astype(np.float32)
+    table["suggested_label"] = _majority_suggestion(rows, keys).reindex(table.index)
+    table = table.reset_index()
+    flagged = table["images"] - table[CATEGORIES[CLEAN]]
+    # Ranks compare the float32 the table stores, so that they agree with its column, as the image report's do.
+    order = np.lexsort(
+        (
+            table["given_label"].to_numpy(dtype=str),
+            table["group"].to_numpy(dtype=str),
+            -flagged.to_numpy(dtype=np.int64),
+            -table["issue_score"].to_numpy(dtype=np.float32),
+        )
+    )
+    table = table.iloc[order].reset_index(drop=True)
+    table["rank"] = np.arange(1, len(table) + 1, dtype=np.int32)
+    table = table[GROUP_SCHEMA.names].astype({f.name: np.int32 for f in GROUP_SCHEMA if f.type == pa.int32()})
+    table.columns.name = None
+    table.attrs["ungrouped"] = int((~has).sum())
+    return table
+
+
+def _majority_suggestion(rows: pd.DataFrame, keys: list[str]) -> pd.Series:
+    """The suggestion most of each unit's ``mislabeled_hq`` rows make (ties by name), indexed by ``keys``."""
+    hq = rows[rows["suggested"].notna()]
+    counts = hq.groupby([*keys, "suggested"], sort=False).size().rename("n").reset_index()
+    counts = counts.sort_values([*keys, "n", "suggested"], ascending=[True, True, False, True], kind="stable")
+    return counts.drop_duplicates(keys).set_index(keys)["suggested"]
+
+
+def group_counts(table: pd.DataFrame) -> tuple[int, int]:
+    """How many groups of a :func:`summarise_groups` table have an image flagged, and how many groups it has."""
+    flagged = (table["images"] - table[CATEGORIES[CLEAN]]).groupby(table["group"]).sum()
+    return int((flagged > 0).sum()), len(flagged)
