@@ -33,7 +33,14 @@ def show_command(
         ),
     ] = None,
     top: Annotated[
-        int, typer.Option("--top", "-n", min=0, help="Thumbnails shown per issue group, most likely first.")
+        int,
+        typer.Option(
+            "--top",
+            "-n",
+            min=0,
+            help="Thumbnails shown per kind of issue, and patients (groups) shown by an audit by group, most likely "
+            "first.",
+        ),
     ] = 12,
 ) -> None:
     """Write a self-contained HTML page: loss × uncertainty scatter, per-class counts, top issues, curves."""

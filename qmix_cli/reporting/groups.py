@@ -62,10 +62,7 @@ def summarise_groups(report: pd.DataFrame, *, groups: pd.Series | Sequence[objec
     """
     if len(groups) != len(report):
         raise ValueError(f"groups has {len(groups)} values for {len(report)} report rows")
-    values = pd.Series(np.asarray(groups, dtype=object) if not isinstance(groups, pd.Series) else groups.to_numpy())
-    # One text per distinct value (a million rows hold far fewer patients); -1 codes (missing) read as no group.
-    codes, uniques = pd.factorize(values, use_na_sentinel=True)
-    texts = np.array([group_text(value) for value in uniques] + [None], dtype=object)[codes]
+    texts = group_texts(groups)
     has = pd.notna(texts)
     category = report["category"].to_numpy()[has]
     rows = pd.DataFrame(
@@ -105,6 +102,14 @@ def summarise_groups(report: pd.DataFrame, *, groups: pd.Series | Sequence[objec
     table.columns.name = None
     table.attrs["ungrouped"] = int((~has).sum())
     return table
+
+
+def group_texts(groups: pd.Series | Sequence[object]) -> np.ndarray:
+    """``(N,)`` object array: each value's group as `qmix_cli.data.groups.group_text` reads it, None for no group."""
+    values = groups.to_numpy(dtype=object) if isinstance(groups, pd.Series) else np.asarray(groups, dtype=object)
+    # One text per distinct value (a million rows hold far fewer patients); -1 codes (missing) read as no group.
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    return np.array([group_text(value) for value in uniques] + [None], dtype=object)[codes]
 
 
 def _majority_suggestion(rows: pd.DataFrame, keys: list[str]) -> pd.Series:

@@ -9,6 +9,8 @@ hand-written inline SVG and thumbnails are base64-embedded PNGs. It holds
   fitted GMM component means of ``run/separation.json`` as crosses;
 * a per-class table (given label × category);
 * thumbnails of the top-ranked ``mislabeled_hq`` and ``mislabeled_lq`` images;
+* for an audit by group (a report recording ``group_column``), the top-ranked groups and given labels
+  (`qmix_cli.reporting.groups.summarise_groups`), each with its images;
 * training curves from ``run/metrics.jsonl``.
 
 The SVG and table builders are pure functions of arrays; only :func:`write_html_report` reads files.
@@ -31,8 +33,10 @@ import pandas as pd
 
 from qmix_cli import __version__
 from qmix_cli.categories import CATEGORIES
+from qmix_cli.data.manifest import read_manifest
 from qmix_cli.errors import QmixError
 from qmix_cli.io import atomic_write_text, check_out_file, is_one_of, read_metrics, run_file_named
+from qmix_cli.reporting.groups import group_texts, summarise_groups
 from qmix_cli.reporting.report import check_same_images, read_report
 
 #: Okabe–Ito colours (safe for the common colour-vision deficiencies), one per category in CATEGORIES order.
@@ -372,6 +376,7 @@ _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#222;background:#f6f6f4}
 main{max-width:1180px;margin:0 auto;padding:20px 28px 48px}
 h1{font-size:24px;margin:0 0 4px}h2{font-size:18px;margin:30px 0 10px;border-bottom:1px solid #ddd;padding-bottom:4px}
+h3{font-size:15px;margin:18px 0 8px;font-weight:normal}
 .meta{color:#555;margin:0 0 10px}.meta b{color:#222}.note{color:#666;font-size:13px}
 .legend{display:flex;flex-wrap:wrap;gap:18px;margin:10px 0}.key{white-space:nowrap}
 .legend.vertical{flex-direction:column;gap:6px}.side{max-width:380px;padding-top:8px}
@@ -458,12 +463,40 @@ def write_html_report(
             f"{missing} of the {shown} images shown as thumbnails are not found {where}: pass --data with the "
             "dataset the report's paths are relative to"
         )
-    page = render_page(frame, meta=meta, run_dir=run_dir, root=root, top=top, max_points=max_points, source=report)
+    groups = _report_groups(frame, meta, data, warn)
+    page = render_page(
+        frame, meta=meta, run_dir=run_dir, root=root, top=top, max_points=max_points, source=report, groups=groups
+    )
     try:
         atomic_write_text(out, page)
     except OSError as exc:
         raise QmixError(f"cannot write {out}: {exc}") from exc
     return out
+
+
+def _report_groups(
+    frame: pd.DataFrame, meta: dict[str, str], data: str | Path | None, warn: Callable[[str], None] | None
+) -> tuple[str, pd.Series] | None:
+    """The column a report's audit grouped its images by (``group_column`` in its metadata) and each row's value of
+    it, read from the dataset's manifest (``data``, else the recorded dataset); None when there is none to read,
+    said through ``warn`` when the report names a column."""
+    column = meta.get("group_column")
+    if not column:
+        return None
+    source = data if data is not None else meta.get("dataset", "")
+    try:
+        manifest, _ = read_manifest(source)
+    except QmixError as exc:
+        reason = str(exc)
+    else:
+        if column in manifest.columns:
+            ids = manifest["sample_id"] if "sample_id" in manifest.columns else manifest["path"]
+            values = pd.Series(manifest[column].to_numpy(), index=ids.astype(str).to_numpy())
+            return column, frame["sample_id"].astype(str).map(values[~values.index.duplicated()])
+        reason = f"it has no {column} column"
+    if warn is not None:
+        warn(f"the page has no section by {column}: cannot read that column of the dataset {source} ({reason})")
+    return None
 
 
 def _existing_dir(path: str | Path, what: str) -> Path:
@@ -516,8 +549,10 @@ def render_page(
     top: int,
     max_points: int,
     source: str | Path = "",
+    groups: tuple[str, pd.Series] | None = None,
 ) -> str:
-    """The whole HTML document for a report frame (see :func:`write_html_report`)."""
+    """The whole HTML document for a report frame (see :func:`write_html_report`); ``groups``, the column and each
+    row's value of it, adds the section by group."""
     class_names = _class_names(frame, meta)
     cats = frame["category"].astype(str).to_numpy()
     codes = category_codes(cats)
@@ -531,6 +566,8 @@ def render_page(
     ]
     for group, blurb in THUMB_GROUPS.items():
         sections.append(_thumbs_section(frame, group, blurb, root=root, top=top))
+    if groups is not None:
+        sections.append(groups_section_html(frame, groups[1], column=groups[0], root=root, top=top))
     if run_dir is not None:
         sections.append(_curves_section(run_dir))
     title = f"qmix report — {Path(str(source)).name}" if source else "qmix report"
@@ -644,6 +681,43 @@ def _thumbs_section(frame: pd.DataFrame, group: str, blurb: str, *, root: Path |
         for row in rows.to_dict("records")
     ]
     return heading + '<div class="thumbs">' + "".join(cards) + "</div>"
+
+
+def groups_section_html(
+    frame: pd.DataFrame, groups: pd.Series, *, column: str, root: Path | None, top: int, per_group: int = 8
+) -> str:
+    """The ``top`` likeliest wrong labels by group and given label, each with up to ``per_group`` of its images
+    (best ranked first); ``groups`` (N,) is each report row's value of ``column``."""
+    table = summarise_groups(frame, groups=groups)
+    shown = table.head(top)
+    heading = (
+        f'<h2>By {_e(column)} <small class="note">top {len(shown)} of {len(table)} by issue score</small></h2>'
+        f'<p class="note">One entry per {_e(column)} and given label: the issue score is the median of its images\' '
+        "1 − p_clean, so a label wrong on most of them ranks high and one poor image does not; the suggestion is "
+        "the one most of its mislabeled_hq images make.</p>"
+    )
+    if table.empty:
+        return heading + f'<p class="note">No image has a {_e(column)}.</p>'
+    texts = group_texts(groups)
+    given = frame["given_label"].astype(str).to_numpy()
+    parts = [heading]
+    for unit in shown.to_dict("records"):
+        members = frame[(texts == unit["group"]) & (given == unit["given_label"])].sort_values("rank", kind="stable")
+        suggested = unit["suggested_label"]
+        relabel = f" → <b>{_e(suggested)}</b>" if isinstance(suggested, str) else ""
+        counts = ", ".join(f"{int(unit[c])} {_e(c)}" for c in CATEGORIES if unit[c])
+        more = f" (first {per_group} shown)" if len(members) > per_group else ""
+        cards = [
+            thumbnail_card_html(row, thumbnail_data_uri(_resolve_image(str(row["path"]), root)))
+            for row in members.head(per_group).to_dict("records")
+        ]
+        parts.append(
+            f'<h3><span class="rank">#{int(unit["rank"])}</span> {_e(unit["group"])}: given <b>'
+            f'{_e(unit["given_label"])}</b>{relabel} <small class="note">{int(unit["images"])} images ({counts}), '
+            f"issue score {float(unit['issue_score']):.2f}{more}</small></h3>"
+            '<div class="thumbs">' + "".join(cards) + "</div>"
+        )
+    return "".join(parts)
 
 
 def _curves_section(run_dir: Path) -> str:

@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 from collections.abc import Callable
+from html import escape as html_escape
 from pathlib import Path
 
 import numpy as np
@@ -385,3 +386,54 @@ def test_a_large_jpeg_thumbnail_is_small_and_looks_like_the_photo(tmp_path):
     thumb = np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("RGB")).astype(int)
     assert thumb.shape == (64, 48, 3)  # aspect kept, longest side the thumbnail's
     assert np.abs(thumb[5, 24] - (200, 30, 30)).max() <= 12 and np.abs(thumb[58, 24] - (30, 30, 200)).max() <= 12
+
+
+def _grouped_report(tmp_path, write_image, *, column: str = "patient") -> tuple[Path, pd.DataFrame]:
+    """A report whose audit grouped by ``patient`` (three images each; one patient's name is an HTML tag)."""
+    manifest = tmp_path / "ds" / "m.csv"
+    path, _, rows = make_report(
+        tmp_path,
+        write_image,
+        extra={"dataset": str(manifest), "dataset_root": str(tmp_path / "ds"), "group_column": "patient"},
+    )
+    patients = ["<i>p0</i>" if i < 3 else f"p{i // 3}" for i in range(len(rows))]
+    frame = pd.DataFrame({"sample_id": rows["sample_id"], "path": rows["path"], "label": rows["given_label"]})
+    frame[column] = patients
+    frame.to_csv(manifest, index=False)
+    return path, rows.assign(patient=patients)
+
+
+def test_a_grouped_audit_gets_a_section_by_group_with_each_groups_images(tmp_path, write_image):
+    from qmix_cli.reporting.groups import summarise_groups
+
+    path, rows = _grouped_report(tmp_path, write_image)
+    page = write_html_report(path, out=tmp_path / "r.html", top=4).read_text()
+    start = page.index("<h2>By patient")
+    end = page.find("<h2>", start + 1)
+    section = page[start : end if end >= 0 else None]
+    table = summarise_groups(rows, groups=rows["patient"])
+    assert f"top 4 of {len(table)} by issue score" in section
+    entries = re.findall(r"<h3>(.*?)</h3>(.*?)(?=<h3>|$)", section, flags=re.S)
+    assert len(entries) == 4
+    for (title, cards), unit in zip(entries, table.head(4).to_dict("records"), strict=True):
+        assert (
+            f"#{unit['rank']}</span> {html_escape(unit['group'])}: given <b>{html_escape(unit['given_label'])}" in title
+        )
+        members = rows[(rows["patient"] == unit["group"]) & (rows["given_label"] == unit["given_label"])]
+        shown = re.findall(r'<span class="sid">(.*?)</span>', cards)
+        assert shown == [html_escape(s) for s in members.sort_values("rank")["sample_id"]]
+    assert "<i>p0</i>" not in page  # group names are text, not markup
+
+
+def test_a_grouped_audit_whose_manifest_lacks_the_column_says_so(tmp_path, write_image):
+    path, _ = _grouped_report(tmp_path, write_image, column="ward")
+    said: list[str] = []
+    page = write_html_report(path, out=tmp_path / "r.html", warn=said.append).read_text()
+    assert "By patient" not in page
+    assert any("no section by patient" in line and "it has no patient column" in line for line in said), said
+
+
+def test_an_ungrouped_report_has_no_section_by_group(report, tmp_path):
+    said: list[str] = []
+    page = write_html_report(report[0], out=tmp_path / "r.html", data=report[1], warn=said.append).read_text()
+    assert "<h2>By " not in page and not any("section by" in line for line in said)
