@@ -192,7 +192,7 @@ def audit(
     """
     import pyarrow as pa
 
-    from qmix_cli.data.groups import check_group_column
+    from qmix_cli.data.groups import check_group_column, likely_group_column
     from qmix_cli.data.manifest import check_output_file, create_dataset
     from qmix_cli.reporting.groups import GROUP_SCHEMA, group_counts, summarise_groups
     from qmix_cli.reporting.report import REPORT_ORDERS, decode_metadata, infer_format, open_report_writer
@@ -241,6 +241,11 @@ def audit(
             check_group_column(dataset.frame, column)  # named, or needed for --groups-out: it must be there
         elif column is not None and column not in dataset.frame.columns:
             column = None  # the run's column, which this manifest lacks: the note above said so
+        elif column is None and (likely := likely_group_column(dataset.frame, min_groups=2)):
+            rep.log(
+                f"note: the column {likely} looks like it says which images belong together; --group-column "
+                f"{likely} --groups-out FILE lists the audit by {likely} too"
+            )
         for path, option in ((out, "--out"), (groups_out, "--groups-out")):
             if path is not None and path != "-":
                 check_output_file(dataset, path, option=option)

@@ -94,10 +94,10 @@ def check_group_column(frame: pd.DataFrame, column: str) -> tuple[np.ndarray, np
 GROUP_WORDS = ("patient", "subject", "case", "study", "series", "lesion", "video", "participant", "individual")
 
 
-def group_column_hint(frame: pd.DataFrame, *, min_groups: int) -> str | None:
-    """A note naming a column of ``frame`` whose name suggests groups (a word of it starts with one of
-    `GROUP_WORDS`: ``patient_id``, ``SubjectID``, ``study-uid``) and that groups some images into at least
-    ``min_groups`` groups, for a run trained without ``--group-column``; None when there is none."""
+def likely_group_column(frame: pd.DataFrame, *, min_groups: int) -> str | None:
+    """The first column of ``frame`` whose name suggests groups (a word of it starts with one of `GROUP_WORDS`:
+    ``patient_id``, ``SubjectID``, ``study-uid``) and that gathers some images into at least ``min_groups`` groups,
+    for a hint to name it; None when there is none."""
     for column in frame.columns:
         words = re.split(r"[^a-z0-9]+", str(column).lower())
         if column in _IMAGE_COLUMNS or not any(w.startswith(GROUP_WORDS) for w in words):
@@ -105,10 +105,7 @@ def group_column_hint(frame: pd.DataFrame, *, min_groups: int) -> str | None:
         keys, has_group = group_keys(frame[column])
         groups = len(np.unique(keys[has_group]))
         if min_groups <= groups < has_group.sum():
-            return (
-                f"note: the column {column} looks like it says which images belong together; pass --group-column "
-                f"{column} so that the audit judges each image without the others of its group that share its label"
-            )
+            return str(column)
     return None
 
 

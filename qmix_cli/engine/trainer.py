@@ -25,7 +25,7 @@ import torch
 from qmix_cli import __version__
 from qmix_cli.config import TrainConfig, config_from_dict, dump_config, load_config_file
 from qmix_cli.data.cache import DecodeTarget, cached_images
-from qmix_cli.data.groups import group_column_hint
+from qmix_cli.data.groups import likely_group_column
 from qmix_cli.data.manifest import Dataset, check_output_dir, create_dataset
 from qmix_cli.data.transforms import channel_stats, strong_spec, weak_spec
 from qmix_cli.engine.batches import ImageStore
@@ -633,8 +633,14 @@ def train(
     _make_run_dir(run_dir, resume=resume, reporter=reporter)
     if not resume:
         reporter.log(_start_line(run))
-        if cfg.group_column is None and cfg.audit_scores == "probe":  # only a new run is worth the hint
-            groups_line = group_column_hint(dataset.frame, min_groups=FOLDS)
+        # Only a new run is worth the hint, and only where the audit reads probes that a group column can fold.
+        hinted = cfg.group_column is None and cfg.audit_scores == "probe"
+        if hinted and (column := likely_group_column(dataset.frame, min_groups=FOLDS)):
+            groups_line = (
+                f"note: the column {column} looks like it says which images belong together; pass "
+                f"--group-column {column} so that the audit judges each image without the others of its group "
+                "that share its label"
+            )
         if groups_line:
             reporter.log(groups_line)
         if hint := size_hint(cfg, image_side=dataset.image_side):

@@ -205,6 +205,8 @@ def test_groups_of_images_are_described_or_pointed_out(grouped, runner, tmp_path
     expected = report.loc[report["category"] != "clean", "sample_id"].map(patient_of).nunique()
     summary = f"{expected} of 6 groups by patient_id have an image the audit flags"
     assert (summary in " ".join(_stderr(audited).split())) == grouped
+    # An audit without a group column points out the one the manifest seems to have.
+    assert ("--group-column patient_id --groups-out FILE lists" in " ".join(_stderr(audited).split())) != grouped
 
 
 def test_files_an_image_folder_holds_besides_images_are_reported(runner, tmp_path, make_image_folder, qmix_cache_dir):
