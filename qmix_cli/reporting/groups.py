@@ -8,7 +8,7 @@ folds use, `qmix_cli.engine.groups`), and ranks the units.
 A unit's score is the **median** of its images' ``1 − p_clean``: a subject's wrong label shows on most of its
 images, while a single unreadable image (its own ``mislabeled_lq`` row) or a single odd view moves a median little
 and a maximum all the way. On 1,500 Fashion-MNIST "patients" with planted per-patient label errors
-(`benchmarks/bench_groups.py`'s data, 12 runs), the median ranked the wrong patients best or within 0.005 of the
+(`benchmarks/bench_groups.py`'s data, 24 runs), the median ranked the wrong patients best or within 0.005 of the
 best of mean, maximum and share flagged (ROC-AUC 0.91–0.98), and the maximum fell to 0.79–0.90 as soon as degraded
 views were mixed in (docs/decisions.md, "Twenty-seventh round").
 """
