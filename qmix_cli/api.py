@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 
 from qmix_cli.config import TrainConfig, resolve_config
-from qmix_cli.errors import ConfigError
+from qmix_cli.errors import ConfigError, QmixError
 from qmix_cli.progress import Reporter, reporter
 
 if TYPE_CHECKING:
@@ -194,7 +195,7 @@ def audit(
 
     from qmix_cli.data.groups import check_group_column, likely_group_column
     from qmix_cli.data.manifest import check_output_file, create_dataset
-    from qmix_cli.reporting.groups import GROUP_SCHEMA, group_counts, summarise_groups
+    from qmix_cli.reporting.groups import group_counts
     from qmix_cli.reporting.report import REPORT_ORDERS, decode_metadata, infer_format, open_report_writer
     from qmix_cli.reporting.score import group_note, load_run, metadata_for, report_batches, score_dataset
 
@@ -208,10 +209,16 @@ def audit(
         out = "-" if str(out) == "-" else out  # Path("-") too: the writer and the checks then agree on stdout
         fmt = infer_format(str(out), fmt)
         _check_audit_output(out, run=run, option="--out", what="the report")
+    groups_fmt = None
     if groups_out is not None:
         groups_out = "-" if str(groups_out) == "-" else groups_out
-        groups_fmt = infer_format(str(groups_out))
         _check_audit_output(groups_out, run=run, option="--groups-out", what="the group table")
+        try:
+            groups_fmt = infer_format(str(groups_out))  # from the suffix alone: --format is the report's
+        except QmixError:
+            raise ConfigError(
+                f"--groups-out {groups_out}: name a .parquet, .csv or .jsonl file, or - for CSV on stdout"
+            ) from None
         if groups_out == "-" and out == "-":
             raise ConfigError("--groups-out - and --out - would share stdout; write one of them to a file")
         if out not in (None, "-") and groups_out != "-" and Path(groups_out).resolve() == Path(out).resolve():
@@ -237,8 +244,13 @@ def audit(
         _log_skipped(rep, dataset)  # the report has no row for them: say so, or they are silently gone
         if note := group_note(trained, dataset):
             rep.log(note)
+        if group_column is None and groups_out is not None and column not in dataset.frame.columns:
+            raise ConfigError(
+                f"--groups-out: this dataset has no {column} column, which the run groups by; name the column that "
+                "says which images belong together with --group-column COL"
+            )
         if group_column is not None or groups_out is not None:
-            check_group_column(dataset.frame, column)  # named, or needed for --groups-out: it must be there
+            check_group_column(dataset.frame, column)  # named, or needed for --groups-out: it must be usable
         elif column is not None and column not in dataset.frame.columns:
             column = None  # the run's column, which this manifest lacks: the note above said so
         elif column is None and (likely := likely_group_column(dataset.frame, min_groups=2)):
@@ -260,10 +272,17 @@ def audit(
             recompute=recompute,
         )
         metadata = metadata_for(trained, dataset, group_column=column)
+        # The table by group needs every row: without one the rows stop where a closed pipe stopped the report.
+        summarise = functools.partial(
+            _summarise_groups, column=column, dataset=dataset, out=groups_out, fmt=groups_fmt, metadata=metadata,
+            stream=stream,
+        )  # fmt: skip
         tables = []
         pipe_closed = False
+        by_group = None
         if out is None:
             tables = list(report_batches(trained, dataset, scores, sort_by=sort_by))
+            by_group = summarise(tables)
         else:
             with open_report_writer(out, fmt=fmt, metadata=metadata, stream=stream) as writer:
                 for table in report_batches(trained, dataset, scores, sort_by=sort_by):
@@ -273,29 +292,45 @@ def audit(
                         pipe_closed = True
                         if groups_out is None:
                             break  # else the group table still needs every row (the writer drops the rest)
+                else:
+                    # Inside the report's block: a group table that cannot be written leaves no report either.
+                    by_group = summarise(tables)
     frame = pa.concat_tables(tables).to_pandas() if tables else None
     if frame is not None:
         frame.attrs["pipe_closed"] = pipe_closed
         frame.attrs["skipped"] = dataset.skipped
         # What a Parquet report carries as metadata (`read_report`'s attrs["qmix"]): the run's classes, for one.
         frame.attrs["qmix"] = decode_metadata(metadata)
-        if column is not None:
+        if by_group is not None:
             # Subjects, not images, are what a curation team reviews: how many have an image the audit flags.
-            groups = frame["sample_id"].map(dataset.frame.set_index("sample_id")[column])
-            table = summarise_groups(frame, groups=groups)
-            flagged, total = group_counts(table)
+            flagged, total = group_counts(by_group)
             frame.attrs["groups"] = {
                 "column": column,
                 "flagged": flagged,
                 "groups": total,
-                "top": table.head(5).to_dict("records"),  # a few rows, not the table: attrs are copied along
+                "top": by_group.head(5).to_dict("records"),  # a few rows, not the table: attrs are copied along
             }
-            if groups_out is not None:
-                with open_report_writer(
-                    groups_out, fmt=groups_fmt, metadata=metadata, stream=stream, schema=GROUP_SCHEMA
-                ) as writer:
-                    writer.write(pa.Table.from_pandas(table, schema=GROUP_SCHEMA, preserve_index=False))
     return frame
+
+
+def _summarise_groups(tables: list, *, column: str | None, dataset, out, fmt, metadata, stream):
+    """The audit by group (`summarise_groups`) of every report row in ``tables``, written to ``out`` when given;
+    None without a group ``column``."""
+    import pyarrow as pa
+
+    from qmix_cli.reporting.groups import GROUP_SCHEMA, report_groups, summarise_groups
+    from qmix_cli.reporting.report import open_report_writer
+
+    if column is None or not tables:
+        return None
+    frame = pa.concat_tables(tables).select(["sample_id", "given_label", "category", "p_clean", "suggested_label"])
+    frame = frame.to_pandas()
+    table = summarise_groups(frame, groups=report_groups(frame, dataset.frame, column))
+    if out is not None:
+        meta = {**metadata, b"qmix.table": b"groups"}  # so that a reader of reports can tell what the file is
+        with open_report_writer(out, fmt=fmt, metadata=meta, stream=stream, schema=GROUP_SCHEMA) as writer:
+            writer.write(pa.Table.from_pandas(table, schema=GROUP_SCHEMA, preserve_index=False))
+    return table
 
 
 def _check_audit_output(out: str | Path, *, run: str | Path, option: str, what: str) -> None:

@@ -110,7 +110,19 @@ def group_texts(groups: pd.Series | Sequence[object]) -> np.ndarray:
     values = groups.to_numpy(dtype=object) if isinstance(groups, pd.Series) else np.asarray(groups, dtype=object)
     # One text per distinct value (a million rows hold far fewer patients); -1 codes (missing) read as no group.
     codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    if any(isinstance(value, (bool, np.bool_)) for value in uniques):
+        # A hash table takes True for 1 and False for 0, as Python does; group_text, as training reads the column,
+        # keeps them apart. Such mixed columns are rare enough to read value by value.
+        return np.array([group_text(value) for value in values], dtype=object)
     return np.array([group_text(value) for value in uniques] + [None], dtype=object)[codes]
+
+
+def report_groups(report: pd.DataFrame, manifest: pd.DataFrame, column: str) -> pd.Series:
+    """``(N,)`` each report row's value of the manifest's ``column``, matched by ``sample_id`` (a manifest without
+    that column names its images by ``path``, as the dataset reader does); NaN for an id the manifest lacks."""
+    ids = manifest["sample_id"] if "sample_id" in manifest.columns else manifest["path"]
+    values = pd.Series(manifest[column].to_numpy(), index=ids.astype(str).to_numpy())
+    return report["sample_id"].astype(str).map(values[~values.index.duplicated()])
 
 
 def _majority_suggestion(rows: pd.DataFrame, keys: list[str]) -> pd.Series:

@@ -36,7 +36,7 @@ from qmix_cli.categories import CATEGORIES
 from qmix_cli.data.manifest import read_manifest
 from qmix_cli.errors import QmixError
 from qmix_cli.io import atomic_write_text, check_out_file, is_one_of, read_metrics, run_file_named
-from qmix_cli.reporting.groups import group_texts, summarise_groups
+from qmix_cli.reporting.groups import group_texts, report_groups, summarise_groups
 from qmix_cli.reporting.report import check_same_images, read_report
 
 #: Okabe–Ito colours (safe for the common colour-vision deficiencies), one per category in CATEGORIES order.
@@ -483,20 +483,32 @@ def _report_groups(
     column = meta.get("group_column")
     if not column:
         return None
-    source = data if data is not None else meta.get("dataset", "")
+    source = data if data is not None else _recorded_dataset(meta)
     try:
         manifest, _ = read_manifest(source)
     except QmixError as exc:
         reason = str(exc)
     else:
         if column in manifest.columns:
-            ids = manifest["sample_id"] if "sample_id" in manifest.columns else manifest["path"]
-            values = pd.Series(manifest[column].to_numpy(), index=ids.astype(str).to_numpy())
-            return column, frame["sample_id"].astype(str).map(values[~values.index.duplicated()])
+            return column, report_groups(frame, manifest, column)
         reason = f"it has no {column} column"
     if warn is not None:
-        warn(f"the page has no section by {column}: cannot read that column of the dataset {source} ({reason})")
+        warn(
+            f"the page has no section by {column}: cannot read that column of the dataset {source} ({reason}); "
+            "pass --data with the dataset's manifest"
+        )
     return None
+
+
+def _recorded_dataset(meta: dict[str, str]) -> str:
+    """The dataset a report's audit read, as recorded, found again from another working directory: the audit
+    records it as it was given (perhaps relative) and its root absolute, the folder a manifest lies in."""
+    recorded, root = meta.get("dataset", ""), meta.get("dataset_root")
+    if not recorded or Path(recorded).exists() or not root:
+        return recorded
+    if Path(recorded).suffix.lower() in {".csv", ".parquet", ".pq"}:
+        return str(Path(root) / Path(recorded).name)
+    return root
 
 
 def _existing_dir(path: str | Path, what: str) -> Path:

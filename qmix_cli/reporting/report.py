@@ -597,7 +597,7 @@ def conform_to_schema(table: pa.Table | pa.RecordBatch, schema: pa.Schema = REPO
         table = pa.Table.from_batches([table])
     missing = [name for name in schema.names if name not in table.column_names]
     if missing:
-        raise ValueError(f"report rows lack column(s): {', '.join(missing)}")
+        raise ValueError(f"rows lack column(s) {', '.join(missing)} of the table being written")
     return table.select(schema.names).cast(schema)
 
 
@@ -768,6 +768,8 @@ def read_report(path: str | Path) -> pd.DataFrame:
     except (pa.ArrowException, OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise QmixError(f"cannot read report {path}: {exc}") from exc
     missing = [name for name in REPORT_SCHEMA.names if name not in table.column_names]
+    if missing and {"group", "issue_score", "images"} <= set(table.column_names):
+        raise QmixError(f"{path} is the audit by group (qmix audit --groups-out); give the per-image report (--out)")
     if missing:
         raise QmixError(f"{path} is not a qmix report: missing column(s) {', '.join(missing)}")
     empty = [f.name for f in REPORT_SCHEMA if not f.nullable and table.column(f.name).null_count]

@@ -516,9 +516,10 @@ def test_groups_out_can_take_stdout_while_the_report_goes_to_a_file(runner, tmp_
         (["--groups-out", "g.csv"], ["--groups-out needs a column", "name one with --group-column"]),
         (["--group-column", "ward", "--groups-out", "g.csv"], ["no such column", "patient"]),
         (["--group-column", "patient", "--groups-out", "r.csv"], ["is the report's own file"]),
-        (["--group-column", "patient", "--groups-out", "g.txt"], ["g.txt", "--format"]),
+        (["--group-column", "patient", "--groups-out", "g.txt"], ["--groups-out g.txt: name a .parquet, .csv"]),
+        (["--group-column", "patient", "--groups-out", "."], [". is a directory"]),
     ],
-    ids=["no-column", "unknown-column", "same-file", "suffix"],
+    ids=["no-column", "unknown-column", "same-file", "suffix", "directory"],
 )
 def test_groups_out_errors_are_one_line_and_write_nothing(
     runner, tmp_path, qmix_run, grouped_manifest, monkeypatch, extra, fragments
@@ -534,3 +535,80 @@ def test_groups_out_and_out_cannot_share_stdout(runner, qmix_run, grouped_manife
         runner, grouped_manifest, qmix_run.run_dir, "--out", "-", "--group-column", "patient", "--groups-out", "-"
     )
     _assert_one_line_error(result, "would share stdout")
+
+
+@pytest.mark.parametrize("target", ["manifest", "run-file"])
+def test_groups_out_never_replaces_the_dataset_or_the_run(
+    runner, tmp_path, qmix_run, grouped_manifest, hash_tree, target
+):
+    path = grouped_manifest if target == "manifest" else qmix_run.run_dir / "metrics.jsonl"
+    before = (hash_tree(grouped_manifest.parent), hash_tree(qmix_run.run_dir))
+    extra = ["--group-column", "patient", "--groups-out", str(path)]
+    result = _audit(runner, grouped_manifest, qmix_run.run_dir, "--out", str(tmp_path / "r.csv"), *extra)
+    _assert_one_line_error(result, f"--groups-out {path} is")
+    assert (hash_tree(grouped_manifest.parent), hash_tree(qmix_run.run_dir)) == before
+    assert not (tmp_path / "r.csv").exists()
+
+
+def test_a_group_table_that_cannot_be_written_leaves_no_report(runner, tmp_path, qmix_run, grouped_manifest):
+    (tmp_path / "blocker").write_text("a file where a folder is needed")
+    extra = ["--group-column", "patient", "--groups-out", str(tmp_path / "blocker" / "g.csv")]
+    result = _audit(runner, grouped_manifest, qmix_run.run_dir, "--out", str(tmp_path / "r.csv"), *extra)
+    _assert_one_line_error(result, "cannot write")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker"]  # the report is not left half-done
+
+
+class _PipeClosedAfterOneWrite(io.StringIO):
+    """A stdout whose reader goes away after the first batch of rows (``| head``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        if self.writes > 1:
+            raise BrokenPipeError
+        return super().write(text)
+
+
+@pytest.mark.parametrize("groups_out", [True, False])
+def test_a_closed_pipe_still_leaves_a_whole_group_table(tmp_path, qmix_run, grouped_manifest, monkeypatch, groups_out):
+    import functools
+
+    from qmix_cli.api import audit
+    from qmix_cli.reporting import score
+
+    # Batches of 200 rows, so that the pipe closes with most of the report unwritten.
+    monkeypatch.setattr(score, "report_batches", functools.partial(score.report_batches, rows_per_batch=200))
+    out = tmp_path / "g.csv" if groups_out else None
+    stream = _PipeClosedAfterOneWrite()
+    frame = audit(
+        grouped_manifest,
+        run=qmix_run.run_dir,
+        out="-",
+        stream=stream,
+        group_column="patient",
+        groups_out=out,
+        quiet=True,
+    )
+    assert frame.attrs["pipe_closed"] and stream.getvalue().count("\n") == 201  # the header and one batch
+    patients = pd.read_csv(grouped_manifest, dtype=str)["patient"]
+    if groups_out:
+        table = pd.read_csv(out, dtype={"group": str, "given_label": str})
+        assert table["images"].sum() == patients.notna().sum()  # every patient's every image, not the first 200
+        assert frame.attrs["groups"]["groups"] == table["group"].nunique()
+    else:
+        assert "groups" not in frame.attrs  # counts of the first 200 rows would be wrong, not partial
+
+
+def test_a_group_table_is_not_taken_for_a_report(runner, tmp_path, qmix_run, grouped_manifest):
+    from qmix_cli.errors import QmixError
+    from qmix_cli.reporting.report import read_report
+
+    groups = tmp_path / "g.parquet"
+    extra = ["--group-column", "patient", "--groups-out", str(groups)]
+    assert _audit(runner, grouped_manifest, qmix_run.run_dir, "--out", str(tmp_path / "r.csv"), *extra).exit_code == 0
+    assert pq.read_schema(groups).metadata[b"qmix.table"] == b"groups"
+    with pytest.raises(QmixError, match=r"is the audit by group .* give the per-image report"):
+        read_report(groups)

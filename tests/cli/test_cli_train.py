@@ -207,6 +207,23 @@ def test_groups_of_images_are_described_or_pointed_out(grouped, runner, tmp_path
     assert (summary in " ".join(_stderr(audited).split())) == grouped
     # An audit without a group column points out the one the manifest seems to have.
     assert ("--group-column patient_id --groups-out FILE lists" in " ".join(_stderr(audited).split())) != grouped
+    if grouped:  # the run's column, which another manifest of its images lacks, cannot make a table by patient
+        other = root / "other.csv"
+        other.write_text("path,label\n" + "".join(f"{p},{c}\n" for p, c, _ in rows), encoding="utf-8")
+        result = runner.invoke(
+            app,
+            [
+                "audit",
+                str(other),
+                "--run",
+                str(tmp_path / "run"),
+                "--out",
+                "-",
+                "--groups-out",
+                str(tmp_path / "g.csv"),
+            ],
+        )
+        _assert_one_line_error(result, "--groups-out: this dataset has no patient_id column, which the run groups by")
 
 
 def test_files_an_image_folder_holds_besides_images_are_reported(runner, tmp_path, make_image_folder, qmix_cache_dir):

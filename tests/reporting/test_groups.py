@@ -67,6 +67,21 @@ def test_ties_in_score_go_to_the_unit_with_more_images_flagged():
     assert table["group"].tolist() == ["y", "x"]
 
 
+def test_ranks_compare_the_stored_float32_scores_then_names():
+    # 0.9 and 1 − 0.10000001 differ in float64 and not in float32: the table shows a tie, and ranks it by name.
+    report = _report([("a", "mislabeled_hq", 0.10000001, "b"), ("a", "mislabeled_hq", 0.1, "b")])
+    assert summarise_groups(report, groups=["x", "y"])["group"].tolist() == ["x", "y"]
+    # One patient, two labels, the same score and count: the given label decides.
+    report = _report([("b", "mislabeled_hq", 0.2, "a"), ("a", "mislabeled_hq", 0.2, "b")])
+    assert summarise_groups(report, groups=["p", "p"])["given_label"].tolist() == ["a", "b"]
+
+
+def test_true_and_1_are_two_groups_as_training_reads_them():
+    report = _report([("a", "clean", 0.9, "a")] * 4)
+    table = summarise_groups(report, groups=pd.Series([True, 1, 1.0, "True"], dtype=object))
+    assert dict(zip(table["group"], table["images"], strict=True)) == {"True": 2, "1": 2}
+
+
 def test_no_group_at_all_gives_an_empty_table_of_the_schema():
     report = _report([("a", "clean", 0.9, "a"), ("b", "mislabeled_lq", 0.1, None)])
     table = summarise_groups(report, groups=pd.Series([np.nan, "NA"]))

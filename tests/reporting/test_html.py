@@ -388,13 +388,16 @@ def test_a_large_jpeg_thumbnail_is_small_and_looks_like_the_photo(tmp_path):
     assert np.abs(thumb[5, 24] - (200, 30, 30)).max() <= 12 and np.abs(thumb[58, 24] - (30, 30, 200)).max() <= 12
 
 
-def _grouped_report(tmp_path, write_image, *, column: str = "patient") -> tuple[Path, pd.DataFrame]:
-    """A report whose audit grouped by ``patient`` (three images each; one patient's name is an HTML tag)."""
+def _grouped_report(
+    tmp_path, write_image, *, column: str = "patient", recorded: str | None = None
+) -> tuple[Path, pd.DataFrame]:
+    """A report whose audit grouped by ``patient`` (three images each; one patient's name is an HTML tag), of the
+    manifest ``ds/m.csv``, recorded as ``recorded`` (default: its absolute path)."""
     manifest = tmp_path / "ds" / "m.csv"
     path, _, rows = make_report(
         tmp_path,
         write_image,
-        extra={"dataset": str(manifest), "dataset_root": str(tmp_path / "ds"), "group_column": "patient"},
+        extra={"dataset": recorded or str(manifest), "dataset_root": str(tmp_path / "ds"), "group_column": "patient"},
     )
     patients = ["<i>p0</i>" if i < 3 else f"p{i // 3}" for i in range(len(rows))]
     frame = pd.DataFrame({"sample_id": rows["sample_id"], "path": rows["path"], "label": rows["given_label"]})
@@ -431,9 +434,20 @@ def test_a_grouped_audit_whose_manifest_lacks_the_column_says_so(tmp_path, write
     page = write_html_report(path, out=tmp_path / "r.html", warn=said.append).read_text()
     assert "By patient" not in page
     assert any("no section by patient" in line and "it has no patient column" in line for line in said), said
+    assert "pass --data" in said[-1]
 
 
 def test_an_ungrouped_report_has_no_section_by_group(report, tmp_path):
     said: list[str] = []
     page = write_html_report(report[0], out=tmp_path / "r.html", data=report[1], warn=said.append).read_text()
     assert "<h2>By " not in page and not any("section by" in line for line in said)
+
+
+def test_a_grouped_audit_of_a_relative_manifest_is_found_from_another_directory(tmp_path, write_image, monkeypatch):
+    # The audit records the dataset as it was given (here relative to tmp_path) and its folder absolute.
+    path, _ = _grouped_report(tmp_path, write_image, recorded="ds/m.csv")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    said: list[str] = []
+    page = write_html_report(path, out=tmp_path / "r.html", warn=said.append).read_text()
+    assert "<h2>By patient" in page and not any("section by" in line for line in said)
