@@ -188,8 +188,11 @@ def audit(
 
     Where images come in groups (several per patient), ``group_column`` names the manifest column that says which
     (the run's ``group_column`` by default; it changes only the summary, not how the run judges images):
-    ``.attrs["groups"]`` then counts the groups with a flagged image, and ``groups_out`` (a path, or ``"-"``)
-    receives the per-unit table of `qmix_cli.reporting.groups.summarise_groups`, in the report's format rules.
+    ``.attrs["groups"]`` then holds the ``column``, how many ``groups`` there are, how many are ``flagged`` (have
+    an image not judged clean) and the ``top`` five rows of the table by group, and ``groups_out`` (a path, format
+    by its suffix, or ``"-"`` for CSV on stdout) receives that table (`qmix_cli.reporting.groups.summarise_groups`:
+    one row per group and given label). Images left out by ``on_bad_image="skip"`` have no row there either. When
+    the reader of a stdout report closes it early and no table is asked for, ``attrs`` holds no ``groups``.
     """
     import pyarrow as pa
 
