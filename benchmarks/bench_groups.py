@@ -7,9 +7,12 @@ exactly that: ``--groups`` Fashion-MNIST images, each the "patient" of 1 to ``2 
 (shifted up to 2 px, brightness within ±15 %, Gaussian noise of σ 6 grey levels), corrupted by ``qmix corrupt
 --group-column patient``: a share ``--label-rate`` of the patients given one wrong label (uniform over the other
 classes) on every view, and, for each of ``--quality-rates``, that share of the views strongly degraded (severity
-4-5) with random labels, image by image. Each method is trained and audited twice on the same data and seed,
-without and with ``group_column="patient"`` (training is the same; only the audit's folds and votes differ), and
-the audits are compared seed by seed.
+4-5), image by image, with random labels (``0.15``) or keeping their true label (``0.15:keep``, ``qmix corrupt
+--lq-labels keep``: an unreadable view of a rightly labelled patient then sits among the patient's other views, in
+one unit of the audit by group, as a blurred scan carries its patient's diagnosis). Each method is trained and
+audited twice on the same data and seed, without and with ``group_column="patient"`` (training is the same; only
+the audit's folds and votes differ), and the audits are compared seed by seed; every audit's table by patient
+(``qmix audit --groups-out``) is scored too.
 
 Usage (only the engine runs)::
 
@@ -40,6 +43,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from qmix_cli.api import corrupt
+from qmix_cli.reporting.groups import summarise_groups
 
 SHIFT = 2
 BRIGHTNESS = 0.15
@@ -84,13 +88,32 @@ def wrong_label_auc(report: Path, noisy: Path) -> float:
     return float(roc_auc_score(good["truth"] == "mislabeled_hq", 1.0 - good["p_clean"]))
 
 
-def run_seed(args: argparse.Namespace, seed: int, quality_rate: float) -> list[dict[str, Any]]:
-    work = args.work / f"q{quality_rate:g}-seed{seed}"
+def wrong_patient_aucs(report: Path, noisy: Path) -> dict[str, float]:
+    """ROC-AUC of each unit's score (`qmix audit --groups-out`: the median of its images' ``1 - p_clean``; and, for
+    comparison, their maximum) for the units (a patient's images of one given label) whose label is wrong on their
+    good images; units of degraded images only are left out (their label is neither right nor wrong to see)."""
+    manifest = pd.read_parquet(noisy / "manifest.parquet", columns=["sample_id", "patient"])
+    frame = with_truth(pd.read_parquet(report), noisy).merge(manifest, on="sample_id")
+    table = summarise_groups(frame, groups=frame["patient"]).set_index(["group", "given_label"])
+    good = frame[frame["truth"] != "mislabeled_lq"]
+    wrong = (good["truth"] == "mislabeled_hq").groupby([good["patient"], good["given_label"]]).any()
+    worst = (1.0 - frame["p_clean"]).groupby([frame["patient"], frame["given_label"]]).max()
+    units = wrong.index  # the units with a good image
+    return {
+        "AUC wrong patient": float(roc_auc_score(wrong, table["issue_score"].reindex(units))),
+        "AUC wrong patient, max": float(roc_auc_score(wrong, worst.reindex(units))),
+    }
+
+
+def run_seed(args: argparse.Namespace, seed: int, setting: str) -> list[dict[str, Any]]:
+    quality_rate, _, lq_labels = setting.partition(":")
+    quality_rate, lq_labels = float(quality_rate), lq_labels or "random"
+    work = args.work / f"q{quality_rate:g}{'' if lq_labels == 'random' else '-' + lq_labels}-seed{seed}"
     noisy = work / "noisy"
     if not (noisy / "manifest.parquet").is_file():
         views = grouped_views(args.source, work / "clean", groups=args.groups, views=args.views, seed=seed)
         corrupt(
-            views, noisy, label_rate=args.label_rate, quality_rate=quality_rate, severity="4-5",
+            views, noisy, label_rate=args.label_rate, quality_rate=quality_rate, severity="4-5", lq_labels=lq_labels,
             group_column="patient", seed=seed, force=True, quiet=True,
         )  # fmt: skip
     options = engine_options(args, seed=seed, epochs=args.epochs)
@@ -107,6 +130,7 @@ def run_seed(args: argparse.Namespace, seed: int, quality_rate: float) -> list[d
             rows.append(
                 {
                     "degraded": quality_rate,
+                    "lq labels": lq_labels,
                     "method": method,
                     "groups": "patient" if grouped else "none",
                     "seed": seed,
@@ -118,6 +142,7 @@ def run_seed(args: argparse.Namespace, seed: int, quality_rate: float) -> list[d
                     "detect R": detection["recall"],
                     "AUC mislabeled": r["auc_clean"],
                     "AUC wrong label, good images": wrong_label_auc(work / f"report-{tag}.parquet", noisy),
+                    **wrong_patient_aucs(work / f"report-{tag}.parquet", noisy),
                     "relabel precision": r["relabel_precision"],
                     "wrong labels fixed": r["relabel_fixed"],
                     "wall s": r["wall_s"],
@@ -136,6 +161,8 @@ METRICS = [
     "detect R",
     "AUC mislabeled",
     "AUC wrong label, good images",
+    "AUC wrong patient",
+    "AUC wrong patient, max",
     "relabel precision",
     "wrong labels fixed",
 ]
@@ -178,9 +205,13 @@ def render(frame: pd.DataFrame, args: argparse.Namespace, minutes: float) -> str
         f"patients with one wrong label on every view; {args.model} at {args.img_size} px, {args.epochs} epochs",
         f"- seeds {args.seeds}; total {minutes:.0f} min (runs already trained with the same options are reused)",
         "- AUC wrong label, good images: ROC-AUC of 1 − p_clean for the wrong labels among the images not degraded",
+        "- AUC wrong patient: ROC-AUC of the `issue_score` of `qmix audit --groups-out` (the median of 1 − p_clean "
+        "over a patient's images of one given label) for the patients whose label is wrong on their good images; "
+        "`, max`: the same with the maximum instead of the median",
     ]
-    for quality_rate, part in frame.groupby("degraded", sort=False):
-        degraded = "none" if quality_rate == 0 else f"{quality_rate:.0%}, each with a random label"
+    for (quality_rate, lq_labels), part in frame.groupby(["degraded", "lq labels"], sort=False):
+        label = "each with a random label" if lq_labels == "random" else "keeping their true label"
+        degraded = "none" if quality_rate == 0 else f"{quality_rate:.0%}, {label}"
         # With no degraded image the three-way scores have no low-quality class to find, and the AUC over every
         # image is the one over good images.
         unscored = ("macro-F1", "F1 lq", "AUC mislabeled") if quality_rate == 0 else ()
@@ -199,7 +230,11 @@ def main() -> None:
     parser.add_argument("--groups", type=int, default=1500)
     parser.add_argument("--views", type=int, default=3, help="mean views per patient")
     parser.add_argument("--label-rate", type=float, default=0.2)
-    parser.add_argument("--quality-rates", default="0,0.15", help="shares of views degraded, one setting each")
+    parser.add_argument(
+        "--quality-rates",
+        default="0,0.15,0.15:keep",
+        help="shares of views degraded, one setting each; RATE:keep keeps their true label",
+    )
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--methods", default="ce,qmix")
@@ -209,7 +244,7 @@ def main() -> None:
     args = parser.parse_args()
     args.work = args.work or Path(tempfile.mkdtemp(prefix="qmix-bench-groups-"))
     start = time.perf_counter()
-    settings = [(float(q), int(seed)) for q in args.quality_rates.split(",") for seed in args.seeds.split(",")]
+    settings = [(q, int(seed)) for q in args.quality_rates.split(",") for seed in args.seeds.split(",")]
     frame = pd.DataFrame([row for quality, seed in settings for row in run_seed(args, seed, quality)])
     text = render(frame, args, (time.perf_counter() - start) / 60)
     args.out.write_text(text + "\n", encoding="utf-8")
