@@ -8,9 +8,9 @@ folds use, `qmix_cli.engine.groups`), and ranks the units.
 A unit's score is the **median** of its images' ``1 − p_clean``: a subject's wrong label shows on most of its
 images, while a single unreadable image (its own ``mislabeled_lq`` row) or a single odd view moves a median little
 and a maximum all the way. On 1,500 Fashion-MNIST "patients" with planted per-patient label errors
-(`benchmarks/bench_groups.py`'s data, 24 runs), the median ranked the wrong patients best or within 0.005 of the
-best of mean, maximum and share flagged (ROC-AUC 0.91–0.98), and the maximum fell to 0.79–0.90 as soon as degraded
-views were mixed in (docs/decisions.md, "Twenty-seventh round").
+(`benchmarks/bench_groups.py`, GROUPS.md) the two rank wrong patients alike (ROC-AUC 0.95–0.97) until degraded views
+keep their patient's (true) label, as a blurred scan keeps its patient's diagnosis; then the median ranks them
+better on every run (+0.010 to +0.031; docs/decisions.md, "Twenty-seventh round").
 """
 
 from __future__ import annotations
