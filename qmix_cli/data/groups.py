@@ -12,6 +12,7 @@ import hashlib
 import math
 import numbers
 import re
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -49,6 +50,12 @@ def group_text(value: object) -> str | None:
     return text
 
 
+def group_texts(values: pd.Series | Sequence[object]) -> np.ndarray:
+    """``(N,)`` object array: each value's group as `group_text` reads it, None for no group."""
+    codes, texts = _coded_texts(values)
+    return texts[codes]
+
+
 def group_keys(values: pd.Series, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A 64-bit key of each row's group, a stable function of ``seed`` and the value's text (`group_text`).
 
@@ -57,18 +64,27 @@ def group_keys(values: pd.Series, *, seed: int = 0) -> tuple[np.ndarray, np.ndar
     tuple[np.ndarray, np.ndarray]
         (N,) int64 keys (0 where there is no group) and (N,) bool whether the row has a group.
     """
-    texts = [group_text(v) for v in values.tolist()]
+    codes, texts = _coded_texts(values)
     salt = f"qmix-group\0{seed}\0".encode()
-    known: dict[str, int] = {}
-    keys = np.zeros(len(texts), dtype=np.int64)
-    for i, text in enumerate(texts):
-        if text is None:
-            continue
-        if text not in known:
-            digest = hashlib.blake2b(salt + text.encode(), digest_size=8).digest()
-            known[text] = int.from_bytes(digest, "little", signed=True)
-        keys[i] = known[text]
-    return keys, np.array([t is not None for t in texts], dtype=bool)
+    hashed = [
+        0
+        if text is None
+        else int.from_bytes(hashlib.blake2b(salt + text.encode(), digest_size=8).digest(), "little", signed=True)
+        for text in texts
+    ]
+    return np.array(hashed, dtype=np.int64)[codes], np.array([t is not None for t in texts], dtype=bool)[codes]
+
+
+def _coded_texts(values: pd.Series | Sequence[object]) -> tuple[np.ndarray, np.ndarray]:
+    """``(N,)`` codes into ``(M,)`` texts (`group_text`, None last for no group): one text per distinct value, as a
+    million rows hold far fewer patients."""
+    cells = values.to_numpy(dtype=object) if isinstance(values, pd.Series) else np.asarray(values, dtype=object)
+    codes, uniques = pd.factorize(cells, use_na_sentinel=True)  # -1, a missing value, takes the last text: None
+    if any(isinstance(value, (bool, np.bool_)) for value in uniques):
+        # A hash table takes True for 1 and False for 0, as Python does; group_text keeps them apart. Such mixed
+        # columns are rare enough to read value by value.
+        return np.arange(len(cells)), np.array([group_text(value) for value in cells], dtype=object)
+    return codes, np.array([group_text(value) for value in uniques] + [None], dtype=object)
 
 
 def check_group_column(frame: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray]:

@@ -22,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 
 from qmix_cli.categories import CATEGORIES, CLEAN, MIS_H
-from qmix_cli.data.groups import group_text
+from qmix_cli.data.groups import group_texts
 
 GROUP_SCHEMA: pa.Schema = pa.schema(
     [
@@ -103,18 +103,6 @@ def summarise_groups(report: pd.DataFrame, *, groups: pd.Series | Sequence[objec
     table.columns.name = None
     table.attrs["ungrouped"] = int((~has).sum())
     return table
-
-
-def group_texts(groups: pd.Series | Sequence[object]) -> np.ndarray:
-    """``(N,)`` object array: each value's group as `qmix_cli.data.groups.group_text` reads it, None for no group."""
-    values = groups.to_numpy(dtype=object) if isinstance(groups, pd.Series) else np.asarray(groups, dtype=object)
-    # One text per distinct value (a million rows hold far fewer patients); -1 codes (missing) read as no group.
-    codes, uniques = pd.factorize(values, use_na_sentinel=True)
-    if any(isinstance(value, (bool, np.bool_)) for value in uniques):
-        # A hash table takes True for 1 and False for 0, as Python does; group_text, as training reads the column,
-        # keeps them apart. Such mixed columns are rare enough to read value by value.
-        return np.array([group_text(value) for value in values], dtype=object)
-    return np.array([group_text(value) for value in uniques] + [None], dtype=object)[codes]
 
 
 def report_groups(report: pd.DataFrame, manifest: pd.DataFrame, column: str) -> pd.Series:

@@ -33,10 +33,11 @@ import pandas as pd
 
 from qmix_cli import __version__
 from qmix_cli.categories import CATEGORIES
+from qmix_cli.data.groups import group_texts
 from qmix_cli.data.manifest import read_manifest
 from qmix_cli.errors import QmixError
 from qmix_cli.io import atomic_write_text, check_out_file, is_one_of, read_metrics, run_file_named
-from qmix_cli.reporting.groups import group_texts, report_groups, summarise_groups
+from qmix_cli.reporting.groups import report_groups, summarise_groups
 from qmix_cli.reporting.report import check_same_images, read_report
 
 #: Okabe–Ito colours (safe for the common colour-vision deficiencies), one per category in CATEGORIES order.

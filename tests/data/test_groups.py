@@ -44,6 +44,17 @@ def test_group_keys_name_each_group_once_and_follow_the_seed():
     assert other[0] != keys[0] and other[1] != keys[1]  # another seed, other folds
 
 
+def test_group_keys_read_each_value_as_group_text_does_even_where_a_hash_table_would_not():
+    values = pd.Series([True, 1, 1.0, "1", None, "True", "NA"], dtype=object)
+    keys, has = group_keys(values)
+    assert has.tolist() == [True, True, True, True, False, True, False]
+    # True == 1 to a hash table (pandas' factorize); to group_text True is "True" and 1, 1.0 and "1" are "1".
+    assert keys[0] == keys[5] != keys[1] == keys[2] == keys[3]
+    assert keys.tolist() == [group_keys(pd.Series([v]))[0][0] for v in values]  # as if read one by one
+    empty_keys, empty_has = group_keys(pd.Series([], dtype=object))
+    assert empty_keys.shape == empty_has.shape == (0,)
+
+
 def test_a_column_named_like_groups_is_pointed_out_when_it_groups_images_into_enough_groups():
     base = {"sample_id": list("123456"), "path": list("abcdef"), "label": list("xyxyxy")}
 
