@@ -365,10 +365,14 @@ def show(
         return write_html_report(report, out=out, run=run, data=data, top=top, warn=rep.log)
 
 
-def evaluate(report: str | Path, *, truth: str | Path, on_missing: str = "error") -> dict[str, Any]:
+def evaluate(
+    report: str | Path, *, truth: str | Path, on_missing: str = "error", group_column: str | None = None
+) -> dict[str, Any]:
     """Compare a report with the truth columns of a manifest written by ``qmix corrupt``; returns a JSON-able dict.
 
-    ``on_missing="skip"`` scores a report of part of the truth's images on those (see `evaluate_report`)."""
+    ``on_missing="skip"`` scores a report of part of the truth's images on those (see `evaluate_report`).
+    ``group_column`` (default: the column a Parquet report's audit grouped by, where the truth has it) scores the
+    table by group too."""
     from qmix_cli.data.manifest import read_manifest
     from qmix_cli.errors import DataError
     from qmix_cli.reporting.evaluate import evaluate_report
@@ -380,7 +384,9 @@ def evaluate(report: str | Path, *, truth: str | Path, on_missing: str = "error"
         raise DataError(f"{truth} has no truth columns (category); it must be a manifest written by qmix corrupt")
     if "sample_id" not in truth_frame.columns:
         truth_frame = truth_frame.assign(sample_id=truth_frame["path"])
-    return evaluate_report(report=frame, truth=truth_frame, on_missing=on_missing)
+    if group_column is None and frame.attrs["qmix"].get("group_column") in truth_frame.columns:
+        group_column = frame.attrs["qmix"]["group_column"]
+    return evaluate_report(report=frame, truth=truth_frame, on_missing=on_missing, group_column=group_column)
 
 
 def apply(

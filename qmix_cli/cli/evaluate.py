@@ -34,12 +34,19 @@ def evaluate_command(
             show_default=False,
         ),
     ] = None,
+    group_column: Annotated[
+        str | None,
+        typer.Option(
+            help="Truth column saying which images belong together (a patient): scores the ranking of wrongly "
+            "labelled units by issue score \\[the column a Parquet report's audit grouped by].",
+        ),
+    ] = None,
 ) -> None:
     """Per-category precision, recall and F1, macro-F1, confusion matrix and ROC-AUCs of a report."""
     from qmix_cli.api import evaluate
     from qmix_cli.reporting.evaluate import render_evaluation
 
-    result = evaluate(report, truth=truth, on_missing=on_missing)
+    result = evaluate(report, truth=truth, on_missing=on_missing, group_column=group_column)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:

@@ -10,7 +10,9 @@ Metrics (all JSON-able; an undefined value, e.g. an AUC with one class present, 
 * the suggested relabels, when the truth has ``true_label`` and the report ``suggested_label``: how many of the
   labels the report proposes to change it gets right, and how many of the wrong labels on good images it fixes;
 * mislabeled detection class by class (by given label): on a long-tailed dataset the overall figures are the
-  large classes', and a rare class can lose most of its correct labels to the audit unseen.
+  large classes', and a rare class can lose most of its correct labels to the audit unseen;
+* for an audit by group (a patient column), how well the table by group (`qmix_cli.reporting.groups`) ranks the
+  units whose label is wrong: ROC-AUC and average precision of their ``issue_score``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from rich.table import Table
 from rich.text import Text
 from sklearn.metrics import (
     accuracy_score,
+    average_precision_score,
     confusion_matrix,
     f1_score,
     precision_recall_fscore_support,
@@ -33,7 +36,9 @@ from sklearn.metrics import (
 )
 
 from qmix_cli.categories import CATEGORIES
+from qmix_cli.data.groups import group_texts
 from qmix_cli.errors import QmixError, summarise_offenders
+from qmix_cli.reporting.groups import report_groups, summarise_groups
 from qmix_cli.reporting.report import as_bool, check_verdict_rows, given_label_mismatches
 
 _REPORT_COLUMNS = ("sample_id", "category", "is_label_issue", "p_clean", "p_mislabeled_lq")
@@ -42,7 +47,9 @@ _TRUTH_COLUMNS = ("sample_id", "category")
 PER_CLASS_ROWS = 20
 
 
-def evaluate_report(*, report: pd.DataFrame, truth: pd.DataFrame, on_missing: str = "error") -> dict[str, Any]:
+def evaluate_report(
+    *, report: pd.DataFrame, truth: pd.DataFrame, on_missing: str = "error", group_column: str | None = None
+) -> dict[str, Any]:
     """Compare a report with the truth, image by image (joined on ``sample_id``).
 
     Parameters
@@ -59,6 +66,8 @@ def evaluate_report(*, report: pd.DataFrame, truth: pd.DataFrame, on_missing: st
         Truth rows the report lacks: ``"error"``, or ``"skip"`` to score the report on the images it covers (a
         report of part of the images, e.g. an audit with ``on_bad_image="skip"``). Report rows the truth lacks
         are always an error.
+    group_column
+        A column of ``truth`` saying which images belong together (a patient): adds ``groups``.
 
     Returns
     -------
@@ -72,9 +81,11 @@ def evaluate_report(*, report: pd.DataFrame, truth: pd.DataFrame, on_missing: st
         ``relabel`` (``proposed``, ``correct``, ``precision``, ``wrong_labels``, ``recall``: the ``mislabeled_hq``
         rows' suggested labels against ``truth.true_label``; ``None`` without it or ``report.suggested_label``);
         ``per_class`` (given label → ``n``, ``mislabeled``, ``flagged``, ``precision``, ``recall``, ``false_alarms``:
-        the share of the class's correct labels flagged; ``None`` when the report has no given labels).
-        Undefined metrics are ``None``. A category absent from both truth and prediction gets ``f1 = None``
-        and is left out of the macro average.
+        the share of the class's correct labels flagged; ``None`` when the report has no given labels);
+        ``groups`` (``column``, ``units`` scored, ``wrong``: units whose label is wrong on a good image, ``unscored``:
+        units of degraded images only, ``roc_auc`` and ``average_precision`` of the units' ``issue_score`` for the
+        wrong ones; ``None`` without ``group_column``). Undefined metrics are ``None``. A category absent from both
+        truth and prediction gets ``f1 = None`` and is left out of the macro average.
 
     Raises
     ------
@@ -182,6 +193,43 @@ def evaluate_report(*, report: pd.DataFrame, truth: pd.DataFrame, on_missing: st
         "targets": targets,
         "relabel": _relabel_metrics(joined) if {"suggested_label", "true_label"} <= set(joined.columns) else None,
         "per_class": _per_class_detection(joined, true_issue=true_issue, flagged=flagged),
+        "groups": None if group_column is None else _group_detection(joined, truth, group_column),
+    }
+
+
+def _group_detection(joined: pd.DataFrame, truth: pd.DataFrame, column: str) -> dict[str, Any]:
+    """How well the table by group ranks the units (a group's images of one given label) whose label is wrong on
+    a good image; units of degraded images only are neither right nor wrong to see, and are left out."""
+    if column not in truth.columns:
+        raise QmixError(f"the truth has no column {column} to group its images by")
+    _require_columns(joined, ("given_label",), what="report")
+    rows = joined.rename(columns={"category_report": "category"})
+    if "suggested_label" not in rows.columns:
+        rows = rows.assign(suggested_label=None)
+    groups = report_groups(rows, truth, column)
+    table = summarise_groups(rows, groups=groups)
+    truth_category = rows["category_truth"].to_numpy(dtype=object)
+    units = pd.DataFrame(
+        {
+            "group": group_texts(groups),
+            "given_label": rows["given_label"].astype(str).to_numpy(),
+            "wrong": truth_category == "mislabeled_hq",
+            "good": truth_category != "mislabeled_lq",
+        }
+    ).dropna(subset=["group"])
+    seen = units.groupby(["group", "given_label"]).agg(wrong=("wrong", "any"), good=("good", "any"))
+    seen = seen.reindex(pd.MultiIndex.from_frame(table[["group", "given_label"]]))
+    scored = seen["good"].to_numpy(dtype=bool)
+    wrong = seen["wrong"].to_numpy(dtype=bool)[scored]
+    score = table["issue_score"].to_numpy(dtype=np.float64)[scored]
+    both = 0 < wrong.sum() < len(wrong)
+    return {
+        "column": column,
+        "units": int(scored.sum()),
+        "wrong": int(wrong.sum()),
+        "unscored": int((~scored).sum()),
+        "roc_auc": _auc(wrong, score),
+        "average_precision": _num(average_precision_score(wrong, score)) if both else None,
     }
 
 
@@ -323,6 +371,14 @@ def render_evaluation(result: Mapping[str, Any], console: Console, *, per_class:
     for label, row in zip(cm["labels"], cm["matrix"], strict=True):
         matrix.add_row(label, *(str(value) for value in row))
     console.print(matrix)
+
+    if groups := result.get("groups"):
+        table = Table(title=f"Units by {groups['column']} and given label (issue_score)", title_justify="left")
+        for name in ("units", "wrongly labelled", "degraded only", "ROC-AUC", "average precision"):
+            table.add_column(name, justify="right")
+        counts = (str(groups[k]) for k in ("units", "wrong", "unscored"))
+        table.add_row(*counts, _fmt(groups["roc_auc"]), _fmt(groups["average_precision"]))
+        console.print(table)
 
     classes = result.get("per_class")
     if classes and per_class is None and len(classes) > PER_CLASS_ROWS:

@@ -464,6 +464,7 @@ def grouped_manifest(noisy_digits, tmp_path_factory) -> Path:
             "path": [str((noisy_digits / p).resolve()) for p in manifest["path"]],
             "label": manifest["label"],
             "patient": patients,
+            "category": manifest["category"],  # the truth, for qmix evaluate
         }
     )
     out = tmp_path_factory.mktemp("grouped") / "grouped.csv"
@@ -612,3 +613,23 @@ def test_a_group_table_is_not_taken_for_a_report(runner, tmp_path, qmix_run, gro
     assert pq.read_schema(groups).metadata[b"qmix.table"] == b"groups"
     with pytest.raises(QmixError, match=r"is the audit by group .* give the per-image report"):
         read_report(groups)
+
+
+def test_evaluate_scores_the_units_of_an_audit_by_group(runner, tmp_path, qmix_run, grouped_manifest):
+    report = tmp_path / "r.parquet"
+    assert (
+        _audit(runner, grouped_manifest, qmix_run.run_dir, "--out", str(report), "--group-column", "patient").exit_code
+        == 0
+    )
+    # The column comes from the report's metadata; the truth (here the audited manifest) has it.
+    result = runner.invoke(app, ["evaluate", str(report), "--truth", str(grouped_manifest), "--json"])
+    assert result.exit_code == 0, _stderr(result)
+    groups = json.loads(result.stdout)["groups"]
+    truth = pd.read_csv(grouped_manifest, dtype=str).dropna(subset=["patient"])
+    units = truth.groupby(["patient", "label"])["category"]
+    good = units.apply(lambda c: (c != "mislabeled_lq").any())
+    assert (groups["units"], groups["unscored"]) == (good.sum(), (~good).sum())
+    assert groups["wrong"] == units.apply(lambda c: (c == "mislabeled_hq").any())[good].sum()
+    assert groups["roc_auc"] > 0.9  # three digits a patient, judged image by image: the table ranks them well
+    table = runner.invoke(app, ["evaluate", str(report), "--truth", str(grouped_manifest)])
+    assert "Units by patient and given label" in " ".join(table.stdout.split())
