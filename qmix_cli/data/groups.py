@@ -50,6 +50,11 @@ def group_text(value: object) -> str | None:
     return text
 
 
+# Kinds of column (`pandas.api.types.infer_dtype`) whose values compare equal exactly when group_text reads them
+# alike, so that each distinct value need be read once: text, and numbers where 17 == 17.0 both read "17".
+_HASHABLE_AS_TEXT = frozenset({"empty", "string", "integer", "floating", "mixed-integer-float"})
+
+
 def group_texts(values: pd.Series | Sequence[object]) -> np.ndarray:
     """``(N,)`` object array: each value's group as `group_text` reads it, None for no group."""
     codes, texts = _coded_texts(values)
@@ -79,11 +84,11 @@ def _coded_texts(values: pd.Series | Sequence[object]) -> tuple[np.ndarray, np.n
     """``(N,)`` codes into ``(M,)`` texts (`group_text`, None last for no group): one text per distinct value, as a
     million rows hold far fewer patients."""
     cells = values.to_numpy(dtype=object) if isinstance(values, pd.Series) else np.asarray(values, dtype=object)
-    codes, uniques = pd.factorize(cells, use_na_sentinel=True)  # -1, a missing value, takes the last text: None
-    if any(isinstance(value, (bool, np.bool_)) for value in uniques):
-        # A hash table takes True for 1 and False for 0, as Python does; group_text keeps them apart. Such mixed
-        # columns are rare enough to read value by value.
+    if pd.api.types.infer_dtype(cells, skipna=True) not in _HASHABLE_AS_TEXT:
+        # A hash table takes values that compare equal for one (True and 1, Decimal 17.50 and 17.5) where group_text
+        # tells them apart: columns of other kinds, rare in a manifest, are read value by value.
         return np.arange(len(cells)), np.array([group_text(value) for value in cells], dtype=object)
+    codes, uniques = pd.factorize(cells, use_na_sentinel=True)  # -1, a missing value, takes the last text: None
     return codes, np.array([group_text(value) for value in uniques] + [None], dtype=object)
 
 

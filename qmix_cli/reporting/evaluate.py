@@ -36,7 +36,7 @@ from sklearn.metrics import (
 )
 
 from qmix_cli.categories import CATEGORIES
-from qmix_cli.data.groups import group_texts
+from qmix_cli.data.groups import check_group_column, group_texts
 from qmix_cli.errors import QmixError, summarise_offenders
 from qmix_cli.reporting.groups import report_groups, summarise_groups
 from qmix_cli.reporting.report import as_bool, check_verdict_rows, given_label_mismatches
@@ -200,8 +200,7 @@ def evaluate_report(
 def _group_detection(joined: pd.DataFrame, truth: pd.DataFrame, column: str) -> dict[str, Any]:
     """How well the table by group ranks the units (a group's images of one given label) whose label is wrong on
     a good image; units of degraded images only are neither right nor wrong to see, and are left out."""
-    if column not in truth.columns:
-        raise QmixError(f"the truth has no column {column} to group its images by")
+    check_group_column(truth, column)  # one that names groups, as the audit requires of its manifest
     _require_columns(joined, ("given_label",), what="report")
     rows = joined.rename(columns={"category_report": "category"})
     if "suggested_label" not in rows.columns:
@@ -222,7 +221,8 @@ def _group_detection(joined: pd.DataFrame, truth: pd.DataFrame, column: str) -> 
     scored = seen["good"].to_numpy(dtype=bool)
     wrong = seen["wrong"].to_numpy(dtype=bool)[scored]
     score = table["issue_score"].to_numpy(dtype=np.float64)[scored]
-    both = 0 < wrong.sum() < len(wrong)
+    # Average precision, like the AUC (`_auc`), is undefined with one kind of unit or a score missing.
+    both = 0 < wrong.sum() < len(wrong) and np.isfinite(score).all()
     return {
         "column": column,
         "units": int(scored.sum()),
@@ -374,7 +374,7 @@ def render_evaluation(result: Mapping[str, Any], console: Console, *, per_class:
 
     if groups := result.get("groups"):
         table = Table(title=f"Units by {groups['column']} and given label (issue_score)", title_justify="left")
-        for name in ("units", "wrongly labelled", "degraded only", "ROC-AUC", "average precision"):
+        for name in ("units scored", "wrongly labelled", "degraded only", "ROC-AUC", "average precision"):
             table.add_column(name, justify="right")
         counts = (str(groups[k]) for k in ("units", "wrong", "unscored"))
         table.add_row(*counts, _fmt(groups["roc_auc"]), _fmt(groups["average_precision"]))

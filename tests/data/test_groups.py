@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -45,12 +47,15 @@ def test_group_keys_name_each_group_once_and_follow_the_seed():
 
 
 def test_group_keys_read_each_value_as_group_text_does_even_where_a_hash_table_would_not():
-    values = pd.Series([True, 1, 1.0, "1", None, "True", "NA"], dtype=object)
+    values = pd.Series([1, True, 1.0, "1", None, "True", "NA", 0, False], dtype=object)
     keys, has = group_keys(values)
-    assert has.tolist() == [True, True, True, True, False, True, False]
-    # True == 1 to a hash table (pandas' factorize); to group_text True is "True" and 1, 1.0 and "1" are "1".
-    assert keys[0] == keys[5] != keys[1] == keys[2] == keys[3]
+    assert has.tolist() == [True, True, True, True, False, True, False, True, True]
+    # True == 1 to a hash table (pandas' factorize), whichever comes first; to group_text True is "True" and 1, 1.0
+    # and "1" are "1".
+    assert keys[1] == keys[5] != keys[0] == keys[2] == keys[3] and keys[7] != keys[8]
     assert keys.tolist() == [group_keys(pd.Series([v]))[0][0] for v in values]  # as if read one by one
+    decimals = group_keys(pd.Series([Decimal("17.50"), Decimal("17.5")]))[0]
+    assert decimals[0] != decimals[1]  # equal numbers, two texts: two groups, as ever
     empty_keys, empty_has = group_keys(pd.Series([], dtype=object))
     assert empty_keys.shape == empty_has.shape == (0,)
 

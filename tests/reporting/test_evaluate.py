@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from rich.console import Console
-from sklearn.metrics import roc_auc_score
 
 from qmix_cli.categories import CATEGORIES
 from qmix_cli.errors import QmixError
@@ -269,26 +268,25 @@ def test_units_by_group_are_scored_by_how_their_issue_score_ranks_the_wrong_ones
     report, truth = make_frames()
     report["given_label"] = GIVEN
     report["suggested_label"] = None
-    # Patients: P1 = s05, s06 (truth hq; given a and b: two units), P2 = s00, s01, s02 (clean), P3 = s08, s09
-    # (degraded only: not scored), P4 = s03, s07 (one clean, one wrong label), P5 = s04 (clean, but p_clean 0.6:
-    # ranked above P4, so the ranking is partly wrong).
+    # Patients (given labels GIVEN, truth TRUTH_CATS, p_clean P_CLEAN):
+    #   P1 = s05 (a, hq, 0.1), s06 (b, hq, 0.2): two units, both wrong, scores 0.9 and 0.8;
+    #   P2 = s00, s01, s02 (a, clean) and s08 (a, lq, 0.05): one unit, right (a degraded image is no wrong label),
+    #        score the median of 0.1, 0.2, 0.05, 0.95 = 0.15;
+    #   P3 = s09 (b, lq): degraded only, not scored;
+    #   P4 = s03 (b, clean, 0.85), s07 (b, hq, 0.7): wrong, score 0.225;
+    #   P5 = s04 (b, clean, 0.6): right, score 0.4, ranked above the wrong P4.
     patients = {"s00": "P2", "s01": "P2", "s02": "P2", "s03": "P4", "s04": "P5", "s05": "P1", "s06": "P1",
-                "s07": "P4", "s08": "P3", "s09": "P3"}  # fmt: skip
+                "s07": "P4", "s08": "P2", "s09": "P3"}  # fmt: skip
     truth["patient"] = truth["sample_id"].map(patients)
     groups = evaluate_report(report=report, truth=truth, group_column="patient")["groups"]
-    units = report.assign(patient=report["sample_id"].map(patients)).groupby(["patient", "given_label"])
-    truth_cat = dict(zip(truth["sample_id"], truth["category"], strict=True))
-    wrong, good, score = [], [], []
-    for _, unit in units:
-        cats = unit["sample_id"].map(truth_cat)
-        wrong.append((cats == H).any())
-        good.append((cats != L).any())
-        score.append(np.median(1 - unit["p_clean"].to_numpy(dtype=np.float32)))
-    wrong, good, score = np.array(wrong), np.array(good), np.array(score)
     assert groups["column"] == "patient"
-    assert (groups["units"], groups["wrong"], groups["unscored"]) == (good.sum(), wrong[good].sum(), (~good).sum())
-    assert groups["roc_auc"] == pytest.approx(roc_auc_score(wrong[good], score[good]))
-    assert 0 < groups["roc_auc"] < 1  # a case the ranking gets partly wrong, so the numbers are not trivially 1
-    with pytest.raises(QmixError, match="the truth has no column ward"):
+    assert (groups["units"], groups["wrong"], groups["unscored"]) == (5, 3, 1)
+    # Wrong 0.9, 0.8, 0.225 against right 0.4, 0.15: 5 of 6 pairs in order; precision at each wrong unit down the
+    # list (0.9 W, 0.8 W, 0.4 R, 0.225 W, 0.15 R) 1, 1, 3/4.
+    assert groups["roc_auc"] == pytest.approx(5 / 6)
+    assert groups["average_precision"] == pytest.approx((1 + 1 + 3 / 4) / 3)
+    with pytest.raises(QmixError, match="ward: the dataset has no such column"):
         evaluate_report(report=report, truth=truth, group_column="ward")
+    with pytest.raises(QmixError, match="has no value"):
+        evaluate_report(report=report, truth=truth.assign(ward=None), group_column="ward")
     assert evaluate_report(report=report, truth=truth)["groups"] is None
