@@ -43,6 +43,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from qmix_cli.api import corrupt
+from qmix_cli.data.groups import group_texts
 from qmix_cli.reporting.groups import summarise_groups
 
 SHIFT = 2
@@ -94,6 +95,7 @@ def wrong_patient_aucs(report: Path, noisy: Path) -> dict[str, float]:
     good images; units of degraded images only are left out (their label is neither right nor wrong to see)."""
     manifest = pd.read_parquet(noisy / "manifest.parquet", columns=["sample_id", "patient"])
     frame = with_truth(pd.read_parquet(report), noisy).merge(manifest, on="sample_id")
+    frame["patient"] = group_texts(frame["patient"])  # as the table names them (an integer id is text there)
     table = summarise_groups(frame, groups=frame["patient"]).set_index(["group", "given_label"])
     good = frame[frame["truth"] != "mislabeled_lq"]
     wrong = (good["truth"] == "mislabeled_hq").groupby([good["patient"], good["given_label"]]).any()

@@ -270,13 +270,14 @@ def test_units_by_group_are_scored_by_how_their_issue_score_ranks_the_wrong_ones
     report["suggested_label"] = None
     # Patients (given labels GIVEN, truth TRUTH_CATS, p_clean P_CLEAN):
     #   P1 = s05 (a, hq, 0.1), s06 (b, hq, 0.2): two units, both wrong, scores 0.9 and 0.8;
-    #   P2 = s00, s01, s02 (a, clean) and s08 (a, lq, 0.05): one unit, right (a degraded image is no wrong label),
+    #   Z2 = s00, s01, s02 (a, clean) and s08 (a, lq, 0.05): one unit, right (a degraded image is no wrong label),
     #        score the median of 0.1, 0.2, 0.05, 0.95 = 0.15;
     #   P3 = s09 (b, lq): degraded only, not scored;
     #   P4 = s03 (b, clean, 0.85), s07 (b, hq, 0.7): wrong, score 0.225;
     #   P5 = s04 (b, clean, 0.6): right, score 0.4, ranked above the wrong P4.
-    patients = {"s00": "P2", "s01": "P2", "s02": "P2", "s03": "P4", "s04": "P5", "s05": "P1", "s06": "P1",
-                "s07": "P4", "s08": "P2", "s09": "P3"}  # fmt: skip
+    # (Z2 sorts last by name, not by score: the units' scores must be matched to their truth by name.)
+    patients = {"s00": "Z2", "s01": "Z2", "s02": "Z2", "s03": "P4", "s04": "P5", "s05": "P1", "s06": "P1",
+                "s07": "P4", "s08": "Z2", "s09": "P3"}  # fmt: skip
     truth["patient"] = truth["sample_id"].map(patients)
     groups = evaluate_report(report=report, truth=truth, group_column="patient")["groups"]
     assert groups["column"] == "patient"
