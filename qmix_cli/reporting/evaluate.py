@@ -83,9 +83,10 @@ def evaluate_report(
         ``per_class`` (given label → ``n``, ``mislabeled``, ``flagged``, ``precision``, ``recall``, ``false_alarms``:
         the share of the class's correct labels flagged; ``None`` when the report has no given labels);
         ``groups`` (``column``, ``units`` scored, ``wrong``: units whose label is wrong on a good image, ``unscored``:
-        units of degraded images only, ``roc_auc`` and ``average_precision`` of the units' ``issue_score`` for the
-        wrong ones; ``None`` without ``group_column``). Undefined metrics are ``None``. A category absent from both
-        truth and prediction gets ``f1 = None`` and is left out of the macro average.
+        units of degraded images only, ``ungrouped``: images with no group, ``roc_auc`` and ``average_precision`` of
+        the units' ``issue_score`` for the wrong ones; ``None`` without ``group_column``). Undefined metrics are
+        ``None``. A category absent from both truth and prediction gets ``f1 = None`` and is left out of the macro
+        average.
 
     Raises
     ------
@@ -206,7 +207,7 @@ def _group_detection(joined: pd.DataFrame, truth: pd.DataFrame, column: str) -> 
     if "suggested_label" not in rows.columns:
         rows = rows.assign(suggested_label=None)
     groups = report_groups(rows, truth, column)
-    table = summarise_groups(rows, groups=groups)
+    table = summarise_groups(rows, groups=groups)  # its attrs["ungrouped"]: the images with no group, left out
     truth_category = rows["category_truth"].to_numpy(dtype=object)
     units = pd.DataFrame(
         {
@@ -228,6 +229,7 @@ def _group_detection(joined: pd.DataFrame, truth: pd.DataFrame, column: str) -> 
         "units": int(scored.sum()),
         "wrong": int(wrong.sum()),
         "unscored": int((~scored).sum()),
+        "ungrouped": int(table.attrs["ungrouped"]),
         "roc_auc": _auc(wrong, score),
         "average_precision": _num(average_precision_score(wrong, score)) if both else None,
     }
@@ -374,9 +376,10 @@ def render_evaluation(result: Mapping[str, Any], console: Console, *, per_class:
 
     if groups := result.get("groups"):
         table = Table(title=f"Units by {groups['column']} and given label (issue_score)", title_justify="left")
-        for name in ("units scored", "wrongly labelled", "degraded only", "ROC-AUC", "average precision"):
+        for name in ("units scored", "wrongly labelled", "degraded only", "images with no group", "ROC-AUC"):
             table.add_column(name, justify="right")
-        counts = (str(groups[k]) for k in ("units", "wrong", "unscored"))
+        table.add_column("average precision", justify="right")
+        counts = (str(groups[k]) for k in ("units", "wrong", "unscored", "ungrouped"))
         table.add_row(*counts, _fmt(groups["roc_auc"]), _fmt(groups["average_precision"]))
         console.print(table)
 

@@ -281,11 +281,14 @@ def test_units_by_group_are_scored_by_how_their_issue_score_ranks_the_wrong_ones
     truth["patient"] = truth["sample_id"].map(patients)
     groups = evaluate_report(report=report, truth=truth, group_column="patient")["groups"]
     assert groups["column"] == "patient"
-    assert (groups["units"], groups["wrong"], groups["unscored"]) == (5, 3, 1)
+    assert (groups["units"], groups["wrong"], groups["unscored"], groups["ungrouped"]) == (5, 3, 1, 0)
     # Wrong 0.9, 0.8, 0.225 against right 0.4, 0.15: 5 of 6 pairs in order; precision at each wrong unit down the
     # list (0.9 W, 0.8 W, 0.4 R, 0.225 W, 0.15 R) 1, 1, 3/4.
     assert groups["roc_auc"] == pytest.approx(5 / 6)
     assert groups["average_precision"] == pytest.approx((1 + 1 + 3 / 4) / 3)
+    no_patient = truth.assign(patient=truth["patient"].where(truth["sample_id"] != "s04"))  # P5 has no group now
+    fewer = evaluate_report(report=report, truth=no_patient, group_column="patient")["groups"]
+    assert (fewer["units"], fewer["ungrouped"], fewer["roc_auc"]) == (4, 1, 1.0)
     with pytest.raises(QmixError, match="ward: the dataset has no such column"):
         evaluate_report(report=report, truth=truth, group_column="ward")
     with pytest.raises(QmixError, match="has no value"):
