@@ -36,9 +36,9 @@ from sklearn.metrics import (
 )
 
 from qmix_cli.categories import CATEGORIES
-from qmix_cli.data.groups import check_group_column, group_texts
+from qmix_cli.data.groups import check_group_column
 from qmix_cli.errors import QmixError, summarise_offenders
-from qmix_cli.reporting.groups import report_groups, summarise_groups
+from qmix_cli.reporting.groups import report_groups, summarise_groups, units_of_rows
 from qmix_cli.reporting.report import as_bool, check_verdict_rows, given_label_mismatches
 
 _REPORT_COLUMNS = ("sample_id", "category", "is_label_issue", "p_clean", "p_mislabeled_lq")
@@ -209,14 +209,10 @@ def _group_detection(joined: pd.DataFrame, truth: pd.DataFrame, column: str) -> 
     groups = report_groups(rows, truth, column)
     table = summarise_groups(rows, groups=groups)  # its attrs["ungrouped"]: the images with no group, left out
     truth_category = rows["category_truth"].to_numpy(dtype=object)
-    units = pd.DataFrame(
-        {
-            "group": group_texts(groups),
-            "given_label": rows["given_label"].astype(str).to_numpy(),
-            "wrong": truth_category == "mislabeled_hq",
-            "good": truth_category != "mislabeled_lq",
-        }
-    ).dropna(subset=["group"])
+    units = units_of_rows(rows, groups=groups).assign(
+        wrong=truth_category == "mislabeled_hq", good=truth_category != "mislabeled_lq"
+    )
+    units = units.dropna(subset=["group"])
     seen = units.groupby(["group", "given_label"]).agg(wrong=("wrong", "any"), good=("good", "any"))
     seen = seen.reindex(pd.MultiIndex.from_frame(table[["group", "given_label"]]))
     scored = seen["good"].to_numpy(dtype=bool)

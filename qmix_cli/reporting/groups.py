@@ -60,15 +60,13 @@ def summarise_groups(report: pd.DataFrame, *, groups: pd.Series | Sequence[objec
         ``rank``, 1 for the likeliest wrong label: descending ``issue_score`` (as float32), then more images
         flagged, then ``group`` and ``given_label``. ``attrs["ungrouped"]`` counts the rows left out.
     """
-    if len(groups) != len(report):
-        raise ValueError(f"groups has {len(groups)} values for {len(report)} report rows")
-    texts = group_texts(groups)
-    has = pd.notna(texts)
+    units = units_of_rows(report, groups=groups)
+    has = units["group"].notna().to_numpy()
     category = report["category"].to_numpy()[has]
     rows = pd.DataFrame(
         {
-            "group": texts[has].astype(str),
-            "given_label": report["given_label"].to_numpy()[has].astype(str),
+            "group": units["group"].to_numpy()[has].astype(str),
+            "given_label": units["given_label"].to_numpy()[has],
             "category": category,
             "issue": 1.0 - report["p_clean"].to_numpy(dtype=np.float64)[has],
             "suggested": np.where(category == CATEGORIES[MIS_H], report["suggested_label"].to_numpy()[has], None),
@@ -103,6 +101,14 @@ def summarise_groups(report: pd.DataFrame, *, groups: pd.Series | Sequence[objec
     table.columns.name = None
     table.attrs["ungrouped"] = int((~has).sum())
     return table
+
+
+def units_of_rows(report: pd.DataFrame, *, groups: pd.Series | Sequence[object]) -> pd.DataFrame:
+    """Each report row's unit: ``group`` (its group's text, `qmix_cli.data.groups.group_text`, None for no group)
+    and ``given_label`` (text), one row per report row in its order, ``groups`` (N,) aligned by position."""
+    if len(groups) != len(report):
+        raise ValueError(f"groups has {len(groups)} values for {len(report)} report rows")
+    return pd.DataFrame({"group": group_texts(groups), "given_label": report["given_label"].astype(str).to_numpy()})
 
 
 def report_groups(report: pd.DataFrame, manifest: pd.DataFrame, column: str) -> pd.Series:

@@ -33,11 +33,10 @@ import pandas as pd
 
 from qmix_cli import __version__
 from qmix_cli.categories import CATEGORIES
-from qmix_cli.data.groups import group_texts
 from qmix_cli.data.manifest import read_manifest
 from qmix_cli.errors import QmixError
 from qmix_cli.io import atomic_write_text, check_out_file, is_one_of, read_metrics, run_file_named
-from qmix_cli.reporting.groups import report_groups, summarise_groups
+from qmix_cli.reporting.groups import report_groups, summarise_groups, units_of_rows
 from qmix_cli.reporting.report import check_same_images, read_report
 
 #: Okabe–Ito colours (safe for the common colour-vision deficiencies), one per category in CATEGORIES order.
@@ -711,11 +710,11 @@ def groups_section_html(
     )
     if table.empty:
         return heading + f'<p class="note">No image has a {_e(column)}.</p>'
-    texts = group_texts(groups)
-    given = frame["given_label"].astype(str).to_numpy()
+    units = units_of_rows(frame, groups=groups)
     parts = [heading]
     for unit in shown.to_dict("records"):
-        members = frame[(texts == unit["group"]) & (given == unit["given_label"])].sort_values("rank", kind="stable")
+        member = (units["group"] == unit["group"]) & (units["given_label"] == unit["given_label"])
+        members = frame[member.to_numpy()].sort_values("rank", kind="stable")
         suggested = unit["suggested_label"]
         relabel = f" → <b>{_e(suggested)}</b>" if isinstance(suggested, str) else ""
         counts = ", ".join(f"{int(unit[c])} {_e(c)}" for c in CATEGORIES if unit[c])
