@@ -109,6 +109,12 @@ def to_array(img: Image.Image, *, channels: int) -> np.ndarray:
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
+def native_array(img: Image.Image) -> np.ndarray:
+    """A Pillow image as uint8 ``(H, W, 1)`` when its mode carries no colour, else ``(H, W, 3)`` (`to_array`: 16-bit
+    and float images rescaled by their own range)."""
+    return to_array(img, channels=1 if img.mode in GRAY_MODES else 3)
+
+
 def fit_image(img: Image.Image, *, channels: int, size: int | None = None) -> np.ndarray:
     """A decoded image as uint8 ``(H, W, channels)``, optionally resized to ``size × size`` (bilinear)."""
     if size is not None and img.size != (size, size):

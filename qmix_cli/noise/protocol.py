@@ -28,7 +28,7 @@ from qmix_cli import __version__
 from qmix_cli.categories import CATEGORIES, truth_categories
 from qmix_cli.config import check_seed
 from qmix_cli.data.groups import check_group_column, group_units
-from qmix_cli.data.images import default_workers, to_array
+from qmix_cli.data.images import default_workers, native_array
 from qmix_cli.data.manifest import Dataset, check_output_dir
 from qmix_cli.errors import ConfigError
 from qmix_cli.io import atomic_dir
@@ -211,10 +211,9 @@ def _process_image(src: Path, dst: Path, *, names: list[str], severity: int, see
         return False
     with Image.open(src) as img:
         img.load()
-        gray = img.mode in {"1", "L", "LA", "I", "I;16", "F"}
-        arr = to_array(img, channels=1 if gray else 3)
+        arr = native_array(img)
     rng = np.random.default_rng([seed, index])
-    source = arr[:, :, 0] if gray else arr
+    source = arr[:, :, 0] if arr.shape[2] == 1 else arr
     out = degrade(source, names=names, severity=severity, rng=rng)
     Image.fromarray(out).save(dst, compress_level=1)
     return np.array_equal(out, source)

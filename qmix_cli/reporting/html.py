@@ -126,10 +126,14 @@ def thumbnail_data_uri(path: str | Path, *, size: int = _THUMB_PX) -> str | None
     try:
         from PIL import Image
 
+        from qmix_cli.data.images import native_array
+
         with Image.open(path) as img:
             img.draft(None, (size, size))  # a JPEG photo is decoded at its smallest DCT scale still that large
             img.load()
-            thumb = img.convert("L" if img.mode in ("L", "LA", "I", "I;16", "1", "F") else "RGB")
+            # As training decodes it: a 16-bit X-ray scaled by its own range, not clipped to white by convert("L").
+            pixels = native_array(img)
+        thumb = Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)
         thumb.thumbnail((size, size))
         buffer = io.BytesIO()
         thumb.save(buffer, format="PNG", optimize=True)

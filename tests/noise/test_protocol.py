@@ -528,6 +528,20 @@ def test_corrupt_dataset_directly_with_rgb_jpeg_source(make_image_folder, tmp_pa
     assert reread.channels == 3 and len(reread) == 10
 
 
+@pytest.mark.parametrize("mode", ["I;16", "I;16B"])
+def test_a_degraded_16_bit_scan_stays_one_channel_and_keeps_its_contrast(tmp_path, mode):
+    scan = np.full((24, 24), 1000, dtype=np.uint16)
+    scan[12:] = 4000
+    src = tmp_path / "scan.tif"
+    Image.frombytes(mode, (24, 24), scan.astype(">u2" if mode.endswith("B") else "<u2").tobytes()).save(src)
+    assert Image.open(src).mode == mode
+    protocol._process_image(src, tmp_path / "out.png", names=["noise"], severity=1, seed=0, index=0)
+    with Image.open(tmp_path / "out.png") as img:
+        out = np.asarray(img)
+    assert img.mode == "L"  # not an RGB copy of a grey scan
+    assert out[:12].mean() < 60 and out[12:].mean() > 195  # scaled by the scan's range, neither clipped nor flat
+
+
 def test_output_paths_are_unique_when_stems_collide(tmp_path, write_image):
     for c in ("a", "b"):
         for i in range(3):

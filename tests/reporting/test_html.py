@@ -388,6 +388,16 @@ def test_a_large_jpeg_thumbnail_is_small_and_looks_like_the_photo(tmp_path):
     assert np.abs(thumb[5, 24] - (200, 30, 30)).max() <= 12 and np.abs(thumb[58, 24] - (30, 30, 200)).max() <= 12
 
 
+def test_a_16_bit_scan_thumbnail_is_scaled_by_its_range_not_clipped_to_white(tmp_path):
+    scan = np.full((40, 40), 1000, dtype=np.uint16)  # an X-ray's narrow range, far above 255
+    scan[20:] = 4000
+    Image.fromarray(scan).save(tmp_path / "xray.png")
+    assert Image.open(tmp_path / "xray.png").mode == "I;16"
+    uri = thumbnail_data_uri(tmp_path / "xray.png", size=40)
+    thumb = np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))))
+    assert thumb.ndim == 2 and thumb[5, 5] == 0 and thumb[30, 5] == 255
+
+
 def _grouped_report(
     tmp_path, write_image, *, column: str = "patient", recorded: str | None = None
 ) -> tuple[Path, pd.DataFrame]:
