@@ -97,9 +97,12 @@ def inspect_image(
 def to_array(img: Image.Image, *, channels: int) -> np.ndarray:
     """Convert a Pillow image to uint8 ``(H, W, channels)``, channels in {1, 3}."""
     if img.mode in {"I", "I;16", "I;16B", "I;16L", "F"}:
-        # 16-bit and float images (common in medical imaging) are rescaled by their own range, not clipped.
+        # 16-bit and float images (common in medical imaging) are rescaled by their own range, not clipped. A float
+        # map's NaN or infinite pixels (masked or outside the scan) take its lowest value rather than blanking it.
         arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
+        finite = np.isfinite(arr)
+        lo, hi = (float(arr[finite].min()), float(arr[finite].max())) if finite.any() else (0.0, 0.0)
+        arr = np.where(finite, arr, lo)
         arr = np.zeros_like(arr) if hi <= lo else (arr - lo) / (hi - lo) * 255.0
         img = Image.fromarray(arr.round().astype(np.uint8), mode="L")
     target = "L" if channels == 1 else "RGB"

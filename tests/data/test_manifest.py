@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -452,6 +453,22 @@ def test_16bit_grayscale_png_is_rescaled_not_clipped(tmp_path, write_image):
     small = read_image(tmp_path / "a" / "x16.png", channels=3, size=8)
     assert small.shape == (8, 8, 3)
     assert small.min() < 40 and small.max() > 215
+
+
+def test_a_float_map_with_nan_and_infinite_pixels_keeps_its_picture(tmp_path):
+    arr = np.linspace(-2.0, 6.0, 16 * 16, dtype=np.float32).reshape(16, 16)
+    arr[0, :4] = np.nan  # masked pixels, as a float TIFF of a scan often has
+    arr[1, :4] = [np.inf, -np.inf, np.inf, -np.inf]
+    Image.fromarray(arr).save(tmp_path / "map.tif")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # casting NaN to uint8 warns and gives an undefined value
+        out = read_image(tmp_path / "map.tif", channels=1)[:, :, 0]
+    assert (out[:2, :4] == 0).all()  # what cannot be scaled takes the lowest value
+    assert out[0, 4] == 0 and out[-1, -1] == 255  # the finite pixels keep their full range
+    assert np.all(np.diff(out[2:].ravel().astype(int)) >= 0)
+    empty = np.full((8, 8), np.nan, dtype=np.float32)
+    Image.fromarray(empty).save(tmp_path / "empty.tif")
+    assert (read_image(tmp_path / "empty.tif", channels=1) == 0).all()
 
 
 def test_file_names_that_are_not_utf8_are_named(tmp_path, write_image):
