@@ -38,10 +38,21 @@ class ImageInfo:
     error: str | None
     mode: str = ""
     size: tuple[int, int] = (0, 0)
+    frames: int = 1  # a multi-page TIFF's pages, an animation's frames: only the first is read
+    see_through: bool = False  # some pixel not fully opaque: the colour channels are read, the transparency not
 
     @property
     def is_gray(self) -> bool:
         return self.mode in GRAY_MODES
+
+
+def _see_through(img: Image.Image) -> bool:
+    """Whether a decoded image has a pixel that is not fully opaque (an alpha channel, or a palette's or colour
+    key's transparency)."""
+    if not img.has_transparency_data:
+        return False
+    alpha = img.getchannel("A") if "A" in img.getbands() else img.convert("RGBA").getchannel("A")
+    return alpha.getextrema()[0] < 255
 
 
 def default_workers() -> int:
@@ -76,7 +87,10 @@ def inspect_image(
                 _load(img, size if keep is not None else _CHECK_ONLY)
                 if keep is not None:
                     keep(img)
-                return ImageInfo(error=None, mode=img.mode, size=full_size)
+                see_through = _see_through(img)
+                # Last: counting the frames of a GIF or a TIFF seeks through the file, past the pixels just read.
+                frames = getattr(img, "n_frames", 1)
+                return ImageInfo(error=None, mode=img.mode, size=full_size, frames=frames, see_through=see_through)
     except FileNotFoundError:
         return ImageInfo(error="file not found")
     except IsADirectoryError:

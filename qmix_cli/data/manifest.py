@@ -58,7 +58,8 @@ class Dataset:
         Files an ImageFolder's class folders hold that are not read as images (their suffix is not one of
         `IMAGE_SUFFIXES`: DICOM, text, ...), counted by suffix; empty for a manifest, which names its images.
     notes
-        Lines about an ImageFolder's layout that the user probably did not mean (`layout_notes`).
+        Lines about what the user probably did not mean: an ImageFolder's layout (`layout_notes`), images with
+        pages or transparency that are not read (`pixel_notes`).
     file_stats
         (N, 2) int64: each image file's size and modification time in nanoseconds as the check found them, kept
         by ``create_dataset(decode_to=...)``, whose caller reads the images next: `cached_images` looks up what
@@ -250,6 +251,24 @@ def _scan_image_folder(root: Path) -> pd.DataFrame:
 
 # Folder names that name a split of a dataset rather than a class.
 SPLIT_NAMES = frozenset({"train", "training", "val", "valid", "validation", "test", "testing", "dev", "eval"})
+
+
+def pixel_notes(paths: Sequence[str], infos: Sequence[ImageInfo]) -> list[str]:
+    """What the images hold that is not read, one line each: pages or frames after the first, and transparency
+    (the colour channels are read as stored beneath it, as torchvision's loaders read them)."""
+    notes = []
+    layered = [path for path, info in zip(paths, infos, strict=True) if info.frames > 1]
+    if layered:
+        notes.append(
+            f"{len(layered):,} images have several pages or frames; only the first is read (e.g. {layered[0]})"
+        )
+    clear = [path for path, info in zip(paths, infos, strict=True) if info.see_through]
+    if clear:
+        notes.append(
+            f"{len(clear):,} images are partly transparent; their pixels are read as stored beneath the transparency "
+            f"(e.g. {clear[0]}): flatten them first if what they show is in the transparency"
+        )
+    return notes
 
 
 def layout_notes(layout: dict[str, tuple[bool, set[str]]], *, root: Path) -> list[str]:
@@ -504,6 +523,7 @@ def create_dataset(
     skipped = pd.DataFrame(columns=["sample_id", "path", "reason"])
     channels = image_side = 0
     stats = None
+    notes = list(raw.attrs.get("notes", ()))
     if check_images:
         frame, skipped, infos, stats = _check_images(
             frame,
@@ -519,6 +539,7 @@ def create_dataset(
             raise DataError(f"{name}: no usable images left after skipping {len(skipped)} bad ones")
         channels = 1 if all(info.is_gray for info in infos) else 3
         image_side = int(np.median([min(info.size) for info in infos]))
+        notes += pixel_notes(frame["path"].tolist(), infos)
 
     present = sorted(set(frame["label"]))
     if len(present) < min_classes:
@@ -535,6 +556,6 @@ def create_dataset(
         source=name,
         file_stats=None if decode_to is None else stats,
         ignored=ignored,
-        notes=tuple(raw.attrs.get("notes", ())),
+        notes=tuple(notes),
         image_side=image_side,
     )

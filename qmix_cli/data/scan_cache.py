@@ -17,7 +17,7 @@ from pathlib import Path
 from qmix_cli.data.images import ImageInfo
 from qmix_cli.io import atomic_write_text
 
-SCAN_CACHE_VERSION = "2"
+SCAN_CACHE_VERSION = "3"  # 3: frames and transparency recorded
 
 
 def file_stats(paths: Sequence[str | Path]) -> list[tuple[int, int]]:
@@ -77,15 +77,16 @@ def cached_scan(
 
 
 def _runs(infos: list[ImageInfo]) -> list[list]:
-    """Run-length encoding: ``[error, mode, width, height, count]`` per run of identical results.
+    """Run-length encoding: ``[error, mode, width, height, frames, see_through, count]`` per run of identical
+    results.
 
     A dataset of same-sized images of one mode is one run, so a 100k-image record stays a few bytes.
     """
     runs: list[list] = []
     for info in infos:
-        key = [info.error, info.mode, int(info.size[0]), int(info.size[1])]
-        if runs and runs[-1][:4] == key:
-            runs[-1][4] += 1
+        key = [info.error, info.mode, int(info.size[0]), int(info.size[1]), int(info.frames), bool(info.see_through)]
+        if runs and runs[-1][:-1] == key:
+            runs[-1][-1] += 1
         else:
             runs.append([*key, 1])
     return runs
@@ -95,8 +96,15 @@ def _read(target: Path, n: int) -> list[ImageInfo] | None:
     try:
         runs = json.loads(target.read_text(encoding="utf-8"))
         infos: list[ImageInfo] = []
-        for error, mode, width, height, count in runs:
-            infos.extend([ImageInfo(error=error, mode=mode, size=(int(width), int(height)))] * int(count))
+        for error, mode, width, height, frames, see_through, count in runs:
+            info = ImageInfo(
+                error=error,
+                mode=mode,
+                size=(int(width), int(height)),
+                frames=int(frames),
+                see_through=bool(see_through),
+            )
+            infos.extend([info] * int(count))
     except (OSError, ValueError, TypeError):
         return None
     return infos if len(infos) == n else None

@@ -336,6 +336,32 @@ def test_other_nesting_is_no_note_and_a_class_folder_without_images_is(make_imag
     assert create_dataset(_csv(root / "m.csv", _folder_rows(root))).notes == ()  # a manifest names its images
 
 
+def test_pages_frames_and_transparency_that_are_not_read_are_named_and_remembered(tmp_path, write_image):
+    root = tmp_path / "ds"
+    write_image(root / "a" / "plain.png")
+    (root / "b").mkdir(parents=True)
+    first, second = Image.new("L", (8, 8), 0), Image.new("L", (8, 8), 255)
+    first.save(root / "a" / "stack.tif", save_all=True, append_images=[second])  # a two-page TIFF
+    first.convert("P").save(root / "b" / "cine.gif", save_all=True, append_images=[second.convert("P")])
+    opaque = Image.new("RGBA", (8, 8), (10, 200, 30, 255))
+    opaque.save(root / "b" / "opaque.png")  # an alpha channel that hides nothing: no note
+    drawn_in_alpha = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
+    drawn_in_alpha.putpixel((3, 3), (0, 0, 0, 255))  # black strokes on a transparent background
+    drawn_in_alpha.save(root / "b" / "stroke.png")
+    keyed = Image.new("P", (8, 8), 0)
+    keyed.putpalette([0, 0, 0, 255, 255, 255])
+    keyed.putpixel((0, 0), 1)
+    keyed.save(root / "a" / "keyed.png", transparency=1)  # a palette entry that is see-through
+    layered = "2 images have several pages or frames; only the first is read (e.g. a/stack.tif)"
+    clear = (
+        "2 images are partly transparent; their pixels are read as stored beneath the transparency (e.g. "
+        "a/keyed.png): flatten them first if what they show is in the transparency"
+    )
+    assert create_dataset(root).notes == (layered, clear)
+    assert create_dataset(root).notes == (layered, clear)  # the same from the remembered check
+    assert create_dataset(root, check_images=False).notes == ()
+
+
 def test_header_only_csv(tmp_path):
     csv = tmp_path / "m.csv"
     csv.write_text("path,label\n")
