@@ -253,10 +253,21 @@ def _scan_image_folder(root: Path) -> pd.DataFrame:
 SPLIT_NAMES = frozenset({"train", "training", "val", "valid", "validation", "test", "testing", "dev", "eval"})
 
 
+# Images are squashed to a square for training: one this many times as long as it is wide loses most of its length.
+_LONG_ASPECT = 4
+
+
 def pixel_notes(paths: Sequence[str], infos: Sequence[ImageInfo]) -> list[str]:
-    """What the images hold that is not read, one line each: pages or frames after the first, and transparency
-    (the colour channels are read as stored beneath it, as torchvision's loaders read them)."""
+    """What the images hold that is not read as it is, one line each: long strips (squashed to a square), pages or
+    frames after the first, and transparency (the colour channels are read as stored beneath it, as torchvision's
+    loaders read them)."""
     notes = []
+    long = [path for path, info in zip(paths, infos, strict=True) if max(info.size) >= _LONG_ASPECT * min(info.size)]
+    if long:
+        notes.append(
+            f"{len(long):,} images are at least {_LONG_ASPECT} times as long as they are wide (e.g. {long[0]}); "
+            "each image is resized to a square, so cut such strips into tiles first if their detail matters"
+        )
     layered = [path for path, info in zip(paths, infos, strict=True) if info.frames > 1]
     if layered:
         notes.append(

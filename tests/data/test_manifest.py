@@ -336,7 +336,7 @@ def test_other_nesting_is_no_note_and_a_class_folder_without_images_is(make_imag
     assert create_dataset(_csv(root / "m.csv", _folder_rows(root))).notes == ()  # a manifest names its images
 
 
-def test_pages_frames_and_transparency_that_are_not_read_are_named_and_remembered(tmp_path, write_image):
+def test_strips_pages_and_transparency_not_read_as_they_are_are_named_and_remembered(tmp_path, write_image):
     root = tmp_path / "ds"
     write_image(root / "a" / "plain.png")
     (root / "b").mkdir(parents=True)
@@ -352,13 +352,18 @@ def test_pages_frames_and_transparency_that_are_not_read_are_named_and_remembere
     keyed.putpalette([0, 0, 0, 255, 255, 255])
     keyed.putpixel((0, 0), 1)
     keyed.save(root / "a" / "keyed.png", transparency=1)  # a palette entry that is see-through
+    Image.new("L", (64, 12), 90).save(root / "a" / "strip.png")  # an ECG-like strip, squashed to a square
+    strip = (
+        "1 images are at least 4 times as long as they are wide (e.g. a/strip.png); each image is resized to a "
+        "square, so cut such strips into tiles first if their detail matters"
+    )
     layered = "2 images have several pages or frames; only the first is read (e.g. a/stack.tif)"
     clear = (
         "2 images are partly transparent; their pixels are read as stored beneath the transparency (e.g. "
         "a/keyed.png): flatten them first if what they show is in the transparency"
     )
-    assert create_dataset(root).notes == (layered, clear)
-    assert create_dataset(root).notes == (layered, clear)  # the same from the remembered check
+    assert create_dataset(root).notes == (strip, layered, clear)
+    assert create_dataset(root).notes == (strip, layered, clear)  # the same from the remembered check
     assert create_dataset(root, check_images=False).notes == ()
 
 
