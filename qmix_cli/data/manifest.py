@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -199,10 +200,22 @@ def check_output_file(dataset: Dataset, out: str | Path, *, option: str = "--out
         raise ConfigError(f"{option} {out} is one of the dataset's images; write to another file")
 
 
+def _read_csv(path: Path) -> pd.DataFrame:
+    """A CSV manifest as text columns; one saved with semicolons (a spreadsheet's export where the comma is the
+    decimal mark) or tabs is read with that separator when its one column's name holds the required ones."""
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    if len(frame.columns) == 1 and not set(REQUIRED_COLUMNS) <= set(frame.columns):
+        header = str(frame.columns[0])
+        for sep in (";", "\t"):
+            if set(REQUIRED_COLUMNS) <= set(header.split(sep)):
+                return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""])
+    return frame
+
+
 def _read_table(path: Path) -> pd.DataFrame:
     try:
         if path.suffix.lower() == ".csv":
-            return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+            return _read_csv(path)
         return pd.read_parquet(path)
     except FileNotFoundError:
         raise DataError(f"manifest not found: {path}") from None
@@ -251,6 +264,21 @@ def _scan_image_folder(root: Path) -> pd.DataFrame:
 
 # Folder names that name a split of a dataset rather than a class.
 SPLIT_NAMES = frozenset({"train", "training", "val", "valid", "validation", "test", "testing", "dev", "eval"})
+
+
+def label_notes(labels: Iterable[str]) -> list[str]:
+    """Distinct labels that differ only in case, surrounding spaces, or spaces, ``_`` and ``-`` between words
+    (``'Cat '`` and ``'cat'``, ``'t-shirt'`` and ``'T_shirt'``): each is a class of its own, which a curator
+    rarely means; one line naming up to three such sets, or none."""
+    spellings: dict[str, list[str]] = {}
+    for label in sorted(set(labels)):
+        spellings.setdefault(re.sub(r"[\s_-]+", " ", label).strip().casefold(), []).append(label)
+    alike = [names for names in spellings.values() if len(names) > 1]
+    if not alike:
+        return []
+    shown = "; ".join(" and ".join(repr(name) for name in names) for names in alike[:3])
+    more = f"; and {len(alike) - 3} more" if len(alike) > 3 else ""
+    return [f"labels written alike are separate classes: {shown}{more} (make them one in the data if they are)"]
 
 
 # Images are squashed to a square for training: one this many times as long as it is wide loses most of its length.
@@ -553,6 +581,7 @@ def create_dataset(
         notes += pixel_notes(frame["path"].tolist(), infos)
 
     present = sorted(set(frame["label"]))
+    notes += label_notes(present)
     if len(present) < min_classes:
         raise DataError(
             f"{name}: found {len(present)} class ({', '.join(present)}); at least {min_classes} are needed "

@@ -367,6 +367,32 @@ def test_strips_pages_and_transparency_not_read_as_they_are_are_named_and_rememb
     assert create_dataset(root, check_images=False).notes == ()
 
 
+@pytest.mark.parametrize("sep", [";", "\t"])
+def test_a_spreadsheets_semicolon_or_tab_csv_is_read_by_its_separator(make_image_folder, sep):
+    root = make_image_folder(classes=("a", "b"), per_class=2)
+    rows = _folder_rows(root)
+    pd.DataFrame(rows).assign(note="x,y").to_csv(root / "m.csv", sep=sep, index=False)  # a comma inside a value
+    ds = create_dataset(root / "m.csv")
+    assert ds.frame["path"].tolist() == [r["path"] for r in rows] and ds.classes == ("a", "b")
+    assert (ds.frame["note"] == "x,y").all()
+    pd.DataFrame({"file": ["x"], "class": ["a"]}).to_csv(root / "other.csv", sep=sep, index=False)
+    with pytest.raises(DataError, match="missing column"):  # other columns: still named as they are
+        create_dataset(root / "other.csv")
+
+
+def test_labels_written_alike_are_pointed_out_and_kept_apart(make_image_folder):
+    root = make_image_folder(classes=("Cat", "cat", "dog", "t-shirt", "T_shirt"), per_class=2)
+    rows = _folder_rows(root)
+    rows[0]["label"] = "cat "  # a trailing space, as spreadsheets keep them
+    ds = create_dataset(_csv(root / "m.csv", rows))
+    assert ds.classes == ("Cat", "T_shirt", "cat", "cat ", "dog", "t-shirt")  # nothing merged behind the user's back
+    assert ds.notes == (
+        "labels written alike are separate classes: 'Cat' and 'cat' and 'cat '; 'T_shirt' and 't-shirt' "
+        "(make them one in the data if they are)",
+    )
+    assert create_dataset(make_image_folder("plain", classes=("cat", "dog"), per_class=2)).notes == ()
+
+
 def test_header_only_csv(tmp_path):
     csv = tmp_path / "m.csv"
     csv.write_text("path,label\n")
