@@ -51,7 +51,10 @@ def _see_through(img: Image.Image) -> bool:
     key's transparency)."""
     if not img.has_transparency_data:
         return False
-    alpha = img.getchannel("A") if "A" in img.getbands() else img.convert("RGBA").getchannel("A")
+    try:
+        alpha = img.getchannel("A") if "A" in img.getbands() else img.convert("RGBA").getchannel("A")
+    except ValueError:  # a mode Pillow cannot convert: its transparency cannot be what the user sees either
+        return False
     return alpha.getextrema()[0] < 255
 
 
@@ -127,9 +130,11 @@ def to_array(img: Image.Image, *, channels: int) -> np.ndarray:
 
 
 def native_array(img: Image.Image) -> np.ndarray:
-    """A Pillow image as uint8 ``(H, W, 1)`` when its mode carries no colour, else ``(H, W, 3)`` (`to_array`: 16-bit
-    and float images rescaled by their own range)."""
-    return to_array(img, channels=1 if img.mode in GRAY_MODES else 3)
+    """A Pillow image as uint8 ``(H, W)`` when its mode carries no colour, else ``(H, W, 3)``, as Pillow's own
+    arrays are shaped (`to_array`: 16-bit and float images rescaled by their own range)."""
+    gray = img.mode in GRAY_MODES
+    arr = to_array(img, channels=1 if gray else 3)
+    return arr[:, :, 0] if gray else arr
 
 
 def fit_image(img: Image.Image, *, channels: int, size: int | None = None) -> np.ndarray:

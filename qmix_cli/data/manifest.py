@@ -59,8 +59,8 @@ class Dataset:
         Files an ImageFolder's class folders hold that are not read as images (their suffix is not one of
         `IMAGE_SUFFIXES`: DICOM, text, ...), counted by suffix; empty for a manifest, which names its images.
     notes
-        Lines about what the user probably did not mean: an ImageFolder's layout (`layout_notes`), images with
-        pages or transparency that are not read (`pixel_notes`).
+        Lines about what the user probably did not mean: an ImageFolder's layout (`layout_notes`), images not read
+        as they are (strips, pages, transparency: `pixel_notes`), labels written alike (`label_notes`).
     file_stats
         (N, 2) int64: each image file's size and modification time in nanoseconds as the check found them, kept
         by ``create_dataset(decode_to=...)``, whose caller reads the images next: `cached_images` looks up what

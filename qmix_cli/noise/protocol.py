@@ -211,9 +211,8 @@ def _process_image(src: Path, dst: Path, *, names: list[str], severity: int, see
         return False
     with Image.open(src) as img:
         img.load()
-        arr = native_array(img)
+        source = native_array(img)
     rng = np.random.default_rng([seed, index])
-    source = arr[:, :, 0] if arr.shape[2] == 1 else arr
     out = degrade(source, names=names, severity=severity, rng=rng)
     Image.fromarray(out).save(dst, compress_level=1)
     return np.array_equal(out, source)

@@ -132,8 +132,7 @@ def thumbnail_data_uri(path: str | Path, *, size: int = _THUMB_PX) -> str | None
             img.draft(None, (size, size))  # a JPEG photo is decoded at its smallest DCT scale still that large
             img.load()
             # As training decodes it: a 16-bit X-ray scaled by its own range, not clipped to white by convert("L").
-            pixels = native_array(img)
-        thumb = Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)
+            thumb = Image.fromarray(native_array(img))
         thumb.thumbnail((size, size))
         buffer = io.BytesIO()
         thumb.save(buffer, format="PNG", optimize=True)
