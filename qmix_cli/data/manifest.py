@@ -60,7 +60,8 @@ class Dataset:
         `IMAGE_SUFFIXES`: DICOM, text, ...), counted by suffix; empty for a manifest, which names its images.
     notes
         Lines about what the user probably did not mean: an ImageFolder's layout (`layout_notes`), images not read
-        as they are (strips, pages, transparency: `pixel_notes`), labels written alike (`label_notes`).
+        as they are (strips, pages, transparency: `pixel_notes`), files named by several rows (`repeat_notes`),
+        labels written alike (`label_notes`).
     file_stats
         (N, 2) int64: each image file's size and modification time in nanoseconds as the check found them, kept
         by ``create_dataset(decode_to=...)``, whose caller reads the images next: `cached_images` looks up what
@@ -200,27 +201,54 @@ def check_output_file(dataset: Dataset, out: str | Path, *, option: str = "--out
         raise ConfigError(f"{option} {out} is one of the dataset's images; write to another file")
 
 
+_KEY_COLUMNS = ("sample_id", *REQUIRED_COLUMNS)
+
+
 def _read_csv(path: Path) -> pd.DataFrame:
     """A CSV manifest as text columns; one saved with semicolons (a spreadsheet's export where the comma is the
-    decimal mark) or tabs is read with that separator when its one column's name holds the required ones."""
+    decimal mark) or tabs is read with that separator when its one column's name holds the required ones. A key
+    column named twice is refused (pandas would rename the second ``label.1`` and read the first without a word);
+    the empty, unnamed columns a trailing separator makes are dropped."""
+    sep = ","
     frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
     if len(frame.columns) == 1 and not set(REQUIRED_COLUMNS) <= set(frame.columns):
         header = str(frame.columns[0])
-        for sep in (";", "\t"):
-            if set(REQUIRED_COLUMNS) <= set(header.split(sep)):
-                return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""])
-    return frame
+        sep = next((s for s in (";", "\t") if set(REQUIRED_COLUMNS) <= set(header.split(s))), sep)
+        if sep != ",":
+            frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""])
+    renamed = [name for name in _KEY_COLUMNS if f"{name}.1" in frame.columns]
+    if renamed:
+        header = pd.read_csv(path, sep=sep, header=None, nrows=1, dtype=str).iloc[0].tolist()
+        twice = [name for name in renamed if header.count(name) > 1]
+        if twice:
+            raise DataError(f"{path}: the column {twice[0]!r} is named {header.count(twice[0])} times; keep one")
+    trailing = [c for c in frame.columns if str(c).startswith("Unnamed: ") and frame[c].isna().all()]
+    return frame.drop(columns=trailing)
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    """A Parquet manifest; columns pandas saved as the index (``df.set_index("sample_id").to_parquet()``) come
+    back as columns, not dropped: the ids are the user's."""
+    frame = pd.read_parquet(path)
+    named = [name for name in frame.index.names if name is not None and name not in frame.columns]
+    return frame.reset_index(level=named) if named else frame
 
 
 def _read_table(path: Path) -> pd.DataFrame:
     try:
-        if path.suffix.lower() == ".csv":
-            return _read_csv(path)
-        return pd.read_parquet(path)
+        return _read_csv(path) if path.suffix.lower() == ".csv" else _read_parquet(path)
     except FileNotFoundError:
         raise DataError(f"manifest not found: {path}") from None
-    except Exception as e:  # pandas/pyarrow raise many types for malformed files
-        raise DataError(f"cannot read manifest {path}: {e}") from None
+    except DataError:
+        raise
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"cannot read manifest {path}: it is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+            "save it as UTF-8"
+        ) from None
+    except Exception as e:  # pandas/pyarrow raise many types for malformed files; their first line says what
+        reason = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise DataError(f"cannot read manifest {path}: {reason}") from None
 
 
 def _scan_image_folder(root: Path) -> pd.DataFrame:
@@ -279,6 +307,27 @@ def label_notes(labels: Iterable[str]) -> list[str]:
     shown = "; ".join(" and ".join(repr(name) for name in names) for names in alike[:3])
     more = f"; and {len(alike) - 3} more" if len(alike) > 3 else ""
     return [f"labels written alike are separate classes: {shown}{more} (make them one in the data if they are)"]
+
+
+def repeat_notes(frame: pd.DataFrame, root: Path) -> list[str]:
+    """Image files that several rows name (under their own ``sample_id``, or spelled ``a/x.png`` and ``./a/x.png``,
+    relative and absolute; links are not followed): one line saying how many, and how many of them carry
+    different labels, which is itself a label disagreement a curator wants to see; or none."""
+    paths = frame["path"]
+    keys = os.path.normpath(os.path.abspath(root)) + os.sep + paths
+    # Only a path that is absolute or has "." or ".." segments or doubled separators can be spelled otherwise.
+    odd = paths.str.startswith("/") | paths.str.contains(r"(?:^|/)\.\.?(?:/|$)|//", regex=True)
+    if odd.any():
+        keys = keys.copy()
+        keys[odd] = [os.path.normpath(os.path.join(root, p)) for p in paths[odd]]
+    repeated = keys.duplicated(keep=False)
+    if not repeated.any():
+        return []
+    labels = frame.loc[repeated, "label"].groupby(keys[repeated]).nunique()
+    example = paths[repeated].iloc[0]
+    files = len(labels)
+    differ = f", {int((labels > 1).sum()):,} of them with different labels" if (labels > 1).any() else ""
+    return [f"{files:,} image files are named by more than one row{differ} (e.g. {example}); each row is judged apart"]
 
 
 # Images are squashed to a square for training: one this many times as long as it is wide loses most of its length.
@@ -362,15 +411,31 @@ def read_manifest(source: str | Path) -> tuple[pd.DataFrame, Path]:
     raise DataError(f"cannot read {source}: expected an ImageFolder directory or a .csv/.parquet manifest")
 
 
+# What a manifest made elsewhere may call the columns qmix needs (matched without case, spaces, ``_`` or ``-``).
+_COLUMN_ALIASES = {
+    "path": ("path", "file", "filename", "filepath", "image", "imagepath", "img", "imgpath", "imagefile"),
+    "label": ("label", "labels", "class", "classname", "target", "diagnosis", "y"),
+}
+
+
+def _rename_hint(missing: Sequence[str], columns: Sequence[str]) -> str:
+    """`` (rename 'Label' to 'label')`` for the found columns that look like the missing ones, or ``""``."""
+    plain = {re.sub(r"[\s_-]+", "", str(c)).casefold(): str(c) for c in columns}
+    pairs = [(plain[alias], name) for name in missing for alias in _COLUMN_ALIASES[name] if alias in plain]
+    return f" (rename {', '.join(f'{old!r} to {new!r}' for old, new in pairs)})" if pairs else ""
+
+
 def _check_columns(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
         raise DataError(
             f"{source}: missing column(s) {', '.join(missing)}; a manifest needs 'path' and 'label' "
             f"(and optionally 'sample_id'); found: {', '.join(map(str, frame.columns)) or 'none'}"
+            + _rename_hint(missing, list(frame.columns))
         )
     frame = frame.reset_index(drop=True).copy()
-    if "sample_id" not in frame.columns:
+    ids_are_paths = "sample_id" not in frame.columns
+    if ids_are_paths:
         frame.insert(0, "sample_id", frame["path"])
     for col in ("sample_id", "path", "label"):
         empty = frame[col].isna() | (frame[col].astype(str).str.strip() == "")
@@ -381,6 +446,11 @@ def _check_columns(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     dup = frame["sample_id"].duplicated(keep=False)
     if dup.any():
         ids = list(dict.fromkeys(frame.loc[dup, "sample_id"]))
+        if ids_are_paths:  # the user wrote no ids: say it in the terms of the file
+            raise DataError(
+                summarise_offenders(f"paths listed more than once in {source}", ids)
+                + " (each row is an image, named by its path; add a sample_id column if they are meant as several)"
+            )
         raise DataError(summarise_offenders(f"duplicate sample_ids in {source}", ids))
     return frame
 
@@ -471,7 +541,9 @@ def _check_images(
     )
     if bad.any() and on_bad_image == "error":
         offenders = [f"{r.path}: {r.reason}" for r in skipped.itertuples()]
-        if bad.all() and not frame["path"].map(os.path.isabs).all():
+        if skipped["path"].str.contains(r"^(?:[A-Za-z][A-Za-z0-9+.-]*://|~)", regex=True).any():
+            hint = " (paths name files on this machine: URLs are not downloaded and ~ is not expanded)"
+        elif bad.all() and not frame["path"].map(os.path.isabs).all():
             # Skipping them would leave nothing: the paths, not the images, are likely what is wrong.
             hint = f" (none of the images could be read: are the paths relative to {root}?)"
         elif bad.all():
@@ -550,6 +622,7 @@ def create_dataset(
         raise DataError(f"{name}: the dataset is empty (no images found){hint}")
     frame = _posix_separators(frame, root)
     _check_inside_root(frame, root, name)
+    notes = list(raw.attrs.get("notes", ())) + repeat_notes(frame, Path(root))
 
     if classes is not None:
         classes = tuple(str(c) for c in classes)
@@ -562,7 +635,6 @@ def create_dataset(
     skipped = pd.DataFrame(columns=["sample_id", "path", "reason"])
     channels = image_side = 0
     stats = None
-    notes = list(raw.attrs.get("notes", ()))
     if check_images:
         frame, skipped, infos, stats = _check_images(
             frame,

@@ -393,6 +393,75 @@ def test_labels_written_alike_are_pointed_out_and_kept_apart(make_image_folder):
     assert create_dataset(make_image_folder("plain", classes=("cat", "dog"), per_class=2)).notes == ()
 
 
+def test_ids_pandas_saved_as_a_parquet_index_are_read_as_the_ids(make_image_folder):
+    root = make_image_folder(classes=("a", "b"), per_class=2)
+    rows = pd.DataFrame(_folder_rows(root)).assign(sample_id=["s0", "s1", "s2", "s3"])
+    rows.set_index("sample_id").to_parquet(root / "m.parquet")  # the index is stored as a column, named
+    ds = create_dataset(root / "m.parquet")
+    assert ds.sample_ids == ["s0", "s1", "s2", "s3"]
+    rows.to_parquet(root / "plain.parquet")  # a default index is no column
+    assert list(create_dataset(root / "plain.parquet").frame.columns) == ["path", "label", "sample_id"]
+
+
+def test_spreadsheet_csv_quirks_are_read_or_named(make_image_folder):
+    root = make_image_folder(classes=("a", "b"), per_class=2)
+    body = "".join(f"{r['path']},{r['label']},\n" for r in _folder_rows(root))
+    (root / "trailing.csv").write_text("path,label,\n" + body)  # every line ends in a separator
+    assert list(create_dataset(root / "trailing.csv").frame.columns) == ["sample_id", "path", "label"]
+    (root / "twice.csv").write_text("path,label,label\n" + body.replace(",\n", ",x\n"))
+    with pytest.raises(DataError, match="the column 'label' is named 2 times; keep one"):
+        create_dataset(root / "twice.csv")
+    (root / "latin1.csv").write_bytes(
+        ("path,label\n" + body.replace(",\n", "\n").replace(",a", ",caf\u00e9")).encode("latin-1")
+    )
+    with pytest.raises(DataError, match=r"not UTF-8 text \(byte 0xe9 at offset \d+\); save it as UTF-8$"):
+        create_dataset(root / "latin1.csv")
+    (root / "named.csv").write_text("Image Path,Class\n" + body.replace(",\n", "\n"))
+    with pytest.raises(
+        DataError, match=r"found: Image Path, Class \(rename 'Image Path' to 'path', 'Class' to 'label'\)$"
+    ):
+        create_dataset(root / "named.csv")
+
+
+def test_a_parquet_error_is_one_line(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_arrays(
+        [pa.array(["x.png"]), pa.array(["a"]), pa.array(["b"])], names=["path", "label", "label"]
+    )
+    pq.write_table(table, tmp_path / "m.parquet")
+    with pytest.raises(DataError) as exc:
+        create_dataset(tmp_path / "m.parquet")
+    assert str(exc.value).startswith(f"cannot read manifest {tmp_path / 'm.parquet'}: ") and "\n" not in str(exc.value)
+
+
+def test_a_file_named_by_several_rows_is_counted_with_its_labels(make_image_folder):
+    root = make_image_folder(classes=("a", "b"), per_class=2)
+    rows = _folder_rows(root)
+    with pytest.raises(DataError, match=r"^1 paths listed more than once in .*: a/0\.png \(each row is an image"):
+        create_dataset(_csv(root / "twice.csv", [*rows, rows[0]]))
+    again = [
+        {**rows[0], "sample_id": "second look", "label": "b"},  # the same file, another id and label
+        {"sample_id": "dotted", "path": "./" + rows[1]["path"], "label": rows[1]["label"]},
+        {"sample_id": "absolute", "path": str(root / rows[1]["path"]), "label": rows[1]["label"]},
+    ]
+    ds = create_dataset(_csv(root / "m.csv", [*({**r, "sample_id": r["path"]} for r in rows), *again]))
+    assert len(ds) == 7
+    assert ds.notes == (
+        "2 image files are named by more than one row, 1 of them with different labels (e.g. a/0.png); each row "
+        "is judged apart",
+    )
+    assert create_dataset(_csv(root / "once.csv", rows)).notes == ()
+
+
+@pytest.mark.parametrize("path", ["https://example.org/x.png", "s3://bucket/x.png", "~/scans/x.png"])
+def test_urls_and_home_paths_are_said_to_be_unsupported(make_image_folder, path):
+    root = make_image_folder(classes=("a", "b"), per_class=2)
+    with pytest.raises(DataError, match=r"URLs are not downloaded and ~ is not expanded\)$"):
+        create_dataset(_csv(root / "m.csv", [*_folder_rows(root), {"path": path, "label": "a"}]))
+
+
 def test_header_only_csv(tmp_path):
     csv = tmp_path / "m.csv"
     csv.write_text("path,label\n")
