@@ -6,6 +6,8 @@ The separation's groups (METHOD.md: Correct, Mis-H, Mis-L), the report's ``categ
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 CATEGORIES: tuple[str, str, str] = ("clean", "mislabeled_hq", "mislabeled_lq")
@@ -31,3 +33,10 @@ def truth_categories(*, is_low_quality: np.ndarray, is_label_noisy: np.ndarray) 
     """
     index = np.where(is_low_quality, MIS_L, np.where(is_label_noisy, MIS_H, CLEAN))
     return np.asarray(CATEGORIES)[index]
+
+
+def holds_verdicts(values: Sequence[object] | np.ndarray) -> bool:
+    """Whether every value of a manifest's ``category`` column is one of `CATEGORIES`: a truth written by ``qmix
+    corrupt`` or by hand, rather than a column of the user's own that happens to bear the name (animal / vehicle),
+    which training must not score against and ``qmix apply`` must not overwrite."""
+    return bool(np.isin(np.asarray(values, dtype=object).astype(str), CATEGORIES).all())

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pandas as pd
 
+from qmix_cli.categories import holds_verdicts
 from qmix_cli.data.images import IMAGE_SUFFIXES, ImageInfo, scan_images
 from qmix_cli.data.scan_cache import cached_scan, file_stats
 from qmix_cli.errors import ConfigError, DataError, summarise_offenders
@@ -104,7 +105,7 @@ class Dataset:
         return self.frame["sample_id"].tolist()
 
     def has_truth(self) -> bool:
-        return {"category", "true_label"} <= set(self.frame.columns)
+        return {"category", "true_label"} <= set(self.frame.columns) and holds_verdicts(self.frame["category"])
 
 
 def paths_for_manifest(paths: Iterable[str], *, folder: str | Path | None) -> list[str]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from qmix_cli.categories import CATEGORIES, MIS_H, MIS_L, truth_categories
+from qmix_cli.categories import CATEGORIES, MIS_H, MIS_L, holds_verdicts, truth_categories
 from qmix_cli.errors import QmixError, summarise_offenders
 from qmix_cli.reporting.report import as_bool, check_verdict_rows, given_label_mismatches
 
@@ -183,7 +183,7 @@ def _indexed_report(report: pd.DataFrame) -> pd.DataFrame:
 def _updated_truth(frame: pd.DataFrame) -> pd.DataFrame:
     """Truth columns of a ``qmix corrupt`` manifest recomputed for the new labels (`truth_categories`), so that
     training's separation AUCs and ``qmix evaluate`` score against what the new manifest says."""
-    if not {"true_label", "category"} <= set(frame.columns):
+    if not {"true_label", "category"} <= set(frame.columns) or not holds_verdicts(frame["category"]):
         return frame
     if "is_low_quality" in frame.columns:
         is_lq = as_bool(frame["is_low_quality"], name="is_low_quality")

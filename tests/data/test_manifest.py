@@ -462,6 +462,14 @@ def test_urls_and_home_paths_are_said_to_be_unsupported(make_image_folder, path)
         create_dataset(_csv(root / "m.csv", [*_folder_rows(root), {"path": path, "label": "a"}]))
 
 
+def test_a_category_column_of_the_users_own_is_no_truth(make_image_folder):
+    root = make_image_folder(classes=("a", "b"), per_class=2)
+    rows = pd.DataFrame(_folder_rows(root)).assign(true_label=["a", "a", "b", "b"])
+    assert create_dataset(_csv(root / "t.csv", rows.assign(category="clean").to_dict("records"))).has_truth()
+    own = rows.assign(category=["animal", "animal", "vehicle", "vehicle"]).to_dict("records")
+    assert not create_dataset(_csv(root / "own.csv", own)).has_truth()
+
+
 def test_header_only_csv(tmp_path):
     csv = tmp_path / "m.csv"
     csv.write_text("path,label\n")

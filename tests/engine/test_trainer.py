@@ -26,6 +26,7 @@ from qmix_cli.api import audit, train
 from qmix_cli.config import config_from_dict, load_config_file
 from qmix_cli.data.cache import cached_images
 from qmix_cli.data.manifest import create_dataset
+from qmix_cli.engine import trainer
 from qmix_cli.engine.checkpoint import load_checkpoint
 from qmix_cli.engine.trainer import size_hint
 from qmix_cli.errors import ConfigError, DataError, QmixError, TrainingError
@@ -642,3 +643,13 @@ def test_size_hint_names_the_enlargement_and_a_size_that_fits(options, side, sug
 )
 def test_size_hint_says_nothing_where_enlarging_is_cheap_usual_or_unknown(options, side):
     assert size_hint(config_from_dict(options), image_side=side) is None
+
+
+def test_training_scores_against_a_category_column_only_when_it_holds_verdicts(make_image_folder):
+    root = make_image_folder(classes=("a", "b"), per_class=2)
+    rows = pd.DataFrame({"path": [f"{c}/{i}.png" for c in "ab" for i in range(2)], "label": list("aabb")})
+    rows.assign(category=["clean", "mislabeled_hq", "clean", "mislabeled_lq"]).to_csv(root / "t.csv", index=False)
+    is_clean, is_hq = trainer._truth(create_dataset(root / "t.csv"))
+    assert is_clean.tolist() == [True, False, True, False] and is_hq.tolist() == [True, True, True, False]
+    rows.assign(category=["animal", "animal", "vehicle", "vehicle"]).to_csv(root / "own.csv", index=False)
+    assert trainer._truth(create_dataset(root / "own.csv")) == (None, None)

@@ -69,6 +69,9 @@ def test_truth_columns_follow_the_new_labels() -> None:
     assert out["category"].tolist() == [C, C, C, C, L, L]
     without_truth = apply_verdicts(manifest(category="x"), report()).frame
     assert set(without_truth["category"]) == {"x"}  # not a qmix corrupt manifest: its columns are its own
+    own = ["animal", "animal", "vehicle", "animal", "vehicle", "animal"]  # a column of the user's, and true labels
+    kept = apply_verdicts(manifest(true_label=TRUE, category=own), report(), lq="keep").frame
+    assert kept["category"].tolist() == own
 
 
 def test_images_without_a_verdict() -> None:
