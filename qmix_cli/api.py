@@ -366,27 +366,44 @@ def show(
 
 
 def evaluate(
-    report: str | Path, *, truth: str | Path, on_missing: str = "error", group_column: str | None = None
+    report: str | Path,
+    *,
+    truth: str | Path,
+    on_missing: str = "error",
+    on_unchecked: str = "error",
+    group_column: str | None = None,
 ) -> dict[str, Any]:
-    """Compare a report with the truth columns of a manifest written by ``qmix corrupt``; returns a JSON-able dict.
+    """Compare a report with the truth columns of a manifest written by ``qmix corrupt`` (or by hand: ``sample_id``
+    or ``path``, and ``category``); returns a JSON-able dict.
 
-    ``on_missing="skip"`` scores a report of part of the truth's images on those (see `evaluate_report`).
+    ``on_missing="skip"`` scores a report of part of the truth's images on those, ``on_unchecked="skip"`` a report
+    on a truth of part of its images (see `evaluate_report`).
     ``group_column`` (default: the column a Parquet report's audit grouped by, where the truth has it) scores the
     table by group too."""
+    from qmix_cli.categories import truth_categories
     from qmix_cli.data.manifest import read_manifest
     from qmix_cli.errors import DataError
     from qmix_cli.reporting.evaluate import evaluate_report
-    from qmix_cli.reporting.report import read_report
+    from qmix_cli.reporting.report import as_bool, read_report
 
     frame = read_report(report)
     truth_frame, _ = read_manifest(truth)
-    if "category" not in truth_frame.columns:
-        raise DataError(f"{truth} has no truth columns (category); it must be a manifest written by qmix corrupt")
+    if "category" not in truth_frame.columns and {"is_low_quality", "is_label_noisy"} <= set(truth_frame.columns):
+        is_lq = as_bool(truth_frame["is_low_quality"], name="is_low_quality")
+        noisy = as_bool(truth_frame["is_label_noisy"], name="is_label_noisy")
+        truth_frame = truth_frame.assign(category=truth_categories(is_low_quality=is_lq, is_label_noisy=noisy))
+    if "category" not in truth_frame.columns or not {"sample_id", "path"} & set(truth_frame.columns):
+        raise DataError(
+            f"{truth} has no truth: it needs a sample_id (or path) column and a category column of clean, "
+            "mislabeled_hq or mislabeled_lq (or is_low_quality and is_label_noisy), as qmix corrupt writes them"
+        )
     if "sample_id" not in truth_frame.columns:
         truth_frame = truth_frame.assign(sample_id=truth_frame["path"])
     if group_column is None and frame.attrs["qmix"].get("group_column") in truth_frame.columns:
         group_column = frame.attrs["qmix"]["group_column"]
-    return evaluate_report(report=frame, truth=truth_frame, on_missing=on_missing, group_column=group_column)
+    return evaluate_report(
+        report=frame, truth=truth_frame, on_missing=on_missing, on_unchecked=on_unchecked, group_column=group_column
+    )
 
 
 def apply(

@@ -25,6 +25,13 @@ def evaluate_command(
             "(a report written with --on-bad-image skip)."
         ),
     ] = "error",
+    on_unchecked: Annotated[
+        str,
+        typer.Option(
+            help="Report rows the truth lacks: error, or skip them and score the images the truth covers "
+            "(a truth of the images checked by hand)."
+        ),
+    ] = "error",
     per_class: Annotated[
         bool | None,
         typer.Option(
@@ -46,7 +53,7 @@ def evaluate_command(
     from qmix_cli.api import evaluate
     from qmix_cli.reporting.evaluate import render_evaluation
 
-    result = evaluate(report, truth=truth, on_missing=on_missing, group_column=group_column)
+    result = evaluate(report, truth=truth, on_missing=on_missing, on_unchecked=on_unchecked, group_column=group_column)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:

@@ -48,7 +48,12 @@ PER_CLASS_ROWS = 20
 
 
 def evaluate_report(
-    *, report: pd.DataFrame, truth: pd.DataFrame, on_missing: str = "error", group_column: str | None = None
+    *,
+    report: pd.DataFrame,
+    truth: pd.DataFrame,
+    on_missing: str = "error",
+    on_unchecked: str = "error",
+    group_column: str | None = None,
 ) -> dict[str, Any]:
     """Compare a report with the truth, image by image (joined on ``sample_id``).
 
@@ -65,14 +70,18 @@ def evaluate_report(
     on_missing
         Truth rows the report lacks: ``"error"``, or ``"skip"`` to score the report on the images it covers (a
         report of part of the images, e.g. an audit with ``on_bad_image="skip"``). Report rows the truth lacks
-        are always an error.
+        are governed by ``on_unchecked``.
+    on_unchecked
+        Report rows the truth lacks: ``"error"``, or ``"skip"`` to score the report on the images the truth covers
+        (a truth of part of the images: those checked by hand). Either way the two must share an image.
     group_column
         A column of ``truth`` saying which images belong together (a patient): adds ``groups``.
 
     Returns
     -------
     dict
-        ``n``; ``left_out`` (truth rows not in the report, 0 unless ``on_missing="skip"``); ``counts``
+        ``n``; ``left_out`` (truth rows not in the report, 0 unless ``on_missing="skip"``); ``unchecked`` (report
+        rows not in the truth, 0 unless ``on_unchecked="skip"``); ``counts``
         (``truth`` / ``predicted`` per category); ``per_category`` (category →
         ``precision``, ``recall``, ``f1``, ``support``); ``macro_f1``; ``accuracy``; ``confusion_matrix``
         (``labels``, ``matrix`` as nested lists, rows truth, columns predicted); ``detection`` (``precision``,
@@ -91,14 +100,15 @@ def evaluate_report(
     Raises
     ------
     QmixError
-        Missing columns, unknown categories, duplicate ids, or ids present on one side only (report rows only,
-        with ``on_missing="skip"``).
+        Missing columns, unknown categories, duplicate ids, ids present on one side only where not skipped, or no
+        image in common.
     """
-    if on_missing not in ("error", "skip"):
-        raise QmixError(f"on-missing must be error or skip (got {on_missing!r})")
+    for name, value in (("on-missing", on_missing), ("on-unchecked", on_unchecked)):
+        if value not in ("error", "skip"):
+            raise QmixError(f"{name} must be error or skip (got {value!r})")
     _require_columns(report, _REPORT_COLUMNS, what="report")
     _require_columns(truth, _TRUTH_COLUMNS, what="truth")
-    joined = _join(report=report, truth=truth, skip_missing=on_missing == "skip")
+    joined = _join(report=report, truth=truth, skip_missing=on_missing == "skip", skip_unchecked=on_unchecked == "skip")
     if joined.empty:
         raise QmixError("the report is empty: nothing to evaluate")
 
@@ -166,6 +176,7 @@ def evaluate_report(
     return {
         "n": len(joined),
         "left_out": len(truth) - len(joined),
+        "unchecked": len(report) - len(joined),
         "counts": {
             "truth": {name: int((y_true == name).sum()) for name in labels},
             "predicted": {name: int((y_pred == name).sum()) for name in labels},
@@ -313,8 +324,9 @@ def render_evaluation(result: Mapping[str, Any], console: Console, *, per_class:
     the suggested relabels (when scored); the confusion matrix; detection by given label when ``per_class`` is
     True, or when it is None and there are at most :data:`PER_CLASS_ROWS` classes.
     """
-    left_out = result["left_out"]
+    left_out, unchecked = result["left_out"], result.get("unchecked", 0)
     scored = f"{result['n']} images" + (f"; {left_out} of the truth's not in the report, left out" if left_out else "")
+    scored += f"; {unchecked} of the report's not in the truth, left out" if unchecked else ""
     per_cat = Table(title=f"Categories ({scored})", title_justify="left")
     per_cat.add_column("category")
     for name in ("precision", "recall", "F1", "support"):
@@ -403,16 +415,24 @@ def _require_columns(frame: pd.DataFrame, columns: tuple[str, ...], *, what: str
         raise QmixError(f"the {what} lacks column(s): {', '.join(missing)}")
 
 
-def _join(*, report: pd.DataFrame, truth: pd.DataFrame, skip_missing: bool = False) -> pd.DataFrame:
-    """Join on ``sample_id`` once both sides hold the same unique ids (the report's a subset of the truth's with
-    ``skip_missing``) and valid categories."""
+def _join(
+    *, report: pd.DataFrame, truth: pd.DataFrame, skip_missing: bool = False, skip_unchecked: bool = False
+) -> pd.DataFrame:
+    """Join on ``sample_id`` once both sides hold the same unique ids (the truth's may lack some of the report's
+    with ``skip_unchecked``, the report's some of the truth's with ``skip_missing``) and valid categories."""
     rep, tru = check_verdict_rows(report, what="report"), check_verdict_rows(truth, what="truth")
 
     rep_ids, tru_ids = set(rep["sample_id"]), set(tru["sample_id"])
+    if not rep_ids & tru_ids and rep_ids and tru_ids:
+        raise QmixError("the report and the truth share no image (sample_id): is this the truth of that dataset?")
     problems = []
     only_report = sorted(rep_ids - tru_ids)
-    if only_report:
-        problems.append(summarise_offenders("report rows missing from the truth", only_report))
+    if only_report and not skip_unchecked:
+        problems.append(
+            summarise_offenders("report rows missing from the truth", only_report)
+            + " (to score the report on a truth of part of its images, such as those checked by hand, pass "
+            "--on-unchecked skip)"
+        )
     only_truth = sorted(tru_ids - rep_ids)
     if only_truth and not skip_missing:
         problems.append(
@@ -424,7 +444,10 @@ def _join(*, report: pd.DataFrame, truth: pd.DataFrame, skip_missing: bool = Fal
     if "given_label" in rep.columns and "label" in tru.columns:
         # Same ids, other labels: the truth of another corruption (another seed) of the same images, which would
         # score the report against verdicts about labels it never saw.
-        differ = given_label_mismatches(rep.set_index("sample_id")["given_label"], tru.set_index("sample_id")["label"])
+        shared = rep[rep["sample_id"].isin(tru_ids)]
+        differ = given_label_mismatches(
+            shared.set_index("sample_id")["given_label"], tru.set_index("sample_id")["label"]
+        )
         if differ:
             raise QmixError(
                 summarise_offenders("images whose given label in the report is not the truth manifest's", differ)

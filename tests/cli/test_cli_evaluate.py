@@ -135,13 +135,47 @@ def test_a_report_of_part_of_the_images_is_scored_on_those_when_asked(runner, re
     table = runner.invoke(app, [*args, "--on-missing", "skip"])
     assert "10 of the truth's not in the report, left out" in " ".join(table.stdout.split())
 
-    # Report rows the truth lacks are never skipped: they are verdicts about images nobody can check.
+    # Report rows the truth lacks are another matter (--on-unchecked): --on-missing does not skip them.
     truth_part = tmp_path / "truth_part.parquet"
     pd.read_parquet(noisy_digits / "manifest.parquet").iloc[10:].to_parquet(truth_part)
     result = runner.invoke(app, ["evaluate", str(report), "--truth", str(truth_part), "--on-missing", "skip"])
-    _assert_one_line_error(result, "10 report rows missing from the truth")
+    _assert_one_line_error(result, "10 report rows missing from the truth", "--on-unchecked skip")
     result = runner.invoke(app, [*args, "--on-missing", "maybe"])
     _assert_one_line_error(result, "on-missing must be error or skip")
+
+
+def test_a_truth_written_by_hand_for_part_of_the_images_scores_those(runner, report, noisy_digits, tmp_path, joined):
+    # What a team that re-graded a sample writes: ids and verdicts, nothing else, for 60 of the report's images.
+    checked = joined.sample(60, random_state=0)
+    hand = tmp_path / "hand.csv"
+    checked[["sample_id", "category_truth"]].rename(columns={"category_truth": "category"}).to_csv(hand, index=False)
+    args = ["evaluate", str(report), "--truth", str(hand)]
+    _assert_one_line_error(runner.invoke(app, args), "report rows missing from the truth", "--on-unchecked skip")
+    result = runner.invoke(app, [*args, "--on-unchecked", "skip", "--json"])
+    assert result.exit_code == 0, (result.output, _stderr(result))
+    metrics = json.loads(result.stdout)
+    assert (metrics["n"], metrics["unchecked"], metrics["left_out"]) == (60, len(joined) - 60, 0)
+    assert metrics["macro_f1"] == pytest.approx(
+        f1_score(checked["category_truth"], checked["category"], labels=CATEGORIES, average="macro")
+    )
+    table = runner.invoke(app, [*args, "--on-unchecked", "skip"])
+    assert f"{len(joined) - 60} of the report's not in the truth, left out" in " ".join(table.stdout.split())
+    # The flags qmix corrupt writes say the same as the category; a truth of other images is still refused.
+    flags = checked[["sample_id", "is_low_quality", "is_label_noisy"]]
+    flags.to_csv(tmp_path / "flags.csv", index=False)
+    result = runner.invoke(app, ["evaluate", str(report), "--truth", str(tmp_path / "flags.csv"), "--json",
+                                 "--on-unchecked", "skip"])  # fmt: skip
+    assert json.loads(result.stdout)["macro_f1"] == pytest.approx(metrics["macro_f1"])
+    checked.assign(sample_id="other-" + checked["sample_id"])[["sample_id", "category_truth"]].rename(
+        columns={"category_truth": "category"}
+    ).to_csv(tmp_path / "other.csv", index=False)
+    other = runner.invoke(
+        app, ["evaluate", str(report), "--truth", str(tmp_path / "other.csv"), "--on-unchecked", "skip"]
+    )
+    _assert_one_line_error(other, "share no image")
+    (tmp_path / "bare.csv").write_text("sample_id,verdict\nx,clean\n")
+    bare = runner.invoke(app, ["evaluate", str(report), "--truth", str(tmp_path / "bare.csv")])
+    _assert_one_line_error(bare, "needs a sample_id (or path) column and a category column of clean")
 
 
 def test_truth_of_another_corruption_is_refused(runner, report, noisy_digits, tmp_path):
