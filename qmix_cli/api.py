@@ -36,7 +36,8 @@ def _reporter(console: Console | None, quiet: bool) -> Iterator[Reporter]:
 
 def _log_scan(rep: Reporter, dataset: Dataset) -> None:
     """Say how many files of an image folder's class folders were passed over as not images (DICOM, text, ...),
-    and what its layout suggests the user did not mean (`Dataset.notes`)."""
+    and what the dataset holds that the user probably did not mean or that is not read as it is (`Dataset.notes`:
+    its layout, strips, pages, transparency, files named twice, labels written alike)."""
     if dataset.ignored:
         from qmix_cli.data.manifest import describe_ignored
 

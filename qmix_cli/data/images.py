@@ -27,8 +27,10 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".
 
 # The size a JPEG is decoded for when only its readability is asked (no image kept): its smallest DCT scale, 1/8.
 _CHECK_ONLY = 1
+# Modes of more than 8 bits a pixel, scaled by each image's own range (`to_array`), all of them grey.
+WIDE_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "F"})
 # Modes whose pixels carry no colour: they become one-channel images.
-GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
+GRAY_MODES = frozenset({"1", "L", "LA", *WIDE_MODES})
 
 
 @dataclass(frozen=True)
@@ -51,11 +53,26 @@ def _see_through(img: Image.Image) -> bool:
     key's transparency)."""
     if not img.has_transparency_data:
         return False
-    try:
-        alpha = img.getchannel("A") if "A" in img.getbands() else img.convert("RGBA").getchannel("A")
-    except ValueError:  # a mode Pillow cannot convert: its transparency cannot be what the user sees either
-        return False
+    band = next((b for b in ("A", "a") if b in img.getbands()), None)  # "a": premultiplied (RGBa, La)
+    alpha = img.getchannel(band) if band else img.convert("RGBA").getchannel("A")
     return alpha.getextrema()[0] < 255
+
+
+def _extras(img: Image.Image) -> tuple[int, bool]:
+    """An image's pages or frames and whether it is see-through, for `pixel_notes`; (1, False) where Pillow cannot
+    tell: a damaged later page, or a mode it cannot convert, must not cost the first page its verdict (Pillow
+    raises TypeError, IndexError, OSError, ... for those)."""
+    try:
+        see_through = _see_through(img)
+    except Exception:
+        see_through = False
+    try:  # last: counting the frames of a GIF or a TIFF seeks through the file, past the pixels just read
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Corrupt EXIF data" of a damaged later page: not the user's concern
+            frames = getattr(img, "n_frames", 1)
+    except Exception:
+        frames = 1
+    return frames, see_through
 
 
 def default_workers() -> int:
@@ -90,9 +107,7 @@ def inspect_image(
                 _load(img, size if keep is not None else _CHECK_ONLY)
                 if keep is not None:
                     keep(img)
-                see_through = _see_through(img)
-                # Last: counting the frames of a GIF or a TIFF seeks through the file, past the pixels just read.
-                frames = getattr(img, "n_frames", 1)
+                frames, see_through = _extras(img)
                 return ImageInfo(error=None, mode=img.mode, size=full_size, frames=frames, see_through=see_through)
     except FileNotFoundError:
         return ImageInfo(error="file not found")
@@ -113,7 +128,7 @@ def inspect_image(
 
 def to_array(img: Image.Image, *, channels: int) -> np.ndarray:
     """Convert a Pillow image to uint8 ``(H, W, channels)``, channels in {1, 3}."""
-    if img.mode in {"I", "I;16", "I;16B", "I;16L", "F"}:
+    if img.mode in WIDE_MODES:
         # 16-bit and float images (common in medical imaging) are rescaled by their own range, not clipped. A float
         # map's NaN or infinite pixels (masked or outside the scan) take its lowest value rather than blanking it.
         arr = np.asarray(img, dtype=np.float64)

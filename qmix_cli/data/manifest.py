@@ -8,6 +8,7 @@ returns a `Dataset`. Everything that can be wrong with user data is reported her
 from __future__ import annotations
 
 import contextlib
+import csv
 import os
 import re
 from collections import Counter
@@ -104,8 +105,12 @@ class Dataset:
     def sample_ids(self) -> list[str]:
         return self.frame["sample_id"].tolist()
 
-    def has_truth(self) -> bool:
-        return {"category", "true_label"} <= set(self.frame.columns) and holds_verdicts(self.frame["category"])
+    def truth(self) -> np.ndarray | None:
+        """(N,) str: the ``category`` column of a manifest with truth (``qmix corrupt``'s, or written by hand), or
+        None where there is none or the column is the user's own (not verdicts: `holds_verdicts`)."""
+        if "category" not in self.frame.columns or not holds_verdicts(self.frame["category"]):
+            return None
+        return self.frame["category"].astype(str).to_numpy()
 
 
 def paths_for_manifest(paths: Iterable[str], *, folder: str | Path | None) -> list[str]:
@@ -205,18 +210,22 @@ def check_output_file(dataset: Dataset, out: str | Path, *, option: str = "--out
 _KEY_COLUMNS = ("sample_id", *REQUIRED_COLUMNS)
 
 
+def _separator(path: Path) -> str:
+    """The separator of a CSV manifest: of comma, semicolon (a spreadsheet's export where the comma is the decimal
+    mark, R's ``write.csv2``) and tab, the one that splits its header into the most fields (quotes respected);
+    the comma where none splits it."""
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        header = f.readline()
+    widths = {sep: len(next(csv.reader([header], delimiter=sep), [])) for sep in (",", ";", "\t")}
+    return max(widths, key=lambda sep: (widths[sep], sep == ","))
+
+
 def _read_csv(path: Path) -> pd.DataFrame:
-    """A CSV manifest as text columns; one saved with semicolons (a spreadsheet's export where the comma is the
-    decimal mark) or tabs is read with that separator when its one column's name holds the required ones. A key
-    column named twice is refused (pandas would rename the second ``label.1`` and read the first without a word);
-    the empty, unnamed columns a trailing separator makes are dropped."""
-    sep = ","
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-    if len(frame.columns) == 1 and not set(REQUIRED_COLUMNS) <= set(frame.columns):
-        header = str(frame.columns[0])
-        sep = next((s for s in (";", "\t") if set(REQUIRED_COLUMNS) <= set(header.split(s))), sep)
-        if sep != ",":
-            frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""])
+    """A CSV manifest as text columns, by its separator (`_separator`). A key column named twice is refused (pandas
+    would rename the second ``label.1`` and read the first without a word); the empty, unnamed columns a
+    trailing separator makes are dropped."""
+    sep = _separator(path)
+    frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""])
     renamed = [name for name in _KEY_COLUMNS if f"{name}.1" in frame.columns]
     if renamed:
         header = pd.read_csv(path, sep=sep, header=None, nrows=1, dtype=str).iloc[0].tolist()
@@ -315,12 +324,13 @@ def repeat_notes(frame: pd.DataFrame, root: Path) -> list[str]:
     relative and absolute; links are not followed): one line saying how many, and how many of them carry
     different labels, which is itself a label disagreement a curator wants to see; or none."""
     paths = frame["path"]
-    keys = os.path.normpath(os.path.abspath(root)) + os.sep + paths
+    base = os.path.normpath(os.path.abspath(root))
+    keys = os.path.join(base, "") + paths  # the root "/" ends in its separator already
     # Only a path that is absolute or has "." or ".." segments or doubled separators can be spelled otherwise.
     odd = paths.str.startswith("/") | paths.str.contains(r"(?:^|/)\.\.?(?:/|$)|//", regex=True)
     if odd.any():
         keys = keys.copy()
-        keys[odd] = [os.path.normpath(os.path.join(root, p)) for p in paths[odd]]
+        keys[odd] = [os.path.normpath(os.path.join(base, p)) for p in paths[odd]]
     repeated = keys.duplicated(keep=False)
     if not repeated.any():
         return []
@@ -328,7 +338,7 @@ def repeat_notes(frame: pd.DataFrame, root: Path) -> list[str]:
     example = paths[repeated].iloc[0]
     files = len(labels)
     differ = f", {int((labels > 1).sum()):,} of them with different labels" if (labels > 1).any() else ""
-    return [f"{files:,} image files are named by more than one row{differ} (e.g. {example}); each row is judged apart"]
+    return [f"image files named by more than one row: {files:,}{differ} (e.g. {example}); each row is judged apart"]
 
 
 # Images are squashed to a square for training: one this many times as long as it is wide loses most of its length.
@@ -343,19 +353,20 @@ def pixel_notes(paths: Sequence[str], infos: Sequence[ImageInfo]) -> list[str]:
     long = [path for path, info in zip(paths, infos, strict=True) if max(info.size) >= _LONG_ASPECT * min(info.size)]
     if long:
         notes.append(
-            f"{len(long):,} images are at least {_LONG_ASPECT} times as long as they are wide (e.g. {long[0]}); "
-            "each image is resized to a square, so cut such strips into tiles first if their detail matters"
+            f"images at least {_LONG_ASPECT} times as long as they are wide: {len(long):,} (e.g. {long[0]}); each "
+            "image is resized to a square, so cut such strips into tiles first if their detail matters"
         )
     layered = [path for path, info in zip(paths, infos, strict=True) if info.frames > 1]
     if layered:
         notes.append(
-            f"{len(layered):,} images have several pages or frames; only the first is read (e.g. {layered[0]})"
+            f"images with several pages or frames, of which only the first is read: {len(layered):,} "
+            f"(e.g. {layered[0]})"
         )
     clear = [path for path, info in zip(paths, infos, strict=True) if info.see_through]
     if clear:
         notes.append(
-            f"{len(clear):,} images are partly transparent; their pixels are read as stored beneath the transparency "
-            f"(e.g. {clear[0]}): flatten them first if what they show is in the transparency"
+            f"partly transparent images, read as stored beneath the transparency: {len(clear):,} (e.g. {clear[0]}); "
+            "flatten them first if what they show is in the transparency"
         )
     return notes
 
@@ -623,7 +634,7 @@ def create_dataset(
         raise DataError(f"{name}: the dataset is empty (no images found){hint}")
     frame = _posix_separators(frame, root)
     _check_inside_root(frame, root, name)
-    notes = list(raw.attrs.get("notes", ())) + repeat_notes(frame, Path(root))
+    notes = list(raw.attrs.get("notes", ()))
 
     if classes is not None:
         classes = tuple(str(c) for c in classes)
@@ -654,7 +665,7 @@ def create_dataset(
         notes += pixel_notes(frame["path"].tolist(), infos)
 
     present = sorted(set(frame["label"]))
-    notes += label_notes(present)
+    notes += repeat_notes(frame, Path(root)) + label_notes(present)  # of the images kept
     if len(present) < min_classes:
         raise DataError(
             f"{name}: found {len(present)} class ({', '.join(present)}); at least {min_classes} are needed "

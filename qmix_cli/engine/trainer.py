@@ -23,7 +23,6 @@ import numpy as np
 import torch
 
 from qmix_cli import __version__
-from qmix_cli.categories import holds_verdicts
 from qmix_cli.config import TrainConfig, config_from_dict, dump_config, load_config_file
 from qmix_cli.data.cache import DecodeTarget, cached_images
 from qmix_cli.data.groups import likely_group_column
@@ -120,9 +119,9 @@ def dataset_fingerprint(dataset: Dataset) -> str:
 
 
 def _truth(dataset: Dataset) -> tuple[np.ndarray | None, np.ndarray | None]:
-    if "category" not in dataset.frame.columns or not holds_verdicts(dataset.frame["category"]):
+    cat = dataset.truth()
+    if cat is None:
         return None, None
-    cat = dataset.frame["category"].astype(str).to_numpy()
     return cat == "clean", cat != "mislabeled_lq"
 
 

@@ -109,8 +109,6 @@ def evaluate_report(
     _require_columns(report, _REPORT_COLUMNS, what="report")
     _require_columns(truth, _TRUTH_COLUMNS, what="truth")
     joined = _join(report=report, truth=truth, skip_missing=on_missing == "skip", skip_unchecked=on_unchecked == "skip")
-    if joined.empty:
-        raise QmixError("the report is empty: nothing to evaluate")
 
     y_true = joined["category_truth"].to_numpy(dtype=object)
     y_pred = joined["category_report"].to_numpy(dtype=object)
@@ -423,7 +421,10 @@ def _join(
     rep, tru = check_verdict_rows(report, what="report"), check_verdict_rows(truth, what="truth")
 
     rep_ids, tru_ids = set(rep["sample_id"]), set(tru["sample_id"])
-    if not rep_ids & tru_ids and rep_ids and tru_ids:
+    for ids, what in ((rep_ids, "report"), (tru_ids, "truth")):
+        if not ids:
+            raise QmixError(f"the {what} is empty: nothing to evaluate")
+    if not rep_ids & tru_ids:
         raise QmixError("the report and the truth share no image (sample_id): is this the truth of that dataset?")
     problems = []
     only_report = sorted(rep_ids - tru_ids)

@@ -148,7 +148,8 @@ def test_a_truth_written_by_hand_for_part_of_the_images_scores_those(runner, rep
     # What a team that re-graded a sample writes: ids and verdicts, nothing else, for 60 of the report's images.
     checked = joined.sample(60, random_state=0)
     hand = tmp_path / "hand.csv"
-    checked[["sample_id", "category_truth"]].rename(columns={"category_truth": "category"}).to_csv(hand, index=False)
+    verdicts = checked[["sample_id", "category_truth"]].rename(columns={"category_truth": "category"})
+    verdicts.to_csv(hand, index=False, sep=";")  # as a spreadsheet where the comma is the decimal mark saves it
     args = ["evaluate", str(report), "--truth", str(hand)]
     _assert_one_line_error(runner.invoke(app, args), "report rows missing from the truth", "--on-unchecked skip")
     result = runner.invoke(app, [*args, "--on-unchecked", "skip", "--json"])
@@ -173,9 +174,10 @@ def test_a_truth_written_by_hand_for_part_of_the_images_scores_those(runner, rep
         app, ["evaluate", str(report), "--truth", str(tmp_path / "other.csv"), "--on-unchecked", "skip"]
     )
     _assert_one_line_error(other, "share no image")
-    (tmp_path / "bare.csv").write_text("sample_id,verdict\nx,clean\n")
-    bare = runner.invoke(app, ["evaluate", str(report), "--truth", str(tmp_path / "bare.csv")])
-    _assert_one_line_error(bare, "needs a sample_id (or path) column and a category column of clean")
+    for name, text in (("bare.csv", "sample_id,verdict\nx,clean\n"), ("no_ids.csv", "category\nclean\n")):
+        (tmp_path / name).write_text(text)
+        bare = runner.invoke(app, ["evaluate", str(report), "--truth", str(tmp_path / name)])
+        _assert_one_line_error(bare, "needs a sample_id (or path) column and a category column of clean")
 
 
 def test_truth_of_another_corruption_is_refused(runner, report, noisy_digits, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import warnings
 from pathlib import Path
@@ -44,7 +45,7 @@ def test_image_folder_reads_sorted_classes_and_paths(make_image_folder):
     assert ds.labels.tolist() == expected
     assert all(p.is_file() for p in ds.abs_paths)
     assert ds.channels == 3
-    assert not ds.has_truth()
+    assert ds.truth() is None
     assert ds.ignored == {".txt": 1}  # passed over, but counted: the user is told
 
 
@@ -352,15 +353,16 @@ def test_strips_pages_and_transparency_not_read_as_they_are_are_named_and_rememb
     keyed.putpalette([0, 0, 0, 255, 255, 255])
     keyed.putpixel((0, 0), 1)
     keyed.save(root / "a" / "keyed.png", transparency=1)  # a palette entry that is see-through
-    Image.new("L", (64, 12), 90).save(root / "a" / "strip.png")  # an ECG-like strip, squashed to a square
+    Image.new("L", (48, 12), 90).save(root / "a" / "strip.png")  # an ECG-like strip, 4:1, squashed to a square
+    Image.new("L", (47, 12), 90).save(root / "b" / "wide.png")  # just under: no note
     strip = (
-        "1 images are at least 4 times as long as they are wide (e.g. a/strip.png); each image is resized to a "
+        "images at least 4 times as long as they are wide: 1 (e.g. a/strip.png); each image is resized to a "
         "square, so cut such strips into tiles first if their detail matters"
     )
-    layered = "2 images have several pages or frames; only the first is read (e.g. a/stack.tif)"
+    layered = "images with several pages or frames, of which only the first is read: 2 (e.g. a/stack.tif)"
     clear = (
-        "2 images are partly transparent; their pixels are read as stored beneath the transparency (e.g. "
-        "a/keyed.png): flatten them first if what they show is in the transparency"
+        "partly transparent images, read as stored beneath the transparency: 2 (e.g. a/keyed.png); flatten them "
+        "first if what they show is in the transparency"
     )
     assert create_dataset(root).notes == (strip, layered, clear)
     assert create_dataset(root).notes == (strip, layered, clear)  # the same from the remembered check
@@ -371,10 +373,13 @@ def test_strips_pages_and_transparency_not_read_as_they_are_are_named_and_rememb
 def test_a_spreadsheets_semicolon_or_tab_csv_is_read_by_its_separator(make_image_folder, sep):
     root = make_image_folder(classes=("a", "b"), per_class=2)
     rows = _folder_rows(root)
-    pd.DataFrame(rows).assign(note="x,y").to_csv(root / "m.csv", sep=sep, index=False)  # a comma inside a value
+    notes = ["x", "y", "0,5", "z"]  # a comma in a later row only (a decimal comma), which a comma parse trips on
+    pd.DataFrame(rows).assign(note=notes).to_csv(root / "m.csv", sep=sep, index=False)
     ds = create_dataset(root / "m.csv")
     assert ds.frame["path"].tolist() == [r["path"] for r in rows] and ds.classes == ("a", "b")
-    assert (ds.frame["note"] == "x,y").all()
+    assert ds.frame["note"].tolist() == notes
+    pd.DataFrame(rows).to_csv(root / "quoted.csv", sep=sep, index=False, quoting=csv.QUOTE_ALL)  # "path";"label"
+    assert create_dataset(root / "quoted.csv").frame["path"].tolist() == ds.frame["path"].tolist()
     pd.DataFrame({"file": ["x"], "class": ["a"]}).to_csv(root / "other.csv", sep=sep, index=False)
     with pytest.raises(DataError, match="missing column"):  # other columns: still named as they are
         create_dataset(root / "other.csv")
@@ -411,6 +416,10 @@ def test_spreadsheet_csv_quirks_are_read_or_named(make_image_folder):
     (root / "twice.csv").write_text("path,label,label\n" + body.replace(",\n", ",x\n"))
     with pytest.raises(DataError, match="the column 'label' is named 2 times; keep one"):
         create_dataset(root / "twice.csv")
+    (root / "own.csv").write_text("path,label,label.1\n" + body.replace(",\n", ",x\n"))  # a column of that name
+    assert create_dataset(root / "own.csv").frame["label.1"].tolist() == ["x"] * 4
+    pd.DataFrame(_folder_rows(root)).to_csv(root / "indexed.csv")  # pandas' index: a column with no name, kept
+    assert create_dataset(root / "indexed.csv").frame["Unnamed: 0"].tolist() == ["0", "1", "2", "3"]
     (root / "latin1.csv").write_bytes(
         ("path,label\n" + body.replace(",\n", "\n").replace(",a", ",caf\u00e9")).encode("latin-1")
     )
@@ -436,7 +445,7 @@ def test_a_parquet_error_is_one_line(tmp_path):
     assert str(exc.value).startswith(f"cannot read manifest {tmp_path / 'm.parquet'}: ") and "\n" not in str(exc.value)
 
 
-def test_a_file_named_by_several_rows_is_counted_with_its_labels(make_image_folder):
+def test_a_file_named_by_several_rows_is_counted_with_its_labels(make_image_folder, monkeypatch):
     root = make_image_folder(classes=("a", "b"), per_class=2)
     rows = _folder_rows(root)
     with pytest.raises(DataError, match=r"^1 paths listed more than once in .*: a/0\.png \(each row is an image"):
@@ -449,10 +458,12 @@ def test_a_file_named_by_several_rows_is_counted_with_its_labels(make_image_fold
     ds = create_dataset(_csv(root / "m.csv", [*({**r, "sample_id": r["path"]} for r in rows), *again]))
     assert len(ds) == 7
     assert ds.notes == (
-        "2 image files are named by more than one row, 1 of them with different labels (e.g. a/0.png); each row "
-        "is judged apart",
+        "image files named by more than one row: 2, 1 of them with different labels (e.g. a/0.png); each row is "
+        "judged apart",
     )
     assert create_dataset(_csv(root / "once.csv", rows)).notes == ()
+    monkeypatch.chdir(root.parent)  # the manifest named relative to the working directory, as on a command line
+    assert create_dataset(Path(root.name) / "m.csv").notes == ds.notes
 
 
 @pytest.mark.parametrize("path", ["https://example.org/x.png", "s3://bucket/x.png", "~/scans/x.png"])
@@ -465,9 +476,27 @@ def test_urls_and_home_paths_are_said_to_be_unsupported(make_image_folder, path)
 def test_a_category_column_of_the_users_own_is_no_truth(make_image_folder):
     root = make_image_folder(classes=("a", "b"), per_class=2)
     rows = pd.DataFrame(_folder_rows(root)).assign(true_label=["a", "a", "b", "b"])
-    assert create_dataset(_csv(root / "t.csv", rows.assign(category="clean").to_dict("records"))).has_truth()
+    truth = create_dataset(_csv(root / "t.csv", rows.assign(category="clean").to_dict("records"))).truth()
+    assert truth.tolist() == ["clean"] * 4
     own = rows.assign(category=["animal", "animal", "vehicle", "vehicle"]).to_dict("records")
-    assert not create_dataset(_csv(root / "own.csv", own)).has_truth()
+    assert create_dataset(_csv(root / "own.csv", own)).truth() is None
+
+
+def test_a_damaged_later_page_leaves_the_first_pages_verdict(tmp_path, write_image, recwarn):
+    import struct
+
+    write_image(tmp_path / "ds" / "b" / "fine.png")
+    pages = [Image.new("L", (8, 8), v) for v in (0, 120, 240)]
+    pages[0].save(tmp_path / "stack.tif", save_all=True, append_images=pages[1:])
+    data = bytearray((tmp_path / "stack.tif").read_bytes())
+    first = struct.unpack("<I", data[4:8])[0]
+    pointer = first + 2 + 12 * struct.unpack("<H", data[first : first + 2])[0]
+    data[pointer : pointer + 4] = struct.pack("<I", len(data) + 1000)  # the second page lies past the file's end
+    (tmp_path / "ds" / "a").mkdir(parents=True)
+    (tmp_path / "ds" / "a" / "stack.tif").write_bytes(bytes(data))
+    ds = create_dataset(tmp_path / "ds")  # Pillow raises TypeError counting its pages: not the image's fault
+    assert len(ds) == 2 and ds.notes == ()
+    assert not [w for w in recwarn if "EXIF" in str(w.message)]  # nor a warning about its damage
 
 
 def test_header_only_csv(tmp_path):

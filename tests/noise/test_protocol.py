@@ -246,7 +246,7 @@ def test_manifest_is_readable_with_truth(digits_run):
     result, _ = digits_run
     ds = create_dataset(result.out)
     assert len(ds) == 1797
-    assert ds.has_truth()
+    assert ds.truth() is not None
     assert ds.classes == tuple(str(i) for i in range(10))
     assert ds.channels == 1
     on_disk = pd.read_parquet(result.out / "manifest.parquet")

@@ -167,6 +167,33 @@ def test_mismatched_ids_are_reported() -> None:
     assert "1 truth rows missing from the report: extra" in message
 
 
+def test_a_truth_of_part_of_the_images_is_scored_on_those_when_asked() -> None:
+    report, truth = make_frames()
+    given = [f"class{i % 2}" for i in range(10)]
+    report = report.assign(given_label=given)
+    part = truth.assign(label=given[::-1])[truth["sample_id"] != "s03"]  # as a corrupt manifest's rows carry it
+    with pytest.raises(QmixError, match=r"1 report rows missing from the truth: s03 .*--on-unchecked skip"):
+        evaluate_report(report=report, truth=part)
+    both = evaluate_report(report=report, truth=part, on_unchecked="skip", on_missing="skip")
+    assert (both["n"], both["unchecked"], both["left_out"]) == (9, 1, 0)
+    keep = [i for i in range(10) if i != 3]
+    alone = evaluate_report(report=report.iloc[keep], truth=truth[truth["sample_id"] != "s03"])
+    assert both["macro_f1"] == alone["macro_f1"] and both["confusion_matrix"] == alone["confusion_matrix"]
+    other = part.assign(label="class9")  # the truth of another labelling of the same images: still refused
+    with pytest.raises(QmixError, match="given label in the report is not the truth manifest's"):
+        evaluate_report(report=report, truth=other, on_unchecked="skip")
+    with pytest.raises(QmixError, match="share no image"):
+        evaluate_report(report=report, truth=part.assign(sample_id="x" + part["sample_id"]), on_unchecked="skip")
+    for empty_report, empty_truth, what in ((True, False, "report"), (False, True, "truth")):
+        with pytest.raises(QmixError, match=f"^the {what} is empty: nothing to evaluate$"):
+            evaluate_report(
+                report=report.iloc[:0] if empty_report else report,
+                truth=truth.iloc[:0] if empty_truth else truth,
+                on_unchecked="skip",
+                on_missing="skip",
+            )
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
