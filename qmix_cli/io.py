@@ -182,16 +182,65 @@ def atomic_dir(out: str | Path, *, force: bool = False) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the output is an ordinary directory
     try:
         yield tmp
-        if out.exists():
+        if force and out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             os.replace(out, old)
             os.replace(tmp, out)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            os.replace(tmp, out)
+            try:  # a rename onto a directory that is not empty fails: what another process wrote meanwhile stays
+                os.replace(tmp, out)
+            except OSError as e:
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                raise QmixError(
+                    f"{out} was written by another process meanwhile; choose another --out or pass --force to "
+                    "replace it"
+                ) from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | Path) -> Iterator[None]:
+    """Hold ``run_dir`` for this process: a second one that asks while it is held (two runs of a sweep given the
+    same ``--out``) is refused at once instead of moving or mixing a live run's files.
+
+    The lock is an advisory ``flock`` on ``.<name>.lock`` beside the directory, released by the system whatever ends
+    the process; the file is removed when the block ends. Where ``fcntl`` is missing (Windows) nothing is locked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    run_dir = Path(run_dir).absolute()
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    path = run_dir.with_name(f".{run_dir.name}.lock")
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise QmixError(
+                f"{run_dir} is in use by another qmix process{f' (pid {holder})' if holder else ''}; wait for it "
+                "or choose another --out"
+            ) from None
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break  # the file still at that name: a holder that let go may have removed the one we opened
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # before letting go, so that a waiting opener retries on a fresh file
+        os.close(fd)
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

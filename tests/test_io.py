@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from qmix_cli.errors import NoSpaceError, QmixError
-from qmix_cli.io import atomic_write_text, format_bytes, is_one_of, read_metrics, reserve_space
+from qmix_cli.io import atomic_dir, atomic_write_text, format_bytes, is_one_of, read_metrics, reserve_space, run_lock
 
 
 def test_read_metrics_keeps_epoch_rows_and_drops_what_a_kill_leaves(tmp_path):
@@ -118,3 +118,51 @@ def test_other_reservation_failures_are_not_taken_for_a_full_disk(tmp_path, monk
                                          (3 << 40, "3.0 TiB")])  # fmt: skip
 def test_format_bytes(n, text):
     assert format_bytes(n) == text
+
+
+def test_a_run_directory_is_held_by_one_process_at_a_time(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "sweep" / "run"
+    lock = tmp_path / "sweep" / ".run.lock"
+    refused = rf"^{re.escape(str(run))} is in use by another qmix process \(pid {os.getpid()}\)"
+    with run_lock(run):
+        assert lock.read_text() == str(os.getpid())
+        with pytest.raises(QmixError, match=refused), run_lock(run):
+            pass
+    assert not lock.exists()  # let go and tidied
+    with run_lock(run):  # and free again
+        pass
+    # Another process holding it, as a sweep's second job would find the first.
+    script = f"from qmix_cli.io import run_lock\nwith run_lock({str(run)!r}):\n    print(1, flush=True)\n    input()"
+    holder = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "1"
+        with pytest.raises(QmixError, match=f"pid {holder.pid}"), run_lock(run):
+            pass
+    finally:
+        holder.kill()  # killed, not let go: the system releases its lock
+        holder.wait()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with run_lock(run):
+                break
+        except QmixError:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+
+def test_a_new_output_never_replaces_what_another_process_wrote_meanwhile(tmp_path):
+    out = tmp_path / "noisy"
+    with pytest.raises(QmixError, match="was written by another process meanwhile"), atomic_dir(out) as tmp:
+        (tmp / "mine.txt").write_text("mine")
+        out.mkdir()  # a concurrent `qmix corrupt --out noisy` finished first
+        (out / "theirs.txt").write_text("theirs")
+    assert sorted(p.name for p in out.iterdir()) == ["theirs.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["noisy"]  # nothing of ours left behind
+    with atomic_dir(out, force=True) as tmp:
+        (tmp / "mine.txt").write_text("mine")
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]

@@ -56,7 +56,7 @@ from qmix_cli.engine.steps import (
     supervised_epoch,
 )
 from qmix_cli.errors import ConfigError, TrainingError
-from qmix_cli.io import RUN_CHECKPOINTS, RUN_FILES, atomic_write_text, read_metrics
+from qmix_cli.io import RUN_CHECKPOINTS, RUN_FILES, atomic_write_text, read_metrics, run_lock
 from qmix_cli.progress import Reporter, SilentReporter
 
 CHECKPOINT = Path(RUN_CHECKPOINTS) / "last.pt"
@@ -597,7 +597,8 @@ def train(
     reporter: Reporter | None = None,
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
-    """Train ``cfg.method`` on ``dataset``, writing everything to ``run_dir``.
+    """Train ``cfg.method`` on ``dataset``, writing everything to ``run_dir``, which no other process may use
+    meanwhile (`qmix_cli.io.run_lock`: a second run given the same directory is refused).
 
     Parameters
     ----------
@@ -607,8 +608,24 @@ def train(
         Called with each epoch's metrics after its checkpoint is written (tests use it to simulate a kill).
     """
     run_dir = Path(run_dir)
-    reporter = reporter or SilentReporter()
-    check_output_dir(dataset, run_dir)
+    check_output_dir(dataset, run_dir)  # before the lock file beside it is made: never inside the dataset
+    with run_lock(run_dir):
+        return _train_locked(
+            dataset, cfg, run_dir, resume=resume, force=force, reporter=reporter or SilentReporter(),
+            on_epoch_end=on_epoch_end,
+        )  # fmt: skip
+
+
+def _train_locked(
+    dataset: Dataset,
+    cfg: TrainConfig,
+    run_dir: Path,
+    *,
+    resume: bool,
+    force: bool,
+    reporter: Reporter,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None,
+) -> TrainResult:
     _check_run_dir(run_dir, resume=resume, force=force)
     cfg.validate()
     if cfg.channels == "auto" and not dataset.channels:

@@ -146,6 +146,20 @@ def test_existing_out_is_refused_and_left_unchanged(runner, tmp_path, noisy_digi
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "notes.txt"]
 
 
+def test_a_run_directory_in_use_by_another_train_is_refused_untouched(runner, tmp_path, noisy_digits, hash_tree):
+    from qmix_cli.io import run_lock
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text("epochs: 99\n")  # a live run of the same sweep, given the same --out
+    before = hash_tree(out)
+    with run_lock(out):  # held as the other `qmix train` holds it
+        for extra in ((), ("--force",)):
+            result = _train(runner, noisy_digits, out, *TINY_FLAGS, *extra)
+            _assert_one_line_error(result, f"{out} is in use by another qmix process", "choose another --out")
+    assert hash_tree(out) == before and not (tmp_path / "run.previous").exists()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_on_a_cpu_only_machine(runner, tmp_path, noisy_digits):
     out = tmp_path / "run"
