@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 from typing import Annotated
 
 import typer
@@ -10,7 +11,7 @@ import typer
 from qmix_cli import __version__
 from qmix_cli.allocator import keep_freed_memory
 from qmix_cli.cli import apply, audit, corrupt, demo, evaluate, show, train
-from qmix_cli.cli.common import State
+from qmix_cli.cli.common import LastingStderr, State
 
 app = typer.Typer(
     name="qmix",
@@ -54,5 +55,6 @@ def _interrupt_on_sigterm(signum: int, frame: object) -> None:
 
 def main() -> None:
     signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+    sys.stderr = LastingStderr(sys.stderr)
     keep_freed_memory()
     app()

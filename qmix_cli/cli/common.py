@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import gc
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -30,6 +32,39 @@ class State:
     def err(self) -> Console:
         # Human-facing output goes to stderr so that stdout stays clean for pipes (`--out -`).
         return Console(stderr=True, quiet=self.quiet)
+
+
+class LastingStderr:
+    """``sys.stderr`` that outlives its reader: once the pipe it writes to is closed (``qmix train ... 2>&1 | head``,
+    a log collector that went away), later writes go to the null device instead of raising `BrokenPipeError` in
+    the middle of an epoch, so that a long run is not lost for its progress lines."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._to_null()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._to_null()
+
+    def _to_null(self) -> None:
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(devnull, self._stream.fileno())
+            finally:
+                os.close(devnull)
+
+    def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding, ...: the stream's own
+        return getattr(self._stream, name)
 
 
 def state(ctx: typer.Context | None) -> State:

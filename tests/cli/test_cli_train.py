@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from qmix_cli.cli.app import app
 from qmix_cli.config import TrainConfig
+from qmix_cli.io import read_metrics
 from tests.cli.helpers import assert_one_line_error as _assert_one_line_error
 from tests.cli.helpers import stderr_of as _stderr
 
@@ -144,6 +145,20 @@ def test_existing_out_is_refused_and_left_unchanged(runner, tmp_path, noisy_digi
     _assert_one_line_error(result, "already exists", "--resume", "--force")
     assert hash_tree(out) == before
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "notes.txt"]
+
+
+def test_a_run_whose_log_reader_goes_away_trains_on(tmp_path, noisy_digits):
+    # `qmix train ... 2>&1 | head -1`, or a log collector that died: the run must not die with its pipe.
+    import shlex
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    qmix = shlex.join([sys.executable, "-m", "qmix_cli", "train", str(noisy_digits), "--out", str(out), *TINY_FLAGS])
+    script = f'{qmix} 2>&1 | head -n 1; echo "rc=${{PIPESTATUS[0]}}"'
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.stdout.splitlines()[-1] == "rc=0", proc.stdout + proc.stderr
+    assert (out / "model.pt").is_file() and len(read_metrics(out / "metrics.jsonl")) == 2
 
 
 def test_a_run_directory_in_use_by_another_train_is_refused_untouched(runner, tmp_path, noisy_digits, hash_tree):
