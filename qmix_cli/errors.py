@@ -25,6 +25,14 @@ class NoSpaceError(QmixError):
     """The disk (or the user's quota) cannot hold a file qmix must write."""
 
 
+class UnwritableError(QmixError):
+    """A file cannot be created where it must go (no permission, a read-only file system); ``reason`` says why."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class TrainingError(QmixError):
     """Training cannot go on (NaN loss, incompatible checkpoint, ...)."""
 

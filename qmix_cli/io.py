@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from qmix_cli.errors import NoSpaceError, QmixError
+from qmix_cli.errors import NoSpaceError, QmixError, UnwritableError
 
 # What a write on a full disk or past a quota fails with.
 NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -86,7 +86,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), path.parent)
         raise QmixError(f"cannot write {path}: {blocker} is a file, not a folder") from None
     except OSError as exc:  # a read-only or virtual file system, no permission, no space
-        raise QmixError(f"cannot write {path}: {exc.strerror or exc}") from None
+        reason = exc.strerror or str(exc)
+        raise UnwritableError(f"cannot write {path}: {reason}", reason=reason) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:

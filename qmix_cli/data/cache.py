@@ -27,7 +27,7 @@ from PIL import Image
 from qmix_cli.data.builtin import default_cache_dir
 from qmix_cli.data.images import GRAY_MODES, default_workers, fit_image, read_image
 from qmix_cli.data.scan_cache import files_digest
-from qmix_cli.errors import NoSpaceError
+from qmix_cli.errors import NoSpaceError, QmixError, UnwritableError
 from qmix_cli.io import atomic_path, reserve_space
 
 if TYPE_CHECKING:  # manifest.py imports this module when it checks images
@@ -129,7 +129,10 @@ def cached_images(
     paths = dataset.file_paths
     kept = dataset.file_stats
     folder = _decoded_folder(cache_dir)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _unwritable(folder, e.strerror or str(e)) from None
     _remove_stale_partials(folder)
     decoded = {"size": size, "channels": channels, "jpeg_scale": jpeg_scale}
     # The kept stats fit the paths unless the caller edited ``dataset.frame`` since: then they are not used.
@@ -142,6 +145,24 @@ def cached_images(
     found = _open_cache(target, shape)
     if found is not None:
         return found
+    try:
+        _decode_to(target, dataset, shape, workers=workers, progress=progress, jpeg_scale=jpeg_scale)
+    except UnwritableError as e:  # a cache folder another user made read-only
+        raise _unwritable(folder, e.reason) from None
+    return np.load(target, mmap_mode="r")
+
+
+def _decode_to(
+    target: Path,
+    dataset: Dataset,
+    shape: tuple[int, ...],
+    *,
+    workers: int | None,
+    progress: Callable[[int], None] | None,
+    jpeg_scale: bool,
+) -> None:
+    """Decode ``dataset``'s images into a new cache file at ``target`` (published whole, or not at all)."""
+    paths, (_, channels, size, _) = dataset.file_paths, shape
     with atomic_path(target) as tmp:
         try:
             arr = _new_rows(tmp, shape)
@@ -156,7 +177,14 @@ def cached_images(
         )
         arr.flush()
         del arr
-    return np.load(target, mmap_mode="r")
+
+
+def _unwritable(folder: Path, reason: str) -> QmixError:
+    """The one line for a cache folder that cannot be written: what to point elsewhere."""
+    return QmixError(
+        f"cannot write the decoded-image cache in {folder} ({reason}); point --cache-dir (or QMIX_CACHE_DIR) at a "
+        "folder you can write"
+    )
 
 
 def _open_cache(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
@@ -171,7 +199,8 @@ def _open_cache(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
             return arr
     except (OSError, ValueError):
         pass
-    path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # in a read-only cache it stays; decoding anew then says where to write
+        path.unlink(missing_ok=True)
     return None
 
 

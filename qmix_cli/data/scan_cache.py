@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from qmix_cli.data.images import ImageInfo
+from qmix_cli.errors import QmixError
 from qmix_cli.io import atomic_write_text
 
 SCAN_CACHE_VERSION = "3"  # 3: frames and transparency recorded
@@ -71,7 +72,7 @@ def cached_scan(
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(target, json.dumps(_runs(infos), separators=(",", ":")))
-    except OSError:
+    except (OSError, QmixError):
         pass  # a read-only cache only costs the next run a re-check
     return infos
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from qmix_cli.data import cache
 from qmix_cli.data.cache import DecodeTarget, cache_key, cached_images
 from qmix_cli.data.images import inspect_image, read_image
 from qmix_cli.data.manifest import create_dataset
-from qmix_cli.errors import DataError, NoSpaceError
+from qmix_cli.errors import DataError, NoSpaceError, QmixError
 
 
 @pytest.fixture
@@ -421,3 +422,20 @@ def test_a_fill_on_a_full_disk_is_abandoned_and_the_decode_then_says_why(make_im
         cached_images(ds, size=8, channels=3, cache_dir=tmp_path)
     monkeypatch.undo()
     assert cached_images(ds, size=8, channels=3, cache_dir=tmp_path).shape == (6, 3, 8, 8)  # space freed: it works
+
+
+def test_a_cache_that_cannot_be_written_is_one_line_saying_where_to_point_it(rgb_dataset, tmp_path, monkeypatch):
+    hint = re.escape("point --cache-dir (or QMIX_CACHE_DIR) at a folder you can write")
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(QmixError, match=rf"^cannot write the decoded-image cache in .*a-file/decoded \(.*\); {hint}$"):
+        cached_images(rgb_dataset, size=8, channels=3, cache_dir=tmp_path / "a-file")
+
+    def denied(*args, **kwargs):  # what another user's read-only cache folder gives (tests may run as root)
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(cache.tempfile, "mkstemp", denied)
+    monkeypatch.setattr("qmix_cli.io.tempfile.mkstemp", denied)
+    with pytest.raises(QmixError, match=rf"^cannot write the decoded-image cache in .* \(Permission denied\); {hint}$"):
+        cached_images(rgb_dataset, size=8, channels=3, cache_dir=tmp_path / "shared")
+    # The image check's record is a shortcut: a cache that cannot hold it costs a re-check, not the run.
+    assert len(create_dataset(rgb_dataset.root, cache_dir=tmp_path / "shared")) == len(rgb_dataset)
