@@ -496,9 +496,18 @@ def _check_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--out {run_dir} is a file; a run needs a directory")
     if resume:
+        if not (run_dir / CHECKPOINT).is_file() and (run_dir / RUN_CHECKPOINTS).is_dir():
+            raise TrainingError(
+                f"nothing to resume: {run_dir} stopped before its first checkpoint; pass --force to start over"
+            )
         if not (run_dir / CHECKPOINT).is_file():
             raise TrainingError(f"nothing to resume: {run_dir / CHECKPOINT} does not exist")
     elif run_dir.exists() and any(run_dir.iterdir()):
+        if not force and not (run_dir / CHECKPOINT).is_file() and (run_dir / RUN_CHECKPOINTS).is_dir():
+            raise ConfigError(
+                f"{run_dir} holds a run stopped before its first checkpoint, so nothing to resume; pass --force to "
+                "start over"
+            )
         if not force:
             raise ConfigError(f"{run_dir} already exists; pass --resume to continue it or --force to start over")
         if not any((run_dir / name).exists() for name in (*RUN_FILES, RUN_CHECKPOINTS)):

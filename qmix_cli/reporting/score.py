@@ -80,11 +80,12 @@ def load_run(run_dir: str | Path, *, device: str = "auto") -> TrainedRun:
     if not run_dir.is_dir():
         raise QmixError(f"run directory not found: {run_dir}")
     if not (run_dir / "model.pt").is_file():
-        hint = (
-            " (training has not finished: resume it with qmix train --resume)"
-            if (run_dir / "checkpoints").is_dir()
-            else ""
-        )
+        if (run_dir / "checkpoints" / "last.pt").is_file():
+            hint = " (training has not finished: resume it with qmix train --resume)"
+        elif (run_dir / "checkpoints").is_dir():
+            hint = " (training stopped before its first checkpoint: start it again with qmix train --force)"
+        else:
+            hint = ""
         if (previous_run_dir(run_dir) / "model.pt").is_file():
             hint += f"; the finished run it replaces is in {previous_run_dir(run_dir)}"
         raise QmixError(f"{run_dir} holds no trained model (model.pt missing){hint}")

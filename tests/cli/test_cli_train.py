@@ -161,6 +161,23 @@ def test_a_run_whose_log_reader_goes_away_trains_on(tmp_path, noisy_digits):
     assert (out / "model.pt").is_file() and len(read_metrics(out / "metrics.jsonl")) == 2
 
 
+def test_a_run_killed_before_its_first_checkpoint_is_pointed_to_force(runner, tmp_path, noisy_digits, monkeypatch):
+    def killed(*args, **kwargs):  # Ctrl-C (or a scheduler's SIGTERM) while the first checkpoint was due
+        raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    monkeypatch.setattr("qmix_cli.engine.trainer.save_checkpoint", killed)
+    assert _train(runner, noisy_digits, out, *TINY_FLAGS).exit_code == 130
+    monkeypatch.undo()
+    hint = "stopped before its first checkpoint"
+    _assert_one_line_error(_train(runner, noisy_digits, out, *TINY_FLAGS), hint, "pass --force to start over")
+    resumed = runner.invoke(app, ["train", str(noisy_digits), "--out", str(out), "--resume"])
+    _assert_one_line_error(resumed, hint, "pass --force to start over")
+    audited = runner.invoke(app, ["audit", str(noisy_digits), "--run", str(out), "--out", str(tmp_path / "r.csv")])
+    _assert_one_line_error(audited, hint, "qmix train --force")
+    assert _train(runner, noisy_digits, out, *TINY_FLAGS, "--force").exit_code == 0
+
+
 def test_a_run_directory_in_use_by_another_train_is_refused_untouched(runner, tmp_path, noisy_digits, hash_tree):
     from qmix_cli.io import run_lock
 
