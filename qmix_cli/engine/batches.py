@@ -22,12 +22,14 @@ UPLOAD_CHUNK = 256 << 20
 
 
 class _GatherBatches(TorchDataset):
-    """Item ``i`` is the uint8 batch for ``batches[i]``; workers open the memory map themselves."""
+    """Item ``i`` is the uint8 batch for ``batches[i]``, read from ``images``, the cache's memory map as the run
+    opened it: in this process and in forked workers, a cache file deleted meanwhile stays readable (the mapping
+    holds it). Spawned workers are sent the path and open the file themselves."""
 
-    def __init__(self, path: Path, batches: Sequence[np.ndarray]) -> None:
-        self.path = path
+    def __init__(self, images: np.memmap, batches: Sequence[np.ndarray]) -> None:
+        self.path = Path(images.filename)
         self.batches = batches
-        self._images: np.ndarray | None = None
+        self._images: np.ndarray | None = images
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -66,13 +68,14 @@ class ImageStore:
     """All training images at the training size, served as uint8 (B, C, H, W) batches on ``device``."""
 
     def __init__(self, images: np.ndarray, *, device: torch.device, workers: int = 0) -> None:
-        self.path = Path(images.filename) if isinstance(images, np.memmap) else None
+        self.mapped = images if isinstance(images, np.memmap) else None
         self.shape = images.shape
         self.device = device
         self.workers = workers
         self.tensor: torch.Tensor | None = None
-        if self.path is None or self._fits(images.nbytes):
+        if self.mapped is None or self._fits(images.nbytes):
             self.tensor = resident_copy(images, device)
+            self.mapped = None
 
     def _fits(self, nbytes: int) -> bool:
         if self.device.type == "cuda":
@@ -88,9 +91,9 @@ class ImageStore:
             for idx in batches:
                 yield self.tensor[index_tensor(idx, self.device)]
             return
-        assert self.path is not None
+        assert self.mapped is not None
         loader = DataLoader(
-            _GatherBatches(self.path, batches),
+            _GatherBatches(self.mapped, batches),
             batch_size=None,
             shuffle=False,
             num_workers=self.workers,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -31,6 +33,19 @@ def test_store_serves_the_batches_asked_for_in_order(cache):
     assert [len(b) for b in served] == [4, 4, 3]
     for idx, batch in zip(batches, served, strict=True):
         assert np.array_equal(batch.numpy(), np.asarray(cache)[idx])
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_store_too_large_to_hold_reads_its_map_even_once_the_cache_is_deleted(cache, monkeypatch, workers):
+    monkeypatch.setattr("qmix_cli.engine.batches.CPU_RESIDENT_LIMIT", 0)  # read batch by batch, as >2 GiB caches are
+    store = ImageStore(cache, device=torch.device("cpu"), workers=workers)
+    assert store.tensor is None
+    expected = np.array(cache)
+    batches = epoch_batches(np.arange(len(cache)), batch_size=4, gen=torch.Generator().manual_seed(1), drop_last=False)
+    for _epoch in range(2):
+        served = list(store.iterate(batches))
+        assert all(np.array_equal(b.numpy(), expected[idx]) for idx, b in zip(batches, served, strict=True))
+        Path(cache.filename).unlink(missing_ok=True)  # `rm -rf ~/.cache/qmix` during the run
 
 
 def test_index_tensor_is_int64_on_the_device_whatever_the_input_dtype():
