@@ -15,7 +15,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,13 +87,55 @@ def decode_all(
 # A partial decode older than this was left by a process that was killed (SIGKILL runs no cleanup); a live one
 # touches its file as it writes. Decoded arrays run to gigabytes, so they are not left to pile up.
 STALE_PARTIAL_SECONDS = 24 * 3600
+# A partial its writer holds no lock on and has not touched for this long was left by a killed process too: a
+# sweep whose jobs are killed again and again would otherwise pile up dataset-sized files for a day. (The wait
+# spares a writer of an older qmix, which held no lock, and the moment between a file's creation and its lock.)
+UNHELD_PARTIAL_SECONDS = 60
+
+
+def _hold(fd: int) -> None:
+    """Mark the partial file open at ``fd`` as being written, until ``fd`` is closed (`_remove_stale_partials`)."""
+    with contextlib.suppress(ImportError, OSError):  # no fcntl (Windows), or a file system without locks
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+@contextlib.contextmanager
+def _holding(path: Path) -> Iterator[None]:
+    """`_hold` the partial file at ``path`` while the block writes it."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        _hold(fd)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _held(path: Path) -> bool:
+    """Whether a live process holds the partial file at ``path`` (True where that cannot be told)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return True
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def _remove_stale_partials(folder: Path) -> None:
     now = time.time()
     for tmp in folder.glob(".*.npy.*.tmp"):
         with contextlib.suppress(OSError):  # another process may clean it up at the same moment
-            if now - tmp.stat().st_mtime > STALE_PARTIAL_SECONDS:
+            quiet = now - tmp.stat().st_mtime
+            if quiet > STALE_PARTIAL_SECONDS or (quiet > UNHELD_PARTIAL_SECONDS and not _held(tmp)):
                 tmp.unlink()
 
 
@@ -163,7 +205,7 @@ def _decode_to(
 ) -> None:
     """Decode ``dataset``'s images into a new cache file at ``target`` (published whole, or not at all)."""
     paths, (_, channels, size, _) = dataset.file_paths, shape
-    with atomic_path(target) as tmp:
+    with atomic_path(target) as tmp, _holding(tmp):
         try:
             arr = _new_rows(tmp, shape)
         except NoSpaceError as e:
@@ -248,7 +290,8 @@ class CacheFill:
         folder.mkdir(parents=True, exist_ok=True)
         # Named like `atomic_path`'s partials, so that one left by a killed process is cleaned up alike.
         fd, name = tempfile.mkstemp(prefix=".fill.npy.", suffix=".tmp", dir=folder)
-        os.close(fd)
+        _hold(fd)  # kept open, and held, until `close`
+        self._lock_fd: int | None = fd
         self.tmp = Path(name)
         self.rows: np.memmap | None = None
         self.abandoned = False
@@ -258,6 +301,7 @@ class CacheFill:
                 self._allocate()
             except BaseException:
                 self.tmp.unlink(missing_ok=True)  # e.g. a file system that cannot hold a file that large
+                os.close(fd)
                 raise
         self._decided = target.channels is not None  # with ``channels: auto``, once the first image is put
 
@@ -348,3 +392,6 @@ class CacheFill:
         """Drop the partial file (what `finish` did not move into the cache)."""
         self.rows = None  # unmaps it
         self.tmp.unlink(missing_ok=True)
+        if self._lock_fd is not None:
+            fd, self._lock_fd = self._lock_fd, None  # closed once: a second close could hit a reused descriptor
+            os.close(fd)

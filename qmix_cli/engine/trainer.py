@@ -657,6 +657,10 @@ def _train_locked(
                 f"{cfg.epochs})"
             )
     _make_run_dir(run_dir, resume=resume, reporter=reporter)
+    # Partial files of a process killed while it wrote them (SIGKILL runs no cleanup): under the run's lock no
+    # other process can be writing any.
+    for partial in (*run_dir.glob(".*.tmp"), *(run_dir / RUN_CHECKPOINTS).glob(".*.tmp")):
+        partial.unlink(missing_ok=True)
     if not resume:
         reporter.log(_start_line(run))
         # Only a new run is worth the hint, and only where the audit reads probes that a group column can fold.

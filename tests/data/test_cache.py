@@ -145,6 +145,47 @@ def test_partials_left_by_a_killed_decode_are_removed_once_stale(rgb_dataset, tm
     assert fresh.exists()  # may belong to a decode still running in another process
 
 
+def test_a_partial_no_writer_holds_goes_within_minutes_and_a_held_one_stays(rgb_dataset, tmp_path):
+    import fcntl
+
+    folder = tmp_path / "decoded"
+    folder.mkdir()
+    killed, writing = folder / ".abc.npy.k1ll3d.tmp", folder / ".def.npy.wr1t1ng.tmp"
+    minutes_ago = killed.parent.stat().st_mtime - cache.UNHELD_PARTIAL_SECONDS - 5
+    for path in (killed, writing):
+        path.write_bytes(b"\0" * 64)
+        os.utime(path, (minutes_ago, minutes_ago))  # a sweep's job SIGKILLed minutes ago, and a quiet live one
+    fd = os.open(writing, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a live writer holds its partial
+        cached_images(rgb_dataset, size=8, channels=3, cache_dir=tmp_path)
+        assert not killed.exists() and writing.exists()
+    finally:
+        os.close(fd)
+
+
+def test_the_partial_a_decode_writes_is_held_while_it_is_written(rgb_dataset, tmp_path, monkeypatch):
+    held = []
+    real = cache.decode_all
+
+    def watching(paths, **kwargs):  # what another process's cleanup would see mid-decode
+        (partial,) = (tmp_path / "decoded").glob(".*.npy.*.tmp")
+        held.append(cache._held(partial))
+        return real(paths, **kwargs)
+
+    monkeypatch.setattr(cache, "decode_all", watching)
+    cached_images(rgb_dataset, size=8, channels=3, cache_dir=tmp_path)
+    assert held == [True]
+    fill = cache.CacheFill(
+        rgb_dataset.file_paths, DecodeTarget(8, 3), tmp_path / "decoded", [(0, 0)] * len(rgb_dataset)
+    )
+    try:
+        assert cache._held(fill.tmp)
+    finally:
+        fill.close()
+    assert not fill.tmp.exists()
+
+
 # --- Filling the cache while the images are checked (create_dataset(decode_to=...)) ---
 
 

@@ -180,11 +180,14 @@ def test_sigkill_mid_run_then_resume_completes(noisy_digits, tmp_path, qmix_cach
     os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate()
     assert not (run / "model.pt").exists()
+    # What a SIGKILL during a checkpoint's save leaves: the partial file beside the last complete one.
+    (run / "checkpoints" / ".last.pt.k1ll3d.tmp").write_bytes(b"\0" * 64)
     done = _resume_cli(noisy_digits, run, qmix_cache_dir)
     assert done.returncode == 0, done.stderr
     epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert epochs == list(range(1, 7))
     assert (run / "model.pt").is_file()
+    assert not list(run.rglob("*.tmp"))  # the resumed run cleared it
 
 
 def test_sigterm_stops_like_ctrl_c_and_leaves_no_temporary_files(noisy_digits, tmp_path, qmix_cache_dir):
