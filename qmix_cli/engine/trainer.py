@@ -111,6 +111,21 @@ def input_channels(dataset: Dataset, setting: int | str) -> int:
     return (dataset.channels or 3) if setting == "auto" else int(setting)
 
 
+# Images whose pixels `pixels_fingerprint` reads: enough to tell another corruption of a dataset, at any size.
+_FINGERPRINT_ROWS = 256
+
+
+def pixels_fingerprint(images: np.ndarray) -> str:
+    """A digest of ``images`` (N, C, H, W) uint8 as decoded for training, read from up to 256 rows spread over
+    them: a checkpoint resumed on the same ids and labels with other pixels (another corruption's copy, edited
+    scans) would train on other data without a word."""
+    rows = np.unique(np.linspace(0, len(images) - 1, min(len(images), _FINGERPRINT_ROWS)).round().astype(np.int64))
+    h = hashlib.sha256(repr(images.shape).encode())
+    for i in rows:
+        h.update(np.ascontiguousarray(images[i]).tobytes())
+    return h.hexdigest()[:16]
+
+
 def dataset_fingerprint(dataset: Dataset) -> str:
     h = hashlib.sha256()
     for sid, label in zip(dataset.frame["sample_id"], dataset.frame["label"], strict=True):
@@ -169,6 +184,7 @@ class _Run:
         else:
             self.norm = channel_stats(images, seed=cfg.seed, device=self.device)
         self.images = images  # the read-only memory map of the cache: holding it costs no memory
+        self.pixels = pixels_fingerprint(images)
         self.store = ImageStore(images, device=self.device, workers=cfg.workers)
         self.labels_np = dataset.labels
         self.labels = torch.tensor(self.labels_np, device=self.device)
@@ -235,6 +251,7 @@ class _Run:
             "version": __version__,
             "epoch": self.epoch,
             "fingerprint": dataset_fingerprint(self.dataset),
+            "pixels": self.pixels,
             "config": self.cfg.to_dict(),
             "nets": [n.state_dict() for n in self.nets],
             "optimizers": [o.state_dict() for o in self.optimizers],
@@ -255,6 +272,12 @@ class _Run:
 
         if state["fingerprint"] != dataset_fingerprint(self.dataset):
             raise TrainingError("the checkpoint was made on another dataset (sample ids or labels differ)")
+        if state.get("pixels", self.pixels) != self.pixels:  # checkpoints saved before it was kept: not checked
+            raise TrainingError(
+                "the checkpoint was made on other images: the same ids and labels, other pixels (another "
+                "corruption of the dataset, or edited images); resume on the images it was trained on, or start "
+                "a new run with --force"
+            )
         now = self.cfg.to_dict()
         saved = {**PREDATED, **state["config"]}  # a checkpoint older than an option ran it as it did then
         edited = sorted(k for k, v in saved.items() if k not in RESUMABLE and now.get(k) != v)

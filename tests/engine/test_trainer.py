@@ -396,6 +396,22 @@ def test_checkpoint_from_another_dataset_is_refused(noisy_digits, tmp_path, qmix
         train(digits_dir, tmp_path / "run", resume=True, cache_dir=str(qmix_cache_dir))
 
 
+def test_checkpoint_from_other_pixels_under_the_same_ids_and_labels_is_refused(noisy_digits, tmp_path, qmix_cache_dir):
+    import shutil
+
+    opts = dict(method="ce", epochs=2, cache_dir=str(qmix_cache_dir), **TINY_TRAIN)
+    with pytest.raises(KeyboardInterrupt):
+        train(noisy_digits, tmp_path / "run", on_epoch_end=_interrupt, **opts)
+    other = shutil.copytree(noisy_digits, tmp_path / "noisy2")  # another corruption: same ids, labels, manifest
+    for path in (other / "images").iterdir():
+        with Image.open(path) as img:
+            inverted = Image.eval(img.convert("L"), lambda v: 255 - v)
+        inverted.save(path)
+    with pytest.raises(TrainingError, match="made on other images: the same ids and labels, other pixels"):
+        train(other, tmp_path / "run", resume=True, cache_dir=str(qmix_cache_dir))
+    assert train(noisy_digits, tmp_path / "run", resume=True, cache_dir=str(qmix_cache_dir)).run_dir.is_dir()
+
+
 def test_val_accuracy_is_logged_every_epoch(noisy_digits, digits_dir, tmp_path, qmix_cache_dir):
     # The clean digits as validation data: accuracy must be reported and far above chance (0.1).
     result = train(noisy_digits, tmp_path / "run", method="ce", epochs=2, val=str(digits_dir),
