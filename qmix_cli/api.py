@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
-from qmix_cli.config import TrainConfig, resolve_config
+from qmix_cli.config import TrainConfig, resolve_config, with_absolute_paths
 from qmix_cli.errors import ConfigError, QmixError
 from qmix_cli.progress import Reporter, reporter
 
@@ -139,9 +139,9 @@ def train(
             explicit = {**load_config_file(config), **explicit}
         cfg = resume_config(out, explicit)
     elif isinstance(config, TrainConfig):
-        cfg = config_from_dict(explicit, base=config)
+        cfg = with_absolute_paths(config_from_dict(explicit, base=config))
     else:
-        cfg = resolve_config(config_file=config, overrides=options)
+        cfg = with_absolute_paths(resolve_config(config_file=config, overrides=options))
     with _reporter(console, quiet) as rep:
         dataset = create_dataset(
             data,

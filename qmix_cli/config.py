@@ -256,5 +256,29 @@ def resolve_config(*, config_file: str | Path | None = None, overrides: dict[str
     return config_from_dict(values)
 
 
+# Options naming files or folders: a run's config.yaml keeps them absolute, so that `--resume` (and anyone reading
+# the run) finds the same ones from any working directory.
+PATH_OPTIONS = ("weights", "cache_dir", "val")
+
+
+def absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` (``_`` keys) with the `PATH_OPTIONS` they hold made absolute against the working directory; a
+    built-in dataset named as ``val`` (``digits``, ``fashion-mnist:test``) stays a name."""
+    from qmix_cli.data.builtin import is_builtin
+
+    out = dict(values)
+    for key in PATH_OPTIONS:
+        value = out.get(key)
+        if value in (None, "") or (key == "val" and is_builtin(str(value))):
+            continue
+        out[key] = str(Path(str(value)).absolute())
+    return out
+
+
+def with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with its `PATH_OPTIONS` absolute (`absolute_paths`)."""
+    return dataclasses.replace(cfg, **absolute_paths({key: getattr(cfg, key) for key in PATH_OPTIONS}))
+
+
 def dump_config(cfg: TrainConfig) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from qmix_cli import __version__
-from qmix_cli.config import TrainConfig, config_from_dict, dump_config, load_config_file
+from qmix_cli.config import TrainConfig, absolute_paths, config_from_dict, dump_config, load_config_file
 from qmix_cli.data.cache import DecodeTarget, cached_images
 from qmix_cli.data.groups import likely_group_column
 from qmix_cli.data.manifest import Dataset, check_output_dir, create_dataset
@@ -278,8 +278,8 @@ class _Run:
                 "corruption of the dataset, or edited images); resume on the images it was trained on, or start "
                 "a new run with --force"
             )
-        now = self.cfg.to_dict()
-        saved = {**PREDATED, **state["config"]}  # a checkpoint older than an option ran it as it did then
+        now = absolute_paths(self.cfg.to_dict())
+        saved = absolute_paths({**PREDATED, **state["config"]})  # an older checkpoint: ran as it did then
         edited = sorted(k for k, v in saved.items() if k not in RESUMABLE and now.get(k) != v)
         if edited:
             raise TrainingError(
@@ -590,6 +590,9 @@ def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) 
             # A `TrainConfig` passed whole carries today's default, which is not a request to change it.
             if given.get(name) == getattr(TrainConfig(), name):
                 del given[name]
+    # Paths as the run was given them, and as the command gives them now, each against today's working directory
+    # (runs saved before paths were kept absolute hold them as typed).
+    raw, given = absolute_paths(raw), absolute_paths(given)
     saved = config_from_dict(raw)
     changed = config_from_dict(given, base=saved)
     differ = sorted(k for k in given if k not in RESUMABLE and getattr(changed, k) != getattr(saved, k))

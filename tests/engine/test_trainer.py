@@ -30,6 +30,7 @@ from qmix_cli.engine import trainer
 from qmix_cli.engine.checkpoint import load_checkpoint
 from qmix_cli.engine.trainer import size_hint
 from qmix_cli.errors import ConfigError, DataError, QmixError, TrainingError
+from qmix_cli.io import read_metrics
 from qmix_cli.reporting.score import audit_keys, group_note, load_run, score_dataset
 from tests.conftest import TINY_TRAIN
 
@@ -410,6 +411,21 @@ def test_checkpoint_from_other_pixels_under_the_same_ids_and_labels_is_refused(n
     with pytest.raises(TrainingError, match="made on other images: the same ids and labels, other pixels"):
         train(other, tmp_path / "run", resume=True, cache_dir=str(qmix_cache_dir))
     assert train(noisy_digits, tmp_path / "run", resume=True, cache_dir=str(qmix_cache_dir)).run_dir.is_dir()
+
+
+def test_a_run_given_relative_paths_resumes_from_any_directory(noisy_digits, digits_dir, tmp_path, monkeypatch):
+    # A sweep script run from the project folder, resumed by a scheduler from elsewhere.
+    monkeypatch.chdir(digits_dir.parent)
+    opts = dict(method="ce", epochs=2, warmup_epochs=1, **TINY_TRAIN)
+    with pytest.raises(KeyboardInterrupt):
+        train(noisy_digits, tmp_path / "run", val=digits_dir.name, cache_dir="cache", on_epoch_end=_interrupt, **opts)
+    saved = load_config_file(tmp_path / "run" / "config.yaml")
+    assert (saved["val"], saved["cache_dir"]) == (str(digits_dir), str(digits_dir.parent / "cache"))
+    assert train(noisy_digits, tmp_path / "run", resume=True, val=digits_dir.name).run_dir.is_dir()  # as typed
+    monkeypatch.chdir(tmp_path)
+    assert train(noisy_digits, tmp_path / "run", resume=True, epochs=3).run_dir.is_dir()  # from elsewhere
+    assert [row["epoch"] for row in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3]
+    assert not (tmp_path / "cache").exists()  # the run's own cache, not one made where it was resumed
 
 
 def test_val_accuracy_is_logged_every_epoch(noisy_digits, digits_dir, tmp_path, qmix_cache_dir):
