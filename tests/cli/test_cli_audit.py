@@ -277,6 +277,9 @@ def test_unfinished_run_points_to_resume(runner, tmp_path, noisy_digits):
     run = tmp_path / "half"
     (run / "checkpoints").mkdir(parents=True)
     result = _audit(runner, noisy_digits, run, "--out", str(tmp_path / "r.parquet"))
+    _assert_one_line_error(result, "model.pt", "stopped before its first checkpoint", "--force")  # nothing to resume
+    (run / "checkpoints" / "last.pt").write_bytes(b"a checkpoint")
+    result = _audit(runner, noisy_digits, run, "--out", str(tmp_path / "r.parquet"))
     _assert_one_line_error(result, "model.pt", "--resume")
     assert not (tmp_path / "r.parquet").exists()
 
