@@ -82,12 +82,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except (FileExistsError, NotADirectoryError):
-        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), path.parent)
-        raise QmixError(f"cannot write {path}: {blocker} is a file, not a folder") from None
-    except OSError as exc:  # a read-only or virtual file system, no permission, no space
-        reason = exc.strerror or str(exc)
-        raise UnwritableError(f"cannot write {path}: {reason}", reason=reason) from None
+    except OSError as exc:
+        raise _cannot_write(path, exc) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -97,6 +93,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _cannot_write(path: Path, exc: OSError) -> QmixError:
+    """Why ``path`` (or the folder it goes in) could not be created, in one line."""
+    if isinstance(exc, FileExistsError | NotADirectoryError):
+        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), path.parent)
+        return QmixError(f"cannot write {path}: {blocker} is a file, not a folder")
+    reason = exc.strerror or str(exc)  # a read-only or virtual file system, no permission, no space
+    return UnwritableError(f"cannot write {path}: {reason}", reason=reason)
 
 
 def run_file_named(path: str | Path, run_dir: str | Path) -> str | None:
@@ -217,10 +222,13 @@ def run_lock(run_dir: str | Path) -> Iterator[None]:
         yield
         return
     run_dir = Path(run_dir).absolute()
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
     path = run_dir.with_name(f".{run_dir.name}.lock")
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        try:
+            run_dir.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        except OSError as e:  # a folder the user cannot write, or a file where a folder should be
+            raise _cannot_write(run_dir, e) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

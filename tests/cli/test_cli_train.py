@@ -178,6 +178,12 @@ def test_a_run_killed_before_its_first_checkpoint_is_pointed_to_force(runner, tm
     assert _train(runner, noisy_digits, out, *TINY_FLAGS, "--force").exit_code == 0
 
 
+def test_an_out_under_a_file_is_one_line(runner, tmp_path, noisy_digits):
+    (tmp_path / "notes").write_text("a file where a folder should be")
+    result = _train(runner, noisy_digits, tmp_path / "notes" / "run", *TINY_FLAGS)
+    _assert_one_line_error(result, "notes is a file, not a folder")
+
+
 def test_a_run_directory_in_use_by_another_train_is_refused_untouched(runner, tmp_path, noisy_digits, hash_tree):
     from qmix_cli.io import run_lock
 
