@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import math
 import numbers
+import os
 import types
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
@@ -262,8 +263,9 @@ PATH_OPTIONS = ("weights", "cache_dir", "val")
 
 
 def absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
-    """``values`` (``_`` keys) with the `PATH_OPTIONS` they hold made absolute against the working directory; a
-    built-in dataset named as ``val`` (``digits``, ``fashion-mnist:test``) stays a name."""
+    """``values`` (``_`` keys) with the `PATH_OPTIONS` they hold made absolute and normal against the working
+    directory (``~`` expanded); a built-in dataset named as ``val`` (``digits``, ``fashion-mnist:test``) stays a
+    name."""
     from qmix_cli.data.builtin import is_builtin
 
     out = dict(values)
@@ -271,7 +273,7 @@ def absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
         value = out.get(key)
         if value in (None, "") or (key == "val" and is_builtin(str(value))):
             continue
-        out[key] = str(Path(str(value)).absolute())
+        out[key] = os.path.abspath(os.path.expanduser(str(value)))  # "..", "~" and "./" spelled out
     return out
 
 

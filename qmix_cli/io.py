@@ -97,6 +97,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 def _cannot_write(path: Path, exc: OSError) -> QmixError:
     """Why ``path`` (or the folder it goes in) could not be created, in one line."""
+    if exc.errno in NO_SPACE:
+        return NoSpaceError(f"no space left on the device writing {path}: free some space or write elsewhere")
     if isinstance(exc, FileExistsError | NotADirectoryError):
         blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), path.parent)
         return QmixError(f"cannot write {path}: {blocker} is a file, not a folder")
@@ -211,22 +213,27 @@ def atomic_dir(out: str | Path, *, force: bool = False) -> Iterator[Path]:
 @contextlib.contextmanager
 def run_lock(run_dir: str | Path) -> Iterator[None]:
     """Hold ``run_dir`` for this process: a second one that asks while it is held (two runs of a sweep given the
-    same ``--out``) is refused at once instead of moving or mixing a live run's files.
+    same ``--out``) is refused instead of moving or mixing a live run's files.
 
-    The lock is an advisory ``flock`` on ``.<name>.lock`` beside the directory, released by the system whatever ends
-    the process; the file is removed when the block ends. Where ``fcntl`` is missing (Windows) nothing is locked.
+    The lock is an advisory ``flock`` on ``.<name>.lock`` beside the directory (its symlinks resolved), released by
+    the system whatever ends the process; the file is removed when the block ends. One left by a process killed
+    under another user's name is used read-only (a lock needs no write access, except on NFS). Where ``fcntl`` is
+    missing (Windows) nothing is locked.
     """
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
         yield
         return
-    run_dir = Path(run_dir).absolute()
+    run_dir = Path(run_dir).resolve()
     path = run_dir.with_name(f".{run_dir.name}.lock")
     while True:
         try:
             run_dir.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+            try:
+                fd, writable = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask()), True
+            except PermissionError:  # another user's, left by a killed run: locking needs no write access
+                fd, writable = os.open(path, os.O_RDONLY), False
         except OSError as e:  # a folder the user cannot write, or a file where a folder should be
             raise _cannot_write(run_dir, e) from None
         try:
@@ -243,11 +250,12 @@ def run_lock(run_dir: str | Path) -> Iterator[None]:
                 break  # the file still at that name: a holder that let go may have removed the one we opened
         os.close(fd)
     try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        if writable:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
     finally:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):  # gone already, or another user's in a folder that keeps it
             os.unlink(path)  # before letting go, so that a waiting opener retries on a fresh file
         os.close(fd)
 

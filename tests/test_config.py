@@ -79,3 +79,22 @@ def test_an_empty_config_file_means_the_defaults(tmp_path):
     path = tmp_path / "cfg.yaml"
     path.write_text("# nothing set yet\n")
     assert resolve_config(config_file=path) == TrainConfig().validate()
+
+
+def test_path_options_are_kept_absolute_and_normal_and_builtin_names_stay_names(tmp_path, monkeypatch):
+    from qmix_cli.config import absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    got = absolute_paths({"val": "../data", "cache_dir": "~/cache", "weights": "./w.pth", "epochs": 3})
+    assert got == {
+        "val": str(tmp_path.parent / "data"),  # no ".." left: the same folder spelled absolute compares equal
+        "cache_dir": str(tmp_path / "home" / "cache"),
+        "weights": str(tmp_path / "w.pth"),
+        "epochs": 3,
+    }
+    assert absolute_paths({"val": "digits"})["val"] == "digits"  # a built-in dataset, not a folder here
+    assert absolute_paths({"val": "fashion-mnist:test", "cache_dir": None}) == {
+        "val": "fashion-mnist:test",
+        "cache_dir": None,
+    }

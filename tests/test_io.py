@@ -166,3 +166,18 @@ def test_a_new_output_never_replaces_what_another_process_wrote_meanwhile(tmp_pa
     with atomic_dir(out, force=True) as tmp:
         (tmp / "mine.txt").write_text("mine")
     assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
+
+
+def test_a_lock_file_another_user_left_is_used_read_only(tmp_path, monkeypatch):
+    run, lock = tmp_path / "run", tmp_path / ".run.lock"
+    lock.write_text("")  # left by a run killed under another user's name: not ours to write
+    real_open = os.open
+
+    def as_another_user(path, flags, *args):
+        if str(path) == str(lock) and flags & os.O_RDWR:
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr("qmix_cli.io.os.open", as_another_user)
+    with run_lock(run), pytest.raises(QmixError, match=r"in use by another qmix process; wait"), run_lock(run):
+        pass

@@ -104,7 +104,7 @@ def _hold(fd: int) -> None:
 @contextlib.contextmanager
 def _holding(path: Path) -> Iterator[None]:
     """`_hold` the partial file at ``path`` while the block writes it."""
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDWR)  # writable: NFS grants an exclusive flock to writers only
     try:
         _hold(fd)
         yield
@@ -118,12 +118,13 @@ def _held(path: Path) -> bool:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
         return True
-    fd = os.open(path, os.O_RDONLY)
+    try:
+        fd = os.open(path, os.O_RDWR)  # as `_holding` opens it: NFS grants an exclusive flock to writers only
+    except PermissionError:  # another user's: theirs to clean up
+        return True
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:
+    except OSError:  # BlockingIOError: held; anything else: cannot tell
         return True
     finally:
         os.close(fd)
@@ -385,7 +386,7 @@ class CacheFill:
                         out[s : s + _COPY_ROWS] = rows[keep[s : s + _COPY_ROWS]]
                     out.flush()
                     del out
-        except (OSError, NoSpaceError):
+        except (OSError, QmixError):  # no space, no permission: the fill was a shortcut, `cached_images` will say
             pass
 
     def close(self) -> None:

@@ -9,6 +9,7 @@ and at the end ``model.pt`` + ``run.json`` + ``separation.json``: what ``qmix au
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -683,9 +684,10 @@ def _train_locked(
                 f"{cfg.epochs})"
             )
     _make_run_dir(run_dir, resume=resume, reporter=reporter)
-    # Partial files of a process killed while it wrote them (SIGKILL runs no cleanup): under the run's lock no
-    # other process can be writing any.
-    for partial in (*run_dir.glob(".*.tmp"), *(run_dir / RUN_CHECKPOINTS).glob(".*.tmp")):
+    # Partial files of the run's own, left by a process killed while it wrote them (SIGKILL runs no cleanup): under
+    # the run's lock no other train can be writing them (an audit writing a report here writes others).
+    own = [run_dir.glob(f".{name}.*.tmp") for name in RUN_FILES] + [(run_dir / CHECKPOINT.parent).glob(".*.pt.*.tmp")]
+    for partial in itertools.chain.from_iterable(own):
         partial.unlink(missing_ok=True)
     if not resume:
         reporter.log(_start_line(run))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -480,3 +481,17 @@ def test_a_cache_that_cannot_be_written_is_one_line_saying_where_to_point_it(rgb
         cached_images(rgb_dataset, size=8, channels=3, cache_dir=tmp_path / "shared")
     # The image check's record is a shortcut: a cache that cannot hold it costs a re-check, not the run.
     assert len(create_dataset(rgb_dataset.root, cache_dir=tmp_path / "shared")) == len(rgb_dataset)
+
+
+def test_a_damaged_entry_in_a_read_only_cache_is_passed_over_not_fatal(tmp_path, monkeypatch):
+    entry = tmp_path / "k.npy"
+    entry.write_bytes(b"\x93NUMPY cut short")  # cut short by a copy, in a folder another user owns
+    real_unlink = Path.unlink
+
+    def denied(self, missing_ok=False):
+        if self == entry:
+            raise PermissionError(13, "Permission denied")
+        return real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", denied)
+    assert cache._open_cache(entry, (1, 1, 2, 2)) is None and entry.exists()
