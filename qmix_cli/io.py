@@ -102,7 +102,7 @@ def _cannot_write(path: Path, exc: OSError) -> QmixError:
     if isinstance(exc, FileExistsError | NotADirectoryError):
         blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), path.parent)
         return QmixError(f"cannot write {path}: {blocker} is a file, not a folder")
-    reason = exc.strerror or str(exc)  # a read-only or virtual file system, no permission, no space
+    reason = exc.strerror or str(exc)  # a read-only or virtual file system, no permission
     return UnwritableError(f"cannot write {path}: {reason}", reason=reason)
 
 
