@@ -182,8 +182,10 @@ def audit(
     ``data`` may be the training set or any labelled manifest with the run's classes. ``out`` is a path (format
     from its suffix unless ``fmt`` is given), ``"-"`` for CSV/JSONL on stdout, or None to only return the table.
     Rows are sorted by ``sort_by``: ``"sample_id"``, or ``"rank"`` (the most likely issues first, so that
-    ``| head`` shows them). Returns the report as a `pandas.DataFrame` (in the same order) and, in
-    ``.attrs["pipe_closed"]``, whether a downstream pipe closed early. Images with the very pixels of a training
+    ``| head`` shows them). Returns the report as a `pandas.DataFrame` (in the same order; None when a closed pipe
+    stopped it before its first rows) with ``.attrs``: ``pipe_closed`` (whether a downstream pipe closed early),
+    ``skipped`` (the images ``on_bad_image="skip"`` left out, as ``sample_id`` / ``path`` / ``reason`` records) and
+    ``qmix`` (what a Parquet report records: run, dataset, classes). Images with the very pixels of a training
     image are scored from what training read of them (kept in ``model.pt``) unless ``recompute`` or ``tta`` is
     set.
 
@@ -302,7 +304,8 @@ def audit(
     frame = pa.concat_tables(tables).to_pandas() if tables else None
     if frame is not None:
         frame.attrs["pipe_closed"] = pipe_closed
-        frame.attrs["skipped"] = dataset.skipped
+        # Plain records, not a DataFrame: pandas copies and compares attrs in concat and writes them into Parquet.
+        frame.attrs["skipped"] = dataset.skipped.to_dict(orient="records")
         # What a Parquet report carries as metadata (`read_report`'s attrs["qmix"]): the run's classes, for one.
         frame.attrs["qmix"] = decode_metadata(metadata)
         if by_group is not None:
@@ -367,27 +370,29 @@ def show(
 
 
 def evaluate(
-    report: str | Path,
+    report: str | Path | pd.DataFrame,
     *,
     truth: str | Path,
     on_missing: str = "error",
     on_unchecked: str = "error",
     group_column: str | None = None,
 ) -> dict[str, Any]:
-    """Compare a report with the truth columns of a manifest written by ``qmix corrupt`` (or by hand: ``sample_id``
-    or ``path``, and ``category``); returns a JSON-able dict.
+    """Compare a report (a file, or the DataFrame `audit` returned) with the truth columns of a manifest written
+    by ``qmix corrupt`` (or by hand: ``sample_id`` or ``path``, and ``category``); returns a JSON-able dict.
 
     ``on_missing="skip"`` scores a report of part of the truth's images on those, ``on_unchecked="skip"`` a report
     on a truth of part of its images (see `evaluate_report`).
     ``group_column`` (default: the column a Parquet report's audit grouped by, where the truth has it) scores the
     table by group too."""
+    import pandas as pd
+
     from qmix_cli.categories import truth_categories
     from qmix_cli.data.manifest import read_manifest
     from qmix_cli.errors import DataError
     from qmix_cli.reporting.evaluate import evaluate_report
     from qmix_cli.reporting.report import as_bool, read_report
 
-    frame = read_report(report)
+    frame = report if isinstance(report, pd.DataFrame) else read_report(report)  # audit's DataFrame, as apply takes
     truth_frame, _ = read_manifest(truth)
     if "category" not in truth_frame.columns and {"is_low_quality", "is_label_noisy"} <= set(truth_frame.columns):
         is_lq = as_bool(truth_frame["is_low_quality"], name="is_low_quality")
@@ -400,8 +405,9 @@ def evaluate(
         )
     if "sample_id" not in truth_frame.columns:
         truth_frame = truth_frame.assign(sample_id=truth_frame["path"])
-    if group_column is None and frame.attrs["qmix"].get("group_column") in truth_frame.columns:
-        group_column = frame.attrs["qmix"]["group_column"]
+    recorded = frame.attrs.get("qmix", {}).get("group_column")
+    if group_column is None and recorded in truth_frame.columns:
+        group_column = recorded
     return evaluate_report(
         report=frame, truth=truth_frame, on_missing=on_missing, on_unchecked=on_unchecked, group_column=group_column
     )

@@ -614,6 +614,11 @@ def create_dataset(
 
     if on_bad_image not in ("error", "skip"):
         raise DataError(f"on-bad-image must be 'error' or 'skip' (got {on_bad_image!r})")
+    if not isinstance(source, str | os.PathLike):
+        raise DataError(
+            f"a dataset is named by a path or a built-in name, not a {type(source).__name__}; write a table to a "
+            ".csv or .parquet manifest (path, label) and pass its path"
+        )
     name = str(source)
     if is_builtin(name):
         source = materialise_builtin(name, cache_dir=cache_dir)

@@ -75,6 +75,10 @@ class TrainResult:
     run_dir: Path
     metrics: list[dict[str, Any]]
 
+    def __repr__(self) -> str:  # the last epoch's row, not every one (a notebook cell ending in train(...))
+        last = self.metrics[-1] if self.metrics else {}
+        return f"TrainResult(run_dir={str(self.run_dir)!r}, epochs={len(self.metrics)}, last={last})"
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -645,7 +649,9 @@ def train(
     """
     run_dir = Path(run_dir)
     check_output_dir(dataset, run_dir)  # before the lock file beside it is made: never inside the dataset
-    with run_lock(run_dir):
+    # The run seeds torch's global generators; a caller's own random stream (a notebook's) is given back after.
+    gpus = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with run_lock(run_dir), torch.random.fork_rng(devices=gpus):
         return _train_locked(
             dataset, cfg, run_dir, resume=resume, force=force, reporter=reporter or SilentReporter(),
             on_epoch_end=on_epoch_end,

@@ -127,8 +127,11 @@ def resolve_spec(preset: str | None, **given: Any) -> CorruptSpec:
 @dataclass(frozen=True)
 class CorruptResult:
     out: Path
-    manifest: pd.DataFrame
-    summary: dict[str, Any]
+    manifest: pd.DataFrame = field(repr=False)  # a notebook cell ending in corrupt(...) shows where, not all
+    summary: dict[str, Any] = field(repr=False)
+
+    def __repr__(self) -> str:
+        return f"CorruptResult(out={str(self.out)!r}, images={len(self.manifest)}, counts={self.summary.get('counts')})"
 
 
 def _transition(spec: CorruptSpec, classes: Sequence[str]) -> np.ndarray:

@@ -1,0 +1,49 @@
+"""The Python API as a notebook uses it (`qmix_cli.api`): what it returns and what it leaves as it found it."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+import qmix_cli
+from qmix_cli import QmixError, audit, evaluate, train
+from tests.conftest import TINY_TRAIN
+
+
+def test_the_audit_table_saves_and_combines_like_any_dataframe(qmix_run, noisy_digits, tmp_path):
+    first = audit(noisy_digits, run=qmix_run.run_dir)
+    second = audit(noisy_digits, run=qmix_run.run_dir)
+    first.to_parquet(tmp_path / "mine.parquet")  # pandas writes attrs into the file's metadata as JSON
+    assert pd.read_parquet(tmp_path / "mine.parquet")["sample_id"].tolist() == first["sample_id"].tolist()
+    assert len(pd.concat([first, second])) == 2 * len(first)  # concat compares the inputs' attrs
+    assert len(first.merge(second, on="sample_id")) == len(first)
+    assert first.attrs["skipped"] == [] and json.dumps(first.attrs["qmix"])
+
+
+def test_evaluate_takes_the_audit_table_as_apply_does(qmix_run, noisy_digits, tmp_path):
+    frame = audit(noisy_digits, run=qmix_run.run_dir, out=tmp_path / "r.parquet")
+    assert evaluate(frame, truth=noisy_digits) == evaluate(tmp_path / "r.parquet", truth=noisy_digits)
+
+
+def test_a_table_given_as_the_dataset_is_one_clear_error(noisy_digits, tmp_path):
+    table = pd.read_parquet(noisy_digits / "manifest.parquet")
+    with pytest.raises(QmixError, match=r"not a DataFrame; write a table to a \.csv or \.parquet manifest"):
+        train(table, tmp_path / "run", epochs=1, **TINY_TRAIN)
+
+
+def test_training_gives_the_callers_random_stream_back(noisy_digits, tmp_path):
+    torch.manual_seed(1234)
+    expected = torch.rand(3)
+    torch.manual_seed(1234)
+    result = train(noisy_digits, tmp_path / "run", method="ce", epochs=1, warmup_epochs=1, **TINY_TRAIN)
+    assert torch.equal(torch.rand(3), expected)  # the run seeded its own generators, not the notebook's
+    assert "run_dir=" in repr(result) and len(repr(result)) < 600  # a cell ending in train(...) stays short
+
+
+def test_the_package_lists_its_api_and_its_error_for_completion():
+    names = dir(qmix_cli)
+    assert {"train", "audit", "evaluate", "corrupt", "show", "apply", "QmixError"} <= set(names)
+    assert issubclass(qmix_cli.errors.DataError, QmixError)
