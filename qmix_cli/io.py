@@ -22,6 +22,13 @@ NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 # may replace them (a report written over ``model.pt`` loses the run).
 RUN_FILES = ("config.yaml", "metrics.jsonl", "separation.json", "run.json", "model.pt")
 RUN_CHECKPOINTS = "checkpoints"
+# The checkpoint `qmix train --resume` continues from.
+RUN_CHECKPOINT = f"{RUN_CHECKPOINTS}/last.pt"
+
+
+def stopped_before_first_checkpoint(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a run killed before it saved a checkpoint: nothing to resume, only to restart."""
+    return (run_dir / RUN_CHECKPOINTS).is_dir() and not (run_dir / RUN_CHECKPOINT).is_file()
 
 
 def _umask() -> int:

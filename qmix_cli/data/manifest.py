@@ -210,28 +210,26 @@ def check_output_file(dataset: Dataset, out: str | Path, *, option: str = "--out
 _KEY_COLUMNS = ("sample_id", *REQUIRED_COLUMNS)
 
 
-def _separator(path: Path) -> str:
-    """The separator of a CSV manifest: of comma, semicolon (a spreadsheet's export where the comma is the decimal
-    mark, R's ``write.csv2``) and tab, the one that splits its header into the most fields (quotes respected);
-    the comma where none splits it."""
+def _header(path: Path) -> tuple[str, list[str]]:
+    """The separator of a CSV manifest and its header's fields: of comma, semicolon (a spreadsheet's export where
+    the comma is the decimal mark, R's ``write.csv2``) and tab, the one that splits the header line into the most
+    fields (quotes respected); the comma where none splits it."""
     with open(path, encoding="utf-8-sig", newline="") as f:
-        header = f.readline()
-    widths = {sep: len(next(csv.reader([header], delimiter=sep), [])) for sep in (",", ";", "\t")}
-    return max(widths, key=lambda sep: (widths[sep], sep == ","))
+        line = f.readline()
+    fields = {sep: next(csv.reader([line], delimiter=sep), []) for sep in (",", ";", "\t")}
+    sep = max(fields, key=lambda sep: (len(fields[sep]), sep == ","))
+    return sep, fields[sep]
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
-    """A CSV manifest as text columns, by its separator (`_separator`). A key column named twice is refused (pandas
+    """A CSV manifest as text columns, by its separator (`_header`). A key column named twice is refused (pandas
     would rename the second ``label.1`` and read the first without a word); the empty, unnamed columns a
     trailing separator makes are dropped."""
-    sep = _separator(path)
+    sep, header = _header(path)
+    twice = [name for name in _KEY_COLUMNS if header.count(name) > 1]
+    if twice:
+        raise DataError(f"{path}: the column {twice[0]!r} is named {header.count(twice[0])} times; keep one")
     frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""])
-    renamed = [name for name in _KEY_COLUMNS if f"{name}.1" in frame.columns]
-    if renamed:
-        header = pd.read_csv(path, sep=sep, header=None, nrows=1, dtype=str).iloc[0].tolist()
-        twice = [name for name in renamed if header.count(name) > 1]
-        if twice:
-            raise DataError(f"{path}: the column {twice[0]!r} is named {header.count(twice[0])} times; keep one")
     trailing = [c for c in frame.columns if str(c).startswith("Unnamed: ") and frame[c].isna().all()]
     return frame.drop(columns=trailing)
 

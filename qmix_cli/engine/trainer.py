@@ -57,10 +57,18 @@ from qmix_cli.engine.steps import (
     supervised_epoch,
 )
 from qmix_cli.errors import ConfigError, TrainingError
-from qmix_cli.io import RUN_CHECKPOINTS, RUN_FILES, atomic_write_text, read_metrics, run_lock
+from qmix_cli.io import (
+    RUN_CHECKPOINT,
+    RUN_CHECKPOINTS,
+    RUN_FILES,
+    atomic_write_text,
+    read_metrics,
+    run_lock,
+    stopped_before_first_checkpoint,
+)
 from qmix_cli.progress import Reporter, SilentReporter
 
-CHECKPOINT = Path(RUN_CHECKPOINTS) / "last.pt"
+CHECKPOINT = Path(RUN_CHECKPOINT)
 # Options added since runs were first saved, with what a run saved before each did: such a run is resumed so
 # (its config.yaml and checkpoint lack them). ``jpeg_scale``: JPEGs were decoded whole.
 PREDATED = {"jpeg_scale": False}
@@ -524,14 +532,14 @@ def _check_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--out {run_dir} is a file; a run needs a directory")
     if resume:
-        if not (run_dir / CHECKPOINT).is_file() and (run_dir / RUN_CHECKPOINTS).is_dir():
+        if stopped_before_first_checkpoint(run_dir):
             raise TrainingError(
                 f"nothing to resume: {run_dir} stopped before its first checkpoint; pass --force to start over"
             )
         if not (run_dir / CHECKPOINT).is_file():
             raise TrainingError(f"nothing to resume: {run_dir / CHECKPOINT} does not exist")
     elif run_dir.exists() and any(run_dir.iterdir()):
-        if not force and not (run_dir / CHECKPOINT).is_file() and (run_dir / RUN_CHECKPOINTS).is_dir():
+        if not force and stopped_before_first_checkpoint(run_dir):
             raise ConfigError(
                 f"{run_dir} holds a run stopped before its first checkpoint, so nothing to resume; pass --force to "
                 "start over"
@@ -692,7 +700,7 @@ def _train_locked(
     _make_run_dir(run_dir, resume=resume, reporter=reporter)
     # Partial files of the run's own, left by a process killed while it wrote them (SIGKILL runs no cleanup): under
     # the run's lock no other train can be writing them (an audit writing a report here writes others).
-    own = [run_dir.glob(f".{name}.*.tmp") for name in RUN_FILES] + [(run_dir / CHECKPOINT.parent).glob(".*.pt.*.tmp")]
+    own = [run_dir.glob(f".{name}.*.tmp") for name in RUN_FILES] + [(run_dir / RUN_CHECKPOINTS).glob(".*.pt.*.tmp")]
     for partial in itertools.chain.from_iterable(own):
         partial.unlink(missing_ok=True)
     if not resume:

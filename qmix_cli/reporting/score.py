@@ -33,6 +33,7 @@ from qmix_cli.engine.separation import QualitySeparation, hard_groups
 from qmix_cli.engine.steps import StepContext, predict_probs, predict_with_probes
 from qmix_cli.engine.trainer import PREDATED, amp_dtype, resolve_device
 from qmix_cli.errors import QmixError
+from qmix_cli.io import RUN_CHECKPOINT, stopped_before_first_checkpoint
 from qmix_cli.progress import Reporter, SilentReporter
 from qmix_cli.reporting.report import build_report, compute_ranks, normalise_posteriors, report_metadata
 
@@ -80,10 +81,10 @@ def load_run(run_dir: str | Path, *, device: str = "auto") -> TrainedRun:
     if not run_dir.is_dir():
         raise QmixError(f"run directory not found: {run_dir}")
     if not (run_dir / "model.pt").is_file():
-        if (run_dir / "checkpoints" / "last.pt").is_file():
-            hint = " (training has not finished: resume it with qmix train --resume)"
-        elif (run_dir / "checkpoints").is_dir():
+        if stopped_before_first_checkpoint(run_dir):
             hint = " (training stopped before its first checkpoint: start it again with qmix train --force)"
+        elif (run_dir / RUN_CHECKPOINT).is_file():
+            hint = " (training has not finished: resume it with qmix train --resume)"
         else:
             hint = ""
         if (previous_run_dir(run_dir) / "model.pt").is_file():
