@@ -75,9 +75,74 @@ def corrupt(
     console: Console | None = None,
     quiet: bool = False,
 ):
-    """Write a corrupted copy of ``source`` to ``out`` (see ``qmix corrupt --help``); returns a `CorruptResult`.
+    """Write a copy of ``source`` with planted label noise and degraded images, and the truth, to ``out``.
 
-    Options left as ``None`` take the preset's value, else the defaults of `CorruptSpec`.
+    The Python form of ``qmix corrupt``. Options left as ``None`` take the preset's value, else the defaults of
+    `qmix_cli.noise.protocol.CorruptSpec`; the same options and seed give the same files.
+
+    Parameters
+    ----------
+    source
+        The clean dataset: an ImageFolder directory, a ``.csv`` / ``.parquet`` manifest (``path``, ``label``,
+        optional ``sample_id``) or a built-in name (``digits``, ``fashion-mnist``, ...). Never modified.
+    out
+        The directory to write (images, ``manifest.parquet`` / ``.csv`` with the truth columns, ``noise.json``).
+        It must not exist unless ``force``.
+    preset
+        ``"paper-15"``, ``"paper-35"``, ``"paper-45"``, ``"paper-55"`` or ``"paper-75"``: the paper's protocols.
+    label_noise
+        ``"none"``, ``"symmetric"`` (redrawn over all classes), ``"symmetric-exclusive"`` (always another class;
+        default), ``"pairflip"``, ``"asymmetric"`` (with ``class_map``) or ``"matrix:FILE"`` (K × K, ``.npy``,
+        ``.csv`` or ``.json``).
+    label_rate
+        Chance in [0, 1] that a high-quality image's label is changed (default 0.2).
+    quality_rate
+        Fraction in [0, 1] of images degraded to low quality (default 0.15); exact, not a per-image draw.
+    degradations
+        Comma list of ``blur``, ``motion``, ``dark``, ``bright``, ``contrast``, ``noise``, ``jpeg``,
+        ``occlusion``, ``haze``, ``vignette``, or ``"all"``.
+    severity
+        An int in 1..5 or a range ``"3-5"`` (default), drawn per image.
+    per_image
+        How many different degradations are composed on each low-quality image, at least 1 (default 1).
+    lq_labels
+        Labels of low-quality images: ``"random"`` (another class; default), ``"prior"`` (drawn from the class
+        frequencies) or ``"keep"``.
+    class_map
+        ``"cat=dog,truck=car"``: where asymmetric noise sends each class; unnamed classes keep their labels.
+    group_column
+        A manifest column of images that belong together (a patient): one noisy label per group and class.
+    seed
+        The random seed (default 0).
+    workers
+        Threads for decoding and writing, at least 1 (default: the CPU count, at most 8); does not change the
+        output.
+    on_bad_image
+        ``"error"`` (default) or ``"skip"`` unreadable source images (listed in ``noise.json``).
+    force
+        Replace an existing ``out``.
+    cache_dir
+        Where image checks are cached (default ``$QMIX_CACHE_DIR``, else ``$XDG_CACHE_HOME/qmix``, else
+        ``~/.cache/qmix``).
+    console
+        A `rich.console.Console` to print progress and notes on; None (default) prints nothing.
+    quiet
+        Print nothing even with a ``console``.
+
+    Returns
+    -------
+    CorruptResult
+        ``out``; ``manifest``, a DataFrame of one row per image (``sample_id``, ``path``, ``label``,
+        ``true_label``, ``is_label_noisy``, ``is_low_quality``, ``degradation``, ``severity``, ``category``);
+        ``summary``, what ``noise.json`` holds (options, counts per category, requested and realised transition
+        matrices, degradation counts, skipped images).
+
+    Raises
+    ------
+    QmixError
+        One line saying what to do: a `DataError` for an unusable dataset, a `ConfigError` for options that
+        contradict each other or an ``out`` that exists. Messages name the CLI's options (``--label-rate`` for
+        ``label_rate``).
     """
     from qmix_cli.data.manifest import create_dataset
     from qmix_cli.noise.protocol import corrupt_dataset, resolve_spec
@@ -119,10 +184,51 @@ def train(
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
     **options: Any,
 ):
-    """Train a method on ``data`` into the run directory ``out``; returns a `TrainResult`.
+    """Train QMix (or the ``dividemix`` / ``ce`` baseline) on ``data`` into the run directory ``out``.
 
-    ``options`` are `TrainConfig` fields (``method``, ``model``, ``epochs``, ...), overriding ``config`` (a YAML
-    file or a `TrainConfig`). With ``resume=True`` the run continues with its saved configuration.
+    The Python form of ``qmix train``: the same defaults, files and checkpoints, so a run started here resumes
+    from the CLI and the other way round. Torch's random state is the caller's again afterwards.
+
+    Parameters
+    ----------
+    data
+        The training set: an ImageFolder directory, a ``.csv`` / ``.parquet`` manifest, a ``qmix corrupt``
+        output or a built-in name. Never modified.
+    out
+        The run directory (``config.yaml``, the resolved options; ``metrics.jsonl``; ``checkpoints/``;
+        ``model.pt``; ``separation.json``; ``run.json``). An existing run is refused unless ``resume`` or ``force``.
+    config
+        A YAML file of `TrainConfig` fields, or a `TrainConfig`; ``options`` override it.
+    resume
+        Continue the run in ``out`` from its last checkpoint with its saved configuration. Options given here must
+        agree with it, except those a resume may change: ``device``, ``workers``, ``amp``, ``compile``,
+        ``eval_batch_size``, ``cache_dir`` and ``epochs`` (to go on longer).
+    force
+        Start over in an existing ``out``; the old run is kept as ``OUT.previous`` until this one finishes.
+    console
+        A `rich.console.Console` to print the per-epoch lines and notes on; None (default) prints nothing.
+    quiet
+        Print nothing even with a ``console``.
+    on_epoch_end
+        Called after every epoch with that epoch's metrics (the row ``metrics.jsonl`` gains).
+    **options
+        `TrainConfig` fields: ``method`` (``"qmix"``, ``"dividemix"``, ``"ce"``), ``model`` (a timm name),
+        ``img_size``, ``epochs``, ``warmup_epochs``, ``batch_size``, ``lr``, ``device``, ``seed``, ``val``, ... (see
+        ``qmix train --help`` and ``--set``). ``None`` values are ignored.
+
+    Returns
+    -------
+    TrainResult
+        ``run_dir`` and ``metrics``, one dict per epoch (``epoch``, ``phase``, ``lr``, the losses, ``seconds``,
+        ``images_per_s``; after warm-up ``n_clean`` / ``n_mis_h`` / ``n_mis_l``, the images in each group; with
+        ``val``, ``val_acc``).
+
+    Raises
+    ------
+    QmixError
+        One line saying what to do: a `DataError` for an unusable dataset, a `ConfigError` for unknown or
+        contradictory options or a run directory in use, a `TrainingError` when the loss stops being finite.
+        Messages name the CLI's options (``--warmup-epochs`` for ``warmup_epochs``).
     """
     from qmix_cli.config import config_from_dict, load_config_file
     from qmix_cli.data.cache import DecodeTarget
@@ -177,25 +283,76 @@ def audit(
     quiet: bool = False,
     stream=None,
 ):
-    """Score every image of ``data`` with the run in ``run`` and write the report to ``out``.
+    """Judge every image of ``data`` with a trained run: ``clean``, ``mislabeled_hq`` or ``mislabeled_lq``.
 
-    ``data`` may be the training set or any labelled manifest with the run's classes. ``out`` is a path (format
-    from its suffix unless ``fmt`` is given), ``"-"`` for CSV/JSONL on stdout, or None to only return the table.
-    Rows are sorted by ``sort_by``: ``"sample_id"``, or ``"rank"`` (the most likely issues first, so that
-    ``| head`` shows them). Returns the report as a `pandas.DataFrame` (in the same order; None when a closed pipe
-    stopped it before its first rows) with ``.attrs``: ``pipe_closed`` (whether a downstream pipe closed early),
-    ``skipped`` (the images ``on_bad_image="skip"`` left out, as ``sample_id`` / ``path`` / ``reason`` records) and
-    ``qmix`` (what a Parquet report records: run, dataset, classes). Images with the very pixels of a training
-    image are scored from what training read of them (kept in ``model.pt``) unless ``recompute`` or ``tta`` is
-    set.
+    The Python form of ``qmix audit``. Images with the very pixels of a training image are scored from what
+    training read of them (kept in ``model.pt``) unless ``recompute`` or ``tta`` is set.
 
-    Where images come in groups (several per patient), ``group_column`` names the manifest column that says which
-    (the run's ``group_column`` by default; it changes only the summary, not how the run judges images):
-    ``.attrs["groups"]`` then holds the ``column``, how many ``groups`` there are, how many are ``flagged`` (have
-    an image not judged clean) and the ``top`` five rows of the table by group, and ``groups_out`` (a path, format
-    by its suffix, or ``"-"`` for CSV on stdout) receives that table (`qmix_cli.reporting.groups.summarise_groups`:
-    one row per group and given label). Images left out by ``on_bad_image="skip"`` have no row there either. When
-    the reader of a stdout report closes it early and no table is asked for, ``attrs`` holds no ``groups``.
+    Parameters
+    ----------
+    data
+        The images to judge: the training set or any labelled dataset with the run's classes (ImageFolder
+        directory, ``.csv`` / ``.parquet`` manifest, ``qmix corrupt`` output or built-in name). Never modified.
+    run
+        A run directory written by `train` (``qmix train``).
+    out
+        Where to write the report: a path whose suffix gives the format (``.parquet``, ``.csv``, ``.jsonl``)
+        unless ``fmt`` is given, ``"-"`` for CSV (or ``fmt="jsonl"``) on ``stream``, or None (default) to only
+        return the table. Written atomically.
+    fmt
+        ``"parquet"``, ``"csv"`` or ``"jsonl"``, overriding the suffix.
+    batch_size
+        Images per forward pass, at least 1 (default 512).
+    tta
+        Random weakly augmented views averaged into each image's prediction besides its plain view, 0 or more
+        (default 0).
+    device
+        ``"auto"`` (CUDA when present; default), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    on_bad_image
+        ``"error"`` (default) or ``"skip"`` unreadable images (they get no row; see ``attrs["skipped"]``).
+    cache_dir
+        Where decoded images and image checks are cached (default as for `train`).
+    workers
+        DataLoader workers for datasets too big to decode into memory, 0 or more (default 0).
+    sort_by
+        Row order: ``"sample_id"`` (default) or ``"rank"`` (the most likely issues first, so that ``| head``
+        shows them).
+    recompute
+        Score training images from their pixels again instead of from what training read of them.
+    group_column
+        The manifest column that says which images belong together, several per patient (default: the run's
+        ``group_column``). It changes the summary by group, not how images are judged.
+    groups_out
+        Where to write the table by group (one row per group and given label,
+        `qmix_cli.reporting.groups.summarise_groups`): a path whose suffix gives the format, or ``"-"`` for CSV on
+        ``stream``. Needs a group column.
+    console
+        A `rich.console.Console` to print progress and notes on; None (default) prints nothing.
+    quiet
+        Print nothing even with a ``console``.
+    stream
+        The binary stream ``"-"`` writes to (default: standard output).
+
+    Returns
+    -------
+    pandas.DataFrame or None
+        The report, one row per image in ``sort_by`` order, with the columns of
+        `qmix_cli.reporting.report.REPORT_SCHEMA` (``sample_id``, ``path``, ``given_label``, ``category``,
+        ``p_clean`` / ``p_mislabeled_hq`` / ``p_mislabeled_lq`` in [0, 1] summing to 1, ``suggested_label``,
+        ``rank`` from 1, ...); None when a closed pipe stopped it before its first rows.
+
+        ``attrs`` holds ``pipe_closed`` (whether the reader of ``"-"`` closed it early), ``skipped`` (records of
+        ``sample_id`` / ``path`` / ``reason`` for the images ``on_bad_image="skip"`` left out), ``qmix`` (what a
+        Parquet report records: run, dataset, classes) and, with a group column, ``groups``: the ``column``, how
+        many ``groups``, how many ``flagged`` (an image not judged clean) and the ``top`` five rows of the table by
+        group (absent when a closed pipe cut the report short and no ``groups_out`` was asked for).
+
+    Raises
+    ------
+    QmixError
+        One line saying what to do: a `DataError` for unreadable images or labels the run does not know, a
+        `ConfigError` for contradictory options or an output that is one of the run's files. Messages name the
+        CLI's options (``--sort`` for ``sort_by``, ``--out`` for ``out``).
     """
     import pyarrow as pa
 
@@ -361,8 +518,35 @@ def show(
     console: Console | None = None,
     quiet: bool = False,
 ) -> Path:
-    """Write the self-contained HTML page of a report (scatter, per-class counts, thumbnails, training curves).
-    Thumbnails whose images are not found are said on ``console``."""
+    """Write the self-contained HTML page of a report: scatter, per-class counts, thumbnails, training curves.
+
+    The Python form of ``qmix show``.
+
+    Parameters
+    ----------
+    report
+        A report file written by `audit` (Parquet, CSV or JSON Lines).
+    out
+        The HTML file to write (default ``report.html``), atomically.
+    run
+        The run directory, for the separation's means and the training curves (default: the run a Parquet
+        report records, when it still exists).
+    data
+        The dataset the report's paths are relative to, for thumbnails (default: the one a Parquet report
+        records, when it still exists).
+    top
+        Thumbnails shown per kind of issue (and groups, for an audit by group), most likely first, 0 or more
+        (default 12).
+    console
+        A `rich.console.Console` on which thumbnails whose images are not found are said; None prints nothing.
+    quiet
+        Print nothing even with a ``console``.
+
+    Returns
+    -------
+    pathlib.Path
+        The page written.
+    """
     from qmix_cli.reporting.html import write_html_report
 
     with _reporter(console, quiet) as rep:
@@ -377,13 +561,39 @@ def evaluate(
     on_unchecked: str = "error",
     group_column: str | None = None,
 ) -> dict[str, Any]:
-    """Compare a report (a file, or the DataFrame `audit` returned) with the truth columns of a manifest written
-    by ``qmix corrupt`` (or by hand: ``sample_id`` or ``path``, and ``category``); returns a JSON-able dict.
+    """Score a report against the truth: per-category precision / recall / F1, detection, AUCs, relabels.
 
-    ``on_missing="skip"`` scores a report of part of the truth's images on those, ``on_unchecked="skip"`` a report
-    on a truth of part of its images (see `evaluate_report`).
-    ``group_column`` (default: the column a Parquet report's audit grouped by, where the truth has it) scores the
-    table by group too."""
+    The Python form of ``qmix evaluate``.
+
+    Parameters
+    ----------
+    report
+        A report file written by `audit`, or the DataFrame `audit` returned.
+    truth
+        A manifest with the truth: a ``qmix corrupt`` output, or a CSV / Parquet file written by hand with
+        ``sample_id`` (or ``path``) and ``category`` (``clean``, ``mislabeled_hq``, ``mislabeled_lq``), or the
+        flags ``is_low_quality`` and ``is_label_noisy`` instead of ``category``.
+    on_missing
+        Truth rows the report lacks: ``"error"`` (default) or ``"skip"`` (score a report of part of the images,
+        e.g. one audited with ``on_bad_image="skip"``).
+    on_unchecked
+        Report rows the truth lacks: ``"error"`` (default) or ``"skip"`` (score on a truth of part of the images,
+        those checked by hand). Either way the two must share an image.
+    group_column
+        A truth column saying which images belong together, to score the table by group too (default: the column
+        a Parquet report's audit grouped by, where the truth has it).
+
+    Returns
+    -------
+    dict
+        JSON-able: ``n``, ``macro_f1``, ``per_category``, ``detection``, ``roc_auc``, ``confusion_matrix``,
+        ``relabel``, ``per_class``, ... (all keys: `qmix_cli.reporting.evaluate.evaluate_report`).
+
+    Raises
+    ------
+    QmixError
+        One line: a truth without ids or verdicts, images the two do not share, given labels that disagree.
+    """
     import pandas as pd
 
     from qmix_cli.categories import truth_categories
@@ -423,15 +633,36 @@ def apply(
     on_missing: str = "error",
     force: bool = False,
 ) -> dict[str, Any]:
-    """Write the manifest that follows from a report's verdicts on ``data`` (`apply_verdicts`: relabel or drop the
-    ``mislabeled_hq`` images, drop or keep the ``mislabeled_lq`` ones), to train on next. An existing ``out`` is
-    replaced only with ``force`` (runs may have been trained on it).
+    """Write the manifest that follows from a report's verdicts on ``data``, to train on next.
 
-    ``report`` is a report file, or the DataFrame `audit` returned. ``out`` is a new ``.csv`` or ``.parquet``
-    manifest, written atomically; ``data`` and ``report`` are never changed. Its paths are relative to its folder
-    where the images lie under it and absolute elsewhere (and always, when ``out`` is a symlink), so it reads
-    from wherever it is. Returns the counts of `Applied`, ``emptied`` (classes no image carries any more) and
-    ``out``.
+    The Python form of ``qmix apply`` (`qmix_cli.reporting.apply.apply_verdicts`). ``data`` and ``report`` are
+    never changed.
+
+    Parameters
+    ----------
+    data
+        The dataset the report judged (the same images and labels).
+    report
+        A report file written by `audit`, or the DataFrame `audit` returned.
+    out
+        The new ``.csv`` or ``.parquet`` manifest, written atomically. Its paths are relative to its folder where
+        the images lie under it and absolute elsewhere (always, when ``out`` is a symlink), so it reads from
+        wherever it is. An existing file is replaced only with ``force`` (runs may have been trained on it).
+    hq
+        What to do with ``mislabeled_hq`` images: ``"relabel"`` (to the suggested label; default), ``"drop"`` or
+        ``"keep"``.
+    lq
+        What to do with ``mislabeled_lq`` images: ``"drop"`` (default) or ``"keep"``.
+    on_missing
+        Dataset rows the report lacks: ``"error"`` (default), ``"drop"`` or ``"keep"``.
+    force
+        Replace an existing ``out``.
+
+    Returns
+    -------
+    dict
+        The counts of `qmix_cli.reporting.apply.Applied` (``images``, ``kept``, ``relabelled``, ``dropped_hq``,
+        ``dropped_lq``, ``missing``, ...), ``emptied`` (classes no image carries any more) and ``out``.
     """
     import json
 

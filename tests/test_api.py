@@ -47,3 +47,19 @@ def test_the_package_lists_its_api_and_its_error_for_completion():
     names = dir(qmix_cli)
     assert {"train", "audit", "evaluate", "corrupt", "show", "apply", "QmixError"} <= set(names)
     assert issubclass(qmix_cli.errors.DataError, QmixError)
+
+
+def _documented_parameters(doc: str) -> list[str]:
+    """The names a NumPy-style ``Parameters`` section lists (its unindented lines), in order."""
+    section = doc.split("Parameters\n----------\n", 1)[1].split("\nReturns\n-------", 1)[0]
+    return [line.lstrip("*") for line in section.splitlines() if line and not line[0].isspace()]
+
+
+@pytest.mark.parametrize("name", ["corrupt", "train", "audit", "evaluate", "show", "apply"])
+def test_every_api_function_documents_each_of_its_parameters_and_what_it_returns(name):
+    import inspect
+
+    function = getattr(qmix_cli, name)
+    doc = inspect.getdoc(function)
+    assert "Parameters\n----------" in doc and "Returns\n-------" in doc
+    assert _documented_parameters(doc) == list(inspect.signature(function).parameters)

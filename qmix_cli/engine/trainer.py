@@ -80,6 +80,16 @@ _REPLACES = "replaces-previous"
 
 @dataclass(frozen=True)
 class TrainResult:
+    """What `train` leaves.
+
+    Attributes
+    ----------
+    run_dir
+        The run directory (``model.pt``, ``config.yaml``, ``metrics.jsonl``, ...).
+    metrics
+        One dict per epoch of the run (a resumed run's earlier epochs too), as ``metrics.jsonl`` holds them.
+    """
+
     run_dir: Path
     metrics: list[dict[str, Any]]
 

@@ -126,6 +126,21 @@ def resolve_spec(preset: str | None, **given: Any) -> CorruptSpec:
 
 @dataclass(frozen=True)
 class CorruptResult:
+    """What `corrupt_dataset` wrote.
+
+    Attributes
+    ----------
+    out
+        The output directory.
+    manifest
+        One row per image written: ``sample_id``, ``path`` (relative to ``out``), ``label`` (the given, possibly
+        noisy label), ``true_label``, ``is_label_noisy``, ``is_low_quality``, ``degradation``, ``severity`` and
+        ``category`` (``clean``, ``mislabeled_hq`` or ``mislabeled_lq``).
+    summary
+        What ``noise.json`` holds: options, seed, classes, counts per category, requested and realised transition
+        matrices, realised rates, degradation counts, ``unchanged_low_quality`` and ``skipped``.
+    """
+
     out: Path
     manifest: pd.DataFrame = field(repr=False)  # a notebook cell ending in corrupt(...) shows where, not all
     summary: dict[str, Any] = field(repr=False)
