@@ -42,6 +42,7 @@ class ImageInfo:
     size: tuple[int, int] = (0, 0)
     frames: int = 1  # a multi-page TIFF's pages, an animation's frames: only the first is read
     see_through: bool = False  # some pixel not fully opaque: the colour channels are read, the transparency not
+    turned: bool = False  # an EXIF orientation other than upright: read as stored, not as photo viewers show it
 
     @property
     def is_gray(self) -> bool:
@@ -58,21 +59,32 @@ def _see_through(img: Image.Image) -> bool:
     return alpha.getextrema()[0] < 255
 
 
-def _extras(img: Image.Image) -> tuple[int, bool]:
-    """An image's pages or frames and whether it is see-through, for `pixel_notes`; (1, False) where Pillow cannot
-    tell: a damaged later page, or a mode it cannot convert, must not cost the first page its verdict (Pillow
-    raises TypeError, IndexError, OSError, ... for those)."""
+# The EXIF tag saying how a camera held the picture: 1 is upright, 2-8 a rotation and/or mirroring to apply.
+_ORIENTATION = 0x0112
+
+
+def _extras(img: Image.Image) -> tuple[int, bool, bool]:
+    """An image's pages or frames, whether it is see-through and whether its EXIF orientation turns it, for
+    `pixel_notes`; (1, False, False) where Pillow cannot tell: a damaged later page, a mode it cannot convert or
+    damaged EXIF data must not cost the first page its verdict (Pillow raises TypeError, IndexError, OSError, ...
+    for those)."""
     try:
         see_through = _see_through(img)
     except Exception:
         see_through = False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Corrupt EXIF data": the pixels are what is judged
+            turned = img.getexif().get(_ORIENTATION, 1) not in (1, None)
+    except Exception:
+        turned = False
     try:  # last: counting the frames of a GIF or a TIFF seeks through the file, past the pixels just read
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "Corrupt EXIF data" of a damaged later page: not the user's concern
             frames = getattr(img, "n_frames", 1)
     except Exception:
         frames = 1
-    return frames, see_through
+    return frames, see_through, turned
 
 
 def default_workers() -> int:
@@ -107,8 +119,10 @@ def inspect_image(
                 _load(img, size if keep is not None else _CHECK_ONLY)
                 if keep is not None:
                     keep(img)
-                frames, see_through = _extras(img)
-                return ImageInfo(error=None, mode=img.mode, size=full_size, frames=frames, see_through=see_through)
+                frames, see_through, turned = _extras(img)
+                return ImageInfo(
+                    error=None, mode=img.mode, size=full_size, frames=frames, see_through=see_through, turned=turned
+                )
     except FileNotFoundError:
         return ImageInfo(error="file not found")
     except IsADirectoryError:

@@ -345,8 +345,9 @@ _LONG_ASPECT = 4
 
 def pixel_notes(paths: Sequence[str], infos: Sequence[ImageInfo]) -> list[str]:
     """What the images hold that is not read as it is, one line each: long strips (squashed to a square), pages or
-    frames after the first, and transparency (the colour channels are read as stored beneath it, as torchvision's
-    loaders read them)."""
+    frames after the first, transparency (the colour channels are read as stored beneath it) and EXIF orientation
+    (the pixels are read as stored, not turned upright as photo viewers show them), the last two as torchvision's
+    and timm's loaders read them."""
     notes = []
     long = [path for path, info in zip(paths, infos, strict=True) if max(info.size) >= _LONG_ASPECT * min(info.size)]
     if long:
@@ -365,6 +366,13 @@ def pixel_notes(paths: Sequence[str], infos: Sequence[ImageInfo]) -> list[str]:
         notes.append(
             f"partly transparent images, read as stored beneath the transparency: {len(clear):,} (e.g. {clear[0]}); "
             "flatten them first if what they show is in the transparency"
+        )
+    turned = [path for path, info in zip(paths, infos, strict=True) if info.turned]
+    if turned:
+        notes.append(
+            f"photos whose EXIF orientation says to turn them, read as stored (sideways or mirrored, not as a photo "
+            f"viewer shows them): {len(turned):,} (e.g. {turned[0]}); turn them upright first (exiftran -ai, "
+            "mogrify -auto-orient) if some of your photos are turned and others not"
         )
     return notes
 

@@ -18,7 +18,7 @@ from qmix_cli.data.images import ImageInfo
 from qmix_cli.errors import QmixError
 from qmix_cli.io import atomic_write_text
 
-SCAN_CACHE_VERSION = "3"  # 3: frames and transparency recorded
+SCAN_CACHE_VERSION = "4"  # 3: frames and transparency recorded; 4: EXIF orientation
 
 
 def file_stats(paths: Sequence[str | Path]) -> list[tuple[int, int]]:
@@ -78,14 +78,15 @@ def cached_scan(
 
 
 def _runs(infos: list[ImageInfo]) -> list[list]:
-    """Run-length encoding: ``[error, mode, width, height, frames, see_through, count]`` per run of identical
-    results.
+    """Run-length encoding: ``[error, mode, width, height, frames, see_through, turned, count]`` per run of
+    identical results.
 
     A dataset of same-sized images of one mode is one run, so a 100k-image record stays a few bytes.
     """
     runs: list[list] = []
     for info in infos:
-        key = [info.error, info.mode, int(info.size[0]), int(info.size[1]), int(info.frames), bool(info.see_through)]
+        size, extras = [int(info.size[0]), int(info.size[1])], [int(info.frames), info.see_through, info.turned]
+        key = [info.error, info.mode, *size, *extras]
         if runs and runs[-1][:-1] == key:
             runs[-1][-1] += 1
         else:
@@ -97,13 +98,14 @@ def _read(target: Path, n: int) -> list[ImageInfo] | None:
     try:
         runs = json.loads(target.read_text(encoding="utf-8"))
         infos: list[ImageInfo] = []
-        for error, mode, width, height, frames, see_through, count in runs:
+        for error, mode, width, height, frames, see_through, turned, count in runs:
             info = ImageInfo(
                 error=error,
                 mode=mode,
                 size=(int(width), int(height)),
                 frames=int(frames),
                 see_through=bool(see_through),
+                turned=bool(turned),
             )
             infos.extend([info] * int(count))
     except (OSError, ValueError, TypeError):

@@ -369,6 +369,31 @@ def test_strips_pages_and_transparency_not_read_as_they_are_are_named_and_rememb
     assert create_dataset(root, check_images=False).notes == ()
 
 
+def _exif(orientation: int) -> Image.Exif:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif
+
+
+def test_photos_a_camera_marked_as_turned_are_named_and_remembered(tmp_path):
+    root = tmp_path / "ds"
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+    photo = Image.new("RGB", (16, 8), (200, 30, 30))
+    photo.save(root / "a" / "phone.jpg", exif=_exif(6))  # a phone held upright: the pixels are to be turned
+    photo.save(root / "b" / "mirrored.png", exif=_exif(2))
+    photo.save(root / "a" / "upright.jpg", exif=_exif(1))  # orientation 1, or none: no note
+    photo.save(root / "b" / "plain.jpg")
+    note = (
+        "photos whose EXIF orientation says to turn them, read as stored (sideways or mirrored, not as a photo viewer "
+        "shows them): 2 (e.g. a/phone.jpg); turn them upright first (exiftran -ai, mogrify -auto-orient) if some of "
+        "your photos are turned and others not"
+    )
+    assert create_dataset(root).notes == (note,)
+    assert create_dataset(root).notes == (note,)  # the same from the remembered check
+    assert read_image(root / "a" / "phone.jpg", channels=3).shape[:2] == (8, 16)  # as stored, as torchvision reads
+
+
 @pytest.mark.parametrize("sep", [";", "\t"])
 def test_a_spreadsheets_semicolon_or_tab_csv_is_read_by_its_separator(make_image_folder, sep):
     root = make_image_folder(classes=("a", "b"), per_class=2)
