@@ -279,6 +279,7 @@ def audit(
     recompute: bool = False,
     group_column: str | None = None,
     groups_out: str | Path | None = None,
+    force: bool = False,
     console: Console | None = None,
     quiet: bool = False,
     stream=None,
@@ -326,6 +327,9 @@ def audit(
         Where to write the table by group (one row per group and given label,
         `qmix_cli.reporting.groups.summarise_groups`): a path whose suffix gives the format, or ``"-"`` for CSV on
         ``stream``. Needs a group column.
+    force
+        Replace an existing ``out`` or ``groups_out`` that is not a table ``qmix audit`` wrote (a manifest, say);
+        without it such a file is refused, while an earlier report is replaced.
     console
         A `rich.console.Console` to print progress and notes on; None (default) prints nothing.
     quiet
@@ -371,11 +375,11 @@ def audit(
     if out is not None:
         out = "-" if str(out) == "-" else out  # Path("-") too: the writer and the checks then agree on stdout
         fmt = infer_format(str(out), fmt)
-        _check_audit_output(out, run=run, option="--out", what="the report")
+        _check_audit_output(out, run=run, option="--out", what="the report", force=force)
     groups_fmt = None
     if groups_out is not None:
         groups_out = "-" if str(groups_out) == "-" else groups_out
-        _check_audit_output(groups_out, run=run, option="--groups-out", what="the group table")
+        _check_audit_output(groups_out, run=run, option="--groups-out", what="the group table", force=force)
         try:
             groups_fmt = infer_format(str(groups_out))  # from the suffix alone: --format is the report's
         except QmixError:
@@ -497,15 +501,18 @@ def _summarise_groups(tables: list, *, column: str | None, dataset, out, fmt, me
     return table
 
 
-def _check_audit_output(out: str | Path, *, run: str | Path, option: str, what: str) -> None:
-    """Refuse an output ``audit`` cannot write, before any image is scored: an unwritable path or a run's file."""
-    from qmix_cli.io import check_out_file, run_file_named
+def _check_audit_output(out: str | Path, *, run: str | Path, option: str, what: str, force: bool) -> None:
+    """Refuse an output ``audit`` cannot write, before any image is scored: an unwritable path, a run's file, or
+    (without ``force``) an existing file that is not a table ``qmix audit`` wrote."""
+    from qmix_cli.io import check_out_file, check_replaceable, run_file_named
+    from qmix_cli.reporting.report import written_by_audit
 
     if out == "-":
         return
-    check_out_file(out)
+    target = check_out_file(out)
     if own := run_file_named(out, run):
         raise ConfigError(f"{option} {out} is one of the run's own files ({own}); write {what} to another file")
+    check_replaceable(target, ours=written_by_audit, force=force, option=option, what="a table qmix audit wrote")
 
 
 def show(
@@ -515,6 +522,7 @@ def show(
     run: str | Path | None = None,
     data: str | Path | None = None,
     top: int = 12,
+    force: bool = False,
     console: Console | None = None,
     quiet: bool = False,
 ) -> Path:
@@ -537,6 +545,9 @@ def show(
     top
         Thumbnails shown per kind of issue (and groups, for an audit by group), most likely first, 0 or more
         (default 12).
+    force
+        Replace an existing ``out`` that is not a page ``qmix show`` wrote (a manifest, say); without it such a file
+        is refused, while an earlier page is replaced.
     console
         A `rich.console.Console` on which thumbnails whose images are not found are said; None prints nothing.
     quiet
@@ -550,7 +561,7 @@ def show(
     from qmix_cli.reporting.html import write_html_report
 
     with _reporter(console, quiet) as rep:
-        return write_html_report(report, out=out, run=run, data=data, top=top, warn=rep.log)
+        return write_html_report(report, out=out, run=run, data=data, top=top, warn=rep.log, force=force)
 
 
 def evaluate(

@@ -10,7 +10,7 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,24 @@ def check_out_file(path: str | Path) -> Path:
     if mode is not None and not stat.S_ISREG(mode):
         raise QmixError(f"{path} is not a regular file (a pipe or a device); write a file, or stream with --out -")
     return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
+def check_replaceable(path: str | Path, *, ours: Callable[[Path], bool], force: bool, option: str, what: str) -> None:
+    """Refuse to replace an existing, non-empty file at output ``path`` unless ``ours(path)`` says this command
+    wrote it (an earlier report, an earlier page: rerunning a command replaces its own output) or ``force`` is
+    set: a manifest, another command's table or a user's document given as ``--out`` by mistake is not lost.
+
+    ``what`` names what this command writes (``"a page qmix show wrote"``); errors name the output by ``option``.
+    """
+    path = Path(path)
+    try:
+        if force or not path.is_file() or path.stat().st_size == 0 or ours(path):
+            return
+    except OSError:
+        pass  # unreadable: not known to be ours
+    raise QmixError(
+        f"{option} {path} already exists and is not {what}; choose another file, or pass --force to replace it"
+    )
 
 
 @contextlib.contextmanager

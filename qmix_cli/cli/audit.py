@@ -55,6 +55,13 @@ def audit_command(
             "issue score (median of 1 − p_clean), the majority suggested label, rank."
         ),
     ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            help="Replace an existing --out / --groups-out that is not a table qmix audit wrote (an earlier report "
+            "is replaced without it)."
+        ),
+    ] = False,
 ) -> None:
     """Write a report that says, for every image, clean / mislabeled_hq / mislabeled_lq and what to do."""
     load_engine()
@@ -64,7 +71,7 @@ def audit_command(
     frame = audit(
         data, run=run, out=out, fmt=format, batch_size=batch_size, tta=tta, device=device,
         on_bad_image=on_bad_image, cache_dir=cache_dir, workers=workers, sort_by=sort, recompute=recompute,
-        group_column=group_column, groups_out=groups_out, console=st.err, quiet=st.quiet,
+        group_column=group_column, groups_out=groups_out, force=force, console=st.err, quiet=st.quiet,
     )  # fmt: skip
     if frame is None or frame.attrs.get("pipe_closed") or st.quiet:
         return

@@ -42,12 +42,18 @@ def show_command(
             "first.",
         ),
     ] = 12,
+    force: Annotated[
+        bool,
+        typer.Option(
+            help="Replace an existing --out that is not a page qmix show wrote; an earlier page is replaced anyway."
+        ),
+    ] = False,
 ) -> None:
     """Write a self-contained HTML page: loss × uncertainty scatter, per-class counts, top issues, curves."""
     from qmix_cli.api import show
 
     st = state(ctx)
-    path = show(report, out=out, run=run, data=data, top=top, console=st.err, quiet=st.quiet)
+    path = show(report, out=out, run=run, data=data, top=top, force=force, console=st.err, quiet=st.quiet)
     st.err.print(f"wrote {bold(path)}", highlight=False, soft_wrap=True)
 
 

@@ -35,7 +35,7 @@ from qmix_cli import __version__
 from qmix_cli.categories import CATEGORIES
 from qmix_cli.data.manifest import read_manifest
 from qmix_cli.errors import QmixError
-from qmix_cli.io import atomic_write_text, check_out_file, is_one_of, read_metrics, run_file_named
+from qmix_cli.io import atomic_write_text, check_out_file, check_replaceable, is_one_of, read_metrics, run_file_named
 from qmix_cli.reporting.groups import report_groups, summarise_groups, units_of_rows
 from qmix_cli.reporting.report import check_same_images, read_report
 
@@ -414,6 +414,7 @@ def write_html_report(
     top: int = 12,
     max_points: int = 5000,
     warn: Callable[[str], None] | None = None,
+    force: bool = False,
 ) -> Path:
     """Write one self-contained HTML page for a report (atomically) and return its path.
 
@@ -436,6 +437,8 @@ def write_html_report(
         Most points in the scatter; larger reports are subsampled deterministically.
     warn
         Called with one line when some of the thumbnails' images cannot be found (the page shows placeholders).
+    force
+        Replace an existing ``out`` that is not a page ``qmix show`` wrote (an earlier page is replaced without).
 
     Raises
     ------
@@ -459,6 +462,7 @@ def write_html_report(
     root = _data_root(data, meta, frame)
     if is_one_of(out, frame["path"].astype(str), root=root):
         raise QmixError(f"--out {out} is one of the report's images; write the page to another file")
+    check_replaceable(out, ours=written_by_show, force=force, option="--out", what="a page qmix show wrote")
     missing, shown = missing_thumbnails(frame, root=root, top=top)
     if missing and warn is not None:
         where = f"under {root}" if root is not None else "from the current directory"
@@ -475,6 +479,16 @@ def write_html_report(
     except OSError as exc:
         raise QmixError(f"cannot write {out}: {exc}") from exc
     return out
+
+
+# How every page `render_page` writes begins its title: what tells a rerun that a file is its own earlier page.
+_TITLE = "qmix report"
+
+
+def written_by_show(path: str | Path) -> bool:
+    """Whether the file at ``path`` is a page ``qmix show`` wrote (its title, in the first kilobytes)."""
+    with open(path, "rb") as f:
+        return f"<title>{_TITLE}".encode() in f.read(4096)
 
 
 def _report_groups(
@@ -585,7 +599,7 @@ def render_page(
         sections.append(groups_section_html(frame, groups[1], column=groups[0], root=root, top=top))
     if run_dir is not None:
         sections.append(_curves_section(run_dir))
-    title = f"qmix report — {Path(str(source)).name}" if source else "qmix report"
+    title = f"{_TITLE} — {Path(str(source)).name}" if source else _TITLE
     generated = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
     return (
         "<!DOCTYPE html>\n"

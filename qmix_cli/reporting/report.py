@@ -12,6 +12,7 @@ Reports are built in two passes so that memory stays bounded on large datasets: 
 from __future__ import annotations
 
 import contextlib
+import csv
 import datetime as dt
 import filecmp
 import io
@@ -299,6 +300,31 @@ def report_metadata(
     for key, value in (extra or {}).items():
         entries[str(key)] = value if isinstance(value, str) else json.dumps(value)
     return {f"{_META_PREFIX}{key}".encode(): value.encode() for key, value in entries.items()}
+
+
+# Columns that make a table one `qmix audit` wrote: a report, or its table by group (`GROUP_SCHEMA`).
+_AUDIT_TABLE_COLUMNS = ({"sample_id", "category", "p_clean"}, {"group", "given_label", "issue_score"})
+
+
+def written_by_audit(path: str | Path) -> bool:
+    """Whether the file at ``path`` is a table ``qmix audit`` writes (a report or a table by group), whatever its
+    name: a Parquet file with qmix metadata, or a CSV / JSON Lines file whose first line has their columns. Lets a
+    rerun replace its own output while a manifest given as ``--out`` by mistake is kept (`check_replaceable`)."""
+    path = Path(path)
+    with path.open("rb") as f:
+        head = f.read(4)
+        if head == b"PAR1":
+            try:
+                metadata = pq.read_schema(path).metadata or {}
+            except (pa.ArrowException, OSError):
+                return False
+            return any(key.startswith(_META_PREFIX.encode()) for key in metadata)
+        line = (head + f.readline(1 << 20)).decode("utf-8-sig", errors="replace").strip()
+    try:
+        columns = set(json.loads(line)) if line.startswith("{") else set(next(csv.reader([line]), []))
+    except (ValueError, TypeError):
+        return False
+    return any(needed <= columns for needed in _AUDIT_TABLE_COLUMNS)
 
 
 def read_report_metadata(path: str | Path) -> dict[str, str]:

@@ -345,8 +345,29 @@ def test_quiet_suppresses_the_summary(runner, tmp_path, qmix_run, noisy_digits):
 def test_out_that_is_the_dataset_manifest_is_refused(runner, qmix_run, noisy_digits, hash_tree):
     before = hash_tree(noisy_digits)
     result = _audit(runner, noisy_digits, qmix_run.run_dir, "--out", str(noisy_digits / "manifest.parquet"))
-    _assert_one_line_error(result, "dataset's own manifest")
+    _assert_one_line_error(result, "already exists and is not a table qmix audit wrote")
+    result = _audit(runner, noisy_digits, qmix_run.run_dir, "--out", str(noisy_digits / "manifest.parquet"), "--force")
+    _assert_one_line_error(result, "dataset's own manifest")  # --force replaces other files, never the input
     assert hash_tree(noisy_digits) == before
+
+
+def test_an_existing_file_audit_did_not_write_is_kept_unless_forced(runner, qmix_run, noisy_digits, tmp_path):
+    fixed = tmp_path / "fixed.csv"  # what qmix apply wrote, given as --out by mistake: a run may train on it
+    fixed.write_text("path,label\nimages/0000000.png,3\n")
+    before = fixed.read_bytes()
+    result = _audit(runner, noisy_digits, qmix_run.run_dir, "--out", str(fixed))
+    _assert_one_line_error(result, f"--out {fixed} already exists and is not a table qmix audit wrote; choose")
+    assert fixed.read_bytes() == before
+    result = _audit(
+        runner, noisy_digits, qmix_run.run_dir, "--out", str(tmp_path / "r.csv"), "--groups-out", str(fixed)
+    )
+    _assert_one_line_error(result, "--groups-out")
+    assert fixed.read_bytes() == before and not (tmp_path / "r.csv").exists()
+    result = _audit(runner, noisy_digits, qmix_run.run_dir, "--out", str(fixed), "--force")
+    assert result.exit_code == 0, _stderr(result)
+    assert len(_read_csv(fixed)) == 1797
+    result = _audit(runner, noisy_digits, qmix_run.run_dir, "--out", str(fixed))  # now a report: a rerun replaces it
+    assert result.exit_code == 0, _stderr(result)
 
 
 def test_sort_by_rank_puts_the_likeliest_issues_first(runner, tmp_path, qmix_run, noisy_digits, parquet_report):

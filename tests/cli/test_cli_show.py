@@ -88,3 +88,20 @@ def test_the_runs_own_files_are_not_an_output(runner, tmp_path, write_image):
     result = runner.invoke(app, ["show", str(report), "--run", str(run), "--out", str(run / "metrics.jsonl")])
     _assert_one_line_error(result, "is one of the run's own files (metrics.jsonl)")
     assert (run / "metrics.jsonl").read_bytes() == before
+
+
+def test_an_existing_file_show_did_not_write_is_kept_unless_forced(runner, tmp_path, write_image):
+    report, data, _ = make_report(tmp_path, write_image)
+    manifest = tmp_path / "manifest.csv"  # the dataset's manifest, given as --out by mistake
+    manifest.write_text("path,label\na.png,cat\n")
+    before = manifest.read_bytes()
+    result = runner.invoke(app, ["show", str(report), "--out", str(manifest)])
+    _assert_one_line_error(result, f"--out {manifest} already exists and is not a page qmix show wrote; choose")
+    assert manifest.read_bytes() == before
+    page = tmp_path / "page.html"
+    for extra in ([], []):  # written, then replaced by a rerun: its own earlier page
+        result = runner.invoke(app, ["show", str(report), "--out", str(page), "--data", str(data), *extra])
+        assert result.exit_code == 0, _stderr(result)
+    result = runner.invoke(app, ["show", str(report), "--out", str(manifest), "--force"])
+    assert result.exit_code == 0, _stderr(result)
+    assert manifest.read_text().startswith("<!DOCTYPE html>")

@@ -30,6 +30,7 @@ from qmix_cli.reporting.report import (
     read_report_metadata,
     report_metadata,
     suggest_labels,
+    written_by_audit,
 )
 
 CLASSES = ("cat", "dog", "fox", "owl")
@@ -580,3 +581,21 @@ def test_read_report_refuses_what_it_cannot_read_with_a_reason(tmp_path: Path, n
     # A Path as the CLI hands it over, not only a str: "-" must still be read as stdin, and named as such.
     with pytest.raises(QmixError, match=message):
         read_report(Path(name))
+
+
+def test_a_table_audit_wrote_is_told_from_other_files_by_its_content(tmp_path, report):
+    """What lets a rerun of ``qmix audit`` replace its earlier report but not a manifest given as ``--out``."""
+    for name, fmt in (("r.parquet", None), ("r.csv", None), ("r.jsonl", None), ("r.txt", "csv")):
+        write_batches(report, tmp_path / name, fmt=fmt, metadata=metadata())
+        assert written_by_audit(tmp_path / name), name  # by content: a report under any name
+    groups = pd.DataFrame({"group": ["p1"], "given_label": ["cat"], "images": [2], "issue_score": [0.4]})
+    groups.to_csv(tmp_path / "groups.csv", index=False)
+    assert written_by_audit(tmp_path / "groups.csv")
+    manifest = pd.DataFrame({"sample_id": ["a"], "path": ["a.png"], "label": ["cat"], "category": ["clean"]})
+    manifest.to_csv(tmp_path / "manifest.csv", index=False)  # a truth column, but no scores: not a report
+    manifest.to_parquet(tmp_path / "manifest.parquet")
+    report.to_pandas().to_parquet(tmp_path / "copied.parquet")  # the columns, but no qmix metadata
+    (tmp_path / "notes.jsonl").write_text('{"sample_id": "a"}\n')
+    (tmp_path / "broken.jsonl").write_text("{not json\n")
+    for name in ("manifest.csv", "manifest.parquet", "copied.parquet", "notes.jsonl", "broken.jsonl"):
+        assert not written_by_audit(tmp_path / name), name
