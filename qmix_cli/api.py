@@ -523,6 +523,7 @@ def show(
     data: str | Path | None = None,
     top: int = 12,
     force: bool = False,
+    group_column: str | None = None,
     console: Console | None = None,
     quiet: bool = False,
 ) -> Path:
@@ -548,6 +549,9 @@ def show(
     force
         Replace an existing ``out`` that is not a page ``qmix show`` wrote (a manifest, say); without it such a file
         is refused, while an earlier page is replaced.
+    group_column
+        The column of ``data``'s manifest saying which images belong together, for the section by group (default:
+        the column a Parquet report's audit grouped by; CSV and JSON Lines reports record none).
     console
         A `rich.console.Console` on which thumbnails whose images are not found are said; None prints nothing.
     quiet
@@ -561,7 +565,9 @@ def show(
     from qmix_cli.reporting.html import write_html_report
 
     with _reporter(console, quiet) as rep:
-        return write_html_report(report, out=out, run=run, data=data, top=top, warn=rep.log, force=force)
+        return write_html_report(
+            report, out=out, run=run, data=data, top=top, warn=rep.log, force=force, group_column=group_column
+        )
 
 
 def evaluate(

@@ -42,6 +42,13 @@ def show_command(
             "first.",
         ),
     ] = 12,
+    group_column: Annotated[
+        str | None,
+        typer.Option(
+            help="Manifest column saying which images belong together (a patient), for the section by group "
+            "\\[the column the audit grouped by; a CSV or JSON Lines report records none]."
+        ),
+    ] = None,
     force: Annotated[
         bool,
         typer.Option(
@@ -53,7 +60,10 @@ def show_command(
     from qmix_cli.api import show
 
     st = state(ctx)
-    path = show(report, out=out, run=run, data=data, top=top, force=force, console=st.err, quiet=st.quiet)
+    path = show(
+        report, out=out, run=run, data=data, top=top, force=force, group_column=group_column, console=st.err,
+        quiet=st.quiet,
+    )  # fmt: skip
     st.err.print(f"wrote {bold(path)}", highlight=False, soft_wrap=True)
 
 

@@ -64,6 +64,23 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
+def _count(n: int, noun: str) -> str:
+    """``"1 image"``, ``"3 images"``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _isolated(value: Any) -> str:
+    """A user's text for places that take no markup (tooltips): between the Unicode isolate marks that do what
+    `_t`'s ``<bdi>`` does."""
+    return f"\u2068{value}\u2069"
+
+
+def _t(value: Any) -> str:
+    """A user's text (a label, an id, a path) as page text: escaped, and isolated so that right-to-left or override
+    characters in it cannot reorder the text around it."""
+    return f"<bdi>{_e(value)}</bdi>"
+
+
 # --------------------------------------------------------------------------------------------------- data
 
 
@@ -332,7 +349,7 @@ def class_table_html(given: Sequence[str], categories: Sequence[str], class_name
             [int(counts.at[label, c]) if label in counts.index and c in counts.columns else 0 for c in CATEGORIES]
         )
         totals += row
-        rows.append(_class_row(_e(label), row))
+        rows.append(_class_row(_t(label), row))
     rows.append(_class_row("<b>all</b>", totals, cls="total"))
     return (
         '<table class="counts"><thead><tr><th>given label</th>'
@@ -359,16 +376,16 @@ def thumbnail_card_html(row: dict[str, Any], uri: str | None) -> str:
         picture = f'<img src="{uri}" alt="{_e(row["sample_id"])}">'
     suggested = row.get("suggested_label")
     if suggested is None or (isinstance(suggested, float) and math.isnan(suggested)):
-        label = f"{_e(row['given_label'])} → <i>fix or drop</i> (pred. {_e(row['predicted_label'])})"
+        label = f"{_t(row['given_label'])} → <i>fix or drop</i> (pred. {_t(row['predicted_label'])})"
     else:
-        label = f"{_e(row['given_label'])} → <b>{_e(suggested)}</b>"
+        label = f"{_t(row['given_label'])} → <b>{_t(suggested)}</b>"
     probs = (
         f'<span title="p_clean / p_mislabeled_hq / p_mislabeled_lq">p clean/hq/lq {float(row["p_clean"]):.2f}'
         f" / {float(row['p_mislabeled_hq']):.2f} / {float(row['p_mislabeled_lq']):.2f}</span>"
     )
     return (
         f'<figure class="thumb">{picture}<figcaption>'
-        f'<span class="rank">#{int(row["rank"])}</span> <span class="sid">{_e(row["sample_id"])}</span><br>'
+        f'<span class="rank">#{int(row["rank"])}</span> <span class="sid">{_t(row["sample_id"])}</span><br>'
         f'{label}<br><span class="probs">{probs}</span></figcaption></figure>'
     )
 
@@ -400,6 +417,7 @@ image-rendering:pixelated;background:#000}
 .placeholder{background:repeating-linear-gradient(45deg,#eee,#eee 8px,#ddd 8px,#ddd 16px);color:#777;
 display:flex;align-items:center;justify-content:center}
 .sid{font-family:ui-monospace,Menlo,Consolas,monospace;word-break:break-all}.rank{color:#777}
+bdi{overflow-wrap:anywhere}.counts tbody th{max-width:24em}
 .probs{color:#555;font-size:11px;white-space:nowrap}
 footer{margin-top:36px;color:#888;font-size:12px}
 """
@@ -415,6 +433,7 @@ def write_html_report(
     max_points: int = 5000,
     warn: Callable[[str], None] | None = None,
     force: bool = False,
+    group_column: str | None = None,
 ) -> Path:
     """Write one self-contained HTML page for a report (atomically) and return its path.
 
@@ -439,6 +458,9 @@ def write_html_report(
         Called with one line when some of the thumbnails' images cannot be found (the page shows placeholders).
     force
         Replace an existing ``out`` that is not a page ``qmix show`` wrote (an earlier page is replaced without).
+    group_column
+        The dataset manifest's column saying which images belong together, for the section by group (default: the
+        column a Parquet report's audit grouped by; CSV and JSON Lines reports record none).
 
     Raises
     ------
@@ -470,7 +492,7 @@ def write_html_report(
             f"{missing} of the {shown} images shown as thumbnails are not found {where}: pass --data with the "
             "dataset the report's paths are relative to"
         )
-    groups = _report_groups(frame, meta, data, warn)
+    groups = _report_groups(frame, meta, data, warn, column=group_column)
     page = render_page(
         frame, meta=meta, run_dir=run_dir, root=root, top=top, max_points=max_points, source=report, groups=groups
     )
@@ -492,15 +514,24 @@ def written_by_show(path: str | Path) -> bool:
 
 
 def _report_groups(
-    frame: pd.DataFrame, meta: dict[str, str], data: str | Path | None, warn: Callable[[str], None] | None
+    frame: pd.DataFrame,
+    meta: dict[str, str],
+    data: str | Path | None,
+    warn: Callable[[str], None] | None,
+    *,
+    column: str | None,
 ) -> tuple[str, pd.Series] | None:
-    """The column a report's audit grouped its images by (``group_column`` in its metadata) and each row's value of
-    it, read from the dataset's manifest (``data``, else the recorded dataset); None when there is none to read,
-    said through ``warn`` when the report names a column."""
-    column = meta.get("group_column")
+    """The column to show the report by group (``column`` if named, else the one its audit grouped its images by,
+    ``group_column`` in its metadata) and each row's value of it, read from the dataset's manifest (``data``, else
+    the recorded dataset); None when there is none to read, said through ``warn`` when the report names a column.
+    A ``column`` named by the user that cannot be read is an error."""
+    named = column is not None
+    column = column if named else meta.get("group_column")
     if not column:
         return None
     source = data if data is not None else _recorded_dataset(meta)
+    if named and not source:
+        raise QmixError(f"--group-column {column}: pass --data with the dataset's manifest, which has that column")
     try:
         manifest, _ = read_manifest(source)
     except QmixError as exc:
@@ -509,6 +540,8 @@ def _report_groups(
         if column in manifest.columns:
             return column, report_groups(frame, manifest, column)
         reason = f"it has no {column} column"
+    if named:
+        raise QmixError(f"--group-column {column}: cannot read that column of the dataset {source} ({reason})")
     if warn is not None:
         warn(
             f"the page has no section by {column}: cannot read that column of the dataset {source} ({reason}); "
@@ -616,19 +649,19 @@ def render_page(
 def _header_html(
     frame: pd.DataFrame, meta: dict[str, str], class_names: list[str], counts: list[int], source: str | Path
 ) -> str:
-    facts = [("images", str(len(frame)))]
+    facts = [("images", _e(len(frame)))]  # label, HTML
     for key, label in (("method", "method"), ("model", "model")):
         if meta.get(key):
-            facts.append((label, meta[key]))
-    shown = ", ".join(class_names[:20]) + (" …" if len(class_names) > 20 else "")
+            facts.append((label, _t(meta[key])))
+    shown = ", ".join(map(_t, class_names[:20])) + (" …" if len(class_names) > 20 else "")  # each name isolated
     facts.append(("classes", f"{len(class_names)}: {shown}"))
-    facts.append(("report written by", f"qmix {meta['version']}" if meta.get("version") else "unknown"))
+    facts.append(("report written by", _e(f"qmix {meta['version']}" if meta.get("version") else "unknown")))
     for key, label in (("created_at", "created"), ("run_dir", "run"), ("dataset", "dataset")):
         if meta.get(key):
-            facts.append((label, meta[key]))
-    facts_html = " · ".join(f"{_e(label)} <b>{_e(value)}</b>" for label, value in facts)
+            facts.append((label, _t(meta[key])))
+    facts_html = " · ".join(f"{_e(label)} <b>{value}</b>" for label, value in facts)
     return (
-        f'<header><h1>qmix report <small class="note">{_e(source)}</small></h1>'
+        f'<header><h1>qmix report <small class="note">{_t(source)}</small></h1>'
         f'<p class="meta">{facts_html}</p>{legend_html(counts)}</header>'
     )
 
@@ -645,7 +678,7 @@ def _scatter_section(
 ) -> str:
     idx = subsample_indices(len(frame), max_points)
     titles = [
-        f"{sid} ({cat}; given {given}, p_clean {pc:.2f})"
+        f"{_isolated(sid)} ({cat}; given {_isolated(given)}, p_clean {pc:.2f})"  # a tooltip holds no markup
         for sid, cat, given, pc in zip(
             frame["sample_id"].to_numpy()[idx],
             frame["category"].to_numpy()[idx],
@@ -699,12 +732,13 @@ def _thumbs_section(frame: pd.DataFrame, group: str, blurb: str, *, root: Path |
     rows = _top_rows(frame, group, top)
     total = int((frame["category"] == group).sum())
     code = CATEGORIES.index(group)
+    shown = f"top {len(rows)} of {total} by rank" if len(rows) else _count(total, "image")  # none with --top 0
     heading = (
         f'<h2><span class="swatch" style="background:{PALETTE[code]}"></span>{_e(group)} '
-        f'<small class="note">top {len(rows)} of {total} by rank</small></h2><p class="note">{_e(blurb)}</p>'
+        f'<small class="note">{shown}</small></h2><p class="note">{_e(blurb)}</p>'
     )
     if rows.empty:
-        return heading + '<p class="note">No images in this group.</p>'
+        return heading + ('<p class="note">No images in this group.</p>' if total == 0 else "")
     cards = [
         thumbnail_card_html(row, thumbnail_data_uri(_resolve_image(str(row["path"]), root)))
         for row in rows.to_dict("records")
@@ -720,20 +754,20 @@ def groups_section_html(
     table = summarise_groups(frame, groups=groups)
     shown = table.head(top)
     heading = (
-        f'<h2>By {_e(column)} <small class="note">top {len(shown)} of {len(table)} by issue score</small></h2>'
-        f'<p class="note">One entry per {_e(column)} and given label: the issue score is the median of its images\' '
+        f'<h2>By {_t(column)} <small class="note">top {len(shown)} of {len(table)} by issue score</small></h2>'
+        f'<p class="note">One entry per {_t(column)} and given label: the issue score is the median of its images\' '
         "1 − p_clean, so a label wrong on most of them ranks high and one poor image does not; the suggestion is "
         "the one most of its mislabeled_hq images make.</p>"
     )
     if table.empty:
-        return heading + f'<p class="note">No image has a {_e(column)}.</p>'
+        return heading + f'<p class="note">No image has a {_t(column)}.</p>'
     units = units_of_rows(frame, groups=groups)
     parts = [heading]
     for unit in shown.to_dict("records"):
         member = (units["group"] == unit["group"]) & (units["given_label"] == unit["given_label"])
         members = frame[member.to_numpy()].sort_values("rank", kind="stable")
         suggested = unit["suggested_label"]
-        relabel = f" → <b>{_e(suggested)}</b>" if isinstance(suggested, str) else ""
+        relabel = f" → <b>{_t(suggested)}</b>" if isinstance(suggested, str) else ""
         counts = ", ".join(f"{int(unit[c])} {_e(c)}" for c in CATEGORIES if unit[c])
         more = f" (first {per_group} shown)" if len(members) > per_group else ""
         cards = [
@@ -741,8 +775,9 @@ def groups_section_html(
             for row in members.head(per_group).to_dict("records")
         ]
         parts.append(
-            f'<h3><span class="rank">#{int(unit["rank"])}</span> {_e(unit["group"])}: given <b>'
-            f'{_e(unit["given_label"])}</b>{relabel} <small class="note">{int(unit["images"])} images ({counts}), '
+            f'<h3><span class="rank">#{int(unit["rank"])}</span> {_t(unit["group"])}: given <b>'
+            f'{_t(unit["given_label"])}</b>{relabel} <small class="note">{_count(int(unit["images"]), "image")} '
+            f"({counts}), "
             f"issue score {float(unit['issue_score']):.2f}{more}</small></h3>"
             '<div class="thumbs">' + "".join(cards) + "</div>"
         )
@@ -751,7 +786,7 @@ def groups_section_html(
 
 def _curves_section(run_dir: Path) -> str:
     rows = read_metrics(run_dir / "metrics.jsonl")
-    heading = f'<h2>Training curves <small class="note">{_e(run_dir)}</small></h2>'
+    heading = f'<h2>Training curves <small class="note">{_t(run_dir)}</small></h2>'
     if not rows:
         return heading + '<p class="note">No metrics.jsonl in the run directory.</p>'
     warm_end = next((float(r["epoch"]) - 0.5 for r in rows if r.get("phase") == "train"), None)

@@ -33,6 +33,11 @@ EVIL_ID = "<script>alert(1)</script>"
 MISSING_ID = "s-missing"
 
 
+def _shown(page: Path) -> str:
+    """A page's HTML without the ``<bdi>`` tags that isolate each user-written text (tested on their own)."""
+    return page.read_text().replace("<bdi>", "").replace("</bdi>", "")
+
+
 def make_report(
     root: Path,
     write_image: Callable[..., Path],
@@ -136,7 +141,7 @@ def test_scatter_subsamples_deterministically(report, tmp_path):
 
 def test_header_and_class_table_counts(report, tmp_path):
     path, data, rows = report
-    page = write_html_report(path, out=tmp_path / "r.html", data=data).read_text()
+    page = _shown(write_html_report(path, out=tmp_path / "r.html", data=data))
     counts = rows["category"].value_counts()
     for category in CATEGORIES:
         assert f"<b>{category}</b> {counts[category]} (" in page
@@ -155,7 +160,7 @@ def test_header_and_class_table_counts(report, tmp_path):
 
 def test_thumbnails_top_n_in_rank_order(report, tmp_path):
     path, data, rows = report
-    page = write_html_report(path, out=tmp_path / "r.html", data=data, top=3).read_text()
+    page = _shown(write_html_report(path, out=tmp_path / "r.html", data=data, top=3))
     for group in ("mislabeled_hq", "mislabeled_lq"):
         section = _section(page, group)
         expected = rows[rows["category"] == group].sort_values("rank")["sample_id"].head(3).tolist()
@@ -193,7 +198,7 @@ def test_missing_image_gives_a_placeholder(tmp_path, write_image):
     path, data, rows = make_report(tmp_path, write_image)
     group = rows.loc[rows["sample_id"] == MISSING_ID, "category"].item()
     assert group != "clean"  # row 1 is mislabeled_hq by construction
-    page = write_html_report(path, out=tmp_path / "r.html", data=data, top=100).read_text()
+    page = _shown(write_html_report(path, out=tmp_path / "r.html", data=data, top=100))
     section = _section(page, group)
     card = next(c for c in section.split('<figure class="thumb">') if f'<span class="sid">{MISSING_ID}</span>' in c)
     assert 'class="placeholder"' in card and "data:image" not in card
@@ -399,7 +404,7 @@ def test_a_16_bit_scan_thumbnail_is_scaled_by_its_range_not_clipped_to_white(tmp
 
 
 def _grouped_report(
-    tmp_path, write_image, *, column: str = "patient", recorded: str | None = None
+    tmp_path, write_image, *, column: str = "patient", recorded: str | None = None, fmt: str = "parquet"
 ) -> tuple[Path, pd.DataFrame]:
     """A report whose audit grouped by ``patient`` (three images each; one patient's name is an HTML tag), of the
     manifest ``ds/m.csv``, recorded as ``recorded`` (default: its absolute path)."""
@@ -407,6 +412,7 @@ def _grouped_report(
     path, _, rows = make_report(
         tmp_path,
         write_image,
+        fmt=fmt,
         extra={"dataset": recorded or str(manifest), "dataset_root": str(tmp_path / "ds"), "group_column": "patient"},
     )
     patients = ["<i>p0</i>" if i < 3 else f"p{i // 3}" for i in range(len(rows))]
@@ -420,7 +426,7 @@ def test_a_grouped_audit_gets_a_section_by_group_with_each_groups_images(tmp_pat
     from qmix_cli.reporting.groups import summarise_groups
 
     path, rows = _grouped_report(tmp_path, write_image)
-    page = write_html_report(path, out=tmp_path / "r.html", top=4).read_text()
+    page = _shown(write_html_report(path, out=tmp_path / "r.html", top=4))
     start = page.index("<h2>By patient")
     end = page.find("<h2>", start + 1)
     section = page[start : end if end >= 0 else None]
@@ -447,6 +453,19 @@ def test_a_grouped_audit_whose_manifest_lacks_the_column_says_so(tmp_path, write
     assert "pass --data" in said[-1]
 
 
+def test_a_csv_report_is_shown_by_group_when_the_column_is_named(tmp_path, write_image):
+    path, _ = _grouped_report(tmp_path, write_image, fmt="csv")  # a CSV report records no group column
+    manifest = tmp_path / "ds" / "m.csv"
+    assert "<h2>By " not in write_html_report(path, out=tmp_path / "a.html", data=manifest).read_text()
+    page = _shown(write_html_report(path, out=tmp_path / "b.html", data=manifest, group_column="patient"))
+    assert "<h2>By patient" in page
+    with pytest.raises(QmixError, match=r"--group-column ward: cannot read that column .*\(it has no ward column\)"):
+        write_html_report(path, out=tmp_path / "c.html", data=manifest, group_column="ward")
+    with pytest.raises(QmixError, match="--group-column patient: pass --data"):
+        write_html_report(path, out=tmp_path / "c.html", group_column="patient")
+    assert not (tmp_path / "c.html").exists()
+
+
 def test_an_ungrouped_report_has_no_section_by_group(report, tmp_path):
     said: list[str] = []
     page = write_html_report(report[0], out=tmp_path / "r.html", data=report[1], warn=said.append).read_text()
@@ -459,5 +478,27 @@ def test_a_grouped_audit_of_a_relative_manifest_is_found_from_another_directory(
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
     said: list[str] = []
-    page = write_html_report(path, out=tmp_path / "r.html", warn=said.append).read_text()
+    page = _shown(write_html_report(path, out=tmp_path / "r.html", warn=said.append))
     assert "<h2>By patient" in page and not any("section by" in line for line in said)
+
+
+def test_user_text_is_isolated_so_a_right_to_left_override_cannot_reorder_the_page(tmp_path, write_image):
+    path, data, _ = make_report(tmp_path, write_image, n=12)
+    frame = pd.read_parquet(path)
+    frame["given_label"] = frame["given_label"].where(frame["given_label"] != "cat", "cat\u202e")  # an RLO, unclosed
+    frame.to_parquet(tmp_path / "rtl.parquet")
+    page = write_html_report(tmp_path / "rtl.parquet", out=tmp_path / "r.html", data=data, top=100).read_text()
+    # Every override ends where its label does: at the </bdi> of page text, the pop-isolate mark of a tooltip.
+    in_text, in_tips = page.count("cat\u202e</bdi>"), page.count("cat\u202e\u2069")
+    assert page.count("\u202e") == in_text + in_tips and in_text >= 2 and in_tips >= 1
+    ids = re.findall(r'<span class="sid">(.*?)</span>', page)
+    assert ids and all(i.startswith("<bdi>") and i.endswith("</bdi>") for i in ids)
+
+
+def test_no_thumbnails_asked_for_is_not_said_as_an_empty_group(report, tmp_path):
+    path, data, rows = report
+    page = write_html_report(path, out=tmp_path / "r.html", data=data, top=0).read_text()
+    assert "No images in this group" not in page and '<figure class="thumb">' not in page
+    for group in ("mislabeled_hq", "mislabeled_lq"):
+        n = int((rows["category"] == group).sum())
+        assert f'{group} <small class="note">{n} images</small>' in page
