@@ -694,7 +694,7 @@ def apply(
     out = Path(out)
     suffix = out.suffix.lower()
     if suffix not in (".csv", ".parquet", ".pq"):
-        raise ConfigError(f"--out {out}: the new manifest must be a .csv or .parquet file")
+        raise ConfigError(f"--out {out}: the new manifest must be a .csv or .parquet (.pq) file")
     target = check_out_file(out)  # a symlink's target: where the bytes land
     if target.suffix.lower() != suffix:
         raise ConfigError(f"--out {out} links to {target}, a file of another type; name the file itself")

@@ -192,13 +192,14 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
-def check_out_dir(out: str | Path, *, force: bool) -> Path:
-    """Refuse an existing, non-empty output directory unless ``force`` is set."""
+def check_out_dir(out: str | Path, *, force: bool, forcing: str = "replace it") -> Path:
+    """Refuse an existing, non-empty output directory unless ``force`` is set; the error says that ``--force``
+    would ``forcing``."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise QmixError(f"{out} exists and is not a directory")
     if out.exists() and any(out.iterdir()) and not force:
-        raise QmixError(f"{out} already exists; choose another --out or pass --force to replace it")
+        raise QmixError(f"{out} already exists; choose another --out or pass --force to {forcing}")
     return out
 
 

@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from qmix_cli.categories import CATEGORIES
-from qmix_cli.cli.common import guarded, load_engine, state
+from qmix_cli.cli.common import CACHE_DEFAULT, guarded, load_engine, state
 
 
 @guarded
@@ -24,14 +24,15 @@ def audit_command(
     run: Annotated[Path, typer.Option("--run", "-r", help="Run directory written by qmix train.")],
     out: Annotated[str, typer.Option("--out", "-o", help="Report file (.parquet, .csv, .jsonl) or - for stdout.")],
     format: Annotated[
-        str | None, typer.Option("--format", "-f", help="parquet, csv or jsonl \\[from the suffix; csv for -].")
+        str | None,
+        typer.Option("--format", "-f", help="parquet, csv or jsonl.", show_default="from the suffix; csv for -"),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 512,
     tta: Annotated[int, typer.Option(help="Extra augmented views averaged into each prediction.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     on_bad_image: Annotated[str, typer.Option(help="error or skip unreadable images.")] = "error",
     cache_dir: Annotated[
-        Path | None, typer.Option(help="Cache of decoded images and image checks [~/.cache/qmix].")
+        Path | None, typer.Option(help="Cache of decoded images and image checks.", show_default=CACHE_DEFAULT)
     ] = None,
     workers: Annotated[int, typer.Option(help="DataLoader workers for caches too big to keep in memory.")] = 0,
     sort: Annotated[

@@ -24,30 +24,38 @@ def corrupt_command(
     label_noise: Annotated[
         str | None,
         typer.Option(
-            help="none, symmetric (redraw over all classes), symmetric-exclusive (always another class; default), "
-            "pairflip, asymmetric (needs --class-map) or matrix:FILE (K×K, .npy/.csv/.json)."
+            help="none, symmetric (redraw over all classes), symmetric-exclusive (always another class), "
+            "pairflip, asymmetric (needs --class-map) or matrix:FILE (K×K, .npy/.csv/.json).",
+            show_default="symmetric-exclusive",
         ),
     ] = None,
     label_rate: Annotated[
         float | None,
-        typer.Option(help="Chance that a high-quality image's label is changed [0.2]; a matrix:FILE sets its own."),
+        typer.Option(
+            help="Chance that a high-quality image's label is changed; a matrix:FILE sets its own.", show_default="0.2"
+        ),
     ] = None,
     quality_rate: Annotated[
-        float | None, typer.Option(help="Fraction of images degraded to low quality [0.15].")
+        float | None, typer.Option(help="Fraction of images degraded to low quality.", show_default="0.15")
     ] = None,
     degradations: Annotated[
         str | None,
         typer.Option(
-            help="Comma list of blur,motion,dark,bright,contrast,noise,jpeg,occlusion,haze,vignette or 'all'."
+            help="Comma list of blur,motion,dark,bright,contrast,noise,jpeg,occlusion,haze,vignette or 'all'.",
+            show_default="all",
         ),
     ] = None,
-    severity: Annotated[str | None, typer.Option(help="Severity 1..5, or a range drawn per image [3-5].")] = None,
+    severity: Annotated[
+        str | None, typer.Option(help="Severity 1..5, or a range drawn per image.", show_default="3-5")
+    ] = None,
     per_image: Annotated[
-        int | None, typer.Option(help="Different degradations composed on each low-quality image [1].")
+        int | None, typer.Option(help="Different degradations composed on each low-quality image.", show_default="1")
     ] = None,
     lq_labels: Annotated[
         str | None,
-        typer.Option(help="Labels of low-quality images: random (another class), prior or keep."),
+        typer.Option(
+            help="Labels of low-quality images: random (another class), prior or keep.", show_default="random"
+        ),
     ] = None,
     class_map: Annotated[
         str | None,
@@ -59,8 +67,12 @@ def corrupt_command(
             help="Manifest column of images that belong together (a patient): one noisy label per group and class."
         ),
     ] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed; the same seed gives the same output [0].")] = None,
-    workers: Annotated[int | None, typer.Option(help="Threads (does not change the output).")] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Random seed; the same seed gives the same output.", show_default="0")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Threads (does not change the output).", show_default="CPUs, at most 8")
+    ] = None,
     on_bad_image: Annotated[str, typer.Option(help="error or skip unreadable source images.")] = "error",
     force: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
 ) -> None:
@@ -92,7 +104,7 @@ def corrupt_command(
     skipped = len(result.summary["skipped"])
     st.err.print(
         f"wrote {result.summary['num_images']} images to {bold(out)}: {counts['clean']} clean, "
-        f"{counts['mislabeled_hq']} mislabeled (high quality), {counts['mislabeled_lq']} low quality"
+        f"{counts['mislabeled_hq']} mislabeled_hq, {counts['mislabeled_lq']} mislabeled_lq"
         + (f"; skipped {skipped} unreadable source images" if skipped else ""),
         highlight=False,
     )

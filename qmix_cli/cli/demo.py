@@ -42,7 +42,7 @@ def demo_command(
     # A folder holding only what an earlier demo wrote (and hidden files, such as a killed run's partials) is that
     # demo's: running the README's command again replaces it; anything else there needs --force.
     earlier = out.is_dir() and all(e.name in DEMO_OUTPUTS or e.name.startswith(".") for e in out.iterdir())
-    check_out_dir(out, force=force or earlier)
+    check_out_dir(out, force=force or earlier, forcing="write into it (its other files are kept)")
     warmup = max(1, round(epochs * 0.6))
     options = {"method": "qmix", "epochs": epochs, "warmup_epochs": warmup, "seed": seed, "device": device}
     config_from_dict({**options, **DEMO_TRAIN})  # every option checked before anything is written
@@ -52,11 +52,11 @@ def demo_command(
     st.err.rule("2/5 train qmix")
     train(data, run, force=True, console=st.err, quiet=st.quiet, **options, **DEMO_TRAIN)
     st.err.rule("3/5 audit")
-    audit(data, run=run, out=report, device=device, console=st.err, quiet=True)
+    audit(data, run=run, out=report, device=device, force=True, console=st.err, quiet=True)  # out was checked
     st.err.rule("4/5 evaluate against the truth")
     result = evaluate(report, truth=data)
     render_evaluation(result, st.err)
-    html = show(report, out=out / "report.html", run=run, data=data)
+    html = show(report, out=out / "report.html", run=run, data=data, force=True)
     st.err.rule("5/5 apply the verdicts: relabel mislabeled_hq, drop mislabeled_lq")
     fixed = apply(data, report=report, out=out / "fixed.parquet", force=True)  # out was checked above
     files = Table(title="where everything is", title_justify="left", show_header=False)

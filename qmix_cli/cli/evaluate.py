@@ -16,7 +16,15 @@ from qmix_cli.cli.common import guarded
 def evaluate_command(
     ctx: typer.Context,  # for @guarded: --verbose
     report: Annotated[Path, typer.Argument(help="Report written by qmix audit.")],
-    truth: Annotated[str, typer.Option("--truth", "-t", help="Manifest with truth columns (qmix corrupt output).")],
+    truth: Annotated[
+        str,
+        typer.Option(
+            "--truth",
+            "-t",
+            help="The truth: a qmix corrupt output, or a CSV/Parquet file of sample_id (or path) and category "
+            "(or is_low_quality and is_label_noisy), such as a sample checked by hand.",
+        ),
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
     on_missing: Annotated[
         str,

@@ -8,8 +8,8 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from qmix_cli.cli.common import bold, guarded, load_engine, state
-from qmix_cli.config import check_config_keys
+from qmix_cli.cli.common import CACHE_DEFAULT, bold, guarded, load_engine, state
+from qmix_cli.config import TrainConfig, check_config_keys
 from qmix_cli.errors import ConfigError
 
 
@@ -26,6 +26,15 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def _default(name: str) -> str:
+    """How ``--help`` shows `TrainConfig`'s default of ``name`` (the options default to None: unset, so that a
+    config file or a resumed run's settings are not overridden)."""
+    value = TrainConfig.__dataclass_fields__[name].default
+    if name == "warmup_epochs" and value is None:
+        return "epochs/3"
+    return {True: "on", False: "off"}.get(value, str(value)) if isinstance(value, bool) else str(value)
+
+
 @guarded
 def train_command(
     ctx: typer.Context,
@@ -34,35 +43,57 @@ def train_command(
         typer.Argument(help="Training data: ImageFolder dir, .csv/.parquet manifest, corrupt output, built-in."),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory for config, metrics, checkpoints and model.")],
-    method: Annotated[str | None, typer.Option(help="qmix, dividemix or ce \\[qmix].")] = None,
-    model: Annotated[str | None, typer.Option(help="Any timm model name \\[resnet18].")] = None,
+    method: Annotated[str | None, typer.Option(help="qmix, dividemix or ce.", show_default=_default("method"))] = None,
+    model: Annotated[str | None, typer.Option(help="Any timm model name.", show_default=_default("model"))] = None,
     pretrained: Annotated[
         bool | None,
-        typer.Option("--pretrained/--no-pretrained", help="Start from timm's pretrained weights (online)."),
+        typer.Option(
+            "--pretrained/--no-pretrained",
+            help="Start from timm's pretrained weights (online).",
+            show_default=_default("pretrained"),
+        ),
     ] = None,
     weights: Annotated[
         Path | None, typer.Option(help="Local weights file for the backbone (offline --pretrained).")
     ] = None,
-    img_size: Annotated[int | None, typer.Option(help="Training image size in pixels [224].")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Total epochs, warm-up included [30].")] = None,
-    warmup_epochs: Annotated[int | None, typer.Option(help="Warm-up epochs \\[epochs/3].")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Batch size [64].")] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate (SGD, momentum 0.9) [0.02].")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N \\[auto].")] = None,
+    img_size: Annotated[
+        int | None, typer.Option(help="Training image size in pixels.", show_default=_default("img_size"))
+    ] = None,
+    epochs: Annotated[
+        int | None, typer.Option(help="Total epochs, warm-up included.", show_default=_default("epochs"))
+    ] = None,
+    warmup_epochs: Annotated[
+        int | None, typer.Option(help="Warm-up epochs.", show_default=_default("warmup_epochs"))
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size.", show_default=_default("batch_size"))] = None,
+    lr: Annotated[
+        float | None, typer.Option(help="Learning rate (SGD, momentum 0.9).", show_default=_default("lr"))
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="auto, cpu, cuda or cuda:N.", show_default=_default("device"))
+    ] = None,
     amp: Annotated[
         bool | None,
-        typer.Option("--amp/--no-amp", help="Mixed precision on CUDA (bf16 where supported) \\[on]."),
+        typer.Option(
+            "--amp/--no-amp", help="Mixed precision on CUDA (bf16 where supported).", show_default=_default("amp")
+        ),
     ] = None,
     compile: Annotated[
-        bool | None, typer.Option("--compile/--no-compile", help="torch.compile the nets \\[off].")
+        bool | None,
+        typer.Option("--compile/--no-compile", help="torch.compile the nets.", show_default=_default("compile")),
     ] = None,
     workers: Annotated[
-        int | None, typer.Option(help="DataLoader workers for caches too big to keep in memory [0].")
+        int | None,
+        typer.Option(help="DataLoader workers for caches too big to keep in memory.", show_default=_default("workers")),
     ] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed [0].")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.", show_default=_default("seed"))] = None,
     hflip: Annotated[
         bool | None,
-        typer.Option("--hflip/--no-hflip", help="Horizontal flips in the views (off for text, digits) \\[on]."),
+        typer.Option(
+            "--hflip/--no-hflip",
+            help="Horizontal flips in the views; pass --no-hflip for digits, text and other images a mirror changes.",
+            show_default=_default("hflip"),
+        ),
     ] = None,
     val: Annotated[
         str | None, typer.Option(help="Clean labelled data to report accuracy on after every epoch.")
@@ -79,12 +110,16 @@ def train_command(
     ] = None,
     set_: Annotated[
         list[str],
-        typer.Option("--set", help="Any config option as KEY=VALUE (e.g. lambda_con=0); repeatable."),
+        typer.Option(
+            "--set", metavar="KEY=VALUE", help="Any config option as KEY=VALUE (e.g. lambda_con=0); repeatable."
+        ),
     ] = [],  # noqa: B006
     cache_dir: Annotated[
-        Path | None, typer.Option(help="Cache of decoded images and image checks [~/.cache/qmix].")
+        Path | None, typer.Option(help="Cache of decoded images and image checks.", show_default=CACHE_DEFAULT)
     ] = None,
-    on_bad_image: Annotated[str | None, typer.Option(help="error or skip unreadable images \\[error].")] = None,
+    on_bad_image: Annotated[
+        str | None, typer.Option(help="error or skip unreadable images.", show_default=_default("on_bad_image"))
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
     force: Annotated[
         bool,

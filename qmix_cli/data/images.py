@@ -87,9 +87,13 @@ def _extras(img: Image.Image) -> tuple[int, bool, bool]:
     return frames, see_through, turned
 
 
+# The most decoding threads used by default, however many CPUs there are.
+MAX_DEFAULT_WORKERS = 8
+
+
 def default_workers() -> int:
     """Threads for decoding: Pillow releases the GIL while decoding, so threads scale."""
-    return min(8, os.cpu_count() or 1)
+    return min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1)
 
 
 def _load(img: Image.Image, size: int | None) -> None:

@@ -52,7 +52,7 @@ def test_the_new_manifest_holds_far_fewer_wrong_labels(runner, report, noisy_dig
 def test_paths_stay_relative_under_the_new_manifest(runner, report, noisy_digits):
     out = noisy_digits.parent / "fixed-here.parquet"
     try:
-        args = ["apply", str(noisy_digits), "-r", str(report), "-o", str(out), "--hq", "drop", "--lq", "keep"]
+        args = ["apply", str(noisy_digits), "--report", str(report), "-o", str(out), "--hq", "drop", "--lq", "keep"]
         result = runner.invoke(app, args)
         assert result.exit_code == 0, _stderr(result)
         fixed = pd.read_parquet(out)
@@ -82,7 +82,7 @@ def test_symlinks_around_the_output_and_the_report(runner, report, noisy_digits,
     copy.write_bytes(report.read_bytes())
     (tmp_path / "report-link.parquet").symlink_to(copy)
     result = runner.invoke(
-        app, ["apply", str(noisy_digits), "-r", str(tmp_path / "report-link.parquet"), "-o", str(copy)]
+        app, ["apply", str(noisy_digits), "--report", str(tmp_path / "report-link.parquet"), "-o", str(copy)]
     )
     _assert_one_line_error(result, "is the report")
     assert copy.read_bytes() == report.read_bytes()
@@ -91,7 +91,7 @@ def test_symlinks_around_the_output_and_the_report(runner, report, noisy_digits,
     target.parent.mkdir()
     link.symlink_to(target)
     try:
-        result = runner.invoke(app, ["apply", str(noisy_digits), "-r", str(report), "-o", str(link)])
+        result = runner.invoke(app, ["apply", str(noisy_digits), "--report", str(report), "-o", str(link)])
         assert result.exit_code == 0, _stderr(result)
         assert link.is_symlink() and target.is_file()
         fixed = pd.read_csv(target, dtype=str, keep_default_na=False)
@@ -101,7 +101,7 @@ def test_symlinks_around_the_output_and_the_report(runner, report, noisy_digits,
         # A link to a file of another type would be written in the type its target's name does not say.
         (tmp_path / "to-parquet.csv").symlink_to(tmp_path / "real.parquet")
         result = runner.invoke(
-            app, ["apply", str(noisy_digits), "-r", str(report), "-o", str(tmp_path / "to-parquet.csv")]
+            app, ["apply", str(noisy_digits), "--report", str(report), "-o", str(tmp_path / "to-parquet.csv")]
         )
         _assert_one_line_error(result, "a file of another type")
     finally:
@@ -113,7 +113,7 @@ def test_a_class_emptied_is_named(runner, report, noisy_digits, tmp_path):
     zero = (frame["given_label"] == "0") | (frame["suggested_label"] == "0")  # every image that would say 0
     frame.loc[zero, ["category", "suggested_label"]] = ["mislabeled_lq", None]
     frame.to_parquet(tmp_path / "edited.parquet")
-    args = ["apply", str(noisy_digits), "-r", str(tmp_path / "edited.parquet"), "-o", str(tmp_path / "f.csv")]
+    args = ["apply", str(noisy_digits), "--report", str(tmp_path / "edited.parquet"), "-o", str(tmp_path / "f.csv")]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, _stderr(result)
     assert "warning: no image is labelled 0 any more" in " ".join(_stderr(result).split())
@@ -143,7 +143,7 @@ def test_a_report_of_other_images_under_the_same_names_is_refused(runner, qmix_r
     audit(twin, run=qmix_run.run_dir, out=twin_report, quiet=True)
     fixed, page = tmp_path / "fixed.csv", tmp_path / "page.html"
     commands = {
-        "apply": ["apply", str(noisy_digits), "-r", str(twin_report), "-o", str(fixed), "--on-missing", "keep"],
+        "apply": ["apply", str(noisy_digits), "--report", str(twin_report), "-o", str(fixed), "--on-missing", "keep"],
         "show": ["show", str(twin_report), "--data", str(noisy_digits), "--out", str(page)],
     }
     first = pd.read_parquet(twin_report)["path"].iloc[0]
@@ -170,7 +170,7 @@ def test_a_report_of_a_copy_of_the_dataset_or_of_it_through_a_link_is_the_datase
     shutil.copytree(noisy_digits, copy)
     link.symlink_to(noisy_digits, target_is_directory=True)
     for i, data in enumerate((copy, link)):
-        result = runner.invoke(app, ["apply", str(data), "-r", str(report), "-o", str(tmp_path / f"f{i}.csv")])
+        result = runner.invoke(app, ["apply", str(data), "--report", str(report), "-o", str(tmp_path / f"f{i}.csv")])
         assert result.exit_code == 0, _stderr(result)
         page = runner.invoke(app, ["show", str(report), "--data", str(data), "-o", str(tmp_path / f"p{i}.html")])
         assert page.exit_code == 0, _stderr(page)

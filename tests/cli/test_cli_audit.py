@@ -568,7 +568,7 @@ def test_groups_out_never_replaces_the_dataset_or_the_run(
 ):
     path = grouped_manifest if target == "manifest" else qmix_run.run_dir / "metrics.jsonl"
     before = (hash_tree(grouped_manifest.parent), hash_tree(qmix_run.run_dir))
-    extra = ["--group-column", "patient", "--groups-out", str(path)]
+    extra = ["--group-column", "patient", "--groups-out", str(path), "--force"]  # not even with --force
     result = _audit(runner, grouped_manifest, qmix_run.run_dir, "--out", str(tmp_path / "r.csv"), *extra)
     _assert_one_line_error(result, f"--groups-out {path} is")
     assert (hash_tree(grouped_manifest.parent), hash_tree(qmix_run.run_dir)) == before

@@ -253,3 +253,21 @@ def test_api_and_cli_agree(runner, tmp_path, source):
         pd.read_parquet(tmp_path / "cli" / "manifest.parquet")["is_low_quality"].to_numpy(),
         api.manifest["is_low_quality"].to_numpy(),
     )
+
+
+def test_the_defaults_help_shows_are_the_ones_corrupt_uses():
+    """The options default to None (a preset may fill them), so --help states each default as text: it must be
+    `CorruptSpec`'s."""
+    import typer.main
+
+    from qmix_cli.data.images import MAX_DEFAULT_WORKERS
+    from qmix_cli.noise.protocol import CorruptSpec
+
+    command = typer.main.get_command(app).commands["corrupt"]
+    shown = {param.name: param.show_default for param in command.params if isinstance(param.show_default, str)}
+    spec = CorruptSpec()
+    assert set(shown) == {"label_noise", "label_rate", "quality_rate", "degradations", "severity", "per_image",
+                          "lq_labels", "seed", "workers"}  # fmt: skip
+    for name, text in shown.items():
+        expected = f"CPUs, at most {MAX_DEFAULT_WORKERS}" if name == "workers" else str(getattr(spec, name))
+        assert text == expected, name
