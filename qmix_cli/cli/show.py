@@ -29,7 +29,8 @@ def show_command(
         typer.Option(
             "--data",
             "-d",
-            help="Dataset root the report's paths are relative to (default: the dataset recorded in the report).",
+            help="The dataset (folder or manifest) the report's paths are relative to (default: the dataset "
+            "recorded in the report).",
         ),
     ] = None,
     top: Annotated[
