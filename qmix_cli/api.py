@@ -509,10 +509,10 @@ def _check_audit_output(out: str | Path, *, run: str | Path, option: str, what: 
 
     if out == "-":
         return
-    target = check_out_file(out)
+    check_out_file(out)
     if own := run_file_named(out, run):
         raise ConfigError(f"{option} {out} is one of the run's own files ({own}); write {what} to another file")
-    check_replaceable(target, ours=written_by_audit, force=force, option=option, what="a table qmix audit wrote")
+    check_replaceable(out, ours=written_by_audit, force=force, option=option, what="a table qmix audit wrote")
 
 
 def show(

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from qmix_cli.errors import NoSpaceError, QmixError, UnwritableError
+from qmix_cli.errors import ConfigError, NoSpaceError, QmixError, UnwritableError
 
 # What a write on a full disk or past a quota fails with.
 NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -91,7 +91,7 @@ def check_replaceable(path: str | Path, *, ours: Callable[[Path], bool], force: 
             return
     except OSError:
         pass  # unreadable: not known to be ours
-    raise QmixError(
+    raise ConfigError(
         f"{option} {path} already exists and is not {what}; choose another file, or pass --force to replace it"
     )
 

@@ -35,8 +35,10 @@ def demo_command(
     load_engine()
     from qmix_cli.api import apply, audit, corrupt, evaluate, show, train
     from qmix_cli.config import config_from_dict
-    from qmix_cli.io import check_out_dir
+    from qmix_cli.io import check_out_dir, check_replaceable
     from qmix_cli.reporting.evaluate import render_evaluation
+    from qmix_cli.reporting.html import written_by_show
+    from qmix_cli.reporting.report import written_by_audit
 
     st = state(ctx)
     # A folder holding only what an earlier demo wrote (and hidden files, such as a killed run's partials) is that
@@ -47,16 +49,19 @@ def demo_command(
     options = {"method": "qmix", "epochs": epochs, "warmup_epochs": warmup, "seed": seed, "device": device}
     config_from_dict({**options, **DEMO_TRAIN})  # every option checked before anything is written
     data, run, report = out / "noisy-digits", out / "run", out / "report.parquet"
+    # Named as the demo's, but perhaps not its: said now, not after the training (audit and show check them again).
+    check_replaceable(report, ours=written_by_audit, force=force, option="--out", what="a report qmix audit wrote")
+    check_replaceable(out / "report.html", ours=written_by_show, force=force, option="--out", what="a qmix page")
     st.err.rule("1/5 corrupt: 20 % wrong labels, 15 % degraded images")
     corrupt("digits", data, label_rate=0.2, quality_rate=0.15, seed=seed, force=True, console=st.err, quiet=st.quiet)
     st.err.rule("2/5 train qmix")
     train(data, run, force=True, console=st.err, quiet=st.quiet, **options, **DEMO_TRAIN)
     st.err.rule("3/5 audit")
-    audit(data, run=run, out=report, device=device, force=True, console=st.err, quiet=True)  # out was checked
+    audit(data, run=run, out=report, device=device, force=force, console=st.err, quiet=True)
     st.err.rule("4/5 evaluate against the truth")
     result = evaluate(report, truth=data)
     render_evaluation(result, st.err)
-    html = show(report, out=out / "report.html", run=run, data=data, force=True)
+    html = show(report, out=out / "report.html", run=run, data=data, force=force)
     st.err.rule("5/5 apply the verdicts: relabel mislabeled_hq, drop mislabeled_lq")
     fixed = apply(data, report=report, out=out / "fixed.parquet", force=True)  # out was checked above
     files = Table(title="where everything is", title_justify="left", show_header=False)

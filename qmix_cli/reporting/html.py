@@ -475,7 +475,7 @@ def write_html_report(
         raise QmixError("--out -: the page is a file with embedded images; name it (e.g. --out report.html)")
     if Path(out).resolve() == Path(report).resolve():
         raise QmixError(f"--out {out} is the report being read; write the page to another file")
-    out = check_out_file(out)
+    given, out = out, check_out_file(out)  # errors name the --out given; the bytes go where a symlink points
     frame = read_report(report)
     meta: dict[str, str] = dict(frame.attrs.get("qmix", {}))
     run_dir = _existing_dir(run, "run directory") if run is not None else _recorded_dir(meta, "run_dir")
@@ -484,7 +484,9 @@ def write_html_report(
     root = _data_root(data, meta, frame)
     if is_one_of(out, frame["path"].astype(str), root=root):
         raise QmixError(f"--out {out} is one of the report's images; write the page to another file")
-    check_replaceable(out, ours=written_by_show, force=force, option="--out", what="a page qmix show wrote")
+    if Path(given).suffix.lower() not in PAGE_SUFFIXES:  # so that no --force can put a page over a data file
+        raise QmixError(f"--out {given}: the page is HTML; name it .html (e.g. --out report.html)")
+    check_replaceable(given, ours=written_by_show, force=force, option="--out", what="a page qmix show wrote")
     missing, shown = missing_thumbnails(frame, root=root, top=top)
     if missing and warn is not None:
         where = f"under {root}" if root is not None else "from the current directory"
@@ -503,6 +505,8 @@ def write_html_report(
     return out
 
 
+# What `write_html_report` writes to: a page, never a file named as data (a manifest, a report, a run's metrics).
+PAGE_SUFFIXES = (".html", ".htm")
 # How every page `render_page` writes begins its title: what tells a rerun that a file is its own earlier page.
 _TITLE = "qmix report"
 

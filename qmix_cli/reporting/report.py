@@ -37,6 +37,7 @@ from qmix_cli import __version__
 from qmix_cli.categories import CATEGORIES, CLEAN, MIS_H
 from qmix_cli.errors import DataError, QmixError, summarise_offenders
 from qmix_cli.io import atomic_path
+from qmix_cli.reporting.groups import GROUP_SCHEMA
 
 #: Output formats a report can be written in.
 FORMATS: tuple[str, str, str] = ("parquet", "csv", "jsonl")
@@ -303,28 +304,27 @@ def report_metadata(
 
 
 # Columns that make a table one `qmix audit` wrote: a report, or its table by group (`GROUP_SCHEMA`).
-_AUDIT_TABLE_COLUMNS = ({"sample_id", "category", "p_clean"}, {"group", "given_label", "issue_score"})
-
-
 def written_by_audit(path: str | Path) -> bool:
-    """Whether the file at ``path`` is a table ``qmix audit`` writes (a report or a table by group), whatever its
-    name: a Parquet file with qmix metadata, or a CSV / JSON Lines file whose first line has their columns. Lets a
-    rerun replace its own output while a manifest given as ``--out`` by mistake is kept (`check_replaceable`)."""
+    """Whether the file at ``path`` is a table ``qmix audit`` wrote, whatever its name: its columns are exactly a
+    report's (`REPORT_SCHEMA`) or a table by group's (`qmix_cli.reporting.groups.GROUP_SCHEMA`), read from a Parquet
+    file's schema (which must also carry qmix metadata) or a CSV / JSON Lines file's first line. Lets a rerun replace
+    its own output while a manifest, or a report the user edited or cut down (other columns), given as ``--out`` by
+    mistake is kept (`qmix_cli.io.check_replaceable`). False for anything it cannot parse."""
     path = Path(path)
-    with path.open("rb") as f:
-        head = f.read(4)
-        if head == b"PAR1":
-            try:
-                metadata = pq.read_schema(path).metadata or {}
-            except (pa.ArrowException, OSError):
-                return False
-            return any(key.startswith(_META_PREFIX.encode()) for key in metadata)
-        line = (head + f.readline(1 << 20)).decode("utf-8-sig", errors="replace").strip()
     try:
-        columns = set(json.loads(line)) if line.startswith("{") else set(next(csv.reader([line]), []))
-    except (ValueError, TypeError):
-        return False
-    return any(needed <= columns for needed in _AUDIT_TABLE_COLUMNS)
+        with path.open("rb") as f:
+            head = f.read(4)
+            if head == b"PAR1":
+                schema = pq.read_schema(path)
+                if not any(key.startswith(_META_PREFIX.encode()) for key in schema.metadata or {}):
+                    return False
+                columns = set(schema.names)
+            else:
+                line = (head + f.readline(1 << 20)).decode("utf-8-sig", errors="replace").strip()
+                columns = set(json.loads(line)) if line.startswith("{") else set(next(csv.reader([line]), []))
+    except (OSError, pa.ArrowException, ValueError, TypeError, csv.Error, RecursionError):
+        return False  # a binary file, a CR-only or NUL-holding line, a JSON too deep: not ours
+    return columns in (set(REPORT_SCHEMA.names), set(GROUP_SCHEMA.names))
 
 
 def read_report_metadata(path: str | Path) -> dict[str, str]:

@@ -6,11 +6,13 @@ import time
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import f1_score
 from typer.testing import CliRunner
 
 from qmix_cli.cli.app import app
+from qmix_cli.reporting.report import REPORT_SCHEMA
 from tests.cli.helpers import assert_one_line_error
 from tests.cli.helpers import stderr_of as _stderr
 
@@ -99,11 +101,20 @@ def test_an_earlier_demo_is_replaced_and_a_folder_of_other_files_is_not(tmp_path
     out = tmp_path / "demo"
     (out / "run").mkdir(parents=True)
     (out / "run" / "config.yaml").write_text("an earlier demo's run\n")
-    (out / "report.parquet").write_bytes(b"an earlier demo's report")
+    earlier = REPORT_SCHEMA.empty_table().replace_schema_metadata({b"qmix.version": b"0.0.1"})
+    pq.write_table(earlier, out / "report.parquet")  # an earlier demo's report and page: replaced
+    (out / "report.html").write_text("<!DOCTYPE html><title>qmix report — report.parquet</title>")
     (out / ".report.parquet.x1y2.tmp").write_bytes(b"what a killed demo left")
     result = CliRunner().invoke(app, ["demo", "--out", str(out), "--epochs", "1"])  # no --force: the README's command
     assert result.exit_code == 0, _stderr(result)
     assert pd.read_parquet(out / "report.parquet")["sample_id"].nunique() == 1797
+    assert "<title>qmix report" in (out / "report.html").read_text()
     (out / "notes.txt").write_text("the user's own file")
     assert_one_line_error(CliRunner().invoke(app, ["demo", "--out", str(out)]), "--force")
     assert (out / "notes.txt").read_text() == "the user's own file"
+    (out / "notes.txt").unlink()
+    (out / "report.html").write_text("the user's own page, under a name the demo uses")
+    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--epochs", "1"])
+    assert_one_line_error(result, "report.html already exists and is not a qmix page")
+    assert "1/5" not in _stderr(result)  # refused before any work
+    assert (out / "report.html").read_text() == "the user's own page, under a name the demo uses"

@@ -92,16 +92,25 @@ def test_the_runs_own_files_are_not_an_output(runner, tmp_path, write_image):
 
 def test_an_existing_file_show_did_not_write_is_kept_unless_forced(runner, tmp_path, write_image):
     report, data, _ = make_report(tmp_path, write_image)
-    manifest = tmp_path / "manifest.csv"  # the dataset's manifest, given as --out by mistake
-    manifest.write_text("path,label\na.png,cat\n")
-    before = manifest.read_bytes()
-    result = runner.invoke(app, ["show", str(report), "--out", str(manifest)])
-    _assert_one_line_error(result, f"--out {manifest} already exists and is not a page qmix show wrote; choose")
-    assert manifest.read_bytes() == before
+    notes = tmp_path / "notes.html"  # a page of the user's own, given as --out by mistake
+    notes.write_text("<!DOCTYPE html><title>ward round</title>")
+    result = runner.invoke(app, ["show", str(report), "--out", str(notes)])
+    _assert_one_line_error(result, f"--out {notes} already exists and is not a page qmix show wrote; choose")
+    assert notes.read_text() == "<!DOCTYPE html><title>ward round</title>"
     page = tmp_path / "page.html"
-    for extra in ([], []):  # written, then replaced by a rerun: its own earlier page
-        result = runner.invoke(app, ["show", str(report), "--out", str(page), "--data", str(data), *extra])
+    for _ in range(2):  # written, then replaced by a rerun: its own earlier page
+        result = runner.invoke(app, ["show", str(report), "--out", str(page), "--data", str(data)])
         assert result.exit_code == 0, _stderr(result)
-    result = runner.invoke(app, ["show", str(report), "--out", str(manifest), "--force"])
+    result = runner.invoke(app, ["show", str(report), "--out", str(notes), "--force"])
     assert result.exit_code == 0, _stderr(result)
-    assert manifest.read_text().startswith("<!DOCTYPE html>")
+    assert "<title>qmix report" in notes.read_text()
+
+
+def test_a_page_is_never_written_over_a_file_named_as_data(runner, tmp_path, write_image):
+    report, _, _ = make_report(tmp_path, write_image)
+    manifest = tmp_path / "manifest.csv"  # the dataset's manifest, not known to show without --data
+    manifest.write_text("path,label\na.png,cat\n")
+    for out in (manifest, tmp_path / "report"):
+        result = runner.invoke(app, ["show", str(report), "--out", str(out), "--force"])
+        _assert_one_line_error(result, f"--out {out}: the page is HTML; name it .html")
+    assert manifest.read_text() == "path,label\na.png,cat\n" and not (tmp_path / "report").exists()

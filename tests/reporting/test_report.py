@@ -585,17 +585,25 @@ def test_read_report_refuses_what_it_cannot_read_with_a_reason(tmp_path: Path, n
 
 def test_a_table_audit_wrote_is_told_from_other_files_by_its_content(tmp_path, report):
     """What lets a rerun of ``qmix audit`` replace its earlier report but not a manifest given as ``--out``."""
+    from qmix_cli.reporting.groups import GROUP_SCHEMA
+
     for name, fmt in (("r.parquet", None), ("r.csv", None), ("r.jsonl", None), ("r.txt", "csv")):
         write_batches(report, tmp_path / name, fmt=fmt, metadata=metadata())
         assert written_by_audit(tmp_path / name), name  # by content: a report under any name
-    groups = pd.DataFrame({"group": ["p1"], "given_label": ["cat"], "images": [2], "issue_score": [0.4]})
+    (tmp_path / "excel.csv").write_bytes(b"\xef\xbb\xbf" + (tmp_path / "r.csv").read_bytes().replace(b"\n", b"\r\n"))
+    groups = pd.DataFrame({name: ["x"] for name in GROUP_SCHEMA.names})
     groups.to_csv(tmp_path / "groups.csv", index=False)
-    assert written_by_audit(tmp_path / "groups.csv")
-    manifest = pd.DataFrame({"sample_id": ["a"], "path": ["a.png"], "label": ["cat"], "category": ["clean"]})
-    manifest.to_csv(tmp_path / "manifest.csv", index=False)  # a truth column, but no scores: not a report
-    manifest.to_parquet(tmp_path / "manifest.parquet")
-    report.to_pandas().to_parquet(tmp_path / "copied.parquet")  # the columns, but no qmix metadata
-    (tmp_path / "notes.jsonl").write_text('{"sample_id": "a"}\n')
-    (tmp_path / "broken.jsonl").write_text("{not json\n")
-    for name in ("manifest.csv", "manifest.parquet", "copied.parquet", "notes.jsonl", "broken.jsonl"):
+    for name in ("excel.csv", "groups.csv"):
+        assert written_by_audit(tmp_path / name), name
+    frame = report.to_pandas()
+    frame.assign(reviewed="yes").to_csv(tmp_path / "edited.csv", index=False)  # the user's work on a report
+    frame[["sample_id", "category"]].to_csv(tmp_path / "checked.csv", index=False)  # a truth cut from one
+    frame.to_parquet(tmp_path / "copied.parquet")  # the columns, but no qmix metadata
+    frame.head(0).assign(path=[]).to_parquet(tmp_path / "manifest.parquet")
+    (tmp_path / "mac.csv").write_bytes(b"sample_id,category\rx,clean\r")  # CR-only lines: csv.Error
+    (tmp_path / "nul.csv").write_bytes(b"sample_id,\x00category\n")
+    (tmp_path / "deep.jsonl").write_text("{" + '"a":[' * 100_000 + "\n")
+    (tmp_path / "blob.bin").write_bytes(os.urandom(4096))
+    names = ("edited.csv", "checked.csv", "copied.parquet", "manifest.parquet", "mac.csv", "nul.csv", "deep.jsonl")
+    for name in (*names, "blob.bin"):
         assert not written_by_audit(tmp_path / name), name
