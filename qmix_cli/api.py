@@ -100,7 +100,7 @@ def corrupt(
         Fraction in [0, 1] of images degraded to low quality (default 0.15); exact, not a per-image draw.
     degradations
         Comma list of ``blur``, ``motion``, ``dark``, ``bright``, ``contrast``, ``noise``, ``jpeg``,
-        ``occlusion``, ``haze``, ``vignette``, or ``"all"``.
+        ``occlusion``, ``haze``, ``vignette``, or ``"all"`` (default).
     severity
         An int in 1..5 or a range ``"3-5"`` (default), drawn per image.
     per_image
@@ -141,8 +141,8 @@ def corrupt(
     ------
     QmixError
         One line saying what to do: a `DataError` for an unusable dataset, a `ConfigError` for options that
-        contradict each other or an ``out`` that exists. Messages name the CLI's options (``--label-rate`` for
-        ``label_rate``).
+        contradict each other, a plain `QmixError` for an ``out`` that exists. Messages name the CLI's options
+        (``--label-rate`` for ``label_rate``).
     """
     from qmix_cli.data.manifest import create_dataset
     from qmix_cli.noise.protocol import corrupt_dataset, resolve_spec
@@ -355,8 +355,9 @@ def audit(
     ------
     QmixError
         One line saying what to do: a `DataError` for unreadable images or labels the run does not know, a
-        `ConfigError` for contradictory options or an output that is one of the run's files. Messages name the
-        CLI's options (``--sort`` for ``sort_by``, ``--out`` for ``out``).
+        `ConfigError` for contradictory options, an output that is one of the run's files or an existing file
+        that is not a table ``qmix audit`` wrote (without ``force``). Messages name the CLI's options (``--sort``
+        for ``sort_by``, ``--out`` for ``out``).
     """
     import pyarrow as pa
 
@@ -372,6 +373,8 @@ def audit(
         raise ConfigError(f"--batch-size must be at least 1 (got {batch_size})")
     if tta < 0:
         raise ConfigError(f"--tta must be 0 or more (got {tta})")
+    if workers < 0:
+        raise ConfigError(f"--workers must be 0 or more (got {workers})")
     if out is not None:
         out = "-" if str(out) == "-" else out  # Path("-") too: the writer and the checks then agree on stdout
         fmt = infer_format(str(out), fmt)

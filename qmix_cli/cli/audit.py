@@ -45,8 +45,9 @@ def audit_command(
     group_column: Annotated[
         str | None,
         typer.Option(
-            help="Manifest column saying which images belong together (a patient), for the summary by group "
-            "\\[the run's --group-column]. The run's folds stay as trained."
+            help="Manifest column saying which images belong together (a patient), for the summary by group. The "
+            "run's folds stay as trained.",
+            show_default="the run's --group-column",
         ),
     ] = None,
     groups_out: Annotated[

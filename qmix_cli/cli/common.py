@@ -23,7 +23,7 @@ from qmix_cli.io import NO_SPACE, format_bytes
 F = TypeVar("F", bound=Callable[..., Any])
 
 # How `--help` shows where decoded images and image checks go by default (`qmix_cli.data.builtin.cache_root`).
-CACHE_DEFAULT = "$QMIX_CACHE_DIR, else ~/.cache/qmix"
+CACHE_DEFAULT = "$QMIX_CACHE_DIR, else $XDG_CACHE_HOME/qmix, else ~/.cache/qmix"
 
 
 @dataclass

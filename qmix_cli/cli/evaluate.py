@@ -53,7 +53,8 @@ def evaluate_command(
         str | None,
         typer.Option(
             help="Truth column saying which images belong together (a patient): scores the ranking of wrongly "
-            "labelled units by issue score \\[the column a Parquet report's audit grouped by].",
+            "labelled units by issue score.",
+            show_default="the column a Parquet report's audit grouped by",
         ),
     ] = None,
 ) -> None:

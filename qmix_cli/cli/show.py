@@ -20,8 +20,8 @@ def show_command(
         typer.Option(
             "--run",
             "-r",
-            help="Run directory: adds the GMM means and the training curves (default: the run recorded in the "
-            "report, if it still exists).",
+            help="Run directory: adds the GMM means and the training curves.",
+            show_default="the run a Parquet report records, if it still exists",
         ),
     ] = None,
     data: Annotated[
@@ -29,8 +29,8 @@ def show_command(
         typer.Option(
             "--data",
             "-d",
-            help="The dataset (folder or manifest) the report's paths are relative to (default: the dataset "
-            "recorded in the report).",
+            help="The dataset (folder or manifest) the report's paths are relative to.",
+            show_default="the dataset a Parquet report records, if it still exists",
         ),
     ] = None,
     top: Annotated[
@@ -46,8 +46,8 @@ def show_command(
     group_column: Annotated[
         str | None,
         typer.Option(
-            help="Manifest column saying which images belong together (a patient), for the section by group "
-            "\\[the column the audit grouped by; a CSV or JSON Lines report records none]."
+            help="Manifest column saying which images belong together (a patient), for the section by group.",
+            show_default="the column a Parquet report's audit grouped by",
         ),
     ] = None,
     force: Annotated[

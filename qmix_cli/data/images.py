@@ -59,8 +59,10 @@ def _see_through(img: Image.Image) -> bool:
     return alpha.getextrema()[0] < 255
 
 
-# The EXIF tag saying how a camera held the picture: 1 is upright, 2-8 a rotation and/or mirroring to apply.
+# The EXIF tag saying how a camera held the picture: 2-8 a rotation and/or mirroring to apply; 1 is upright, and
+# other values (0, 9, ...) are read as upright by Pillow's `ImageOps.exif_transpose` and by photo viewers.
 _ORIENTATION = 0x0112
+_TURNED = range(2, 9)
 
 
 def _extras(img: Image.Image) -> tuple[int, bool, bool]:
@@ -75,7 +77,7 @@ def _extras(img: Image.Image) -> tuple[int, bool, bool]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "Corrupt EXIF data": the pixels are what is judged
-            turned = img.getexif().get(_ORIENTATION, 1) not in (1, None)
+            turned = img.getexif().get(_ORIENTATION) in _TURNED  # Pillow turns TIFFs upright as it loads them
     except Exception:
         turned = False
     try:  # last: counting the frames of a GIF or a TIFF seeks through the file, past the pixels just read

@@ -24,6 +24,7 @@ import html
 import io
 import json
 import math
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -59,9 +60,19 @@ _CURVE_TITLES = {
 _THUMB_PX = 128
 
 
+# Characters that set the direction of the text after them (embeddings, overrides, isolates and their ends): in a
+# label they could close the isolation `_t` and `_isolated` give it and reorder the page, so they are shown as codes.
+_BIDI_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069]")
+
+
+def _visible(value: Any) -> str:
+    """``value`` as text with its direction-setting characters shown as codes (``[U+202E]``)."""
+    return _BIDI_CONTROLS.sub(lambda m: f"[U+{ord(m.group()):04X}]", str(value))
+
+
 def _e(value: Any) -> str:
-    """Escape any value for HTML text or attributes."""
-    return html.escape(str(value), quote=True)
+    """Escape any value for HTML text or attributes, direction-setting characters shown as codes."""
+    return html.escape(_visible(value), quote=True)
 
 
 def _count(n: int, noun: str) -> str:
@@ -72,7 +83,7 @@ def _count(n: int, noun: str) -> str:
 def _isolated(value: Any) -> str:
     """A user's text for places that take no markup (tooltips): between the Unicode isolate marks that do what
     `_t`'s ``<bdi>`` does."""
-    return f"\u2068{value}\u2069"
+    return f"\u2068{_visible(value)}\u2069"
 
 
 def _t(value: Any) -> str:
@@ -225,7 +236,8 @@ def scatter_svg(
     for i in order:
         code = int(codes[i])
         cls = f"c{code}" if 0 <= code < len(PALETTE) else "cx"
-        tip = f"<title>{_e(titles[i])}</title>" if titles is not None else ""
+        # Escaped only: the titles' user text comes made visible and isolated (`_isolated`), marks to be kept.
+        tip = f"<title>{html.escape(titles[i], quote=True)}</title>" if titles is not None else ""
         parts.append(f'<circle cx="{px(x[i]):.1f}" cy="{py(y[i]):.1f}" r="2.6" class="{cls}">{tip}</circle>')
     parts.append("</g>")
     for loss, unc, group in means:
@@ -417,7 +429,7 @@ image-rendering:pixelated;background:#000}
 .placeholder{background:repeating-linear-gradient(45deg,#eee,#eee 8px,#ddd 8px,#ddd 16px);color:#777;
 display:flex;align-items:center;justify-content:center}
 .sid{font-family:ui-monospace,Menlo,Consolas,monospace;word-break:break-all}.rank{color:#777}
-bdi{overflow-wrap:anywhere}.counts tbody th{max-width:24em}
+bdi{overflow-wrap:anywhere}
 .probs{color:#555;font-size:11px;white-space:nowrap}
 footer{margin-top:36px;color:#888;font-size:12px}
 """
@@ -530,6 +542,8 @@ def _report_groups(
     the recorded dataset); None when there is none to read, said through ``warn`` when the report names a column.
     A ``column`` named by the user that cannot be read is an error."""
     named = column is not None
+    if named and not column.strip():
+        raise QmixError("--group-column needs the name of a column of the dataset's manifest")
     column = column if named else meta.get("group_column")
     if not column:
         return None
@@ -757,8 +771,9 @@ def groups_section_html(
     (best ranked first); ``groups`` (N,) is each report row's value of ``column``."""
     table = summarise_groups(frame, groups=groups)
     shown = table.head(top)
+    ranked = f"top {len(shown)} of {len(table)} by issue score" if len(shown) else f"{len(table)} in all"  # --top 0
     heading = (
-        f'<h2>By {_t(column)} <small class="note">top {len(shown)} of {len(table)} by issue score</small></h2>'
+        f'<h2>By {_t(column)} <small class="note">{ranked}</small></h2>'
         f'<p class="note">One entry per {_t(column)} and given label: the issue score is the median of its images\' '
         "1 − p_clean, so a label wrong on most of them ranks high and one poor image does not; the suggestion is "
         "the one most of its mislabeled_hq images make.</p>"

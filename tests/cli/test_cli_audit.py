@@ -391,7 +391,7 @@ def test_unknown_sort_is_one_error_line(runner, tmp_path, qmix_run, noisy_digits
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize(("flag", "value"), [("--batch-size", "0"), ("--tta", "-1")])
+@pytest.mark.parametrize(("flag", "value"), [("--batch-size", "0"), ("--tta", "-1"), ("--workers", "-1")])
 def test_impossible_batch_size_or_tta_is_one_error_line(runner, qmix_run, noisy_digits, flag, value):
     result = _audit(runner, noisy_digits, qmix_run.run_dir, flag, value, "--out", "-")
     _assert_one_line_error(result, flag)

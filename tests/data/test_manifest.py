@@ -383,7 +383,10 @@ def test_photos_a_camera_marked_as_turned_are_named_and_remembered(tmp_path):
     photo.save(root / "a" / "phone.jpg", exif=_exif(6))  # a phone held upright: the pixels are to be turned
     photo.save(root / "b" / "mirrored.png", exif=_exif(2))
     photo.save(root / "a" / "upright.jpg", exif=_exif(1))  # orientation 1, or none: no note
+    photo.save(root / "a" / "zero.jpg", exif=_exif(0))  # 0 and 9 mean nothing: upright to Pillow and viewers
+    photo.save(root / "a" / "nine.jpg", exif=_exif(9))
     photo.save(root / "b" / "plain.jpg")
+    photo.save(root / "b" / "scan.tif", exif=_exif(6))  # Pillow turns a TIFF upright as it reads it
     note = (
         "photos whose EXIF orientation says to turn them, read as stored (sideways or mirrored, not as a photo viewer "
         "shows them): 2 (e.g. a/phone.jpg); turn them upright first (exiftran -ai, mogrify -auto-orient) if some of "
@@ -392,6 +395,7 @@ def test_photos_a_camera_marked_as_turned_are_named_and_remembered(tmp_path):
     assert create_dataset(root).notes == (note,)
     assert create_dataset(root).notes == (note,)  # the same from the remembered check
     assert read_image(root / "a" / "phone.jpg", channels=3).shape[:2] == (8, 16)  # as stored, as torchvision reads
+    assert read_image(root / "b" / "scan.tif", channels=3).shape[:2] == (16, 8)  # turned: nothing to say
 
 
 @pytest.mark.parametrize("sep", [";", "\t"])

@@ -461,6 +461,8 @@ def test_a_csv_report_is_shown_by_group_when_the_column_is_named(tmp_path, write
     assert "<h2>By patient" in page
     with pytest.raises(QmixError, match=r"--group-column ward: cannot read that column .*\(it has no ward column\)"):
         write_html_report(path, out=tmp_path / "c.html", data=manifest, group_column="ward")
+    with pytest.raises(QmixError, match="--group-column needs the name of a column"):
+        write_html_report(path, out=tmp_path / "c.html", data=manifest, group_column=" ")
     with pytest.raises(QmixError, match="--group-column patient: pass --data"):
         write_html_report(path, out=tmp_path / "c.html", group_column="patient")
     assert not (tmp_path / "c.html").exists()
@@ -485,20 +487,27 @@ def test_a_grouped_audit_of_a_relative_manifest_is_found_from_another_directory(
 def test_user_text_is_isolated_so_a_right_to_left_override_cannot_reorder_the_page(tmp_path, write_image):
     path, data, _ = make_report(tmp_path, write_image, n=12)
     frame = pd.read_parquet(path)
-    frame["given_label"] = frame["given_label"].where(frame["given_label"] != "cat", "cat\u202e")  # an RLO, unclosed
+    # A pop-isolate mark would close the isolation early and leave the override to run on: both shown as codes.
+    frame["given_label"] = frame["given_label"].where(frame["given_label"] != "cat", "cat\u2069\u202e")
     frame.to_parquet(tmp_path / "rtl.parquet")
     page = write_html_report(tmp_path / "rtl.parquet", out=tmp_path / "r.html", data=data, top=100).read_text()
-    # Every override ends where its label does: at the </bdi> of page text, the pop-isolate mark of a tooltip.
-    in_text, in_tips = page.count("cat\u202e</bdi>"), page.count("cat\u202e\u2069")
-    assert page.count("\u202e") == in_text + in_tips and in_text >= 2 and in_tips >= 1
+    assert "\u202e" not in page and page.count("\u2068") == page.count("\u2069")  # only our own isolates, paired
+    in_text, in_tips = page.count("cat[U+2069][U+202E]</bdi>"), page.count("cat[U+2069][U+202E]\u2069")
+    assert in_text >= 2 and in_tips >= 1 and page.count("[U+202E]") == in_text + in_tips
     ids = re.findall(r'<span class="sid">(.*?)</span>', page)
     assert ids and all(i.startswith("<bdi>") and i.endswith("</bdi>") for i in ids)
 
 
-def test_no_thumbnails_asked_for_is_not_said_as_an_empty_group(report, tmp_path):
+def test_no_thumbnails_asked_for_is_not_said_as_an_empty_group(report, tmp_path, write_image):
     path, data, rows = report
     page = write_html_report(path, out=tmp_path / "r.html", data=data, top=0).read_text()
     assert "No images in this group" not in page and '<figure class="thumb">' not in page
     for group in ("mislabeled_hq", "mislabeled_lq"):
         n = int((rows["category"] == group).sum())
         assert f'{group} <small class="note">{n} images</small>' in page
+    from qmix_cli.reporting.groups import summarise_groups
+
+    grouped, rows = _grouped_report(tmp_path, write_image)
+    units = len(summarise_groups(rows, groups=rows["patient"]))
+    page = _shown(write_html_report(grouped, out=tmp_path / "g.html", top=0))
+    assert f'<h2>By patient <small class="note">{units} in all</small></h2>' in page and "<h3>" not in page
