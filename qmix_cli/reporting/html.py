@@ -496,7 +496,7 @@ def write_html_report(
     root = _data_root(data, meta, frame)
     if is_one_of(out, frame["path"].astype(str), root=root):
         raise QmixError(f"--out {out} is one of the report's images; write the page to another file")
-    if Path(given).suffix.lower() not in PAGE_SUFFIXES:  # so that no --force can put a page over a data file
+    if any(Path(name).suffix.lower() not in PAGE_SUFFIXES for name in (given, out)):  # a link's target too
         raise QmixError(f"--out {given}: the page is HTML; name it .html (e.g. --out report.html)")
     check_replaceable(given, ours=written_by_show, force=force, option="--out", what="a page qmix show wrote")
     missing, shown = missing_thumbnails(frame, root=root, top=top)

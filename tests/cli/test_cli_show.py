@@ -110,7 +110,8 @@ def test_a_page_is_never_written_over_a_file_named_as_data(runner, tmp_path, wri
     report, _, _ = make_report(tmp_path, write_image)
     manifest = tmp_path / "manifest.csv"  # the dataset's manifest, not known to show without --data
     manifest.write_text("path,label\na.png,cat\n")
-    for out in (manifest, tmp_path / "report"):
+    (tmp_path / "link.html").symlink_to(manifest)  # so no --force goes through a link either
+    for out in (manifest, tmp_path / "report", tmp_path / "link.html"):
         result = runner.invoke(app, ["show", str(report), "--out", str(out), "--force"])
         _assert_one_line_error(result, f"--out {out}: the page is HTML; name it .html")
     assert manifest.read_text() == "path,label\na.png,cat\n" and not (tmp_path / "report").exists()
