@@ -48,12 +48,19 @@ class RichReporter:
     def task(self, description: str, total: int) -> Callable[[int], None]:
         if self._progress is None:
             return lambda n=1: None
-        task_id = self._progress.add_task(description, total=total)
+        progress = self._progress
+        task_id = progress.add_task(description, total=total)
+        done = 0
 
         def advance(n: int = 1) -> None:
-            self._progress.advance(task_id, n)
-            if self._progress.tasks[task_id].finished:
-                self._progress.remove_task(task_id)
+            # Counted here: `Progress.tasks` is a list that shrinks as finished tasks are removed, not a map by id.
+            nonlocal done
+            if done >= total and done > 0:
+                return  # already full and taken away: a late advance has nothing to move
+            progress.advance(task_id, n)
+            done += n
+            if done >= total:
+                progress.remove_task(task_id)
 
         return advance
 

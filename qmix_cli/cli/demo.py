@@ -50,8 +50,10 @@ def demo_command(
     config_from_dict({**options, **DEMO_TRAIN})  # every option checked before anything is written
     data, run, report = out / "noisy-digits", out / "run", out / "report.parquet"
     # Named as the demo's, but perhaps not its: said now, not after the training (audit and show check them again).
-    check_replaceable(report, ours=written_by_audit, force=force, option="--out", what="a report qmix audit wrote")
-    check_replaceable(out / "report.html", ours=written_by_show, force=force, option="--out", what="a qmix page")
+    check_replaceable(report, ours=written_by_audit, force=force, option="--out", what="a table qmix audit wrote")
+    check_replaceable(
+        out / "report.html", ours=written_by_show, force=force, option="--out", what="a page qmix show wrote"
+    )
     st.err.rule("1/5 corrupt: 20 % wrong labels, 15 % degraded images")
     corrupt("digits", data, label_rate=0.2, quality_rate=0.15, seed=seed, force=True, console=st.err, quiet=st.quiet)
     st.err.rule("2/5 train qmix")

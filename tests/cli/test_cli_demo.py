@@ -115,6 +115,6 @@ def test_an_earlier_demo_is_replaced_and_a_folder_of_other_files_is_not(tmp_path
     (out / "notes.txt").unlink()
     (out / "report.html").write_text("the user's own page, under a name the demo uses")
     result = CliRunner().invoke(app, ["demo", "--out", str(out), "--epochs", "1"])
-    assert_one_line_error(result, "report.html already exists and is not a qmix page")
+    assert_one_line_error(result, "report.html already exists and is not a page qmix show wrote")
     assert "1/5" not in _stderr(result)  # refused before any work
     assert (out / "report.html").read_text() == "the user's own page, under a name the demo uses"

@@ -1,0 +1,35 @@
+"""Progress bars (`qmix_cli.progress`): what a terminal shows, which the CLI tests (never a terminal) do not."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+from typer.testing import CliRunner
+
+from qmix_cli.cli.app import app
+from qmix_cli.progress import reporter
+from tests.conftest import TINY_TRAIN
+
+
+def test_bars_on_a_terminal_come_and_go_one_task_after_another():
+    console = Console(file=io.StringIO(), force_terminal=True, width=100)
+    with reporter(console) as rep:
+        for epoch in range(3):  # an epoch's bar is removed when full, and the next epoch's is a new task
+            advance = rep.task(f"epoch {epoch}", total=4)
+            overlapping = rep.task("audit", total=2)  # another bar while one runs
+            for _ in range(4):
+                advance(1)
+            overlapping(2)
+        assert rep._progress.tasks == []  # every finished bar was taken away
+        rep.log("done")
+    assert "done" in console.file.getvalue()
+
+
+def test_training_on_a_terminal_runs_its_epochs(noisy_digits, tmp_path):
+    # FORCE_COLOR makes rich take the CLI's stderr for a terminal: the bars of two epochs, one after the other.
+    options = [f"--{key.replace('_', '-')}={value}" for key, value in TINY_TRAIN.items() if key != "hflip"]
+    args = ["train", str(noisy_digits), "--out", str(tmp_path / "run"), "--method", "ce", "--epochs", "2", *options]
+    result = CliRunner().invoke(app, [*args, "--no-hflip"], env={"FORCE_COLOR": "1"})
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "model.pt").is_file()
