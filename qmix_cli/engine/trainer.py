@@ -15,7 +15,7 @@ import os
 import shutil
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -727,6 +727,8 @@ def _train_locked(
             reporter.log(groups_line)
         if hint := size_hint(cfg, image_side=dataset.image_side):
             reporter.log(hint)
+        if note := small_classes_note(np.bincount(run.labels_np, minlength=len(run.classes)), run.classes):
+            reporter.log(note)
     metrics_path = run_dir / "metrics.jsonl"
     if resume:
         run.metrics = [row for row in read_metrics(metrics_path) if row["epoch"] <= run.epoch]
@@ -769,6 +771,25 @@ def _start_line(run: _Run) -> str:
     return (
         f"{cfg.method}: {len(run.labels_np):,} images in {len(run.classes):,} classes (the smallest, "
         f"{run.classes[rarest]}, has {counts[rarest]:,}), {cfg.model} at {cfg.img_size} px on {run.device}{precision}"
+    )
+
+
+# Classes of fewer images than this are ones the audit can hardly judge: each image is judged by the other images
+# of its class (an out-of-fold probe, a vote of neighbours), and a class of one or two has none or one to offer.
+SMALL_CLASS = 5
+
+
+def small_classes_note(counts: np.ndarray, classes: Sequence[str]) -> str | None:
+    """A note naming the classes of fewer than `SMALL_CLASS` images (``counts`` (K,) images per class), many of whose
+    images the audit flags whatever their labels; None when there are none."""
+    small = [f"{classes[k]} ({counts[k]:,})" for k in np.flatnonzero(counts < SMALL_CLASS)]
+    if not small:
+        return None
+    named = ", ".join(small[:5]) + (f", and {len(small) - 5:,} more" if len(small) > 5 else "")
+    return (
+        f"note: {len(small):,} class{'es' if len(small) > 1 else ''} of fewer than {SMALL_CLASS} images: {named}; "
+        "the audit judges an image by the other images of its class, so it flags many of theirs whatever their "
+        "labels (a class of one, always): add images of them, or check them by hand"
     )
 
 

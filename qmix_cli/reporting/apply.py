@@ -132,7 +132,13 @@ def apply_verdicts(
         "dropped_missing": int((missing & drop).sum()),
         "kept_missing": int((missing & ~drop).sum()),
     }
-    emptied = sorted(set(given) - set(out["label"].astype(str)))
+    left = set(out["label"].astype(str))
+    if len(left) < 2 <= len(set(given)):  # no run can train on it: refused as an all-dropped manifest is
+        raise QmixError(
+            f"the verdicts would leave one class ({next(iter(left))}) and a run needs two; nothing written (pass "
+            "--hq keep to keep the labels the report calls wrong)"
+        )
+    emptied = sorted(set(given) - left)
     return Applied(frame=out, counts=counts, emptied=emptied)
 
 

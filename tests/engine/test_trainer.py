@@ -28,7 +28,7 @@ from qmix_cli.data.cache import cached_images
 from qmix_cli.data.manifest import create_dataset
 from qmix_cli.engine import trainer
 from qmix_cli.engine.checkpoint import load_checkpoint
-from qmix_cli.engine.trainer import size_hint
+from qmix_cli.engine.trainer import size_hint, small_classes_note
 from qmix_cli.errors import ConfigError, DataError, QmixError, TrainingError
 from qmix_cli.io import read_metrics
 from qmix_cli.reporting.score import audit_keys, group_note, load_run, score_dataset
@@ -689,3 +689,16 @@ def test_training_scores_against_a_category_column_only_when_it_holds_verdicts(m
     assert is_clean.tolist() == [True, False, True, False] and is_hq.tolist() == [True, True, True, False]
     rows.assign(category=["animal", "animal", "vehicle", "vehicle"]).to_csv(root / "own.csv", index=False)
     assert trainer._truth(create_dataset(root / "own.csv")) == (None, None)
+
+
+def test_classes_too_small_for_the_audit_to_judge_are_named_with_how_many():
+    classes = [f"c{k}" for k in range(9)]
+    counts = np.array([1, 50, 4, 2, 5, 3, 3, 3, 100])
+    note = small_classes_note(counts, classes)
+    assert note.startswith(
+        "note: 6 classes of fewer than 5 images: c0 (1), c2 (4), c3 (2), c5 (3), c6 (3), and 1 more;"
+    )
+    assert small_classes_note(np.array([1, 9]), ["rare", "common"]).startswith(
+        "note: 1 class of fewer than 5 images: rare (1);"
+    )
+    assert small_classes_note(np.array([5, 9]), ["a", "b"]) is None

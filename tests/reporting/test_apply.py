@@ -126,10 +126,18 @@ def test_suggestions_must_be_classes() -> None:
 def test_nothing_left_and_classes_emptied() -> None:
     with pytest.raises(QmixError, match="every image would be dropped"):
         apply_verdicts(manifest(), report(category=[H, H, H, H, L, L], suggested_label=["cat"] * 6), hq="drop")
-    # Every image given "dog" (s1, s3, s4) is relabelled to "cat" or dropped: the class is gone, and said so.
+    # Every image given "dog" (s1, s3, s4) is relabelled to "cat" or dropped: one class left, which no run can
+    # train on, so nothing is written.
     no_dogs = report(category=[C, H, C, H, L, L], suggested_label=[None, "cat", None, "cat", None, None])
-    applied = apply_verdicts(manifest(), no_dogs)
-    assert set(applied.frame["label"]) == {"cat"} and applied.emptied == ["dog"]
+    with pytest.raises(QmixError, match=r"would leave one class \(cat\) and a run needs two; nothing written"):
+        apply_verdicts(manifest(), no_dogs)
+    # With a third class (s5, an owl judged clean) two are left: written, and the emptied class named.
+    labels = ["cat", "dog", "cat", "dog", "dog", "owl"]
+    owl = report(
+        category=[C, H, C, H, L, C], given_label=labels, suggested_label=[None, "cat", None, "cat", None, None]
+    )
+    applied = apply_verdicts(manifest(label=labels), owl)
+    assert set(applied.frame["label"]) == {"cat", "owl"} and applied.emptied == ["dog"]
 
 
 def test_a_second_round_keeps_the_first_given_label() -> None:
