@@ -44,8 +44,8 @@ def evaluate_command(
         bool | None,
         typer.Option(
             "--per-class/--no-per-class",
-            help="Print detection by given label (images, flagged, precision, recall, correct labels flagged); "
-            "by default only for datasets of at most 20 classes. --json always has it.",
+            help="Print detection by given label (images, flagged, precision, recall, correct labels flagged) for "
+            "every class; by default the 20 that lose the most correct labels. --json always has every class.",
             show_default=False,
         ),
     ] = None,

@@ -390,14 +390,19 @@ def render_evaluation(result: Mapping[str, Any], console: Console, *, per_class:
         console.print(table)
 
     classes = result.get("per_class")
-    if classes and per_class is None and len(classes) > PER_CLASS_ROWS:
-        console.print(f"Detection by given label: {len(classes)} classes, printed with --per-class (and in --json)")
-    if classes and (per_class or (per_class is None and len(classes) <= PER_CLASS_ROWS)):
-        table = Table(title="Mislabeled detection by given label", title_justify="left")
+    if classes and per_class is not False:
+        # The classes that lose the most correct labels first: where a curator would be misled (a rare class).
+        order = sorted(classes, key=lambda label: (-_correct_flagged(classes[label]), label))
+        title = "Mislabeled detection by given label, most correct labels flagged first"
+        if per_class is None and len(order) > PER_CLASS_ROWS:
+            title += f" ({PER_CLASS_ROWS} of {len(order)} classes; all with --per-class and in --json)"
+            order = order[:PER_CLASS_ROWS]
+        table = Table(title=title, title_justify="left")
         table.add_column("given label")
         for name in ("images", "mislabeled", "flagged", "precision", "recall", "correct labels flagged"):
             table.add_column(name, justify="right")
-        for label, row in classes.items():
+        for label in order:
+            row = classes[label]
             counts = (str(row[k]) for k in ("n", "mislabeled", "flagged"))
             rates = (_fmt(row[k]) for k in ("precision", "recall", "false_alarms"))
             table.add_row(Text(label), *counts, *rates)  # Text: a class name is not markup
@@ -405,6 +410,11 @@ def render_evaluation(result: Mapping[str, Any], console: Console, *, per_class:
 
 
 # --------------------------------------------------------------------------------------------------- helpers
+
+
+def _correct_flagged(row: Mapping[str, Any]) -> int:
+    """How many of a class's correct labels the audit flagged (`_per_class_detection`'s row)."""
+    return round((row["false_alarms"] or 0) * (row["n"] - row["mislabeled"]))
 
 
 def _require_columns(frame: pd.DataFrame, columns: tuple[str, ...], *, what: str) -> None:
