@@ -11,6 +11,7 @@ import contextlib
 import csv
 import os
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -303,16 +304,24 @@ SPLIT_NAMES = frozenset({"train", "training", "val", "valid", "validation", "tes
 
 
 def label_notes(labels: Iterable[str]) -> list[str]:
-    """Distinct labels that differ only in case, surrounding spaces, or spaces, ``_`` and ``-`` between words
-    (``'Cat '`` and ``'cat'``, ``'t-shirt'`` and ``'T_shirt'``): each is a class of its own, which a curator
-    rarely means; one line naming up to three such sets, or none."""
+    """Distinct labels that differ only in case, surrounding spaces, spaces, ``_`` and ``-`` between words, or the
+    Unicode form of their accents (``'Cat '`` and ``'cat'``, ``'t-shirt'`` and ``'T_shirt'``, ``é`` as one character
+    or as ``e`` and an accent, as two programs saved it): each is a class of its own, which a curator rarely means;
+    one line naming up to three such sets, or none. Names that print alike are written with escapes."""
     spellings: dict[str, list[str]] = {}
     for label in sorted(set(labels)):
-        spellings.setdefault(re.sub(r"[\s_-]+", " ", label).strip().casefold(), []).append(label)
+        plain = unicodedata.normalize("NFKC", re.sub(r"[\s_-]+", " ", label)).strip().casefold()
+        spellings.setdefault(plain, []).append(label)
     alike = [names for names in spellings.values() if len(names) > 1]
     if not alike:
         return []
-    shown = "; ".join(" and ".join(repr(name) for name in names) for names in alike[:3])
+
+    def written(names: list[str]) -> str:
+        alike_on_screen = len({unicodedata.normalize("NFC", name) for name in names}) < len(names)
+        show = ascii if alike_on_screen else repr
+        return " and ".join(show(name) for name in names)
+
+    shown = "; ".join(written(names) for names in alike[:3])
     more = f"; and {len(alike) - 3} more" if len(alike) > 3 else ""
     return [f"labels written alike are separate classes: {shown}{more} (make them one in the data if they are)"]
 

@@ -833,6 +833,8 @@ def _finalise(run: _Run) -> None:
     separation and save what audit needs."""
     # Only the probes' read-outs are kept: the classifier's separation is fitted on losses smoothed over epochs
     # (`smooth_epochs`), which its audit does not reproduce, so keeping them would not make the two agree.
+    if run.cfg.audit_scores == "probe":  # minutes for many images or classes: said, not a silent pause
+        run.reporter.log(f"fitting the audit's out-of-fold probes on {len(run.labels_np):,} images")
     final = run.probe_scores() if run.cfg.audit_scores == "probe" else FinalReadout(scores=run.scores())
     scores, probes, warmup_probes, votes = final.scores, final.probes, final.warmup_probes, final.votes
     run.separations = run.separate(scores, "quality")

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from qmix_cli.data.images import read_image
-from qmix_cli.data.manifest import check_output_file, create_dataset, read_manifest
+from qmix_cli.data.manifest import check_output_file, create_dataset, label_notes, read_manifest
 from qmix_cli.errors import ConfigError, DataError
 
 
@@ -425,6 +425,11 @@ def test_labels_written_alike_are_pointed_out_and_kept_apart(make_image_folder):
         "(make them one in the data if they are)",
     )
     assert create_dataset(make_image_folder("plain", classes=("cat", "dog"), per_class=2)).notes == ()
+    composed, decomposed = "cr\u00e8me", "cre\u0300me"  # one spelling per program that saved it: alike on screen
+    assert label_notes([composed, decomposed, "other"]) == [
+        f"labels written alike are separate classes: {decomposed!a} and {composed!a} (make them one in "
+        "the data if they are)"
+    ]
 
 
 def test_ids_pandas_saved_as_a_parquet_index_are_read_as_the_ids(make_image_folder):
