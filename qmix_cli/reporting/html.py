@@ -60,6 +60,8 @@ _CURVE_TITLES = {
 _THUMB_PX = 128
 
 
+# Classes in the page's table: more would bury the thumbnails below a list only a spreadsheet reads well.
+CLASS_ROWS = 30
 # Characters that set the direction of the text after them (embeddings, overrides, isolates and their ends): in a
 # label they could close the isolation `_t` and `_isolated` give it and reorder the page, so they are shown as codes.
 _BIDI_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069]")
@@ -344,24 +346,37 @@ def legend_html(counts: Sequence[int], *, vertical: bool = False) -> str:
     return f'<div class="{cls}">' + "".join(items) + "</div>"
 
 
-def class_table_html(given: Sequence[str], categories: Sequence[str], class_names: Sequence[str]) -> str:
-    """A table of images per given label (rows, in ``class_names`` order, then any others) and category."""
+def class_table_html(
+    given: Sequence[str], categories: Sequence[str], class_names: Sequence[str], *, max_rows: int = CLASS_ROWS
+) -> str:
+    """A table of images per given label (rows, in ``class_names`` order, then any others) and category. Above
+    ``max_rows`` classes, the ``max_rows`` with the most issues (images not judged clean) and a row saying how many
+    more there are, so that the table stays a summary; the total row counts every image."""
     frame = pd.DataFrame({"given": [str(g) for g in given], "category": [str(c) for c in categories]})
     counts = pd.crosstab(frame["given"], frame["category"]) if len(frame) else pd.DataFrame()
     labels = [str(c) for c in class_names]
     labels += sorted(set(frame["given"]) - set(labels))
+    hidden = 0
+    if len(labels) > max_rows:
+        issues = (frame["category"] != CATEGORIES[0]).groupby(frame["given"]).sum()
+        shown = sorted(labels, key=lambda label: -int(issues.get(label, 0)))[:max_rows]  # stable: class order
+        hidden, labels = len(labels) - max_rows, [label for label in labels if label in set(shown)]
     head = "".join(
         f'<th><span class="swatch" style="background:{PALETTE[i]}"></span>{_e(c)}</th>'
         for i, c in enumerate(CATEGORIES)
     )
     rows = []
-    totals = np.zeros(len(CATEGORIES), dtype=np.int64)
     for label in labels:
         row = np.array(
             [int(counts.at[label, c]) if label in counts.index and c in counts.columns else 0 for c in CATEGORIES]
         )
-        totals += row
         rows.append(_class_row(_t(label), row))
+    if hidden:
+        cells = len(CATEGORIES) + 2
+        rows.append(
+            f'<tr><th colspan="{cells + 1}" class="note">… and {hidden:,} more classes with as many issues or fewer</th></tr>'
+        )
+    totals = np.array([int((frame["category"] == c).sum()) for c in CATEGORIES])  # every image, shown or not
     rows.append(_class_row("<b>all</b>", totals, cls="total"))
     return (
         '<table class="counts"><thead><tr><th>given label</th>'

@@ -511,3 +511,19 @@ def test_no_thumbnails_asked_for_is_not_said_as_an_empty_group(report, tmp_path,
     units = len(summarise_groups(rows, groups=rows["patient"]))
     page = _shown(write_html_report(grouped, out=tmp_path / "g.html", top=0))
     assert f'<h2>By patient <small class="note">{units} in all</small></h2>' in page and "<h3>" not in page
+
+
+def test_many_classes_table_keeps_those_with_the_most_issues_and_counts_every_image():
+    from qmix_cli.reporting.html import class_table_html
+
+    names = [f"k{i:02d}" for i in range(40)]
+    given, categories = [], []
+    for i, name in enumerate(names):  # class i: two clean images, and i % 7 issues
+        given += [name] * (2 + i % 7)
+        categories += ["clean", "clean"] + ["mislabeled_hq"] * (i % 7)
+    table = class_table_html(given, categories, names, max_rows=5)
+    shown = re.findall(r"<tr><th><bdi>(k\d\d)</bdi></th>", table)
+    assert shown == ["k06", "k13", "k20", "k27", "k34"]  # six issues each, the most; in class order
+    assert "… and 35 more classes with as many issues or fewer" in table
+    total = re.search(r'<tr class="total"><th><b>all</b></th>((?:<td>\d+</td>)+)', table).group(1)
+    assert re.findall(r"\d+", total)[:2] == [str(categories.count("clean")), str(categories.count("mislabeled_hq"))]
