@@ -372,10 +372,8 @@ def class_table_html(
         )
         rows.append(_class_row(_t(label), row))
     if hidden:
-        cells = len(CATEGORIES) + 2
-        rows.append(
-            f'<tr><th colspan="{cells + 1}" class="note">… and {hidden:,} more classes with as many issues or fewer</th></tr>'
-        )
+        more = f"… and {hidden:,} more classes with as many issues or fewer"
+        rows.append(f'<tr><th colspan="{len(CATEGORIES) + 3}" class="note">{more}</th></tr>')
     totals = np.array([int((frame["category"] == c).sum()) for c in CATEGORIES])  # every image, shown or not
     rows.append(_class_row("<b>all</b>", totals, cls="total"))
     return (
