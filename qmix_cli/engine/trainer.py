@@ -43,7 +43,7 @@ from qmix_cli.engine.models import (
 )
 from qmix_cli.engine.neighbours import NeighbourVote, fit_neighbour_vote
 from qmix_cli.engine.probe import FOLDS, PROBE_STAGES, LinearProbe, fit_probe, image_keys, pixel_digests
-from qmix_cli.engine.readouts import TrainingReadouts
+from qmix_cli.engine.readouts import READOUT_BYTES, TrainingReadouts
 from qmix_cli.engine.scoring import Scores, compute_scores, fit_separation, probe_output
 from qmix_cli.engine.separation import hard_groups, separation_aucs
 from qmix_cli.engine.steps import (
@@ -397,14 +397,21 @@ class _Run:
             own.append(net_own)
             scored.append(net_scored)
         scores = compute_scores(np.stack(scored), self.labels_np, uncertainty=cfg.uncertainty)
+        readouts = TrainingReadouts.from_training(
+            pixel_digests(self.images), np.stack(own), scores.probs, sampled=pixel_keys
+        )
+        if readouts is None:  # said, since an audit of the training set then takes as long as a new one
+            self.reporter.log(
+                f"note: what the nets read of the training images is not kept in model.pt (more than "
+                f"{READOUT_BYTES >> 20} MB for {len(self.labels_np):,} images of {len(self.classes):,} classes): an "
+                "audit of them runs the nets again"
+            )
         return FinalReadout(
             scores=scores,
             probes=probes,
             warmup_probes=warm_probes,
             votes=votes,
-            readouts=TrainingReadouts.from_training(
-                pixel_digests(self.images), np.stack(own), scores.probs, sampled=pixel_keys
-            ),
+            readouts=readouts,
             fold_keys=fold_keys,
         )
 

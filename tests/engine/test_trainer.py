@@ -702,3 +702,18 @@ def test_classes_too_small_for_the_audit_to_judge_are_named_with_how_many():
         "note: 1 class of fewer than 5 images: rare (1);"
     )
     assert small_classes_note(np.array([5, 9]), ["a", "b"]) is None
+
+
+def test_read_outs_too_large_to_keep_are_said_and_the_audit_still_scores_every_image(
+    noisy_digits, tmp_path, monkeypatch, qmix_cache_dir
+):
+    from qmix_cli.engine import readouts
+
+    monkeypatch.setattr(readouts, "READOUT_BYTES", 0)  # as a run of a million images of a thousand classes
+    log = io.StringIO()
+    run = tmp_path / "run"
+    options = dict(method="ce", epochs=1, warmup_epochs=1, cache_dir=str(qmix_cache_dir), **TINY_TRAIN)
+    train(noisy_digits, run, console=Console(file=log, width=300), **options)
+    assert "note: what the nets read of the training images is not kept in model.pt" in log.getvalue()
+    assert "fitting the audit's out-of-fold probes on 1,797 images" in log.getvalue()
+    assert len(audit(noisy_digits, run=run)) == 1797  # by running the nets again
