@@ -319,8 +319,9 @@ def render_evaluation(result: Mapping[str, Any], console: Console, *, per_class:
     """Print an :func:`evaluate_report` result as rich tables.
 
     Per-category precision / recall / F1 / support with macro-F1 and accuracy; mislabeled detection; ROC-AUCs;
-    the suggested relabels (when scored); the confusion matrix; detection by given label when ``per_class`` is
-    True, or when it is None and there are at most :data:`PER_CLASS_ROWS` classes.
+    the suggested relabels (when scored); the confusion matrix; detection by given label, the classes losing the
+    most correct labels first: every class when ``per_class`` is True, none when it is False, and when it is None
+    the first :data:`PER_CLASS_ROWS`.
     """
     left_out, unchecked = result["left_out"], result.get("unchecked", 0)
     scored = f"{result['n']} images" + (f"; {left_out} of the truth's not in the report, left out" if left_out else "")
