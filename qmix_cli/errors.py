@@ -37,6 +37,12 @@ class TrainingError(QmixError):
     """Training cannot go on (NaN loss, incompatible checkpoint, ...)."""
 
 
+def first_few(names: Sequence[str], *, show: int = 5) -> str:
+    """``"a, b, c, d, e, and 7 more"``: the first ``show`` of ``names``, and how many are left unnamed."""
+    more = f", and {len(names) - show:,} more" if len(names) > show else ""
+    return ", ".join(names[:show]) + more
+
+
 def summarise_offenders(what: str, offenders: Sequence[str], *, total: int | None = None, show: int = 5) -> str:
     """One message naming the first few offending items and how many there are in all.
 

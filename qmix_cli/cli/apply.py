@@ -9,6 +9,7 @@ import typer
 from rich.text import Text
 
 from qmix_cli.cli.common import bold, guarded, state
+from qmix_cli.errors import first_few
 
 
 @guarded
@@ -46,12 +47,11 @@ def apply_command(
         soft_wrap=True,
     )
     if emptied := counts["emptied"]:
-        named = ", ".join(emptied[:5]) + (f", and {len(emptied) - 5:,} more" if len(emptied) > 5 else "")
         st.err.print(
             Text(
                 f"warning: {len(emptied):,} class{'es' if len(emptied) > 1 else ''} of the dataset carr"
-                f"{'y' if len(emptied) > 1 else 'ies'} no image any more: {named}; a run on it will not know "
-                f"{'them' if len(emptied) > 1 else 'it'} (a class of a few images is one the audit cannot judge: "
+                f"{'y' if len(emptied) > 1 else 'ies'} no image any more: {first_few(emptied)}; a run on it will not "
+                f"know {'them' if len(emptied) > 1 else 'it'} (a class of a few images is one the audit cannot judge: "
                 "check them by hand, or pass --hq keep)"
             )
         )

@@ -56,7 +56,7 @@ from qmix_cli.engine.steps import (
     ssl_epoch_size,
     supervised_epoch,
 )
-from qmix_cli.errors import ConfigError, TrainingError
+from qmix_cli.errors import ConfigError, TrainingError, first_few
 from qmix_cli.io import (
     RUN_CHECKPOINT,
     RUN_CHECKPOINTS,
@@ -721,7 +721,8 @@ def _train_locked(
     for partial in itertools.chain.from_iterable(own):
         partial.unlink(missing_ok=True)
     if not resume:
-        reporter.log(_start_line(run))
+        counts = np.bincount(run.labels_np, minlength=len(run.classes))
+        reporter.log(_start_line(run, counts))
         # Only a new run is worth the hint, and only where the audit reads probes that a group column can fold.
         hinted = cfg.group_column is None and cfg.audit_scores == "probe"
         if hinted and (column := likely_group_column(dataset.frame, min_groups=FOLDS)):
@@ -734,7 +735,7 @@ def _train_locked(
             reporter.log(groups_line)
         if hint := size_hint(cfg, image_side=dataset.image_side):
             reporter.log(hint)
-        if note := small_classes_note(np.bincount(run.labels_np, minlength=len(run.classes)), run.classes):
+        if note := small_classes_note(counts, run.classes):
             reporter.log(note)
     metrics_path = run_dir / "metrics.jsonl"
     if resume:
@@ -769,10 +770,10 @@ def _json_floats(values: np.ndarray) -> list:
     return [[None if not np.isfinite(v) else round(float(v), 4) for v in row] for row in values]
 
 
-def _start_line(run: _Run) -> str:
+def _start_line(run: _Run, counts: np.ndarray) -> str:
     """What is trained on what and where, with the smallest class: a class of a handful of images is one the
     audit can hardly judge, and a user should see that before the epochs run."""
-    cfg, counts = run.cfg, np.bincount(run.labels_np, minlength=len(run.classes))
+    cfg = run.cfg  # counts: (K,) images per class
     rarest = int(np.argmin(counts))
     precision = f", {str(run.amp_dtype).removeprefix('torch.')} autocast" if run.amp_dtype is not None else ""
     return (
@@ -792,9 +793,9 @@ def small_classes_note(counts: np.ndarray, classes: Sequence[str]) -> str | None
     small = [f"{classes[k]} ({counts[k]:,})" for k in np.flatnonzero(counts < SMALL_CLASS)]
     if not small:
         return None
-    named = ", ".join(small[:5]) + (f", and {len(small) - 5:,} more" if len(small) > 5 else "")
     return (
-        f"note: {len(small):,} class{'es' if len(small) > 1 else ''} of fewer than {SMALL_CLASS} images: {named}; "
+        f"note: {len(small):,} class{'es' if len(small) > 1 else ''} of fewer than {SMALL_CLASS} images: "
+        f"{first_few(small)}; "
         "the audit judges an image by the other images of its class, so it flags many of theirs whatever their "
         "labels (a class of one, always): add images of them, or check them by hand"
     )
@@ -840,9 +841,12 @@ def _finalise(run: _Run) -> None:
     separation and save what audit needs."""
     # Only the probes' read-outs are kept: the classifier's separation is fitted on losses smoothed over epochs
     # (`smooth_epochs`), which its audit does not reproduce, so keeping them would not make the two agree.
-    if run.cfg.audit_scores == "probe":  # minutes for many images or classes: said, not a silent pause
+    if run.cfg.audit_scores == "probe":
+        # Minutes for many images or classes: said, not a silent pause.
         run.reporter.log(f"fitting the audit's out-of-fold probes on {len(run.labels_np):,} images")
-    final = run.probe_scores() if run.cfg.audit_scores == "probe" else FinalReadout(scores=run.scores())
+        final = run.probe_scores()
+    else:
+        final = FinalReadout(scores=run.scores())
     scores, probes, warmup_probes, votes = final.scores, final.probes, final.warmup_probes, final.votes
     run.separations = run.separate(scores, "quality")
     run.reporter.log(

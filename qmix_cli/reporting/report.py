@@ -316,7 +316,7 @@ def written_by_audit(path: str | Path) -> bool:
             head = f.read(4)
             if head == b"PAR1":
                 schema = pq.read_schema(path)
-                if not any(key.startswith(_META_PREFIX.encode()) for key in schema.metadata or {}):
+                if not decode_metadata(schema.metadata or {}):  # no qmix.* entry: not a file qmix wrote
                     return False
                 columns = set(schema.names)
             else:
