@@ -240,7 +240,25 @@ def _read_parquet(path: Path) -> pd.DataFrame:
     back as columns, not dropped: the ids are the user's."""
     frame = pd.read_parquet(path)
     named = [name for name in frame.index.names if name is not None and name not in frame.columns]
-    return frame.reset_index(level=named) if named else frame
+    frame = frame.reset_index(level=named) if named else frame
+    for col in (*_KEY_COLUMNS, "true_label"):
+        if col in frame.columns:
+            frame[col] = _whole_numbers_as_integers(frame[col])
+    return frame
+
+
+def _whole_numbers_as_integers(column: pd.Series) -> pd.Series:
+    """A float column whose values are all whole numbers as integers (nulls kept), else the column as it is.
+
+    pandas turns an integer column holding a missing value into floats, so class ``1`` is saved as ``1.0``; read as
+    text it would become a class ``"1.0"`` that matches no ``1`` in a truth, a class map or an earlier report.
+    """
+    if not pd.api.types.is_float_dtype(column):
+        return column
+    values = column.dropna().to_numpy()
+    if not (np.isfinite(values).all() and (values == np.round(values)).all()):
+        return column
+    return column.astype("Int64")
 
 
 def _read_table(path: Path) -> pd.DataFrame:

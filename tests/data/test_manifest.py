@@ -442,6 +442,24 @@ def test_ids_pandas_saved_as_a_parquet_index_are_read_as_the_ids(make_image_fold
     assert list(create_dataset(root / "plain.parquet").frame.columns) == ["path", "label", "sample_id"]
 
 
+def test_whole_number_floats_in_a_parquet_manifest_are_read_as_integers(make_image_folder):
+    # pandas stores an integer column that once held a missing value as floats: class 1 arrives as 1.0
+    root = make_image_folder(classes=("a", "b"), per_class=2)
+    rows = pd.DataFrame(_folder_rows(root)).assign(
+        label=[0.0, 0.0, 1.0, 1.0], sample_id=[10.0, 11.0, 12.0, 13.0], true_label=[0.0, 1.0, 1.0, None], weight=1.0
+    )
+    rows.to_parquet(root / "m.parquet")
+    ds = create_dataset(root / "m.parquet")
+    assert ds.classes == ("0", "1")
+    assert ds.sample_ids == ["10", "11", "12", "13"]
+    frame, _ = read_manifest(root / "m.parquet")
+    assert frame["true_label"].iloc[:3].astype(str).tolist() == ["0", "1", "1"]
+    assert pd.isna(frame["true_label"].iloc[3])
+    assert frame["weight"].dtype == np.float64  # the user's own columns are theirs: untouched
+    rows.assign(label=[0.5, 0.5, 1.0, 1.0]).to_parquet(root / "halves.parquet")  # not whole numbers: kept as written
+    assert create_dataset(root / "halves.parquet").classes == ("0.5", "1.0")
+
+
 def test_spreadsheet_csv_quirks_are_read_or_named(make_image_folder):
     root = make_image_folder(classes=("a", "b"), per_class=2)
     body = "".join(f"{r['path']},{r['label']},\n" for r in _folder_rows(root))
