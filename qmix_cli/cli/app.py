@@ -11,7 +11,7 @@ import typer
 from qmix_cli import __version__
 from qmix_cli.allocator import keep_freed_memory
 from qmix_cli.cli import apply, audit, corrupt, demo, evaluate, show, train
-from qmix_cli.cli.common import LastingStderr, State
+from qmix_cli.cli.common import LastingStderr, State, quiet_pillow_warnings
 
 app = typer.Typer(
     name="qmix",
@@ -41,6 +41,7 @@ def main_callback(
     ] = False,
 ) -> None:
     ctx.obj = State(quiet=quiet, verbose=verbose)
+    quiet_pillow_warnings()
 
 
 for module in (corrupt, train, audit, apply, evaluate, show, demo):

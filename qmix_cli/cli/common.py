@@ -9,6 +9,7 @@ import gc
 import os
 import re
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -68,6 +69,14 @@ class LastingStderr:
 
     def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding, ...: the stream's own
         return getattr(self._stream, name)
+
+
+def quiet_pillow_warnings() -> None:
+    """Keep Pillow's warnings about what the image check already judges off the terminal: damaged EXIF metadata
+    (the pixels are what is judged) and images past its pixel limit (named as unreadable, with the limit). Set for
+    the process, once, from the main thread: filters changed from the decoding threads would race."""
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.TiffImagePlugin")  # EXIF is parsed there
+    warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit", category=RuntimeWarning)
 
 
 def state(ctx: typer.Context | None) -> State:

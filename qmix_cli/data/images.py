@@ -13,7 +13,6 @@ round"). `qmix train --set jpeg_scale=false` decodes them whole, as runs saved b
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -75,15 +74,11 @@ def _extras(img: Image.Image) -> tuple[int, bool, bool]:
     except Exception:
         see_through = False
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "Corrupt EXIF data": the pixels are what is judged
-            turned = img.getexif().get(_ORIENTATION) in _TURNED  # Pillow turns TIFFs upright as it loads them
+        turned = img.getexif().get(_ORIENTATION) in _TURNED  # Pillow turns TIFFs upright as it loads them
     except Exception:
         turned = False
     try:  # last: counting the frames of a GIF or a TIFF seeks through the file, past the pixels just read
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "Corrupt EXIF data" of a damaged later page: not the user's concern
-            frames = getattr(img, "n_frames", 1)
+        frames = getattr(img, "n_frames", 1)
     except Exception:
         frames = 1
     return frames, see_through, turned
@@ -105,6 +100,21 @@ def _load(img: Image.Image, size: int | None) -> None:
     img.load()
 
 
+def _too_large(size: tuple[int, int]) -> str | None:
+    """Why an image of ``size`` (W, H) is not decoded, or None: more pixels than Pillow's limit
+    (``PIL.Image.MAX_IMAGE_PIXELS``, None for no limit), beyond which it warns of a decompression bomb and, at twice
+    the limit, refuses. Tested here rather than by turning Pillow's warning into an error: warning filters are the
+    process's, and changing them from decoding threads races (one thread restores what another set)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    pixels = size[0] * size[1]
+    if limit is None or pixels <= limit:
+        return None
+    return (
+        f"unreadable ({size[0]} × {size[1]} = {pixels:,} pixels, more than Pillow's limit of {int(limit):,}; "
+        "raise PIL.Image.MAX_IMAGE_PIXELS if such images are expected)"
+    )
+
+
 def inspect_image(
     path: str | Path, *, keep: Callable[[Image.Image], None] | None = None, size: int | None = None
 ) -> ImageInfo:
@@ -118,17 +128,18 @@ def inspect_image(
     coefficient is still read, so a truncated or corrupt file fails alike, for a fraction of the work.
     """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                full_size = img.size  # a JPEG's shrinks with its decoding scale
-                _load(img, size if keep is not None else _CHECK_ONLY)
-                if keep is not None:
-                    keep(img)
-                frames, see_through, turned = _extras(img)
-                return ImageInfo(
-                    error=None, mode=img.mode, size=full_size, frames=frames, see_through=see_through, turned=turned
-                )
+        with Image.open(path) as img:
+            full_size = img.size  # a JPEG's shrinks with its decoding scale
+            too_large = _too_large(full_size)
+            if too_large:
+                return ImageInfo(error=too_large)
+            _load(img, size if keep is not None else _CHECK_ONLY)
+            if keep is not None:
+                keep(img)
+            frames, see_through, turned = _extras(img)
+            return ImageInfo(
+                error=None, mode=img.mode, size=full_size, frames=frames, see_through=see_through, turned=turned
+            )
     except FileNotFoundError:
         return ImageInfo(error="file not found")
     except IsADirectoryError:
@@ -139,7 +150,6 @@ def inspect_image(
         OSError,
         SyntaxError,
         ValueError,
-        Image.DecompressionBombWarning,
         Image.DecompressionBombError,
     ) as e:
         # Pillow reports truncated and corrupt data as OSError ("image file is truncated", "broken PNG file").

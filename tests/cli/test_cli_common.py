@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -143,3 +144,11 @@ def test_out_of_memory_without_the_nets_loaded_does_not_point_at_training_option
     monkeypatch.delitem(sys.modules, "torch")  # apply, show and evaluate never load it
     assert out_of_resources(MemoryError()) == "out of memory: close other programs or use a machine with more memory"
     assert out_of_resources(ValueError("x")) is None
+
+
+def test_every_command_keeps_pillows_warnings_about_judged_images_quiet(runner, tmp_path):
+    with warnings.catch_warnings():  # the filters the command sets are the process's: given back after the test
+        result = runner.invoke(app, ["evaluate", str(tmp_path / "missing.parquet"), "--truth", str(tmp_path)])
+        modules = [f[3].pattern for f in warnings.filters if f[0] == "ignore" and f[3] is not None]
+    assert result.exit_code == 1
+    assert r"PIL\.TiffImagePlugin" in modules  # what each filter keeps quiet: tests/data/test_images.py
