@@ -522,17 +522,21 @@ def _check_inside_root(frame: pd.DataFrame, root: Path, source: str) -> None:
     # is lexical (normpath), so symlinks placed inside the root by the user still work.
     # Joined to the root and normalised, a relative path can only climb out through a ".." segment, so only
     # paths containing ".." need the per-path check (a vectorised filter: manifests can have millions of rows).
-    root_norm = os.path.normpath(os.path.abspath(root))
-    bad = []
     suspect = frame["path"].str.contains("..", regex=False)
-    for sid, p in zip(frame.loc[suspect, "sample_id"], frame.loc[suspect, "path"], strict=True):
-        if os.path.isabs(p):
-            continue
-        full = os.path.normpath(os.path.join(root_norm, p))
-        if os.path.commonpath([root_norm, full]) != root_norm:
-            bad.append(f"{sid} ({p})")
+    paths = zip(frame.loc[suspect, "sample_id"], frame.loc[suspect, "path"], strict=True)
+    bad = [f"{sid} ({p})" for sid, p in paths if escapes_root(p, root)]
     if bad:
         raise DataError(summarise_offenders(f"paths escaping the dataset root {root} in {source}", bad))
+
+
+def escapes_root(path: str, root: str | Path) -> bool:
+    """Whether a relative ``path`` joined to ``root`` lands outside it (through ``..``), judged on the text alone;
+    absolute paths are the user's to give and never escape."""
+    if os.path.isabs(path):
+        return False
+    root_norm = os.path.normpath(os.path.abspath(root))
+    full = os.path.normpath(os.path.join(root_norm, path))
+    return os.path.commonpath([root_norm, full]) != root_norm
 
 
 def _check_images(

@@ -34,7 +34,7 @@ import pandas as pd
 
 from qmix_cli import __version__
 from qmix_cli.categories import CATEGORIES
-from qmix_cli.data.manifest import read_manifest
+from qmix_cli.data.manifest import escapes_root, read_manifest
 from qmix_cli.errors import QmixError
 from qmix_cli.io import atomic_write_text, check_out_file, check_replaceable, is_one_of, read_metrics, run_file_named
 from qmix_cli.reporting.groups import report_groups, summarise_groups, units_of_rows
@@ -735,9 +735,20 @@ def _scatter_section(
     )
 
 
-def _resolve_image(path: str, root: Path | None) -> Path:
+def _resolve_image(path: str, root: Path | None) -> Path | None:
+    """The file a report's ``path`` names, or None for a relative path climbing out of ``root`` (refused in a
+    manifest, so only an edited or crafted report has one: the page embeds no file from elsewhere on the disk)."""
     p = Path(path)
-    return p if p.is_absolute() or root is None else root / p
+    if p.is_absolute():
+        return p
+    if escapes_root(path, root if root is not None else "."):  # no root: paths are read from the current folder
+        return None
+    return p if root is None else root / p
+
+
+def _thumbnail(path: str, root: Path | None) -> str | None:
+    file = _resolve_image(path, root)
+    return None if file is None else thumbnail_data_uri(file)
 
 
 # The verdicts shown as thumbnails, with the line that says what to do about them.
@@ -756,7 +767,8 @@ def _top_rows(frame: pd.DataFrame, group: str, top: int) -> pd.DataFrame:
 def missing_thumbnails(frame: pd.DataFrame, *, root: Path | None, top: int) -> tuple[int, int]:
     """How many of the images the page would show as thumbnails are not files (under ``root``), of how many."""
     paths = [str(p) for g in THUMB_GROUPS for p in _top_rows(frame, g, top)["path"]]
-    return sum(not _resolve_image(p, root).is_file() for p in paths), len(paths)
+    files = [_resolve_image(p, root) for p in paths]
+    return sum(file is None or not file.is_file() for file in files), len(paths)
 
 
 def _thumbs_section(frame: pd.DataFrame, group: str, blurb: str, *, root: Path | None, top: int) -> str:
@@ -770,10 +782,7 @@ def _thumbs_section(frame: pd.DataFrame, group: str, blurb: str, *, root: Path |
     )
     if rows.empty:
         return heading + ('<p class="note">No images in this group.</p>' if total == 0 else "")
-    cards = [
-        thumbnail_card_html(row, thumbnail_data_uri(_resolve_image(str(row["path"]), root)))
-        for row in rows.to_dict("records")
-    ]
+    cards = [thumbnail_card_html(row, _thumbnail(str(row["path"]), root)) for row in rows.to_dict("records")]
     return heading + '<div class="thumbs">' + "".join(cards) + "</div>"
 
 
@@ -803,7 +812,7 @@ def groups_section_html(
         counts = ", ".join(f"{int(unit[c])} {_e(c)}" for c in CATEGORIES if unit[c])
         more = f" (first {per_group} shown)" if len(members) > per_group else ""
         cards = [
-            thumbnail_card_html(row, thumbnail_data_uri(_resolve_image(str(row["path"]), root)))
+            thumbnail_card_html(row, _thumbnail(str(row["path"]), root))
             for row in members.head(per_group).to_dict("records")
         ]
         parts.append(

@@ -213,6 +213,30 @@ def test_unreadable_image_gives_a_placeholder(tmp_path, write_image):
     assert page.count('class="placeholder"') == int((rows["category"] != "clean").sum())
 
 
+def test_a_report_path_climbing_out_of_the_dataset_embeds_nothing_from_there(tmp_path, write_image):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path, data, rows = make_report(tmp_path, write_image)
+    write_image(tmp_path / "private.png", size=20, seed=99)  # a readable image beside the dataset, not in it
+    flagged = int(np.flatnonzero((rows["category"] != "clean") & (rows["sample_id"] != MISSING_ID))[0])
+    table = pq.read_table(path)  # an edited (or crafted) report: the metadata kept, one path pointing out
+    paths = table.column("path").to_pylist()
+    paths[flagged] = "img/../../private.png"
+    pq.write_table(table.set_column(table.schema.get_field_index("path"), "path", pa.array(paths)), path)
+    warned: list[str] = []
+    page = _shown(write_html_report(path, out=tmp_path / "r.html", data=data, top=100, warn=warned.append))
+    sid = rows["sample_id"].iloc[flagged]
+    card = next(c for c in page.split('<figure class="thumb">') if f'<span class="sid">{sid}</span>' in c)
+    assert 'class="placeholder"' in card and "data:image" not in card
+    assert "2 of the" in warned[0]  # counted with the missing image: neither is shown
+    paths[flagged] = "img/../img/002.png"  # a '..' that stays inside is an ordinary path
+    pq.write_table(table.set_column(table.schema.get_field_index("path"), "path", pa.array(paths)), path)
+    page = _shown(write_html_report(path, out=tmp_path / "r.html", data=data, top=100))
+    card = next(c for c in page.split('<figure class="thumb">') if f'<span class="sid">{sid}</span>' in c)
+    assert "data:image/png;base64," in card
+
+
 def test_paths_relative_to_cwd_without_data(report, tmp_path, monkeypatch):
     path, data, _ = report
     monkeypatch.chdir(data)
