@@ -138,7 +138,8 @@ class CorruptResult:
         ``category`` (``clean``, ``mislabeled_hq`` or ``mislabeled_lq``).
     summary
         What ``noise.json`` holds: options, seed, classes, counts per category, requested and realised transition
-        matrices, realised rates, degradation counts, ``unchanged_low_quality`` and ``skipped``.
+        matrices (K × K nested lists; past `INLINE_MATRIX_CLASSES` classes the name of a ``.npy`` file in ``out``),
+        realised rates, degradation counts, ``unchanged_low_quality`` and ``skipped``.
     """
 
     out: Path
@@ -288,9 +289,29 @@ def corrupt_dataset(
             axis=1,
         )
         manifest.to_parquet(tmp / "manifest.parquet", index=False)
-        summary = _summary(dataset, manifest, spec, classes, unchanged=unchanged)
+        summary = _store_matrices(_summary(dataset, manifest, spec, classes, unchanged=unchanged), folder=tmp)
         (tmp / "noise.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     return CorruptResult(out=out, manifest=manifest, summary=summary)
+
+
+# Classes up to which noise.json holds its K × K transition matrices as lists a person can read; with more, each
+# goes to a .npy file beside it, named in its place (at 3,000 classes the two lists made a 306 MB JSON file).
+INLINE_MATRIX_CLASSES = 100
+_MATRIX_KEYS = ("requested_transition_matrix", "realised_transition_matrix")
+
+
+def _store_matrices(summary: dict[str, Any], *, folder: Path) -> dict[str, Any]:
+    """``summary`` with its matrices as nested lists, or, past `INLINE_MATRIX_CLASSES`, saved to ``folder`` as
+    ``<key>.npy`` (float64, unrounded; what ``--label-noise matrix:FILE`` reads) and named by that file."""
+    stored = dict(summary)
+    for key in _MATRIX_KEYS:
+        matrix = np.asarray(summary[key], dtype=np.float64)
+        if len(matrix) <= INLINE_MATRIX_CLASSES:
+            stored[key] = matrix.tolist()
+        else:
+            np.save(folder / f"{key}.npy", matrix, allow_pickle=False)
+            stored[key] = f"{key}.npy"
+    return stored
 
 
 def _summary(
@@ -310,8 +331,8 @@ def _summary(
         "num_images": n,
         "counts": {c: int((manifest["category"] == c).sum()) for c in CATEGORIES},
         # Unrounded, so that a matrix can be fed back with --label-noise matrix:FILE.
-        "requested_transition_matrix": _transition(spec, classes).tolist(),
-        "realised_transition_matrix": realised_matrix(true[hq], noisy[hq], num_classes=len(classes)).tolist(),
+        "requested_transition_matrix": _transition(spec, classes),
+        "realised_transition_matrix": realised_matrix(true[hq], noisy[hq], num_classes=len(classes)),
         "realised_label_noise_rate_hq": float((true[hq] != noisy[hq]).mean()) if hq.any() else 0.0,
         "realised_quality_rate": float((~hq).mean()),
         "degradation_counts": {

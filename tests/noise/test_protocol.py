@@ -370,6 +370,26 @@ def test_noise_json_matrix_can_be_reused(digits_run, tmp_path):
     assert _within_3_sigma(int(plan["is_label_noisy"].sum()), 1000, 0.2)
 
 
+def test_matrices_of_many_classes_go_to_npy_files_named_in_noise_json(make_image_folder, tmp_path, monkeypatch):
+    monkeypatch.setattr(protocol, "INLINE_MATRIX_CLASSES", 2)  # three classes count as many here
+    src = make_image_folder("src", classes=("a", "b", "c"), per_class=20, size=8)
+    spec = CorruptSpec(label_rate=0.4, quality_rate=0.0, seed=3)
+    result = corrupt_dataset(create_dataset(src), tmp_path / "out", spec=spec)
+    info = json.loads((result.out / "noise.json").read_text())
+    assert info == result.summary
+    assert info["realised_transition_matrix"] == "realised_transition_matrix.npy"
+    realised = np.load(result.out / info["realised_transition_matrix"], allow_pickle=False)
+    m = result.manifest
+    expected = pd.crosstab(m["true_label"], m["label"], normalize="index").reindex(
+        index=info["classes"], columns=info["classes"], fill_value=0.0
+    )
+    np.testing.assert_allclose(realised, expected.to_numpy())
+    requested = result.out / info["requested_transition_matrix"]
+    np.testing.assert_allclose(np.diag(np.load(requested)), 0.6)
+    again = CorruptSpec(label_noise=f"matrix:{requested}", quality_rate=0.0, seed=3)  # fed back as it is
+    assert plan_corruption(np.arange(30) % 3, classes=info["classes"], spec=again)["is_label_noisy"].any()
+
+
 def test_top_level_api_functions_survive_subpackage_imports():
     # Importing the subpackages (as every API call does) must not shadow the top-level functions.
     import qmix_cli.noise.protocol
