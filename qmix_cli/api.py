@@ -93,7 +93,8 @@ def corrupt(
     label_noise
         ``"none"``, ``"symmetric"`` (redrawn over all classes), ``"symmetric-exclusive"`` (always another class;
         default), ``"pairflip"``, ``"asymmetric"`` (with ``class_map``) or ``"matrix:FILE"`` (K × K, ``.npy``,
-        ``.csv`` or ``.json``).
+        ``.csv`` or ``.json``, rows and columns in the order of the sorted class names, or named in a CSV header
+        and first column or a JSON object of objects: see `qmix_cli.noise.label_noise.load_matrix`).
     label_rate
         Chance in [0, 1] that a high-quality image's label is changed (default 0.2).
     quality_rate
@@ -109,7 +110,8 @@ def corrupt(
         Labels of low-quality images: ``"random"`` (another class; default), ``"prior"`` (drawn from the class
         frequencies) or ``"keep"``.
     class_map
-        ``"cat=dog,truck=car"``: where asymmetric noise sends each class; unnamed classes keep their labels.
+        ``"cat=dog,truck=car"``, or ``"@FILE"`` (a ``.json`` object or a ``.csv`` of source,target, for names
+        holding commas): where asymmetric noise sends each class; unnamed classes keep their labels.
     group_column
         A manifest column of images that belong together (a patient): one noisy label per group and class.
     seed

@@ -25,7 +25,8 @@ def corrupt_command(
         str | None,
         typer.Option(
             help="none, symmetric (redraw over all classes), symmetric-exclusive (always another class), "
-            "pairflip, asymmetric (needs --class-map) or matrix:FILE (K×K, .npy/.csv/.json).",
+            "pairflip, asymmetric (needs --class-map) or matrix:FILE (K×K, .npy/.csv/.json; CSV and JSON may name the "
+            "classes).",
             show_default="symmetric-exclusive",
         ),
     ] = None,
@@ -59,7 +60,10 @@ def corrupt_command(
     ] = None,
     class_map: Annotated[
         str | None,
-        typer.Option(help="Class→class map for asymmetric noise, e.g. 'cat=dog,truck=car'; other classes keep labels."),
+        typer.Option(
+            help="Class→class map for asymmetric noise, e.g. 'cat=dog,truck=car', or @FILE (.json object or .csv of "
+            "source,target) for names with commas; other classes keep labels."
+        ),
     ] = None,
     group_column: Annotated[
         str | None,

@@ -8,6 +8,7 @@ the requested one directly.
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -153,16 +154,20 @@ def validate_matrix(matrix: np.ndarray | Sequence[Sequence[float]], *, num_class
     return array
 
 
-def load_matrix(path: str | Path, *, num_classes: int) -> np.ndarray:
+def load_matrix(path: str | Path, *, classes: Sequence[str]) -> np.ndarray:
     """Read and validate a user-supplied transition matrix.
 
     Parameters
     ----------
     path
-        A ``.npy`` file, a ``.csv`` file (comma-separated numbers, one matrix row per line, no header) or a
-        ``.json`` file holding a list of K lists of K numbers.
-    num_classes
-        Expected K.
+        A ``.npy`` file, a ``.csv`` file or a ``.json`` file. Unlabelled, rows and columns are in the order of
+        ``classes``: a ``.npy`` array, CSV lines of K numbers, JSON K lists of K numbers. Labelled, by class
+        name in any order: a CSV whose first line names the columns' classes (after one empty corner cell) and
+        whose lines each start with their row's class, every class named once in each; or a JSON object of
+        objects, ``{"cat": {"cat": 0.7, "dog": 0.3}}``, in which absent entries are 0 and a class with no row
+        keeps its labels.
+    classes
+        The class names, in index order (K of them).
 
     Returns
     -------
@@ -172,7 +177,8 @@ def load_matrix(path: str | Path, *, num_classes: int) -> np.ndarray:
     Raises
     ------
     ConfigError
-        If the file is missing, has an unsupported suffix, cannot be parsed, or the matrix is invalid.
+        If the file is missing, has an unsupported suffix, cannot be parsed, names classes that are not the
+        dataset's, or the matrix is invalid.
     """
     file = Path(path)
     suffix = file.suffix.lower()
@@ -180,26 +186,103 @@ def load_matrix(path: str | Path, *, num_classes: int) -> np.ndarray:
         raise ConfigError(f"transition matrix file {file} must end in {', '.join(_MATRIX_SUFFIXES)}")
     if not file.is_file():
         raise ConfigError(f"transition matrix file {file} does not exist")
+    k = _check_num_classes(len(classes))
     try:
         if suffix == ".npy":
             # No pickles: a matrix file must never be able to run code.
             matrix = np.load(file, allow_pickle=False)
         elif suffix == ".csv":
-            matrix = np.loadtxt(file, delimiter=",", dtype=np.float64, ndmin=2)
+            matrix = _csv_matrix(file, classes=classes)
         else:
             matrix = json.loads(file.read_text(encoding="utf-8"))
+            if isinstance(matrix, dict):
+                matrix = _labelled_json_matrix(matrix, classes=classes)
     except (OSError, ValueError, UnicodeDecodeError) as error:
         raise ConfigError(f"cannot read transition matrix file {file}: {error}") from None
-    return validate_matrix(matrix, num_classes=num_classes)
+    return validate_matrix(matrix, num_classes=k)
+
+
+def _csv_matrix(file: Path, *, classes: Sequence[str]) -> np.ndarray:
+    """A CSV matrix: lines of numbers, or labelled (`load_matrix`) when its first line is not all numbers."""
+    with open(file, encoding="utf-8-sig", newline="") as f:
+        rows = [row for row in csv.reader(f) if row]
+    if not rows:
+        raise ValueError("the file is empty")
+    labelled = not all(_is_number(cell) for cell in rows[0])
+    header, body = (rows[0], rows[1:]) if labelled else ([], rows)
+    ragged = next((i for i, row in enumerate(body) if len(row) != len(body[0])), None)
+    if ragged is not None:
+        raise ValueError(
+            f"line {ragged + 1 + labelled} has {len(body[ragged])} cells, line {1 + labelled} {len(body[0])}"
+        )
+    if not labelled:
+        return np.array(body, dtype=np.float64)  # its shape is checked with its values (`validate_matrix`)
+    k = len(classes)
+    if len(body) != k or len(body[0]) != k + 1 or len(header) not in (k, k + 1):
+        raise ValueError(
+            f"a labelled matrix of {k} classes has a header naming them (after an empty corner cell) and {k} lines "
+            f"of a class and {k} numbers; this one has a header of {len(header)} cells and {len(body)} lines of "
+            f"{len(body[0]) if body else 0} cells"
+        )
+    columns = _class_order(header[-k:], classes=classes, what="the header")
+    order = _class_order([row[0] for row in body], classes=classes, what="the first column")
+    matrix = np.empty((k, k))
+    matrix[np.ix_(order, columns)] = np.array([row[1:] for row in body], dtype=np.float64)
+    return matrix
+
+
+def _labelled_json_matrix(rows: Mapping[str, object], *, classes: Sequence[str]) -> np.ndarray:
+    """A JSON object of objects by class name (`load_matrix`) as a K × K array."""
+    index = {name: i for i, name in enumerate(classes)}
+    matrix = np.eye(len(classes))
+    for source, row in rows.items():
+        if not isinstance(row, dict):
+            raise ValueError(f"the row of {source!r} is not an object of class: probability")
+        i = _class_index(source, index)
+        matrix[i] = 0.0
+        for target, p in row.items():
+            if isinstance(p, bool) or not isinstance(p, (int, float)):
+                raise ValueError(f"the entry {source!r} → {target!r} is not a number")
+            matrix[i, _class_index(target, index)] = p
+    return matrix
+
+
+def _class_index(name: str, index: Mapping[str, int]) -> int:
+    if name not in index:
+        raise ValueError(f"unknown class {name!r} (the dataset's: {', '.join(index)})")
+    return index[name]
+
+
+def _class_order(names: Sequence[str], *, classes: Sequence[str], what: str) -> list[int]:
+    """The indices of ``names``, which must name each of ``classes`` exactly once."""
+    index = {name: i for i, name in enumerate(classes)}
+    order = [_class_index(name, index) for name in names]
+    if sorted(order) != list(range(len(classes))):
+        missing = [c for c in classes if index[c] not in order]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"{what} must name every class once (missing: {missing or 'none'}; twice: {twice or 'none'})")
+    return order
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def parse_class_map(text: str, *, classes: Sequence[str]) -> dict[int, int]:
-    """Parse a class map such as ``"cat=dog,dog=cat"`` (``cat:dog`` is accepted too) into class indices.
+    """Parse a class map such as ``"cat=dog,dog=cat"`` (``cat:dog`` is accepted too), or the file ``@FILE`` names,
+    into class indices.
 
     Parameters
     ----------
     text
-        Comma-separated ``source=target`` pairs of class names; surrounding spaces are ignored.
+        Comma-separated ``source=target`` pairs of class names (surrounding spaces ignored), or ``@`` and a file
+        for names holding commas, ``=`` or surrounding spaces (``"tench, Tinca tinca"``): a ``.json`` object
+        ``{"source": "target"}`` or a ``.csv`` of two columns, source and target (an optional header
+        ``source,target``); names in a file are taken exactly as written.
     classes
         Class names in index order.
 
@@ -211,21 +294,16 @@ def parse_class_map(text: str, *, classes: Sequence[str]) -> dict[int, int]:
     Raises
     ------
     ConfigError
-        On an empty map, a malformed pair, an unknown class name (the message lists the valid ones), a class
-        mapped to itself or a class given twice.
+        On an empty map, a malformed pair, an unreadable file, an unknown class name (the message lists the valid
+        ones), a class mapped to itself or a class given twice.
     """
+    pairs = _class_map_file(Path(text[1:])) if text.startswith("@") else _class_map_text(text)
+    if not pairs:
+        raise ConfigError("class map is empty; write it as 'source=target,...', e.g. 'cat=dog,dog=cat'")
     index_of = {str(name): i for i, name in enumerate(classes)}
     valid = ", ".join(str(name) for name in classes)
     mapping: dict[int, int] = {}
-    pairs = [pair.strip() for pair in text.split(",") if pair.strip()]
-    if not pairs:
-        raise ConfigError("class map is empty; write it as 'source=target,...', e.g. 'cat=dog,dog=cat'")
-    for pair in pairs:
-        # Prefer '=' so that class names containing ':' still work with the '=' form.
-        separator = "=" if "=" in pair else ":"
-        source, found, target = (part.strip() for part in pair.partition(separator))
-        if not found or not source or not target:
-            raise ConfigError(f"class map entry {pair!r} is not of the form source=target")
+    for source, target in pairs:
         for name in (source, target):
             if name not in index_of:
                 raise ConfigError(f"unknown class {name!r} in class map; valid classes: {valid}")
@@ -235,6 +313,44 @@ def parse_class_map(text: str, *, classes: Sequence[str]) -> dict[int, int]:
             raise ConfigError(f"class {source!r} appears twice in the class map")
         mapping[index_of[source]] = index_of[target]
     return mapping
+
+
+def _class_map_text(text: str) -> list[tuple[str, str]]:
+    pairs = []
+    for pair in (pair.strip() for pair in text.split(",") if pair.strip()):
+        # Prefer '=' so that class names containing ':' still work with the '=' form.
+        source, found, target = (part.strip() for part in pair.partition("=" if "=" in pair else ":"))
+        if not found or not source or not target:
+            raise ConfigError(f"class map entry {pair!r} is not of the form source=target")
+        pairs.append((source, target))
+    return pairs
+
+
+def _class_map_file(file: Path) -> list[tuple[str, str]]:
+    """The (source, target) pairs of a class-map file (`parse_class_map`)."""
+    suffix = file.suffix.lower()
+    if suffix not in (".json", ".csv"):
+        raise ConfigError(f"class map file {file} must end in .json or .csv")
+    try:
+        if suffix == ".json":
+            found = json.loads(file.read_text(encoding="utf-8"))
+            if not isinstance(found, dict) or not all(isinstance(t, str) for t in found.values()):
+                raise ConfigError(f'class map file {file} must hold one JSON object of "source": "target" names')
+            return list(found.items())
+        with open(file, encoding="utf-8-sig", newline="") as f:
+            rows = [row for row in csv.reader(f) if row]
+    except FileNotFoundError:
+        raise ConfigError(f"class map file {file} does not exist") from None
+    except (OSError, ValueError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read class map file {file}: {error}") from None
+    header = bool(rows) and [cell.strip().lower() for cell in rows[0]] == ["source", "target"]
+    rows = rows[header:]
+    wrong = next((i for i, row in enumerate(rows) if len(row) != 2), None)
+    if wrong is not None:
+        raise ConfigError(
+            f"class map file {file}: row {wrong + 1 + header} has {len(rows[wrong])} cells; write source,target"
+        )
+    return [(source, target) for source, target in rows]
 
 
 def _check_labels(labels: np.ndarray, *, num_classes: int, what: str = "labels") -> np.ndarray:

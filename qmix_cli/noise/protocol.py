@@ -153,7 +153,7 @@ class CorruptResult:
 def _transition(spec: CorruptSpec, classes: Sequence[str]) -> np.ndarray:
     k = len(classes)
     if spec.label_noise.startswith("matrix:"):
-        return load_matrix(spec.label_noise.split(":", 1)[1], num_classes=k)
+        return load_matrix(spec.label_noise.split(":", 1)[1], classes=classes)
     mapping = parse_class_map(spec.class_map, classes=classes) if spec.class_map else None
     return transition_matrix(spec.label_noise, num_classes=k, rate=spec.label_rate, mapping=mapping)
 

@@ -70,6 +70,20 @@ def test_corrupt_small_folder_with_options(runner, tmp_path, source, hash_tree):
     assert hash_tree(source) == before
 
 
+def test_class_names_with_commas_are_mapped_from_a_file(runner, tmp_path, make_image_folder):
+    names = ("tench, Tinca tinca", "goldfish, Carassius auratus", "great white shark")
+    source = make_image_folder("fish", classes=names, per_class=10, size=8)
+    (tmp_path / "map.csv").write_text('"tench, Tinca tinca","goldfish, Carassius auratus"\n')
+    out = tmp_path / "out"
+    args = ["corrupt", str(source), "-o", str(out), "--label-noise", "asymmetric", "--label-rate", "1"]
+    result = runner.invoke(app, [*args, "--quality-rate", "0", "--class-map", f"@{tmp_path / 'map.csv'}"])
+    assert result.exit_code == 0, result.output
+    m = pd.read_parquet(out / "manifest.parquet")
+    moved = m[m["label"] != m["true_label"]]
+    assert set(zip(moved["true_label"], moved["label"], strict=True)) == {(names[0], names[1])}
+    assert len(moved) == 10  # every tench, at rate 1
+
+
 @pytest.mark.parametrize(
     ("extra", "fragments"),
     [
@@ -83,6 +97,7 @@ def test_corrupt_small_folder_with_options(runner, tmp_path, source, hash_tree):
         (["--label-noise", "asymmetric"], ["class map"]),
         (["--class-map", "a=b"], ["--class-map applies to --label-noise asymmetric only"]),
         (["--label-noise", "matrix:m.csv", "--label-rate", "0.3"], ["--label-rate does not apply"]),
+        (["--label-noise", "asymmetric", "--class-map", "@none.json"], ["class map file none.json does not exist"]),
         (["--degradations", "blur,dark", "--per-image", "3"], ["per-image 3 composes different degradations"]),
         (["--group-column", "patient"], ["--group-column patient: the dataset has no such column"]),
     ],
@@ -97,6 +112,7 @@ def test_corrupt_small_folder_with_options(runner, tmp_path, source, hash_tree):
         "asym",
         "map-without-asym",
         "rate-with-matrix",
+        "map-file-missing",
         "per-image",
         "group-missing",
     ],

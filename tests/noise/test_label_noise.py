@@ -19,7 +19,8 @@ from qmix_cli.noise.label_noise import (
     validate_matrix,
 )
 
-K = 4
+CLASSES = ("bird", "cat", "dog", "fish")
+K = len(CLASSES)
 RATE = 0.4
 N = 10_000
 
@@ -192,35 +193,91 @@ def test_load_matrix_round_trips(suffix: str, tmp_path) -> None:
         np.savetxt(path, matrix, delimiter=",", fmt="%.17g")
     else:
         path.write_text(json.dumps(matrix.tolist()))
-    loaded = load_matrix(path, num_classes=K)
+    loaded = load_matrix(path, classes=CLASSES)
     np.testing.assert_allclose(loaded, matrix, rtol=0, atol=1e-15)
 
 
 def test_load_matrix_reports_bad_files(tmp_path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
-        load_matrix(tmp_path / "missing.npy", num_classes=K)
+        load_matrix(tmp_path / "missing.npy", classes=CLASSES)
     with pytest.raises(ConfigError, match="must end in"):
-        load_matrix(tmp_path / "matrix.txt", num_classes=K)
+        load_matrix(tmp_path / "matrix.txt", classes=CLASSES)
     broken = tmp_path / "broken.json"
     broken.write_text("[[1, 0], [0,")
     with pytest.raises(ConfigError, match="cannot read"):
-        load_matrix(broken, num_classes=2)
+        load_matrix(broken, classes=CLASSES[:2])
     text = tmp_path / "text.csv"
     text.write_text("a,b\nc,d\n")
     with pytest.raises(ConfigError, match="cannot read"):
-        load_matrix(text, num_classes=2)
+        load_matrix(text, classes=CLASSES[:2])
     wrong_size = tmp_path / "wrong.csv"
     wrong_size.write_text("1,0\n0,1\n")
     with pytest.raises(ConfigError, match="shape"):
-        load_matrix(wrong_size, num_classes=3)
+        load_matrix(wrong_size, classes=CLASSES[:3])
     # A pickled object array must not be loaded (it could run code).
     pickled = tmp_path / "pickled.npy"
     np.save(pickled, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(ConfigError, match="cannot read"):
-        load_matrix(pickled, num_classes=2)
+        load_matrix(pickled, classes=CLASSES[:2])
 
 
-CLASSES = ("bird", "cat", "dog", "fish")
+def test_a_matrix_may_name_its_classes_in_any_order(tmp_path) -> None:
+    matrix = _user_matrix()
+    order = [2, 0, 3, 1]  # the file's rows and columns, shuffled
+    lines = [",".join(["", *(CLASSES[j] for j in order)])]
+    lines += [",".join([CLASSES[i], *(repr(float(matrix[i, j])) for j in order)]) for i in order]
+    (tmp_path / "named.csv").write_text("\n".join(lines) + "\n")
+    np.testing.assert_array_equal(load_matrix(tmp_path / "named.csv", classes=CLASSES), matrix)
+    (tmp_path / "no_corner.csv").write_text("\n".join([lines[0].removeprefix(","), *lines[1:]]) + "\n")
+    np.testing.assert_array_equal(load_matrix(tmp_path / "no_corner.csv", classes=CLASSES), matrix)
+    # JSON by name: absent entries are 0 and a class without a row keeps its labels
+    (tmp_path / "named.json").write_text(json.dumps({"cat": {"dog": 0.25, "cat": 0.75}, "dog": {"cat": 1}}))
+    expected = np.eye(K)
+    expected[1, [1, 2]] = [0.75, 0.25]
+    expected[2] = [0, 1, 0, 0]
+    np.testing.assert_array_equal(load_matrix(tmp_path / "named.json", classes=CLASSES), expected)
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        (
+            "typo.csv",
+            ",bird,cat,dog,fsh\nbird,1,0,0,0\ncat,0,1,0,0\ndog,0,0,1,0\nfish,0,0,0,1\n",
+            "unknown class 'fsh'",
+        ),
+        ("twice.csv", ",bird,cat,dog,fish\nbird,1,0,0,0\ncat,0,1,0,0\ncat,0,0,1,0\nfish,0,0,0,1\n", "missing: .'dog'"),
+        ("short.csv", ",bird,cat,dog,fish\nbird,1,0,0,0\ncat,0,1,0\n", "line 3 has 4 cells, line 2 5"),
+        ("rows.csv", ",bird,cat,dog,fish\nbird,1,0,0,0\n", "4 lines of a class and 4 numbers"),
+        ("typo.json", '{"cat": {"dgo": 1}}', "unknown class 'dgo'"),
+        ("flat.json", '{"cat": "dog"}', "not an object"),
+        ("text.json", '{"cat": {"dog": "1"}}', "not a number"),
+        ("sum.json", '{"cat": {"dog": 0.5}}', "row 1"),
+    ],
+)
+def test_a_labelled_matrix_file_names_what_is_wrong(tmp_path, name: str, text: str, message: str) -> None:
+    (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_matrix(tmp_path / name, classes=CLASSES)
+
+
+def test_a_class_map_file_takes_names_as_written(tmp_path) -> None:
+    classes = ("tench, Tinca tinca", "goldfish", "a=b", " spaced ")
+    (tmp_path / "map.json").write_text(json.dumps({"tench, Tinca tinca": "goldfish", "a=b": " spaced "}))
+    assert parse_class_map(f"@{tmp_path / 'map.json'}", classes=classes) == {0: 1, 2: 3}
+    (tmp_path / "map.csv").write_text('source,target\n"tench, Tinca tinca",goldfish\na=b, spaced \n')
+    assert parse_class_map(f"@{tmp_path / 'map.csv'}", classes=classes) == {0: 1, 2: 3}
+    (tmp_path / "bad.csv").write_text("source,target\ngoldfish\n")
+    with pytest.raises(ConfigError, match="row 2 has 1 cells"):
+        parse_class_map(f"@{tmp_path / 'bad.csv'}", classes=classes)
+    with pytest.raises(ConfigError, match="does not exist"):
+        parse_class_map(f"@{tmp_path / 'none.json'}", classes=classes)
+    (tmp_path / "list.json").write_text('[["goldfish", "a=b"]]')
+    with pytest.raises(ConfigError, match="one JSON object"):
+        parse_class_map(f"@{tmp_path / 'list.json'}", classes=classes)
+    (tmp_path / "self.json").write_text('{"goldfish": "goldfish"}')
+    with pytest.raises(ConfigError, match="to itself"):  # checked as a written map is
+        parse_class_map(f"@{tmp_path / 'self.json'}", classes=classes)
 
 
 def test_parse_class_map_accepts_both_separators() -> None:
