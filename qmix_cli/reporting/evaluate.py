@@ -90,7 +90,8 @@ def evaluate_report(
         ``relabel`` (``proposed``, ``correct``, ``precision``, ``wrong_labels``, ``recall``: the ``mislabeled_hq``
         rows' suggested labels against ``truth.true_label``; ``None`` without it or ``report.suggested_label``);
         ``per_class`` (given label → ``n``, ``mislabeled``, ``flagged``, ``precision``, ``recall``, ``false_alarms``:
-        the share of the class's correct labels flagged; ``None`` when the report has no given labels);
+        the share of the class's correct labels flagged, ``correct_flagged``: their count; ``None`` when the report
+        has no given labels);
         ``groups`` (``column``, ``units`` scored, ``wrong``: units whose label is wrong on a good image, ``unscored``:
         units of degraded images only, ``ungrouped``: images with no group, ``roc_auc`` and ``average_precision`` of
         the units' ``issue_score`` for the wrong ones; ``None`` without ``group_column``). Undefined metrics are
@@ -250,9 +251,9 @@ def _per_class_detection(
     -------
     dict or None
         Class name (sorted) → ``n`` (images given that label), ``mislabeled`` (of those, truth not clean),
-        ``flagged`` (``is_label_issue``), ``precision``, ``recall`` and ``false_alarms`` (flagged among the truly
-        clean, over the truly clean); ratios are ``None`` when their denominator is 0. ``None`` when the report
-        has no given labels.
+        ``flagged`` (``is_label_issue``), ``precision``, ``recall``, ``false_alarms`` (flagged among the truly
+        clean, over the truly clean) and ``correct_flagged`` (that count: correct labels the audit flagged);
+        ratios are ``None`` when their denominator is 0. ``None`` when the report has no given labels.
     """
     column = next((c for c in ("given_label", "label") if c in joined.columns), None)
     if column is None:
@@ -282,6 +283,7 @@ def _per_class_detection(
             "precision": ratio(row.hit, row.flagged),
             "recall": ratio(row.hit, row.mislabeled),
             "false_alarms": ratio(row.false_alarm, row.n - row.mislabeled),
+            "correct_flagged": int(row.false_alarm),
         }
         for label, row in sums.iterrows()
     }
@@ -393,7 +395,7 @@ def render_evaluation(result: Mapping[str, Any], console: Console, *, per_class:
     classes = result.get("per_class")
     if classes and per_class is not False:
         # The classes that lose the most correct labels first: where a curator would be misled (a rare class).
-        order = sorted(classes, key=lambda label: (-_correct_flagged(classes[label]), label))
+        order = sorted(classes, key=lambda label: (-classes[label]["correct_flagged"], label))
         title = "Mislabeled detection by given label, most correct labels flagged first"
         if per_class is None and len(order) > PER_CLASS_ROWS:
             title += f" ({PER_CLASS_ROWS} of {len(order)} classes; all with --per-class and in --json)"
@@ -411,11 +413,6 @@ def render_evaluation(result: Mapping[str, Any], console: Console, *, per_class:
 
 
 # --------------------------------------------------------------------------------------------------- helpers
-
-
-def _correct_flagged(row: Mapping[str, Any]) -> int:
-    """How many of a class's correct labels the audit flagged (`_per_class_detection`'s row)."""
-    return round((row["false_alarms"] or 0) * (row["n"] - row["mislabeled"]))
 
 
 def _require_columns(frame: pd.DataFrame, columns: tuple[str, ...], *, what: str) -> None:

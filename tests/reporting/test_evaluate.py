@@ -241,11 +241,27 @@ def test_detection_by_given_label() -> None:
     assert list(per_class) == ["a", "b"]
     # a: truth issues s05, s08; flagged s05, s08 (both hits); its 3 clean images none flagged.
     assert per_class["a"] == pytest.approx(
-        {"n": 5, "mislabeled": 2, "flagged": 2, "precision": 1.0, "recall": 1.0, "false_alarms": 0.0}
+        {
+            "n": 5,
+            "mislabeled": 2,
+            "flagged": 2,
+            "precision": 1.0,
+            "recall": 1.0,
+            "false_alarms": 0.0,
+            "correct_flagged": 0,
+        }
     )
     # b: truth issues s06, s07, s09; flagged s04 (clean: a false alarm), s06, s09; s07 missed.
     assert per_class["b"] == pytest.approx(
-        {"n": 5, "mislabeled": 3, "flagged": 3, "precision": 2 / 3, "recall": 2 / 3, "false_alarms": 0.5}
+        {
+            "n": 5,
+            "mislabeled": 3,
+            "flagged": 3,
+            "precision": 2 / 3,
+            "recall": 2 / 3,
+            "false_alarms": 0.5,
+            "correct_flagged": 1,
+        }
     )
     # The classes add up to the whole.
     assert sum(row["flagged"] for row in per_class.values()) == 5
@@ -277,7 +293,7 @@ def test_per_class_table_puts_the_classes_losing_most_correct_labels_first(n_cla
     report["given_label"] = GIVEN
     result = evaluate_report(report=report, truth=truth)
     row = result["per_class"]["b"]  # 2 of its 4 correct labels flagged
-    quiet = {**row, "false_alarms": 0.0}
+    quiet = {**row, "false_alarms": 0.0, "correct_flagged": 0}
     # Every third class loses correct labels; the rest lose none: those are what the table must not hide.
     result["per_class"] = {f"class{i:02d}": row if i % 3 == 2 else quiet for i in range(n_classes)}
     console = Console(record=True, width=200, color_system=None)
