@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import csv
 import json
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from qmix_cli.errors import ConfigError
+from qmix_cli.errors import ConfigError, first_few
 
 NOISE_KINDS = ("none", "symmetric", "symmetric-exclusive", "pairflip", "asymmetric")
 """Built-in label-noise kinds; ``matrix:FILE`` is resolved by the caller with `load_matrix`."""
@@ -249,7 +250,7 @@ def _labelled_json_matrix(rows: Mapping[str, object], *, classes: Sequence[str])
 
 def _class_index(name: str, index: Mapping[str, int]) -> int:
     if name not in index:
-        raise ValueError(f"unknown class {name!r} (the dataset's: {', '.join(index)})")
+        raise ValueError(f"unknown class {name!r} (the dataset's: {first_few(list(index), show=10)})")
     return index[name]
 
 
@@ -258,9 +259,14 @@ def _class_order(names: Sequence[str], *, classes: Sequence[str], what: str) -> 
     index = {name: i for i, name in enumerate(classes)}
     order = [_class_index(name, index) for name in names]
     if sorted(order) != list(range(len(classes))):
-        missing = [c for c in classes if index[c] not in order]
-        twice = sorted({n for n in names if names.count(n) > 1})
-        raise ValueError(f"{what} must name every class once (missing: {missing or 'none'}; twice: {twice or 'none'})")
+        seen = set(order)
+        missing = [repr(c) for i, c in enumerate(classes) if i not in seen]
+        counts = Counter(names)
+        twice = [repr(n) for n in sorted(counts) if counts[n] > 1]
+        raise ValueError(
+            f"{what} must name every class once (missing: {first_few(missing) or 'none'}; "
+            f"twice: {first_few(twice) or 'none'})"
+        )
     return order
 
 
@@ -301,7 +307,7 @@ def parse_class_map(text: str, *, classes: Sequence[str]) -> dict[int, int]:
     if not pairs:
         raise ConfigError("class map is empty; write it as 'source=target,...', e.g. 'cat=dog,dog=cat'")
     index_of = {str(name): i for i, name in enumerate(classes)}
-    valid = ", ".join(str(name) for name in classes)
+    valid = first_few([str(name) for name in classes], show=10)
     mapping: dict[int, int] = {}
     for source, target in pairs:
         for name in (source, target):

@@ -246,7 +246,7 @@ def test_a_matrix_may_name_its_classes_in_any_order(tmp_path) -> None:
             ",bird,cat,dog,fsh\nbird,1,0,0,0\ncat,0,1,0,0\ndog,0,0,1,0\nfish,0,0,0,1\n",
             "unknown class 'fsh'",
         ),
-        ("twice.csv", ",bird,cat,dog,fish\nbird,1,0,0,0\ncat,0,1,0,0\ncat,0,0,1,0\nfish,0,0,0,1\n", "missing: .'dog'"),
+        ("twice.csv", ",bird,cat,dog,fish\nbird,1,0,0,0\ncat,0,1,0,0\ncat,0,0,1,0\nfish,0,0,0,1\n", "missing: 'dog'"),
         ("short.csv", ",bird,cat,dog,fish\nbird,1,0,0,0\ncat,0,1,0\n", "line 3 has 4 cells, line 2 5"),
         ("rows.csv", ",bird,cat,dog,fish\nbird,1,0,0,0\n", "4 lines of a class and 4 numbers"),
         ("typo.json", '{"cat": {"dgo": 1}}', "unknown class 'dgo'"),
