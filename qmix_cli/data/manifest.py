@@ -248,17 +248,19 @@ def _read_parquet(path: Path) -> pd.DataFrame:
 
 
 def _whole_numbers_as_integers(column: pd.Series) -> pd.Series:
-    """A float column whose values are all whole numbers as integers (nulls kept), else the column as it is.
+    """A float column whose values are all whole numbers as the integers' text (``"1"``; nulls kept), else the
+    column as it is.
 
     pandas turns an integer column holding a missing value into floats, so class ``1`` is saved as ``1.0``; read as
     text it would become a class ``"1.0"`` that matches no ``1`` in a truth, a class map or an earlier report.
+    Python's integers have no range to overflow (``1e19`` is ``"10000000000000000000"``).
     """
     if not pd.api.types.is_float_dtype(column):
         return column
     values = column.dropna().to_numpy()
     if not (np.isfinite(values).all() and (values == np.round(values)).all()):
         return column
-    return column.astype("Int64")
+    return column.map(lambda v: v if pd.isna(v) else str(int(v)), na_action="ignore").astype(object)
 
 
 def _read_table(path: Path) -> pd.DataFrame:

@@ -459,6 +459,8 @@ def test_whole_number_floats_in_a_parquet_manifest_are_read_as_integers(make_ima
     assert frame["weight"].dtype == np.float64  # the user's own columns are theirs: untouched
     rows.assign(label=[0.5, 0.5, 1.0, 1.0]).to_parquet(root / "halves.parquet")  # not whole numbers: kept as written
     assert create_dataset(root / "halves.parquet").classes == ("0.5", "1.0")
+    rows.assign(sample_id=[1e19, 2.0, 3.0, 4.0]).to_parquet(root / "huge.parquet")  # past int64: still whole
+    assert create_dataset(root / "huge.parquet").sample_ids == ["10000000000000000000", "2", "3", "4"]
 
 
 def test_spreadsheet_csv_quirks_are_read_or_named(make_image_folder):
