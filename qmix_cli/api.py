@@ -136,8 +136,9 @@ def corrupt(
     CorruptResult
         ``out``; ``manifest``, a DataFrame of one row per image (``sample_id``, ``path``, ``label``,
         ``true_label``, ``is_label_noisy``, ``is_low_quality``, ``degradation``, ``severity``, ``category``);
-        ``summary``, what ``noise.json`` holds (options, counts per category, requested and realised transition
-        matrices, degradation counts, skipped images).
+        ``summary``, what ``noise.json`` holds (options, counts per category, the class map by name, requested and
+        realised transition matrices: nested lists, or past 100 classes the name of a ``.npy`` file in ``out``,
+        degradation counts, skipped images).
 
     Raises
     ------

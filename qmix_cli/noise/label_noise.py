@@ -117,7 +117,9 @@ def transition_matrix(
     raise ConfigError(f"unknown label-noise kind {kind!r}; choose one of {choices} or matrix:FILE")
 
 
-def validate_matrix(matrix: np.ndarray | Sequence[Sequence[float]], *, num_classes: int) -> np.ndarray:
+def validate_matrix(
+    matrix: np.ndarray | Sequence[Sequence[float]], *, num_classes: int, classes: Sequence[str] | None = None
+) -> np.ndarray:
     """Check that ``matrix`` is a valid K×K transition matrix.
 
     Parameters
@@ -126,6 +128,8 @@ def validate_matrix(matrix: np.ndarray | Sequence[Sequence[float]], *, num_class
         Array-like of shape (K, K): ``matrix[i, j] = P(noisy = j | true = i)``.
     num_classes
         Expected K.
+    classes
+        The K class names, to name a faulty row by its class as well as its index (optional).
 
     Returns
     -------
@@ -141,17 +145,19 @@ def validate_matrix(matrix: np.ndarray | Sequence[Sequence[float]], *, num_class
     k = _check_num_classes(num_classes)
     try:
         array = np.array(matrix, dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"transition matrix must be a {k}x{k} table of numbers") from None
     if array.shape != (k, k):
         raise ConfigError(f"transition matrix must have shape {k}x{k} for {k} classes, got {array.shape}")
     for row_index, row in enumerate(array):
+        name = f"transition matrix row {row_index}" + (f" ({classes[row_index]!r})" if classes is not None else "")
+        values = f": {row.tolist()}" if k <= 10 else ""  # a row of thousands of numbers helps no one
         if not np.all(np.isfinite(row)):
-            raise ConfigError(f"transition matrix row {row_index} holds a non-finite value: {row.tolist()}")
+            raise ConfigError(f"{name} holds a non-finite value{values}")
         if np.any(row < 0):
-            raise ConfigError(f"transition matrix row {row_index} holds a negative value: {row.tolist()}")
+            raise ConfigError(f"{name} holds a negative value{values}")
         if abs(row.sum() - 1.0) > ROW_SUM_TOLERANCE:
-            raise ConfigError(f"transition matrix row {row_index} sums to {row.sum():.6g}, not 1")
+            raise ConfigError(f"{name} sums to {row.sum():.6g}, not 1")
     return array
 
 
@@ -195,26 +201,28 @@ def load_matrix(path: str | Path, *, classes: Sequence[str]) -> np.ndarray:
         elif suffix == ".csv":
             matrix = _csv_matrix(file, classes=classes)
         else:
-            matrix = json.loads(file.read_text(encoding="utf-8"))
+            matrix = _read_json(file)
             if isinstance(matrix, dict):
                 matrix = _labelled_json_matrix(matrix, classes=classes)
-    except (OSError, ValueError, UnicodeDecodeError) as error:
+    except (OSError, ValueError, OverflowError, UnicodeDecodeError) as error:
         raise ConfigError(f"cannot read transition matrix file {file}: {error}") from None
-    return validate_matrix(matrix, num_classes=k)
+    return validate_matrix(matrix, num_classes=k, classes=classes)
 
 
 def _csv_matrix(file: Path, *, classes: Sequence[str]) -> np.ndarray:
-    """A CSV matrix: lines of numbers, or labelled (`load_matrix`) when its first line is not all numbers."""
-    with open(file, encoding="utf-8-sig", newline="") as f:
-        rows = [row for row in csv.reader(f) if row]
+    """A CSV matrix: lines of numbers, or labelled (`load_matrix`) when its first line is not all numbers or
+    every other line has one cell more than it (classes named by numbers, no corner cell). Blank lines and lines
+    starting with ``#`` (NumPy's ``savetxt(header=...)``) are skipped."""
+    lines, rows = _csv_rows(file)
     if not rows:
-        raise ValueError("the file is empty")
-    labelled = not all(_is_number(cell) for cell in rows[0])
-    header, body = (rows[0], rows[1:]) if labelled else ([], rows)
+        raise ValueError("the file holds no rows")
+    body_width = len(rows[1]) if len(rows) > 1 else len(rows[0])
+    labelled = not all(_is_number(cell) for cell in rows[0]) or body_width == len(rows[0]) + 1
+    header, body, body_lines = (rows[0], rows[1:], lines[1:]) if labelled else ([], rows, lines)
     ragged = next((i for i, row in enumerate(body) if len(row) != len(body[0])), None)
     if ragged is not None:
         raise ValueError(
-            f"line {ragged + 1 + labelled} has {len(body[ragged])} cells, line {1 + labelled} {len(body[0])}"
+            f"line {body_lines[ragged]} has {len(body[ragged])} cells, line {body_lines[0]} {len(body[0])}"
         )
     if not labelled:
         return np.array(body, dtype=np.float64)  # its shape is checked with its values (`validate_matrix`)
@@ -230,6 +238,32 @@ def _csv_matrix(file: Path, *, classes: Sequence[str]) -> np.ndarray:
     matrix = np.empty((k, k))
     matrix[np.ix_(order, columns)] = np.array([row[1:] for row in body], dtype=np.float64)
     return matrix
+
+
+def _csv_rows(file: Path) -> tuple[list[int], list[list[str]]]:
+    """The rows of a small CSV file with the line each starts on, skipping blank lines and ``#`` comments."""
+    lines, rows = [], []
+    with open(file, encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f)
+        for row in reader:
+            if row and not row[0].lstrip().startswith("#"):
+                lines.append(reader.line_num)
+                rows.append(row)
+    return lines, rows
+
+
+def _read_json(file: Path) -> object:
+    """A small JSON file (a byte-order mark allowed), refusing an object that names a key twice (JSON keeps the
+    last without a word)."""
+
+    def unique(pairs: list[tuple[str, object]]) -> dict[str, object]:
+        counts = Counter(key for key, _ in pairs)
+        twice = sorted(key for key, n in counts.items() if n > 1)
+        if twice:
+            raise ValueError(f"{first_few([repr(k) for k in twice])} named twice in one object")
+        return dict(pairs)
+
+    return json.loads(file.read_text(encoding="utf-8-sig"), object_pairs_hook=unique)
 
 
 def _labelled_json_matrix(rows: Mapping[str, object], *, classes: Sequence[str]) -> np.ndarray:
@@ -288,7 +322,8 @@ def parse_class_map(text: str, *, classes: Sequence[str]) -> dict[int, int]:
         Comma-separated ``source=target`` pairs of class names (surrounding spaces ignored), or ``@`` and a file
         for names holding commas, ``=`` or surrounding spaces (``"tench, Tinca tinca"``): a ``.json`` object
         ``{"source": "target"}`` or a ``.csv`` of two columns, source and target (an optional header
-        ``source,target``); names in a file are taken exactly as written.
+        ``source,target``); names in a file are taken exactly as written, and a map starting with ``@`` is always
+        a file's name.
     classes
         Class names in index order.
 
@@ -339,24 +374,26 @@ def _class_map_file(file: Path) -> list[tuple[str, str]]:
         raise ConfigError(f"class map file {file} must end in .json or .csv")
     try:
         if suffix == ".json":
-            found = json.loads(file.read_text(encoding="utf-8"))
+            found = _read_json(file)
             if not isinstance(found, dict) or not all(isinstance(t, str) for t in found.values()):
                 raise ConfigError(f'class map file {file} must hold one JSON object of "source": "target" names')
-            return list(found.items())
-        with open(file, encoding="utf-8-sig", newline="") as f:
-            rows = [row for row in csv.reader(f) if row]
+            pairs = list(found.items())
+        else:
+            lines, rows = _csv_rows(file)
+            header = bool(rows) and [cell.strip().lower() for cell in rows[0]] == ["source", "target"]
+            wrong = next((i for i in range(header, len(rows)) if len(rows[i]) != 2), None)
+            if wrong is not None:
+                raise ConfigError(
+                    f"class map file {file}: line {lines[wrong]} has {len(rows[wrong])} cells; write source,target"
+                )
+            pairs = [(source, target) for source, target in rows[header:]]
     except FileNotFoundError:
         raise ConfigError(f"class map file {file} does not exist") from None
     except (OSError, ValueError, UnicodeDecodeError) as error:
         raise ConfigError(f"cannot read class map file {file}: {error}") from None
-    header = bool(rows) and [cell.strip().lower() for cell in rows[0]] == ["source", "target"]
-    rows = rows[header:]
-    wrong = next((i for i, row in enumerate(rows) if len(row) != 2), None)
-    if wrong is not None:
-        raise ConfigError(
-            f"class map file {file}: row {wrong + 1 + header} has {len(rows[wrong])} cells; write source,target"
-        )
-    return [(source, target) for source, target in rows]
+    if not pairs:
+        raise ConfigError(f"class map file {file} maps no class")
+    return pairs
 
 
 def _check_labels(labels: np.ndarray, *, num_classes: int, what: str = "labels") -> np.ndarray:

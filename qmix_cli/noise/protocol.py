@@ -137,9 +137,9 @@ class CorruptResult:
         noisy label), ``true_label``, ``is_label_noisy``, ``is_low_quality``, ``degradation``, ``severity`` and
         ``category`` (``clean``, ``mislabeled_hq`` or ``mislabeled_lq``).
     summary
-        What ``noise.json`` holds: options, seed, classes, counts per category, requested and realised transition
-        matrices (K × K nested lists; past `INLINE_MATRIX_CLASSES` classes the name of a ``.npy`` file in ``out``),
-        realised rates, degradation counts, ``unchanged_low_quality`` and ``skipped``.
+        What ``noise.json`` holds: options, seed, classes, counts per category, the class map by name, requested
+        and realised transition matrices (K × K nested lists; past `INLINE_MATRIX_CLASSES` classes the name of a
+        ``.npy`` file in ``out``), realised rates, degradation counts, ``unchanged_low_quality`` and ``skipped``.
     """
 
     out: Path
@@ -330,6 +330,12 @@ def _summary(
         "classes": classes,
         "num_images": n,
         "counts": {c: int((manifest["category"] == c).sum()) for c in CATEGORIES},
+        # The map as read, by name: `options` holds it as given, which may be an @FILE that changes or goes.
+        "class_map": (
+            {classes[a]: classes[b] for a, b in parse_class_map(spec.class_map, classes=classes).items()}
+            if spec.class_map
+            else None
+        ),
         # Unrounded, so that a matrix can be fed back with --label-noise matrix:FILE.
         "requested_transition_matrix": _transition(spec, classes),
         "realised_transition_matrix": realised_matrix(true[hq], noisy[hq], num_classes=len(classes)),

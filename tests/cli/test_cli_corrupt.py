@@ -82,6 +82,8 @@ def test_class_names_with_commas_are_mapped_from_a_file(runner, tmp_path, make_i
     moved = m[m["label"] != m["true_label"]]
     assert set(zip(moved["true_label"], moved["label"], strict=True)) == {(names[0], names[1])}
     assert len(moved) == 10  # every tench, at rate 1
+    info = json.loads((out / "noise.json").read_text())
+    assert info["class_map"] == {names[0]: names[1]}  # the map as read: the file may change or go
 
 
 @pytest.mark.parametrize(

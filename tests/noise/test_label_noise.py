@@ -236,6 +236,17 @@ def test_a_matrix_may_name_its_classes_in_any_order(tmp_path) -> None:
     expected[1, [1, 2]] = [0.75, 0.25]
     expected[2] = [0, 1, 0, 0]
     np.testing.assert_array_equal(load_matrix(tmp_path / "named.json", classes=CLASSES), expected)
+    # classes named by numbers need no corner cell: each row is one cell longer than the header
+    digits = [str(i) for i in range(K)]
+    body = [",".join([digits[i], *(repr(float(v)) for v in matrix[i])]) for i in range(K)]
+    (tmp_path / "digits.csv").write_text("\n".join([",".join(digits), *body]) + "\n")
+    np.testing.assert_array_equal(load_matrix(tmp_path / "digits.csv", classes=digits), matrix)
+
+
+def test_a_csv_matrix_saved_by_numpy_with_a_header_comment_is_read(tmp_path) -> None:
+    matrix = _user_matrix()
+    np.savetxt(tmp_path / "m.csv", matrix, delimiter=",", fmt="%.17g", header="rows: true class, columns: given")
+    np.testing.assert_array_equal(load_matrix(tmp_path / "m.csv", classes=CLASSES), matrix)
 
 
 @pytest.mark.parametrize(
@@ -252,7 +263,10 @@ def test_a_matrix_may_name_its_classes_in_any_order(tmp_path) -> None:
         ("typo.json", '{"cat": {"dgo": 1}}', "unknown class 'dgo'"),
         ("flat.json", '{"cat": "dog"}', "not an object"),
         ("text.json", '{"cat": {"dog": "1"}}', "not a number"),
-        ("sum.json", '{"cat": {"dog": 0.5}}', "row 1"),
+        ("sum.json", '{"cat": {"dog": 0.5}}', "row 1 .'cat'. sums to 0.5"),
+        ("twice.json", '{"cat": {"dog": 0.5, "dog": 0.5}}', "'dog' named twice"),
+        ("huge.json", '{"cat": {"dog": 1' + "0" * 400 + "}}", "cannot read"),
+        ("blank.csv", ",bird,cat,dog,fish\n\nbird,1,0,0,0\ncat,0,1,0\n", "line 4 has 4 cells, line 3 5"),
     ],
 )
 def test_a_labelled_matrix_file_names_what_is_wrong(tmp_path, name: str, text: str, message: str) -> None:
@@ -268,13 +282,21 @@ def test_a_class_map_file_takes_names_as_written(tmp_path) -> None:
     (tmp_path / "map.csv").write_text('source,target\n"tench, Tinca tinca",goldfish\na=b, spaced \n')
     assert parse_class_map(f"@{tmp_path / 'map.csv'}", classes=classes) == {0: 1, 2: 3}
     (tmp_path / "bad.csv").write_text("source,target\ngoldfish\n")
-    with pytest.raises(ConfigError, match="row 2 has 1 cells"):
+    with pytest.raises(ConfigError, match="line 2 has 1 cells"):
         parse_class_map(f"@{tmp_path / 'bad.csv'}", classes=classes)
     with pytest.raises(ConfigError, match="does not exist"):
         parse_class_map(f"@{tmp_path / 'none.json'}", classes=classes)
     (tmp_path / "list.json").write_text('[["goldfish", "a=b"]]')
     with pytest.raises(ConfigError, match="one JSON object"):
         parse_class_map(f"@{tmp_path / 'list.json'}", classes=classes)
+    (tmp_path / "twice.json").write_text('{"goldfish": "a=b", "goldfish": " spaced "}')  # JSON would keep the last
+    with pytest.raises(ConfigError, match="'goldfish' named twice"):
+        parse_class_map(f"@{tmp_path / 'twice.json'}", classes=classes)
+    (tmp_path / "empty.csv").write_text("source,target\n")
+    with pytest.raises(ConfigError, match=r"empty\.csv maps no class"):
+        parse_class_map(f"@{tmp_path / 'empty.csv'}", classes=classes)
+    (tmp_path / "bom.json").write_bytes('{"goldfish": "a=b"}'.encode("utf-8-sig"))  # as Windows editors save it
+    assert parse_class_map(f"@{tmp_path / 'bom.json'}", classes=classes) == {1: 2}
     (tmp_path / "self.json").write_text('{"goldfish": "goldfish"}')
     with pytest.raises(ConfigError, match="to itself"):  # checked as a written map is
         parse_class_map(f"@{tmp_path / 'self.json'}", classes=classes)
