@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from typing import Annotated
@@ -11,7 +12,8 @@ import typer
 from qmix_cli import __version__
 from qmix_cli.allocator import keep_freed_memory
 from qmix_cli.cli import apply, audit, corrupt, demo, evaluate, show, train
-from qmix_cli.cli.common import LastingStderr, State, quiet_pillow_warnings
+from qmix_cli.cli.common import LastingStderr, State, apply_pixel_limit, fail, quiet_pillow_warnings
+from qmix_cli.errors import QmixError
 
 app = typer.Typer(
     name="qmix",
@@ -42,6 +44,10 @@ def main_callback(
 ) -> None:
     ctx.obj = State(quiet=quiet, verbose=verbose)
     quiet_pillow_warnings()
+    try:
+        apply_pixel_limit(os.environ)
+    except QmixError as error:
+        fail(str(error))
 
 
 for module in (corrupt, train, audit, apply, evaluate, show, demo):

@@ -10,7 +10,7 @@ import os
 import re
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -72,11 +72,37 @@ class LastingStderr:
 
 
 def quiet_pillow_warnings() -> None:
-    """Keep Pillow's warnings about what the image check already judges off the terminal: damaged EXIF metadata
-    (the pixels are what is judged) and images past its pixel limit (named as unreadable, with the limit). Set for
-    the process, once, from the main thread: filters changed from the decoding threads would race."""
+    """Keep Pillow's warnings off the terminal where the image check already judges the images: those of its
+    TIFF/EXIF parser (damaged EXIF metadata in a photo; the pixels are what is judged) and its pixel-limit warning
+    (the check names such images as unreadable; a thumbnail or a decode of an image that changed since it was
+    checked then goes on silently). Set for the process, once, from the main thread: filters changed from the
+    decoding threads would race."""
     warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.TiffImagePlugin")  # EXIF is parsed there
     warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit", category=RuntimeWarning)
+
+
+def apply_pixel_limit(environ: Mapping[str, str]) -> None:
+    """Set Pillow's pixel limit from ``$QMIX_MAX_IMAGE_PIXELS`` when it is set: a whole number of pixels, or
+    ``none`` for no limit (Pillow's default, about 89.5 million, refuses a 100-megapixel photo or a slide scan).
+
+    Raises
+    ------
+    QmixError
+        When the variable is neither.
+    """
+    from PIL import Image
+
+    from qmix_cli.data.images import PIXEL_LIMIT_VARIABLE
+
+    value = environ.get(PIXEL_LIMIT_VARIABLE, "").strip()
+    if not value:
+        return
+    if value.lower() == "none":
+        Image.MAX_IMAGE_PIXELS = None
+        return
+    if not value.isdigit() or int(value) < 1:
+        raise QmixError(f"{PIXEL_LIMIT_VARIABLE}={value!r}: give a whole number of pixels, or 'none' for no limit")
+    Image.MAX_IMAGE_PIXELS = int(value)
 
 
 def state(ctx: typer.Context | None) -> State:

@@ -13,6 +13,7 @@ round"). `qmix train --set jpeg_scale=false` decodes them whole, as runs saved b
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -100,6 +101,10 @@ def _load(img: Image.Image, size: int | None) -> None:
     img.load()
 
 
+# The environment variable the CLI reads Pillow's pixel limit from (`qmix_cli.cli.common.apply_pixel_limit`).
+PIXEL_LIMIT_VARIABLE = "QMIX_MAX_IMAGE_PIXELS"
+
+
 def _too_large(size: tuple[int, int]) -> str | None:
     """Why an image of ``size`` (W, H) is not decoded, or None: more pixels than Pillow's limit
     (``PIL.Image.MAX_IMAGE_PIXELS``, None for no limit), beyond which it warns of a decompression bomb and, at twice
@@ -109,9 +114,14 @@ def _too_large(size: tuple[int, int]) -> str | None:
     pixels = size[0] * size[1]
     if limit is None or pixels <= limit:
         return None
+    return _past_limit(f"{size[0]} × {size[1]} = {pixels:,} pixels")
+
+
+def _past_limit(what: str) -> str:
+    limit = Image.MAX_IMAGE_PIXELS
     return (
-        f"unreadable ({size[0]} × {size[1]} = {pixels:,} pixels, more than Pillow's limit of {int(limit):,}; "
-        "raise PIL.Image.MAX_IMAGE_PIXELS if such images are expected)"
+        f"unreadable ({what}, more than Pillow's limit of {int(limit or 0):,}; to read such images set "
+        f"{PIXEL_LIMIT_VARIABLE}, or PIL.Image.MAX_IMAGE_PIXELS in Python)"
     )
 
 
@@ -140,6 +150,9 @@ def inspect_image(
             return ImageInfo(
                 error=None, mode=img.mode, size=full_size, frames=frames, see_through=see_through, turned=turned
             )
+    except Image.DecompressionBombError as e:  # twice the limit or more: Pillow refuses to open it at all
+        pixels = re.search(r"\((\d+) pixels\)", str(e))
+        return ImageInfo(error=_past_limit(f"{int(pixels[1]):,} pixels" if pixels else str(e)))
     except FileNotFoundError:
         return ImageInfo(error="file not found")
     except IsADirectoryError:
@@ -150,7 +163,6 @@ def inspect_image(
         OSError,
         SyntaxError,
         ValueError,
-        Image.DecompressionBombError,
     ) as e:
         # Pillow reports truncated and corrupt data as OSError ("image file is truncated", "broken PNG file").
         return ImageInfo(error=f"unreadable ({e})")

@@ -14,6 +14,8 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from PIL import Image
+
 from qmix_cli.data.images import ImageInfo
 from qmix_cli.errors import QmixError
 from qmix_cli.io import atomic_write_text
@@ -61,7 +63,9 @@ def cached_scan(
     Only complete results over files that all exist are stored: a missing file is always reported afresh.
     """
     try:
-        key = files_digest(paths, salt=f"scan-v{SCAN_CACHE_VERSION}", stats=stats)
+        # Pillow's pixel limit decides a verdict too: raised, it must let the images it refused be checked again.
+        salt = f"scan-v{SCAN_CACHE_VERSION}|pixels<={Image.MAX_IMAGE_PIXELS}"
+        key = files_digest(paths, salt=salt, stats=stats)
     except OSError:
         return scan(paths)
     target = cache_dir / "checked" / f"{key}.json"

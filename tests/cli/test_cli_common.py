@@ -152,3 +152,8 @@ def test_every_command_keeps_pillows_warnings_about_judged_images_quiet(runner, 
         modules = [f[3].pattern for f in warnings.filters if f[0] == "ignore" and f[3] is not None]
     assert result.exit_code == 1
     assert r"PIL\.TiffImagePlugin" in modules  # what each filter keeps quiet: tests/data/test_images.py
+
+
+def test_a_pixel_limit_in_the_environment_that_is_no_number_is_one_line(runner, tmp_path):
+    result = runner.invoke(app, ["show", str(tmp_path / "r.parquet")], env={"QMIX_MAX_IMAGE_PIXELS": "lots"})
+    assert_one_line_error(result, "QMIX_MAX_IMAGE_PIXELS='lots'", "'none' for no limit")

@@ -7,10 +7,13 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from qmix_cli.cli.common import quiet_pillow_warnings
+from qmix_cli.cli.common import apply_pixel_limit, quiet_pillow_warnings
 from qmix_cli.data.images import inspect_image, scan_images
+from qmix_cli.data.manifest import create_dataset
+from qmix_cli.errors import QmixError
 
 
 def _noise(size: tuple[int, int], seed: int = 0) -> Image.Image:
@@ -40,11 +43,9 @@ def test_images_past_pillows_pixel_limit_are_refused_before_decoding(tmp_path, m
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         warned, refused, fine = (inspect_image(tmp_path / f"{n}.png") for n in ("warned", "refused", "fine"))
-    assert warned.error == (
-        "unreadable (12 × 12 = 144 pixels, more than Pillow's limit of 100; raise PIL.Image.MAX_IMAGE_PIXELS if "
-        "such images are expected)"
-    )
-    assert refused.error is not None and refused.error.startswith("unreadable (")
+    how = "to read such images set QMIX_MAX_IMAGE_PIXELS, or PIL.Image.MAX_IMAGE_PIXELS in Python"
+    assert warned.error == f"unreadable (12 × 12 = 144 pixels, more than Pillow's limit of 100; {how})"
+    assert refused.error == f"unreadable (400 pixels, more than Pillow's limit of 100; {how})"
     assert fine.error is None
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # the user lifted the limit
     assert inspect_image(tmp_path / "refused.png").error is None
@@ -84,3 +85,31 @@ def test_the_cli_keeps_pillows_warnings_about_judged_images_off_the_terminal(tmp
     assert len(check_both()) == 2  # Pillow does warn about both (the test would prove nothing otherwise)
     quiet = True
     assert check_both() == []
+
+
+def test_raising_the_pixel_limit_checks_the_refused_images_again(make_image_folder, tmp_path, monkeypatch):
+    root = make_image_folder("scans", classes=("a", "b"), per_class=3, size=8)
+    _noise((12, 12)).save(root / "a" / "large.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        refused = create_dataset(root, cache_dir=tmp_path / "cache", on_bad_image="skip")
+    assert len(refused) == 6 and refused.skipped["path"].tolist() == ["a/large.png"]
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # what QMIX_MAX_IMAGE_PIXELS=none does
+    assert len(create_dataset(root, cache_dir=tmp_path / "cache")) == 7  # not the remembered verdict
+
+
+@pytest.mark.parametrize(("value", "limit"), [("none", None), ("250000000", 250_000_000), (" ", "default")])
+def test_the_pixel_limit_is_read_from_the_environment(monkeypatch, value, limit):
+    default = Image.MAX_IMAGE_PIXELS
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", default)  # given back after the test
+    apply_pixel_limit({"QMIX_MAX_IMAGE_PIXELS": value})
+    now = Image.MAX_IMAGE_PIXELS
+    assert now == (default if limit == "default" else limit)
+
+
+@pytest.mark.parametrize("value", ["lots", "-5", "0", "1e9"])
+def test_a_pixel_limit_that_is_no_number_is_one_line(monkeypatch, value):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
+    with pytest.raises(QmixError, match=r"QMIX_MAX_IMAGE_PIXELS=.*a whole number of pixels, or 'none'"):
+        apply_pixel_limit({"QMIX_MAX_IMAGE_PIXELS": value})
