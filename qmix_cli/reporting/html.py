@@ -512,12 +512,17 @@ def write_html_report(
     if any(Path(name).suffix.lower() not in PAGE_SUFFIXES for name in (given, out)):  # a link's target too
         raise QmixError(f"--out {given}: the page is HTML; name it .html (e.g. --out report.html)")
     check_replaceable(given, ours=written_by_show, force=force, option="--out", what="a page qmix show wrote")
-    missing, shown = missing_thumbnails(frame, root=root, top=top)
+    missing, outside, shown = missing_thumbnails(frame, root=root, top=top)
     if missing and warn is not None:
         where = f"under {root}" if root is not None else "from the current directory"
         warn(
             f"{missing} of the {shown} images shown as thumbnails are not found {where}: pass --data with the "
             "dataset the report's paths are relative to"
+        )
+    if outside and warn is not None:
+        warn(
+            f"{outside} of the {shown} images shown as thumbnails have paths climbing out of the dataset with '..' "
+            "(a manifest cannot hold them: the report was edited); they are shown as placeholders"
         )
     groups = _report_groups(frame, meta, data, warn, column=group_column)
     page = render_page(
@@ -737,7 +742,8 @@ def _scatter_section(
 
 def _resolve_image(path: str, root: Path | None) -> Path | None:
     """The file a report's ``path`` names, or None for a relative path climbing out of ``root`` (refused in a
-    manifest, so only an edited or crafted report has one: the page embeds no file from elsewhere on the disk)."""
+    manifest, so only an edited or crafted report has one). An absolute path is embedded as it is: a manifest may
+    list images anywhere by absolute path, so such a path cannot be told from an edited one."""
     p = Path(path)
     if p.is_absolute():
         return p
@@ -764,11 +770,13 @@ def _top_rows(frame: pd.DataFrame, group: str, top: int) -> pd.DataFrame:
     return frame[frame["category"] == group].sort_values("rank", kind="stable").head(top)
 
 
-def missing_thumbnails(frame: pd.DataFrame, *, root: Path | None, top: int) -> tuple[int, int]:
-    """How many of the images the page would show as thumbnails are not files (under ``root``), of how many."""
+def missing_thumbnails(frame: pd.DataFrame, *, root: Path | None, top: int) -> tuple[int, int, int]:
+    """Of the images the page would show as thumbnails: how many are not files (under ``root``), how many have
+    paths climbing out of it (`_resolve_image`), and how many there are."""
     paths = [str(p) for g in THUMB_GROUPS for p in _top_rows(frame, g, top)["path"]]
     files = [_resolve_image(p, root) for p in paths]
-    return sum(file is None or not file.is_file() for file in files), len(paths)
+    outside = sum(file is None for file in files)
+    return sum(file is not None and not file.is_file() for file in files), outside, len(paths)
 
 
 def _thumbs_section(frame: pd.DataFrame, group: str, blurb: str, *, root: Path | None, top: int) -> str:
