@@ -38,7 +38,7 @@ from qmix_cli.data.manifest import escapes_root, read_manifest
 from qmix_cli.errors import QmixError
 from qmix_cli.io import atomic_write_text, check_out_file, check_replaceable, is_one_of, read_metrics, run_file_named
 from qmix_cli.reporting.groups import report_groups, summarise_groups, units_of_rows
-from qmix_cli.reporting.report import check_same_images, read_report
+from qmix_cli.reporting.report import check_same_images, read_report, run_digest
 
 #: Okabe–Ito colours (safe for the common colour-vision deficiencies), one per category in CATEGORIES order.
 PALETTE: tuple[str, str, str] = ("#0072B2", "#E69F00", "#CC79A7")
@@ -506,6 +506,13 @@ def write_html_report(
     run_dir = _existing_dir(run, "run directory") if run is not None else _recorded_dir(meta, "run_dir")
     if run_dir is not None and (own := run_file_named(out, run_dir)):
         raise QmixError(f"--out {out} is one of the run's own files ({own}); write the page to another file")
+    if run_dir is not None and meta.get("run_digest") not in (None, run_digest(run_dir)):
+        if warn is not None:
+            warn(
+                f"the run in {run_dir} is not the one this report was made with (trained again since?): its "
+                "training curves and mixture means are left out of the page"
+            )
+        run_dir = None
     root = _data_root(data, meta, frame)
     if is_one_of(out, frame["path"].astype(str), root=root):
         raise QmixError(f"--out {out} is one of the report's images; write the page to another file")

@@ -15,6 +15,7 @@ import contextlib
 import csv
 import datetime as dt
 import filecmp
+import hashlib
 import io
 import json
 import os
@@ -301,6 +302,16 @@ def report_metadata(
     for key, value in (extra or {}).items():
         entries[str(key)] = value if isinstance(value, str) else json.dumps(value)
     return {f"{_META_PREFIX}{key}".encode(): value.encode() for key, value in entries.items()}
+
+
+def run_digest(run_dir: str | Path) -> str | None:
+    """A short digest of a finished run's ``run.json`` (written once, as training ends; its settings, dataset
+    fingerprint and final mixture summary), or None where there is none: what tells the run a report was made with
+    from a run trained again in the same folder since."""
+    try:
+        return hashlib.sha256((Path(run_dir) / "run.json").read_bytes()).hexdigest()[:16]
+    except OSError:
+        return None
 
 
 # Columns that make a table one `qmix audit` wrote: a report, or its table by group (`GROUP_SCHEMA`).

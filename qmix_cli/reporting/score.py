@@ -35,7 +35,13 @@ from qmix_cli.engine.trainer import PREDATED, amp_dtype, resolve_device
 from qmix_cli.errors import QmixError
 from qmix_cli.io import RUN_CHECKPOINT, stopped_before_first_checkpoint
 from qmix_cli.progress import Reporter, SilentReporter
-from qmix_cli.reporting.report import build_report, compute_ranks, normalise_posteriors, report_metadata
+from qmix_cli.reporting.report import (
+    build_report,
+    compute_ranks,
+    normalise_posteriors,
+    report_metadata,
+    run_digest,
+)
 
 T = TypeVar("T")
 
@@ -393,6 +399,7 @@ def metadata_for(run: TrainedRun, dataset: Dataset, *, group_column: str | None 
             "dataset": dataset.source,
             "dataset_root": os.path.abspath(dataset.root),
             "training_set": dataset.source == run.meta.get("dataset"),
+            **({} if (digest := run_digest(run.run_dir)) is None else {"run_digest": digest}),
             **({} if group_column is None else {"group_column": group_column}),
         },
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -156,6 +157,8 @@ def test_parquet_metadata_records_version_method_model_classes(parquet_report, q
     assert json.loads(meta["qmix.class_names"]) == run_meta["classes"] == [str(i) for i in range(10)]
     assert Path(meta["qmix.run_dir"]) == Path(qmix_run.run_dir)
     assert "qmix.created_at" in meta
+    digest = hashlib.sha256((qmix_run.run_dir / "run.json").read_bytes()).hexdigest()[:16]
+    assert meta["qmix.run_digest"] == digest  # which run made it, for `qmix show` to tell a run trained again
 
 
 def test_summary_goes_to_stderr(parquet_report):

@@ -26,7 +26,7 @@ from qmix_cli.reporting.html import (
     thumbnail_data_uri,
     write_html_report,
 )
-from qmix_cli.reporting.report import build_report, report_metadata, write_report
+from qmix_cli.reporting.report import build_report, report_metadata, run_digest, write_report
 
 CLASSES = ("cat", "dog", "<b>bird</b>")
 EVIL_ID = "<script>alert(1)</script>"
@@ -261,6 +261,26 @@ def test_the_recorded_root_and_run_serve_from_any_directory(tmp_path, write_imag
     assert "data:image/png;base64," in page and "Training curves" in page
     shutil.rmtree(run)  # a run deleted since: the page is still written, without its curves
     assert "Training curves" not in write_html_report(path, out=tmp_path / "r.html").read_text()
+
+
+def test_a_run_trained_again_since_the_audit_lends_the_page_no_curves(tmp_path, write_image):
+    run = make_run(tmp_path)
+    (run / "run.json").write_text('{"method": "ce", "classes": ["a", "b"]}')  # what training writes as it ends
+    path, data, _ = make_report(tmp_path, write_image, run_dir=str(run), extra={"run_digest": run_digest(run)})
+    warned: list[str] = []
+    page = write_html_report(path, out=tmp_path / "r.html", data=data, warn=warned.append).read_text()
+    assert "Training curves" in page and "GMM component" in page  # the same run: all of it
+    assert not [w for w in warned if "the run in" in w]
+    (run / "run.json").write_text('{"method": "qmix", "classes": ["x", "y", "z"]}')  # `train --force` since
+    page = write_html_report(path, out=tmp_path / "r.html", data=data, warn=warned.append).read_text()
+    assert "Training curves" not in page and "GMM component" not in page
+    assert [w for w in warned if "the run in" in w] == [
+        f"the run in {run} is not the one this report was made with (trained again since?): its training curves "
+        "and mixture means are left out of the page"
+    ]
+    (run / "run.json").unlink()  # a restart killed before it finished: no run.json yet
+    page = write_html_report(path, out=tmp_path / "r.html", data=data, run=run).read_text()
+    assert "Training curves" not in page  # named with --run too: the report says which run it was made with
 
 
 def test_a_recorded_manifest_file_names_its_folder(tmp_path, write_image, monkeypatch):
