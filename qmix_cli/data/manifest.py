@@ -24,7 +24,7 @@ import pandas as pd
 from qmix_cli.categories import holds_verdicts
 from qmix_cli.data.images import IMAGE_SUFFIXES, ImageInfo, scan_images
 from qmix_cli.data.scan_cache import cached_scan, file_stats
-from qmix_cli.errors import ConfigError, DataError, summarise_offenders
+from qmix_cli.errors import ConfigError, DataError, first_few, summarise_offenders
 from qmix_cli.io import is_one_of
 from qmix_cli.progress import Reporter, SilentReporter
 
@@ -319,6 +319,31 @@ def _scan_image_folder(root: Path) -> pd.DataFrame:
     return frame
 
 
+def _unlisted_notes(frame: pd.DataFrame, *, root: Path, manifest: Path) -> list[str]:
+    """A note when a folder read through the manifest it holds has image files under it that the manifest does not
+    list: a folder of class folders with a stray or partial ``manifest.csv`` would otherwise lose them unsaid."""
+    if "path" not in frame.columns:
+        return []  # the missing column is refused, by name, when the columns are checked
+    listed = set()
+    for p in frame["path"].dropna().astype(str):
+        p = p.replace("\\", "/")
+        listed.add(os.path.normpath(os.path.relpath(p, root) if os.path.isabs(p) else p))
+    unlisted = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                rel = os.path.normpath(os.path.relpath(os.path.join(dirpath, name), root))
+                if rel not in listed:
+                    unlisted.append(Path(rel).as_posix())
+    if not unlisted:
+        return []
+    return [
+        f"{root} is read through the {manifest.name} in it, which leaves out {len(unlisted):,} image file(s) under "
+        f"the folder ({first_few(unlisted, show=3)}); to read its class folders instead, move {manifest.name} away"
+    ]
+
+
 # Folder names that name a split of a dataset rather than a class.
 SPLIT_NAMES = frozenset({"train", "training", "val", "valid", "validation", "test", "testing", "dev", "eval"})
 
@@ -448,7 +473,12 @@ def read_manifest(source: str | Path) -> tuple[pd.DataFrame, Path]:
     path = Path(source)
     if path.is_dir():
         found = manifest_file(path)
-        return (_read_table(found) if found else _scan_image_folder(path)), path
+        if found is None:
+            return _scan_image_folder(path), path
+        frame = _read_table(found)
+        frame.attrs["read_from"] = str(found)
+        frame.attrs["notes"] = _unlisted_notes(frame, root=path, manifest=found)
+        return frame, path
     if path.suffix.lower() in {".csv", ".parquet", ".pq"}:
         return _read_table(path), path.parent
     if not path.exists():
@@ -662,6 +692,9 @@ def create_dataset(
     if is_builtin(name):
         source = materialise_builtin(name, cache_dir=cache_dir)
     raw, root = read_manifest(source)
+    given = name  # what the dataset is recorded as
+    if not is_builtin(name):  # a folder read through the manifest in it: errors name the file, which is what to fix
+        name = raw.attrs.get("read_from", name)
     ignored = dict(raw.attrs.get("ignored", {}))
     frame = _check_columns(raw, name)
     if frame.empty:
@@ -721,7 +754,7 @@ def create_dataset(
         classes=classes if classes is not None else tuple(present),
         skipped=skipped,
         channels=channels,
-        source=name,
+        source=given,
         file_stats=None if decode_to is None else stats,
         ignored=ignored,
         notes=tuple(notes),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -554,6 +555,25 @@ def test_a_damaged_later_page_leaves_the_first_pages_verdict(tmp_path, write_ima
         ds = create_dataset(tmp_path / "ds")  # Pillow raises TypeError counting its pages: not the image's fault
     assert len(ds) == 2 and ds.notes == ()
     assert not [w for w in caught if "EXIF" in str(w.message)]  # nor a warning about its damage on the terminal
+
+
+def test_a_folder_read_through_a_partial_manifest_names_the_images_it_leaves_out(make_image_folder):
+    root = make_image_folder("fundus", classes=("glaucoma", "healthy", "other"), per_class=4)
+    rows = [r for r in _folder_rows(root) if not r["path"].startswith("glaucoma/")]
+    rows[0]["path"] = rows[0]["path"].replace("/", "\\")  # a Windows export: still the same file
+    _csv(root / "manifest.csv", rows)
+    ds = create_dataset(root)
+    assert len(ds) == 8 and ds.source == str(root)
+    assert ds.notes == (
+        f"{root} is read through the manifest.csv in it, which leaves out 4 image file(s) under the folder "
+        "(glaucoma/0.png, glaucoma/1.png, glaucoma/2.png, and 1 more); to read its class folders instead, move "
+        "manifest.csv away",
+    )
+    _csv(root / "manifest.csv", _folder_rows(root))  # every image listed: nothing to say
+    assert create_dataset(root).notes == ()
+    _csv(root / "manifest.csv", [{"path": r["path"], "label": "healthy"} for r in _folder_rows(root)])
+    with pytest.raises(DataError, match=f"^{re.escape(str(root / 'manifest.csv'))}: found 1 class"):
+        create_dataset(root)  # the error names the file that says so, not the folder
 
 
 def test_header_only_csv(tmp_path):
