@@ -622,7 +622,7 @@ def evaluate(
     from qmix_cli.categories import truth_categories
     from qmix_cli.data.manifest import read_manifest
     from qmix_cli.errors import DataError
-    from qmix_cli.reporting.evaluate import evaluate_report
+    from qmix_cli.reporting.evaluate import evaluate_report, ids_by_path
     from qmix_cli.reporting.report import as_bool, read_report
 
     frame = report if isinstance(report, pd.DataFrame) else read_report(report)  # audit's DataFrame, as apply takes
@@ -637,7 +637,7 @@ def evaluate(
             "mislabeled_hq or mislabeled_lq (or is_low_quality and is_label_noisy), as qmix corrupt writes them"
         )
     if "sample_id" not in truth_frame.columns:
-        truth_frame = truth_frame.assign(sample_id=truth_frame["path"])
+        truth_frame = truth_frame.assign(sample_id=ids_by_path(frame, truth_frame["path"]))
     recorded = frame.attrs.get("qmix", {}).get("group_column")
     if group_column is None and recorded in truth_frame.columns:
         group_column = recorded

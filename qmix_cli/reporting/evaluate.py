@@ -18,6 +18,7 @@ Metrics (all JSON-able; an undefined value, e.g. an AUC with one class present, 
 from __future__ import annotations
 
 import math
+import posixpath
 from collections.abc import Mapping
 from typing import Any
 
@@ -206,6 +207,23 @@ def evaluate_report(
         "per_class": _per_class_detection(joined, true_issue=true_issue, flagged=flagged),
         "groups": None if group_column is None else _group_detection(joined, truth, group_column),
     }
+
+
+def ids_by_path(report: pd.DataFrame, paths: pd.Series) -> np.ndarray:
+    """``(N,)`` object: the report's ``sample_id`` of the image each of ``paths`` names, for a truth keyed by path.
+
+    Paths are compared with ``/`` as the separator and normalised, since a report's paths are (a manifest made on
+    Windows keeps its backslashes in its default ids, not in its paths). A path the report does not hold, or holds
+    under several ids, stays as it is, to be named as missing when the two are joined.
+    """
+
+    def key(path: object) -> str:
+        return posixpath.normpath(str(path).replace("\\", "/"))
+
+    keys = pd.Series([key(p) for p in report["path"]], dtype=object)
+    unique = ~keys.duplicated(keep=False).to_numpy()
+    lookup = dict(zip(keys[unique], report["sample_id"].astype(str).to_numpy()[unique], strict=True))
+    return np.array([lookup.get(key(p), p) for p in paths], dtype=object)
 
 
 def _group_detection(joined: pd.DataFrame, truth: pd.DataFrame, column: str) -> dict[str, Any]:

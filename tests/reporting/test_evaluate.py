@@ -12,7 +12,7 @@ from rich.console import Console
 
 from qmix_cli.categories import CATEGORIES
 from qmix_cli.errors import QmixError
-from qmix_cli.reporting.evaluate import PER_CLASS_ROWS, evaluate_report, render_evaluation
+from qmix_cli.reporting.evaluate import PER_CLASS_ROWS, evaluate_report, ids_by_path, render_evaluation
 
 C, H, L = CATEGORIES  # clean, mislabeled_hq, mislabeled_lq
 
@@ -346,3 +346,18 @@ def test_units_by_group_are_scored_by_how_their_issue_score_ranks_the_wrong_ones
     with pytest.raises(QmixError, match="has no value"):
         evaluate_report(report=report, truth=truth.assign(ward=None), group_column="ward")
     assert evaluate_report(report=report, truth=truth)["groups"] is None
+
+
+def test_a_truth_keyed_by_path_finds_the_ids_a_windows_manifest_gave(tmp_path) -> None:
+    from qmix_cli.api import evaluate
+
+    report, truth = make_frames()
+    report["sample_id"] = [f"images\\{i}.png" for i in range(10)]  # default ids: the paths as the manifest wrote them
+    report["path"] = [f"images/{i}.png" for i in range(10)]  # the paths as read
+    by_path = truth.assign(path=[f"images/{9 - i}.png" for i in range(10)]).drop(columns="sample_id")
+    by_path.loc[0, "path"] = "./images//9.png"  # written another way, the same file
+    by_path.to_csv(tmp_path / "checked.csv", index=False)
+    result = evaluate(report, truth=tmp_path / "checked.csv")
+    assert result == evaluate_report(report=report, truth=truth.assign(sample_id=report["sample_id"].iloc[::-1].values))
+    ids = ids_by_path(report.assign(path=["a.png"] * 2 + report["path"].tolist()[2:]), pd.Series(["a.png", "x.png"]))
+    assert ids.tolist() == ["a.png", "x.png"]  # a path held twice, or not at all: left for the join to name
