@@ -691,9 +691,9 @@ def apply(
 
     import pandas as pd
 
-    from qmix_cli.data.manifest import check_output_file, create_dataset, paths_for_manifest
+    from qmix_cli.data.manifest import check_output_file, create_dataset, integer_key_columns, paths_for_manifest
     from qmix_cli.io import atomic_path, check_out_file
-    from qmix_cli.reporting.apply import apply_verdicts, check_actions
+    from qmix_cli.reporting.apply import apply_verdicts, check_actions, integers_restored
     from qmix_cli.reporting.report import check_same_images, read_report
 
     check_actions(hq=hq, lq=lq, on_missing=on_missing)
@@ -723,5 +723,6 @@ def apply(
         if suffix == ".csv":
             frame.to_csv(tmp, index=False)
         else:
+            frame = integers_restored(frame, integer_key_columns(dataset))
             frame.to_parquet(tmp, index=False)
     return {**applied.counts, "emptied": applied.emptied, "out": str(out)}

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from qmix_cli.categories import holds_verdicts
 from qmix_cli.data.images import IMAGE_SUFFIXES, ImageInfo, scan_images
@@ -141,6 +143,19 @@ def manifest_file(source: str | Path) -> Path | None:
     if path.is_dir():
         return next((path / n for n in MANIFEST_NAMES if (path / n).is_file()), None)
     return path if path.is_file() else None
+
+
+def integer_key_columns(dataset: Dataset) -> list[str]:
+    """The key columns (``sample_id``, ``label``) the dataset's Parquet manifest stores as integers, which a
+    `Dataset` holds as text; none for a CSV manifest, an image folder or a built-in set."""
+    found = manifest_file(dataset.source) if Path(dataset.source).exists() else None
+    if found is None or found.suffix.lower() == ".csv":
+        return []
+    try:
+        schema = pq.read_schema(found)
+    except (OSError, pa.ArrowException):
+        return []
+    return [c for c in ("sample_id", "label") if c in schema.names and pa.types.is_integer(schema.field(c).type)]
 
 
 def check_output_dir(dataset: Dataset, out: str | Path) -> None:

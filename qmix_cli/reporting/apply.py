@@ -142,6 +142,26 @@ def apply_verdicts(
     return Applied(frame=out, counts=counts, emptied=emptied)
 
 
+def integers_restored(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """``frame`` with each of ``columns`` (the key columns a Parquet manifest stored as integers, read as text to be
+    labels and ids) stored as int64 again, the first-given-label column with ``label``; a column holding anything
+    else now (``007``, an edited label) stays text.
+
+    A downstream ``df.label == 3`` on the manifest apply wrote would otherwise match nothing, without a word.
+    """
+
+    def as_integers(column: str) -> pd.Series | None:
+        numbers = pd.to_numeric(frame[column], errors="coerce")
+        if numbers.notna().all() and (numbers.astype(str) == frame[column].astype(str)).all():
+            return numbers.astype("int64")
+        return None
+
+    converted = {c: n for c in columns if c in frame.columns and (n := as_integers(c)) is not None}
+    if "label" in converted and GIVEN_COLUMN in frame.columns and (given := as_integers(GIVEN_COLUMN)) is not None:
+        converted[GIVEN_COLUMN] = given  # the labels it was given, alike
+    return frame.assign(**converted)
+
+
 def check_actions(*, hq: str, lq: str, on_missing: str) -> None:
     """Refuse an unknown action (`HQ_ACTIONS`, `LQ_ACTIONS`, `ON_MISSING`) before any file is read."""
     for value, allowed, name in (

@@ -198,3 +198,16 @@ def test_an_existing_manifest_is_replaced_only_with_force(runner, report, noisy_
     result = runner.invoke(app, [*args, "--force"])
     assert result.exit_code == 0, _stderr(result)
     assert len(pd.read_parquet(out)) > 1000
+
+
+def test_a_parquet_manifest_of_integer_labels_gets_integer_labels_back(report, noisy_digits, tmp_path):
+    from qmix_cli.api import apply
+
+    source = pd.read_parquet(noisy_digits / "manifest.parquet")
+    as_ints = source.assign(label=source["label"].astype(int), path=[str(noisy_digits / p) for p in source["path"]])
+    as_ints.to_parquet(tmp_path / "ints.parquet", index=False)
+    apply(tmp_path / "ints.parquet", report=report, out=tmp_path / "fixed.parquet")
+    fixed = pd.read_parquet(tmp_path / "fixed.parquet")
+    assert fixed["label"].dtype == fixed["qmix_given_label"].dtype == "int64"  # `fixed.label == 3` still works
+    assert (fixed["label"] != fixed["qmix_given_label"]).sum() > 50  # relabelled, as numbers
+    assert fixed["sample_id"].dtype == source["sample_id"].dtype  # text stays text

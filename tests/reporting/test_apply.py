@@ -7,7 +7,7 @@ import pytest
 
 from qmix_cli.categories import CATEGORIES
 from qmix_cli.errors import QmixError
-from qmix_cli.reporting.apply import GIVEN_COLUMN, VERDICT_COLUMN, apply_verdicts
+from qmix_cli.reporting.apply import GIVEN_COLUMN, VERDICT_COLUMN, apply_verdicts, integers_restored
 
 C, H, L = CATEGORIES
 
@@ -164,3 +164,15 @@ def test_counts_and_dtypes_a_caller_may_hand_over() -> None:
     applied = apply_verdicts(manifest(), rows, on_missing="keep")
     assert applied.counts["relabelled"] == 1 and applied.counts["kept_missing"] == 1
     assert applied.frame.set_index("sample_id").loc["s0", VERDICT_COLUMN] == ""
+
+
+def test_integer_key_columns_are_restored_only_where_every_value_is_that_integer() -> None:
+    frame = pd.DataFrame(
+        {"sample_id": ["1", "2", "3"], "label": ["007", "7", "8"], "qmix_given_label": ["7", "7", "8"], "x": ["1"] * 3}
+    )
+    restored = integers_restored(frame, ["sample_id", "label"])
+    assert restored["sample_id"].tolist() == [1, 2, 3] and restored["sample_id"].dtype == "int64"
+    assert restored["label"].tolist() == ["007", "7", "8"]  # "007" is no integer's text: all of it stays text
+    assert restored["qmix_given_label"].tolist() == ["7", "7", "8"]  # follows label
+    assert integers_restored(frame.assign(label=["7", "7", "8"]), ["label"])["qmix_given_label"].dtype == "int64"
+    assert restored["x"].tolist() == ["1"] * 3  # not a key column
