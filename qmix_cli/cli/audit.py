@@ -5,14 +5,17 @@ from __future__ import annotations
 import itertools
 import shlex
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
-from qmix_cli.categories import CATEGORIES
+from qmix_cli.categories import CATEGORIES, CLEAN
 from qmix_cli.cli.common import CACHE_DEFAULT, guarded, load_engine, state
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @guarded
@@ -94,9 +97,24 @@ def audit_command(
                 f"flags{written}"
             )
         )
-    if groups and groups["top"]:
-        st.err.print(_top_groups_table(groups["top"]))
-    top = frame.sort_values("rank").head(5)
+    flagged_groups = [row for row in groups["top"] if row["images"] > row["clean"]] if groups else []
+    if flagged_groups:  # a group of clean images only is no issue, whatever its rank
+        st.err.print(_top_groups_table(flagged_groups))
+    top = frame[frame["category"] != CATEGORIES[CLEAN]].sort_values("rank").head(5)
+    if top.empty:
+        st.err.print("no issues: every image is judged clean")
+    else:
+        st.err.print(_top_issues_table(top))
+    if out != "-":
+        # The images --on-bad-image skip left out have no row: the suggested command must say what to do with them.
+        skipped = " --on-missing drop" if len(frame.attrs.get("skipped", ())) else ""
+        fixed = shlex.quote(fixed_manifest_name(data))
+        command = f"qmix apply {shlex.quote(str(data))} --report {shlex.quote(str(out))}{skipped} --out {fixed}"
+        st.err.print(Text(f"next: {command}  (relabel mislabeled_hq, drop mislabeled_lq)"))
+
+
+def _top_issues_table(top: pd.DataFrame) -> Table:
+    """The best-ranked images the audit flags."""
     issues = Table(title="top issues", title_justify="left")
     for col in ("rank", "sample_id", "given", "suggested", "category", "p_clean"):
         issues.add_column(col)
@@ -104,13 +122,7 @@ def audit_command(
         suggestion = row.suggested_label if isinstance(row.suggested_label, str) else "— (fix or drop image)"
         cells = (str(row.rank), row.sample_id, row.given_label, suggestion, row.category, f"{row.p_clean:.3f}")
         issues.add_row(*(Text(str(c)) for c in cells))  # Text: labels and ids are not markup
-    st.err.print(issues)
-    if out != "-":
-        # The images --on-bad-image skip left out have no row: the suggested command must say what to do with them.
-        skipped = " --on-missing drop" if len(frame.attrs.get("skipped", ())) else ""
-        fixed = shlex.quote(fixed_manifest_name(data))
-        command = f"qmix apply {shlex.quote(str(data))} --report {shlex.quote(str(out))}{skipped} --out {fixed}"
-        st.err.print(Text(f"next: {command}  (relabel mislabeled_hq, drop mislabeled_lq)"))
+    return issues
 
 
 def _top_groups_table(rows: list[dict]) -> Table:

@@ -660,3 +660,22 @@ def test_evaluate_scores_the_units_of_an_audit_by_group(runner, tmp_path, qmix_r
     assert groups["roc_auc"] > 0.9  # three digits a patient, judged image by image: the table ranks them well
     table = runner.invoke(app, ["evaluate", str(report), "--truth", str(grouped_manifest)])
     assert "Units by patient and given label" in " ".join(table.stdout.split())
+
+
+def test_the_top_issues_are_flagged_images_only(runner, parquet_report, monkeypatch, tmp_path):
+    import qmix_cli.api
+
+    path, _ = parquet_report
+    frame = pd.read_parquet(path)
+    flagged = frame[frame["category"] != "clean"].sort_values("rank")
+    # Two images flagged, ranked below three clean ones (as in a small, mostly clean set).
+    few = pd.concat([frame[frame["category"] == "clean"].head(3), flagged.head(2)]).assign(rank=[1, 2, 3, 4, 5])
+    monkeypatch.setattr(qmix_cli.api, "audit", lambda *args, **kwargs: few)
+    result = runner.invoke(app, ["audit", "data", "--run", "run", "--out", str(tmp_path / "r.parquet")])
+    assert result.exit_code == 0, _stderr(result)
+    table = _stderr(result).split("top issues", 1)[1]
+    assert all(sid in table for sid in flagged["sample_id"].head(2))
+    assert " clean " not in table
+    monkeypatch.setattr(qmix_cli.api, "audit", lambda *args, **kwargs: few.assign(category="clean"))
+    result = runner.invoke(app, ["audit", "data", "--run", "run", "--out", str(tmp_path / "r.parquet")])
+    assert "top issues" not in _stderr(result) and "no issues: every image is judged clean" in _stderr(result)
