@@ -529,7 +529,7 @@ def _check_columns(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     ids_are_paths = "sample_id" not in frame.columns
     if ids_are_paths:
         frame.insert(0, "sample_id", frame["path"])
-    for col in ("sample_id", "path", "label"):
+    for col in ("path", "label", "sample_id"):  # the path first: it is the ids too when there are none
         empty = frame[col].isna() | (frame[col].astype(str).str.strip() == "")
         if empty.any():
             rows = [f"row {i + 1}" for i in np.flatnonzero(empty.to_numpy())]

@@ -228,6 +228,10 @@ def test_empty_labels(tmp_path, make_image_folder):
     msg = str(exc.value)
     assert msg.startswith("2 rows with an empty 'label'")
     assert "row 2; row 4" in msg
+    rows[1]["label"] = rows[3]["label"] = "a"
+    rows[2]["path"] = ""  # no sample_id column: the ids are the paths, but it is the path that is missing
+    with pytest.raises(DataError, match=r"^1 rows with an empty 'path' .*row 3"):
+        create_dataset(_csv(tmp_path / "m.csv", rows))
 
 
 def test_duplicate_sample_ids(tmp_path, make_image_folder):
