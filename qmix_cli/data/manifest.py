@@ -571,9 +571,13 @@ def _check_inside_root(frame: pd.DataFrame, root: Path, source: str) -> None:
     # paths containing ".." need the per-path check (a vectorised filter: manifests can have millions of rows).
     suspect = frame["path"].str.contains("..", regex=False)
     paths = zip(frame.loc[suspect, "sample_id"], frame.loc[suspect, "path"], strict=True)
-    bad = [f"{sid} ({p})" for sid, p in paths if escapes_root(p, root)]
+    bad = [p if sid == p else f"{sid} ({p})" for sid, p in paths if escapes_root(p, root)]
     if bad:
-        raise DataError(summarise_offenders(f"paths escaping the dataset root {root} in {source}", bad))
+        raise DataError(
+            summarise_offenders(f"paths escaping the dataset root {root} in {source}", bad)
+            + " (paths are relative to the manifest's folder: put the manifest in a folder above the images, or "
+            "give absolute paths)"
+        )
 
 
 def escapes_root(path: str, root: str | Path) -> bool:
