@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +13,7 @@ import torch
 from torch import nn
 
 from qmix_cli.data.transforms import Normalise
-from qmix_cli.errors import ConfigError
+from qmix_cli.errors import ConfigError, first_few
 
 
 class QmixNet(nn.Module):
@@ -122,14 +126,69 @@ def create_model(
             # state, and see whether any tensor changed.
             with torch.random.fork_rng(devices=[]):
                 initialised = timm.create_model(name, num_classes=0, in_chans=in_chans).state_dict()
-        encoder = timm.create_model(name, **kwargs)
+        # timm logs the file's keys it has no place for as one line of thousands of characters: `_misfit` says it
+        with _quiet_logger("timm.models._builder"):
+            encoder = timm.create_model(name, **kwargs)
     except (OSError, RuntimeError, ValueError) as e:
         what = f"weights from {weights}" if weights else "pretrained weights"
         hint = "" if weights else " (offline? pass --weights FILE with a local copy, or drop --pretrained)"
-        raise ConfigError(f"could not load {what} for {name}: {str(e).splitlines()[0]}{hint}") from None
+        raise ConfigError(f"could not load {what} for {name}: {_load_error(e)}{hint}") from None
     if weights is not None and all(torch.equal(t, initialised[k]) for k, t in encoder.state_dict().items()):
         raise ConfigError(f"no tensor in {weights} fits a {name}: is it a backbone of that architecture?")
+    if weights is not None and (misfit := _misfit(encoder, weights)):
+        raise ConfigError(f"{weights} does not fit a {name}: {misfit}; is it a backbone of that architecture?")
     return QmixNet(encoder, num_classes=num_classes, proj_dim=proj_dim)
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    logger = logging.getLogger(name)
+    was = logger.disabled
+    logger.disabled = True
+    try:
+        yield
+    finally:
+        logger.disabled = was
+
+
+def _load_error(error: BaseException) -> str:
+    """PyTorch's state-dict error (a line per kind, each with every key) as one line: how many tensors of another
+    shape, missing or unexpected, naming the first; any other error's first line."""
+    text = str(error)
+    shapes = re.findall(r"size mismatch for ([^:]+): copying a param with shape torch\.Size\((\[[^\]]*\])\) from "
+                        r"checkpoint, the shape in current model is torch\.Size\((\[[^\]]*\])\)", text)  # fmt: skip
+    parts = []
+    if shapes:
+        key, theirs, ours = shapes[0]
+        parts.append(f"{len(shapes)} tensor(s) of another shape (first: {key}, {theirs} in the file, {ours} here)")
+    for kind in ("Missing", "Unexpected"):
+        found = re.search(rf"{kind} key\(s\) in state_dict: (.*)", text)
+        if found:
+            keys = [k.strip().strip('"') for k in found[1].rstrip(". ").split(",")]
+            parts.append(f"{len(keys)} {kind.lower()} (first: {keys[0]})")
+    return "; ".join(parts) if parts else text.splitlines()[0]
+
+
+def _misfit(encoder: nn.Module, weights: Path) -> str | None:
+    """What in a weights file does not fit ``encoder`` (which timm has loaded it into, leniently), or None: tensors
+    it has no place for (outside the classifier, which is dropped) and weight tensors it lacks, which would stay as
+    initialised. Another depth of the same family (a resnet34 file for a resnet18) fits every tensor of the net
+    and leaves the deeper blocks over, so both sides are checked."""
+    from timm.models import load_state_dict
+
+    file_keys = set(load_state_dict(str(weights)))  # as timm read it: nested and prefixed checkpoints unwrapped
+    classifiers = encoder.pretrained_cfg.get("classifier") or ()
+    head = {
+        f"{c}.{p}" for c in ([classifiers] if isinstance(classifiers, str) else classifiers) for p in ("weight", "bias")
+    }
+    unexpected = sorted(file_keys - set(encoder.state_dict()) - head)
+    missing = [k for k, _ in encoder.named_parameters() if k not in file_keys]
+    parts = []
+    if unexpected:
+        parts.append(f"{len(unexpected)} of its tensors have no place in it ({first_few(unexpected, show=3)})")
+    if missing:
+        parts.append(f"{len(missing)} of the net's weight tensors are not in it ({first_few(missing, show=3)})")
+    return "; ".join(parts) or None
 
 
 def model_from_state(

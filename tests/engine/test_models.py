@@ -77,6 +77,31 @@ def test_unknown_model_and_missing_weights_are_clear_errors(tmp_path):
         create_model("test_resnet", num_classes=2, in_chans=3, weights=other)
 
 
+def test_a_weights_file_that_fits_the_net_only_in_part_is_refused_saying_how(tmp_path, caplog):
+    source = timm.create_model("test_resnet", num_classes=10, in_chans=3).state_dict()  # with its classifier
+    torch.save(source, tmp_path / "with_head.pth")
+    create_model("test_resnet", num_classes=2, in_chans=3, weights=tmp_path / "with_head.pth")  # the head is dropped
+    # A deeper net of the same family: every tensor of this one fits, and its extra blocks are left over.
+    deeper = {**source, "layer1.9.conv1.weight": torch.zeros(8, 8, 3, 3), "layer1.9.bn1.weight": torch.ones(8)}
+    torch.save(deeper, tmp_path / "deeper.pth")
+    with pytest.raises(ConfigError, match=r"deeper\.pth does not fit a test_resnet: 2 of its tensors have no place"):
+        create_model("test_resnet", num_classes=2, in_chans=3, weights=tmp_path / "deeper.pth")
+    assert not [r for r in caplog.records if "Unexpected keys" in r.getMessage()]  # said once, by us
+    shallower = {k: v for k, v in source.items() if not k.startswith("layer2.")}
+    torch.save(shallower, tmp_path / "shallower.pth")
+    with pytest.raises(ConfigError, match=r"of the net's weight tensors are not in it \(layer2\."):
+        create_model("test_resnet", num_classes=2, in_chans=3, weights=tmp_path / "shallower.pth")
+    wrong_shape = {**source, "conv1.0.weight": torch.zeros(5, 3, 3, 3)}
+    torch.save(wrong_shape, tmp_path / "wrong_shape.pth")
+    expected = tuple(source["conv1.0.weight"].shape)
+    with pytest.raises(ConfigError) as error:
+        create_model("test_resnet", num_classes=2, in_chans=3, weights=tmp_path / "wrong_shape.pth")
+    assert str(error.value) == (
+        f"could not load weights from {tmp_path / 'wrong_shape.pth'} for test_resnet: 1 tensor(s) of another shape "
+        f"(first: conv1.0.weight, [5, 3, 3, 3] in the file, {list(expected)} here)"
+    )
+
+
 def test_stage_features_start_with_the_pooled_features_and_add_the_stage_before():
     torch.manual_seed(0)
     net = create_model("test_resnet", num_classes=4, in_chans=1).eval()
