@@ -522,7 +522,7 @@ def _check_audit_output(out: str | Path, *, run: str | Path, option: str, what: 
 
 
 def show(
-    report: str | Path,
+    report: str | Path | pd.DataFrame,
     *,
     out: str | Path = "report.html",
     run: str | Path | None = None,
@@ -540,7 +540,7 @@ def show(
     Parameters
     ----------
     report
-        A report file written by `audit` (Parquet, CSV or JSON Lines).
+        A report file written by `audit` (Parquet, CSV or JSON Lines), or the DataFrame `audit` returned.
     out
         The HTML file to write (default ``report.html``), atomically.
     run

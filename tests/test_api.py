@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import qmix_cli
-from qmix_cli import QmixError, audit, evaluate, train
+from qmix_cli import QmixError, audit, evaluate, show, train
 from tests.conftest import TINY_TRAIN
 
 
@@ -26,6 +26,16 @@ def test_the_audit_table_saves_and_combines_like_any_dataframe(qmix_run, noisy_d
 def test_evaluate_takes_the_audit_table_as_apply_does(qmix_run, noisy_digits, tmp_path):
     frame = audit(noisy_digits, run=qmix_run.run_dir, out=tmp_path / "r.parquet")
     assert evaluate(frame, truth=noisy_digits) == evaluate(tmp_path / "r.parquet", truth=noisy_digits)
+
+
+def test_show_takes_the_audit_table_as_evaluate_does(qmix_run, noisy_digits, tmp_path):
+    frame = audit(noisy_digits, run=qmix_run.run_dir, out=tmp_path / "r.parquet")
+    from_table = show(frame, out=tmp_path / "table.html").read_text()
+    from_file = show(tmp_path / "r.parquet", out=tmp_path / "file.html").read_text()
+    assert from_table.count("data:image/png;base64,") == from_file.count("data:image/png;base64,") > 0
+    assert "Training curves" in from_table  # the run, from the table's metadata
+    with pytest.raises(QmixError, match=r"not a qmix report: missing column.s. .*p_clean"):
+        show(frame.drop(columns="p_clean"), out=tmp_path / "cut.html")
 
 
 def test_a_table_given_as_the_dataset_is_one_clear_error(noisy_digits, tmp_path):

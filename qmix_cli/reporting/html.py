@@ -38,7 +38,7 @@ from qmix_cli.data.manifest import escapes_root, read_manifest
 from qmix_cli.errors import QmixError
 from qmix_cli.io import atomic_write_text, check_out_file, check_replaceable, is_one_of, read_metrics, run_file_named
 from qmix_cli.reporting.groups import report_groups, summarise_groups, units_of_rows
-from qmix_cli.reporting.report import check_same_images, read_report, run_digest
+from qmix_cli.reporting.report import REPORT_SCHEMA, check_same_images, read_report, run_digest
 
 #: Okabe–Ito colours (safe for the common colour-vision deficiencies), one per category in CATEGORIES order.
 PALETTE: tuple[str, str, str] = ("#0072B2", "#E69F00", "#CC79A7")
@@ -449,7 +449,7 @@ footer{margin-top:36px;color:#888;font-size:12px}
 
 
 def write_html_report(
-    report: str | Path,
+    report: str | Path | pd.DataFrame,
     *,
     out: str | Path,
     run: str | Path | None = None,
@@ -465,7 +465,8 @@ def write_html_report(
     Parameters
     ----------
     report
-        A report written by ``qmix audit`` (Parquet, CSV or JSON Lines).
+        A report written by ``qmix audit`` (Parquet, CSV or JSON Lines), or the DataFrame the Python API's
+        ``audit`` returned (its metadata in ``attrs["qmix"]``).
     out
         The HTML file to write.
     run
@@ -498,10 +499,13 @@ def write_html_report(
         raise QmixError("max_points must be >= 0")
     if str(out) == "-":
         raise QmixError("--out -: the page is a file with embedded images; name it (e.g. --out report.html)")
-    if Path(out).resolve() == Path(report).resolve():
+    is_table = isinstance(report, pd.DataFrame)  # what `audit` returned, its metadata in attrs["qmix"]
+    if not is_table and Path(out).resolve() == Path(report).resolve():
         raise QmixError(f"--out {out} is the report being read; write the page to another file")
     given, out = out, check_out_file(out)  # errors name the --out given; the bytes go where a symlink points
-    frame = read_report(report)
+    frame = report if is_table else read_report(report)
+    if is_table and (missing := [name for name in REPORT_SCHEMA.names if name not in frame.columns]):
+        raise QmixError(f"the DataFrame is not a qmix report: missing column(s) {', '.join(missing)}")
     meta: dict[str, str] = dict(frame.attrs.get("qmix", {}))
     run_dir = _existing_dir(run, "run directory") if run is not None else _recorded_dir(meta, "run_dir")
     if run_dir is not None and (own := run_file_named(out, run_dir)):
@@ -533,7 +537,14 @@ def write_html_report(
         )
     groups = _report_groups(frame, meta, data, warn, column=group_column)
     page = render_page(
-        frame, meta=meta, run_dir=run_dir, root=root, top=top, max_points=max_points, source=report, groups=groups
+        frame,
+        meta=meta,
+        run_dir=run_dir,
+        root=root,
+        top=top,
+        max_points=max_points,
+        source="" if given else report,
+        groups=groups,
     )
     try:
         atomic_write_text(out, page)
