@@ -8,6 +8,7 @@ import sys
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
 
 from qmix_cli import __version__
 from qmix_cli.allocator import keep_freed_memory
@@ -15,7 +16,24 @@ from qmix_cli.cli import apply, audit, corrupt, demo, evaluate, show, train
 from qmix_cli.cli.common import LastingStderr, State, apply_pixel_limit, fail, quiet_pillow_warnings
 from qmix_cli.errors import QmixError
 
+# The options of qmix itself, which go before the command.
+GLOBAL_OPTIONS = ("-q", "--quiet", "-v", "--verbose")
+
+
+class _Qmix(TyperGroup):
+    def invoke(self, ctx: typer.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except Exception as error:  # `qmix audit ... -q`: say where it goes, not only "no such option"
+            # Click's NoSuchOption, by what it carries: typer vendors its own copy of click, which names it privately.
+            name = getattr(error, "option_name", None)
+            if name in GLOBAL_OPTIONS and isinstance(getattr(error, "message", None), str) and ctx.invoked_subcommand:
+                error.message += f" ({name} is an option of qmix itself: qmix {name} {ctx.invoked_subcommand} ...)"
+            raise
+
+
 app = typer.Typer(
+    cls=_Qmix,
     name="qmix",
     help="Find wrong labels and unreadable images in image datasets with QMix.",
     no_args_is_help=True,

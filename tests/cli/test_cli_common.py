@@ -157,3 +157,13 @@ def test_every_command_keeps_pillows_warnings_about_judged_images_quiet(runner, 
 def test_a_pixel_limit_in_the_environment_that_is_no_number_is_one_line(runner, tmp_path):
     result = runner.invoke(app, ["show", str(tmp_path / "r.parquet")], env={"QMIX_MAX_IMAGE_PIXELS": "lots"})
     assert_one_line_error(result, "QMIX_MAX_IMAGE_PIXELS='lots'", "'none' for no limit")
+
+
+@pytest.mark.parametrize("flag", ["-q", "--verbose"])
+def test_a_global_option_after_the_command_says_where_it_goes(runner, tmp_path, flag):
+    args = ["evaluate", str(tmp_path / "r.parquet"), "--truth", str(tmp_path), flag]
+    result = runner.invoke(app, args, env={"COLUMNS": "400"})  # the error box unwrapped
+    assert result.exit_code == 2
+    assert f"{flag} is an option of qmix itself: qmix {flag} evaluate ..." in " ".join(result.output.split())
+    other = runner.invoke(app, ["evaluate", str(tmp_path / "r.parquet"), "--nope"])
+    assert other.exit_code == 2 and "option of qmix itself" not in other.output  # any other option: as before
