@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 import yaml
+from rich.text import Text
 
 from qmix_cli.cli.common import CACHE_DEFAULT, bold, guarded, load_engine, state
 from qmix_cli.config import TrainConfig, check_config_keys
 from qmix_cli.errors import ConfigError
+from qmix_cli.io import RUN_CHECKPOINT
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:
@@ -141,7 +144,14 @@ def train_command(
         "on_bad_image": on_bad_image,
     }  # fmt: skip
     options.update(parse_sets(set_))
-    result = train(data, out, config=config, resume=resume, force=force, console=st.err, quiet=st.quiet, **options)
+    try:
+        result = train(data, out, config=config, resume=resume, force=force, console=st.err, quiet=st.quiet, **options)
+    except KeyboardInterrupt:
+        if (Path(out) / RUN_CHECKPOINT).is_file():  # at least one epoch saved: say how to go on from it
+            command = f"qmix train {shlex.quote(data)} --out {shlex.quote(str(out))} --resume"
+            st.err.print(Text(f"interrupted; to continue from the last checkpoint: {command}", style="bold red"))
+            raise typer.Exit(130) from None
+        raise
     last = result.metrics[-1] if result.metrics else {}
     epochs = last.get("epoch", 0)
     st.err.print(

@@ -178,6 +178,26 @@ def test_a_run_killed_before_its_first_checkpoint_is_pointed_to_force(runner, tm
     assert _train(runner, noisy_digits, out, *TINY_FLAGS, "--force").exit_code == 0
 
 
+def test_a_run_interrupted_after_a_checkpoint_says_how_to_go_on(runner, tmp_path, noisy_digits, monkeypatch):
+    from qmix_cli.engine import trainer
+
+    saved = trainer.save_checkpoint
+
+    def interrupted_at_the_second(path, state):  # Ctrl-C during the second epoch's checkpoint
+        if (path.parent / "last.pt").exists():
+            raise KeyboardInterrupt
+        saved(path, state)
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(trainer, "save_checkpoint", interrupted_at_the_second)
+    result = _train(runner, noisy_digits, out, *TINY_FLAGS)
+    assert result.exit_code == 130
+    command = f"qmix train {noisy_digits} --out {out} --resume"
+    assert f"interrupted; to continue from the last checkpoint: {command}" in " ".join(_stderr(result).split())
+    monkeypatch.undo()
+    assert runner.invoke(app, command.split()[1:]).exit_code == 0  # the command it gave, as given
+
+
 def test_an_out_under_a_file_is_one_line(runner, tmp_path, noisy_digits):
     (tmp_path / "notes").write_text("a file where a folder should be")
     result = _train(runner, noisy_digits, tmp_path / "notes" / "run", *TINY_FLAGS)
