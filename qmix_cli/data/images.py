@@ -158,7 +158,8 @@ def inspect_image(
     except IsADirectoryError:
         return ImageInfo(error="is a directory")
     except Image.UnidentifiedImageError:
-        return ImageInfo(error="not an image Pillow can read")
+        empty = _size(path) == 0  # a copy or download that never finished
+        return ImageInfo(error="empty file (0 bytes)" if empty else "not an image Pillow can read")
     except (
         OSError,
         SyntaxError,
@@ -166,6 +167,13 @@ def inspect_image(
     ) as e:
         # Pillow reports truncated and corrupt data as OSError ("image file is truncated", "broken PNG file").
         return ImageInfo(error=f"unreadable ({e})")
+
+
+def _size(path: str | Path) -> int | None:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return None
 
 
 def to_array(img: Image.Image, *, channels: int) -> np.ndarray:

@@ -736,8 +736,9 @@ def create_dataset(
         classes = tuple(str(c) for c in classes)
         unknown = sorted(set(frame["label"]) - set(classes))
         if unknown:
+            shown = [repr(u) if u != u.strip() else u for u in unknown]  # 'Normal ' is not 'Normal': show the space
             raise DataError(
-                summarise_offenders(f"unknown labels in {name} (not among the {len(classes)} known classes)", unknown)
+                summarise_offenders(f"unknown labels in {name} (not among the {len(classes)} known classes)", shown)
             )
 
     skipped = pd.DataFrame(columns=["sample_id", "path", "reason"])

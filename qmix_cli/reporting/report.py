@@ -765,18 +765,19 @@ def _same_bytes(a: str, b: str) -> bool:
 
 
 def as_bool(series: pd.Series, *, name: str) -> np.ndarray:
-    """(N,) bool of a column of booleans, or of text that spells them (``true``/``false``, ``1``/``0``), as CSV
-    files written by other tools do; missing values or other text are a `QmixError` naming ``name``."""
+    """(N,) bool of a column of booleans, or of text that spells them (``true``/``false``, ``yes``/``no``,
+    ``1``/``0``), as CSV files written by other tools and people do; missing values or other text are a
+    `QmixError` naming ``name``."""
     if series.isna().any():
         raise QmixError(f"{name} has missing values")
     if series.dtype == bool:
         return series.to_numpy(dtype=bool)
     # CSV files written by other tools may spell booleans as text or 0/1.
-    mapping = {"true": True, "false": False, "1": True, "0": False, "1.0": True, "0.0": False}
+    mapping = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False, "1.0": True, "0.0": False}
     text = series.astype(str).str.strip().str.lower()
     unknown = sorted(set(text) - set(mapping))
     if unknown:
-        raise QmixError(f"{name} must be true/false, got {unknown[:5]}")
+        raise QmixError(f"{name} must be true/false (or yes/no, 1/0), got {unknown[:5]}")
     return text.map(mapping).to_numpy(dtype=bool)
 
 

@@ -167,6 +167,13 @@ def test_a_truth_written_by_hand_for_part_of_the_images_scores_those(runner, rep
     result = runner.invoke(app, ["evaluate", str(report), "--truth", str(tmp_path / "flags.csv"), "--json",
                                  "--on-unchecked", "skip"])  # fmt: skip
     assert json.loads(result.stdout)["macro_f1"] == pytest.approx(metrics["macro_f1"])
+    spelled = flags.assign(
+        **{c: flags[c].map({True: "Yes", False: "no"}) for c in ("is_low_quality", "is_label_noisy")}
+    )
+    spelled.to_csv(tmp_path / "spelled.csv", index=False)  # as a person marks a sheet checked by hand
+    result = runner.invoke(app, ["evaluate", str(report), "--truth", str(tmp_path / "spelled.csv"), "--json",
+                                 "--on-unchecked", "skip"])  # fmt: skip
+    assert json.loads(result.stdout)["macro_f1"] == pytest.approx(metrics["macro_f1"])
     checked.assign(sample_id="other-" + checked["sample_id"])[["sample_id", "category_truth"]].rename(
         columns={"category_truth": "category"}
     ).to_csv(tmp_path / "other.csv", index=False)

@@ -605,6 +605,10 @@ def test_unknown_labels_when_classes_given(make_image_folder):
     assert msg.startswith("2 unknown labels")
     assert "2 known classes" in msg
     assert ": c; d" in msg
+    rows = _folder_rows(root)
+    rows[0]["label"] = "a "  # a space a spreadsheet kept: not the class 'a', and the message must show it
+    with pytest.raises(DataError, match=r"1 unknown labels .*: 'a '$"):
+        create_dataset(_csv(root / "m.csv", rows[:2]), classes=["a", "b"])
 
 
 def test_given_classes_are_kept_even_when_absent(make_image_folder):
@@ -635,6 +639,7 @@ def test_malformed_parquet(tmp_path):
 def test_skip_drops_bad_rows_and_lists_them(tmp_path, make_image_folder, write_image, truncate):
     root = make_image_folder("imgs", classes=("a", "b", "c"), per_class=4)
     (root / "a" / "junk.png").write_bytes(b"\x89PNG but not really")
+    (root / "c" / "never_copied.png").write_bytes(b"")
     truncate(write_image(root / "b" / "cut.jpg", size=48))
     rows = [{"path": f"imgs/{r['path']}", "label": r["label"]} for r in _folder_rows(root)]
     rows.append({"path": "imgs/b/cut.jpg", "label": "b"})
@@ -646,9 +651,10 @@ def test_skip_drops_bad_rows_and_lists_them(tmp_path, make_image_folder, write_i
     assert list(ds.frame.index) == list(range(12))
     assert ds.classes == ("a", "b", "c")
     skipped = ds.skipped.set_index("path")["reason"].to_dict()
-    assert set(skipped) == {"imgs/a/junk.png", "imgs/c/missing.png", "imgs/b/cut.jpg"}
+    assert set(skipped) == {"imgs/a/junk.png", "imgs/c/missing.png", "imgs/b/cut.jpg", "imgs/c/never_copied.png"}
     assert skipped["imgs/c/missing.png"] == "file not found"
     assert skipped["imgs/a/junk.png"] == "not an image Pillow can read"
+    assert skipped["imgs/c/never_copied.png"] == "empty file (0 bytes)"
     assert skipped["imgs/b/cut.jpg"].startswith("unreadable")
     assert not set(ds.frame["path"]) & set(skipped)
     assert ds.labels.tolist() == [ds.classes.index(lab) for lab in ds.frame["label"]]
