@@ -543,7 +543,7 @@ def write_html_report(
         root=root,
         top=top,
         max_points=max_points,
-        source="" if given else report,
+        source="" if is_table else report,
         groups=groups,
     )
     try:

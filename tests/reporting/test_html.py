@@ -118,6 +118,7 @@ def test_page_is_self_contained_html(report, tmp_path):
     assert "<script" not in page and "<link" not in page
     assert set(re.findall(r"https?://[^\s\"']+", page)) <= {"http://www.w3.org/2000/svg"}
     assert not list(out.parent.glob(".*.tmp"))  # written atomically, nothing left behind
+    assert "<title>qmix report — report.parquet</title>" in page  # which report, in a browser tab of several
 
 
 def test_scatter_has_one_circle_per_point(report, tmp_path):
