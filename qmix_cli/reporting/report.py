@@ -306,10 +306,14 @@ def report_metadata(
 
 def run_digest(run_dir: str | Path) -> str | None:
     """A short digest of a finished run's ``run.json`` (written once, as training ends; its settings, dataset
-    fingerprint and final mixture summary), or None where there is none: what tells the run a report was made with
-    from a run trained again in the same folder since."""
+    fingerprint and final mixture summary), or None where the run is not finished (no ``model.pt``: a run being
+    resumed or restarted, whose ``run.json`` is still the old one) or has none: what tells the run a report was made
+    with from a run trained again in the same folder since."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "model.pt").is_file():
+        return None
     try:
-        return hashlib.sha256((Path(run_dir) / "run.json").read_bytes()).hexdigest()[:16]
+        return hashlib.sha256((run_dir / "run.json").read_bytes()).hexdigest()[:16]
     except OSError:
         return None
 

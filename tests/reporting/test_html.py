@@ -267,6 +267,7 @@ def test_the_recorded_root_and_run_serve_from_any_directory(tmp_path, write_imag
 def test_a_run_trained_again_since_the_audit_lends_the_page_no_curves(tmp_path, write_image):
     run = make_run(tmp_path)
     (run / "run.json").write_text('{"method": "ce", "classes": ["a", "b"]}')  # what training writes as it ends
+    (run / "model.pt").write_bytes(b"the nets")
     path, data, _ = make_report(tmp_path, write_image, run_dir=str(run), extra={"run_digest": run_digest(run)})
     warned: list[str] = []
     page = write_html_report(path, out=tmp_path / "r.html", data=data, warn=warned.append).read_text()
@@ -279,6 +280,10 @@ def test_a_run_trained_again_since_the_audit_lends_the_page_no_curves(tmp_path, 
         f"the run in {run} is not the one this report was made with (trained again since?): its training curves "
         "and mixture means are left out of the page"
     ]
+    (run / "run.json").write_text('{"method": "ce", "classes": ["a", "b"]}')  # the audited run's again, but
+    (run / "model.pt").unlink()  # resumed for more epochs since: unfinished, its curves no longer the audited ones
+    page = write_html_report(path, out=tmp_path / "r.html", data=data).read_text()
+    assert "Training curves" not in page
     (run / "run.json").unlink()  # a restart killed before it finished: no run.json yet
     page = write_html_report(path, out=tmp_path / "r.html", data=data, run=run).read_text()
     assert "Training curves" not in page  # named with --run too: the report says which run it was made with
