@@ -351,8 +351,8 @@ def audit(
         ``attrs`` holds ``pipe_closed`` (whether the reader of ``"-"`` closed it early), ``skipped`` (records of
         ``sample_id`` / ``path`` / ``reason`` for the images ``on_bad_image="skip"`` left out), ``qmix`` (what a
         Parquet report records: run, dataset, classes) and, with a group column, ``groups``: the ``column``, how
-        many ``groups``, how many ``flagged`` (an image not judged clean) and the ``top`` five rows of the table by
-        group (absent when a closed pipe cut the report short and no ``groups_out`` was asked for).
+        many ``groups``, how many ``flagged`` (an image not judged clean) and the ``top`` five flagged rows of the table
+        by group (absent when a closed pipe cut the report short and no ``groups_out`` was asked for).
 
     Raises
     ------
@@ -482,7 +482,9 @@ def audit(
                 "column": column,
                 "flagged": flagged,
                 "groups": total,
-                "top": by_group.head(5).to_dict("records"),  # a few rows, not the table: attrs are copied along
+                # The first flagged ones (a group of clean images only can rank high and is no issue); a few rows,
+                # not the table: attrs are copied along.
+                "top": by_group[by_group["images"] > by_group["clean"]].head(5).to_dict("records"),
             }
     return frame
 

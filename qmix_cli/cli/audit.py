@@ -97,12 +97,16 @@ def audit_command(
                 f"flags{written}"
             )
         )
-    flagged_groups = [row for row in groups["top"] if row["images"] > row["clean"]] if groups else []
-    if flagged_groups:  # a group of clean images only is no issue, whatever its rank
-        st.err.print(_top_groups_table(flagged_groups))
+    if groups and groups["top"]:
+        st.err.print(_top_groups_table(groups["top"]))
     top = frame[frame["category"] != CATEGORIES[CLEAN]].sort_values("rank").head(5)
     if top.empty:
-        st.err.print("no issues: every image is judged clean")
+        left_out = len(frame.attrs.get("skipped", ()))  # unreadable, left out by --on-bad-image skip: issues too
+        st.err.print(
+            f"no issues: every image audited is judged clean ({left_out:,} unreadable left out)"
+            if left_out
+            else "no issues: every image is judged clean"
+        )
     else:
         st.err.print(_top_issues_table(top))
     if out != "-":

@@ -679,3 +679,21 @@ def test_the_top_issues_are_flagged_images_only(runner, parquet_report, monkeypa
     monkeypatch.setattr(qmix_cli.api, "audit", lambda *args, **kwargs: few.assign(category="clean"))
     result = runner.invoke(app, ["audit", "data", "--run", "run", "--out", str(tmp_path / "r.parquet")])
     assert "top issues" not in _stderr(result) and "no issues: every image is judged clean" in _stderr(result)
+
+
+def test_the_top_groups_are_groups_with_a_flagged_image(tmp_path, qmix_run, grouped_manifest, monkeypatch):
+    from qmix_cli.api import audit
+    from qmix_cli.reporting import groups
+
+    real = groups.summarise_groups
+
+    def clean_groups_ranked_first(frame, **kwargs):  # uncertain but clean subjects can outrank a flagged one
+        table = real(frame, **kwargs)
+        flagged = table["images"] > table["clean"]
+        return pd.concat([table[~flagged], table[flagged]], ignore_index=True).assign(rank=lambda t: t.index + 1)
+
+    monkeypatch.setattr(groups, "summarise_groups", clean_groups_ranked_first)
+    frame = audit(grouped_manifest, run=qmix_run.run_dir, group_column="patient", quiet=True)
+    top = frame.attrs["groups"]["top"]
+    assert top and all(row["images"] > row["clean"] for row in top)
+    assert len(top) == min(5, frame.attrs["groups"]["flagged"])
