@@ -145,17 +145,18 @@ def manifest_file(source: str | Path) -> Path | None:
     return path if path.is_file() else None
 
 
-def integer_key_columns(dataset: Dataset) -> list[str]:
+def integer_key_columns(dataset: Dataset) -> dict[str, np.dtype]:
     """The key columns (``sample_id``, ``label``) the dataset's Parquet manifest stores as integers, which a
-    `Dataset` holds as text; none for a CSV manifest, an image folder or a built-in set."""
+    `Dataset` holds as text, with their integer types; none for a CSV manifest, an image folder or a built-in set."""
     found = manifest_file(dataset.source) if Path(dataset.source).exists() else None
     if found is None or found.suffix.lower() == ".csv":
-        return []
+        return {}
     try:
         schema = pq.read_schema(found)
     except (OSError, pa.ArrowException):
-        return []
-    return [c for c in ("sample_id", "label") if c in schema.names and pa.types.is_integer(schema.field(c).type)]
+        return {}
+    fields = [schema.field(c) for c in ("sample_id", "label") if c in schema.names]
+    return {f.name: np.dtype(f.type.to_pandas_dtype()) for f in fields if pa.types.is_integer(f.type)}
 
 
 def check_output_dir(dataset: Dataset, out: str | Path) -> None:

@@ -9,7 +9,7 @@ does the I/O.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -142,23 +142,31 @@ def apply_verdicts(
     return Applied(frame=out, counts=counts, emptied=emptied)
 
 
-def integers_restored(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+def integers_restored(frame: pd.DataFrame, columns: Mapping[str, np.dtype]) -> pd.DataFrame:
     """``frame`` with each of ``columns`` (the key columns a Parquet manifest stored as integers, read as text to be
-    labels and ids) stored as int64 again, the first-given-label column with ``label``; a column holding anything
-    else now (``007``, an edited label) stays text.
+    labels and ids, with the integer type it stored them as) in that type again, the first-given-label column with
+    ``label``; a column holding anything else now (``007``, an edited label, a number outside the type) stays text.
 
     A downstream ``df.label == 3`` on the manifest apply wrote would otherwise match nothing, without a word.
     """
 
-    def as_integers(column: str) -> pd.Series | None:
-        numbers = pd.to_numeric(frame[column], errors="coerce")
-        if numbers.notna().all() and (numbers.astype(str) == frame[column].astype(str)).all():
-            return numbers.astype("int64")
-        return None
+    def as_integers(column: str, dtype: np.dtype) -> np.ndarray | None:
+        texts = frame[column].astype(str).tolist()
+        if not all(t.lstrip("-").isdigit() and str(int(t)) == t for t in texts):
+            return None
+        values = [int(t) for t in texts]  # exact, whatever the width: no float on the way
+        info = np.iinfo(dtype)
+        if values and not info.min <= min(values) <= max(values) <= info.max:
+            return None
+        return np.array(values, dtype=dtype)
 
-    converted = {c: n for c in columns if c in frame.columns and (n := as_integers(c)) is not None}
-    if "label" in converted and GIVEN_COLUMN in frame.columns and (given := as_integers(GIVEN_COLUMN)) is not None:
-        converted[GIVEN_COLUMN] = given  # the labels it was given, alike
+    converted = {
+        c: n for c, dtype in columns.items() if c in frame.columns and (n := as_integers(c, dtype)) is not None
+    }
+    if "label" in converted and GIVEN_COLUMN in frame.columns:
+        given = as_integers(GIVEN_COLUMN, converted["label"].dtype)
+        if given is not None:
+            converted[GIVEN_COLUMN] = given  # the labels it was given, alike
     return frame.assign(**converted)
 
 

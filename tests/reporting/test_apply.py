@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -170,9 +171,16 @@ def test_integer_key_columns_are_restored_only_where_every_value_is_that_integer
     frame = pd.DataFrame(
         {"sample_id": ["1", "2", "3"], "label": ["007", "7", "8"], "qmix_given_label": ["7", "7", "8"], "x": ["1"] * 3}
     )
-    restored = integers_restored(frame, ["sample_id", "label"])
+    int64 = np.dtype("int64")
+    restored = integers_restored(frame, {"sample_id": int64, "label": int64})
     assert restored["sample_id"].tolist() == [1, 2, 3] and restored["sample_id"].dtype == "int64"
     assert restored["label"].tolist() == ["007", "7", "8"]  # "007" is no integer's text: all of it stays text
     assert restored["qmix_given_label"].tolist() == ["7", "7", "8"]  # follows label
-    assert integers_restored(frame.assign(label=["7", "7", "8"]), ["label"])["qmix_given_label"].dtype == "int64"
     assert restored["x"].tolist() == ["1"] * 3  # not a key column
+    assert integers_restored(frame.assign(label=["7", "7", "8"]), {"label": int64})["qmix_given_label"].dtype == int64
+    # The type it was stored as, exactly: no wrap-around, no float on the way, no widening.
+    big = pd.DataFrame({"sample_id": ["18446744073709551615", "1"], "label": ["3", "200"]})
+    kept = integers_restored(big, {"sample_id": np.dtype("uint64"), "label": np.dtype("uint8")})
+    assert kept["sample_id"].tolist() == [18446744073709551615, 1] and kept["sample_id"].dtype == "uint64"
+    assert kept["label"].dtype == "uint8"
+    assert integers_restored(big, {"sample_id": int64})["sample_id"].tolist() == ["18446744073709551615", "1"]
