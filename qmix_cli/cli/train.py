@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 import yaml
+from rich.console import Console
 from rich.text import Text
 
 from qmix_cli.cli.common import CACHE_DEFAULT, bold, guarded, load_engine, state
@@ -144,12 +145,16 @@ def train_command(
         "on_bad_image": on_bad_image,
     }  # fmt: skip
     options.update(parse_sets(set_))
+    checkpoint = Path(out) / RUN_CHECKPOINT
+    before = _stamp(checkpoint)  # a finished run keeps its last checkpoint: a restart's own is a new one
     try:
         result = train(data, out, config=config, resume=resume, force=force, console=st.err, quiet=st.quiet, **options)
     except KeyboardInterrupt:
-        if (Path(out) / RUN_CHECKPOINT).is_file():  # at least one epoch saved: say how to go on from it
+        if _stamp(checkpoint) not in (None, before) or (resume and before is not None):  # this run saved an epoch
             command = f"qmix train {shlex.quote(data)} --out {shlex.quote(str(out))} --resume"
-            st.err.print(Text(f"interrupted; to continue from the last checkpoint: {command}", style="bold red"))
+            # On stderr whatever --quiet says, as the errors are: the command is what to do next.
+            line = Text.assemble(("interrupted", "bold red"), f"; to continue from the last checkpoint: {command}")
+            Console(stderr=True).print(line)
             raise typer.Exit(130) from None
         raise
     last = result.metrics[-1] if result.metrics else {}
@@ -157,6 +162,15 @@ def train_command(
     st.err.print(
         f"run saved in {bold(result.run_dir)} after {epochs} epoch{'s' if epochs != 1 else ''}", highlight=False
     )
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """A file's (mtime_ns, inode), or None where there is none: what tells a file written anew."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_ino
 
 
 def register(app: typer.Typer) -> None:

@@ -179,6 +179,8 @@ def test_a_run_killed_before_its_first_checkpoint_is_pointed_to_force(runner, tm
 
 
 def test_a_run_interrupted_after_a_checkpoint_says_how_to_go_on(runner, tmp_path, noisy_digits, monkeypatch):
+    import shlex
+
     from qmix_cli.engine import trainer
 
     saved = trainer.save_checkpoint
@@ -188,14 +190,20 @@ def test_a_run_interrupted_after_a_checkpoint_says_how_to_go_on(runner, tmp_path
             raise KeyboardInterrupt
         saved(path, state)
 
-    out = tmp_path / "run"
+    out = tmp_path / "my runs" / "run 1"  # spaces: the command printed must still be one to paste
     monkeypatch.setattr(trainer, "save_checkpoint", interrupted_at_the_second)
-    result = _train(runner, noisy_digits, out, *TINY_FLAGS)
+    result = runner.invoke(app, ["-q", "train", str(noisy_digits), "--out", str(out), *TINY_FLAGS])
     assert result.exit_code == 130
-    command = f"qmix train {noisy_digits} --out {out} --resume"
-    assert f"interrupted; to continue from the last checkpoint: {command}" in " ".join(_stderr(result).split())
+    said = " ".join(_stderr(result).split())  # said under -q too: it is what to do next
+    assert said.startswith("interrupted; to continue from the last checkpoint: qmix train ")
+    command = shlex.split(said.split(": ", 1)[1])
+    assert command == ["qmix", "train", str(noisy_digits), "--out", str(out), "--resume"]
     monkeypatch.undo()
-    assert runner.invoke(app, command.split()[1:]).exit_code == 0  # the command it gave, as given
+    assert runner.invoke(app, command[1:]).exit_code == 0  # the command it gave, as given
+    # A restart of that finished run, stopped before its own first checkpoint: the old run's is no way on.
+    monkeypatch.setattr(trainer, "save_checkpoint", lambda path, state: (_ for _ in ()).throw(KeyboardInterrupt))
+    restart = runner.invoke(app, ["train", str(noisy_digits), "--out", str(out), "--force", *TINY_FLAGS])
+    assert restart.exit_code == 130 and "--resume" not in _stderr(restart)
 
 
 def test_an_out_under_a_file_is_one_line(runner, tmp_path, noisy_digits):
