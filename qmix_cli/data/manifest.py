@@ -335,28 +335,36 @@ def _scan_image_folder(root: Path) -> pd.DataFrame:
     return frame
 
 
-def _unlisted_notes(frame: pd.DataFrame, *, root: Path, manifest: Path) -> list[str]:
-    """A note when a folder read through the manifest it holds has image files under it that the manifest does not
-    list: a folder of class folders with a stray or partial ``manifest.csv`` would otherwise lose them unsaid."""
-    if "path" not in frame.columns:
-        return []  # the missing column is refused, by name, when the columns are checked
+def unlisted_notes(frame: pd.DataFrame, *, root: Path, manifest: Path) -> list[str]:
+    """A note when a folder read through the manifest it holds (``frame``, its rows) has image files in its
+    subfolders that the manifest does not list: a folder of class folders with a stray or partial ``manifest.csv``
+    would otherwise lose them unsaid. One walk of the folder (no links followed); loose files beside the manifest
+    are not counted, since reading the class folders instead would not take them either."""
+    base = os.path.join(os.path.abspath(root), "")
     listed = set()
-    for p in frame["path"].dropna().astype(str):
-        p = p.replace("\\", "/")
-        listed.add(os.path.normpath(os.path.relpath(p, root) if os.path.isabs(p) else p))
+    for p in frame["path"].astype(str):
+        p = os.path.normpath(p.replace("\\", "/"))
+        if os.path.isabs(p):
+            if not p.startswith(base):
+                continue  # elsewhere on the disk (or another drive): no file under the folder
+            p = p[len(base) :]
+        listed.add(os.path.normcase(p))
     unlisted = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in os.walk(base):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        if dirpath == base:
+            continue
+        folder = dirpath[len(base) :]
         for name in sorted(filenames):
             if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                rel = os.path.normpath(os.path.relpath(os.path.join(dirpath, name), root))
-                if rel not in listed:
+                rel = os.path.join(folder, name)
+                if os.path.normcase(rel) not in listed:
                     unlisted.append(Path(rel).as_posix())
     if not unlisted:
         return []
     return [
-        f"{root} is read through the {manifest.name} in it, which leaves out {len(unlisted):,} image file(s) under "
-        f"the folder ({first_few(unlisted, show=3)}); to read its class folders instead, move {manifest.name} away"
+        f"{root} is read through the {manifest.name} in it, which leaves out {len(unlisted):,} image file(s) in its "
+        f"subfolders ({first_few(unlisted, show=3)}); to read its class folders instead, move {manifest.name} away"
     ]
 
 
@@ -493,7 +501,6 @@ def read_manifest(source: str | Path) -> tuple[pd.DataFrame, Path]:
             return _scan_image_folder(path), path
         frame = _read_table(found)
         frame.attrs["read_from"] = str(found)
-        frame.attrs["notes"] = _unlisted_notes(frame, root=path, manifest=found)
         return frame, path
     if path.suffix.lower() in {".csv", ".parquet", ".pq"}:
         return _read_table(path), path.parent
@@ -732,6 +739,8 @@ def create_dataset(
     frame = _posix_separators(frame, root)
     _check_inside_root(frame, root, name)
     notes = list(raw.attrs.get("notes", ()))
+    if check_images and "read_from" in raw.attrs and not is_builtin(given):  # a walk, where every image is read anyway
+        notes += unlisted_notes(frame, root=Path(root), manifest=Path(raw.attrs["read_from"]))
 
     if classes is not None:
         classes = tuple(str(c) for c in classes)

@@ -566,14 +566,17 @@ def test_a_folder_read_through_a_partial_manifest_names_the_images_it_leaves_out
     root = make_image_folder("fundus", classes=("glaucoma", "healthy", "other"), per_class=4)
     rows = [r for r in _folder_rows(root) if not r["path"].startswith("glaucoma/")]
     rows[0]["path"] = rows[0]["path"].replace("/", "\\")  # a Windows export: still the same file
+    rows[1]["path"] = str(root / rows[1]["path"])  # and an absolute path to one under the folder
     _csv(root / "manifest.csv", rows)
     ds = create_dataset(root)
     assert len(ds) == 8 and ds.source == str(root)
     assert ds.notes == (
-        f"{root} is read through the manifest.csv in it, which leaves out 4 image file(s) under the folder "
+        f"{root} is read through the manifest.csv in it, which leaves out 4 image file(s) in its subfolders "
         "(glaucoma/0.png, glaucoma/1.png, glaucoma/2.png, and 1 more); to read its class folders instead, move "
         "manifest.csv away",
     )
+    (root / "cover.png").write_bytes((root / "healthy" / "0.png").read_bytes())  # beside the manifest: no class
+    assert create_dataset(root).notes == ds.notes
     _csv(root / "manifest.csv", _folder_rows(root))  # every image listed: nothing to say
     assert create_dataset(root).notes == ()
     _csv(root / "manifest.csv", [{"path": r["path"], "label": "healthy"} for r in _folder_rows(root)])
