@@ -126,8 +126,7 @@ def create_model(
             # state, and see whether any tensor changed.
             with torch.random.fork_rng(devices=[]):
                 initialised = timm.create_model(name, num_classes=0, in_chans=in_chans).state_dict()
-        # timm logs the file's keys it has no place for as one line of thousands of characters: `_misfit` says it
-        with _quiet_logger("timm.models._builder"):
+        with _recorded_loads() as loads:
             encoder = timm.create_model(name, **kwargs)
     except (OSError, RuntimeError, ValueError) as e:
         what = f"weights from {weights}" if weights else "pretrained weights"
@@ -135,20 +134,41 @@ def create_model(
         raise ConfigError(f"could not load {what} for {name}: {_load_error(e)}{hint}") from None
     if weights is not None and all(torch.equal(t, initialised[k]) for k, t in encoder.state_dict().items()):
         raise ConfigError(f"no tensor in {weights} fits a {name}: is it a backbone of that architecture?")
-    if weights is not None and (misfit := _misfit(encoder, weights)):
+    if weights is not None and loads and (misfit := _misfit(encoder, loads[-1])):
         raise ConfigError(f"{weights} does not fit a {name}: {misfit}; is it a backbone of that architecture?")
     return QmixNet(encoder, num_classes=num_classes, proj_dim=proj_dim)
 
 
+class _UnexpectedKeys(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Unexpected keys")
+
+
 @contextlib.contextmanager
-def _quiet_logger(name: str) -> Iterator[None]:
-    logger = logging.getLogger(name)
-    was = logger.disabled
-    logger.disabled = True
+def _recorded_loads() -> Iterator[list[Any]]:
+    """What every ``load_state_dict`` made within returns (missing and unexpected keys): how timm's loading of a
+    weights file went, after its own renaming and dropping of keys for the architecture.
+
+    ``nn.Module.load_state_dict`` is wrapped for the duration, as timm gives no other view of it; the call is made
+    once, from the thread that builds the nets. timm's warning listing the unexpected keys (one line of thousands of
+    characters) is held back meanwhile: `_misfit` says what matters of it.
+    """
+    results: list[Any] = []
+    original = nn.Module.load_state_dict
+
+    def recorded(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        result = original(module, *args, **kwargs)
+        results.append(result)
+        return result
+
+    logger, held_back = logging.getLogger("timm.models._builder"), _UnexpectedKeys()
+    nn.Module.load_state_dict = recorded  # type: ignore[method-assign]
+    logger.addFilter(held_back)
     try:
-        yield
+        yield results
     finally:
-        logger.disabled = was
+        nn.Module.load_state_dict = original  # type: ignore[method-assign]
+        logger.removeFilter(held_back)
 
 
 def _load_error(error: BaseException) -> str:
@@ -169,26 +189,22 @@ def _load_error(error: BaseException) -> str:
     return "; ".join(parts) if parts else text.splitlines()[0]
 
 
-def _misfit(encoder: nn.Module, weights: Path) -> str | None:
-    """What in a weights file does not fit ``encoder`` (which timm has loaded it into, leniently), or None: tensors
-    it has no place for (outside the classifier, which is dropped) and weight tensors it lacks, which would stay as
-    initialised. Another depth of the same family (a resnet34 file for a resnet18) fits every tensor of the net
-    and leaves the deeper blocks over, so both sides are checked."""
-    from timm.models import load_state_dict
-
-    file_keys = set(load_state_dict(str(weights)))  # as timm read it: nested and prefixed checkpoints unwrapped
-    classifiers = encoder.pretrained_cfg.get("classifier") or ()
-    head = {
-        f"{c}.{p}" for c in ([classifiers] if isinstance(classifiers, str) else classifiers) for p in ("weight", "bias")
-    }
-    unexpected = sorted(file_keys - set(encoder.state_dict()) - head)
-    missing = [k for k, _ in encoder.named_parameters() if k not in file_keys]
-    parts = []
+def _misfit(encoder: nn.Module, loaded: Any) -> str | None:
+    """What of a weights file does not fit ``encoder``, from what its loading returned (``loaded``: missing and
+    unexpected keys, after timm's renaming and dropping for the architecture), or None: weight tensors of the net the
+    file lacks, which would stay as initialised, and tensors of the file for a part the net has (another depth of the
+    same family: a resnet34 file fits every tensor of a resnet18 and leaves its deeper blocks over). Tensors for a
+    part the net has not (an auxiliary head, a pre-logits layer the net was built without) are no misfit."""
+    parameters = {k for k, _ in encoder.named_parameters()}
+    parts = {k for k, _ in encoder.named_children()}
+    missing = [k for k in loaded.missing_keys if k in parameters]
+    unexpected = [k for k in loaded.unexpected_keys if k.split(".", 1)[0] in parts]
+    found = []
     if unexpected:
-        parts.append(f"{len(unexpected)} of its tensors have no place in it ({first_few(unexpected, show=3)})")
+        found.append(f"{len(unexpected)} of its tensors have no place in it ({first_few(unexpected, show=3)})")
     if missing:
-        parts.append(f"{len(missing)} of the net's weight tensors are not in it ({first_few(missing, show=3)})")
-    return "; ".join(parts) or None
+        found.append(f"{len(missing)} of the net's weight tensors are not in it ({first_few(missing, show=3)})")
+    return "; ".join(found) or None
 
 
 def model_from_state(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import timm
 import torch
@@ -78,9 +80,13 @@ def test_unknown_model_and_missing_weights_are_clear_errors(tmp_path):
 
 
 def test_a_weights_file_that_fits_the_net_only_in_part_is_refused_saying_how(tmp_path, caplog):
+    load_state_dict = torch.nn.Module.load_state_dict
     source = timm.create_model("test_resnet", num_classes=10, in_chans=3).state_dict()  # with its classifier
     torch.save(source, tmp_path / "with_head.pth")
     create_model("test_resnet", num_classes=2, in_chans=3, weights=tmp_path / "with_head.pth")  # the head is dropped
+    # Tensors for a part this net is built without (torchvision's inception keeps an auxiliary head): no misfit.
+    torch.save({**source, "AuxLogits.fc.weight": torch.zeros(10, 8)}, tmp_path / "aux.pth")
+    create_model("test_resnet", num_classes=2, in_chans=3, weights=tmp_path / "aux.pth")
     # A deeper net of the same family: every tensor of this one fits, and its extra blocks are left over.
     deeper = {**source, "layer1.9.conv1.weight": torch.zeros(8, 8, 3, 3), "layer1.9.bn1.weight": torch.ones(8)}
     torch.save(deeper, tmp_path / "deeper.pth")
@@ -100,6 +106,9 @@ def test_a_weights_file_that_fits_the_net_only_in_part_is_refused_saying_how(tmp
         f"could not load weights from {tmp_path / 'wrong_shape.pth'} for test_resnet: 1 tensor(s) of another shape "
         f"(first: conv1.0.weight, [5, 3, 3, 3] in the file, {list(expected)} here)"
     )
+    # What loading a file wraps and holds back is given back, a failed load included.
+    assert torch.nn.Module.load_state_dict is load_state_dict
+    assert not logging.getLogger("timm.models._builder").filters
 
 
 def test_stage_features_start_with_the_pooled_features_and_add_the_stage_before():
