@@ -36,6 +36,8 @@ def test_show_takes_the_audit_table_as_evaluate_does(qmix_run, noisy_digits, tmp
     assert "Training curves" in from_table  # the run, from the table's metadata
     with pytest.raises(QmixError, match=r"not a qmix report: missing column.s. .*p_clean"):
         show(frame.drop(columns="p_clean"), out=tmp_path / "cut.html")
+    with pytest.raises(QmixError, match=r"unknown categories .'maybe'."):
+        show(frame.assign(category="maybe"), out=tmp_path / "edited.html")
 
 
 def test_a_table_given_as_the_dataset_is_one_clear_error(noisy_digits, tmp_path):

@@ -38,7 +38,7 @@ from qmix_cli.data.manifest import escapes_root, read_manifest
 from qmix_cli.errors import QmixError
 from qmix_cli.io import atomic_write_text, check_out_file, check_replaceable, is_one_of, read_metrics, run_file_named
 from qmix_cli.reporting.groups import report_groups, summarise_groups, units_of_rows
-from qmix_cli.reporting.report import REPORT_SCHEMA, check_same_images, read_report, run_digest
+from qmix_cli.reporting.report import REPORT_SCHEMA, check_same_images, check_verdict_rows, read_report, run_digest
 
 #: Okabe–Ito colours (safe for the common colour-vision deficiencies), one per category in CATEGORIES order.
 PALETTE: tuple[str, str, str] = ("#0072B2", "#E69F00", "#CC79A7")
@@ -504,8 +504,10 @@ def write_html_report(
         raise QmixError(f"--out {out} is the report being read; write the page to another file")
     given, out = out, check_out_file(out)  # errors name the --out given; the bytes go where a symlink points
     frame = report if is_table else read_report(report)
-    if is_table and (missing := [name for name in REPORT_SCHEMA.names if name not in frame.columns]):
-        raise QmixError(f"the DataFrame is not a qmix report: missing column(s) {', '.join(missing)}")
+    if is_table:  # checked as a report file is read: its columns, then its ids and verdicts
+        if missing := [name for name in REPORT_SCHEMA.names if name not in frame.columns]:
+            raise QmixError(f"the DataFrame is not a qmix report: missing column(s) {', '.join(missing)}")
+        frame = check_verdict_rows(frame, what="report")
     meta: dict[str, str] = dict(frame.attrs.get("qmix", {}))
     run_dir = _existing_dir(run, "run directory") if run is not None else _recorded_dir(meta, "run_dir")
     if run_dir is not None and (own := run_file_named(out, run_dir)):
