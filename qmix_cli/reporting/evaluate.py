@@ -213,16 +213,29 @@ def ids_by_path(report: pd.DataFrame, paths: pd.Series) -> np.ndarray:
     """``(N,)`` object: the report's ``sample_id`` of the image each of ``paths`` names, for a truth keyed by path.
 
     Paths are compared with ``/`` as the separator and normalised, since a report's paths are (a manifest made on
-    Windows keeps its backslashes in its default ids, not in its paths). A path the report does not hold, or holds
-    under several ids, stays as it is, to be named as missing when the two are joined.
+    Windows keeps its backslashes in its default ids, not in its paths). A path the report does not hold stays as
+    it is, to be named as missing when the two are joined.
+
+    Raises
+    ------
+    QmixError
+        A path the report holds under several ids (a file the manifest lists twice): a truth by path cannot say
+        which of them it judges.
     """
 
     def key(path: object) -> str:
         return posixpath.normpath(str(path).replace("\\", "/"))
 
     keys = pd.Series([key(p) for p in report["path"]], dtype=object)
-    unique = ~keys.duplicated(keep=False).to_numpy()
-    lookup = dict(zip(keys[unique], report["sample_id"].astype(str).to_numpy()[unique], strict=True))
+    twice = keys.duplicated(keep=False).to_numpy()
+    wanted = {key(p) for p in paths}
+    ambiguous = sorted(set(keys[twice]) & wanted)
+    if ambiguous:
+        raise QmixError(
+            summarise_offenders("truth paths the report holds under several ids", ambiguous)
+            + " (a file the manifest lists twice): give the truth a sample_id column"
+        )
+    lookup = dict(zip(keys[~twice], report["sample_id"].astype(str).to_numpy()[~twice], strict=True))
     return np.array([lookup.get(key(p), p) for p in paths], dtype=object)
 
 

@@ -359,5 +359,7 @@ def test_a_truth_keyed_by_path_finds_the_ids_a_windows_manifest_gave(tmp_path) -
     by_path.to_csv(tmp_path / "checked.csv", index=False)
     result = evaluate(report, truth=tmp_path / "checked.csv")
     assert result == evaluate_report(report=report, truth=truth.assign(sample_id=report["sample_id"].iloc[::-1].values))
-    ids = ids_by_path(report.assign(path=["a.png"] * 2 + report["path"].tolist()[2:]), pd.Series(["a.png", "x.png"]))
-    assert ids.tolist() == ["a.png", "x.png"]  # a path held twice, or not at all: left for the join to name
+    twice = report.assign(path=["a.png"] * 2 + report["path"].tolist()[2:])  # one file listed under two ids
+    assert ids_by_path(twice, pd.Series(["x.png"])).tolist() == ["x.png"]  # not held: left for the join to name
+    with pytest.raises(QmixError, match=r"1 truth paths the report holds under several ids: a\.png .*sample_id"):
+        ids_by_path(twice, pd.Series(["a.png", "x.png"]))
