@@ -49,7 +49,7 @@ class DecodingDataset(TorchDataset):
 
     def __getitem__(self, i: int) -> torch.Tensor:
         img = read_image(self.paths[i], channels=self.channels, size=self.size)
-        return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+        return torch.from_numpy(img.transpose(2, 0, 1).copy())  # Pillow's buffer is read-only; torch wants to own it
 
 
 def cache_epoch(store: ImageStore, *, batch_size: int, gen: torch.Generator, norm, spec) -> int:
