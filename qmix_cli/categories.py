@@ -16,6 +16,29 @@ CATEGORIES: tuple[str, str, str] = ("clean", "mislabeled_hq", "mislabeled_lq")
 CLEAN, MIS_H, MIS_L = 0, 1, 2
 """Indices into `CATEGORIES`: Correct, mislabeled high-quality (Mis-H), mislabeled low-quality (Mis-L)."""
 
+SMALL_CLASS = 5
+"""Classes of fewer training images than this get verdicts that say little: each image is judged by the other
+images of its class (an out-of-fold probe, a vote of neighbours), and a class of one or two has none or one to
+offer, so most of their images are flagged whatever their labels."""
+
+
+def rare_class_verdicts(given: np.ndarray, flagged: np.ndarray) -> tuple[int, list[str]]:
+    """Of the images of a training set flagged by its audit, how many are of classes of fewer than `SMALL_CLASS`
+    images, and those classes (with their sizes, smallest first).
+
+    Parameters
+    ----------
+    given
+        (N,) str, each image's given label (the training set's: its class sizes are what the verdicts rest on).
+    flagged
+        (N,) bool, the verdict is not ``clean``.
+    """
+    names, sizes = np.unique(np.asarray(given, dtype=object).astype(str), return_counts=True)
+    small = {str(n): int(c) for n, c in zip(names, sizes, strict=True) if c < SMALL_CLASS}
+    in_small = np.isin(np.asarray(given, dtype=object).astype(str), list(small))
+    count = int((in_small & np.asarray(flagged, dtype=bool)).sum())
+    return count, [f"{n} ({c})" for n, c in sorted(small.items(), key=lambda item: (item[1], item[0]))]
+
 
 def truth_categories(*, is_low_quality: np.ndarray, is_label_noisy: np.ndarray) -> np.ndarray:
     """The true category of each image, by ``qmix corrupt``'s rule: a degraded image is ``mislabeled_lq`` whatever

@@ -11,8 +11,9 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from qmix_cli.categories import CATEGORIES, CLEAN
+from qmix_cli.categories import CATEGORIES, CLEAN, SMALL_CLASS, rare_class_verdicts
 from qmix_cli.cli.common import CACHE_DEFAULT, guarded, load_engine, state
+from qmix_cli.errors import first_few
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -109,6 +110,16 @@ def audit_command(
         )
     else:
         st.err.print(_top_issues_table(top))
+    if frame.attrs.get("qmix", {}).get("training_set") == "true":  # the class sizes the verdicts rest on
+        rare, classes = rare_class_verdicts(frame["given_label"].to_numpy(), frame["category"] != CATEGORIES[CLEAN])
+        if rare:
+            st.err.print(
+                Text(
+                    f"note: {rare:,} of the flagged images are of classes of fewer than {SMALL_CLASS} images "
+                    f"({first_few(classes)}): each is judged by the other images of its class, so these verdicts say "
+                    "little; check them by hand"
+                )
+            )
     if out != "-":
         # The images --on-bad-image skip left out have no row: the suggested command must say what to do with them.
         skipped = " --on-missing drop" if len(frame.attrs.get("skipped", ())) else ""

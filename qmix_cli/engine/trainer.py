@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from qmix_cli import __version__
+from qmix_cli.categories import SMALL_CLASS
 from qmix_cli.config import TrainConfig, absolute_paths, config_from_dict, dump_config, load_config_file
 from qmix_cli.data.cache import DecodeTarget, cached_images
 from qmix_cli.data.groups import likely_group_column
@@ -780,11 +781,6 @@ def _start_line(run: _Run, counts: np.ndarray) -> str:
         f"{cfg.method}: {len(run.labels_np):,} images in {len(run.classes):,} classes (the smallest, "
         f"{run.classes[rarest]}, has {counts[rarest]:,}), {cfg.model} at {cfg.img_size} px on {run.device}{precision}"
     )
-
-
-# Classes of fewer images than this are ones the audit can hardly judge: each image is judged by the other images
-# of its class (an out-of-fold probe, a vote of neighbours), and a class of one or two has none or one to offer.
-SMALL_CLASS = 5
 
 
 def small_classes_note(counts: np.ndarray, classes: Sequence[str]) -> str | None:

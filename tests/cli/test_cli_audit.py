@@ -697,3 +697,19 @@ def test_the_top_groups_are_groups_with_a_flagged_image(tmp_path, qmix_run, grou
     top = frame.attrs["groups"]["top"]
     assert top and all(row["images"] > row["clean"] for row in top)
     assert len(top) == min(5, frame.attrs["groups"]["flagged"])
+
+
+def test_flagged_images_of_rare_training_classes_are_called_unreliable(runner, parquet_report, monkeypatch, tmp_path):
+    import qmix_cli.api
+
+    path, _ = parquet_report
+    frame = pd.read_parquet(path)
+    flagged = frame[frame["category"] != "clean"].head(2).index
+    frame.loc[flagged, "given_label"] = "rare_finding"  # two images, both flagged: a class the probe hardly saw
+    frame.attrs["qmix"] = {"training_set": "true"}
+    monkeypatch.setattr(qmix_cli.api, "audit", lambda *args, **kwargs: frame)
+    args = ["audit", "data", "--run", "run", "--out", str(tmp_path / "r.parquet")]
+    said = " ".join(_stderr(runner.invoke(app, args)).split())
+    assert "note: 2 of the flagged images are of classes of fewer than 5 images (rare_finding (2))" in said
+    frame.attrs["qmix"] = {"training_set": "false"}  # another set: its class sizes are not what the run saw
+    assert "fewer than 5 images" not in _stderr(runner.invoke(app, args))
