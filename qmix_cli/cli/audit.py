@@ -100,7 +100,8 @@ def audit_command(
         )
     if groups and groups["top"]:
         st.err.print(_top_groups_table(groups["top"]))
-    top = frame[frame["category"] != CATEGORIES[CLEAN]].sort_values("rank").head(5)
+    flagged = (frame["category"] != CATEGORIES[CLEAN]).to_numpy()
+    top = frame[flagged].sort_values("rank").head(5)
     if top.empty:
         left_out = len(frame.attrs.get("skipped", ()))  # unreadable, left out by --on-bad-image skip: issues too
         st.err.print(
@@ -111,7 +112,7 @@ def audit_command(
     else:
         st.err.print(_top_issues_table(top))
     if frame.attrs.get("qmix", {}).get("training_set") == "true":  # the class sizes the verdicts rest on
-        rare, classes = rare_class_verdicts(frame["given_label"].to_numpy(), frame["category"] != CATEGORIES[CLEAN])
+        rare, classes = rare_class_verdicts(frame["given_label"].to_numpy(), flagged)
         if rare:
             st.err.print(
                 Text(

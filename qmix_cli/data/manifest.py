@@ -336,10 +336,13 @@ def _scan_image_folder(root: Path) -> pd.DataFrame:
 
 
 def unlisted_notes(frame: pd.DataFrame, *, root: Path, manifest: Path) -> list[str]:
-    """A note when a folder read through the manifest it holds (``frame``, its rows) has image files in its
-    subfolders that the manifest does not list: a folder of class folders with a stray or partial ``manifest.csv``
-    would otherwise lose them unsaid. One walk of the folder (no links followed); loose files beside the manifest
-    are not counted, since reading the class folders instead would not take them either."""
+    """A note when a folder read through the manifest it holds (``frame``, its rows) has image files in its class
+    folders (what `_scan_image_folder` would read instead) that the manifest does not list: a folder of class folders
+    with a stray or partial ``manifest.csv`` would otherwise lose them unsaid."""
+    try:
+        found = _scan_image_folder(root)["path"].tolist()
+    except DataError:  # file names the folder reading refuses: nothing to compare with, and not this dataset's fault
+        return []
     base = os.path.join(os.path.abspath(root), "")
     listed = set()
     for p in frame["path"].astype(str):
@@ -349,17 +352,7 @@ def unlisted_notes(frame: pd.DataFrame, *, root: Path, manifest: Path) -> list[s
                 continue  # elsewhere on the disk (or another drive): no file under the folder
             p = p[len(base) :]
         listed.add(os.path.normcase(p))
-    unlisted = []
-    for dirpath, dirnames, filenames in os.walk(base):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        if dirpath == base:
-            continue
-        folder = dirpath[len(base) :]
-        for name in sorted(filenames):
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                rel = os.path.join(folder, name)
-                if os.path.normcase(rel) not in listed:
-                    unlisted.append(Path(rel).as_posix())
+    unlisted = [p for p in found if os.path.normcase(os.path.normpath(p)) not in listed]
     if not unlisted:
         return []
     return [
