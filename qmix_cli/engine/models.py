@@ -119,23 +119,28 @@ def create_model(
         kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(weights)})
     elif pretrained:
         kwargs["pretrained"] = True
+    rng = torch.random.get_rng_state()  # to build the net as initialised again, should a load leave no record
     try:
-        if weights is not None:
-            # timm loads a local file leniently (keys it does not know are ignored), so a file made for another
-            # architecture would leave the net as initialised: build it as initialised too, from the same random
-            # state, and see whether any tensor changed.
-            with torch.random.fork_rng(devices=[]):
-                initialised = timm.create_model(name, num_classes=0, in_chans=in_chans).state_dict()
         with _recorded_loads() as loads:
             encoder = timm.create_model(name, **kwargs)
     except (OSError, RuntimeError, ValueError) as e:
         what = f"weights from {weights}" if weights else "pretrained weights"
         hint = "" if weights else " (offline? pass --weights FILE with a local copy, or drop --pretrained)"
         raise ConfigError(f"could not load {what} for {name}: {_load_error(e)}{hint}") from None
-    if weights is not None and all(torch.equal(t, initialised[k]) for k, t in encoder.state_dict().items()):
-        raise ConfigError(f"no tensor in {weights} fits a {name}: is it a backbone of that architecture?")
-    if weights is not None and loads and (misfit := _misfit(encoder, loads[-1])):
-        raise ConfigError(f"{weights} does not fit a {name}: {misfit}; is it a backbone of that architecture?")
+    if weights is not None:
+        # timm loads a local file leniently (keys it does not know are ignored): a file made for another
+        # architecture, or for part of this one, would leave the net as initialised, wholly or in part.
+        if loads:
+            nothing = {k for k, _ in encoder.named_parameters()} <= set(loads[-1].missing_keys)
+        else:  # a model's own loader (timm's, e.g. for .npz files) records nothing: did any tensor change?
+            with torch.random.fork_rng(devices=[]):
+                torch.random.set_rng_state(rng)
+                initialised = timm.create_model(name, num_classes=0, in_chans=in_chans).state_dict()
+            nothing = all(torch.equal(t, initialised[k]) for k, t in encoder.state_dict().items())
+        if nothing:
+            raise ConfigError(f"no tensor in {weights} fits a {name}: is it a backbone of that architecture?")
+        if loads and (misfit := _misfit(encoder, loads[-1])):
+            raise ConfigError(f"{weights} does not fit a {name}: {misfit}; is it a backbone of that architecture?")
     return QmixNet(encoder, num_classes=num_classes, proj_dim=proj_dim)
 
 

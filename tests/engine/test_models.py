@@ -79,6 +79,21 @@ def test_unknown_model_and_missing_weights_are_clear_errors(tmp_path):
         create_model("test_resnet", num_classes=2, in_chans=3, weights=other)
 
 
+def test_a_load_that_leaves_no_record_is_judged_by_the_tensors_it_changed(tmp_path, monkeypatch):
+    # A model's own loader (timm's for .npz files) calls no load_state_dict: the net is compared with itself as
+    # initialised from the same random state instead.
+    import contextlib
+
+    from qmix_cli.engine import models
+
+    monkeypatch.setattr(models, "_recorded_loads", lambda: contextlib.nullcontext([]))
+    torch.save({"foo": torch.zeros(3)}, tmp_path / "other.pth")
+    with pytest.raises(ConfigError, match=r"no tensor in .*other\.pth fits a test_resnet"):
+        create_model("test_resnet", num_classes=2, in_chans=3, weights=tmp_path / "other.pth")
+    torch.save(timm.create_model("test_resnet", num_classes=0, in_chans=3).state_dict(), tmp_path / "fits.pth")
+    create_model("test_resnet", num_classes=2, in_chans=3, weights=tmp_path / "fits.pth")
+
+
 def test_a_weights_file_that_fits_the_net_only_in_part_is_refused_saying_how(tmp_path, caplog):
     load_state_dict = torch.nn.Module.load_state_dict
     source = timm.create_model("test_resnet", num_classes=10, in_chans=3).state_dict()  # with its classifier
