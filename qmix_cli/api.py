@@ -67,6 +67,7 @@ def corrupt(
     lq_labels: str | None = None,
     class_map: str | None = None,
     group_column: str | None = None,
+    image_format: str | None = None,
     seed: int | None = None,
     workers: int | None = None,
     on_bad_image: str = "error",
@@ -114,6 +115,10 @@ def corrupt(
         holding commas): where asymmetric noise sends each class; unnamed classes keep their labels.
     group_column
         A manifest column of images that belong together (a patient): one noisy label per group and class.
+    image_format
+        ``"keep"`` (default): untouched images are copied as they are and degraded ones written as 8-bit PNG, so in a
+        set of JPEGs or 16-bit scans the file alone tells the degraded ones; ``"png"``: every image is written as
+        8-bit PNG, read as training reads it (the fair input for a benchmark of tools that see files).
     seed
         The random seed (default 0).
     workers
@@ -138,7 +143,7 @@ def corrupt(
         ``true_label``, ``is_label_noisy``, ``is_low_quality``, ``degradation``, ``severity``, ``category``);
         ``summary``, what ``noise.json`` holds (options, counts per category, the class map by name, requested and
         realised transition matrices: nested lists, or past 100 classes the name of a ``.npy`` file in ``out``,
-        degradation counts, skipped images).
+        the output's file types by quality, degradation counts, skipped images).
 
     Raises
     ------
@@ -161,6 +166,7 @@ def corrupt(
         lq_labels=lq_labels,
         class_map=class_map,
         group_column=group_column,
+        image_format=image_format,
         seed=seed,
     )
     with _reporter(console, quiet) as rep:

@@ -71,6 +71,14 @@ def corrupt_command(
             help="Manifest column of images that belong together (a patient): one noisy label per group and class."
         ),
     ] = None,
+    image_format: Annotated[
+        str | None,
+        typer.Option(
+            help="keep (copy untouched images as they are; degraded ones are 8-bit PNG) or png (write every image as "
+            "8-bit PNG, so that no file type or bit depth tells the degraded ones: for benchmarks).",
+            show_default="keep",
+        ),
+    ] = None,
     seed: Annotated[
         int | None, typer.Option(help="Random seed; the same seed gives the same output.", show_default="0")
     ] = None,
@@ -97,6 +105,7 @@ def corrupt_command(
         lq_labels=lq_labels,
         class_map=class_map,
         group_column=group_column,
+        image_format=image_format,
         seed=seed,
         workers=workers,
         on_bad_image=on_bad_image,
@@ -112,6 +121,14 @@ def corrupt_command(
         + (f"; skipped {skipped} unreadable source images" if skipped else ""),
         highlight=False,
     )
+    types = result.summary["file_types"]
+    if types["low_quality"] and types["high_quality"] and set(types["low_quality"]) != set(types["high_quality"]):
+        st.err.print(
+            f"note: the degraded images are {', '.join(types['low_quality'])} files and the others "
+            f"{', '.join(types['high_quality'])}, so the file type alone tells them apart; --image-format png "
+            "writes every image alike",
+            highlight=False,
+        )
     unchanged = result.summary["unchanged_low_quality"]
     if unchanged:
         st.err.print(

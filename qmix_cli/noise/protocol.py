@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,10 @@ from qmix_cli.noise.label_noise import (
 from qmix_cli.progress import Reporter, SilentReporter
 
 LQ_LABEL_RULES = ("random", "prior", "keep")
+# How the output's images are stored: "keep" copies the untouched ones as they are (degraded ones are always 8-bit
+# PNG, so that their damage is exactly what was planned); "png" writes every image as 8-bit PNG, so that neither
+# the file type nor the bit depth tells a degraded image from the others.
+IMAGE_FORMATS = ("keep", "png")
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,7 @@ class CorruptSpec:
     # A manifest column of images that belong together (a patient): each group's images of one class get one noisy
     # label, as a diagnosis wrong for a patient is wrong on every image of them. None: each image alone.
     group_column: str | None = None
+    image_format: str = "keep"
     seed: int = 0
     preset: str | None = None  # recorded in noise.json; the options above already hold its values
     extra: dict[str, Any] = field(default_factory=dict)
@@ -94,6 +100,8 @@ class CorruptSpec:
             raise ConfigError(f"lq-labels must be one of {', '.join(LQ_LABEL_RULES)} (got {self.lq_labels!r})")
         if self.per_image < 1:
             raise ConfigError("per-image must be at least 1")
+        if self.image_format not in IMAGE_FORMATS:
+            raise ConfigError(f"image-format must be one of {', '.join(IMAGE_FORMATS)} (got {self.image_format!r})")
         check_seed(self.seed)
         self.severity_range()
         names = parse_degradations(self.degradations)
@@ -169,14 +177,23 @@ def _lq_labels(true: np.ndarray, rule: str, prior: np.ndarray, rng: np.random.Ge
 
 
 def plan_corruption(
-    labels: np.ndarray, *, classes: Sequence[str], spec: CorruptSpec, units: np.ndarray | None = None
+    labels: np.ndarray,
+    *,
+    classes: Sequence[str],
+    spec: CorruptSpec,
+    units: np.ndarray | None = None,
+    transition: np.ndarray | None = None,
 ) -> pd.DataFrame:
-    """Decide every image's fate (pure: no I/O). Returns one row per image, in input order.
+    """Decide every image's fate (pure but for a ``matrix:FILE`` it reads). Returns one row per image, in input
+    order.
 
     ``units`` (N,) int: which images belong together (`qmix_cli.data.groups.group_units`); the label noise is then
     drawn once per unit and true class, and every high-quality image of that pair gets it. Degradations, and the
-    labels of degraded images, stay drawn per image."""
+    labels of degraded images, stay drawn per image. ``transition`` (K, K): ``spec``'s label-noise matrix when the
+    caller has built it already (`corrupt_dataset` records it too)."""
     k, n = len(classes), len(labels)
+    if transition is None:
+        transition = _transition(spec, classes)
     rng = np.random.default_rng(spec.seed)
     names = parse_degradations(spec.degradations)
     lo, hi = spec.severity_range()
@@ -187,10 +204,10 @@ def plan_corruption(
     noisy = labels.copy()
     hq = ~is_lq
     if units is None:
-        noisy[hq] = apply_transition(labels[hq], _transition(spec, classes), rng=rng)
+        noisy[hq] = apply_transition(labels[hq], transition, rng=rng)
     else:
         pairs, pair_of = np.unique(np.stack([units[hq], labels[hq]], axis=1), axis=0, return_inverse=True)
-        noisy[hq] = apply_transition(pairs[:, 1], _transition(spec, classes), rng=rng)[pair_of.ravel()]
+        noisy[hq] = apply_transition(pairs[:, 1], transition, rng=rng)[pair_of.ravel()]
     prior = np.bincount(labels, minlength=k) / n
     noisy[is_lq] = _lq_labels(labels[is_lq], spec.lq_labels, prior, rng)
 
@@ -214,23 +231,28 @@ def plan_corruption(
     )
 
 
-def _out_name(i: int, src_rel: str, *, degraded: bool) -> str:
+def _out_name(i: int, src_rel: str, *, png: bool) -> str:
     """``images/<index>.<ext>``: unique by construction, and the file name does not give the true class away
-    (the source's ``sample_id`` stays in the manifest for traceability). Degraded images are re-encoded
-    losslessly as PNG so that their damage is exactly what was planned."""
-    suffix = ".png" if degraded else Path(src_rel).suffix.lower()
+    (the source's ``sample_id`` stays in the manifest for traceability)."""
+    suffix = ".png" if png else Path(src_rel).suffix.lower()
     return f"images/{i:07d}{suffix}"
 
 
-def _process_image(src: Path, dst: Path, *, names: list[str], severity: int, seed: int, index: int) -> bool:
-    """Copy or degrade one image; True when a planned degradation left its pixels as they were."""
+def _process_image(
+    src: Path, dst: Path, *, names: list[str], severity: int, seed: int, index: int, reencode: bool = False
+) -> bool:
+    """Copy, re-encode (``reencode``: as 8-bit PNG, read as training reads it) or degrade one image; True when a
+    planned degradation left its pixels as they were."""
     dst.parent.mkdir(parents=True, exist_ok=True)
-    if not names:
+    if not names and not reencode:
         shutil.copyfile(src, dst)
         return False
     with Image.open(src) as img:
         img.load()
         source = native_array(img)
+    if not names:
+        Image.fromarray(source).save(dst, compress_level=1)
+        return False
     rng = np.random.default_rng([seed, index])
     out = degrade(source, names=names, severity=severity, rng=rng)
     Image.fromarray(out).save(dst, compress_level=1)
@@ -255,10 +277,12 @@ def corrupt_dataset(
     units = None
     if spec.group_column is not None:
         units = group_units(*check_group_column(dataset.frame, spec.group_column))
-    plan = plan_corruption(dataset.labels, classes=classes, spec=spec, units=units)
+    transition = _transition(spec, classes)
+    plan = plan_corruption(dataset.labels, classes=classes, spec=spec, units=units, transition=transition)
     src_paths = dataset.abs_paths
+    reencode = spec.image_format == "png"
     rel_out = [
-        _out_name(i, p, degraded=bool(lq))
+        _out_name(i, p, png=reencode or bool(lq))
         for i, (p, lq) in enumerate(zip(dataset.frame["path"], plan["is_low_quality"], strict=True))
     ]
     with atomic_dir(out, force=force) as tmp:
@@ -273,6 +297,7 @@ def corrupt_dataset(
                 severity=int(plan.at[i, "severity"]),
                 seed=spec.seed,
                 index=i,
+                reencode=reencode,
             )
 
         unchanged = np.zeros(len(plan), dtype=bool)
@@ -289,7 +314,9 @@ def corrupt_dataset(
             axis=1,
         )
         manifest.to_parquet(tmp / "manifest.parquet", index=False)
-        summary = _store_matrices(_summary(dataset, manifest, spec, classes, unchanged=unchanged), folder=tmp)
+        summary = _store_matrices(
+            _summary(dataset, manifest, spec, classes, transition=transition, unchanged=unchanged), folder=tmp
+        )
         (tmp / "noise.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     return CorruptResult(out=out, manifest=manifest, summary=summary)
 
@@ -314,8 +341,18 @@ def _store_matrices(summary: dict[str, Any], *, folder: Path) -> dict[str, Any]:
     return stored
 
 
+def _suffix(path: str) -> str:
+    return PurePosixPath(path).suffix or "(none)"
+
+
 def _summary(
-    dataset: Dataset, manifest: pd.DataFrame, spec: CorruptSpec, classes: list[str], *, unchanged: np.ndarray
+    dataset: Dataset,
+    manifest: pd.DataFrame,
+    spec: CorruptSpec,
+    classes: list[str],
+    *,
+    transition: np.ndarray,
+    unchanged: np.ndarray,
 ) -> dict[str, Any]:
     index = {c: i for i, c in enumerate(classes)}
     hq = ~manifest["is_low_quality"].to_numpy()
@@ -337,10 +374,15 @@ def _summary(
             else None
         ),
         # Unrounded, so that a matrix can be fed back with --label-noise matrix:FILE.
-        "requested_transition_matrix": _transition(spec, classes),
+        "requested_transition_matrix": transition,
         "realised_transition_matrix": realised_matrix(true[hq], noisy[hq], num_classes=len(classes)),
         "realised_label_noise_rate_hq": float((true[hq] != noisy[hq]).mean()) if hq.any() else 0.0,
         "realised_quality_rate": float((~hq).mean()),
+        # The output's file types by quality: where they differ, the type alone tells the degraded images.
+        "file_types": {
+            quality: dict(sorted(Counter(_suffix(p) for p in manifest.loc[rows, "path"]).items()))
+            for quality, rows in (("high_quality", hq), ("low_quality", ~hq))
+        },
         "degradation_counts": {
             k: int(v) for k, v in manifest.loc[~hq, "degradation"].value_counts().sort_index().items()
         },

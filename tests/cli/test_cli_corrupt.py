@@ -147,6 +147,21 @@ def test_degradations_that_change_nothing_are_named(runner, tmp_path, make_image
     assert np.array_equal(written, np.asarray(Image.open(blank)))
 
 
+@pytest.mark.parametrize("image_format", [None, "png"])
+def test_degraded_images_told_by_their_file_type_are_noted(runner, tmp_path, make_image_folder, image_format):
+    src = make_image_folder("jpg", classes=("a", "b"), per_class=4, size=24, suffix=".jpg")
+    args = ["corrupt", str(src), "--out", str(tmp_path / "out"), "--quality-rate", "0.5", "--seed", "1"]
+    result = runner.invoke(app, args + (["--image-format", image_format] if image_format else []))
+    assert result.exit_code == 0, result.output
+    said = " ".join(_stderr(result).split())
+    if image_format is None:
+        assert "the degraded images are .png files and the others .jpg, so the file type alone" in said
+        assert "--image-format png" in said
+    else:
+        assert "file type" not in said
+        assert {p.suffix for p in (tmp_path / "out" / "images").iterdir()} == {".png"}
+
+
 def test_grouped_noise_keeps_the_group_column_and_records_it(runner, tmp_path, source):
     rows = [(f"{c}/{i}.png", c, f"{c}-{i // 2}") for c in ("a", "b", "c") for i in range(4)]
     manifest = source / "manifest.csv"
@@ -285,7 +300,7 @@ def test_the_defaults_help_shows_are_the_ones_corrupt_uses():
     shown = {param.name: param.show_default for param in command.params if isinstance(param.show_default, str)}
     spec = CorruptSpec()
     assert set(shown) == {"label_noise", "label_rate", "quality_rate", "degradations", "severity", "per_image",
-                          "lq_labels", "seed", "workers"}  # fmt: skip
+                          "lq_labels", "image_format", "seed", "workers"}  # fmt: skip
     for name, text in shown.items():
         expected = f"CPUs, at most {MAX_DEFAULT_WORKERS}" if name == "workers" else str(getattr(spec, name))
         assert text == expected, name

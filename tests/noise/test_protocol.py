@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import threading
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,7 @@ from PIL import Image
 
 import qmix_cli
 from qmix_cli.api import corrupt
+from qmix_cli.data.images import native_array
 from qmix_cli.data.manifest import create_dataset
 from qmix_cli.errors import ConfigError, QmixError
 from qmix_cli.noise import protocol
@@ -202,6 +203,7 @@ def test_a_matrix_replaces_the_preset_label_rate_instead_of_recording_it():
         ({"degradations": "blur,sparkle"}, "unknown degradation 'sparkle'"),
         ({"lq_labels": "maybe"}, "lq-labels must be one of"),
         ({"per_image": 0}, "per-image must be at least 1"),
+        ({"image_format": "tiff"}, "image-format must be one of keep, png"),
         # Options that would otherwise be recorded in noise.json yet change nothing, or repeat a degradation:
         ({"class_map": "a=b"}, "--class-map applies to --label-noise asymmetric only"),
         ({"label_noise": "matrix:m.csv", "class_map": "a=b"}, "--class-map applies to --label-noise asymmetric"),
@@ -546,6 +548,26 @@ def test_corrupt_dataset_directly_with_rgb_jpeg_source(make_image_folder, tmp_pa
             assert img.mode == "RGB" and img.size == (24, 24)
     reread = create_dataset(result.out)
     assert reread.channels == 3 and len(reread) == 10
+    assert result.summary["file_types"] == {"high_quality": {".jpg": 6}, "low_quality": {".png": 4}}
+
+
+def test_image_format_png_writes_every_image_as_the_png_of_what_training_reads(make_image_folder, tmp_path):
+    src = make_image_folder("jpg", classes=("a", "b"), per_class=5, size=24, suffix=".jpg")
+    ds = create_dataset(src)
+    spec = CorruptSpec(quality_rate=0.4, degradations="noise", severity="5", seed=0, image_format="png")
+    result = corrupt_dataset(ds, tmp_path / "out", spec=spec, workers=1)
+    m = result.manifest
+    assert m["path"].str.endswith(".png").all()
+    assert result.summary["file_types"] == {"high_quality": {".png": 6}, "low_quality": {".png": 4}}
+    assert result.summary["options"]["image_format"] == "png"
+    for sample_id, path, lq in m[["sample_id", "path", "is_low_quality"]].itertuples(index=False):
+        with Image.open(src / sample_id) as a, Image.open(result.out / path) as b:
+            same = np.array_equal(native_array(a), np.asarray(b))
+        assert same != lq  # untouched images keep their decoded pixels exactly; degraded ones do not
+    # The same plan as with the files kept: only how the images are stored differs.
+    kept = corrupt_dataset(ds, tmp_path / "kept", spec=replace(spec, image_format="keep"), workers=1)
+    cols = ["sample_id", "label", "true_label", "category", "degradation", "severity"]
+    pd.testing.assert_frame_equal(kept.manifest[cols], m[cols])
 
 
 @pytest.mark.parametrize("mode", ["I;16", "I;16B"])
