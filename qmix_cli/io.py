@@ -7,9 +7,11 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -203,6 +205,81 @@ def check_out_dir(out: str | Path, *, force: bool, forcing: str = "replace it") 
     return out
 
 
+# A partial output (a hidden ``.NAME.*.tmp`` file or folder beside what it becomes) is locked by the process that
+# builds it, so that a later command can tell one left by a killed process (SIGKILL or the OOM killer run no
+# cleanup) from one being built, and remove only the first.
+
+
+def _open_for_lock(path: Path) -> int:
+    # A file writable (NFS grants an exclusive flock to writers only); a folder read-only, as folders open.
+    return os.open(path, os.O_RDONLY if path.is_dir() else os.O_RDWR)
+
+
+def hold_partial(fd: int) -> None:
+    """Mark the partial output open at ``fd`` as being built, until ``fd`` is closed (`partial_held`)."""
+    with contextlib.suppress(ImportError, OSError):  # no fcntl (Windows), or a file system without locks
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+@contextlib.contextmanager
+def holding_partial(path: Path) -> Iterator[None]:
+    """`hold_partial` the partial output at ``path`` while the block builds it."""
+    fd = _open_for_lock(path)
+    try:
+        hold_partial(fd)
+        yield
+    finally:
+        os.close(fd)
+
+
+def partial_held(path: Path) -> bool:
+    """Whether a live process holds the partial output at ``path`` (True where that cannot be told)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return True
+    try:
+        fd = _open_for_lock(path)
+    except OSError:  # another user's (theirs to clean up), or gone
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # BlockingIOError: held; anything else: cannot tell
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+# A partial its builder holds no lock on and has not touched for this long was left by a killed process (a sweep
+# whose jobs are killed again and again would otherwise pile up dataset-sized ones): the wait spares the moment
+# between its creation and its lock, and a builder of an older qmix, which held none.
+ABANDONED_PARTIAL_SECONDS = 60
+
+
+def remove_abandoned_partials(out: Path) -> list[Path]:
+    """Remove the partial folders of ``out`` (`atomic_dir`'s ``.<name>.XXXXXXXX.tmp`` beside it) that no live
+    process builds; returns what was removed. A ``qmix corrupt`` killed midway would otherwise leave a hidden,
+    dataset-sized folder for every try."""
+    name = re.compile(rf"\.{re.escape(out.name)}\.[a-z0-9_]{{8}}\.tmp")
+    removed = []
+    now = time.time()
+    with contextlib.suppress(OSError):  # a folder that cannot be listed has nothing of ours to remove
+        for entry in os.scandir(out.parent):
+            if not name.fullmatch(entry.name) or not entry.is_dir(follow_symlinks=False):
+                continue
+            path = Path(entry.path)
+            with contextlib.suppress(OSError):  # another process may remove it at the same moment
+                if now - entry.stat(follow_symlinks=False).st_mtime > ABANDONED_PARTIAL_SECONDS and not partial_held(
+                    path
+                ):
+                    shutil.rmtree(path)
+                    removed.append(path)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_dir(out: str | Path, *, force: bool = False) -> Iterator[Path]:
     """Build a directory under a temporary name and move it to ``out`` only when the block succeeds.
@@ -212,9 +289,13 @@ def atomic_dir(out: str | Path, *, force: bool = False) -> Iterator[Path]:
     """
     out = check_out_dir(out, force=force).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_abandoned_partials(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the output is an ordinary directory
+    # Held until it is renamed (the lock goes with the folder), so that no other command takes it for abandoned.
+    lock = os.open(tmp, os.O_RDONLY)
     try:
+        hold_partial(lock)
         yield tmp
         if force and out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
@@ -234,6 +315,7 @@ def atomic_dir(out: str | Path, *, force: bool = False) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        os.close(lock)
 
 
 @contextlib.contextmanager

@@ -7,12 +7,25 @@ import json
 import os
 import re
 import shutil
+import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from qmix_cli.errors import NoSpaceError, QmixError
-from qmix_cli.io import atomic_dir, atomic_write_text, format_bytes, is_one_of, read_metrics, reserve_space, run_lock
+from qmix_cli.io import (
+    ABANDONED_PARTIAL_SECONDS,
+    atomic_dir,
+    atomic_write_text,
+    format_bytes,
+    is_one_of,
+    partial_held,
+    read_metrics,
+    remove_abandoned_partials,
+    reserve_space,
+    run_lock,
+)
 
 
 def test_read_metrics_keeps_epoch_rows_and_drops_what_a_kill_leaves(tmp_path):
@@ -181,3 +194,55 @@ def test_a_lock_file_another_user_left_is_used_read_only(tmp_path, monkeypatch):
     monkeypatch.setattr("qmix_cli.io.os.open", as_another_user)
     with run_lock(run), pytest.raises(QmixError, match=r"in use by another qmix process; wait"), run_lock(run):
         pass
+
+
+def test_a_partial_output_a_killed_process_left_goes_and_one_being_built_stays(tmp_path):
+    """``qmix corrupt`` killed with SIGKILL (or by the OOM killer) runs no cleanup: the next output made beside it
+    removes its hidden partial folder, but never one a live process is building."""
+    import signal
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\nfrom qmix_cli.io import atomic_dir\n"
+        f"with atomic_dir({str(tmp_path / 'noisy')!r}) as tmp:\n"
+        "    (tmp / 'images').mkdir(); (tmp / 'images' / '0.png').write_bytes(b'x' * 100)\n"
+        "    print(tmp, flush=True)\n    input()"
+    )
+    builders = [
+        subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    try:
+        killed, live = (Path(b.stdout.readline().strip()) for b in builders)
+        builders[0].send_signal(signal.SIGKILL)
+        builders[0].wait()
+        assert killed.is_dir() and partial_held(live) and not partial_held(killed)
+        minutes_ago = time.time() - ABANDONED_PARTIAL_SECONDS - 5
+        for partial in (killed, live):
+            os.utime(partial, (minutes_ago, minutes_ago))
+        other = tmp_path / ".noisy.x.tmp"  # not atomic_dir's name: someone else's, left alone
+        other.mkdir()
+        os.utime(other, (minutes_ago, minutes_ago))
+        with atomic_dir(tmp_path / "noisy") as tmp:
+            assert partial_held(tmp)  # while it is built
+            (tmp / "done").write_text("")
+        assert not killed.exists() and live.is_dir() and other.is_dir()
+        assert (tmp_path / "noisy" / "done").is_file()
+    finally:
+        for b in builders:
+            b.kill()
+            b.wait()
+
+
+def test_a_recent_unheld_partial_output_is_left_alone(tmp_path):
+    """One made a moment ago may not hold its lock yet (or was made by an older qmix, which held none)."""
+    recent = tmp_path / ".noisy.abcd1234.tmp"
+    recent.mkdir()
+    assert not partial_held(recent)
+    with atomic_dir(tmp_path / "noisy"):
+        pass
+    assert recent.is_dir()
+    os.utime(recent, (time.time() - ABANDONED_PARTIAL_SECONDS - 5,) * 2)
+    assert remove_abandoned_partials(tmp_path / "noisy") == [recent]
+    assert not recent.exists()

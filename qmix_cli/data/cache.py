@@ -15,7 +15,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +28,14 @@ from qmix_cli.data.builtin import default_cache_dir
 from qmix_cli.data.images import GRAY_MODES, default_workers, fit_image, read_image
 from qmix_cli.data.scan_cache import files_digest
 from qmix_cli.errors import NoSpaceError, QmixError, UnwritableError
-from qmix_cli.io import atomic_path, reserve_space
+from qmix_cli.io import (
+    ABANDONED_PARTIAL_SECONDS,
+    atomic_path,
+    hold_partial,
+    holding_partial,
+    partial_held,
+    reserve_space,
+)
 
 if TYPE_CHECKING:  # manifest.py imports this module when it checks images
     from qmix_cli.data.manifest import Dataset
@@ -87,48 +94,6 @@ def decode_all(
 # A partial decode older than this was left by a process that was killed (SIGKILL runs no cleanup); a live one
 # touches its file as it writes. Decoded arrays run to gigabytes, so they are not left to pile up.
 STALE_PARTIAL_SECONDS = 24 * 3600
-# A partial its writer holds no lock on and has not touched for this long was left by a killed process too: a
-# sweep whose jobs are killed again and again would otherwise pile up dataset-sized files for a day. (The wait
-# spares a writer of an older qmix, which held no lock, and the moment between a file's creation and its lock.)
-UNHELD_PARTIAL_SECONDS = 60
-
-
-def _hold(fd: int) -> None:
-    """Mark the partial file open at ``fd`` as being written, until ``fd`` is closed (`_remove_stale_partials`)."""
-    with contextlib.suppress(ImportError, OSError):  # no fcntl (Windows), or a file system without locks
-        import fcntl
-
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-
-
-@contextlib.contextmanager
-def _holding(path: Path) -> Iterator[None]:
-    """`_hold` the partial file at ``path`` while the block writes it."""
-    fd = os.open(path, os.O_RDWR)  # writable: NFS grants an exclusive flock to writers only
-    try:
-        _hold(fd)
-        yield
-    finally:
-        os.close(fd)
-
-
-def _held(path: Path) -> bool:
-    """Whether a live process holds the partial file at ``path`` (True where that cannot be told)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        return True
-    try:
-        fd = os.open(path, os.O_RDWR)  # as `_holding` opens it: NFS grants an exclusive flock to writers only
-    except PermissionError:  # another user's: theirs to clean up
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:  # BlockingIOError: held; anything else: cannot tell
-        return True
-    finally:
-        os.close(fd)
-    return False
 
 
 def _remove_stale_partials(folder: Path) -> None:
@@ -136,7 +101,7 @@ def _remove_stale_partials(folder: Path) -> None:
     for tmp in folder.glob(".*.npy.*.tmp"):
         with contextlib.suppress(OSError):  # another process may clean it up at the same moment
             quiet = now - tmp.stat().st_mtime
-            if quiet > STALE_PARTIAL_SECONDS or (quiet > UNHELD_PARTIAL_SECONDS and not _held(tmp)):
+            if quiet > STALE_PARTIAL_SECONDS or (quiet > ABANDONED_PARTIAL_SECONDS and not partial_held(tmp)):
                 tmp.unlink()
 
 
@@ -206,7 +171,7 @@ def _decode_to(
 ) -> None:
     """Decode ``dataset``'s images into a new cache file at ``target`` (published whole, or not at all)."""
     paths, (_, channels, size, _) = dataset.file_paths, shape
-    with atomic_path(target) as tmp, _holding(tmp):
+    with atomic_path(target) as tmp, holding_partial(tmp):
         try:
             arr = _new_rows(tmp, shape)
         except NoSpaceError as e:
@@ -291,7 +256,7 @@ class CacheFill:
         folder.mkdir(parents=True, exist_ok=True)
         # Named like `atomic_path`'s partials, so that one left by a killed process is cleaned up alike.
         fd, name = tempfile.mkstemp(prefix=".fill.npy.", suffix=".tmp", dir=folder)
-        _hold(fd)  # kept open, and held, until `close`
+        hold_partial(fd)  # kept open, and held, until `close`
         self._lock_fd: int | None = fd
         self.tmp = Path(name)
         self.rows: np.memmap | None = None

@@ -17,6 +17,7 @@ from qmix_cli.data.cache import DecodeTarget, cache_key, cached_images
 from qmix_cli.data.images import inspect_image, read_image
 from qmix_cli.data.manifest import create_dataset
 from qmix_cli.errors import DataError, NoSpaceError, QmixError
+from qmix_cli.io import ABANDONED_PARTIAL_SECONDS, partial_held
 
 
 @pytest.fixture
@@ -152,7 +153,7 @@ def test_a_partial_no_writer_holds_goes_within_minutes_and_a_held_one_stays(rgb_
     folder = tmp_path / "decoded"
     folder.mkdir()
     killed, writing = folder / ".abc.npy.k1ll3d.tmp", folder / ".def.npy.wr1t1ng.tmp"
-    minutes_ago = killed.parent.stat().st_mtime - cache.UNHELD_PARTIAL_SECONDS - 5
+    minutes_ago = killed.parent.stat().st_mtime - ABANDONED_PARTIAL_SECONDS - 5
     for path in (killed, writing):
         path.write_bytes(b"\0" * 64)
         os.utime(path, (minutes_ago, minutes_ago))  # a sweep's job SIGKILLed minutes ago, and a quiet live one
@@ -171,7 +172,7 @@ def test_the_partial_a_decode_writes_is_held_while_it_is_written(rgb_dataset, tm
 
     def watching(paths, **kwargs):  # what another process's cleanup would see mid-decode
         (partial,) = (tmp_path / "decoded").glob(".*.npy.*.tmp")
-        held.append(cache._held(partial))
+        held.append(partial_held(partial))
         return real(paths, **kwargs)
 
     monkeypatch.setattr(cache, "decode_all", watching)
@@ -181,7 +182,7 @@ def test_the_partial_a_decode_writes_is_held_while_it_is_written(rgb_dataset, tm
         rgb_dataset.file_paths, DecodeTarget(8, 3), tmp_path / "decoded", [(0, 0)] * len(rgb_dataset)
     )
     try:
-        assert cache._held(fill.tmp)
+        assert partial_held(fill.tmp)
     finally:
         fill.close()
     assert not fill.tmp.exists()
