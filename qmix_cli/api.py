@@ -662,6 +662,7 @@ def apply(
     hq: str = "relabel",
     lq: str = "drop",
     on_missing: str = "error",
+    rare_classes: str = "keep",
     force: bool = False,
 ) -> dict[str, Any]:
     """Write the manifest that follows from a report's verdicts on ``data``, to train on next.
@@ -686,6 +687,11 @@ def apply(
         What to do with ``mislabeled_lq`` images: ``"drop"`` (default) or ``"keep"``.
     on_missing
         Dataset rows the report lacks: ``"error"`` (default), ``"drop"`` or ``"keep"``.
+    rare_classes
+        Images of classes of fewer than `qmix_cli.categories.SMALL_CLASS` (5) images, in an audit of the training
+        set (a report without qmix's metadata, CSV or JSON Lines, is taken for one): ``"keep"`` (default) keeps
+        them as they are whatever their verdict, which says little (each is judged by the other images of its
+        class); ``"apply"`` treats them as any other image.
     force
         Replace an existing ``out``.
 
@@ -693,18 +699,20 @@ def apply(
     -------
     dict
         The counts of `qmix_cli.reporting.apply.Applied` (``images``, ``kept``, ``relabelled``, ``dropped_hq``,
-        ``dropped_lq``, ``missing``, ...), ``emptied`` (classes no image carries any more) and ``out``.
+        ``dropped_lq``, ``missing``, ``kept_rare``, ...), ``emptied`` (classes no image carries any more),
+        ``rare`` (the classes kept as they are, with their sizes) and ``out``.
     """
     import json
 
     import pandas as pd
 
+    from qmix_cli.categories import small_classes
     from qmix_cli.data.manifest import check_output_file, create_dataset, integer_key_columns, paths_for_manifest
     from qmix_cli.io import atomic_path, check_out_file
     from qmix_cli.reporting.apply import apply_verdicts, check_actions, integers_restored
     from qmix_cli.reporting.report import check_same_images, read_report
 
-    check_actions(hq=hq, lq=lq, on_missing=on_missing)
+    check_actions(hq=hq, lq=lq, on_missing=on_missing, rare_classes=rare_classes)
     out = Path(out)
     suffix = out.suffix.lower()
     if suffix not in (".csv", ".parquet", ".pq"):
@@ -724,7 +732,11 @@ def apply(
         raise ConfigError(f"{out} already exists; choose another --out or pass --force to replace it")
     classes = json.loads(meta.get("class_names", "[]"))
     rows = dataset.frame.assign(path=dataset.file_paths)  # absolute: the new manifest lives elsewhere
-    applied = apply_verdicts(rows, report, hq=hq, lq=lq, on_missing=on_missing, classes=classes)
+    # The class sizes the verdicts rest on are the training set's: those of another dataset say nothing of them.
+    small = small_classes(rows["label"]) if rare_classes == "keep" and meta.get("training_set") != "false" else {}
+    applied = apply_verdicts(
+        rows, report, hq=hq, lq=lq, on_missing=on_missing, classes=classes, keep_classes=list(small)
+    )
     folder = None if out.is_symlink() else target.parent
     frame = applied.frame.assign(path=paths_for_manifest(applied.frame["path"], folder=folder))
     with atomic_path(target) as tmp:
@@ -733,4 +745,5 @@ def apply(
         else:
             frame = integers_restored(frame, integer_key_columns(dataset))
             frame.to_parquet(tmp, index=False)
-    return {**applied.counts, "emptied": applied.emptied, "out": str(out)}
+    rare = [f"{name} ({size})" for name, size in small.items()] if applied.counts["kept_rare"] else []
+    return {**applied.counts, "emptied": applied.emptied, "rare": rare, "out": str(out)}

@@ -22,6 +22,14 @@ images of its class (an out-of-fold probe, a vote of neighbours), and a class of
 offer, so most of their images are flagged whatever their labels."""
 
 
+def small_classes(given: np.ndarray) -> dict[str, int]:
+    """The classes of fewer than `SMALL_CLASS` images among ``given`` ((N,) each image's given label, as text),
+    with their sizes, smallest first."""
+    names, sizes = np.unique(np.asarray(given, dtype=object).astype(str), return_counts=True)
+    small = [(str(n), int(c)) for n, c in zip(names, sizes, strict=True) if c < SMALL_CLASS]
+    return dict(sorted(small, key=lambda item: (item[1], item[0])))
+
+
 def rare_class_verdicts(given: np.ndarray, flagged: np.ndarray) -> tuple[int, list[str]]:
     """Of the images of a training set flagged by its audit, how many are of classes of fewer than `SMALL_CLASS`
     images, and those classes (with their sizes, smallest first).
@@ -33,11 +41,10 @@ def rare_class_verdicts(given: np.ndarray, flagged: np.ndarray) -> tuple[int, li
     flagged
         (N,) bool, the verdict is not ``clean``.
     """
-    names, sizes = np.unique(np.asarray(given, dtype=object).astype(str), return_counts=True)
-    small = {str(n): int(c) for n, c in zip(names, sizes, strict=True) if c < SMALL_CLASS}
+    small = small_classes(given)
     in_small = np.isin(np.asarray(given, dtype=object).astype(str), list(small))
     count = int((in_small & np.asarray(flagged, dtype=bool)).sum())
-    return count, [f"{n} ({c})" for n, c in sorted(small.items(), key=lambda item: (item[1], item[0]))]
+    return count, [f"{n} ({c})" for n, c in small.items()]
 
 
 def truth_categories(*, is_low_quality: np.ndarray, is_label_noisy: np.ndarray) -> np.ndarray:

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
+from qmix_cli.categories import SMALL_CLASS
 from qmix_cli.cli.common import bold, guarded, state
 from qmix_cli.errors import first_few
 
@@ -26,12 +27,21 @@ def apply_command(
         str,
         typer.Option(help="Images the report has no row for (an audit with --on-bad-image skip): error, drop or keep."),
     ] = "error",
+    rare_classes: Annotated[
+        str,
+        typer.Option(
+            help=f"Images of classes of fewer than {SMALL_CLASS} images (in an audit of the training set): keep (as "
+            "they are, whatever their verdict: it says little) or apply (as for any other image)."
+        ),
+    ] = "keep",
     force: Annotated[bool, typer.Option(help="Replace --out if it exists (runs may have been trained on it).")] = False,
 ) -> None:
     """Write a new manifest with the report's verdicts applied: relabel or drop wrong labels, drop unusable images."""
     from qmix_cli.api import apply
 
-    counts = apply(data, report=report, out=out, hq=hq, lq=lq, on_missing=on_missing, force=force)
+    counts = apply(
+        data, report=report, out=out, hq=hq, lq=lq, on_missing=on_missing, rare_classes=rare_classes, force=force
+    )
     dropped = counts["images"] - counts["kept"]
     parts = [f"relabelled {counts['relabelled']:,}", f"dropped {dropped:,}"]
     if dropped:
@@ -40,19 +50,28 @@ def apply_command(
         parts[-1] += " (" + ", ".join(f"{n:,} {k}" for k, n in why.items() if n) + ")"
     if counts["kept_missing"]:
         parts.append(f"kept {counts['kept_missing']:,} the report has no verdict for, unchanged")
+    if counts["kept_rare"]:
+        parts.append(f"kept {counts['kept_rare']:,} flagged of rare classes unchanged")
     st = state(ctx)
     st.err.print(
         f"wrote {bold(out)}: {counts['kept']:,} of {counts['images']:,} images; {'; '.join(parts)}",
         highlight=False,
         soft_wrap=True,
     )
+    if counts["kept_rare"]:  # class names are the user's text: no markup
+        st.err.print(
+            Text(
+                f"note: the verdicts on images of classes of fewer than {SMALL_CLASS} images say little, so "
+                f"{counts['kept_rare']:,} flagged of them keep their labels ({first_few(counts['rare'])}): check them "
+                "by hand, or pass --rare-classes apply"
+            )
+        )
     if emptied := counts["emptied"]:
         st.err.print(
             Text(
                 f"warning: {len(emptied):,} class{'es' if len(emptied) > 1 else ''} of the dataset carr"
                 f"{'y' if len(emptied) > 1 else 'ies'} no image any more: {first_few(emptied)}; a run on it will not "
-                f"know {'them' if len(emptied) > 1 else 'it'} (a class of a few images is one the audit cannot judge: "
-                "check them by hand, or pass --hq keep)"
+                f"know {'them' if len(emptied) > 1 else 'it'} (check them by hand, or pass --hq keep)"
             )
         )
     # Few wrong labels are left: plain cross-entropy trains the better classifier, and six times faster

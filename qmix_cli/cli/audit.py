@@ -118,7 +118,7 @@ def audit_command(
                 Text(
                     f"note: {rare:,} of the flagged images are of classes of fewer than {SMALL_CLASS} images "
                     f"({first_few(classes)}): each is judged by the other images of its class, so these verdicts say "
-                    "little; check them by hand"
+                    "little; check them by hand (qmix apply keeps them as they are)"
                 )
             )
     if out != "-":

@@ -9,7 +9,7 @@ does the I/O.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,6 +22,9 @@ from qmix_cli.reporting.report import as_bool, check_verdict_rows, given_label_m
 HQ_ACTIONS = ("relabel", "drop", "keep")
 LQ_ACTIONS = ("drop", "keep")
 ON_MISSING = ("error", "drop", "keep")
+# Images of the classes too small for their verdicts to say much (`qmix_cli.categories.SMALL_CLASS`): kept as they
+# are whatever their verdict, or treated as any other image.
+RARE_ACTIONS = ("keep", "apply")
 # Columns the new manifest gains: the label the image had and the verdict that changed it (or not).
 GIVEN_COLUMN = "qmix_given_label"
 VERDICT_COLUMN = "qmix_verdict"
@@ -40,7 +43,8 @@ class Applied:
         ``is_label_noisy``) describe the new labels.
     counts
         ``images`` (in the dataset), ``kept`` (rows of the new manifest), ``relabelled``, ``dropped_hq``,
-        ``dropped_lq``, ``missing`` (rows the report lacks), ``dropped_missing`` and ``kept_missing``.
+        ``dropped_lq``, ``missing`` (rows the report lacks), ``dropped_missing``, ``kept_missing`` and ``kept_rare``
+        (images flagged but kept as they are, their class being one of ``keep_classes``).
     emptied
         Classes the dataset had that no image of the new manifest carries.
     """
@@ -58,6 +62,7 @@ def apply_verdicts(
     lq: str = "drop",
     on_missing: str = "error",
     classes: Sequence[str] = (),
+    keep_classes: Collection[str] = (),
 ) -> Applied:
     """The manifest rows that follow from a report's verdicts.
 
@@ -77,6 +82,9 @@ def apply_verdicts(
     classes
         The run's classes, when known (a Parquet report records them): a suggested label must be one of them or of
         the dataset's labels.
+    keep_classes
+        Given labels whose images stay as they are whatever their verdict: classes too small for the audit to judge
+        (`qmix_cli.categories.small_classes` of the training set).
 
     Returns
     -------
@@ -97,7 +105,8 @@ def apply_verdicts(
     )
 
     verdict = rep["category"].fillna("").astype(str).to_numpy()
-    is_hq, is_lq = verdict == CATEGORIES[MIS_H], verdict == CATEGORIES[MIS_L]
+    rare = np.isin(given, list(keep_classes)) & np.isin(verdict, [CATEGORIES[MIS_H], CATEGORIES[MIS_L]])
+    is_hq, is_lq = (verdict == CATEGORIES[MIS_H]) & ~rare, (verdict == CATEGORIES[MIS_L]) & ~rare
     drop = (is_hq & (hq == "drop")) | (is_lq & (lq == "drop")) | (missing & (on_missing == "drop"))
     relabel = is_hq & (hq == "relabel")
     suggested = rep["suggested_label"].to_numpy(dtype=object)
@@ -131,6 +140,7 @@ def apply_verdicts(
         "missing": int(missing.sum()),
         "dropped_missing": int((missing & drop).sum()),
         "kept_missing": int((missing & ~drop).sum()),
+        "kept_rare": int(rare.sum()),
     }
     left = set(out["label"].astype(str))
     if len(left) < 2 <= len(set(given)):  # no run can train on it: refused as an all-dropped manifest is
@@ -170,12 +180,14 @@ def integers_restored(frame: pd.DataFrame, columns: Mapping[str, np.dtype]) -> p
     return frame.assign(**converted)
 
 
-def check_actions(*, hq: str, lq: str, on_missing: str) -> None:
-    """Refuse an unknown action (`HQ_ACTIONS`, `LQ_ACTIONS`, `ON_MISSING`) before any file is read."""
+def check_actions(*, hq: str, lq: str, on_missing: str, rare_classes: str = "keep") -> None:
+    """Refuse an unknown action (`HQ_ACTIONS`, `LQ_ACTIONS`, `ON_MISSING`, `RARE_ACTIONS`) before any file is
+    read."""
     for value, allowed, name in (
         (hq, HQ_ACTIONS, "hq"),
         (lq, LQ_ACTIONS, "lq"),
         (on_missing, ON_MISSING, "on-missing"),
+        (rare_classes, RARE_ACTIONS, "rare-classes"),
     ):
         if value not in allowed:
             raise QmixError(f"{name} must be one of {', '.join(allowed)} (got {value!r})")

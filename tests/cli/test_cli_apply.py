@@ -121,6 +121,45 @@ def test_a_class_emptied_is_named(runner, report, noisy_digits, tmp_path):
     )
 
 
+def test_flagged_images_of_rare_classes_keep_their_labels_unless_asked(runner, report, noisy_digits, tmp_path):
+    # Two images given a class of their own: the audit judges each by the other images of its class, so it flags
+    # them whatever their label; applying that would take the class out of the dataset.
+    frame = pd.read_parquet(report)
+    rare = [frame.loc[frame["category"] == c, "sample_id"].iloc[0] for c in ("mislabeled_hq", "mislabeled_lq")]
+    frame.loc[frame["sample_id"].isin(rare), "given_label"] = "rare_finding"
+    frame.to_csv(tmp_path / "report.csv", index=False)  # no metadata: taken for an audit of the training set
+    manifest = pd.read_parquet(noisy_digits / "manifest.parquet")
+    manifest = manifest.assign(path=[str(noisy_digits / p) for p in manifest["path"]])
+    manifest.loc[manifest["sample_id"].isin(rare), "label"] = "rare_finding"
+    manifest.to_parquet(tmp_path / "data.parquet")
+    args = ["apply", str(tmp_path / "data.parquet"), "--report", str(tmp_path / "report.csv")]
+    result = runner.invoke(app, [*args, "-o", str(tmp_path / "kept.csv")])
+    assert result.exit_code == 0, _stderr(result)
+    said = " ".join(_stderr(result).split())
+    assert "kept 2 flagged of rare classes unchanged" in said
+    assert "so 2 flagged of them keep their labels (rare_finding (2)): check them by hand" in said
+    assert "carries no image any more" not in said
+    kept = pd.read_csv(tmp_path / "kept.csv", dtype=str).set_index("sample_id")
+    assert kept.loc[rare, "label"].tolist() == ["rare_finding"] * 2
+    assert kept.loc[rare, "qmix_verdict"].tolist() == ["mislabeled_hq", "mislabeled_lq"]  # recorded all the same
+    result = runner.invoke(app, [*args, "-o", str(tmp_path / "applied.csv"), "--rare-classes", "apply"])
+    assert result.exit_code == 0, _stderr(result)
+    assert "warning: 1 class of the dataset carries no image any more: rare_finding" in " ".join(
+        _stderr(result).split()
+    )
+    applied = pd.read_csv(tmp_path / "applied.csv", dtype=str).set_index("sample_id")
+    assert rare[0] in applied.index and applied.at[rare[0], "label"] != "rare_finding"  # relabelled
+    assert rare[1] not in applied.index  # dropped as unusable
+    # Rarity in another dataset than the run's training set says nothing of the verdicts: they are applied.
+    from qmix_cli import apply
+    from qmix_cli.reporting.report import read_report
+
+    other = read_report(tmp_path / "report.csv")
+    other.attrs["qmix"] = {"training_set": "false"}
+    counts = apply(tmp_path / "data.parquet", report=other, out=tmp_path / "other.csv")
+    assert counts["kept_rare"] == 0 and counts["emptied"] == ["rare_finding"]
+
+
 def test_the_python_api_takes_the_report_as_a_file_or_as_audit_returns_it(report, noisy_digits, qmix_run, tmp_path):
     from qmix_cli import apply, audit
 

@@ -8,7 +8,7 @@ import pytest
 
 from qmix_cli.categories import CATEGORIES
 from qmix_cli.errors import QmixError
-from qmix_cli.reporting.apply import GIVEN_COLUMN, VERDICT_COLUMN, apply_verdicts, integers_restored
+from qmix_cli.reporting.apply import GIVEN_COLUMN, VERDICT_COLUMN, apply_verdicts, check_actions, integers_restored
 
 C, H, L = CATEGORIES
 
@@ -41,7 +41,7 @@ def test_default_relabels_wrong_labels_and_drops_unusable_images() -> None:
     assert out["site"].tolist() == ["a"] * 4 and out["path"].tolist() == [f"s{i}.png" for i in range(4)]
     assert applied.counts == {
         "images": 6, "kept": 4, "relabelled": 2, "dropped_hq": 0, "dropped_lq": 2, "missing": 0,
-        "dropped_missing": 0, "kept_missing": 0,
+        "dropped_missing": 0, "kept_missing": 0, "kept_rare": 0,
     }  # fmt: skip
     assert applied.emptied == []
 
@@ -107,6 +107,11 @@ def test_unknown_actions(option: str, value: str) -> None:
         apply_verdicts(manifest(), report(), **{option: value})
 
 
+def test_an_unknown_rare_classes_action_is_refused_before_anything_is_read() -> None:
+    with pytest.raises(QmixError, match=r"rare-classes must be one of keep, apply \(got 'drop'\)"):
+        check_actions(hq="relabel", lq="drop", on_missing="error", rare_classes="drop")
+
+
 def test_truth_given_by_category_alone_is_updated_too() -> None:
     # Truth written by hand (category and true_label, no is_low_quality): the degraded images are those it names.
     truth = manifest(true_label=TRUE, category=[C, C, H, H, L, L])
@@ -139,6 +144,23 @@ def test_nothing_left_and_classes_emptied() -> None:
     )
     applied = apply_verdicts(manifest(label=labels), owl)
     assert set(applied.frame["label"]) == {"cat", "owl"} and applied.emptied == ["dog"]
+
+
+def test_images_of_the_classes_to_keep_stay_as_they_are_whatever_their_verdict() -> None:
+    labels = ["cat", "dog", "cat", "owl", "owl", "cat"]  # s3 (mislabeled_hq) and s4 (mislabeled_lq): owls
+    rows = report(given_label=labels, suggested_label=[None, None, "dog", "cat", None, None])
+    applied = apply_verdicts(manifest(label=labels), rows, keep_classes=["owl"])
+    out = applied.frame.set_index("sample_id")
+    assert out.index.tolist() == ["s0", "s1", "s2", "s3", "s4"]  # s5, a degraded cat, dropped as before
+    assert out.loc[["s2", "s3", "s4"], "label"].tolist() == ["dog", "owl", "owl"]
+    assert out.loc[["s3", "s4"], VERDICT_COLUMN].tolist() == [H, L]  # the verdicts are still recorded
+    assert applied.counts["kept_rare"] == 2 and applied.counts["relabelled"] == 1
+    assert applied.counts["dropped_lq"] == 1 and applied.emptied == []
+    clean_owls = report(
+        given_label=labels, suggested_label=[None, None, "dog", None, None, None], category=[C, C, H, C, C, L]
+    )
+    clean_owls = apply_verdicts(manifest(label=labels), clean_owls, keep_classes=["owl"])
+    assert clean_owls.counts["kept_rare"] == 0  # only flagged images are counted
 
 
 def test_a_second_round_keeps_the_first_given_label() -> None:
