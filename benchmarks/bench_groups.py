@@ -86,7 +86,8 @@ def wrong_label_auc(report: Path, noisy: Path) -> float:
     ranks the label errors a group column is about, apart from the degraded images it also finds."""
     merged = with_truth(pd.read_parquet(report), noisy)
     good = merged[merged["truth"] != "mislabeled_lq"]
-    return float(roc_auc_score(good["truth"] == "mislabeled_hq", 1.0 - good["p_clean"]))
+    # -p_clean ranks as 1 - p_clean does, without rounding every p_clean below 1e-16 into one tie.
+    return float(roc_auc_score(good["truth"] == "mislabeled_hq", -good["p_clean"]))
 
 
 def wrong_patient_aucs(report: Path, noisy: Path) -> dict[str, float]:
@@ -99,7 +100,7 @@ def wrong_patient_aucs(report: Path, noisy: Path) -> dict[str, float]:
     table = summarise_groups(frame, groups=frame["patient"]).set_index(["group", "given_label"])
     good = frame[frame["truth"] != "mislabeled_lq"]
     wrong = (good["truth"] == "mislabeled_hq").groupby([good["patient"], good["given_label"]]).any()
-    worst = (1.0 - frame["p_clean"]).groupby([frame["patient"], frame["given_label"]]).max()
+    worst = (-frame["p_clean"]).groupby([frame["patient"], frame["given_label"]]).max()  # as 1 - p_clean ranks
     units = wrong.index  # the units with a good image
     return {
         "AUC wrong patient": float(roc_auc_score(wrong, table["issue_score"].reindex(units))),

@@ -149,7 +149,7 @@ def evaluate_report(
         "mislabeled": _aucs(
             true_issue,
             {
-                "1 - p_clean": 1.0 - _scores(joined, "p_clean"),
+                "1 - p_clean": _neg_scores(joined, "p_clean"),
                 "loss": _scores(joined, "loss"),
                 "1 - label_score": _neg_scores(joined, "label_score"),
             },
@@ -168,7 +168,7 @@ def evaluate_report(
             as_bool(joined["is_label_noisy"], name="is_label_noisy"),
             {
                 "1 - label_score": _neg_scores(joined, "label_score"),
-                "1 - p_clean": 1.0 - _scores(joined, "p_clean"),
+                "1 - p_clean": _neg_scores(joined, "p_clean"),
             },
         )
         targets["label_noisy"] = "is_label_noisy"
@@ -514,8 +514,10 @@ def _scores(frame: pd.DataFrame, column: str) -> np.ndarray | None:
 
 
 def _neg_scores(frame: pd.DataFrame, column: str) -> np.ndarray | None:
+    """``column`` negated: ranked as ``1 - column`` is, but without the rounding that makes every value below 1e-16
+    (a p_clean of 1e-30 is common) one tie at 1.0; only the order matters to an AUC."""
     scores = _scores(frame, column)
-    return None if scores is None else 1.0 - scores
+    return None if scores is None else -scores
 
 
 def _aucs(target: np.ndarray, scores: Mapping[str, np.ndarray | None]) -> dict[str, float | None]:

@@ -115,6 +115,20 @@ def test_single_class_truth_gives_undefined_auc() -> None:
     assert result["macro_f1"] == pytest.approx((2 * 1.0 * 0.75 / 1.75 + 0.0) / 2)
 
 
+def test_tiny_scores_keep_their_order_in_the_aucs() -> None:
+    """A p_clean of 1e-30 is common in a report; ``1 - p`` in float64 makes every value below 1e-16 one tie at 1.0,
+    so the AUC would not be that of the ranking the report gives (its ``rank``: p_clean ascending)."""
+    report, truth = make_frames()
+    tiny = np.asarray([1e-20, 3e-33, 1e-25, 1e-22, 1e-18, 1e-33, 1e-31, 1e-32, 1e-36, 1e-34], dtype=np.float32)
+    report = report.assign(p_clean=tiny, label_score=tiny)  # issues below clean images but s06, s07 above s01
+    truth = truth.assign(is_label_noisy=truth["category"] == H)
+    result = evaluate_report(report=report, truth=truth)
+    assert result["roc_auc"]["mislabeled"] == pytest.approx(23 / 25)  # one tie would say 0.5
+    assert result["roc_auc_by_score"]["mislabeled"]["1 - label_score"] == pytest.approx(23 / 25)
+    # Noisy s05 (1e-33) beats the five clean images but s08, s09; s06 (1e-31) and s07 (1e-32) four each.
+    assert result["roc_auc_by_score"]["label_noisy"]["1 - p_clean"] == pytest.approx(13 / 21)
+
+
 def test_optional_truth_columns_are_used() -> None:
     report, truth = make_frames()
     order = truth["sample_id"].str[1:].astype(int)
