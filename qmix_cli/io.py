@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import json
 import os
 import re
@@ -180,6 +181,20 @@ def reserve_space(path: str | Path) -> None:
         if e.errno not in NO_SPACE and free >= size:
             return
     raise NoSpaceError(f"{format_bytes(size)} needed in {path.parent}, {format_bytes(free)} free")
+
+
+def send_to_null(stream: Any) -> None:
+    """Point the file descriptor under ``stream`` at the null device, once the pipe it wrote to has lost its reader
+    (``qmix ... | head``): what is still buffered for it, or printed later, then goes nowhere instead of raising
+    `BrokenPipeError` again (at interpreter exit, "Exception ignored ... BrokenPipeError"). Streams without a
+    descriptor are left as they are."""
+    with contextlib.suppress(AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        fd = stream.fileno()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, fd)
+        finally:
+            os.close(devnull)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

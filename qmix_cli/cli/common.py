@@ -6,11 +6,10 @@ import contextlib
 import errno
 import functools
 import gc
-import os
 import re
 import sys
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -19,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from qmix_cli.errors import QmixError
-from qmix_cli.io import NO_SPACE, format_bytes
+from qmix_cli.io import NO_SPACE, format_bytes, send_to_null
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -50,25 +49,38 @@ class LastingStderr:
         try:
             return self._stream.write(text)
         except BrokenPipeError:
-            self._to_null()
+            send_to_null(self._stream)
             return len(text)
 
     def flush(self) -> None:
         try:
             self._stream.flush()
         except BrokenPipeError:
-            self._to_null()
-
-    def _to_null(self) -> None:
-        with contextlib.suppress(AttributeError, OSError, ValueError):
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            try:
-                os.dup2(devnull, self._stream.fileno())
-            finally:
-                os.close(devnull)
+            send_to_null(self._stream)
 
     def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding, ...: the stream's own
         return getattr(self._stream, name)
+
+
+class StdoutConsole(Console):
+    """A console for a command's output on stdout. Where its reader has gone, rich's own handler ends the process
+    with status 1; this one raises `BrokenPipeError` for `reader_may_leave` to end the printing quietly."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError(errno.EPIPE, "stdout's reader went away")
+
+
+@contextlib.contextmanager
+def reader_may_leave() -> Iterator[None]:
+    """Print a command's output to stdout in the block (`typer.echo`, a `StdoutConsole`); a reader that stops early
+    (``qmix evaluate | head``) ends it quietly, as the command's success, the way `head` expects of the commands it
+    reads (and ``set -o pipefail`` scripts of them)."""
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        send_to_null(sys.stdout)
 
 
 def quiet_pillow_warnings() -> None:

@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-from qmix_cli.cli.common import guarded
+from qmix_cli.cli.common import StdoutConsole, guarded, reader_may_leave
 
 
 @guarded
@@ -63,10 +62,11 @@ def evaluate_command(
     from qmix_cli.reporting.evaluate import render_evaluation
 
     result = evaluate(report, truth=truth, on_missing=on_missing, on_unchecked=on_unchecked, group_column=group_column)
-    if as_json:
-        typer.echo(json.dumps(result, indent=2))
-    else:
-        render_evaluation(result, Console(), per_class=per_class)  # the requested output: printed under --quiet too
+    with reader_may_leave():
+        if as_json:
+            typer.echo(json.dumps(result, indent=2))
+        else:
+            render_evaluation(result, StdoutConsole(), per_class=per_class)  # the requested output: under --quiet too
 
 
 def register(app: typer.Typer) -> None:

@@ -16,7 +16,6 @@ import csv
 import datetime as dt
 import filecmp
 import hashlib
-import io
 import json
 import os
 import sys
@@ -37,7 +36,7 @@ import pyarrow.parquet as pq
 from qmix_cli import __version__
 from qmix_cli.categories import CATEGORIES, CLEAN, MIS_H
 from qmix_cli.errors import DataError, QmixError, summarise_offenders
-from qmix_cli.io import atomic_path
+from qmix_cli.io import atomic_path, send_to_null
 from qmix_cli.reporting.groups import GROUP_SCHEMA
 
 #: Output formats a report can be written in.
@@ -584,16 +583,7 @@ class ReportWriter:
 
     def _on_closed_pipe(self) -> None:
         self.pipe_closed = True
-        # Output still buffered for the dead pipe (or printed later) would fail again at interpreter exit with
-        # "Exception ignored ... BrokenPipeError"; pointing the descriptor at the null device lets it succeed.
-        with contextlib.suppress(AttributeError, OSError, ValueError, io.UnsupportedOperation):
-            assert self._sink is not None
-            fd = self._sink.fileno()
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            try:
-                os.dup2(devnull, fd)
-            finally:
-                os.close(devnull)
+        send_to_null(self._sink)
 
 
 class _Aborted(Exception):

@@ -52,7 +52,7 @@ def test_json_metrics_agree_with_sklearn(runner, report, noisy_digits, joined):
 
     true_issue = y_true != "clean"
     assert metrics["roc_auc"]["mislabeled"] == pytest.approx(
-        roc_auc_score(true_issue, 1.0 - joined["p_clean"].to_numpy(np.float64))
+        roc_auc_score(true_issue, -joined["p_clean"].to_numpy(np.float64))  # the report's ranking: rank 1 first
     )
     assert metrics["roc_auc"]["low_quality"] == pytest.approx(
         roc_auc_score(joined["is_low_quality"].to_numpy(bool), joined["p_mislabeled_lq"].to_numpy(np.float64))
@@ -199,6 +199,23 @@ def test_truth_of_another_corruption_is_refused(runner, report, noisy_digits, tm
     _assert_one_line_error(
         result, "3 images whose given label in the report is not the truth", manifest["sample_id"].iloc[0]
     )
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_a_reader_that_stops_early_ends_evaluate_quietly_and_with_success(report, noisy_digits, tmp_path, as_json):
+    """``qmix evaluate ... | head -1`` in a ``set -o pipefail`` script: rich's own handler exited with status 1."""
+    import os
+    import shlex
+    import subprocess
+    import sys
+
+    qmix = f"{shlex.quote(sys.executable)} -m qmix_cli evaluate {shlex.quote(str(report))}"
+    qmix += f" --truth {shlex.quote(str(noisy_digits))}" + (" --json" if as_json else "")
+    # A reader that closes its end without reading anything, so the JSON too finds the pipe closed.
+    script = f'{qmix} | (exec 0<&-; sleep 2); echo "rc=${{PIPESTATUS[0]}}" >&2'
+    env = {**os.environ, "QMIX_CACHE_DIR": os.environ["QMIX_CACHE_DIR"]}
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert proc.stderr.splitlines() == ["rc=0"], proc.stderr
 
 
 def test_missing_report(runner, noisy_digits, tmp_path):
