@@ -366,7 +366,8 @@ def decode_metadata(raw: Mapping[bytes, bytes]) -> dict[str, str]:
 
 
 def infer_format(out: str | Path, fmt: str | None = None) -> str:
-    """Resolve the output format: ``fmt`` when given, else from the suffix of ``out``.
+    """Resolve the output format: ``fmt`` when given (which a known suffix must agree with), else from the suffix
+    of ``out``.
 
     ``out == "-"`` (stdout) defaults to CSV; Parquet cannot go to stdout because its footer is written last
     and readers need to seek.
@@ -379,13 +380,19 @@ def infer_format(out: str | Path, fmt: str | None = None) -> str:
     Raises
     ------
     QmixError
-        Unknown ``fmt``, unknown suffix, or Parquet to stdout.
+        Unknown ``fmt``, unknown suffix, a ``fmt`` other than the known suffix says, or Parquet to stdout.
     """
     to_stdout = isinstance(out, str) and out == "-"
     if fmt is not None:
         resolved = fmt.strip().lower()
         if resolved not in FORMATS:
             raise QmixError(f"unknown report format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        named = None if to_stdout else _SUFFIX_FORMATS.get(Path(out).suffix.lower())
+        if named is not None and named != resolved:  # every reader goes by the suffix: it could not be read back
+            raise QmixError(
+                f"--format {resolved} contradicts the suffix of {str(out)!r}, a {named} file's; name the file "
+                "for its format, or leave --format out"
+            )
     elif to_stdout:
         resolved = "csv"
     else:

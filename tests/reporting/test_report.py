@@ -253,8 +253,9 @@ def test_build_report_handles_no_rows() -> None:
         ("r.json-lines", None, "jsonl"),
         ("-", None, "csv"),
         ("-", "jsonl", "jsonl"),
-        ("r.csv", "parquet", "parquet"),
+        ("r.csv", "csv", "csv"),
         ("report", "CSV", "csv"),
+        ("report.txt", "jsonl", "jsonl"),
         (Path("r.parquet"), None, "parquet"),
     ],
 )
@@ -269,6 +270,9 @@ def test_infer_format(out: str, fmt: str | None, expected: str) -> None:
         ("report", None, "suffix"),
         ("r.csv", "feather", "unknown report format"),
         ("-", "parquet", "parquet cannot stream to stdout; use --format csv or jsonl"),
+        # Readers go by the suffix, so a file named for another format could not be read back.
+        ("r.csv", "parquet", r"--format parquet contradicts the suffix of 'r.csv', a csv file's"),
+        ("r.PARQUET", "jsonl", "--format jsonl contradicts"),
     ],
 )
 def test_infer_format_errors(out: str, fmt: str | None, message: str) -> None:
