@@ -11,6 +11,7 @@ import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
@@ -60,6 +61,14 @@ class LastingStderr:
 
     def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding, ...: the stream's own
         return getattr(self._stream, name)
+
+
+def folder_out(out: Path, *, what: str) -> Path:
+    """The ``--out`` of a command that writes a folder (``what``): ``-``, stdout to `qmix audit`, cannot name one,
+    and taking it for a folder called ``-`` would leave a stray folder where a script expected a stream."""
+    if str(out) == "-":
+        raise QmixError(f"--out -: {what} is a folder, not a stream to stdout; name the folder")
+    return out
 
 
 class StdoutConsole(Console):

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from qmix_cli.cli.common import bold, guarded, state
+from qmix_cli.cli.common import bold, folder_out, guarded, state
 
 
 @guarded
@@ -91,6 +91,7 @@ def corrupt_command(
     """Corrupt a clean dataset with reproducible label noise and image degradations, keeping the truth."""
     from qmix_cli.api import corrupt
 
+    folder_out(out, what="qmix corrupt's output")
     st = state(ctx)
     result = corrupt(
         src,

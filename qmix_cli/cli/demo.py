@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from qmix_cli.cli.common import guarded, load_engine, state
+from qmix_cli.cli.common import folder_out, guarded, load_engine, state
 
 # Everything the demo writes in its folder (`run.previous`: the run a rerun replaces, until it is done).
 DEMO_OUTPUTS = frozenset({"noisy-digits", "run", "run.previous", "report.parquet", "report.html", "fixed.parquet"})
@@ -32,6 +32,7 @@ def demo_command(
 ) -> None:
     """Corrupt digits, train qmix, audit every image, evaluate against the truth, write the HTML page and the
     manifest with the verdicts applied."""
+    folder_out(out, what="the demo's output")
     load_engine()
     from qmix_cli.api import apply, audit, corrupt, evaluate, show, train
     from qmix_cli.config import config_from_dict

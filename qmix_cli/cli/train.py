@@ -11,7 +11,7 @@ import yaml
 from rich.console import Console
 from rich.text import Text
 
-from qmix_cli.cli.common import CACHE_DEFAULT, bold, guarded, load_engine, state
+from qmix_cli.cli.common import CACHE_DEFAULT, bold, folder_out, guarded, load_engine, state
 from qmix_cli.config import TrainConfig, check_config_keys
 from qmix_cli.errors import ConfigError
 from qmix_cli.io import RUN_CHECKPOINT
@@ -133,6 +133,7 @@ def train_command(
     ] = False,
 ) -> None:
     """Train QMix (or the dividemix / ce baselines) and save everything audit needs."""
+    folder_out(out, what="a run")
     load_engine()
     from qmix_cli.api import train
 

@@ -243,6 +243,17 @@ def test_unexpected_error_is_one_line_too(runner, tmp_path, source, monkeypatch)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # no output, no temp dir
 
 
+@pytest.mark.parametrize("command", ["corrupt", "train", "demo"])
+def test_out_dash_is_no_folder(runner, tmp_path, source, monkeypatch, command):
+    """``-`` is stdout to `qmix audit`; a script that gives it to a command writing a folder gets an error, not a
+    folder named ``-``."""
+    monkeypatch.chdir(tmp_path)
+    args = {"corrupt": ["corrupt", str(source)], "train": ["train", str(source)], "demo": ["demo"]}[command]
+    result = runner.invoke(app, [*args, "--out", "-"])
+    _assert_one_line_error(result, "--out -:", "is a folder, not a stream to stdout; name the folder")
+    assert not (tmp_path / "-").exists()
+
+
 def test_bad_usage_is_exit_code_2(runner, tmp_path, source):
     result = runner.invoke(app, ["corrupt", str(source), "--out", str(tmp_path / "o"), "--label-rate", "lots"])
     assert result.exit_code == 2
