@@ -35,7 +35,11 @@ class State:
     @property
     def err(self) -> Console:
         # Human-facing output goes to stderr so that stdout stays clean for pipes (`--out -`).
-        return Console(stderr=True, quiet=self.quiet)
+        console = Console(stderr=True, quiet=self.quiet)
+        # Into a file or a pipe each message stays one line, so that a log can be grepped for it; a terminal wraps
+        # them at its width.
+        console.soft_wrap = not console.is_terminal
+        return console
 
 
 class LastingStderr:

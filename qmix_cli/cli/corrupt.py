@@ -122,12 +122,13 @@ def corrupt_command(
         + (f"; skipped {skipped} unreadable source images" if skipped else ""),
         highlight=False,
     )
-    types = result.summary["file_types"]
-    if types["low_quality"] and types["high_quality"] and set(types["low_quality"]) != set(types["high_quality"]):
+    lq_types, hq_types = (set(result.summary["file_types"][k]) for k in ("low_quality", "high_quality"))
+    if lq_types and hq_types and lq_types != hq_types:
+        part = "the truth" if lq_types.isdisjoint(hq_types) else "part of the truth"
         st.err.print(
-            f"note: the degraded images are {', '.join(types['low_quality'])} files and the others "
-            f"{', '.join(types['high_quality'])}, so the file type alone tells them apart; --image-format png "
-            "writes every image alike",
+            f"note: the degraded images are {', '.join(sorted(lq_types))} files and the others "
+            f"{', '.join(sorted(hq_types))}, so the file type gives {part} away; --image-format png writes every "
+            "image alike",
             highlight=False,
         )
     unchanged = result.summary["unchanged_low_quality"]

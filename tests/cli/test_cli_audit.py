@@ -471,7 +471,8 @@ def test_recompute_runs_the_nets_and_agrees_with_what_the_run_kept(
 @pytest.mark.parametrize("name", ["model.pt", "metrics.jsonl", "checkpoints/report.csv"])
 def test_an_output_among_the_runs_own_files_is_refused(runner, qmix_run, noisy_digits, hash_tree, name):
     before = hash_tree(qmix_run.run_dir)
-    result = _audit(runner, noisy_digits, qmix_run.run_dir, "--out", str(qmix_run.run_dir / name), "-f", "csv")
+    fmt = "jsonl" if name.endswith(".jsonl") else "csv"  # a format the name does not contradict
+    result = _audit(runner, noisy_digits, qmix_run.run_dir, "--out", str(qmix_run.run_dir / name), "-f", fmt)
     _assert_one_line_error(result, f"is one of the run's own files ({name}); write the report to another file")
     assert hash_tree(qmix_run.run_dir) == before
 

@@ -155,7 +155,7 @@ def test_degraded_images_told_by_their_file_type_are_noted(runner, tmp_path, mak
     assert result.exit_code == 0, result.output
     said = " ".join(_stderr(result).split())
     if image_format is None:
-        assert "the degraded images are .png files and the others .jpg, so the file type alone" in said
+        assert "the degraded images are .png files and the others .jpg, so the file type gives the truth away" in said
         assert "--image-format png" in said
     else:
         assert "file type" not in said
