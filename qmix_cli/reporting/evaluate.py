@@ -84,7 +84,8 @@ def evaluate_report(
         ``n``; ``left_out`` (truth rows not in the report, 0 unless ``on_missing="skip"``); ``unchecked`` (report
         rows not in the truth, 0 unless ``on_unchecked="skip"``); ``counts``
         (``truth`` / ``predicted`` per category); ``per_category`` (category →
-        ``precision``, ``recall``, ``f1``, ``support``); ``macro_f1``; ``accuracy``; ``confusion_matrix``
+        ``precision``, ``recall``, ``f1``, ``support``); ``macro_f1``; ``macro_f1_over`` (the categories it averages);
+        ``accuracy``; ``confusion_matrix``
         (``labels``, ``matrix`` as nested lists, rows truth, columns predicted); ``detection`` (``precision``,
         ``recall``, ``f1``, ``support``, ``flagged``); ``roc_auc`` (``mislabeled``, ``low_quality``);
         ``roc_auc_by_score`` (target → score expression → AUC); ``targets`` (how each AUC target is defined);
@@ -97,7 +98,7 @@ def evaluate_report(
         units of degraded images only, ``ungrouped``: images with no group, ``roc_auc`` and ``average_precision`` of
         the units' ``issue_score`` for the wrong ones; ``None`` without ``group_column``). Undefined metrics are
         ``None``. A category absent from both truth and prediction gets ``f1 = None`` and is left out of the macro
-        average.
+        average (and of ``macro_f1_over``).
 
     Raises
     ------
@@ -183,6 +184,9 @@ def evaluate_report(
         },
         "per_category": per_category,
         "macro_f1": _num(macro_f1),
+        # The categories that average is over: all three unless one is absent from truth and prediction alike (a
+        # set with no degraded image, a hand-checked sample), which a comparison across sets must know.
+        "macro_f1_over": [name for name, row in per_category.items() if row["f1"] is not None],
         "accuracy": _num(accuracy_score(y_true, y_pred)),
         "confusion_matrix": {
             "labels": labels,
@@ -366,7 +370,9 @@ def render_evaluation(result: Mapping[str, Any], console: Console, *, per_class:
     for name, row in result["per_category"].items():
         per_cat.add_row(name, _fmt(row["precision"]), _fmt(row["recall"]), _fmt(row["f1"]), str(row["support"]))
     per_cat.add_section()
-    per_cat.add_row("macro-F1", "", "", _fmt(result["macro_f1"]), "")
+    over = result.get("macro_f1_over", list(CATEGORIES))
+    macro = "macro-F1" if len(over) == len(CATEGORIES) else f"macro-F1 ({len(over)}-way: {', '.join(over)})"
+    per_cat.add_row(macro, "", "", _fmt(result["macro_f1"]), "")
     per_cat.add_row("accuracy", "", "", _fmt(result["accuracy"]), "")
     console.print(per_cat)
 

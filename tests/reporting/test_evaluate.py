@@ -66,6 +66,7 @@ def test_hand_computed_metrics() -> None:
     # lq: tp 1, predicted 1, actual 2 -> P 1, R 0.5, F1 2/3
     assert per[L] == pytest.approx({"precision": 1.0, "recall": 0.5, "f1": 2 / 3, "support": 2})
     assert result["macro_f1"] == pytest.approx((0.8 + 4 / 7 + 2 / 3) / 3)
+    assert result["macro_f1_over"] == list(CATEGORIES)
     assert result["accuracy"] == pytest.approx(7 / 10)
 
     # Detection: flagged = predicted != clean = {s04, s05, s06, s08, s09}; truth issues = s05..s09.
@@ -113,6 +114,10 @@ def test_single_class_truth_gives_undefined_auc() -> None:
     # mislabeled_lq is absent from truth and prediction: undefined, and left out of the macro average.
     assert result["per_category"][L]["f1"] is None
     assert result["macro_f1"] == pytest.approx((2 * 1.0 * 0.75 / 1.75 + 0.0) / 2)
+    assert result["macro_f1_over"] == [C, H]  # said, so that it is not compared with a 3-way one unawares
+    console = Console(record=True, width=200)
+    render_evaluation(result, console)
+    assert "macro-F1 (2-way: clean, mislabeled_hq)" in console.export_text()
 
 
 def test_tiny_scores_keep_their_order_in_the_aucs() -> None:
