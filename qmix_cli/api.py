@@ -700,7 +700,8 @@ def apply(
     dict
         The counts of `qmix_cli.reporting.apply.Applied` (``images``, ``kept``, ``relabelled``, ``dropped_hq``,
         ``dropped_lq``, ``missing``, ``kept_rare``, ...), ``emptied`` (classes no image carries any more),
-        ``rare`` (the classes kept as they are, with their sizes) and ``out``.
+        ``rare`` (the rare classes whose flagged images were kept as they are, with their sizes, smallest first) and
+        ``out``.
     """
     import json
 
@@ -745,5 +746,5 @@ def apply(
         else:
             frame = integers_restored(frame, integer_key_columns(dataset))
             frame.to_parquet(tmp, index=False)
-    rare = [f"{name} ({size})" for name, size in small.items()] if applied.counts["kept_rare"] else []
+    rare = [f"{name} ({small[name]})" for name in applied.kept_classes]
     return {**applied.counts, "emptied": applied.emptied, "rare": rare, "out": str(out)}

@@ -47,11 +47,14 @@ class Applied:
         (images flagged but kept as they are, their class being one of ``keep_classes``).
     emptied
         Classes the dataset had that no image of the new manifest carries.
+    kept_classes
+        Of the ``keep_classes`` asked for, those that had flagged images kept as they are.
     """
 
     frame: pd.DataFrame
     counts: dict[str, int]
     emptied: list[str] = field(default_factory=list)
+    kept_classes: list[str] = field(default_factory=list)
 
 
 def apply_verdicts(
@@ -149,7 +152,8 @@ def apply_verdicts(
             "--hq keep to keep the labels the report calls wrong)"
         )
     emptied = sorted(set(given) - left)
-    return Applied(frame=out, counts=counts, emptied=emptied)
+    kept_classes = [c for c in keep_classes if c in set(given[rare])]  # in the order asked
+    return Applied(frame=out, counts=counts, emptied=emptied, kept_classes=kept_classes)
 
 
 def integers_restored(frame: pd.DataFrame, columns: Mapping[str, np.dtype]) -> pd.DataFrame:

@@ -149,18 +149,19 @@ def test_nothing_left_and_classes_emptied() -> None:
 def test_images_of_the_classes_to_keep_stay_as_they_are_whatever_their_verdict() -> None:
     labels = ["cat", "dog", "cat", "owl", "owl", "cat"]  # s3 (mislabeled_hq) and s4 (mislabeled_lq): owls
     rows = report(given_label=labels, suggested_label=[None, None, "dog", "cat", None, None])
-    applied = apply_verdicts(manifest(label=labels), rows, keep_classes=["owl"])
+    applied = apply_verdicts(manifest(label=labels), rows, keep_classes=["owl", "emu"])  # no emu flagged
     out = applied.frame.set_index("sample_id")
     assert out.index.tolist() == ["s0", "s1", "s2", "s3", "s4"]  # s5, a degraded cat, dropped as before
     assert out.loc[["s2", "s3", "s4"], "label"].tolist() == ["dog", "owl", "owl"]
     assert out.loc[["s3", "s4"], VERDICT_COLUMN].tolist() == [H, L]  # the verdicts are still recorded
     assert applied.counts["kept_rare"] == 2 and applied.counts["relabelled"] == 1
     assert applied.counts["dropped_lq"] == 1 and applied.emptied == []
+    assert applied.kept_classes == ["owl"]
     clean_owls = report(
         given_label=labels, suggested_label=[None, None, "dog", None, None, None], category=[C, C, H, C, C, L]
     )
     clean_owls = apply_verdicts(manifest(label=labels), clean_owls, keep_classes=["owl"])
-    assert clean_owls.counts["kept_rare"] == 0  # only flagged images are counted
+    assert clean_owls.counts["kept_rare"] == 0 and clean_owls.kept_classes == []  # only flagged images count
 
 
 def test_a_second_round_keeps_the_first_given_label() -> None:
