@@ -307,9 +307,10 @@ def atomic_dir(out: str | Path, *, force: bool = False) -> Iterator[Path]:
     remove_abandoned_partials(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the output is an ordinary directory
-    # Held until it is renamed (the lock goes with the folder), so that no other command takes it for abandoned.
-    lock = os.open(tmp, os.O_RDONLY)
+    lock = None
     try:
+        # Held until it is renamed (the lock goes with the folder), so that no other command takes it for abandoned.
+        lock = os.open(tmp, os.O_RDONLY)
         hold_partial(lock)
         yield tmp
         if force and out.exists():
@@ -330,7 +331,8 @@ def atomic_dir(out: str | Path, *, force: bool = False) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-        os.close(lock)
+        if lock is not None:
+            os.close(lock)
 
 
 @contextlib.contextmanager
