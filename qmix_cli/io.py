@@ -220,14 +220,10 @@ def check_out_dir(out: str | Path, *, force: bool, forcing: str = "replace it") 
     return out
 
 
-# A partial output (a hidden ``.NAME.*.tmp`` file or folder beside what it becomes) is locked by the process that
-# builds it, so that a later command can tell one left by a killed process (SIGKILL or the OOM killer run no
-# cleanup) from one being built, and remove only the first.
-
-
-def _open_for_lock(path: Path) -> int:
-    # A file writable (NFS grants an exclusive flock to writers only); a folder read-only, as folders open.
-    return os.open(path, os.O_RDONLY if path.is_dir() else os.O_RDWR)
+# A partial output (a hidden ``.NAME.*.tmp`` file beside what it becomes, or a lock file inside such a folder) is
+# locked by the process that builds it, so that a later command can tell one left by a killed process (SIGKILL or
+# the OOM killer run no cleanup) from one being built, and remove only the first. Regular files, opened for
+# writing: NFS grants an exclusive flock on the server to writers only, and a folder cannot be opened on Windows.
 
 
 def hold_partial(fd: int) -> None:
@@ -240,8 +236,8 @@ def hold_partial(fd: int) -> None:
 
 @contextlib.contextmanager
 def holding_partial(path: Path) -> Iterator[None]:
-    """`hold_partial` the partial output at ``path`` while the block builds it."""
-    fd = _open_for_lock(path)
+    """`hold_partial` the partial file at ``path`` while the block builds it."""
+    fd = os.open(path, os.O_RDWR)
     try:
         hold_partial(fd)
         yield
@@ -250,13 +246,13 @@ def holding_partial(path: Path) -> Iterator[None]:
 
 
 def partial_held(path: Path) -> bool:
-    """Whether a live process holds the partial output at ``path`` (True where that cannot be told)."""
+    """Whether a live process holds the partial file at ``path`` (True where that cannot be told)."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
         return True
     try:
-        fd = _open_for_lock(path)
+        fd = os.open(path, os.O_RDWR)
     except OSError:  # another user's (theirs to clean up), or gone
         return True
     try:
@@ -270,14 +266,25 @@ def partial_held(path: Path) -> bool:
 
 # A partial its builder holds no lock on and has not touched for this long was left by a killed process (a sweep
 # whose jobs are killed again and again would otherwise pile up dataset-sized ones): the wait spares the moment
-# between its creation and its lock, and a builder of an older qmix, which held none.
+# between its creation and its lock.
 ABANDONED_PARTIAL_SECONDS = 60
+# A partial with no lock to test (made by an older qmix, or whose lock file is gone: a folder about to be renamed)
+# is removed only once nothing can still be building it.
+STALE_PARTIAL_SECONDS = 24 * 3600
+# The file inside an `atomic_dir` partial folder that its builder holds locked; removed just before the rename, so
+# that it never reaches the output.
+PARTIAL_LOCK = ".qmix-building"
 
 
 def remove_abandoned_partials(out: Path) -> list[Path]:
     """Remove the partial folders of ``out`` (`atomic_dir`'s ``.<name>.XXXXXXXX.tmp`` beside it) that no live
     process builds; returns what was removed. A ``qmix corrupt`` killed midway would otherwise leave a hidden,
-    dataset-sized folder for every try."""
+    dataset-sized folder for every try.
+
+    A folder goes when its lock file (`PARTIAL_LOCK`) is held by no process and the folder has not changed for
+    `ABANDONED_PARTIAL_SECONDS`; without a lock file, only after `STALE_PARTIAL_SECONDS`. Another user's lock file
+    cannot be opened for writing, so their folders stay.
+    """
     name = re.compile(rf"\.{re.escape(out.name)}\.[a-z0-9_]{{8}}\.tmp")
     removed = []
     now = time.time()
@@ -287,9 +294,13 @@ def remove_abandoned_partials(out: Path) -> list[Path]:
                 continue
             path = Path(entry.path)
             with contextlib.suppress(OSError):  # another process may remove it at the same moment
-                if now - entry.stat(follow_symlinks=False).st_mtime > ABANDONED_PARTIAL_SECONDS and not partial_held(
-                    path
-                ):
+                quiet = now - entry.stat(follow_symlinks=False).st_mtime
+                lock = path / PARTIAL_LOCK
+                if os.path.lexists(lock):
+                    abandoned = quiet > ABANDONED_PARTIAL_SECONDS and not partial_held(lock)
+                else:
+                    abandoned = quiet > STALE_PARTIAL_SECONDS
+                if abandoned:
                     shutil.rmtree(path)
                     removed.append(path)
     return removed
@@ -300,7 +311,8 @@ def atomic_dir(out: str | Path, *, force: bool = False) -> Iterator[Path]:
     """Build a directory under a temporary name and move it to ``out`` only when the block succeeds.
 
     With ``force`` an existing ``out`` is replaced, but only after the new one is complete: a failed run never
-    destroys the previous output.
+    destroys the previous output. The partial folder holds a locked `PARTIAL_LOCK` file while it is built, so that
+    a later call can remove it if this process is killed (`remove_abandoned_partials`).
     """
     out = check_out_dir(out, force=force).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -309,12 +321,17 @@ def atomic_dir(out: str | Path, *, force: bool = False) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the output is an ordinary directory
     lock = None
     try:
-        # Held until it is renamed (the lock goes with the folder), so that no other command takes it for abandoned.
-        lock = os.open(tmp, os.O_RDONLY)
+        lock = os.open(tmp / PARTIAL_LOCK, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         hold_partial(lock)
         yield tmp
+        # Out of the output. Without its lock file the folder counts as stale only after a day: the rename below
+        # is a moment away.
+        os.close(lock)
+        lock = None
+        os.unlink(tmp / PARTIAL_LOCK)
         if force and out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            # A name of its own: a PID can repeat (in containers, always), and a leftover would block the rename.
+            old = out.with_name(f".{out.name}.old-{os.getpid()}-{os.urandom(4).hex()}")
             os.replace(out, old)
             os.replace(tmp, out)
             shutil.rmtree(old, ignore_errors=True)
@@ -329,10 +346,10 @@ def atomic_dir(out: str | Path, *, force: bool = False) -> Iterator[Path]:
                     "replace it"
                 ) from None
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
         if lock is not None:
             os.close(lock)
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -16,6 +16,8 @@ import pytest
 from qmix_cli.errors import NoSpaceError, QmixError
 from qmix_cli.io import (
     ABANDONED_PARTIAL_SECONDS,
+    PARTIAL_LOCK,
+    STALE_PARTIAL_SECONDS,
     atomic_dir,
     atomic_write_text,
     format_bytes,
@@ -198,7 +200,7 @@ def test_a_lock_file_another_user_left_is_used_read_only(tmp_path, monkeypatch):
 
 def test_a_partial_output_a_killed_process_left_goes_and_one_being_built_stays(tmp_path):
     """``qmix corrupt`` killed with SIGKILL (or by the OOM killer) runs no cleanup: the next output made beside it
-    removes its hidden partial folder, but never one a live process is building."""
+    removes its hidden partial folder, but never one a live process is building, however long it has been quiet."""
     import signal
     import subprocess
     import sys
@@ -217,7 +219,7 @@ def test_a_partial_output_a_killed_process_left_goes_and_one_being_built_stays(t
         killed, live = (Path(b.stdout.readline().strip()) for b in builders)
         builders[0].send_signal(signal.SIGKILL)
         builders[0].wait()
-        assert killed.is_dir() and partial_held(live) and not partial_held(killed)
+        assert partial_held(live / PARTIAL_LOCK) and not partial_held(killed / PARTIAL_LOCK)
         minutes_ago = time.time() - ABANDONED_PARTIAL_SECONDS - 5
         for partial in (killed, live):
             os.utime(partial, (minutes_ago, minutes_ago))
@@ -225,24 +227,43 @@ def test_a_partial_output_a_killed_process_left_goes_and_one_being_built_stays(t
         other.mkdir()
         os.utime(other, (minutes_ago, minutes_ago))
         with atomic_dir(tmp_path / "noisy") as tmp:
-            assert partial_held(tmp)  # while it is built
+            assert partial_held(tmp / PARTIAL_LOCK)  # while it is built
             (tmp / "done").write_text("")
         assert not killed.exists() and live.is_dir() and other.is_dir()
-        assert (tmp_path / "noisy" / "done").is_file()
+        assert sorted(p.name for p in (tmp_path / "noisy").iterdir()) == ["done"]  # the lock file stays behind
     finally:
         for b in builders:
             b.kill()
             b.wait()
 
 
-def test_a_recent_unheld_partial_output_is_left_alone(tmp_path):
-    """One made a moment ago may not hold its lock yet (or was made by an older qmix, which held none)."""
-    recent = tmp_path / ".noisy.abcd1234.tmp"
-    recent.mkdir()
-    assert not partial_held(recent)
-    with atomic_dir(tmp_path / "noisy"):
-        pass
-    assert recent.is_dir()
-    os.utime(recent, (time.time() - ABANDONED_PARTIAL_SECONDS - 5,) * 2)
-    assert remove_abandoned_partials(tmp_path / "noisy") == [recent]
-    assert not recent.exists()
+def test_a_partial_output_without_a_lock_to_test_goes_only_after_a_day(tmp_path):
+    """A folder made by an older qmix (no lock file), or one about to be renamed, may still be built: its top-level
+    folder does not change while images are written below it, so only a day of quiet says it is abandoned."""
+    unheld, unlocked = tmp_path / ".noisy.abcd1234.tmp", tmp_path / ".noisy.efgh5678.tmp"
+    for partial in (unheld, unlocked):
+        partial.mkdir()
+    (unheld / PARTIAL_LOCK).write_bytes(b"")  # its builder was killed
+    assert remove_abandoned_partials(tmp_path / "noisy") == []  # a moment old: perhaps not locked yet
+    hours_ago = time.time() - 3 * 3600
+    for partial in (unheld, unlocked):
+        os.utime(partial, (hours_ago, hours_ago))
+    assert remove_abandoned_partials(tmp_path / "noisy") == [unheld]
+    assert unlocked.is_dir()
+    days_ago = time.time() - STALE_PARTIAL_SECONDS - 60
+    os.utime(unlocked, (days_ago, days_ago))
+    assert remove_abandoned_partials(tmp_path / "noisy") == [unlocked]
+
+
+def test_a_forced_replacement_is_not_blocked_by_a_leftover_of_an_earlier_one(tmp_path, monkeypatch):
+    """The previous output is moved aside under a name of its own: a PID repeats (in containers, always), and an
+    earlier replacement killed while it deleted the old copy would otherwise block the rename after a whole build."""
+    out = tmp_path / "noisy"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    leftover = tmp_path / f".noisy.old-{os.getpid()}"
+    leftover.mkdir()
+    (leftover / "x").write_text("")
+    with atomic_dir(out, force=True) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert [p.name for p in out.iterdir()] == ["new.txt"]

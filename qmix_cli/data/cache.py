@@ -30,6 +30,7 @@ from qmix_cli.data.scan_cache import files_digest
 from qmix_cli.errors import NoSpaceError, QmixError, UnwritableError
 from qmix_cli.io import (
     ABANDONED_PARTIAL_SECONDS,
+    STALE_PARTIAL_SECONDS,
     atomic_path,
     hold_partial,
     holding_partial,
@@ -91,12 +92,9 @@ def decode_all(
                 progress(1)
 
 
-# A partial decode older than this was left by a process that was killed (SIGKILL runs no cleanup); a live one
-# touches its file as it writes. Decoded arrays run to gigabytes, so they are not left to pile up.
-STALE_PARTIAL_SECONDS = 24 * 3600
-
-
 def _remove_stale_partials(folder: Path) -> None:
+    """Remove the partial decodes in ``folder`` that killed processes left (decoded arrays run to gigabytes): held by
+    no process and quiet for a minute, or untouched for a day (a live writer touches its file as it writes)."""
     now = time.time()
     for tmp in folder.glob(".*.npy.*.tmp"):
         with contextlib.suppress(OSError):  # another process may clean it up at the same moment
