@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 
 from qmix_cli.config import TrainConfig, resolve_config, with_absolute_paths
-from qmix_cli.errors import ConfigError, QmixError
+from qmix_cli.errors import ConfigError, QmixError, first_few
 from qmix_cli.progress import Reporter, reporter
 
 if TYPE_CHECKING:
@@ -662,7 +662,7 @@ def apply(
     hq: str = "relabel",
     lq: str = "drop",
     on_missing: str = "error",
-    rare_classes: str = "keep",
+    rare_classes: str = "auto",
     force: bool = False,
 ) -> dict[str, Any]:
     """Write the manifest that follows from a report's verdicts on ``data``, to train on next.
@@ -688,10 +688,12 @@ def apply(
     on_missing
         Dataset rows the report lacks: ``"error"`` (default), ``"drop"`` or ``"keep"``.
     rare_classes
-        Images of classes of fewer than `qmix_cli.categories.SMALL_CLASS` (5) images, in an audit of the training
-        set (a report without qmix's metadata, CSV or JSON Lines, is taken for one): ``"keep"`` (default) keeps
-        them as they are whatever their verdict, which says little (each is judged by the other images of its
-        class); ``"apply"`` treats them as any other image.
+        Images of classes of fewer than `qmix_cli.categories.SMALL_CLASS` (5) images in the report: ``"keep"``
+        keeps them as they are whatever their verdict, which says little in an audit of the training set (each
+        image is judged by the other images of its class); ``"apply"`` treats them as any other image (an audit of
+        other images, or a rare class that is itself a typo); ``"auto"`` (default) keeps them where the report is
+        of the run's training set and applies them where it is not, and where the report does not say (CSV or JSON
+        Lines) asks for one of the two if it matters.
     force
         Replace an existing ``out``.
 
@@ -707,7 +709,7 @@ def apply(
 
     import pandas as pd
 
-    from qmix_cli.categories import small_classes
+    from qmix_cli.categories import SMALL_CLASS, small_classes
     from qmix_cli.data.manifest import check_output_file, create_dataset, integer_key_columns, paths_for_manifest
     from qmix_cli.io import atomic_path, check_out_file
     from qmix_cli.reporting.apply import apply_verdicts, check_actions, integers_restored
@@ -733,11 +735,22 @@ def apply(
         raise ConfigError(f"{out} already exists; choose another --out or pass --force to replace it")
     classes = json.loads(meta.get("class_names", "[]"))
     rows = dataset.frame.assign(path=dataset.file_paths)  # absolute: the new manifest lives elsewhere
-    # The class sizes the verdicts rest on are the training set's: those of another dataset say nothing of them.
-    small = small_classes(rows["label"]) if rare_classes == "keep" and meta.get("training_set") != "false" else {}
+    # The class sizes the verdicts rest on are the training set's (the report's rows: images training could not
+    # read are in neither); those of another dataset say nothing of them.
+    if rare_classes == "auto":
+        rare_classes = {"true": "keep", "false": "apply"}.get(meta.get("training_set", ""), "ask")
+    small = small_classes(report["given_label"]) if rare_classes != "apply" else {}
     applied = apply_verdicts(
         rows, report, hq=hq, lq=lq, on_missing=on_missing, classes=classes, keep_classes=list(small)
     )
+    if rare_classes == "ask" and applied.kept_classes:
+        raise ConfigError(
+            f"{applied.counts['kept_rare']:,} flagged images are of classes of fewer than {SMALL_CLASS} images "
+            f"({first_few([f'{c} ({small[c]})' for c in applied.kept_classes])}), and this report does not record "
+            "whether it audits the run's training set (CSV and JSON Lines reports record nothing): pass "
+            "--rare-classes keep if it does (their verdicts say little there) or --rare-classes apply if it audits "
+            "other images; nothing written"
+        )
     folder = None if out.is_symlink() else target.parent
     frame = applied.frame.assign(path=paths_for_manifest(applied.frame["path"], folder=folder))
     with atomic_path(target) as tmp:

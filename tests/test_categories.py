@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from qmix_cli.categories import CATEGORIES, CLEAN, MIS_H, MIS_L, holds_verdicts, rare_class_verdicts
+from qmix_cli.categories import (
+    CATEGORIES,
+    CLEAN,
+    MIS_H,
+    MIS_L,
+    SMALL_CLASS,
+    holds_verdicts,
+    rare_class_verdicts,
+    small_classes,
+)
 
 
 def test_indices_name_the_report_schema_categories():
@@ -24,3 +33,8 @@ def test_flagged_images_of_rare_classes_are_counted_with_their_classes():
     flagged = np.array([True] * 3 + [False] * 7 + [True, True] + [True] + [False, True, False, False])
     assert rare_class_verdicts(given, flagged) == (4, ["c (1)", "b (2)", "d (4)"])  # smallest first
     assert rare_class_verdicts(given[:10], flagged[:10]) == (0, [])  # no class under SMALL_CLASS
+
+
+def test_a_class_of_exactly_small_class_images_is_not_rare():
+    given = np.array(["a"] * SMALL_CLASS + ["b"] * (SMALL_CLASS - 1) + ["c"])
+    assert small_classes(given) == {"c": 1, "b": SMALL_CLASS - 1}  # smallest first; "a" is not rare

@@ -30,10 +30,12 @@ def apply_command(
     rare_classes: Annotated[
         str,
         typer.Option(
-            help=f"Images of classes of fewer than {SMALL_CLASS} images (in an audit of the training set): keep (as "
-            "they are, whatever their verdict: it says little) or apply (as for any other image)."
+            help=f"Images of classes of fewer than {SMALL_CLASS} images: keep (as they are, whatever their verdict, "
+            "which says little in an audit of the training set), apply (as any other image: an audit of other "
+            "images, or a class that is itself a typo) or auto (keep for a report of the training set, apply for "
+            "one of other images; a CSV or JSON Lines report, which does not say, asks)."
         ),
-    ] = "keep",
+    ] = "auto",
     force: Annotated[bool, typer.Option(help="Replace --out if it exists (runs may have been trained on it).")] = False,
 ) -> None:
     """Write a new manifest with the report's verdicts applied: relabel or drop wrong labels, drop unusable images."""
@@ -61,9 +63,9 @@ def apply_command(
     if counts["kept_rare"]:  # class names are the user's text: no markup
         st.err.print(
             Text(
-                f"note: the verdicts on images of classes of fewer than {SMALL_CLASS} images say little, so "
-                f"{counts['kept_rare']:,} flagged of them keep their labels ({first_few(counts['rare'])}): check them "
-                "by hand, or pass --rare-classes apply"
+                f"note: the verdicts on images of classes of fewer than {SMALL_CLASS} training images say little, so "
+                f"{counts['kept_rare']:,} flagged of them stay as they are ({first_few(counts['rare'])}): check them "
+                "by hand, or pass --rare-classes apply (a class of a few images may itself be a typo)"
             )
         )
     if emptied := counts["emptied"]:

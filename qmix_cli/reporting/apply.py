@@ -23,8 +23,9 @@ HQ_ACTIONS = ("relabel", "drop", "keep")
 LQ_ACTIONS = ("drop", "keep")
 ON_MISSING = ("error", "drop", "keep")
 # Images of the classes too small for their verdicts to say much (`qmix_cli.categories.SMALL_CLASS`): kept as they
-# are whatever their verdict, or treated as any other image.
-RARE_ACTIONS = ("keep", "apply")
+# are whatever their verdict, or treated as any other image; "auto" decides by whether the report is of the run's
+# training set (`qmix_cli.api.apply`).
+RARE_ACTIONS = ("auto", "keep", "apply")
 # Columns the new manifest gains: the label the image had and the verdict that changed it (or not).
 GIVEN_COLUMN = "qmix_given_label"
 VERDICT_COLUMN = "qmix_verdict"
@@ -44,7 +45,8 @@ class Applied:
     counts
         ``images`` (in the dataset), ``kept`` (rows of the new manifest), ``relabelled``, ``dropped_hq``,
         ``dropped_lq``, ``missing`` (rows the report lacks), ``dropped_missing``, ``kept_missing`` and ``kept_rare``
-        (images flagged but kept as they are, their class being one of ``keep_classes``).
+        (flagged images kept as they are, their class being one of ``keep_classes``, that their action would have
+        changed).
     emptied
         Classes the dataset had that no image of the new manifest carries.
     kept_classes
@@ -108,7 +110,9 @@ def apply_verdicts(
     )
 
     verdict = rep["category"].fillna("").astype(str).to_numpy()
-    rare = np.isin(given, list(keep_classes)) & np.isin(verdict, [CATEGORIES[MIS_H], CATEGORIES[MIS_L]])
+    # Kept as they are: the images of those classes that their verdict's action would change.
+    acted_on = ((verdict == CATEGORIES[MIS_H]) & (hq != "keep")) | ((verdict == CATEGORIES[MIS_L]) & (lq == "drop"))
+    rare = np.isin(given, list(keep_classes)) & acted_on
     is_hq, is_lq = (verdict == CATEGORIES[MIS_H]) & ~rare, (verdict == CATEGORIES[MIS_L]) & ~rare
     drop = (is_hq & (hq == "drop")) | (is_lq & (lq == "drop")) | (missing & (on_missing == "drop"))
     relabel = is_hq & (hq == "relabel")
@@ -184,7 +188,7 @@ def integers_restored(frame: pd.DataFrame, columns: Mapping[str, np.dtype]) -> p
     return frame.assign(**converted)
 
 
-def check_actions(*, hq: str, lq: str, on_missing: str, rare_classes: str = "keep") -> None:
+def check_actions(*, hq: str, lq: str, on_missing: str, rare_classes: str = "auto") -> None:
     """Refuse an unknown action (`HQ_ACTIONS`, `LQ_ACTIONS`, `ON_MISSING`, `RARE_ACTIONS`) before any file is
     read."""
     for value, allowed, name in (

@@ -123,41 +123,58 @@ def test_a_class_emptied_is_named(runner, report, noisy_digits, tmp_path):
 
 def test_flagged_images_of_rare_classes_keep_their_labels_unless_asked(runner, report, noisy_digits, tmp_path):
     # Two images given a class of their own: the audit judges each by the other images of its class, so it flags
-    # them whatever their label; applying that would take the class out of the dataset.
+    # them whatever their label; applying that would take the class out of the dataset. A third image of the class
+    # is one training could not read (--on-bad-image skip): not in the report, and not counted.
     frame = pd.read_parquet(report)
     rare = [frame.loc[frame["category"] == c, "sample_id"].iloc[0] for c in ("mislabeled_hq", "mislabeled_lq")]
+    unread = frame.loc[frame["category"] == "clean", "sample_id"].iloc[0]
     frame.loc[frame["sample_id"].isin(rare), "given_label"] = "rare_finding"
-    frame.to_csv(tmp_path / "report.csv", index=False)  # no metadata: taken for an audit of the training set
+    frame = frame[frame["sample_id"] != unread]
+    frame.to_csv(tmp_path / "report.csv", index=False)  # no metadata: whose audit, it cannot say
     manifest = pd.read_parquet(noisy_digits / "manifest.parquet")
     manifest = manifest.assign(path=[str(noisy_digits / p) for p in manifest["path"]])
-    manifest.loc[manifest["sample_id"].isin(rare), "label"] = "rare_finding"
+    manifest.loc[manifest["sample_id"].isin([*rare, unread]), "label"] = "rare_finding"
     manifest.to_parquet(tmp_path / "data.parquet")
-    args = ["apply", str(tmp_path / "data.parquet"), "--report", str(tmp_path / "report.csv")]
-    result = runner.invoke(app, [*args, "-o", str(tmp_path / "kept.csv")])
+    args = ["apply", str(tmp_path / "data.parquet"), "--report", str(tmp_path / "report.csv"), "--on-missing", "keep"]
+
+    result = runner.invoke(app, [*args, "-o", str(tmp_path / "asked.csv")])
+    _assert_one_line_error(
+        result,
+        "2 flagged images are of classes of fewer than 5 images (rare_finding (2))",
+        "pass --rare-classes keep if it does",
+        "nothing written",
+    )
+    assert not (tmp_path / "asked.csv").exists()
+
+    result = runner.invoke(app, [*args, "-o", str(tmp_path / "kept.csv"), "--rare-classes", "keep"])
     assert result.exit_code == 0, _stderr(result)
     said = " ".join(_stderr(result).split())
     assert "kept 2 flagged of rare classes unchanged" in said
-    assert "so 2 flagged of them keep their labels (rare_finding (2)): check them by hand" in said
+    assert "so 2 flagged of them stay as they are (rare_finding (2)): check them by hand" in said
     assert "carries no image any more" not in said
     kept = pd.read_csv(tmp_path / "kept.csv", dtype=str).set_index("sample_id")
     assert kept.loc[rare, "label"].tolist() == ["rare_finding"] * 2
     assert kept.loc[rare, "qmix_verdict"].tolist() == ["mislabeled_hq", "mislabeled_lq"]  # recorded all the same
+    result = runner.invoke(app, [*args, "-o", str(tmp_path / "same.csv"), "--rare-classes", "keep", "--hq", "keep"])
+    # --hq keep changes nothing of the mislabeled_hq one anyway: only the image that would be dropped counts.
+    assert "kept 1 flagged of rare classes unchanged" in " ".join(_stderr(result).split())
+
     result = runner.invoke(app, [*args, "-o", str(tmp_path / "applied.csv"), "--rare-classes", "apply"])
     assert result.exit_code == 0, _stderr(result)
-    assert "warning: 1 class of the dataset carries no image any more: rare_finding" in " ".join(
-        _stderr(result).split()
-    )
     applied = pd.read_csv(tmp_path / "applied.csv", dtype=str).set_index("sample_id")
     assert rare[0] in applied.index and applied.at[rare[0], "label"] != "rare_finding"  # relabelled
     assert rare[1] not in applied.index  # dropped as unusable
-    # Rarity in another dataset than the run's training set says nothing of the verdicts: they are applied.
+
+    # A report that says whose audit it is decides by itself: the training set's keeps them, another set's does not.
     from qmix_cli import apply
     from qmix_cli.reporting.report import read_report
 
-    other = read_report(tmp_path / "report.csv")
-    other.attrs["qmix"] = {"training_set": "false"}
-    counts = apply(tmp_path / "data.parquet", report=other, out=tmp_path / "other.csv")
-    assert counts["kept_rare"] == 0 and counts["emptied"] == ["rare_finding"]
+    for training_set, kept_rare in (("true", 2), ("false", 0)):
+        recorded = read_report(tmp_path / "report.csv")
+        recorded.attrs["qmix"] = {"training_set": training_set}
+        out = tmp_path / f"recorded-{training_set}.csv"
+        counts = apply(tmp_path / "data.parquet", report=recorded, out=out, on_missing="keep")
+        assert counts["kept_rare"] == kept_rare
 
 
 def test_the_python_api_takes_the_report_as_a_file_or_as_audit_returns_it(report, noisy_digits, qmix_run, tmp_path):

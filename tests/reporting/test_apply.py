@@ -108,7 +108,7 @@ def test_unknown_actions(option: str, value: str) -> None:
 
 
 def test_an_unknown_rare_classes_action_is_refused_before_anything_is_read() -> None:
-    with pytest.raises(QmixError, match=r"rare-classes must be one of keep, apply \(got 'drop'\)"):
+    with pytest.raises(QmixError, match=r"rare-classes must be one of auto, keep, apply \(got 'drop'\)"):
         check_actions(hq="relabel", lq="drop", on_missing="error", rare_classes="drop")
 
 
