@@ -103,7 +103,7 @@ def wrong_patient_aucs(report: Path, noisy: Path) -> dict[str, float]:
     worst = (-frame["p_clean"]).groupby([frame["patient"], frame["given_label"]]).max()  # as 1 - p_clean ranks
     units = wrong.index  # the units with a good image
     return {
-        "AUC wrong patient": float(roc_auc_score(wrong, table["issue_score"].reindex(units))),
+        "AUC wrong patient": float(roc_auc_score(wrong, -table["rank"].reindex(units))),  # the table's order
         "AUC wrong patient, max": float(roc_auc_score(wrong, worst.reindex(units))),
     }
 

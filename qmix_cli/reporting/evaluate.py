@@ -12,7 +12,7 @@ Metrics (all JSON-able; an undefined value, e.g. an AUC with one class present, 
 * mislabeled detection class by class (by given label): on a long-tailed dataset the overall figures are the
   large classes', and a rare class can lose most of its correct labels to the audit unseen;
 * for an audit by group (a patient column), how well the table by group (`qmix_cli.reporting.groups`) ranks the
-  units whose label is wrong: ROC-AUC and average precision of their ``issue_score``.
+  units whose label is wrong: ROC-AUC and average precision of the table's order (its ``rank``).
 """
 
 from __future__ import annotations
@@ -96,9 +96,9 @@ def evaluate_report(
         has no given labels);
         ``groups`` (``column``, ``units`` scored, ``wrong``: units whose label is wrong on a good image, ``unscored``:
         units of degraded images only, ``ungrouped``: images with no group, ``roc_auc`` and ``average_precision`` of
-        the units' ``issue_score`` for the wrong ones; ``None`` without ``group_column``). Undefined metrics are
-        ``None``. A category absent from both truth and prediction gets ``f1 = None`` and is left out of the macro
-        average (and of ``macro_f1_over``).
+        the units' order in the table (``rank``) for the wrong ones; ``None`` without ``group_column``). Undefined
+        metrics are ``None``. A category absent from both truth and prediction gets ``f1 = None`` and is left out of
+        the macro average (and of ``macro_f1_over``).
 
     Raises
     ------
@@ -262,7 +262,8 @@ def _group_detection(joined: pd.DataFrame, truth: pd.DataFrame, column: str) -> 
     seen = seen.reindex(pd.MultiIndex.from_frame(table[["group", "given_label"]]))
     scored = seen["good"].to_numpy(dtype=bool)
     wrong = seen["wrong"].to_numpy(dtype=bool)[scored]
-    score = table["issue_score"].to_numpy(dtype=np.float64)[scored]
+    # The table's order: its rank follows the unrounded scores, where issue_score ties below about 3e-8.
+    score = -table["rank"].to_numpy(dtype=np.float64)[scored]
     # Average precision, like the AUC (`_auc`), is undefined with one kind of unit or a score missing.
     both = 0 < wrong.sum() < len(wrong) and np.isfinite(score).all()
     return {
@@ -421,7 +422,7 @@ def render_evaluation(result: Mapping[str, Any], console: Console, *, per_class:
     console.print(matrix)
 
     if groups := result.get("groups"):
-        table = Table(title=f"Units by {groups['column']} and given label (issue_score)", title_justify="left")
+        table = Table(title=f"Units by {groups['column']} and given label (by rank)", title_justify="left")
         for name in ("units scored", "wrongly labelled", "degraded only", "images with no group", "ROC-AUC"):
             table.add_column(name, justify="right")
         table.add_column("average precision", justify="right")

@@ -57,8 +57,9 @@ def summarise_groups(report: pd.DataFrame, *, groups: pd.Series | Sequence[objec
         of them fall in each category (``clean``, ``mislabeled_hq``, ``mislabeled_lq``, summing to ``images``);
         ``issue_score`` in [0, 1], the median of the images' ``1 − p_clean``; ``suggested_label``, the suggestion
         most of the unit's ``mislabeled_hq`` images make (ties by name), null when none is ``mislabeled_hq``;
-        ``rank``, 1 for the likeliest wrong label: descending ``issue_score`` (as float32), then more images
-        flagged, then ``group`` and ``given_label``. ``attrs["ungrouped"]`` counts the rows left out.
+        ``rank``, 1 for the likeliest wrong label: ascending median ``p_clean`` (``issue_score`` before it is
+        rounded to float32, which makes every median below about 3e-8 a tie), then more images flagged, then
+        ``group`` and ``given_label``. ``attrs["ungrouped"]`` counts the rows left out.
     """
     units = units_of_rows(report, groups=groups)
     has = units["group"].notna().to_numpy()
@@ -68,7 +69,7 @@ def summarise_groups(report: pd.DataFrame, *, groups: pd.Series | Sequence[objec
             "group": units["group"].to_numpy()[has].astype(str),
             "given_label": units["given_label"].to_numpy()[has],
             "category": category,
-            "issue": 1.0 - report["p_clean"].to_numpy(dtype=np.float64)[has],
+            "p_clean": report["p_clean"].to_numpy(dtype=np.float64)[has],
             "suggested": np.where(category == CATEGORIES[MIS_H], report["suggested_label"].to_numpy()[has], None),
         }
     )
@@ -82,17 +83,18 @@ def summarise_groups(report: pd.DataFrame, *, groups: pd.Series | Sequence[objec
     table = rows.groupby([*keys, "category"], sort=True).size().unstack(fill_value=0)
     table = table.reindex(columns=list(CATEGORIES), fill_value=0)
     table.insert(0, "images", units.size())
-    table["issue_score"] = units["issue"].median().astype(np.float32)
+    # Ranked by the median p_clean itself: as 1 - p (float32, as stored) every median below 3e-8 would be one tie.
+    median_p_clean = units["p_clean"].median()
+    table["issue_score"] = (1.0 - median_p_clean).astype(np.float32)
     table["suggested_label"] = _majority_suggestion(rows, keys).reindex(table.index)
     table = table.reset_index()
     flagged = table["images"] - table[CATEGORIES[CLEAN]]
-    # Ranks compare the float32 the table stores, so that they agree with its column, as the image report's do.
     order = np.lexsort(
         (
             table["given_label"].to_numpy(dtype=str),
             table["group"].to_numpy(dtype=str),
             -flagged.to_numpy(dtype=np.int64),
-            -table["issue_score"].to_numpy(dtype=np.float32),
+            median_p_clean.reindex(pd.MultiIndex.from_frame(table[keys])).to_numpy(dtype=np.float64),
         )
     )
     table = table.iloc[order].reset_index(drop=True)

@@ -67,10 +67,13 @@ def test_ties_in_score_go_to_the_unit_with_more_images_flagged():
     assert table["group"].tolist() == ["y", "x"]
 
 
-def test_ranks_compare_the_stored_float32_scores_then_names():
-    # 0.9 and 1 − 0.10000001 differ in float64 and not in float32: the table shows a tie, and ranks it by name.
-    report = _report([("a", "mislabeled_hq", 0.10000001, "b"), ("a", "mislabeled_hq", 0.1, "b")])
-    assert summarise_groups(report, groups=["x", "y"])["group"].tolist() == ["x", "y"]
+def test_ranks_follow_the_median_p_clean_unrounded_then_names():
+    # Medians of 1e-30, 1e-12 and 2e-8: issue_score (1 - p in float32) shows 1.0 for all three, but the ranking is
+    # by p_clean itself, not by name.
+    report = _report([("a", "mislabeled_hq", p, "b") for p in (2e-8, 1e-12, 1e-30)])
+    table = summarise_groups(report, groups=["aa", "mm", "zz"])
+    assert table["group"].tolist() == ["zz", "mm", "aa"]
+    assert (table["issue_score"] == np.float32(1.0)).all()
     # One patient, two labels, the same score and count: the given label decides.
     report = _report([("b", "mislabeled_hq", 0.2, "a"), ("a", "mislabeled_hq", 0.2, "b")])
     assert summarise_groups(report, groups=["p", "p"])["given_label"].tolist() == ["a", "b"]
