@@ -147,7 +147,8 @@ class CorruptResult:
     summary
         What ``noise.json`` holds: options, seed, classes, counts per category, the class map by name, requested
         and realised transition matrices (K × K nested lists; past `INLINE_MATRIX_CLASSES` classes the name of a
-        ``.npy`` file in ``out``), realised rates, degradation counts, ``unchanged_low_quality`` and ``skipped``.
+        ``.npy`` file in ``out``), realised rates, ``file_types`` (the output's file suffixes by quality),
+        degradation counts, ``unchanged_low_quality`` and ``skipped``.
     """
 
     out: Path
@@ -342,7 +343,7 @@ def _store_matrices(summary: dict[str, Any], *, folder: Path) -> dict[str, Any]:
 
 
 def _suffix(path: str) -> str:
-    return PurePosixPath(path).suffix or "(none)"
+    return PurePosixPath(path).suffix or "no suffix"
 
 
 def _summary(

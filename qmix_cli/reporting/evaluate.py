@@ -521,8 +521,8 @@ def _scores(frame: pd.DataFrame, column: str) -> np.ndarray | None:
 
 
 def _neg_scores(frame: pd.DataFrame, column: str) -> np.ndarray | None:
-    """``column`` negated: ranked as ``1 - column`` is, but without the rounding that makes every value below 1e-16
-    (a p_clean of 1e-30 is common) one tie at 1.0; only the order matters to an AUC."""
+    """``column`` negated: ranked as ``1 - column`` is, but without the rounding that makes every value below about
+    6e-17 (a p_clean of 1e-30 is common) one tie at 1.0; only the order matters to an AUC."""
     scores = _scores(frame, column)
     return None if scores is None else -scores
 

@@ -147,6 +147,27 @@ def test_degradations_that_change_nothing_are_named(runner, tmp_path, make_image
     assert np.array_equal(written, np.asarray(Image.open(blank)))
 
 
+def test_the_file_type_note_of_a_mixed_source_is_one_line_saying_part_of_the_truth(runner, tmp_path, write_image):
+    # PNGs and JPEGs, and a file named without a suffix (a manifest may name one): the degraded images are all PNG.
+    rows = []
+    for i in range(12):
+        suffix = (".png", ".jpg", "")[i % 3]
+        name = ("a", "b")[i % 2] + f"/{i}{suffix}"
+        written = write_image(tmp_path / "src" / (name + ("" if suffix else ".png")), seed=i)
+        written.rename(tmp_path / "src" / name)
+        rows.append({"path": name, "label": name[0]})
+    pd.DataFrame(rows).to_csv(tmp_path / "src" / "manifest.csv", index=False)
+    args = ["corrupt", str(tmp_path / "src" / "manifest.csv"), "--out", str(tmp_path / "out"), "--quality-rate", "0.5"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, _stderr(result)
+    info = json.loads((tmp_path / "out" / "noise.json").read_text())
+    assert set(info["file_types"]["high_quality"]) <= {".jpg", ".png", "no suffix"}
+    assert info["file_types"]["low_quality"] == {".png": 6}
+    # One line, whatever the width: into a file or a pipe rich would otherwise wrap it at 80 columns.
+    (note,) = [line for line in _stderr(result).splitlines() if line.startswith("note: the degraded images")]
+    assert note.endswith("so the file type gives part of the truth away; --image-format png writes every image alike")
+
+
 @pytest.mark.parametrize("image_format", [None, "png"])
 def test_degraded_images_told_by_their_file_type_are_noted(runner, tmp_path, make_image_folder, image_format):
     src = make_image_folder("jpg", classes=("a", "b"), per_class=4, size=24, suffix=".jpg")

@@ -551,7 +551,7 @@ def test_corrupt_dataset_directly_with_rgb_jpeg_source(make_image_folder, tmp_pa
     assert result.summary["file_types"] == {"high_quality": {".jpg": 6}, "low_quality": {".png": 4}}
 
 
-def test_image_format_png_writes_every_image_as_the_png_of_what_training_reads(make_image_folder, tmp_path):
+def test_image_format_png_writes_every_image_as_the_png_of_what_training_reads(make_image_folder, tmp_path, hash_tree):
     src = make_image_folder("jpg", classes=("a", "b"), per_class=5, size=24, suffix=".jpg")
     ds = create_dataset(src)
     spec = CorruptSpec(quality_rate=0.4, degradations="noise", severity="5", seed=0, image_format="png")
@@ -564,6 +564,9 @@ def test_image_format_png_writes_every_image_as_the_png_of_what_training_reads(m
         with Image.open(src / sample_id) as a, Image.open(result.out / path) as b:
             same = np.array_equal(native_array(a), np.asarray(b))
         assert same != lq  # untouched images keep their decoded pixels exactly; degraded ones do not
+    # The same bytes again, whatever the threads.
+    again = corrupt_dataset(ds, tmp_path / "again", spec=spec, workers=3)
+    assert hash_tree(again.out) == hash_tree(result.out)
     # The same plan as with the files kept: only how the images are stored differs.
     kept = corrupt_dataset(ds, tmp_path / "kept", spec=replace(spec, image_format="keep"), workers=1)
     cols = ["sample_id", "label", "true_label", "category", "degradation", "severity"]
