@@ -207,10 +207,11 @@ def render(frame: pd.DataFrame, args: argparse.Namespace, minutes: float) -> str
         f"- data: {args.source}, {args.groups} patients of 1 to {2 * args.views - 1} views; {args.label_rate:.0%} of "
         f"patients with one wrong label on every view; {args.model} at {args.img_size} px, {args.epochs} epochs",
         f"- seeds {args.seeds}; total {minutes:.0f} min (runs already trained with the same options are reused)",
-        "- AUC wrong label, good images: ROC-AUC of 1 − p_clean for the wrong labels among the images not degraded",
-        "- AUC wrong patient: ROC-AUC of the `issue_score` of `qmix audit --groups-out` (the median of 1 − p_clean "
-        "over a patient's images of one given label) for the patients whose label is wrong on their good images; "
-        "`, max`: the same with the maximum instead of the median",
+        "- AUC wrong label, good images: ROC-AUC of 1 − p_clean (ranked as −p_clean, unrounded) for the wrong labels "
+        "among the images not degraded",
+        "- AUC wrong patient: ROC-AUC of the order of `qmix audit --groups-out`'s table (its `rank`: the median "
+        "p_clean over a patient's images of one given label, ascending) for the patients whose label is wrong on "
+        "their good images; `, max`: the same with the worst image instead of the median",
     ]
     for (quality_rate, lq_labels), part in frame.groupby(["degraded", "lq labels"], sort=False):
         label = "each with a random label" if lq_labels == "random" else "keeping their true label"
