@@ -739,7 +739,8 @@ def apply(
     # read are in neither); those of another dataset say nothing of them.
     if rare_classes == "auto":
         rare_classes = {"true": "keep", "false": "apply"}.get(meta.get("training_set", ""), "ask")
-    small = small_classes(report["given_label"]) if rare_classes != "apply" else {}
+    # (A frame without the column is refused by apply_verdicts, with the columns it lacks.)
+    small = small_classes(report.get("given_label", [])) if rare_classes != "apply" else {}
     applied = apply_verdicts(
         rows, report, hq=hq, lq=lq, on_missing=on_missing, classes=classes, keep_classes=list(small)
     )

@@ -230,8 +230,11 @@ def _aligned_report(
 def _indexed_report(report: pd.DataFrame) -> pd.DataFrame:
     """The report's verdict columns indexed by ``sample_id`` (as text), its ids and categories checked; as
     objects, so that rows it lacks can be filled in whatever dtype a caller's DataFrame held them."""
+    needed = ("sample_id", "category", "given_label", "suggested_label")
+    if missing := [c for c in needed if c not in report.columns]:  # a DataFrame handed over, not read from a file
+        raise QmixError(f"the report lacks column(s) {', '.join(missing)}; give the frame qmix audit returned")
     rep = check_verdict_rows(report, what="report")
-    return rep.set_index("sample_id")[["category", "given_label", "suggested_label"]].astype(object)
+    return rep.set_index("sample_id")[list(needed[1:])].astype(object)
 
 
 def _updated_truth(frame: pd.DataFrame) -> pd.DataFrame:

@@ -177,6 +177,19 @@ def test_flagged_images_of_rare_classes_keep_their_labels_unless_asked(runner, r
         assert counts["kept_rare"] == kept_rare
 
 
+def test_a_report_frame_without_its_label_column_is_refused_by_name(report, noisy_digits, tmp_path):
+    import pytest
+
+    from qmix_cli import apply
+    from qmix_cli.errors import QmixError
+    from qmix_cli.reporting.report import read_report
+
+    frame = read_report(report).drop(columns="given_label")
+    with pytest.raises(QmixError, match="given_label"):
+        apply(noisy_digits, report=frame, out=tmp_path / "fixed.csv")
+    assert not (tmp_path / "fixed.csv").exists()
+
+
 def test_the_python_api_takes_the_report_as_a_file_or_as_audit_returns_it(report, noisy_digits, qmix_run, tmp_path):
     from qmix_cli import apply, audit
 

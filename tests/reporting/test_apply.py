@@ -101,6 +101,11 @@ def test_reports_that_do_not_fit_are_refused(bad_report: pd.DataFrame, message: 
         apply_verdicts(manifest(), bad_report)
 
 
+def test_a_report_frame_lacking_columns_is_refused_by_name() -> None:
+    with pytest.raises(QmixError, match=r"the report lacks column\(s\) given_label, suggested_label"):
+        apply_verdicts(manifest(), report().drop(columns=["given_label", "suggested_label"]))
+
+
 @pytest.mark.parametrize(("option", "value"), [("hq", "fix"), ("lq", "relabel"), ("on_missing", "skip")])
 def test_unknown_actions(option: str, value: str) -> None:
     with pytest.raises(QmixError, match="must be one of"):
