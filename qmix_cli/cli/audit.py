@@ -72,6 +72,7 @@ def audit_command(
     """Write a report that says, for every image, clean / mislabeled_hq / mislabeled_lq and what to do."""
     load_engine()
     from qmix_cli.api import audit
+    from qmix_cli.reporting.report import infer_format
 
     st = state(ctx)
     frame = audit(
@@ -111,6 +112,7 @@ def audit_command(
         )
     else:
         st.err.print(_top_issues_table(top))
+    rare = 0
     if frame.attrs.get("qmix", {}).get("training_set") == "true":  # the class sizes the verdicts rest on
         rare, classes = rare_class_verdicts(frame["given_label"].to_numpy(), flagged)
         if rare:
@@ -124,8 +126,12 @@ def audit_command(
     if out != "-":
         # The images --on-bad-image skip left out have no row: the suggested command must say what to do with them.
         skipped = " --on-missing drop" if len(frame.attrs.get("skipped", ())) else ""
+        # A CSV or JSON Lines report cannot say it is the training set's, which apply asks about rare classes.
+        keep_rare = " --rare-classes keep" if rare and infer_format(out, format) != "parquet" else ""
         fixed = shlex.quote(fixed_manifest_name(data))
-        command = f"qmix apply {shlex.quote(str(data))} --report {shlex.quote(str(out))}{skipped} --out {fixed}"
+        command = (
+            f"qmix apply {shlex.quote(str(data))} --report {shlex.quote(str(out))}{skipped}{keep_rare} --out {fixed}"
+        )
         st.err.print(Text(f"next: {command}  (relabel mislabeled_hq, drop mislabeled_lq)"))
 
 

@@ -67,14 +67,13 @@ class LastingStderr:
         return getattr(self._stream, name)
 
 
-def folder_out(out: Path, *, what: str) -> Path:
+def folder_out(out: Path, *, what: str) -> None:
     """The ``--out`` of a command that writes a folder (``what``): ``-``, stdout to `qmix audit`, cannot name one,
     and taking it for a folder called ``-`` would leave a stray folder where a script expected a stream."""
     if str(out) == "-":
         raise QmixError(
             f"--out -: {what} is a folder, not a stream to stdout; name the folder (one called - by its full path)"
         )
-    return out
 
 
 class StdoutConsole(Console):

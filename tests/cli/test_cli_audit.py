@@ -712,5 +712,9 @@ def test_flagged_images_of_rare_training_classes_are_called_unreliable(runner, p
     args = ["audit", "data", "--run", "run", "--out", str(tmp_path / "r.parquet")]
     said = " ".join(_stderr(runner.invoke(app, args)).split())
     assert "note: 2 of the flagged images are of classes of fewer than 5 images (rare_finding (2))" in said
+    assert "--rare-classes" not in said  # a Parquet report says it is the training set's: apply needs no flag
+    csv_args = ["audit", "data", "--run", "run", "--out", str(tmp_path / "r.csv")]
+    said = " ".join(_stderr(runner.invoke(app, csv_args)).split())
+    assert "--report " + str(tmp_path / "r.csv") + " --rare-classes keep --out" in said  # a CSV report cannot say
     frame.attrs["qmix"] = {"training_set": "false"}  # another set: its class sizes are not what the run saw
     assert "fewer than 5 images" not in _stderr(runner.invoke(app, args))
