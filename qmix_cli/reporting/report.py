@@ -341,13 +341,38 @@ def written_by_audit(path: str | Path) -> bool:
     return columns in (set(REPORT_SCHEMA.names), set(GROUP_SCHEMA.names))
 
 
+def report_format(path: str | Path) -> str:
+    """The format of the report file at ``path``: its suffix's when it is one of ours, else what its first bytes
+    say (Parquet's ``PAR1`` magic, a JSON object, else CSV). `qmix audit --out report.txt --format csv` writes a
+    report a name cannot tell the format of; the readers still take it back. A file that cannot be opened is taken
+    for CSV, for the reader to say it is missing or unreadable.
+
+    Returns
+    -------
+    str
+        One of :data:`FORMATS`.
+    """
+    named = _SUFFIX_FORMATS.get(Path(path).suffix.lower())
+    if named is not None:
+        return named
+    try:
+        with Path(path).open("rb") as f:
+            head = f.read(4)
+            first = (head + f.read(60)).lstrip()[:1]
+    except OSError:
+        return "csv"
+    if head == b"PAR1":
+        return "parquet"
+    return "jsonl" if first == b"{" else "csv"
+
+
 def read_report_metadata(path: str | Path) -> dict[str, str]:
     """The ``qmix.*`` metadata of a Parquet report, keys without the prefix; empty for CSV and JSON Lines.
 
     ``class_names`` is a JSON list: decode it with ``json.loads``.
     """
     path = Path(path)
-    if infer_format(str(path)) != "parquet":
+    if report_format(path) != "parquet":
         return {}
     try:
         raw = pq.read_schema(path).metadata or {}
@@ -783,7 +808,7 @@ def as_bool(series: pd.Series, *, name: str) -> np.ndarray:
 
 
 def read_report(path: str | Path) -> pd.DataFrame:
-    """Read a report written in any format (chosen by suffix) and check its columns.
+    """Read a report written in any format (by its suffix, or its first bytes: `report_format`) and check its columns.
 
     Known columns are cast to the :data:`REPORT_SCHEMA` types (float32, int32, bool, string with nulls kept in
     ``suggested_label``); extra columns are kept. The ``qmix.*`` Parquet metadata is in ``df.attrs["qmix"]``.
@@ -796,16 +821,14 @@ def read_report(path: str | Path) -> pd.DataFrame:
     if str(path) == "-":  # a Path too: the CLI hands its arguments over as paths
         raise QmixError("reading a report from stdin is not supported; save it to a file first")
     path = Path(path)
-    if path.suffix.lower() not in _SUFFIX_FORMATS:
-        known = ", ".join(_SUFFIX_FORMATS)
-        raise QmixError(f"cannot tell the format of report {str(path)!r} from its suffix (known: {known})")
-    fmt = infer_format(str(path))
     if not path.is_file():
         raise QmixError(f"report not found: {path}")
+    fmt = report_format(path)
     try:
         table = _read_table(path, fmt)
     except (pa.ArrowException, OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise QmixError(f"cannot read report {path}: {exc}") from exc
+        sniffed = "" if path.suffix.lower() in _SUFFIX_FORMATS else f" (read as {fmt}: its suffix does not say)"
+        raise QmixError(f"cannot read report {path}{sniffed}: {exc}") from exc
     missing = [name for name in REPORT_SCHEMA.names if name not in table.column_names]
     if missing and {"group", "issue_score", "images"} <= set(table.column_names):
         raise QmixError(f"{path} is the audit by group (qmix audit --groups-out); give the per-image report (--out)")

@@ -28,6 +28,7 @@ from qmix_cli.reporting.report import (
     open_report_writer,
     read_report,
     read_report_metadata,
+    report_format,
     report_metadata,
     suggest_labels,
     written_by_audit,
@@ -576,15 +577,36 @@ def test_read_report_errors(tmp_path: Path) -> None:
     bad.write_text("not parquet")
     with pytest.raises(QmixError, match="cannot read report"):
         read_report(bad)
-    with pytest.raises(QmixError, match="suffix"):
+    with pytest.raises(QmixError, match="not found"):
         read_report(tmp_path / "report.txt")
+    workbook = tmp_path / "r.xlsx"
+    workbook.write_bytes(b"PK\x03\x04" + os.urandom(2048))  # a zip: no report in any of our formats
+    with pytest.raises(QmixError, match=r"cannot read report .*r\.xlsx \(read as csv: its suffix does not say\)"):
+        read_report(workbook)
 
 
-@pytest.mark.parametrize(("name", "message"), [("-", "stdin is not supported"), ("r.xlsx", "from its suffix")])
-def test_read_report_refuses_what_it_cannot_read_with_a_reason(tmp_path: Path, name: str, message: str) -> None:
+def test_read_report_refuses_stdin_with_a_reason() -> None:
     # A Path as the CLI hands it over, not only a str: "-" must still be read as stdin, and named as such.
-    with pytest.raises(QmixError, match=message):
-        read_report(Path(name))
+    with pytest.raises(QmixError, match="stdin is not supported"):
+        read_report(Path("-"))
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl"])
+def test_a_report_under_a_name_that_does_not_say_its_format_is_read_back(
+    report: pa.Table, tmp_path: Path, fmt: str
+) -> None:
+    """``qmix audit --out findings.txt --format csv`` (or a download saved without its suffix): what the readers of
+    reports (``evaluate``, ``show``, ``apply``) take back, by its first bytes, as the same report."""
+    named = tmp_path / f"r.{'pq' if fmt == 'parquet' else fmt}"
+    write_batches(report, named, metadata=metadata())
+    expected = read_report(named)
+    for name in ("findings.txt", "findings"):
+        write_batches(report, tmp_path / name, fmt=fmt, metadata=metadata())
+        assert report_format(tmp_path / name) == fmt
+        got = read_report(tmp_path / name)
+        pd.testing.assert_frame_equal(got, expected)
+        assert got.attrs == expected.attrs  # the qmix.* metadata of a Parquet report; none for text
+        assert read_report_metadata(tmp_path / name) == read_report_metadata(named)
 
 
 def test_a_table_audit_wrote_is_told_from_other_files_by_its_content(tmp_path, report):
