@@ -13,7 +13,14 @@ from typer.core import TyperGroup
 from qmix_cli import __version__
 from qmix_cli.allocator import keep_freed_memory
 from qmix_cli.cli import apply, audit, corrupt, demo, evaluate, show, train
-from qmix_cli.cli.common import LastingStderr, State, apply_pixel_limit, fail, quiet_pillow_warnings
+from qmix_cli.cli.common import (
+    LastingStderr,
+    State,
+    apply_pixel_limit,
+    fail,
+    quiet_pillow_warnings,
+    reader_may_leave,
+)
 from qmix_cli.errors import QmixError
 
 # The options of qmix itself, which go before the command.
@@ -45,7 +52,8 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"qmix {__version__}")
+        with reader_may_leave():
+            typer.echo(f"qmix {__version__}")
         raise typer.Exit()
 
 
@@ -78,8 +86,25 @@ def _interrupt_on_sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _stdout_is_null() -> bool:
+    try:
+        out, null = os.fstat(sys.__stdout__.fileno()), os.stat(os.devnull)
+    except (AttributeError, OSError, ValueError):  # no stdout at all, or no null device to compare with
+        return False
+    return (out.st_dev, out.st_ino) == (null.st_dev, null.st_ino)
+
+
 def main() -> None:
     signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     sys.stderr = LastingStderr(sys.stderr)
     keep_freed_memory()
-    app()
+    null_from_the_start = _stdout_is_null()
+    try:
+        app()
+    except SystemExit as exit_:
+        # Help and usage are printed by typer's own rich console, whose handler for a reader that left (`qmix --help
+        # | head`) points stdout at the null device and exits with 1. The reader chose to stop reading; `head` and
+        # `set -o pipefail` scripts expect 0 of that, as of our own output (`StdoutConsole`).
+        if exit_.code == 1 and not null_from_the_start and _stdout_is_null():
+            raise SystemExit(0) from None
+        raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import re
+import shlex
 import subprocess
 import sys
 import warnings
@@ -167,3 +168,23 @@ def test_a_global_option_after_the_command_says_where_it_goes(runner, tmp_path, 
     assert f"{flag} is an option of qmix itself: qmix {flag} evaluate ..." in " ".join(result.output.split())
     other = runner.invoke(app, ["evaluate", str(tmp_path / "r.parquet"), "--nope"])
     assert other.exit_code == 2 and "option of qmix itself" not in other.output  # any other option: as before
+
+
+def _qmix_in_bash(args: str, *, then: str, cwd) -> subprocess.CompletedProcess:
+    """``qmix ARGS`` run by bash, its stdout going where ``then`` says, its status printed last on stderr."""
+    script = f'{shlex.quote(sys.executable)} -m qmix_cli {args} {then}; echo "rc=${{PIPESTATUS[0]}}" >&2'
+    return subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+@pytest.mark.parametrize("args", ["--help", "audit --help", "--version"])
+def test_help_and_version_for_a_reader_that_stops_early_end_with_success(args, tmp_path):
+    """``qmix --help | head -1`` under ``set -o pipefail``: typer's rich console (help) and click (the version)
+    ended with status 1 when the reader left; a reader that closes its end at once makes every write fail."""
+    proc = _qmix_in_bash(args, then="| (exec 0<&-; sleep 1)", cwd=tmp_path)
+    assert proc.stderr.splitlines() == ["rc=0"], proc.stderr
+
+
+def test_an_error_with_stdout_thrown_away_still_ends_with_status_1(tmp_path):
+    # Output sent to the null device from the start is the caller's choice, not a reader that left: the error stands.
+    proc = _qmix_in_bash(f"evaluate {tmp_path / 'nope.parquet'} --truth digits", then="> /dev/null", cwd=tmp_path)
+    assert proc.stderr.splitlines()[-1] == "rc=1" and "report not found" in proc.stderr, proc.stderr
