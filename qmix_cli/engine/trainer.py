@@ -229,8 +229,10 @@ class _Run:
         torch.manual_seed(cfg.seed)
         self.optimizers, self.schedulers = zip(*(self._optimizer(net) for net in self.nets), strict=True)
         self.amp_dtype = amp_dtype(self.device, cfg.amp)
+        # fp16 (GPUs before Ampere: a T4, a V100) needs loss scaling; bf16 has fp32's range and does not. The scaler is
+        # the training device's: one made for CUDA turns itself off, with a warning, wherever CUDA is missing.
         use_scaler = self.amp_dtype == torch.float16
-        self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+        self.scaler = torch.amp.GradScaler(self.device.type) if use_scaler else None
         self.forward_nets = [torch.compile(n) if cfg.compile else n for n in self.nets]
         self.ctx = StepContext(
             device=self.device,

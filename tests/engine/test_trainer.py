@@ -33,6 +33,7 @@ from qmix_cli.errors import ConfigError, DataError, QmixError, TrainingError
 from qmix_cli.io import read_metrics
 from qmix_cli.reporting.score import audit_keys, group_note, load_run, score_dataset
 from tests.conftest import TINY_TRAIN
+from tests.engine.helpers import assert_same_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -104,10 +105,6 @@ def test_step_schedule_divides_the_rate_by_ten_halfway_and_constant_keeps_it(
     assert [m["lr"] for m in result.metrics] == pytest.approx([0.05, 0.05 * factor])
 
 
-def _comparable(metrics: list[dict]) -> list[dict]:
-    return [{k: v for k, v in m.items() if k not in {"seconds", "images_per_s"}} for m in metrics]
-
-
 @pytest.mark.parametrize("method", ["qmix", "dividemix"])
 def test_killed_run_resumes_to_the_same_result(method, noisy_digits, tmp_path, qmix_cache_dir):
     opts = dict(method=method, epochs=4, warmup_epochs=2, cache_dir=str(qmix_cache_dir), **TINY_TRAIN)
@@ -122,7 +119,7 @@ def test_killed_run_resumes_to_the_same_result(method, noisy_digits, tmp_path, q
     assert not (tmp_path / "killed" / "model.pt").exists()
     resumed = train(noisy_digits, tmp_path / "killed", resume=True, cache_dir=str(qmix_cache_dir))
 
-    _assert_same_metrics(resumed.metrics, full.metrics)
+    assert_same_metrics(resumed.metrics, full.metrics)
     a = torch.load(tmp_path / "full" / "model.pt", weights_only=True)
     b = torch.load(tmp_path / "killed" / "model.pt", weights_only=True)
     # The warm-up snapshot (taken at epoch 2) came back from the checkpoint, not from the resumed nets.
@@ -130,19 +127,6 @@ def test_killed_run_resumes_to_the_same_result(method, noisy_digits, tmp_path, q
     for sa, sb in zip(a["nets"] + a["warmup_nets"], b["nets"] + b["warmup_nets"], strict=True):
         for key in sa:
             torch.testing.assert_close(sa[key], sb[key], rtol=1e-4, atol=1e-5)
-
-
-def _assert_same_metrics(got: list[dict], expected: list[dict]) -> None:
-    """Equal up to float tolerance, ignoring timings."""
-    got, expected = _comparable(got), _comparable(expected)
-    assert len(got) == len(expected)
-    for ra, rb in zip(got, expected, strict=True):
-        assert ra.keys() == rb.keys()
-        for key in ra:
-            if isinstance(ra[key], float):
-                assert ra[key] == pytest.approx(rb[key], rel=1e-4, abs=1e-5), (ra["epoch"], key)
-            else:
-                assert ra[key] == rb[key], (ra["epoch"], key)
 
 
 def _cli_env(cache: Path) -> dict[str, str]:
