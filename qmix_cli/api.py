@@ -88,7 +88,7 @@ def corrupt(
         optional ``sample_id``) or a built-in name (``digits``, ``fashion-mnist``, ...). Never modified.
     out
         The directory to write (images, ``manifest.parquet`` / ``.csv`` with the truth columns, ``noise.json``).
-        It must not exist unless ``force``.
+        It must not exist (or be empty) unless ``force`` and it is an earlier output of `corrupt`.
     preset
         ``"paper-15"``, ``"paper-35"``, ``"paper-45"``, ``"paper-55"`` or ``"paper-75"``: the paper's protocols.
     label_noise
@@ -127,7 +127,8 @@ def corrupt(
     on_bad_image
         ``"error"`` (default) or ``"skip"`` unreadable source images (listed in ``noise.json``).
     force
-        Replace an existing ``out``.
+        Replace an earlier output of `corrupt` at ``out`` (a folder holding ``noise.json``), once the new one is
+        complete; any other folder is refused.
     cache_dir
         Where image checks are cached (default ``$QMIX_CACHE_DIR``, else ``$XDG_CACHE_HOME/qmix``, else
         ``~/.cache/qmix``).

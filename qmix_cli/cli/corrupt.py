@@ -16,7 +16,14 @@ def corrupt_command(
     src: Annotated[
         str, typer.Argument(help="Clean dataset: ImageFolder dir, .csv/.parquet manifest, or built-in name.")
     ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (must not exist unless --force).")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Output directory: new, empty, or an earlier qmix corrupt output with --force.",
+        ),
+    ],
     preset: Annotated[
         str | None,
         typer.Option(help="Paper protocol: paper-15, paper-35, paper-45, paper-55 or paper-75."),
@@ -86,7 +93,9 @@ def corrupt_command(
         int | None, typer.Option(help="Threads (does not change the output).", show_default="CPUs, at most 8")
     ] = None,
     on_bad_image: Annotated[str, typer.Option(help="error or skip unreadable source images.")] = "error",
-    force: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
+    force: Annotated[
+        bool, typer.Option(help="Replace an earlier qmix corrupt output (a folder with noise.json) at --out.")
+    ] = False,
 ) -> None:
     """Corrupt a clean dataset with reproducible label noise and image degradations, keeping the truth."""
     from qmix_cli.api import corrupt

@@ -260,6 +260,16 @@ def _process_image(
     return np.array_equal(out, source)
 
 
+def _check_replaceable_output(out: Path, *, force: bool) -> None:
+    """``force`` replaces an earlier output of this command (it holds ``noise.json``), not any folder: a project's
+    folder named by mistake, a run or another dataset would be deleted whole once the new output is written."""
+    if force and out.is_dir() and any(out.iterdir()) and not (out / "noise.json").is_file():
+        raise ConfigError(
+            f"--out {out} holds files but no qmix corrupt output (noise.json); --force only replaces those: "
+            "choose another --out"
+        )
+
+
 def corrupt_dataset(
     dataset: Dataset,
     out: str | Path,
@@ -273,6 +283,7 @@ def corrupt_dataset(
     out = Path(out)
     reporter = reporter or SilentReporter()
     check_output_dir(dataset, out)
+    _check_replaceable_output(out, force=force)
     spec.validate()
     classes = list(dataset.classes)
     units = None

@@ -211,9 +211,14 @@ def test_existing_out_without_force(runner, tmp_path, source, hash_tree):
     result = runner.invoke(app, ["corrupt", str(source), "--out", str(out)])
     _assert_one_line_error(result, "already exists", "--force")
     assert (out / "old.txt").read_text() == "keep me"
-    result = runner.invoke(app, ["corrupt", str(source), "--out", str(out), "--force"])
+    result = runner.invoke(app, ["corrupt", str(source), "--out", str(out), "--force"])  # no earlier output
+    _assert_one_line_error(result, "holds files but no qmix corrupt output", "--force only replaces those")
+    assert (out / "old.txt").read_text() == "keep me"
+    (out / "old.txt").unlink()
+    assert runner.invoke(app, ["corrupt", str(source), "--out", str(out)]).exit_code == 0  # an empty folder is used
+    result = runner.invoke(app, ["corrupt", str(source), "--out", str(out), "--force", "--seed", "3"])
     assert result.exit_code == 0, result.output
-    assert not (out / "old.txt").exists() and (out / "manifest.parquet").is_file()
+    assert json.loads((out / "noise.json").read_text())["seed"] == 3
     assert hash_tree(source) == before
 
 

@@ -420,18 +420,30 @@ def test_source_is_unchanged(make_image_folder, tmp_path, hash_tree):
     assert sorted(p.name for p in result.out.iterdir()) == ["images", "manifest.parquet", "noise.json"]
 
 
-def test_existing_out_refused_without_force_and_replaced_with_force(make_image_folder, tmp_path):
+def test_an_earlier_output_is_refused_without_force_and_replaced_with_it(make_image_folder, tmp_path):
     src = _small(make_image_folder)
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("precious")
+    corrupt(src, out, seed=0)
+    before = (out / "noise.json").read_text()
     with pytest.raises(QmixError, match=r"already exists.*--force"):
-        corrupt(src, out, seed=0)
-    assert (out / "keep.txt").read_text() == "precious"
-    corrupt(src, out, seed=0, force=True)
-    assert not (out / "keep.txt").exists()
-    assert (out / "manifest.parquet").is_file()
+        corrupt(src, out, seed=1)
+    assert (out / "noise.json").read_text() == before
+    corrupt(src, out, seed=1, force=True)
+    assert json.loads((out / "noise.json").read_text())["seed"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]  # no leftover old/temp dirs
+
+
+def test_force_never_replaces_a_folder_that_is_no_earlier_output(make_image_folder, tmp_path, hash_tree):
+    """A project folder, a run or another dataset named as --out by mistake: --force would have deleted it whole."""
+    src = _small(make_image_folder)
+    out = tmp_path / "project"
+    (out / "results").mkdir(parents=True)
+    (out / "analysis.ipynb").write_text("{}")
+    (out / "results" / "table.csv").write_text("a\n1\n")
+    before = hash_tree(out)
+    with pytest.raises(ConfigError, match=r"--out .*project holds files but no qmix corrupt output"):
+        corrupt(src, out, seed=0, force=True)
+    assert hash_tree(out) == before
 
 
 def test_existing_empty_out_is_accepted(make_image_folder, tmp_path):
