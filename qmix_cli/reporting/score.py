@@ -31,7 +31,7 @@ from qmix_cli.engine.readouts import TrainingReadouts
 from qmix_cli.engine.scoring import compute_scores, mean_posteriors, separation_from_dict
 from qmix_cli.engine.separation import QualitySeparation, hard_groups
 from qmix_cli.engine.steps import StepContext, predict_probs, predict_with_probes
-from qmix_cli.engine.trainer import PREDATED, amp_dtype, resolve_device
+from qmix_cli.engine.trainer import PREDATED, amp_dtype, dataset_fingerprint, resolve_device
 from qmix_cli.errors import QmixError
 from qmix_cli.io import RUN_CHECKPOINT, stopped_before_first_checkpoint
 from qmix_cli.progress import Reporter, SilentReporter
@@ -386,6 +386,16 @@ def report_batches(
         )
 
 
+def is_training_set(run: TrainedRun, dataset: Dataset) -> bool:
+    """Whether ``dataset`` is the one ``run`` was trained on: the same sample ids with the same labels (the run's
+    `dataset_fingerprint`), however its path is spelt (``./data``, ``data/``, absolute, its manifest, from another
+    working directory) and wherever it was copied. Runs saved without a fingerprint compare the path as given."""
+    recorded = run.meta.get("fingerprint")
+    if recorded is None:
+        return dataset.source == run.meta.get("dataset")
+    return recorded == dataset_fingerprint(dataset)
+
+
 def metadata_for(run: TrainedRun, dataset: Dataset, *, group_column: str | None = None) -> dict[bytes, bytes]:
     """The Parquet metadata of an audit of ``dataset`` by ``run``; ``group_column`` names the column its images are
     grouped by, when there is one."""
@@ -398,7 +408,7 @@ def metadata_for(run: TrainedRun, dataset: Dataset, *, group_column: str | None 
         extra={
             "dataset": dataset.source,
             "dataset_root": os.path.abspath(dataset.root),
-            "training_set": dataset.source == run.meta.get("dataset"),
+            "training_set": is_training_set(run, dataset),
             **({} if (digest := run_digest(run.run_dir)) is None else {"run_digest": digest}),
             **({} if group_column is None else {"group_column": group_column}),
         },

@@ -17,7 +17,7 @@ from qmix_cli.data.cache import cache_key
 from qmix_cli.data.manifest import create_dataset
 from qmix_cli.engine.separation import entropy, hard_groups
 from qmix_cli.errors import QmixError
-from qmix_cli.reporting.score import AuditScores, load_run, score_dataset
+from qmix_cli.reporting.score import AuditScores, is_training_set, load_run, score_dataset
 
 
 @pytest.fixture(scope="module")
@@ -313,3 +313,30 @@ def test_a_run_trained_before_dct_scale_decoding_reads_jpegs_whole_as_it_was_tra
     keys = {cache_key(ds.file_paths, size=size, channels=channels, jpeg_scale=rule) for rule in (False, True)}
     assert stored == {f"{key}.npy" for key in keys} and len(keys) == 2
     assert not np.allclose(as_trained[False].probs, as_trained[True].probs)
+
+
+def test_the_training_set_is_told_however_its_path_is_spelt(
+    trained, noisy_digits, qmix_cache_dir, tmp_path, monkeypatch
+):
+    """`qmix apply` keeps a rare class's flagged images in an audit of the training set and applies them elsewhere;
+    compared as typed, ``./noisy`` or an absolute path counted as other data and a rare class was relabelled away."""
+    copy = tmp_path / "copy"
+    shutil.copytree(noisy_digits, copy)
+    monkeypatch.chdir(noisy_digits.parent)
+    spellings = [
+        noisy_digits,
+        f"./{noisy_digits.name}",
+        f"{noisy_digits.name}/",
+        noisy_digits / "manifest.parquet",
+        copy,  # moved or copied elsewhere: the same images with the same labels
+    ]
+    for spelling in spellings:
+        assert is_training_set(trained, create_dataset(spelling, cache_dir=qmix_cache_dir)), spelling
+    monkeypatch.chdir(tmp_path)  # where "digits" is the built-in set, not a folder of that name
+    frame = pd.read_parquet(noisy_digits / "manifest.parquet")
+    subset = frame.head(100)
+    subset.assign(path=[str(noisy_digits / p) for p in subset["path"]]).to_parquet(tmp_path / "subset.parquet")
+    relabelled = frame.assign(label=np.roll(frame["label"].to_numpy(), 1))
+    relabelled.to_parquet(copy / "manifest.parquet")
+    for other in ("digits", tmp_path / "subset.parquet", copy):  # other images, fewer, other labels
+        assert not is_training_set(trained, create_dataset(other, cache_dir=qmix_cache_dir)), other
