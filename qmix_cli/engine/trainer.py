@@ -709,9 +709,17 @@ def _train_locked(
     run = _Run(cfg, dataset, run_dir, reporter)
     val = _val_store(cfg, run)
     if resume:
-        run.load_state(load_checkpoint(run_dir / CHECKPOINT))
+        state = load_checkpoint(run_dir / CHECKPOINT)
+        run.load_state(state)
         if run.epoch > cfg.epochs:  # refused before _make_run_dir takes a finished run's model away
             raise ConfigError(f"--epochs {cfg.epochs}: this run has trained {run.epoch} epochs already")
+        planned = int(state["config"].get("epochs", cfg.epochs))
+        if cfg.epochs < planned:  # the schedule (and a qmix run's semi-supervised epochs) would end unseen
+            raise ConfigError(
+                f"--epochs {cfg.epochs}: this run was set to train {planned} epochs; a resume trains them all, or "
+                "more to extend it (--epochs is the total, not how many more); to stop sooner, start a new run "
+                "with --force"
+            )
         if run.epoch == cfg.epochs and (run_dir / "model.pt").is_file():
             raise ConfigError(
                 f"{run_dir} has finished its {cfg.epochs} epochs; to train on, resume with --epochs N (more than "

@@ -463,6 +463,10 @@ def test_resume_refuses_other_settings_and_survives_a_cut_metrics_line(noisy_dig
         train(noisy_digits, run, on_epoch_end=_interrupt, **opts)
     with pytest.raises(ConfigError, match="differ from it: lr"):
         train(noisy_digits, run, resume=True, lr=0.5, cache_dir=str(qmix_cache_dir))
+    # Read as "one more epoch", --epochs 2 would end the run early, its schedule unfinished, without a word.
+    with pytest.raises(ConfigError, match=r"--epochs 2: this run was set to train 3 epochs.*the total, not how many"):
+        train(noisy_digits, run, resume=True, epochs=2, cache_dir=str(qmix_cache_dir))
+    assert "epochs: 3\n" in (run / "config.yaml").read_text()
     with (run / "metrics.jsonl").open("a", encoding="utf-8") as f:
         f.write('{"epoch": 2, "pha')  # the tail of a line a kill cut short
     # Repeating the saved settings is fine, and so is changing how the run executes (amp, device, workers).
