@@ -374,8 +374,15 @@ def run_lock(run_dir: str | Path) -> Iterator[None]:
             run_dir.parent.mkdir(parents=True, exist_ok=True)
             try:
                 fd, writable = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask()), True
-            except PermissionError:  # another user's, left by a killed run: locking needs no write access
-                fd, writable = os.open(path, os.O_RDONLY), False
+            except PermissionError as denied:  # another user's, left by a killed run: locking needs no write access
+                try:
+                    fd, writable = os.open(path, os.O_RDONLY), False
+                except FileNotFoundError:  # no lock file, and none can be made: the parent is not the user's
+                    raise QmixError(
+                        f"cannot create the lock file {path} beside the run folder ({denied.strerror}): a run is "
+                        f"locked from the folder that holds it; name a folder inside one you can write, e.g. --out "
+                        f"{run_dir / 'run'}"
+                    ) from None
         except OSError as e:  # a folder the user cannot write, or a file where a folder should be
             raise _cannot_write(run_dir, e) from None
         try:

@@ -198,6 +198,25 @@ def test_a_lock_file_another_user_left_is_used_read_only(tmp_path, monkeypatch):
         pass
 
 
+def test_a_run_folder_in_a_folder_the_user_cannot_write_says_where_the_lock_goes(tmp_path, monkeypatch):
+    """``/scratch/$USER`` made by an admin inside a ``/scratch`` nobody else writes: the run folder exists and is
+    the user's, its parent is not. The error said the folder did not exist."""
+    run, lock = tmp_path / "me", tmp_path / ".me.lock"
+    run.mkdir()
+    real_open = os.open
+
+    def read_only_parent(path, flags, *args):
+        if str(path) == str(lock) and flags & os.O_CREAT:
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr("qmix_cli.io.os.open", read_only_parent)
+    where = r"cannot create the lock file .*\.me\.lock beside the run folder"
+    with pytest.raises(QmixError, match=where) as caught, run_lock(run):
+        pass
+    assert f"--out {run / 'run'}" in str(caught.value) and "No such file" not in str(caught.value)
+
+
 def test_a_partial_output_a_killed_process_left_goes_and_one_being_built_stays(tmp_path):
     """``qmix corrupt`` killed with SIGKILL (or by the OOM killer) runs no cleanup: the next output made beside it
     removes its hidden partial folder, but never one a live process is building, however long it has been quiet."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from PIL import Image
 from qmix_cli.data import builtin
 from qmix_cli.data.builtin import default_cache_dir, is_builtin, materialise_builtin
 from qmix_cli.data.manifest import create_dataset
-from qmix_cli.errors import DataError, NoSpaceError
+from qmix_cli.errors import DataError, NoSpaceError, QmixError
 
 
 def _mtimes(root):
@@ -103,6 +104,24 @@ def test_a_full_disk_while_materialising_names_the_dataset_and_the_cache_and_lea
         "or point --cache-dir (or QMIX_CACHE_DIR) at a larger disk"
     )
     assert list((tmp_path / "datasets").iterdir()) == []  # the partial folder is gone
+
+
+def test_a_cache_the_user_cannot_write_is_one_line_naming_the_option(tmp_path, monkeypatch):
+    """A read-only cache, or the HOME of a compute node jobs may not write: was "unexpected PermissionError"."""
+    real_mkdir = Path.mkdir
+
+    def read_only(self, *args, **kwargs):
+        if tmp_path / "ro" in (self, *self.parents):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    with pytest.raises(QmixError) as err:
+        materialise_builtin("digits", cache_dir=tmp_path / "ro")
+    assert str(err.value) == (
+        f"cannot write the built-in dataset digits in {tmp_path / 'ro' / 'datasets'} (Permission denied); point "
+        "--cache-dir (or QMIX_CACHE_DIR) at a folder you can write"
+    )
 
 
 def test_local_path_named_like_a_builtin_wins(tmp_path, make_image_folder, monkeypatch):
