@@ -197,6 +197,19 @@ def send_to_null(stream: Any) -> None:
             os.close(devnull)
 
 
+def finish_despite_interrupts(cleanup: Callable[[], object]) -> None:
+    """Run ``cleanup`` to its end, starting it again after each Ctrl-C or SIGTERM that arrives meanwhile (a second
+    Ctrl-C, a scheduler's repeated signal, GNU ``timeout`` signalling the process and its group): the interrupt that
+    began the cleanup is already on its way out, and a cleanup cut short leaves what it was removing (a dataset-sized
+    partial folder, threads still writing into it). ``cleanup`` must be safe to start again."""
+    while True:
+        try:
+            cleanup()
+            return
+        except KeyboardInterrupt:
+            continue
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically (UTF-8)."""
     with atomic_path(path) as tmp:
@@ -349,7 +362,7 @@ def atomic_dir(out: str | Path, *, force: bool = False) -> Iterator[Path]:
         if lock is not None:
             os.close(lock)
         if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            finish_despite_interrupts(lambda: shutil.rmtree(tmp, ignore_errors=True))
 
 
 @contextlib.contextmanager

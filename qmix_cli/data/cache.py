@@ -16,7 +16,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from qmix_cli.data.builtin import default_cache_dir
-from qmix_cli.data.images import GRAY_MODES, default_workers, fit_image, read_image
+from qmix_cli.data.images import GRAY_MODES, default_workers, fit_image, read_image, threaded_map
 from qmix_cli.data.scan_cache import files_digest
 from qmix_cli.errors import NoSpaceError, QmixError, UnwritableError
 from qmix_cli.io import (
@@ -86,8 +85,8 @@ def decode_all(
     def work(i: int) -> None:
         out[i] = read_image(paths[i], channels=channels, size=size, jpeg_scale=jpeg_scale).transpose(2, 0, 1)
 
-    with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
-        for _ in pool.map(work, range(len(paths)), chunksize=32):
+    with threaded_map(work, len(paths), workers=workers or default_workers()) as done:
+        for _ in done:
             if progress:
                 progress(1)
 

@@ -12,16 +12,22 @@ round"). `qmix train --set jpeg_scale=false` decodes them whole, as runs saved b
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
 from PIL.JpegImagePlugin import JpegImageFile
+
+from qmix_cli.io import finish_despite_interrupts
+
+T = TypeVar("T")
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"})
 
@@ -92,6 +98,21 @@ MAX_DEFAULT_WORKERS = 8
 def default_workers() -> int:
     """Threads for decoding: Pillow releases the GIL while decoding, so threads scale."""
     return min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1)
+
+
+@contextlib.contextmanager
+def threaded_map(fn: Callable[[int], T], count: int, *, workers: int) -> Iterator[Iterator[T]]:
+    """``fn(0)``, ..., ``fn(count - 1)``, in that order, computed by ``workers`` threads; iterate in the block.
+
+    Left early (an error, Ctrl-C, SIGTERM), the calls not yet begun are cancelled and the block ends only once the
+    threads have finished the ones they were in, however many more interrupts arrive meanwhile: what the caller
+    removes next (a partial output folder) must not have a thread write into it after.
+    """
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
+        yield pool.map(fn, range(count))
+    finally:
+        finish_despite_interrupts(lambda: pool.shutdown(wait=True, cancel_futures=True))
 
 
 def _load(img: Image.Image, size: int | None) -> None:
@@ -245,8 +266,8 @@ def scan_images(
                 progress(1)
         return out
     results: list[ImageInfo] = []
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for info in pool.map(inspect, range(len(paths)), chunksize=64):
+    with threaded_map(inspect, len(paths), workers=workers) as infos:
+        for info in infos:
             results.append(info)
             if progress:
                 progress(1)

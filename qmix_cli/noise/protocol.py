@@ -16,7 +16,6 @@ import json
 import shutil
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -29,7 +28,7 @@ from qmix_cli import __version__
 from qmix_cli.categories import CATEGORIES, truth_categories
 from qmix_cli.config import check_seed
 from qmix_cli.data.groups import check_group_column, group_units
-from qmix_cli.data.images import default_workers, native_array
+from qmix_cli.data.images import default_workers, native_array, threaded_map
 from qmix_cli.data.manifest import Dataset, check_output_dir
 from qmix_cli.errors import ConfigError
 from qmix_cli.io import atomic_dir
@@ -313,8 +312,8 @@ def corrupt_dataset(
             )
 
         unchanged = np.zeros(len(plan), dtype=bool)
-        with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
-            for i, same in enumerate(pool.map(work, range(len(plan)), chunksize=16)):
+        with threaded_map(work, len(plan), workers=workers or default_workers()) as results:
+            for i, same in enumerate(results):
                 unchanged[i] = same
                 advance(1)
 

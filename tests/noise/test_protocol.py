@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -21,6 +24,7 @@ from qmix_cli.errors import ConfigError, QmixError
 from qmix_cli.noise import protocol
 from qmix_cli.noise.degrade import DEGRADATIONS, degrade
 from qmix_cli.noise.protocol import PRESETS, CorruptSpec, corrupt_dataset, plan_corruption, resolve_spec
+from qmix_cli.progress import SilentReporter
 
 K = 10
 CLASSES = [f"c{i}" for i in range(K)]
@@ -543,6 +547,46 @@ def test_failure_with_force_keeps_the_previous_output(make_image_folder, tmp_pat
         corrupt(src, out, seed=1, force=True)
     assert hash_tree(out) == previous
     assert [p.name for p in out.parent.iterdir()] == ["out"]
+
+
+def test_a_second_interrupt_while_cleaning_up_leaves_no_partial_output(make_image_folder, tmp_path, monkeypatch):
+    """Ctrl-C twice, or SIGTERM from both ``timeout`` and its process group: the second interrupt landed while the
+    writing threads were waited for, the partial folder was removed under them, and they wrote part of it back."""
+    src = make_image_folder("src", classes=("a", "b"), per_class=12, size=16)
+    real_process, started = protocol._process_image, []
+
+    def slow(*args, **kwargs):
+        started.append(1)
+        time.sleep(0.05)  # still writing when the cleanup begins
+        return real_process(*args, **kwargs)
+
+    class CtrlCAtTheThirdImage(SilentReporter):
+        def task(self, description, total):
+            done = itertools.count(1)
+
+            def advance(n=1):
+                if next(done) == 3:
+                    raise KeyboardInterrupt
+
+            return advance
+
+    real_shutdown, waits = ThreadPoolExecutor.shutdown, []
+
+    def shutdown(self, *args, **kwargs):
+        waits.append(kwargs)
+        if len(waits) == 1:
+            raise KeyboardInterrupt  # the second signal, while the threads are waited for
+        return real_shutdown(self, *args, **kwargs)
+
+    monkeypatch.setattr(protocol, "_process_image", slow)
+    monkeypatch.setattr(ThreadPoolExecutor, "shutdown", shutdown)
+    spec = CorruptSpec(quality_rate=0.5, seed=0)
+    with pytest.raises(KeyboardInterrupt):
+        corrupt_dataset(create_dataset(src), tmp_path / "out", spec=spec, workers=2, reporter=CtrlCAtTheThirdImage())
+    time.sleep(0.2)  # a thread left running would write now
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # no hidden .out.*.tmp
+    assert len(waits) == 2 and waits[-1]["cancel_futures"]
+    assert len(started) < 24  # the images not yet begun were cancelled, not written to be thrown away
 
 
 def test_corrupt_dataset_directly_with_rgb_jpeg_source(make_image_folder, tmp_path):
