@@ -155,7 +155,7 @@ def train_command(
             command = f"qmix train {shlex.quote(data)} --out {shlex.quote(str(out))} --resume"
             # On stderr whatever --quiet says, as the errors are: the command is what to do next.
             line = Text.assemble(("interrupted", "bold red"), f"; to continue from the last checkpoint: {command}")
-            Console(stderr=True).print(line)
+            Console(stderr=True).print(line, soft_wrap=True)  # one line: a log holds the command whole
             raise typer.Exit(130) from None
         raise
     last = result.metrics[-1] if result.metrics else {}

@@ -194,6 +194,7 @@ def test_a_run_interrupted_after_a_checkpoint_says_how_to_go_on(runner, tmp_path
     monkeypatch.setattr(trainer, "save_checkpoint", interrupted_at_the_second)
     result = runner.invoke(app, ["-q", "train", str(noisy_digits), "--out", str(out), *TINY_FLAGS])
     assert result.exit_code == 130
+    assert len(_stderr(result).strip().splitlines()) == 1  # one line in a log, however long its paths
     said = " ".join(_stderr(result).split())  # said under -q too: it is what to do next
     assert said.startswith("interrupted; to continue from the last checkpoint: qmix train ")
     command = shlex.split(said.split(": ", 1)[1])
