@@ -203,6 +203,8 @@ def _checked(name: str, value: Any, hint: Any) -> Any:
             return float(value)
         if hint is str and isinstance(value, (str, numbers.Real)) and not isinstance(value, bool):
             return str(value)
+        if hint is str and isinstance(value, os.PathLike):  # cache_dir, val, weights given as a Path in Python
+            return os.fspath(value)
         if origin is dict and isinstance(value, dict):
             return value
     except (TypeError, ValueError):

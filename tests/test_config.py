@@ -98,3 +98,11 @@ def test_path_options_are_kept_absolute_and_normal_and_builtin_names_stay_names(
         "val": "fashion-mnist:test",
         "cache_dir": None,
     }
+
+
+def test_path_options_take_a_path_as_python_callers_hold_them(tmp_path):
+    paths = {"cache_dir": tmp_path / "cache", "val": tmp_path / "val", "weights": tmp_path / "w.pth"}
+    cfg = config_from_dict(paths)
+    assert (cfg.cache_dir, cfg.val, cfg.weights) == tuple(str(p) for p in paths.values())
+    with pytest.raises(ConfigError, match="cache-dir must be a string"):
+        config_from_dict({"cache_dir": ["not", "a", "path"]})

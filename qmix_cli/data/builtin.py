@@ -30,9 +30,15 @@ DIGITS_SIZE = 32
 def default_cache_dir() -> Path:
     """``$QMIX_CACHE_DIR``, else ``$XDG_CACHE_HOME/qmix``, else ``~/.cache/qmix``."""
     if env := os.environ.get("QMIX_CACHE_DIR"):
-        return Path(env)
+        return Path(env).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "qmix"
+
+
+def cache_root(cache_dir: str | Path | None) -> Path:
+    """The cache folder: ``cache_dir`` (``~`` expanded, as `train` records it: a literal ``./~`` folder is a trap
+    for ``rm -rf ~``), else `default_cache_dir`."""
+    return Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
 
 
 def _load_digits() -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
@@ -86,7 +92,7 @@ def is_builtin(name: str) -> bool:
 
 def materialise_builtin(name: str, *, cache_dir: str | Path | None = None) -> Path:
     """Write a built-in dataset as ``<cache>/datasets/<name>/<class>/<index>.png`` once; return its root."""
-    root = Path(cache_dir or default_cache_dir()) / "datasets" / name.replace(":", "-")
+    root = cache_root(cache_dir) / "datasets" / name.replace(":", "-")
     if (root / ".complete").is_file():
         return root
     images, labels, classes = BUILTINS[name]()

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from qmix_cli.data.builtin import default_cache_dir
+from qmix_cli.data.builtin import cache_root
 from qmix_cli.data.images import GRAY_MODES, default_workers, fit_image, read_image, threaded_map
 from qmix_cli.data.scan_cache import files_digest
 from qmix_cli.errors import NoSpaceError, QmixError, UnwritableError
@@ -60,7 +60,7 @@ def cache_key(
 
 
 def _decoded_folder(cache_dir: str | Path | None) -> Path:
-    return Path(cache_dir or default_cache_dir()) / "decoded"
+    return cache_root(cache_dir) / "decoded"
 
 
 def _cache_file(

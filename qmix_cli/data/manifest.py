@@ -699,7 +699,7 @@ def create_dataset(
         that each is decoded once instead of twice (with channels None, the first image checked sets them: see
         `qmix_cli.data.cache.CacheFill`; nothing is stored for a dataset that is refused).
     """
-    from qmix_cli.data.builtin import default_cache_dir, is_builtin, materialise_builtin
+    from qmix_cli.data.builtin import cache_root, is_builtin, materialise_builtin
 
     if on_bad_image not in ("error", "skip"):
         raise DataError(f"on-bad-image must be 'error' or 'skip' (got {on_bad_image!r})")
@@ -754,7 +754,7 @@ def create_dataset(
             on_bad_image=on_bad_image,
             workers=workers,
             reporter=reporter or SilentReporter(),
-            cache_dir=Path(cache_dir or default_cache_dir()),
+            cache_dir=cache_root(cache_dir),
             decode_to=decode_to,
             min_classes=min_classes,
         )

@@ -189,3 +189,17 @@ def test_fashion_mnist_is_read_from_the_folder_the_environment_names(tmp_path, m
     assert seen == set(range(20))
     with pytest.raises(DataError, match=r"train-images-idx3-ubyte\.gz or train-labels-idx1-ubyte\.gz missing"):
         create_dataset("fashion-mnist", cache_dir=tmp_path / "cache")
+
+
+def test_a_cache_under_home_is_expanded_everywhere(tmp_path, monkeypatch):
+    """``cache_dir="~/qc"`` from Python (no shell to expand it): `train` expanded it, `corrupt` and `audit` made a
+    folder literally named ``~`` in the working directory, a trap for ``rm -rf ~``."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    imgs = np.stack([np.full((4, 4), v, dtype=np.uint8) for v in (0, 100, 200)])
+    monkeypatch.setitem(builtin.BUILTINS, "digits", lambda: (imgs, np.array([0, 1, 1]), ("p", "q")))
+    create_dataset("digits", cache_dir="~/qc")
+    assert (tmp_path / "home" / "qc" / "datasets" / "digits").is_dir()
+    assert not (tmp_path / "~").exists()
+    monkeypatch.setenv("QMIX_CACHE_DIR", "~/env-cache")  # quoted in a shell, or set from Python
+    assert default_cache_dir() == tmp_path / "home" / "env-cache"
