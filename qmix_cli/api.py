@@ -724,7 +724,8 @@ def apply(
     target = check_out_file(out)  # a symlink's target: where the bytes land
     if target.suffix.lower() != suffix:
         raise ConfigError(f"--out {out} links to {target}, a file of another type; name the file itself")
-    if not isinstance(report, pd.DataFrame):
+    a_frame = isinstance(report, pd.DataFrame)  # only in Python: what the errors below then name
+    if not a_frame:
         if target.resolve() == Path(report).resolve():
             raise ConfigError(f"--out {out} is the report; write the new manifest to another file")
         report = read_report(report)
@@ -746,12 +747,17 @@ def apply(
         rows, report, hq=hq, lq=lq, on_missing=on_missing, classes=classes, keep_classes=list(small)
     )
     if rare_classes == "ask" and applied.kept_classes:
+        why, keep, other = (
+            ("the DataFrame carries no qmix metadata in attrs['qmix'], which pandas' merge and read_parquet drop",
+             "rare_classes='keep'", "rare_classes='apply'")
+            if a_frame
+            else ("CSV and JSON Lines reports record nothing", "--rare-classes keep", "--rare-classes apply")
+        )  # fmt: skip
         raise ConfigError(
             f"{applied.counts['kept_rare']:,} flagged images are of classes of fewer than {SMALL_CLASS} images "
             f"({first_few([f'{c} ({small[c]})' for c in applied.kept_classes])}), and this report does not record "
-            "whether it audits the run's training set (CSV and JSON Lines reports record nothing): pass "
-            "--rare-classes keep if it does (their verdicts say little there) or --rare-classes apply if it audits "
-            "other images; nothing written"
+            f"whether it audits the run's training set ({why}): pass {keep} if it does (their verdicts say little "
+            f"there) or {other} if it audits other images; nothing written"
         )
     folder = None if out.is_symlink() else target.parent
     frame = applied.frame.assign(path=paths_for_manifest(applied.frame["path"], folder=folder))

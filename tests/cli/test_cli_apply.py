@@ -175,6 +175,15 @@ def test_flagged_images_of_rare_classes_keep_their_labels_unless_asked(runner, r
         out = tmp_path / f"recorded-{training_set}.csv"
         counts = apply(tmp_path / "data.parquet", report=recorded, out=out, on_missing="keep")
         assert counts["kept_rare"] == kept_rare
+    # A frame that lost its metadata (pandas' merge drops attrs) is told in Python's words, not the CLI's.
+    import pytest
+
+    from qmix_cli.errors import ConfigError
+
+    merged = recorded.merge(pd.DataFrame({"sample_id": recorded["sample_id"], "checked": True}), on="sample_id")
+    assert merged.attrs == {}
+    with pytest.raises(ConfigError, match=r"attrs\['qmix'\], which pandas' merge .* pass rare_classes='keep'"):
+        apply(tmp_path / "data.parquet", report=merged, out=tmp_path / "merged.csv", on_missing="keep")
 
 
 def test_a_report_frame_without_its_label_column_is_refused_by_name(report, noisy_digits, tmp_path):
