@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 
 from qmix_cli.errors import QmixError
 
-__all__ = ["QmixError", "__version__", "apply", "audit", "corrupt", "evaluate", "show", "train"]
+__all__ = ["QmixError", "TrainConfig", "__version__", "apply", "audit", "corrupt", "evaluate", "show", "train"]
 _API = ("corrupt", "train", "audit", "evaluate", "show", "apply")
 
 
@@ -25,8 +25,12 @@ def __getattr__(name: str) -> Any:
         from qmix_cli import api
 
         return getattr(api, name)
+    if name == "TrainConfig":  # what `train(config=...)` takes
+        from qmix_cli.config import TrainConfig
+
+        return TrainConfig
     raise AttributeError(f"module 'qmix_cli' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:  # tab completion and help() see the lazy functions too
-    return sorted({*globals(), *_API})
+    return sorted({*globals(), *_API, "TrainConfig"})

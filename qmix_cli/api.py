@@ -1,6 +1,6 @@
 """The Python API: the same operations and defaults as the CLI.
 
->>> from qmix_cli import corrupt, train, audit, evaluate
+>>> from qmix_cli import audit, corrupt, evaluate, show, train
 >>> corrupt("digits", "noisy-digits", label_rate=0.2, quality_rate=0.15, seed=1)  # doctest: +SKIP
 >>> train("noisy-digits", "run", model="test_byobnet", img_size=32, epochs=12)  # doctest: +SKIP
 >>> audit("noisy-digits", run="run", out="report.parquet")  # doctest: +SKIP
@@ -345,7 +345,7 @@ def audit(
     quiet
         Print nothing even with a ``console``.
     stream
-        The binary stream ``"-"`` writes to (default: standard output).
+        The text stream ``"-"`` writes to (default: standard output), e.g. an `io.StringIO`.
 
     Returns
     -------

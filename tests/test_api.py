@@ -57,8 +57,10 @@ def test_training_gives_the_callers_random_stream_back(noisy_digits, tmp_path):
 
 def test_the_package_lists_its_api_and_its_error_for_completion():
     names = dir(qmix_cli)
-    assert {"train", "audit", "evaluate", "corrupt", "show", "apply", "QmixError"} <= set(names)
+    assert {"train", "audit", "evaluate", "corrupt", "show", "apply", "QmixError", "TrainConfig"} <= set(names)
     assert issubclass(qmix_cli.errors.DataError, QmixError)
+    assert qmix_cli.TrainConfig(epochs=3).epochs == 3  # what train(config=...) takes, from the package itself
+    assert set(qmix_cli.__all__) <= set(names)
 
 
 def _documented_parameters(doc: str) -> list[str]:
