@@ -493,6 +493,10 @@ def audit(
                 # not the table: attrs are copied along.
                 "top": by_group[by_group["images"] > by_group["clean"]].head(5).to_dict("records"),
             }
+        if console is not None and not quiet and not pipe_closed:
+            from qmix_cli.reporting.summary import print_audit_summary
+
+            print_audit_summary(frame, console, out=out, groups_out=groups_out)
     return frame
 
 

@@ -77,3 +77,34 @@ def test_every_api_function_documents_each_of_its_parameters_and_what_it_returns
     doc = inspect.getdoc(function)
     assert "Parameters\n----------" in doc and "Returns\n-------" in doc
     assert _documented_parameters(doc) == list(inspect.signature(function).parameters)
+
+
+def test_audit_given_a_console_prints_what_the_cli_prints_of_its_findings(qmix_run, noisy_digits, tmp_path):
+    """The README: a console "shows what the CLI prints"; the audit's summary (counts, top issues, the note on rare
+    classes) was the CLI's alone, so a notebook never saw it."""
+    import io
+
+    from rich.console import Console
+
+    from tests.cli.helpers import stderr_of
+
+    said = io.StringIO()
+    frame = audit(noisy_digits, run=qmix_run.run_dir, out=tmp_path / "r.parquet", console=Console(file=said, width=200))
+    text = said.getvalue()
+    flagged = frame[frame["category"] != "clean"].sort_values("rank")
+    squeezed = "".join(text.split())  # the table's title wraps to the table's width
+    assert f"auditof{len(frame)}images→{tmp_path / 'r.parquet'}" in squeezed
+    assert "top issues" in text and flagged["sample_id"].iloc[0] in text
+    for category, count in frame["category"].value_counts().items():
+        assert f"{category} {count}" in " ".join(text.replace("│", " ").split())
+    quiet = io.StringIO()
+    audit(noisy_digits, run=qmix_run.run_dir, console=Console(file=quiet), quiet=True)
+    assert quiet.getvalue() == ""
+
+    from typer.testing import CliRunner
+
+    from qmix_cli.cli.app import app
+
+    result = CliRunner().invoke(app, ["audit", str(noisy_digits), "--run", str(qmix_run.run_dir), "--out", "-"])
+    cli_said = stderr_of(result)
+    assert "top issues" in cli_said and cli_said.count("top issues") == 1  # printed once, by the API

@@ -5,18 +5,12 @@ from __future__ import annotations
 import itertools
 import shlex
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
-from rich.table import Table
 from rich.text import Text
 
-from qmix_cli.categories import CATEGORIES, CLEAN, SMALL_CLASS, rare_class_verdicts
 from qmix_cli.cli.common import CACHE_DEFAULT, guarded, load_engine, state
-from qmix_cli.errors import first_few
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 
 @guarded
@@ -73,6 +67,7 @@ def audit_command(
     load_engine()
     from qmix_cli.api import audit
     from qmix_cli.reporting.report import infer_format
+    from qmix_cli.reporting.summary import rare_flagged
 
     st = state(ctx)
     frame = audit(
@@ -82,47 +77,7 @@ def audit_command(
     )  # fmt: skip
     if frame is None or frame.attrs.get("pipe_closed") or st.quiet:
         return
-    counts = frame["category"].value_counts()
-    title = Text(f"audit of {len(frame)} images" + ("" if out == "-" else f" → {out}"))  # Text: a path is not markup
-    table = Table(title=title, title_justify="left")
-    for col in ("category", "images", "share"):
-        table.add_column(col, justify="left" if col == "category" else "right")
-    for cat in CATEGORIES:
-        n = int(counts.get(cat, 0))
-        table.add_row(cat, str(n), f"{n / len(frame):.1%}")
-    st.err.print(table)
-    if groups := frame.attrs.get("groups"):
-        written = "" if groups_out in (None, "-") else f" → {groups_out} (one row per group and given label)"
-        st.err.print(
-            Text(
-                f"{groups['flagged']:,} of {groups['groups']:,} groups by {groups['column']} have an image the audit "
-                f"flags{written}"
-            )
-        )
-    if groups and groups["top"]:
-        st.err.print(_top_groups_table(groups["top"]))
-    flagged = (frame["category"] != CATEGORIES[CLEAN]).to_numpy()
-    top = frame[flagged].sort_values("rank").head(5)
-    if top.empty:
-        left_out = len(frame.attrs.get("skipped", ()))  # unreadable, left out by --on-bad-image skip: issues too
-        st.err.print(
-            f"no issues: every image audited is judged clean ({left_out:,} unreadable left out)"
-            if left_out
-            else "no issues: every image is judged clean"
-        )
-    else:
-        st.err.print(_top_issues_table(top))
-    rare = 0
-    if frame.attrs.get("qmix", {}).get("training_set") == "true":  # the class sizes the verdicts rest on
-        rare, classes = rare_class_verdicts(frame["given_label"].to_numpy(), flagged)
-        if rare:
-            st.err.print(
-                Text(
-                    f"note: {rare:,} of the flagged images are of classes of fewer than {SMALL_CLASS} images "
-                    f"({first_few(classes)}): each is judged by the other images of its class, so these verdicts say "
-                    "little; check them by hand (qmix apply keeps them as they are)"
-                )
-            )
+    rare, _ = rare_flagged(frame)  # printed with the summary (by `audit`, given a console)
     if out != "-":
         # The images --on-bad-image skip left out have no row: the suggested command must say what to do with them.
         skipped = " --on-missing drop" if len(frame.attrs.get("skipped", ())) else ""
@@ -133,31 +88,6 @@ def audit_command(
             f"qmix apply {shlex.quote(str(data))} --report {shlex.quote(str(out))}{skipped}{keep_rare} --out {fixed}"
         )
         st.err.print(Text(f"next: {command}  (relabel mislabeled_hq, drop mislabeled_lq)"))
-
-
-def _top_issues_table(top: pd.DataFrame) -> Table:
-    """The best-ranked images the audit flags."""
-    issues = Table(title="top issues", title_justify="left")
-    for col in ("rank", "sample_id", "given", "suggested", "category", "p_clean"):
-        issues.add_column(col)
-    for row in top.itertuples():
-        suggestion = row.suggested_label if isinstance(row.suggested_label, str) else "— (fix or drop image)"
-        cells = (str(row.rank), row.sample_id, row.given_label, suggestion, row.category, f"{row.p_clean:.3f}")
-        issues.add_row(*(Text(str(c)) for c in cells))  # Text: labels and ids are not markup
-    return issues
-
-
-def _top_groups_table(rows: list[dict]) -> Table:
-    """The likeliest wrong labels by group (`summarise_groups`' first rows)."""
-    table = Table(title="top groups", title_justify="left")
-    for col in ("rank", "group", "given", "flagged", "suggested", "issue score"):
-        table.add_column(col)
-    for row in rows:
-        flagged = f"{row['images'] - row['clean']} of {row['images']}"
-        suggestion = row["suggested_label"] if isinstance(row["suggested_label"], str) else "—"
-        cells = (row["rank"], row["group"], row["given_label"], flagged, suggestion, f"{row['issue_score']:.3f}")
-        table.add_row(*(Text(str(c)) for c in cells))  # Text: group names and labels are not markup
-    return table
 
 
 def fixed_manifest_name(data: str | Path) -> str:

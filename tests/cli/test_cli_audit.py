@@ -663,25 +663,6 @@ def test_evaluate_scores_the_units_of_an_audit_by_group(runner, tmp_path, qmix_r
     assert "Units by patient and given label" in " ".join(table.stdout.split())
 
 
-def test_the_top_issues_are_flagged_images_only(runner, parquet_report, monkeypatch, tmp_path):
-    import qmix_cli.api
-
-    path, _ = parquet_report
-    frame = pd.read_parquet(path)
-    flagged = frame[frame["category"] != "clean"].sort_values("rank")
-    # Two images flagged, ranked below three clean ones (as in a small, mostly clean set).
-    few = pd.concat([frame[frame["category"] == "clean"].head(3), flagged.head(2)]).assign(rank=[1, 2, 3, 4, 5])
-    monkeypatch.setattr(qmix_cli.api, "audit", lambda *args, **kwargs: few)
-    result = runner.invoke(app, ["audit", "data", "--run", "run", "--out", str(tmp_path / "r.parquet")])
-    assert result.exit_code == 0, _stderr(result)
-    table = _stderr(result).split("top issues", 1)[1]
-    assert all(sid in table for sid in flagged["sample_id"].head(2))
-    assert " clean " not in table
-    monkeypatch.setattr(qmix_cli.api, "audit", lambda *args, **kwargs: few.assign(category="clean"))
-    result = runner.invoke(app, ["audit", "data", "--run", "run", "--out", str(tmp_path / "r.parquet")])
-    assert "top issues" not in _stderr(result) and "no issues: every image is judged clean" in _stderr(result)
-
-
 def test_the_top_groups_are_groups_with_a_flagged_image(tmp_path, qmix_run, grouped_manifest, monkeypatch):
     from qmix_cli.api import audit
     from qmix_cli.reporting import groups
@@ -700,7 +681,9 @@ def test_the_top_groups_are_groups_with_a_flagged_image(tmp_path, qmix_run, grou
     assert len(top) == min(5, frame.attrs["groups"]["flagged"])
 
 
-def test_flagged_images_of_rare_training_classes_are_called_unreliable(runner, parquet_report, monkeypatch, tmp_path):
+def test_the_next_command_keeps_rare_classes_where_the_report_cannot_say_whose_it_is(
+    runner, parquet_report, monkeypatch, tmp_path
+):
     import qmix_cli.api
 
     path, _ = parquet_report
@@ -708,13 +691,12 @@ def test_flagged_images_of_rare_training_classes_are_called_unreliable(runner, p
     flagged = frame[frame["category"] != "clean"].head(2).index
     frame.loc[flagged, "given_label"] = "rare_finding"  # two images, both flagged: a class the probe hardly saw
     frame.attrs["qmix"] = {"training_set": "true"}
-    monkeypatch.setattr(qmix_cli.api, "audit", lambda *args, **kwargs: frame)
+    monkeypatch.setattr(qmix_cli.api, "audit", lambda *args, **kwargs: frame)  # the summary is the API's to print
     args = ["audit", "data", "--run", "run", "--out", str(tmp_path / "r.parquet")]
     said = " ".join(_stderr(runner.invoke(app, args)).split())
-    assert "note: 2 of the flagged images are of classes of fewer than 5 images (rare_finding (2))" in said
-    assert "--rare-classes" not in said  # a Parquet report says it is the training set's: apply needs no flag
+    assert "next: qmix apply" in said and "--rare-classes" not in said  # a Parquet report says whose it is
     csv_args = ["audit", "data", "--run", "run", "--out", str(tmp_path / "r.csv")]
     said = " ".join(_stderr(runner.invoke(app, csv_args)).split())
     assert "--report " + str(tmp_path / "r.csv") + " --rare-classes keep --out" in said  # a CSV report cannot say
-    frame.attrs["qmix"] = {"training_set": "false"}  # another set: its class sizes are not what the run saw
-    assert "fewer than 5 images" not in _stderr(runner.invoke(app, args))
+    frame.attrs["qmix"] = {"training_set": "false"}  # another set: apply applies them, no flag needed
+    assert "--rare-classes" not in _stderr(runner.invoke(app, csv_args))

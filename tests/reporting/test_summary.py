@@ -1,0 +1,56 @@
+"""Tests for qmix_cli/reporting/summary.py: what an audit's summary says, printed by `qmix audit` and by
+`qmix_cli.audit` given a console."""
+
+from __future__ import annotations
+
+import io
+
+import pandas as pd
+from rich.console import Console
+
+from qmix_cli.reporting.summary import print_audit_summary, rare_flagged
+
+
+def _frame(categories: list[str], labels: list[str] | None = None) -> pd.DataFrame:
+    n = len(categories)
+    return pd.DataFrame(
+        {
+            "sample_id": [f"img{i}" for i in range(n)],
+            "given_label": labels or ["cat"] * n,
+            "category": categories,
+            "p_clean": [0.9 if c == "clean" else 0.1 for c in categories],
+            "suggested_label": [None if c == "mislabeled_lq" else "dog" for c in categories],
+            "rank": list(range(1, n + 1)),  # clean images ranked first, as in a small, mostly clean set
+        }
+    )
+
+
+def _said(frame: pd.DataFrame, **where) -> str:
+    out = io.StringIO()
+    print_audit_summary(frame, Console(file=out, width=200), **{"out": None, "groups_out": None, **where})
+    return " ".join(out.getvalue().split())
+
+
+def test_the_counts_and_top_issues_are_of_flagged_images_only():
+    said = _said(_frame(["clean"] * 3 + ["mislabeled_hq", "mislabeled_lq"]), out="r.parquet")
+    assert "audit of 5 images → r.parquet" in said
+    table = said.split("top issues", 1)[1]
+    assert "img3" in table and "img4" in table and "— (fix or drop image)" in table
+    assert not any(f"img{i}" in table for i in range(3))
+    assert "clean 3 60.0%" in said.replace("│", "").replace("  ", " ")
+
+
+def test_a_set_judged_clean_says_so_and_counts_what_was_left_out():
+    frame = _frame(["clean"] * 4)
+    assert "top issues" not in _said(frame) and "no issues: every image is judged clean" in _said(frame)
+    frame.attrs["skipped"] = [{"path": "a.png"}]
+    assert "every image audited is judged clean (1 unreadable left out)" in _said(frame)
+
+
+def test_flagged_images_of_rare_training_classes_are_called_unreliable():
+    frame = _frame(["clean"] * 6 + ["mislabeled_hq"] * 2, labels=["cat"] * 6 + ["rare_finding"] * 2)
+    frame.attrs["qmix"] = {"training_set": "true"}
+    assert rare_flagged(frame) == (2, ["rare_finding (2)"])
+    assert "note: 2 of the flagged images are of classes of fewer than 5 images (rare_finding (2))" in _said(frame)
+    frame.attrs["qmix"] = {"training_set": "false"}  # another set: its class sizes are not what the run saw
+    assert rare_flagged(frame) == (0, []) and "fewer than 5 images" not in _said(frame)
