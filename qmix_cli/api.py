@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
+import reprlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +34,18 @@ if TYPE_CHECKING:
 def _reporter(console: Console | None, quiet: bool) -> Iterator[Reporter]:
     with reporter(console or Console(stderr=True), quiet=quiet or console is None) as rep:
         yield rep
+
+
+def _check_paths(*, frames: bool = False, **paths: Any) -> None:
+    """Refuse a path argument of another type (an int, a list, a dict; a DataFrame unless ``frames``) by its name:
+    pathlib's own `TypeError` says neither which argument nor what it takes."""
+    import pandas as pd
+
+    for name, value in paths.items():
+        if value is None or isinstance(value, (str, os.PathLike)) or (frames and isinstance(value, pd.DataFrame)):
+            continue
+        what = "a path (str or pathlib.Path)" + (" or a DataFrame" if frames else "")
+        raise ConfigError(f"{name} must be {what}, not {type(value).__name__} {reprlib.repr(value)}")
 
 
 def _log_scan(rep: Reporter, dataset: Dataset) -> None:
@@ -61,11 +75,11 @@ def corrupt(
     label_noise: str | None = None,
     label_rate: float | None = None,
     quality_rate: float | None = None,
-    degradations: str | None = None,
+    degradations: str | list[str] | None = None,
     severity: str | int | None = None,
     per_image: int | None = None,
     lq_labels: str | None = None,
-    class_map: str | None = None,
+    class_map: str | dict[str, str] | None = None,
     group_column: str | None = None,
     image_format: str | None = None,
     seed: int | None = None,
@@ -101,8 +115,8 @@ def corrupt(
     quality_rate
         Fraction in [0, 1] of images degraded to low quality (default 0.15); exact, not a per-image draw.
     degradations
-        Comma list of ``blur``, ``motion``, ``dark``, ``bright``, ``contrast``, ``noise``, ``jpeg``,
-        ``occlusion``, ``haze``, ``vignette``, or ``"all"`` (default).
+        Comma list (or a Python list) of ``blur``, ``motion``, ``dark``, ``bright``, ``contrast``, ``noise``,
+        ``jpeg``, ``occlusion``, ``haze``, ``vignette``, or ``"all"`` (default).
     severity
         An int in 1..5 or a range ``"3-5"`` (default), drawn per image.
     per_image
@@ -111,8 +125,9 @@ def corrupt(
         Labels of low-quality images: ``"random"`` (another class; default), ``"prior"`` (drawn from the class
         frequencies) or ``"keep"``.
     class_map
-        ``"cat=dog,truck=car"``, or ``"@FILE"`` (a ``.json`` object or a ``.csv`` of source,target, for names
-        holding commas): where asymmetric noise sends each class; unnamed classes keep their labels.
+        ``"cat=dog,truck=car"`` (or ``{"cat": "dog", "truck": "car"}``), or ``"@FILE"`` (a ``.json`` object or a
+        ``.csv`` of source,target, for names holding commas): where asymmetric noise sends each class; unnamed
+        classes keep their labels.
     group_column
         A manifest column of images that belong together (a patient): one noisy label per group and class.
     image_format
@@ -122,8 +137,8 @@ def corrupt(
     seed
         The random seed (default 0).
     workers
-        Threads for decoding and writing, at least 1 (default: the CPU count, at most 8); does not change the
-        output.
+        Threads for decoding and writing, 1 or more, or 0 or None for the default (the CPU count, at most 8);
+        does not change the output.
     on_bad_image
         ``"error"`` (default) or ``"skip"`` unreadable source images (listed in ``noise.json``).
     force
@@ -156,6 +171,10 @@ def corrupt(
     from qmix_cli.data.manifest import create_dataset
     from qmix_cli.noise.protocol import corrupt_dataset, resolve_spec
 
+    _check_paths(out=out)
+    if workers is not None and workers < 0:
+        raise ConfigError(f"--workers must be 0 or more (got {workers})")
+
     spec = resolve_spec(
         preset,
         label_noise=label_noise,
@@ -186,7 +205,7 @@ def train(
     data: str | Path,
     out: str | Path,
     *,
-    config: str | Path | TrainConfig | None = None,
+    config: str | Path | TrainConfig | dict[str, Any] | None = None,
     resume: bool = False,
     force: bool = False,
     console: Console | None = None,
@@ -208,7 +227,7 @@ def train(
         The run directory (``config.yaml``, the resolved options; ``metrics.jsonl``; ``checkpoints/``;
         ``model.pt``; ``separation.json``; ``run.json``). An existing run is refused unless ``resume`` or ``force``.
     config
-        A YAML file of `TrainConfig` fields, or a `TrainConfig`; ``options`` override it.
+        A YAML file of `TrainConfig` fields, a `TrainConfig`, or a dict of its fields; ``options`` override it.
     resume
         Continue the run in ``out`` from its last checkpoint with its saved configuration. Options given here must
         agree with it, except those a resume may change: ``device``, ``workers``, ``amp``, ``compile``,
@@ -246,16 +265,23 @@ def train(
     from qmix_cli.engine.trainer import resume_config
     from qmix_cli.engine.trainer import train as run_training
 
+    _check_paths(out=out)
+    if config is not None and not isinstance(config, (TrainConfig, dict)):
+        _check_paths(config=config)
     explicit = {k: v for k, v in options.items() if v is not None}
     if resume:
         # A config given with --resume must agree with the saved one (resume_config says where it does not).
         if isinstance(config, TrainConfig):
             explicit = {**config.to_dict(), **explicit}
+        elif isinstance(config, dict):
+            explicit = {**config, **explicit}
         elif config is not None:
             explicit = {**load_config_file(config), **explicit}
         cfg = resume_config(out, explicit)
     elif isinstance(config, TrainConfig):
         cfg = with_absolute_paths(config_from_dict(explicit, base=config))
+    elif isinstance(config, dict):  # a config file's values, held in Python
+        cfg = with_absolute_paths(config_from_dict({**config, **explicit}))
     else:
         cfg = with_absolute_paths(resolve_config(config_file=config, overrides=options))
     with _reporter(console, quiet) as rep:
@@ -381,6 +407,7 @@ def audit(
         raise ConfigError(f"--sort must be {' or '.join(REPORT_ORDERS)} (got {sort_by!r})")
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1 (got {batch_size})")
+    _check_paths(run=run, out=out, groups_out=groups_out)
     if tta < 0:
         raise ConfigError(f"--tta must be 0 or more (got {tta})")
     if workers < 0:
@@ -583,6 +610,9 @@ def show(
     """
     from qmix_cli.reporting.html import write_html_report
 
+    _check_paths(report=report, frames=True)
+    _check_paths(out=out, run=run, data=data)
+
     with _reporter(console, quiet) as rep:
         return write_html_report(
             report, out=out, run=run, data=data, top=top, warn=rep.log, force=force, group_column=group_column
@@ -592,7 +622,7 @@ def show(
 def evaluate(
     report: str | Path | pd.DataFrame,
     *,
-    truth: str | Path,
+    truth: str | Path | pd.DataFrame,
     on_missing: str = "error",
     on_unchecked: str = "error",
     group_column: str | None = None,
@@ -608,7 +638,7 @@ def evaluate(
     truth
         A manifest with the truth: a ``qmix corrupt`` output, or a CSV / Parquet file written by hand with
         ``sample_id`` (or ``path``) and ``category`` (``clean``, ``mislabeled_hq``, ``mislabeled_lq``), or the
-        flags ``is_low_quality`` and ``is_label_noisy`` instead of ``category``.
+        flags ``is_low_quality`` and ``is_label_noisy`` instead of ``category``; or such a table as a DataFrame.
     on_missing
         Truth rows the report lacks: ``"error"`` (default) or ``"skip"`` (score a report of part of the images,
         e.g. one audited with ``on_bad_image="skip"``).
@@ -633,13 +663,24 @@ def evaluate(
     import pandas as pd
 
     from qmix_cli.categories import truth_categories
+    from qmix_cli.data.builtin import is_builtin
     from qmix_cli.data.manifest import read_manifest
     from qmix_cli.errors import DataError
     from qmix_cli.reporting.evaluate import evaluate_report, ids_by_path
     from qmix_cli.reporting.report import as_bool, read_report
 
+    _check_paths(report=report, truth=truth, frames=True)
     frame = report if isinstance(report, pd.DataFrame) else read_report(report)  # audit's DataFrame, as apply takes
-    truth_frame, _ = read_manifest(truth)
+    if isinstance(truth, pd.DataFrame):  # a sample checked by hand, held in a notebook
+        truth_frame = truth.reset_index(drop=True)
+        truth = "the truth DataFrame"  # what the messages below call it
+    elif is_builtin(str(truth)) and not Path(truth).exists():
+        raise DataError(
+            f"{truth} is a built-in dataset without a truth: give the output of qmix corrupt made from it, or a "
+            "manifest with sample_id and category columns"
+        )
+    else:
+        truth_frame, _ = read_manifest(truth)
     if "category" not in truth_frame.columns and {"is_low_quality", "is_label_noisy"} <= set(truth_frame.columns):
         is_lq = as_bool(truth_frame["is_low_quality"], name="is_low_quality")
         noisy = as_bool(truth_frame["is_label_noisy"], name="is_label_noisy")
@@ -720,6 +761,8 @@ def apply(
     from qmix_cli.reporting.apply import apply_verdicts, check_actions, integers_restored
     from qmix_cli.reporting.report import check_same_images, read_report
 
+    _check_paths(report=report, frames=True)
+    _check_paths(out=out)
     check_actions(hq=hq, lq=lq, on_missing=on_missing, rare_classes=rare_classes)
     out = Path(out)
     suffix = out.suffix.lower()

@@ -106,7 +106,7 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         for f in fields(self):
-            setattr(self, f.name, _checked(f.name, getattr(self, f.name), _field_types()[f.name]))
+            setattr(self, f.name, checked_option(f.name, getattr(self, f.name), _field_types()[f.name]))
         positive = ("epochs", "batch_size", "img_size", "eval_batch_size", "gmm_components", "smooth_epochs")
         for name in positive:
             if getattr(self, name) < 1:
@@ -172,8 +172,9 @@ def _field_types() -> dict[str, Any]:
     return get_type_hints(TrainConfig)
 
 
-def _checked(name: str, value: Any, hint: Any) -> Any:
-    """``value`` as the type ``hint`` of field ``name`` demands, or a `ConfigError` naming the option.
+def checked_option(name: str, value: Any, hint: Any) -> Any:
+    """``value`` as the type ``hint`` of field ``name`` demands, or a `ConfigError` naming the option (`TrainConfig`'s,
+    `qmix_cli.noise.protocol.CorruptSpec`'s).
 
     Values from YAML and ``--set`` arrive loosely typed (PyYAML reads ``1e-3`` as a string, ``5`` as an int), so
     numbers are converted where that loses nothing; a choice outside a ``Literal`` is refused instead of quietly
@@ -190,7 +191,7 @@ def _checked(name: str, value: Any, hint: Any) -> Any:
         if value is None and type(None) in args:
             return None
         (inner,) = (a for a in args if a is not type(None))
-        return _checked(name, value, inner)
+        return checked_option(name, value, inner)
     expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
     try:
         if hint is bool and isinstance(value, bool):

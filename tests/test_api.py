@@ -108,3 +108,46 @@ def test_audit_given_a_console_prints_what_the_cli_prints_of_its_findings(qmix_r
     result = CliRunner().invoke(app, ["audit", str(noisy_digits), "--run", str(qmix_run.run_dir), "--out", "-"])
     cli_said = stderr_of(result)
     assert "top issues" in cli_said and cli_said.count("top issues") == 1  # printed once, by the API
+
+
+def test_arguments_of_another_type_are_one_clear_error_naming_them(noisy_digits, tmp_path):
+    """What a notebook passes by mistake met pathlib's or numpy's TypeError deep inside, naming nothing."""
+    from qmix_cli import apply, corrupt
+    from qmix_cli.errors import ConfigError
+
+    calls = [
+        (lambda: corrupt("digits", 5), r"out must be a path \(str or pathlib.Path\), not int 5"),
+        (lambda: train(noisy_digits, 3, epochs=1), "out must be a path"),
+        (lambda: audit(noisy_digits, run=1), "run must be a path"),
+        (lambda: evaluate([1, 2], truth=noisy_digits), r"report must be a path .* or a DataFrame, not list"),
+        (lambda: show(tmp_path / "r.parquet", out=["x"]), "out must be a path"),
+        (lambda: apply(noisy_digits, report={"a": 1}, out=tmp_path / "f.csv"), "report must be a path"),
+        (lambda: train(noisy_digits, tmp_path / "r", config=7), "config must be a path"),
+        (lambda: corrupt("digits", tmp_path / "o", seed=1.5), "seed must be an integer"),
+        (lambda: corrupt("digits", tmp_path / "o", quality_rate="lots"), "quality-rate must be a number"),
+        (lambda: corrupt("digits", tmp_path / "o", workers=-1), "--workers must be 0 or more"),
+        (lambda: evaluate(pd.DataFrame(), truth="digits"), "built-in dataset without a truth"),
+    ]
+    for call, message in calls:
+        with pytest.raises(QmixError, match=message):
+            call()
+    assert not any(tmp_path.iterdir())  # nothing made on the way
+    assert issubclass(ConfigError, QmixError)
+
+
+def test_python_spellings_of_options_are_taken(noisy_digits, tmp_path, qmix_run):
+    """A list of degradations, a dict class map or config, a truth held as a DataFrame: Python's natural forms."""
+    from qmix_cli import corrupt
+
+    spec = corrupt(
+        "digits", tmp_path / "o", label_noise="asymmetric", class_map={"1": "7", "7": "1"},
+        degradations=["blur", "noise"], quality_rate="0.1", seed="2", severity=4,
+    ).summary  # fmt: skip
+    assert spec["options"]["degradations"] == "blur,noise" and spec["options"]["class_map"] == "1=7,7=1"
+    assert spec["options"]["quality_rate"] == 0.1 and spec["seed"] == 2
+    report = audit(noisy_digits, run=qmix_run.run_dir)
+    truth = pd.read_parquet(noisy_digits / "manifest.parquet")
+    assert evaluate(report, truth=truth) == evaluate(report, truth=noisy_digits)
+    killed = tmp_path / "run"
+    result = train(noisy_digits, killed, config={"method": "ce", "epochs": 1, **TINY_TRAIN}, quiet=True)
+    assert result.metrics[-1]["epoch"] == 1

@@ -12,13 +12,14 @@ the number of worker threads.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, get_type_hints
 
 import numpy as np
 import pandas as pd
@@ -26,7 +27,7 @@ from PIL import Image
 
 from qmix_cli import __version__
 from qmix_cli.categories import CATEGORIES, truth_categories
-from qmix_cli.config import check_seed
+from qmix_cli.config import check_seed, checked_option
 from qmix_cli.data.groups import check_group_column, group_units
 from qmix_cli.data.images import default_workers, native_array, threaded_map
 from qmix_cli.data.manifest import Dataset, check_output_dir
@@ -112,6 +113,21 @@ class CorruptSpec:
         return self
 
 
+@functools.cache
+def _spec_types() -> dict[str, Any]:
+    return get_type_hints(CorruptSpec)
+
+
+def _cli_spelling(name: str, value: Any) -> Any:
+    """What Python callers naturally pass, as the CLI spells it: ``degradations=["blur", "noise"]`` as
+    ``"blur,noise"``, ``class_map={"cat": "dog"}`` as ``"cat=dog"``."""
+    if name == "degradations" and isinstance(value, (list, tuple, set, frozenset)):
+        return ",".join(map(str, value))
+    if name == "class_map" and isinstance(value, dict):
+        return ",".join(f"{source}={target}" for source, target in value.items())
+    return value
+
+
 # The paper's DDR protocol: 20 % label noise on good images, 15-75 % data noise (strongly degraded images with
 # random labels).
 PRESETS: dict[str, CorruptSpec] = {
@@ -121,11 +137,14 @@ PRESETS: dict[str, CorruptSpec] = {
 
 
 def resolve_spec(preset: str | None, **given: Any) -> CorruptSpec:
-    """Defaults < preset < options given explicitly (``None`` = not given)."""
+    """Defaults < preset < options given explicitly (``None`` = not given), each of the type its field says (numbers
+    given as text converted, a list of degradations or a mapping of classes taken in their CLI spelling)."""
     if preset is not None and preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     base = PRESETS[preset] if preset else CorruptSpec()
-    spec = replace(base, preset=preset, **{k: v for k, v in given.items() if v is not None})
+    hints = _spec_types()
+    options = {k: checked_option(k, _cli_spelling(k, v), hints[k]) for k, v in given.items() if v is not None}
+    spec = replace(base, preset=preset, **options)
     if spec.label_noise.startswith("matrix:") and given.get("label_rate") is None:
         spec = replace(spec, label_rate=None)  # the default's or the preset's rate, which a matrix replaces
     return spec.validate()
