@@ -259,7 +259,7 @@ def train(
         contradictory options or a run directory in use, a `TrainingError` when the loss stops being finite.
         Messages name the CLI's options (``--warmup-epochs`` for ``warmup_epochs``).
     """
-    from qmix_cli.config import config_from_dict, load_config_file
+    from qmix_cli.config import config_from_dict, kept_warmup_note, load_config_file
     from qmix_cli.data.cache import DecodeTarget
     from qmix_cli.data.manifest import create_dataset
     from qmix_cli.engine.trainer import resume_config
@@ -284,7 +284,13 @@ def train(
         cfg = with_absolute_paths(config_from_dict({**config, **explicit}))
     else:
         cfg = with_absolute_paths(resolve_config(config_file=config, overrides=options))
+    note = None
+    if config is not None and not resume:
+        base = config.to_dict() if isinstance(config, TrainConfig) else config
+        note = kept_warmup_note(base if isinstance(base, dict) else load_config_file(base), explicit)
     with _reporter(console, quiet) as rep:
+        if note:
+            rep.log(note)
         dataset = create_dataset(
             data,
             on_bad_image=cfg.on_bad_image,

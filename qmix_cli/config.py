@@ -260,6 +260,22 @@ def resolve_config(*, config_file: str | Path | None = None, overrides: dict[str
     return config_from_dict(values)
 
 
+def kept_warmup_note(base: dict[str, Any], overrides: dict[str, Any]) -> str | None:
+    """A note when ``overrides`` (``_`` keys, None for not given) change the ``epochs`` of ``base`` (a config file's
+    values, a `TrainConfig`'s) but not the ``warmup_epochs`` it sets: the warm-up keeps its length instead of
+    following the new epochs as the default does. A run's ``config.yaml`` records the warm-up it derived, so a
+    longer rerun from it (``--config RUN/config.yaml --epochs 30``) would otherwise leave semi-supervised training
+    after one epoch of thirty unsaid. None when there is nothing to say."""
+    base, overrides = ({str(k).replace("-", "_"): v for k, v in d.items()} for d in (base, overrides))
+    warmup, epochs = base.get("warmup_epochs"), overrides.get("epochs")
+    if warmup is None or epochs is None or overrides.get("warmup_epochs") is not None or base.get("epochs") == epochs:
+        return None
+    return (
+        f"note: --epochs {epochs} keeps the warm-up of {warmup} epoch{'s' if warmup != 1 else ''} the config sets "
+        "(by default a third of the epochs); pass --warmup-epochs N to change it"
+    )
+
+
 # Options naming files or folders: a run's config.yaml keeps them absolute, so that `--resume` (and anyone reading
 # the run) finds the same ones from any working directory.
 PATH_OPTIONS = ("weights", "cache_dir", "val")

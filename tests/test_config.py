@@ -106,3 +106,20 @@ def test_path_options_take_a_path_as_python_callers_hold_them(tmp_path):
     assert (cfg.cache_dir, cfg.val, cfg.weights) == tuple(str(p) for p in paths.values())
     with pytest.raises(ConfigError, match="cache-dir must be a string"):
         config_from_dict({"cache_dir": ["not", "a", "path"]})
+
+
+def test_a_longer_rerun_of_a_recorded_config_says_its_warm_up_stays(tmp_path):
+    from qmix_cli.config import dump_config, kept_warmup_note, load_config_file
+
+    recorded = tmp_path / "config.yaml"  # what a 3-epoch run wrote: its derived warm-up, 1 epoch, included
+    recorded.write_text(dump_config(config_from_dict({"epochs": 3})))
+    values = load_config_file(recorded)
+    note = kept_warmup_note(values, {"epochs": 30})
+    assert note == (
+        "note: --epochs 30 keeps the warm-up of 1 epoch the config sets (by default a third of the epochs); pass "
+        "--warmup-epochs N to change it"
+    )
+    assert resolve_config(config_file=recorded, overrides={"epochs": 30}).warmup_epochs == 1  # as the note says
+    assert kept_warmup_note(values, {"epochs": 30, "warmup_epochs": 10}) is None  # asked for
+    assert kept_warmup_note(values, {"epochs": 3}) is None and kept_warmup_note({"epochs": 3}, {"epochs": 30}) is None
+    assert kept_warmup_note({"warmup-epochs": 2, "epochs": 6}, {"epochs": 12}) is not None  # YAML in CLI spelling
