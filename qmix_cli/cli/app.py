@@ -16,12 +16,9 @@ from qmix_cli.cli import apply, audit, corrupt, demo, evaluate, show, train
 from qmix_cli.cli.common import (
     LastingStderr,
     State,
-    apply_pixel_limit,
-    fail,
     quiet_pillow_warnings,
     reader_may_leave,
 )
-from qmix_cli.errors import QmixError
 
 # The options of qmix itself, which go before the command.
 GLOBAL_OPTIONS = ("-q", "--quiet", "-v", "--verbose")
@@ -70,10 +67,6 @@ def main_callback(
 ) -> None:
     ctx.obj = State(quiet=quiet, verbose=verbose)
     quiet_pillow_warnings()
-    try:
-        apply_pixel_limit(os.environ)
-    except QmixError as error:
-        fail(str(error))
 
 
 for module in (corrupt, train, audit, apply, evaluate, show, demo):

@@ -6,6 +6,7 @@ import contextlib
 import errno
 import functools
 import gc
+import os
 import re
 import sys
 import warnings
@@ -217,6 +218,9 @@ def guarded(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         st = state(kwargs.get("ctx"))
         try:
+            # Here, not in the app's callback: `--help` (answered before the command runs) still works with a
+            # mistyped value, which every command then names.
+            apply_pixel_limit(os.environ)
             return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort):
             raise

@@ -158,6 +158,8 @@ def test_every_command_keeps_pillows_warnings_about_judged_images_quiet(runner, 
 def test_a_pixel_limit_in_the_environment_that_is_no_number_is_one_line(runner, tmp_path):
     result = runner.invoke(app, ["show", str(tmp_path / "r.parquet")], env={"QMIX_MAX_IMAGE_PIXELS": "lots"})
     assert_one_line_error(result, "QMIX_MAX_IMAGE_PIXELS='lots'", "'none' for no limit")
+    helped = runner.invoke(app, ["corrupt", "--help"], env={"QMIX_MAX_IMAGE_PIXELS": "lots"})
+    assert helped.exit_code == 0 and "Usage" in helped.stdout  # help is no command: it reads no image
 
 
 @pytest.mark.parametrize("flag", ["-q", "--verbose"])
