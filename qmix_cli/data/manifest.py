@@ -642,9 +642,10 @@ def _check_images(
     )
     if bad.any() and on_bad_image == "error":
         offenders = [f"{r.path}: {r.reason}" for r in skipped.itertuples()]
+        absolute = frame["path"].map(os.path.isabs).all()
         if skipped["path"].str.contains(r"^(?:[A-Za-z][A-Za-z0-9+.-]*://|~)", regex=True).any():
             hint = " (paths name files on this machine: URLs are not downloaded and ~ is not expanded)"
-        elif bad.all() and not frame["path"].map(os.path.isabs).all():
+        elif bad.all() and skipped["reason"].str.startswith("file not found").all() and not absolute:
             # Skipping them would leave nothing: the paths, not the images, are likely what is wrong.
             hint = f" (none of the images could be read: are the paths relative to {root}?)"
         elif bad.all():

@@ -159,6 +159,12 @@ def test_when_no_image_can_be_read_the_paths_are_questioned_not_skipping_suggest
     with pytest.raises(DataError) as exc:
         create_dataset(absolute)
     assert str(exc.value).endswith("(none of the images could be read)")  # nothing relative to ask about
+    for i in range(4):  # files that are there, every one unreadable (over a pixel limit, say): no path to doubt
+        (tmp_path / "elsewhere").mkdir(exist_ok=True)
+        (tmp_path / "elsewhere" / f"{i}.png").write_bytes(b"not a png")
+    with pytest.raises(DataError) as exc:
+        create_dataset(csv)
+    assert str(exc.value).endswith("(none of the images could be read)") and "relative" not in str(exc.value)
 
 
 @pytest.mark.skipif(os.sep != "/", reason="Windows reads its own separators")
