@@ -13,12 +13,7 @@ from typer.core import TyperGroup
 from qmix_cli import __version__
 from qmix_cli.allocator import keep_freed_memory
 from qmix_cli.cli import apply, audit, corrupt, demo, evaluate, show, train
-from qmix_cli.cli.common import (
-    LastingStderr,
-    State,
-    quiet_pillow_warnings,
-    reader_may_leave,
-)
+from qmix_cli.cli.common import LastingStderr, State, quiet_pillow_warnings, reader_may_leave
 
 # The options of qmix itself, which go before the command.
 GLOBAL_OPTIONS = ("-q", "--quiet", "-v", "--verbose")
