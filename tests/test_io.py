@@ -183,17 +183,22 @@ def test_a_new_output_never_replaces_what_another_process_wrote_meanwhile(tmp_pa
     assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
 
 
+def _deny_opening(monkeypatch, path, *, flags: int) -> None:
+    """`os.open` of ``path`` with any of ``flags`` refused as the file system would refuse this user."""
+    real_open = os.open
+
+    def denied(target, given, *args):
+        if str(target) == str(path) and given & flags:
+            raise PermissionError(13, "Permission denied")
+        return real_open(target, given, *args)
+
+    monkeypatch.setattr("qmix_cli.io.os.open", denied)
+
+
 def test_a_lock_file_another_user_left_is_used_read_only(tmp_path, monkeypatch):
     run, lock = tmp_path / "run", tmp_path / ".run.lock"
     lock.write_text("")  # left by a run killed under another user's name: not ours to write
-    real_open = os.open
-
-    def as_another_user(path, flags, *args):
-        if str(path) == str(lock) and flags & os.O_RDWR:
-            raise PermissionError(13, "Permission denied")
-        return real_open(path, flags, *args)
-
-    monkeypatch.setattr("qmix_cli.io.os.open", as_another_user)
+    _deny_opening(monkeypatch, lock, flags=os.O_RDWR)
     with run_lock(run), pytest.raises(QmixError, match=r"in use by another qmix process; wait"), run_lock(run):
         pass
 
@@ -203,14 +208,7 @@ def test_a_run_folder_in_a_folder_the_user_cannot_write_says_where_the_lock_goes
     the user's, its parent is not. The error said the folder did not exist."""
     run, lock = tmp_path / "me", tmp_path / ".me.lock"
     run.mkdir()
-    real_open = os.open
-
-    def read_only_parent(path, flags, *args):
-        if str(path) == str(lock) and flags & os.O_CREAT:
-            raise PermissionError(13, "Permission denied")
-        return real_open(path, flags, *args)
-
-    monkeypatch.setattr("qmix_cli.io.os.open", read_only_parent)
+    _deny_opening(monkeypatch, lock, flags=os.O_CREAT)  # the parent is not the user's: no file can be made there
     where = r"cannot create the lock file .*\.me\.lock beside the run folder"
     with pytest.raises(QmixError, match=where) as caught, run_lock(run):
         pass
