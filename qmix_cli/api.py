@@ -36,15 +36,16 @@ def _reporter(console: Console | None, quiet: bool) -> Iterator[Reporter]:
         yield rep
 
 
-def _check_paths(*, frames: bool = False, **paths: Any) -> None:
-    """Refuse a path argument of another type (an int, a list, a dict; a DataFrame unless ``frames``) by its name:
-    pathlib's own `TypeError` says neither which argument nor what it takes."""
+def _check_paths(*, frames: tuple[str, ...] = (), **paths: Any) -> None:
+    """Refuse a path argument of another type (an int, a list, a dict; a DataFrame unless named in ``frames``) by its
+    name: pathlib's own `TypeError` says neither which argument nor what it takes."""
     import pandas as pd
 
     for name, value in paths.items():
-        if value is None or isinstance(value, (str, os.PathLike)) or (frames and isinstance(value, pd.DataFrame)):
+        frame_ok = name in frames
+        if value is None or isinstance(value, (str, os.PathLike)) or (frame_ok and isinstance(value, pd.DataFrame)):
             continue
-        what = "a path (str or pathlib.Path)" + (" or a DataFrame" if frames else "")
+        what = "a path (str or pathlib.Path)" + (" or a DataFrame" if frame_ok else "")
         raise ConfigError(f"{name} must be {what}, not {type(value).__name__} {reprlib.repr(value)}")
 
 
@@ -265,29 +266,21 @@ def train(
     from qmix_cli.engine.trainer import resume_config
     from qmix_cli.engine.trainer import train as run_training
 
-    _check_paths(out=out)
-    if config is not None and not isinstance(config, (TrainConfig, dict)):
-        _check_paths(config=config)
+    _check_paths(out=out, **({} if isinstance(config, (TrainConfig, dict)) else {"config": config}))
     explicit = {k: v for k, v in options.items() if v is not None}
+    # What the config says, read once: a file's values, a dict of them (held in Python), a TrainConfig's fields.
+    if isinstance(config, TrainConfig):
+        given = config.to_dict()
+    else:
+        given = load_config_file(config) if config is not None and not isinstance(config, dict) else dict(config or {})
     if resume:
         # A config given with --resume must agree with the saved one (resume_config says where it does not).
-        if isinstance(config, TrainConfig):
-            explicit = {**config.to_dict(), **explicit}
-        elif isinstance(config, dict):
-            explicit = {**config, **explicit}
-        elif config is not None:
-            explicit = {**load_config_file(config), **explicit}
-        cfg = resume_config(out, explicit)
+        cfg = resume_config(out, {**given, **explicit})
     elif isinstance(config, TrainConfig):
         cfg = with_absolute_paths(config_from_dict(explicit, base=config))
-    elif isinstance(config, dict):  # a config file's values, held in Python
-        cfg = with_absolute_paths(config_from_dict({**config, **explicit}))
     else:
-        cfg = with_absolute_paths(resolve_config(config_file=config, overrides=options))
-    note = None
-    if config is not None and not resume:
-        base = config.to_dict() if isinstance(config, TrainConfig) else config
-        note = kept_warmup_note(base if isinstance(base, dict) else load_config_file(base), explicit)
+        cfg = with_absolute_paths(resolve_config(values=given, overrides=options))
+    note = None if resume else kept_warmup_note(given, explicit)
     with _reporter(console, quiet) as rep:
         if note:
             rep.log(note)
@@ -616,8 +609,7 @@ def show(
     """
     from qmix_cli.reporting.html import write_html_report
 
-    _check_paths(report=report, frames=True)
-    _check_paths(out=out, run=run, data=data)
+    _check_paths(report=report, out=out, run=run, data=data, frames=("report",))
 
     with _reporter(console, quiet) as rep:
         return write_html_report(
@@ -675,11 +667,11 @@ def evaluate(
     from qmix_cli.reporting.evaluate import evaluate_report, ids_by_path
     from qmix_cli.reporting.report import as_bool, read_report
 
-    _check_paths(report=report, truth=truth, frames=True)
+    _check_paths(report=report, truth=truth, frames=("report", "truth"))
     frame = report if isinstance(report, pd.DataFrame) else read_report(report)  # audit's DataFrame, as apply takes
+    named = "the truth DataFrame" if isinstance(truth, pd.DataFrame) else truth  # in the messages below
     if isinstance(truth, pd.DataFrame):  # a sample checked by hand, held in a notebook
         truth_frame = truth.reset_index(drop=True)
-        truth = "the truth DataFrame"  # what the messages below call it
     elif is_builtin(str(truth)) and not Path(truth).exists():
         raise DataError(
             f"{truth} is a built-in dataset without a truth: give the output of qmix corrupt made from it, or a "
@@ -693,7 +685,7 @@ def evaluate(
         truth_frame = truth_frame.assign(category=truth_categories(is_low_quality=is_lq, is_label_noisy=noisy))
     if "category" not in truth_frame.columns or not {"sample_id", "path"} & set(truth_frame.columns):
         raise DataError(
-            f"{truth} has no truth: it needs a sample_id (or path) column and a category column of clean, "
+            f"{named} has no truth: it needs a sample_id (or path) column and a category column of clean, "
             "mislabeled_hq or mislabeled_lq (or is_low_quality and is_label_noisy), as qmix corrupt writes them"
         )
     if "sample_id" not in truth_frame.columns:
@@ -767,8 +759,7 @@ def apply(
     from qmix_cli.reporting.apply import apply_verdicts, check_actions, integers_restored
     from qmix_cli.reporting.report import check_same_images, read_report
 
-    _check_paths(report=report, frames=True)
-    _check_paths(out=out)
+    _check_paths(report=report, out=out, frames=("report",))
     check_actions(hq=hq, lq=lq, on_missing=on_missing, rare_classes=rare_classes)
     out = Path(out)
     suffix = out.suffix.lower()

@@ -248,13 +248,19 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def resolve_config(*, config_file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Defaults < config file < explicit overrides (``None`` values in ``overrides`` mean "not given").
+def resolve_config(
+    *,
+    config_file: str | Path | None = None,
+    values: dict[str, Any] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> TrainConfig:
+    """Defaults < config file (or ``values``, its contents already read) < explicit overrides (``None`` values in
+    ``overrides`` mean "not given").
 
     File and flags are merged before anything is validated or derived, so a flag can fix a value the file got
     wrong, and derived defaults (the warm-up length) follow the final ``epochs``.
     """
-    values = load_config_file(config_file) if config_file is not None else {}
+    values = load_config_file(config_file) if config_file is not None else dict(values or {})
     values = {str(k).replace("-", "_"): v for k, v in values.items()}
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return config_from_dict(values)
