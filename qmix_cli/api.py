@@ -412,15 +412,13 @@ def audit(
     if workers < 0:
         raise ConfigError(f"--workers must be 0 or more (got {workers})")
     if out is not None:
-        out = "-" if str(out) == "-" else out  # Path("-") too: the writer and the checks then agree on stdout
-        fmt = infer_format(str(out), fmt)
+        fmt = infer_format(out, fmt)
         _check_audit_output(out, run=run, option="--out", what="the report", force=force)
     groups_fmt = None
     if groups_out is not None:
-        groups_out = "-" if str(groups_out) == "-" else groups_out
         _check_audit_output(groups_out, run=run, option="--groups-out", what="the group table", force=force)
         try:
-            groups_fmt = infer_format(str(groups_out))  # from the suffix alone: --format is the report's
+            groups_fmt = infer_format(groups_out)  # from the suffix alone: --format is the report's
         except QmixError:
             raise ConfigError(
                 f"--groups-out {groups_out}: name a .parquet, .csv or .jsonl file, or - for CSV on stdout"

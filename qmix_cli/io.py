@@ -29,6 +29,13 @@ RUN_CHECKPOINTS = "checkpoints"
 RUN_CHECKPOINT = f"{RUN_CHECKPOINTS}/last.pt"
 
 
+def is_stream(path: object) -> bool:
+    """Whether an input or output argument is ``"-"``, standard input or output. Only the string says so: a
+    `pathlib.Path` is always a file (``Path("./-")`` prints as ``-``), and ``./-`` on the command line names a file
+    called ``-``, as it does to every shell tool."""
+    return isinstance(path, str) and path == "-"
+
+
 def stopped_before_first_checkpoint(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds a run killed before it saved a checkpoint: nothing to resume, only to restart."""
     return (run_dir / RUN_CHECKPOINTS).is_dir() and not (run_dir / RUN_CHECKPOINT).is_file()

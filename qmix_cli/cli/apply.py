@@ -17,7 +17,7 @@ from qmix_cli.errors import first_few
 def apply_command(
     ctx: typer.Context,
     data: Annotated[str, typer.Argument(help="The dataset the report audits (folder, manifest or built-in name).")],
-    report: Annotated[Path, typer.Option("--report", help="Report written by qmix audit.")],
+    report: Annotated[str, typer.Option("--report", help="Report written by qmix audit.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="New manifest to write (.csv, or .parquet / .pq).")],
     hq: Annotated[
         str, typer.Option(help="mislabeled_hq images: relabel (to the suggested label), drop or keep.")

@@ -12,7 +12,6 @@ import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
@@ -20,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from qmix_cli.errors import QmixError
-from qmix_cli.io import NO_SPACE, format_bytes, send_to_null
+from qmix_cli.io import NO_SPACE, format_bytes, is_stream, send_to_null
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -68,13 +67,11 @@ class LastingStderr:
         return getattr(self._stream, name)
 
 
-def folder_out(out: Path, *, what: str) -> None:
+def folder_out(out: str, *, what: str) -> None:
     """The ``--out`` of a command that writes a folder (``what``): ``-``, stdout to `qmix audit`, cannot name one,
     and taking it for a folder called ``-`` would leave a stray folder where a script expected a stream."""
-    if str(out) == "-":
-        raise QmixError(
-            f"--out -: {what} is a folder, not a stream to stdout; name the folder (one called - by its full path)"
-        )
+    if is_stream(out):
+        raise QmixError(f"--out -: {what} is a folder, not a stream to stdout; name the folder (./- for one called -)")
 
 
 class StdoutConsole(Console):

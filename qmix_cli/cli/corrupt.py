@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -17,7 +16,7 @@ def corrupt_command(
         str, typer.Argument(help="Clean dataset: ImageFolder dir, .csv/.parquet manifest, or built-in name.")
     ],
     out: Annotated[
-        Path,
+        str,
         typer.Option(
             "--out",
             "-o",

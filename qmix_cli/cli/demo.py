@@ -20,9 +20,9 @@ DEMO_TRAIN = {"model": "test_resnet", "img_size": 32, "hflip": False, "batch_siz
 @guarded
 def demo_command(
     ctx: typer.Context,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the demo's dataset, run and report.")] = Path(
-        "qmix-demo"
-    ),
+    out: Annotated[
+        str, typer.Option("--out", "-o", help="Folder for the demo's dataset, run and report.")
+    ] = "qmix-demo",
     epochs: Annotated[int, typer.Option(help="Training epochs (the first 60% are warm-up).")] = 10,
     seed: Annotated[int, typer.Option(help="Seed for the corruption and the training.")] = 1,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
@@ -33,6 +33,7 @@ def demo_command(
     """Corrupt digits, train qmix, audit every image, evaluate against the truth, write the HTML page and the
     manifest with the verdicts applied."""
     folder_out(out, what="the demo's output")
+    out_dir = Path(out)
     load_engine()
     from qmix_cli.api import apply, audit, corrupt, evaluate, show, train
     from qmix_cli.config import config_from_dict
@@ -44,16 +45,16 @@ def demo_command(
     st = state(ctx)
     # A folder holding only what an earlier demo wrote (and hidden files, such as a killed run's partials) is that
     # demo's: running the README's command again replaces it; anything else there needs --force.
-    earlier = out.is_dir() and all(e.name in DEMO_OUTPUTS or e.name.startswith(".") for e in out.iterdir())
-    check_out_dir(out, force=force or earlier, forcing="write into it (its other files are kept)")
+    earlier = out_dir.is_dir() and all(e.name in DEMO_OUTPUTS or e.name.startswith(".") for e in out_dir.iterdir())
+    check_out_dir(out_dir, force=force or earlier, forcing="write into it (its other files are kept)")
     warmup = max(1, round(epochs * 0.6))
     options = {"method": "qmix", "epochs": epochs, "warmup_epochs": warmup, "seed": seed, "device": device}
     config_from_dict({**options, **DEMO_TRAIN})  # every option checked before anything is written
-    data, run, report = out / "noisy-digits", out / "run", out / "report.parquet"
+    data, run, report = out_dir / "noisy-digits", out_dir / "run", out_dir / "report.parquet"
     # Named as the demo's, but perhaps not its: said now, not after the training (audit and show check them again).
     check_replaceable(report, ours=written_by_audit, force=force, option="--out", what="a table qmix audit wrote")
     check_replaceable(
-        out / "report.html", ours=written_by_show, force=force, option="--out", what="a page qmix show wrote"
+        out_dir / "report.html", ours=written_by_show, force=force, option="--out", what="a page qmix show wrote"
     )
     st.err.rule("1/5 corrupt: 20 % wrong labels, 15 % degraded images")
     corrupt("digits", data, label_rate=0.2, quality_rate=0.15, seed=seed, force=True, console=st.err, quiet=st.quiet)
@@ -64,9 +65,9 @@ def demo_command(
     st.err.rule("4/5 evaluate against the truth")
     result = evaluate(report, truth=data)
     render_evaluation(result, st.err)
-    html = show(report, out=out / "report.html", run=run, data=data, force=force)
+    html = show(report, out=out_dir / "report.html", run=run, data=data, force=force)
     st.err.rule("5/5 apply the verdicts: relabel mislabeled_hq, drop mislabeled_lq")
-    fixed = apply(data, report=report, out=out / "fixed.parquet", force=True)  # out was checked above
+    fixed = apply(data, report=report, out=out_dir / "fixed.parquet", force=True)  # out was checked above
     files = Table(title="where everything is", title_justify="left", show_header=False)
     files.add_column("what", no_wrap=True)
     files.add_column("where", overflow="fold")  # whole paths, so they can be copied from a log
@@ -78,7 +79,7 @@ def demo_command(
         "new manifest": f"{fixed['out']} ({fixed['kept']:,} of {fixed['images']:,} images, "
         f"{fixed['relabelled']:,} relabelled)",
         # Few wrong labels are left: plain cross-entropy trains the better classifier (benchmarks/APPLY.md).
-        "next": f"qmix train {fixed['out']} --out {out / 'run2'} --method ce",
+        "next": f"qmix train {fixed['out']} --out {out_dir / 'run2'} --method ce",
     }
     for what, where in rows.items():
         files.add_row(what, Text(where))  # Text: paths are not markup

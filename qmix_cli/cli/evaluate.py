@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -14,7 +13,7 @@ from qmix_cli.cli.common import StdoutConsole, guarded, reader_may_leave
 @guarded
 def evaluate_command(
     ctx: typer.Context,  # for @guarded: --verbose
-    report: Annotated[Path, typer.Argument(help="Report written by qmix audit.")],
+    report: Annotated[str, typer.Argument(help="Report written by qmix audit.")],
     truth: Annotated[
         str,
         typer.Option(

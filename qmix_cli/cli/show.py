@@ -13,8 +13,8 @@ from qmix_cli.cli.common import bold, guarded, state
 @guarded
 def show_command(
     ctx: typer.Context,
-    report: Annotated[Path, typer.Argument(help="Report written by qmix audit (.parquet, .csv or .jsonl).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write.")] = Path("report.html"),
+    report: Annotated[str, typer.Argument(help="Report written by qmix audit (.parquet, .csv or .jsonl).")],
+    out: Annotated[str, typer.Option("--out", "-o", help="HTML file to write.")] = "report.html",
     run: Annotated[
         Path | None,
         typer.Option(

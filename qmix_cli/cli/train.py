@@ -46,7 +46,7 @@ def train_command(
         str,
         typer.Argument(help="Training data: ImageFolder dir, .csv/.parquet manifest, corrupt output, built-in."),
     ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory for config, metrics, checkpoints and model.")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Run directory for config, metrics, checkpoints and model.")],
     method: Annotated[str | None, typer.Option(help="qmix, dividemix or ce.", show_default=_default("method"))] = None,
     model: Annotated[str | None, typer.Option(help="Any timm model name.", show_default=_default("model"))] = None,
     pretrained: Annotated[

@@ -36,7 +36,15 @@ from qmix_cli import __version__
 from qmix_cli.categories import CATEGORIES
 from qmix_cli.data.manifest import escapes_root, read_manifest
 from qmix_cli.errors import QmixError
-from qmix_cli.io import atomic_write_text, check_out_file, check_replaceable, is_one_of, read_metrics, run_file_named
+from qmix_cli.io import (
+    atomic_write_text,
+    check_out_file,
+    check_replaceable,
+    is_one_of,
+    is_stream,
+    read_metrics,
+    run_file_named,
+)
 from qmix_cli.reporting.groups import report_groups, summarise_groups, units_of_rows
 from qmix_cli.reporting.report import REPORT_SCHEMA, check_same_images, check_verdict_rows, read_report, run_digest
 
@@ -497,7 +505,7 @@ def write_html_report(
         raise QmixError("--top must be >= 0")
     if max_points < 0:
         raise QmixError("max_points must be >= 0")
-    if str(out) == "-":
+    if is_stream(out):
         raise QmixError("--out -: the page is a file with embedded images; name it (e.g. --out report.html)")
     is_table = isinstance(report, pd.DataFrame)  # what `audit` returned, its metadata in attrs["qmix"]
     if not is_table and Path(out).resolve() == Path(report).resolve():

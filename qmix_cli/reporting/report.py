@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 from qmix_cli import __version__
 from qmix_cli.categories import CATEGORIES, CLEAN, MIS_H
 from qmix_cli.errors import DataError, QmixError, summarise_offenders
-from qmix_cli.io import atomic_path, send_to_null
+from qmix_cli.io import atomic_path, is_stream, send_to_null
 from qmix_cli.reporting.groups import GROUP_SCHEMA
 
 #: Output formats a report can be written in.
@@ -407,7 +407,7 @@ def infer_format(out: str | Path, fmt: str | None = None) -> str:
     QmixError
         Unknown ``fmt``, unknown suffix, a ``fmt`` other than the known suffix says, or Parquet to stdout.
     """
-    to_stdout = isinstance(out, str) and out == "-"
+    to_stdout = is_stream(out)
     if fmt is not None:
         resolved = fmt.strip().lower()
         if resolved not in FORMATS:
@@ -470,7 +470,7 @@ class ReportWriter:
     ) -> None:
         self.fmt = infer_format(out, fmt)
         self.schema = schema
-        self.to_stdout = isinstance(out, str) and out == "-"
+        self.to_stdout = is_stream(out)
         self.path: Path | None = None if self.to_stdout else Path(out)
         self.metadata = dict(metadata or {})
         self.rows_written = 0
@@ -818,7 +818,7 @@ def read_report(path: str | Path) -> pd.DataFrame:
     QmixError
         The file is missing, unreadable, or lacks report columns (all named).
     """
-    if str(path) == "-":  # a Path too: the CLI hands its arguments over as paths
+    if is_stream(path):
         raise QmixError("reading a report from stdin is not supported; save it to a file first")
     path = Path(path)
     if not path.is_file():

@@ -276,8 +276,16 @@ def test_out_dash_is_no_folder(runner, tmp_path, source, monkeypatch, command):
     monkeypatch.chdir(tmp_path)
     args = {"corrupt": ["corrupt", str(source)], "train": ["train", str(source)], "demo": ["demo"]}[command]
     result = runner.invoke(app, [*args, "--out", "-"])
-    _assert_one_line_error(result, "--out -:", "is a folder, not a stream to stdout; name the folder")
+    _assert_one_line_error(result, "--out -:", "is a folder, not a stream to stdout; name the folder (./- for")
     assert not (tmp_path / "-").exists()
+
+
+def test_out_dot_slash_dash_is_the_folder_called_dash(runner, tmp_path, source, monkeypatch):
+    """What the error for ``--out -`` suggests works: ``./-`` names a folder called ``-``."""
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["corrupt", str(source), "--out", "./-", "--label-rate", "0.2", "--quality-rate", "0"])
+    assert result.exit_code == 0, _stderr(result)
+    assert (tmp_path / "-" / "noise.json").is_file()
 
 
 def test_bad_usage_is_exit_code_2(runner, tmp_path, source):

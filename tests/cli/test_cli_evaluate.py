@@ -218,6 +218,19 @@ def test_a_reader_that_stops_early_ends_evaluate_quietly_and_with_success(report
     assert proc.stderr.splitlines() == ["rc=0"], proc.stderr
 
 
+def test_dot_slash_dash_names_a_report_file_called_dash(runner, report, noisy_digits, tmp_path, monkeypatch):
+    """``-`` is stdin, which no reader of reports takes; ``./-`` is the file called ``-``, as to every shell tool
+    (``qmix audit --out ./- --format csv`` writes one)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "-").write_bytes(report.read_bytes())
+    dash = runner.invoke(app, ["evaluate", "-", "--truth", str(noisy_digits), "--json"])
+    _assert_one_line_error(dash, "reading a report from stdin is not supported")
+    named = runner.invoke(app, ["evaluate", "./-", "--truth", str(noisy_digits), "--json"])
+    assert named.exit_code == 0, _stderr(named)
+    expected = runner.invoke(app, ["evaluate", str(report), "--truth", str(noisy_digits), "--json"])
+    assert json.loads(named.stdout) == json.loads(expected.stdout)
+
+
 def test_missing_report(runner, noisy_digits, tmp_path):
     result = runner.invoke(app, ["evaluate", str(tmp_path / "nope.parquet"), "--truth", str(noisy_digits)])
     _assert_one_line_error(result, "report not found", "nope.parquet")

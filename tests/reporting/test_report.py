@@ -585,10 +585,13 @@ def test_read_report_errors(tmp_path: Path) -> None:
         read_report(workbook)
 
 
-def test_read_report_refuses_stdin_with_a_reason() -> None:
-    # A Path as the CLI hands it over, not only a str: "-" must still be read as stdin, and named as such.
+def test_read_report_refuses_stdin_with_a_reason(report: pa.Table, tmp_path: Path, monkeypatch) -> None:
     with pytest.raises(QmixError, match="stdin is not supported"):
-        read_report(Path("-"))
+        read_report("-")
+    # A Path is always a file: Path("./-") prints as "-", and is the file called "-".
+    monkeypatch.chdir(tmp_path)
+    pq.write_table(report, tmp_path / "-")
+    assert len(read_report(Path("./-"))) == report.num_rows
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl"])
