@@ -6,6 +6,7 @@ it into one styled line and exit code 1; every other exception is a bug and keep
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Sequence
 
 
@@ -35,6 +36,17 @@ class UnwritableError(QmixError):
 
 class TrainingError(QmixError):
     """Training cannot go on (NaN loss, incompatible checkpoint, ...)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill PID``, a scheduler's time limit, ``docker stop``), unwound as Ctrl-C is: temporary files
+    removed, a run stopped after its last complete checkpoint."""
+
+
+def interrupted_status(exc: KeyboardInterrupt) -> int:
+    """The exit status of a command that ``exc`` stopped: 128 plus the signal's number, as a shell reports a process
+    the signal ended (130 for Ctrl-C, 143 for SIGTERM), so that a scheduler or ``timeout`` tells the two apart."""
+    return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
 
 
 def first_few(names: Sequence[str], *, show: int = 5) -> str:

@@ -14,6 +14,7 @@ from qmix_cli import __version__
 from qmix_cli.allocator import keep_freed_memory
 from qmix_cli.cli import apply, audit, corrupt, demo, evaluate, show, train
 from qmix_cli.cli.common import LastingStderr, State, quiet_pillow_warnings, reader_may_leave
+from qmix_cli.errors import Terminated
 
 # The options of qmix itself, which go before the command.
 GLOBAL_OPTIONS = ("-q", "--quiet", "-v", "--verbose")
@@ -71,7 +72,7 @@ for module in (corrupt, train, audit, apply, evaluate, show, demo):
 def _interrupt_on_sigterm(signum: int, frame: object) -> None:
     # `kill PID` (a scheduler's time limit, `docker stop`) then unwinds like Ctrl-C: temporary files are removed
     # and the run stops after its last complete checkpoint, instead of dying with half-written files around.
-    raise KeyboardInterrupt
+    raise Terminated
 
 
 def _stdout_is_null() -> bool:

@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from qmix_cli.errors import QmixError
+from qmix_cli.errors import QmixError, interrupted_status
 from qmix_cli.io import NO_SPACE, format_bytes, is_stream, send_to_null
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -225,9 +225,9 @@ def guarded(fn: F) -> F:
             if st.verbose:
                 Console(stderr=True).print_exception()
             fail(str(e))
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
             Console(stderr=True).print("[bold red]interrupted[/]")
-            raise typer.Exit(130) from None
+            raise typer.Exit(interrupted_status(e)) from None
         except Exception as e:
             if st.verbose:
                 Console(stderr=True).print_exception()

@@ -13,7 +13,7 @@ from rich.text import Text
 
 from qmix_cli.cli.common import CACHE_DEFAULT, bold, folder_out, guarded, load_engine, state
 from qmix_cli.config import TrainConfig, check_config_keys
-from qmix_cli.errors import ConfigError
+from qmix_cli.errors import ConfigError, interrupted_status
 from qmix_cli.io import RUN_CHECKPOINT
 
 
@@ -150,13 +150,13 @@ def train_command(
     before = _stamp(checkpoint)  # a finished run keeps its last checkpoint: a restart's own is a new one
     try:
         result = train(data, out, config=config, resume=resume, force=force, console=st.err, quiet=st.quiet, **options)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         if _stamp(checkpoint) not in (None, before) or (resume and before is not None):  # this run saved an epoch
             command = f"qmix train {shlex.quote(data)} --out {shlex.quote(str(out))} --resume"
             # On stderr whatever --quiet says, as the errors are: the command is what to do next.
             line = Text.assemble(("interrupted", "bold red"), f"; to continue from the last checkpoint: {command}")
             Console(stderr=True).print(line, soft_wrap=True)  # one line: a log holds the command whole
-            raise typer.Exit(130) from None
+            raise typer.Exit(interrupted_status(e)) from None
         raise
     last = result.metrics[-1] if result.metrics else {}
     epochs = last.get("epoch", 0)

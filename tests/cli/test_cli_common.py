@@ -16,6 +16,7 @@ import typer
 
 from qmix_cli.cli.app import app
 from qmix_cli.cli.common import guarded, out_of_resources
+from qmix_cli.errors import Terminated
 from tests.cli.helpers import assert_one_line_error, stderr_of
 
 PROBE = """
@@ -139,6 +140,22 @@ def test_other_runtime_errors_stay_unexpected(runner):
         raise RuntimeError("a bug")
 
     assert_one_line_error(runner.invoke(demo, []), "unexpected RuntimeError: a bug")
+
+
+@pytest.mark.parametrize(("interrupt", "status"), [(KeyboardInterrupt, 130), (Terminated, 143)])
+def test_a_stopped_command_ends_with_the_status_a_shell_gives_its_signal(runner, interrupt, status):
+    """Ctrl-C 130, SIGTERM 143 (128 + the signal): a scheduler requeues a job its time limit stopped, and not one a
+    person cancelled."""
+    demo = typer.Typer()
+
+    @demo.command()
+    @guarded
+    def work(ctx: typer.Context) -> None:
+        raise interrupt
+
+    result = runner.invoke(demo, [])
+    assert result.exit_code == status
+    assert stderr_of(result).strip() == "interrupted"
 
 
 def test_out_of_memory_without_the_nets_loaded_does_not_point_at_training_options(monkeypatch):

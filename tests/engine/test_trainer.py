@@ -180,7 +180,7 @@ def test_sigterm_stops_like_ctrl_c_and_leaves_no_temporary_files(noisy_digits, t
     proc = _cli_train(noisy_digits, run, qmix_cache_dir, until_epoch=1)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
+    assert proc.returncode == 143, err  # 128 + SIGTERM, as a shell reports it: a scheduler tells it from Ctrl-C
     assert "interrupted" in err and "Traceback" not in err
     assert not list(run.rglob("*.tmp"))
     done = _resume_cli(noisy_digits, run, qmix_cache_dir)
