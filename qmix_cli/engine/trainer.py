@@ -150,10 +150,14 @@ def pixels_fingerprint(images: np.ndarray) -> str:
     return h.hexdigest()[:16]
 
 
-def dataset_fingerprint(dataset: Dataset) -> str:
+def dataset_fingerprint(dataset: Dataset, *, ordered: bool = True) -> str:
+    """A digest of ``dataset``'s sample ids and labels. ``ordered``: in row order, as a checkpoint needs them (its
+    per-image arrays follow the rows); else as a set, the same for any order of the rows (a manifest sorted or
+    shuffled by a user is still the training set to the audit)."""
+    pairs = (f"{sid}\0{label}\n" for sid, label in zip(dataset.frame["sample_id"], dataset.frame["label"], strict=True))
     h = hashlib.sha256()
-    for sid, label in zip(dataset.frame["sample_id"], dataset.frame["label"], strict=True):
-        h.update(f"{sid}\0{label}\n".encode())
+    for pair in pairs if ordered else sorted(pairs):
+        h.update(pair.encode())
     return h.hexdigest()[:16]
 
 
@@ -874,6 +878,7 @@ def _finalise(run: _Run) -> None:
         "p_threshold": run.cfg.p_threshold,
         "dataset": run.dataset.source,
         "fingerprint": dataset_fingerprint(run.dataset),
+        "members": dataset_fingerprint(run.dataset, ordered=False),
         "num_samples": len(run.dataset),
         "proj_dim": run.cfg.proj_dim,
         "audit_scores": run.cfg.audit_scores,

@@ -387,13 +387,15 @@ def report_batches(
 
 
 def is_training_set(run: TrainedRun, dataset: Dataset) -> bool:
-    """Whether ``dataset`` is the one ``run`` was trained on: the same sample ids with the same labels (the run's
-    `dataset_fingerprint`), however its path is spelt (``./data``, ``data/``, absolute, its manifest, from another
-    working directory) and wherever it was copied. Runs saved without a fingerprint compare the path as given."""
-    recorded = run.meta.get("fingerprint")
-    if recorded is None:
-        return dataset.source == run.meta.get("dataset")
-    return recorded == dataset_fingerprint(dataset)
+    """Whether ``dataset`` is the one ``run`` was trained on: the same sample ids with the same labels in any row
+    order (the run's `dataset_fingerprint` of them as a set), however its path is spelt (``./data``, ``data/``,
+    absolute, its manifest, from another working directory) and wherever it was copied. Runs saved before the set
+    was kept compare the ids and labels in row order, and runs older still the path as given."""
+    if (members := run.meta.get("members")) is not None:
+        return members == dataset_fingerprint(dataset, ordered=False)
+    if (recorded := run.meta.get("fingerprint")) is not None:
+        return recorded == dataset_fingerprint(dataset)
+    return dataset.source == run.meta.get("dataset")
 
 
 def metadata_for(run: TrainedRun, dataset: Dataset, *, group_column: str | None = None) -> dict[bytes, bytes]:

@@ -322,6 +322,10 @@ def test_the_training_set_is_told_however_its_path_is_spelt(
     compared as typed, ``./noisy`` or an absolute path counted as other data and a rare class was relabelled away."""
     copy = tmp_path / "copy"
     shutil.copytree(noisy_digits, copy)
+    frame = pd.read_parquet(noisy_digits / "manifest.parquet").assign(
+        path=lambda f: [str(noisy_digits / p) for p in f["path"]]
+    )
+    frame.sample(frac=1.0, random_state=0).to_parquet(tmp_path / "shuffled.parquet")  # sorted otherwise by a user
     monkeypatch.chdir(noisy_digits.parent)
     spellings = [
         noisy_digits,
@@ -329,14 +333,14 @@ def test_the_training_set_is_told_however_its_path_is_spelt(
         f"{noisy_digits.name}/",
         noisy_digits / "manifest.parquet",
         copy,  # moved or copied elsewhere: the same images with the same labels
+        tmp_path / "shuffled.parquet",  # its rows in another order
     ]
     for spelling in spellings:
         assert is_training_set(trained, create_dataset(spelling, cache_dir=qmix_cache_dir)), spelling
     monkeypatch.chdir(tmp_path)  # where "digits" is the built-in set, not a folder of that name
-    frame = pd.read_parquet(noisy_digits / "manifest.parquet")
-    subset = frame.head(100)
-    subset.assign(path=[str(noisy_digits / p) for p in subset["path"]]).to_parquet(tmp_path / "subset.parquet")
-    relabelled = frame.assign(label=np.roll(frame["label"].to_numpy(), 1))
+    frame.head(100).to_parquet(tmp_path / "subset.parquet")
+    relabelled = pd.read_parquet(noisy_digits / "manifest.parquet")
+    relabelled = relabelled.assign(label=np.roll(relabelled["label"].to_numpy(), 1))
     relabelled.to_parquet(copy / "manifest.parquet")
     for other in ("digits", tmp_path / "subset.parquet", copy):  # other images, fewer, other labels
         assert not is_training_set(trained, create_dataset(other, cache_dir=qmix_cache_dir)), other
