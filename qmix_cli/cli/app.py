@@ -5,15 +5,16 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.console import Console
 from typer.core import TyperGroup
 
 from qmix_cli import __version__
 from qmix_cli.allocator import keep_freed_memory
 from qmix_cli.cli import apply, audit, corrupt, demo, evaluate, show, train
-from qmix_cli.cli.common import LastingStderr, State, quiet_pillow_warnings, reader_may_leave
+from qmix_cli.cli.common import LastingStderr, State, quiet_pillow_warnings, reader_may_leave, usage_error
 from qmix_cli.errors import Terminated
 
 # The options of qmix itself, which go before the command.
@@ -21,6 +22,28 @@ GLOBAL_OPTIONS = ("-q", "--quiet", "-v", "--verbose")
 
 
 class _Qmix(TyperGroup):
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        """Typer's run, but a mistyped command line is said as every other error is, in one line (typer draws a
+        box, wrapped to the terminal, which a log then holds broken over several lines); the usage follows it, and
+        the exit status stays 2. Run without ``standalone_mode`` (as typer's own callers do), errors reach the
+        caller untouched."""
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)  # an `Exit`'s status, or a command's None
+        except Exception as error:
+            # Click's UsageError and its kin, by what they carry: typer vendors its own copy of click.
+            status, message = getattr(error, "exit_code", None), getattr(error, "format_message", None)
+            if not isinstance(status, int) or not callable(message):
+                raise
+            if type(error).__name__ != "NoArgsIsHelpError":  # `qmix` alone: the help is printed already
+                usage_error(message(), getattr(error, "ctx", None))
+            sys.exit(status)
+        except typer.Abort:  # an interrupted prompt; qmix asks none, but a callback may
+            Console(stderr=True).print("[bold red]aborted[/]")
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
     def invoke(self, ctx: typer.Context) -> object:
         try:
             return super().invoke(ctx)

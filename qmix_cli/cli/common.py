@@ -172,6 +172,17 @@ def fail(message: str) -> None:
     raise typer.Exit(1)
 
 
+def usage_error(message: str, ctx: typer.Context | None) -> None:
+    """Print a mistyped command line's ``message`` as `fail` prints an error, in one line, then the usage of the
+    command ``ctx`` is of (None: unknown) and how to ask for its help."""
+    console = Console(stderr=True)
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    if ctx is not None:
+        usage = ctx.get_usage().strip()
+        helped = f" ({ctx.command_path} {ctx.help_option_names[0]} for help)" if ctx.help_option_names else ""
+        console.print(escape(usage + helped), highlight=False, soft_wrap=True)
+
+
 def out_of_resources(error: BaseException) -> str | None:
     """The one line for a failure whose fix is the user's wherever it happens, a full disk or an allocation the
     memory could not hold (torch's CUDA `OutOfMemoryError`, its CPU allocator's ``RuntimeError``, Python's

@@ -182,11 +182,31 @@ def test_a_pixel_limit_in_the_environment_that_is_no_number_is_one_line(runner, 
 @pytest.mark.parametrize("flag", ["-q", "--verbose"])
 def test_a_global_option_after_the_command_says_where_it_goes(runner, tmp_path, flag):
     args = ["evaluate", str(tmp_path / "r.parquet"), "--truth", str(tmp_path), flag]
-    result = runner.invoke(app, args, env={"COLUMNS": "400"})  # the error box unwrapped
+    result = runner.invoke(app, args)
     assert result.exit_code == 2
-    assert f"{flag} is an option of qmix itself: qmix {flag} evaluate ..." in " ".join(result.output.split())
+    assert f"{flag} is an option of qmix itself: qmix {flag} evaluate ..." in stderr_of(result).splitlines()[0]
     other = runner.invoke(app, ["evaluate", str(tmp_path / "r.parquet"), "--nope"])
     assert other.exit_code == 2 and "option of qmix itself" not in other.output  # any other option: as before
+
+
+@pytest.mark.parametrize(
+    ("args", "message", "usage"),
+    [
+        (["corrupt", "digits"], "error: Missing option '--out' / '-o'.", "Usage: qmix corrupt [OPTIONS]"),
+        (["corrupt", "digits", "-o", "x", "--label-rate", "lots"], "error: Invalid value for '--label-rate'", "Usage"),
+        (["nosuch"], "error: No such command 'nosuch'.", "Usage: qmix [OPTIONS] COMMAND [ARGS]..."),
+        (["--nope"], "error: No such option: --nope", "Usage: qmix [OPTIONS]"),
+    ],
+)
+def test_a_mistyped_command_line_is_one_error_line_then_the_usage(runner, tmp_path, args, message, usage):
+    """As every other error is said, whatever the terminal's width (typer's own box wraps it over lines); the
+    status stays 2, and nothing is written."""
+    result = runner.invoke(app, args, prog_name="qmix", env={"COLUMNS": "40"})
+    assert result.exit_code == 2
+    lines = stderr_of(result).splitlines()
+    assert len(lines) == 2 and lines[0].startswith(message), lines
+    assert lines[1].startswith(usage) and lines[1].endswith("-h for help)"), lines
+    assert not any(tmp_path.iterdir())
 
 
 def _qmix_in_bash(args: str, *, then: str, cwd) -> subprocess.CompletedProcess:
