@@ -333,8 +333,8 @@ def audit(
         A run directory written by `train` (``qmix train``).
     out
         Where to write the report: a path whose suffix gives the format (``.parquet``, ``.csv``, ``.jsonl``)
-        unless ``fmt`` is given, ``"-"`` for CSV (or ``fmt="jsonl"``) on ``stream``, or None (default) to only
-        return the table. Written atomically.
+        unless ``fmt`` is given, ``"-"`` (or a path that is standard output, ``/dev/stdout``) for CSV (or
+        ``fmt="jsonl"``) on ``stream``, or None (default) to only return the table. Written atomically.
     fmt
         ``"parquet"``, ``"csv"`` or ``"jsonl"``, overriding the suffix.
     batch_size
@@ -398,6 +398,7 @@ def audit(
 
     from qmix_cli.data.groups import check_group_column, likely_group_column
     from qmix_cli.data.manifest import check_output_file, create_dataset
+    from qmix_cli.io import is_stdout
     from qmix_cli.reporting.groups import group_counts
     from qmix_cli.reporting.report import REPORT_ORDERS, decode_metadata, infer_format, open_report_writer
     from qmix_cli.reporting.score import group_note, load_run, metadata_for, report_batches, score_dataset
@@ -407,6 +408,9 @@ def audit(
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1 (got {batch_size})")
     _check_paths(run=run, out=out, groups_out=groups_out)
+    # `--out /dev/stdout` (or the file the shell sends stdout to) is streamed as `-` is: written as a file, it would
+    # be replaced under the shell's redirection, and what the script writes after it lost.
+    out, groups_out = ("-" if path is not None and is_stdout(path) else path for path in (out, groups_out))
     if tta < 0:
         raise ConfigError(f"--tta must be 0 or more (got {tta})")
     if workers < 0:

@@ -67,13 +67,27 @@ def is_one_of(path: str | Path, paths: Iterable[str], *, root: str | Path | None
     return False
 
 
+def is_stdout(path: str | Path) -> bool:
+    """Whether ``path`` names the file this process's standard output goes to (``/dev/stdout``, ``/dev/fd/1``, or
+    the file the shell redirected it to): written as a file, it would be replaced under the shell's redirection,
+    and whatever the script writes after it lost."""
+    try:
+        named, out = os.stat(path), os.fstat(1)
+    except (OSError, ValueError):
+        return False
+    return (named.st_dev, named.st_ino) == (out.st_dev, out.st_ino)
+
+
 def check_out_file(path: str | Path) -> Path:
     """The regular file to write for output ``path`` (before any work is spent on its content).
 
-    A symlink is followed, so that the file it names is replaced and the link kept. A directory, or anything else
-    that is not a regular file (a pipe, a device such as ``/dev/stdout``), is refused: an atomic write would
-    replace it with a file instead of writing into it.
+    A symlink is followed, so that the file it names is replaced and the link kept. A directory, a name ending in
+    ``/``, standard output, or anything else that is not a regular file (a pipe, a device) is refused: an atomic
+    write would replace it with a file instead of writing into it. A folder to create the file in must be one this
+    user can write in (probed with a temporary file), so that a command finds out before its work, not after.
     """
+    if str(path).endswith(("/", os.sep)):  # a Path has lost the slash already; the CLI hands over what was typed
+        raise QmixError(f"{path} names a folder (it ends with /); give a file name to write")
     path = Path(path)
     try:
         mode = os.stat(path).st_mode
@@ -83,9 +97,27 @@ def check_out_file(path: str | Path) -> Path:
         raise QmixError(f"cannot write {path}: {exc.strerror or exc}") from None
     if mode is not None and stat.S_ISDIR(mode):
         raise QmixError(f"{path} is a directory; give a file name to write")
+    if is_stdout(path):
+        raise QmixError(f"{path} is standard output; write a file, or stream a report with --out -")
     if mode is not None and not stat.S_ISREG(mode):
         raise QmixError(f"{path} is not a regular file (a pipe or a device); write a file, or stream with --out -")
-    return Path(os.path.realpath(path)) if path.is_symlink() else path
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    _probe_folder(target)
+    return target
+
+
+def _probe_folder(path: Path) -> None:
+    """Refuse output ``path`` when the nearest existing folder on its way is a file, or not one this user can create
+    files in (no permission, a read-only or virtual file system): a temporary file is made there and removed."""
+    existing = next(p for p in (path.parent, *path.parent.parents) if os.path.lexists(p))
+    if not existing.is_dir():
+        raise QmixError(f"cannot write {path}: {existing} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".qmix-probe.", suffix=".tmp", dir=existing)
+    except OSError as exc:
+        raise _cannot_write(path, exc) from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def check_replaceable(path: str | Path, *, ours: Callable[[Path], bool], force: bool, option: str, what: str) -> None:

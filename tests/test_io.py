@@ -7,6 +7,9 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,6 +23,7 @@ from qmix_cli.io import (
     STALE_PARTIAL_SECONDS,
     atomic_dir,
     atomic_write_text,
+    check_out_file,
     format_bytes,
     is_one_of,
     partial_held,
@@ -83,6 +87,47 @@ def test_an_output_under_a_file_is_one_clear_error(tmp_path):
     with pytest.raises(QmixError, match=r"cannot write .*x\.csv: .*notes is a file, not a folder"):
         atomic_write_text(tmp_path / "notes" / "sub" / "x.csv", "a")
     assert (tmp_path / "notes").read_text() == "x"
+
+
+def test_an_output_in_a_folder_the_user_cannot_write_is_refused_before_any_work(tmp_path, monkeypatch):
+    """``--out /sys/x.csv``, a read-only mount, a colleague's folder: refused when the output is checked (the
+    audit scored every image first, then failed to write); the folder is probed where it will be made, too."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real = tempfile.mkstemp
+
+    def refused(*args, dir=None, **kwargs):
+        if Path(dir) == locked:
+            raise PermissionError(13, "Permission denied")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr("qmix_cli.io.tempfile.mkstemp", refused)
+    for out in (locked / "r.csv", locked / "new" / "sub" / "r.csv"):  # the nearest folder that exists decides
+        with pytest.raises(QmixError, match=r"cannot write .*r\.csv: Permission denied"):
+            check_out_file(out)
+    assert check_out_file(tmp_path / "new" / "r.csv") == tmp_path / "new" / "r.csv"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["locked"]  # the probes leave nothing, create no folder
+
+
+def test_an_output_name_ending_in_a_slash_is_no_file(tmp_path):
+    with pytest.raises(QmixError, match=r"names a folder \(it ends with /\); give a file name"):
+        check_out_file(f"{tmp_path}/newdir/")
+    assert not (tmp_path / "newdir").exists()
+
+
+def test_standard_output_is_told_by_the_file_it_goes_to(tmp_path):
+    """What `qmix audit --out /dev/stdout > j.csv` gives: the file the shell redirected stdout to, however named."""
+    probe = "import sys; from qmix_cli.io import is_stdout as o; print([o(p) for p in sys.argv[1:]], file=sys.stderr)"
+    redirected, other = tmp_path / "j.csv", tmp_path / "other.csv"
+    other.write_text("")
+    with redirected.open("w") as stdout:
+        proc = subprocess.run(
+            [sys.executable, "-c", probe, "/dev/stdout", str(redirected), str(other), str(tmp_path / "missing")],
+            stdout=stdout, stderr=subprocess.PIPE, text=True, check=True,
+        )  # fmt: skip
+    assert proc.stderr.strip() == "[True, True, False, False]"
+    with pytest.raises(QmixError, match="is standard output"):  # a terminal, a pipe or a file: never replaced
+        check_out_file("/dev/stdout")
 
 
 def _sparse(path, size):

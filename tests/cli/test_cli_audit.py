@@ -217,6 +217,20 @@ def test_stdout_defaults_to_csv(runner, qmix_run, noisy_digits):
     assert len(_read_csv(io.StringIO(result.stdout))) == 1797
 
 
+def test_out_dev_stdout_streams_into_the_shells_redirection(qmix_run, noisy_digits, tmp_path):
+    """``{ qmix audit ... --out /dev/stdout; echo trailer; } > j.csv``: written as a file, the report replaced
+    ``j.csv`` under the shell's redirection and the trailer was lost; streamed, both are there."""
+    qmix = f"{shlex.quote(sys.executable)} -m qmix_cli -q audit {shlex.quote(str(noisy_digits))}"
+    qmix += f" --run {shlex.quote(str(qmix_run.run_dir))} --out /dev/stdout --format csv"
+    env = {**os.environ, "QMIX_CACHE_DIR": os.environ["QMIX_CACHE_DIR"]}
+    script = f"{{ {qmix}; echo '# trailer'; }} > j.csv"
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = (tmp_path / "j.csv").read_text().splitlines()
+    assert lines[-1] == "# trailer" and len(lines) == 1797 + 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["j.csv"]
+
+
 def test_closed_pipe_exits_cleanly(qmix_run, noisy_digits, tmp_path):
     qmix = f"{shlex.quote(sys.executable)} -m qmix_cli audit {shlex.quote(str(noisy_digits))}"
     qmix += f" --run {shlex.quote(str(qmix_run.run_dir))} --out - --format csv"
