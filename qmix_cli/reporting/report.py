@@ -859,7 +859,9 @@ def _read_table(path: Path, fmt: str) -> pa.Table:
             strings_can_be_null=True,
             quoted_strings_can_be_null=False,
         )
-        return pacsv.read_csv(path, convert_options=convert)
+        # Ids and labels may hold quoted line breaks: told so, pyarrow does not cut a large file into blocks at them.
+        parse = pacsv.ParseOptions(newlines_in_values=True)
+        return pacsv.read_csv(path, parse_options=parse, convert_options=convert)
     # JSON Lines: an explicit schema fills absent fields with nulls, so check the first row for missing ones.
     first = _first_json_row(path)
     if first is None:

@@ -31,6 +31,7 @@ from qmix_cli.reporting.report import (
     report_format,
     report_metadata,
     suggest_labels,
+    write_report,
     written_by_audit,
 )
 
@@ -583,6 +584,19 @@ def test_read_report_errors(tmp_path: Path) -> None:
     workbook.write_bytes(b"PK\x03\x04" + os.urandom(2048))  # a zip: no report in any of our formats
     with pytest.raises(QmixError, match=r"cannot read report .*r\.xlsx \(read as csv: its suffix does not say\)"):
         read_report(workbook)
+
+
+def test_a_csv_report_with_line_breaks_in_its_ids_reads_back_whatever_its_size(tmp_path: Path) -> None:
+    """Ids and labels may hold a line break (a scanner's two-line name), quoted in the CSV. pyarrow splits a CSV over
+    1 MiB into blocks at raw line breaks unless told that values may hold them: past that size an id came back cut
+    (``4-1247"``), and `apply` refused the report as of other images."""
+    inputs = make_inputs(12_000)
+    inputs["sample_ids"] = [sid.replace("/", "\n") for sid in inputs["sample_ids"]]
+    table = build_report(**inputs)
+    write_report(table, tmp_path / "r.csv")
+    assert (tmp_path / "r.csv").stat().st_size > 2**20  # more than one of pyarrow's blocks
+    back = read_report(tmp_path / "r.csv")
+    assert back["sample_id"].tolist() == table.column("sample_id").to_pylist()
 
 
 def test_read_report_refuses_stdin_with_a_reason(report: pa.Table, tmp_path: Path, monkeypatch) -> None:
