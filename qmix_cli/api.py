@@ -363,8 +363,9 @@ def audit(
         `qmix_cli.reporting.groups.summarise_groups`): a path whose suffix gives the format, or ``"-"`` for CSV on
         ``stream``. Needs a group column.
     force
-        Replace an existing ``out`` or ``groups_out`` that is not a table ``qmix audit`` wrote (a manifest, say);
-        without it such a file is refused, while an earlier report is replaced.
+        Replace an existing ``out`` or ``groups_out`` that is not a table ``qmix audit`` wrote (a manifest, say) or,
+        for ``out``, a report of other images (or one cut down for a review); without it such a file is refused,
+        while an earlier report of the same images is replaced.
     console
         A `rich.console.Console` to print progress and notes on; None (default) prints nothing.
     quiet
@@ -398,9 +399,15 @@ def audit(
 
     from qmix_cli.data.groups import check_group_column, likely_group_column
     from qmix_cli.data.manifest import check_output_file, create_dataset
-    from qmix_cli.io import is_stdout
+    from qmix_cli.io import check_replaceable, is_stdout
     from qmix_cli.reporting.groups import group_counts
-    from qmix_cli.reporting.report import REPORT_ORDERS, decode_metadata, infer_format, open_report_writer
+    from qmix_cli.reporting.report import (
+        REPORT_ORDERS,
+        decode_metadata,
+        holds_images,
+        infer_format,
+        open_report_writer,
+    )
     from qmix_cli.reporting.score import group_note, load_run, metadata_for, report_batches, score_dataset
 
     if sort_by not in REPORT_ORDERS:
@@ -469,6 +476,10 @@ def audit(
         for path, option in ((out, "--out"), (groups_out, "--groups-out")):
             if path is not None and path != "-":
                 check_output_file(dataset, path, option=option)
+        if out is not None and out != "-":  # an earlier report by its columns (checked above); now by its rows
+            ids = dataset.frame["sample_id"]
+            ours = functools.partial(holds_images, sample_ids=ids)
+            check_replaceable(out, ours=ours, force=force, option="--out", what="a report of these images")
         scores = score_dataset(
             trained,
             dataset,

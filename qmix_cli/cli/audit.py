@@ -58,8 +58,8 @@ def audit_command(
     force: Annotated[
         bool,
         typer.Option(
-            help="Replace an existing --out / --groups-out that is not a table qmix audit wrote (an earlier report "
-            "is replaced without it)."
+            help="Replace an existing --out / --groups-out that is not a table qmix audit wrote, or a report of other "
+            "images or cut down (an earlier report of the same images is replaced without it)."
         ),
     ] = False,
 ) -> None:

@@ -341,6 +341,29 @@ def written_by_audit(path: str | Path) -> bool:
     return columns in (set(REPORT_SCHEMA.names), set(GROUP_SCHEMA.names))
 
 
+def holds_images(path: str | Path, sample_ids: Sequence[str] | pd.Series) -> bool:
+    """Whether the report at ``path`` has one row for each of ``sample_ids`` and for nothing else: an earlier audit
+    of the same images, which a rerun may replace. A report cut down (``--sort rank | head``, the flagged rows kept
+    for a review) or of other images is not, nor is anything unreadable. Only the ``sample_id`` column is read."""
+    path = Path(path)
+    try:
+        fmt = report_format(path)
+        if fmt == "parquet":
+            column = pq.read_table(path, columns=["sample_id"]).column(0)
+        elif fmt == "csv":
+            parse = pacsv.ParseOptions(newlines_in_values=True)
+            convert = pacsv.ConvertOptions(include_columns=["sample_id"], column_types={"sample_id": pa.string()})
+            column = pacsv.read_csv(path, parse_options=parse, convert_options=convert).column(0)
+        else:  # ids read as text, as they were written: "0042" is not 42
+            ids_only = pa.schema([("sample_id", pa.string())])
+            parse = pajson.ParseOptions(explicit_schema=ids_only, unexpected_field_behavior="ignore")
+            column = pajson.read_json(path, parse_options=parse).column(0)
+    except (OSError, pa.ArrowException, KeyError, ValueError):
+        return False
+    held = column.to_pylist()
+    return len(held) == len(sample_ids) and set(held) == {str(sid) for sid in sample_ids}
+
+
 def report_format(path: str | Path) -> str:
     """The format of the report file at ``path``: its suffix's when it is one of ours, else what its first bytes
     say (Parquet's ``PAR1`` magic, a JSON object, else CSV). `qmix audit --out report.txt --format csv` writes a

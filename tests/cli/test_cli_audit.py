@@ -387,6 +387,25 @@ def test_an_existing_file_audit_did_not_write_is_kept_unless_forced(runner, qmix
     assert result.exit_code == 0, _stderr(result)
 
 
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_a_report_cut_down_for_a_review_is_kept_unless_forced(runner, qmix_run, noisy_digits, tmp_path, fmt):
+    """``--sort rank | head > review.csv``, the flagged rows kept with pandas or jq: a report's columns, other rows.
+    Judged by its header alone, a rerun of the audit with it as ``--out`` replaced the review without a word (only a
+    Parquet file, whose qmix metadata pandas drops, was kept)."""
+    earlier = tmp_path / f"r.{fmt}"
+    assert _audit(runner, noisy_digits, qmix_run.run_dir, "--out", str(earlier)).exit_code == 0
+    frame = pd.read_csv(earlier, dtype=str) if fmt == "csv" else pd.read_json(earlier, lines=True, dtype=False)
+    review = tmp_path / f"review.{fmt}"
+    flagged = frame[frame["category"] != "clean"]
+    flagged.to_csv(review, index=False) if fmt == "csv" else flagged.to_json(review, orient="records", lines=True)
+    before = review.read_bytes()
+    result = _audit(runner, noisy_digits, qmix_run.run_dir, "--out", str(review))
+    _assert_one_line_error(result, f"--out {review} already exists and is not a report of these images; choose")
+    assert review.read_bytes() == before
+    assert _audit(runner, noisy_digits, qmix_run.run_dir, "--out", str(earlier)).exit_code == 0  # a rerun: replaced
+    assert _audit(runner, noisy_digits, qmix_run.run_dir, "--out", str(review), "--force").exit_code == 0
+
+
 def test_sort_by_rank_puts_the_likeliest_issues_first(runner, tmp_path, qmix_run, noisy_digits, parquet_report):
     result = _audit(runner, noisy_digits, qmix_run.run_dir, "--out", "-", "--sort", "rank")
     assert result.exit_code == 0, _stderr(result)

@@ -24,6 +24,7 @@ from qmix_cli.reporting.report import (
     REPORT_SCHEMA,
     build_report,
     compute_ranks,
+    holds_images,
     infer_format,
     open_report_writer,
     read_report,
@@ -597,6 +598,18 @@ def test_a_csv_report_with_line_breaks_in_its_ids_reads_back_whatever_its_size(t
     assert (tmp_path / "r.csv").stat().st_size > 2**20  # more than one of pyarrow's blocks
     back = read_report(tmp_path / "r.csv")
     assert back["sample_id"].tolist() == table.column("sample_id").to_pylist()
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl"])
+def test_holds_images_is_true_of_a_report_of_exactly_those_images(tmp_path: Path, fmt: str) -> None:
+    inputs = make_inputs(50)
+    inputs["sample_ids"] = [f"{i:04d}" for i in range(50)]  # ids that read as numbers: still text ("0042", not 42)
+    path = tmp_path / f"r.{fmt}"
+    write_report(build_report(**inputs), path)
+    ids = inputs["sample_ids"]
+    assert holds_images(path, ids[::-1])  # in any order
+    assert not holds_images(path, ids[:-1]) and not holds_images(path, [*ids, "0050"])
+    assert not holds_images(tmp_path / "missing.csv", ids)
 
 
 def test_read_report_refuses_stdin_with_a_reason(report: pa.Table, tmp_path: Path, monkeypatch) -> None:
