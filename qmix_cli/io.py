@@ -36,6 +36,16 @@ def is_stream(path: object) -> bool:
     return isinstance(path, str) and path == "-"
 
 
+def is_pipe_or_device(path: str | Path) -> bool:
+    """Whether ``path`` exists as something to stream rather than a file to read: a pipe (what a shell's ``<(...)``
+    or ``/dev/stdin`` gives) or a device. Reading a table needs to seek, and a manifest's paths need a folder."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode)
+
+
 def stopped_before_first_checkpoint(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds a run killed before it saved a checkpoint: nothing to resume, only to restart."""
     return (run_dir / RUN_CHECKPOINTS).is_dir() and not (run_dir / RUN_CHECKPOINT).is_file()

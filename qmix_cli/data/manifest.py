@@ -27,7 +27,7 @@ from qmix_cli.categories import holds_verdicts
 from qmix_cli.data.images import IMAGE_SUFFIXES, ImageInfo, scan_images
 from qmix_cli.data.scan_cache import cached_scan, file_stats
 from qmix_cli.errors import ConfigError, DataError, first_few, summarise_offenders
-from qmix_cli.io import is_one_of
+from qmix_cli.io import is_one_of, is_pipe_or_device
 from qmix_cli.progress import Reporter, SilentReporter
 
 if TYPE_CHECKING:
@@ -501,6 +501,8 @@ def read_manifest(source: str | Path) -> tuple[pd.DataFrame, Path]:
         raise DataError(
             f"dataset not found: {source} (expected a directory, a .csv/.parquet manifest or a built-in name)"
         )
+    if is_pipe_or_device(path):  # `<(...)`: a manifest's paths are relative to its folder, which a pipe has not
+        raise DataError(f"cannot read {source}: it is a pipe or a device, not a file; save it to a file first")
     raise DataError(f"cannot read {source}: expected an ImageFolder directory or a .csv/.parquet manifest")
 
 

@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 from qmix_cli import __version__
 from qmix_cli.categories import CATEGORIES, CLEAN, MIS_H
 from qmix_cli.errors import DataError, QmixError, summarise_offenders
-from qmix_cli.io import atomic_path, is_stream, send_to_null
+from qmix_cli.io import atomic_path, is_pipe_or_device, is_stream, send_to_null
 from qmix_cli.reporting.groups import GROUP_SCHEMA
 
 #: Output formats a report can be written in.
@@ -844,6 +844,8 @@ def read_report(path: str | Path) -> pd.DataFrame:
     if is_stream(path):
         raise QmixError("reading a report from stdin is not supported; save it to a file first")
     path = Path(path)
+    if is_pipe_or_device(path):
+        raise QmixError(f"cannot read report {path}: it is a pipe or a device, not a file; save it to a file first")
     if not path.is_file():
         raise QmixError(f"report not found: {path}")
     fmt = report_format(path)

@@ -633,6 +633,9 @@ def test_missing_source_and_unknown_file_type(tmp_path):
     (tmp_path / "x.txt").write_text("hello")
     with pytest.raises(DataError, match="cannot read"):
         create_dataset(tmp_path / "x.txt")
+    os.mkfifo(tmp_path / "fifo")  # what `qmix train <(...)` hands over: said as such, never opened (it would block)
+    with pytest.raises(DataError, match="is a pipe or a device, not a file; save it to a file first"):
+        create_dataset(tmp_path / "fifo")
 
 
 def test_malformed_parquet(tmp_path):

@@ -612,6 +612,13 @@ def test_holds_images_is_true_of_a_report_of_exactly_those_images(tmp_path: Path
     assert not holds_images(tmp_path / "missing.csv", ids)
 
 
+def test_a_report_from_a_pipe_is_said_to_be_one(tmp_path: Path) -> None:
+    """``qmix evaluate <(cat r.csv)`` said the report was not found."""
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(QmixError, match="is a pipe or a device, not a file; save it to a file first"):
+        read_report(tmp_path / "fifo")
+
+
 def test_read_report_refuses_stdin_with_a_reason(report: pa.Table, tmp_path: Path, monkeypatch) -> None:
     with pytest.raises(QmixError, match="stdin is not supported"):
         read_report("-")
