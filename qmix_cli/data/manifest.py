@@ -15,6 +15,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -365,14 +366,22 @@ def unlisted_notes(frame: pd.DataFrame, *, root: Path, manifest: Path) -> list[s
 SPLIT_NAMES = frozenset({"train", "training", "val", "valid", "validation", "test", "testing", "dev", "eval"})
 
 
+# A label that is a plain decimal number (``1``, ``01``, ``1.0``, ``-2.50``): written alike when equal in value.
+_DECIMAL = re.compile(r"[+-]?\d+(?:\.\d+)?")
+
+
 def label_notes(labels: Iterable[str]) -> list[str]:
-    """Distinct labels that differ only in case, surrounding spaces, spaces, ``_`` and ``-`` between words, or the
-    Unicode form of their accents (``'Cat '`` and ``'cat'``, ``'t-shirt'`` and ``'T_shirt'``, ``é`` as one character
-    or as ``e`` and an accent, as two programs saved it): each is a class of its own, which a curator rarely means;
-    one line naming up to three such sets, or none. Names that print alike are written with escapes."""
+    """Distinct labels that differ only in case, surrounding spaces, spaces, ``_`` and ``-`` between words, the
+    Unicode form of their accents, or the way a number is written (``'Cat '`` and ``'cat'``, ``'t-shirt'`` and
+    ``'T_shirt'``, ``é`` as one character or as ``e`` and an accent, as two programs saved it, ``'1'``, ``'01'`` and
+    ``'1.0'`` from a spreadsheet's formats): each is a class of its own, which a curator rarely means; one line
+    naming up to three such sets, or none. Names that print alike are written with escapes."""
     spellings: dict[str, list[str]] = {}
     for label in sorted(set(labels)):
-        plain = unicodedata.normalize("NFKC", re.sub(r"[\s_-]+", " ", label)).strip().casefold()
+        if _DECIMAL.fullmatch(number := label.strip()):  # as a number, sign kept; exact, unlike a float's value
+            plain = f"number {Decimal(number).normalize()}"
+        else:
+            plain = unicodedata.normalize("NFKC", re.sub(r"[\s_-]+", " ", label)).strip().casefold()
         spellings.setdefault(plain, []).append(label)
     alike = [names for names in spellings.values() if len(names) > 1]
     if not alike:
