@@ -399,7 +399,7 @@ def audit(
 
     from qmix_cli.data.groups import check_group_column, likely_group_column
     from qmix_cli.data.manifest import check_output_file, create_dataset
-    from qmix_cli.io import check_replaceable, is_stdout
+    from qmix_cli.io import check_replaceable
     from qmix_cli.reporting.groups import group_counts
     from qmix_cli.reporting.report import (
         REPORT_ORDERS,
@@ -415,9 +415,8 @@ def audit(
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1 (got {batch_size})")
     _check_paths(run=run, out=out, groups_out=groups_out)
-    # `--out /dev/stdout` (or the file the shell sends stdout to) is streamed as `-` is: written as a file, it would
-    # be replaced under the shell's redirection, and what the script writes after it lost.
-    out, groups_out = ("-" if path is not None and is_stdout(path) else path for path in (out, groups_out))
+    out, fmt = _stream_if_stdout(out, fmt)
+    groups_out, groups_named = _stream_if_stdout(groups_out, None)
     if tta < 0:
         raise ConfigError(f"--tta must be 0 or more (got {tta})")
     if workers < 0:
@@ -429,7 +428,7 @@ def audit(
     if groups_out is not None:
         _check_audit_output(groups_out, run=run, option="--groups-out", what="the group table", force=force)
         try:
-            groups_fmt = infer_format(groups_out)  # from the suffix alone: --format is the report's
+            groups_fmt = infer_format(groups_out, groups_named)  # from the suffix alone: --format is the report's
         except QmixError:
             raise ConfigError(
                 f"--groups-out {groups_out}: name a .parquet, .csv or .jsonl file, or - for CSV on stdout"
@@ -557,6 +556,19 @@ def _summarise_groups(tables: list, *, column: str | None, dataset, out, fmt, me
         with open_report_writer(out, fmt=fmt, metadata=meta, stream=stream, schema=GROUP_SCHEMA) as writer:
             writer.write(pa.Table.from_pandas(table, schema=GROUP_SCHEMA, preserve_index=False))
     return table
+
+
+def _stream_if_stdout(path: str | Path | None, fmt: str | None) -> tuple[str | Path | None, str | None]:
+    """An audit output and its format, ``"-"`` where ``path`` is the file standard output goes to (``/dev/stdout``,
+    or the file the shell redirects it to): written as a file, it would be replaced under the shell's redirection,
+    and what the script writes after it lost. A name with a suffix still says the format (``--out report.parquet >
+    report.parquet`` is then refused, as Parquet cannot be streamed; it was written as CSV)."""
+    from qmix_cli.io import is_stdout, is_stream
+    from qmix_cli.reporting.report import infer_format
+
+    if path is None or is_stream(path) or not is_stdout(path):
+        return path, fmt
+    return "-", infer_format(path, fmt) if Path(path).suffix else fmt
 
 
 def _check_audit_output(out: str | Path, *, run: str | Path, option: str, what: str, force: bool) -> None:

@@ -77,24 +77,43 @@ def is_one_of(path: str | Path, paths: Iterable[str], *, root: str | Path | None
     return False
 
 
-def is_stdout(path: str | Path) -> bool:
-    """Whether ``path`` names the file this process's standard output goes to (``/dev/stdout``, ``/dev/fd/1``, or
-    the file the shell redirected it to): written as a file, it would be replaced under the shell's redirection,
-    and whatever the script writes after it lost."""
+# A path naming one of this process's descriptors rather than a file: `/dev/stdout`, `/dev/fd/3`, `/proc/self/fd/2`.
+_DESCRIPTOR_PATH = re.compile(r"/dev/(?:std(?:in|out|err)|fd/\d+)|/proc/(?:self|thread-self|\d+)/fd/\d+")
+# The message for an output that is a stream of the process, or a pipe or a device, whichever command refuses it.
+_STREAM_OUT = "write to a file (qmix audit streams a report with --out -)"
+
+
+def standard_stream(path: str | Path) -> int | None:
+    """Which of this process's standard streams (1, 2, 0) goes to the file ``path`` names (``/dev/stdout``,
+    ``/dev/fd/2``, or the file the shell redirected it to), or None: written as a file, it would be replaced under
+    the shell's redirection, and whatever the script writes to it afterwards lost."""
     try:
-        named, out = os.stat(path), os.fstat(1)
+        named = os.stat(path)
     except (OSError, ValueError):
-        return False
-    return (named.st_dev, named.st_ino) == (out.st_dev, out.st_ino)
+        return None
+    for fd in (1, 2, 0):
+        try:
+            stream = os.fstat(fd)
+        except OSError:  # closed
+            continue
+        if (named.st_dev, named.st_ino) == (stream.st_dev, stream.st_ino):
+            return fd
+    return None
 
 
-def check_out_file(path: str | Path) -> Path:
+def is_stdout(path: str | Path) -> bool:
+    """Whether ``path`` names the file this process's standard output goes to (`standard_stream`)."""
+    return standard_stream(path) == 1
+
+
+def check_out_file(path: str | Path, *, probe: bool = True) -> Path:
     """The regular file to write for output ``path`` (before any work is spent on its content).
 
     A symlink is followed, so that the file it names is replaced and the link kept. A directory, a name ending in
-    ``/``, standard output, or anything else that is not a regular file (a pipe, a device) is refused: an atomic
-    write would replace it with a file instead of writing into it. A folder to create the file in must be one this
-    user can write in (probed with a temporary file), so that a command finds out before its work, not after.
+    ``/``, one of the process's streams (standard output or error, ``/dev/fd/N``), or anything else that is not a
+    regular file (a pipe, a device) is refused: an atomic write would replace it with a file instead of writing into
+    it. With ``probe``, the folder the file goes in must be one this user can write in (a temporary file is made
+    there and removed), so that a command finds out before its work, not after.
     """
     if str(path).endswith(("/", os.sep)):  # a Path has lost the slash already; the CLI hands over what was typed
         raise QmixError(f"{path} names a folder (it ends with /); give a file name to write")
@@ -107,12 +126,13 @@ def check_out_file(path: str | Path) -> Path:
         raise QmixError(f"cannot write {path}: {exc.strerror or exc}") from None
     if mode is not None and stat.S_ISDIR(mode):
         raise QmixError(f"{path} is a directory; give a file name to write")
-    if is_stdout(path):
-        raise QmixError(f"{path} is standard output; write a file, or stream a report with --out -")
+    if _DESCRIPTOR_PATH.fullmatch(os.path.abspath(path)) or standard_stream(path) is not None:
+        raise QmixError(f"{path} is a stream of this command (standard output or error, a descriptor); {_STREAM_OUT}")
     if mode is not None and not stat.S_ISREG(mode):
-        raise QmixError(f"{path} is not a regular file (a pipe or a device); write a file, or stream with --out -")
+        raise QmixError(f"{path} is not a regular file (a pipe or a device); {_STREAM_OUT}")
     target = Path(os.path.realpath(path)) if path.is_symlink() else path
-    _probe_folder(target)
+    if probe:
+        _probe_folder(target)
     return target
 
 
@@ -126,8 +146,10 @@ def _probe_folder(path: Path) -> None:
         fd, probe = tempfile.mkstemp(prefix=".qmix-probe.", suffix=".tmp", dir=existing)
     except OSError as exc:
         raise _cannot_write(path, exc) from None
-    os.close(fd)
-    os.unlink(probe)
+    try:
+        os.close(fd)
+    finally:
+        finish_despite_interrupts(lambda: Path(probe).unlink(missing_ok=True))
 
 
 def check_replaceable(path: str | Path, *, ours: Callable[[Path], bool], force: bool, option: str, what: str) -> None:
@@ -155,7 +177,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     The temporary file lives in the same directory so that ``os.replace`` is atomic. On an exception the
     temporary file is removed and ``path`` is untouched.
     """
-    path = check_out_file(path)
+    path = check_out_file(path, probe=False)  # the temporary file below is the probe
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

@@ -126,8 +126,9 @@ def test_standard_output_is_told_by_the_file_it_goes_to(tmp_path):
             stdout=stdout, stderr=subprocess.PIPE, text=True, check=True,
         )  # fmt: skip
     assert proc.stderr.strip() == "[True, True, False, False]"
-    with pytest.raises(QmixError, match="is standard output"):  # a terminal, a pipe or a file: never replaced
-        check_out_file("/dev/stdout")
+    for stream in ("/dev/stdout", "/dev/stderr", "/dev/fd/1", f"/proc/{os.getpid()}/fd/2"):  # never replaced
+        with pytest.raises(QmixError, match=r"is a stream of this command .*qmix audit streams a report with --out -"):
+            check_out_file(stream)
 
 
 def _sparse(path, size):

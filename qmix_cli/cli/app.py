@@ -15,7 +15,7 @@ from qmix_cli import __version__
 from qmix_cli.allocator import keep_freed_memory
 from qmix_cli.cli import apply, audit, corrupt, demo, evaluate, show, train
 from qmix_cli.cli.common import LastingStderr, State, quiet_pillow_warnings, reader_may_leave, usage_error
-from qmix_cli.errors import Terminated
+from qmix_cli.errors import Terminated, interrupted_status
 
 # The options of qmix itself, which go before the command.
 GLOBAL_OPTIONS = ("-q", "--quiet", "-v", "--verbose")
@@ -31,6 +31,9 @@ class _Qmix(TyperGroup):
             return super().main(*args, standalone_mode=False, **kwargs)
         try:
             code = super().main(*args, standalone_mode=False, **kwargs)  # an `Exit`'s status, or a command's None
+        except typer.Abort:  # an interrupted prompt; qmix asks none, but a callback may
+            Console(stderr=True).print("[bold red]aborted[/]")
+            sys.exit(1)
         except Exception as error:
             # Click's UsageError and its kin, by what they carry: typer vendors its own copy of click.
             status, message = getattr(error, "exit_code", None), getattr(error, "format_message", None)
@@ -39,14 +42,14 @@ class _Qmix(TyperGroup):
             if type(error).__name__ != "NoArgsIsHelpError":  # `qmix` alone: the help is printed already
                 usage_error(message(), getattr(error, "ctx", None))
             sys.exit(status)
-        except typer.Abort:  # an interrupted prompt; qmix asks none, but a callback may
-            Console(stderr=True).print("[bold red]aborted[/]")
-            sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx: typer.Context) -> object:
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt as stop:  # while a command's options are read: typer would say 130 to a SIGTERM too
+            Console(stderr=True).print("[bold red]interrupted[/]")
+            raise typer.Exit(interrupted_status(stop)) from None
         except Exception as error:  # `qmix audit ... -q`: say where it goes, not only "no such option"
             # Click's NoSuchOption, by what it carries: typer vendors its own copy of click, which names it privately.
             name = getattr(error, "option_name", None)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -18,7 +17,7 @@ def apply_command(
     ctx: typer.Context,
     data: Annotated[str, typer.Argument(help="The dataset the report audits (folder, manifest or built-in name).")],
     report: Annotated[str, typer.Option("--report", help="Report written by qmix audit.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="New manifest to write (.csv, or .parquet / .pq).")],
+    out: Annotated[str, typer.Option("--out", "-o", help="New manifest to write (.csv, or .parquet / .pq).")],
     hq: Annotated[
         str, typer.Option(help="mislabeled_hq images: relabel (to the suggested label), drop or keep.")
     ] = "relabel",

@@ -61,7 +61,7 @@ def demo_command(
     st.err.rule("2/5 train qmix")
     train(data, run, force=True, console=st.err, quiet=st.quiet, **options, **DEMO_TRAIN)
     st.err.rule("3/5 audit")
-    audit(data, run=run, out=report, device=device, force=force, console=st.err, quiet=True)
+    audit(data, run=run, out=report, device=device, force=True, console=st.err, quiet=True)  # checked above
     st.err.rule("4/5 evaluate against the truth")
     result = evaluate(report, truth=data)
     render_evaluation(result, st.err)

@@ -15,7 +15,6 @@ import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -370,19 +369,29 @@ SPLIT_NAMES = frozenset({"train", "training", "val", "valid", "validation", "tes
 _DECIMAL = re.compile(r"[+-]?\d+(?:\.\d+)?")
 
 
+def _plain_number(number: str) -> str:
+    """A decimal number (`_DECIMAL`) written one way: no ``+``, no leading zeros, no trailing fractional zeros
+    (``+01.50`` → ``1.5``, ``-0.0`` → ``0``), every digit kept, however many (a float or a `decimal.Decimal` rounds
+    a long id)."""
+    sign, digits = (number[0], number[1:]) if number[0] in "+-" else ("", number)
+    whole, _, fraction = digits.partition(".")
+    plain = (whole.lstrip("0") or "0") + ("." + fraction.rstrip("0") if fraction.rstrip("0") else "")
+    return plain if sign != "-" or plain == "0" else "-" + plain
+
+
 def label_notes(labels: Iterable[str]) -> list[str]:
     """Distinct labels that differ only in case, surrounding spaces, spaces, ``_`` and ``-`` between words, the
     Unicode form of their accents, or the way a number is written (``'Cat '`` and ``'cat'``, ``'t-shirt'`` and
     ``'T_shirt'``, ``é`` as one character or as ``e`` and an accent, as two programs saved it, ``'1'``, ``'01'`` and
     ``'1.0'`` from a spreadsheet's formats): each is a class of its own, which a curator rarely means; one line
     naming up to three such sets, or none. Names that print alike are written with escapes."""
-    spellings: dict[str, list[str]] = {}
+    spellings: dict[tuple[str, str], list[str]] = {}
     for label in sorted(set(labels)):
-        if _DECIMAL.fullmatch(number := label.strip()):  # as a number, sign kept; exact, unlike a float's value
-            plain = f"number {Decimal(number).normalize()}"
+        if _DECIMAL.fullmatch(number := label.strip()):
+            key = ("number", _plain_number(number))
         else:
-            plain = unicodedata.normalize("NFKC", re.sub(r"[\s_-]+", " ", label)).strip().casefold()
-        spellings.setdefault(plain, []).append(label)
+            key = ("text", unicodedata.normalize("NFKC", re.sub(r"[\s_-]+", " ", label)).strip().casefold())
+        spellings.setdefault(key, []).append(label)
     alike = [names for names in spellings.values() if len(names) > 1]
     if not alike:
         return []

@@ -229,6 +229,10 @@ def test_out_dev_stdout_streams_into_the_shells_redirection(qmix_run, noisy_digi
     lines = (tmp_path / "j.csv").read_text().splitlines()
     assert lines[-1] == "# trailer" and len(lines) == 1797 + 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["j.csv"]
+    # A name that says Parquet, redirected to: it was streamed as CSV into a .parquet file, now refused.
+    parquet = qmix.replace("--out /dev/stdout --format csv", "--out r.parquet") + " > r.parquet"
+    proc = subprocess.run(["bash", "-c", parquet], capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 1 and "parquet cannot stream to stdout" in proc.stderr
 
 
 def test_closed_pipe_exits_cleanly(qmix_run, noisy_digits, tmp_path):

@@ -14,7 +14,7 @@ import pytest
 import torch
 import typer
 
-from qmix_cli.cli.app import app
+from qmix_cli.cli.app import _Qmix, app
 from qmix_cli.cli.common import guarded, out_of_resources
 from qmix_cli.errors import Terminated
 from tests.cli.helpers import assert_one_line_error, stderr_of
@@ -156,6 +156,43 @@ def test_a_stopped_command_ends_with_the_status_a_shell_gives_its_signal(runner,
     result = runner.invoke(demo, [])
     assert result.exit_code == status
     assert stderr_of(result).strip() == "interrupted"
+
+
+@pytest.mark.parametrize(("interrupt", "status"), [(KeyboardInterrupt, 130), (Terminated, 143)])
+def test_a_command_stopped_while_its_options_are_read_ends_with_its_signals_status(runner, interrupt, status):
+    """Before a command runs (an option's callback, a slow file system), typer said 130 to SIGTERM too."""
+    demo = typer.Typer(cls=_Qmix)
+
+    def stop(value: str) -> str:
+        raise interrupt
+
+    @demo.command()
+    def work(ctx: typer.Context, name: str = typer.Option("x", callback=stop)) -> None:
+        pass
+
+    @demo.command()
+    def other() -> None:  # two commands: a group, as qmix is
+        pass
+
+    result = runner.invoke(demo, ["work"])
+    assert result.exit_code == status
+    assert stderr_of(result).strip() == "interrupted"
+
+
+def test_an_aborted_command_is_one_line_and_status_1(runner):
+    demo = typer.Typer(cls=_Qmix)
+
+    @demo.command()
+    def work() -> None:
+        raise typer.Abort
+
+    @demo.command()
+    def other() -> None:
+        pass
+
+    result = runner.invoke(demo, ["work"])
+    assert result.exit_code == 1 and stderr_of(result).strip() == "aborted"
+    assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
 def test_out_of_memory_without_the_nets_loaded_does_not_point_at_training_options(monkeypatch):

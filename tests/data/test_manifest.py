@@ -438,7 +438,8 @@ def test_labels_written_alike_are_pointed_out_and_kept_apart(make_image_folder):
         "(make them one in the data if they are)",
     )
     assert create_dataset(make_image_folder("plain", classes=("cat", "dog"), per_class=2)).notes == ()
-    numbers = ["1", "01", "1.0", "-1", "2", "10", "1e1", "100000000000000001", "100000000000000000"]
+    long = "1234567890123456789012345678901"  # past a float's digits and a Decimal's 28: still told apart
+    numbers = ["1", "01", "1.0", "-1", "2", "10", "1e1", long, long[:-1] + "2", "Number 1"]
     assert label_notes(numbers) == [  # a spreadsheet's formats; -1, 10 and the long ids are other numbers
         "labels written alike are separate classes: '01' and '1' and '1.0' (make them one in the data if they are)"
     ]

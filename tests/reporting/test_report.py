@@ -598,6 +598,7 @@ def test_a_csv_report_with_line_breaks_in_its_ids_reads_back_whatever_its_size(t
     assert (tmp_path / "r.csv").stat().st_size > 2**20  # more than one of pyarrow's blocks
     back = read_report(tmp_path / "r.csv")
     assert back["sample_id"].tolist() == table.column("sample_id").to_pylist()
+    assert holds_images(tmp_path / "r.csv", inputs["sample_ids"])  # what a rerun reads to replace it
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl"])

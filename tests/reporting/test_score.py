@@ -344,3 +344,7 @@ def test_the_training_set_is_told_however_its_path_is_spelt(
     relabelled.to_parquet(copy / "manifest.parquet")
     for other in ("digits", tmp_path / "subset.parquet", copy):  # other images, fewer, other labels
         assert not is_training_set(trained, create_dataset(other, cache_dir=qmix_cache_dir)), other
+    # A run saved before `members` was kept: its ordered fingerprint decides, so only the rows in training's order.
+    older = dataclasses.replace(trained, meta={k: v for k, v in trained.meta.items() if k != "members"})
+    assert is_training_set(older, create_dataset(noisy_digits, cache_dir=qmix_cache_dir))
+    assert not is_training_set(older, create_dataset(tmp_path / "shuffled.parquet", cache_dir=qmix_cache_dir))
