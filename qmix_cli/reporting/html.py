@@ -64,8 +64,12 @@ _CURVE_TITLES = {
     "val_acc": "validation accuracy (val_acc)",
 }
 
-# Longest side of an embedded thumbnail, in pixels; small images are kept as they are and scaled up by CSS.
-_THUMB_PX = 128
+# Longest side of an embedded thumbnail, in pixels: twice the 128 CSS pixels a card shows it at, so that it is sharp
+# on a high-density screen and can be enlarged (hover, or keyboard focus) to judge noise and blur, which a 128-pixel
+# copy averages away. Small images are kept as they are and scaled up by CSS.
+_THUMB_PX = 256
+# JPEG quality of a colour thumbnail: a photo's PNG is about 7 times larger, which a page sent by e-mail pays for.
+_JPEG_QUALITY = 90
 
 
 # Classes in the page's table: more would bury the thumbnails below a list only a spreadsheet reads well.
@@ -86,8 +90,8 @@ def _e(value: Any) -> str:
 
 
 def _count(n: int, noun: str) -> str:
-    """``"1 image"``, ``"3 images"``."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"
+    """``"1 image"``, ``"3 images"``, ``"1,797 images"``."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 def _isolated(value: Any) -> str:
@@ -160,7 +164,8 @@ def curve_series(rows: Sequence[dict[str, Any]], key: str) -> tuple[np.ndarray, 
 
 
 def thumbnail_data_uri(path: str | Path, *, size: int = _THUMB_PX) -> str | None:
-    """A ``data:image/png;base64,…`` thumbnail of an image file, or None when it cannot be read."""
+    """A ``data:`` URI thumbnail of an image file (PNG for grey images, whose pixels it keeps exactly; JPEG for
+    colour ones), or None when it cannot be read."""
     try:
         from PIL import Image
 
@@ -173,10 +178,11 @@ def thumbnail_data_uri(path: str | Path, *, size: int = _THUMB_PX) -> str | None
             thumb = Image.fromarray(native_array(img))
         thumb.thumbnail((size, size))
         buffer = io.BytesIO()
-        thumb.save(buffer, format="PNG", optimize=True)
+        fmt = "JPEG" if thumb.mode == "RGB" else "PNG"
+        thumb.save(buffer, format=fmt, **({"quality": _JPEG_QUALITY} if fmt == "JPEG" else {"optimize": True}))
     except Exception:  # any unreadable, truncated or odd file becomes a placeholder
         return None
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return f"data:image/{fmt.lower()};base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 # --------------------------------------------------------------------------------------------------- SVG
@@ -342,12 +348,18 @@ def line_chart_svg(
 # --------------------------------------------------------------------------------------------------- HTML parts
 
 
+def _swatch(code: int) -> str:
+    """The key of category ``code``: its colour, and the form its points take in the scatter (a dot, an outlined
+    dot, a ring), which tells the three apart in print, in grey and to a colour-blind reader too."""
+    return f'<span class="swatch s{code}" aria-hidden="true"></span>'
+
+
 def legend_html(counts: Sequence[int], *, vertical: bool = False) -> str:
     """Colour keys with the number of images per category (in a row, or a column)."""
     total = max(sum(counts), 1)
     items = [
-        f'<span class="key"><span class="swatch" style="background:{PALETTE[i]}"></span>'
-        f"<b>{_e(CATEGORIES[i])}</b> {counts[i]} ({100 * counts[i] / total:.1f}%)</span>"
+        f'<span class="key">{_swatch(i)}<b>{_e(CATEGORIES[i])}</b> {counts[i]:,} '
+        f"({100 * counts[i] / total:.1f}%)</span>"
         for i in range(len(CATEGORIES))
     ]
     cls = "legend vertical" if vertical else "legend"
@@ -369,10 +381,7 @@ def class_table_html(
         issues = (frame["category"] != CATEGORIES[0]).groupby(frame["given"]).sum()
         shown = sorted(labels, key=lambda label: -int(issues.get(label, 0)))[:max_rows]  # stable: class order
         hidden, labels = len(labels) - max_rows, [label for label in labels if label in set(shown)]
-    head = "".join(
-        f'<th><span class="swatch" style="background:{PALETTE[i]}"></span>{_e(c)}</th>'
-        for i, c in enumerate(CATEGORIES)
-    )
+    head = "".join(f"<th>{_swatch(i)}{_e(c)}</th>" for i, c in enumerate(CATEGORIES))
     rows = []
     for label in labels:
         row = np.array(
@@ -396,17 +405,19 @@ def class_table_html(
 def _class_row(label_html: str, row: np.ndarray, *, cls: str = "") -> str:
     total = int(row.sum())
     share = f"{100 * (total - int(row[0])) / total:.1f}%" if total else "–"
-    cells = "".join(f"<td>{int(v)}</td>" for v in row)
+    cells = "".join(f"<td>{int(v):,}</td>" for v in row)
     attr = f' class="{cls}"' if cls else ""
-    return f"<tr{attr}><th>{label_html}</th>{cells}<td>{total}</td><td>{share}</td></tr>"
+    return f"<tr{attr}><th>{label_html}</th>{cells}<td>{total:,}</td><td>{share}</td></tr>"
 
 
 def thumbnail_card_html(row: dict[str, Any], uri: str | None) -> str:
-    """One thumbnail (or a placeholder) with rank, sample_id, given → suggested label and the posteriors."""
+    """One thumbnail (or a placeholder) with rank, sample_id, the file, given → suggested label, why it is flagged
+    (loss and uncertainty, the separation's two axes) and the posteriors."""
     if uri is None:
         picture = '<div class="placeholder" title="image not found or unreadable">no image</div>'
-    else:
-        picture = f'<img src="{uri}" alt="{_e(row["sample_id"])}">'
+    else:  # focusable, so that the keyboard enlarges it as hovering does; the caption names it
+        alt = f"{row['category']} image, given label {_visible(row['given_label'])}"
+        picture = f'<img src="{uri}" alt="{_e(alt)}" tabindex="0">'
     suggested = row.get("suggested_label")
     if suggested is None or (isinstance(suggested, float) and math.isnan(suggested)):
         label = f"{_t(row['given_label'])} → <i>fix or drop</i> (pred. {_t(row['predicted_label'])})"
@@ -416,10 +427,16 @@ def thumbnail_card_html(row: dict[str, Any], uri: str | None) -> str:
         f'<span title="p_clean / p_mislabeled_hq / p_mislabeled_lq">p clean/hq/lq {float(row["p_clean"]):.2f}'
         f" / {float(row['p_mislabeled_hq']):.2f} / {float(row['p_mislabeled_lq']):.2f}</span>"
     )
+    # Why: a wrong label on a clear image is a high loss with low uncertainty, a poor image a high uncertainty.
+    axes = (
+        '<span title="normalised loss and uncertainty, the two axes of the scatter above">'
+        f"loss {float(row['loss']):.2f} · uncertainty {float(row['uncertainty']):.2f}</span>"
+    )
     return (
         f'<figure class="thumb">{picture}<figcaption>'
         f'<span class="rank">#{int(row["rank"])}</span> <span class="sid">{_t(row["sample_id"])}</span><br>'
-        f'{label}<br><span class="probs">{probs}</span></figcaption></figure>'
+        f'<span class="path" title="the image file">{_t(row["path"])}</span><br>'
+        f'{label}<br><span class="probs">{axes}<br>{probs}</span></figcaption></figure>'
     )
 
 
@@ -433,11 +450,11 @@ h3{font-size:15px;margin:18px 0 8px;font-weight:normal}
 .meta{color:#555;margin:0 0 10px}.meta b{color:#222}.note{color:#666;font-size:13px}
 .legend{display:flex;flex-wrap:wrap;gap:18px;margin:10px 0}.key{white-space:nowrap}
 .legend.vertical{flex-direction:column;gap:6px}.side{max-width:380px;padding-top:8px}
-.swatch{display:inline-block;width:11px;height:11px;border-radius:2px;margin-right:5px;vertical-align:-1px}
+.swatch{display:inline-block;width:11px;height:11px;border-radius:50%;margin-right:5px;vertical-align:-1px;
+box-sizing:border-box}
 .row{display:flex;flex-wrap:wrap;gap:28px;align-items:flex-start}
 svg{background:#fff;border:1px solid #e2e2e2;border-radius:4px}
 .grid{stroke:#eee}.tick{font-size:11px;fill:#555}.axis{font-size:12px;fill:#333}.ctitle{font-size:12px;fill:#222}
-.c0{fill:#0072B2;fill-opacity:.45}.c1{fill:#E69F00;fill-opacity:.85}.c2{fill:#CC79A7;fill-opacity:.85}
 .cx{fill:#999;fill-opacity:.6}
 table.counts{border-collapse:collapse;background:#fff;font-variant-numeric:tabular-nums}
 .counts th,.counts td{border:1px solid #e2e2e2;padding:3px 12px;text-align:right}
@@ -447,13 +464,29 @@ table.counts{border-collapse:collapse;background:#fff;font-variant-numeric:tabul
 .thumb{margin:0;width:158px;background:#fff;border:1px solid #e2e2e2;border-radius:4px;padding:8px;font-size:12px}
 .thumb img,.placeholder{display:block;width:128px;height:128px;margin:0 auto 6px;object-fit:contain;
 image-rendering:pixelated;background:#000}
-.placeholder{background:repeating-linear-gradient(45deg,#eee,#eee 8px,#ddd 8px,#ddd 16px);color:#777;
+.placeholder{background:repeating-linear-gradient(45deg,#eee,#eee 8px,#ddd 8px,#ddd 16px);color:#444;
 display:flex;align-items:center;justify-content:center}
-.sid{font-family:ui-monospace,Menlo,Consolas,monospace;word-break:break-all}.rank{color:#777}
+.thumb img{position:relative;transition:transform .1s}.thumb img:hover,.thumb img:focus{transform:scale(2.5);
+z-index:2;outline:2px solid #222;image-rendering:auto}
+.sid,.path{font-family:ui-monospace,Menlo,Consolas,monospace;word-break:break-all}.path{color:#555;font-size:11px}
+.rank{color:#595959}
 bdi{overflow-wrap:anywhere}
 .probs{color:#555;font-size:11px;white-space:nowrap}
-footer{margin-top:36px;color:#888;font-size:12px}
+footer{margin-top:36px;color:#5f5f5f;font-size:12px}
+@media print{*{-webkit-print-color-adjust:exact;print-color-adjust:exact}body{background:#fff}
+.thumb,tr,h2,h3{break-inside:avoid}}
 """
+
+
+# Each category's points (`scatter_svg`) and key (`_swatch`), in its colour and a form of its own: a dot, a dot
+# outlined in black, a ring. Colour alone would not tell them apart printed in grey or to a colour-blind reader.
+_MARK_CSS = (
+    f".c0{{fill:{PALETTE[0]};fill-opacity:.45}}.s0{{background:{PALETTE[0]}}}"
+    f".c1{{fill:{PALETTE[1]};fill-opacity:.9;stroke:#000;stroke-width:.8}}"
+    f".s1{{background:{PALETTE[1]};border:1.5px solid #000}}"
+    f".c2{{fill:#fff;fill-opacity:.6;stroke:{PALETTE[2]};stroke-width:1.6}}"
+    f".s2{{background:#fff;border:3px solid {PALETTE[2]}}}"
+)
 
 
 def write_html_report(
@@ -702,7 +735,7 @@ def render_page(
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body><main>"
+        f"<title>{_e(title)}</title><style>{_CSS}{_MARK_CSS}</style></head><body><main>"
         + "\n".join(sections)
         + f"<footer>Generated by qmix {_e(__version__)} at {_e(generated)}; self-contained, no external assets."
         + "</footer>"
@@ -713,7 +746,7 @@ def render_page(
 def _header_html(
     frame: pd.DataFrame, meta: dict[str, str], class_names: list[str], counts: list[int], source: str | Path
 ) -> str:
-    facts = [("images", _e(len(frame)))]  # label, HTML
+    facts = [("images", _e(f"{len(frame):,}"))]  # label, HTML
     for key, label in (("method", "method"), ("model", "model")):
         if meta.get(key):
             facts.append((label, _t(meta[key])))
@@ -755,7 +788,9 @@ def _scatter_section(
     svg = scatter_svg(
         frame["loss"].to_numpy()[idx], frame["uncertainty"].to_numpy()[idx], codes[idx], titles=titles, means=means
     )
-    shown = f"all {len(frame)} images" if len(idx) == len(frame) else f"{len(idx)} of {len(frame)} images (sampled)"
+    shown = (
+        f"all {len(frame):,} images" if len(idx) == len(frame) else f"{len(idx):,} of {len(frame):,} images (sampled)"
+    )
     cross = (
         " Crosses: the fitted Gaussian-mixture component means (one set per net), coloured by the group they stand for."
         if means
@@ -763,7 +798,8 @@ def _scatter_section(
     )
     return (
         "<h2>Loss × uncertainty</h2>"
-        f'<p class="note">{_e(shown)}, both axes normalised to [0, 1]. Hover a point for its id.{cross}</p>'
+        f'<p class="note">{_e(shown)}, both axes normalised to [0, 1]. Hover a point for its id (the report lists '
+        f"every image with both values).{cross}</p>"
         f'<div class="row">{svg}<div class="side">{legend_html(counts, vertical=True)}{_READING}</div></div>'
     )
 
@@ -811,11 +847,14 @@ def _thumbs_section(frame: pd.DataFrame, group: str, blurb: str, *, root: Path |
     rows = _top_rows(frame, group, top)
     total = int((frame["category"] == group).sum())
     code = CATEGORIES.index(group)
-    shown = f"top {len(rows)} of {total} by rank" if len(rows) else _count(total, "image")  # none with --top 0
-    heading = (
-        f'<h2><span class="swatch" style="background:{PALETTE[code]}"></span>{_e(group)} '
-        f'<small class="note">{shown}</small></h2><p class="note">{_e(blurb)}</p>'
+    # The page shows the best-ranked few; where the others are, so that a curator goes on from there.
+    rest = (
+        f"; the report lists all {total:,} (qmix audit --sort rank), qmix show --top N shows more"
+        if total > len(rows)
+        else ""
     )
+    shown = f"top {len(rows):,} of {total:,} by rank{rest}" if len(rows) else _count(total, "image")  # --top 0
+    heading = f'<h2>{_swatch(code)}{_e(group)} <small class="note">{shown}</small></h2><p class="note">{_e(blurb)}</p>'
     if rows.empty:
         return heading + ('<p class="note">No images in this group.</p>' if total == 0 else "")
     cards = [thumbnail_card_html(row, _thumbnail(str(row["path"]), root)) for row in rows.to_dict("records")]
@@ -852,7 +891,7 @@ def groups_section_html(
             for row in members.head(per_group).to_dict("records")
         ]
         parts.append(
-            f'<h3><span class="rank">#{int(unit["rank"])}</span> {_t(unit["group"])}: given <b>'
+            f'<h3><span class="rank">{_e(column)} #{int(unit["rank"])}</span> {_t(unit["group"])}: given <b>'
             f'{_t(unit["given_label"])}</b>{relabel} <small class="note">{_count(int(unit["images"]), "image")} '
             f"({counts}), "
             f"issue score {float(unit['issue_score']):.2f}{more}</small></h3>"
