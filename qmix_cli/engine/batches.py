@@ -117,9 +117,14 @@ def epoch_size(n: int, *, batch_size: int, drop_last: bool) -> int:
 
 
 def epoch_batches(indices: np.ndarray, *, batch_size: int, gen: torch.Generator, drop_last: bool) -> list[np.ndarray]:
-    """Shuffle ``indices`` with ``gen`` and cut them into batches (the last one dropped if short and asked)."""
+    """Shuffle ``indices`` with ``gen`` and cut them into batches (the last one dropped if short and asked). A last
+    batch of one image joins the one before: BatchNorm in training cannot normalise a single image whose feature
+    maps are 1 × 1 (resnet18 at 32 px and less), so a dataset of ``k * batch_size + 1`` images failed its warm-up."""
     if len(indices) == 0:
         return []
     order = indices[torch.randperm(len(indices), generator=gen).numpy()]
     stop = epoch_size(len(order), batch_size=batch_size, drop_last=drop_last)
-    return [order[i : i + batch_size] for i in range(0, stop, batch_size)]
+    batches = [order[i : i + batch_size] for i in range(0, stop, batch_size)]
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-2:] = [np.concatenate(batches[-2:])]
+    return batches

@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from qmix_cli.data.transforms import Normalise, strong_spec, weak_spec
 from qmix_cli.engine.batches import ImageStore, device_has_room, epoch_batches, index_tensor, resident_copy
+from qmix_cli.engine.models import create_model
+from qmix_cli.engine.steps import StepContext, supervised_epoch
 
 
 @pytest.fixture
@@ -33,6 +36,27 @@ def test_store_serves_the_batches_asked_for_in_order(cache):
     assert [len(b) for b in served] == [4, 4, 3]
     for idx, batch in zip(batches, served, strict=True):
         assert np.array_equal(batch.numpy(), np.asarray(cache)[idx])
+
+
+def test_a_last_batch_of_one_image_joins_the_one_before():
+    """BatchNorm in training refuses one image over 1 × 1 feature maps: resnet18's last stage at 32 px, the size the
+    README suggests for 28-px scans. A dataset of 64 k + 1 images failed its warm-up with the default batch of 64."""
+    gen = torch.Generator().manual_seed(0)
+    batches = epoch_batches(np.arange(65), batch_size=64, gen=gen, drop_last=False)
+    assert [len(b) for b in batches] == [65] and sorted(np.concatenate(batches)) == list(range(65))
+    assert [len(b) for b in epoch_batches(np.arange(66), batch_size=64, gen=gen, drop_last=False)] == [64, 2]
+    assert [len(b) for b in epoch_batches(np.arange(1), batch_size=64, gen=gen, drop_last=False)] == [1]
+    images = np.random.default_rng(0).integers(0, 256, (65, 1, 32, 32), dtype=np.uint8)
+    ctx = StepContext(
+        device=torch.device("cpu"), amp_dtype=None, scaler=None,
+        norm=Normalise((0.5,), (0.25,)).on(torch.device("cpu")),
+        weak=weak_spec(hflip=False, rotation=0), strong=strong_spec(hflip=False, rotation=0), gen=gen, num_classes=3,
+    )  # fmt: skip
+    net = create_model("resnet18", num_classes=3, in_chans=1)
+    store, labels = ImageStore(images, device=torch.device("cpu")), torch.randint(0, 3, (65,))
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
+    losses = supervised_epoch(net, optimizer, store, labels, ctx, batch_size=64, spec=ctx.weak, where="test")
+    assert np.isfinite(losses["loss_x"])  # raised "Expected more than 1 value per channel" before
 
 
 @pytest.mark.parametrize("workers", [0, 1])
