@@ -8,6 +8,7 @@ import torch
 
 from qmix_cli.categories import CLEAN, MIS_H, MIS_L
 from qmix_cli.data.transforms import Normalise, strong_spec, weak_spec
+from qmix_cli.engine import steps
 from qmix_cli.engine.batches import ImageStore
 from qmix_cli.engine.models import create_model
 from qmix_cli.engine.neighbours import fit_neighbour_vote
@@ -45,10 +46,10 @@ class RecordingStore(ImageStore):
         yield from super().iterate(batches)
 
 
-def _ctx(seed: int) -> StepContext:
+def _ctx(seed: int, amp_dtype: torch.dtype | None = None) -> StepContext:
     """A CPU step context for one-channel 16 × 16 images and K classes."""
     return StepContext(
-        device=torch.device("cpu"), amp_dtype=None, scaler=None,
+        device=torch.device("cpu"), amp_dtype=amp_dtype, scaler=None,
         norm=Normalise((0.5,), (0.25,)).on(torch.device("cpu")),
         weak=weak_spec(hflip=False, rotation=10), strong=strong_spec(hflip=False, rotation=10),
         gen=torch.Generator().manual_seed(seed), num_classes=K,
@@ -64,6 +65,7 @@ def _epoch(
     mislq_stream: str = "labelled",
     lambda_u: float = 1,
     lambda_con: float = 0.1,
+    amp_dtype: torch.dtype | None = None,
 ) -> tuple[dict, RecordingStore]:
     n = len(groups)
     rng = np.random.default_rng(seed)
@@ -73,7 +75,7 @@ def _epoch(
     posteriors = torch.zeros(n, 3)
     posteriors[np.arange(n), torch.as_tensor(groups, dtype=torch.long)] = 0.9
     posteriors += 0.05
-    ctx = _ctx(seed)
+    ctx = _ctx(seed, amp_dtype)
     weights = SslWeights(temperature=0.5, mixup_alpha=4, lambda_u=lambda_u, mislq_weight=0.5, lambda_con=lambda_con,
                          con_temperature=0.1)  # fmt: skip
     out = ssl_epoch(
@@ -152,6 +154,29 @@ def test_progress_total_is_what_the_epoch_reports(n):
     reported = []
     _epoch("qmix", groups, progress=reported.append)
     assert sum(reported) == ssl_epoch_size(n, batch_size=BATCH)
+
+
+def test_augmented_views_are_made_in_full_precision_under_mixed_precision(monkeypatch):
+    """A view's rotation and shift go through a sampling grid (a batched matrix product), which autocast runs in
+    bf16 or fp16: on a GPU run the weak views that make the refined labels and guesses came out shifted by up to
+    half a pixel at 224 px. Every view is made outside autocast; the nets still run inside it."""
+    made_under_autocast = []
+    real = steps.make_view
+
+    def recording(*args, **kwargs):
+        made_under_autocast.append(torch.is_autocast_enabled("cpu"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(steps, "make_view", recording)
+    _epoch("qmix", np.array([CLEAN, MIS_H, MIS_L] * 16, dtype=np.int8), amp_dtype=torch.bfloat16)
+    store = ImageStore(np.zeros((20, 1, 16, 16), dtype=np.uint8), device=torch.device("cpu"))
+    net = create_model("test_resnet", num_classes=K, in_chans=1)
+    ctx = _ctx(0, torch.bfloat16)
+    steps.supervised_epoch(
+        net, torch.optim.SGD(net.parameters(), lr=0.01), store, torch.zeros(20, dtype=torch.long), ctx,
+        batch_size=BATCH, spec=ctx.weak, where="test",
+    )  # fmt: skip
+    assert made_under_autocast and not any(made_under_autocast)
 
 
 def test_streamed_probe_read_out_equals_the_probes_and_vote_on_all_features():
