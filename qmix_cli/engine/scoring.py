@@ -77,6 +77,15 @@ def probe_output(heads: Sequence[np.ndarray], vote: np.ndarray | None = None) ->
     return mean if vote is None else (mean + vote) / 2
 
 
+def ensemble_probs(probs: np.ndarray) -> np.ndarray:
+    """The nets' joint prediction (METHOD.md: the softmax of the sum of their logits), from their softmax outputs
+    ``probs`` (M, N, K); returns (N, K), rows summing to 1."""
+    logits = np.log(np.clip(probs, 1e-12, 1.0)).sum(axis=0)
+    logits -= logits.max(axis=1, keepdims=True)
+    e = np.exp(logits)
+    return e / e.sum(axis=1, keepdims=True)
+
+
 def mean_posteriors(separations, scores: Scores) -> np.ndarray:
     """Posteriors (N, 3) averaged over the nets, each net scored by its own separation."""
     return np.mean([s.posteriors(scores.loss[k], scores.uncertainty[k]) for k, s in enumerate(separations)], axis=0)

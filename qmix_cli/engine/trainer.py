@@ -45,7 +45,7 @@ from qmix_cli.engine.models import (
 from qmix_cli.engine.neighbours import NeighbourVote, fit_neighbour_vote
 from qmix_cli.engine.probe import FOLDS, PROBE_STAGES, LinearProbe, fit_probe, image_keys, pixel_digests
 from qmix_cli.engine.readouts import READOUT_BYTES, TrainingReadouts
-from qmix_cli.engine.scoring import Scores, compute_scores, fit_separation, probe_output
+from qmix_cli.engine.scoring import Scores, compute_scores, ensemble_probs, fit_separation, probe_output
 from qmix_cli.engine.separation import hard_groups, separation_aucs
 from qmix_cli.engine.steps import (
     SslWeights,
@@ -544,10 +544,8 @@ class _Run:
 
     def val_accuracy(self, val: tuple[ImageStore, np.ndarray]) -> float:
         store, labels = val
-        probs = np.mean(
-            [predict_probs(n, store, self.ctx, batch_size=self.cfg.eval_batch_size) for n in self.forward_nets],
-            axis=0,
-        )
+        each = [predict_probs(n, store, self.ctx, batch_size=self.cfg.eval_batch_size) for n in self.forward_nets]
+        probs = ensemble_probs(np.stack(each))  # as the report's predicted_label is (METHOD.md: summed logits)
         return float((probs.argmax(1) == labels).mean())
 
 

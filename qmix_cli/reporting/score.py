@@ -28,7 +28,7 @@ from qmix_cli.engine.models import QmixNet, trained_models
 from qmix_cli.engine.neighbours import NeighbourVote
 from qmix_cli.engine.probe import LinearProbe
 from qmix_cli.engine.readouts import TrainingReadouts
-from qmix_cli.engine.scoring import compute_scores, mean_posteriors, separation_from_dict
+from qmix_cli.engine.scoring import compute_scores, ensemble_probs, mean_posteriors, separation_from_dict
 from qmix_cli.engine.separation import QualitySeparation, hard_groups
 from qmix_cli.engine.steps import StepContext, predict_probs, predict_with_probes
 from qmix_cli.engine.trainer import PREDATED, amp_dtype, dataset_fingerprint, resolve_device
@@ -266,8 +266,8 @@ def score_dataset(
     posteriors = mean_posteriors(run.separations, scores)
     axes = np.mean([s.normalise(scores.loss[k], scores.uncertainty[k]) for k, s in enumerate(run.separations)], axis=0)
     axes = np.nan_to_num(axes, nan=0.0)
-    ensemble = _ensemble(own)
-    suggestion = _ensemble(scored) if run.probes else ensemble  # without probes both are the nets' outputs
+    ensemble = ensemble_probs(own)
+    suggestion = ensemble_probs(scored) if run.probes else ensemble  # without probes both are the nets' outputs
     return AuditScores(
         probs=ensemble,
         loss=axes[:, 0],
@@ -341,14 +341,6 @@ def _read_nets(
             own.append(np.mean(outputs, axis=0))
             scored.append(own[-1])
     return np.stack(own), np.stack(scored)
-
-
-def _ensemble(probs: np.ndarray) -> np.ndarray:
-    """Softmax of the summed logits of the nets (METHOD.md), from their softmax outputs."""
-    logits = np.log(np.clip(probs, 1e-12, 1.0)).sum(axis=0)
-    logits -= logits.max(axis=1, keepdims=True)
-    e = np.exp(logits)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def report_batches(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qmix_cli.engine.scoring import compute_scores, fit_separation, mean_posteriors, probe_output
+from qmix_cli.engine.scoring import compute_scores, ensemble_probs, fit_separation, mean_posteriors, probe_output
 
 
 def _softmax_rows(rng: np.random.Generator, n: int, k: int, scale: float) -> np.ndarray:
@@ -62,3 +62,14 @@ def test_collision_uncertainty_is_used_when_asked_for():
     np.testing.assert_array_equal(collision.loss, default.loss)
     relabelled = compute_scores(probs, (labels + 1) % 5, uncertainty="collision")
     assert not np.allclose(relabelled.uncertainty, collision.uncertainty)
+
+
+def test_the_nets_predict_together_by_their_summed_logits_not_their_mean_softmax():
+    """METHOD.md's prediction, which the report's ``predicted_label`` and training's ``val_acc`` both use: a class
+    each net thinks possible beats one that a net rules out, however sure the other net is of it."""
+    logits = np.random.default_rng(0).normal(size=(2, 50, 4)) * 3
+    probs = np.exp(logits) / np.exp(logits).sum(axis=2, keepdims=True)
+    summed = np.exp(logits.sum(axis=0))
+    np.testing.assert_allclose(ensemble_probs(probs), summed / summed.sum(axis=1, keepdims=True), rtol=1e-9)
+    split = np.array([[[0.72, 0.28, 0.0]], [[0.0, 0.28, 0.72]]])  # the mean softmax ties classes 0 and 2 at 0.36
+    assert ensemble_probs(split).argmax(axis=1).tolist() == [1]

@@ -415,11 +415,14 @@ def test_a_run_given_relative_paths_resumes_from_any_directory(noisy_digits, dig
 
 def test_val_accuracy_is_logged_every_epoch(noisy_digits, digits_dir, tmp_path, qmix_cache_dir):
     # The clean digits as validation data: accuracy must be reported and far above chance (0.1).
-    result = train(noisy_digits, tmp_path / "run", method="ce", epochs=2, val=str(digits_dir),
+    result = train(noisy_digits, tmp_path / "run", method="qmix", epochs=2, val=str(digits_dir),
                    cache_dir=str(qmix_cache_dir), **TINY_TRAIN)  # fmt: skip
     accs = [m["val_acc"] for m in result.metrics]
     assert len(accs) == 2 and all(0.0 <= a <= 1.0 for a in accs)
     assert accs[-1] > 0.3
+    # The two nets predict as the report's predicted_label does (METHOD.md: summed logits), not by their mean softmax.
+    report = audit(digits_dir, run=tmp_path / "run", cache_dir=qmix_cache_dir)
+    assert accs[-1] == pytest.approx((report["predicted_label"] == report["given_label"]).mean(), abs=5e-5)  # rounded
 
 
 def test_out_holding_the_dataset_is_refused_even_with_force(noisy_digits, hash_tree):
