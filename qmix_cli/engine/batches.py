@@ -125,6 +125,6 @@ def epoch_batches(indices: np.ndarray, *, batch_size: int, gen: torch.Generator,
     order = indices[torch.randperm(len(indices), generator=gen).numpy()]
     stop = epoch_size(len(order), batch_size=batch_size, drop_last=drop_last)
     batches = [order[i : i + batch_size] for i in range(0, stop, batch_size)]
-    if len(batches) > 1 and len(batches[-1]) == 1:
+    if batch_size > 1 and len(batches) > 1 and len(batches[-1]) == 1:  # (a batch size of 1 is the user's choice)
         batches[-2:] = [np.concatenate(batches[-2:])]
     return batches

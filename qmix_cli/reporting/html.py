@@ -1,7 +1,7 @@
 """``qmix show``: one self-contained HTML page for a report.
 
 The page needs nothing but a browser: no external assets, no JavaScript, no plotting library. Plots are
-hand-written inline SVG and thumbnails are base64-embedded PNGs. It holds
+hand-written inline SVG and thumbnails are base64-embedded images (PNG, or JPEG where one is scaled down). It holds
 
 * a header: tool version, method, model and classes (from the report's Parquet metadata when present) and the
   number of images per category;
@@ -68,7 +68,8 @@ _CURVE_TITLES = {
 # on a high-density screen and can be enlarged (hover, or keyboard focus) to judge noise and blur, which a 128-pixel
 # copy averages away. Small images are kept as they are and scaled up by CSS.
 _THUMB_PX = 256
-# JPEG quality of a colour thumbnail: a photo's PNG is about 7 times larger, which a page sent by e-mail pays for.
+# JPEG quality of a thumbnail scaled down from a larger image (whose pixels are resampled anyway): a photo's PNG is
+# about 7 times larger, a noisy X-ray's 4 times, which a page sent by e-mail pays for.
 _JPEG_QUALITY = 90
 
 
@@ -164,8 +165,9 @@ def curve_series(rows: Sequence[dict[str, Any]], key: str) -> tuple[np.ndarray, 
 
 
 def thumbnail_data_uri(path: str | Path, *, size: int = _THUMB_PX) -> str | None:
-    """A ``data:`` URI thumbnail of an image file (PNG for grey images, whose pixels it keeps exactly; JPEG for
-    colour ones), or None when it cannot be read."""
+    """A ``data:`` URI thumbnail of an image file, at most ``size`` pixels on its longer side: PNG where the image
+    fits as it is (its pixels kept exactly: a 32-px scan's noise is its own, not compression's), JPEG where it is
+    scaled down; or None when it cannot be read."""
     try:
         from PIL import Image
 
@@ -176,9 +178,10 @@ def thumbnail_data_uri(path: str | Path, *, size: int = _THUMB_PX) -> str | None
             img.load()
             # As training decodes it: a 16-bit X-ray scaled by its own range, not clipped to white by convert("L").
             thumb = Image.fromarray(native_array(img))
+        scaled = max(thumb.size) > size
         thumb.thumbnail((size, size))
         buffer = io.BytesIO()
-        fmt = "JPEG" if thumb.mode == "RGB" else "PNG"
+        fmt = "JPEG" if scaled and thumb.mode in ("RGB", "L") else "PNG"
         thumb.save(buffer, format=fmt, **({"quality": _JPEG_QUALITY} if fmt == "JPEG" else {"optimize": True}))
     except Exception:  # any unreadable, truncated or odd file becomes a placeholder
         return None
@@ -466,8 +469,8 @@ table.counts{border-collapse:collapse;background:#fff;font-variant-numeric:tabul
 image-rendering:pixelated;background:#000}
 .placeholder{background:repeating-linear-gradient(45deg,#eee,#eee 8px,#ddd 8px,#ddd 16px);color:#444;
 display:flex;align-items:center;justify-content:center}
-.thumb img{position:relative;transition:transform .1s}.thumb img:hover,.thumb img:focus{transform:scale(2.5);
-z-index:2;outline:2px solid #222;image-rendering:auto}
+.thumb img{position:relative;transition:transform .1s;transform-origin:left top}
+.thumb img:hover,.thumb img:focus{transform:scale(2);z-index:2;outline:2px solid #222}
 .sid,.path{font-family:ui-monospace,Menlo,Consolas,monospace;word-break:break-all}.path{color:#555;font-size:11px}
 .rank{color:#595959}
 bdi{overflow-wrap:anywhere}
@@ -751,7 +754,7 @@ def _header_html(
         if meta.get(key):
             facts.append((label, _t(meta[key])))
     shown = ", ".join(map(_t, class_names[:20])) + (" …" if len(class_names) > 20 else "")  # each name isolated
-    facts.append(("classes", f"{len(class_names)}: {shown}"))
+    facts.append(("classes", f"{len(class_names):,}: {shown}"))
     facts.append(("report written by", _e(f"qmix {meta['version']}" if meta.get("version") else "unknown")))
     for key, label in (("created_at", "created"), ("run_dir", "run"), ("dataset", "dataset")):
         if meta.get(key):
@@ -868,7 +871,7 @@ def groups_section_html(
     (best ranked first); ``groups`` (N,) is each report row's value of ``column``."""
     table = summarise_groups(frame, groups=groups)
     shown = table.head(top)
-    ranked = f"top {len(shown)} of {len(table)} by issue score" if len(shown) else f"{len(table)} in all"  # --top 0
+    ranked = f"top {len(shown):,} of {len(table):,} by issue score" if len(shown) else f"{len(table):,} in all"
     heading = (
         f'<h2>By {_t(column)} <small class="note">{ranked}</small></h2>'
         f'<p class="note">One entry per {_t(column)} and given label: the issue score is the median of its images\' '
@@ -884,14 +887,14 @@ def groups_section_html(
         members = frame[member.to_numpy()].sort_values("rank", kind="stable")
         suggested = unit["suggested_label"]
         relabel = f" → <b>{_t(suggested)}</b>" if isinstance(suggested, str) else ""
-        counts = ", ".join(f"{int(unit[c])} {_e(c)}" for c in CATEGORIES if unit[c])
+        counts = ", ".join(f"{int(unit[c]):,} {_e(c)}" for c in CATEGORIES if unit[c])
         more = f" (first {per_group} shown)" if len(members) > per_group else ""
         cards = [
             thumbnail_card_html(row, _thumbnail(str(row["path"]), root))
             for row in members.head(per_group).to_dict("records")
         ]
         parts.append(
-            f'<h3><span class="rank">{_e(column)} #{int(unit["rank"])}</span> {_t(unit["group"])}: given <b>'
+            f'<h3><span class="rank">{_t(column)} #{int(unit["rank"])}</span> {_t(unit["group"])}: given <b>'
             f'{_t(unit["given_label"])}</b>{relabel} <small class="note">{_count(int(unit["images"]), "image")} '
             f"({counts}), "
             f"issue score {float(unit['issue_score']):.2f}{more}</small></h3>"

@@ -20,6 +20,8 @@ from PIL import Image
 from qmix_cli.categories import CATEGORIES
 from qmix_cli.errors import QmixError
 from qmix_cli.reporting.html import (
+    class_table_html,
+    legend_html,
     line_chart_svg,
     read_separation_means,
     scatter_svg,
@@ -176,9 +178,8 @@ def test_thumbnails_top_n_in_rank_order(report, tmp_path):
         assert len(uris) + section.count('class="placeholder"') == 3
         for uri in uris:
             with Image.open(io.BytesIO(base64.b64decode(uri))) as img:
-                # Grey images as PNG (every pixel kept), colour ones as JPEG (a photo's PNG is 7 times larger); at
-                # most twice the 128 px a card shows, for a high-density screen and the enlarged view.
-                assert img.format == ("PNG" if img.mode == "L" else "JPEG") and max(img.size) <= 256
+                # 20-px images, grey and colour, kept as they are: PNG, every pixel exact.
+                assert img.format == "PNG" and max(img.size) == 20
 
 
 def test_a_card_says_where_the_file_is_and_why_the_image_is_flagged(report, tmp_path):
@@ -208,8 +209,32 @@ def test_thumbnails_keep_a_noisy_photos_noise_visible(tmp_path):
         return float((pixels[:, 1:-1] - (pixels[:, :-2] + pixels[:, 2:]) / 2).std())  # the gradient cancels
 
     page, card_size = thumbnail_data_uri(tmp_path / "noisy.png"), thumbnail_data_uri(tmp_path / "noisy.png", size=128)
-    assert page.startswith("data:image/jpeg;base64,")
+    assert page.startswith("data:image/jpeg;base64,")  # scaled down, so resampled anyway: JPEG, a seventh the size
     assert noise_left(page) > 2.5 * noise_left(card_size)  # measured: 3.0 against 1.0
+    Image.fromarray(noisy[:, :, 0]).save(tmp_path / "xray.png")  # a grey one too: its PNG was 4 times the JPEG
+    assert thumbnail_data_uri(tmp_path / "xray.png").startswith("data:image/jpeg;base64,")
+    small = noisy[:32, :32]  # fits as it is: kept exactly
+    Image.fromarray(small).save(tmp_path / "small.png")
+    uri = thumbnail_data_uri(tmp_path / "small.png")
+    with Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))) as thumb:
+        assert thumb.format == "PNG" and np.array_equal(np.asarray(thumb), small)
+
+
+def test_the_verdicts_have_forms_of_their_own_and_counts_are_grouped(report, tmp_path):
+    """A dot, an outlined dot and a ring, in the scatter and its keys alike, which stay coloured in print: the orange
+    and blue points had the same brightness in grey."""
+    path, data, _ = report
+    page = write_html_report(path, out=tmp_path / "r.html", data=data).read_text()
+    style = page.split("<style>", 1)[1].split("</style>", 1)[0]
+    assert (
+        ".c1{fill:#E69F00;fill-opacity:.9;stroke:#000" in style
+        and ".s1{background:#E69F00;border:1.5px solid #000}" in style
+    )
+    assert ".c2{fill:#fff;fill-opacity:.6;stroke:#CC79A7" in style and "print-color-adjust:exact" in style
+    assert all(page.count(f'class="swatch s{i}"') >= 3 for i in range(3))  # legend, side legend, table, sections
+    assert "1,234 (" in legend_html([1234, 5, 6]) and "<td>1,234</td>" in class_table_html(
+        ["a"] * 1234, ["clean"] * 1234, ["a"]
+    )
 
 
 def test_clean_images_get_no_thumbnails(report, tmp_path):
@@ -523,6 +548,7 @@ def test_a_grouped_audit_gets_a_section_by_group_with_each_groups_images(tmp_pat
         assert (
             f"#{unit['rank']}</span> {html_escape(unit['group'])}: given <b>{html_escape(unit['given_label'])}" in title
         )
+        assert f'<span class="rank">patient #{unit["rank"]}</span>' in title  # not an image's rank, which cards show
         members = rows[(rows["patient"] == unit["group"]) & (rows["given_label"] == unit["given_label"])]
         shown = re.findall(r'<span class="sid">(.*?)</span>', cards)
         assert shown == [html_escape(s) for s in members.sort_values("rank")["sample_id"]]
