@@ -145,16 +145,24 @@ def cached_images(
     if kept is not None and len(kept) == len(paths):
         found = _open_cache(_cache_file(folder, paths, kept.tolist(), **decoded), shape)
         if found is not None:
-            return found
+            return _done(found, progress)
     target = _cache_file(folder, paths, None, **decoded)
     found = _open_cache(target, shape)
     if found is not None:
-        return found
+        return _done(found, progress)
     try:
         _decode_to(target, dataset, shape, workers=workers, progress=progress, jpeg_scale=jpeg_scale)
     except UnwritableError as e:  # a cache folder another user made read-only
         raise _unwritable(folder, e.reason) from None
     return np.load(target, mmap_mode="r")
+
+
+def _done(images: np.ndarray, progress: Callable[[int], None] | None) -> np.ndarray:
+    """``images`` found decoded in the cache, with ``progress`` told they all are: a bar made for the decoding
+    otherwise stays at 0 % for the rest of the command, and looks stuck in its longest silent phase."""
+    if progress is not None:
+        progress(len(images))
+    return images
 
 
 def _decode_to(

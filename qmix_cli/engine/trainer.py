@@ -395,8 +395,17 @@ class _Run:
         warm_probes: list[LinearProbe] = []
         votes: list[NeighbourVote] = []
         own, scored = [], []
+        # A bar, and a line per net for a log, over what takes minutes at tens of thousands of images: the probes'
+        # fits (each net's, and its snapshot's) and the neighbour vote.
+        per_net = 1 + bool(snapshots) + (cfg.audit_neighbours > 0)
+        advance = self.reporter.task("reading the nets for the audit", per_net * len(self.forward_nets))
+        started = time.monotonic()
         for k, net in enumerate(self.forward_nets):
-            fitted, vote, net_own, net_scored = self._read_net([net, *snapshots[k : k + 1]], keys, sample)
+            nets = [net, *snapshots[k : k + 1]]
+            fitted, vote, net_own, net_scored = self._read_net(nets, keys, sample, advance=advance)
+            self.reporter.log(
+                f"audit read-out of net {k + 1} of {len(self.forward_nets)} done ({time.monotonic() - started:.0f} s)"
+            )
             probes.append(fitted[0])
             warm_probes.extend(fitted[1:])
             if vote is not None:
@@ -423,13 +432,16 @@ class _Run:
         )
 
     def _read_net(
-        self, nets: list[QmixNet], keys: np.ndarray, sample: torch.Tensor
+        self, nets: list[QmixNet], keys: np.ndarray, sample: torch.Tensor, *, advance: Callable[[int], None]
     ) -> tuple[list[LinearProbe], NeighbourVote | None, np.ndarray, np.ndarray]:
         """One net's probes (the net's, then its snapshot's), its vote, its softmax (N, K) and its probe output
-        (N, K) on the training images. A function of its own so that one net's feature matrices are freed before
-        the next net's are made.
+        (N, K) on the training images; ``advance(1)`` after each probe and the vote. A function of its own so that
+        one net's feature matrices are freed before the next net's are made.
         """
-        fitted = [self._fit_probe(n, keys, sample) for n in nets]
+        fitted = []
+        for n in nets:
+            fitted.append(self._fit_probe(n, keys, sample))
+            advance(1)
         feats = [f for f, _, _ in fitted]
         heads = [probe.probs(f, keys) for f, probe, _ in fitted]
         vote = None
@@ -440,6 +452,7 @@ class _Run:
             vote = fit_neighbour_vote(
                 feats, self.labels_np, keys, num_classes=len(self.classes), k=self.cfg.audit_neighbours
             )
+            advance(1)
         return (
             [probe for _, probe, _ in fitted],
             vote,

@@ -78,7 +78,9 @@ def test_second_call_reuses_the_file(rgb_dataset, tmp_path, monkeypatch):
         raise AssertionError("decoded again")
 
     monkeypatch.setattr(cache, "decode_all", no_decoding)
-    second = cached_images(rgb_dataset, size=8, channels=3, cache_dir=tmp_path)
+    told: list[int] = []
+    second = cached_images(rgb_dataset, size=8, channels=3, cache_dir=tmp_path, progress=told.append)
+    assert sum(told) == len(rgb_dataset)  # a bar made for the decoding ends: it stayed at 0 % for the whole run
     assert str(second.filename) == str(first.filename)
     assert target.stat().st_mtime_ns == mtime
     assert np.array_equal(first, second)
