@@ -453,14 +453,19 @@ def run_lock(run_dir: str | Path) -> Iterator[None]:
         return
     run_dir = Path(run_dir).resolve()
     path = run_dir.with_name(f".{run_dir.name}.lock")
+    # The lock file is written (the holder's pid): a link planted in its place (a run folder unpacked from an
+    # archive) would have the file it points to truncated. Refused, and never followed.
+    if path.is_symlink():
+        raise QmixError(f"{path}, the run's lock file, is a symbolic link; remove it (qmix makes its own)")
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
     while True:
         try:
             run_dir.parent.mkdir(parents=True, exist_ok=True)
             try:
-                fd, writable = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask()), True
+                fd, writable = os.open(path, os.O_RDWR | os.O_CREAT | nofollow, 0o666 & ~_umask()), True
             except PermissionError as denied:  # another user's, left by a killed run: locking needs no write access
                 try:
-                    fd, writable = os.open(path, os.O_RDONLY), False
+                    fd, writable = os.open(path, os.O_RDONLY | nofollow), False
                 except FileNotFoundError:  # no lock file, and none can be made: the parent is not the user's
                     raise QmixError(
                         f"cannot create the lock file {path} beside the run folder ({denied.strerror}): a run is "

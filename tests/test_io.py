@@ -241,6 +241,20 @@ def _deny_opening(monkeypatch, path, *, flags: int) -> None:
     monkeypatch.setattr("qmix_cli.io.os.open", denied)
 
 
+def test_a_lock_file_that_is_a_link_is_refused_not_written_through(tmp_path):
+    """A ``.run.lock`` planted as a link (a run folder unpacked from an archive): taking the lock truncated the file
+    it pointed to and wrote a pid in it."""
+    victim = tmp_path / "notes.txt"
+    victim.write_text("the user's own file")
+    (tmp_path / ".run.lock").symlink_to(victim)
+    with (
+        pytest.raises(QmixError, match=r"\.run\.lock, the run's lock file, is a symbolic link"),
+        run_lock(tmp_path / "run"),
+    ):
+        pass
+    assert victim.read_text() == "the user's own file"
+
+
 def test_a_lock_file_another_user_left_is_used_read_only(tmp_path, monkeypatch):
     run, lock = tmp_path / "run", tmp_path / ".run.lock"
     lock.write_text("")  # left by a run killed under another user's name: not ours to write

@@ -126,7 +126,7 @@ def _load(img: Image.Image, size: int | None) -> None:
 PIXEL_LIMIT_VARIABLE = "QMIX_MAX_IMAGE_PIXELS"
 
 
-def _too_large(size: tuple[int, int]) -> str | None:
+def too_large(size: tuple[int, int]) -> str | None:
     """Why an image of ``size`` (W, H) is not decoded, or None: more pixels than Pillow's limit
     (``PIL.Image.MAX_IMAGE_PIXELS``, None for no limit), beyond which it warns of a decompression bomb and, at twice
     the limit, refuses. Tested here rather than by turning Pillow's warning into an error: warning filters are the
@@ -161,9 +161,8 @@ def inspect_image(
     try:
         with Image.open(path) as img:
             full_size = img.size  # a JPEG's shrinks with its decoding scale
-            too_large = _too_large(full_size)
-            if too_large:
-                return ImageInfo(error=too_large)
+            if refused := too_large(full_size):
+                return ImageInfo(error=refused)
             _load(img, size if keep is not None else _CHECK_ONLY)
             if keep is not None:
                 keep(img)

@@ -581,9 +581,17 @@ def _check_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
             )
         if not force:
             raise ConfigError(f"{run_dir} already exists; pass --resume to continue it or --force to start over")
-        if not any((run_dir / name).exists() for name in (*RUN_FILES, RUN_CHECKPOINTS)):
+        if not _holds_a_run(run_dir):
             # --force replaces a run (and deletes it once the new one is done), not any folder named by mistake.
             raise ConfigError(f"--out {run_dir} holds files but no qmix run; --force only replaces runs")
+        previous = previous_run_dir(run_dir)
+        if previous.exists() and not _holds_a_run(previous):  # where --force keeps the old run: it is deleted
+            raise ConfigError(f"{previous}, where --force keeps the run it replaces, holds no qmix run; move it away")
+
+
+def _holds_a_run(folder: Path) -> bool:
+    """Whether ``folder`` holds what `train` writes (a file of `RUN_FILES`, or its checkpoints folder)."""
+    return any((folder / name).exists() for name in (*RUN_FILES, RUN_CHECKPOINTS))
 
 
 def _make_run_dir(run_dir: Path, *, resume: bool, reporter: Reporter) -> None:
@@ -597,6 +605,16 @@ def _make_run_dir(run_dir: Path, *, resume: bool, reporter: Reporter) -> None:
     extension of a finished run.
     """
     if resume:
+        # A run writes its files in place; through a link (a run folder received from someone else) it would
+        # overwrite whatever file the link points to with its metrics or metadata.
+        checkpoints = run_dir / RUN_CHECKPOINTS
+        inside = list(checkpoints.iterdir()) if checkpoints.is_dir() and not checkpoints.is_symlink() else []
+        entries = [*run_dir.iterdir(), *inside]
+        if linked := sorted(p.relative_to(run_dir).as_posix() for p in entries if p.is_symlink()):
+            raise TrainingError(
+                f"{run_dir} holds symbolic links ({first_few(linked)}): a run writes its own files, and would write "
+                "through them to wherever they point; resume a copy made without links (cp -rL)"
+            )
         (run_dir / "model.pt").unlink(missing_ok=True)
         return
     replaces = run_dir.exists() and any(run_dir.iterdir())

@@ -171,9 +171,11 @@ def thumbnail_data_uri(path: str | Path, *, size: int = _THUMB_PX) -> str | None
     try:
         from PIL import Image
 
-        from qmix_cli.data.images import native_array
+        from qmix_cli.data.images import native_array, too_large
 
         with Image.open(path) as img:
+            if too_large(img.size):  # as training refuses it: a decompression bomb named by a report took 3.8 GB
+                return None
             img.draft(None, (size, size))  # a JPEG photo is decoded at its smallest DCT scale still that large
             img.load()
             # As training decodes it: a 16-bit X-ray scaled by its own range, not clipped to white by convert("L").

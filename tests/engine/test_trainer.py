@@ -443,6 +443,34 @@ def test_force_replaces_runs_not_other_folders(noisy_digits, tmp_path, hash_tree
     assert hash_tree(out) == before
 
 
+def test_force_deletes_no_folder_beside_the_run_that_is_not_a_run(noisy_digits, tmp_path, hash_tree, qmix_cache_dir):
+    """``--force`` keeps the run it replaces in ``OUT.previous`` and deletes whatever was there: a folder of the
+    user's own under that name (a thesis) went with it."""
+    run, cache = tmp_path / "run", str(qmix_cache_dir)
+    train(noisy_digits, run, method="ce", epochs=1, cache_dir=cache, **TINY_TRAIN)
+    (tmp_path / "run.previous").mkdir()
+    (tmp_path / "run.previous" / "thesis.tex").write_text("four years")
+    before = hash_tree(tmp_path / "run.previous")
+    with pytest.raises(ConfigError, match=r"run\.previous, where --force keeps the run it replaces, holds no qmix run"):
+        train(noisy_digits, run, force=True, method="ce", epochs=1, cache_dir=cache, **TINY_TRAIN)
+    assert hash_tree(tmp_path / "run.previous") == before and (run / "model.pt").is_file()
+
+
+def test_a_received_run_holding_links_is_not_resumed_through_them(noisy_digits, tmp_path, qmix_cache_dir):
+    """A run folder from someone else with ``metrics.jsonl`` linked to ``~/.bashrc``: resuming wrote the run's
+    metrics over the linked file (and ``run.json`` / ``separation.json`` over theirs)."""
+    run, cache = tmp_path / "run", str(qmix_cache_dir)
+    with pytest.raises(KeyboardInterrupt):
+        train(noisy_digits, run, method="ce", epochs=2, cache_dir=cache, on_epoch_end=_interrupt, **TINY_TRAIN)
+    victim = tmp_path / "bashrc"
+    victim.write_text("the user's own file")
+    (run / "metrics.jsonl").unlink()
+    (run / "metrics.jsonl").symlink_to(victim)
+    with pytest.raises(TrainingError, match=r"holds symbolic links \(metrics\.jsonl\).*cp -rL"):
+        train(noisy_digits, run, resume=True, cache_dir=cache)
+    assert victim.read_text() == "the user's own file"
+
+
 def test_out_that_is_a_file_is_refused(noisy_digits, tmp_path):
     out = tmp_path / "run"
     out.write_text("not a run")

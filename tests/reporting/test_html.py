@@ -237,6 +237,15 @@ def test_the_verdicts_have_forms_of_their_own_and_counts_are_grouped(report, tmp
     )
 
 
+def test_an_image_past_pillows_limit_is_not_decoded_for_a_thumbnail(tmp_path, monkeypatch):
+    """As training refuses it: a decompression bomb a crafted report names took 3.8 GB to make a thumbnail of."""
+    Image.new("L", (100, 100)).save(tmp_path / "big.png")
+    assert thumbnail_data_uri(tmp_path / "big.png") is not None
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100 * 100 - 1)
+    with pytest.warns(Image.DecompressionBombWarning):  # Pillow's, on opening it (the CLI keeps it quiet)
+        assert thumbnail_data_uri(tmp_path / "big.png") is None  # a placeholder on the page
+
+
 def test_clean_images_get_no_thumbnails(report, tmp_path):
     path, data, rows = report
     page = write_html_report(path, out=tmp_path / "r.html", data=data, top=100).read_text()
