@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 from PIL.JpegImagePlugin import JpegImageFile
 
-from qmix_cli.io import finish_despite_interrupts
+from qmix_cli.io import finish_despite_interrupts, is_pipe_or_device
 
 T = TypeVar("T")
 
@@ -158,6 +158,8 @@ def inspect_image(
     that size (the description keeps the file's own size). Without ``keep`` a JPEG is decoded at 1/8 scale: every
     coefficient is still read, so a truncated or corrupt file fails alike, for a fraction of the work.
     """
+    if is_pipe_or_device(path):  # opening a pipe listed in a manifest waits for a writer that never comes
+        return ImageInfo(error="not a regular file (a pipe or a device)")
     try:
         with Image.open(path) as img:
             full_size = img.size  # a JPEG's shrinks with its decoding scale

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from pathlib import Path
 
@@ -33,6 +34,12 @@ def _jpeg_with_damaged_exif(path: Path) -> Path:
     _noise((32, 32)).save(buffer, "JPEG", exif=bytes(raw))
     path.write_bytes(buffer.getvalue())
     return path
+
+
+def test_a_pipe_listed_as_an_image_is_refused_without_waiting_on_it(tmp_path):
+    """Opening a pipe blocks until something writes to it: `train` of a manifest listing one hung until killed."""
+    os.mkfifo(tmp_path / "x.png")
+    assert inspect_image(tmp_path / "x.png").error == "not a regular file (a pipe or a device)"
 
 
 def test_images_past_pillows_pixel_limit_are_refused_before_decoding(tmp_path, monkeypatch):
