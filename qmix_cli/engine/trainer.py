@@ -609,7 +609,7 @@ def _make_run_dir(run_dir: Path, *, resume: bool, reporter: Reporter) -> None:
         # overwrite whatever file the link points to with its metrics or metadata.
         checkpoints = run_dir / RUN_CHECKPOINTS
         inside = list(checkpoints.iterdir()) if checkpoints.is_dir() and not checkpoints.is_symlink() else []
-        entries = [*run_dir.iterdir(), *inside]
+        entries = [*(run_dir / name for name in (*RUN_FILES, RUN_CHECKPOINTS)), *inside]  # a user's own links stay
         if linked := sorted(p.relative_to(run_dir).as_posix() for p in entries if p.is_symlink()):
             raise TrainingError(
                 f"{run_dir} holds symbolic links ({first_few(linked)}): a run writes its own files, and would write "
