@@ -13,19 +13,21 @@ round"). `qmix train --set jpeg_scale=false` decodes them whole, as runs saved b
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
+import stat
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 import numpy as np
 from PIL import Image
 from PIL.JpegImagePlugin import JpegImageFile
 
-from qmix_cli.io import finish_despite_interrupts, is_pipe_or_device
+from qmix_cli.io import finish_despite_interrupts
 
 T = TypeVar("T")
 
@@ -158,10 +160,8 @@ def inspect_image(
     that size (the description keeps the file's own size). Without ``keep`` a JPEG is decoded at 1/8 scale: every
     coefficient is still read, so a truncated or corrupt file fails alike, for a fraction of the work.
     """
-    if is_pipe_or_device(path):  # opening a pipe listed in a manifest waits for a writer that never comes
-        return ImageInfo(error="not a regular file (a pipe or a device)")
     try:
-        with Image.open(path) as img:
+        with _open_file(path) as file, Image.open(file) as img:
             full_size = img.size  # a JPEG's shrinks with its decoding scale
             if refused := too_large(full_size):
                 return ImageInfo(error=refused)
@@ -175,6 +175,8 @@ def inspect_image(
     except Image.DecompressionBombError as e:  # twice the limit or more: Pillow refuses to open it at all
         pixels = re.search(r"\((\d+) pixels\)", str(e))
         return ImageInfo(error=_past_limit(f"{int(pixels[1]):,} pixels" if pixels else str(e)))
+    except _NotAFile:
+        return ImageInfo(error="not a regular file (a pipe or a device)")
     except FileNotFoundError:
         return ImageInfo(error="file not found")
     except IsADirectoryError:
@@ -189,6 +191,25 @@ def inspect_image(
     ) as e:
         # Pillow reports truncated and corrupt data as OSError ("image file is truncated", "broken PNG file").
         return ImageInfo(error=f"unreadable ({e})")
+
+
+class _NotAFile(Exception):
+    """A path that names a pipe or a device, not an image file."""
+
+
+def _open_file(path: str | Path) -> BinaryIO:
+    """``path`` opened for reading without waiting: an ordinary open of a pipe (listed as an image by a manifest or
+    a report) waits for a writer that never comes. A pipe or a device raises `_NotAFile`, a folder
+    `IsADirectoryError`. Told by the open file's own status, so that a check costs no second look-up by name (a
+    stat per file is what a network file system charges for)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # no effect on a regular file's reads
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "is a directory", str(path))
+        raise _NotAFile(str(path))
+    return os.fdopen(fd, "rb")
 
 
 def _size(path: str | Path) -> int | None:
