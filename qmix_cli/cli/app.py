@@ -14,8 +14,15 @@ from typer.core import TyperGroup
 from qmix_cli import __version__
 from qmix_cli.allocator import keep_freed_memory
 from qmix_cli.cli import apply, audit, corrupt, demo, evaluate, show, train
-from qmix_cli.cli.common import LastingStderr, State, quiet_pillow_warnings, reader_may_leave, usage_error
-from qmix_cli.errors import Terminated, interrupted_status
+from qmix_cli.cli.common import (
+    LastingStderr,
+    State,
+    quiet_pillow_warnings,
+    reader_may_leave,
+    stop_interrupted,
+    usage_error,
+)
+from qmix_cli.errors import Terminated
 
 # The options of qmix itself, which go before the command.
 GLOBAL_OPTIONS = ("-q", "--quiet", "-v", "--verbose")
@@ -48,8 +55,7 @@ class _Qmix(TyperGroup):
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt as stop:  # while a command's options are read: typer would say 130 to a SIGTERM too
-            Console(stderr=True).print("[bold red]interrupted[/]")
-            raise typer.Exit(interrupted_status(stop)) from None
+            stop_interrupted(stop)
         except Exception as error:  # `qmix audit ... -q`: say where it goes, not only "no such option"
             # Click's NoSuchOption, by what it carries: typer vendors its own copy of click, which names it privately.
             name = getattr(error, "option_name", None)

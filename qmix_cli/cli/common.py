@@ -12,7 +12,7 @@ import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -172,6 +172,12 @@ def fail(message: str) -> None:
     raise typer.Exit(1)
 
 
+def stop_interrupted(interrupt: KeyboardInterrupt) -> NoReturn:
+    """End a command that Ctrl-C or SIGTERM stopped: one line, and the status a shell gives the signal."""
+    Console(stderr=True).print("[bold red]interrupted[/]")
+    raise typer.Exit(interrupted_status(interrupt)) from None
+
+
 def usage_error(message: str, ctx: typer.Context | None) -> None:
     """Print a mistyped command line's ``message`` as `fail` prints an error, in one line, then the usage of the
     command ``ctx`` is of (None: unknown) and how to ask for its help."""
@@ -237,8 +243,7 @@ def guarded(fn: F) -> F:
                 Console(stderr=True).print_exception()
             fail(str(e))
         except KeyboardInterrupt as e:
-            Console(stderr=True).print("[bold red]interrupted[/]")
-            raise typer.Exit(interrupted_status(e)) from None
+            stop_interrupted(e)
         except Exception as e:
             if st.verbose:
                 Console(stderr=True).print_exception()

@@ -161,7 +161,7 @@ def inspect_image(
     coefficient is still read, so a truncated or corrupt file fails alike, for a fraction of the work.
     """
     try:
-        with _open_file(path) as file, Image.open(file) as img:
+        with open_image_file(path) as file, Image.open(file) as img:
             full_size = img.size  # a JPEG's shrinks with its decoding scale
             if refused := too_large(full_size):
                 return ImageInfo(error=refused)
@@ -175,7 +175,7 @@ def inspect_image(
     except Image.DecompressionBombError as e:  # twice the limit or more: Pillow refuses to open it at all
         pixels = re.search(r"\((\d+) pixels\)", str(e))
         return ImageInfo(error=_past_limit(f"{int(pixels[1]):,} pixels" if pixels else str(e)))
-    except _NotAFile:
+    except NotAFile:
         return ImageInfo(error="not a regular file (a pipe or a device)")
     except FileNotFoundError:
         return ImageInfo(error="file not found")
@@ -193,13 +193,13 @@ def inspect_image(
         return ImageInfo(error=f"unreadable ({e})")
 
 
-class _NotAFile(Exception):
+class NotAFile(Exception):
     """A path that names a pipe or a device, not an image file."""
 
 
-def _open_file(path: str | Path) -> BinaryIO:
+def open_image_file(path: str | Path) -> BinaryIO:
     """``path`` opened for reading without waiting: an ordinary open of a pipe (listed as an image by a manifest or
-    a report) waits for a writer that never comes. A pipe or a device raises `_NotAFile`, a folder
+    a report) waits for a writer that never comes. A pipe or a device raises `NotAFile`, a folder
     `IsADirectoryError`. Told by the open file's own status, so that a check costs no second look-up by name (a
     stat per file is what a network file system charges for)."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # no effect on a regular file's reads
@@ -208,7 +208,7 @@ def _open_file(path: str | Path) -> BinaryIO:
         os.close(fd)
         if stat.S_ISDIR(mode):
             raise IsADirectoryError(errno.EISDIR, "is a directory", str(path))
-        raise _NotAFile(str(path))
+        raise NotAFile(str(path))
     return os.fdopen(fd, "rb")
 
 

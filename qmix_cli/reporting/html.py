@@ -41,7 +41,6 @@ from qmix_cli.io import (
     check_out_file,
     check_replaceable,
     is_one_of,
-    is_pipe_or_device,
     is_stream,
     read_metrics,
     run_file_named,
@@ -172,11 +171,10 @@ def thumbnail_data_uri(path: str | Path, *, size: int = _THUMB_PX) -> str | None
     try:
         from PIL import Image
 
-        from qmix_cli.data.images import native_array, too_large
+        from qmix_cli.data.images import native_array, open_image_file, too_large
 
-        if is_pipe_or_device(path):  # a pipe a report names would block the page for a writer that never comes
-            return None
-        with Image.open(path) as img:
+        # Opened without waiting: a pipe a report names would block the page for a writer that never comes.
+        with open_image_file(path) as file, Image.open(file) as img:
             if too_large(img.size):  # as training refuses it: a decompression bomb named by a report took 3.8 GB
                 return None
             img.draft(None, (size, size))  # a JPEG photo is decoded at its smallest DCT scale still that large

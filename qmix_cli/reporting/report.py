@@ -341,6 +341,11 @@ def written_by_audit(path: str | Path) -> bool:
     return columns in (set(REPORT_SCHEMA.names), set(GROUP_SCHEMA.names))
 
 
+# How every reader here parses a CSV report: ids and labels may hold quoted line breaks, and told so, pyarrow does not
+# cut a file over 1 MiB into blocks at them (an id came back cut in two).
+_CSV_PARSE = pacsv.ParseOptions(newlines_in_values=True)
+
+
 def holds_images(path: str | Path, sample_ids: Sequence[str] | pd.Series) -> bool:
     """Whether the report at ``path`` has one row for each of ``sample_ids`` and for nothing else: an earlier audit
     of the same images, which a rerun may replace. A report cut down (``--sort rank | head``, the flagged rows kept
@@ -351,9 +356,8 @@ def holds_images(path: str | Path, sample_ids: Sequence[str] | pd.Series) -> boo
         if fmt == "parquet":
             column = pq.read_table(path, columns=["sample_id"]).column(0)
         elif fmt == "csv":
-            parse = pacsv.ParseOptions(newlines_in_values=True)
             convert = pacsv.ConvertOptions(include_columns=["sample_id"], column_types={"sample_id": pa.string()})
-            column = pacsv.read_csv(path, parse_options=parse, convert_options=convert).column(0)
+            column = pacsv.read_csv(path, parse_options=_CSV_PARSE, convert_options=convert).column(0)
         else:  # ids read as text, as they were written: "0042" is not 42
             ids_only = pa.schema([("sample_id", pa.string())])
             parse = pajson.ParseOptions(explicit_schema=ids_only, unexpected_field_behavior="ignore")
@@ -884,9 +888,7 @@ def _read_table(path: Path, fmt: str) -> pa.Table:
             strings_can_be_null=True,
             quoted_strings_can_be_null=False,
         )
-        # Ids and labels may hold quoted line breaks: told so, pyarrow does not cut a large file into blocks at them.
-        parse = pacsv.ParseOptions(newlines_in_values=True)
-        return pacsv.read_csv(path, parse_options=parse, convert_options=convert)
+        return pacsv.read_csv(path, parse_options=_CSV_PARSE, convert_options=convert)
     # JSON Lines: an explicit schema fills absent fields with nulls, so check the first row for missing ones.
     first = _first_json_row(path)
     if first is None:
