@@ -90,6 +90,7 @@ def create_model(
     pretrained: bool = False,
     weights: str | Path | None = None,
     proj_dim: int = 128,
+    img_size: int | None = None,
 ) -> QmixNet:
     """Build a `QmixNet` around any timm architecture.
 
@@ -104,6 +105,19 @@ def create_model(
     weights
         A local weights file (timm/torchvision state dict, ``.pth``/``.safetensors``), loaded by timm with
         ``weights_only=True``; wins over ``pretrained``.
+    proj_dim
+        Width of the projector's output.
+    img_size
+        The side, in pixels, of the square images the net will read. An architecture built for one input size
+        (ViTs, Swin, MaxViT: timm's ``fixed_input_size``) is built for this one instead, its pretrained position
+        tables resampled by timm; every net is then tried on one blank image of this size, so that a size it
+        cannot read is a `ConfigError` here rather than a shape error in the first batch. None: built as timm
+        builds it, untried.
+
+    Raises
+    ------
+    ConfigError
+        An unknown name, weights that cannot be loaded or do not fit, or an ``img_size`` the net cannot read.
     """
     import timm
 
@@ -119,6 +133,9 @@ def create_model(
         kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(weights)})
     elif pretrained:
         kwargs["pretrained"] = True
+    default, fixed = _input_size(name)
+    if img_size is not None and fixed and img_size != default:
+        kwargs["img_size"] = img_size
     rng = torch.random.get_rng_state()  # to build the net as initialised again, should a load leave no record
     try:
         with _recorded_loads() as loads:
@@ -135,13 +152,46 @@ def create_model(
         else:  # a model's own loader (timm's, e.g. for .npz files) records nothing: did any tensor change?
             with torch.random.fork_rng(devices=[]):
                 torch.random.set_rng_state(rng)
-                initialised = timm.create_model(name, num_classes=0, in_chans=in_chans).state_dict()
+                initialised = timm.create_model(name, **{**kwargs, "pretrained": False}).state_dict()
             nothing = all(torch.equal(t, initialised[k]) for k, t in encoder.state_dict().items())
         if nothing:
             raise ConfigError(f"no tensor in {weights} fits a {name}: is it a backbone of that architecture?")
         if loads and (misfit := _misfit(encoder, loads[-1])):
             raise ConfigError(f"{weights} does not fit a {name}: {misfit}; is it a backbone of that architecture?")
+    if img_size is not None:
+        _check_reads(encoder, name=name, in_chans=in_chans, img_size=img_size, default=default)
     return QmixNet(encoder, num_classes=num_classes, proj_dim=proj_dim)
+
+
+def _input_size(name: str) -> tuple[int | None, bool]:
+    """The side timm builds ``name`` for (its pretrained configuration's input size; None if it has none), and
+    whether the net reads that size only (``fixed_input_size``: ViTs, Swin, MaxViT) rather than any size its
+    strides leave a pixel of (convolutional nets)."""
+    import timm
+
+    cfg = timm.get_pretrained_cfg(name)
+    if cfg is None or not cfg.input_size:
+        return None, False
+    return int(cfg.input_size[-1]), bool(cfg.fixed_input_size)
+
+
+def _check_reads(encoder: nn.Module, *, name: str, in_chans: int, img_size: int, default: int | None) -> None:
+    """Run ``encoder`` once on a blank ``img_size`` image, in eval mode (no running statistics move, no random
+    number is drawn), and turn whatever it raises into one line naming the size. Too small an image for a net's
+    strides, a side its patches do not divide, attention tables made for one size: each architecture says it in
+    its own words, deep in its forward. On the meta device (a net rebuilt to load saved weights) the run only
+    propagates shapes and costs nothing."""
+    device = next(encoder.parameters()).device
+    was_training = encoder.training
+    try:
+        with torch.no_grad():
+            encoder.eval()(torch.zeros(1, in_chans, img_size, img_size, device=device))
+    except (RuntimeError, AssertionError, ValueError, ZeroDivisionError, IndexError, TypeError) as e:
+        why = str(e).splitlines()[0].rstrip(". ") if str(e) else type(e).__name__
+        made = f" (timm builds it for {default} px)" if default else ""
+        raise ConfigError(f"{name} cannot read {img_size}-px images: {why}; choose another --img-size{made}") from None
+    finally:
+        encoder.train(was_training)
 
 
 class _UnexpectedKeys(logging.Filter):
@@ -213,16 +263,23 @@ def _misfit(encoder: nn.Module, loaded: Any) -> str | None:
 
 
 def model_from_state(
-    state: dict[str, torch.Tensor], *, name: str, num_classes: int, in_chans: int, proj_dim: int = 128
+    state: dict[str, torch.Tensor],
+    *,
+    name: str,
+    num_classes: int,
+    in_chans: int,
+    proj_dim: int = 128,
+    img_size: int | None = None,
 ) -> QmixNet:
     """A trained `QmixNet` rebuilt from its saved ``state`` (a ``state_dict``), on the CPU.
 
     The net is first built on the meta device, so no random initialisation is computed only to be overwritten
     (a fifth of a GPU audit's wall time at 224 px for resnet18, more for larger nets); the saved tensors then
     become its parameters. An architecture with tensors outside its state dict (non-persistent buffers, which
-    only its constructor can make) is built the ordinary way instead.
+    only its constructor can make) is built the ordinary way instead. ``img_size`` is the side the net trained at,
+    which an architecture made for one input size is rebuilt for (`create_model`).
     """
-    build = dict(num_classes=num_classes, in_chans=in_chans, proj_dim=proj_dim)
+    build = dict(num_classes=num_classes, in_chans=in_chans, proj_dim=proj_dim, img_size=img_size)
     with torch.device("meta"):
         net = create_model(name, **build)
     saved_keys = net.state_dict().keys()

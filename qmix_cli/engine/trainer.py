@@ -228,6 +228,7 @@ class _Run:
                 pretrained=cfg.pretrained,
                 weights=cfg.weights,
                 proj_dim=cfg.proj_dim,
+                img_size=cfg.img_size,
             )
             self.nets.append(place_model(net, self.device, compiled=cfg.compile))
         torch.manual_seed(cfg.seed)
@@ -363,6 +364,7 @@ class _Run:
             num_classes=len(self.classes),
             in_chans=self.channels,
             proj_dim=cfg.proj_dim,
+            img_size=cfg.img_size,
         )
 
     # ---- one epoch ---------------------------------------------------------------------------------------

@@ -108,6 +108,7 @@ def load_run(run_dir: str | Path, *, device: str = "auto") -> TrainedRun:
         "num_classes": len(meta["classes"]),
         "in_chans": meta["channels"],
         "proj_dim": meta["proj_dim"],
+        "img_size": meta["img_size"],
     }
 
     def nets(key: str) -> list[QmixNet]:

@@ -322,6 +322,25 @@ def test_files_an_image_folder_holds_besides_images_are_reported(runner, tmp_pat
     assert "enlarges them" not in text  # 16-px images at 32 px: nothing to say
 
 
+def test_a_vit_made_for_224_px_trains_and_audits_at_the_size_asked_for(runner, tmp_path, make_image_folder):
+    # Every timm net made for one input size (ViT, Swin, MaxViT, ...) failed its first batch at any other --img-size.
+    root = make_image_folder(classes=("a", "b"), per_class=8, size=16, mode="L")
+    run = tmp_path / "run"
+    model = ["--model", "vit_tiny_patch16_224", "--epochs", "1", "--warmup-epochs", "1"]
+    result = _train(runner, root, run, *TINY_FLAGS, *model)
+    assert result.exit_code == 0, _stderr(result)
+    # Images the run never saw are read by its nets, rebuilt for 32 px from the saved weights.
+    other = make_image_folder("other", classes=("a", "b"), per_class=3, size=16, mode="L")
+    result = runner.invoke(app, ["audit", str(other), "--run", str(run), "--out", str(tmp_path / "r.csv")])
+    assert result.exit_code == 0, _stderr(result)
+    report = pd.read_csv(tmp_path / "r.csv")
+    assert len(report) == 6 and report["confidence"].between(0, 1).all()
+    # A size the net cannot read is refused before any epoch, in one line.
+    result = _train(runner, root, tmp_path / "bad", *TINY_FLAGS, *model, "--img-size", "8", "--model", "inception_v3")
+    _assert_one_line_error(result, "inception_v3 cannot read 8-px images", "choose another --img-size")
+    assert not (tmp_path / "bad" / "checkpoints").exists()
+
+
 def test_training_far_above_the_images_size_says_so(runner, tmp_path, make_image_folder, qmix_cache_dir):
     root = make_image_folder(classes=("a", "b"), per_class=4, size=16, mode="L")
     result = _train(runner, root, tmp_path / "run", *TINY_FLAGS, "--img-size", "96", "--epochs", "1",

@@ -63,6 +63,63 @@ def test_projection_is_unit_length():
     torch.testing.assert_close(proj.norm(dim=1), torch.ones(3))
 
 
+# A ViT timm makes for 224 px only (``fixed_input_size``); the smallest such net timm names.
+FIXED = "vit_tiny_patch16_224"
+
+
+def test_a_net_made_for_one_input_size_is_built_for_the_run_s_size():
+    # A ViT made for 224 px, built as timm builds it, fails its patch embedding's size check in the first batch.
+    with torch.no_grad(), pytest.raises(AssertionError):
+        timm.create_model(FIXED, num_classes=0, in_chans=1)(torch.zeros(1, 1, 32, 32))
+    net = create_model(FIXED, num_classes=4, in_chans=1, img_size=32)
+    assert net(torch.randn(2, 1, 32, 32)).shape == (2, 4)
+    assert net.encoder.pos_embed.shape[1] == net.encoder.num_prefix_tokens + (32 // 16) ** 2
+
+
+def test_weights_made_at_another_size_load_into_a_net_of_the_run_s_size(tmp_path):
+    # A ViT file saved at the size it was trained at (timm's position table for 224 px) is resampled by timm to
+    # the run's grid; every other tensor is the file's own.
+    torch.manual_seed(5)
+    source = timm.create_model(FIXED, num_classes=0, in_chans=3)
+    path = tmp_path / "vit.pth"
+    torch.save(source.state_dict(), path)
+    net = create_model(FIXED, num_classes=3, in_chans=3, weights=path, img_size=48)
+    loaded, expected = net.encoder.state_dict(), source.state_dict()
+    assert loaded["pos_embed"].shape[1] == net.encoder.num_prefix_tokens + 3 * 3
+    for key in expected.keys() - {"pos_embed"}:
+        torch.testing.assert_close(loaded[key], expected[key])
+    assert net(torch.randn(2, 3, 48, 48)).shape == (2, 3)
+
+
+def test_a_size_the_net_cannot_read_is_refused_when_it_is_built():
+    # 40 px is not a whole number of test_vit's 16-px patches; 8 px leaves inception_v3's 3x3 kernels no pixel.
+    with pytest.raises(ConfigError, match=r"test_vit cannot read 40-px images: .*choose another --img-size"):
+        create_model("test_vit", num_classes=2, in_chans=1, img_size=40)
+    with pytest.raises(ConfigError, match=r"inception_v3 cannot read 8-px images: .*timm builds it for 299 px"):
+        create_model("inception_v3", num_classes=2, in_chans=3, img_size=8)
+
+
+def test_the_size_check_leaves_the_net_as_it_was_built():
+    # A convolutional net reads any size: built with or without the size, it is the same net, and the check's run
+    # moved no running statistic and drew no random number (the runs of earlier releases are reproduced).
+    torch.manual_seed(0)
+    checked = create_model("test_resnet", num_classes=3, in_chans=1, img_size=32)
+    after = torch.randn(1)
+    torch.manual_seed(0)
+    plain = create_model("test_resnet", num_classes=3, in_chans=1)
+    assert torch.equal(torch.randn(1), after)
+    assert checked.training
+    assert checked.state_dict().keys() == plain.state_dict().keys()
+    assert all(torch.equal(t, plain.state_dict()[k]) for k, t in checked.state_dict().items())
+
+
+def test_a_net_of_a_fixed_size_is_rebuilt_at_the_size_it_was_saved_at():
+    net = create_model(FIXED, num_classes=3, in_chans=1, proj_dim=8, img_size=32).eval()
+    x = torch.randn(2, 1, 32, 32)
+    rebuilt = model_from_state(net.state_dict(), name=FIXED, num_classes=3, in_chans=1, proj_dim=8, img_size=32)
+    assert torch.equal(rebuilt.eval()(x), net(x))
+
+
 def test_unknown_model_and_missing_weights_are_clear_errors(tmp_path):
     with pytest.raises(ConfigError, match="unknown timm model 'resnet_nope'"):
         create_model("resnet_nope", num_classes=2, in_chans=3)
