@@ -97,7 +97,9 @@ class SyntheticNets:
         self.size, self.channels, self.num_classes = cfg["img_size"], channels, num_classes
         self.min_seconds = min_seconds
         # As the trainer builds them: same factory, memory format, optimiser and mixed precision.
-        net = create_model(cfg["model"], num_classes=num_classes, in_chans=channels, proj_dim=cfg["proj_dim"])
+        net = create_model(
+            cfg["model"], num_classes=num_classes, in_chans=channels, proj_dim=cfg["proj_dim"], img_size=self.size
+        )
         self.net = place_model(net, self.device)
         self.opt = create_optimizer(self.net, config_from_dict(cfg))
         self.amp = amp_dtype(self.device, cfg["amp"])

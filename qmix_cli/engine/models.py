@@ -26,7 +26,10 @@ class QmixNet(nn.Module):
     def __init__(self, encoder: nn.Module, *, num_classes: int, proj_dim: int = 128) -> None:
         super().__init__()
         self.encoder = encoder
-        width = int(encoder.num_features)
+        # The width of what the encoder returns: timm's ``head_hidden_size`` where a net's head widens its pooled
+        # features before the classifier (MobileNetV3, GhostNet, EfficientViT, VGG: 1,024 to 4,096 wide against
+        # ``num_features`` of 128 to 1,536), else ``num_features``.
+        width = int(getattr(encoder, "head_hidden_size", None) or encoder.num_features)
         self.classifier = nn.Linear(width, num_classes)
         self.projector = nn.Sequential(nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, proj_dim))
 

@@ -120,6 +120,19 @@ def test_a_net_of_a_fixed_size_is_rebuilt_at_the_size_it_was_saved_at():
     assert torch.equal(rebuilt.eval()(x), net(x))
 
 
+def test_a_net_whose_head_widens_its_pooled_features_gets_heads_of_that_width():
+    # MobileNetV3's head runs a 1x1 convolution after pooling (576 -> 1024 features here): a classifier sized by
+    # ``num_features`` failed every forward.
+    net = create_model("mobilenetv3_small_050", num_classes=3, in_chans=1, proj_dim=8, img_size=32).eval()
+    x = torch.randn(2, 1, 32, 32)
+    logits, proj = net(x, projection=True)
+    assert logits.shape == (2, 3) and proj.shape == (2, 8)
+    stages = max_probe_stages(net, x, wanted=2)
+    stage_logits, features = net.forward_with_stages(x, stages=stages)
+    torch.testing.assert_close(stage_logits, logits)
+    assert features.shape[1] >= net.classifier.in_features
+
+
 def test_unknown_model_and_missing_weights_are_clear_errors(tmp_path):
     with pytest.raises(ConfigError, match="unknown timm model 'resnet_nope'"):
         create_model("resnet_nope", num_classes=2, in_chans=3)
