@@ -146,6 +146,8 @@ def create_model(
     except (OSError, RuntimeError, ValueError) as e:
         what = f"weights from {weights}" if weights else "pretrained weights"
         hint = "" if weights else " (offline? pass --weights FILE with a local copy, or drop --pretrained)"
+        if "img_size" in kwargs and "size mismatch" in str(e):  # tables timm does not resample to another size
+            hint = f" (made for {default} px, which --img-size {default} loads)"
         raise ConfigError(f"could not load {what} for {name}: {_load_error(e)}{hint}") from None
     if weights is not None:
         # timm loads a local file leniently (keys it does not know are ignored): a file made for another

@@ -91,6 +91,14 @@ def test_weights_made_at_another_size_load_into_a_net_of_the_run_s_size(tmp_path
     assert net(torch.randn(2, 3, 48, 48)).shape == (2, 3)
 
 
+def test_weights_timm_cannot_resample_to_the_run_s_size_name_the_size_they_load_at(tmp_path):
+    # LeViT's attention biases are tables of the 224-px grid, which timm does not resample.
+    path = tmp_path / "levit.pth"
+    torch.save(timm.create_model("levit_128s", num_classes=0).state_dict(), path)
+    with pytest.raises(ConfigError, match=r"another shape .* \(made for 224 px, which --img-size 224 loads\)"):
+        create_model("levit_128s", num_classes=2, in_chans=3, weights=path, img_size=64)
+
+
 def test_a_size_the_net_cannot_read_is_refused_when_it_is_built():
     # 40 px is not a whole number of test_vit's 16-px patches; 8 px leaves inception_v3's 3x3 kernels no pixel.
     with pytest.raises(ConfigError, match=r"test_vit cannot read 40-px images: .*choose another --img-size"):
