@@ -98,6 +98,7 @@ def corrupt_command(
 ) -> None:
     """Corrupt a clean dataset with reproducible label noise and image degradations, keeping the truth."""
     from qmix_cli.api import corrupt
+    from qmix_cli.noise.protocol import lq_label_note
 
     folder_out(out, what="qmix corrupt's output")
     st = state(ctx)
@@ -139,6 +140,8 @@ def corrupt_command(
             "image alike",
             highlight=False,
         )
+    if note := lq_label_note(result.summary):
+        st.err.print(f"note: {note}", highlight=False)
     unchanged = result.summary["unchanged_low_quality"]
     if unchanged:
         st.err.print(

@@ -177,6 +177,24 @@ class CorruptResult:
         return f"CorruptResult(out={str(self.out)!r}, images={len(self.manifest)}, counts={self.summary.get('counts')})"
 
 
+def lq_label_note(summary: dict[str, Any]) -> str | None:
+    """A note when the low-quality images' label rule made their labels a function of their class, or None.
+
+    ``summary`` is `CorruptResult.summary` (``noise.json``). With two classes, ``random`` (uniform over the *other*
+    classes) gives every degraded image the other class's label: a rule a net learns from how the images look (a
+    degraded trouser is always labelled bag), which real poor images do not follow. On binary Fashion-MNIST sets
+    the audit then took most degraded images for clean ones (docs/decisions.md, "Thirty-fourth round")."""
+    if summary["options"]["lq_labels"] != "random" or len(summary["classes"]) != 2:
+        return None
+    if not summary["counts"].get("mislabeled_lq"):
+        return None
+    return (
+        "with two classes, --lq-labels random (uniform over the other classes) gave every degraded image the other "
+        "class's label, a pattern a net can learn from how they look; --lq-labels prior draws them from the class "
+        "frequencies, as real poor images are labelled"
+    )
+
+
 def _transition(spec: CorruptSpec, classes: Sequence[str]) -> np.ndarray:
     k = len(classes)
     if spec.label_noise.startswith("matrix:"):

@@ -183,6 +183,26 @@ def test_degraded_images_told_by_their_file_type_are_noted(runner, tmp_path, mak
         assert {p.suffix for p in (tmp_path / "out" / "images").iterdir()} == {".png"}
 
 
+@pytest.mark.parametrize(
+    ("classes", "lq_labels", "noted"),
+    [(("a", "b"), "random", True), (("a", "b"), "prior", False), (("a", "b", "c"), "random", False)],
+)
+def test_degraded_images_labelled_by_their_class_are_noted(runner, tmp_path, make_image_folder, classes, lq_labels,
+                                                           noted):  # fmt: skip
+    src = make_image_folder("two", classes=classes, per_class=6, size=16)
+    args = ["corrupt", str(src), "--out", str(tmp_path / "out"), "--quality-rate", "0.5", "--label-rate", "0"]
+    result = runner.invoke(app, [*args, "--lq-labels", lq_labels, "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    manifest = pd.read_parquet(tmp_path / "out" / "manifest.parquet")
+    degraded = manifest[manifest["is_low_quality"]]
+    # The note is said exactly when every degraded image's label is fixed by its class (the other one of two).
+    flipped = bool((degraded["label"] != degraded["true_label"]).all()) and len(classes) == 2
+    assert flipped == noted
+    said = " ".join(_stderr(result).split())
+    assert ("every degraded image the other class's label" in said) == noted
+    assert ("--lq-labels prior" in said) == noted
+
+
 def test_grouped_noise_keeps_the_group_column_and_records_it(runner, tmp_path, source):
     rows = [(f"{c}/{i}.png", c, f"{c}-{i // 2}") for c in ("a", "b", "c") for i in range(4)]
     manifest = source / "manifest.csv"
