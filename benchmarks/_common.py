@@ -58,11 +58,16 @@ def class_sizes(n_classes: int, *, size: int, imbalance: float = 1.0) -> np.ndar
     return np.maximum(1, np.round(size * shares / shares.sum())).astype(int)
 
 
-def stratified_subset(source: str, *, size: int, seed: int, out: Path, imbalance: float = 1.0) -> Path:
+def stratified_subset(
+    source: str, *, size: int, seed: int, out: Path, imbalance: float = 1.0, classes: tuple[str, ...] = ()
+) -> Path:
     """A CSV manifest of ``size`` images of ``source`` (absolute paths): the class balance kept, or with
-    ``imbalance`` > 1 a long tail (`class_sizes`) whose order of classes the seed draws."""
+    ``imbalance`` > 1 a long tail (`class_sizes`) whose order of classes the seed draws; only ``classes`` where
+    some are named (a two-class set cut from a ten-class one)."""
     ds = create_dataset(source, check_images=False)
     frame = ds.frame.assign(path=ds.file_paths)
+    if classes:
+        frame = frame[frame["label"].isin(classes)]
     rng = np.random.default_rng(seed)
     groups = [g for _, g in frame.groupby("label")]
     sizes = class_sizes(len(groups), size=size, imbalance=imbalance)

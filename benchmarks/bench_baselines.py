@@ -227,12 +227,20 @@ def summary_row(name: str, ev: dict, **extra: Any) -> dict:
 
 
 def corrupted_subset(
-    spec: dict, work: Path, *, size: int, seed: int, source: str = "fashion-mnist", imbalance: float = 1.0
+    spec: dict,
+    work: Path,
+    *,
+    size: int,
+    seed: int,
+    source: str = "fashion-mnist",
+    imbalance: float = 1.0,
+    classes: tuple[str, ...] = (),
 ) -> Path:
     """``work/noisy``: a subset of ``size`` images of ``source`` (class-balanced, or long-tailed by
-    ``imbalance``: `stratified_subset`) corrupted by the preset ``spec``."""
+    ``imbalance``; of ``classes`` only where some are named: `stratified_subset`) corrupted by the preset ``spec``."""
     work.mkdir(parents=True, exist_ok=True)
-    subset = stratified_subset(source, size=size, seed=seed, out=work / "subset.csv", imbalance=imbalance)
+    out = work / "subset.csv"
+    subset = stratified_subset(source, size=size, seed=seed, out=out, imbalance=imbalance, classes=classes)
     noisy = work / "noisy"
     corrupt(subset, noisy, seed=seed, force=True, quiet=True, **spec)
     return noisy

@@ -48,6 +48,7 @@ class Condition:
     epochs: int = 12
     test: str | None = "fashion-mnist:test"
     imbalance: float = 1.0  # largest class / smallest (`stratified_subset`)
+    classes: tuple[str, ...] = ()  # only these classes of the source (none named: all)
     about: str = field(default="", compare=False)
 
 
@@ -91,6 +92,25 @@ CONDITIONS: dict[str, Condition] = {
         test="photos:test",
         about="colour: patches of ten photographs, one class each (benchmarks/photo_patches.py), the paper-15 mix",
     ),
+    # Two classes: the net's output has one degree of freedom, so loss and entropy trace one curve. The degraded
+    # images' labels follow the class prior: uniform over the *other* class would flip every one of them, a rule
+    # the nets learn from how they look (`qmix corrupt` notes it). No test split of the two classes is read.
+    "binary-easy": Condition(
+        {"preset": "paper-15", "lq_labels": "prior"},
+        20,
+        size=2000,
+        test=None,
+        classes=("trouser", "bag"),
+        about="two classes a net tells apart easily (trouser, bag), 2,000 images, the paper-15 mix",
+    ),
+    "binary-hard": Condition(
+        {"preset": "paper-15", "lq_labels": "prior"},
+        21,
+        size=2000,
+        test=None,
+        classes=("pullover", "coat"),
+        about="two look-alike classes (pullover, coat), 2,000 images, the paper-15 mix",
+    ),
 }
 
 
@@ -111,7 +131,8 @@ def run_condition(name: str, cond: Condition, args: argparse.Namespace) -> list[
     noisy = work / "noisy"
     source, test = data_paths(cond, args.work)
     if not (noisy / "manifest.parquet").is_file():
-        corrupted_subset(cond.spec, work, size=cond.size, seed=cond.seed, source=source, imbalance=cond.imbalance)
+        corrupted_subset(cond.spec, work, size=cond.size, seed=cond.seed, source=source, imbalance=cond.imbalance,
+                         classes=cond.classes)  # fmt: skip
     noise = json.loads((noisy / "noise.json").read_text())
     options = engine_options(args, seed=cond.seed, epochs=cond.epochs)
     arms = [(method, method, {}) for method in args.methods.split(",")]

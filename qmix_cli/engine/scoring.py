@@ -50,14 +50,23 @@ def fit_separation(
     max_iter: int = 20,
     tol: float = 1e-2,
     seed: int = 0,
+    tied_axes: bool = False,
 ) -> QualitySeparation:
-    """``kind="quality"``: the QMix 2-D GMM; ``kind="loss"``: the DivideMix 1-D GMM on loss alone."""
+    """``kind="quality"``: the QMix 2-D GMM; ``kind="loss"``: the DivideMix 1-D GMM on loss alone. ``tied_axes``:
+    the uncertainty is the entropy of a two-class output (`fit_quality_separation`)."""
     if kind == "loss":
         return fit_loss_separation(
             loss, uncertainty=uncertainty, reg_covar=reg_covar, max_iter=max_iter, tol=tol, seed=seed
         )
     return fit_quality_separation(
-        loss, uncertainty, components=components, reg_covar=reg_covar, max_iter=max_iter, tol=tol, seed=seed
+        loss,
+        uncertainty,
+        components=components,
+        reg_covar=reg_covar,
+        max_iter=max_iter,
+        tol=tol,
+        seed=seed,
+        tied_axes=tied_axes,
     )
 
 

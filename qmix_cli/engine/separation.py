@@ -214,7 +214,7 @@ def _otsu_low_mask(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return mask
 
 
-def name_components(means: np.ndarray, *, weights: np.ndarray | None = None) -> np.ndarray:
+def name_components(means: np.ndarray, *, weights: np.ndarray | None = None, tied_axes: bool = False) -> np.ndarray:
     """Map each mixture component to a group index (0 clean, 1 Mis-H, 2 Mis-L).
 
     Rules (METHOD.md, "Name the components"):
@@ -226,6 +226,11 @@ def name_components(means: np.ndarray, *, weights: np.ndarray | None = None) -> 
       their mean loss at the weighted Otsu cut (the cut that best separates the weight-averaged losses of the
       two sides); the low side is clean. The rest are split the same way along their mean uncertainty; the
       high side is Mis-L, the low side Mis-H. A lone non-clean component is Mis-H.
+    * ``tied_axes`` (the uncertainty is the entropy of a two-class output, so both axes trace one curve, whose
+      uncertainty peaks where the two classes are equally probable), with more than 3 components: clean as above;
+      of the rest, those up to the mean loss of the most uncertain one are Mis-L (the net hesitates between the
+      two classes), those beyond are Mis-H (it favours the other class). An uncertainty split would cut the far
+      arm of the curve, where a wrong label's uncertainty falls again as its loss grows, into Mis-L.
 
     The result depends only on the means and weights, never on the order sklearn returns the components in.
 
@@ -258,7 +263,10 @@ def name_components(means: np.ndarray, *, weights: np.ndarray | None = None) -> 
     is_clean = _otsu_low_mask(m[:, 0], w)
     groups[is_clean] = CLEAN
     rest = np.flatnonzero(~is_clean)
-    if len(rest) >= 2:
+    if tied_axes and len(rest) >= 2:
+        peak = rest[np.argmax(m[rest, 1])]
+        groups[rest[m[rest, 0] <= m[peak, 0]]] = MIS_L
+    elif len(rest) >= 2:
         low_unc = _otsu_low_mask(m[rest, 1], w[rest])
         groups[rest[~low_unc]] = MIS_L
     return groups
@@ -547,6 +555,7 @@ def fit_quality_separation(
     seed: int = 0,
     clean_loss: float = 1e-2,
     min_range: float = 1e-3,
+    tied_axes: bool = False,
 ) -> QualitySeparation:
     """Fit QMix's separation: a full-covariance GMM on min–max normalised (loss, uncertainty).
 
@@ -568,6 +577,9 @@ def fit_quality_separation(
         A raw score range (max − min, in nats) below this counts as no spread. No loss spread: every sample
         fits its label equally well, so all are clean. No uncertainty spread: the quality axis carries
         nothing, so the loss-only fallback is used.
+    tied_axes
+        The uncertainty is the entropy of a two-class output, a function of the loss: the components are named
+        along that curve (`name_components`).
 
     Returns
     -------
@@ -611,7 +623,7 @@ def fit_quality_separation(
             note = f"{k}-component 2-D GMM on (loss, uncertainty)"
             if reasons:
                 note += " (fell back: " + "; ".join(reasons) + ")"
-            groups = name_components(gm.means_, weights=gm.weights_)
+            groups = name_components(gm.means_, weights=gm.weights_, tied_axes=tied_axes)
             return _separation(normaliser, gm, groups, fallback=bool(reasons), note=note)
 
     note = "fell back to 2-component 1-D loss GMM (" + "; ".join(reasons) + ")"

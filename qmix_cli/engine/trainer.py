@@ -474,6 +474,8 @@ class _Run:
 
     def separate(self, scores: Scores, kind: str) -> list[Any]:
         cfg = self.cfg
+        # Two classes: the entropy is a function of the loss, and the mixture is named along their one curve.
+        tied = len(self.classes) == 2 and cfg.uncertainty == "entropy"
         return [
             fit_separation(
                 scores.loss[k],
@@ -484,6 +486,7 @@ class _Run:
                 max_iter=cfg.gmm_max_iter,
                 tol=cfg.gmm_tol,
                 seed=cfg.seed + self.epoch,
+                tied_axes=tied,
             )
             for k in range(len(self.nets))
         ]

@@ -116,6 +116,46 @@ def test_name_components_many_components_by_position():
         np.testing.assert_array_equal(name_components(means[order], weights=weights[order]), expected[order])
 
 
+def test_two_class_components_are_named_along_their_one_curve():
+    # Normalised means on a two-class curve: clean near the origin, the uncertainty peaking where the classes are
+    # equally probable (0.4, 1.0), then falling again as the other class wins. The uncertainty split names the far
+    # arm's (0.55, 0.85) and (0.7, 0.6) Mis-L; along the curve they are wrong labels the net is sure of.
+    means = np.array([[0, 0], [0.03, 0.15], [0.35, 0.95], [0.4, 1.0], [0.55, 0.85], [0.7, 0.6], [0.9, 0.3], [1, 0.15]])
+    weights = np.array([0.5, 0.2, 0.05, 0.05, 0.05, 0.05, 0.05, 0.05])
+    untied = np.array([CLEAN, CLEAN, MIS_L, MIS_L, MIS_L, MIS_L, MIS_H, MIS_H])
+    tied = np.array([CLEAN, CLEAN, MIS_L, MIS_L, MIS_H, MIS_H, MIS_H, MIS_H])
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        o = rng.permutation(len(means))
+        np.testing.assert_array_equal(name_components(means[o], weights=weights[o]), untied[o])
+        np.testing.assert_array_equal(name_components(means[o], weights=weights[o], tied_axes=True), tied[o])
+
+
+def _two_class_population(n: int = 1500, *, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Raw (loss, entropy) of two-class outputs: the given label's probability near 1 for clean images, near 0.5
+    for poor ones, near 0.15 for wrong labels (70 / 15 / 15 %)."""
+    rng = np.random.default_rng(seed)
+    truth = rng.choice(3, size=n, p=(0.7, 0.15, 0.15))
+    given = np.select([truth == CLEAN, truth == MIS_H], [rng.beta(30, 1.5, n), rng.beta(2, 12, n)], rng.beta(10, 10, n))
+    probs = np.column_stack([given, 1 - given])
+    labels = np.zeros(n, dtype=np.int64)
+    return per_sample_loss(probs, labels), entropy(probs), truth
+
+
+def test_two_class_naming_sorts_planted_groups_at_least_as_well_on_every_seed():
+    from sklearn.metrics import f1_score
+
+    gains = []
+    for seed in range(6):
+        loss, unc, truth = _two_class_population(seed=seed)
+        f1 = [
+            f1_score(truth, hard_groups(sep.posteriors(loss, unc)), average="macro")
+            for sep in (fit_quality_separation(loss, unc, components=10, seed=seed, tied_axes=t) for t in (False, True))
+        ]
+        gains.append(f1[1] - f1[0])
+    assert min(gains) >= 0 and np.mean(gains) > 0.02, gains
+
+
 def test_naming_survives_sklearn_component_order():
     # Permute the components of a real fitted mixture: the per-group posteriors must not change.
     loss, unc, _ = planted(seed=3)

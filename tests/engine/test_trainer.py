@@ -736,3 +736,26 @@ def test_read_outs_too_large_to_keep_are_said_and_the_audit_still_scores_every_i
     assert "note: what the nets read of the training images is not kept in model.pt" in log.getvalue()
     assert "fitting the audit's out-of-fold probes on 1,797 images" in log.getvalue()
     assert len(audit(noisy_digits, run=run)) == 1797  # by running the nets again
+
+
+@pytest.mark.parametrize(
+    ("classes", "uncertainty", "tied"),
+    [(("a", "b"), "entropy", True), (("a", "b"), "collision", False), (("a", "b", "c"), "entropy", False)],
+)
+def test_two_class_runs_name_their_mixture_along_one_curve(
+    make_image_folder, tmp_path, monkeypatch, qmix_cache_dir, classes, uncertainty, tied
+):
+    # Only a two-class output's entropy is a function of its loss; the collision uncertainty is not (it is lower for
+    # a hesitant net than for one sure of the other class), nor is the entropy over three classes.
+    seen = []
+    plain = trainer.fit_separation
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("tied_axes"))
+        return plain(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "fit_separation", recording)
+    root = make_image_folder(classes=classes, per_class=8, size=16, mode="L")
+    train(root, tmp_path / "run", method="qmix", epochs=2, warmup_epochs=1, cache_dir=str(qmix_cache_dir),
+          config={"uncertainty": uncertainty}, **TINY_TRAIN)  # fmt: skip
+    assert seen and set(seen) == {tied}
