@@ -66,6 +66,8 @@ def stratified_subset(
     some are named (a two-class set cut from a ten-class one)."""
     ds = create_dataset(source, check_images=False)
     frame = ds.frame.assign(path=ds.file_paths)
+    if missing := set(classes) - set(frame["label"]):
+        raise SystemExit(f"{source} has no class {', '.join(sorted(missing))}")
     if classes:
         frame = frame[frame["label"].isin(classes)]
     rng = np.random.default_rng(seed)

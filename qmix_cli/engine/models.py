@@ -146,8 +146,8 @@ def create_model(
     except (OSError, RuntimeError, ValueError) as e:
         what = f"weights from {weights}" if weights else "pretrained weights"
         hint = "" if weights else " (offline? pass --weights FILE with a local copy, or drop --pretrained)"
-        if "img_size" in kwargs and "size mismatch" in str(e):  # tables timm does not resample to another size
-            hint = f" (made for {default} px, which --img-size {default} loads)"
+        if "img_size" in kwargs and "size mismatch" in str(e) and _loads_at_default(name, kwargs):
+            hint = f" (made for {default} px, which --img-size {default} loads)"  # tables timm does not resample
         raise ConfigError(f"could not load {what} for {name}: {_load_error(e)}{hint}") from None
     if weights is not None:
         # timm loads a local file leniently (keys it does not know are ignored): a file made for another
@@ -163,9 +163,10 @@ def create_model(
             raise ConfigError(f"no tensor in {weights} fits a {name}: is it a backbone of that architecture?")
         if loads and (misfit := _misfit(encoder, loads[-1])):
             raise ConfigError(f"{weights} does not fit a {name}: {misfit}; is it a backbone of that architecture?")
+    net = QmixNet(encoder, num_classes=num_classes, proj_dim=proj_dim)
     if img_size is not None:
-        _check_reads(encoder, name=name, in_chans=in_chans, img_size=img_size, default=default)
-    return QmixNet(encoder, num_classes=num_classes, proj_dim=proj_dim)
+        _check_reads(net, name=name, in_chans=in_chans, img_size=img_size, default=default)
+    return net
 
 
 def _input_size(name: str) -> tuple[int | None, bool]:
@@ -174,29 +175,51 @@ def _input_size(name: str) -> tuple[int | None, bool]:
     strides leave a pixel of (convolutional nets)."""
     import timm
 
-    cfg = timm.get_pretrained_cfg(name)
+    try:
+        cfg = timm.get_pretrained_cfg(name)
+    except (RuntimeError, ValueError):  # an unknown pretrained tag: timm.create_model says so in its own words
+        return None, False
     if cfg is None or not cfg.input_size:
         return None, False
     return int(cfg.input_size[-1]), bool(cfg.fixed_input_size)
 
 
-def _check_reads(encoder: nn.Module, *, name: str, in_chans: int, img_size: int, default: int | None) -> None:
-    """Run ``encoder`` once on a blank ``img_size`` image, in eval mode (no running statistics move, no random
+def _loads_at_default(name: str, kwargs: dict[str, Any]) -> bool:
+    """Whether the weights ``kwargs`` name load into ``name`` built at timm's own size: then it is the run's size,
+    not the file, that they do not fit."""
+    import timm
+
+    try:
+        timm.create_model(name, **{k: v for k, v in kwargs.items() if k != "img_size"})
+    except (OSError, RuntimeError, ValueError):
+        return False
+    return True
+
+
+def _check_reads(net: QmixNet, *, name: str, in_chans: int, img_size: int, default: int | None) -> None:
+    """Run ``net``'s encoder once on a blank ``img_size`` image, in eval mode (no running statistics move, no random
     number is drawn), and turn whatever it raises into one line naming the size. Too small an image for a net's
     strides, a side its patches do not divide, attention tables made for one size: each architecture says it in
-    its own words, deep in its forward. On the meta device (a net rebuilt to load saved weights) the run only
-    propagates shapes and costs nothing."""
+    its own words, deep in its forward. An encoder that returns anything but one feature vector of the heads' width
+    per image (a token sequence) is refused too. On the meta device (a net rebuilt to load saved weights) the run
+    only propagates shapes and costs nothing."""
+    encoder = net.encoder
     device = next(encoder.parameters()).device
     was_training = encoder.training
     try:
         with torch.no_grad():
-            encoder.eval()(torch.zeros(1, in_chans, img_size, img_size, device=device))
+            out = encoder.eval()(torch.zeros(1, in_chans, img_size, img_size, device=device))
     except (RuntimeError, AssertionError, ValueError, ZeroDivisionError, IndexError, TypeError) as e:
-        why = str(e).splitlines()[0].rstrip(". ") if str(e) else type(e).__name__
+        why = str(e).splitlines()[0].rstrip(". ") if str(e) else "a size check in its forward failed"
         made = f" (timm builds it for {default} px)" if default else ""
         raise ConfigError(f"{name} cannot read {img_size}-px images: {why}; choose another --img-size{made}") from None
     finally:
         encoder.train(was_training)
+    if tuple(out.shape) != (1, net.classifier.in_features):
+        raise ConfigError(
+            f"{name} returns features of shape {tuple(out.shape[1:])} per image, not one vector of "
+            f"{net.classifier.in_features}: qmix needs an image classification backbone"
+        )
 
 
 class _UnexpectedKeys(logging.Filter):

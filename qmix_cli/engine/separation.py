@@ -264,7 +264,7 @@ def name_components(means: np.ndarray, *, weights: np.ndarray | None = None, tie
     groups[is_clean] = CLEAN
     rest = np.flatnonzero(~is_clean)
     if tied_axes and len(rest) >= 2:
-        peak = rest[np.argmax(m[rest, 1])]
+        peak = rest[np.lexsort((m[rest, 0], -m[rest, 1]))[0]]  # the most uncertain; of equals, the lowest loss
         groups[rest[m[rest, 0] <= m[peak, 0]]] = MIS_L
     elif len(rest) >= 2:
         low_unc = _otsu_low_mask(m[rest, 1], w[rest])
@@ -578,8 +578,8 @@ def fit_quality_separation(
         fits its label equally well, so all are clean. No uncertainty spread: the quality axis carries
         nothing, so the loss-only fallback is used.
     tied_axes
-        The uncertainty is the entropy of a two-class output, a function of the loss: the components are named
-        along that curve (`name_components`).
+        The uncertainty is the entropy of a two-class output, a function of the loss: more than 3 components are
+        named along that curve (`name_components`); 3 are named as always, which on that curve is the same.
 
     Returns
     -------

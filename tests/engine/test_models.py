@@ -99,6 +99,29 @@ def test_weights_timm_cannot_resample_to_the_run_s_size_name_the_size_they_load_
         create_model("levit_128s", num_classes=2, in_chans=3, weights=path, img_size=64)
 
 
+def test_weights_of_another_architecture_are_not_blamed_on_the_size(tmp_path):
+    # A ViT-S file does not fit a ViT-Ti at any size: no hint that 224 px would load it.
+    path = tmp_path / "vit_small.pth"
+    torch.save(timm.create_model("vit_small_patch16_224", num_classes=0).state_dict(), path)
+    with pytest.raises(ConfigError, match="another shape") as refused:
+        create_model(FIXED, num_classes=2, in_chans=3, weights=path, img_size=32)
+    assert "px" not in str(refused.value)
+
+
+def test_encoders_that_are_no_classification_backbone_are_refused_with_the_size_check():
+    # Built on the meta device: shapes only. A token sequence per image, and a size check that says nothing.
+    with torch.device("meta"):
+        with pytest.raises(ConfigError, match=r"returns features of shape .* not one vector of 1024"):
+            create_model("qwen3_vit_88m_enc", num_classes=2, in_chans=3, img_size=32)
+        with pytest.raises(ConfigError, match="cannot read 224-px images: a size check in its forward failed"):
+            create_model("halonet_h1", num_classes=2, in_chans=3, img_size=224)
+
+
+def test_an_unknown_pretrained_tag_is_a_clear_error():
+    with pytest.raises(ConfigError, match=r"resnet18\.nosuchtag: Invalid pretrained tag"):
+        create_model("resnet18.nosuchtag", num_classes=2, in_chans=3, img_size=32)
+
+
 def test_a_size_the_net_cannot_read_is_refused_when_it_is_built():
     # 40 px is not a whole number of test_vit's 16-px patches; 8 px leaves inception_v3's 3x3 kernels no pixel.
     with pytest.raises(ConfigError, match=r"test_vit cannot read 40-px images: .*choose another --img-size"):

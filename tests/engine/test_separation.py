@@ -131,6 +131,14 @@ def test_two_class_components_are_named_along_their_one_curve():
         np.testing.assert_array_equal(name_components(means[o], weights=weights[o], tied_axes=True), tied[o])
 
 
+def test_two_class_naming_of_equally_uncertain_components_does_not_depend_on_their_order():
+    means = np.array([[0, 0], [0.01, 0.05], [0.4, 1.0], [0.6, 0.5], [0.8, 1.0]])
+    expected = np.array([CLEAN, CLEAN, MIS_L, MIS_H, MIS_H])  # the peak is the less lost of the two most uncertain
+    for order in itertools.permutations(range(5)):
+        o = list(order)
+        np.testing.assert_array_equal(name_components(means[o], tied_axes=True), expected[o])
+
+
 def _two_class_population(n: int = 1500, *, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Raw (loss, entropy) of two-class outputs: the given label's probability near 1 for clean images, near 0.5
     for poor ones, near 0.15 for wrong labels (70 / 15 / 15 %)."""
