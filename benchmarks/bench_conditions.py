@@ -52,6 +52,21 @@ class Condition:
     about: str = field(default="", compare=False)
 
 
+def _two_classes(first: str, second: str, *, seed: int, about: str) -> Condition:
+    """2,000 Fashion-MNIST images of two classes with the paper-15 mix. The net's output has one degree of freedom,
+    so loss and entropy trace one curve. The degraded images' labels follow the class prior: uniform over the
+    *other* class would flip every one of them, a rule the nets learn from how they look (`qmix corrupt` notes it).
+    No test split of the two classes is read."""
+    return Condition(
+        {"preset": "paper-15", "lq_labels": "prior"},
+        seed,
+        size=2000,
+        test=None,
+        classes=(first, second),
+        about=f"{about} ({first}, {second}), 2,000 images, the paper-15 mix",
+    )
+
+
 # Seeds 11 and up: none of these subsets overlaps the choices made on bench_baselines.py's seeds 1-3.
 CONDITIONS: dict[str, Condition] = {
     "paper-55": Condition({"preset": "paper-55"}, 11, about="55 % degraded images, 20 % symmetric label noise"),
@@ -92,25 +107,8 @@ CONDITIONS: dict[str, Condition] = {
         test="photos:test",
         about="colour: patches of ten photographs, one class each (benchmarks/photo_patches.py), the paper-15 mix",
     ),
-    # Two classes: the net's output has one degree of freedom, so loss and entropy trace one curve. The degraded
-    # images' labels follow the class prior: uniform over the *other* class would flip every one of them, a rule
-    # the nets learn from how they look (`qmix corrupt` notes it). No test split of the two classes is read.
-    "binary-easy": Condition(
-        {"preset": "paper-15", "lq_labels": "prior"},
-        20,
-        size=2000,
-        test=None,
-        classes=("trouser", "bag"),
-        about="two classes a net tells apart easily (trouser, bag), 2,000 images, the paper-15 mix",
-    ),
-    "binary-hard": Condition(
-        {"preset": "paper-15", "lq_labels": "prior"},
-        21,
-        size=2000,
-        test=None,
-        classes=("pullover", "coat"),
-        about="two look-alike classes (pullover, coat), 2,000 images, the paper-15 mix",
-    ),
+    "binary-easy": _two_classes("trouser", "bag", seed=20, about="two classes a net tells apart easily"),
+    "binary-hard": _two_classes("pullover", "coat", seed=21, about="two look-alike classes"),
 }
 
 
