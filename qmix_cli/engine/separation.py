@@ -12,6 +12,7 @@ Everything here is pure NumPy / scikit-learn: no torch, no I/O, no global state.
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -193,25 +194,47 @@ def _from_json(data: Any) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _otsu_low_mask(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Split weighted 1-D values in two at the cut that maximises the between-class variance (Otsu).
+def _otsu_levels(values: np.ndarray, weights: np.ndarray, levels: int) -> np.ndarray:
+    """Cut weighted 1-D values into ``levels`` runs at the cuts that maximise the between-class variance (Otsu).
 
-    Returns a (C,) bool mask of the values on the low side; always splits when C >= 2.
+    Only cuts between distinct values are tried, so equal values share a level and the result does not depend
+    on the order the values come in. With fewer distinct values than ``levels``, each distinct value is a level of
+    its own (so are the lowest ones, the rest sharing the top level, when no cut leaves every run some weight).
+
+    Parameters
+    ----------
+    values
+        (C,) float.
+    weights
+        (C,) float, non-negative.
+    levels
+        Number of runs wanted, >= 2.
+
+    Returns
+    -------
+    np.ndarray
+        (C,) int level of each value, 0 for the lowest run, up to ``levels - 1``.
     """
     order = np.argsort(values, kind="stable")
     v, w = values[order], weights[order]
-    best_cut, best_score = 1, -np.inf
-    for cut in range(1, len(v)):
-        w0, w1 = w[:cut].sum(), w[cut:].sum()
-        if w0 <= 0 or w1 <= 0:
+    # Between-run variance = sum over runs of (weighted value sum)^2 / (weight sum), less a constant: prefix sums.
+    w_sum, wv_sum = np.concatenate([[0.0], np.cumsum(w)]), np.concatenate([[0.0], np.cumsum(w * v)])
+    boundaries = np.flatnonzero(v[1:] > v[:-1]) + 1  # cut before position c
+    best_cuts, best_score = None, -np.inf
+    for cuts in itertools.combinations(boundaries.tolist(), levels - 1):
+        edges = (0, *cuts, len(v))
+        run_w = np.diff(w_sum[list(edges)])
+        if (run_w <= 0).any():
             continue
-        mu0, mu1 = (w[:cut] @ v[:cut]) / w0, (w[cut:] @ v[cut:]) / w1
-        score = w0 * w1 * (mu0 - mu1) ** 2
+        score = float((np.diff(wv_sum[list(edges)]) ** 2 / run_w).sum())
         if score > best_score:
-            best_cut, best_score = cut, score
-    mask = np.zeros(len(values), dtype=bool)
-    mask[order[:best_cut]] = True
-    return mask
+            best_cuts, best_score = cuts, score
+    if best_cuts is None:
+        best_cuts = tuple(boundaries[: levels - 1].tolist())
+    level = np.zeros(len(v), dtype=np.int64)
+    for c in best_cuts:
+        level[order[c:]] += 1
+    return level
 
 
 def name_components(means: np.ndarray, *, weights: np.ndarray | None = None, tied_axes: bool = False) -> np.ndarray:
@@ -227,10 +250,12 @@ def name_components(means: np.ndarray, *, weights: np.ndarray | None = None, tie
       two sides); the low side is clean. The rest are split the same way along their mean uncertainty; the
       high side is Mis-L, the low side Mis-H. A lone non-clean component is Mis-H.
     * ``tied_axes`` (the uncertainty is the entropy of a two-class output, so both axes trace one curve, whose
-      uncertainty peaks where the two classes are equally probable), with more than 3 components: clean as above;
-      of the rest, those up to the mean loss of the most uncertain one are Mis-L (the net hesitates between the
-      two classes), those beyond are Mis-H (it favours the other class). An uncertainty split would cut the far
-      arm of the curve, where a wrong label's uncertainty falls again as its loss grows, into Mis-L.
+      uncertainty peaks where the two classes are equally probable), with more than 3 components: the loss alone
+      orders the images along that curve, so the components are cut in three along their mean loss (weighted Otsu
+      with two cuts): the low run is clean, the middle one Mis-L (the net hesitates between the two classes), the
+      high one Mis-H (it favours the other class). An uncertainty split would cut the far arm of the curve, where
+      a wrong label's uncertainty falls again as its loss grows, into Mis-L; a two-way clean cut first leaves the
+      hesitant components with the clean ones (docs/decisions.md, thirty-sixth round).
 
     The result depends only on the means and weights, never on the order sklearn returns the components in.
 
@@ -260,15 +285,17 @@ def name_components(means: np.ndarray, *, weights: np.ndarray | None = None, tie
             groups[max(rest, key=lambda k: m[k, 1])] = MIS_L
         return groups
     w = np.full(c, 1.0 / c) if weights is None else np.asarray(weights, dtype=np.float64)
-    is_clean = _otsu_low_mask(m[:, 0], w)
+    if tied_axes:
+        level = _otsu_levels(m[:, 0], w, 3)
+        groups[:] = MIS_L
+        groups[level == level.max()] = MIS_H  # with fewer than three distinct losses: clean and Mis-H only
+        groups[level == 0] = CLEAN
+        return groups
+    is_clean = _otsu_levels(m[:, 0], w, 2) == 0
     groups[is_clean] = CLEAN
     rest = np.flatnonzero(~is_clean)
-    if tied_axes and len(rest) >= 2:
-        peak = rest[np.lexsort((m[rest, 0], -m[rest, 1]))[0]]  # the most uncertain; of equals, the lowest loss
-        groups[rest[m[rest, 0] <= m[peak, 0]]] = MIS_L
-    elif len(rest) >= 2:
-        low_unc = _otsu_low_mask(m[rest, 1], w[rest])
-        groups[rest[~low_unc]] = MIS_L
+    if len(rest) >= 2:
+        groups[rest[_otsu_levels(m[rest, 1], w[rest], 2) == 1]] = MIS_L
     return groups
 
 

@@ -14,6 +14,7 @@ from qmix_cli.categories import CLEAN, MIS_H, MIS_L
 from qmix_cli.engine.separation import (
     Normaliser,
     QualitySeparation,
+    _otsu_levels,
     collision_uncertainty,
     entropy,
     fit_loss_separation,
@@ -93,6 +94,30 @@ def test_normaliser_min_max_clip_and_constant_column():
 # --------------------------------------------------------------------------------------------------- naming
 
 
+def _between_run_spread(values: np.ndarray, weights: np.ndarray, cuts: tuple[int, ...]) -> float:
+    """The weighted variance of the run means around the overall mean, the runs being the sorted values cut at
+    ``cuts`` (the definition `_otsu_levels` maximises)."""
+    order = np.argsort(values)
+    mean = weights @ values
+    runs = np.split(order, list(cuts))
+    return sum(weights[r].sum() * (weights[r] @ values[r] / weights[r].sum() - mean) ** 2 for r in runs)
+
+
+@pytest.mark.parametrize("levels", [2, 3])
+def test_otsu_levels_maximise_the_between_run_variance(levels):
+    rng = np.random.default_rng(levels)
+    for _ in range(50):
+        c = int(rng.integers(levels, 9))
+        values, weights = rng.random(c), rng.dirichlet(np.ones(c))
+        best = max(
+            itertools.combinations(range(1, c), levels - 1), key=lambda cuts: _between_run_spread(values, weights, cuts)
+        )
+        expected = np.zeros(c, dtype=int)
+        for cut in best:
+            expected[np.argsort(values)[cut:]] += 1
+        np.testing.assert_array_equal(_otsu_levels(values, weights, levels), expected)
+
+
 def test_name_components_paper_rule_under_every_permutation():
     means = np.array([[0.1, 0.1], [0.9, 0.2], [0.5, 0.9]])  # clean, Mis-H, Mis-L
     for order in itertools.permutations(range(3)):
@@ -117,13 +142,14 @@ def test_name_components_many_components_by_position():
 
 
 def test_two_class_components_are_named_along_their_one_curve():
-    # Normalised means on a two-class curve: clean near the origin, the uncertainty peaking where the classes are
-    # equally probable (0.4, 1.0), then falling again as the other class wins. The uncertainty split names the far
-    # arm's (0.55, 0.85) and (0.7, 0.6) Mis-L; along the curve they are wrong labels the net is sure of.
-    means = np.array([[0, 0], [0.03, 0.15], [0.35, 0.95], [0.4, 1.0], [0.55, 0.85], [0.7, 0.6], [0.9, 0.3], [1, 0.15]])
-    weights = np.array([0.5, 0.2, 0.05, 0.05, 0.05, 0.05, 0.05, 0.05])
-    untied = np.array([CLEAN, CLEAN, MIS_L, MIS_L, MIS_L, MIS_L, MIS_H, MIS_H])
-    tied = np.array([CLEAN, CLEAN, MIS_L, MIS_L, MIS_H, MIS_H, MIS_H, MIS_H])
+    # Normalised means on a two-class curve: clean near the origin, the hesitant components rising to the entropy
+    # peak (0.45, 1.0), then the far arm, where the other class wins and the uncertainty falls again. A two-way cut
+    # on loss leaves the hesitant (0.25, 0.85) and (0.3, 0.95) with the clean ones, and the uncertainty split then
+    # names the far arm's (0.7, 0.6) Mis-L; along the curve it is a wrong label the net is sure of.
+    means = np.array([[0, 0], [0.05, 0.2], [0.25, 0.85], [0.3, 0.95], [0.45, 1.0], [0.7, 0.6], [0.9, 0.3], [1, 0.15]])
+    weights = np.array([0.45, 0.2, 0.06, 0.06, 0.03, 0.07, 0.07, 0.06])
+    untied = np.array([CLEAN, CLEAN, CLEAN, CLEAN, MIS_L, MIS_L, MIS_H, MIS_H])
+    tied = np.array([CLEAN, CLEAN, MIS_L, MIS_L, MIS_L, MIS_H, MIS_H, MIS_H])
     rng = np.random.default_rng(0)
     for _ in range(10):
         o = rng.permutation(len(means))
@@ -131,12 +157,19 @@ def test_two_class_components_are_named_along_their_one_curve():
         np.testing.assert_array_equal(name_components(means[o], weights=weights[o], tied_axes=True), tied[o])
 
 
-def test_two_class_naming_of_equally_uncertain_components_does_not_depend_on_their_order():
-    means = np.array([[0, 0], [0.01, 0.05], [0.4, 1.0], [0.6, 0.5], [0.8, 1.0]])
-    expected = np.array([CLEAN, CLEAN, MIS_L, MIS_H, MIS_H])  # the peak is the less lost of the two most uncertain
+def test_two_class_naming_keeps_equal_losses_together_in_any_order():
+    means = np.array([[0, 0], [0, 0.05], [0.4, 1.0], [0.4, 0.9], [0.9, 0.3]])
+    expected = np.array([CLEAN, CLEAN, MIS_L, MIS_L, MIS_H])
     for order in itertools.permutations(range(5)):
         o = list(order)
         np.testing.assert_array_equal(name_components(means[o], tied_axes=True), expected[o])
+
+
+def test_two_class_naming_with_fewer_than_three_distinct_losses():
+    # No middle run to call Mis-L: the loss says clean or wrong, and one loss for all says nothing is wrong.
+    two = np.array([[0.1, 0.2]] * 3 + [[0.8, 0.5]] * 2)
+    np.testing.assert_array_equal(name_components(two, tied_axes=True), [CLEAN] * 3 + [MIS_H] * 2)
+    np.testing.assert_array_equal(name_components(np.full((5, 2), 0.3), tied_axes=True), [CLEAN] * 5)
 
 
 def _two_class_population(n: int = 1500, *, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
