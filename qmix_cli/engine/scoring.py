@@ -53,8 +53,8 @@ def fit_separation(
     tied_axes: bool = False,
 ) -> QualitySeparation:
     """``kind="quality"``: the QMix 2-D GMM; ``kind="loss"``: the DivideMix 1-D GMM on loss alone. ``tied_axes``:
-    the uncertainty is the entropy of a two-class output, whose mixture of more than 3 components is named along
-    one curve (`fit_quality_separation`)."""
+    the uncertainty is the entropy of a two-class output, whose mixture is named along one curve, by loss
+    (`fit_quality_separation`)."""
     if kind == "loss":
         return fit_loss_separation(
             loss, uncertainty=uncertainty, reg_covar=reg_covar, max_iter=max_iter, tol=tol, seed=seed

@@ -250,7 +250,7 @@ def name_components(means: np.ndarray, *, weights: np.ndarray | None = None, tie
       two sides); the low side is clean. The rest are split the same way along their mean uncertainty; the
       high side is Mis-L, the low side Mis-H. A lone non-clean component is Mis-H.
     * ``tied_axes`` (the uncertainty is the entropy of a two-class output, so both axes trace one curve, whose
-      uncertainty peaks where the two classes are equally probable), with more than 3 components: the loss alone
+      uncertainty peaks where the two classes are equally probable), with 3 components or more: the loss alone
       orders the images along that curve, so the components are cut in three along their mean loss (weighted Otsu
       with two cuts): the low run is clean, the middle one Mis-L (the net hesitates between the two classes), the
       high one Mis-H (it favours the other class). An uncertainty split would cut the far arm of the curve, where
@@ -276,6 +276,13 @@ def name_components(means: np.ndarray, *, weights: np.ndarray | None = None, tie
         raise ValueError(f"means must be (C, 1) or (C, 2) with C >= 1, got shape {m.shape}")
     c = m.shape[0]
     groups = np.full(c, MIS_H, dtype=np.int8)
+    w = np.full(c, 1.0 / c) if weights is None else np.asarray(weights, dtype=np.float64)
+    if tied_axes and m.shape[1] == 2 and c >= 3:
+        level = _otsu_levels(m[:, 0], w, 3)
+        groups[:] = MIS_L
+        groups[level == level.max()] = MIS_H  # with fewer than three distinct losses: clean and Mis-H only
+        groups[level == 0] = CLEAN
+        return groups
     if m.shape[1] == 1 or c <= 3:
         # Ties in loss go to the earliest component; they only occur for degenerate fits, which are refused.
         clean = int(np.argmin(m[:, 0]))
@@ -283,13 +290,6 @@ def name_components(means: np.ndarray, *, weights: np.ndarray | None = None, tie
         rest = [k for k in range(c) if k != clean]
         if m.shape[1] == 2 and len(rest) == 2:
             groups[max(rest, key=lambda k: m[k, 1])] = MIS_L
-        return groups
-    w = np.full(c, 1.0 / c) if weights is None else np.asarray(weights, dtype=np.float64)
-    if tied_axes:
-        level = _otsu_levels(m[:, 0], w, 3)
-        groups[:] = MIS_L
-        groups[level == level.max()] = MIS_H  # with fewer than three distinct losses: clean and Mis-H only
-        groups[level == 0] = CLEAN
         return groups
     is_clean = _otsu_levels(m[:, 0], w, 2) == 0
     groups[is_clean] = CLEAN
@@ -605,8 +605,8 @@ def fit_quality_separation(
         fits its label equally well, so all are clean. No uncertainty spread: the quality axis carries
         nothing, so the loss-only fallback is used.
     tied_axes
-        The uncertainty is the entropy of a two-class output, a function of the loss: more than 3 components are
-        named along that curve (`name_components`); 3 are named as always, which on that curve is the same.
+        The uncertainty is the entropy of a two-class output, a function of the loss: the components are named
+        along that curve, by their mean loss alone (`name_components`).
 
     Returns
     -------

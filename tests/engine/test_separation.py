@@ -157,6 +157,17 @@ def test_two_class_components_are_named_along_their_one_curve():
         np.testing.assert_array_equal(name_components(means[o], weights=weights[o], tied_axes=True), tied[o])
 
 
+def test_two_class_naming_of_three_components_follows_the_loss():
+    # Three Gaussians on the curve: the highest-loss one sits nearer the entropy peak than the middle one (a set
+    # whose wrong labels the nets hesitate over). The paper's rule calls the more uncertain Mis-L; along the curve
+    # the middle loss is the hesitant one, the highest the one sure of the other class.
+    means = np.array([[0.05, 0.2], [0.3, 0.6], [0.6, 0.9]])
+    for order in itertools.permutations(range(3)):
+        o = list(order)
+        np.testing.assert_array_equal(name_components(means[o]), np.array([CLEAN, MIS_H, MIS_L])[o])
+        np.testing.assert_array_equal(name_components(means[o], tied_axes=True), np.array([CLEAN, MIS_L, MIS_H])[o])
+
+
 def test_two_class_naming_keeps_equal_losses_together_in_any_order():
     means = np.array([[0, 0], [0, 0.05], [0.4, 1.0], [0.4, 0.9], [0.9, 0.3]])
     expected = np.array([CLEAN, CLEAN, MIS_L, MIS_L, MIS_H])
