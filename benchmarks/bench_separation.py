@@ -39,9 +39,13 @@ from qmix_cli.engine.separation import fit_loss_separation, fit_quality_separati
 NAMES = np.array(CATEGORIES, dtype=object)  # indexed by group
 
 
-def gmm_posteriors(loss: np.ndarray, unc: np.ndarray, *, components: int, seed: int) -> np.ndarray:
-    """(N, 3) group posteriors of a K-component separation fitted on these scores, named as the engine names it."""
-    return fit_quality_separation(loss, unc, components=components, seed=seed).posteriors(loss, unc)
+def gmm_posteriors(
+    loss: np.ndarray, unc: np.ndarray, *, components: int, seed: int, tied_axes: bool = False
+) -> np.ndarray:
+    """(N, 3) group posteriors of a K-component separation fitted on these scores, named as the engine names it
+    (``tied_axes``: a two-class set's, along its one curve)."""
+    fitted = fit_quality_separation(loss, unc, components=components, seed=seed, tied_axes=tied_axes)
+    return fitted.posteriors(loss, unc)
 
 
 def resplit_non_clean(loss: np.ndarray, unc: np.ndarray, groups: np.ndarray, *, seed: int) -> np.ndarray:
@@ -63,9 +67,9 @@ def loss_split_then_quality(loss: np.ndarray, post10: np.ndarray, *, seed: int) 
     return np.where(clean, CLEAN, noisy).astype(np.int8)
 
 
-def rule_groups(loss: np.ndarray, unc: np.ndarray, *, seed: int) -> dict[str, np.ndarray]:
+def rule_groups(loss: np.ndarray, unc: np.ndarray, *, seed: int, tied_axes: bool = False) -> dict[str, np.ndarray]:
     """(N,) group index of every sample under each separation rule (keyed by its name), for one GMM seed."""
-    post = {k: gmm_posteriors(loss, unc, components=k, seed=seed) for k in (3, 10, 20)}
+    post = {k: gmm_posteriors(loss, unc, components=k, seed=seed, tied_axes=tied_axes) for k in (3, 10, 20)}
     groups = {f"{k} Gaussians": hard_groups(p) for k, p in post.items()}
     groups["10 + non-clean re-split"] = resplit_non_clean(loss, unc, groups["10 Gaussians"], seed=seed)
     groups["3 and 10 averaged"] = hard_groups((post[3] + post[10]) / 2)
@@ -78,9 +82,12 @@ def score_report(path: Path, *, seeds: int) -> dict:
     merged = with_truth(pd.read_parquet(path), path.parent / "noisy")
     y = merged["truth"].to_numpy()
     loss, unc = merged["loss"].to_numpy(), merged["uncertainty"].to_numpy()
+    # A two-class training set (both labels are given in it): named as the engine names one, assuming the
+    # default entropy uncertainty.
+    tied = merged["given_label"].nunique() == 2
     per_seed: dict[str, list[float]] = defaultdict(list)
     for s in range(seeds):
-        for rule, groups in rule_groups(loss, unc, seed=s).items():
+        for rule, groups in rule_groups(loss, unc, seed=s, tied_axes=tied).items():
             per_seed[rule].append(float(f1_score(y, NAMES[groups], average="macro")))
     row = {"report": float(f1_score(y, merged["category"], average="macro"))}
     return row | {rule: float(np.mean(values)) for rule, values in per_seed.items()}

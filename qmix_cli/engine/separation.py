@@ -264,7 +264,7 @@ def name_components(means: np.ndarray, *, weights: np.ndarray | None = None, tie
     means
         (C, D) float component means in normalised units; column 0 is loss, column 1 (if D == 2) uncertainty.
     weights
-        (C,) float mixture weights; only used when C > 3 (equal weights if omitted).
+        (C,) float mixture weights; only used when C > 3, or C == 3 with ``tied_axes`` (equal weights if omitted).
 
     Returns
     -------
