@@ -23,6 +23,7 @@ averaged scores and nothing when refitted per net as the audit does (docs/decisi
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -34,7 +35,9 @@ from sklearn.metrics import f1_score
 from sklearn.mixture import GaussianMixture
 
 from qmix_cli.categories import CATEGORIES, CLEAN, MIS_H, MIS_L
-from qmix_cli.engine.separation import fit_loss_separation, fit_quality_separation, hard_groups
+from qmix_cli.config import load_config_file
+from qmix_cli.engine.separation import axes_tied, fit_loss_separation, fit_quality_separation, hard_groups
+from qmix_cli.reporting.report import read_report_metadata
 
 NAMES = np.array(CATEGORIES, dtype=object)  # indexed by group
 
@@ -77,14 +80,21 @@ def rule_groups(loss: np.ndarray, unc: np.ndarray, *, seed: int, tied_axes: bool
     return groups
 
 
+def report_axes_tied(path: Path) -> bool:
+    """Whether the run behind the report at ``path`` names its mixture along one curve (`axes_tied`): its class
+    count from the report, its uncertainty from the run's ``config.yaml`` (the default where that is gone)."""
+    meta = read_report_metadata(path)
+    config = Path(meta["run_dir"]) / "config.yaml" if "run_dir" in meta else None
+    uncertainty = load_config_file(config).get("uncertainty", "entropy") if config and config.is_file() else "entropy"
+    return axes_tied(num_classes=len(json.loads(meta["class_names"])), uncertainty=uncertainty)
+
+
 def score_report(path: Path, *, seeds: int) -> dict:
     """Macro-F1 of the shipped verdicts and of each rule (mean over GMM seeds) for one report."""
     merged = with_truth(pd.read_parquet(path), path.parent / "noisy")
     y = merged["truth"].to_numpy()
     loss, unc = merged["loss"].to_numpy(), merged["uncertainty"].to_numpy()
-    # A two-class training set (both labels are given in it): named as the engine names one, assuming the
-    # default entropy uncertainty.
-    tied = merged["given_label"].nunique() == 2
+    tied = report_axes_tied(path)
     per_seed: dict[str, list[float]] = defaultdict(list)
     for s in range(seeds):
         for rule, groups in rule_groups(loss, unc, seed=s, tied_axes=tied).items():

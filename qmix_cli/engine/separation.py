@@ -237,6 +237,13 @@ def _otsu_levels(values: np.ndarray, weights: np.ndarray, levels: int) -> np.nda
     return level
 
 
+def axes_tied(*, num_classes: int, uncertainty: str) -> bool:
+    """Whether the uncertainty is a function of the loss, so that both axes trace one curve: the entropy of a
+    two-class output. The collision uncertainty is not (it is lower for a hesitant net than for one sure of the
+    other class), nor is the entropy over three classes or more. Pass the result to `name_components`."""
+    return num_classes == 2 and uncertainty == "entropy"
+
+
 def name_components(means: np.ndarray, *, weights: np.ndarray | None = None, tied_axes: bool = False) -> np.ndarray:
     """Map each mixture component to a group index (0 clean, 1 Mis-H, 2 Mis-L).
 

@@ -46,7 +46,7 @@ from qmix_cli.engine.neighbours import NeighbourVote, fit_neighbour_vote
 from qmix_cli.engine.probe import FOLDS, PROBE_STAGES, LinearProbe, fit_probe, image_keys, pixel_digests
 from qmix_cli.engine.readouts import READOUT_BYTES, TrainingReadouts
 from qmix_cli.engine.scoring import Scores, compute_scores, ensemble_probs, fit_separation, probe_output
-from qmix_cli.engine.separation import hard_groups, separation_aucs
+from qmix_cli.engine.separation import axes_tied, hard_groups, separation_aucs
 from qmix_cli.engine.steps import (
     SslWeights,
     StepContext,
@@ -474,8 +474,7 @@ class _Run:
 
     def separate(self, scores: Scores, kind: str) -> list[Any]:
         cfg = self.cfg
-        # Two classes: the entropy is a function of the loss, and the mixture is named along their one curve.
-        tied = len(self.classes) == 2 and cfg.uncertainty == "entropy"
+        tied = axes_tied(num_classes=len(self.classes), uncertainty=cfg.uncertainty)
         return [
             fit_separation(
                 scores.loss[k],

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -747,15 +748,10 @@ def test_two_class_runs_name_their_mixture_along_one_curve(
 ):
     # Only a two-class output's entropy is a function of its loss; the collision uncertainty is not (it is lower for
     # a hesitant net than for one sure of the other class), nor is the entropy over three classes.
-    seen = []
-    plain = trainer.fit_separation
-
-    def recording(*args, **kwargs):
-        seen.append(kwargs.get("tied_axes"))
-        return plain(*args, **kwargs)
-
-    monkeypatch.setattr(trainer, "fit_separation", recording)
+    spy = mock.Mock(wraps=trainer.fit_separation)
+    monkeypatch.setattr(trainer, "fit_separation", spy)
     root = make_image_folder(classes=classes, per_class=8, size=16, mode="L")
     train(root, tmp_path / "run", method="qmix", epochs=2, warmup_epochs=1, cache_dir=str(qmix_cache_dir),
           config={"uncertainty": uncertainty}, **TINY_TRAIN)  # fmt: skip
+    seen = [call.kwargs.get("tied_axes") for call in spy.call_args_list]
     assert seen and set(seen) == {tied}
