@@ -12,7 +12,6 @@ Everything here is pure NumPy / scikit-learn: no torch, no I/O, no global state.
 
 from __future__ import annotations
 
-import itertools
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -220,17 +219,17 @@ def _otsu_levels(values: np.ndarray, weights: np.ndarray, levels: int) -> np.nda
     # Between-run variance = sum over runs of (weighted value sum)^2 / (weight sum), less a constant: prefix sums.
     w_sum, wv_sum = np.concatenate([[0.0], np.cumsum(w)]), np.concatenate([[0.0], np.cumsum(w * v)])
     boundaries = np.flatnonzero(v[1:] > v[:-1]) + 1  # cut before position c
-    best_cuts, best_score = None, -np.inf
-    for cuts in itertools.combinations(boundaries.tolist(), levels - 1):
-        edges = (0, *cuts, len(v))
-        run_w = np.diff(w_sum[list(edges)])
-        if (run_w <= 0).any():
-            continue
-        score = float((np.diff(wv_sum[list(edges)]) ** 2 / run_w).sum())
-        if score > best_score:
-            best_cuts, best_score = cuts, score
-    if best_cuts is None:
-        best_cuts = tuple(boundaries[: levels - 1].tolist())
+    # Every set of levels - 1 increasing cuts at once, in lexicographic order so that the first best wins as a loop
+    # over itertools.combinations would pick it: a loop cost 190 ms at 200 Gaussians and three levels.
+    grids = np.meshgrid(*[np.arange(len(boundaries))] * (levels - 1), indexing="ij")
+    picks = np.stack([g.ravel() for g in grids], axis=1)
+    picks = picks[(np.diff(picks, axis=1) > 0).all(axis=1)]
+    edges = np.column_stack([np.zeros(len(picks), np.int64), boundaries[picks], np.full(len(picks), len(v))])
+    run_w, run_wv = np.diff(w_sum[edges], axis=1), np.diff(wv_sum[edges], axis=1)
+    usable = (run_w > 0).all(axis=1)  # every run keeps some weight
+    with np.errstate(divide="ignore", invalid="ignore"):
+        score = np.where(usable, (run_wv**2 / run_w).sum(axis=1), -np.inf)
+    best_cuts = boundaries[picks[np.argmax(score)]] if usable.any() else boundaries[: levels - 1]
     level = np.zeros(len(v), dtype=np.int64)
     for c in best_cuts:
         level[order[c:]] += 1

@@ -103,7 +103,7 @@ def _between_run_spread(values: np.ndarray, weights: np.ndarray, cuts: tuple[int
     return sum(weights[r].sum() * (weights[r] @ values[r] / weights[r].sum() - mean) ** 2 for r in runs)
 
 
-@pytest.mark.parametrize("levels", [2, 3])
+@pytest.mark.parametrize("levels", [2, 3, 4])
 def test_otsu_levels_maximise_the_between_run_variance(levels):
     rng = np.random.default_rng(levels)
     for _ in range(50):
