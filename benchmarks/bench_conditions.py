@@ -53,20 +53,41 @@ class Condition:
     about: str = field(default="", compare=False)
 
 
-def _two_classes(first: str, second: str, *, seed: int, about: str, preset: str = "paper-15") -> Condition:
-    """2,000 Fashion-MNIST images of two classes with the ``preset`` mix. The net's output has one degree of freedom,
-    so loss and entropy trace one curve. The degraded images' labels follow the class prior: uniform over the
-    *other* class would flip every one of them, a rule the nets learn from how they look (`qmix corrupt` notes it).
-    No test split of the two classes is read."""
+def _two_classes(
+    first: str,
+    second: str,
+    *,
+    seed: int,
+    about: str,
+    preset: str = "paper-15",
+    mix: dict[str, Any] | None = None,
+    imbalance: float = 1.0,
+) -> Condition:
+    """2,000 Fashion-MNIST images of two classes with the ``preset`` mix (or the ``qmix corrupt`` options ``mix``),
+    ``imbalance`` times as many of one class as of the other (the seed draws which). The net's output has one
+    degree of freedom, so loss and entropy trace one curve. The degraded images' labels follow the class prior:
+    uniform over the *other* class would flip every one of them, a rule the nets learn from how they look (`qmix
+    corrupt` notes it). No test split of the two classes is read."""
+    spec = {"preset": preset} if mix is None else dict(mix)
+    mix_text = (
+        f"the {preset} mix"
+        if mix is None
+        else f"{mix['label_rate']:.0%} label noise, {mix['quality_rate']:.0%} degraded"
+    )
+    sizes = "2,000 images" if imbalance == 1 else f"2,000 images, {imbalance:g}:1"
     return Condition(
-        {"preset": preset, "lq_labels": "prior"},
+        {**spec, "lq_labels": "prior"},
         seed,
         size=2000,
         test=None,
+        imbalance=imbalance,
         classes=(first, second),
-        about=f"{about} ({first}, {second}), 2,000 images, the {preset} mix",
+        about=f"{about} ({first}, {second}), {sizes}, {mix_text}",
     )
 
+
+# A normal / abnormal split as medical sets have it: one class four to nine times the other, fewer errors.
+_MILD = {"label_rate": 0.1, "quality_rate": 0.1}
 
 # Seeds 11 and up: none of these subsets overlaps the choices made on bench_baselines.py's seeds 1-3.
 CONDITIONS: dict[str, Condition] = {
@@ -122,6 +143,17 @@ CONDITIONS: dict[str, Condition] = {
         "trouser", "dress", seed=44, about="two unlike classes, more degraded", preset="paper-35"
     ),
     "binary-pullover-shirt": _two_classes("pullover", "shirt", seed=45, about="two look-alike tops"),
+    # One class four to nine times the other (docs/decisions.md, thirty-seventh round): seen once, nothing tuned.
+    "imbalanced-trouser-bag": _two_classes(
+        "trouser", "bag", seed=50, about="two unlike classes", mix=_MILD, imbalance=4
+    ),
+    "imbalanced-pullover-coat": _two_classes(
+        "pullover", "coat", seed=51, about="two look-alike classes", mix=_MILD, imbalance=4
+    ),
+    "imbalanced-sandal-sneaker": _two_classes(
+        "sandal", "sneaker", seed=52, about="two kinds of shoe", mix=_MILD, imbalance=9
+    ),
+    "imbalanced-tshirt-shirt": _two_classes("t-shirt", "shirt", seed=53, about="two look-alike tops", imbalance=4),
 }
 
 
