@@ -64,9 +64,9 @@ class Dataset:
         Files an ImageFolder's class folders hold that are not read as images (their suffix is not one of
         `IMAGE_SUFFIXES`: DICOM, text, ...), counted by suffix; empty for a manifest, which names its images.
     notes
-        Lines about what the user probably did not mean: an ImageFolder's layout (`layout_notes`), images not read
-        as they are (strips, pages, transparency: `pixel_notes`), files named by several rows (`repeat_notes`),
-        labels written alike (`label_notes`).
+        Lines about what the user probably did not mean: an ImageFolder's empty class folders (`layout_notes`),
+        images not read as they are (strips, pages, transparency: `pixel_notes`), files named by several rows
+        (`repeat_notes`), labels written alike (`label_notes`).
     file_stats
         (N, 2) int64: each image file's size and modification time in nanoseconds as the check found them, kept
         by ``create_dataset(decode_to=...)``, whose caller reads the images next: `cached_images` looks up what
@@ -331,7 +331,8 @@ def _scan_image_folder(root: Path) -> pd.DataFrame:
         )
     frame = pd.DataFrame(rows, columns=["sample_id", "path", "label"])
     frame.attrs["ignored"] = dict(ignored.most_common())
-    frame.attrs["notes"] = layout_notes(layout, root=root)
+    _check_not_splits(layout, root=root)
+    frame.attrs["notes"] = layout_notes(layout)
     return frame
 
 
@@ -466,25 +467,32 @@ def pixel_notes(paths: Sequence[str], infos: Sequence[ImageInfo]) -> list[str]:
     return notes
 
 
-def layout_notes(layout: dict[str, tuple[bool, set[str]]], *, root: Path) -> list[str]:
-    """What an image folder's layout suggests the user did not mean, one line each: class folders with no image
-    (no class is made of them), and class folders that are all named like splits, one of them with class folders
-    of its own (``train/<class>``, ``test/<class>``: a dataset's splits read as two classes).
+def layout_notes(layout: dict[str, tuple[bool, set[str]]]) -> list[str]:
+    """What an image folder's layout suggests the user did not mean, one line each: class folders with no image (no
+    class is made of them).
 
     ``layout`` maps each class folder's name to whether it holds images itself and which of its subfolders do."""
-    notes = []
     empty = [name for name, (direct, subs) in layout.items() if not direct and not subs]
-    if empty:
-        notes.append(f"class folders with no image, so no class: {', '.join(empty[:5])}{', ...' * (len(empty) > 5)}")
+    if not empty:
+        return []
+    return [f"class folders with no image, so no class: {', '.join(empty[:5])}{', ...' * (len(empty) > 5)}"]
+
+
+def _check_not_splits(layout: dict[str, tuple[bool, set[str]]], *, root: Path) -> None:
+    """Refuse class folders that are all named like a dataset's splits, one of them with class folders of its own
+    (``train/<class>``, ``test/<class>``, as public chest X-ray sets ship): read as classes, they would train a net
+    to tell the splits apart, which no one means, and a run would be spent before the verdicts showed it. Nesting
+    inside real classes (``benign/left``) is left alone; a set whose classes really are so named can be given as a
+    manifest."""
     filled = [name for name, (direct, subs) in layout.items() if direct or subs]
     nested = any(len(layout[name][1]) > 1 for name in filled)
     if len(filled) > 1 and nested and all(name.lower() in SPLIT_NAMES for name in filled):
         meant = next((name for name in filled if name.lower().startswith("train")), filled[0])
-        notes.append(
-            f"the class folders {', '.join(filled)} are named like a dataset's splits, with class folders inside: "
-            f"to train on one split, name it as the dataset (e.g. {root / meant})"
+        raise DataError(
+            f"{root}: the class folders {', '.join(filled)} are named like a dataset's splits, with class folders "
+            f"inside; name one split as the dataset (e.g. {root / meant}), or list the images in a manifest "
+            "(path, label) if these really are the classes"
         )
-    return notes
 
 
 def describe_ignored(ignored: dict[str, int]) -> str:
@@ -788,9 +796,17 @@ def create_dataset(
     present = sorted(set(frame["label"]))
     notes += repeat_notes(frame, Path(root)) + label_notes(present)  # of the images kept
     if len(present) < min_classes:
+        # What the folder held besides: the class that is missing is often a folder of files qmix does not read.
+        held = [f"ignored {describe_ignored(ignored)}"] if ignored else []
         raise DataError(
-            f"{name}: found {len(present)} class ({', '.join(present)}); at least {min_classes} are needed "
-            "to tell wrong labels from right ones"
+            "; ".join(
+                [
+                    f"{name}: found {len(present)} class ({', '.join(present)}); at least {min_classes} are needed "
+                    "to tell wrong labels from right ones",
+                    *held,
+                    *raw.attrs.get("notes", ()),
+                ]
+            )
         )
     return Dataset(
         root=Path(root),

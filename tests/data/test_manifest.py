@@ -316,6 +316,20 @@ def test_a_folder_of_files_qmix_cannot_read_says_what_they_are(tmp_path):
     assert ".png" in message and "DICOM" in message
 
 
+def test_one_class_left_says_what_else_the_folder_held(make_image_folder):
+    # The missing class is often a folder of DICOM files: the refusal names them and the folder left empty.
+    root = make_image_folder(classes=("normal",), per_class=3)
+    (root / "abnormal").mkdir()
+    for i in range(2):
+        (root / "abnormal" / f"{i}.dcm").write_bytes(b"DICM")
+    with pytest.raises(DataError) as err:
+        create_dataset(root)
+    assert str(err.value) == (
+        f"{root}: found 1 class (normal); at least 2 are needed to tell wrong labels from right ones; ignored 2 files "
+        "qmix does not read as images (.dcm 2); class folders with no image, so no class: abnormal"
+    )
+
+
 def test_ignored_files_are_counted_for_folders_only(make_image_folder):
     root = make_image_folder(classes=("a", "b"), per_class=2)
     for i in range(3):
@@ -325,15 +339,20 @@ def test_ignored_files_are_counted_for_folders_only(make_image_folder):
 
 
 @pytest.mark.parametrize("flat_val", [False, True])
-def test_a_folder_of_splits_read_as_classes_is_pointed_out(make_image_folder, flat_val):
+def test_a_folder_of_splits_is_refused_with_the_split_to_name(make_image_folder, flat_val, tmp_path):
+    # Read as classes, train/ and test/ would teach the nets to tell the splits apart: refused before any training.
     val = ("val",) if flat_val else ("val/a", "val/b")  # a validation split kept flat, as some datasets ship it
     root = make_image_folder(classes=("test/a", "test/b", "train/a", "train/b", *val), per_class=2)
-    ds = create_dataset(root)
-    assert ds.classes == ("test", "train", "val")  # read as named; the note says what was probably meant
-    assert ds.notes == (
-        "the class folders test, train, val are named like a dataset's splits, with class folders inside: to train "
-        f"on one split, name it as the dataset (e.g. {root / 'train'})",
+    with pytest.raises(DataError) as err:
+        create_dataset(root)
+    assert str(err.value) == (
+        f"{root}: the class folders test, train, val are named like a dataset's splits, with class folders inside; "
+        f"name one split as the dataset (e.g. {root / 'train'}), or list the images in a manifest (path, label) if "
+        "these really are the classes"
     )
+    assert create_dataset(root / "train").classes == ("a", "b")  # what the message says to do works
+    rows = [{"path": r["path"], "label": r["path"].split("/")[0]} for r in _folder_rows(root)]
+    assert create_dataset(_csv(root / "m.csv", rows)).classes == ("test", "train", "val")  # a manifest means it
 
 
 def test_other_nesting_is_no_note_and_a_class_folder_without_images_is(make_image_folder):
