@@ -771,8 +771,9 @@ def apply(
     dict
         The counts of `qmix_cli.reporting.apply.Applied` (``images``, ``kept``, ``relabelled``, ``dropped_hq``,
         ``dropped_lq``, ``missing``, ``kept_rare``, ...), ``emptied`` (classes no image carries any more),
-        ``rare`` (the rare classes whose flagged images were kept as they are, with their sizes, smallest first) and
-        ``out``.
+        ``shrunk`` (classes left with less than half of their images, largest loss first), ``by_class`` (per
+        label, a dict of ``before``, ``relabelled_away``, ``dropped``, ``relabelled_to`` and ``after``), ``rare``
+        (the rare classes whose flagged images were kept as they are, with their sizes, smallest first) and ``out``.
     """
     import json
 
@@ -837,4 +838,11 @@ def apply(
             frame = integers_restored(frame, integer_key_columns(dataset))
             frame.to_parquet(tmp, index=False)
     rare = [f"{name} ({small[name]})" for name in applied.kept_classes]
-    return {**applied.counts, "emptied": applied.emptied, "rare": rare, "out": str(out)}
+    return {
+        **applied.counts,
+        "emptied": applied.emptied,
+        "shrunk": applied.shrunk,
+        "by_class": {str(k): {c: int(n) for c, n in v.items()} for k, v in applied.by_class.to_dict("index").items()},
+        "rare": rare,
+        "out": str(out),
+    }

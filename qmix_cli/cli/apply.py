@@ -75,6 +75,21 @@ def apply_command(
                 f"know {'them' if len(emptied) > 1 else 'it'} (check them by hand, or pass --hq keep)"
             )
         )
+    if shrunk := counts["shrunk"]:
+        changes = counts["by_class"]
+        lines = [
+            f"{name} {changes[name]['before']:,} → {changes[name]['after']:,} "
+            f"({changes[name]['relabelled_away']:,} relabelled away, {changes[name]['dropped']:,} dropped)"
+            for name in shrunk
+        ]
+        st.err.print(
+            Text(
+                f"warning: {len(shrunk):,} class{'es' if len(shrunk) > 1 else ''} keep{'' if len(shrunk) > 1 else 's'}"
+                f" less than half of {'their' if len(shrunk) > 1 else 'its'} images: {first_few(lines)}; on an "
+                "imbalanced set the verdicts fall hardest on the small class, so check its flagged images (qmix show) "
+                "before training on this manifest"
+            )
+        )
     # Few wrong labels are left: plain cross-entropy trains the better classifier, and six times faster
     # (benchmarks/APPLY.md: 0.790 against qmix's 0.706 test accuracy on the applied manifests).
     st.err.print(f"next: qmix train {bold(out)} --out RUN --method ce", highlight=False, soft_wrap=True)

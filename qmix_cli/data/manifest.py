@@ -561,8 +561,12 @@ def _check_columns(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     for col in ("path", "label", "sample_id"):  # the path first: it is the ids too when there are none
         empty = frame[col].isna() | (frame[col].astype(str).str.strip() == "")
         if empty.any():
-            rows = [f"row {i + 1}" for i in np.flatnonzero(empty.to_numpy())]
-            raise DataError(summarise_offenders(f"rows with an empty '{col}' in {source}", rows))
+            # Named by their path where they have one (what a user searches the file for), and by row counted from 1
+            # after the header (a CSV's line number is one more).
+            at = np.flatnonzero(empty.to_numpy())
+            rows = [f"row {i + 1}" if col == "path" else f"{frame['path'].iat[i]} (row {i + 1})" for i in at]
+            what = f"rows with an empty '{col}' in {source}"
+            raise DataError(summarise_offenders(what, rows) + " (rows counted after the header)")
         frame[col] = frame[col].astype(str)
     dup = frame["sample_id"].duplicated(keep=False)
     if dup.any():

@@ -871,7 +871,7 @@ def size_hint(cfg: TrainConfig, *, image_side: int) -> str | None:
 def _epoch_line(row: dict[str, Any], epochs: int) -> str:
     parts = [f"epoch {row['epoch']}/{epochs}", row["phase"], f"loss {row.get('loss_x', float('nan')):.4f}"]
     if "n_clean" in row:
-        parts.append(f"groups {row['n_clean']}/{row['n_mis_h']}/{row['n_mis_l']}")
+        parts.append(f"clean/mis-hq/mis-lq {row['n_clean']}/{row['n_mis_h']}/{row['n_mis_l']}")
     for key in ("auc_clean", "auc_hq", "val_acc"):
         if row.get(key) is not None:
             parts.append(f"{key} {row[key]:.3f}")

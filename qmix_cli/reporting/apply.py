@@ -26,6 +26,8 @@ ON_MISSING = ("error", "drop", "keep")
 # are whatever their verdict, or treated as any other image; "auto" decides by whether the report is of the run's
 # training set (`qmix_cli.api.apply`).
 RARE_ACTIONS = ("auto", "keep", "apply")
+# A class left with less than this share of its images is named (`Applied.shrunk`).
+SHRINK_NOTE = 0.5
 # Columns the new manifest gains: the label the image had and the verdict that changed it (or not).
 GIVEN_COLUMN = "qmix_given_label"
 VERDICT_COLUMN = "qmix_verdict"
@@ -51,12 +53,22 @@ class Applied:
         Classes the dataset had that no image of the new manifest carries.
     kept_classes
         Of the ``keep_classes`` asked for, those that had flagged images kept as they are.
+    by_class
+        One row per label of the dataset or the new manifest (index ``label``, text): ``before`` (images given it),
+        ``relabelled_away``, ``dropped``, ``relabelled_to`` (images given another label and relabelled to it) and
+        ``after`` (images the new manifest gives it).
+    shrunk
+        Classes left with less than `SHRINK_NOTE` of their images but not emptied, largest loss first: on an
+        imbalanced set the verdicts fall hardest on the small class (README, two-class sets where one class
+        outnumbers the other), and a manifest that quietly halves it trains a different problem.
     """
 
     frame: pd.DataFrame
     counts: dict[str, int]
     emptied: list[str] = field(default_factory=list)
     kept_classes: list[str] = field(default_factory=list)
+    by_class: pd.DataFrame = field(default_factory=pd.DataFrame)
+    shrunk: list[str] = field(default_factory=list)
 
 
 def apply_verdicts(
@@ -157,7 +169,36 @@ def apply_verdicts(
         )
     emptied = sorted(set(given) - left)
     kept_classes = [c for c in keep_classes if c in set(given[rare])]  # in the order asked
-    return Applied(frame=out, counts=counts, emptied=emptied, kept_classes=kept_classes)
+    by_class = class_changes(given, labels, drop=drop)
+    lost = by_class["before"] - by_class["after"]
+    shrinks = (by_class["after"] > 0) & (by_class["after"] < SHRINK_NOTE * by_class["before"])
+    shrunk = lost[shrinks].sort_values(ascending=False, kind="stable").index.tolist()
+    return Applied(
+        frame=out, counts=counts, emptied=emptied, kept_classes=kept_classes, by_class=by_class, shrunk=shrunk
+    )
+
+
+def class_changes(given: np.ndarray, labels: np.ndarray, *, drop: np.ndarray) -> pd.DataFrame:
+    """What the verdicts do to each class: (N,) text ``given`` labels, (N,) text new ``labels`` and (N,) bool
+    ``drop`` in, `Applied.by_class` out (sorted by label)."""
+    changes = pd.DataFrame(
+        {
+            "given": given.astype(str),
+            "new": labels.astype(str),
+            "kept": ~drop,
+            "moved": (labels.astype(str) != given.astype(str)) & ~drop,
+        }
+    )
+    count = {
+        "before": changes.groupby("given").size(),
+        "relabelled_away": changes[changes["moved"]].groupby("given").size(),
+        "dropped": changes[~changes["kept"]].groupby("given").size(),
+        "relabelled_to": changes[changes["moved"]].groupby("new").size(),
+        "after": changes[changes["kept"]].groupby("new").size(),
+    }
+    table = pd.DataFrame(count).fillna(0).astype(np.int64).sort_index()
+    table.index.name = "label"
+    return table
 
 
 def integers_restored(frame: pd.DataFrame, columns: Mapping[str, np.dtype]) -> pd.DataFrame:

@@ -1,11 +1,12 @@
 """What an audit found, in a few lines for a person: counts by category, the audit by group when there is one, the
-best-ranked issues and the flagged images of rare classes. `qmix audit` prints it, and so does `qmix_cli.audit`
-given a console."""
+best-ranked issues, the classes it flags far more of than of the rest, and the flagged images of rare classes.
+`qmix audit` prints it, and so does `qmix_cli.audit` given a console."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
@@ -23,6 +24,32 @@ def rare_flagged(frame: pd.DataFrame) -> tuple[int, list[str]]:
         return 0, []
     flagged = (frame["category"] != CATEGORIES[CLEAN]).to_numpy()
     return rare_class_verdicts(frame["given_label"].to_numpy(), flagged)
+
+
+# A class is pointed out when the audit flags at least this share of its images and at least twice the share of the
+# other images: on an imbalanced set that is the small class, whose correct images the nets hesitate over
+# (README, two-class sets where one class outnumbers the other), and a curator acting on those verdicts would
+# thin it out.
+STANDOUT_SHARE = 0.25
+STANDOUT_RATIO = 2.0
+
+
+def standout_classes(frame: pd.DataFrame) -> list[tuple[str, int, int, float]]:
+    """The classes of at least `SMALL_CLASS` images whose flagged share stands out (`STANDOUT_SHARE`,
+    `STANDOUT_RATIO`), highest share first: (given label, flagged images, images, flagged share of the other
+    images), from a report ``frame`` (``given_label``, ``category``)."""
+    given = frame["given_label"].astype(str).to_numpy()
+    flagged = (frame["category"] != CATEGORIES[CLEAN]).to_numpy()
+    names, sizes = np.unique(given, return_counts=True)
+    out = []
+    for name, size in zip(names, sizes, strict=True):
+        mine = given == name
+        if size < SMALL_CLASS or mine.all():
+            continue
+        share, rest = flagged[mine].mean(), flagged[~mine].mean()
+        if share >= STANDOUT_SHARE and share >= STANDOUT_RATIO * rest:
+            out.append((str(name), int(flagged[mine].sum()), int(size), float(rest)))
+    return sorted(out, key=lambda row: (-row[1] / row[2], row[0]))
 
 
 def print_audit_summary(
@@ -59,6 +86,18 @@ def print_audit_summary(
         )
     else:
         console.print(_top_issues_table(top))
+    if standout := standout_classes(frame):
+        shares = [
+            f"{name} {flagged:,} of {size:,} ({flagged / size:.0%}; others {rest:.0%})"
+            for name, flagged, size, rest in standout
+        ]
+        console.print(
+            Text(
+                f"note: the audit flags far more of {'these classes' if len(standout) > 1 else 'this class'} than of "
+                f"the rest: {first_few(shares)}; a small class the nets hesitate over, or one many wrong labels "
+                "carry: look at its flagged images (qmix show) before acting on them"
+            )
+        )
     rare, classes = rare_flagged(frame)
     if rare:
         console.print(

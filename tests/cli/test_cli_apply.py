@@ -121,6 +121,28 @@ def test_a_class_emptied_is_named(runner, report, noisy_digits, tmp_path):
     )
 
 
+def test_a_class_left_with_less_than_half_its_images_is_warned_of(runner, report, noisy_digits, tmp_path):
+    # The small class of an imbalanced set is where the verdicts fall hardest: losing most of it is said, with how.
+    frame = pd.read_parquet(report)
+    ones = frame.index[frame["given_label"] == "1"]
+    frame.loc[ones[: 3 * len(ones) // 4], ["category", "suggested_label"]] = ["mislabeled_lq", None]
+    frame.to_parquet(tmp_path / "edited.parquet")
+    args = ["apply", str(noisy_digits), "--report", str(tmp_path / "edited.parquet"), "-o", str(tmp_path / "f.csv")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, _stderr(result)
+    fixed = pd.read_csv(tmp_path / "f.csv", dtype=str, keep_default_na=False)
+    moved_in = ((fixed["label"] == "1") & (fixed["qmix_given_label"] != "1")).sum()
+    kept = (fixed["label"] == "1").sum()
+    away = ((fixed["qmix_given_label"] == "1") & (fixed["label"] != "1")).sum()
+    dropped = len(ones) - kept + moved_in - away
+    text = " ".join(_stderr(result).split())
+    assert kept < len(ones) / 2 and dropped >= 3 * len(ones) // 4
+    assert (
+        f"warning: 1 class keeps less than half of its images: 1 {len(ones)} → {kept} ({away} relabelled away, "
+        f"{dropped} dropped); on an imbalanced set" in text
+    )
+
+
 def test_flagged_images_of_rare_classes_keep_their_labels_unless_asked(runner, report, noisy_digits, tmp_path):
     # Two images given a class of their own: the audit judges each by the other images of its class, so it flags
     # them whatever their label; applying that would take the class out of the dataset. A third image of the class

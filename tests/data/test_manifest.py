@@ -233,7 +233,8 @@ def test_empty_labels(tmp_path, make_image_folder):
         create_dataset(csv)
     msg = str(exc.value)
     assert msg.startswith("2 rows with an empty 'label'")
-    assert "row 2; row 4" in msg
+    # Named by path, what a user searches the file for, and by row after the header.
+    assert f"{rows[1]['path']} (row 2); {rows[3]['path']} (row 4) (rows counted after the header)" in msg
     rows[1]["label"] = rows[3]["label"] = "a"
     rows[2]["path"] = ""  # no sample_id column: the ids are the paths, but it is the path that is missing
     with pytest.raises(DataError, match=r"^1 rows with an empty 'path' .*row 3"):

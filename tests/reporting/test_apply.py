@@ -151,6 +151,39 @@ def test_nothing_left_and_classes_emptied() -> None:
     assert set(applied.frame["label"]) == {"cat", "owl"} and applied.emptied == ["dog"]
 
 
+def test_what_each_class_gains_and_loses() -> None:
+    changes = apply_verdicts(manifest(), report()).by_class
+    # cat: s2 relabelled to dog, s5 dropped, s3 relabelled from dog; dog the mirror image (s3 away, s4 dropped, s2 in).
+    assert changes.to_dict(orient="index") == {
+        "cat": {"before": 3, "relabelled_away": 1, "dropped": 1, "relabelled_to": 1, "after": 2},
+        "dog": {"before": 3, "relabelled_away": 1, "dropped": 1, "relabelled_to": 1, "after": 2},
+    }
+
+
+def test_a_class_left_with_less_than_half_its_images_is_named() -> None:
+    # Eight normal scans judged clean; of four abnormal ones, one relabelled normal and two dropped as unusable.
+    ids = [f"n{i}" for i in range(8)] + [f"a{i}" for i in range(4)]
+    given = ["normal"] * 8 + ["abnormal"] * 4
+    rows = pd.DataFrame({"sample_id": ids, "path": [f"{i}.png" for i in ids], "label": given})
+    verdicts = pd.DataFrame(
+        {
+            "sample_id": ids,
+            "category": [C] * 8 + [H, L, L, C],
+            "given_label": given,
+            "suggested_label": [None] * 8 + ["normal", None, None, None],
+        }
+    )
+    applied = apply_verdicts(rows, verdicts)
+    assert applied.shrunk == ["abnormal"] and applied.emptied == []
+    assert applied.by_class.loc["abnormal"].to_dict() == {
+        "before": 4, "relabelled_away": 1, "dropped": 2, "relabelled_to": 0, "after": 1,
+    }  # fmt: skip
+    assert applied.by_class.loc["normal", "after"] == 9
+    # Half kept is not less than half: with one more abnormal image judged clean, nothing is named.
+    verdicts.loc[10, "category"] = C
+    assert apply_verdicts(rows, verdicts).shrunk == []
+
+
 def test_images_of_the_classes_to_keep_stay_as_they_are_whatever_their_verdict() -> None:
     labels = ["cat", "dog", "cat", "owl", "owl", "cat"]  # s3 (mislabeled_hq) and s4 (mislabeled_lq): owls
     rows = report(given_label=labels, suggested_label=[None, None, "dog", "cat", None, None])

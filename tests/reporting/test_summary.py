@@ -8,7 +8,7 @@ import io
 import pandas as pd
 from rich.console import Console
 
-from qmix_cli.reporting.summary import print_audit_summary, rare_flagged
+from qmix_cli.reporting.summary import print_audit_summary, rare_flagged, standout_classes
 
 
 def _frame(categories: list[str], labels: list[str] | None = None) -> pd.DataFrame:
@@ -54,3 +54,28 @@ def test_flagged_images_of_rare_training_classes_are_called_unreliable():
     assert "note: 2 of the flagged images are of classes of fewer than 5 images (rare_finding (2))" in _said(frame)
     frame.attrs["qmix"] = {"training_set": "false"}  # another set: its class sizes are not what the run saw
     assert rare_flagged(frame) == (0, []) and "fewer than 5 images" not in _said(frame)
+
+
+def test_a_class_flagged_far_more_than_the_rest_is_pointed_out():
+    # 6 of 8 "abnormal" images flagged against 2 of 20 "normal" ones: the small class of an imbalanced set.
+    categories = ["mislabeled_lq"] * 6 + ["clean"] * 2 + ["mislabeled_hq"] * 2 + ["clean"] * 18
+    labels = ["abnormal"] * 8 + ["normal"] * 20
+    said = _said(_frame(categories, labels))
+    assert (
+        "note: the audit flags far more of this class than of the rest: abnormal 6 of 8 (75%; others 10%); a small "
+        "class the nets hesitate over" in said
+    )
+    assert standout_classes(_frame(categories, labels)) == [("abnormal", 6, 8, 0.1)]
+
+
+def test_no_class_is_pointed_out_when_none_stands_out():
+    # A quarter of each class flagged: no class at twice the others' share.
+    even = ["mislabeled_hq"] * 2 + ["clean"] * 6
+    assert standout_classes(_frame(even * 2, ["cat"] * 8 + ["dog"] * 8)) == []
+    # Twice the others' share but under a quarter of the class (1 of 5 against 1 of 12), and a class too small to
+    # judge (3 of 4 flagged: the rare-class note's, not this one's).
+    low = ["mislabeled_hq"] + ["clean"] * 4 + ["mislabeled_hq"] + ["clean"] * 11
+    assert standout_classes(_frame(low, ["cat"] * 5 + ["dog"] * 12)) == []
+    rare = ["mislabeled_hq"] * 3 + ["clean"] + ["clean"] * 20
+    assert standout_classes(_frame(rare, ["owl"] * 4 + ["dog"] * 20)) == []
+    assert "flags far more" not in _said(_frame(rare, ["owl"] * 4 + ["dog"] * 20))
