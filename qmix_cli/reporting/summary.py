@@ -38,17 +38,15 @@ def standout_classes(frame: pd.DataFrame) -> list[tuple[str, int, int, float]]:
     """The classes of at least `SMALL_CLASS` images whose flagged share stands out (`STANDOUT_SHARE`,
     `STANDOUT_RATIO`), highest share first: (given label, flagged images, images, flagged share of the other
     images), from a report ``frame`` (``given_label``, ``category``)."""
-    given = frame["given_label"].astype(str).to_numpy()
     flagged = (frame["category"] != CATEGORIES[CLEAN]).to_numpy()
-    names, sizes = np.unique(given, return_counts=True)
-    out = []
-    for name, size in zip(names, sizes, strict=True):
-        mine = given == name
-        if size < SMALL_CLASS or mine.all():
-            continue
-        share, rest = flagged[mine].mean(), flagged[~mine].mean()
-        if share >= STANDOUT_SHARE and share >= STANDOUT_RATIO * rest:
-            out.append((str(name), int(flagged[mine].sum()), int(size), float(rest)))
+    which, names = pd.factorize(frame["given_label"].astype(str), sort=True)  # hashed: fast at a million rows
+    sizes = np.bincount(which, minlength=len(names))
+    hits = np.bincount(which, weights=flagged, minlength=len(names))  # one pass, whatever the number of classes
+    others = len(flagged) - sizes
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share, rest = hits / sizes, (flagged.sum() - hits) / others
+    stands = (sizes >= SMALL_CLASS) & (others > 0) & (share >= STANDOUT_SHARE) & (share >= STANDOUT_RATIO * rest)
+    out = [(str(names[k]), int(hits[k]), int(sizes[k]), float(rest[k])) for k in np.flatnonzero(stands)]
     return sorted(out, key=lambda row: (-row[1] / row[2], row[0]))
 
 
