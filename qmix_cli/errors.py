@@ -72,4 +72,20 @@ def summarise_offenders(what: str, offenders: Sequence[str], *, total: int | Non
     total = len(offenders) if total is None else total
     head = "; ".join(offenders[:show])
     more = f" (and {total - show} more)" if total > show else ""
-    return f"{total} {what}: {head}{more}"
+    return f"{total} {_singular(what) if total == 1 else what}: {head}{more}"
+
+
+# The plural nouns the messages count, and their singular: a single bad image is the commonest case of all.
+_SINGULAR = {"images": "image", "rows": "row", "ids": "id", "sample_ids": "sample_id", "labels": "label",
+             "paths": "path", "names": "name"}  # fmt: skip
+
+
+def _singular(what: str) -> str:
+    """``what`` said of one offender: its first counted noun in the singular, and the verb of a ``that are`` clause
+    after it (``"suggested labels that are not classes"`` → ``"suggested label that is not classes"``)."""
+    words = what.split(" ")
+    for i, word in enumerate(words):
+        if word in _SINGULAR:
+            words[i] = _SINGULAR[word]
+            return " ".join(words).replace(" that are ", " that is ", 1)
+    return what

@@ -254,7 +254,7 @@ def test_truncated_image_in_source(runner, tmp_path, source, write_image, trunca
     before = hash_tree(source)
     out = tmp_path / "out"
     result = runner.invoke(app, ["corrupt", str(source), "--out", str(out)])
-    _assert_one_line_error(result, "1 bad images", "b/broken.jpg: unreadable", "--on-bad-image skip")
+    _assert_one_line_error(result, "1 bad image:", "b/broken.jpg: unreadable", "--on-bad-image skip")
     assert not out.exists()
     assert hash_tree(source) == before
     # ... and with --on-bad-image skip the rest goes through, the skipped file recorded in noise.json.

@@ -181,7 +181,7 @@ def test_windows_separators_in_a_manifest_are_read_and_a_file_so_named_is_kept(t
     assert ds.frame["path"].tolist() == ["images/a/1.png", "images/b/2.png", "odd\\name.png"]
     assert ds.frame["sample_id"].tolist() == [r["path"] for r in rows]  # ids as written
     escaping = _csv(tmp_path / "up.csv", [*rows[:2], {"path": "..\\..\\x.png", "label": "a"}])
-    with pytest.raises(DataError, match="1 paths escaping the dataset root"):
+    with pytest.raises(DataError, match="1 path escaping the dataset root"):
         create_dataset(escaping)
 
 
@@ -191,7 +191,7 @@ def test_unreadable_random_bytes(make_image_folder):
     with pytest.raises(DataError) as exc:
         create_dataset(root)
     msg = str(exc.value)
-    assert msg.startswith("1 bad images")
+    assert msg.startswith("1 bad image:")
     assert "a/junk.png: not an image Pillow can read" in msg
 
 
@@ -205,7 +205,7 @@ def test_truncated_image_is_caught(make_image_folder, write_image, truncate, suf
         create_dataset(root)
     msg = str(exc.value)
     assert f"b/cut{suffix}: unreadable" in msg
-    assert msg.startswith("1 bad images")
+    assert msg.startswith("1 bad image:")
 
 
 def test_missing_columns(tmp_path):
@@ -237,7 +237,7 @@ def test_empty_labels(tmp_path, make_image_folder):
     assert f"{rows[1]['path']} (row 2); {rows[3]['path']} (row 4) (rows counted after the header)" in msg
     rows[1]["label"] = rows[3]["label"] = "a"
     rows[2]["path"] = ""  # no sample_id column: the ids are the paths, but it is the path that is missing
-    with pytest.raises(DataError, match=r"^1 rows with an empty 'path' .*row 3"):
+    with pytest.raises(DataError, match=r"^1 row with an empty 'path' .*row 3"):
         create_dataset(_csv(tmp_path / "m.csv", rows))
 
 
@@ -249,7 +249,7 @@ def test_duplicate_sample_ids(tmp_path, make_image_folder):
     with pytest.raises(DataError) as exc:
         create_dataset(csv)
     msg = str(exc.value)
-    assert msg.startswith("1 duplicate sample_ids")
+    assert msg.startswith("1 duplicate sample_id ")
     assert msg.endswith(": x")  # only the duplicated id is listed
 
 
@@ -540,7 +540,7 @@ def test_a_parquet_error_is_one_line(tmp_path):
 def test_a_file_named_by_several_rows_is_counted_with_its_labels(make_image_folder, monkeypatch):
     root = make_image_folder(classes=("a", "b"), per_class=2)
     rows = _folder_rows(root)
-    with pytest.raises(DataError, match=r"^1 paths listed more than once in .*: a/0\.png \(each row is an image"):
+    with pytest.raises(DataError, match=r"^1 path listed more than once in .*: a/0\.png \(each row is an image"):
         create_dataset(_csv(root / "twice.csv", [*rows, rows[0]]))
     again = [
         {**rows[0], "sample_id": "second look", "label": "b"},  # the same file, another id and label
@@ -641,7 +641,7 @@ def test_unknown_labels_when_classes_given(make_image_folder):
     assert ": c; d" in msg
     rows = _folder_rows(root)
     rows[0]["label"] = "a "  # a space a spreadsheet kept: not the class 'a', and the message must show it
-    with pytest.raises(DataError, match=r"1 unknown labels .*: 'a '$"):
+    with pytest.raises(DataError, match=r"1 unknown label .*: 'a '$"):
         create_dataset(_csv(root / "m.csv", rows[:2]), classes=["a", "b"])
 
 

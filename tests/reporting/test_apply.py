@@ -77,7 +77,7 @@ def test_truth_columns_follow_the_new_labels() -> None:
 
 def test_images_without_a_verdict() -> None:
     partial = report(ids=["s0", "s2", "s3", "s4", "s5"])
-    with pytest.raises(QmixError, match=r"1 dataset images the report has no verdict for.*s1.*--on-missing"):
+    with pytest.raises(QmixError, match=r"1 dataset image the report has no verdict for.*s1.*--on-missing"):
         apply_verdicts(manifest(), partial)
     dropped = apply_verdicts(manifest(), partial, on_missing="drop")
     assert "s1" not in set(dropped.frame["sample_id"]) and dropped.counts["dropped_missing"] == 1
@@ -88,11 +88,11 @@ def test_images_without_a_verdict() -> None:
 @pytest.mark.parametrize(
     ("bad_report", "message"),
     [
-        (report().replace({"sample_id": {"s5": "x9"}}), "report rows of images the dataset"),
+        (report().replace({"sample_id": {"s5": "x9"}}), "1 report row of images the dataset"),
         (report(given_label=["dog", *GIVEN[1:]]), "given label in the report is not the dataset"),
         (report(category=[C, C, H, H, L, "maybe"]), "unknown categories"),
         (report(suggested_label=[None] * 6), "mislabeled_hq rows without a suggested label"),
-        (pd.concat([report(), report().iloc[:1]]), "duplicate sample ids"),
+        (pd.concat([report(), report().iloc[:1]]), "1 duplicate sample id "),
     ],
     ids=["unknown-id", "other-labels", "category", "no-suggestion", "duplicate"],
 )

@@ -183,8 +183,8 @@ def test_mismatched_ids_are_reported() -> None:
     with pytest.raises(QmixError) as info:
         evaluate_report(report=report, truth=truth)
     message = str(info.value)
-    assert "1 report rows missing from the truth: s03" in message
-    assert "1 truth rows missing from the report: extra" in message
+    assert "1 report row missing from the truth: s03" in message
+    assert "1 truth row missing from the report: extra" in message
 
 
 def test_a_truth_of_part_of_the_images_is_scored_on_those_when_asked() -> None:
@@ -192,7 +192,7 @@ def test_a_truth_of_part_of_the_images_is_scored_on_those_when_asked() -> None:
     given = [f"class{i % 2}" for i in range(10)]
     report = report.assign(given_label=given)
     part = truth.assign(label=given[::-1])[truth["sample_id"] != "s03"]  # as a corrupt manifest's rows carry it
-    with pytest.raises(QmixError, match=r"1 report rows missing from the truth: s03 .*--on-unchecked skip"):
+    with pytest.raises(QmixError, match=r"1 report row missing from the truth: s03 .*--on-unchecked skip"):
         evaluate_report(report=report, truth=part)
     both = evaluate_report(report=report, truth=part, on_unchecked="skip", on_missing="skip")
     assert (both["n"], both["unchecked"], both["left_out"]) == (9, 1, 0)
@@ -220,7 +220,7 @@ def test_a_truth_of_part_of_the_images_is_scored_on_those_when_asked() -> None:
         (lambda r, t: (r.drop(columns="p_clean"), t), "report lacks column"),
         (lambda r, t: (r, t.drop(columns="category")), "truth lacks column"),
         (lambda r, t: (r, t.replace({"category": {C: "good"}})), "unknown categories"),
-        (lambda r, t: (pd.concat([r, r.iloc[:1]]), t), "duplicate sample ids in the report"),
+        (lambda r, t: (pd.concat([r, r.iloc[:1]]), t), "1 duplicate sample id in the report"),
     ],
 )
 def test_bad_inputs_raise(change, message: str) -> None:
@@ -380,5 +380,5 @@ def test_a_truth_keyed_by_path_finds_the_ids_a_windows_manifest_gave(tmp_path) -
     assert result == evaluate_report(report=report, truth=truth.assign(sample_id=report["sample_id"].iloc[::-1].values))
     twice = report.assign(path=["a.png"] * 2 + report["path"].tolist()[2:])  # one file listed under two ids
     assert ids_by_path(twice, pd.Series(["x.png"])).tolist() == ["x.png"]  # not held: left for the join to name
-    with pytest.raises(QmixError, match=r"1 truth paths the report holds under several ids: a\.png .*sample_id"):
+    with pytest.raises(QmixError, match=r"1 truth path the report holds under several ids: a\.png .*sample_id"):
         ids_by_path(twice, pd.Series(["a.png", "x.png"]))
