@@ -76,23 +76,29 @@ def apply_command(
             )
         )
     if shrunk := counts["shrunk"]:
-        changes = counts["by_class"]
-        lines = [
-            f"{name} {changes[name]['before']:,} → {changes[name]['after']:,} "
-            f"({changes[name]['relabelled_away']:,} relabelled away, {changes[name]['dropped']:,} dropped)"
-            for name in shrunk
-        ]
+        many = len(shrunk) > 1
+        lines = [_class_change(name, counts["by_class"][name]) for name in shrunk]
         st.err.print(
             Text(
-                f"warning: {len(shrunk):,} class{'es' if len(shrunk) > 1 else ''} keep{'' if len(shrunk) > 1 else 's'}"
-                f" less than half of {'their' if len(shrunk) > 1 else 'its'} images: {first_few(lines)}; on an "
-                "imbalanced set the verdicts fall hardest on the small class, so check its flagged images (qmix show) "
-                "before training on this manifest"
+                f"warning: {len(shrunk):,} class{'es' if many else ''} keep{'' if many else 's'} less than half of "
+                f"{'their' if many else 'its'} images: {first_few(lines)}; on an imbalanced set the verdicts fall "
+                f"hardest on the small class, so check {'their' if many else 'its'} flagged images (qmix show) before "
+                "training on this manifest"
             )
         )
     # Few wrong labels are left: plain cross-entropy trains the better classifier, and six times faster
     # (benchmarks/APPLY.md: 0.790 against qmix's 0.706 test accuracy on the applied manifests).
     st.err.print(f"next: qmix train {bold(out)} --out RUN --method ce", highlight=False, soft_wrap=True)
+
+
+def _class_change(name: str, change: dict[str, int]) -> str:
+    """``"pneumonia kept 80 of 264 (84 relabelled away, 100 dropped; 14 relabelled to it)"``."""
+    own = change["before"] - change["relabelled_away"] - change["dropped"]
+    gained = f"; {change['relabelled_to']:,} relabelled to it" if change["relabelled_to"] else ""
+    return (
+        f"{name} kept {own:,} of {change['before']:,} ({change['relabelled_away']:,} relabelled away, "
+        f"{change['dropped']:,} dropped{gained})"
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -479,17 +479,16 @@ def layout_notes(layout: dict[str, tuple[bool, set[str]]]) -> list[str]:
 
 
 def _check_not_splits(layout: dict[str, tuple[bool, set[str]]], *, root: Path) -> None:
-    """Refuse class folders that are all named like a dataset's splits, one of them with class folders of its own
-    (``train/<class>``, ``test/<class>``, as public chest X-ray sets ship): read as classes, they would train a net
-    to tell the splits apart, which no one means, and a run would be spent before the verdicts showed it. Nesting
-    inside real classes (``benign/left``) is left alone; a set whose classes really are so named can be given as a
-    manifest."""
-    filled = [name for name, (direct, subs) in layout.items() if direct or subs]
-    nested = any(len(layout[name][1]) > 1 for name in filled)
-    if len(filled) > 1 and nested and all(name.lower() in SPLIT_NAMES for name in filled):
-        meant = next((name for name in filled if name.lower().startswith("train")), filled[0])
+    """Refuse class folders of which two or more are named like a dataset's splits, one of those with class folders
+    of its own (``train/<class>``, ``test/<class>``, as public chest X-ray sets ship, sometimes beside a copy of the
+    whole set or an archiver's ``__MACOSX``): read as classes, they would train a net to tell the splits apart, which
+    no one means, and a run would be spent before the verdicts showed it. Nesting inside real classes
+    (``benign/left``) is left alone; a set whose classes really are so named can be given as a manifest."""
+    splits = [name for name, (direct, subs) in layout.items() if (direct or subs) and name.lower() in SPLIT_NAMES]
+    if len(splits) >= 2 and any(layout[name][1] for name in splits):
+        meant = next((name for name in splits if name.lower().startswith("train")), splits[0])
         raise DataError(
-            f"{root}: the class folders {', '.join(filled)} are named like a dataset's splits, with class folders "
+            f"{root}: the class folders {', '.join(splits)} are named like a dataset's splits, with class folders "
             f"inside; name one split as the dataset (e.g. {root / meant}), or list the images in a manifest "
             "(path, label) if these really are the classes"
         )
@@ -800,8 +799,12 @@ def create_dataset(
     present = sorted(set(frame["label"]))
     notes += repeat_notes(frame, Path(root)) + label_notes(present)  # of the images kept
     if len(present) < min_classes:
-        # What the folder held besides: the class that is missing is often a folder of files qmix does not read.
+        # What the folder held besides: the class that is missing is often a folder of files qmix does not read, or
+        # the one class is a split whose class folders are one level down.
         held = [f"ignored {describe_ignored(ignored)}"] if ignored else []
+        split = Path(root) / present[0] if present else None
+        if split and present[0].lower() in SPLIT_NAMES and split.is_dir() and any(p.is_dir() for p in split.iterdir()):
+            held.append(f"{present[0]} looks like a dataset's split: name {split} as the dataset")
         raise DataError(
             "; ".join(
                 [

@@ -26,7 +26,7 @@ ON_MISSING = ("error", "drop", "keep")
 # are whatever their verdict, or treated as any other image; "auto" decides by whether the report is of the run's
 # training set (`qmix_cli.api.apply`).
 RARE_ACTIONS = ("auto", "keep", "apply")
-# A class left with less than this share of its images is named (`Applied.shrunk`).
+# A class that keeps less than this share of its images is named (`Applied.shrunk`).
 SHRINK_NOTE = 0.5
 # Columns the new manifest gains: the label the image had and the verdict that changed it (or not).
 GIVEN_COLUMN = "qmix_given_label"
@@ -58,9 +58,10 @@ class Applied:
         ``relabelled_away``, ``dropped``, ``relabelled_to`` (images given another label and relabelled to it) and
         ``after`` (images the new manifest gives it).
     shrunk
-        Classes left with less than `SHRINK_NOTE` of their images but not emptied, largest loss first: on an
-        imbalanced set the verdicts fall hardest on the small class (README, two-class sets where one class
-        outnumbers the other), and a manifest that quietly halves it trains a different problem.
+        Classes that keep less than `SHRINK_NOTE` of the images given them (whatever they gain by relabelling), not
+        emptied, the smallest share kept first: on an imbalanced set the verdicts fall hardest on the small class
+        (README, two-class sets where one class outnumbers the other), and a manifest that quietly halves it trains
+        a different problem. Counted within this application: a manifest applied again is compared with itself.
     """
 
     frame: pd.DataFrame
@@ -170,9 +171,10 @@ def apply_verdicts(
     emptied = sorted(set(given) - left)
     kept_classes = [c for c in keep_classes if c in set(given[rare])]  # in the order asked
     by_class = class_changes(given, labels, drop=drop)
-    lost = by_class["before"] - by_class["after"]
-    shrinks = (by_class["after"] > 0) & (by_class["after"] < SHRINK_NOTE * by_class["before"])
-    shrunk = lost[shrinks].sort_values(ascending=False, kind="stable").index.tolist()
+    # Its own images, not its size: a class that loses most of its images and gains as many has still lost them.
+    own = by_class["before"] - by_class["relabelled_away"] - by_class["dropped"]
+    shrinks = (by_class["after"] > 0) & (own < SHRINK_NOTE * by_class["before"])
+    shrunk = (own / by_class["before"])[shrinks].sort_values(kind="stable").index.tolist()
     return Applied(
         frame=out, counts=counts, emptied=emptied, kept_classes=kept_classes, by_class=by_class, shrunk=shrunk
     )

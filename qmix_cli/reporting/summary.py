@@ -39,13 +39,15 @@ def standout_classes(frame: pd.DataFrame) -> list[tuple[str, int, int, float]]:
     `STANDOUT_RATIO`), highest share first: (given label, flagged images, images, flagged share of the other
     images), from a report ``frame`` (``given_label``, ``category``)."""
     flagged = (frame["category"] != CATEGORIES[CLEAN]).to_numpy()
-    which, names = pd.factorize(frame["given_label"].astype(str), sort=True)  # hashed: fast at a million rows
+    # Hashed, so fast at a million rows; a missing label (a hand-made frame) is a class of its own, not -1.
+    which, names = pd.factorize(frame["given_label"].astype(str), sort=True, use_na_sentinel=False)
     sizes = np.bincount(which, minlength=len(names))
     hits = np.bincount(which, weights=flagged, minlength=len(names))  # one pass, whatever the number of classes
     others = len(flagged) - sizes
     with np.errstate(invalid="ignore", divide="ignore"):
         share, rest = hits / sizes, (flagged.sum() - hits) / others
-    stands = (sizes >= SMALL_CLASS) & (others > 0) & (share >= STANDOUT_SHARE) & (share >= STANDOUT_RATIO * rest)
+    # A lone class has no rest: its share of nothing is NaN, which no comparison passes.
+    stands = (sizes >= SMALL_CLASS) & (share >= STANDOUT_SHARE) & (share >= STANDOUT_RATIO * rest)
     out = [(str(names[k]), int(hits[k]), int(sizes[k]), float(rest[k])) for k in np.flatnonzero(stands)]
     return sorted(out, key=lambda row: (-row[1] / row[2], row[0]))
 

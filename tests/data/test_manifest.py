@@ -356,6 +356,34 @@ def test_a_folder_of_splits_is_refused_with_the_split_to_name(make_image_folder,
     assert create_dataset(_csv(root / "m.csv", rows)).classes == ("test", "train", "val")  # a manifest means it
 
 
+def test_splits_beside_other_folders_are_refused_and_a_single_split_is_named(make_image_folder):
+    # The pneumonia archive as some ship it: the splits beside a copy of the whole set and an archiver's folder.
+    root = make_image_folder(
+        classes=("train/NORMAL", "train/PNEUMONIA", "test/NORMAL", "val/PNEUMONIA", "chest_xray/train/NORMAL",
+                 "__MACOSX"),
+        per_class=2,
+    )  # fmt: skip
+    with pytest.raises(DataError, match=r"the class folders test, train, val are named like a dataset's splits"):
+        create_dataset(root)
+    # One split given as the dataset: one class, and the message says which folder to give instead.
+    single = make_image_folder("single", classes=("train/a", "train/b"), per_class=2)
+    with pytest.raises(DataError) as err:
+        create_dataset(single)
+    assert f"train looks like a dataset's split: name {single / 'train'} as the dataset" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "classes",
+    [
+        ("train/steam", "train/diesel", "bus/a"),  # one split-like name among real classes: a class called train
+        ("train", "test"),  # images straight in train/ and test/: no class folders inside, read as named
+    ],
+)
+def test_split_names_without_a_split_layout_are_read_as_classes(make_image_folder, classes):
+    root = make_image_folder(classes=classes, per_class=2)
+    assert create_dataset(root).classes == tuple(sorted({c.split("/")[0] for c in classes}))
+
+
 def test_other_nesting_is_no_note_and_a_class_folder_without_images_is(make_image_folder):
     # Images grouped by patient, or by side, inside each class: layouts users mean, even with shared names.
     root = make_image_folder(classes=("sick/p1", "sick/p2", "well/p3", "well/p4"), per_class=2)

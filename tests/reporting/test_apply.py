@@ -184,6 +184,26 @@ def test_a_class_left_with_less_than_half_its_images_is_named() -> None:
     assert apply_verdicts(rows, verdicts).shrunk == []
 
 
+def test_a_class_is_judged_by_its_own_images_and_the_worst_kept_share_comes_first() -> None:
+    # a: 6 images, 4 dropped (a third kept). b: 10 images, 6 relabelled to c, and 6 of c's relabelled to b (same size,
+    # 40 % of its own kept). c: 12 images, 6 relabelled to b, 6 of b's in (half its own kept: not named). d: every
+    # image dropped, emptied, so named as emptied and not here.
+    given = ["a"] * 6 + ["b"] * 10 + ["c"] * 12 + ["d"] * 2
+    category = [L] * 4 + [C] * 2 + [H] * 6 + [C] * 4 + [H] * 6 + [C] * 6 + [L] * 2
+    suggested = [None] * 6 + ["c"] * 6 + [None] * 4 + ["b"] * 6 + [None] * 8
+    ids = [f"s{i}" for i in range(len(given))]
+    rows = pd.DataFrame({"sample_id": ids, "path": [f"{i}.png" for i in ids], "label": given})
+    verdicts = pd.DataFrame(
+        {"sample_id": ids, "category": category, "given_label": given, "suggested_label": suggested}
+    )
+    applied = apply_verdicts(rows, verdicts)
+    assert applied.emptied == ["d"]
+    assert applied.shrunk == ["a", "b"]  # a keeps 2 of 6, b 4 of 10 (its size unchanged), c exactly half
+    assert applied.by_class.loc["b"].to_dict() == {
+        "before": 10, "relabelled_away": 6, "dropped": 0, "relabelled_to": 6, "after": 10,
+    }  # fmt: skip
+
+
 def test_images_of_the_classes_to_keep_stay_as_they_are_whatever_their_verdict() -> None:
     labels = ["cat", "dog", "cat", "owl", "owl", "cat"]  # s3 (mislabeled_hq) and s4 (mislabeled_lq): owls
     rows = report(given_label=labels, suggested_label=[None, None, "dog", "cat", None, None])

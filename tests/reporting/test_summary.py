@@ -79,3 +79,18 @@ def test_no_class_is_pointed_out_when_none_stands_out():
     rare = ["mislabeled_hq"] * 3 + ["clean"] + ["clean"] * 20
     assert standout_classes(_frame(rare, ["owl"] * 4 + ["dog"] * 20)) == []
     assert "flags far more" not in _said(_frame(rare, ["owl"] * 4 + ["dog"] * 20))
+
+
+def test_the_standout_boundaries_are_inclusive_and_the_highest_share_comes_first():
+    # x: 2 of 8 flagged (exactly a quarter), the other 16 images 2 flagged (exactly half x's share): named.
+    at_the_edge = _frame(["mislabeled_hq"] * 2 + ["clean"] * 6 + ["mislabeled_hq"] * 2 + ["clean"] * 14,
+                         ["x"] * 8 + ["y"] * 16)  # fmt: skip
+    assert [name for name, *_ in standout_classes(at_the_edge)] == ["x"]
+    # A class of exactly five images is judged (SMALL_CLASS): 3 of 5 against 2 of 20.
+    five = _frame(["mislabeled_lq"] * 3 + ["clean"] * 2 + ["mislabeled_lq"] * 2 + ["clean"] * 18,
+                  ["z"] * 5 + ["w"] * 20)  # fmt: skip
+    assert [name for name, *_ in standout_classes(five)] == ["z"]
+    # Two classes stand out: 4 of 5 before 3 of 6, whatever their order in the report.
+    two = _frame(["clean"] * 38 + ["mislabeled_hq"] * 2 + ["mislabeled_hq"] * 3 + ["clean"] * 3
+                 + ["mislabeled_hq"] * 4 + ["clean"], ["r"] * 40 + ["q"] * 6 + ["p"] * 5)  # fmt: skip
+    assert [(name, flagged, size) for name, flagged, size, _ in standout_classes(two)] == [("p", 4, 5), ("q", 3, 6)]
