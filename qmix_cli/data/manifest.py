@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from qmix_cli.categories import holds_verdicts
-from qmix_cli.data.images import IMAGE_SUFFIXES, ImageInfo, scan_images
+from qmix_cli.data.images import IMAGE_SUFFIXES, WIDE_MODES, ImageInfo, scan_images
 from qmix_cli.data.scan_cache import cached_scan, file_stats
 from qmix_cli.errors import ConfigError, DataError, first_few, summarise_offenders
 from qmix_cli.io import is_one_of, is_pipe_or_device
@@ -435,7 +435,8 @@ _LONG_ASPECT = 4
 
 def pixel_notes(paths: Sequence[str], infos: Sequence[ImageInfo]) -> list[str]:
     """What the images hold that is not read as it is, one line each: long strips (squashed to a square), pages or
-    frames after the first, transparency (the colour channels are read as stored beneath it) and EXIF orientation
+    frames after the first, transparency (the colour channels are read as stored beneath it), images of more than
+    8 bits beside 8-bit ones (scaled by their own range, the others not) and EXIF orientation
     (the pixels are read as stored, not turned upright as photo viewers show them), the last two as torchvision's
     and timm's loaders read them."""
     notes = []
@@ -456,6 +457,15 @@ def pixel_notes(paths: Sequence[str], infos: Sequence[ImageInfo]) -> list[str]:
         notes.append(
             f"partly transparent images, read as stored beneath the transparency: {len(clear):,} (e.g. {clear[0]}); "
             "flatten them first if what they show is in the transparency"
+        )
+    wide = [path for path, info in zip(paths, infos, strict=True) if info.mode in WIDE_MODES]
+    if wide and len(wide) < len(paths):
+        # Two exports of one modality (a scanner's 16-bit PNGs, a PACS's 8-bit ones) then differ in brightness by
+        # file type alone, which the nets can learn as readily as the finding.
+        notes.append(
+            f"images of more than 8 bits a pixel, each scaled by its own range, beside 8-bit ones read as stored: "
+            f"{len(wide):,} of {len(paths):,} (e.g. {wide[0]}); bring them to one bit depth first if they show the "
+            "same kind of picture"
         )
     turned = [path for path, info in zip(paths, infos, strict=True) if info.turned]
     if turned:

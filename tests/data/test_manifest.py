@@ -430,6 +430,26 @@ def test_strips_pages_and_transparency_not_read_as_they_are_are_named_and_rememb
     assert create_dataset(root, check_images=False).notes == ()
 
 
+def test_images_of_several_bit_depths_are_named(tmp_path):
+    # A scanner's 16-bit PNGs beside a PACS export's 8-bit ones: each 16-bit image is scaled by its own range, the
+    # 8-bit ones are read as stored, so brightness says which export an image came from.
+    root = tmp_path / "ds"
+    for name in ("normal", "abnormal"):
+        (root / name).mkdir(parents=True)
+    Image.fromarray(np.full((8, 8), 3000, dtype=np.uint16)).save(root / "normal" / "scan16.png")
+    Image.new("L", (8, 8), 90).save(root / "normal" / "scan8.png")
+    Image.new("L", (8, 8), 200).save(root / "abnormal" / "a8.png")
+    assert Image.open(root / "normal" / "scan16.png").mode in ("I;16", "I")
+    assert create_dataset(root).notes == (
+        "images of more than 8 bits a pixel, each scaled by its own range, beside 8-bit ones read as stored: 1 of 3 "
+        "(e.g. normal/scan16.png); bring them to one bit depth first if they show the same kind of picture",
+    )
+    (root / "normal" / "scan8.png").unlink()
+    (root / "abnormal" / "a8.png").unlink()
+    Image.fromarray(np.full((8, 8), 9000, dtype=np.uint16)).save(root / "abnormal" / "a16.png")
+    assert create_dataset(root).notes == ()  # all 16-bit: read alike, nothing to say
+
+
 def _exif(orientation: int) -> Image.Exif:
     exif = Image.Exif()
     exif[0x0112] = orientation
