@@ -264,7 +264,7 @@ def test_skipped_images_leave_the_filled_cache_to_the_good_ones(make_image_folde
 def test_a_refused_dataset_leaves_no_cache_behind(make_image_folder, truncate, tmp_path):
     root = make_image_folder("rgb", per_class=5, size=16)
     truncate(root / "a" / "0.png")
-    with pytest.raises(DataError, match="bad images"):
+    with pytest.raises(DataError, match=r"^1 bad image: "):
         create_dataset(root, cache_dir=tmp_path, decode_to=DecodeTarget(8, 3))
     assert _npy_files(tmp_path / "decoded") == []
 
@@ -428,9 +428,9 @@ def test_a_jpeg_to_be_shrunk_is_decoded_at_its_dct_scale_by_the_check_and_by_a_d
 def test_a_truncated_jpeg_is_refused_when_decoded_at_its_dct_scale(make_image_folder, truncate, tmp_path):
     root = make_image_folder("jpeg", per_class=3, size=256, suffix=".jpg")
     truncate(root / "b" / "1.jpg")
-    with pytest.raises(DataError, match="bad images"):
+    with pytest.raises(DataError, match=r"^1 bad image: "):
         create_dataset(root, cache_dir=tmp_path, decode_to=DecodeTarget(32, 3))
-    with pytest.raises(DataError, match="bad images"):  # a check alone reads every JPEG at 1/8 scale
+    with pytest.raises(DataError, match=r"^1 bad image: "):  # a check alone reads every JPEG at 1/8 scale
         create_dataset(root, cache_dir=tmp_path / "check-only")
     assert _npy_files(tmp_path / "decoded") == []
     with pytest.raises(OSError, match="truncated"):
