@@ -770,10 +770,10 @@ def apply(
     -------
     dict
         The counts of `qmix_cli.reporting.apply.Applied` (``images``, ``kept``, ``relabelled``, ``dropped_hq``,
-        ``dropped_lq``, ``missing``, ``kept_rare``, ...), ``emptied`` (classes no image carries any more),
-        ``shrunk`` (classes that keep less than half of the images given them, smallest share first), ``by_class`` (per
-        label, a dict of ``before``, ``relabelled_away``, ``dropped``, ``relabelled_to`` and ``after``), ``rare``
-        (the rare classes whose flagged images were kept as they are, with their sizes, smallest first) and ``out``.
+        ``dropped_lq``, ``missing``, ``kept_rare``, ...), ``emptied`` (classes no image carries any more), ``shrunk``
+        (classes that keep less than half of the images given them, smallest share first), ``by_class`` (per label, a
+        dict of ``before``, ``kept``, ``relabelled_away``, ``dropped``, ``relabelled_to`` and ``after``), ``rare`` (the
+        rare classes whose flagged images were kept as they are, with their sizes, smallest first) and ``out``.
     """
     import json
 

@@ -93,10 +93,9 @@ def apply_command(
 
 def _class_change(name: str, change: dict[str, int]) -> str:
     """``"pneumonia kept 80 of 264 (84 relabelled away, 100 dropped; 14 relabelled to it)"``."""
-    own = change["before"] - change["relabelled_away"] - change["dropped"]
     gained = f"; {change['relabelled_to']:,} relabelled to it" if change["relabelled_to"] else ""
     return (
-        f"{name} kept {own:,} of {change['before']:,} ({change['relabelled_away']:,} relabelled away, "
+        f"{name} kept {change['kept']:,} of {change['before']:,} ({change['relabelled_away']:,} relabelled away, "
         f"{change['dropped']:,} dropped{gained})"
     )
 

@@ -55,8 +55,9 @@ class Applied:
         Of the ``keep_classes`` asked for, those that had flagged images kept as they are.
     by_class
         One row per label of the dataset or the new manifest (index ``label``, text): ``before`` (images given it),
-        ``relabelled_away``, ``dropped``, ``relabelled_to`` (images given another label and relabelled to it) and
-        ``after`` (images the new manifest gives it).
+        ``kept`` (of those, the ones that keep it), ``relabelled_away``, ``dropped``, ``relabelled_to`` (images
+        given another label and relabelled to it) and ``after`` (images the new manifest gives it: kept +
+        relabelled to it).
     shrunk
         Classes that keep less than `SHRINK_NOTE` of the images given them (whatever they gain by relabelling), not
         emptied, the smallest share kept first: on an imbalanced set the verdicts fall hardest on the small class
@@ -172,9 +173,8 @@ def apply_verdicts(
     kept_classes = [c for c in keep_classes if c in set(given[rare])]  # in the order asked
     by_class = class_changes(given, labels, drop=drop)
     # Its own images, not its size: a class that loses most of its images and gains as many has still lost them.
-    own = by_class["before"] - by_class["relabelled_away"] - by_class["dropped"]
-    shrinks = (by_class["after"] > 0) & (own < SHRINK_NOTE * by_class["before"])
-    shrunk = (own / by_class["before"])[shrinks].sort_values(kind="stable").index.tolist()
+    shrinks = (by_class["after"] > 0) & (by_class["kept"] < SHRINK_NOTE * by_class["before"])
+    shrunk = (by_class["kept"] / by_class["before"])[shrinks].sort_values(kind="stable").index.tolist()
     return Applied(
         frame=out, counts=counts, emptied=emptied, kept_classes=kept_classes, by_class=by_class, shrunk=shrunk
     )
@@ -193,6 +193,7 @@ def class_changes(given: np.ndarray, labels: np.ndarray, *, drop: np.ndarray) ->
     )
     count = {
         "before": changes.groupby("given").size(),
+        "kept": changes[changes["kept"] & ~changes["moved"]].groupby("given").size(),
         "relabelled_away": changes[changes["moved"]].groupby("given").size(),
         "dropped": changes[~changes["kept"]].groupby("given").size(),
         "relabelled_to": changes[changes["moved"]].groupby("new").size(),

@@ -95,7 +95,8 @@ def print_audit_summary(
             Text(
                 f"note: the audit flags far more of {'these classes' if len(standout) > 1 else 'this class'} than of "
                 f"the rest: {first_few(shares)}; a small class the nets hesitate over, or one many wrong labels "
-                "carry: look at its flagged images (qmix show) before acting on them"
+                f"carry: look at {'their' if len(standout) > 1 else 'its'} flagged images (qmix show) before acting "
+                "on them"
             )
         )
     rare, classes = rare_flagged(frame)

@@ -155,8 +155,8 @@ def test_what_each_class_gains_and_loses() -> None:
     changes = apply_verdicts(manifest(), report()).by_class
     # cat: s2 relabelled to dog, s5 dropped, s3 relabelled from dog; dog the mirror image (s3 away, s4 dropped, s2 in).
     assert changes.to_dict(orient="index") == {
-        "cat": {"before": 3, "relabelled_away": 1, "dropped": 1, "relabelled_to": 1, "after": 2},
-        "dog": {"before": 3, "relabelled_away": 1, "dropped": 1, "relabelled_to": 1, "after": 2},
+        "cat": {"before": 3, "kept": 1, "relabelled_away": 1, "dropped": 1, "relabelled_to": 1, "after": 2},
+        "dog": {"before": 3, "kept": 1, "relabelled_away": 1, "dropped": 1, "relabelled_to": 1, "after": 2},
     }
 
 
@@ -176,7 +176,7 @@ def test_a_class_left_with_less_than_half_its_images_is_named() -> None:
     applied = apply_verdicts(rows, verdicts)
     assert applied.shrunk == ["abnormal"] and applied.emptied == []
     assert applied.by_class.loc["abnormal"].to_dict() == {
-        "before": 4, "relabelled_away": 1, "dropped": 2, "relabelled_to": 0, "after": 1,
+        "before": 4, "kept": 1, "relabelled_away": 1, "dropped": 2, "relabelled_to": 0, "after": 1,
     }  # fmt: skip
     assert applied.by_class.loc["normal", "after"] == 9
     # Half kept is not less than half: with one more abnormal image judged clean, nothing is named.
@@ -200,7 +200,7 @@ def test_a_class_is_judged_by_its_own_images_and_the_worst_kept_share_comes_firs
     assert applied.emptied == ["d"]
     assert applied.shrunk == ["a", "b"]  # a keeps 2 of 6, b 4 of 10 (its size unchanged), c exactly half
     assert applied.by_class.loc["b"].to_dict() == {
-        "before": 10, "relabelled_away": 6, "dropped": 0, "relabelled_to": 6, "after": 10,
+        "before": 10, "kept": 4, "relabelled_away": 6, "dropped": 0, "relabelled_to": 6, "after": 10,
     }  # fmt: skip
 
 
