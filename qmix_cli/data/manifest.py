@@ -555,7 +555,11 @@ def _rename_hint(missing: Sequence[str], columns: Sequence[str]) -> str:
     return f" (rename {', '.join(f'{old!r} to {new!r}' for old, new in pairs)})" if pairs else ""
 
 
-def _check_columns(frame: pd.DataFrame, source: str) -> pd.DataFrame:
+def _check_columns(frame: pd.DataFrame, source: str) -> tuple[pd.DataFrame, list[str]]:
+    """The manifest's rows with ``sample_id``, ``path`` and ``label`` as text (the ids are the paths where it has
+    none), and what is wrong with their cells, one line per kind: empty cells, ids listed twice. A missing column is
+    refused at once (nothing else can be checked); the cell problems are gathered, so that a manifest with several
+    is fixed in one round rather than one per run."""
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
         raise DataError(
@@ -567,26 +571,32 @@ def _check_columns(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     ids_are_paths = "sample_id" not in frame.columns
     if ids_are_paths:
         frame.insert(0, "sample_id", frame["path"])
-    for col in ("path", "label", "sample_id"):  # the path first: it is the ids too when there are none
-        empty = frame[col].isna() | (frame[col].astype(str).str.strip() == "")
-        if empty.any():
+    problems, has_id = [], np.ones(len(frame), dtype=bool)
+    for col in ("path", "label", "sample_id"):
+        empty = (frame[col].isna() | (frame[col].astype(str).str.strip() == "")).to_numpy()
+        if col == "sample_id":
+            has_id = ~empty
+        if empty.any() and not (col == "sample_id" and ids_are_paths):  # empty ids of paths: said of the paths
             # Named by their path where they have one (what a user searches the file for), and by row counted from 1
             # after the header (a CSV's line number is one more).
-            at = np.flatnonzero(empty.to_numpy())
-            rows = [f"row {i + 1}" if col == "path" else f"{frame['path'].iat[i]} (row {i + 1})" for i in at]
+            rows = [
+                f"row {i + 1}" if col == "path" else f"{frame['path'].iat[i]} (row {i + 1})"
+                for i in np.flatnonzero(empty)
+            ]
             what = f"rows with an empty '{col}' in {source}"
-            raise DataError(summarise_offenders(what, rows) + " (rows counted after the header)")
+            problems.append(summarise_offenders(what, rows) + " (rows counted after the header)")
         frame[col] = frame[col].astype(str)
-    dup = frame["sample_id"].duplicated(keep=False)
+    dup = frame["sample_id"].duplicated(keep=False).to_numpy() & has_id
     if dup.any():
         ids = list(dict.fromkeys(frame.loc[dup, "sample_id"]))
         if ids_are_paths:  # the user wrote no ids: say it in the terms of the file
-            raise DataError(
+            problems.append(
                 summarise_offenders(f"paths listed more than once in {source}", ids)
                 + " (each row is an image, named by its path; add a sample_id column if they are meant as several)"
             )
-        raise DataError(summarise_offenders(f"duplicate sample_ids in {source}", ids))
-    return frame
+        else:
+            problems.append(summarise_offenders(f"duplicate sample_ids in {source}", ids))
+    return frame, problems
 
 
 def _posix_separators(frame: pd.DataFrame, root: Path) -> pd.DataFrame:
@@ -606,20 +616,23 @@ def _posix_separators(frame: pd.DataFrame, root: Path) -> pd.DataFrame:
     return frame.assign(path=paths)
 
 
-def _check_inside_root(frame: pd.DataFrame, root: Path, source: str) -> None:
-    # Relative paths must stay under the root: "../../etc/passwd" in a shared manifest is refused. The check
-    # is lexical (normpath), so symlinks placed inside the root by the user still work.
-    # Joined to the root and normalised, a relative path can only climb out through a ".." segment, so only
-    # paths containing ".." need the per-path check (a vectorised filter: manifests can have millions of rows).
+def _escaping_paths(frame: pd.DataFrame, root: Path, source: str) -> list[str]:
+    """What is wrong with the paths of ``frame`` (text) that climb out of ``root``: one line, or none.
+
+    Relative paths must stay under the root: "../../etc/passwd" in a shared manifest is refused. The check is lexical
+    (normpath), so symlinks placed inside the root by the user still work. Joined to the root and normalised, a
+    relative path can only climb out through a ".." segment, so only paths containing ".." need the per-path check
+    (a vectorised filter: manifests can have millions of rows)."""
     suspect = frame["path"].str.contains("..", regex=False)
     paths = zip(frame.loc[suspect, "sample_id"], frame.loc[suspect, "path"], strict=True)
     bad = [p if sid == p else f"{sid} ({p})" for sid, p in paths if escapes_root(p, root)]
-    if bad:
-        raise DataError(
-            summarise_offenders(f"paths escaping the dataset root {root} in {source}", bad)
-            + " (paths are relative to the manifest's folder: put the manifest in a folder above the images, or "
-            "give absolute paths)"
-        )
+    if not bad:
+        return []
+    return [
+        summarise_offenders(f"paths escaping the dataset root {root} in {source}", bad)
+        + " (paths are relative to the manifest's folder: put the manifest in a folder above the images, or "
+        "give absolute paths)"
+    ]
 
 
 def escapes_root(path: str, root: str | Path) -> bool:
@@ -758,7 +771,7 @@ def create_dataset(
     if not is_builtin(name):  # a folder read through the manifest in it: errors name the file, which is what to fix
         name = raw.attrs.get("read_from", name)
     ignored = dict(raw.attrs.get("ignored", {}))
-    frame = _check_columns(raw, name)
+    frame, problems = _check_columns(raw, name)
     if frame.empty:
         loose = Path(source).is_dir() and any(
             f.suffix.lower() in IMAGE_SUFFIXES for f in Path(source).iterdir() if f.is_file()
@@ -772,7 +785,9 @@ def create_dataset(
             )
         raise DataError(f"{name}: the dataset is empty (no images found){hint}")
     frame = _posix_separators(frame, root)
-    _check_inside_root(frame, root, name)
+    problems += _escaping_paths(frame, root, name)
+    if problems:  # every one the manifest has, in one line: a user fixes them in one round
+        raise DataError("; also ".join(problems))
     notes = list(raw.attrs.get("notes", ()))
     if check_images and "read_from" in raw.attrs and not is_builtin(given):  # a walk, where every image is read anyway
         notes += unlisted_notes(frame, root=Path(root), manifest=Path(raw.attrs["read_from"]))

@@ -223,6 +223,25 @@ def test_missing_label_column_only(tmp_path):
         create_dataset(csv)
 
 
+def test_a_manifests_problems_are_all_said_at_once(tmp_path, make_image_folder):
+    # An empty label, an id listed twice and a path climbing out: one refusal naming all three, not one per run.
+    root = make_image_folder("imgs", classes=("a", "b"), per_class=3)
+    rows = [
+        {"sample_id": f"s{i}", "path": f"imgs/{r['path']}", "label": r["label"]}
+        for i, r in enumerate(_folder_rows(root))
+    ]
+    rows[1]["label"] = ""
+    rows[3]["sample_id"] = "s2"
+    rows[4]["path"] = "../x.png"
+    with pytest.raises(DataError) as err:
+        create_dataset(_csv(tmp_path / "m.csv", rows))
+    parts = str(err.value).split("; also ")
+    assert len(parts) == 3
+    assert parts[0].startswith(f"1 row with an empty 'label' in {tmp_path / 'm.csv'}: {rows[1]['path']} (row 2)")
+    assert parts[1] == f"1 duplicate sample_id in {tmp_path / 'm.csv'}: s2"
+    assert parts[2].startswith(f"1 path escaping the dataset root {tmp_path} in {tmp_path / 'm.csv'}: s4 (../x.png)")
+
+
 def test_empty_labels(tmp_path, make_image_folder):
     root = make_image_folder("imgs", classes=("a", "b"), per_class=2)
     rows = [{"path": f"imgs/{r['path']}", "label": r["label"]} for r in _folder_rows(root)]
