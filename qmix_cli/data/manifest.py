@@ -571,22 +571,20 @@ def _check_columns(frame: pd.DataFrame, source: str) -> tuple[pd.DataFrame, list
     ids_are_paths = "sample_id" not in frame.columns
     if ids_are_paths:
         frame.insert(0, "sample_id", frame["path"])
-    problems, has_id = [], np.ones(len(frame), dtype=bool)
+    problems, blank = [], {}
     for col in ("path", "label", "sample_id"):
-        empty = (frame[col].isna() | (frame[col].astype(str).str.strip() == "")).to_numpy()
-        if col == "sample_id":
-            has_id = ~empty
+        empty = blank[col] = (frame[col].isna() | (frame[col].astype(str).str.strip() == "")).to_numpy()
         if empty.any() and not (col == "sample_id" and ids_are_paths):  # empty ids of paths: said of the paths
             # Named by their path where they have one (what a user searches the file for), and by row counted from 1
             # after the header (a CSV's line number is one more).
             rows = [
-                f"row {i + 1}" if col == "path" else f"{frame['path'].iat[i]} (row {i + 1})"
+                f"row {i + 1}" if blank["path"][i] else f"{frame['path'].iat[i]} (row {i + 1})"
                 for i in np.flatnonzero(empty)
             ]
             what = f"rows with an empty '{col}' in {source}"
             problems.append(summarise_offenders(what, rows) + " (rows counted after the header)")
         frame[col] = frame[col].astype(str)
-    dup = frame["sample_id"].duplicated(keep=False).to_numpy() & has_id
+    dup = frame["sample_id"].duplicated(keep=False).to_numpy() & ~blank["sample_id"]
     if dup.any():
         ids = list(dict.fromkeys(frame.loc[dup, "sample_id"]))
         if ids_are_paths:  # the user wrote no ids: say it in the terms of the file

@@ -258,6 +258,10 @@ def test_empty_labels(tmp_path, make_image_folder):
     rows[2]["path"] = ""  # no sample_id column: the ids are the paths, but it is the path that is missing
     with pytest.raises(DataError, match=r"^1 row with an empty 'path' .*row 3"):
         create_dataset(_csv(tmp_path / "m.csv", rows))
+    rows[2]["label"] = ""  # both empty: the label's line names the row alone, there is no path to name it by
+    with pytest.raises(DataError) as exc:
+        create_dataset(_csv(tmp_path / "m.csv", rows))
+    assert str(exc.value).split("; also ")[1].startswith(f"1 row with an empty 'label' in {tmp_path / 'm.csv'}: row 3 ")
 
 
 def test_duplicate_sample_ids(tmp_path, make_image_folder):
