@@ -331,7 +331,7 @@ def _scan_image_folder(root: Path) -> pd.DataFrame:
         )
     frame = pd.DataFrame(rows, columns=["sample_id", "path", "label"])
     frame.attrs["ignored"] = dict(ignored.most_common())
-    _check_not_splits(layout, root=root)
+    frame.attrs["nested_splits"] = _check_not_splits(layout, root=root)
     frame.attrs["notes"] = layout_notes(layout)
     return frame
 
@@ -488,20 +488,25 @@ def layout_notes(layout: dict[str, tuple[bool, set[str]]]) -> list[str]:
     return [f"class folders with no image, so no class: {', '.join(empty[:5])}{', ...' * (len(empty) > 5)}"]
 
 
-def _check_not_splits(layout: dict[str, tuple[bool, set[str]]], *, root: Path) -> None:
+def _check_not_splits(layout: dict[str, tuple[bool, set[str]]], *, root: Path) -> list[str]:
     """Refuse class folders of which two or more are named like a dataset's splits, one of those with class folders
     of its own (``train/<class>``, ``test/<class>``, as public chest X-ray sets ship, sometimes beside a copy of the
     whole set or an archiver's ``__MACOSX``): read as classes, they would train a net to tell the splits apart, which
     no one means, and a run would be spent before the verdicts showed it. Nesting inside real classes
-    (``benign/left``) is left alone; a set whose classes really are so named can be given as a manifest."""
+    (``benign/left``) is left alone; a set whose classes really are so named can be given as a manifest.
+
+    Returns the class folders named like splits that hold class folders (at most one, or the folder is refused): a
+    dataset left with one class, that one, was given a level too high (`create_dataset` says so)."""
     splits = [name for name, (direct, subs) in layout.items() if (direct or subs) and name.lower() in SPLIT_NAMES]
-    if len(splits) >= 2 and any(layout[name][1] for name in splits):
+    nested = [name for name in splits if layout[name][1]]
+    if len(splits) >= 2 and nested:
         meant = next((name for name in splits if name.lower().startswith("train")), splits[0])
         raise DataError(
             f"{root}: the class folders {', '.join(splits)} are named like a dataset's splits, with class folders "
             f"inside; name one split as the dataset (e.g. {root / meant}), or list the images in a manifest "
             "(path, label) if these really are the classes"
         )
+    return nested
 
 
 def describe_ignored(ignored: dict[str, int]) -> str:
@@ -825,9 +830,8 @@ def create_dataset(
         # What the folder held besides: the class that is missing is often a folder of files qmix does not read, or
         # the one class is a split whose class folders are one level down.
         held = [f"ignored {describe_ignored(ignored)}"] if ignored else []
-        split = Path(root) / present[0] if present else None
-        if split and present[0].lower() in SPLIT_NAMES and split.is_dir() and any(p.is_dir() for p in split.iterdir()):
-            held.append(f"{present[0]} looks like a dataset's split: name {split} as the dataset")
+        if present and present[0] in raw.attrs.get("nested_splits", ()):
+            held.append(f"{present[0]} looks like a dataset's split: name {Path(root) / present[0]} as the dataset")
         raise DataError(
             "; ".join(
                 [

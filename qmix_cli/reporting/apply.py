@@ -163,15 +163,15 @@ def apply_verdicts(
         "kept_missing": int((missing & ~drop).sum()),
         "kept_rare": int(rare.sum()),
     }
-    left = set(out["label"].astype(str))
-    if len(left) < 2 <= len(set(given)):  # no run can train on it: refused as an all-dropped manifest is
+    by_class = class_changes(given, labels, drop=drop)
+    left, had = by_class.index[by_class["after"] > 0], by_class["before"] > 0
+    if len(left) < 2 <= had.sum():  # no run can train on it: refused as an all-dropped manifest is
         raise QmixError(
-            f"the verdicts would leave one class ({next(iter(left))}) and a run needs two; nothing written (pass "
+            f"the verdicts would leave one class ({left[0]}) and a run needs two; nothing written (pass "
             "--hq keep to keep the labels the report calls wrong)"
         )
-    emptied = sorted(set(given) - left)
+    emptied = by_class.index[had & (by_class["after"] == 0)].tolist()
     kept_classes = [c for c in keep_classes if c in set(given[rare])]  # in the order asked
-    by_class = class_changes(given, labels, drop=drop)
     # Its own images, not its size: a class that loses most of its images and gains as many has still lost them.
     shrinks = (by_class["after"] > 0) & (by_class["kept"] < SHRINK_NOTE * by_class["before"])
     shrunk = (by_class["kept"] / by_class["before"])[shrinks].sort_values(kind="stable").index.tolist()
