@@ -11,6 +11,9 @@ Metrics (all JSON-able; an undefined value, e.g. an AUC with one class present, 
   labels the report proposes to change it gets right, and how many of the wrong labels on good images it fixes;
 * mislabeled detection class by class (by given label): on a long-tailed dataset the overall figures are the
   large classes', and a rare class can lose most of its correct labels to the audit unseen;
+* what the report calls the degraded images, by degradation and by severity (from the truth's ``degradation``
+  and ``severity``, as ``qmix corrupt`` writes them): which kinds of damage it names low quality, and which it
+  reads as an image like any other;
 * for an audit by group (a patient column), how well the table by group (`qmix_cli.reporting.groups`) ranks the
   units whose label is wrong: ROC-AUC and average precision of the table's order (its ``rank``).
 """
@@ -94,6 +97,10 @@ def evaluate_report(
         ``per_class`` (given label → ``n``, ``mislabeled``, ``flagged``, ``precision``, ``recall``, ``false_alarms``:
         the share of the class's correct labels flagged, ``correct_flagged``: their count; ``None`` when the report
         has no given labels);
+        ``per_degradation`` and ``per_severity`` (degradation name, or severity as text → ``n``: degraded images,
+        ``named``: how many the report calls each category, ``lq_recall``: the share called ``mislabeled_lq``,
+        ``flagged``: the share flagged, ``roc_auc``: of ``p_mislabeled_lq``, these images against the good ones;
+        an image degraded several ways counts under each; ``None`` when the truth lacks the column);
         ``groups`` (``column``, ``units`` scored, ``wrong``: units whose label is wrong on a good image, ``unscored``:
         units of degraded images only, ``ungrouped``: images with no group, ``roc_auc`` and ``average_precision`` of
         the units' order in the table (``rank``) for the wrong ones; ``None`` without ``group_column``). Undefined
@@ -209,6 +216,7 @@ def evaluate_report(
         "targets": targets,
         "relabel": _relabel_metrics(joined) if {"suggested_label", "true_label"} <= set(joined.columns) else None,
         "per_class": _per_class_detection(joined, true_issue=true_issue, flagged=flagged),
+        **_degraded_detection(joined, true_lq=true_lq, flagged=flagged),
         "groups": None if group_column is None else _group_detection(joined, truth, group_column),
     }
 
@@ -325,6 +333,58 @@ def _per_class_detection(
     }
 
 
+def _degraded_detection(
+    joined: pd.DataFrame, *, true_lq: np.ndarray, flagged: np.ndarray
+) -> dict[str, dict[str, dict[str, Any]] | None]:
+    """What the report calls the degraded images, by the truth's ``degradation`` (each of the names a ``+`` joins)
+    and ``severity``: ``{"per_degradation": ..., "per_severity": ...}``, each ``None`` without its column.
+
+    A degraded image the nets read as they read a good one is named clean, or mislabeled-HQ when its label is not
+    the one they read: the overall low-quality recall hides which kinds of damage those are.
+    """
+    category = joined["category_report"].to_numpy(dtype=object)
+    p_lq = _scores(joined, "p_mislabeled_lq")  # a required column
+    good_scores = p_lq[~true_lq]
+    degraded = np.flatnonzero(true_lq)
+    out: dict[str, dict[str, dict[str, Any]] | None] = {"per_degradation": None, "per_severity": None}
+    if "degradation" in joined.columns:
+        names = [
+            value.split("+") if isinstance(value, str) and value else [_NOT_NAMED]
+            for value in joined["degradation"].to_numpy(dtype=object)[degraded]
+        ]  # "blur+noise" counts under blur and under noise
+        rows = np.repeat(degraded, [len(n) for n in names])
+        keys = np.array([name for n in names for name in n], dtype=object)
+        out["per_degradation"] = {
+            key: _degraded_row(rows[keys == key], category, flagged, p_lq, good_scores) for key in sorted(set(keys))
+        }
+    if "severity" in joined.columns:
+        levels = pd.to_numeric(joined["severity"], errors="coerce").to_numpy(dtype=np.float64)[degraded]
+        keys = np.array([_NOT_NAMED if np.isnan(v) else str(int(v)) for v in levels], dtype=object)
+        order = sorted(set(keys), key=lambda key: (key == _NOT_NAMED, float(key) if key != _NOT_NAMED else 0.0))
+        out["per_severity"] = {
+            key: _degraded_row(degraded[keys == key], category, flagged, p_lq, good_scores) for key in order
+        }
+    return out
+
+
+_NOT_NAMED = "(not named)"  # a degraded image whose truth leaves its degradation or severity empty
+
+
+def _degraded_row(
+    members: np.ndarray, category: np.ndarray, flagged: np.ndarray, p_lq: np.ndarray, good_scores: np.ndarray
+) -> dict[str, Any]:
+    """One row of `_degraded_detection`: the degraded images at ``members`` (row positions)."""
+    named = {name: int((category[members] == name).sum()) for name in CATEGORIES}
+    target = np.r_[np.ones(len(members), dtype=bool), np.zeros(len(good_scores), dtype=bool)]
+    return {
+        "n": len(members),
+        "named": named,
+        "lq_recall": _num(named["mislabeled_lq"] / len(members)),
+        "flagged": _num(flagged[members].mean()),
+        "roc_auc": _auc(target, np.r_[p_lq[members], good_scores]),
+    }
+
+
 def _relabel_metrics(joined: pd.DataFrame) -> dict[str, Any]:
     """How far a curator can trust the suggested labels of the rows the report proposes to relabel.
 
@@ -357,9 +417,9 @@ def render_evaluation(result: Mapping[str, Any], console: Console, *, per_class:
     """Print an :func:`evaluate_report` result as rich tables.
 
     Per-category precision / recall / F1 / support with macro-F1 and accuracy; mislabeled detection; ROC-AUCs;
-    the suggested relabels (when scored); the confusion matrix; detection by given label, the classes losing the
-    most correct labels first: every class when ``per_class`` is True, none when it is False, and when it is None
-    the first :data:`PER_CLASS_ROWS`.
+    the suggested relabels (when scored); the confusion matrix; the degraded images by degradation and severity
+    (when the truth names them); detection by given label, the classes losing the most correct labels first: every
+    class when ``per_class`` is True, none when it is False, and when it is None the first :data:`PER_CLASS_ROWS`.
     """
     left_out, unchecked = result["left_out"], result.get("unchecked", 0)
     scored = f"{result['n']} images" + (f"; {left_out} of the truth's not in the report, left out" if left_out else "")
@@ -430,6 +490,8 @@ def render_evaluation(result: Mapping[str, Any], console: Console, *, per_class:
         table.add_row(*counts, _fmt(groups["roc_auc"]), _fmt(groups["average_precision"]))
         console.print(table)
 
+    _render_degraded(result, console)
+
     classes = result.get("per_class")
     if classes and per_class is not False:
         # The classes that lose the most correct labels first: where a curator would be misled (a rare class).
@@ -448,6 +510,35 @@ def render_evaluation(result: Mapping[str, Any], console: Console, *, per_class:
             rates = (_fmt(row[k]) for k in ("precision", "recall", "false_alarms"))
             table.add_row(Text(label), *counts, *rates)  # Text: a class name is not markup
         console.print(table)
+
+
+def _render_degraded(result: Mapping[str, Any], console: Console) -> None:
+    """The degraded images by degradation (the kinds the report names low quality least often first), then by
+    severity in order."""
+    kinds, levels = result.get("per_degradation") or {}, result.get("per_severity") or {}
+    if not kinds and not levels:
+        return
+    title = (
+        "Degraded images: what the report names them (shares of the row's images; AUC of p_mislabeled_lq "
+        "against the good images)"
+    )
+    table = Table(title=title, title_justify="left")
+    table.add_column("degradation", no_wrap=True)
+    # Short headings: the table fits 80 columns, as the others do.
+    for name in ("images", "clean", "mis-hq", "mis-lq", "share lq", "flagged", "AUC"):
+        table.add_column(name, justify="right")
+
+    def add(label: str, row: Mapping[str, Any]) -> None:
+        named = (str(row["named"][name]) for name in CATEGORIES)
+        rates = (_fmt(row[k]) for k in ("lq_recall", "flagged", "roc_auc"))
+        table.add_row(Text(label), str(row["n"]), *named, *rates)
+
+    for kind in sorted(kinds, key=lambda k: (kinds[k]["lq_recall"], k)):
+        add(kind, kinds[kind])
+    table.add_section()
+    for level, row in levels.items():
+        add(f"severity {level}", row)
+    console.print(table)
 
 
 # --------------------------------------------------------------------------------------------------- helpers
@@ -502,7 +593,7 @@ def _join(
             )
 
     # Truth columns come from the truth only, never from a report that carries a column of the same name along.
-    truth_only = ("is_low_quality", "is_label_noisy", "true_label")
+    truth_only = ("is_low_quality", "is_label_noisy", "true_label", "degradation", "severity")
     optional = [c for c in truth_only if c in tru.columns]
     rep = rep.drop(columns=[c for c in truth_only if c in rep.columns])
     return rep.merge(

@@ -84,6 +84,26 @@ def test_json_metrics_agree_with_sklearn(runner, report, noisy_digits, joined):
         assert row["recall"] == pytest.approx(group["flagged"][group["issue"]].mean())
     assert sum(row["flagged"] for row in per_class.values()) == metrics["detection"]["flagged"]
 
+    # The degraded images by degradation and severity, recomputed with pandas from the corruption's own columns.
+    degraded = joined[joined["is_low_quality"].astype(bool)]
+    good_lq = joined.loc[~joined["is_low_quality"].astype(bool), "p_mislabeled_lq"].to_numpy(np.float64)
+    for key, column in (("per_degradation", "degradation"), ("per_severity", "severity")):
+        table = metrics[key]
+        assert sorted(table) == sorted(degraded[column].astype(str).unique())
+        for value, group in degraded.groupby(degraded[column].astype(str)):
+            row = table[value]
+            assert row["n"] == len(group)
+            assert row["named"] == {name: int((group["category"] == name).sum()) for name in CATEGORIES}
+            assert row["lq_recall"] == pytest.approx((group["category"] == "mislabeled_lq").mean())
+            assert row["flagged"] == pytest.approx(group["is_label_issue"].astype(bool).mean())
+            target = np.r_[np.ones(len(group)), np.zeros(len(good_lq))]
+            scores = np.r_[group["p_mislabeled_lq"].to_numpy(np.float64), good_lq]
+            assert row["roc_auc"] == pytest.approx(roc_auc_score(target, scores))
+        # One degradation per image (the default): the rows add up to the degraded images, as they name them.
+        assert sum(row["n"] for row in table.values()) == len(degraded)
+        named_lq = sum(row["named"]["mislabeled_lq"] for row in table.values())
+        assert named_lq == int((degraded["category"] == "mislabeled_lq").sum())
+
 
 @pytest.mark.parametrize("quiet", [[], ["--quiet"]], ids=["plain", "quiet"])
 def test_table_output(runner, report, noisy_digits, quiet):
@@ -95,6 +115,7 @@ def test_table_output(runner, report, noisy_digits, quiet):
     assert "macro-F1" in text
     assert "Confusion matrix" in text and "ROC-AUC" in text
     assert "Mislabeled detection by given label" in text  # ten classes: shown unasked
+    assert "Degraded images: what the report names them" in text and "severity 5" in text  # within 80 columns
     for name in CATEGORIES:
         assert name in text
 

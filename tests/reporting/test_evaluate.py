@@ -326,6 +326,59 @@ def test_per_class_table_puts_the_classes_losing_most_correct_labels_first(n_cla
     assert (f"of {n_classes} classes; all with --per-class" in " ".join(text.split())) == (0 < rows < n_classes)
 
 
+def degraded_frames() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """make_frames with s08 degraded by blur at severity 4 (named mislabeled_lq, p_mislabeled_lq 0.9) and s09 by
+    blur and noise at 5 (named mislabeled_hq, 0.15: below one good image's 0.2, above the seven others)."""
+    report, truth = make_frames()
+    report.loc[report["sample_id"] == "s09", "p_mislabeled_lq"] = 0.15
+    kinds, levels = {"s08": "blur", "s09": "blur+noise"}, {"s08": 4, "s09": 5}
+    truth["is_low_quality"] = truth["sample_id"].isin(kinds)
+    truth["degradation"] = truth["sample_id"].map(kinds).fillna("")
+    truth["severity"] = truth["sample_id"].map(levels).fillna(0).astype(int)
+    return report, truth
+
+
+def test_degraded_images_by_degradation_and_severity() -> None:
+    report, truth = degraded_frames()
+    result = evaluate_report(report=report, truth=truth)
+    lq_only, hq_only = {C: 0, H: 0, L: 1}, {C: 0, H: 1, L: 0}
+    # An image degraded two ways counts under each; AUCs against the eight good images' p_mislabeled_lq.
+    assert result["per_degradation"] == {
+        "blur": {"n": 2, "named": {C: 0, H: 1, L: 1}, "lq_recall": 0.5, "flagged": 1.0, "roc_auc": 15 / 16},
+        "noise": {"n": 1, "named": hq_only, "lq_recall": 0.0, "flagged": 1.0, "roc_auc": 7 / 8},
+    }
+    assert result["per_severity"] == {
+        "4": {"n": 1, "named": lq_only, "lq_recall": 1.0, "flagged": 1.0, "roc_auc": 1.0},
+        "5": {"n": 1, "named": hq_only, "lq_recall": 0.0, "flagged": 1.0, "roc_auc": 7 / 8},
+    }
+    console = Console(record=True, width=160, color_system=None)
+    render_evaluation(result, console)
+    first_cells = [line.split("│")[1].strip() for line in console.export_text().splitlines() if "│" in line]
+    kinds = [cell for cell in first_cells if cell in ("blur", "noise") or cell.startswith("severity")]
+    assert kinds == ["noise", "blur", "severity 4", "severity 5"]  # the kinds named low quality least often first
+
+
+def test_degraded_images_from_a_truth_as_a_spreadsheet_keeps_it() -> None:
+    report, truth = degraded_frames()
+    # As a CSV reads back: empty cells NaN, severities floats; a degraded image whose kind and level were left out.
+    truth["degradation"] = truth["degradation"].replace("", np.nan)
+    truth["severity"] = truth["severity"].where(truth["is_low_quality"]).astype(float)
+    truth.loc[truth["sample_id"] == "s09", ["degradation", "severity"]] = np.nan
+    result = evaluate_report(report=report, truth=truth)
+    assert list(result["per_degradation"]) == ["(not named)", "blur"]
+    assert list(result["per_severity"]) == ["4", "(not named)"]
+    assert result["per_degradation"]["(not named)"]["named"] == {C: 0, H: 1, L: 0}
+
+
+def test_no_degraded_breakdown_without_the_truth_columns() -> None:
+    report, truth = make_frames()
+    result = evaluate_report(report=report, truth=truth)
+    assert result["per_degradation"] is None and result["per_severity"] is None
+    console = Console(record=True, width=160, color_system=None)
+    render_evaluation(result, console)
+    assert "Degraded images" not in console.export_text()
+
+
 def test_class_names_are_printed_as_written() -> None:
     report, truth = make_frames()
     report["given_label"] = ["[/]" if g == "a" else "[red]b" for g in GIVEN]  # rich markup, as a name
