@@ -7,7 +7,8 @@ a long-tailed class balance, another dataset, colour photographs, two-class sets
 own seed, none of them used to choose a default of ten-class sets (the balanced two-class ones checked the naming of
 two-class sets: see the comment at them). Per condition and method it reports the audit's 3-way macro-F1, the
 ceiling (``bench_baselines.py``'s truth-fitted classifier on the same two scores), detection F1, both separation
-AUCs and the test accuracy, then qmix's margin over each other method condition by condition. ``--variant
+AUCs and the test accuracy, then qmix's margin over each other method condition by condition, and what each method
+names the degraded images of each kind (pooled over the conditions: which degradations it reads through). ``--variant
 "key=value[,key=value]"`` (repeatable, as in ``bench_ablation.py``) adds qmix with options changed: the held-out
 check of a default chosen on the presets.
 
@@ -36,6 +37,8 @@ from _common import add_engine_args, add_reuse_arg, engine_options, markdown_tab
 from bench_ablation import COLUMNS, variant_tag
 from bench_baselines import FMNIST_ASYMMETRIC, corrupted_subset
 from photo_patches import write_photo_patches
+
+from qmix_cli.categories import CATEGORIES
 
 
 @dataclass(frozen=True)
@@ -187,7 +190,8 @@ def run_condition(name: str, cond: Condition, args: argparse.Namespace) -> list[
                               **options, **extra)  # fmt: skip
         rows.append({"condition": name, "method": label, **{k: r[k] for k in COLUMNS}, "reused": r["reused"],
                      "label noise": noise.get("realised_label_noise_rate_hq"),
-                     "degraded": noise.get("realised_quality_rate")})  # fmt: skip
+                     "degraded": noise.get("realised_quality_rate"),
+                     "per_degradation": r["evaluation"]["per_degradation"]})  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -197,6 +201,21 @@ def margins(frame: pd.DataFrame) -> pd.DataFrame:
     wide = frame.pivot(index="condition", columns="method", values="macro_f1")
     others = [m for m in wide.columns if m != "qmix"]
     return wide[others].rsub(wide["qmix"], axis=0).rename(columns=lambda m: f"qmix − {m}")
+
+
+def named_by_degradation(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per method (rows, then degradation) the degraded images pooled over the conditions, and the shares of them
+    the report names each category: a degradation the nets read through is named mislabeled-HQ or clean."""
+    counts = pd.DataFrame(
+        [
+            {"method": row["method"], "degradation": kind, "images": cell["n"], **cell["named"]}
+            for row in frame.to_dict(orient="records")
+            for kind, cell in (row["per_degradation"] or {}).items()
+        ]
+    )
+    pooled = counts.groupby(["method", "degradation"]).sum()
+    shares = pooled[list(CATEGORIES)].div(pooled["images"], axis=0).round(3)
+    return pd.concat([pooled[["images"]], shares], axis=1)
 
 
 def render(frame: pd.DataFrame, args: argparse.Namespace, minutes: float) -> str:
@@ -228,7 +247,16 @@ def render(frame: pd.DataFrame, args: argparse.Namespace, minutes: float) -> str
     if "qmix" in set(frame["method"]) and frame["method"].nunique() > 1:
         diff = margins(frame)
         diff.loc["mean"] = diff.mean()
-        lines += ["Macro-F1 margins:", "", markdown_table(diff.round(3), first="condition")]
+        lines += ["Macro-F1 margins:", "", markdown_table(diff.round(3), first="condition"), ""]
+    if frame["per_degradation"].notna().any():
+        named = named_by_degradation(frame)
+        named.index = [f"{m} · {d}" for m, d in named.index]
+        lines += [
+            "Degraded images by degradation, pooled over the conditions: how many, and the share named each category "
+            "(`qmix evaluate`'s `per_degradation`):",
+            "",
+            markdown_table(named, first="method · degradation"),
+        ]
     return "\n".join(lines)
 
 
