@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from qmix_cli.categories import holds_verdicts
-from qmix_cli.data.images import IMAGE_SUFFIXES, WIDE_MODES, ImageInfo, scan_images
+from qmix_cli.data.images import IMAGE_SUFFIXES, TIFF_ADVICE, UNREADABLE_TIFF, WIDE_MODES, ImageInfo, scan_images
 from qmix_cli.data.scan_cache import cached_scan, file_stats
 from qmix_cli.errors import ConfigError, DataError, first_few, summarise_offenders
 from qmix_cli.io import is_one_of, is_pipe_or_device
@@ -709,6 +709,8 @@ def _check_images(
             hint = " (none of the images could be read)"
         else:
             hint = " (pass --on-bad-image skip to leave them out)"
+        if skipped["reason"].str.startswith(UNREADABLE_TIFF).any():
+            hint = f"; {TIFF_ADVICE}{hint}"
         raise DataError(summarise_offenders("bad images", offenders) + hint)
     good = [info for info, b in zip(infos, bad, strict=True) if not b]
     kept_stats = None if stats is None else np.asarray(stats, dtype=np.int64).reshape(-1, 2)[~bad]
