@@ -256,7 +256,7 @@ def _aligned_report(
     if unknown:
         again = " (this manifest was written by qmix apply: audit it afresh first)" if reapplied else ""
         raise QmixError(summarise_offenders("report rows of images the dataset does not have", sorted(unknown)) + again)
-    missing = ~ids.isin(rep.index).to_numpy()
+    missing = rep.index.get_indexer(ids) < 0  # by its hash table: Series.isin of Arrow strings loops in Python
     if missing.any() and on_missing == "error":
         raise QmixError(
             summarise_offenders("dataset images the report has no verdict for", ids[missing].tolist())
