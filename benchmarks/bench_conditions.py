@@ -211,7 +211,8 @@ def named_by_degradation(frame: pd.DataFrame) -> pd.DataFrame:
             {"method": row["method"], "degradation": kind, "images": cell["n"], **cell["named"]}
             for row in frame.to_dict(orient="records")
             for kind, cell in (row["per_degradation"] or {}).items()
-        ]
+        ],
+        columns=["method", "degradation", "images", *CATEGORIES],  # conditions without degraded images: none
     )
     pooled = counts.groupby(["method", "degradation"]).sum()
     shares = pooled[list(CATEGORIES)].div(pooled["images"], axis=0).round(3)
@@ -248,8 +249,8 @@ def render(frame: pd.DataFrame, args: argparse.Namespace, minutes: float) -> str
         diff = margins(frame)
         diff.loc["mean"] = diff.mean()
         lines += ["Macro-F1 margins:", "", markdown_table(diff.round(3), first="condition"), ""]
-    if frame["per_degradation"].notna().any():
-        named = named_by_degradation(frame)
+    named = named_by_degradation(frame)
+    if not named.empty:
         named.index = [f"{m} · {d}" for m, d in named.index]
         lines += [
             "Degraded images by degradation, pooled over the conditions: how many, and the share named each category "

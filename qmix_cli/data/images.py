@@ -17,7 +17,6 @@ import errno
 import os
 import re
 import stat
-import struct
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ import numpy as np
 from PIL import Image
 from PIL.JpegImagePlugin import JpegImageFile
 
+from qmix_cli.data.tiff import tiff_layout
 from qmix_cli.io import finish_despite_interrupts
 
 T = TypeVar("T")
@@ -183,11 +183,8 @@ def inspect_image(
     except IsADirectoryError:
         return ImageInfo(error="is a directory")
     except Image.UnidentifiedImageError:
-        if _size(path) == 0:  # a copy or download that never finished
-            return ImageInfo(error="empty file (0 bytes)")
-        if (samples := tiff_samples(path)) is not None:  # a scientific export: say what it holds
-            return ImageInfo(error=f"{UNREADABLE_TIFF}{samples}, which Pillow cannot read")
-        return ImageInfo(error="not an image Pillow can read")
+        empty = _size(path) == 0  # a copy or download that never finished
+        return ImageInfo(error="empty file (0 bytes)" if empty else unreadable_reason(path))
     except (
         OSError,
         SyntaxError,
@@ -216,76 +213,26 @@ def open_image_file(path: str | Path) -> BinaryIO:
     return os.fdopen(fd, "rb")
 
 
-# How the reason for a TIFF Pillow cannot read begins, and what Pillow does read of TIFFs holding more than 8 bits a
-# sample (scientific and medical exports), said once for all of them.
+# The reason for a file Pillow cannot identify, and how the reason begins when it names a TIFF's layout.
+NOT_AN_IMAGE = "not an image Pillow can read"
 UNREADABLE_TIFF = "a TIFF of "
-TIFF_ADVICE = (
-    "Pillow reads TIFFs of 8-, 16- or 32-bit integers and of one channel of 32-bit floats: save them as one of those"
-)
-_MAX_TAGS = 4096  # a directory claiming more is damaged; the tags that matter come first (they are sorted)
-_SAMPLE_FORMATS = {1: "unsigned integer", 2: "signed integer", 3: "floating-point", 6: "complex floating-point"}
 
 
-def tiff_samples(path: str | Path) -> str | None:
-    """How the first image of a TIFF stores its pixels, e.g. ``"64-bit floating-point samples"`` or
-    ``"3 × 32-bit floating-point samples a pixel"``, read from its tags; None for a file that is not a TIFF or
-    whose first directory cannot be read. For naming what Pillow cannot read (64-bit or half floats, colour in
-    floats), which would otherwise be reported as no image at all."""
+def unreadable_reason(path: str | Path) -> str:
+    """Why Pillow cannot read the file at ``path``, which it could not identify: the layout of a TIFF it does not
+    read ("a TIFF of 64-bit floating-point samples, which Pillow cannot read"), "a TIFF Pillow cannot read" for one
+    refused for another cause (compression, colour space, a damaged directory), else `NOT_AN_IMAGE`. Opened as
+    `open_image_file` opens images, so a pipe named as one is not waited on."""
     try:
-        with open(path, "rb") as f:
-            tags = _first_ifd(f)
-    except (OSError, ValueError, struct.error):
-        return None
-    if tags is None or not {256, 257} <= set(tags):  # no width and height: not a directory of an image
-        return None
-    bits, samples = tags.get(258, 1), tags.get(277, 1)
-    kind = _SAMPLE_FORMATS.get(tags.get(339, 1), "unknown-format")
-    per_pixel = f"{samples} × " if samples > 1 else ""
-    return f"{per_pixel}{bits}-bit {kind} samples" + (" a pixel" if samples > 1 else "")
-
-
-def _first_ifd(f: BinaryIO) -> dict[int, int] | None:
-    """The first value of each numeric tag of a TIFF's (or BigTIFF's) first image directory, or None if the file
-    does not start as a TIFF."""
-    head = f.read(16)
-    order = {b"II": "<", b"MM": ">"}.get(head[:2])
-    if order is None:
-        return None
-    magic = struct.unpack(order + "H", head[2:4])[0]
-    if magic == 42:
-        offset, count_fmt, entry_fmt, entry_size = struct.unpack(order + "I", head[4:8])[0], "H", "HHI", 12
-    elif magic == 43:
-        offset, count_fmt, entry_fmt, entry_size = struct.unpack(order + "Q", head[8:16])[0], "Q", "HHQ", 20
-    else:
-        return None
-    f.seek(offset)
-    count_size = struct.calcsize(count_fmt)
-    (count,) = struct.unpack(order + count_fmt, f.read(count_size))
-    # Type -> (format, size) of the numeric types: BYTE, SHORT, LONG, LONG8; text and fractions are skipped. Values
-    # too large for an entry's field lie elsewhere, at the offset it holds (BitsPerSample of a colour image).
-    sizes = {1: ("B", 1), 3: ("H", 2), 4: ("I", 4), 16: ("Q", 8)}
-    n_read = min(count, _MAX_TAGS)
-    data = f.read(entry_size * n_read)
-    if len(data) < entry_size * n_read:  # a file cut short in its directory
-        return None
-    field_at = struct.calcsize(order + entry_fmt)  # where an entry's value (or its offset) starts
-    tags: dict[int, int] = {}
-    for i in range(n_read):
-        entry = data[i * entry_size : (i + 1) * entry_size]
-        tag, typ, n = struct.unpack(order + entry_fmt, entry[:field_at])
-        if typ not in sizes or n < 1:
-            continue
-        fmt, size = sizes[typ]
-        field = entry[field_at:]
-        if size * n <= len(field):
-            tags[tag] = struct.unpack(order + fmt, field[:size])[0]
-        else:  # stored elsewhere: the field holds its offset
-            where = struct.unpack(order + ("I" if magic == 42 else "Q"), field)[0]
-            here = f.tell()
-            f.seek(where)
-            tags[tag] = struct.unpack(order + fmt, f.read(size))[0]
-            f.seek(here)
-    return tags
+        with open_image_file(path) as file:
+            layout = tiff_layout(file)
+    except (OSError, NotAFile):
+        return NOT_AN_IMAGE
+    if layout is None:
+        return NOT_AN_IMAGE
+    if layout.plausible and not layout.pillow_reads:
+        return f"{UNREADABLE_TIFF}{layout.describe()}, which Pillow cannot read"
+    return "a TIFF Pillow cannot read"
 
 
 def _size(path: str | Path) -> int | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import os
 import re
 import unicodedata
@@ -24,8 +25,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from qmix_cli.categories import holds_verdicts
-from qmix_cli.data.images import IMAGE_SUFFIXES, TIFF_ADVICE, UNREADABLE_TIFF, WIDE_MODES, ImageInfo, scan_images
+from qmix_cli.data.images import (
+    IMAGE_SUFFIXES,
+    NOT_AN_IMAGE,
+    UNREADABLE_TIFF,
+    WIDE_MODES,
+    ImageInfo,
+    scan_images,
+    unreadable_reason,
+)
 from qmix_cli.data.scan_cache import cached_scan, file_stats
+from qmix_cli.data.tiff import PILLOW_READS
 from qmix_cli.errors import ConfigError, DataError, first_few, summarise_offenders
 from qmix_cli.io import is_one_of, is_pipe_or_device
 from qmix_cli.progress import Reporter, SilentReporter
@@ -685,6 +695,12 @@ def _check_images(
             return scan_images(paths, workers=workers, progress=progress, keep=fill.put, size=decode_to.jpeg_draft)
 
         infos = cached_scan(paths, cache_dir=cache_dir, scan=scan, stats=stats)
+        # A check remembered from before TIFF layouts were named says only "not an image": asked again, for those
+        # files alone (a header each), rather than every remembered check being thrown away for it.
+        infos = [
+            dataclasses.replace(info, error=unreadable_reason(path)) if info.error == NOT_AN_IMAGE else info
+            for info, path in zip(infos, paths, strict=True)
+        ]
         bad = np.array([info.error is not None for info in infos], dtype=bool)
         # Filled only for a dataset that will be accepted: no bad image refused, enough classes left.
         if (not bad.any() or on_bad_image == "skip") and frame.loc[~bad, "label"].nunique() >= min_classes:
@@ -710,7 +726,7 @@ def _check_images(
         else:
             hint = " (pass --on-bad-image skip to leave them out)"
         if skipped["reason"].str.startswith(UNREADABLE_TIFF).any():
-            hint = f"; {TIFF_ADVICE}{hint}"
+            hint = f". {PILLOW_READS}{hint}"  # once for every such file, not after each
         raise DataError(summarise_offenders("bad images", offenders) + hint)
     good = [info for info, b in zip(infos, bad, strict=True) if not b]
     kept_stats = None if stats is None else np.asarray(stats, dtype=np.int64).reshape(-1, 2)[~bad]

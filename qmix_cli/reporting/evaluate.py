@@ -49,6 +49,8 @@ _REPORT_COLUMNS = ("sample_id", "category", "is_label_issue", "p_clean", "p_misl
 _TRUTH_COLUMNS = ("sample_id", "category")
 # Classes up to which `render_evaluation` prints the per-class table unasked.
 PER_CLASS_ROWS = 20
+# The key of degraded images whose truth leaves their degradation or severity empty.
+_NOT_NAMED = "(not named)"
 
 
 def evaluate_report(
@@ -100,7 +102,8 @@ def evaluate_report(
         ``per_degradation`` and ``per_severity`` (degradation name, or severity as text → ``n``: degraded images,
         ``named``: how many the report calls each category, ``lq_recall``: the share called ``mislabeled_lq``,
         ``flagged``: the share flagged, ``roc_auc``: of ``p_mislabeled_lq``, these images against the good ones;
-        an image degraded several ways counts under each; ``None`` when the truth lacks the column);
+        an image degraded several ways counts under each; ``{}`` with no degraded image; both ``None`` when the
+        truth has no ``degradation`` column, ``per_severity`` when it has no ``severity``);
         ``groups`` (``column``, ``units`` scored, ``wrong``: units whose label is wrong on a good image, ``unscored``:
         units of degraded images only, ``ungrouped``: images with no group, ``roc_auc`` and ``average_precision`` of
         the units' order in the table (``rank``) for the wrong ones; ``None`` without ``group_column``). Undefined
@@ -339,43 +342,68 @@ def _degraded_detection(
     joined: pd.DataFrame, *, true_lq: np.ndarray, flagged: np.ndarray
 ) -> dict[str, dict[str, dict[str, Any]] | None]:
     """What the report calls the degraded images, by the truth's ``degradation`` (each of the names a ``+`` joins)
-    and ``severity``: ``{"per_degradation": ..., "per_severity": ...}``, each ``None`` without its column.
+    and ``severity``: ``{"per_degradation": ..., "per_severity": ...}``, ``{}`` each when no image is degraded.
 
+    Both are ``None`` without a ``degradation`` column: ``severity`` is read only beside it, as ``qmix corrupt``
+    writes them, since a truth's ``severity`` alone is more likely a disease grade than a corruption's level.
     A degraded image the nets read as they read a good one is named clean, or mislabeled-HQ when its label is not
     the one they read: the overall low-quality recall hides which kinds of damage those are.
     """
+    if "degradation" not in joined.columns:
+        return {"per_degradation": None, "per_severity": None}
     category = joined["category_report"].to_numpy(dtype=object)
     p_lq = _scores(joined, "p_mislabeled_lq")  # a required column
     good_scores = p_lq[~true_lq]
     degraded = np.flatnonzero(true_lq)
-    out: dict[str, dict[str, dict[str, Any]] | None] = {"per_degradation": None, "per_severity": None}
-    if "degradation" in joined.columns:
-        names = [
-            value.split("+") if isinstance(value, str) and value else [_NOT_NAMED]
-            for value in joined["degradation"].to_numpy(dtype=object)[degraded]
-        ]  # "blur+noise" counts under blur and under noise
-        rows = np.repeat(degraded, [len(n) for n in names])
-        keys = np.array([name for n in names for name in n], dtype=object)
-        out["per_degradation"] = {
-            key: _degraded_row(rows[keys == key], category, flagged, p_lq, good_scores) for key in sorted(set(keys))
-        }
+
+    def row(members: np.ndarray) -> dict[str, Any]:
+        return _degraded_row(members, category=category, flagged=flagged, p_lq=p_lq, good_scores=good_scores)
+
+    # The distinct values are parsed once, then spread back over the images (a few distinct values, many images).
+    codes, values = pd.factorize(joined["degradation"].to_numpy(dtype=object)[degraded], use_na_sentinel=True)
+    names = [_degradation_names(v) for v in values] + [[_NOT_NAMED]]  # code -1 (missing): the last
+    counts = np.array([len(n) for n in names])[codes]
+    rows = np.repeat(degraded, counts)  # "blur+noise" counts under blur and under noise
+    keys = np.array([name for code in codes for name in names[code]], dtype=object)
+    per_degradation = {key: row(rows[keys == key]) for key in sorted(set(keys))}
+
+    per_severity: dict[str, dict[str, Any]] | None = None
     if "severity" in joined.columns:
-        levels = pd.to_numeric(joined["severity"], errors="coerce").to_numpy(dtype=np.float64)[degraded]
-        keys = np.array([_NOT_NAMED if np.isnan(v) else str(int(v)) for v in levels], dtype=object)
-        order = sorted(set(keys), key=lambda key: (key == _NOT_NAMED, float(key) if key != _NOT_NAMED else 0.0))
-        out["per_severity"] = {
-            key: _degraded_row(degraded[keys == key], category, flagged, p_lq, good_scores) for key in order
-        }
-    return out
+        codes, values = pd.factorize(joined["severity"].to_numpy(dtype=object)[degraded], use_na_sentinel=True)
+        levels = np.array([_severity_key(v) for v in values] + [_NOT_NAMED], dtype=object)[codes]
+        per_severity = {key: row(degraded[levels == key]) for key in sorted(set(levels), key=_severity_order)}
+    return {"per_degradation": per_degradation, "per_severity": per_severity}
 
 
-_NOT_NAMED = "(not named)"  # a degraded image whose truth leaves its degradation or severity empty
+def _degradation_names(value: Any) -> list[str]:
+    """The degradations a truth's cell names: ``"blur + noise"`` → ``["blur", "noise"]``, spaces and empty parts
+    dropped; a cell naming none, `_NOT_NAMED`."""
+    parts = [part.strip() for part in str(value).split("+")]
+    return [part for part in parts if part] or [_NOT_NAMED]
+
+
+def _severity_key(value: Any) -> str:
+    """A severity as its table key: a finite number as the shortest text that says it (4.0 → ``"4"``, 4.5 →
+    ``"4.5"``), other text as written, an empty cell `_NOT_NAMED`."""
+    number = pd.to_numeric(pd.Series([value]), errors="coerce").iloc[0]
+    if pd.notna(number) and math.isfinite(number):
+        return f"{float(number):g}"
+    return str(value).strip() or _NOT_NAMED
+
+
+def _severity_order(key: str) -> tuple[int, float, str]:
+    """Numbers in order, then text by name, then `_NOT_NAMED` (as 2 before 10, not as text sorts them)."""
+    if key == _NOT_NAMED:
+        return (2, 0.0, key)
+    number = pd.to_numeric(pd.Series([key]), errors="coerce").iloc[0]
+    return (0, float(number), key) if pd.notna(number) and math.isfinite(number) else (1, 0.0, key)
 
 
 def _degraded_row(
-    members: np.ndarray, category: np.ndarray, flagged: np.ndarray, p_lq: np.ndarray, good_scores: np.ndarray
+    members: np.ndarray, *, category: np.ndarray, flagged: np.ndarray, p_lq: np.ndarray, good_scores: np.ndarray
 ) -> dict[str, Any]:
-    """One row of `_degraded_detection`: the degraded images at ``members`` (row positions)."""
+    """One row of `_degraded_detection`: the degraded images at ``members`` ((M,) row positions), what the report
+    names them (``category``, (N,)), how many it flags, and the AUC of their ``p_lq`` against ``good_scores``."""
     named = {name: int((category[members] == name).sum()) for name in CATEGORIES}
     target = np.r_[np.ones(len(members), dtype=bool), np.zeros(len(good_scores), dtype=bool)]
     return {

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import struct
 import warnings
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 from PIL import Image
 
 from qmix_cli.cli.common import apply_pixel_limit, quiet_pillow_warnings
-from qmix_cli.data.images import TIFF_ADVICE, inspect_image, scan_images, tiff_samples
+from qmix_cli.data.images import inspect_image, scan_images
 from qmix_cli.data.manifest import create_dataset
 from qmix_cli.errors import QmixError
 
@@ -121,94 +120,3 @@ def test_a_pixel_limit_that_is_no_number_is_one_line(monkeypatch, value):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
     with pytest.raises(QmixError, match=r"QMIX_MAX_IMAGE_PIXELS=.*a whole number of pixels, or 'none'"):
         apply_pixel_limit({"QMIX_MAX_IMAGE_PIXELS": value})
-
-
-def _tiff(path: Path, pixels: np.ndarray, *, order: str = "<") -> Path:
-    """A one-strip, uncompressed TIFF of ``pixels`` ((H, W) or (H, W, samples)), written tag by tag so that any
-    sample type can be stored, whatever Pillow or another library would write."""
-    height, width = pixels.shape[:2]
-    samples = 1 if pixels.ndim == 2 else pixels.shape[2]
-    kind = {"u": 1, "i": 2, "f": 3}[pixels.dtype.kind]
-    bits = pixels.dtype.itemsize * 8
-    data = pixels.astype(pixels.dtype.newbyteorder(order)).tobytes()
-    n_tags = 10
-    ifd_at = 8
-    extra_at = ifd_at + 2 + 12 * n_tags + 4  # where BitsPerSample of several samples lies, then the pixels
-    bits_value = struct.pack(order + "HH", bits, 0) if samples == 1 else struct.pack(order + "I", extra_at)
-    pixels_at = extra_at + (2 * samples if samples > 1 else 0)
-    entries = [
-        (256, 4, 1, struct.pack(order + "I", width)),
-        (257, 4, 1, struct.pack(order + "I", height)),
-        (258, 3, samples, bits_value),
-        (259, 3, 1, struct.pack(order + "HH", 1, 0)),  # no compression
-        (262, 3, 1, struct.pack(order + "HH", 2 if samples == 3 else 1, 0)),  # RGB or black is zero
-        (273, 4, 1, struct.pack(order + "I", pixels_at)),
-        (277, 3, 1, struct.pack(order + "HH", samples, 0)),
-        (278, 4, 1, struct.pack(order + "I", height)),
-        (279, 4, 1, struct.pack(order + "I", len(data))),
-        (339, 3, 1, struct.pack(order + "HH", kind, 0)),
-    ]
-    magic = b"II" if order == "<" else b"MM"
-    out = magic + struct.pack(order + "HI", 42, ifd_at) + struct.pack(order + "H", n_tags)
-    out += b"".join(struct.pack(order + "HHI", tag, typ, n) + value for tag, typ, n, value in entries)
-    out += struct.pack(order + "I", 0)
-    if samples > 1:
-        out += struct.pack(order + "H" * samples, *[bits] * samples)
-    path.write_bytes(out + data)
-    return path
-
-
-@pytest.mark.parametrize(
-    ("dtype", "samples", "order", "named"),
-    [
-        ("float64", 1, "<", "64-bit floating-point samples"),
-        ("float64", 1, ">", "64-bit floating-point samples"),
-        ("float16", 1, "<", "16-bit floating-point samples"),
-        ("float32", 3, "<", "3 × 32-bit floating-point samples a pixel"),
-        ("uint64", 1, ">", "64-bit unsigned integer samples"),
-    ],
-)
-def test_a_tiff_pillow_cannot_read_is_named_by_how_it_stores_its_pixels(tmp_path, dtype, samples, order, named):
-    shape = (6, 5) if samples == 1 else (6, 5, samples)
-    path = _tiff(tmp_path / "scan.tif", np.linspace(0, 1, 30 * samples).reshape(shape).astype(dtype), order=order)
-    assert tiff_samples(path) == named
-    assert inspect_image(path).error == f"a TIFF of {named}, which Pillow cannot read"
-
-
-@pytest.mark.parametrize(("dtype", "mode"), [("float32", "F"), ("uint16", "I;16"), ("uint8", "L")])
-def test_the_tiffs_pillow_reads_are_written_the_same_way(tmp_path, dtype, mode):
-    # The writer above makes TIFFs Pillow reads when their samples are of a kind it reads: what it refuses, it
-    # refuses for the samples.
-    path = _tiff(tmp_path / "scan.tif", (np.arange(30).reshape(6, 5) * 7).astype(dtype))
-    assert inspect_image(path).error is None
-    assert inspect_image(path).mode == mode
-
-
-@pytest.mark.filterwarnings("ignore:Corrupt EXIF")  # Pillow on the cut directory, which it reads as damaged EXIF
-def test_a_file_that_is_no_tiff_or_stops_in_its_header_is_not_named_one(tmp_path):
-    other = tmp_path / "notes.tif"
-    other.write_bytes(b"not an image at all")
-    cut = tmp_path / "cut.tif"
-    cut.write_bytes(_tiff(tmp_path / "whole.tif", np.zeros((4, 4))).read_bytes()[:12])  # the directory cut off
-    for path in (other, cut):
-        assert tiff_samples(path) is None
-        assert inspect_image(path).error == "not an image Pillow can read"
-
-
-def test_a_set_of_unreadable_tiffs_says_once_what_pillow_reads(tmp_path):
-    for label in ("a", "b"):
-        (tmp_path / label).mkdir()
-        for i in range(3):
-            _tiff(tmp_path / label / f"{i}.tif", np.full((8, 8), i, dtype=np.float64))
-    with pytest.raises(QmixError) as caught:
-        create_dataset(tmp_path)
-    message = str(caught.value)
-    assert "6 bad images: a/0.tif: a TIFF of 64-bit floating-point samples, which Pillow cannot read" in message
-    assert message.count(TIFF_ADVICE) == 1
-
-
-def test_a_bigtiff_is_named_too(tmp_path):
-    tifffile = pytest.importorskip("tifffile")  # scikit-image's: BigTIFF's 8-byte offsets, by another writer
-    path = tmp_path / "big.tif"
-    tifffile.imwrite(path, np.zeros((8, 8)), bigtiff=True)
-    assert inspect_image(path).error == "a TIFF of 64-bit floating-point samples, which Pillow cannot read"

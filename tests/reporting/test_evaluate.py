@@ -370,6 +370,61 @@ def test_degraded_images_from_a_truth_as_a_spreadsheet_keeps_it() -> None:
     assert result["per_degradation"]["(not named)"]["named"] == {C: 0, H: 1, L: 0}
 
 
+def test_a_degraded_image_left_unflagged_lowers_its_kinds_share_flagged() -> None:
+    report, truth = degraded_frames()
+    # s07 too (named clean, not flagged, p_mislabeled_lq 0.1, tied with two of the seven good images): noise, 4.
+    truth.loc[truth["sample_id"] == "s07", ["is_low_quality", "degradation", "severity"]] = [True, "noise", 4]
+    result = evaluate_report(report=report, truth=truth)
+    noise, level4 = result["per_degradation"]["noise"], result["per_severity"]["4"]
+    assert noise.pop("roc_auc") == pytest.approx((5 + 6) / 14)
+    assert noise == {"n": 2, "named": {C: 1, H: 1, L: 0}, "lq_recall": 0.0, "flagged": 0.5}
+    assert level4.pop("roc_auc") == pytest.approx((5 + 7) / 14)
+    assert level4 == {"n": 2, "named": {C: 1, H: 0, L: 1}, "lq_recall": 0.5, "flagged": 0.5}
+
+
+def test_untidy_degradation_names_count_under_the_names_they_hold() -> None:
+    report, truth = degraded_frames()
+    truth.loc[truth["sample_id"] == "s08", "degradation"] = "blur + noise"
+    truth.loc[truth["sample_id"] == "s09", "degradation"] = "blur+"
+    per_degradation = evaluate_report(report=report, truth=truth)["per_degradation"]
+    assert {key: row["n"] for key, row in per_degradation.items()} == {"blur": 2, "noise": 1}
+    truth.loc[truth["sample_id"] == "s09", "degradation"] = " + "  # names nothing
+    per_degradation = evaluate_report(report=report, truth=truth)["per_degradation"]
+    assert {key: row["n"] for key, row in per_degradation.items()} == {"(not named)": 1, "blur": 1, "noise": 1}
+
+
+def test_severities_sort_as_numbers_then_as_text() -> None:
+    report, truth = degraded_frames()
+    levels = {"s04": 10, "s05": 2, "s06": "high", "s07": 4.5, "s08": np.inf, "s09": np.nan}
+    degraded = truth["sample_id"].isin(levels)
+    truth["is_low_quality"] = degraded
+    truth["degradation"] = np.where(degraded, "blur", "")
+    truth["severity"] = truth["sample_id"].map(levels).astype(object)
+    per_severity = evaluate_report(report=report, truth=truth)["per_severity"]
+    # 2 before 10 (text would sort "10" first); an infinite level is text, not a number: no crash, no bogus number.
+    assert list(per_severity) == ["2", "4.5", "10", "high", "inf", "(not named)"]
+    assert all(row["n"] == 1 for row in per_severity.values())
+
+
+def test_a_severity_without_a_degradation_column_is_not_read() -> None:
+    # A medical truth's "severity" is likelier a disease grade than the level of a corruption.
+    report, truth = degraded_frames()
+    result = evaluate_report(report=report, truth=truth.drop(columns="degradation"))
+    assert result["per_degradation"] is None and result["per_severity"] is None
+    result = evaluate_report(report=report, truth=truth.drop(columns="severity"))
+    assert list(result["per_degradation"]) == ["blur", "noise"] and result["per_severity"] is None
+
+
+def test_a_truth_without_degraded_images_gives_empty_tables() -> None:
+    report, truth = degraded_frames()
+    truth["is_low_quality"] = False
+    result = evaluate_report(report=report, truth=truth)
+    assert result["per_degradation"] == {} and result["per_severity"] == {}
+    console = Console(record=True, width=160, color_system=None)
+    render_evaluation(result, console)
+    assert "Degraded images" not in console.export_text()
+
+
 def test_no_degraded_breakdown_without_the_truth_columns() -> None:
     report, truth = make_frames()
     result = evaluate_report(report=report, truth=truth)
