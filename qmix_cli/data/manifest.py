@@ -695,10 +695,13 @@ def _check_images(
             return scan_images(paths, workers=workers, progress=progress, keep=fill.put, size=decode_to.jpeg_draft)
 
         infos = cached_scan(paths, cache_dir=cache_dir, scan=scan, stats=stats)
-        # A check remembered from before TIFF layouts were named says only "not an image": asked again, for those
-        # files alone (a header each), rather than every remembered check being thrown away for it.
+        # A check remembered from before TIFF layouts were named says only "not an image": TIFFs so judged are asked
+        # again (a header each) rather than every remembered check being thrown away for them; other files that are
+        # no image, a folder of which may hold thousands, are not opened again.
         infos = [
-            dataclasses.replace(info, error=unreadable_reason(path)) if info.error == NOT_AN_IMAGE else info
+            dataclasses.replace(info, error=unreadable_reason(path))
+            if info.error == NOT_AN_IMAGE and str(path).lower().endswith((".tif", ".tiff"))
+            else info
             for info, path in zip(infos, paths, strict=True)
         ]
         bad = np.array([info.error is not None for info in infos], dtype=bool)

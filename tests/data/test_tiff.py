@@ -216,3 +216,18 @@ def test_pillows_reading_of_the_writers_float32_file_keeps_its_values(tmp_path):
     values = np.linspace(-1, 1, 30, dtype=np.float32).reshape(6, 5)
     with Image.open(write_tiff(tmp_path / "scan.tif", values, order=">")) as img:
         assert np.array_equal(np.asarray(img, dtype=np.float32), values)
+
+
+def test_other_files_a_remembered_check_called_no_image_are_not_opened_again(tmp_path, monkeypatch):
+    root = _float64_folder(tmp_path / "scans")
+    (root / "a" / "notes.png").write_bytes(b"not an image at all")
+    cache = tmp_path / "cache"
+    with monkeypatch.context() as older, pytest.raises(QmixError):  # remembered as an earlier release did
+        older.setattr(images, "unreadable_reason", lambda path: NOT_AN_IMAGE)
+        older.setattr(manifest, "unreadable_reason", lambda path: NOT_AN_IMAGE)
+        create_dataset(root, cache_dir=cache)
+    asked: list[str] = []
+    monkeypatch.setattr(manifest, "unreadable_reason", lambda path: asked.append(Path(path).name) or NOT_AN_IMAGE)
+    with pytest.raises(QmixError):
+        create_dataset(root, cache_dir=cache)
+    assert sorted(asked) == ["0.tif", "0.tif", "1.tif", "1.tif", "2.tif", "2.tif"]  # the six TIFFs, not the PNG
