@@ -22,6 +22,10 @@ _MAX_TAGS = 4096  # a directory claiming more is damaged; the tags that matter c
 # Numeric field types: type -> (struct format, size). Text and fractions are not needed and skipped.
 _FIELD_TYPES = {1: ("B", 1), 3: ("H", 2), 4: ("I", 4), 16: ("Q", 8)}
 _WIDTH, _HEIGHT, _BITS, _SAMPLES, _FORMAT = 256, 257, 258, 277, 339
+# Sample format -> the bits a sample of it has in files that exist.
+_PLAUSIBLE_BITS = {1: range(1, 65), 2: range(1, 65), 3: (16, 24, 32, 64), 6: (32, 64, 128)}
+# Sample format -> the bits of one-channel images Pillow 13 reads (unsigned 12-bit as it reads it, little-endian).
+_READ_ONE_CHANNEL = {1: (1, 2, 4, 8, 12, 16, 32), 2: (8, 16, 32), 3: (32,)}
 # Magic number -> (offset format, entry's tag / type / count format, directory's count format): classic, BigTIFF.
 _VARIANTS = {42: ("I", "HHI", "H"), 43: ("Q", "HHQ", "Q")}
 
@@ -37,16 +41,16 @@ class TiffLayout:
 
     @property
     def plausible(self) -> bool:
-        """Whether the tags describe a layout at all, rather than a damaged directory."""
-        return 1 <= self.samples <= 16 and 1 <= self.bits <= 128 and self.sample_format in _SAMPLE_FORMATS
+        """Whether the tags describe a layout files have, rather than a damaged directory (1-bit floats)."""
+        bits = _PLAUSIBLE_BITS.get(self.sample_format, ())
+        return 1 <= self.samples <= 16 and self.bits in bits
 
     @property
     def pillow_reads(self) -> bool:
-        """Whether Pillow reads images of this layout (so a refusal has another cause: compression, colour space)."""
+        """Whether Pillow reads images of this layout, as far as the samples go (so a refusal has another cause:
+        compression, colour space). Errs towards yes: a layout it cannot place is not blamed."""
         if self.samples == 1:
-            return (self.sample_format in (1, 2) and self.bits in (1, 8, 16, 32)) or (
-                self.sample_format == 3 and self.bits == 32
-            )
+            return self.bits in _READ_ONE_CHANNEL.get(self.sample_format, ())
         return self.sample_format == 1 and (self.bits == 8 or (self.bits == 16 and self.samples in (3, 4)))
 
     def describe(self) -> str:
@@ -100,9 +104,7 @@ def _first_directory(f: BinaryIO) -> dict[int, int] | None:
         field = entry[field_at:]
         if size * n <= len(field):
             tags[tag] = struct.unpack(order + fmt, field[:size])[0]
-        else:
-            here = f.tell()
+        else:  # the entries are all read already: the file's position is free to move
             f.seek(struct.unpack(order + pointer, field)[0])
             tags[tag] = struct.unpack(order + fmt, f.read(size))[0]
-            f.seek(here)
     return tags

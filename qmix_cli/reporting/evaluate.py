@@ -128,8 +128,9 @@ def evaluate_report(
     # strings was most of a million-row evaluation (18 s); the checked categories are all among CATEGORIES.
     codes = list(range(len(labels)))
     clean, lq = labels.index("clean"), labels.index("mislabeled_lq")
-    y_true = pd.Categorical(joined["category_truth"], categories=labels).codes
-    y_pred = pd.Categorical(joined["category_report"], categories=labels).codes
+    # As text, the values check_verdict_rows checked: astype(str) decodes bytes, which Categorical would not match.
+    y_true = pd.Categorical(joined["category_truth"].astype(str), categories=labels).codes
+    y_pred = pd.Categorical(joined["category_report"].astype(str), categories=labels).codes
 
     # zero_division=nan: a precision or recall with nothing to divide by is undefined (None), not 0, and
     # sklearn then leaves that category out of the macro average instead of dragging it down.
@@ -383,11 +384,12 @@ def _degradation_names(value: Any) -> list[str]:
 
 
 def _severity_key(value: Any) -> str:
-    """A severity as its table key: a finite number as the shortest text that says it (4.0 → ``"4"``, 4.5 →
-    ``"4.5"``), other text as written, an empty cell `_NOT_NAMED`."""
+    """A severity as its table key: a finite number as the shortest text that says it exactly (4.0 → ``"4"``, 4.5 →
+    ``"4.5"``, 1000001 → ``"1000001"``), other text as written, an empty cell `_NOT_NAMED`."""
     number = pd.to_numeric(pd.Series([value]), errors="coerce").iloc[0]
     if pd.notna(number) and math.isfinite(number):
-        return f"{float(number):g}"
+        text = repr(float(number))
+        return text.removesuffix(".0")
     return str(value).strip() or _NOT_NAMED
 
 

@@ -737,6 +737,8 @@ def check_verdict_rows(frame: pd.DataFrame, *, what: str) -> pd.DataFrame:
     """``frame`` with ``sample_id`` as text, once its ids are unique and its ``category`` values are verdicts
     (`CATEGORIES`): what every join of a report (or a truth manifest) on ``sample_id`` needs. ``what`` names the
     frame in the errors ("report", "truth")."""
+    if (empty := int(frame["sample_id"].isna().sum())) > 0:  # astype(str) keeps a missing id missing
+        raise QmixError(f"the {what} has {empty} row{'s' * (empty != 1)} without a sample_id")
     frame = frame.assign(sample_id=frame["sample_id"].astype(str))
     dupes = frame["sample_id"][frame["sample_id"].duplicated()].unique().tolist()
     if dupes:

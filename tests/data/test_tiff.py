@@ -21,14 +21,20 @@ from qmix_cli.data.tiff import PILLOW_READS, TiffLayout, tiff_layout
 from qmix_cli.errors import QmixError
 
 
-def write_tiff(path: Path, pixels: np.ndarray, *, order: str = "<", sample_format: bool = True) -> Path:
+def write_tiff(
+    path: Path, pixels: np.ndarray, *, order: str = "<", sample_format: bool = True, bits: int | None = None
+) -> Path:
     """A one-strip, uncompressed TIFF of ``pixels`` ((H, W) or (H, W, samples)), written tag by tag so that any
     sample type can be stored, whatever Pillow or another library would write. ``sample_format=False`` leaves
-    SampleFormat out, as many writers of unsigned integers do."""
+    SampleFormat out, as many writers of unsigned integers do; ``bits`` 1, 2 or 4 packs one-channel uint8 pixels
+    that many bits each, rows starting on a byte."""
     height, width = pixels.shape[:2]
     samples = 1 if pixels.ndim == 2 else pixels.shape[2]
-    bits = pixels.dtype.itemsize * 8
-    data = pixels.astype(pixels.dtype.newbyteorder(order)).tobytes()
+    if bits is None:
+        bits = pixels.dtype.itemsize * 8
+        data = pixels.astype(pixels.dtype.newbyteorder(order)).tobytes()
+    else:
+        data = _packed(pixels, bits)
     alpha = samples in (2, 4)  # grey or RGB with an alpha channel, said by ExtraSamples
     tags = 9 + alpha + sample_format
     extra_at = 8 + 2 + 12 * tags + 4  # after the directory: BitsPerSample when it does not fit its entry
@@ -58,6 +64,14 @@ def write_tiff(path: Path, pixels: np.ndarray, *, order: str = "<", sample_forma
         out += struct.pack(order + "H" * samples, *[bits] * samples)
     path.write_bytes(out + data)
     return path
+
+
+def _packed(pixels: np.ndarray, bits: int) -> bytes:
+    """(H, W) uint8 values below ``2 ** bits``, ``8 // bits`` to a byte, the first in the high bits."""
+    per_byte = 8 // bits
+    padded = np.pad(pixels, ((0, 0), (0, (-pixels.shape[1]) % per_byte))).reshape(pixels.shape[0], -1, per_byte)
+    shifts = (np.arange(per_byte)[::-1] * bits).astype(np.uint8)
+    return (padded.astype(np.uint8) << shifts).sum(axis=2).astype(np.uint8).tobytes()
 
 
 def layout_of(path: Path) -> TiffLayout | None:
@@ -95,6 +109,54 @@ def test_what_the_layout_says_pillow_reads_is_what_pillow_reads(tmp_path, dtype,
         warnings.simplefilter("ignore")
         reads = inspect_image(path).error is None
     assert layout_of(path).pillow_reads == reads
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4])
+def test_greyscale_of_fewer_bits_than_a_byte_is_read_and_not_blamed(tmp_path, bits):
+    values = (np.arange(30).reshape(6, 5) % (2**bits)).astype(np.uint8)
+    path = write_tiff(tmp_path / "scan.tif", values, bits=bits, sample_format=False)
+    assert layout_of(path) == TiffLayout(samples=1, bits=bits, sample_format=1)
+    assert layout_of(path).pillow_reads
+    assert inspect_image(path).error is None
+
+
+def test_a_directory_without_bits_per_sample_is_one_bit(tmp_path):
+    # BitsPerSample defaults to 1 (a bilevel scan often leaves it out), SamplesPerPixel to 1.
+    raw = bytearray(write_tiff(tmp_path / "whole.tif", np.zeros((4, 4), dtype=np.uint8)).read_bytes())
+    at = raw.find(struct.pack("<HHI", 258, 3, 1))
+    raw[at : at + 2] = struct.pack("<H", 65000)  # the tag renamed: a private one, ignored
+    path = tmp_path / "bilevel.tif"
+    path.write_bytes(bytes(raw))
+    assert layout_of(path) == TiffLayout(samples=1, bits=1, sample_format=1)
+
+
+def test_a_directory_without_width_or_height_is_no_image(tmp_path):
+    raw = bytearray(write_tiff(tmp_path / "whole.tif", np.zeros((4, 4), dtype=np.float64)).read_bytes())
+    at = raw.find(struct.pack("<HHI", 257, 4, 1))
+    raw[at : at + 2] = struct.pack("<H", 65000)
+    path = tmp_path / "no-height.tif"
+    path.write_bytes(bytes(raw))
+    assert layout_of(path) is None
+
+
+@pytest.mark.parametrize(
+    ("layout", "plausible"),
+    [
+        (TiffLayout(samples=1, bits=64, sample_format=3), True),
+        (TiffLayout(samples=1, bits=24, sample_format=3), True),
+        (TiffLayout(samples=1, bits=1, sample_format=3), False),  # no file has 1-bit floats: a damaged directory
+        (TiffLayout(samples=1, bits=12, sample_format=6), False),
+        (TiffLayout(samples=40, bits=8, sample_format=1), False),
+        (TiffLayout(samples=1, bits=8, sample_format=5), False),  # no such sample format
+    ],
+)
+def test_only_layouts_files_have_are_named(layout, plausible):
+    assert layout.plausible == plausible
+
+
+def test_a_missing_file_or_a_folder_is_no_tiff(tmp_path):
+    assert unreadable_reason(tmp_path / "gone.tif") == NOT_AN_IMAGE
+    assert unreadable_reason(tmp_path) == NOT_AN_IMAGE
 
 
 def test_a_tiff_without_sample_format_holds_unsigned_integers(tmp_path):
@@ -135,10 +197,11 @@ def test_a_file_that_is_no_tiff_or_stops_in_its_directory_is_not_named_one(tmp_p
     [
         b"II+\x00\x08\x00\x00\x00" + struct.pack("<Q", 2**64 - 1),  # BigTIFF: the directory past any seek
         b"II+\x00\x08\x00\x00\x00" + struct.pack("<QQ", 16, 2**64 - 1),  # a count no file holds
+        b"II+\x00\x08\x00\x00\x00" + struct.pack("<QQ", 16, 2**36),  # read in full, 1.4 TB of entries
         b"II*\x00" + struct.pack("<I", 2**32 - 1),  # past the end
         b"II*\x00" + struct.pack("<IH", 8, 65535),  # a count past the end
     ],
-    ids=["bigtiff-offset", "bigtiff-count", "offset", "count"],
+    ids=["bigtiff-offset", "bigtiff-count", "bigtiff-large-count", "offset", "count"],
 )
 def test_a_directory_past_the_end_or_of_impossible_size_is_no_layout(tmp_path, head):
     path = tmp_path / "odd.tif"
@@ -216,6 +279,20 @@ def test_pillows_reading_of_the_writers_float32_file_keeps_its_values(tmp_path):
     values = np.linspace(-1, 1, 30, dtype=np.float32).reshape(6, 5)
     with Image.open(write_tiff(tmp_path / "scan.tif", values, order=">")) as img:
         assert np.array_equal(np.asarray(img, dtype=np.float32), values)
+
+
+def test_a_remembered_tiff_refused_for_another_reason_keeps_it(tmp_path):
+    root = _float64_folder(tmp_path / "scans")
+    whole = write_tiff(root / "a" / "cut.tif", np.arange(64, dtype=np.uint8).reshape(8, 8)).read_bytes()
+    (root / "a" / "cut.tif").write_bytes(whole[:-20])  # its pixels cut short: Pillow opens it, then fails
+    reasons = []
+    for _ in range(2):  # checked, then remembered
+        with warnings.catch_warnings(), pytest.raises(QmixError) as caught:
+            warnings.simplefilter("ignore")
+            create_dataset(root, cache_dir=tmp_path / "cache", on_bad_image="error")
+        reasons.append(str(caught.value))
+    assert reasons[0] == reasons[1]
+    assert "a/cut.tif: unreadable" in reasons[1]
 
 
 def test_other_files_a_remembered_check_called_no_image_are_not_opened_again(tmp_path, monkeypatch):

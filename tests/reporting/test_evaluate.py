@@ -404,6 +404,10 @@ def test_severities_sort_as_numbers_then_as_text() -> None:
     # 2 before 10 (text would sort "10" first); an infinite level is text, not a number: no crash, no bogus number.
     assert list(per_severity) == ["2", "4.5", "10", "high", "inf", "(not named)"]
     assert all(row["n"] == 1 for row in per_severity.values())
+    # Levels told apart to their last digit, a blank cell as an empty one.
+    truth["severity"] = truth["sample_id"].map({"s04": 1000001, "s05": 1000002, "s06": " "}).astype(object)
+    per_severity = evaluate_report(report=report, truth=truth)["per_severity"]
+    assert {key: row["n"] for key, row in per_severity.items()} == {"1000001": 1, "1000002": 1, "(not named)": 4}
 
 
 def test_a_severity_without_a_degradation_column_is_not_read() -> None:
@@ -490,3 +494,17 @@ def test_a_truth_keyed_by_path_finds_the_ids_a_windows_manifest_gave(tmp_path) -
     assert ids_by_path(twice, pd.Series(["x.png"])).tolist() == ["x.png"]  # not held: left for the join to name
     with pytest.raises(QmixError, match=r"1 truth path the report holds under several ids: a\.png .*sample_id"):
         ids_by_path(twice, pd.Series(["a.png", "x.png"]))
+
+
+def test_a_row_without_an_id_is_refused_in_one_line() -> None:
+    report, truth = make_frames()
+    truth.loc[truth["sample_id"] == "s03", "sample_id"] = np.nan  # an empty cell of a hand-made truth
+    with pytest.raises(QmixError, match=r"^the truth has 1 row without a sample_id$"):
+        evaluate_report(report=report, truth=truth)
+
+
+def test_categories_read_as_bytes_are_scored_as_the_text_they_hold() -> None:
+    report, truth = make_frames()
+    expected = evaluate_report(report=report, truth=truth)
+    report["category"] = report["category"].map(str.encode).astype(object)  # a binary column, read as bytes
+    assert evaluate_report(report=report, truth=truth) == expected
