@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import dataclasses
 import os
 import re
 import unicodedata
@@ -25,15 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from qmix_cli.categories import holds_verdicts
-from qmix_cli.data.images import (
-    IMAGE_SUFFIXES,
-    NOT_AN_IMAGE,
-    UNREADABLE_TIFF,
-    WIDE_MODES,
-    ImageInfo,
-    scan_images,
-    unreadable_reason,
-)
+from qmix_cli.data.images import IMAGE_SUFFIXES, UNREADABLE_TIFF, WIDE_MODES, ImageInfo, scan_images
 from qmix_cli.data.scan_cache import cached_scan, file_stats
 from qmix_cli.data.tiff import PILLOW_READS
 from qmix_cli.errors import ConfigError, DataError, first_few, summarise_offenders
@@ -695,15 +686,6 @@ def _check_images(
             return scan_images(paths, workers=workers, progress=progress, keep=fill.put, size=decode_to.jpeg_draft)
 
         infos = cached_scan(paths, cache_dir=cache_dir, scan=scan, stats=stats)
-        # A check remembered from before TIFF layouts were named says only "not an image": TIFFs so judged are asked
-        # again (a header each) rather than every remembered check being thrown away for them; other files that are
-        # no image, a folder of which may hold thousands, are not opened again.
-        infos = [
-            dataclasses.replace(info, error=unreadable_reason(path))
-            if info.error == NOT_AN_IMAGE and str(path).lower().endswith((".tif", ".tiff"))
-            else info
-            for info, path in zip(infos, paths, strict=True)
-        ]
         bad = np.array([info.error is not None for info in infos], dtype=bool)
         # Filled only for a dataset that will be accepted: no bad image refused, enough classes left.
         if (not bad.any() or on_bad_image == "skip") and frame.loc[~bad, "label"].nunique() >= min_classes:

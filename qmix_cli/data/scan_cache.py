@@ -12,11 +12,12 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from PIL import Image
 
-from qmix_cli.data.images import ImageInfo
+from qmix_cli.data.images import NOT_AN_IMAGE, ImageInfo, unreadable_reason
 from qmix_cli.errors import QmixError
 from qmix_cli.io import atomic_write_text
 
@@ -71,7 +72,7 @@ def cached_scan(
     target = cache_dir / "checked" / f"{key}.json"
     stored = _read(target, len(paths))
     if stored is not None:
-        return stored
+        return _reasons_renewed(stored, paths)
     infos = scan(paths)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -79,6 +80,19 @@ def cached_scan(
     except (OSError, QmixError):
         pass  # a read-only cache only costs the next run a re-check
     return infos
+
+
+def _reasons_renewed(infos: list[ImageInfo], paths: Sequence[str | Path]) -> list[ImageInfo]:
+    """Remembered checks with the reasons a check gives today where they were worded otherwise before: a TIFF
+    remembered as "not an image" has its layout named (a header read each), rather than every remembered check being
+    thrown away by a new `SCAN_CACHE_VERSION` for them. Other files that are no image, a folder of which may hold
+    thousands, are not opened again."""
+    return [
+        replace(info, error=unreadable_reason(path))
+        if info.error == NOT_AN_IMAGE and os.fspath(path).lower().endswith((".tif", ".tiff"))
+        else info
+        for info, path in zip(infos, paths, strict=True)
+    ]
 
 
 def _runs(infos: list[ImageInfo]) -> list[list]:

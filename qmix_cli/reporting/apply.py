@@ -183,14 +183,8 @@ def apply_verdicts(
 def class_changes(given: np.ndarray, labels: np.ndarray, *, drop: np.ndarray) -> pd.DataFrame:
     """What the verdicts do to each class: (N,) text ``given`` labels, (N,) text new ``labels`` and (N,) bool
     ``drop`` in, `Applied.by_class` out (sorted by label)."""
-    changes = pd.DataFrame(
-        {
-            "given": given.astype(str),
-            "new": labels.astype(str),
-            "kept": ~drop,
-            "moved": (labels.astype(str) != given.astype(str)) & ~drop,
-        }
-    )
+    given, labels = given.astype(str), labels.astype(str)
+    changes = pd.DataFrame({"given": given, "new": labels, "kept": ~drop, "moved": (labels != given) & ~drop})
     count = {
         "before": changes.groupby("given").size(),
         "kept": changes[changes["kept"] & ~changes["moved"]].groupby("given").size(),

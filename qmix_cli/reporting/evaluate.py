@@ -159,6 +159,7 @@ def evaluate_report(
         true_lq = y_true == lq
         lq_target = "category == mislabeled_lq"
 
+    p_lq = _scores(joined, "p_mislabeled_lq")  # a required column
     by_score: dict[str, dict[str, float | None]] = {
         "mislabeled": _aucs(
             true_issue,
@@ -171,7 +172,7 @@ def evaluate_report(
         "low_quality": _aucs(
             true_lq,
             {
-                "p_mislabeled_lq": _scores(joined, "p_mislabeled_lq"),
+                "p_mislabeled_lq": p_lq,
                 "uncertainty": _scores(joined, "uncertainty"),
             },
         ),
@@ -222,7 +223,7 @@ def evaluate_report(
         "targets": targets,
         "relabel": _relabel_metrics(joined) if {"suggested_label", "true_label"} <= set(joined.columns) else None,
         "per_class": _per_class_detection(joined, true_issue=true_issue, flagged=flagged),
-        **_degraded_detection(joined, true_lq=true_lq, flagged=flagged),
+        **_degraded_detection(joined, true_lq=true_lq, flagged=flagged, p_lq=p_lq),
         "groups": None if group_column is None else _group_detection(joined, truth, group_column),
     }
 
@@ -340,7 +341,7 @@ def _per_class_detection(
 
 
 def _degraded_detection(
-    joined: pd.DataFrame, *, true_lq: np.ndarray, flagged: np.ndarray
+    joined: pd.DataFrame, *, true_lq: np.ndarray, flagged: np.ndarray, p_lq: np.ndarray
 ) -> dict[str, dict[str, dict[str, Any]] | None]:
     """What the report calls the degraded images, by the truth's ``degradation`` (each of the names a ``+`` joins)
     and ``severity``: ``{"per_degradation": ..., "per_severity": ...}``, ``{}`` each when no image is degraded.
@@ -353,7 +354,6 @@ def _degraded_detection(
     if "degradation" not in joined.columns:
         return {"per_degradation": None, "per_severity": None}
     category = joined["category_report"].to_numpy(dtype=object)
-    p_lq = _scores(joined, "p_mislabeled_lq")  # a required column
     good_scores = p_lq[~true_lq]
     degraded = np.flatnonzero(true_lq)
 

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 import qmix_cli.data.images as images
-from qmix_cli.data import manifest
+from qmix_cli.data import manifest, scan_cache
 from qmix_cli.data.images import NOT_AN_IMAGE, inspect_image, unreadable_reason
 from qmix_cli.data.manifest import create_dataset
 from qmix_cli.data.tiff import PILLOW_READS, TiffLayout, tiff_layout
@@ -261,7 +261,7 @@ def test_a_check_remembered_before_layouts_were_named_names_them_now(tmp_path, m
     cache = tmp_path / "cache"
     with monkeypatch.context() as older:  # the check as an earlier release remembered it
         older.setattr(images, "unreadable_reason", lambda path: NOT_AN_IMAGE)
-        older.setattr(manifest, "unreadable_reason", lambda path: NOT_AN_IMAGE)
+        older.setattr(scan_cache, "unreadable_reason", lambda path: NOT_AN_IMAGE)
         with pytest.raises(QmixError, match=r"a/0\.tif: not an image Pillow can read"):
             create_dataset(root, cache_dir=cache)
 
@@ -301,10 +301,10 @@ def test_other_files_a_remembered_check_called_no_image_are_not_opened_again(tmp
     cache = tmp_path / "cache"
     with monkeypatch.context() as older, pytest.raises(QmixError):  # remembered as an earlier release did
         older.setattr(images, "unreadable_reason", lambda path: NOT_AN_IMAGE)
-        older.setattr(manifest, "unreadable_reason", lambda path: NOT_AN_IMAGE)
+        older.setattr(scan_cache, "unreadable_reason", lambda path: NOT_AN_IMAGE)
         create_dataset(root, cache_dir=cache)
     asked: list[str] = []
-    monkeypatch.setattr(manifest, "unreadable_reason", lambda path: asked.append(Path(path).name) or NOT_AN_IMAGE)
+    monkeypatch.setattr(scan_cache, "unreadable_reason", lambda path: asked.append(Path(path).name) or NOT_AN_IMAGE)
     with pytest.raises(QmixError):
         create_dataset(root, cache_dir=cache)
     assert sorted(asked) == ["0.tif", "0.tif", "1.tif", "1.tif", "2.tif", "2.tif"]  # the six TIFFs, not the PNG
