@@ -11,12 +11,14 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
+import inspect
 import os
 import reprlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from rich.console import Console
 
@@ -28,6 +30,49 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from qmix_cli.data.manifest import Dataset
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _python_names(fn: Callable[..., Any], aliases: Mapping[str, str]) -> dict[str, str]:
+    """How ``fn`` spells each option the CLI's messages name (`qmix_cli.errors.respell_options`): ``--label-rate``
+    and the config key ``label-rate`` → ``label_rate``; a flag, which takes no value on the command line, ``--force``
+    → ``force=True`` and ``--no-hflip`` → ``hflip=False``; and ``aliases``, CLI options named otherwise here
+    (``{"sort": "sort_by"}``). `train`'s ``**options`` are `TrainConfig`'s fields."""
+    params = list(inspect.signature(fn).parameters.values())
+    defaults = {p.name: p.default for p in params if p.kind is not p.VAR_KEYWORD}
+    if len(defaults) < len(params):
+        defaults |= {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    named = {name: name for name in defaults} | dict(aliases)
+    names = {}
+    for name, keyword in named.items():
+        option = name.replace("_", "-")
+        names[option] = keyword
+        names[f"--{option}"] = f"{keyword}=True" if isinstance(defaults.get(keyword), bool) else keyword
+        if isinstance(defaults.get(keyword), bool):
+            names[f"--no-{option}"] = f"{keyword}=False"
+    return names
+
+
+def _in_python_terms(aliases: Mapping[str, str] | None = None) -> Callable[[F], F]:
+    """Have the errors raised through the decorated function name its keywords, not the CLI's options: the checks
+    are shared with the CLI and written in its terms (``--sort must be ...``), and a notebook user passed
+    ``sort_by``. The CLI prints ``cli_message``, the message as the check wrote it."""
+
+    def decorate(fn: F) -> F:
+        names = _python_names(fn, aliases or {})
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except QmixError as error:
+                error.respell(names)
+                raise
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
 
 
 @contextlib.contextmanager
@@ -68,6 +113,7 @@ def _log_skipped(rep: Reporter, dataset: Dataset) -> None:
         rep.log(f"skipped {n} unreadable image{'s' if n > 1 else ''}: {first}")
 
 
+@_in_python_terms()
 def corrupt(
     source: str | Path,
     out: str | Path,
@@ -166,8 +212,8 @@ def corrupt(
     ------
     QmixError
         One line saying what to do: a `DataError` for an unusable dataset, a `ConfigError` for options that
-        contradict each other, a plain `QmixError` for an ``out`` that exists. Messages name the CLI's options
-        (``--label-rate`` for ``label_rate``).
+        contradict each other, a plain `QmixError` for an ``out`` that exists. Messages name this function's
+        keywords (``label_rate``); ``cli_message`` is the CLI's wording (``--label-rate``).
     """
     from qmix_cli.data.manifest import create_dataset
     from qmix_cli.noise.protocol import corrupt_dataset, resolve_spec
@@ -202,6 +248,7 @@ def corrupt(
         return corrupt_dataset(dataset, out, spec=spec, force=force, workers=workers, reporter=rep)
 
 
+@_in_python_terms()
 def train(
     data: str | Path,
     out: str | Path,
@@ -258,7 +305,7 @@ def train(
     QmixError
         One line saying what to do: a `DataError` for an unusable dataset, a `ConfigError` for unknown or
         contradictory options or a run directory in use, a `TrainingError` when the loss stops being finite.
-        Messages name the CLI's options (``--warmup-epochs`` for ``warmup_epochs``).
+        Messages name keywords (``warmup_epochs``); ``cli_message`` is the CLI's wording (``--warmup-epochs``).
     """
     from qmix_cli.config import config_from_dict, kept_warmup_note, load_config_file
     from qmix_cli.data.cache import DecodeTarget
@@ -298,6 +345,7 @@ def train(
         return run_training(dataset, cfg, out, resume=resume, force=force, reporter=rep, on_epoch_end=on_epoch_end)
 
 
+@_in_python_terms({"sort": "sort_by", "format": "fmt"})
 def audit(
     data: str | Path,
     *,
@@ -392,8 +440,8 @@ def audit(
     QmixError
         One line saying what to do: a `DataError` for unreadable images or labels the run does not know, a
         `ConfigError` for contradictory options, an output that is one of the run's files or an existing file
-        that is not a table ``qmix audit`` wrote (without ``force``). Messages name the CLI's options (``--sort``
-        for ``sort_by``, ``--out`` for ``out``).
+        that is not a table ``qmix audit`` wrote (without ``force``). Messages name this function's keywords
+        (``sort_by``); ``cli_message`` is the CLI's wording (``--sort``).
     """
     import pyarrow as pa
 
@@ -585,6 +633,7 @@ def _check_audit_output(out: str | Path, *, run: str | Path, option: str, what: 
     check_replaceable(out, ours=written_by_audit, force=force, option=option, what="a table qmix audit wrote")
 
 
+@_in_python_terms()
 def show(
     report: str | Path | pd.DataFrame,
     *,
@@ -642,6 +691,7 @@ def show(
         )
 
 
+@_in_python_terms()
 def evaluate(
     report: str | Path | pd.DataFrame,
     *,
@@ -723,6 +773,7 @@ def evaluate(
     )
 
 
+@_in_python_terms()
 def apply(
     data: str | Path,
     *,

@@ -7,6 +7,7 @@ the command line. The resolved config is written to ``RUN/config.yaml`` so that 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import math
 import numbers
@@ -221,7 +222,10 @@ def check_config_keys(keys: Iterable[str]) -> None:
     """Refuse keys (``_`` spelling) that are not `TrainConfig` options, naming them."""
     unknown = sorted(set(keys) - field_names())
     if unknown:
-        raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
+        # A key one letter off (``warmup_epoch``) is the common case: say which was meant, from the key's own spelling.
+        guesses = {key: difflib.get_close_matches(key, sorted(field_names()), n=1) for key in unknown}
+        named = [f"{key} (did you mean {guess[0]}?)" if guess else key for key, guess in guesses.items()]
+        raise ConfigError(f"unknown config key(s): {', '.join(named)}")
 
 
 def config_from_dict(values: dict[str, Any], *, base: TrainConfig | None = None) -> TrainConfig:

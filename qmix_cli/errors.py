@@ -6,12 +6,30 @@ it into one styled line and exit code 1; every other exception is a bug and keep
 
 from __future__ import annotations
 
+import re
 import signal
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 
 class QmixError(Exception):
-    """An error the user can act on; its message is shown as is, without a traceback."""
+    """An error the user can act on; its message is shown as is, without a traceback.
+
+    Messages name options as the CLI spells them (``--label-rate``, or ``label-rate`` where a config key is meant).
+    The Python API re-spells them as its own keywords for its callers (`respell`); ``cli_message`` keeps the CLI's.
+    """
+
+    @property
+    def cli_message(self) -> str:
+        """The message as the CLI prints it, whatever spelling ``str(self)`` has been given since."""
+        return self.__dict__.get("_cli_message", str(self))
+
+    def respell(self, names: Mapping[str, str]) -> None:
+        """Name options in the message by ``names`` (`respell_options`), once: an error passing through two API
+        functions keeps the inner one's spelling, the function the caller's keywords went to."""
+        if "_cli_message" in self.__dict__:
+            return
+        self._cli_message = message = str(self)
+        self.args = (respell_options(message, names), *self.args[1:])
 
 
 class DataError(QmixError):
@@ -41,6 +59,26 @@ class TrainingError(QmixError):
 class Terminated(KeyboardInterrupt):
     """SIGTERM (``kill PID``, a scheduler's time limit, ``docker stop``), unwound as Ctrl-C is: temporary files
     removed, a run stopped after its last complete checkpoint."""
+
+
+# An option as a message names it: ``--name`` or a config key written ``hyphen-joined``, not inside a path, a file
+# name or a word (a full stop after it ends a sentence).
+_OPTION = re.compile(r"(?<![\w\-/\\.])(--)?([a-z][a-z0-9]*(?:-[a-z0-9]+)*)(?![\w\-/\\]|\.\w)")
+
+
+def respell_options(message: str, names: Mapping[str, str]) -> str:
+    """``message`` with the options ``names`` knows spelled its way, looked up as written: ``--label-rate`` as
+    ``names["--label-rate"]``, a config key ``label-rate`` as ``names["label-rate"]``. Options it does not know (the
+    CLI's own, ``--verbose``) stay as they are, and so do plain words without dashes, which read the same in both
+    spellings or are prose."""
+
+    def one(match: re.Match[str]) -> str:
+        dashes, word = match.groups()
+        if not dashes and "-" not in word:
+            return match.group(0)
+        return names.get(match.group(0), match.group(0))
+
+    return _OPTION.sub(one, message)
 
 
 def interrupted_status(exc: KeyboardInterrupt) -> int:

@@ -124,8 +124,8 @@ def test_arguments_of_another_type_are_one_clear_error_naming_them(noisy_digits,
         (lambda: apply(noisy_digits, report={"a": 1}, out=tmp_path / "f.csv"), "report must be a path"),
         (lambda: train(noisy_digits, tmp_path / "r", config=7), "config must be a path"),
         (lambda: corrupt("digits", tmp_path / "o", seed=1.5), "seed must be an integer"),
-        (lambda: corrupt("digits", tmp_path / "o", quality_rate="lots"), "quality-rate must be a number"),
-        (lambda: corrupt("digits", tmp_path / "o", workers=-1), "--workers must be 0 or more"),
+        (lambda: corrupt("digits", tmp_path / "o", quality_rate="lots"), "quality_rate must be a number"),
+        (lambda: corrupt("digits", tmp_path / "o", workers=-1), "^workers must be 0 or more"),
         (lambda: evaluate(pd.DataFrame(), truth="digits"), "built-in dataset without a truth"),
     ]
     for call, message in calls:
@@ -133,6 +133,26 @@ def test_arguments_of_another_type_are_one_clear_error_naming_them(noisy_digits,
             call()
     assert not any(tmp_path.iterdir())  # nothing made on the way
     assert issubclass(ConfigError, QmixError)
+
+
+def test_errors_name_the_keywords_a_notebook_passed(noisy_digits, tmp_path):
+    """The checks are the CLI's and speak of its options; through the API they name this function's keywords."""
+    from qmix_cli import corrupt
+
+    calls = [
+        (lambda: audit(noisy_digits, run=tmp_path, sort_by="size"), "^sort_by must be sample_id or rank"),
+        (lambda: audit(noisy_digits, run=tmp_path, out="-", groups_out="-"), "^groups_out - and out - would share"),
+        (lambda: train(noisy_digits, tmp_path / "r", epochs=3, warmup_epochs=5), "^warmup_epochs must be between"),
+        (lambda: train(noisy_digits, tmp_path / "r", warmup_epoch=1), r"warmup_epoch \(did you mean warmup_epochs\?\)"),
+        (lambda: corrupt("digits", tmp_path / "o", class_map="1=7"), "^class_map applies to label_noise asymmetric"),
+    ]
+    for call, message in calls:
+        with pytest.raises(QmixError, match=message) as raised:
+            call()
+        error = raised.value
+        assert "--" not in str(error)
+        assert error.cli_message != str(error) or "did you mean" in str(error)  # the CLI's spelling, kept for it
+    assert not any(tmp_path.iterdir())
 
 
 def test_python_spellings_of_options_are_taken(noisy_digits, tmp_path, qmix_run):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from qmix_cli.errors import first_few, summarise_offenders
+from qmix_cli.errors import QmixError, UnwritableError, first_few, respell_options, summarise_offenders
 
 
 @pytest.mark.parametrize(
@@ -28,3 +28,43 @@ def test_long_lists_are_cut_and_say_how_many_more() -> None:
     assert summarise_offenders("bad images", names) == "8 bad images: f0; f1; f2; f3; f4 (and 3 more)"
     assert summarise_offenders("bad images", names[:5], total=12) == "12 bad images: f0; f1; f2; f3; f4 (and 7 more)"
     assert first_few(names) == "f0, f1, f2, f3, f4, and 3 more"
+
+
+NAMES = {
+    "label-rate": "label_rate",
+    "--label-rate": "label_rate",
+    "--class-map": "class_map",
+    "--out": "out",
+    "--sort": "sort_by",
+    "--force": "force=True",
+}
+
+
+@pytest.mark.parametrize(
+    ("cli", "python"),
+    [
+        ("--label-rate must be between 0 and 1", "label_rate must be between 0 and 1"),
+        ("label-rate must be between 0 and 1", "label_rate must be between 0 and 1"),  # a config check's spelling
+        ("--class-map applies to --label-noise only", "class_map applies to --label-noise only"),  # not a keyword here
+        ("--sort must be sample_id or rank", "sort_by must be sample_id or rank"),
+        ("--out x exists; pass --force to replace it.", "out x exists; pass force=True to replace it."),
+        ("set --sort.", "set sort_by."),
+        ("--out - and --verbose", "out - and --verbose"),
+        # Prose and values stay as they are: plain words, hyphenated words no option has, paths, longer options.
+        ("the out folder; a force of habit", "the out folder; a force of habit"),
+        ("t-shirt labelled shirt in /data/label-rate/x.png", "t-shirt labelled shirt in /data/label-rate/x.png"),
+        ("--label-rates and label-rate.png and --outer", "--label-rates and label-rate.png and --outer"),
+    ],
+)
+def test_options_are_respelled_as_keywords_and_nothing_else(cli: str, python: str) -> None:
+    assert respell_options(cli, NAMES) == python
+
+
+def test_an_error_keeps_the_cli_message_and_is_respelled_once() -> None:
+    error = UnwritableError("--out x: permission denied", reason="read-only")
+    assert error.cli_message == "--out x: permission denied"  # never respelled: the message itself
+    error.respell(NAMES)
+    error.respell({"--out": "somewhere_else"})  # an outer API function: the inner one's spelling stands
+    assert str(error) == "out x: permission denied"
+    assert error.cli_message == "--out x: permission denied"
+    assert error.reason == "read-only" and isinstance(error, QmixError)

@@ -241,7 +241,7 @@ def guarded(fn: F) -> F:
         except QmixError as e:
             if st.verbose:
                 Console(stderr=True).print_exception()
-            fail(str(e))
+            fail(e.cli_message)
         except KeyboardInterrupt as e:
             stop_interrupted(e)
         except Exception as e:

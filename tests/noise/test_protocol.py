@@ -429,7 +429,7 @@ def test_an_earlier_output_is_refused_without_force_and_replaced_with_it(make_im
     out = tmp_path / "out"
     corrupt(src, out, seed=0)
     before = (out / "noise.json").read_text()
-    with pytest.raises(QmixError, match=r"already exists.*--force"):
+    with pytest.raises(QmixError, match=r"already exists.*force=True"):
         corrupt(src, out, seed=1)
     assert (out / "noise.json").read_text() == before
     corrupt(src, out, seed=1, force=True)
@@ -445,7 +445,7 @@ def test_force_never_replaces_a_folder_that_is_no_earlier_output(make_image_fold
     (out / "analysis.ipynb").write_text("{}")
     (out / "results" / "table.csv").write_text("a\n1\n")
     before = hash_tree(out)
-    with pytest.raises(ConfigError, match=r"--out .*project holds files but no qmix corrupt output"):
+    with pytest.raises(ConfigError, match=r"^out .*project holds files but no qmix corrupt output"):
         corrupt(src, out, seed=0, force=True)
     assert hash_tree(out) == before
 
@@ -461,7 +461,7 @@ def test_out_inside_the_source_is_refused(make_image_folder, tmp_path, hash_tree
     src = _small(make_image_folder)
     before = hash_tree(src)
     for out in (src / "noisy", src, tmp_path):
-        with pytest.raises(ConfigError, match="--out"):
+        with pytest.raises(ConfigError, match=r"^out .* the source dataset"):
             corrupt(src, out, seed=0)
     assert hash_tree(src) == before
 
