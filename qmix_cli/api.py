@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import functools
 import inspect
 import os
 import reprlib
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from rich.console import Console
 
@@ -54,6 +56,32 @@ def _python_names(fn: Callable[..., Any], aliases: Mapping[str, str]) -> dict[st
     return names
 
 
+def _unexpected_keyword(function: str, given: str, keywords: list[str], aliases: Mapping[str, str]) -> str:
+    """Python's message for a keyword ``function`` does not take, with the one meant: the CLI's name of an option
+    this function names otherwise (``sort`` → ``sort_by``), or the closest keyword (``group_col``)."""
+    meant = aliases.get(given.replace("_", "-")) or next(iter(difflib.get_close_matches(given, keywords, n=1)), None)
+    hint = f" (did you mean {meant}?)" if meant else ""
+    return f"{function}() got an unexpected keyword argument {given!r}{hint}"
+
+
+@functools.cache
+def _choice_words() -> frozenset[str]:
+    """The words options take (``skip``, ``csv``, ``asymmetric``, ...): what a hint writes after an option, which
+    Python passes as a string (`qmix_cli.errors.respell_options`)."""
+    from typing import get_args, get_origin, get_type_hints
+
+    from qmix_cli.data.manifest import OnBadImage
+    from qmix_cli.noise.label_noise import NOISE_KINDS
+    from qmix_cli.noise.protocol import IMAGE_FORMATS, LQ_LABEL_RULES
+    from qmix_cli.reporting.apply import HQ_ACTIONS, LQ_ACTIONS, ON_MISSING, RARE_ACTIONS
+    from qmix_cli.reporting.report import FORMATS, REPORT_ORDERS
+
+    literals = [get_args(hint) for hint in get_type_hints(TrainConfig).values() if get_origin(hint) is Literal]
+    groups = [HQ_ACTIONS, LQ_ACTIONS, ON_MISSING, RARE_ACTIONS, FORMATS, REPORT_ORDERS, LQ_LABEL_RULES, IMAGE_FORMATS]
+    groups += [NOISE_KINDS, get_args(OnBadImage), ("skip", "auto", "cpu", "cuda"), *literals]
+    return frozenset(str(word) for group in groups for word in group)
+
+
 def _in_python_terms(aliases: Mapping[str, str] | None = None) -> Callable[[F], F]:
     """Have the errors raised through the decorated function name its keywords, not the CLI's options: the checks
     are shared with the CLI and written in its terms (``--sort must be ...``), and a notebook user passed
@@ -61,13 +89,17 @@ def _in_python_terms(aliases: Mapping[str, str] | None = None) -> Callable[[F], 
 
     def decorate(fn: F) -> F:
         names = _python_names(fn, aliases or {})
+        params = inspect.signature(fn).parameters
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if not takes_any and (unknown := next((k for k in kwargs if k not in params), None)):
+                raise TypeError(_unexpected_keyword(fn.__name__, unknown, list(params), aliases or {}))
             try:
                 return fn(*args, **kwargs)
             except QmixError as error:
-                error.respell(names)
+                error.respell(names, values=_choice_words())
                 raise
 
         return wrapper  # type: ignore[return-value]
@@ -81,14 +113,17 @@ def _reporter(console: Console | None, quiet: bool) -> Iterator[Reporter]:
         yield rep
 
 
-def _check_paths(*, frames: tuple[str, ...] = (), **paths: Any) -> None:
-    """Refuse a path argument of another type (an int, a list, a dict; a DataFrame unless named in ``frames``) by its
-    name: pathlib's own `TypeError` says neither which argument nor what it takes."""
+def _check_paths(*, frames: tuple[str, ...] = (), optional: tuple[str, ...] = (), **paths: Any) -> None:
+    """Refuse a path argument of another type (an int, a list, a dict; a DataFrame unless named in ``frames``; None
+    unless named in ``optional``) by its name: pathlib's own `TypeError` says neither which argument nor what it
+    takes."""
     import pandas as pd
 
     for name, value in paths.items():
         frame_ok = name in frames
-        if value is None or isinstance(value, (str, os.PathLike)) or (frame_ok and isinstance(value, pd.DataFrame)):
+        if value is None and name in optional:
+            continue
+        if isinstance(value, (str, os.PathLike)) or (frame_ok and isinstance(value, pd.DataFrame)):
             continue
         what = "a path (str or pathlib.Path)" + (" or a DataFrame" if frame_ok else "")
         raise ConfigError(f"{name} must be {what}, not {type(value).__name__} {reprlib.repr(value)}")
@@ -313,7 +348,9 @@ def train(
     from qmix_cli.engine.trainer import resume_config
     from qmix_cli.engine.trainer import train as run_training
 
-    _check_paths(out=out, **({} if isinstance(config, (TrainConfig, dict)) else {"config": config}))
+    _check_paths(
+        out=out, optional=("config",), **({} if isinstance(config, (TrainConfig, dict)) else {"config": config})
+    )
     explicit = {k: v for k, v in options.items() if v is not None}
     # What the config says, read once: a file's values, a dict of them (held in Python), a TrainConfig's fields.
     if isinstance(config, TrainConfig):
@@ -462,7 +499,7 @@ def audit(
         raise ConfigError(f"--sort must be {' or '.join(REPORT_ORDERS)} (got {sort_by!r})")
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1 (got {batch_size})")
-    _check_paths(run=run, out=out, groups_out=groups_out)
+    _check_paths(run=run, out=out, groups_out=groups_out, optional=("out", "groups_out"))
     out, fmt = _stream_if_stdout(out, fmt)
     groups_out, groups_named = _stream_if_stdout(groups_out, None)
     if tta < 0:
@@ -672,9 +709,10 @@ def show(
         The column of ``data``'s manifest saying which images belong together, for the section by group (default:
         the column a Parquet report's audit grouped by; CSV and JSON Lines reports record none).
     console
-        A `rich.console.Console` on which thumbnails whose images are not found are said; None prints nothing.
+        A `rich.console.Console` on which thumbnails whose images are not found are said; with None (default) a
+        `UserWarning` says it.
     quiet
-        Print nothing even with a ``console``.
+        Say nothing, even with a ``console``.
 
     Returns
     -------
@@ -683,12 +721,32 @@ def show(
     """
     from qmix_cli.reporting.html import write_html_report
 
-    _check_paths(report=report, out=out, run=run, data=data, frames=("report",))
+    _check_paths(report=report, out=out, run=run, data=data, frames=("report",), optional=("run", "data"))
 
     with _reporter(console, quiet) as rep:
         return write_html_report(
-            report, out=out, run=run, data=data, top=top, warn=rep.log, force=force, group_column=group_column
+            report,
+            out=out,
+            run=run,
+            data=data,
+            top=top,
+            warn=rep.log if console is not None or quiet else _python_warning(show),
+            force=force,
+            group_column=group_column,
         )
+
+
+def _python_warning(fn: Callable[..., Any]) -> Callable[[str], None]:
+    """A warning for a caller with no console to print on (a page with placeholders for every image, written
+    without a word, would be found later), naming ``fn``'s keywords: a `UserWarning` from the caller's line."""
+    from qmix_cli.errors import respell_options
+
+    def warn(message: str) -> None:
+        message = respell_options(message, _python_names(fn, {}), values=_choice_words())
+        # Raised from the caller's own call: its frame, past this function, the library's and the decorator's.
+        warnings.warn(message, UserWarning, stacklevel=5)
+
+    return warn
 
 
 @_in_python_terms()

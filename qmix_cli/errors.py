@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 
 class QmixError(Exception):
@@ -23,13 +23,13 @@ class QmixError(Exception):
         """The message as the CLI prints it, whatever spelling ``str(self)`` has been given since."""
         return self.__dict__.get("_cli_message", str(self))
 
-    def respell(self, names: Mapping[str, str]) -> None:
-        """Name options in the message by ``names`` (`respell_options`), once: an error passing through two API
-        functions keeps the inner one's spelling, the function the caller's keywords went to."""
+    def respell(self, names: Mapping[str, str], *, values: Collection[str] = ()) -> None:
+        """Name options in the message by ``names`` and ``values`` (`respell_options`), once: an error passing
+        through two API functions keeps the inner one's spelling, the function the caller's keywords went to."""
         if "_cli_message" in self.__dict__:
             return
         self._cli_message = message = str(self)
-        self.args = (respell_options(message, names), *self.args[1:])
+        self.args = (respell_options(message, names, values=values), *self.args[1:])
 
 
 class DataError(QmixError):
@@ -62,21 +62,41 @@ class Terminated(KeyboardInterrupt):
 
 
 # An option as a message names it: ``--name`` or a config key written ``hyphen-joined``, not inside a path, a file
-# name or a word (a full stop after it ends a sentence).
-_OPTION = re.compile(r"(?<![\w\-/\\.])(--)?([a-z][a-z0-9]*(?:-[a-z0-9]+)*)(?![\w\-/\\]|\.\w)")
+# name or a word (a full stop after it ends a sentence); and the word after it, which may be its value (`_as_keyword`).
+_OPTION = re.compile(
+    r"(?<![\w\-/\\.])(?P<dashes>--)?(?P<option>[a-z][a-z0-9]*(?:-[a-z0-9]+)*)(?![\w\-/\\]|\.\w)"
+    r"(?: (?P<value>[\w.:]+?)(?=[.,;:)]?(?:\s|$)))?"
+)
+# Values a hint writes after an option, as they are passed in Python: a placeholder (``FILE``, ``N``) and a number as
+# they are, a file name (no folder: a path may hold spaces) or ``matrix:FILE`` quoted.
+_PLACEHOLDER = re.compile(r"[A-Z][A-Z_]*")
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_QUOTED = re.compile(r"[\w-]+\.[a-z]{2,7}|matrix:[\w.:-]+")
 
 
-def respell_options(message: str, names: Mapping[str, str]) -> str:
+def respell_options(message: str, names: Mapping[str, str], *, values: Collection[str] = ()) -> str:
     """``message`` with the options ``names`` knows spelled its way, looked up as written: ``--label-rate`` as
-    ``names["--label-rate"]``, a config key ``label-rate`` as ``names["label-rate"]``. Options it does not know (the
-    CLI's own, ``--verbose``) stay as they are, and so do plain words without dashes, which read the same in both
-    spellings or are prose."""
+    ``names["--label-rate"]``, a config key ``label-rate`` as ``names["label-rate"]``. A value written after a
+    ``--`` option becomes the keyword's (``--on-missing skip`` → ``on_missing="skip"``, ``--top N`` → ``top=N``)
+    when it is a placeholder, a number, a file name or one of ``values`` (the words the options take); any other
+    word after it is prose and stays. Options ``names`` does not know (the CLI's own, ``--verbose``) stay as they
+    are, and so do plain words without dashes, which read the same in both spellings or are prose."""
 
     def one(match: re.Match[str]) -> str:
-        dashes, word = match.groups()
-        if not dashes and "-" not in word:
+        dashes, option, value = match.group("dashes", "option", "value")
+        if not dashes and "-" not in option:
             return match.group(0)
-        return names.get(match.group(0), match.group(0))
+        keyword = names.get(f"{dashes or ''}{option}")
+        if keyword is None:
+            return match.group(0)
+        if value is None:
+            return keyword
+        if dashes and "=" not in keyword:
+            if _PLACEHOLDER.fullmatch(value) or _NUMBER.fullmatch(value):
+                return f"{keyword}={value}"
+            if value in values or _QUOTED.fullmatch(value):
+                return f'{keyword}="{value}"'
+        return f"{keyword} {value}"
 
     return _OPTION.sub(one, message)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pandas as pd
 import pytest
@@ -125,7 +126,7 @@ def test_arguments_of_another_type_are_one_clear_error_naming_them(noisy_digits,
         (lambda: train(noisy_digits, tmp_path / "r", config=7), "config must be a path"),
         (lambda: corrupt("digits", tmp_path / "o", seed=1.5), "seed must be an integer"),
         (lambda: corrupt("digits", tmp_path / "o", quality_rate="lots"), "quality_rate must be a number"),
-        (lambda: corrupt("digits", tmp_path / "o", workers=-1), "^workers must be 0 or more"),
+        (lambda: corrupt("digits", tmp_path / "o", workers=-1), r"^workers must be 0 or more"),
         (lambda: evaluate(pd.DataFrame(), truth="digits"), "built-in dataset without a truth"),
     ]
     for call, message in calls:
@@ -144,7 +145,7 @@ def test_errors_name_the_keywords_a_notebook_passed(noisy_digits, tmp_path):
         (lambda: audit(noisy_digits, run=tmp_path, out="-", groups_out="-"), "^groups_out - and out - would share"),
         (lambda: train(noisy_digits, tmp_path / "r", epochs=3, warmup_epochs=5), "^warmup_epochs must be between"),
         (lambda: train(noisy_digits, tmp_path / "r", warmup_epoch=1), r"warmup_epoch \(did you mean warmup_epochs\?\)"),
-        (lambda: corrupt("digits", tmp_path / "o", class_map="1=7"), "^class_map applies to label_noise asymmetric"),
+        (lambda: corrupt("digits", tmp_path / "o", class_map="1=7"), "^class_map applies to label_noise=.asym"),
     ]
     for call, message in calls:
         with pytest.raises(QmixError, match=message) as raised:
@@ -153,6 +154,58 @@ def test_errors_name_the_keywords_a_notebook_passed(noisy_digits, tmp_path):
         assert "--" not in str(error)
         assert error.cli_message != str(error) or "did you mean" in str(error)  # the CLI's spelling, kept for it
     assert not any(tmp_path.iterdir())
+
+
+def test_a_hint_with_a_value_reads_as_the_keyword_to_pass(qmix_run, noisy_digits, tmp_path):
+    report = audit(noisy_digits, run=qmix_run.run_dir)
+    with pytest.raises(QmixError, match=r'pass on_unchecked="skip"\)') as raised:
+        evaluate(report, truth=pd.read_parquet(noisy_digits / "manifest.parquet").iloc[:100])
+    assert "pass --on-unchecked skip)" in raised.value.cli_message
+    with pytest.raises(QmixError, match=r'use fmt="csv"'):
+        audit(noisy_digits, run=qmix_run.run_dir, out="-", fmt="parquet")
+
+
+def test_a_keyword_the_function_does_not_take_says_which_was_meant(noisy_digits):
+    from qmix_cli import apply
+
+    calls = [
+        (lambda: audit(noisy_digits, run="r", sort="rank"), r"audit\(\) .* 'sort' \(did you mean sort_by\?\)"),
+        (lambda: audit(noisy_digits, run="r", format="csv"), r"'format' \(did you mean fmt\?\)"),
+        (lambda: apply(noisy_digits, report="r", out="o.csv", on_mising="drop"), r"did you mean on_missing\?"),
+        (lambda: evaluate("r", truth=noisy_digits, json=True), r"unexpected keyword argument 'json'$"),
+    ]
+    for call, message in calls:
+        with pytest.raises(TypeError, match=message):
+            call()
+
+
+def test_a_missing_path_is_named_and_optional_ones_may_be_none(noisy_digits, tmp_path):
+    from qmix_cli import apply, corrupt
+
+    with pytest.raises(QmixError, match=r"^out must be a path .* not NoneType None"):
+        corrupt("digits", None)
+    with pytest.raises(QmixError, match=r"^out must be a path"):
+        apply(noisy_digits, report=tmp_path / "r.parquet", out=None)
+    with pytest.raises(QmixError, match=r"^truth must be a path .* or a DataFrame, not NoneType"):
+        evaluate(tmp_path / "r.parquet", truth=None)
+    with pytest.raises(QmixError, match=r"^report not found"):  # run and data may be None: the report is looked for
+        show(tmp_path / "r.parquet", out=tmp_path / "p.html", run=None, data=None)
+
+
+def test_a_page_without_its_images_is_a_warning_when_nothing_prints(qmix_run, noisy_digits, tmp_path, monkeypatch):
+    """A table that lost its metadata (a merge) names no dataset: the page has placeholders, and a notebook with no
+    console hears it as a warning raised at its own line, naming the keyword that fixes it."""
+    monkeypatch.chdir(tmp_path)  # the report's relative paths are not found from here
+    table = audit(noisy_digits, run=qmix_run.run_dir)
+    table.attrs = {}
+    with pytest.warns(UserWarning, match=r"images shown as thumbnails are not found .*: pass data with") as caught:
+        show(table, out=tmp_path / "p.html", run=qmix_run.run_dir)
+    assert caught[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # with the dataset named, or quiet: no warning
+        show(table, out=tmp_path / "q.html", run=qmix_run.run_dir, data=noisy_digits)
+        show(table, out=tmp_path / "r.html", run=qmix_run.run_dir, quiet=True)
+    assert "data:image/" in (tmp_path / "q.html").read_text()
 
 
 def test_python_spellings_of_options_are_taken(noisy_digits, tmp_path, qmix_run):

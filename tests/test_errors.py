@@ -37,7 +37,12 @@ NAMES = {
     "--out": "out",
     "--sort": "sort_by",
     "--force": "force=True",
+    "--on-missing": "on_missing",
+    "--top": "top",
+    "--label-noise": "label_noise",
+    "--group-column": "group_column",
 }
+CHOICES = {"skip", "asymmetric"}
 
 
 @pytest.mark.parametrize(
@@ -45,7 +50,7 @@ NAMES = {
     [
         ("--label-rate must be between 0 and 1", "label_rate must be between 0 and 1"),
         ("label-rate must be between 0 and 1", "label_rate must be between 0 and 1"),  # a config check's spelling
-        ("--class-map applies to --label-noise only", "class_map applies to --label-noise only"),  # not a keyword here
+        ("--class-map applies to --lq-labels only", "class_map applies to --lq-labels only"),  # not a keyword here
         ("--sort must be sample_id or rank", "sort_by must be sample_id or rank"),
         ("--out x exists; pass --force to replace it.", "out x exists; pass force=True to replace it."),
         ("set --sort.", "set sort_by."),
@@ -58,6 +63,27 @@ NAMES = {
 )
 def test_options_are_respelled_as_keywords_and_nothing_else(cli: str, python: str) -> None:
     assert respell_options(cli, NAMES) == python
+
+
+@pytest.mark.parametrize(
+    ("cli", "python"),
+    [
+        ("(pass --on-missing skip)", '(pass on_missing="skip")'),
+        ("to --label-noise asymmetric only", 'to label_noise="asymmetric" only'),
+        ("pass --label-noise matrix:FILE.", 'pass label_noise="matrix:FILE".'),
+        ("(e.g. --out report.html)", '(e.g. out="report.html")'),
+        ("--top N or --top 0; --out: x", "top=N or top=0; out: x"),
+        ("name one with --group-column COL", "name one with group_column=COL"),
+        # Prose after an option, a value that is not one of the choices, a path (it may hold spaces): left.
+        ("--on-missing needs --top and", "on_missing needs top and"),
+        ("--group-column ward: cannot", "group_column ward: cannot"),
+        ("--out /tmp/my data/r.csv exists", "out /tmp/my data/r.csv exists"),
+        ("pass --force skip", "pass force=True skip"),  # a flag takes no value
+        ("label-rate 2 is not a rate", "label_rate 2 is not a rate"),  # a config key: the value is no keyword's
+    ],
+)
+def test_a_value_after_an_option_becomes_the_keywords(cli: str, python: str) -> None:
+    assert respell_options(cli, NAMES, values=CHOICES) == python
 
 
 def test_an_error_keeps_the_cli_message_and_is_respelled_once() -> None:
