@@ -57,7 +57,7 @@ from qmix_cli.engine.steps import (
     ssl_epoch_size,
     supervised_epoch,
 )
-from qmix_cli.errors import ConfigError, TrainingError, first_few
+from qmix_cli.errors import ConfigError, DataError, TrainingError, first_few
 from qmix_cli.io import (
     RUN_CHECKPOINT,
     RUN_CHECKPOINTS,
@@ -670,7 +670,7 @@ def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) 
         names = ", ".join(k.replace("_", "-") for k in differ)
         raise ConfigError(
             f"--resume continues {run_dir} with its saved config.yaml; these options differ from it: {names} "
-            "(start a new run with --force, or in another --out, to change them)"
+            "(start a new run with --force, or one in another folder (--out), to change them)"
         )
     return changed  # every other option given equals the saved one
 
@@ -678,14 +678,17 @@ def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) 
 def _val_store(cfg: TrainConfig, run: _Run) -> tuple[ImageStore, np.ndarray] | None:
     if not cfg.val:
         return None
-    val = create_dataset(
-        cfg.val,
-        classes=run.classes,
-        min_classes=1,
-        on_bad_image=cfg.on_bad_image,
-        cache_dir=cfg.cache_dir,
-        decode_to=DecodeTarget(cfg.img_size, run.channels, jpeg_scale=cfg.jpeg_scale),
-    )
+    try:
+        val = create_dataset(
+            cfg.val,
+            classes=run.classes,
+            min_classes=1,
+            on_bad_image=cfg.on_bad_image,
+            cache_dir=cfg.cache_dir,
+            decode_to=DecodeTarget(cfg.img_size, run.channels, jpeg_scale=cfg.jpeg_scale),
+        )
+    except DataError as exc:  # which of the two datasets it is: the training set was read without a complaint
+        raise DataError(f"--val: {exc}") from None
     images = cached_images(
         val, size=cfg.img_size, channels=run.channels, cache_dir=cfg.cache_dir, jpeg_scale=cfg.jpeg_scale
     )
