@@ -49,10 +49,9 @@ def _python_names(fn: Callable[..., Any], aliases: Mapping[str, str]) -> dict[st
     names = {}
     for name, keyword in named.items():
         option = name.replace("_", "-")
-        names[option] = keyword
-        names[f"--{option}"] = f"{keyword}=True" if isinstance(defaults.get(keyword), bool) else keyword
+        names[option] = names[f"--{option}"] = keyword
         if isinstance(defaults.get(keyword), bool):
-            names[f"--no-{option}"] = f"{keyword}=False"
+            names[f"--{option}"], names[f"--no-{option}"] = f"{keyword}=True", f"{keyword}=False"
     return names
 
 

@@ -62,7 +62,7 @@ class Terminated(KeyboardInterrupt):
 
 
 # An option as a message names it: ``--name`` or a config key written ``hyphen-joined``, not inside a path, a file
-# name or a word (a full stop after it ends a sentence); and the word after it, which may be its value (`_as_keyword`).
+# name or a word (a full stop after it ends a sentence); and the word after it, which may be its value.
 _OPTION = re.compile(
     r"(?<![\w\-/\\.])(?P<dashes>--)?(?P<option>[a-z][a-z0-9]*(?:-[a-z0-9]+)*)(?![\w\-/\\]|\.\w)"
     r"(?: (?P<value>[\w.:]+?)(?=[.,;:)]?(?:\s|$)))?"
