@@ -350,6 +350,8 @@ def train(
     _check_paths(
         out=out, optional=("config",), **({} if isinstance(config, (TrainConfig, dict)) else {"config": config})
     )
+    if resume and force:  # one keeps the run in out, the other replaces it: neither can be guessed
+        raise ConfigError(f"--resume continues the run in {out} and --force starts it over; pass one of them, not both")
     explicit = {k: v for k, v in options.items() if v is not None}
     # What the config says, read once: a file's values, a dict of them (held in Python), a TrainConfig's fields.
     if isinstance(config, TrainConfig):

@@ -146,6 +146,7 @@ def test_errors_name_the_keywords_a_notebook_passed(noisy_digits, tmp_path):
         (lambda: train(noisy_digits, tmp_path / "r", epochs=3, warmup_epochs=5), "^warmup_epochs must be between"),
         (lambda: train(noisy_digits, tmp_path / "r", warmup_epoch=1), r"warmup_epoch \(did you mean warmup_epochs\?\)"),
         (lambda: corrupt("digits", tmp_path / "o", class_map="1=7"), "^class_map applies to label_noise=.asym"),
+        (lambda: train(noisy_digits, tmp_path / "r", resume=True, force=True), "resume=True continues .* not both"),
     ]
     for call, message in calls:
         with pytest.raises(QmixError, match=message) as raised:

@@ -92,16 +92,16 @@ def _coded_texts(values: pd.Series | Sequence[object]) -> tuple[np.ndarray, np.n
     return codes, np.array([group_text(value) for value in uniques] + [None], dtype=object)
 
 
-def check_group_column(frame: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray]:
+def check_group_column(frame: pd.DataFrame, column: str, *, what: str = "the dataset") -> tuple[np.ndarray, np.ndarray]:
     """``frame[column]``'s `group_keys`, or a `ConfigError` for a column the manifest lacks, the label column or a
-    column with no value."""
+    column with no value. ``what`` names the table in the message (``"the truth"`` for `qmix evaluate`'s)."""
     option = f"--group-column {column}"
     if column not in frame.columns:
         others = [c for c in frame.columns if c not in _IMAGE_COLUMNS]
         where = (
             f"its columns besides the image's: {', '.join(map(str, others))}" if others else "it has no other column"
         )
-        raise ConfigError(f"{option}: the dataset has no such column ({where}; image folders have no columns)")
+        raise ConfigError(f"{option}: {what} has no such column ({where}; image folders have no columns)")
     if column == "label":
         raise ConfigError(f"{option}: the label is not a group (every image of a class would be one group)")
     keys, has_group = group_keys(frame[column])

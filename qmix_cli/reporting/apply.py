@@ -142,7 +142,7 @@ def apply_verdicts(
     foreign = sorted(set(suggested[relabel]) - known)
     if foreign:
         raise QmixError(
-            summarise_offenders("suggested labels that are not classes of the dataset or the run", foreign)
+            summarise_offenders("suggested labels outside the classes of the dataset and the run", foreign)
             + " (an edited report?)"
         )
     labels = np.where(relabel, suggested, given).astype(object)

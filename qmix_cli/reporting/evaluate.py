@@ -261,7 +261,7 @@ def ids_by_path(report: pd.DataFrame, paths: pd.Series) -> np.ndarray:
 def _group_detection(joined: pd.DataFrame, truth: pd.DataFrame, column: str) -> dict[str, Any]:
     """How well the table by group ranks the units (a group's images of one given label) whose label is wrong on
     a good image; units of degraded images only are neither right nor wrong to see, and are left out."""
-    check_group_column(truth, column)  # one that names groups, as the audit requires of its manifest
+    check_group_column(truth, column, what="the truth")  # one that names groups, as the audit requires
     _require_columns(joined, ("given_label",), what="report")
     rows = joined.rename(columns={"category_report": "category"})
     if "suggested_label" not in rows.columns:

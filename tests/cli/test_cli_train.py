@@ -95,6 +95,8 @@ def test_config_file_is_resolved_after_the_flags(
     ("extra", "fragments"),
     [
         (["--set", "foo=1"], ["unknown config key(s): foo"]),
+        (["--set", "warmup_epoch=1"], ["unknown config key(s): warmup_epoch (did you mean warmup_epochs?)"]),
+        (["--resume", "--force"], ["--resume continues the run in", "--force starts it over", "not both"]),
         (["--set", "out=elsewhere"], ["unknown config key(s): out"]),
         (["--seed", "-1"], ["seed must be between 0 and 4294967295", "-1"]),
         (["--lr", "inf"], ["lr must be positive", "inf"]),
@@ -109,6 +111,8 @@ def test_config_file_is_resolved_after_the_flags(
     ],
     ids=[
         "set-unknown",
+        "set-misspelt",
+        "resume-and-force",
         "set-out",
         "seed-negative",
         "lr-inf",

@@ -126,7 +126,7 @@ def test_truth_given_by_category_alone_is_updated_too() -> None:
 
 def test_suggestions_must_be_classes() -> None:
     edited = report(suggested_label=[None, None, "dog ", "3.0", None, None])  # a report edited in a spreadsheet
-    with pytest.raises(QmixError, match=r"2 suggested labels that are not classes.*3\.0"):
+    with pytest.raises(QmixError, match=r"2 suggested labels outside the classes of the dataset and the run.*3\.0"):
         apply_verdicts(manifest(), edited)
     # A class of the run that this dataset happens not to hold is a fine suggestion.
     run_class = report(suggested_label=[None, None, "bird", "cat", None, None])

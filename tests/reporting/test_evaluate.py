@@ -472,7 +472,7 @@ def test_units_by_group_are_scored_by_how_their_issue_score_ranks_the_wrong_ones
     no_patient = truth.assign(patient=truth["patient"].where(truth["sample_id"] != "s04"))  # P5 has no group now
     fewer = evaluate_report(report=report, truth=no_patient, group_column="patient")["groups"]
     assert (fewer["units"], fewer["ungrouped"], fewer["roc_auc"]) == (4, 1, 1.0)
-    with pytest.raises(QmixError, match="ward: the dataset has no such column"):
+    with pytest.raises(QmixError, match="ward: the truth has no such column"):
         evaluate_report(report=report, truth=truth, group_column="ward")
     with pytest.raises(QmixError, match="has no value"):
         evaluate_report(report=report, truth=truth.assign(ward=None), group_column="ward")
