@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import difflib
 import functools
 import inspect
 import os
 import reprlib
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from rich.console import Console
 
 from qmix_cli.config import TrainConfig, resolve_config, with_absolute_paths
-from qmix_cli.errors import ConfigError, QmixError, first_few
+from qmix_cli.errors import ConfigError, QmixError, closest, first_few
 from qmix_cli.progress import Reporter, reporter
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ def _python_names(fn: Callable[..., Any], aliases: Mapping[str, str]) -> dict[st
 def _unexpected_keyword(function: str, given: str, keywords: list[str], aliases: Mapping[str, str]) -> str:
     """Python's message for a keyword ``function`` does not take, with the one meant: the CLI's name of an option
     this function names otherwise (``sort`` → ``sort_by``), or the closest keyword (``group_col``)."""
-    meant = aliases.get(given.replace("_", "-")) or next(iter(difflib.get_close_matches(given, keywords, n=1)), None)
+    meant = aliases.get(given.replace("_", "-")) or closest(given, keywords)
     hint = f" (did you mean {meant}?)" if meant else ""
     return f"{function}() got an unexpected keyword argument {given!r}{hint}"
 
@@ -744,10 +744,18 @@ def _python_warning(fn: Callable[..., Any]) -> Callable[[str], None]:
 
     def warn(message: str) -> None:
         message = respell_options(message, _python_names(fn, {}), values=_choice_words())
-        # Raised from the caller's own call: its frame, past this function, the library's and the decorator's.
-        warnings.warn(message, UserWarning, stacklevel=5)
+        warnings.warn(message, UserWarning, stacklevel=_outside_qmix())
 
     return warn
+
+
+def _outside_qmix() -> int:
+    """The ``stacklevel`` of the first frame that is not qmix's, as seen from the function calling this one: the
+    caller's own line, however deep in the library the warning was found (``skip_file_prefixes`` needs 3.12)."""
+    frame, level = sys._getframe(2), 2
+    while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] == "qmix_cli":
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 @_in_python_terms()

@@ -7,7 +7,6 @@ the command line. The resolved config is written to ``RUN/config.yaml`` so that 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import math
 import numbers
@@ -20,7 +19,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from qmix_cli.errors import ConfigError
+from qmix_cli.errors import ConfigError, closest
 
 Method = Literal["qmix", "dividemix", "ce"]
 
@@ -223,8 +222,8 @@ def check_config_keys(keys: Iterable[str]) -> None:
     unknown = sorted(set(keys) - field_names())
     if unknown:
         # A key one letter off (``warmup_epoch``) is the common case: say which was meant, from the key's own spelling.
-        guesses = {key: difflib.get_close_matches(key, sorted(field_names()), n=1) for key in unknown}
-        named = [f"{key} (did you mean {guess[0]}?)" if guess else key for key, guess in guesses.items()]
+        guesses = {key: closest(key, field_names()) for key in unknown}
+        named = [f"{key} (did you mean {guess}?)" if guess else key for key, guess in guesses.items()]
         raise ConfigError(f"unknown config key(s): {', '.join(named)}")
 
 

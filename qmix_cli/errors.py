@@ -6,9 +6,10 @@ it into one styled line and exit code 1; every other exception is a bug and keep
 
 from __future__ import annotations
 
+import difflib
 import re
 import signal
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 
 class QmixError(Exception):
@@ -67,6 +68,8 @@ _OPTION = re.compile(
     r"(?<![\w\-/\\.])(?P<dashes>--)?(?P<option>[a-z][a-z0-9]*(?:-[a-z0-9]+)*)(?![\w\-/\\]|\.\w)"
     r"(?: (?P<value>[\w.:]+?)(?=[.,;:)]?(?:\s|$)))?"
 )
+# A command line a message quotes (``qmix train --force``), up to a ``)`` or ``;``: its options are another command's.
+_COMMAND_LINE = re.compile(r"\bqmix [a-z]+\b[^);]*")
 # Values a hint writes after an option, as they are passed in Python: a placeholder (``FILE``, ``N``) and a number as
 # they are, a file name (no folder: a path may hold spaces) or ``matrix:FILE`` quoted.
 _PLACEHOLDER = re.compile(r"[A-Z][A-Z_]*")
@@ -80,7 +83,8 @@ def respell_options(message: str, names: Mapping[str, str], *, values: Collectio
     ``--`` option becomes the keyword's (``--on-missing skip`` → ``on_missing="skip"``, ``--top N`` → ``top=N``)
     when it is a placeholder, a number, a file name or one of ``values`` (the words the options take); any other
     word after it is prose and stays. Options ``names`` does not know (the CLI's own, ``--verbose``) stay as they
-    are, and so do plain words without dashes, which read the same in both spellings or are prose."""
+    are, and so do plain words without dashes, which read the same in both spellings or are prose, and the options
+    of a command line the message quotes (``qmix train --force``: another function's keywords, if any)."""
 
     def one(match: re.Match[str]) -> str:
         dashes, option, value = match.group("dashes", "option", "value")
@@ -98,7 +102,21 @@ def respell_options(message: str, names: Mapping[str, str], *, values: Collectio
                 return f'{keyword}="{value}"'
         return f"{keyword} {value}"
 
-    return _OPTION.sub(one, message)
+    pieces, start = [], 0
+    for line in _COMMAND_LINE.finditer(message):
+        pieces += [_OPTION.sub(one, message[start : line.start()]), line.group(0)]
+        start = line.end()
+    return "".join([*pieces, _OPTION.sub(one, message[start:])])
+
+
+# How alike a misspelt name and the one meant are (difflib's ratio): ``group_col`` and ``group_column`` 0.86,
+# ``warmup_epoch`` and ``warmup_epochs`` 0.96, ``sort`` and ``report`` 0.6, which a hint should not pair.
+CLOSE_ENOUGH = 0.75
+
+
+def closest(word: str, choices: Iterable[str]) -> str | None:
+    """The one of ``choices`` that ``word`` is a misspelling of, for a "did you mean" (None when none is close)."""
+    return next(iter(difflib.get_close_matches(word, sorted(choices), n=1, cutoff=CLOSE_ENOUGH)), None)
 
 
 def interrupted_status(exc: KeyboardInterrupt) -> int:

@@ -173,7 +173,7 @@ def test_a_keyword_the_function_does_not_take_says_which_was_meant(noisy_digits)
         (lambda: audit(noisy_digits, run="r", sort="rank"), r"audit\(\) .* 'sort' \(did you mean sort_by\?\)"),
         (lambda: audit(noisy_digits, run="r", format="csv"), r"'format' \(did you mean fmt\?\)"),
         (lambda: apply(noisy_digits, report="r", out="o.csv", on_mising="drop"), r"did you mean on_missing\?"),
-        (lambda: evaluate("r", truth=noisy_digits, json=True), r"unexpected keyword argument 'json'$"),
+        (lambda: show("r", out="p.html", sort="rank"), r"unexpected keyword argument 'sort'$"),  # not "report"
     ]
     for call, message in calls:
         with pytest.raises(TypeError, match=message):
@@ -207,6 +207,17 @@ def test_a_page_without_its_images_is_a_warning_when_nothing_prints(qmix_run, no
         show(table, out=tmp_path / "q.html", run=qmix_run.run_dir, data=noisy_digits)
         show(table, out=tmp_path / "r.html", run=qmix_run.run_dir, quiet=True)
     assert "data:image/" in (tmp_path / "q.html").read_text()
+
+
+def test_a_warning_names_the_callers_line_however_deep_it_was_found():
+    from qmix_cli.api import _python_warning
+
+    warn = _python_warning(show)
+    library = {"__name__": "qmix_cli.reporting.deep"}  # frames of qmix's own modules, as many as a check takes
+    exec("def outer(warn):\n    def inner():\n        warn('pass --data DIR')\n    inner()\n", library)
+    with pytest.warns(UserWarning, match="^pass data=DIR$") as caught:
+        library["outer"](warn)
+    assert caught[0].filename == __file__
 
 
 def test_python_spellings_of_options_are_taken(noisy_digits, tmp_path, qmix_run):

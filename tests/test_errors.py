@@ -80,6 +80,12 @@ def test_options_are_respelled_as_keywords_and_nothing_else(cli: str, python: st
         ("--out /tmp/my data/r.csv exists", "out /tmp/my data/r.csv exists"),
         ("pass --force skip", "pass force=True skip"),  # a flag takes no value
         ("label-rate 2 is not a rate", "label_rate 2 is not a rate"),  # a config key: the value is no keyword's
+        # A command line the message quotes holds another command's options, whatever this function calls its own.
+        (
+            "(start it again with qmix train --force); or pass --force",
+            "(start it again with qmix train --force); or pass force=True",
+        ),
+        ("the report (what qmix audit --out wrote), not --out", "the report (what qmix audit --out wrote), not out"),
     ],
 )
 def test_a_value_after_an_option_becomes_the_keywords(cli: str, python: str) -> None:

@@ -240,6 +240,7 @@ def guarded(fn: F) -> F:
             raise
         except QmixError as e:
             if st.verbose:
+                e.args = (e.cli_message, *e.args[1:])  # the traceback's last line in the CLI's words too
                 Console(stderr=True).print_exception()
             fail(e.cli_message)
         except KeyboardInterrupt as e:

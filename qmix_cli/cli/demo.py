@@ -65,7 +65,7 @@ def demo_command(
     st.err.rule("4/5 evaluate against the truth")
     result = evaluate(report, truth=data)
     render_evaluation(result, st.err)
-    html = show(report, out=out_dir / "report.html", run=run, data=data, force=force)
+    html = show(report, out=out_dir / "report.html", run=run, data=data, force=force, console=st.err, quiet=st.quiet)
     st.err.rule("5/5 apply the verdicts: relabel mislabeled_hq, drop mislabeled_lq")
     fixed = apply(data, report=report, out=out_dir / "fixed.parquet", force=True)  # out was checked above
     files = Table(title="where everything is", title_justify="left", show_header=False)

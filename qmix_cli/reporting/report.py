@@ -863,7 +863,10 @@ def read_report(path: str | Path) -> pd.DataFrame:
         raise QmixError(f"cannot read report {path}{sniffed}: {exc}") from exc
     missing = [name for name in REPORT_SCHEMA.names if name not in table.column_names]
     if missing and {"group", "issue_score", "images"} <= set(table.column_names):
-        raise QmixError(f"{path} is the audit by group (qmix audit --groups-out); give the per-image report (--out)")
+        raise QmixError(
+            f"{path} is the audit by group (qmix audit --groups-out); give the per-image report (what qmix audit "
+            "--out wrote)"
+        )
     if missing:
         raise QmixError(f"{path} is not a qmix report: missing column(s) {', '.join(missing)}")
     empty = [f.name for f in REPORT_SCHEMA if not f.nullable and table.column(f.name).null_count]

@@ -429,6 +429,10 @@ def test_unknown_sort_is_one_error_line(runner, tmp_path, qmix_run, noisy_digits
     result = _audit(runner, noisy_digits, qmix_run.run_dir, "--out", str(tmp_path / "r.csv"), "--sort", "p_clean")
     _assert_one_line_error(result, "--sort must be sample_id or rank", "p_clean")
     assert list(tmp_path.iterdir()) == []
+    # The traceback --verbose adds is in the CLI's words too, not the Python API's (sort_by).
+    args = ["--verbose", "audit", str(noisy_digits), "--run", str(qmix_run.run_dir), "--out", "-", "--sort", "x"]
+    err = runner.invoke(app, args).stderr
+    assert "Traceback" in err and "ConfigError: --sort must be" in err and "ConfigError: sort_by" not in err
 
 
 @pytest.mark.parametrize(("flag", "value"), [("--batch-size", "0"), ("--tta", "-1"), ("--workers", "-1")])

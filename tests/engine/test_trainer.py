@@ -499,7 +499,7 @@ def test_resume_refuses_other_settings_and_survives_a_cut_metrics_line(noisy_dig
     with pytest.raises(ConfigError, match="differ from it: lr"):
         train(noisy_digits, run, resume=True, lr=0.5, cache_dir=str(qmix_cache_dir))
     # Read as "one more epoch", --epochs 2 would end the run early, its schedule unfinished, without a word.
-    with pytest.raises(ConfigError, match=r"^epochs 2: this run was set to train 3 epochs.*the total, not how many"):
+    with pytest.raises(ConfigError, match=r"^epochs=2: this run was set to train 3 epochs.*the total, not how many"):
         train(noisy_digits, run, resume=True, epochs=2, cache_dir=str(qmix_cache_dir))
     assert "epochs: 3\n" in (run / "config.yaml").read_text()
     with (run / "metrics.jsonl").open("a", encoding="utf-8") as f:
@@ -560,7 +560,7 @@ def test_killed_extension_of_a_finished_run_leaves_no_stale_model(noisy_digits, 
         train(noisy_digits, run, resume=True, epochs=2, cache_dir=cache)
     assert (run / "model.pt").is_file()
     # As many: nothing to resume, said so (not "resuming at epoch 4/3"), and the model kept.
-    with pytest.raises(ConfigError, match="has finished its 3 epochs; to train on, resume with epochs N"):
+    with pytest.raises(ConfigError, match="has finished its 3 epochs; to train on, resume with epochs=N"):
         train(noisy_digits, run, resume=True, cache_dir=cache)
     model = (run / "model.pt").read_bytes()
     # Killed between its last checkpoint and its final model: resuming only finishes it, with the same model.
