@@ -202,6 +202,10 @@ def checked_option(name: str, value: Any, hint: Any) -> Any:
                 return int(number)
         if hint is float and not isinstance(value, bool):
             return float(value)
+        if hint is str and name in PATH_OPTIONS and not isinstance(value, (str, os.PathLike)):
+            # A number is no file's name here: `val=0.2` means a fraction, which `val` is not.
+            what = "a path or a built-in dataset's name" if name == "val" else "a path"
+            raise ConfigError(f"{option} must be {what}, not {type(value).__name__} {value!r}")
         if hint is str and isinstance(value, (str, numbers.Real)) and not isinstance(value, bool):
             return str(value)
         if hint is str and isinstance(value, os.PathLike):  # cache_dir, val, weights given as a Path in Python

@@ -30,6 +30,9 @@ def test_numbers_from_yaml_strings_are_converted(tmp_path):
         ({"epochs": True}, ["epochs must be an integer"]),
         ({"hflip": "sometimes"}, ["hflip must be true or false"]),
         ({"extra": 3}, ["extra must be a mapping"]),
+        # A number is no path: val=0.2 means a fraction (it would have been read as a dataset named 0.2).
+        ({"val": 0.2}, ["val must be a path or a built-in dataset's name, not float 0.2"]),
+        ({"cache_dir": 5}, ["cache-dir must be a path, not int 5"]),
         ({"audit_neighbours": -1}, ["audit-neighbours must be 0 (no vote) or more", "-1"]),
         ({"p_threshold": 5}, ["p-threshold must be in [0, 1)", "5"]),
         ({"mixup_alpha": -1}, ["mixup-alpha must be 0 (no mixup) or more"]),
@@ -104,7 +107,7 @@ def test_path_options_take_a_path_as_python_callers_hold_them(tmp_path):
     paths = {"cache_dir": tmp_path / "cache", "val": tmp_path / "val", "weights": tmp_path / "w.pth"}
     cfg = config_from_dict(paths)
     assert (cfg.cache_dir, cfg.val, cfg.weights) == tuple(str(p) for p in paths.values())
-    with pytest.raises(ConfigError, match="cache-dir must be a string"):
+    with pytest.raises(ConfigError, match=r"cache-dir must be a path, not list \[.not., .a., .path.\]"):
         config_from_dict({"cache_dir": ["not", "a", "path"]})
 
 
