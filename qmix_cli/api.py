@@ -101,6 +101,7 @@ def _in_python_terms(aliases: Mapping[str, str] | None = None) -> Callable[[F], 
                 error.respell(names, values=_choice_words())
                 raise
 
+        wrapper.python_names = names  # type: ignore[attr-defined]  # for its warnings (`_python_warning`)
         return wrapper  # type: ignore[return-value]
 
     return decorate
@@ -739,11 +740,12 @@ def show(
 
 def _python_warning(fn: Callable[..., Any]) -> Callable[[str], None]:
     """A warning for a caller with no console to print on (a page with placeholders for every image, written
-    without a word, would be found later), naming ``fn``'s keywords: a `UserWarning` from the caller's line."""
+    without a word, would be found later), naming the keywords of ``fn`` (an API function, `_in_python_terms`): a
+    `UserWarning` from the caller's line."""
     from qmix_cli.errors import respell_options
 
     def warn(message: str) -> None:
-        message = respell_options(message, _python_names(fn, {}), values=_choice_words())
+        message = respell_options(message, fn.python_names, values=_choice_words())  # type: ignore[attr-defined]
         warnings.warn(message, UserWarning, stacklevel=_outside_qmix())
 
     return warn

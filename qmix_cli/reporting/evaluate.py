@@ -383,13 +383,17 @@ def _degradation_names(value: Any) -> list[str]:
     return [part for part in parts if part] or [_NOT_NAMED]
 
 
+def _finite_number(value: Any) -> float | None:
+    """``value`` (a number, or text that says one) as a finite float; None for other text, an infinity or NaN."""
+    number = pd.to_numeric(pd.Series([value]), errors="coerce").iloc[0]
+    return float(number) if pd.notna(number) and math.isfinite(number) else None
+
+
 def _severity_key(value: Any) -> str:
     """A severity as its table key: a finite number as the shortest text that says it exactly (4.0 → ``"4"``, 4.5 →
     ``"4.5"``, 1000001 → ``"1000001"``), other text as written, an empty cell `_NOT_NAMED`."""
-    number = pd.to_numeric(pd.Series([value]), errors="coerce").iloc[0]
-    if pd.notna(number) and math.isfinite(number):
-        text = repr(float(number))
-        return text.removesuffix(".0")
+    if (number := _finite_number(value)) is not None:
+        return repr(number).removesuffix(".0")
     return str(value).strip() or _NOT_NAMED
 
 
@@ -397,8 +401,8 @@ def _severity_order(key: str) -> tuple[int, float, str]:
     """Numbers in order, then text by name, then `_NOT_NAMED` (as 2 before 10, not as text sorts them)."""
     if key == _NOT_NAMED:
         return (2, 0.0, key)
-    number = pd.to_numeric(pd.Series([key]), errors="coerce").iloc[0]
-    return (0, float(number), key) if pd.notna(number) and math.isfinite(number) else (1, 0.0, key)
+    number = _finite_number(key)
+    return (0, number, key) if number is not None else (1, 0.0, key)
 
 
 def _degraded_row(
