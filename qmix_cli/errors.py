@@ -7,9 +7,11 @@ it into one styled line and exit code 1; every other exception is a bug and keep
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 import signal
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Any
 
 
 class QmixError(Exception):
@@ -51,6 +53,11 @@ class UnwritableError(QmixError):
     def __init__(self, message: str, *, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled as its class called with the message alone, which a required ``reason`` refuses: an error raised
+        # in a worker process could not be sent back to the parent.
+        return functools.partial(type(self), reason=self.reason), self.args, self.__dict__
 
 
 class TrainingError(QmixError):

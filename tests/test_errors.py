@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 
 from qmix_cli.errors import QmixError, UnwritableError, first_few, respell_options, summarise_offenders
@@ -100,3 +102,18 @@ def test_an_error_keeps_the_cli_message_and_is_respelled_once() -> None:
     assert str(error) == "out x: permission denied"
     assert error.cli_message == "--out x: permission denied"
     assert error.reason == "read-only" and isinstance(error, QmixError)
+
+
+def _all_subclasses(cls: type) -> list[type]:
+    return [cls, *(sub for child in cls.__subclasses__() for sub in _all_subclasses(child))]
+
+
+@pytest.mark.parametrize("cls", _all_subclasses(QmixError), ids=lambda c: c.__name__)
+def test_every_error_survives_pickling_with_its_respelling(cls: type[QmixError]) -> None:
+    # What a worker process raises reaches its parent pickled; UnwritableError's required reason refused that.
+    error = cls("--out x: no", reason="read-only") if cls is UnwritableError else cls("--out x: no")
+    error.respell(NAMES)
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is cls
+    assert (str(copy), copy.cli_message) == ("out x: no", "--out x: no")
+    assert vars(copy) == vars(error)
