@@ -45,7 +45,7 @@ def fit_separation(
     uncertainty: np.ndarray,
     *,
     kind: str,
-    components: int = 3,
+    components: int = 10,
     reg_covar: float = 5e-4,
     max_iter: int = 20,
     tol: float = 1e-2,

@@ -252,7 +252,7 @@ def name_components(means: np.ndarray, *, weights: np.ndarray | None = None, tie
     * 1-D (loss only) means: the smallest-loss component is clean, all others Mis-H (DivideMix).
     * 2-D with at most 3 components: the smallest-loss component is clean; of the others, the one with the
       larger mean uncertainty is Mis-L and the remaining one Mis-H (a single remaining one is Mis-H).
-    * 2-D with more than 3 components (ablation ``components: K``): the components are split in two along
+    * 2-D with more than 3 components (the default, 10): the components are split in two along
       their mean loss at the weighted Otsu cut (the cut that best separates the weight-averaged losses of the
       two sides); the low side is clean. The rest are split the same way along their mean uncertainty; the
       high side is Mis-L, the low side Mis-H. A lone non-clean component is Mis-H.
@@ -582,7 +582,7 @@ def fit_quality_separation(
     loss: np.ndarray,
     uncertainty: np.ndarray,
     *,
-    components: int = 3,
+    components: int = 10,
     reg_covar: float = 5e-4,
     max_iter: int = 20,
     tol: float = 1e-2,
@@ -600,8 +600,9 @@ def fit_quality_separation(
     uncertainty
         (N,) float raw uncertainty (`entropy` or `collision_uncertainty`).
     components
-        3 (the paper), or K > 3 for the ablation that fits K components and names each by its mean
-        (`name_components`), summing posteriors within a group.
+        K >= 3 Gaussians. The default, 10, is `TrainConfig.gmm_components`'s: with K > 3 each component is named
+        by its mean (`name_components`) and posteriors are summed within a group; 3 is the paper's, one
+        Gaussian per group, which splits the skewed clean mode (docs/decisions.md).
     reg_covar, max_iter, tol, seed
         Passed to `sklearn.mixture.GaussianMixture` (k-means initialisation).
     clean_loss
@@ -669,7 +670,7 @@ def fit_loss_separation(
     *,
     uncertainty: np.ndarray | None = None,
     reg_covar: float = 5e-4,
-    max_iter: int = 10,
+    max_iter: int = 20,
     tol: float = 1e-2,
     seed: int = 0,
     clean_loss: float = 1e-2,
