@@ -11,6 +11,7 @@ import torch
 
 import qmix_cli
 from qmix_cli import QmixError, audit, evaluate, show, train
+from qmix_cli.config import load_config_file
 from tests.conftest import TINY_TRAIN
 
 
@@ -236,3 +237,5 @@ def test_python_spellings_of_options_are_taken(noisy_digits, tmp_path, qmix_run)
     killed = tmp_path / "run"
     result = train(noisy_digits, killed, config={"method": "ce", "epochs": 1, **TINY_TRAIN}, quiet=True)
     assert result.metrics[-1]["epoch"] == 1
+    resolved = load_config_file(killed / "config.yaml")  # every key of the dict taken, not only the epochs
+    assert resolved["method"] == "ce" and all(resolved[key] == value for key, value in TINY_TRAIN.items())

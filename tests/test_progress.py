@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+import re
 
 from rich.console import Console
 from typer.testing import CliRunner
@@ -32,4 +34,9 @@ def test_training_on_a_terminal_runs_its_epochs(noisy_digits, tmp_path):
     args = ["train", str(noisy_digits), "--out", str(tmp_path / "run"), "--method", "ce", "--epochs", "2", *options]
     result = CliRunner().invoke(app, [*args, "--no-hflip"], env={"FORCE_COLOR": "1"})
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "run" / "model.pt").is_file()
+    err = result.stderr
+    assert "\x1b[2K" in err  # rich's erase-line: the terminal's live display, not the plain lines of a pipe
+    for epoch in (1, 2):  # each epoch's bar was drawn (its name, then the bar itself)
+        assert re.search(rf"epoch {epoch}/2 net 0 warm-up\S*\s+\S*━", err), err[-2000:]
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
 
@@ -270,7 +271,19 @@ def test_a_report_of_other_images_under_the_same_names_is_refused(runner, qmix_r
     shutil.rmtree(twin)
     result = runner.invoke(app, commands["apply"])
     assert result.exit_code == 0, _stderr(result)
-    assert "wrote" in _stderr(result) and len(pd.read_parquet(twin_report)) == 1797
+    _assert_applies(pd.read_csv(fixed, dtype=str), pd.read_parquet(twin_report))
+
+
+def _assert_applies(written: pd.DataFrame, report: pd.DataFrame) -> None:
+    """``written`` is ``report``'s verdicts applied by default: its mislabeled-LQ images dropped, its mislabeled-HQ
+    ones given the suggested label, the rest as they were."""
+    verdicts = report.set_index("sample_id")
+    assert set(written["sample_id"]) == set(verdicts.index[verdicts["category"] != "mislabeled_lq"])
+    hq = written["qmix_verdict"] == "mislabeled_hq"
+    assert hq.any() and (written["qmix_verdict"] == "clean").any()
+    suggested = verdicts.loc[written["sample_id"], "suggested_label"].astype(str).to_numpy()
+    given = verdicts.loc[written["sample_id"], "given_label"].astype(str).to_numpy()
+    assert (written["label"].to_numpy() == np.where(hq, suggested, given)).all()
 
 
 def test_a_report_of_a_copy_of_the_dataset_or_of_it_through_a_link_is_the_datasets(
@@ -284,8 +297,11 @@ def test_a_report_of_a_copy_of_the_dataset_or_of_it_through_a_link_is_the_datase
     for i, data in enumerate((copy, link)):
         result = runner.invoke(app, ["apply", str(data), "--report", str(report), "-o", str(tmp_path / f"f{i}.csv")])
         assert result.exit_code == 0, _stderr(result)
+        _assert_applies(pd.read_csv(tmp_path / f"f{i}.csv", dtype=str), pd.read_parquet(report))
         page = runner.invoke(app, ["show", str(report), "--data", str(data), "-o", str(tmp_path / f"p{i}.html")])
         assert page.exit_code == 0, _stderr(page)
+        assert "not found" not in _stderr(page)  # the thumbnails were read from the images, not placeholders
+        assert "data:image/" in (tmp_path / f"p{i}.html").read_text()
 
 
 def test_the_same_images_listed_by_a_manifest_elsewhere_are_the_reports(runner, report, noisy_digits, tmp_path):
@@ -297,6 +313,7 @@ def test_the_same_images_listed_by_a_manifest_elsewhere_are_the_reports(runner, 
     args = ["apply", str(tmp_path / "lists" / "all.csv"), "--report", str(report), "--out", str(tmp_path / "f.csv")]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, _stderr(result)
+    _assert_applies(pd.read_csv(tmp_path / "f.csv", dtype=str), pd.read_parquet(report))
 
 
 def test_an_existing_manifest_is_replaced_only_with_force(runner, report, noisy_digits, tmp_path):

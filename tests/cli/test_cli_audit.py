@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 import qmix_cli
 from qmix_cli.cli.app import app
 from qmix_cli.cli.audit import fixed_manifest_name
+from qmix_cli.reporting.groups import GROUP_SCHEMA
 from tests.cli.helpers import assert_one_line_error as _assert_one_line_error
 from tests.cli.helpers import stderr_of as _stderr
 
@@ -577,7 +578,13 @@ def test_groups_out_can_take_stdout_while_the_report_goes_to_a_file(runner, tmp_
     assert result.exit_code == 0, _stderr(result)
     table = pd.read_csv(io.StringIO(result.stdout))
     assert table["rank"].tolist() == list(range(1, len(table) + 1))
-    assert (tmp_path / "r.csv").exists()
+    # The same table as one written to a file, and the report beside it is the whole per-image report.
+    extra[-1] = str(tmp_path / "g.csv")
+    again = _audit(runner, grouped_manifest, qmix_run.run_dir, "--out", str(tmp_path / "r2.csv"), *extra)
+    assert again.exit_code == 0, _stderr(again)
+    pd.testing.assert_frame_equal(table, pd.read_csv(tmp_path / "g.csv"))
+    assert list(table.columns) == GROUP_SCHEMA.names
+    assert len(pd.read_csv(tmp_path / "r.csv")) == len(pd.read_csv(grouped_manifest))
 
 
 @pytest.mark.parametrize(

@@ -231,8 +231,8 @@ def test_a_run_directory_in_use_by_another_train_is_refused_untouched(runner, tm
     assert hash_tree(out) == before and not (tmp_path / "run.previous").exists()
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_cuda_on_a_cpu_only_machine(runner, tmp_path, noisy_digits):
+def test_cuda_on_a_cpu_only_machine(runner, tmp_path, noisy_digits, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU-only machine, even on a GPU one
     out = tmp_path / "run"
     result = _train(runner, noisy_digits, out, *TINY_FLAGS, "--device", "cuda")
     _assert_one_line_error(result, "cuda", "CUDA is not available", "--device cpu")
@@ -243,9 +243,8 @@ def test_cuda_on_a_cpu_only_machine(runner, tmp_path, noisy_digits):
     [["--model", "not_a_model"], ["--device", "cuda"]],
     ids=["model", "cuda"],
 )
-def test_failed_start_does_not_block_the_next_try(runner, tmp_path, noisy_digits, extra, qmix_cache_dir):
-    if "cuda" in extra and torch.cuda.is_available():
-        pytest.skip("needs a machine without CUDA")
+def test_failed_start_does_not_block_the_next_try(runner, tmp_path, noisy_digits, extra, qmix_cache_dir, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # "--device cuda" fails on a GPU machine too
     out = tmp_path / "run"
     result = _train(runner, noisy_digits, out, *TINY_FLAGS, *extra)
     assert result.exit_code == 1

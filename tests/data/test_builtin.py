@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from qmix_cli.api import corrupt
 from qmix_cli.data import builtin
 from qmix_cli.data.builtin import default_cache_dir, is_builtin, materialise_builtin
 from qmix_cli.data.manifest import create_dataset
@@ -193,13 +194,16 @@ def test_fashion_mnist_is_read_from_the_folder_the_environment_names(tmp_path, m
 
 def test_a_cache_under_home_is_expanded_everywhere(tmp_path, monkeypatch):
     """``cache_dir="~/qc"`` from Python (no shell to expand it): `train` expanded it, `corrupt` and `audit` made a
-    folder literally named ``~`` in the working directory, a trap for ``rm -rf ~``."""
+    folder literally named ``~`` in the working directory, a trap for ``rm -rf ~``. Each reads a dataset through
+    `create_dataset`, which `corrupt` stands for here (`audit` needs a trained run)."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)
     imgs = np.stack([np.full((4, 4), v, dtype=np.uint8) for v in (0, 100, 200)])
     monkeypatch.setitem(builtin.BUILTINS, "digits", lambda: (imgs, np.array([0, 1, 1]), ("p", "q")))
     create_dataset("digits", cache_dir="~/qc")
     assert (tmp_path / "home" / "qc" / "datasets" / "digits").is_dir()
+    corrupt("digits", tmp_path / "o", cache_dir="~/qc2", label_rate=0, quality_rate=0, quiet=True)
+    assert (tmp_path / "home" / "qc2" / "datasets" / "digits").is_dir()
     assert not (tmp_path / "~").exists()
     monkeypatch.setenv("QMIX_CACHE_DIR", "~/env-cache")  # quoted in a shell, or set from Python
     assert default_cache_dir() == tmp_path / "home" / "env-cache"

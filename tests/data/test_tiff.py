@@ -256,6 +256,10 @@ def test_a_set_of_unreadable_tiffs_says_once_what_pillow_reads(tmp_path):
     assert message.endswith(f". {PILLOW_READS} (none of the images could be read)")  # after the list, then the hint
 
 
+def _no_scan(*args, **kwargs):
+    raise AssertionError("the remembered check should have been used")
+
+
 def test_a_check_remembered_before_layouts_were_named_names_them_now(tmp_path, monkeypatch):
     root = _float64_folder(tmp_path / "scans")
     cache = tmp_path / "cache"
@@ -265,10 +269,7 @@ def test_a_check_remembered_before_layouts_were_named_names_them_now(tmp_path, m
         with pytest.raises(QmixError, match=r"a/0\.tif: not an image Pillow can read"):
             create_dataset(root, cache_dir=cache)
 
-    def no_scan(*args, **kwargs):
-        raise AssertionError("the remembered check should have been used")
-
-    monkeypatch.setattr(manifest, "scan_images", no_scan)
+    monkeypatch.setattr(manifest, "scan_images", _no_scan)
     with pytest.raises(QmixError, match=r"a/0\.tif: a TIFF of 64-bit floating-point samples") as caught:
         create_dataset(root, cache_dir=cache)
     assert PILLOW_READS in str(caught.value)
@@ -281,12 +282,14 @@ def test_pillows_reading_of_the_writers_float32_file_keeps_its_values(tmp_path):
         assert np.array_equal(np.asarray(img, dtype=np.float32), values)
 
 
-def test_a_remembered_tiff_refused_for_another_reason_keeps_it(tmp_path):
+def test_a_remembered_tiff_refused_for_another_reason_keeps_it(tmp_path, monkeypatch):
     root = _float64_folder(tmp_path / "scans")
     whole = write_tiff(root / "a" / "cut.tif", np.arange(64, dtype=np.uint8).reshape(8, 8)).read_bytes()
     (root / "a" / "cut.tif").write_bytes(whole[:-20])  # its pixels cut short: Pillow opens it, then fails
     reasons = []
-    for _ in range(2):  # checked, then remembered
+    for remembered in (False, True):  # checked, then remembered
+        if remembered:
+            monkeypatch.setattr(manifest, "scan_images", _no_scan)
         with warnings.catch_warnings(), pytest.raises(QmixError) as caught:
             warnings.simplefilter("ignore")
             create_dataset(root, cache_dir=tmp_path / "cache", on_bad_image="error")

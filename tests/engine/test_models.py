@@ -191,18 +191,30 @@ def test_a_load_that_leaves_no_record_is_judged_by_the_tensors_it_changed(tmp_pa
     torch.save({"foo": torch.zeros(3)}, tmp_path / "other.pth")
     with pytest.raises(ConfigError, match=r"no tensor in .*other\.pth fits a test_resnet"):
         create_model("test_resnet", num_classes=2, in_chans=3, weights=tmp_path / "other.pth")
-    torch.save(timm.create_model("test_resnet", num_classes=0, in_chans=3).state_dict(), tmp_path / "fits.pth")
-    create_model("test_resnet", num_classes=2, in_chans=3, weights=tmp_path / "fits.pth")
+    fits = timm.create_model("test_resnet", num_classes=0, in_chans=3).state_dict()
+    torch.save(fits, tmp_path / "fits.pth")
+    _assert_encoder_holds(create_model("test_resnet", num_classes=2, in_chans=3, weights=tmp_path / "fits.pth"), fits)
+
+
+def _assert_encoder_holds(net: torch.nn.Module, source: dict[str, torch.Tensor]) -> None:
+    """Every tensor of ``source`` but the classifier's (``fc.``) is the net's encoder's of that name."""
+    encoder = net.encoder.state_dict()
+    kept = [k for k in source if not k.startswith("fc.")]
+    assert kept and all(k in encoder for k in kept)
+    for key in kept:
+        torch.testing.assert_close(encoder[key], source[key], rtol=0, atol=0, msg=key)
 
 
 def test_a_weights_file_that_fits_the_net_only_in_part_is_refused_saying_how(tmp_path, caplog):
     load_state_dict = torch.nn.Module.load_state_dict
     source = timm.create_model("test_resnet", num_classes=10, in_chans=3).state_dict()  # with its classifier
     torch.save(source, tmp_path / "with_head.pth")
-    create_model("test_resnet", num_classes=2, in_chans=3, weights=tmp_path / "with_head.pth")  # the head is dropped
+    net = create_model("test_resnet", num_classes=2, in_chans=3, weights=tmp_path / "with_head.pth")
+    _assert_encoder_holds(net, source)  # the head is dropped: the net's own has two classes
+    assert net.classifier.weight.shape[0] == 2
     # Tensors for a part this net is built without (torchvision's inception keeps an auxiliary head): no misfit.
     torch.save({**source, "AuxLogits.fc.weight": torch.zeros(10, 8)}, tmp_path / "aux.pth")
-    create_model("test_resnet", num_classes=2, in_chans=3, weights=tmp_path / "aux.pth")
+    _assert_encoder_holds(create_model("test_resnet", num_classes=2, in_chans=3, weights=tmp_path / "aux.pth"), source)
     # A deeper net of the same family: every tensor of this one fits, and its extra blocks are left over.
     deeper = {**source, "layer1.9.conv1.weight": torch.zeros(8, 8, 3, 3), "layer1.9.bn1.weight": torch.ones(8)}
     torch.save(deeper, tmp_path / "deeper.pth")

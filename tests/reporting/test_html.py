@@ -488,6 +488,12 @@ def test_scatter_svg_places_loss_rightwards_and_uncertainty_upwards_inside_the_p
 def test_line_chart_svg():
     svg = line_chart_svg(np.array([1, 2, 3]), np.array([0.3, 0.2, 0.1]), title="a < b", marker_x=1.5)
     assert svg.count("<polyline") == 1 and "a &lt; b" in svg and "stroke-dasharray" in svg
+    points = re.search(r'<polyline points="([^"]+)"', svg)[1].split()
+    xs, ys = zip(*((float(a), float(b)) for a, b in (p.split(",") for p in points)), strict=True)
+    assert xs[0] < xs[1] < xs[2] and xs[1] - xs[0] == xs[2] - xs[1]  # epochs evenly spaced, left to right
+    assert ys[0] < ys[1] < ys[2] and ys[1] - ys[0] == ys[2] - ys[1]  # falling values go down (SVG's y points down)
+    marker = float(re.search(r'<line x1="([\d.]+)"[^>]*stroke-dasharray', svg)[1])
+    assert marker == (xs[0] + xs[1]) / 2  # the end of warm-up at epoch 1.5
     empty = line_chart_svg(np.array([]), np.array([]), title="t")
     assert "no data" in empty and "<polyline" not in empty
 
