@@ -13,7 +13,7 @@ import numbers
 import os
 import types
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
@@ -102,7 +102,6 @@ class TrainConfig:
     on_bad_image: Literal["error", "skip"] = "error"
     cache_dir: str | None = None
     val: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> TrainConfig:
         for f in fields(self):
@@ -192,7 +191,7 @@ def checked_option(name: str, value: Any, hint: Any) -> Any:
             return None
         (inner,) = (a for a in args if a is not type(None))
         return checked_option(name, value, inner)
-    expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
+    expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
     try:
         if hint is bool and isinstance(value, bool):
             return value
@@ -210,8 +209,6 @@ def checked_option(name: str, value: Any, hint: Any) -> Any:
             return str(value)
         if hint is str and isinstance(value, os.PathLike):  # cache_dir, val, weights given as a Path in Python
             return os.fspath(value)
-        if origin is dict and isinstance(value, dict):
-            return value
     except (TypeError, ValueError):
         pass
     raise ConfigError(f"{option} must be {expected.get(origin or hint, str(hint))} (got {value!r})")
@@ -231,9 +228,16 @@ def check_config_keys(keys: Iterable[str]) -> None:
         raise ConfigError(f"unknown config key(s): {', '.join(named)}")
 
 
+# Keys every config.yaml of an earlier release holds, which no option reads any more: dropped when empty, as
+# written, so that those runs still resume and their files still serve as --config. (``extra`` was a mapping
+# accepted, saved and never read.)
+RETIRED = frozenset({"extra"})
+
+
 def config_from_dict(values: dict[str, Any], *, base: TrainConfig | None = None) -> TrainConfig:
     """Overlay ``values`` (keys may use ``-`` or ``_``) on ``base``; unknown keys are an error, not ignored."""
     normalised = {str(k).replace("-", "_"): v for k, v in values.items()}
+    normalised = {k: v for k, v in normalised.items() if not (k in RETIRED and v in ({}, None))}
     check_config_keys(normalised)
     return dataclasses.replace(base or TrainConfig(), **normalised).validate()
 

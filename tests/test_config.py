@@ -29,7 +29,7 @@ def test_numbers_from_yaml_strings_are_converted(tmp_path):
         ({"epochs": 2.5}, ["epochs must be an integer"]),
         ({"epochs": True}, ["epochs must be an integer"]),
         ({"hflip": "sometimes"}, ["hflip must be true or false"]),
-        ({"extra": 3}, ["extra must be a mapping"]),
+        ({"extra": 3}, ["unknown config key(s): extra"]),  # retired: accepted, saved and never read
         # A number is no path: val=0.2 means a fraction (it would have been read as a dataset named 0.2).
         ({"val": 0.2}, ["val must be a path or a built-in dataset's name, not float 0.2"]),
         ({"cache_dir": 5}, ["cache-dir must be a path, not int 5"]),

@@ -25,7 +25,14 @@ import torch
 
 from qmix_cli import __version__
 from qmix_cli.categories import SMALL_CLASS
-from qmix_cli.config import TrainConfig, absolute_paths, config_from_dict, dump_config, load_config_file
+from qmix_cli.config import (
+    RETIRED,
+    TrainConfig,
+    absolute_paths,
+    config_from_dict,
+    dump_config,
+    load_config_file,
+)
 from qmix_cli.data.cache import DecodeTarget, cached_images
 from qmix_cli.data.groups import likely_group_column
 from qmix_cli.data.manifest import Dataset, check_output_dir, create_dataset
@@ -311,7 +318,7 @@ class _Run:
             )
         now = absolute_paths(self.cfg.to_dict())
         saved = absolute_paths({**PREDATED, **state["config"]})  # an older checkpoint: ran as it did then
-        edited = sorted(k for k, v in saved.items() if k not in RESUMABLE and now.get(k) != v)
+        edited = sorted(k for k, v in saved.items() if k not in RESUMABLE | RETIRED and now.get(k) != v)
         if edited:
             raise TrainingError(
                 f"the checkpoint was made with other settings than config.yaml now holds ({', '.join(edited)}); "

@@ -69,7 +69,6 @@ class CorruptSpec:
     image_format: str = "keep"
     seed: int = 0
     preset: str | None = None  # recorded in noise.json; the options above already hold its values
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def severity_range(self) -> tuple[int, int]:
         text = str(self.severity)

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from PIL import Image
 from rich.console import Console
 from scipy.stats import spearmanr
@@ -538,6 +539,24 @@ def test_a_run_saved_before_jpeg_scale_resumes_decoding_jpegs_whole(noisy_digits
     assert config.jpeg_scale is True
     train(noisy_digits, run, resume=True, config=config)
     assert json.loads(load_checkpoint(run / "model.pt")["meta"])["jpeg_scale"] is False
+
+
+def test_a_run_saved_with_the_retired_extra_key_resumes_and_serves_as_a_config(noisy_digits, tmp_path, qmix_cache_dir):
+    # Every config.yaml and checkpoint of an earlier release holds `extra: {}`, a key no option reads any more.
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(noisy_digits, run, method="ce", epochs=2, cache_dir=str(qmix_cache_dir), on_epoch_end=_interrupt,
+              **TINY_TRAIN)  # fmt: skip
+    saved = (run / "config.yaml").read_text()
+    assert "extra" not in saved
+    (run / "config.yaml").write_text(saved + "extra: {}\n")
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    torch.save({**state, "config": {**state["config"], "extra": {}}}, run / "checkpoints" / "last.pt")
+    assert config_from_dict(load_config_file(run / "config.yaml")) == config_from_dict(yaml.safe_load(saved))
+    result = train(noisy_digits, run, resume=True, cache_dir=str(qmix_cache_dir))
+    assert [m["epoch"] for m in result.metrics] == [1, 2]
+    with pytest.raises(ConfigError, match=r"unknown config key\(s\): extra"):  # set to something: it never did
+        config_from_dict({"extra": {"note": "x"}})
 
 
 def test_killed_extension_of_a_finished_run_leaves_no_stale_model(noisy_digits, tmp_path, qmix_cache_dir):
