@@ -287,12 +287,6 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
 def check_out_dir(out: str | Path, *, force: bool, forcing: str = "replace it") -> Path:
     """Refuse an existing, non-empty output directory unless ``force`` is set; the error says that ``--force``
     would ``forcing``."""

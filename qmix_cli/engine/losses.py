@@ -118,9 +118,10 @@ def uniform_prior(num_classes: int, *, device: torch.device | str | None = None)
 
 
 def class_prior(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(K,) float32 class frequencies of (N,) int given labels (option ``prior: class``)."""
-    counts = torch.bincount(labels.long(), minlength=num_classes).float()
-    return counts / counts.sum().clamp_min(1.0)
+    """(K,) float32 class frequencies of (N,) int given labels (option ``prior: class``), divided in float64 so
+    that each is the float32 nearest the true share."""
+    counts = torch.bincount(labels.long(), minlength=num_classes).double()
+    return (counts / counts.sum().clamp_min(1.0)).float()
 
 
 def prior_regulariser(logits: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:

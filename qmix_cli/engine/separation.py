@@ -384,12 +384,11 @@ class QualitySeparation:
             zero Mis-L column.
         """
         x = self.normalise(loss, uncertainty)
-        d = self.means.shape[1]
-        if d == 2 and np.isnan(x[:, 1]).any():
+        if self.uses_uncertainty and np.isnan(x[:, 1]).any():
             raise ValueError("this separation uses uncertainty: pass it (finite) to posteriors()")
         if x.shape[0] == 0:
             return np.zeros((0, 3))
-        resp = self._mixture().predict_proba(x[:, :d])
+        resp = self._mixture().predict_proba(x[:, : self.means.shape[1]])
         # Sum component posteriors within each group: (N, C) @ (C, 3) one-hot of the component names.
         post = resp @ np.eye(3)[self.component_groups]
         return post / post.sum(axis=1, keepdims=True)
@@ -449,10 +448,6 @@ class QualitySeparation:
         gm.n_iter_ = 0
         gm.lower_bound_ = np.nan
         return gm
-
-
-LossSeparation = QualitySeparation
-"""DivideMix's loss-only separation uses the same class (a 1-D mixture, zero Mis-L column)."""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -675,7 +670,7 @@ def fit_loss_separation(
     seed: int = 0,
     clean_loss: float = 1e-2,
     min_range: float = 1e-3,
-) -> LossSeparation:
+) -> QualitySeparation:
     """Fit DivideMix's separation: a 2-component GMM on min–max normalised loss.
 
     Parameters

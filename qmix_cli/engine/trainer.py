@@ -40,7 +40,7 @@ from qmix_cli.data.transforms import channel_stats, strong_spec, weak_spec
 from qmix_cli.engine.batches import ImageStore
 from qmix_cli.engine.checkpoint import load_checkpoint, previous_run_dir, save_checkpoint
 from qmix_cli.engine.groups import FoldKeys, describe_groups, units_of
-from qmix_cli.engine.losses import linear_rampup
+from qmix_cli.engine.losses import class_prior, linear_rampup, uniform_prior
 from qmix_cli.engine.models import (
     QmixNet,
     create_model,
@@ -257,9 +257,9 @@ class _Run:
             num_classes=len(self.classes),
             compiled=cfg.compile,
         )
-        counts = np.bincount(self.labels_np, minlength=len(self.classes)).astype(np.float64)
-        prior = counts / counts.sum() if cfg.prior == "class" else np.full(len(self.classes), 1 / len(self.classes))
-        self.prior = torch.as_tensor(prior, dtype=torch.float32, device=self.device)
+        k = len(self.classes)
+        prior = class_prior(torch.from_numpy(self.labels_np), k) if cfg.prior == "class" else uniform_prior(k)
+        self.prior = prior.to(self.device)
         self.history: deque[np.ndarray] = deque(maxlen=cfg.smooth_epochs)
         self.separations: list[Any] = []
         # Each net's weights at the end of warm-up, on the host, for the audit (`keep_warmup_snapshot`).

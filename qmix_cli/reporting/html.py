@@ -51,9 +51,6 @@ from qmix_cli.reporting.report import REPORT_SCHEMA, check_same_images, check_ve
 #: Okabe–Ito colours (safe for the common colour-vision deficiencies), one per category in CATEGORIES order.
 PALETTE: tuple[str, str, str] = ("#0072B2", "#E69F00", "#CC79A7")
 
-#: Human names of the categories, in CATEGORIES order.
-CATEGORY_TITLES: tuple[str, str, str] = ("clean", "mislabeled, good image", "low-quality image")
-
 #: Metrics drawn as training curves, in this order, when the run logged them.
 CURVE_METRICS: tuple[str, ...] = ("loss_x", "auc_clean", "auc_hq", "val_acc")
 
