@@ -251,7 +251,7 @@ def corrupt(
         keywords (``label_rate``); ``cli_message`` is the CLI's wording (``--label-rate``).
     """
     from qmix_cli.data.manifest import create_dataset
-    from qmix_cli.noise.protocol import corrupt_dataset, resolve_spec
+    from qmix_cli.noise.protocol import corrupt_dataset, corrupt_notes, resolve_spec
 
     _check_paths(out=out)
     if workers is not None and workers < 0:
@@ -280,7 +280,10 @@ def corrupt(
             reporter=rep,
         )
         _log_scan(rep, dataset)  # corrupt states the skipped images in its summary line
-        return corrupt_dataset(dataset, out, spec=spec, force=force, workers=workers, reporter=rep)
+        result = corrupt_dataset(dataset, out, spec=spec, force=force, workers=workers, reporter=rep)
+        for note in corrupt_notes(result.summary):
+            rep.log(note)
+        return result
 
 
 @_in_python_terms()

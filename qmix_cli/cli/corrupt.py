@@ -98,7 +98,6 @@ def corrupt_command(
 ) -> None:
     """Corrupt a clean dataset with reproducible label noise and image degradations, keeping the truth."""
     from qmix_cli.api import corrupt
-    from qmix_cli.noise.protocol import lq_label_note
 
     folder_out(out, what="qmix corrupt's output")
     st = state(ctx)
@@ -131,25 +130,6 @@ def corrupt_command(
         + (f"; skipped {skipped} unreadable source images" if skipped else ""),
         highlight=False,
     )
-    lq_types, hq_types = (set(result.summary["file_types"][k]) for k in ("low_quality", "high_quality"))
-    if lq_types and hq_types and lq_types != hq_types:
-        part = "the truth" if lq_types.isdisjoint(hq_types) else "part of the truth"
-        st.err.print(
-            f"note: the degraded images are {', '.join(sorted(lq_types))} files and the others "
-            f"{', '.join(sorted(hq_types))}, so the file type gives {part} away; --image-format png writes every "
-            "image alike",
-            highlight=False,
-        )
-    if note := lq_label_note(result.summary):
-        st.err.print(f"note: {note}", highlight=False)
-    unchanged = result.summary["unchanged_low_quality"]
-    if unchanged:
-        st.err.print(
-            f"warning: the degradation left {len(unchanged)} low-quality images unchanged (blank images?); "
-            "noise.json lists them (unchanged_low_quality)",
-            style="yellow",
-            highlight=False,
-        )
 
 
 def register(app: typer.Typer) -> None:

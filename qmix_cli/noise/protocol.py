@@ -176,6 +176,35 @@ class CorruptResult:
         return f"CorruptResult(out={str(self.out)!r}, images={len(self.manifest)}, counts={self.summary.get('counts')})"
 
 
+def corrupt_notes(summary: dict[str, Any]) -> list[str]:
+    """What a user should know about a corrupted set that its counts do not say, one line each (``note: ...``,
+    ``warning: ...``): the file type telling degraded images apart (`file_type_note`), a two-class label rule a net
+    can learn (`lq_label_note`), and degraded images the degradation left as they were.
+
+    ``summary`` is `CorruptResult.summary` (``noise.json``).
+    """
+    notes = [f"note: {note}" for note in (file_type_note(summary), lq_label_note(summary)) if note]
+    if unchanged := summary["unchanged_low_quality"]:
+        notes.append(
+            f"warning: the degradation left {len(unchanged)} low-quality images unchanged (blank images?); "
+            "noise.json lists them (unchanged_low_quality)"
+        )
+    return notes
+
+
+def file_type_note(summary: dict[str, Any]) -> str | None:
+    """A note when the degraded images are written as other file types than the rest (a JPEG source, degraded
+    images kept lossless as PNG): a net or a reader then tells the truth from the suffix alone."""
+    lq_types, hq_types = (set(summary["file_types"][k]) for k in ("low_quality", "high_quality"))
+    if not lq_types or not hq_types or lq_types == hq_types:
+        return None
+    part = "the truth" if lq_types.isdisjoint(hq_types) else "part of the truth"
+    return (
+        f"the degraded images are {', '.join(sorted(lq_types))} files and the others {', '.join(sorted(hq_types))}, "
+        f"so the file type gives {part} away; --image-format png writes every image alike"
+    )
+
+
 def lq_label_note(summary: dict[str, Any]) -> str | None:
     """A note when the low-quality images' label rule made their labels a function of their class, or None.
 
