@@ -226,7 +226,8 @@ def score_dataset(
     reporter: Reporter | None = None,
     recompute: bool = False,
 ) -> AuditScores:
-    """Score every image of ``dataset`` with both nets of ``run`` (optionally averaging ``tta`` weak views).
+    """Score every image of ``dataset`` with each net of ``run`` (two; one for ``ce``), optionally averaging ``tta``
+    weak views.
 
     Images with the very pixels of a training image take the read-outs the run kept (`TrainedRun.readouts`)
     instead of running the nets again, unless ``recompute`` or ``tta`` is set (test-time views are random, not
