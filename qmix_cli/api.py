@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from rich.console import Console
 
 from qmix_cli.config import TrainConfig, resolve_config, with_absolute_paths
-from qmix_cli.errors import ConfigError, QmixError, closest, first_few
+from qmix_cli.errors import ConfigError, QmixError, closest, count_of, first_few
 from qmix_cli.progress import Reporter, reporter
 
 if TYPE_CHECKING:
@@ -144,8 +144,7 @@ def _log_scan(rep: Reporter, dataset: Dataset) -> None:
 def _log_skipped(rep: Reporter, dataset: Dataset) -> None:
     """Say which images ``on_bad_image="skip"`` left out of ``dataset`` (the first five of them)."""
     if n := len(dataset.skipped):
-        first = ", ".join(dataset.skipped["path"][:5]) + (", ..." if n > 5 else "")
-        rep.log(f"skipped {n} unreadable image{'s' if n > 1 else ''}: {first}")
+        rep.log(f"skipped {count_of(n, 'unreadable image')}: {first_few(list(dataset.skipped['path']))}")
 
 
 @_in_python_terms()

@@ -19,7 +19,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from qmix_cli.errors import ConfigError, closest
+from qmix_cli.errors import ConfigError, closest, count_of
 
 Method = Literal["qmix", "dividemix", "ce"]
 
@@ -288,7 +288,7 @@ def kept_warmup_note(base: dict[str, Any], overrides: dict[str, Any]) -> str | N
     if warmup is None or epochs is None or overrides.get("warmup_epochs") is not None or base.get("epochs") == epochs:
         return None
     return (
-        f"note: --epochs {epochs} keeps the warm-up of {warmup} epoch{'s' if warmup != 1 else ''} the config sets "
+        f"note: --epochs {epochs} keeps the warm-up of {count_of(warmup, 'epoch')} the config sets "
         "(by default a third of the epochs); pass --warmup-epochs N to change it"
     )
 

@@ -132,6 +132,11 @@ def interrupted_status(exc: KeyboardInterrupt) -> int:
     return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
 
 
+def count_of(n: int, noun: str, plural: str | None = None) -> str:
+    """``"1 image"``, ``"0 images"``, ``"1,797 images"``; ``plural`` where adding an ``s`` is wrong (``classes``)."""
+    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
+
+
 def first_few(names: Sequence[str], *, show: int = 5) -> str:
     """``"a, b, c, d, e, and 7 more"``: the first ``show`` of ``names``, and how many are left unnamed."""
     more = f", and {len(names) - show:,} more" if len(names) > show else ""

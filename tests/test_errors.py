@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 
-from qmix_cli.errors import QmixError, UnwritableError, first_few, respell_options, summarise_offenders
+from qmix_cli.errors import QmixError, UnwritableError, count_of, first_few, respell_options, summarise_offenders
 
 
 @pytest.mark.parametrize(
@@ -117,3 +117,8 @@ def test_every_error_survives_pickling_with_its_respelling(cls: type[QmixError])
     assert type(copy) is cls
     assert (str(copy), copy.cli_message) == ("out x: no", "--out x: no")
     assert vars(copy) == vars(error)
+
+
+def test_counts_name_their_noun_in_the_number_it_takes():
+    assert [count_of(n, "image") for n in (0, 1, 2, 1797)] == ["0 images", "1 image", "2 images", "1,797 images"]
+    assert (count_of(1, "class", "classes"), count_of(3, "class", "classes")) == ("1 class", "3 classes")

@@ -9,7 +9,7 @@ from rich.text import Text
 
 from qmix_cli.categories import SMALL_CLASS
 from qmix_cli.cli.common import bold, guarded, state
-from qmix_cli.errors import first_few
+from qmix_cli.errors import count_of, first_few
 
 
 @guarded
@@ -70,7 +70,7 @@ def apply_command(
     if emptied := counts["emptied"]:
         st.err.print(
             Text(
-                f"warning: {len(emptied):,} class{'es' if len(emptied) > 1 else ''} of the dataset carr"
+                f"warning: {count_of(len(emptied), 'class', 'classes')} of the dataset carr"
                 f"{'y' if len(emptied) > 1 else 'ies'} no image any more: {first_few(emptied)}; a run on it will not "
                 f"know {'them' if len(emptied) > 1 else 'it'} (check them by hand, or pass --hq keep)"
             )
@@ -80,7 +80,7 @@ def apply_command(
         lines = [_class_change(name, counts["by_class"][name]) for name in shrunk]
         st.err.print(
             Text(
-                f"warning: {len(shrunk):,} class{'es' if many else ''} keep{'' if many else 's'} less than half of "
+                f"warning: {count_of(len(shrunk), 'class', 'classes')} keep{'' if many else 's'} less than half of "
                 f"{'their' if many else 'its'} images: {first_few(lines)}; on an imbalanced set the verdicts fall "
                 f"hardest on the small class, so check {'their' if many else 'its'} flagged images (qmix show) before "
                 "training on this manifest"

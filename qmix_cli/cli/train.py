@@ -13,7 +13,7 @@ from rich.text import Text
 
 from qmix_cli.cli.common import CACHE_DEFAULT, bold, folder_out, guarded, load_engine, state
 from qmix_cli.config import TrainConfig, check_config_keys
-from qmix_cli.errors import ConfigError, interrupted_status
+from qmix_cli.errors import ConfigError, count_of, interrupted_status
 from qmix_cli.io import RUN_CHECKPOINT
 
 
@@ -160,9 +160,7 @@ def train_command(
         raise
     last = result.metrics[-1] if result.metrics else {}
     epochs = last.get("epoch", 0)
-    st.err.print(
-        f"run saved in {bold(result.run_dir)} after {epochs} epoch{'s' if epochs != 1 else ''}", highlight=False
-    )
+    st.err.print(f"run saved in {bold(result.run_dir)} after {count_of(epochs, 'epoch')}", highlight=False)
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:

@@ -26,7 +26,7 @@ from PIL import Image
 from qmix_cli.data.builtin import cache_root
 from qmix_cli.data.images import GRAY_MODES, default_workers, fit_image, read_image, threaded_map
 from qmix_cli.data.scan_cache import files_digest
-from qmix_cli.errors import NoSpaceError, QmixError, UnwritableError
+from qmix_cli.errors import NoSpaceError, QmixError, UnwritableError, count_of
 from qmix_cli.io import (
     ABANDONED_PARTIAL_SECONDS,
     STALE_PARTIAL_SECONDS,
@@ -182,7 +182,7 @@ def _decode_to(
         except NoSpaceError as e:
             raise NoSpaceError(
                 f"no disk space for the decoded images of {dataset.source or 'the dataset'} ({len(paths):,} at "
-                f"{size} px, {channels} channel{'s' if channels > 1 else ''}): {e}; free some space or point "
+                f"{size} px, {count_of(channels, 'channel')}): {e}; free some space or point "
                 "--cache-dir (or QMIX_CACHE_DIR) at a larger disk"
             ) from None
         decode_all(

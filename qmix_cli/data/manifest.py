@@ -27,7 +27,7 @@ from qmix_cli.categories import holds_verdicts
 from qmix_cli.data.images import IMAGE_SUFFIXES, UNREADABLE_TIFF, WIDE_MODES, ImageInfo, scan_images
 from qmix_cli.data.scan_cache import cached_scan, file_stats
 from qmix_cli.data.tiff import PILLOW_READS
-from qmix_cli.errors import ConfigError, DataError, first_few, summarise_offenders
+from qmix_cli.errors import ConfigError, DataError, count_of, first_few, summarise_offenders
 from qmix_cli.io import is_one_of, is_pipe_or_device
 from qmix_cli.progress import Reporter, SilentReporter
 
@@ -515,7 +515,7 @@ def describe_ignored(ignored: dict[str, int]) -> str:
     n = sum(ignored.values())
     kinds = ", ".join(f"{suffix} {count}" for suffix, count in list(ignored.items())[:5])
     more = ", ..." if len(ignored) > 5 else ""
-    return f"{n} file{'s' if n != 1 else ''} qmix does not read as images ({kinds}{more})"
+    return f"{count_of(n, 'file')} qmix does not read as images ({kinds}{more})"
 
 
 def _has_surrogates(text: str) -> bool:

@@ -29,7 +29,7 @@ import torch
 
 from qmix_cli.data.groups import check_group_column, group_keys
 from qmix_cli.engine.probe import sorted_rows
-from qmix_cli.errors import ConfigError
+from qmix_cli.errors import ConfigError, count_of
 
 
 def unit_keys(group: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -121,7 +121,7 @@ def describe_groups(frame: pd.DataFrame, column: str, *, folds: int) -> str:
             f"{len(unit_sizes) + alone}); group by something finer, such as a patient rather than a site"
         )
     largest = int(unit_sizes.max())
-    without = f"; {alone:,} image{'s' if alone != 1 else ''} with no group, each alone" if alone else ""
+    without = f"; {count_of(alone, 'image')} with no group, each alone" if alone else ""
     line = (
         f"audit folds by {column} and label: {groups:,} groups, {len(unit_sizes):,} of one label, the largest of "
         f"{largest:,} images{without}"

@@ -64,7 +64,7 @@ from qmix_cli.engine.steps import (
     ssl_epoch_size,
     supervised_epoch,
 )
-from qmix_cli.errors import ConfigError, DataError, TrainingError, first_few
+from qmix_cli.errors import ConfigError, DataError, TrainingError, count_of, first_few
 from qmix_cli.io import (
     RUN_CHECKPOINT,
     RUN_CHECKPOINTS,
@@ -630,7 +630,7 @@ def _make_run_dir(run_dir: Path, *, resume: bool, reporter: Reporter) -> None:
         return
     replaces = run_dir.exists() and any(run_dir.iterdir())
     previous = previous_run_dir(run_dir)
-    if replaces and previous.exists() and (run_dir / "checkpoints" / _REPLACES).exists():
+    if replaces and previous.exists() and (run_dir / RUN_CHECKPOINTS / _REPLACES).exists():
         # An earlier --force restart that never finished: the run it replaced is still the one kept aside.
         shutil.rmtree(run_dir)
         reporter.log(f"discarded an unfinished restart; {previous} still holds the run this one replaces")
@@ -639,9 +639,9 @@ def _make_run_dir(run_dir: Path, *, resume: bool, reporter: Reporter) -> None:
             shutil.rmtree(previous)
         os.replace(run_dir, previous)
         reporter.log(f"moved the existing run to {previous}; it is deleted when this run finishes")
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (run_dir / RUN_CHECKPOINTS).mkdir(parents=True, exist_ok=True)
     if replaces:
-        (run_dir / "checkpoints" / _REPLACES).touch()
+        (run_dir / RUN_CHECKPOINTS / _REPLACES).touch()
 
 
 def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -847,7 +847,7 @@ def small_classes_note(counts: np.ndarray, classes: Sequence[str]) -> str | None
     if not small:
         return None
     return (
-        f"note: {len(small):,} class{'es' if len(small) > 1 else ''} of fewer than {SMALL_CLASS} images: "
+        f"note: {count_of(len(small), 'class', 'classes')} of fewer than {SMALL_CLASS} images: "
         f"{first_few(small)}; "
         "the audit judges an image by the other images of its class, so it flags many of theirs whatever their "
         "labels (a class of one, always): add images of them, or check them by hand"
@@ -953,7 +953,7 @@ def _finalise(run: _Run) -> None:
     atomic_write_text(run.run_dir / "separation.json", json.dumps([s.to_dict() for s in run.separations], indent=1))
     atomic_write_text(run.run_dir / "run.json", json.dumps(meta, indent=1))
     save_checkpoint(run.run_dir / "model.pt", model_state)
-    marker = run.run_dir / "checkpoints" / _REPLACES
+    marker = run.run_dir / RUN_CHECKPOINTS / _REPLACES
     if marker.exists():
         shutil.rmtree(previous_run_dir(run.run_dir), ignore_errors=True)
         marker.unlink()

@@ -35,7 +35,7 @@ import pandas as pd
 from qmix_cli import __version__
 from qmix_cli.categories import CATEGORIES
 from qmix_cli.data.manifest import escapes_root, read_manifest
-from qmix_cli.errors import QmixError
+from qmix_cli.errors import QmixError, count_of
 from qmix_cli.io import (
     atomic_write_text,
     check_out_file,
@@ -85,11 +85,6 @@ def _visible(value: Any) -> str:
 def _e(value: Any) -> str:
     """Escape any value for HTML text or attributes, direction-setting characters shown as codes."""
     return html.escape(_visible(value), quote=True)
-
-
-def _count(n: int, noun: str) -> str:
-    """``"1 image"``, ``"3 images"``, ``"1,797 images"``."""
-    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 def _isolated(value: Any) -> str:
@@ -856,7 +851,7 @@ def _thumbs_section(frame: pd.DataFrame, group: str, blurb: str, *, root: Path |
         if total > len(rows)
         else ""
     )
-    shown = f"top {len(rows):,} of {total:,} by rank{rest}" if len(rows) else _count(total, "image")  # --top 0
+    shown = f"top {len(rows):,} of {total:,} by rank{rest}" if len(rows) else count_of(total, "image")  # --top 0
     heading = f'<h2>{_swatch(code)}{_e(group)} <small class="note">{shown}</small></h2><p class="note">{_e(blurb)}</p>'
     if rows.empty:
         return heading + ('<p class="note">No images in this group.</p>' if total == 0 else "")
@@ -895,7 +890,7 @@ def groups_section_html(
         ]
         parts.append(
             f'<h3><span class="rank">{_t(column)} #{int(unit["rank"])}</span> {_t(unit["group"])}: given <b>'
-            f'{_t(unit["given_label"])}</b>{relabel} <small class="note">{_count(int(unit["images"]), "image")} '
+            f'{_t(unit["given_label"])}</b>{relabel} <small class="note">{count_of(int(unit["images"]), "image")} '
             f"({counts}), "
             f"issue score {float(unit['issue_score']):.2f}{more}</small></h3>"
             '<div class="thumbs">' + "".join(cards) + "</div>"
