@@ -902,7 +902,13 @@ def apply(
     import pandas as pd
 
     from qmix_cli.categories import SMALL_CLASS, small_classes
-    from qmix_cli.data.manifest import check_output_file, create_dataset, integer_key_columns, paths_for_manifest
+    from qmix_cli.data.manifest import (
+        MANIFEST_SUFFIXES,
+        check_output_file,
+        create_dataset,
+        integer_key_columns,
+        paths_for_manifest,
+    )
     from qmix_cli.io import atomic_path, check_out_file
     from qmix_cli.reporting.apply import apply_verdicts, check_actions, integers_restored
     from qmix_cli.reporting.report import check_same_images, read_report
@@ -911,7 +917,7 @@ def apply(
     check_actions(hq=hq, lq=lq, on_missing=on_missing, rare_classes=rare_classes)
     out = Path(out)
     suffix = out.suffix.lower()
-    if suffix not in (".csv", ".parquet", ".pq"):
+    if suffix not in MANIFEST_SUFFIXES:
         raise ConfigError(f"--out {out}: the new manifest must be a .csv or .parquet (.pq) file")
     target = check_out_file(out)  # a symlink's target: where the bytes land
     if target.suffix.lower() != suffix:

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
 REQUIRED_COLUMNS = ("path", "label")
 MANIFEST_NAMES = ("manifest.parquet", "manifest.csv")
+# What a manifest file may be called: a table, not an image folder.
+MANIFEST_SUFFIXES = frozenset({".csv", ".parquet", ".pq"})
 OnBadImage = Literal["error", "skip"]
 
 
@@ -536,7 +538,7 @@ def read_manifest(source: str | Path) -> tuple[pd.DataFrame, Path]:
         frame = _read_table(found)
         frame.attrs["read_from"] = str(found)
         return frame, path
-    if path.suffix.lower() in {".csv", ".parquet", ".pq"}:
+    if path.suffix.lower() in MANIFEST_SUFFIXES:
         return _read_table(path), path.parent
     if not path.exists():
         raise DataError(

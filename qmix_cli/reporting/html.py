@@ -34,7 +34,7 @@ import pandas as pd
 
 from qmix_cli import __version__
 from qmix_cli.categories import CATEGORIES
-from qmix_cli.data.manifest import escapes_root, read_manifest
+from qmix_cli.data.manifest import MANIFEST_SUFFIXES, escapes_root, read_manifest
 from qmix_cli.errors import QmixError, count_of
 from qmix_cli.io import (
     atomic_write_text,
@@ -651,7 +651,7 @@ def _recorded_dataset(meta: dict[str, str]) -> str:
     recorded, root = meta.get("dataset", ""), meta.get("dataset_root")
     if not recorded or Path(recorded).exists() or not root:
         return recorded
-    if Path(recorded).suffix.lower() in {".csv", ".parquet", ".pq"}:
+    if Path(recorded).suffix.lower() in MANIFEST_SUFFIXES:
         return str(Path(root) / Path(recorded).name)
     return root
 
