@@ -37,8 +37,8 @@ import timm
 import torch
 from _common import markdown_table, sync
 
+from qmix_cli.engine.device import amp_dtype
 from qmix_cli.engine.steps import autocast
-from qmix_cli.engine.trainer import amp_dtype
 
 LAYOUTS = {"default": torch.contiguous_format, "channels-last": torch.channels_last}
 # The end-to-end run: RESULTS.md's benchmark scale, shortened to two epochs of each phase.

@@ -67,10 +67,11 @@ from qmix_cli.api import audit, corrupt, train
 from qmix_cli.config import config_from_dict, load_config_file
 from qmix_cli.data.cache import cached_images
 from qmix_cli.data.manifest import create_dataset
+from qmix_cli.engine.device import amp_dtype, resolve_device
 from qmix_cli.engine.models import create_model, max_probe_stages, place_input, place_model
 from qmix_cli.engine.probe import PROBE_STAGES
 from qmix_cli.engine.steps import autocast, method_rules, optimise, ssl_epoch_size
-from qmix_cli.engine.trainer import amp_dtype, create_optimizer, input_channels, resolve_device
+from qmix_cli.engine.trainer import create_optimizer, input_channels
 
 AUDIT_BATCH = 512  # `qmix audit`'s default
 

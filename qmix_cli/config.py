@@ -228,6 +228,9 @@ def check_config_keys(keys: Iterable[str]) -> None:
         raise ConfigError(f"unknown config key(s): {', '.join(named)}")
 
 
+# Options added since runs were first saved, with what a run saved before each did: such a run is resumed so
+# (its config.yaml and checkpoint lack them). ``jpeg_scale``: JPEGs were decoded whole.
+PREDATED = {"jpeg_scale": False}
 # Keys every config.yaml of an earlier release holds, which no option reads any more: dropped when empty, as
 # written, so that those runs still resume and their files still serve as --config. (``extra`` was a mapping
 # accepted, saved and never read.)

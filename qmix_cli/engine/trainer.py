@@ -8,7 +8,6 @@ and at the end ``model.pt`` + ``run.json`` + ``separation.json``: what ``qmix au
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import os
@@ -26,6 +25,7 @@ import torch
 from qmix_cli import __version__
 from qmix_cli.categories import SMALL_CLASS
 from qmix_cli.config import (
+    PREDATED,
     RETIRED,
     TrainConfig,
     absolute_paths,
@@ -39,6 +39,8 @@ from qmix_cli.data.manifest import Dataset, check_output_dir, create_dataset
 from qmix_cli.data.transforms import channel_stats, strong_spec, weak_spec
 from qmix_cli.engine.batches import ImageStore
 from qmix_cli.engine.checkpoint import load_checkpoint, previous_run_dir, save_checkpoint
+from qmix_cli.engine.device import amp_dtype, resolve_device
+from qmix_cli.engine.fingerprint import dataset_fingerprint, pixels_fingerprint
 from qmix_cli.engine.groups import FoldKeys, describe_groups, units_of
 from qmix_cli.engine.losses import class_prior, linear_rampup, uniform_prior
 from qmix_cli.engine.models import (
@@ -77,9 +79,6 @@ from qmix_cli.io import (
 from qmix_cli.progress import Reporter, SilentReporter
 
 CHECKPOINT = Path(RUN_CHECKPOINT)
-# Options added since runs were first saved, with what a run saved before each did: such a run is resumed so
-# (its config.yaml and checkpoint lack them). ``jpeg_scale``: JPEGs were decoded whole.
-PREDATED = {"jpeg_scale": False}
 # What may change when a run is resumed: how it executes, and how long it goes on.
 RESUMABLE = frozenset({"device", "workers", "amp", "compile", "eval_batch_size", "cache_dir", "epochs"})
 # Left in a run that moved an older one aside, so that finishing deletes only the backup this run made.
@@ -106,30 +105,6 @@ class TrainResult:
         return f"TrainResult(run_dir={str(self.run_dir)!r}, epochs={len(self.metrics)}, last={last})"
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name} requested but CUDA is not available; use --device cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError(f"device {name} requested but this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return device
-
-
-def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
-    """bf16 where the GPU computes it natively (no loss scaling needed), else fp16; full precision on the CPU.
-
-    Without ``including_emulation=False`` torch also says yes for GPUs older than Ampere, which only emulate bf16.
-    """
-    if not enabled or device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
-
-
 def create_optimizer(net: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """SGD with momentum and weight decay, by timm's factory (METHOD.md); the learning rate is the schedule's."""
     from timm.optim import create_optimizer_v2
@@ -140,32 +115,6 @@ def create_optimizer(net: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
 def input_channels(dataset: Dataset, setting: int | str) -> int:
     """The channels the nets take: ``setting``, or for ``"auto"`` the dataset's (3 when it is not known)."""
     return (dataset.channels or 3) if setting == "auto" else int(setting)
-
-
-# Images whose pixels `pixels_fingerprint` reads: enough to tell another corruption of a dataset, at any size.
-_FINGERPRINT_ROWS = 256
-
-
-def pixels_fingerprint(images: np.ndarray) -> str:
-    """A digest of ``images`` (N, C, H, W) uint8 as decoded for training, read from up to 256 rows spread over
-    them: a checkpoint resumed on the same ids and labels with other pixels (another corruption's copy, edited
-    scans) would train on other data without a word."""
-    rows = np.unique(np.linspace(0, len(images) - 1, min(len(images), _FINGERPRINT_ROWS)).round().astype(np.int64))
-    h = hashlib.sha256(repr(images.shape).encode())
-    for i in rows:
-        h.update(np.ascontiguousarray(images[i]).tobytes())
-    return h.hexdigest()[:16]
-
-
-def dataset_fingerprint(dataset: Dataset, *, ordered: bool = True) -> str:
-    """A digest of ``dataset``'s sample ids and labels. ``ordered``: in row order, as a checkpoint needs them (its
-    per-image arrays follow the rows); else as a set, the same for any order of the rows (a manifest sorted or
-    shuffled by a user is still the training set to the audit)."""
-    pairs = (f"{sid}\0{label}\n" for sid, label in zip(dataset.frame["sample_id"], dataset.frame["label"], strict=True))
-    h = hashlib.sha256()
-    for pair in pairs if ordered else sorted(pairs):
-        h.update(pair.encode())
-    return h.hexdigest()[:16]
 
 
 def _truth(dataset: Dataset) -> tuple[np.ndarray | None, np.ndarray | None]:

@@ -18,11 +18,14 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from qmix_cli.config import PREDATED
 from qmix_cli.data.cache import DecodeTarget, cached_images
 from qmix_cli.data.manifest import Dataset
 from qmix_cli.data.transforms import Normalise, weak_spec
 from qmix_cli.engine.batches import ImageStore
 from qmix_cli.engine.checkpoint import load_checkpoint, previous_run_dir
+from qmix_cli.engine.device import amp_dtype, resolve_device
+from qmix_cli.engine.fingerprint import dataset_fingerprint
 from qmix_cli.engine.groups import FoldKeys, units_of
 from qmix_cli.engine.models import QmixNet, trained_models
 from qmix_cli.engine.neighbours import NeighbourVote
@@ -31,7 +34,6 @@ from qmix_cli.engine.readouts import TrainingReadouts
 from qmix_cli.engine.scoring import compute_scores, ensemble_probs, mean_posteriors, separation_from_dict
 from qmix_cli.engine.separation import QualitySeparation, hard_groups
 from qmix_cli.engine.steps import StepContext, predict_probs, predict_with_probes
-from qmix_cli.engine.trainer import PREDATED, amp_dtype, dataset_fingerprint, resolve_device
 from qmix_cli.errors import QmixError
 from qmix_cli.io import RUN_CHECKPOINT, stopped_before_first_checkpoint
 from qmix_cli.progress import Reporter, SilentReporter

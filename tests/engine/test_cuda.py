@@ -17,8 +17,8 @@ import torch
 
 from qmix_cli.api import audit, train
 from qmix_cli.engine.checkpoint import load_checkpoint
+from qmix_cli.engine.device import amp_dtype
 from qmix_cli.engine.models import create_model, place_input, place_model
-from qmix_cli.engine.trainer import amp_dtype
 from tests.conftest import TINY_TRAIN
 
 pytestmark = [

@@ -624,7 +624,7 @@ def _pretend_cuda(monkeypatch, *, devices: int, native_bf16: bool) -> list[dict]
 
 
 def test_a_cuda_ordinal_the_machine_lacks_is_a_config_error(monkeypatch):
-    from qmix_cli.engine.trainer import resolve_device
+    from qmix_cli.engine.device import resolve_device
 
     _pretend_cuda(monkeypatch, devices=1, native_bf16=True)
     assert resolve_device("cuda:0") == torch.device("cuda:0")
@@ -635,7 +635,7 @@ def test_a_cuda_ordinal_the_machine_lacks_is_a_config_error(monkeypatch):
 
 @pytest.mark.parametrize(("native_bf16", "expected"), [(True, torch.bfloat16), (False, torch.float16)])
 def test_mixed_precision_uses_bf16_only_where_the_gpu_computes_it_natively(monkeypatch, native_bf16, expected):
-    from qmix_cli.engine.trainer import amp_dtype
+    from qmix_cli.engine.device import amp_dtype
 
     asked = _pretend_cuda(monkeypatch, devices=1, native_bf16=native_bf16)
     assert amp_dtype(torch.device("cuda"), True) == expected
