@@ -190,7 +190,7 @@ def corrupt(
         ``"none"``, ``"symmetric"`` (redrawn over all classes), ``"symmetric-exclusive"`` (always another class;
         default), ``"pairflip"``, ``"asymmetric"`` (with ``class_map``) or ``"matrix:FILE"`` (K × K, ``.npy``,
         ``.csv`` or ``.json``, rows and columns in the order of the sorted class names, or named in a CSV header
-        and first column or a JSON object of objects: see `qmix_cli.noise.label_noise.load_matrix`).
+        and first column or a JSON object of objects: see `qmix_cli.noise.noise_files.load_matrix`).
     label_rate
         Chance in [0, 1] that a high-quality image's label is changed (default 0.2).
     quality_rate

@@ -34,13 +34,8 @@ from qmix_cli.data.manifest import Dataset, check_output_dir
 from qmix_cli.errors import ConfigError
 from qmix_cli.io import atomic_dir
 from qmix_cli.noise.degrade import degrade, parse_degradations
-from qmix_cli.noise.label_noise import (
-    apply_transition,
-    load_matrix,
-    parse_class_map,
-    realised_matrix,
-    transition_matrix,
-)
+from qmix_cli.noise.label_noise import apply_transition, realised_matrix, transition_matrix
+from qmix_cli.noise.noise_files import load_matrix, parse_class_map
 from qmix_cli.progress import Reporter, SilentReporter
 
 LQ_LABEL_RULES = ("random", "prior", "keep")

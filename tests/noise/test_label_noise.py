@@ -11,13 +11,12 @@ from qmix_cli.errors import ConfigError
 from qmix_cli.noise.label_noise import (
     NOISE_KINDS,
     apply_transition,
-    load_matrix,
-    parse_class_map,
     realised_matrix,
     realised_rate,
     transition_matrix,
     validate_matrix,
 )
+from qmix_cli.noise.noise_files import load_matrix, parse_class_map
 
 CLASSES = ("bird", "cat", "dog", "fish")
 K = len(CLASSES)
