@@ -8,6 +8,8 @@ from qmix_cli.errors import ConfigError
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device ``name`` asks for (``auto``: CUDA when there is one, else the CPU); one this machine lacks is a
+    `ConfigError` saying what to pass instead."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
