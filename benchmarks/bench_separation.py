@@ -65,7 +65,7 @@ def resplit_non_clean(loss: np.ndarray, unc: np.ndarray, groups: np.ndarray, *, 
 
 def loss_split_then_quality(loss: np.ndarray, post10: np.ndarray, *, seed: int) -> np.ndarray:
     """Clean or not from DivideMix's 2-component loss GMM; the rest Mis-L or Mis-H by the 10-component posteriors."""
-    clean = fit_loss_separation(loss, seed=seed).posteriors(loss)[:, CLEAN] > 0.5
+    clean = fit_loss_separation(loss, max_iter=10, seed=seed).posteriors(loss)[:, CLEAN] > 0.5  # DivideMix's
     noisy = np.where(post10[:, MIS_L] > post10[:, MIS_H], MIS_L, MIS_H)
     return np.where(clean, CLEAN, noisy).astype(np.int8)
 
