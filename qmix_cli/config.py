@@ -12,7 +12,7 @@ import math
 import numbers
 import os
 import types
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -214,20 +214,6 @@ def checked_option(name: str, value: Any, hint: Any) -> Any:
     raise ConfigError(f"{option} must be {expected.get(origin or hint, str(hint))} (got {value!r})")
 
 
-def field_names() -> set[str]:
-    return {f.name for f in fields(TrainConfig)}
-
-
-def check_config_keys(keys: Iterable[str]) -> None:
-    """Refuse keys (``_`` spelling) that are not `TrainConfig` options, naming them."""
-    unknown = sorted(set(keys) - field_names())
-    if unknown:
-        # A key one letter off (``warmup_epoch``) is the common case: say which was meant, from the key's own spelling.
-        guesses = {key: closest(key, field_names()) for key in unknown}
-        named = [f"{key} (did you mean {guess}?)" if guess else key for key, guess in guesses.items()]
-        raise ConfigError(f"unknown config key(s): {', '.join(named)}")
-
-
 # Options added since runs were first saved, with what a run saved before each did: such a run is resumed so
 # (its config.yaml and checkpoint lack them). ``jpeg_scale``: JPEGs were decoded whole.
 PREDATED = {"jpeg_scale": False}
@@ -237,10 +223,34 @@ PREDATED = {"jpeg_scale": False}
 RETIRED = frozenset({"extra"})
 
 
+def field_names() -> set[str]:
+    return {f.name for f in fields(TrainConfig)}
+
+
+def check_config_keys(keys: Iterable[str]) -> None:
+    """Refuse keys (``_`` spelling) that are not `TrainConfig` options, naming them."""
+    unknown = sorted(set(keys) - field_names())
+    if retired := sorted(RETIRED.intersection(unknown)):  # set to something in an earlier release's file
+        raise ConfigError(
+            f"{', '.join(retired)} is no longer an option (earlier releases saved it but never read it): remove it"
+        )
+    if unknown:
+        # A key one letter off (``warmup_epoch``) is the common case: say which was meant, from the key's own spelling.
+        guesses = {key: closest(key, field_names()) for key in unknown}
+        named = [f"{key} (did you mean {guess}?)" if guess else key for key, guess in guesses.items()]
+        raise ConfigError(f"unknown config key(s): {', '.join(named)}")
+
+
+def normalise_keys(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` with their keys in the ``_`` spelling, and without a `RETIRED` key left as an earlier release
+    wrote it (empty)."""
+    normalised = {str(k).replace("-", "_"): v for k, v in values.items()}
+    return {k: v for k, v in normalised.items() if not (k in RETIRED and v in ({}, None))}
+
+
 def config_from_dict(values: dict[str, Any], *, base: TrainConfig | None = None) -> TrainConfig:
     """Overlay ``values`` (keys may use ``-`` or ``_``) on ``base``; unknown keys are an error, not ignored."""
-    normalised = {str(k).replace("-", "_"): v for k, v in values.items()}
-    normalised = {k: v for k, v in normalised.items() if not (k in RETIRED and v in ({}, None))}
+    normalised = normalise_keys(values)
     check_config_keys(normalised)
     return dataclasses.replace(base or TrainConfig(), **normalised).validate()
 
@@ -291,7 +301,8 @@ def kept_warmup_note(base: dict[str, Any], overrides: dict[str, Any]) -> str | N
     if warmup is None or epochs is None or overrides.get("warmup_epochs") is not None or base.get("epochs") == epochs:
         return None
     return (
-        f"note: --epochs {epochs} keeps the warm-up of {count_of(warmup, 'epoch')} the config sets "
+        # As the file wrote it, already checked: a count YAML may hold as text ("3").
+        f"note: --epochs {epochs} keeps the warm-up of {count_of(int(float(warmup)), 'epoch')} the config sets "
         "(by default a third of the epochs); pass --warmup-epochs N to change it"
     )
 

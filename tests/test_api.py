@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import warnings
 
 import pandas as pd
 import pytest
 import torch
+from rich.console import Console
 
 import qmix_cli
 from qmix_cli import QmixError, audit, evaluate, show, train
@@ -239,3 +241,17 @@ def test_python_spellings_of_options_are_taken(noisy_digits, tmp_path, qmix_run)
     assert result.metrics[-1]["epoch"] == 1
     resolved = load_config_file(killed / "config.yaml")  # every key of the dict taken, not only the epochs
     assert resolved["method"] == "ce" and all(resolved[key] == value for key, value in TINY_TRAIN.items())
+
+
+def test_skipped_images_are_counted_and_the_first_five_named(noisy_digits, qmix_run, tmp_path):
+    manifest = pd.read_parquet(noisy_digits / "manifest.parquet").head(20)
+    gone = [str(tmp_path / f"gone{i}.png") for i in range(7)]
+    rows = pd.DataFrame(
+        {"path": [str(noisy_digits / p) for p in manifest["path"]] + gone, "label": [*manifest["label"], *"0123456"]}
+    )
+    rows.to_csv(tmp_path / "m.csv", index=False)
+    log = io.StringIO()
+    report = audit(tmp_path / "m.csv", run=qmix_run.run_dir, on_bad_image="skip", console=Console(file=log, width=500))
+    assert len(report) == 20
+    (line,) = [line for line in log.getvalue().splitlines() if line.startswith("skipped ")]
+    assert line == f"skipped 7 unreadable images: {', '.join(gone[:5])}, and 2 more"

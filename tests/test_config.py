@@ -29,7 +29,7 @@ def test_numbers_from_yaml_strings_are_converted(tmp_path):
         ({"epochs": 2.5}, ["epochs must be an integer"]),
         ({"epochs": True}, ["epochs must be an integer"]),
         ({"hflip": "sometimes"}, ["hflip must be true or false"]),
-        ({"extra": 3}, ["unknown config key(s): extra"]),  # retired: accepted, saved and never read
+        ({"extra": 3}, ["extra is no longer an option", "remove it"]),  # retired: accepted, saved and never read
         # A number is no path: val=0.2 means a fraction (it would have been read as a dataset named 0.2).
         ({"val": 0.2}, ["val must be a path or a built-in dataset's name, not float 0.2"]),
         ({"cache_dir": 5}, ["cache-dir must be a path, not int 5"]),
@@ -126,3 +126,5 @@ def test_a_longer_rerun_of_a_recorded_config_says_its_warm_up_stays(tmp_path):
     assert kept_warmup_note(values, {"epochs": 30, "warmup_epochs": 10}) is None  # asked for
     assert kept_warmup_note(values, {"epochs": 3}) is None and kept_warmup_note({"epochs": 3}, {"epochs": 30}) is None
     assert kept_warmup_note({"warmup-epochs": 2, "epochs": 6}, {"epochs": 12}) is not None  # YAML in CLI spelling
+    # A count YAML holds as text (quoted, or written by a template) is a valid config, and so is its note.
+    assert "the warm-up of 2 epochs the config sets" in kept_warmup_note({"warmup_epochs": "2"}, {"epochs": 12})

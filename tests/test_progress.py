@@ -29,10 +29,11 @@ def test_bars_on_a_terminal_come_and_go_one_task_after_another():
 
 
 def test_training_on_a_terminal_runs_its_epochs(noisy_digits, tmp_path):
-    # FORCE_COLOR makes rich take the CLI's stderr for a terminal: the bars of two epochs, one after the other.
+    # FORCE_COLOR makes rich take the CLI's stderr for a terminal (TERM: not a dumb one, where it draws no live
+    # display, as Emacs shells and some CI runners say): the bars of two epochs, one after the other.
     options = [f"--{key.replace('_', '-')}={value}" for key, value in TINY_TRAIN.items() if key != "hflip"]
     args = ["train", str(noisy_digits), "--out", str(tmp_path / "run"), "--method", "ce", "--epochs", "2", *options]
-    result = CliRunner().invoke(app, [*args, "--no-hflip"], env={"FORCE_COLOR": "1"})
+    result = CliRunner().invoke(app, [*args, "--no-hflip"], env={"FORCE_COLOR": "1", "TERM": "xterm"})
     assert result.exit_code == 0, result.output
     err = result.stderr
     assert "\x1b[2K" in err  # rich's erase-line: the terminal's live display, not the plain lines of a pipe

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from qmix_cli.cli.common import bold, folder_out, guarded, state
+from qmix_cli.errors import count_of
 
 
 @guarded
@@ -125,9 +126,9 @@ def corrupt_command(
     counts = result.summary["counts"]
     skipped = len(result.summary["skipped"])
     st.err.print(
-        f"wrote {result.summary['num_images']} images to {bold(out)}: {counts['clean']} clean, "
-        f"{counts['mislabeled_hq']} mislabeled_hq, {counts['mislabeled_lq']} mislabeled_lq"
-        + (f"; skipped {skipped} unreadable source images" if skipped else ""),
+        f"wrote {count_of(result.summary['num_images'], 'image')} to {bold(out)}: {counts['clean']:,} clean, "
+        f"{counts['mislabeled_hq']:,} mislabeled_hq, {counts['mislabeled_lq']:,} mislabeled_lq"
+        + (f"; skipped {count_of(skipped, 'unreadable source image')}" if skipped else ""),
         highlight=False,
     )
 

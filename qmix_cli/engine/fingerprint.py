@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from qmix_cli.data.manifest import Dataset
+if TYPE_CHECKING:
+    from qmix_cli.data.manifest import Dataset
 
 # Images whose pixels `pixels_fingerprint` reads: enough to tell another corruption of a dataset, at any size.
 _FINGERPRINT_ROWS = 256

@@ -32,6 +32,7 @@ from qmix_cli.config import (
     config_from_dict,
     dump_config,
     load_config_file,
+    normalise_keys,
 )
 from qmix_cli.data.cache import DecodeTarget, cached_images
 from qmix_cli.data.groups import likely_group_column
@@ -608,8 +609,8 @@ def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) 
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise TrainingError(f"nothing to resume: {path} does not exist")
-    raw = load_config_file(path)
-    given = {str(k).replace("-", "_"): v for k, v in (overrides or {}).items() if v is not None}
+    raw = normalise_keys(load_config_file(path))
+    given = normalise_keys({k: v for k, v in (overrides or {}).items() if v is not None})
     for name, then in PREDATED.items():
         if name not in raw:  # a run saved before the option: resumed as it ran
             raw[name] = then

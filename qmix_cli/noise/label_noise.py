@@ -15,7 +15,7 @@ import numpy as np
 from qmix_cli.errors import ConfigError
 
 NOISE_KINDS = ("none", "symmetric", "symmetric-exclusive", "pairflip", "asymmetric")
-"""Built-in label-noise kinds; ``matrix:FILE`` is resolved by the caller with `load_matrix`."""
+"""Built-in label-noise kinds; ``matrix:FILE`` is resolved by the caller with `noise_files.load_matrix`."""
 
 ROW_SUM_TOLERANCE = 1e-6
 """How far a row of a user-supplied matrix may sum away from 1."""

@@ -31,7 +31,7 @@ from qmix_cli.config import check_seed, checked_option
 from qmix_cli.data.groups import check_group_column, group_units
 from qmix_cli.data.images import default_workers, native_array, threaded_map
 from qmix_cli.data.manifest import Dataset, check_output_dir
-from qmix_cli.errors import ConfigError
+from qmix_cli.errors import ConfigError, count_of
 from qmix_cli.io import atomic_dir
 from qmix_cli.noise.degrade import degrade, parse_degradations
 from qmix_cli.noise.label_noise import apply_transition, realised_matrix, transition_matrix
@@ -181,7 +181,7 @@ def corrupt_notes(summary: dict[str, Any]) -> list[str]:
     notes = [f"note: {note}" for note in (file_type_note(summary), lq_label_note(summary)) if note]
     if unchanged := summary["unchanged_low_quality"]:
         notes.append(
-            f"warning: the degradation left {len(unchanged)} low-quality images unchanged (blank images?); "
+            f"warning: the degradation left {count_of(len(unchanged), 'low-quality image')} unchanged (blank images?); "
             "noise.json lists them (unchanged_low_quality)"
         )
     return notes

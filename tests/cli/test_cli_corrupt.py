@@ -40,9 +40,8 @@ def test_corrupt_digits(runner, tmp_path, digits_dir, hash_tree):
     assert len(manifest) == info["num_images"] == 1797
     counts = info["counts"]
     assert counts["mislabeled_lq"] == 270
-    assert f"wrote 1797 images to {out}: {counts['clean']} clean, {counts['mislabeled_hq']} mislabeled" in " ".join(
-        _stderr(result).split()
-    )
+    said = " ".join(_stderr(result).split())
+    assert f"wrote 1,797 images to {out}: {counts['clean']:,} clean, {counts['mislabeled_hq']} mislabeled" in said
     # The CLI has the API's defaults: the plan is exactly what plan_corruption gives for these options.
     ds = create_dataset("digits", check_images=False)
     plan = plan_corruption(ds.labels, classes=ds.classes, spec=CorruptSpec(label_rate=0.2, quality_rate=0.15, seed=1))
@@ -140,7 +139,7 @@ def test_degradations_that_change_nothing_are_named(runner, tmp_path, make_image
     assert result.exit_code == 0, result.output
     info = json.loads((out / "noise.json").read_text())
     assert info["unchanged_low_quality"] == ["a/0.png"]
-    assert "left 1 low-quality images unchanged" in " ".join(_stderr(result).split())
+    assert "left 1 low-quality image unchanged" in " ".join(_stderr(result).split())
     m = pd.read_parquet(out / "manifest.parquet").set_index("sample_id")
     assert (m["category"] == "mislabeled_lq").all()
     written = np.asarray(Image.open(out / m.at["a/0.png", "path"]).convert("RGB"))

@@ -369,7 +369,8 @@ def test_one_moderate_loss_mode_is_mostly_clean_and_split_along_the_loss(seed):
     np.testing.assert_allclose(post.sum(axis=1), 1.0)
     groups = hard_groups(post)
     assert (groups == CLEAN).mean() > 0.6
-    assert np.median(loss[groups == CLEAN]) < np.quantile(loss[groups != CLEAN], 0.1)
+    rest = loss[groups != CLEAN]  # (none at all would be better still)
+    assert rest.size == 0 or np.median(loss[groups == CLEAN]) < np.quantile(rest, 0.1)
 
 
 def test_the_fits_default_to_the_settings_a_run_uses():

@@ -1,4 +1,5 @@
-"""Tests for qmix_cli.noise.label_noise: transition matrices, sampling, matrix files and class maps."""
+"""Tests for qmix_cli.noise.label_noise (transition matrices, sampling) and qmix_cli.noise.noise_files (matrix
+files and class maps)."""
 
 from __future__ import annotations
 
