@@ -285,7 +285,7 @@ def resolve_config(
     wrong, and derived defaults (the warm-up length) follow the final ``epochs``.
     """
     values = load_config_file(config_file) if config_file is not None else dict(values or {})
-    values = {str(k).replace("-", "_"): v for k, v in values.items()}
+    values = normalise_keys(values)
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return config_from_dict(values)
 
@@ -296,7 +296,7 @@ def kept_warmup_note(base: dict[str, Any], overrides: dict[str, Any]) -> str | N
     following the new epochs as the default does. A run's ``config.yaml`` records the warm-up it derived, so a
     longer rerun from it (``--config RUN/config.yaml --epochs 30``) would otherwise leave semi-supervised training
     after one epoch of thirty unsaid. None when there is nothing to say."""
-    base, overrides = ({str(k).replace("-", "_"): v for k, v in d.items()} for d in (base, overrides))
+    base, overrides = normalise_keys(base), normalise_keys(overrides)
     warmup, epochs = base.get("warmup_epochs"), overrides.get("epochs")
     if warmup is None or epochs is None or overrides.get("warmup_epochs") is not None or base.get("epochs") == epochs:
         return None
