@@ -24,6 +24,7 @@ import html
 import io
 import json
 import math
+import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -65,8 +66,11 @@ _CURVE_TITLES = {
 # on a high-density screen and can be enlarged (hover, or keyboard focus) to judge noise and blur, which a 128-pixel
 # copy averages away. Small images are kept as they are and scaled up by CSS.
 _THUMB_PX = 256
-# JPEG quality of a thumbnail scaled down from a larger image (whose pixels are resampled anyway): a photo's PNG is
-# about 7 times larger, a noisy X-ray's 4 times, which a page sent by e-mail pays for.
+# The side a card shows a thumbnail at (CSS pixels; twice that when hovered or focused). Images no larger are
+# embedded as PNG, pixel for pixel, and drawn with hard pixel edges; larger ones as JPEG, drawn smoothly.
+_SHOWN_PX = 128
+# JPEG quality of a thumbnail of an image larger than a card shows it: a photo's PNG is about 7 times larger, a
+# noisy X-ray's 4 times, which a page sent by e-mail pays for.
 _JPEG_QUALITY = 90
 
 
@@ -158,8 +162,9 @@ def curve_series(rows: Sequence[dict[str, Any]], key: str) -> tuple[np.ndarray, 
 
 def thumbnail_data_uri(path: str | Path, *, size: int = _THUMB_PX) -> str | None:
     """A ``data:`` URI thumbnail of an image file, at most ``size`` pixels on its longer side: PNG where the image
-    fits as it is (its pixels kept exactly: a 32-px scan's noise is its own, not compression's), JPEG where it is
-    scaled down; or None when it cannot be read."""
+    is no larger than the card shows it (its pixels kept exactly: a 32-px scan's noise is its own, not
+    compression's), JPEG where it is larger (a 224-px photo's PNG is three to five times its JPEG, and the card
+    shrinks it anyway); or None when it cannot be read."""
     try:
         from PIL import Image
 
@@ -169,14 +174,14 @@ def thumbnail_data_uri(path: str | Path, *, size: int = _THUMB_PX) -> str | None
         with open_image_file(path) as file, Image.open(file) as img:
             if too_large(img.size):  # as training refuses it: a decompression bomb named by a report took 3.8 GB
                 return None
+            large = max(img.size) > _SHOWN_PX  # before `draft`, which decodes a JPEG photo at 256 px already
             img.draft(None, (size, size))  # a JPEG photo is decoded at its smallest DCT scale still that large
             img.load()
             # As training decodes it: a 16-bit X-ray scaled by its own range, not clipped to white by convert("L").
             thumb = Image.fromarray(native_array(img))
-        scaled = max(thumb.size) > size
         thumb.thumbnail((size, size))
         buffer = io.BytesIO()
-        fmt = "JPEG" if scaled and thumb.mode in ("RGB", "L") else "PNG"
+        fmt = "JPEG" if large and thumb.mode in ("RGB", "L") else "PNG"
         thumb.save(buffer, format=fmt, **({"quality": _JPEG_QUALITY} if fmt == "JPEG" else {"optimize": True}))
     except Exception:  # any unreadable, truncated or odd file becomes a placeholder
         return None
@@ -409,21 +414,32 @@ def _class_row(label_html: str, row: np.ndarray, *, cls: str = "") -> str:
 
 
 def thumbnail_card_html(row: dict[str, Any], uri: str | None) -> str:
-    """One thumbnail (or a placeholder) with rank, sample_id, the file, given → suggested label, why it is flagged
-    (loss and uncertainty, the separation's two axes) and the posteriors."""
+    """One thumbnail (or a placeholder) with rank, sample_id, the file, its category's key, given → suggested label,
+    why it is flagged (loss and uncertainty, the separation's two axes), and the nets' probability of the given and
+    of the predicted label (the posteriors in its tooltip)."""
     if uri is None:
         picture = '<div class="placeholder" title="image not found or unreadable">no image</div>'
     else:  # focusable, so that the keyboard enlarges it as hovering does; the caption names it
         alt = f"{row['category']} image, given label {_visible(row['given_label'])}"
-        picture = f'<img src="{uri}" alt="{_e(alt)}" tabindex="0">'
+        crisp = ' class="px"' if uri.startswith("data:image/png") else ""  # no larger than shown (`_SHOWN_PX`)
+        picture = f'<img src="{uri}" alt="{_e(alt)}" tabindex="0"{crisp}>'
+    # Its verdict, which the section by group mixes: the key of its category, named for a screen reader.
+    code = CATEGORIES.index(row["category"]) if row.get("category") in CATEGORIES else None
+    mark = "" if code is None else f'{_swatch(code)}<span class="sr">{_e(row["category"])}: </span>'
     suggested = row.get("suggested_label")
     if suggested is None or (isinstance(suggested, float) and math.isnan(suggested)):
-        label = f"{_t(row['given_label'])} → <i>fix or drop</i> (pred. {_t(row['predicted_label'])})"
+        label = f"{_t(row['given_label'])} → <i>fix or drop</i>"  # what the nets predict: the line below
     else:
         label = f"{_t(row['given_label'])} → <b>{_t(suggested)}</b>"
+    # The nets' own belief, which tells a sure relabel from a doubtful one: the posteriors of a flagged image are
+    # mostly 0 / 1 / 0 at two decimals, and stay in the tooltip.
+    posteriors = (
+        f"p_clean / p_mislabeled_hq / p_mislabeled_lq: {float(row['p_clean']):.3g} / "
+        f"{float(row['p_mislabeled_hq']):.3g} / {float(row['p_mislabeled_lq']):.3g}"
+    )
     probs = (
-        f'<span title="p_clean / p_mislabeled_hq / p_mislabeled_lq">p clean/hq/lq {float(row["p_clean"]):.2f}'
-        f" / {float(row['p_mislabeled_hq']):.2f} / {float(row['p_mislabeled_lq']):.2f}</span>"
+        f'<span title="{_e(posteriors)}">p given {float(row.get("label_score", math.nan)):.2f} · predicted '
+        f"{_t(row['predicted_label'])} {float(row.get('confidence', math.nan)):.2f}</span>"
     )
     # Why: a wrong label on a clear image is a high loss with low uncertainty, a poor image a high uncertainty.
     axes = (
@@ -434,7 +450,7 @@ def thumbnail_card_html(row: dict[str, Any], uri: str | None) -> str:
         f'<figure class="thumb">{picture}<figcaption>'
         f'<span class="rank">#{int(row["rank"])}</span> <span class="sid">{_t(row["sample_id"])}</span><br>'
         f'<span class="path" title="the image file">{_t(row["path"])}</span><br>'
-        f'{label}<br><span class="probs">{axes}<br>{probs}</span></figcaption></figure>'
+        f'{mark}{label}<br><span class="probs">{axes}<br>{probs}</span></figcaption></figure>'
     )
 
 
@@ -461,13 +477,13 @@ table.counts{border-collapse:collapse;background:#fff;font-variant-numeric:tabul
 .thumbs{display:flex;flex-wrap:wrap;gap:12px}
 .thumb{margin:0;width:158px;background:#fff;border:1px solid #e2e2e2;border-radius:4px;padding:8px;font-size:12px}
 .thumb img,.placeholder{display:block;width:128px;height:128px;margin:0 auto 6px;object-fit:contain;
-image-rendering:pixelated;background:#000}
+background:#000}.thumb img.px{image-rendering:pixelated}
 .placeholder{background:repeating-linear-gradient(45deg,#eee,#eee 8px,#ddd 8px,#ddd 16px);color:#444;
 display:flex;align-items:center;justify-content:center}
 .thumb img{position:relative;transition:transform .1s;transform-origin:left top}
 .thumb img:hover,.thumb img:focus{transform:scale(2);z-index:2;outline:2px solid #222}
 .sid,.path{font-family:ui-monospace,Menlo,Consolas,monospace;word-break:break-all}.path{color:#555;font-size:11px}
-.rank{color:#595959}
+.rank{color:#595959}.sr{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0)}
 bdi{overflow-wrap:anywhere}
 .probs{color:#555;font-size:11px;white-space:nowrap}
 footer{margin-top:36px;color:#5f5f5f;font-size:12px}
@@ -715,9 +731,9 @@ def render_page(
     codes = category_codes(cats)
     counts = [int((codes == i).sum()) for i in range(len(CATEGORIES))]
     sections = [
-        _header_html(frame, meta, class_names, counts, source),
+        _header_html(frame, meta, class_names, counts, source, root=root, nav=_nav(groups, run_dir)),
         _scatter_section(frame, codes, counts, run_dir, max_points),
-        "<h2>Per class</h2>"
+        '<h2 id="classes">Per class</h2>'
         '<p class="note">Images per given label and category; "issues" is the share not judged clean.</p>'
         + class_table_html(frame["given_label"].astype(str).tolist(), cats.tolist(), class_names),
     ]
@@ -741,8 +757,23 @@ def render_page(
     )
 
 
+def _nav(groups: tuple[str, pd.Series] | None, run_dir: Path | None) -> str:
+    """Links to the page's sections, so that a keyboard need not pass every thumbnail to reach the next kind."""
+    links = [("scatter", "loss × uncertainty"), ("classes", "per class"), *((g, g) for g in THUMB_GROUPS)]
+    links += [("groups", f"by {groups[0]}")] if groups is not None else []
+    links += [("curves", "training curves")] if run_dir is not None else []
+    return '<nav class="note">' + " · ".join(f'<a href="#{i}">{_t(text)}</a>' for i, text in links) + "</nav>"
+
+
 def _header_html(
-    frame: pd.DataFrame, meta: dict[str, str], class_names: list[str], counts: list[int], source: str | Path
+    frame: pd.DataFrame,
+    meta: dict[str, str],
+    class_names: list[str],
+    counts: list[int],
+    source: str | Path,
+    *,
+    root: Path | None,
+    nav: str,
 ) -> str:
     facts = [("images", _e(f"{len(frame):,}"))]  # label, HTML
     for key, label in (("method", "method"), ("model", "model")):
@@ -754,10 +785,12 @@ def _header_html(
     for key, label in (("created_at", "created"), ("run_dir", "run"), ("dataset", "dataset")):
         if meta.get(key):
             facts.append((label, _t(meta[key])))
+    if root is not None:  # where the cards' paths are: a relative one is under it
+        facts.append(("image paths under", _t(os.path.abspath(root))))
     facts_html = " · ".join(f"{_e(label)} <b>{value}</b>" for label, value in facts)
     return (
         f'<header><h1>qmix report <small class="note">{_t(source)}</small></h1>'
-        f'<p class="meta">{facts_html}</p>{legend_html(counts)}</header>'
+        f'<p class="meta">{facts_html}</p>{legend_html(counts)}{nav}</header>'
     )
 
 
@@ -795,7 +828,7 @@ def _scatter_section(
         else ""
     )
     return (
-        "<h2>Loss × uncertainty</h2>"
+        '<h2 id="scatter">Loss × uncertainty</h2>'
         f'<p class="note">{_e(shown)}, both axes normalised to [0, 1]. Hover a point for its id (the report lists '
         f"every image with both values).{cross}</p>"
         f'<div class="row">{svg}<div class="side">{legend_html(counts, vertical=True)}{_READING}</div></div>'
@@ -820,6 +853,11 @@ def _thumbnail(path: str, root: Path | None) -> str | None:
 
 
 # The verdicts shown as thumbnails, with the line that says what to do about them.
+# What a reviewer does with what they see: the verdicts are acted on by `qmix apply`, and overruled in the report.
+_ACTING = (
+    "qmix apply relabels the mislabeled_hq images and drops the mislabeled_lq ones; to overrule a verdict, change "
+    "its category or suggested_label in a CSV copy of the report and apply that"
+)
 THUMB_GROUPS = {
     "mislabeled_hq": "good images whose label looks wrong; the suggested label is the likeliest other class by a "
     "probe that never saw the image",
@@ -852,7 +890,10 @@ def _thumbs_section(frame: pd.DataFrame, group: str, blurb: str, *, root: Path |
         else ""
     )
     shown = f"top {len(rows):,} of {total:,} by rank{rest}" if len(rows) else count_of(total, "image")  # --top 0
-    heading = f'<h2>{_swatch(code)}{_e(group)} <small class="note">{shown}</small></h2><p class="note">{_e(blurb)}</p>'
+    heading = (
+        f'<h2 id="{group}">{_swatch(code)}{_e(group)} <small class="note">{shown}</small></h2>'
+        f'<p class="note">{_e(blurb)}. {_ACTING}</p>'
+    )
     if rows.empty:
         return heading + ('<p class="note">No images in this group.</p>' if total == 0 else "")
     cards = [thumbnail_card_html(row, _thumbnail(str(row["path"]), root)) for row in rows.to_dict("records")]
@@ -868,7 +909,7 @@ def groups_section_html(
     shown = table.head(top)
     ranked = f"top {len(shown):,} of {len(table):,} by issue score" if len(shown) else f"{len(table):,} in all"
     heading = (
-        f'<h2>By {_t(column)} <small class="note">{ranked}</small></h2>'
+        f'<h2 id="groups">By {_t(column)} <small class="note">{ranked}</small></h2>'
         f'<p class="note">One entry per {_t(column)} and given label: the issue score is the median of its images\' '
         "1 − p_clean, so a label wrong on most of them ranks high and one poor image does not; the suggestion is "
         "the one most of its mislabeled_hq images make.</p>"
@@ -900,7 +941,7 @@ def groups_section_html(
 
 def _curves_section(run_dir: Path) -> str:
     rows = read_metrics(run_dir / "metrics.jsonl")
-    heading = f'<h2>Training curves <small class="note">{_t(run_dir)}</small></h2>'
+    heading = f'<h2 id="curves">Training curves <small class="note">{_t(run_dir)}</small></h2>'
     if not rows:
         return heading + '<p class="note">No metrics.jsonl in the run directory.</p>'
     warm_end = next((float(r["epoch"]) - 0.5 for r in rows if r.get("phase") == "train"), None)

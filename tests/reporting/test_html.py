@@ -26,6 +26,7 @@ from qmix_cli.reporting.html import (
     read_separation_means,
     scatter_svg,
     subsample_indices,
+    thumbnail_card_html,
     thumbnail_data_uri,
     write_html_report,
 )
@@ -106,7 +107,7 @@ def report(tmp_path, write_image):
 
 def _section(page: str, group: str) -> str:
     start = page.index(f"{group} <small")
-    end = page.find("<h2>", start)
+    end = page.find("<h2", start)
     return page[start : end if end >= 0 else len(page)]
 
 
@@ -191,8 +192,28 @@ def test_a_card_says_where_the_file_is_and_why_the_image_is_flagged(report, tmp_
     card = next(c for c in page.split('<figure class="thumb">') if f'<span class="sid"><bdi>{row["sample_id"]}<' in c)
     assert f'<span class="path" title="the image file"><bdi>{row["path"]}</bdi></span>' in card
     assert f"loss {row['loss']:.2f} · uncertainty {row['uncertainty']:.2f}" in card
-    alt = re.search(r'<img src="data:image/[^"]+" alt="([^"]*)" tabindex="0">', card).group(1)
+    alt = re.search(r'<img src="data:image/[^"]+" alt="([^"]*)" tabindex="0"', card).group(1)
     assert html_unescape(alt) == f"mislabeled_lq image, given label {row['given_label']}"  # not the caption's id
+
+
+def test_a_card_shows_its_verdict_and_how_sure_the_nets_are_and_the_page_how_to_act(report, tmp_path):
+    """The posteriors of a flagged image read 0.00 / 1.00 / 0.00; what tells a sure relabel from a doubtful one is
+    the nets' probability of the given and the predicted label. The section by group mixes verdicts, so each card
+    carries its category's key; sections are linked from the top, and the page says how a verdict is acted on."""
+    path, data, rows = report
+    page = write_html_report(path, out=tmp_path / "r.html", data=data, top=100).read_text()
+    for category in ("mislabeled_hq", "mislabeled_lq"):
+        row = rows[(rows["category"] == category) & (rows["sample_id"] != MISSING_ID)].iloc[0]
+        card = next(c for c in page.split('<figure class="thumb">') if f"<bdi>{row['sample_id']}<" in c)
+        code = CATEGORIES.index(category)
+        assert f'<span class="swatch s{code}" aria-hidden="true"></span><span class="sr">{category}: </span>' in card
+        predicted = f"<bdi>{html_escape(str(row['predicted_label']))}</bdi> {row['confidence']:.2f}"
+        assert f"p given {row['label_score']:.2f} · predicted {predicted}" in card
+        assert f"p_clean / p_mislabeled_hq / p_mislabeled_lq: {row['p_clean']:.3g} / " in card
+    for section in ("scatter", "classes", "mislabeled_hq", "mislabeled_lq"):
+        assert f'<a href="#{section}">' in page and f'<h2 id="{section}">' in page
+    assert f"image paths under <b><bdi>{data.resolve()}</bdi></b>" in page
+    assert page.count("to overrule a verdict, change its category or suggested_label in a CSV copy") == 2
 
 
 def test_thumbnails_keep_a_noisy_photos_noise_visible(tmp_path):
@@ -218,6 +239,25 @@ def test_thumbnails_keep_a_noisy_photos_noise_visible(tmp_path):
     uri = thumbnail_data_uri(tmp_path / "small.png")
     with Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))) as thumb:
         assert thumb.format == "PNG" and np.array_equal(np.asarray(thumb), small)
+
+
+@pytest.mark.parametrize(
+    ("side", "suffix", "fmt"),
+    [(512, ".jpg", "jpeg"), (1024, ".jpg", "jpeg"), (200, ".png", "jpeg"), (128, ".png", "png"), (96, ".jpg", "png")],
+)
+def test_a_thumbnail_is_a_jpeg_when_the_image_is_larger_than_a_card_shows_it(tmp_path, side, suffix, fmt):
+    # A 512- or 1024-px JPEG photo is decoded at 256 px by its DCT scale, and was then kept as a PNG three to five
+    # times the JPEG's size: a page of a few hundred photos grew to hundreds of megabytes.
+    rng = np.random.default_rng(side)
+    Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(tmp_path / f"img{suffix}")
+    uri = thumbnail_data_uri(tmp_path / f"img{suffix}")
+    assert uri.startswith(f"data:image/{fmt};base64,")
+    card = thumbnail_card_html(
+        {"category": "mislabeled_lq", "given_label": "a", "predicted_label": "b", "suggested_label": None,
+         "sample_id": "s", "path": "p", "rank": 1, "loss": 0.5, "uncertainty": 0.9, "p_clean": 0.0,
+         "p_mislabeled_hq": 0.0, "p_mislabeled_lq": 1.0, "confidence": 0.48, "label_score": 0.01}, uri,
+    )  # fmt: skip
+    assert ('class="px"' in card) == (fmt == "png")  # hard pixel edges only where the card enlarges the image
 
 
 def test_the_verdicts_have_forms_of_their_own_and_counts_are_grouped(report, tmp_path):
@@ -552,8 +592,8 @@ def test_a_grouped_audit_gets_a_section_by_group_with_each_groups_images(tmp_pat
 
     path, rows = _grouped_report(tmp_path, write_image)
     page = _shown(write_html_report(path, out=tmp_path / "r.html", top=4))
-    start = page.index("<h2>By patient")
-    end = page.find("<h2>", start + 1)
+    start = page.index('<h2 id="groups">By patient')
+    end = page.find("<h2", start + 1)
     section = page[start : end if end >= 0 else None]
     table = summarise_groups(rows, groups=rows["patient"])
     assert f"top 4 of {len(table)} by issue score" in section
@@ -582,9 +622,9 @@ def test_a_grouped_audit_whose_manifest_lacks_the_column_says_so(tmp_path, write
 def test_a_csv_report_is_shown_by_group_when_the_column_is_named(tmp_path, write_image):
     path, _ = _grouped_report(tmp_path, write_image, fmt="csv")  # a CSV report records no group column
     manifest = tmp_path / "ds" / "m.csv"
-    assert "<h2>By " not in write_html_report(path, out=tmp_path / "a.html", data=manifest).read_text()
+    assert '<h2 id="groups">By ' not in write_html_report(path, out=tmp_path / "a.html", data=manifest).read_text()
     page = _shown(write_html_report(path, out=tmp_path / "b.html", data=manifest, group_column="patient"))
-    assert "<h2>By patient" in page
+    assert '<h2 id="groups">By patient' in page
     with pytest.raises(QmixError, match=r"--group-column ward: cannot read that column .*\(it has no ward column\)"):
         write_html_report(path, out=tmp_path / "c.html", data=manifest, group_column="ward")
     with pytest.raises(QmixError, match="--group-column needs the name of a column"):
@@ -597,7 +637,7 @@ def test_a_csv_report_is_shown_by_group_when_the_column_is_named(tmp_path, write
 def test_an_ungrouped_report_has_no_section_by_group(report, tmp_path):
     said: list[str] = []
     page = write_html_report(report[0], out=tmp_path / "r.html", data=report[1], warn=said.append).read_text()
-    assert "<h2>By " not in page and not any("section by" in line for line in said)
+    assert '<h2 id="groups">By ' not in page and not any("section by" in line for line in said)
 
 
 def test_a_grouped_audit_of_a_relative_manifest_is_found_from_another_directory(tmp_path, write_image, monkeypatch):
@@ -607,7 +647,7 @@ def test_a_grouped_audit_of_a_relative_manifest_is_found_from_another_directory(
     monkeypatch.chdir(tmp_path / "elsewhere")
     said: list[str] = []
     page = _shown(write_html_report(path, out=tmp_path / "r.html", warn=said.append))
-    assert "<h2>By patient" in page and not any("section by" in line for line in said)
+    assert '<h2 id="groups">By patient' in page and not any("section by" in line for line in said)
 
 
 def test_user_text_is_isolated_so_a_right_to_left_override_cannot_reorder_the_page(tmp_path, write_image):
@@ -638,7 +678,7 @@ def test_no_thumbnails_asked_for_is_not_said_as_an_empty_group(report, tmp_path,
     grouped, rows = _grouped_report(tmp_path, write_image)
     units = len(summarise_groups(rows, groups=rows["patient"]))
     page = _shown(write_html_report(grouped, out=tmp_path / "g.html", top=0))
-    assert f'<h2>By patient <small class="note">{units} in all</small></h2>' in page and "<h3>" not in page
+    assert f'<h2 id="groups">By patient <small class="note">{units} in all</small></h2>' in page and "<h3>" not in page
 
 
 def test_many_classes_table_keeps_those_with_the_most_issues_and_counts_every_image():
