@@ -889,15 +889,24 @@ def _thumbs_section(frame: pd.DataFrame, group: str, blurb: str, *, root: Path |
         if total > len(rows)
         else ""
     )
-    shown = f"top {len(rows):,} of {total:,} by rank{rest}" if len(rows) else count_of(total, "image")  # --top 0
+    if not len(rows):  # --top 0
+        shown = count_of(total, "image")
+    elif len(rows) == total:
+        shown = f"all {total:,}, by rank" if total > 1 else "1 image"
+    else:
+        shown = f"top {len(rows):,} of {total:,} by rank{rest}"
     heading = (
         f'<h2 id="{group}">{_swatch(code)}{_e(group)} <small class="note">{shown}</small></h2>'
         f'<p class="note">{_e(blurb)}. {_ACTING}</p>'
     )
     if rows.empty:
         return heading + ('<p class="note">No images in this group.</p>' if total == 0 else "")
-    cards = [thumbnail_card_html(row, _thumbnail(str(row["path"]), root)) for row in rows.to_dict("records")]
-    return heading + '<div class="thumbs">' + "".join(cards) + "</div>"
+    uris = [_thumbnail(str(path), root) for path in rows["path"]]
+    cards = [thumbnail_card_html(row, uri) for row, uri in zip(rows.to_dict("records"), uris, strict=True)]
+    # Said on the page too: whoever it is sent to never saw the warning `qmix show` printed.
+    missing = sum(uri is None for uri in uris)
+    lost = f'<p class="note">{count_of(missing, "image")} not found or unreadable: "no image".</p>' if missing else ""
+    return heading + lost + '<div class="thumbs">' + "".join(cards) + "</div>"
 
 
 def groups_section_html(

@@ -214,6 +214,12 @@ def test_a_card_shows_its_verdict_and_how_sure_the_nets_are_and_the_page_how_to_
         assert f'<a href="#{section}">' in page and f'<h2 id="{section}">' in page
     assert f"image paths under <b><bdi>{data.resolve()}</bdi></b>" in page
     assert page.count("to overrule a verdict, change its category or suggested_label in a CSV copy") == 2
+    shown = _shown(tmp_path / "r.html")
+    for category in ("mislabeled_hq", "mislabeled_lq"):  # every one shown, and the page says where the lost one is
+        section, members = _section(shown, category), rows[rows["category"] == category]
+        assert f'<small class="note">all {len(members):,}, by rank</small>' in section
+        lost = MISSING_ID in set(members["sample_id"])
+        assert ('<p class="note">1 image not found or unreadable: "no image".</p>' in section) == lost
 
 
 def test_thumbnails_keep_a_noisy_photos_noise_visible(tmp_path):
