@@ -448,7 +448,8 @@ def thumbnail_card_html(row: dict[str, Any], uri: str | None) -> str:
     )
     return (
         f'<figure class="thumb">{picture}<figcaption>'
-        f'<span class="rank">#{int(row["rank"])}</span> <span class="sid">{_t(row["sample_id"])}</span><br>'
+        f'<span class="rank" title="its rank in the report">rank {int(row["rank"])}</span> '
+        f'<span class="sid">{_t(row["sample_id"])}</span><br>'
         f'<span class="path" title="the image file">{_t(row["path"])}</span><br>'
         f'{mark}{label}<br><span class="probs">{axes}<br>{probs}</span></figcaption></figure>'
     )
@@ -866,8 +867,13 @@ THUMB_GROUPS = {
 
 
 def _top_rows(frame: pd.DataFrame, group: str, top: int) -> pd.DataFrame:
-    """The ``top`` best-ranked rows of verdict ``group``: the ones the page shows as thumbnails."""
-    return frame[frame["category"] == group].sort_values("rank", kind="stable").head(top)
+    """The ``top`` rows of verdict ``group`` likeliest to be of it, by its own posterior (ties by rank): the ones the
+    page shows as thumbnails. Not by rank, which orders by ``p_clean``: within a verdict that is ``1e-20`` against
+    ``1e-30``, and put the low-quality images most like wrong labels on good ones first (docs/decisions.md,
+    "Fortieth round": the first 12 of a section truly low quality 0.60 by rank, 0.97 by ``p_mislabeled_lq``)."""
+    rows = frame[frame["category"] == group]
+    order = rows.sort_values("rank", kind="stable").sort_values(f"p_{group}", ascending=False, kind="stable")
+    return order.head(top)
 
 
 def missing_thumbnails(frame: pd.DataFrame, *, root: Path | None, top: int) -> tuple[int, int, int]:
@@ -883,18 +889,14 @@ def _thumbs_section(frame: pd.DataFrame, group: str, blurb: str, *, root: Path |
     rows = _top_rows(frame, group, top)
     total = int((frame["category"] == group).sum())
     code = CATEGORIES.index(group)
-    # The page shows the best-ranked few; where the others are, so that a curator goes on from there.
-    rest = (
-        f"; the report lists all {total:,} (qmix audit --sort rank), qmix show --top N shows more"
-        if total > len(rows)
-        else ""
-    )
+    # The page shows the likeliest few; where the others are, so that a curator goes on from there.
+    rest = f" by p_{group}; the report lists all {total:,}, qmix show --top N shows more" if total > len(rows) else ""
     if not len(rows):  # --top 0
         shown = count_of(total, "image")
     elif len(rows) == total:
-        shown = f"all {total:,}, by rank" if total > 1 else "1 image"
+        shown = f"all {total:,}, likeliest first" if total > 1 else "1 image"
     else:
-        shown = f"top {len(rows):,} of {total:,} by rank{rest}"
+        shown = f"the {len(rows):,} likeliest of {total:,}{rest}"
     heading = (
         f'<h2 id="{group}">{_swatch(code)}{_e(group)} <small class="note">{shown}</small></h2>'
         f'<p class="note">{_e(blurb)}. {_ACTING}</p>'

@@ -163,18 +163,24 @@ def test_header_and_class_table_counts(report, tmp_path):
         assert values == [*expected, len(sub)]
 
 
-def test_thumbnails_top_n_in_rank_order(report, tmp_path):
+def test_thumbnails_top_n_likeliest_of_their_verdict_first(report, tmp_path):
+    # By the verdict's own posterior, not the report's rank (ascending p_clean, which within a verdict is noise).
     path, data, rows = report
     page = _shown(write_html_report(path, out=tmp_path / "r.html", data=data, top=3))
     for group in ("mislabeled_hq", "mislabeled_lq"):
         section = _section(page, group)
-        expected = rows[rows["category"] == group].sort_values("rank")["sample_id"].head(3).tolist()
+        members = rows[rows["category"] == group]
+        expected = members.sort_values([f"p_{group}", "rank"], ascending=[False, True])["sample_id"].head(3).tolist()
+        assert expected != members.sort_values("rank")["sample_id"].head(3).tolist()  # the two orders differ here
         shown = [
             m.replace("&lt;", "<").replace("&gt;", ">") for m in re.findall(r'<span class="sid">(.*?)</span>', section)
         ]
         assert shown == expected
-        ranks = [int(r) for r in re.findall(r'<span class="rank">#(\d+)</span>', section)]
-        assert ranks == sorted(ranks) and len(ranks) == 3
+        ranks = [
+            int(r) for r in re.findall(r'<span class="rank" title="its rank in the report">rank (\d+)</span>', section)
+        ]
+        assert ranks == members.set_index("sample_id").loc[expected, "rank"].tolist()
+        assert f"the 3 likeliest of {len(members):,} by p_{group}; the report lists all" in section
         uris = re.findall(r'src="data:image/(?:png|jpeg);base64,([A-Za-z0-9+/=]+)"', section)
         assert len(uris) + section.count('class="placeholder"') == 3
         for uri in uris:
@@ -217,7 +223,7 @@ def test_a_card_shows_its_verdict_and_how_sure_the_nets_are_and_the_page_how_to_
     shown = _shown(tmp_path / "r.html")
     for category in ("mislabeled_hq", "mislabeled_lq"):  # every one shown, and the page says where the lost one is
         section, members = _section(shown, category), rows[rows["category"] == category]
-        assert f'<small class="note">all {len(members):,}, by rank</small>' in section
+        assert f'<small class="note">all {len(members):,}, likeliest first</small>' in section
         lost = MISSING_ID in set(members["sample_id"])
         assert ('<p class="note">1 image not found or unreadable: "no image".</p>' in section) == lost
 
