@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from rich.console import Console
 
 from qmix_cli.config import TrainConfig, resolve_config, with_absolute_paths
-from qmix_cli.errors import ConfigError, QmixError, closest, count_of, first_few
+from qmix_cli.errors import ConfigError, QmixError, closest, count_of, first_few, respell_options
 from qmix_cli.progress import Reporter, reporter
 
 if TYPE_CHECKING:
@@ -744,7 +744,6 @@ def _python_warning(fn: Callable[..., Any]) -> Callable[[str], None]:
     """A warning for a caller with no console to print on (a page with placeholders for every image, written
     without a word, would be found later), naming the keywords of ``fn`` (an API function, `_in_python_terms`): a
     `UserWarning` from the caller's line."""
-    from qmix_cli.errors import respell_options
 
     def warn(message: str) -> None:
         message = respell_options(message, fn.python_names, values=_choice_words())  # type: ignore[attr-defined]

@@ -872,8 +872,7 @@ def _top_rows(frame: pd.DataFrame, group: str, top: int) -> pd.DataFrame:
     ``1e-30``, and put the low-quality images most like wrong labels on good ones first (docs/decisions.md,
     "Fortieth round": the first 12 of a section truly low quality 0.60 by rank, 0.97 by ``p_mislabeled_lq``)."""
     rows = frame[frame["category"] == group]
-    order = rows.sort_values("rank", kind="stable").sort_values(f"p_{group}", ascending=False, kind="stable")
-    return order.head(top)
+    return rows.sort_values([f"p_{group}", "rank"], ascending=[False, True]).head(top)
 
 
 def missing_thumbnails(frame: pd.DataFrame, *, root: Path | None, top: int) -> tuple[int, int, int]:
