@@ -182,7 +182,7 @@ def corrupt(
         The clean dataset: an ImageFolder directory, a ``.csv`` / ``.parquet`` manifest (``path``, ``label``,
         optional ``sample_id``) or a built-in name (``digits``, ``fashion-mnist``, ...). Never modified.
     out
-        The directory to write (images, ``manifest.parquet`` / ``.csv`` with the truth columns, ``noise.json``).
+        The directory to write (images, ``manifest.parquet`` with the truth columns, ``noise.json``).
         It must not exist (or be empty) unless ``force`` and it is an earlier output of `corrupt`.
     preset
         ``"paper-15"``, ``"paper-35"``, ``"paper-45"``, ``"paper-55"`` or ``"paper-75"``: the paper's protocols.
@@ -236,8 +236,9 @@ def corrupt(
     Returns
     -------
     CorruptResult
-        ``out``; ``manifest``, a DataFrame of one row per image (``sample_id``, ``path``, ``label``,
-        ``true_label``, ``is_label_noisy``, ``is_low_quality``, ``degradation``, ``severity``, ``category``);
+        ``out``; ``manifest``, a DataFrame of one row per image (``sample_id`` and ``path``, the new file's path;
+        ``label``, ``true_label``, ``is_label_noisy``, ``is_low_quality``, ``degradation``, ``severity``,
+        ``category``, ``source_id``, the source's ``sample_id``; the source's other columns);
         ``summary``, what ``noise.json`` holds (options, counts per category, the class map by name, requested and
         realised transition matrices: nested lists, or past 100 classes the name of a ``.npy`` file in ``out``,
         the output's file types by quality, degradation counts, skipped images).

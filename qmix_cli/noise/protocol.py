@@ -153,9 +153,11 @@ class CorruptResult:
     out
         The output directory.
     manifest
-        One row per image written: ``sample_id``, ``path`` (relative to ``out``), ``label`` (the given, possibly
-        noisy label), ``true_label``, ``is_label_noisy``, ``is_low_quality``, ``degradation``, ``severity`` and
-        ``category`` (``clean``, ``mislabeled_hq`` or ``mislabeled_lq``).
+        One row per image written, in the source's order: ``sample_id`` and ``path`` (both the new path,
+        ``images/<number>.<ext>`` relative to ``out``, numbered in a seeded random order), ``label`` (the given,
+        possibly noisy label), ``true_label``, ``is_label_noisy``, ``is_low_quality``, ``degradation``,
+        ``severity``, ``category`` (``clean``, ``mislabeled_hq`` or ``mislabeled_lq``), ``source_id`` (the
+        source's ``sample_id``) and the source's other columns.
     summary
         What ``noise.json`` holds: options, seed, classes, counts per category, the class map by name, requested
         and realised transition matrices (K × K nested lists; past `INLINE_MATRIX_CLASSES` classes the name of a
@@ -291,11 +293,21 @@ def plan_corruption(
     )
 
 
-def _out_name(i: int, src_rel: str, *, png: bool) -> str:
-    """``images/<index>.<ext>``: unique by construction, and the file name does not give the true class away
-    (the source's ``sample_id`` stays in the manifest for traceability)."""
+def _file_numbers(n: int, *, seed: int) -> np.ndarray:
+    """(n,) int: a seeded permutation of ``0 .. n-1``, the number each image's file gets.
+
+    Numbered in input order, the files of a source listed class by class (an ImageFolder, a built-in set) would
+    run class by class too, and a reviewer who sees a few neighbours knows the true class of the rest. The draw
+    is a stream of its own (a spawned child of ``seed``), so the plan's draws, and so every image's fate and
+    pixels, are what they were before the files were shuffled."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,))).permutation(n)
+
+
+def _out_name(number: int, src_rel: str, *, png: bool) -> str:
+    """``images/<number>.<ext>``: unique by construction, and neither the name nor the number gives the true class
+    away (the source's ``sample_id`` stays in the manifest's ``source_id`` for traceability)."""
     suffix = ".png" if png else Path(src_rel).suffix.lower()
-    return f"images/{i:07d}{suffix}"
+    return f"images/{number:07d}{suffix}"
 
 
 def _process_image(
@@ -352,9 +364,10 @@ def corrupt_dataset(
     plan = plan_corruption(dataset.labels, classes=classes, spec=spec, units=units, transition=transition)
     src_paths = dataset.abs_paths
     reencode = spec.image_format == "png"
+    numbers = _file_numbers(len(plan), seed=spec.seed)
     rel_out = [
-        _out_name(i, p, png=reencode or bool(lq))
-        for i, (p, lq) in enumerate(zip(dataset.frame["path"], plan["is_low_quality"], strict=True))
+        _out_name(number, p, png=reencode or bool(lq))
+        for number, p, lq in zip(numbers, dataset.frame["path"], plan["is_low_quality"], strict=True)
     ]
     with atomic_dir(out, force=force) as tmp:
         advance = reporter.task("corrupting", len(plan))
@@ -377,11 +390,15 @@ def corrupt_dataset(
                 unchanged[i] = same
                 advance(1)
 
-        # The source manifest's own columns (a patient id, a site) follow, except those the corruption writes anew.
-        written = {"sample_id", "path", "label", *plan.columns}
+        # Each image's id is its new path, as for any manifest without ids: the source's id often names the true
+        # class (``ankle-boot/00431.png``), which every report, page and pipe would show beside the noisy label.
+        # The source's id is kept with the truth. Its own columns (a patient id, a site) follow, except those the
+        # corruption writes anew.
+        source = pd.DataFrame({"source_id": dataset.frame["sample_id"].to_numpy()})
+        written = {"sample_id", "path", "label", *plan.columns, *source.columns}
         extra = dataset.frame.drop(columns=[c for c in dataset.frame.columns if c in written]).reset_index(drop=True)
         manifest = pd.concat(
-            [pd.DataFrame({"sample_id": dataset.frame["sample_id"].to_numpy(), "path": rel_out}), plan, extra],
+            [pd.DataFrame({"sample_id": rel_out, "path": rel_out}), plan, source, extra],
             axis=1,
         )
         manifest.to_parquet(tmp / "manifest.parquet", index=False)

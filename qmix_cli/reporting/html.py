@@ -446,11 +446,14 @@ def thumbnail_card_html(row: dict[str, Any], uri: str | None) -> str:
         '<span title="normalised loss and uncertainty, the two axes of the scatter above">'
         f"loss {float(row['loss']):.2f} · uncertainty {float(row['uncertainty']):.2f}</span>"
     )
+    # An id that is the file's path (a folder's, a manifest's without ids, a qmix corrupt output's) is shown once.
+    same = str(row["sample_id"]) == str(row["path"])
+    sid_title = ' title="the image file"' if same else ""
+    path = "" if same else f'<span class="path" title="the image file">{_t(row["path"])}</span><br>'
     return (
         f'<figure class="thumb">{picture}<figcaption>'
         f'<span class="rank" title="its rank in the report">rank {int(row["rank"])}</span> '
-        f'<span class="sid">{_t(row["sample_id"])}</span><br>'
-        f'<span class="path" title="the image file">{_t(row["path"])}</span><br>'
+        f'<span class="sid"{sid_title}>{_t(row["sample_id"])}</span><br>{path}'
         f'{mark}{label}<br><span class="probs">{axes}<br>{probs}</span></figcaption></figure>'
     )
 

@@ -45,7 +45,8 @@ def test_corrupt_digits(runner, tmp_path, digits_dir, hash_tree):
     # The CLI has the API's defaults: the plan is exactly what plan_corruption gives for these options.
     ds = create_dataset("digits", check_images=False)
     plan = plan_corruption(ds.labels, classes=ds.classes, spec=CorruptSpec(label_rate=0.2, quality_rate=0.15, seed=1))
-    pd.testing.assert_frame_equal(manifest.drop(columns=["sample_id", "path"]), plan)
+    pd.testing.assert_frame_equal(manifest.drop(columns=["sample_id", "path", "source_id"]), plan)
+    assert manifest["source_id"].tolist() == ds.sample_ids
     assert (out / "images").is_dir()
     assert hash_tree(digits_dir) == before
 
@@ -138,9 +139,9 @@ def test_degradations_that_change_nothing_are_named(runner, tmp_path, make_image
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     info = json.loads((out / "noise.json").read_text())
-    assert info["unchanged_low_quality"] == ["a/0.png"]
+    m = pd.read_parquet(out / "manifest.parquet").set_index("source_id")
+    assert info["unchanged_low_quality"] == [m.at["a/0.png", "sample_id"]]  # named as the output names it
     assert "left 1 low-quality image unchanged" in " ".join(_stderr(result).split())
-    m = pd.read_parquet(out / "manifest.parquet").set_index("sample_id")
     assert (m["category"] == "mislabeled_lq").all()
     written = np.asarray(Image.open(out / m.at["a/0.png", "path"]).convert("RGB"))
     assert np.array_equal(written, np.asarray(Image.open(blank)))

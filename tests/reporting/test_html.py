@@ -202,6 +202,17 @@ def test_a_card_says_where_the_file_is_and_why_the_image_is_flagged(report, tmp_
     assert html_unescape(alt) == f"mislabeled_lq image, given label {row['given_label']}"  # not the caption's id
 
 
+def test_a_card_names_an_id_that_is_its_files_path_once(report):
+    # A folder's ids, a manifest's without ids and a qmix corrupt output's are the paths: the card said it twice.
+    _, _, rows = report
+    row = rows.iloc[0].to_dict()
+    apart = thumbnail_card_html(row, None)
+    assert row["sample_id"] != row["path"] and apart.count('class="path"') == 1
+    once = thumbnail_card_html({**row, "sample_id": row["path"]}, None)
+    assert 'class="path"' not in once and once.count(row["path"]) == 1
+    assert f'<span class="sid" title="the image file"><bdi>{row["path"]}</bdi></span>' in once
+
+
 def test_a_card_shows_its_verdict_and_how_sure_the_nets_are_and_the_page_how_to_act(report, tmp_path):
     """The posteriors of a flagged image read 0.00 / 1.00 / 0.00; what tells a sure relabel from a doubtful one is
     the nets' probability of the given and the predicted label. The section by group mixes verdicts, so each card
