@@ -26,7 +26,7 @@ from rich.console import Console
 
 from qmix_cli.config import TrainConfig, resolve_config, with_absolute_paths
 from qmix_cli.errors import ConfigError, QmixError, closest, count_of, first_few, respell_options
-from qmix_cli.progress import Reporter, reporter
+from qmix_cli.progress import CommandLineConsole, Reporter, reporter
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -107,10 +107,26 @@ def _in_python_terms(aliases: Mapping[str, str] | None = None) -> Callable[[F], 
     return decorate
 
 
+class _InPythonTerms:
+    """A reporter whose lines name the keywords of the API function they come from: the notes are shared with the
+    CLI and written in its terms (``note: ... --lq-labels random ...``), as its errors are (`_in_python_terms`)."""
+
+    def __init__(self, inner: Reporter, names: Mapping[str, str]) -> None:
+        self._inner, self._names = inner, names
+
+    def task(self, description: str, total: int) -> Callable[[int], None]:
+        return self._inner.task(description, total)
+
+    def log(self, message: str) -> None:
+        self._inner.log(respell_options(message, self._names, values=_choice_words()))
+
+
 @contextlib.contextmanager
-def _reporter(console: Console | None, quiet: bool) -> Iterator[Reporter]:
+def _reporter(console: Console | None, quiet: bool, *, of: Callable[..., Any]) -> Iterator[Reporter]:
+    """Progress and notes on ``console`` for the API function ``of`` (`_in_python_terms`): named in its keywords,
+    unless the console is the CLI's (`CommandLineConsole`), whose reader typed its options."""
     with reporter(console or Console(stderr=True), quiet=quiet or console is None) as rep:
-        yield rep
+        yield rep if isinstance(console, CommandLineConsole) else _InPythonTerms(rep, of.python_names)
 
 
 def _check_paths(*, frames: tuple[str, ...] = (), optional: tuple[str, ...] = (), **paths: Any) -> None:
@@ -271,7 +287,7 @@ def corrupt(
         image_format=image_format,
         seed=seed,
     )
-    with _reporter(console, quiet) as rep:
+    with _reporter(console, quiet, of=corrupt) as rep:
         dataset = create_dataset(
             source,
             on_bad_image=on_bad_image,  # type: ignore[arg-type]
@@ -370,7 +386,7 @@ def train(
     else:
         cfg = with_absolute_paths(resolve_config(values=given, overrides=options))
     note = None if resume else kept_warmup_note(given, explicit)
-    with _reporter(console, quiet) as rep:
+    with _reporter(console, quiet, of=train) as rep:
         if note:
             rep.log(note)
         dataset = create_dataset(
@@ -534,7 +550,7 @@ def audit(
             "--groups-out needs a column that says which images belong together: the run was trained without "
             "--group-column; name one with --group-column COL"
         )
-    with _reporter(console, quiet) as rep:
+    with _reporter(console, quiet, of=audit) as rep:
         dataset = create_dataset(
             data,
             classes=trained.classes,
@@ -728,7 +744,7 @@ def show(
 
     _check_paths(report=report, out=out, run=run, data=data, frames=("report",), optional=("run", "data"))
 
-    with _reporter(console, quiet) as rep:
+    with _reporter(console, quiet, of=show) as rep:
         return write_html_report(
             report,
             out=out,

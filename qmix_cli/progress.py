@@ -22,6 +22,11 @@ from rich.progress import (
 )
 
 
+class CommandLineConsole(Console):
+    """The console of someone who typed the CLI's options: the lines printed on it name them as typed
+    (``--label-rate``). On any other console, a Python caller's, the API names its keywords (``label_rate``)."""
+
+
 class Reporter(Protocol):
     def task(self, description: str, total: int) -> Callable[[int], None]: ...
 

@@ -59,6 +59,18 @@ def test_training_gives_the_callers_random_stream_back(noisy_digits, tmp_path):
     assert "run_dir=" in repr(result) and len(repr(result)) < 600  # a cell ending in train(...) stays short
 
 
+def test_trainings_notes_on_a_console_name_the_keywords_and_its_epoch_lines_stay(noisy_digits, tmp_path):
+    # A longer rerun of a recorded config keeps its warm-up, and says so: in the keywords a notebook passes.
+    first = train(noisy_digits, tmp_path / "short", method="ce", epochs=2, quiet=True, **TINY_TRAIN)
+    log = io.StringIO()
+    config = first.run_dir / "config.yaml"
+    train(noisy_digits, tmp_path / "long", config=config, epochs=3, console=Console(file=log, width=400))
+    said = log.getvalue()
+    assert "note: epochs=3 keeps the warm-up of 1 epoch the config sets" in said
+    assert "pass warmup_epochs=N to change it" in said and "--" not in said
+    assert "epoch 3/3" in said  # the per-epoch lines are the CLI's, untouched
+
+
 def test_the_package_lists_its_api_and_its_error_for_completion():
     names = dir(qmix_cli)
     assert {"train", "audit", "evaluate", "corrupt", "show", "apply", "QmixError", "TrainConfig"} <= set(names)

@@ -20,6 +20,7 @@ from rich.markup import escape
 
 from qmix_cli.errors import QmixError, interrupted_status
 from qmix_cli.io import NO_SPACE, format_bytes, is_stream, send_to_null
+from qmix_cli.progress import CommandLineConsole
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -35,7 +36,7 @@ class State:
     @property
     def err(self) -> Console:
         # Human-facing output goes to stderr so that stdout stays clean for pipes (`--out -`).
-        console = Console(stderr=True, quiet=self.quiet)
+        console = CommandLineConsole(stderr=True, quiet=self.quiet)
         # Into a file or a pipe each message stays one line, so that a log can be grepped for it; a terminal wraps
         # them at its width.
         console.soft_wrap = not console.is_terminal
