@@ -186,11 +186,8 @@ def main(argv: list[str] | None = None) -> None:
     # Materialises a built-in dataset once (untimed) and gives the exact files every method reads.
     dataset_name, dataset = load_dataset(args.dataset, workers)
     src = [Path(p) for p in dataset.abs_paths]
-    # Output names as qmix corrupt picks them (the manifest's relative path, else a numbered file name).
-    rel = [
-        p if not (Path(p).is_absolute() or ".." in Path(p).parts) else f"{i:07d}_{Path(p).name}"
-        for i, p in enumerate(dataset.frame["path"].astype(str))
-    ]
+    # Output names laid out as qmix corrupt lays them out: one folder of numbered files, the source's suffix.
+    rel = [f"images/{i:07d}{Path(p).suffix.lower()}" for i, p in enumerate(dataset.frame["path"].astype(str))]
     n = len(src)
 
     scratch = args.out_dir or Path(tempfile.mkdtemp(prefix="qmix-bench-corrupt-"))

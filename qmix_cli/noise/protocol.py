@@ -5,9 +5,9 @@
    ``keep``). LQ images count as mislabeled whatever label they carry (category ``mislabeled_lq``).
 2. The labels of the remaining high-quality (HQ) images pass through a label-noise transition matrix.
 
-Every random choice comes from ``seed``: the global ones (which images, which labels) from one generator, and
-each image's degradation from its own generator seeded by ``(seed, index)``, so the output is identical whatever
-the number of worker threads.
+Every random choice comes from ``seed``: the global ones (which images, which labels) from one generator, each
+image's degradation from its own generator seeded by ``(seed, index)``, so the output is identical whatever the
+number of worker threads, and the numbers the files are named by from a third (`_file_numbers`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from qmix_cli.config import check_seed, checked_option
 from qmix_cli.data.groups import check_group_column, group_units
 from qmix_cli.data.images import default_workers, native_array, threaded_map
 from qmix_cli.data.manifest import Dataset, check_output_dir
-from qmix_cli.errors import ConfigError, count_of
+from qmix_cli.errors import ConfigError, DataError, count_of
 from qmix_cli.io import atomic_dir
 from qmix_cli.noise.degrade import degrade, parse_degradations
 from qmix_cli.noise.label_noise import apply_transition, realised_matrix, transition_matrix
@@ -341,6 +341,18 @@ def _check_replaceable_output(out: Path, *, force: bool) -> None:
         )
 
 
+def _check_source_id_free(dataset: Dataset) -> None:
+    """The output's ``source_id`` column holds each image's id in the source. A source's own column of that name is
+    replaced only when it is an earlier output of this command (it has the truth columns), as its ``category`` is:
+    anyone else's (a site's or a scanner's id; maybe the ``group_column``) would be lost without a word."""
+    columns = set(dataset.frame.columns)
+    if "source_id" in columns and not {"true_label", "category"} <= columns:
+        raise DataError(
+            f"{dataset.source} has a column source_id, which qmix corrupt writes (each image's sample_id in the "
+            "source): rename that column"
+        )
+
+
 def corrupt_dataset(
     dataset: Dataset,
     out: str | Path,
@@ -355,6 +367,7 @@ def corrupt_dataset(
     reporter = reporter or SilentReporter()
     check_output_dir(dataset, out)
     _check_replaceable_output(out, force=force)
+    _check_source_id_free(dataset)
     spec.validate()
     classes = list(dataset.classes)
     units = None
@@ -369,10 +382,14 @@ def corrupt_dataset(
         _out_name(number, p, png=reencode or bool(lq))
         for number, p, lq in zip(numbers, dataset.frame["path"], plan["is_low_quality"], strict=True)
     ]
+    # Written in the order of their numbers, so that the files' times and inodes (`ls -t`, a file browser's "date
+    # modified") do not run class by class either; each image's bytes are the same in any order.
+    writing_order = np.argsort(numbers)
     with atomic_dir(out, force=force) as tmp:
         advance = reporter.task("corrupting", len(plan))
 
-        def work(i: int) -> bool:
+        def work(k: int) -> bool:
+            i = int(writing_order[k])
             names = plan.at[i, "degradation"].split("+") if plan.at[i, "is_low_quality"] else []
             return _process_image(
                 src_paths[i],
@@ -386,8 +403,8 @@ def corrupt_dataset(
 
         unchanged = np.zeros(len(plan), dtype=bool)
         with threaded_map(work, len(plan), workers=workers or default_workers()) as results:
-            for i, same in enumerate(results):
-                unchanged[i] = same
+            for k, same in enumerate(results):
+                unchanged[writing_order[k]] = same
                 advance(1)
 
         # Each image's id is its new path, as for any manifest without ids: the source's id often names the true

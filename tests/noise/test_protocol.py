@@ -689,6 +689,32 @@ def test_a_degraded_16_bit_scan_stays_one_channel_and_keeps_its_contrast(tmp_pat
     assert out[:12].mean() < 60 and out[12:].mean() > 195  # scaled by the scan's range, neither clipped nor flat
 
 
+def test_a_source_id_column_is_replaced_only_in_an_earlier_output(make_image_folder, tmp_path, hash_tree):
+    # The output's source_id is each image's id in the source: a user's own column of that name (a site's id, a
+    # group column) is refused rather than lost; an earlier qmix corrupt output's is replaced, as its category is.
+    root = make_image_folder("imgs", classes=("a", "b"), per_class=6)
+    frame = create_dataset(root).frame
+    frame.assign(source_id=[f"site{i % 2}" for i in range(len(frame))]).to_csv(root / "manifest.csv", index=False)
+    before = hash_tree(root)
+    with pytest.raises(QmixError, match=r"has a column source_id, which qmix corrupt writes .*: rename that column$"):
+        corrupt(root / "manifest.csv", tmp_path / "noisy", preset="paper-35", seed=3, quiet=True)
+    assert hash_tree(root) == before and not (tmp_path / "noisy").exists()
+    (root / "manifest.csv").unlink()
+    first = corrupt(root, tmp_path / "first", preset="paper-35", seed=3, quiet=True)
+    again = corrupt(tmp_path / "first", tmp_path / "again", preset="paper-35", seed=4, quiet=True)
+    assert again.manifest["source_id"].tolist() == first.manifest["sample_id"].tolist()
+    assert list(again.manifest.columns).count("source_id") == 1
+
+
+def test_files_are_written_in_the_order_of_their_numbers(digits_run):
+    # Their times then say nothing of the source's order, which runs class by class for a folder or built-in set.
+    result, _ = digits_run
+    m = result.manifest
+    by_time = m.assign(t=[(result.out / p).stat().st_mtime_ns for p in m["path"]]).sort_values(["t", "path"])
+    true = by_time["true_label"].to_numpy()
+    assert (true[1:] == true[:-1]).mean() < 0.15  # about 0.1 by chance; 0.99 when written in the source's order
+
+
 def test_output_paths_are_unique_when_stems_collide(tmp_path, write_image):
     for c in ("a", "b"):
         for i in range(3):
@@ -705,15 +731,13 @@ def test_the_source_manifests_own_columns_follow_each_image(make_image_folder, t
     frame = create_dataset(root).frame
     source = frame.assign(
         patient_id=[f"p{i}" for i in range(len(frame))],
-        category="not the truth",  # columns the corruption writes: its own replace them
-        source_id="an earlier source",
+        category="not the truth",  # a column the corruption writes: its own replaces it
     )
     source.to_csv(root / "manifest.csv", index=False)
     result = corrupt(root, tmp_path / "noisy", preset="paper-35", seed=3, quiet=True)
     written = pd.read_parquet(tmp_path / "noisy" / "manifest.parquet")
     assert written["patient_id"].tolist() == source["patient_id"].tolist()  # row by row, in the source's order
     assert (written["source_id"] == source["sample_id"]).all()
-    assert list(written.columns).count("source_id") == 1
     assert set(written["category"]) <= {"clean", "mislabeled_hq", "mislabeled_lq"}
     assert written["category"].tolist() == result.manifest["category"].tolist()
     assert list(written.columns).count("category") == 1
