@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from rich.console import Console
 
 from qmix_cli.config import TrainConfig, resolve_config, with_absolute_paths
-from qmix_cli.errors import ConfigError, QmixError, closest, count_of, first_few, respell_options
+from qmix_cli.errors import ConfigError, QmixError, closest, count_of, first_few, respell_options, shell_word
 from qmix_cli.progress import CommandLineConsole, Reporter, reporter
 
 if TYPE_CHECKING:
@@ -112,7 +112,9 @@ class _InPythonTerms:
     CLI and written in its terms (``note: ... --lq-labels random ...``), as its errors are (`_in_python_terms`)."""
 
     def __init__(self, inner: Reporter, names: Mapping[str, str]) -> None:
-        self._inner, self._names = inner, names
+        # Only the ``--`` spellings: every note writes its options so, and a bare hyphenated word in a note is the
+        # user's (a class or column named ``weight-decay``), not a config key.
+        self._inner, self._names = inner, {option: kw for option, kw in names.items() if option.startswith("--")}
 
     def task(self, description: str, total: int) -> Callable[[int], None]:
         return self._inner.task(description, total)
@@ -576,7 +578,7 @@ def audit(
         elif column is None and (likely := likely_group_column(dataset.frame, min_groups=2)):
             rep.log(
                 f"note: the column {likely} looks like it says which images belong together; --group-column "
-                f"{likely} --groups-out FILE lists the audit by {likely} too"
+                f"{shell_word(likely)} --groups-out FILE lists the audit by {likely} too"
             )
         for path, option in ((out, "--out"), (groups_out, "--groups-out")):
             if path is not None and path != "-":

@@ -73,7 +73,7 @@ class Terminated(KeyboardInterrupt):
 # name or a word (a full stop after it ends a sentence); and the word after it, which may be its value.
 _OPTION = re.compile(
     r"(?<![\w\-/\\.])(?P<dashes>--)?(?P<option>[a-z][a-z0-9]*(?:-[a-z0-9]+)*)(?![\w\-/\\]|\.\w)"
-    r"(?: (?P<value>[\w.:]+?)(?=[.,;:)]?(?:\s|$)))?"
+    r"(?: (?P<value>'[^'\n]*'|[\w.:]+?)(?=[.,;:)]?(?:\s|$)))?"
 )
 # A command line a message quotes (``qmix train --force``), up to a ``)`` or ``;``: its options are another command's.
 _COMMAND_LINE = re.compile(r"\bqmix [a-z]+\b[^);]*")
@@ -84,12 +84,19 @@ _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _QUOTED = re.compile(r"[\w-]+\.[a-z]{2,7}|matrix:[\w.:-]+")
 
 
+def shell_word(value: str) -> str:
+    """``value`` (a column or class name a hint writes after an option) single-quoted as a shell reads it, so that
+    a name with a space pastes whole, and so that `respell_options` knows it for a value: ``'patient id'``."""
+    return "'" + value.replace("'", "'\\''") + "'"
+
+
 def respell_options(message: str, names: Mapping[str, str], *, values: Collection[str] = ()) -> str:
     """``message`` with the options ``names`` knows spelled its way, looked up as written: ``--label-rate`` as
     ``names["--label-rate"]``, a config key ``label-rate`` as ``names["label-rate"]``. A value written after a
     ``--`` option becomes the keyword's (``--on-missing skip`` → ``on_missing="skip"``, ``--top N`` → ``top=N``)
-    when it is a placeholder, a number, a file name or one of ``values`` (the words the options take); any other
-    word after it is prose and stays. Options ``names`` does not know (the CLI's own, ``--verbose``) stay as they
+    when it is a placeholder, a number, a file name, one of ``values`` (the words the options take) or quoted as
+    `shell_word` quotes it (``--group-column 'patient id'`` → ``group_column="patient id"``); any other word after
+    it is prose and stays. Options ``names`` does not know (the CLI's own, ``--verbose``) stay as they
     are, and so do plain words without dashes, which read the same in both spellings or are prose, and the options
     of a command line the message quotes (``qmix train --force``: another function's keywords, if any)."""
 
@@ -103,6 +110,8 @@ def respell_options(message: str, names: Mapping[str, str], *, values: Collectio
         if value is None:
             return keyword
         if dashes and "=" not in keyword:
+            if value.startswith("'"):
+                return f'{keyword}="{value[1:-1]}"'
             if _PLACEHOLDER.fullmatch(value) or _NUMBER.fullmatch(value):
                 return f"{keyword}={value}"
             if value in values or _QUOTED.fullmatch(value):

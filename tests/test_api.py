@@ -71,6 +71,25 @@ def test_trainings_notes_on_a_console_name_the_keywords_and_its_epoch_lines_stay
     assert "epoch 3/3" in said  # the per-epoch lines are the CLI's, untouched
 
 
+def test_group_column_hints_on_a_console_read_as_the_keyword_to_pass(noisy_digits, qmix_run, tmp_path):
+    # A column name is no word the options take: the hint quotes it, so that it reads group_column="...", not
+    # the bare `group_column patient_id` of the CLI's text, which is no Python; a name with a space stays whole.
+    frame = pd.read_parquet(noisy_digits / "manifest.parquet")
+    frame = frame.assign(path=[str(noisy_digits / p) for p in frame["path"]], **{"patient id": frame.index // 3})
+    frame[["sample_id", "path", "label", "patient id"]].to_csv(tmp_path / "m.csv", index=False)
+    log = io.StringIO()
+    train(
+        tmp_path / "m.csv", tmp_path / "run", method="ce", epochs=1, console=Console(file=log, width=400), **TINY_TRAIN
+    )
+    assert 'pass group_column="patient id" so that the audit judges each image' in log.getvalue()
+    frame.rename(columns={"patient id": "subject"})[["sample_id", "path", "label", "subject"]].to_csv(
+        tmp_path / "s.csv", index=False
+    )
+    log = io.StringIO()
+    audit(tmp_path / "s.csv", run=qmix_run.run_dir, console=Console(file=log, width=400))
+    assert 'group_column="subject" groups_out=FILE lists the audit by subject too' in log.getvalue()
+
+
 def test_the_package_lists_its_api_and_its_error_for_completion():
     names = dir(qmix_cli)
     assert {"train", "audit", "evaluate", "corrupt", "show", "apply", "QmixError", "TrainConfig"} <= set(names)

@@ -6,7 +6,15 @@ import pickle
 
 import pytest
 
-from qmix_cli.errors import QmixError, UnwritableError, count_of, first_few, respell_options, summarise_offenders
+from qmix_cli.errors import (
+    QmixError,
+    UnwritableError,
+    count_of,
+    first_few,
+    respell_options,
+    shell_word,
+    summarise_offenders,
+)
 
 
 @pytest.mark.parametrize(
@@ -79,6 +87,10 @@ def test_options_are_respelled_as_keywords_and_nothing_else(cli: str, python: st
         # Prose after an option, a value that is not one of the choices, a path (it may hold spaces): left.
         ("--on-missing needs --top and", "on_missing needs top and"),
         ("--group-column ward: cannot", "group_column ward: cannot"),
+        # A name quoted as a shell reads it (`shell_word`) is a value, whatever it holds.
+        (f"pass --group-column {shell_word('patient id')} so", 'pass group_column="patient id" so'),
+        (f"--group-column {shell_word('ward')}; --top 3", 'group_column="ward"; top=3'),
+        ("--group-column 'ward", "group_column 'ward"),  # an unclosed quote is prose
         ("--out /tmp/my data/r.csv exists", "out /tmp/my data/r.csv exists"),
         ("pass --force skip", "pass force=True skip"),  # a flag takes no value
         ("label-rate 2 is not a rate", "label_rate 2 is not a rate"),  # a config key: the value is no keyword's

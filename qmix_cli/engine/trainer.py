@@ -67,7 +67,7 @@ from qmix_cli.engine.steps import (
     ssl_epoch_size,
     supervised_epoch,
 )
-from qmix_cli.errors import ConfigError, DataError, TrainingError, count_of, first_few
+from qmix_cli.errors import ConfigError, DataError, TrainingError, count_of, first_few, shell_word
 from qmix_cli.io import (
     RUN_CHECKPOINT,
     RUN_CHECKPOINTS,
@@ -736,8 +736,8 @@ def _train_locked(
         if hinted and (column := likely_group_column(dataset.frame, min_groups=FOLDS)):
             groups_line = (
                 f"note: the column {column} looks like it says which images belong together; pass "
-                f"--group-column {column} so that the audit judges each image without the others of its group "
-                "that share its label"
+                f"--group-column {shell_word(column)} so that the audit judges each image without the others of its "
+                "group that share its label"
             )
         if groups_line:
             reporter.log(groups_line)

@@ -139,6 +139,16 @@ def test_unknown_model_is_named(runner, tmp_path, noisy_digits):
     _assert_one_line_error(result, "not_a_model", "unknown timm model")
 
 
+def test_the_group_column_hint_quotes_the_column_as_a_shell_reads_it(runner, tmp_path, noisy_digits):
+    # Pasted as printed, a column name with a space must stay one word.
+    frame = pd.read_parquet(noisy_digits / "manifest.parquet")
+    frame = frame.assign(path=[str(noisy_digits / p) for p in frame["path"]], **{"patient id": frame.index // 3})
+    frame[["sample_id", "path", "label", "patient id"]].to_csv(tmp_path / "m.csv", index=False)
+    result = _train(runner, tmp_path / "m.csv", tmp_path / "run", *TINY_FLAGS)
+    assert result.exit_code == 0, _stderr(result)
+    assert "pass --group-column 'patient id' so that the audit judges" in " ".join(_stderr(result).split())
+
+
 def test_existing_out_is_refused_and_left_unchanged(runner, tmp_path, noisy_digits, hash_tree):
     out = tmp_path / "run"
     out.mkdir()
@@ -279,7 +289,7 @@ def test_groups_of_images_are_described_or_pointed_out(grouped, runner, tmp_path
     assert result.exit_code == 0, _stderr(result)
     text = " ".join(_stderr(result).split())
     assert ("audit folds by patient_id and label: 6 groups, 6 of one label, the largest of 2 images" in text) == grouped
-    assert ("pass --group-column patient_id" in text) != grouped
+    assert ("pass --group-column 'patient_id'" in text) != grouped
     saved = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
     assert (saved["fold_keys"] is not None) == grouped
     audited = runner.invoke(app, ["audit", str(manifest), "--run", str(tmp_path / "run"), "--out", "-"])
@@ -290,7 +300,7 @@ def test_groups_of_images_are_described_or_pointed_out(grouped, runner, tmp_path
     summary = f"{expected} of 6 groups by patient_id have an image the audit flags"
     assert (summary in " ".join(_stderr(audited).split())) == grouped
     # An audit without a group column points out the one the manifest seems to have.
-    assert ("--group-column patient_id --groups-out FILE lists" in " ".join(_stderr(audited).split())) != grouped
+    assert ("--group-column 'patient_id' --groups-out FILE lists" in " ".join(_stderr(audited).split())) != grouped
     if grouped:  # the run's column, which another manifest of its images lacks, cannot make a table by patient
         other = root / "other.csv"
         other.write_text("path,label\n" + "".join(f"{p},{c}\n" for p, c, _ in rows), encoding="utf-8")
