@@ -114,7 +114,8 @@ def _top_issues_table(top: pd.DataFrame) -> Table:
     """The best-ranked images the audit flags."""
     issues = Table(title="top issues", title_justify="left")
     for col in ("rank", "sample_id", "given", "suggested", "category", "p_clean"):
-        issues.add_column(col)
+        # An id cut short (``images/0000174…``) cannot be found: a narrow terminal folds it onto more lines instead.
+        issues.add_column(col, overflow="fold" if col == "sample_id" else "ellipsis")
     for row in top.itertuples():
         suggestion = row.suggested_label if isinstance(row.suggested_label, str) else "— (fix or drop image)"
         cells = (str(row.rank), row.sample_id, row.given_label, suggestion, row.category, f"{row.p_clean:.3f}")
@@ -126,7 +127,7 @@ def _top_groups_table(rows: list[dict]) -> Table:
     """The likeliest wrong labels by group (`summarise_groups`' first rows)."""
     table = Table(title="top groups", title_justify="left")
     for col in ("rank", "group", "given", "flagged", "suggested", "issue score"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold" if col == "group" else "ellipsis")
     for row in rows:
         flagged = f"{row['images'] - row['clean']} of {row['images']}"
         suggestion = row["suggested_label"] if isinstance(row["suggested_label"], str) else "—"

@@ -40,6 +40,18 @@ def test_the_counts_and_top_issues_are_of_flagged_images_only():
     assert "clean 3 60.0%" in said.replace("│", "").replace("  ", " ")
 
 
+def test_a_narrow_terminal_shows_every_id_whole():
+    # The id is what a reader looks the image up by: cut to `images/0000174…` it names none.
+    frame = _frame(["mislabeled_lq", "mislabeled_hq"], labels=["ankle-boot", "sneaker"])
+    frame["sample_id"] = ["images/0000174.png", "/data/site-a/scans/2024/patient-00017/study-3/images/0000388.png"]
+    out = io.StringIO()
+    print_audit_summary(frame, Console(file=out, width=80), out=None, groups_out=None)
+    lines = out.getvalue().split("top issues", 1)[1].splitlines()
+    assert max(len(line) for line in lines) <= 80
+    cells = [line.split("│")[2].strip() for line in lines if line.startswith("│")]  # the id column, line by line
+    assert "".join(cells) == "".join(frame["sample_id"])
+
+
 def test_a_set_judged_clean_says_so_and_counts_what_was_left_out():
     frame = _frame(["clean"] * 4)
     assert "top issues" not in _said(frame) and "no issues: every image is judged clean" in _said(frame)
