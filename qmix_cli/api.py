@@ -107,20 +107,26 @@ def _in_python_terms(aliases: Mapping[str, str] | None = None) -> Callable[[F], 
     return decorate
 
 
+def _note_in_python_terms(message: str, fn: Callable[..., Any]) -> str:
+    """A note or warning the CLI shares, naming the keywords of ``fn`` (an API function, `_in_python_terms`) where
+    it names the CLI's options. Only their ``--`` spellings: every note writes its options so, and a bare hyphenated
+    word in a note is the user's (a class or column named ``weight-decay``), not a config key."""
+    names = {option: kw for option, kw in fn.python_names.items() if option.startswith("--")}  # type: ignore[attr-defined]
+    return respell_options(message, names, values=_choice_words())
+
+
 class _InPythonTerms:
     """A reporter whose lines name the keywords of the API function they come from: the notes are shared with the
     CLI and written in its terms (``note: ... --lq-labels random ...``), as its errors are (`_in_python_terms`)."""
 
-    def __init__(self, inner: Reporter, names: Mapping[str, str]) -> None:
-        # Only the ``--`` spellings: every note writes its options so, and a bare hyphenated word in a note is the
-        # user's (a class or column named ``weight-decay``), not a config key.
-        self._inner, self._names = inner, {option: kw for option, kw in names.items() if option.startswith("--")}
+    def __init__(self, inner: Reporter, fn: Callable[..., Any]) -> None:
+        self._inner, self._fn = inner, fn
 
     def task(self, description: str, total: int) -> Callable[[int], None]:
         return self._inner.task(description, total)
 
     def log(self, message: str) -> None:
-        self._inner.log(respell_options(message, self._names, values=_choice_words()))
+        self._inner.log(_note_in_python_terms(message, self._fn))
 
 
 @contextlib.contextmanager
@@ -128,7 +134,7 @@ def _reporter(console: Console | None, quiet: bool, *, of: Callable[..., Any]) -
     """Progress and notes on ``console`` for the API function ``of`` (`_in_python_terms`): named in its keywords,
     unless the console is the CLI's (`CommandLineConsole`), whose reader typed its options."""
     with reporter(console or Console(stderr=True), quiet=quiet or console is None) as rep:
-        yield rep if isinstance(console, CommandLineConsole) else _InPythonTerms(rep, of.python_names)
+        yield rep if isinstance(console, CommandLineConsole) else _InPythonTerms(rep, of)
 
 
 def _check_paths(*, frames: tuple[str, ...] = (), optional: tuple[str, ...] = (), **paths: Any) -> None:
@@ -765,8 +771,7 @@ def _python_warning(fn: Callable[..., Any]) -> Callable[[str], None]:
     `UserWarning` from the caller's line."""
 
     def warn(message: str) -> None:
-        message = respell_options(message, fn.python_names, values=_choice_words())  # type: ignore[attr-defined]
-        warnings.warn(message, UserWarning, stacklevel=_outside_qmix())
+        warnings.warn(_note_in_python_terms(message, fn), UserWarning, stacklevel=_outside_qmix())
 
     return warn
 

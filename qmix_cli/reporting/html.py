@@ -856,12 +856,12 @@ def _thumbnail(path: str, root: Path | None) -> str | None:
     return None if file is None else thumbnail_data_uri(file)
 
 
-# The verdicts shown as thumbnails, with the line that says what to do about them.
 # What a reviewer does with what they see: the verdicts are acted on by `qmix apply`, and overruled in the report.
 _ACTING = (
     "qmix apply relabels the mislabeled_hq images and drops the mislabeled_lq ones; to overrule a verdict, change "
     "its category or suggested_label in a CSV copy of the report and apply that"
 )
+# The verdicts shown as thumbnails, with the line that says what to do about them.
 THUMB_GROUPS = {
     "mislabeled_hq": "good images whose label looks wrong; the suggested label is the likeliest other class by a "
     "probe that never saw the image",
