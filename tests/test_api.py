@@ -233,7 +233,8 @@ def test_a_page_without_its_images_is_a_warning_when_nothing_prints(qmix_run, no
     monkeypatch.chdir(tmp_path)  # the report's relative paths are not found from here
     table = audit(noisy_digits, run=qmix_run.run_dir)
     table.attrs = {}
-    with pytest.warns(UserWarning, match=r"images shown as thumbnails are not found .*: pass data with") as caught:
+    said = r"images shown as thumbnails are not found .*: give the dataset .* as data=DATASET$"
+    with pytest.warns(UserWarning, match=said) as caught:
         show(table, out=tmp_path / "p.html", run=qmix_run.run_dir)
     assert caught[0].filename == __file__
     with warnings.catch_warnings():

@@ -37,6 +37,7 @@ def demo_command(
     load_engine()
     from qmix_cli.api import apply, audit, corrupt, evaluate, show, train
     from qmix_cli.config import config_from_dict
+    from qmix_cli.engine.device import resolve_device
     from qmix_cli.io import check_out_dir, check_replaceable
     from qmix_cli.reporting.evaluate import render_evaluation
     from qmix_cli.reporting.html import written_by_show
@@ -49,7 +50,8 @@ def demo_command(
     check_out_dir(out_dir, force=force or earlier, forcing="write into it (its other files are kept)")
     warmup = max(1, round(epochs * 0.6))
     options = {"method": "qmix", "epochs": epochs, "warmup_epochs": warmup, "seed": seed, "device": device}
-    config_from_dict({**options, **DEMO_TRAIN})  # every option checked before anything is written
+    config_from_dict({**options, **DEMO_TRAIN})  # every option checked before anything is written,
+    resolve_device(device)  # the device too: one this machine lacks was refused only once the digits were corrupted
     data, run, report = out_dir / "noisy-digits", out_dir / "run", out_dir / "report.parquet"
     # Named as the demo's, but perhaps not its: said now, not after the training (audit and show check them again).
     check_replaceable(report, ours=written_by_audit, force=force, option="--out", what="a table qmix audit wrote")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from qmix_cli.errors import ConfigError
+from qmix_cli.errors import ConfigError, count_of
 
 
 def resolve_device(name: str) -> torch.device:
@@ -16,10 +16,20 @@ def resolve_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        # torch names more devices (mps, xpu, meta, ...) than the engine has run on: untried, each ended deep in
+        # torch (an `aten::` operator missing for the backend, a float64 tensor MPS refuses) after the images
+        # were decoded. Said before anything is read or written.
+        raise ConfigError(
+            f"device {name}: qmix trains and audits on the CPU or on CUDA GPUs, not on {device.type}; "
+            "use auto, cpu, cuda or cuda:N"
+        )
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name} requested but CUDA is not available; use --device cpu")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError(f"device {name} requested but this machine has {torch.cuda.device_count()} CUDA device(s)")
+        raise ConfigError(
+            f"device {name} requested but this machine has {count_of(torch.cuda.device_count(), 'CUDA device')}"
+        )
     return device
 
 

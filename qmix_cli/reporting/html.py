@@ -588,8 +588,8 @@ def write_html_report(
     if missing and warn is not None:
         where = f"under {root}" if root is not None else "from the current directory"
         warn(
-            f"{missing} of the {shown} images shown as thumbnails are not found {where}: pass --data with the "
-            "dataset the report's paths are relative to"
+            f"{missing} of the {shown} images shown as thumbnails are not found {where}: give the dataset "
+            "the report's paths are relative to as --data DATASET"
         )
     if outside and warn is not None:
         warn(
@@ -646,7 +646,9 @@ def _report_groups(
         return None
     source = data if data is not None else _recorded_dataset(meta)
     if named and not source:
-        raise QmixError(f"--group-column {column}: pass --data with the dataset's manifest, which has that column")
+        raise QmixError(
+            f"--group-column {column}: give the dataset's manifest, which has that column, as --data MANIFEST"
+        )
     try:
         manifest, _ = read_manifest(source)
     except QmixError as exc:
@@ -660,7 +662,7 @@ def _report_groups(
     if warn is not None:
         warn(
             f"the page has no section by {column}: cannot read that column of the dataset {source} ({reason}); "
-            "pass --data with the dataset's manifest"
+            "give the dataset's manifest as --data MANIFEST"
         )
     return None
 

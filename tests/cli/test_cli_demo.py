@@ -118,3 +118,11 @@ def test_an_earlier_demo_is_replaced_and_a_folder_of_other_files_is_not(tmp_path
     assert_one_line_error(result, "report.html already exists and is not a page qmix show wrote")
     assert "1/5" not in _stderr(result)  # refused before any work
     assert (out / "report.html").read_text() == "the user's own page, under a name the demo uses"
+
+
+def test_a_device_the_machine_lacks_is_refused_before_the_demo_writes(tmp_path, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # a CPU-only machine, even on a GPU one
+    for device, said in (("cuda", "CUDA is not available"), ("mps", "not on mps")):
+        result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--device", device])
+        assert_one_line_error(result, said)
+        assert "1/5" not in _stderr(result) and not (tmp_path / "demo").exists()

@@ -634,6 +634,16 @@ def test_a_cuda_ordinal_the_machine_lacks_is_a_config_error(monkeypatch):
         resolve_device("cuda:3")
 
 
+@pytest.mark.parametrize("name", ["mps", "xpu", "meta", "cpu:0x"])
+def test_a_device_the_engine_does_not_run_on_is_a_config_error(name):
+    # torch parses mps, xpu and meta; each ended deep in torch once the images were decoded ("cpu:0x": no device).
+    from qmix_cli.engine.device import resolve_device
+
+    with pytest.raises(ConfigError, match="use auto, cpu, cuda or cuda:N"):
+        resolve_device(name)
+    assert resolve_device("cpu:0") == torch.device("cpu:0")
+
+
 @pytest.mark.parametrize(("native_bf16", "expected"), [(True, torch.bfloat16), (False, torch.float16)])
 def test_mixed_precision_uses_bf16_only_where_the_gpu_computes_it_natively(monkeypatch, native_bf16, expected):
     from qmix_cli.engine.device import amp_dtype
