@@ -143,6 +143,7 @@ def _check_paths(*, frames: tuple[str, ...] = (), optional: tuple[str, ...] = ()
     takes."""
     import pandas as pd
 
+    _refuse_empty(**paths)
     for name, value in paths.items():
         frame_ok = name in frames
         if value is None and name in optional:
@@ -151,6 +152,14 @@ def _check_paths(*, frames: tuple[str, ...] = (), optional: tuple[str, ...] = ()
             continue
         what = "a path (str or pathlib.Path)" + (" or a DataFrame" if frame_ok else "")
         raise ConfigError(f"{name} must be {what}, not {type(value).__name__} {reprlib.repr(value)}")
+
+
+def _refuse_empty(**paths: Any) -> None:
+    """Refuse an empty or blank path by its name: ``Path("")`` is the working directory, so ``--run "$RUN"`` with the
+    variable unset would read or write there. (A dataset's other types are refused where it is read, with advice.)"""
+    for name, value in paths.items():
+        if isinstance(value, str) and not value.strip():
+            raise ConfigError(f"{name} is an empty path; give one")
 
 
 def _log_scan(rep: Reporter, dataset: Dataset) -> None:
@@ -277,6 +286,7 @@ def corrupt(
     from qmix_cli.data.manifest import create_dataset
     from qmix_cli.noise.protocol import corrupt_dataset, corrupt_notes, resolve_spec
 
+    _refuse_empty(source=source)
     _check_paths(out=out)
     if workers is not None and workers < 0:
         raise ConfigError(f"--workers must be 0 or more (got {workers})")
@@ -375,8 +385,11 @@ def train(
     from qmix_cli.engine.trainer import resume_config
     from qmix_cli.engine.trainer import train as run_training
 
+    _refuse_empty(data=data)
     _check_paths(
-        out=out, optional=("config",), **({} if isinstance(config, (TrainConfig, dict)) else {"config": config})
+        out=out,
+        optional=("config",),
+        **({} if isinstance(config, (TrainConfig, dict)) else {"config": config}),
     )
     if resume and force:  # one keeps the run in out, the other replaces it: neither can be guessed
         raise ConfigError(f"--resume continues the run in {out} and --force starts it over; pass one of them, not both")
@@ -528,7 +541,14 @@ def audit(
         raise ConfigError(f"--sort must be {' or '.join(REPORT_ORDERS)} (got {sort_by!r})")
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1 (got {batch_size})")
-    _check_paths(run=run, out=out, groups_out=groups_out, optional=("out", "groups_out"))
+    _refuse_empty(data=data)
+    _check_paths(
+        run=run,
+        out=out,
+        groups_out=groups_out,
+        cache_dir=cache_dir,
+        optional=("out", "groups_out", "cache_dir"),
+    )
     out, fmt = _stream_if_stdout(out, fmt)
     groups_out, groups_named = _stream_if_stdout(groups_out, None)
     if tta < 0:
@@ -936,6 +956,7 @@ def apply(
     from qmix_cli.reporting.apply import apply_verdicts, check_actions, integers_restored
     from qmix_cli.reporting.report import check_same_images, read_report
 
+    _refuse_empty(data=data)
     _check_paths(report=report, out=out, frames=("report",))
     check_actions(hq=hq, lq=lq, on_missing=on_missing, rare_classes=rare_classes)
     out = Path(out)

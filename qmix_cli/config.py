@@ -119,6 +119,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and ok(value)):
                 raise ConfigError(f"{name.replace('_', '-')} must be {meaning} (got {value})")
+            if abs(value) > FLOAT32_MAX:  # torch holds it as a float32: `lr 1e39` ended in an overflow mid-epoch
+                raise ConfigError(f"{name.replace('_', '-')} {value} is more than a 32-bit float holds")
         if self.group_column is not None:
             if not self.group_column.strip():
                 raise ConfigError("group-column must name a column of the manifest")
@@ -142,6 +144,8 @@ def check_seed(seed: int) -> None:
         raise ConfigError(f"seed must be between 0 and {MAX_SEED} (got {seed})")
 
 
+# The largest finite float32: the optimiser and the losses hold these options as tensors of it.
+FLOAT32_MAX = 3.4028234663852886e38
 # Numeric options that a value outside these ranges would not fail on but quietly turn into nonsense (a
 # p_threshold of 5 calls every image an issue; a negative weight reverses its loss term). NaN fails every test.
 _RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {
@@ -205,6 +209,9 @@ def checked_option(name: str, value: Any, hint: Any) -> Any:
             # A number is no file's name here: `val=0.2` means a fraction, which `val` is not.
             what = "a path or a built-in dataset's name" if name == "val" else "a path"
             raise ConfigError(f"{option} must be {what}, not {type(value).__name__} {value!r}")
+        if hint is str and name in PATH_OPTIONS and not os.fspath(value).strip():
+            # `--cache-dir "$CACHE"` with the variable unset: the working directory, or no validation, silently
+            raise ConfigError(f"{option} is an empty path; give one, or leave the option out")
         if hint is str and isinstance(value, (str, numbers.Real)) and not isinstance(value, bool):
             return str(value)
         if hint is str and isinstance(value, os.PathLike):  # cache_dir, val, weights given as a Path in Python
@@ -264,12 +271,25 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read config file {path}: {e}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(e)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of option: value")
     return data
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's complaint in one line, at its place in the file: ``"found undefined alias 'y' (line 2, column 4)"``.
+    Its own text runs over several lines, quotes the line with a caret under it and names the file
+    ``<unicode string>``."""
+    problem = getattr(error, "problem", None)
+    if not problem:
+        return " ".join(str(error).split())
+    context = getattr(error, "context", None)  # "expected a single document in the stream", before "but found ..."
+    said = f"{context}, {problem}" if context else problem
+    mark = getattr(error, "problem_mark", None)
+    return said if mark is None else f"{said} (line {mark.line + 1}, column {mark.column + 1})"
 
 
 def resolve_config(

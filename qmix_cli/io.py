@@ -393,9 +393,12 @@ def atomic_dir(out: str | Path, *, force: bool = False) -> Iterator[Path]:
     a later call can remove it if this process is killed (`remove_abandoned_partials`).
     """
     out = check_out_dir(out, force=force).absolute()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_abandoned_partials(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:  # a parent that is a file, or a folder this user cannot write in: one line, as for a file output
+        out.parent.mkdir(parents=True, exist_ok=True)
+        remove_abandoned_partials(out)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    except OSError as exc:
+        raise _cannot_write(out, exc) from None
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the output is an ordinary directory
     lock = None
     try:

@@ -287,3 +287,22 @@ def test_skipped_images_are_counted_and_the_first_five_named(noisy_digits, qmix_
     assert len(report) == 20
     (line,) = [line for line in log.getvalue().splitlines() if line.startswith("skipped ")]
     assert line == f"skipped 7 unreadable images: {', '.join(gone[:5])}, and 2 more"
+
+
+def test_an_empty_path_is_refused_by_its_keyword_not_read_as_the_working_directory(tmp_path, noisy_digits):
+    # Path("") is "."; a notebook variable left empty would otherwise read, or write, the working directory.
+    from qmix_cli import apply, corrupt
+
+    for call, keyword in [
+        (lambda: corrupt("", tmp_path / "o"), "source"),
+        (lambda: corrupt("digits", " "), "out"),
+        (lambda: train("", tmp_path / "r", **TINY_TRAIN), "data"),
+        (lambda: train(noisy_digits, tmp_path / "r", cache_dir="", **TINY_TRAIN), "cache_dir"),
+        (lambda: audit(noisy_digits, run=""), "run"),
+        (lambda: show(tmp_path / "report.parquet", data=""), "data"),
+        (lambda: evaluate(tmp_path / "report.parquet", truth=""), "truth"),
+        (lambda: apply("", report=tmp_path / "report.parquet", out=tmp_path / "m.csv"), "data"),
+    ]:
+        with pytest.raises(QmixError, match=rf"^{keyword} is an empty path"):
+            call()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

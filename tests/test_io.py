@@ -109,6 +109,24 @@ def test_an_output_in_a_folder_the_user_cannot_write_is_refused_before_any_work(
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["locked"]  # the probes leave nothing, create no folder
 
 
+def test_a_folder_output_under_a_file_or_in_a_locked_folder_is_one_clear_error(tmp_path, monkeypatch):
+    # `qmix corrupt --out notes/sub`: mkdir and mkdtemp raised FileExistsError / PermissionError unhandled.
+    (tmp_path / "notes").write_text("x")
+    under_a_file = tmp_path / "notes" / "sub"
+    with pytest.raises(QmixError, match=r"cannot write .*sub: .*notes is a file"), atomic_dir(under_a_file):
+        pass
+    locked = tmp_path / "locked"
+    locked.mkdir()
+
+    def refused(*args, dir=None, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("qmix_cli.io.tempfile.mkdtemp", refused)
+    with pytest.raises(QmixError, match=r"cannot write .*out: Permission denied"), atomic_dir(locked / "out"):
+        pass
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["locked", "notes"]
+
+
 def test_an_output_name_ending_in_a_slash_is_no_file(tmp_path):
     with pytest.raises(QmixError, match=r"names a folder \(it ends with /\); give a file name"):
         check_out_file(f"{tmp_path}/newdir/")

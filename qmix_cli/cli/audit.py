@@ -19,7 +19,7 @@ def audit_command(
     data: Annotated[
         str, typer.Argument(help="Labelled data to audit: the training set or any manifest with the run's classes.")
     ],
-    run: Annotated[Path, typer.Option("--run", "-r", help="Run directory written by qmix train.")],
+    run: Annotated[str, typer.Option("--run", "-r", help="Run directory written by qmix train.")],
     out: Annotated[str, typer.Option("--out", "-o", help="Report file (.parquet, .csv, .jsonl) or - for stdout.")],
     format: Annotated[
         str | None,
@@ -30,7 +30,7 @@ def audit_command(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     on_bad_image: Annotated[str, typer.Option(help="error or skip unreadable images.")] = "error",
     cache_dir: Annotated[
-        Path | None, typer.Option(help="Cache of decoded images and image checks.", show_default=CACHE_DEFAULT)
+        str | None, typer.Option(help="Cache of decoded images and image checks.", show_default=CACHE_DEFAULT)
     ] = None,
     workers: Annotated[int, typer.Option(help="DataLoader workers for caches too big to keep in memory.")] = 0,
     sort: Annotated[

@@ -38,7 +38,7 @@ def demo_command(
     from qmix_cli.api import apply, audit, corrupt, evaluate, show, train
     from qmix_cli.config import config_from_dict
     from qmix_cli.engine.device import resolve_device
-    from qmix_cli.io import check_out_dir, check_replaceable
+    from qmix_cli.io import check_out_dir, check_out_file, check_replaceable
     from qmix_cli.reporting.evaluate import render_evaluation
     from qmix_cli.reporting.html import written_by_show
     from qmix_cli.reporting.report import written_by_audit
@@ -58,6 +58,7 @@ def demo_command(
     check_replaceable(
         out_dir / "report.html", ours=written_by_show, force=force, option="--out", what="a page qmix show wrote"
     )
+    check_out_file(report)  # a folder this user can write in (not under a file, not read-only), before any work
     st.err.rule("1/5 corrupt: 20 % wrong labels, 15 % degraded images")
     corrupt("digits", data, label_rate=0.2, quality_rate=0.15, seed=seed, force=True, console=st.err, quiet=st.quiet)
     st.err.rule("2/5 train qmix")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -16,7 +15,7 @@ def show_command(
     report: Annotated[str, typer.Argument(help="Report written by qmix audit (.parquet, .csv or .jsonl).")],
     out: Annotated[str, typer.Option("--out", "-o", help="HTML file to write.")] = "report.html",
     run: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--run",
             "-r",
@@ -25,7 +24,7 @@ def show_command(
         ),
     ] = None,
     data: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--data",
             "-d",
@@ -37,8 +36,7 @@ def show_command(
         int,
         typer.Option(
             "--top",
-            "-n",
-            min=0,
+            "-n",  # no min=: click's range error exits 2, where every value qmix refuses exits 1
             help="Thumbnails shown per kind of issue, and patients (groups) shown by an audit by group, most likely "
             "first.",
         ),

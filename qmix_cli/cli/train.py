@@ -17,17 +17,37 @@ from qmix_cli.errors import ConfigError, count_of, interrupted_status
 from qmix_cli.io import RUN_CHECKPOINT
 
 
-def parse_sets(items: list[str]) -> dict[str, Any]:
-    """``["lambda_con=0", "hflip=false"]`` → typed values (YAML scalars)."""
+def parse_sets(items: list[str], *, flags: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``["lambda_con=0", "hflip=false"]`` → typed values (YAML scalars; text that is no YAML stays text).
+
+    ``flags`` are the command's own options by config key, None where not given: a key set both ways is refused,
+    since which one wins cannot be read off the command line.
+    """
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set expects KEY=VALUE (got {item!r})")
-        out[key.strip().replace("-", "_")] = yaml.safe_load(value)
+        key = key.strip().replace("-", "_")
+        if not value.strip():  # `--set model=$MODEL` with the variable unset: not the default, silently
+            raise ConfigError(f"--set {key}= has no value; give one (null for none)")
+        out[key] = _yaml_value(value)
     # Now, not in the config: a key such as out= or resume= would otherwise reach the command's own arguments.
     check_config_keys(out)
+    given = sorted(key for key in out if (flags or {}).get(key) is not None)
+    if given:
+        key = given[0]
+        raise ConfigError(f"--set {key} and --{key.replace('_', '-')} both set {key}; give one")
     return out
+
+
+def _yaml_value(text: str) -> Any:
+    """A ``--set`` value as YAML reads it (``0`` an int, ``false`` a bool, ``null`` None), or the text itself where
+    it is no YAML (``@file``, ``%TEMP%``, an unclosed ``[``): the option's own check then says what it takes."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
 
 
 def _default(name: str) -> str:
@@ -58,7 +78,7 @@ def train_command(
         ),
     ] = None,
     weights: Annotated[
-        Path | None, typer.Option(help="Local weights file for the backbone (offline --pretrained).")
+        str | None, typer.Option(help="Local weights file for the backbone (offline --pretrained).")
     ] = None,
     img_size: Annotated[
         int | None, typer.Option(help="Training image size in pixels.", show_default=_default("img_size"))
@@ -110,7 +130,7 @@ def train_command(
         ),
     ] = None,
     config: Annotated[
-        Path | None, typer.Option("--config", "-c", help="YAML file of options; flags override it.")
+        str | None, typer.Option("--config", "-c", help="YAML file of options; flags override it.")
     ] = None,
     set_: Annotated[
         list[str],
@@ -119,7 +139,7 @@ def train_command(
         ),
     ] = [],  # noqa: B006
     cache_dir: Annotated[
-        Path | None, typer.Option(help="Cache of decoded images and image checks.", show_default=CACHE_DEFAULT)
+        str | None, typer.Option(help="Cache of decoded images and image checks.", show_default=CACHE_DEFAULT)
     ] = None,
     on_bad_image: Annotated[
         str | None, typer.Option(help="error or skip unreadable images.", show_default=_default("on_bad_image"))
@@ -139,13 +159,13 @@ def train_command(
 
     st = state(ctx)
     options: dict[str, Any] = {
-        "method": method, "model": model, "pretrained": pretrained, "weights": str(weights) if weights else None,
+        "method": method, "model": model, "pretrained": pretrained, "weights": weights,
         "img_size": img_size, "epochs": epochs, "warmup_epochs": warmup_epochs, "batch_size": batch_size, "lr": lr,
         "device": device, "amp": amp, "compile": compile, "workers": workers, "seed": seed, "hflip": hflip,
-        "val": val, "group_column": group_column, "cache_dir": str(cache_dir) if cache_dir else None,
+        "val": val, "group_column": group_column, "cache_dir": cache_dir,
         "on_bad_image": on_bad_image,
     }  # fmt: skip
-    options.update(parse_sets(set_))
+    options.update(parse_sets(set_, flags=options))
     checkpoint = Path(out) / RUN_CHECKPOINT
     before = _stamp(checkpoint)  # a finished run keeps its last checkpoint: a restart's own is a new one
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import pickle
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -143,12 +144,17 @@ def create_model(
     try:
         with _recorded_loads() as loads:
             encoder = timm.create_model(name, **kwargs)
-    except (OSError, RuntimeError, ValueError) as e:
+    except (OSError, RuntimeError, ValueError, EOFError, AttributeError, TypeError, pickle.UnpicklingError) as e:
+        # timm reads a file that is no state dict as one: an empty file ends in an EOFError with no message, a saved
+        # list in "'list' object has no attribute 'items'". What the file holds says why.
+        problem = _weights_file_problem(weights) if weights is not None else None
+        if problem is None and not isinstance(e, OSError | RuntimeError | ValueError):
+            raise  # not the file's doing
         what = f"weights from {weights}" if weights else "pretrained weights"
         hint = "" if weights else " (offline? pass --weights FILE with a local copy, or drop --pretrained)"
-        if "img_size" in kwargs and "size mismatch" in str(e) and _loads_at_default(name, kwargs):
+        if problem is None and "img_size" in kwargs and "size mismatch" in str(e) and _loads_at_default(name, kwargs):
             hint = f" (made for {default} px, which --img-size {default} loads)"  # tables timm does not resample
-        raise ConfigError(f"could not load {what} for {name}: {_load_error(e)}{hint}") from None
+        raise ConfigError(f"could not load {what} for {name}: {problem or _load_error(e)}{hint}") from None
     if weights is not None:
         # timm loads a local file leniently (keys it does not know are ignored): a file made for another
         # architecture, or for part of this one, would leave the net as initialised, wholly or in part.
@@ -160,7 +166,8 @@ def create_model(
                 initialised = timm.create_model(name, **{**kwargs, "pretrained": False}).state_dict()
             nothing = all(torch.equal(t, initialised[k]) for k, t in encoder.state_dict().items())
         if nothing:
-            raise ConfigError(f"no tensor in {weights} fits a {name}: is it a backbone of that architecture?")
+            problem = _weights_file_problem(weights) or "is it a backbone of that architecture?"
+            raise ConfigError(f"no tensor in {weights} fits a {name}: {problem}")
         if loads and (misfit := _misfit(encoder, loads[-1])):
             raise ConfigError(f"{weights} does not fit a {name}: {misfit}; is it a backbone of that architecture?")
     net = QmixNet(encoder, num_classes=num_classes, proj_dim=proj_dim)
@@ -252,6 +259,44 @@ def _recorded_loads() -> Iterator[list[Any]]:
     finally:
         nn.Module.load_state_dict = original  # type: ignore[method-assign]
         logger.removeFilter(held_back)
+
+
+# Suffixes timm reads with readers of their own (safetensors; numpy archives of some ViTs): their errors stand.
+_NOT_PICKLED = (".safetensors", ".npz")
+
+
+def _weights_file_problem(path: Path) -> str | None:
+    """What makes the file ``path`` no backbone's weights, found by reading it as the safe loader does: empty or cut
+    short, a qmix run's own file, Python objects besides tensors, or no mapping of tensor names to tensors. None where
+    it reads as one (the refusal then has another cause). Read only once a load has failed."""
+    if path.stat().st_size == 0:
+        return "the file is empty (an interrupted download?)"
+    if path.suffix.lower() in _NOT_PICKLED:
+        return None
+    try:
+        held = torch.load(path, map_location="cpu", weights_only=True)
+    except EOFError:
+        return "the file is cut short"
+    except pickle.UnpicklingError:
+        return (
+            "it holds Python objects besides tensors, which qmix does not unpickle (a file can run code so), or is "
+            "no torch file; save the state dict alone, torch.save(net.state_dict(), FILE)"
+        )
+    except (OSError, RuntimeError, ValueError):
+        return "the file is cut short or damaged, or no torch file"
+    if isinstance(held, dict) and "nets" in held and ({"meta", "config"} & held.keys()):
+        return (
+            "it is a qmix run's own file (model.pt or a checkpoint, two nets and more), not a backbone's weights; "
+            "--weights takes a state dict of tensor names to tensors"
+        )
+    inner = next((held[k] for k in ("state_dict", "model") if isinstance(held, dict) and k in held), held)
+    if not isinstance(inner, dict):
+        kind = type(inner).__name__
+        article = "an" if kind[0] in "aeiouAEIOU" else "a"
+        return f"it holds {article} {kind}, not a state dict of tensor names to tensors"
+    if not any(isinstance(v, torch.Tensor) for v in inner.values()):
+        return "it holds no tensors"
+    return None
 
 
 def _load_error(error: BaseException) -> str:

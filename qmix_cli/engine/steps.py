@@ -116,10 +116,17 @@ class EpochLosses:
     """
 
     def __init__(
-        self, keys: tuple[str, ...], *, checked: str, device: torch.device, where: str, every: int | None = None
+        self,
+        keys: tuple[str, ...],
+        *,
+        checked: str,
+        device: torch.device,
+        where: str,
+        every: int | None = None,
+        mixed: bool = False,
     ) -> None:
         self.sums = {k: torch.zeros((), dtype=torch.float64, device=device) for k in keys}
-        self.checked, self.where = checked, where
+        self.checked, self.where, self.mixed = checked, where, mixed  # mixed: trained under autocast
         self.every = every or (1 if device.type == "cpu" else FINITE_CHECK_STEPS)
         self.steps = 0
 
@@ -134,10 +141,11 @@ class EpochLosses:
     def check(self) -> None:
         total = self.sums[self.checked]
         if not torch.isfinite(total):
+            # Without mixed precision (the CPU, or --no-amp) there is no --no-amp to suggest.
+            amp = "--resume --no-amp continues from it without mixed precision; " if self.mixed else ""
             raise TrainingError(
                 f"the loss became {total.item()} ({self.where}). The last checkpoint, if an epoch has finished, is "
-                "kept: --resume --no-amp continues from it without mixed precision; a lower --lr needs a new run "
-                "(--force). Check the images too"
+                f"kept: {amp}a lower --lr needs a new run (--force). Check the images too"
             )
 
     def means(self, divisor: float) -> dict[str, float]:
@@ -298,7 +306,9 @@ def supervised_epoch(
     """Cross-entropy on the given labels for every image (warm-up, and the whole of the ``ce`` method)."""
     net.train()
     batches = epoch_batches(np.arange(len(store)), batch_size=batch_size, gen=ctx.gen, drop_last=False)
-    losses = EpochLosses(("loss_x",), checked="loss_x", device=labels.device, where=where)
+    losses = EpochLosses(
+        ("loss_x",), checked="loss_x", device=labels.device, where=where, mixed=ctx.amp_dtype is not None
+    )
     seen = 0
     for idx, x in zip(batches, store.iterate(batches), strict=True):
         y = labels[index_tensor(idx, labels.device)]
@@ -370,7 +380,7 @@ def ssl_epoch(
     net.train()
     peer.eval()
     keys = ("loss_x", "loss_u", "loss_reg", "loss_con", "loss_total")
-    losses = EpochLosses(keys, checked="loss_total", device=ctx.device, where=where)
+    losses = EpochLosses(keys, checked="loss_total", device=ctx.device, where=where, mixed=ctx.amp_dtype is not None)
     eye = torch.eye(ctx.num_classes, device=ctx.device)
     for lb, x in zip(l_batches, store.iterate(combined), strict=True):
         nl = len(lb)

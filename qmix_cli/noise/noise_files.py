@@ -54,7 +54,13 @@ def load_matrix(path: str | Path, *, classes: Sequence[str]) -> np.ndarray:
     try:
         if suffix == ".npy":
             # No pickles: a matrix file must never be able to run code.
-            matrix = np.load(file, allow_pickle=False)
+            try:
+                matrix = np.load(file, allow_pickle=False)
+            except ValueError as error:
+                if "pickle" not in str(error):
+                    raise
+                # numpy's own advice (allow_pickle=) is an argument the user does not pass
+                raise ValueError("it holds Python objects, not numbers; save a float array with np.save") from None
         elif suffix == ".csv":
             matrix = _csv_matrix(file, classes=classes)
         else:

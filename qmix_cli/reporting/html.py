@@ -38,6 +38,7 @@ from qmix_cli.categories import CATEGORIES
 from qmix_cli.data.manifest import MANIFEST_SUFFIXES, escapes_root, read_manifest
 from qmix_cli.errors import QmixError, count_of
 from qmix_cli.io import (
+    RUN_FILES,
     atomic_write_text,
     check_out_file,
     check_replaceable,
@@ -553,7 +554,7 @@ def write_html_report(
         The report is missing or unreadable, or ``run``/``data`` does not exist.
     """
     if top < 0:
-        raise QmixError("--top must be >= 0")
+        raise QmixError(f"--top must be 0 or more (got {top})")
     if max_points < 0:
         raise QmixError("max_points must be >= 0")
     if is_stream(out):
@@ -569,6 +570,9 @@ def write_html_report(
         frame = check_verdict_rows(frame, what="report")
     meta: dict[str, str] = dict(frame.attrs.get("qmix", {}))
     run_dir = _existing_dir(run, "run directory") if run is not None else _recorded_dir(meta, "run_dir")
+    if run is not None and not any((run_dir / name).exists() for name in RUN_FILES):
+        # The dataset's folder given by mistake was taken for a run "trained again since" the report.
+        raise QmixError(f"--run {run} is not a folder qmix train wrote: it holds none of {', '.join(RUN_FILES)}")
     if run_dir is not None and (own := run_file_named(out, run_dir)):
         raise QmixError(f"--out {out} is one of the run's own files ({own}); write the page to another file")
     if run_dir is not None and meta.get("run_digest") not in (None, run_digest(run_dir)):

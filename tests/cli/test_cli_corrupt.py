@@ -242,6 +242,14 @@ def test_existing_out_without_force(runner, tmp_path, source, hash_tree):
     assert hash_tree(source) == before
 
 
+def test_an_out_that_cannot_be_made_is_one_line(runner, tmp_path, source):
+    (tmp_path / "notes").write_text("x")
+    result = runner.invoke(app, ["corrupt", str(source), "--out", str(tmp_path / "notes" / "sub")])
+    _assert_one_line_error(result, "notes is a file, not a folder")  # was "unexpected FileExistsError"
+    _assert_one_line_error(runner.invoke(app, ["corrupt", str(source), "--out", ""]), "out is an empty path")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != source.name) == ["notes"]
+
+
 def test_out_inside_source(runner, source, hash_tree):
     before = hash_tree(source)
     result = runner.invoke(app, ["corrupt", str(source), "--out", str(source / "noisy")])

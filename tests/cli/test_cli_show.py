@@ -57,6 +57,25 @@ def test_show_missing_run_is_one_error_line(runner, tmp_path, write_image):
     assert len(error_lines) == 1 and "run directory not found" in error_lines[0]
 
 
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        (["--top", "-1"], "--top must be 0 or more (got -1)"),  # exit 1 as every refused value, not click's 2
+        (["--run", ""], "run is an empty path"),  # `--run "$RUN"` unset: not the working directory
+        (["--data", ""], "data is an empty path"),
+        (["--run", "EMPTY"], "is not a folder qmix train wrote"),  # was taken for a run "trained again since"
+    ],
+    ids=["top-negative", "run-empty", "data-empty", "run-not-a-run"],
+)
+def test_show_refuses_values_in_one_line(runner, tmp_path, write_image, extra, fragment):
+    report, _, _ = make_report(tmp_path, write_image)
+    (tmp_path / "empty").mkdir()
+    extra = [str(tmp_path / "empty") if arg == "EMPTY" else arg for arg in extra]
+    result = runner.invoke(app, ["show", str(report), "--out", str(tmp_path / "r.html"), *extra])
+    _assert_one_line_error(result, fragment)
+    assert not (tmp_path / "r.html").exists()
+
+
 def test_show_refuses_to_write_over_its_report(runner, tmp_path, write_image):
     report, _, _ = make_report(tmp_path, write_image)
     before = report.read_bytes()
@@ -71,8 +90,8 @@ def test_thumbnails_not_found_are_said_with_what_to_pass(runner, tmp_path, write
     result = runner.invoke(app, ["show", str(report), "--out", str(tmp_path / "a.html")])
     assert result.exit_code == 0, _stderr(result)
     text = " ".join(_stderr(result).split())
-    assert f"{shown} of the {shown} images shown as thumbnails are not found from the current directory: pass " in text
-    assert "--data with the dataset the report's paths are relative to" in text
+    assert f"{shown} of the {shown} images shown as thumbnails are not found from the current directory: " in text
+    assert "give the dataset the report's paths are relative to as --data DATASET" in text
     result = runner.invoke(app, ["show", str(report), "--out", str(tmp_path / "b.html"), "--data", str(data)])
     assert result.exit_code == 0, _stderr(result)
     # Only the one image make_report leaves out.

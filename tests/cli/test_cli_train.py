@@ -108,6 +108,16 @@ def test_config_file_is_resolved_after_the_flags(
         (["--group-column", "label"], ["the label is not a group"]),
         (["--group-column", "x", "--set", "audit_scores=classifier"], ["group-column groups the audit's probes"]),
         (["--group-column", " "], ["group-column must name a column"]),
+        # A flag and --set for one option: which wins cannot be read off the line (TINY_FLAGS gives --epochs 2).
+        (["--set", "epochs=10"], ["--set epochs and --epochs both set epochs; give one"]),
+        (["--set", "model="], ["--set model= has no value"]),  # `model=$MODEL`, unset: not resnet18, silently
+        (["--set", "cache_dir=''"], ["cache-dir is an empty path"]),
+        (["--cache-dir", ""], ["cache-dir is an empty path"]),  # not the working directory
+        (["--weights", ""], ["weights is an empty path"]),
+        (["--val", ""], ["val is an empty path"]),
+        (["--set", "rotation=@x"], ["rotation must be a number (got '@x')"]),  # no YAML: read as text, then checked
+        (["--set", "proj_dim=[1"], ["proj-dim must be an integer (got '[1')"]),
+        (["--lr", "1e39"], ["lr 1e+39 is more than a 32-bit float holds"]),
     ],
     ids=[
         "set-unknown",
@@ -124,6 +134,15 @@ def test_config_file_is_resolved_after_the_flags(
         "group-label",
         "group-no-probes",
         "group-blank",
+        "set-and-flag",
+        "set-empty",
+        "set-empty-path",
+        "cache-dir-empty",
+        "weights-empty",
+        "val-empty",
+        "set-no-yaml",
+        "set-unclosed",
+        "lr-past-float32",
     ],
 )
 def test_bad_options_are_one_line_errors(runner, tmp_path, noisy_digits, extra, fragments):
@@ -265,7 +284,10 @@ def test_failed_start_does_not_block_the_next_try(runner, tmp_path, noisy_digits
 
 @pytest.mark.parametrize(
     ("text", "fragments"),
-    [(None, ["config file not found", "cfg.yaml"]), ("epochs: [1, 2\n", ["cfg.yaml", "is not valid YAML"])],
+    [
+        (None, ["config file not found", "cfg.yaml"]),
+        ("epochs: [1, 2\n", ["cfg.yaml", "is not valid YAML", "(line 2, column 1)"]),
+    ],
     ids=["missing", "invalid-yaml"],
 )
 def test_unusable_config_file_is_a_one_line_error(runner, tmp_path, noisy_digits, text, fragments):

@@ -180,6 +180,26 @@ def test_unknown_model_and_missing_weights_are_clear_errors(tmp_path):
         create_model("test_resnet", num_classes=2, in_chans=3, weights=other)
 
 
+def test_a_weights_file_that_is_no_state_dict_says_what_it_holds(tmp_path):
+    # timm reads any torch file as a state dict: an empty one ended in a bare EOFError, a list in "'list' object
+    # has no attribute 'items'", and a qmix run's own model.pt was "no tensor fits" (the same architecture).
+    empty = tmp_path / "empty.pth"
+    empty.touch()
+    listed, qmix_run = tmp_path / "list.pth", tmp_path / "model.pt"
+    torch.save([torch.zeros(2)], listed)
+    torch.save({"nets": [create_model("test_resnet", num_classes=2, in_chans=3).state_dict()], "meta": {}}, qmix_run)
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(qmix_run.read_bytes()[:2000])
+    for path, said in [
+        (empty, "could not load weights from .*empty.pth .*: the file is empty"),
+        (listed, "could not load weights from .*list.pth .*: it holds a list, not a state dict"),
+        (qmix_run, "no tensor in .*model.pt fits a test_resnet: it is a qmix run's own file"),
+        (cut, "could not load weights from .*cut.pth .*: the file is cut short or damaged"),
+    ]:
+        with pytest.raises(ConfigError, match=said):
+            create_model("test_resnet", num_classes=2, in_chans=3, weights=path)
+
+
 def test_a_load_that_leaves_no_record_is_judged_by_the_tensors_it_changed(tmp_path, monkeypatch):
     # A model's own loader (timm's for .npz files) calls no load_state_dict: the net is compared with itself as
     # initialised from the same random state instead.

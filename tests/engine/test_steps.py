@@ -245,6 +245,14 @@ def test_loss_sums_are_checked_every_step_on_the_cpu_and_every_few_steps_otherwi
         short.means(1)
 
 
+@pytest.mark.parametrize("mixed", [True, False])
+def test_a_non_finite_loss_suggests_no_amp_only_where_mixed_precision_was_on(mixed):
+    losses = EpochLosses(("loss",), checked="loss", device=torch.device("cpu"), where="epoch 1", mixed=mixed)
+    with pytest.raises(TrainingError, match="a lower --lr needs a new run") as stopped:
+        losses.add({"loss": torch.tensor(float("nan"))})
+    assert ("--no-amp" in str(stopped.value)) == mixed
+
+
 def test_epoch_means_are_float64_sums_as_if_read_step_by_step():
     values = [torch.tensor(v, dtype=torch.float32) for v in (0.1, 0.2, 0.30000001, 1e-8)]
     sums = EpochLosses(("a", "b"), checked="a", device=torch.device("cpu"), where="")

@@ -448,11 +448,17 @@ def test_no_run_no_curves(report, tmp_path):
     assert "Training curves" not in page and '<svg class="curve"' not in page and "GMM component" not in page
 
 
-def test_run_without_files_still_renders(report, tmp_path):
+def test_a_run_missing_files_still_renders_and_a_folder_with_none_is_no_run(report, tmp_path):
     path, data, _ = report
-    (tmp_path / "empty_run").mkdir()
-    page = write_html_report(path, out=tmp_path / "r.html", run=tmp_path / "empty_run", data=data).read_text()
+    run = tmp_path / "half_run"  # a run whose metrics were lost: the page says so and draws the rest
+    run.mkdir()
+    (run / "config.yaml").write_text("method: qmix\n")
+    page = write_html_report(path, out=tmp_path / "r.html", run=run, data=data).read_text()
     assert "No metrics.jsonl" in page and page.count("<circle") == 30
+    (tmp_path / "empty").mkdir()  # the dataset's folder given as --run, say: refused, not a run "trained again"
+    with pytest.raises(QmixError, match=r"is not a folder qmix train wrote: it holds none of config\.yaml"):
+        write_html_report(path, out=tmp_path / "s.html", run=tmp_path / "empty", data=data)
+    assert not (tmp_path / "s.html").exists()
 
 
 def test_csv_report_without_metadata(tmp_path, write_image):
