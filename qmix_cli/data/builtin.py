@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from qmix_cli.errors import DataError, NoSpaceError, QmixError
+from qmix_cli.errors import DataError, NoSpaceError, QmixError, UnwritableError
 from qmix_cli.io import NO_SPACE, atomic_dir
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # where the Debian package puts the idx files
@@ -104,9 +104,11 @@ def materialise_builtin(name: str, *, cache_dir: str | Path | None = None) -> Pa
             for i, (img, y) in enumerate(zip(images, labels, strict=True)):
                 Image.fromarray(img).save(tmp / classes[y] / f"{i:0{width}d}.png", optimize=False, compress_level=1)
             (tmp / ".complete").write_text("ok\n")
-    except PermissionError as e:  # a read-only cache, or a HOME a compute node does not let jobs write
+    except (PermissionError, UnwritableError) as e:  # a read-only cache, or a HOME a compute node does not let jobs
+        # write (`atomic_dir` says so itself when its folder cannot be made; the option to change is said here)
+        reason = e.reason if isinstance(e, UnwritableError) else e.strerror
         raise QmixError(
-            f"cannot write the built-in dataset {name} in {root.parent} ({e.strerror}); point --cache-dir (or "
+            f"cannot write the built-in dataset {name} in {root.parent} ({reason}); point --cache-dir (or "
             "QMIX_CACHE_DIR) at a folder you can write"
         ) from None
     except OSError as e:
