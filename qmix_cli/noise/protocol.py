@@ -141,6 +141,11 @@ def resolve_spec(preset: str | None, **given: Any) -> CorruptSpec:
     spec = replace(base, preset=preset, **options)
     if spec.label_noise.startswith("matrix:") and given.get("label_rate") is None:
         spec = replace(spec, label_rate=None)  # the default's or the preset's rate, which a matrix replaces
+    if spec.label_noise == "none" and options.get("label_rate"):
+        # Recorded in noise.json, yet no label would change: refused, as a class map without asymmetric noise is.
+        raise ConfigError(
+            f"--label-rate {options['label_rate']} changes no label with --label-noise none; give one of them"
+        )
     return spec.validate()
 
 

@@ -215,12 +215,18 @@ def test_a_matrix_replaces_the_preset_label_rate_instead_of_recording_it():
         ({"label_noise": "matrix:m.csv", "class_map": "a=b"}, "--class-map applies to --label-noise asymmetric"),
         ({"label_noise": "matrix:m.csv", "label_rate": 0.3}, "--label-rate does not apply to --label-noise matrix"),
         ({"degradations": "blur", "per_image": 2}, r"per-image 2 composes different degradations.*\(blur\)"),
+        ({"label_noise": "none", "label_rate": 0.5}, "--label-rate 0.5 changes no label with --label-noise none"),
     ],
 )
 def test_invalid_specs(options, message):
     preset = options.pop("preset", None)
     with pytest.raises(ConfigError, match=message):
         resolve_spec(preset, **options)
+
+
+def test_no_label_noise_takes_a_zero_rate_and_a_presets_rate_it_leaves_unused():
+    assert resolve_spec(None, label_noise="none", label_rate=0).label_noise == "none"
+    assert resolve_spec("paper-15", label_noise="none").label_rate == 0.2  # the preset's, not given: no conflict
 
 
 # --------------------------------------------------------------------------------------------------------------
