@@ -186,3 +186,14 @@ def _singular(what: str) -> str:
             words[i] = _SINGULAR[word]
             return " ".join(words).replace(" that are ", " that is ", 1)
     return what
+
+
+# C0 and C1 control characters, DEL included: a line break or a terminal's escape sequence.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def one_line(message: str) -> str:
+    """``message`` with its control characters written as Python escapes (``\\n``, ``\\x1b``): user text it quotes
+    (a path with a line break, a label with a terminal's colour codes) can neither split the error's line nor
+    act on the terminal."""
+    return _CONTROL.sub(lambda found: repr(found.group())[1:-1], message)

@@ -21,6 +21,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from qmix_cli.errors import one_line
+
 
 class CommandLineConsole(Console):
     """The console of someone who typed the CLI's options: the lines printed on it name them as typed
@@ -71,7 +73,10 @@ class RichReporter:
 
     def log(self, message: str) -> None:
         (self._progress.console if self._progress else self._console).print(
-            message, markup=False, highlight=False, soft_wrap=True
+            one_line(message),
+            markup=False,
+            highlight=False,
+            soft_wrap=True,  # notes quote paths and labels
         )
 
 

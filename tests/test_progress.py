@@ -41,3 +41,10 @@ def test_training_on_a_terminal_runs_its_epochs(noisy_digits, tmp_path):
         assert re.search(rf"epoch {epoch}/2 net 0 warm-up\S*\s+\S*━", err), err[-2000:]
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+
+
+def test_a_note_quoting_a_path_with_control_characters_stays_one_plain_line():
+    out = io.StringIO()
+    with reporter(Console(file=out, width=200), quiet=False) as rep:
+        rep.log("note: wrote images to new\nline\x1b[2J")  # a folder named with a line break and a screen clear
+    assert out.getvalue() == "note: wrote images to new\\nline\\x1b[2J\n"

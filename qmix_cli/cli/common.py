@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from qmix_cli.errors import QmixError, interrupted_status
+from qmix_cli.errors import QmixError, interrupted_status, one_line
 from qmix_cli.io import NO_SPACE, format_bytes, is_stream, send_to_null
 from qmix_cli.progress import CommandLineConsole
 
@@ -169,7 +169,7 @@ def load_engine() -> None:
 def fail(message: str) -> None:
     # The message quotes user text (labels, paths) that may contain "[...]": escaped, it prints as written
     # instead of being read, or rejected, as rich markup.
-    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(one_line(message))}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
 
@@ -183,7 +183,7 @@ def usage_error(message: str, ctx: typer.Context | None) -> None:
     """Print a mistyped command line's ``message`` as `fail` prints an error, in one line, then the usage of the
     command ``ctx`` is of (None: unknown) and how to ask for its help."""
     console = Console(stderr=True)
-    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(one_line(message))}", highlight=False, soft_wrap=True)
     if ctx is not None:
         usage = ctx.get_usage().strip()
         helped = f" ({ctx.command_path} {ctx.help_option_names[0]} for help)" if ctx.help_option_names else ""

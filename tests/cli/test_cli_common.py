@@ -264,3 +264,11 @@ def test_an_error_with_stdout_thrown_away_still_ends_with_status_1(tmp_path):
     # Output sent to the null device from the start is the caller's choice, not a reader that left: the error stands.
     proc = _qmix_in_bash(f"evaluate {tmp_path / 'nope.parquet'} --truth digits", then="> /dev/null", cwd=tmp_path)
     assert proc.stderr.splitlines()[-1] == "rc=1" and "report not found" in proc.stderr, proc.stderr
+
+
+def test_user_text_in_an_error_can_neither_split_its_line_nor_act_on_the_terminal(runner, tmp_path):
+    # A path with a line break, a label with a terminal's colour codes: written as escapes, on the error's one line.
+    report = str(tmp_path / "a\nb\x1b[31mred.parquet")
+    result = runner.invoke(app, ["show", report])
+    line = assert_one_line_error(result, "report not found")
+    assert line.endswith("a\\nb\\x1b[31mred.parquet") and "\x1b[31m" not in stderr_of(result)
