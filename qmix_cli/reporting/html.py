@@ -35,6 +35,7 @@ import pandas as pd
 
 from qmix_cli import __version__
 from qmix_cli.categories import CATEGORIES
+from qmix_cli.data.groups import check_group_column
 from qmix_cli.data.manifest import MANIFEST_SUFFIXES, escapes_root, read_manifest
 from qmix_cli.errors import QmixError, count_of
 from qmix_cli.io import (
@@ -659,6 +660,8 @@ def _report_groups(
         reason = str(exc)
     else:
         if column in manifest.columns:
+            if named:  # refused as every other command refuses it (the label; a column with no value)
+                check_group_column(manifest, column)
             return column, report_groups(frame, manifest, column)
         reason = f"it has no {column} column"
     if named:

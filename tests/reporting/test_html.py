@@ -660,6 +660,8 @@ def test_a_csv_report_is_shown_by_group_when_the_column_is_named(tmp_path, write
         write_html_report(path, out=tmp_path / "c.html", data=manifest, group_column=" ")
     with pytest.raises(QmixError, match=r"--group-column patient: give the dataset's manifest, .* as --data MANIFEST"):
         write_html_report(path, out=tmp_path / "c.html", group_column="patient")
+    with pytest.raises(QmixError, match="--group-column label: the label is not a group"):  # as the others refuse it
+        write_html_report(path, out=tmp_path / "c.html", data=manifest, group_column="label")
     assert not (tmp_path / "c.html").exists()
 
 
