@@ -4,6 +4,7 @@ the tolerant reader of the one file written line by line instead: a run's ``metr
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
 import io
 import json
@@ -104,6 +105,17 @@ def standard_stream(path: str | Path) -> int | None:
 def is_stdout(path: str | Path) -> bool:
     """Whether ``path`` names the file this process's standard output goes to (`standard_stream`)."""
     return standard_stream(path) == 1
+
+
+def csv_header(path: str | Path) -> tuple[str, list[str]]:
+    """The separator of a CSV file (a manifest, or a report edited in a spreadsheet) and its header's fields: of
+    comma, semicolon (a spreadsheet's export where the comma is the decimal mark, R's ``write.csv2``) and tab, the one
+    that splits the header line into the most fields (quotes respected); the comma where none splits it."""
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        line = f.readline()
+    fields = {sep: next(csv.reader([line], delimiter=sep), []) for sep in (",", ";", "\t")}
+    sep = max(fields, key=lambda sep: (len(fields[sep]), sep == ","))
+    return sep, fields[sep]
 
 
 def check_out_file(path: str | Path, *, probe: bool = True) -> Path:

@@ -8,7 +8,6 @@ returns a `Dataset`. Everything that can be wrong with user data is reported her
 from __future__ import annotations
 
 import contextlib
-import csv
 import os
 import re
 import unicodedata
@@ -28,7 +27,7 @@ from qmix_cli.data.images import IMAGE_SUFFIXES, UNREADABLE_TIFF, WIDE_MODES, Im
 from qmix_cli.data.scan_cache import cached_scan, file_stats
 from qmix_cli.data.tiff import PILLOW_READS
 from qmix_cli.errors import ConfigError, DataError, count_of, first_few, summarise_offenders
-from qmix_cli.io import is_one_of, is_pipe_or_device
+from qmix_cli.io import csv_header, is_one_of, is_pipe_or_device
 from qmix_cli.progress import Reporter, SilentReporter
 
 if TYPE_CHECKING:
@@ -230,22 +229,11 @@ def check_output_file(dataset: Dataset, out: str | Path, *, option: str = "--out
 _KEY_COLUMNS = ("sample_id", *REQUIRED_COLUMNS)
 
 
-def _header(path: Path) -> tuple[str, list[str]]:
-    """The separator of a CSV manifest and its header's fields: of comma, semicolon (a spreadsheet's export where
-    the comma is the decimal mark, R's ``write.csv2``) and tab, the one that splits the header line into the most
-    fields (quotes respected); the comma where none splits it."""
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        line = f.readline()
-    fields = {sep: next(csv.reader([line], delimiter=sep), []) for sep in (",", ";", "\t")}
-    sep = max(fields, key=lambda sep: (len(fields[sep]), sep == ","))
-    return sep, fields[sep]
-
-
 def _read_csv(path: Path) -> pd.DataFrame:
     """A CSV manifest as text columns, by its separator (`_header`). A key column named twice is refused (pandas
     would rename the second ``label.1`` and read the first without a word); the empty, unnamed columns a
     trailing separator makes are dropped."""
-    sep, header = _header(path)
+    sep, header = csv_header(path)
     twice = [name for name in _KEY_COLUMNS if header.count(name) > 1]
     if twice:
         raise DataError(f"{path}: the column {twice[0]!r} is named {header.count(twice[0])} times; keep one")

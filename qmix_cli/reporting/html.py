@@ -565,10 +565,11 @@ def write_html_report(
         raise QmixError(f"--out {out} is the report being read; write the page to another file")
     given, out = out, check_out_file(out)  # errors name the --out given; the bytes go where a symlink points
     frame = report if is_table else read_report(report)
-    if is_table:  # checked as a report file is read: its columns, then its ids and verdicts
-        if missing := [name for name in REPORT_SCHEMA.names if name not in frame.columns]:
-            raise QmixError(f"the DataFrame is not a qmix report: missing column(s) {', '.join(missing)}")
-        frame = check_verdict_rows(frame, what="report")
+    if is_table and (missing := [name for name in REPORT_SCHEMA.names if name not in frame.columns]):
+        raise QmixError(f"the DataFrame is not a qmix report: missing column(s) {', '.join(missing)}")
+    # Its ids and verdicts, as apply and evaluate check them: an edited copy with a misspelt category drew its rows
+    # as unclassed points, left out of the cards, and a user checking the edits on the page read that all was well.
+    frame = check_verdict_rows(frame, what="report")
     meta: dict[str, str] = dict(frame.attrs.get("qmix", {}))
     run_dir = _existing_dir(run, "run directory") if run is not None else _recorded_dir(meta, "run_dir")
     if run is not None and not any((run_dir / name).exists() for name in RUN_FILES):

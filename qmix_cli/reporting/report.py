@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 from qmix_cli import __version__
 from qmix_cli.categories import CATEGORIES, CLEAN, MIS_H
 from qmix_cli.errors import DataError, QmixError, summarise_offenders
-from qmix_cli.io import atomic_path, is_pipe_or_device, is_stream, send_to_null
+from qmix_cli.io import atomic_path, csv_header, is_pipe_or_device, is_stream, send_to_null
 from qmix_cli.reporting.groups import GROUP_SCHEMA
 
 #: Output formats a report can be written in.
@@ -887,14 +887,25 @@ def _read_table(path: Path, fmt: str) -> pa.Table:
         return pq.read_table(path)
     column_types = {field.name: field.type for field in REPORT_SCHEMA}
     if fmt == "csv":
-        convert = pacsv.ConvertOptions(
-            column_types=column_types,
-            # Only an empty, unquoted field is null: the writer quotes every string, so "NA" stays a label.
-            null_values=[""],
-            strings_can_be_null=True,
-            quoted_strings_can_be_null=False,
-        )
-        return pacsv.read_csv(path, parse_options=_CSV_PARSE, convert_options=convert)
+        # A copy edited in a spreadsheet may come back with another separator (`;` where the comma is the decimal
+        # mark), and then decimal commas: both are read as the manifest's separators are.
+        sep, _ = csv_header(path)
+        parse = pacsv.ParseOptions(delimiter=sep, newlines_in_values=True)
+        decimals = (".", ",") if sep == ";" else (".",)
+        for decimal in decimals:
+            convert = pacsv.ConvertOptions(
+                column_types=column_types,
+                # Only an empty, unquoted field is null: the writer quotes every string, so "NA" stays a label.
+                null_values=[""],
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=False,
+                decimal_point=decimal,
+            )
+            try:
+                return pacsv.read_csv(path, parse_options=parse, convert_options=convert)
+            except pa.ArrowInvalid:
+                if decimal == decimals[-1]:
+                    raise
     # JSON Lines: an explicit schema fills absent fields with nulls, so check the first row for missing ones.
     first = _first_json_row(path)
     if first is None:

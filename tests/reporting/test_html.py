@@ -30,7 +30,7 @@ from qmix_cli.reporting.html import (
     thumbnail_data_uri,
     write_html_report,
 )
-from qmix_cli.reporting.report import build_report, report_metadata, run_digest, write_report
+from qmix_cli.reporting.report import build_report, read_report, report_metadata, run_digest, write_report
 
 CLASSES = ("cat", "dog", "<b>bird</b>")
 EVIL_ID = "<script>alert(1)</script>"
@@ -446,6 +446,16 @@ def test_no_run_no_curves(report, tmp_path):
     path, data, _ = report
     page = write_html_report(path, out=tmp_path / "r.html", data=data).read_text()
     assert "Training curves" not in page and '<svg class="curve"' not in page and "GMM component" not in page
+
+
+def test_an_edited_report_file_is_checked_as_apply_checks_it(report, tmp_path):
+    # A misspelt verdict drew its rows as unclassed points, left out of the cards: the edits looked fine on the page.
+    path, data, _ = report
+    edited = read_report(path).assign(category=lambda f: f["category"].replace("mislabeled_hq", "mislabled_hq"))
+    edited.to_csv(tmp_path / "edited.csv", index=False)
+    with pytest.raises(QmixError, match=r"unknown categories \['mislabled_hq'\]"):
+        write_html_report(tmp_path / "edited.csv", out=tmp_path / "e.html", data=data)
+    assert not (tmp_path / "e.html").exists()
 
 
 def test_a_run_missing_files_still_renders_and_a_folder_with_none_is_no_run(report, tmp_path):

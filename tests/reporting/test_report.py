@@ -601,6 +601,20 @@ def test_a_csv_report_with_line_breaks_in_its_ids_reads_back_whatever_its_size(t
     assert holds_images(tmp_path / "r.csv", inputs["sample_ids"])  # what a rerun reads to replace it
 
 
+@pytest.mark.parametrize("decimal", [".", ","])
+def test_a_csv_report_saved_by_a_spreadsheet_with_semicolons_reads_as_written(tmp_path: Path, report, decimal) -> None:
+    """The README says to overrule a verdict in a CSV copy of the report; a spreadsheet where the comma is the decimal
+    mark saves it with `;` and decimal commas. It was "not a qmix report: missing column(s)" (all fifteen)."""
+    write_report(report, tmp_path / "r.csv")
+    edited = pd.read_csv(tmp_path / "r.csv", dtype=str, keep_default_na=False)
+    floats = [f.name for f in REPORT_SCHEMA if pa.types.is_floating(f.type)]
+    edited[floats] = edited[floats].apply(lambda column: column.str.replace(".", decimal, regex=False))
+    edited.to_csv(tmp_path / "semicolon.csv", sep=";", index=False)
+    back, original = read_report(tmp_path / "semicolon.csv"), read_report(tmp_path / "r.csv")
+    pd.testing.assert_frame_equal(back, original)
+    assert back["p_clean"].between(0, 1).all() and back["p_clean"].nunique() > 1  # numbers, not text or NaN
+
+
 @pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl"])
 def test_holds_images_is_true_of_a_report_of_exactly_those_images(tmp_path: Path, fmt: str) -> None:
     inputs = make_inputs(50)
