@@ -323,8 +323,29 @@ def _scan_image_folder(root: Path) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=["sample_id", "path", "label"])
     frame.attrs["ignored"] = dict(ignored.most_common())
     frame.attrs["nested_splits"] = _check_not_splits(layout, root=root)
-    frame.attrs["notes"] = layout_notes(layout)
+    frame.attrs["notes"] = layout_notes(layout) + _unread_tables_note(root)
     return frame
+
+
+# Files at the top of an image folder that look like a table of labels (``labels.csv``, ``train.parquet``).
+_TABLE_SUFFIXES = (*MANIFEST_SUFFIXES, ".tsv", ".xlsx", ".xls", ".json")
+
+
+def _unread_tables_note(root: Path) -> list[str]:
+    """A note naming the tables at the top of an image folder read by its class folders: a ``labels.csv`` there
+    (relabelled by hand, say) is not read, and its labels would be lost without a word. Only a file named
+    `MANIFEST_NAMES` is read as the folder's manifest."""
+    tables = sorted(
+        p.name
+        for p in root.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in _TABLE_SUFFIXES
+    )
+    if not tables:
+        return []
+    return [
+        f"labels are read from the class folders; {', '.join(tables[:3])}{', ...' * (len(tables) > 3)} at the top "
+        "of the folder is not read (give a manifest of path and label columns as the dataset to use one)"
+    ]
 
 
 def unlisted_notes(frame: pd.DataFrame, *, root: Path, manifest: Path) -> list[str]:

@@ -421,6 +421,22 @@ def test_other_nesting_is_no_note_and_a_class_folder_without_images_is(make_imag
     assert create_dataset(_csv(root / "m.csv", _folder_rows(root))).notes == ()  # a manifest names its images
 
 
+def test_a_table_of_labels_beside_the_class_folders_is_named_as_unread(make_image_folder):
+    # A labels.csv corrected by hand at the top of the folder: the class folders give the labels, so say it is unread.
+    root = make_image_folder(classes=("a", "b"), per_class=2)
+    (root / "labels.csv").write_text("path,label\na/0.png,b\nb/0.png,a\n")
+    (root / "README.txt").write_text("not a table")
+    ds = create_dataset(root)
+    assert ds.labels.tolist() == [0, 0, 1, 1]  # the folders' labels, as before
+    assert ds.notes == (
+        "labels are read from the class folders; labels.csv at the top of the folder is not read (give a manifest "
+        "of path and label columns as the dataset to use one)",
+    )
+    (root / "labels.csv").rename(root / "manifest.csv")  # the name a folder's manifest has: read, not named unread
+    listed = create_dataset(root)
+    assert listed.labels.tolist() == [1, 0] and not any("is not read" in note for note in listed.notes)
+
+
 def test_strips_pages_and_transparency_not_read_as_they_are_are_named_and_remembered(tmp_path, write_image):
     root = tmp_path / "ds"
     write_image(root / "a" / "plain.png")
