@@ -72,11 +72,9 @@ class RichReporter:
         return advance
 
     def log(self, message: str) -> None:
+        line = one_line(message)  # notes quote paths and labels: a line break or an escape sequence stays text
         (self._progress.console if self._progress else self._console).print(
-            one_line(message),
-            markup=False,
-            highlight=False,
-            soft_wrap=True,  # notes quote paths and labels
+            line, markup=False, highlight=False, soft_wrap=True
         )
 
 

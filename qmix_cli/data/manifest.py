@@ -230,7 +230,7 @@ _KEY_COLUMNS = ("sample_id", *REQUIRED_COLUMNS)
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
-    """A CSV manifest as text columns, by its separator (`_header`). A key column named twice is refused (pandas
+    """A CSV manifest as text columns, by its separator (`csv_header`). A key column named twice is refused (pandas
     would rename the second ``label.1`` and read the first without a word); the empty, unnamed columns a
     trailing separator makes are dropped."""
     sep, header = csv_header(path)
