@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import json
 import re
 import signal
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -73,7 +74,7 @@ class Terminated(KeyboardInterrupt):
 # name or a word (a full stop after it ends a sentence); and the word after it, which may be its value.
 _OPTION = re.compile(
     r"(?<![\w\-/\\.])(?P<dashes>--)?(?P<option>[a-z][a-z0-9]*(?:-[a-z0-9]+)*)(?![\w\-/\\]|\.\w)"
-    r"(?: (?P<value>'[^'\n]*'|[\w.:]+?)(?=[.,;:)]?(?:\s|$)))?"
+    r"(?: (?P<value>'(?:[^'\n]|'\\'')*'|[\w.:]+?)(?=[.,;:)]?(?:\s|$)))?"
 )
 # A command line a message quotes (``qmix train --force``), up to a ``)`` or ``;``: its options are another command's.
 _COMMAND_LINE = re.compile(r"\bqmix [a-z]+\b[^);]*")
@@ -84,10 +85,19 @@ _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _QUOTED = re.compile(r"[\w-]+\.[a-z]{2,7}|matrix:[\w.:-]+")
 
 
+# How a shell word single-quoted by `shell_word` writes an apostrophe: close the quote, an escaped one, reopen.
+_QUOTED_APOSTROPHE = "'\\''"
+
+
 def shell_word(value: str) -> str:
     """``value`` (a column or class name a hint writes after an option) single-quoted as a shell reads it, so that
     a name with a space pastes whole, and so that `respell_options` knows it for a value: ``'patient id'``."""
-    return "'" + value.replace("'", "'\\''") + "'"
+    return "'" + value.replace("'", _QUOTED_APOSTROPHE) + "'"
+
+
+def _python_text(word: str) -> str:
+    """A `shell_word` as a Python string literal: ``'patient'\\''s id'`` → ``"patient's id"``."""
+    return json.dumps(word[1:-1].replace(_QUOTED_APOSTROPHE, "'"), ensure_ascii=False)
 
 
 def respell_options(message: str, names: Mapping[str, str], *, values: Collection[str] = ()) -> str:
@@ -111,7 +121,7 @@ def respell_options(message: str, names: Mapping[str, str], *, values: Collectio
             return keyword
         if dashes and "=" not in keyword:
             if value.startswith("'"):
-                return f'{keyword}="{value[1:-1]}"'
+                return f"{keyword}={_python_text(value)}"
             if _PLACEHOLDER.fullmatch(value) or _NUMBER.fullmatch(value):
                 return f"{keyword}={value}"
             if value in values or _QUOTED.fullmatch(value):

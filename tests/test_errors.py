@@ -90,6 +90,9 @@ def test_options_are_respelled_as_keywords_and_nothing_else(cli: str, python: st
         # A name quoted as a shell reads it (`shell_word`) is a value, whatever it holds.
         (f"pass --group-column {shell_word('patient id')} so", 'pass group_column="patient id" so'),
         (f"--group-column {shell_word('ward')}; --top 3", 'group_column="ward"; top=3'),
+        # An apostrophe or a double quote in the name reads back as a Python literal holds it.
+        ("pass --group-column " + shell_word("patient's id") + " so", 'pass group_column="patient\'s id" so'),
+        ("--group-column " + shell_word('say "ok"') + ".", 'group_column="say \\"ok\\"".'),
         ("--group-column 'ward", "group_column 'ward"),  # an unclosed quote is prose
         ("--out /tmp/my data/r.csv exists", "out /tmp/my data/r.csv exists"),
         ("pass --force skip", "pass force=True skip"),  # a flag takes no value

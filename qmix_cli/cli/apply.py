@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.text import Text
 
 from qmix_cli.categories import SMALL_CLASS
-from qmix_cli.cli.common import bold, guarded, state
+from qmix_cli.cli.common import bold, guarded, plain, state
 from qmix_cli.errors import count_of, first_few
 
 
@@ -59,9 +58,9 @@ def apply_command(
         highlight=False,
         soft_wrap=True,
     )
-    if counts["kept_rare"]:  # class names are the user's text: no markup
+    if counts["kept_rare"]:  # class names are the user's text: printed plain
         st.err.print(
-            Text(
+            plain(
                 f"note: the verdicts on images of classes of fewer than {SMALL_CLASS} training images say little, so "
                 f"{counts['kept_rare']:,} flagged of them stay as they are ({first_few(counts['rare'])}): check them "
                 "by hand, or pass --rare-classes apply (a class of a few images may itself be a typo)"
@@ -69,7 +68,7 @@ def apply_command(
         )
     if emptied := counts["emptied"]:
         st.err.print(
-            Text(
+            plain(
                 f"warning: {count_of(len(emptied), 'class', 'classes')} of the dataset carr"
                 f"{'y' if len(emptied) > 1 else 'ies'} no image any more: {first_few(emptied)}; a run on it will not "
                 f"know {'them' if len(emptied) > 1 else 'it'} (check them by hand, or pass --hq keep)"
@@ -79,7 +78,7 @@ def apply_command(
         many = len(shrunk) > 1
         lines = [_class_change(name, counts["by_class"][name]) for name in shrunk]
         st.err.print(
-            Text(
+            plain(
                 f"warning: {count_of(len(shrunk), 'class', 'classes')} keep{'' if many else 's'} less than half of "
                 f"{'their' if many else 'its'} images: {first_few(lines)}; on an imbalanced set the verdicts fall "
                 f"hardest on the small class, so check {'their' if many else 'its'} flagged images (qmix show) before "

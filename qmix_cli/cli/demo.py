@@ -7,9 +7,8 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
-from rich.text import Text
 
-from qmix_cli.cli.common import folder_out, guarded, load_engine, state
+from qmix_cli.cli.common import folder_out, guarded, load_engine, plain, state
 
 # Everything the demo writes in its folder (`run.previous`: the run a rerun replaces, until it is done).
 DEMO_OUTPUTS = frozenset({"noisy-digits", "run", "run.previous", "report.parquet", "report.html", "fixed.parquet"})
@@ -85,7 +84,7 @@ def demo_command(
         "next": f"qmix train {fixed['out']} --out {out_dir / 'run2'} --method ce",
     }
     for what, where in rows.items():
-        files.add_row(what, Text(where))  # Text: paths are not markup
+        files.add_row(what, plain(where))  # paths are not markup
     st.err.print(files)
 
 

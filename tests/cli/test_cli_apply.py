@@ -122,6 +122,16 @@ def test_a_class_emptied_is_named(runner, report, noisy_digits, tmp_path):
     )
 
 
+def test_the_summary_writes_a_path_s_control_characters_as_escapes(runner, report, noisy_digits, tmp_path):
+    # A line break or a terminal's escape sequence in the output's name: printed as text, the summary one line.
+    out = tmp_path / "fixed\n\x1b[2J.csv"
+    result = runner.invoke(app, ["apply", str(noisy_digits), "--report", str(report), "-o", str(out)])
+    assert result.exit_code == 0, _stderr(result)
+    assert out.is_file() and "\x1b" not in _stderr(result)
+    wrote = next(line for line in _stderr(result).splitlines() if line.startswith("wrote "))
+    assert "fixed\\n\\x1b[2J.csv: " in wrote
+
+
 def test_a_class_left_with_less_than_half_its_images_is_warned_of(runner, report, noisy_digits, tmp_path):
     # The small class of an imbalanced set is where the verdicts fall hardest: losing most of it is said, with how.
     frame = pd.read_parquet(report)
