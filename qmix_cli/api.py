@@ -897,6 +897,7 @@ def apply(
     lq: str = "drop",
     on_missing: str = "error",
     rare_classes: str = "auto",
+    review: str | Path | pd.DataFrame | None = None,
     force: bool = False,
 ) -> dict[str, Any]:
     """Write the manifest that follows from a report's verdicts on ``data``, to train on next.
@@ -928,6 +929,10 @@ def apply(
         other images, or a rare class that is itself a typo); ``"auto"`` (default) keeps them where the report is
         of the run's training set and applies them where it is not, and where the report does not say (CSV or JSON
         Lines) asks for one of the two if it matters.
+    review
+        A review sheet (the CSV the page of `show` downloads, or a DataFrame; `qmix_cli.reporting.review`): a
+        person's verdicts (``sample_id``, ``category``, ``suggested_label``) on some of the report's images, which
+        take the place of the audit's and are carried out whatever ``rare_classes`` says. Default: none.
     force
         Replace an existing ``out``.
 
@@ -938,7 +943,9 @@ def apply(
         ``dropped_lq``, ``missing``, ``kept_rare``, ...), ``emptied`` (classes no image carries any more), ``shrunk``
         (classes that keep less than half of the images given them, smallest share first), ``by_class`` (per label, a
         dict of ``before``, ``kept``, ``relabelled_away``, ``dropped``, ``relabelled_to`` and ``after``), ``rare`` (the
-        rare classes whose flagged images were kept as they are, with their sizes, smallest first) and ``out``.
+        rare classes whose flagged images were kept as they are, with their sizes, smallest first), ``reviewed``
+        (rows of the review) and ``overruled`` (of those, the ones whose verdict or suggested label it changed) and
+        ``out``.
     """
     import json
 
@@ -955,9 +962,10 @@ def apply(
     from qmix_cli.io import atomic_path, check_out_file
     from qmix_cli.reporting.apply import apply_verdicts, check_actions, integers_restored
     from qmix_cli.reporting.report import check_same_images, read_report
+    from qmix_cli.reporting.review import overrule, read_review
 
     _refuse_empty(data=data)
-    _check_paths(report=report, out=out, frames=("report",))
+    _check_paths(report=report, out=out, review=review, frames=("report", "review"), optional=("review",))
     check_actions(hq=hq, lq=lq, on_missing=on_missing, rare_classes=rare_classes)
     out = Path(out)
     suffix = out.suffix.lower()
@@ -971,6 +979,12 @@ def apply(
         if target.resolve() == Path(report).resolve():
             raise ConfigError(f"--out {out} is the report; write the new manifest to another file")
         report = read_report(report)
+    if isinstance(review, (str, os.PathLike)) and target.resolve() == Path(review).resolve():
+        raise ConfigError(f"--out {out} is the review; write the new manifest to another file")
+    reviewed = None
+    if review is not None:
+        reviewed = overrule(report, review if isinstance(review, pd.DataFrame) else read_review(review))
+        report = reviewed.report
     dataset = create_dataset(data, check_images=False, min_classes=1)
     check_output_file(dataset, target)
     meta = report.attrs.get("qmix", {})
@@ -986,7 +1000,14 @@ def apply(
     # (A frame without the column is refused by apply_verdicts, with the columns it lacks.)
     small = small_classes(report.get("given_label", [])) if rare_classes != "apply" else {}
     applied = apply_verdicts(
-        rows, report, hq=hq, lq=lq, on_missing=on_missing, classes=classes, keep_classes=list(small)
+        rows,
+        report,
+        hq=hq,
+        lq=lq,
+        on_missing=on_missing,
+        classes=classes,
+        keep_classes=list(small),
+        reviewed=reviewed.ids if reviewed else (),
     )
     if rare_classes == "ask" and applied.kept_classes:
         why, keep, other = (
@@ -1016,5 +1037,7 @@ def apply(
         "shrunk": applied.shrunk,
         "by_class": {str(k): {c: int(n) for c, n in v.items()} for k, v in applied.by_class.to_dict("index").items()},
         "rare": rare,
+        "reviewed": len(reviewed.ids) if reviewed else 0,
+        "overruled": reviewed.overruled if reviewed else 0,
         "out": str(out),
     }

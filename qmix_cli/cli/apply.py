@@ -34,13 +34,28 @@ def apply_command(
             "one of other images; a CSV or JSON Lines report, which does not say, asks)."
         ),
     ] = "auto",
+    review: Annotated[
+        str | None,
+        typer.Option(
+            help="Review sheet (CSV: sample_id, category, suggested_label), as qmix show's page downloads it: a "
+            "person's verdicts, which overrule the report's on those images."
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option(help="Replace --out if it exists (runs may have been trained on it).")] = False,
 ) -> None:
     """Write a new manifest with the report's verdicts applied: relabel or drop wrong labels, drop unusable images."""
     from qmix_cli.api import apply
 
     counts = apply(
-        data, report=report, out=out, hq=hq, lq=lq, on_missing=on_missing, rare_classes=rare_classes, force=force
+        data,
+        report=report,
+        out=out,
+        hq=hq,
+        lq=lq,
+        on_missing=on_missing,
+        rare_classes=rare_classes,
+        review=review,
+        force=force,
     )
     dropped = counts["images"] - counts["kept"]
     parts = [f"relabelled {counts['relabelled']:,}", f"dropped {dropped:,}"]
@@ -48,6 +63,8 @@ def apply_command(
         why = {"mislabeled_lq": counts["dropped_lq"], "mislabeled_hq": counts["dropped_hq"]}
         why["no verdict"] = counts["dropped_missing"]
         parts[-1] += " (" + ", ".join(f"{n:,} {k}" for k, n in why.items() if n) + ")"
+    if counts["reviewed"]:
+        parts.append(f"{counts['reviewed']:,} as reviewed ({counts['overruled']:,} overruled)")
     if counts["kept_missing"]:
         parts.append(f"kept {counts['kept_missing']:,} the report has no verdict for, unchanged")
     if counts["kept_rare"]:

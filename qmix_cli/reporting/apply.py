@@ -82,6 +82,7 @@ def apply_verdicts(
     on_missing: str = "error",
     classes: Sequence[str] = (),
     keep_classes: Collection[str] = (),
+    reviewed: Collection[str] = (),
 ) -> Applied:
     """The manifest rows that follow from a report's verdicts.
 
@@ -104,6 +105,9 @@ def apply_verdicts(
     keep_classes
         Given labels whose images stay as they are whatever their verdict: classes too small for the audit to judge
         (`qmix_cli.categories.small_classes` of the training set).
+    reviewed
+        Ids of images whose verdict a person gave (`qmix_cli.reporting.review.overrule`): carried out whatever
+        ``keep_classes`` says, a reviewer's decision not being the audit's guess.
 
     Returns
     -------
@@ -126,7 +130,7 @@ def apply_verdicts(
     verdict = rep["category"].fillna("").astype(str).to_numpy()
     # Kept as they are: the images of those classes that their verdict's action would change.
     acted_on = ((verdict == CATEGORIES[MIS_H]) & (hq != "keep")) | ((verdict == CATEGORIES[MIS_L]) & (lq == "drop"))
-    rare = np.isin(given, list(keep_classes)) & acted_on
+    rare = np.isin(given, list(keep_classes)) & acted_on & ~ids.isin(set(reviewed)).to_numpy()
     is_hq, is_lq = (verdict == CATEGORIES[MIS_H]) & ~rare, (verdict == CATEGORIES[MIS_L]) & ~rare
     drop = (is_hq & (hq == "drop")) | (is_lq & (lq == "drop")) | (missing & (on_missing == "drop"))
     relabel = is_hq & (hq == "relabel")

@@ -1,7 +1,9 @@
 """``qmix show``: one self-contained HTML page for a report.
 
-The page needs nothing but a browser: no external assets, no JavaScript, no plotting library. Plots are
-hand-written inline SVG and thumbnails are base64-embedded images (PNG, or JPEG where one is scaled down). It holds
+The page needs nothing but a browser: no external assets, no plotting library. Plots are hand-written inline SVG and
+thumbnails are base64-embedded images (PNG, or JPEG where one is scaled down). It reads the same without JavaScript;
+with it, each thumbnail has a menu for a reviewer's verdict and the page downloads them as a review sheet for
+``qmix apply --review`` (``review.js``, `qmix_cli.reporting.review`). It holds
 
 * a header: tool version, method, model and classes (from the report's Parquet metadata when present) and the
   number of images per category;
@@ -20,13 +22,16 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import html
 import io
 import json
 import math
 import os
 import re
+import shlex
 from collections.abc import Callable, Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -453,11 +458,34 @@ def thumbnail_card_html(row: dict[str, Any], uri: str | None) -> str:
     sid_title = ' title="the image file"' if same else ""
     path = "" if same else f'<span class="path" title="the image file">{_t(row["path"])}</span><br>'
     return (
-        f'<figure class="thumb">{picture}<figcaption>'
+        f'<figure class="thumb"{_review_attributes(row)}>{picture}<figcaption>'
         f'<span class="rank" title="its rank in the report">rank {int(row["rank"])}</span> '
         f'<span class="sid"{sid_title}>{_t(row["sample_id"])}</span><br>{path}'
         f'{mark}{label}<br><span class="probs">{axes}<br>{probs}</span></figcaption></figure>'
     )
+
+
+def _review_attributes(row: dict[str, Any]) -> str:
+    """What the page's review script (``review.js``) needs of a card, as ``data-`` attributes: the values exactly
+    (escaped, not made visible as `_e` makes them: they go back into the review sheet and must match the report)."""
+    values = {
+        "id": row["sample_id"],
+        "given": row["given_label"],
+        "category": row["category"],
+        "suggested": row.get("suggested_label"),
+        "predicted": row.get("predicted_label"),
+    }
+    return "".join(
+        f' data-{name}="{_attribute(value)}"'
+        for name, value in values.items()
+        if value is not None and not (isinstance(value, float) and math.isnan(value))
+    )
+
+
+def _attribute(value: Any) -> str:
+    """``value`` exactly, as an attribute's text: escaped, and its direction-setting characters written as character
+    references, which the browser reads back as they were but which cannot act on the page's source."""
+    return _BIDI_CONTROLS.sub(lambda m: f"&#x{ord(m.group()):04x};", html.escape(str(value), quote=True))
 
 
 # --------------------------------------------------------------------------------------------------- page
@@ -493,8 +521,13 @@ display:flex;align-items:center;justify-content:center}
 bdi{overflow-wrap:anywhere}
 .probs{color:#555;font-size:11px;white-space:nowrap}
 footer{margin-top:36px;color:#5f5f5f;font-size:12px}
+.review{position:sticky;top:0;z-index:5;background:#fffbe6;border:1px solid #e5d9a8;border-radius:4px;
+padding:6px 10px;margin:12px 0}.review label{margin-left:10px;white-space:nowrap}
+.thumb select.decide{display:block;width:100%;margin-top:6px;font-size:12px}
+.thumb.decided{border-color:#009E73;box-shadow:0 0 0 1px #009E73}
+.thumb.overruled{border-color:#D55E00;box-shadow:0 0 0 1px #D55E00}
 @media print{*{-webkit-print-color-adjust:exact;print-color-adjust:exact}body{background:#fff}
-.thumb,tr,h2,h3{break-inside:avoid}}
+.thumb,tr,h2,h3{break-inside:avoid}.review,select.decide,button{display:none}}
 """
 
 
@@ -755,6 +788,9 @@ def render_page(
         sections.append(_thumbs_section(frame, group, blurb, root=root, top=top))
     if groups is not None:
         sections.append(groups_section_html(frame, groups[1], column=groups[0], root=root, top=top))
+    if top > 0:  # cards to give verdicts on: the review bar under the header, its script at the end
+        sections.insert(1, review_bar_html(meta, source=source, sheet=review_sheet_name(source)))
+        sections.append(review_script_html(frame, meta, class_names, source=source))
     if run_dir is not None:
         sections.append(_curves_section(run_dir))
     title = f"{_TITLE} — {Path(str(source)).name}" if source else _TITLE
@@ -806,6 +842,50 @@ def _header_html(
         f'<header><h1>qmix report <small class="note">{_t(source)}</small></h1>'
         f'<p class="meta">{facts_html}</p>{legend_html(counts)}{nav}</header>'
     )
+
+
+def review_sheet_name(source: str | Path) -> str:
+    """The file name the page downloads its review sheet as: ``report-review.csv`` for ``report.parquet``."""
+    stem = Path(str(source)).stem if source else ""
+    return f"{stem}-review.csv" if stem else "review.csv"
+
+
+def review_bar_html(meta: dict[str, str], *, source: str | Path, sheet: str) -> str:
+    """The review's controls (count, download, class filter), hidden until the page's script shows them: without
+    JavaScript a page is still read, and a ``<noscript>`` line says what it would add."""
+    dataset = shlex.quote(meta["dataset"]) if meta.get("dataset") else "DATA"
+    report = shlex.quote(str(source)) if source else "REPORT"
+    command = f"qmix apply {dataset} --report {report} --review {shlex.quote(sheet)} --out fixed.parquet"
+    return (
+        '<div id="review" class="review" hidden><b>Review</b> <span class="count"></span> '
+        '<button type="button" class="download">Download review sheet</button> '
+        '<button type="button" class="clear">Forget verdicts</button> '
+        '<label>given label <select class="only-class"><option value="">all</option></select></label> '
+        '<label><input type="checkbox" class="hide-decided"> hide reviewed</label>'
+        '<div class="note">Give your verdict in the menu of each card you check (kept in this browser), download '
+        f"the sheet, then: <code>{_t(command)}</code>. The sheet overrules the report on the images it lists; the "
+        "others keep the audit's verdicts.</div></div>"
+        '<noscript><p class="note">With JavaScript on, each card has a menu for your verdict and the page downloads '
+        "them as a review sheet for qmix apply --review.</p></noscript>"
+    )
+
+
+def review_script_html(
+    frame: pd.DataFrame, meta: dict[str, str], class_names: Sequence[str], *, source: str | Path
+) -> str:
+    """The review's data (the classes a card can be relabelled to, the sheet's name, the key its verdicts are kept
+    under in the browser: one per report) and its script, ``review.js``."""
+    identity = [Path(str(source)).name, meta.get("created_at", ""), meta.get("run_digest", ""), len(frame)]
+    data = {
+        "classes": [str(c) for c in class_names],
+        "sheet": review_sheet_name(source),
+        "key": hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16],
+    }
+    # As JSON inside a script element: "<" and every character beyond ASCII written as escapes, so that no label can
+    # close the element or hold a direction-setting character in the page's source.
+    text = json.dumps(data).replace("<", "\\u003c").replace(">", "\\u003e")
+    script = resources.files("qmix_cli.reporting").joinpath("review.js").read_text(encoding="utf-8")
+    return f'<script type="application/json" id="qmix-review-data">{text}</script><script>{script}</script>'
 
 
 _READING = (
@@ -866,10 +946,10 @@ def _thumbnail(path: str, root: Path | None) -> str | None:
     return None if file is None else thumbnail_data_uri(file)
 
 
-# What a reviewer does with what they see: the verdicts are acted on by `qmix apply`, and overruled in the report.
+# What a reviewer does with what they see: the verdicts are acted on by `qmix apply`, and overruled by a review.
 _ACTING = (
-    "qmix apply relabels the mislabeled_hq images and drops the mislabeled_lq ones; to overrule a verdict, change "
-    "its category or suggested_label in a CSV copy of the report and apply that"
+    "qmix apply relabels the mislabeled_hq images and drops the mislabeled_lq ones; to overrule a verdict, give yours "
+    "in the card's menu and pass the review sheet the page downloads to qmix apply --review"
 )
 # The verdicts shown as thumbnails, with the line that says what to do about them.
 THUMB_GROUPS = {
@@ -920,7 +1000,7 @@ def _thumbs_section(frame: pd.DataFrame, group: str, blurb: str, *, root: Path |
     # Said on the page too: whoever it is sent to never saw the warning `qmix show` printed.
     missing = sum(uri is None for uri in uris)
     lost = f'<p class="note">{count_of(missing, "image")} not found or unreadable: "no image".</p>' if missing else ""
-    return heading + lost + '<div class="thumbs">' + "".join(cards) + "</div>"
+    return heading + lost + f'<div class="thumbs" data-verdict="{group}">' + "".join(cards) + "</div>"
 
 
 def groups_section_html(

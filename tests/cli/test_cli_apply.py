@@ -122,6 +122,35 @@ def test_a_class_emptied_is_named(runner, report, noisy_digits, tmp_path):
     )
 
 
+def test_a_review_sheet_overrules_the_reports_verdicts_on_its_images(runner, report, noisy_digits, tmp_path):
+    # What a curator downloads from the page: two wrong labels found right, one relabelled otherwise, one dropped.
+    frame = pd.read_parquet(report)
+    hq = frame[frame["category"] == "mislabeled_hq"].head(3)
+    lq = frame[frame["category"] == "mislabeled_lq"].head(1)
+    other = next(c for c in map(str, range(10)) if c not in (hq["given_label"].iloc[2], hq["suggested_label"].iloc[2]))
+    review = pd.DataFrame(
+        {
+            "sample_id": [*hq["sample_id"], *lq["sample_id"]],
+            "given_label": [*hq["given_label"], *lq["given_label"]],
+            "category": ["clean", "clean", "mislabeled_hq", "mislabeled_lq"],
+            "suggested_label": ["", "", other, ""],
+        }
+    )
+    review.to_csv(tmp_path / "review.csv", index=False)
+    out = tmp_path / "fixed.csv"
+    args = ["apply", str(noisy_digits), "--report", str(report), "--review", str(tmp_path / "review.csv")]
+    result = runner.invoke(app, [*args, "-o", str(out)])
+    assert result.exit_code == 0, _stderr(result)
+    fixed = pd.read_csv(out, dtype=str, keep_default_na=False).set_index("sample_id")
+    assert fixed.loc[hq["sample_id"], "label"].tolist() == [*hq["given_label"].iloc[:2], other]
+    assert fixed.loc[hq["sample_id"], "qmix_verdict"].tolist() == ["clean", "clean", "mislabeled_hq"]
+    assert lq["sample_id"].iloc[0] not in fixed.index
+    assert "4 as reviewed (3 overruled)" in " ".join(_stderr(result).split())
+    # The review is an input: never the output.
+    again = runner.invoke(app, [*args, "-o", str(tmp_path / "review.csv"), "--force"])
+    assert again.exit_code == 1 and "is the review; write the new manifest to another file" in _stderr(again)
+
+
 def test_the_summary_writes_a_path_s_control_characters_as_escapes(runner, report, noisy_digits, tmp_path):
     # A line break or a terminal's escape sequence in the output's name: printed as text, the summary one line.
     out = tmp_path / "fixed\n\x1b[2J.csv"

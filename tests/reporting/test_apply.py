@@ -222,6 +222,16 @@ def test_images_of_the_classes_to_keep_stay_as_they_are_whatever_their_verdict()
     assert clean_owls.counts["kept_rare"] == 0 and clean_owls.kept_classes == []  # only flagged images count
 
 
+def test_a_reviewers_verdict_on_a_rare_class_is_carried_out() -> None:
+    # The audit's verdict on an owl says little (too few owls); a person's does: s3 is relabelled, s4 still kept.
+    labels = ["cat", "dog", "cat", "owl", "owl", "cat"]
+    rows = report(given_label=labels, suggested_label=[None, None, "dog", "cat", None, None])
+    applied = apply_verdicts(manifest(label=labels), rows, keep_classes=["owl"], reviewed=["s3"])
+    out = applied.frame.set_index("sample_id")
+    assert out.loc[["s3", "s4"], "label"].tolist() == ["cat", "owl"]
+    assert applied.counts["kept_rare"] == 1 and applied.counts["relabelled"] == 2
+
+
 def test_a_second_round_keeps_the_first_given_label() -> None:
     first = apply_verdicts(manifest(), report(), lq="keep").frame
     # Round two: s2 (relabelled dog) is flagged again and relabelled back; its first label stays traceable.

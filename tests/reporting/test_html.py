@@ -118,8 +118,9 @@ def test_page_is_self_contained_html(report, tmp_path):
     page = out.read_text(encoding="utf-8")
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
     assert page.count("<html") == 1 and page.count("</body>") == 1
-    # No scripts, stylesheets or remote assets: only the SVG namespace URL.
-    assert "<script" not in page and "<link" not in page
+    # No remote scripts or stylesheets, no remote assets: only the SVG namespace URL. The review's script is inline.
+    assert "<script src" not in page and "<link" not in page
+    assert re.findall(r"<script[^>]*>", page) == ['<script type="application/json" id="qmix-review-data">', "<script>"]
     assert set(re.findall(r"https?://[^\s\"']+", page)) <= {"http://www.w3.org/2000/svg"}
     assert not list(out.parent.glob(".*.tmp"))  # written atomically, nothing left behind
     assert "<title>qmix report — report.parquet</title>" in page  # which report, in a browser tab of several
@@ -195,7 +196,7 @@ def test_a_card_says_where_the_file_is_and_why_the_image_is_flagged(report, tmp_
     path, data, rows = report
     page = write_html_report(path, out=tmp_path / "r.html", data=data, top=100).read_text()
     row = rows[(rows["category"] == "mislabeled_lq") & (rows["sample_id"] != MISSING_ID)].iloc[0]
-    card = next(c for c in page.split('<figure class="thumb">') if f'<span class="sid"><bdi>{row["sample_id"]}<' in c)
+    card = next(c for c in page.split('<figure class="thumb"') if f'<span class="sid"><bdi>{row["sample_id"]}<' in c)
     assert f'<span class="path" title="the image file"><bdi>{row["path"]}</bdi></span>' in card
     assert f"loss {row['loss']:.2f} · uncertainty {row['uncertainty']:.2f}" in card
     alt = re.search(r'<img src="data:image/[^"]+" alt="([^"]*)" tabindex="0"', card).group(1)
@@ -209,7 +210,8 @@ def test_a_card_names_an_id_that_is_its_files_path_once(report):
     apart = thumbnail_card_html(row, None)
     assert row["sample_id"] != row["path"] and apart.count('class="path"') == 1
     once = thumbnail_card_html({**row, "sample_id": row["path"]}, None)
-    assert 'class="path"' not in once and once.count(row["path"]) == 1
+    shown = once.split(">", 1)[1]  # past the figure's tag, whose data attributes are for the review script
+    assert 'class="path"' not in once and shown.count(row["path"]) == 1
     assert f'<span class="sid" title="the image file"><bdi>{row["path"]}</bdi></span>' in once
 
 
@@ -221,7 +223,7 @@ def test_a_card_shows_its_verdict_and_how_sure_the_nets_are_and_the_page_how_to_
     page = write_html_report(path, out=tmp_path / "r.html", data=data, top=100).read_text()
     for category in ("mislabeled_hq", "mislabeled_lq"):
         row = rows[(rows["category"] == category) & (rows["sample_id"] != MISSING_ID)].iloc[0]
-        card = next(c for c in page.split('<figure class="thumb">') if f"<bdi>{row['sample_id']}<" in c)
+        card = next(c for c in page.split('<figure class="thumb"') if f"<bdi>{row['sample_id']}<" in c)
         code = CATEGORIES.index(category)
         assert f'<span class="swatch s{code}" aria-hidden="true"></span><span class="sr">{category}: </span>' in card
         predicted = f"<bdi>{html_escape(str(row['predicted_label']))}</bdi> {row['confidence']:.2f}"
@@ -230,7 +232,7 @@ def test_a_card_shows_its_verdict_and_how_sure_the_nets_are_and_the_page_how_to_
     for section in ("scatter", "classes", "mislabeled_hq", "mislabeled_lq"):
         assert f'<a href="#{section}">' in page and f'<h2 id="{section}">' in page
     assert f"image paths under <b><bdi>{data.resolve()}</bdi></b>" in page
-    assert page.count("to overrule a verdict, change its category or suggested_label in a CSV copy") == 2
+    assert page.count("to overrule a verdict, give yours in the card's menu and pass the review sheet") == 2
     shown = _shown(tmp_path / "r.html")
     for category in ("mislabeled_hq", "mislabeled_lq"):  # every one shown, and the page says where the lost one is
         section, members = _section(shown, category), rows[rows["category"] == category]
@@ -315,7 +317,7 @@ def test_clean_images_get_no_thumbnails(report, tmp_path):
     issues = int((rows["category"] != "clean").sum())
     missing = int(((rows["sample_id"] == MISSING_ID) & (rows["category"] != "clean")).sum())
     assert page.count("data:image/") == issues - missing
-    assert page.count('<figure class="thumb">') == issues
+    assert page.count('<figure class="thumb"') == issues
 
 
 def test_text_is_escaped(report, tmp_path):
@@ -332,7 +334,7 @@ def test_missing_image_gives_a_placeholder(tmp_path, write_image):
     assert group != "clean"  # row 1 is mislabeled_hq by construction
     page = _shown(write_html_report(path, out=tmp_path / "r.html", data=data, top=100))
     section = _section(page, group)
-    card = next(c for c in section.split('<figure class="thumb">') if f'<span class="sid">{MISSING_ID}</span>' in c)
+    card = next(c for c in section.split('<figure class="thumb"') if f'<span class="sid">{MISSING_ID}</span>' in c)
     assert 'class="placeholder"' in card and "data:image" not in card
 
 
@@ -359,14 +361,14 @@ def test_a_report_path_climbing_out_of_the_dataset_embeds_nothing_from_there(tmp
     warned: list[str] = []
     page = _shown(write_html_report(path, out=tmp_path / "r.html", data=data, top=100, warn=warned.append))
     sid = rows["sample_id"].iloc[flagged]
-    card = next(c for c in page.split('<figure class="thumb">') if f'<span class="sid">{sid}</span>' in c)
+    card = next(c for c in page.split('<figure class="thumb"') if f'<span class="sid">{sid}</span>' in c)
     assert 'class="placeholder"' in card and "data:image" not in card
     assert warned[0].startswith("1 of the") and "not found" in warned[0]  # the image missing from the dataset
     assert warned[1].startswith("1 of the") and "climbing out of the dataset" in warned[1]
     paths[flagged] = "img/../img/002.png"  # a '..' that stays inside is an ordinary path
     pq.write_table(table.set_column(table.schema.get_field_index("path"), "path", pa.array(paths)), path)
     page = _shown(write_html_report(path, out=tmp_path / "r.html", data=data, top=100))
-    card = next(c for c in page.split('<figure class="thumb">') if f'<span class="sid">{sid}</span>' in c)
+    card = next(c for c in page.split('<figure class="thumb"') if f'<span class="sid">{sid}</span>' in c)
     assert "data:image/" in card
 
 
@@ -707,10 +709,33 @@ def test_user_text_is_isolated_so_a_right_to_left_override_cannot_reorder_the_pa
     assert ids and all(i.startswith("<bdi>") and i.endswith("</bdi>") for i in ids)
 
 
+def test_cards_carry_their_values_exactly_for_the_review_and_the_page_its_classes(tmp_path, write_image):
+    # The review sheet's ids must match the report's: the cards' data attributes read back exactly, direction marks
+    # and markup included, while the page's source holds neither (character references, JSON escapes).
+    path, data, _ = make_report(tmp_path, write_image, n=12)
+    frame = pd.read_parquet(path)
+    frame["given_label"] = frame["given_label"].where(frame["given_label"] != "cat", "cat\u202e</script>")
+    frame.to_parquet(tmp_path / "odd.parquet")
+    page = write_html_report(tmp_path / "odd.parquet", out=tmp_path / "r.html", data=data, top=100).read_text()
+    cards = re.findall(r'<figure class="thumb" data-id="([^"]*)" data-given="([^"]*)" data-category="([^"]*)"', page)
+    flagged = frame[frame["category"] != "clean"]
+    assert sorted((html_unescape(i), html_unescape(g), c) for i, g, c in cards) == sorted(
+        zip(flagged["sample_id"], flagged["given_label"], flagged["category"], strict=True)
+    )
+    assert "\u202e" not in page and page.count("</script>") == 2  # the data's and the script's own
+    data_json = re.search(r'<script type="application/json" id="qmix-review-data">(.*?)</script>', page).group(1)
+    review = json.loads(data_json)
+    assert set(review["classes"]) == set(frame["given_label"]) and review["sheet"] == "odd-review.csv"
+    assert "--review odd-review.csv --out fixed.parquet" in page
+    # No cards, no review.
+    page = write_html_report(tmp_path / "odd.parquet", out=tmp_path / "r0.html", data=data, top=0).read_text()
+    assert "<script" not in page and 'id="review"' not in page
+
+
 def test_no_thumbnails_asked_for_is_not_said_as_an_empty_group(report, tmp_path, write_image):
     path, data, rows = report
     page = write_html_report(path, out=tmp_path / "r.html", data=data, top=0).read_text()
-    assert "No images in this group" not in page and '<figure class="thumb">' not in page
+    assert "No images in this group" not in page and '<figure class="thumb"' not in page
     for group in ("mislabeled_hq", "mislabeled_lq"):
         n = int((rows["category"] == group).sum())
         assert f'{group} <small class="note">{n} images</small>' in page

@@ -1,0 +1,146 @@
+"""`qmix_cli.reporting.review` and the page's ``review.js``: a reviewer's verdicts, from the page's menus to the report
+`qmix apply` acts on."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from importlib import resources
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from qmix_cli.categories import CATEGORIES
+from qmix_cli.errors import QmixError
+from qmix_cli.reporting.review import overrule, read_review
+
+C, H, L = CATEGORIES
+
+# Ids and labels a sheet must carry through exactly: quotes, commas, a line break, leading zeros, another script.
+IDS = ['a "quoted", id', "line\nbreak", "007", "رقم", "plain"]
+GIVEN = ["cat", "dog", "cat", "dog", "bird, grey"]
+
+
+def report() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "sample_id": IDS,
+            "given_label": GIVEN,
+            "category": [H, H, L, C, H],
+            "suggested_label": ["dog", "cat", None, None, "cat"],
+            "p_clean": [0.1, 0.2, 0.3, 0.9, 0.1],
+        }
+    )
+
+
+def sheet(**columns) -> pd.DataFrame:
+    return pd.DataFrame(columns)
+
+
+def test_the_reviews_verdicts_replace_the_audits_on_its_rows_only() -> None:
+    before = report()
+    review = sheet(
+        sample_id=[IDS[0], IDS[2], IDS[3], IDS[4]],
+        category=[C, H, L, H],
+        suggested_label=["bird", "dog", "cat", "cat"],  # a suggestion on a low-quality verdict means nothing
+    )
+    reviewed = overrule(before, review)
+    out = reviewed.report
+    assert out["category"].tolist() == [C, H, H, L, H]
+    assert out["suggested_label"].tolist() == [None, "cat", "dog", None, "cat"]
+    assert out["p_clean"].tolist() == before["p_clean"].tolist() and out["sample_id"].tolist() == IDS
+    assert reviewed.ids == [IDS[0], IDS[2], IDS[3], IDS[4]]
+    assert reviewed.overruled == 3  # the last row agrees with the audit
+    assert before["category"].tolist() == [H, H, L, C, H]  # the caller's report is left as it was
+
+
+def test_another_suggested_label_on_a_wrong_label_is_an_overruling() -> None:
+    reviewed = overrule(report(), sheet(sample_id=["plain"], category=[H], suggested_label=["dog"]))
+    assert reviewed.overruled == 1 and reviewed.report["suggested_label"].iloc[4] == "dog"
+
+
+@pytest.mark.parametrize(
+    ("review", "message"),
+    [
+        (sheet(id=["plain"], verdict=[C]), "the review lacks column(s) sample_id, category (it has id, verdict)"),
+        (sheet(sample_id=["nope", "plain"], category=[C, C]), "1 review row of images the report does not have: nope"),
+        (sheet(sample_id=["plain", "plain"], category=[C, L]), "1 duplicate sample id in the review: plain"),
+        (sheet(sample_id=["plain"], category=["wrong"]), "the review has unknown categories ['wrong']"),
+        (
+            sheet(sample_id=["plain", "007"], category=[C, C], given_label=["bird, grey", "dog"]),
+            "1 review row whose given label is not the report's: 007; is this a review of this report?",
+        ),
+    ],
+)
+def test_a_sheet_that_does_not_fit_the_report_is_refused(review: pd.DataFrame, message: str) -> None:
+    with pytest.raises(QmixError) as caught:
+        overrule(report(), review)
+    assert message in str(caught.value)
+
+
+def test_a_blank_given_label_is_not_checked() -> None:
+    review = sheet(sample_id=["plain", "007"], category=[C, C], given_label=["bird, grey", None])
+    assert overrule(report(), review).report["category"].tolist()[2:] == [C, C, C]
+
+
+def test_a_sheet_saved_by_a_spreadsheet_reads(tmp_path: Path) -> None:
+    # A byte-order mark and semicolons (where the comma is the decimal mark); blank cells are no suggestion.
+    path = tmp_path / "review.csv"
+    path.write_text("\ufeffsample_id;category;suggested_label\n007;mislabeled_hq;bird\nplain;clean;\n", "utf-8")
+    review = read_review(path)
+    assert review["sample_id"].tolist() == ["007", "plain"]  # text: the leading zeros kept
+    out = overrule(report(), review).report
+    assert out["category"].tolist()[2:] == [H, C, C] and out["suggested_label"].tolist()[2:] == ["bird", None, None]
+
+
+def test_a_missing_or_unreadable_sheet_is_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(QmixError, match="review not found"):
+        read_review(tmp_path / "nope.csv")
+    (tmp_path / "bin.csv").write_bytes(b"\xff\xfe\x00\x81" * 10)
+    with pytest.raises(QmixError, match="cannot read review"):
+        read_review(tmp_path / "bin.csv")
+
+
+# --------------------------------------------------------------------------------------------------- review.js
+
+NODE = shutil.which("node")
+
+
+def run_script(expression: str) -> str:
+    """The value of ``expression`` (JSON) with the page's review script loaded as ``review``."""
+    script = resources.files("qmix_cli.reporting").joinpath("review.js")
+    code = f"const review = require({json.dumps(str(script))}); process.stdout.write(JSON.stringify({expression}));"
+    return json.loads(subprocess.run([NODE, "-e", code], capture_output=True, check=True, text=True).stdout)
+
+
+@pytest.mark.skipif(NODE is None, reason="needs node to run the page's script")
+def test_the_sheet_the_page_downloads_gives_apply_the_verdicts_chosen(tmp_path: Path) -> None:
+    decisions = [
+        {"sample_id": IDS[0], "given_label": GIVEN[0], "value": "clean"},
+        {"sample_id": IDS[1], "given_label": GIVEN[1], "value": "hq:bird, grey"},
+        {"sample_id": IDS[2], "given_label": GIVEN[2], "value": "lq"},
+        {"sample_id": IDS[3], "given_label": GIVEN[3], "value": 'hq:a "label"'},
+    ]
+    (tmp_path / "review.csv").write_text(run_script(f"review.reviewCsv({json.dumps(decisions)})"), "utf-8")
+    reviewed = overrule(report(), read_review(tmp_path / "review.csv"))
+    out = reviewed.report
+    assert out["category"].tolist() == [C, H, L, H, H]
+    assert out["suggested_label"].tolist() == [None, "bird, grey", None, 'a "label"', "cat"]
+    assert reviewed.ids == IDS[:4] and reviewed.overruled == 3  # the third agrees with the audit
+
+
+@pytest.mark.skipif(NODE is None, reason="needs node to run the page's script")
+def test_a_cards_menu_offers_the_likeliest_labels_first_and_never_its_own() -> None:
+    card = {"given": "cat", "suggested": "dog", "predicted": "dog", "category": H}
+    short = run_script(f"review.choicesFor({json.dumps(card)}, ['bird', 'cat', 'dog', 'fox'], false)")
+    assert [value for value, _ in short] == ["", "clean", "hq:dog", "lq"]
+    full = run_script(f"review.choicesFor({json.dumps(card)}, ['bird', 'cat', 'dog', 'fox'], true)")
+    assert [value for value, _ in full] == ["", "clean", "hq:dog", "lq", "hq:bird", "hq:fox"]
+    # Agreeing with a card is choosing its own verdict; a wrong label with no suggestion has none to agree with.
+    agree = [
+        run_script(f"review.flaggedValue({json.dumps({**card, **change})})")
+        for change in ({}, {"category": L}, {"category": C}, {"suggested": ""})
+    ]
+    assert agree == ["hq:dog", "lq", "clean", ""]
