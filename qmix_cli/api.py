@@ -729,6 +729,7 @@ def show(
     top: int = 12,
     force: bool = False,
     group_column: str | None = None,
+    review: str | Path | pd.DataFrame | None = None,
     console: Console | None = None,
     quiet: bool = False,
 ) -> Path:
@@ -757,6 +758,9 @@ def show(
     group_column
         The column of ``data``'s manifest saying which images belong together, for the section by group (default:
         the column a Parquet report's audit grouped by; CSV and JSON Lines reports record none).
+    review
+        A review sheet (as `apply` takes it: the CSV the page downloads, or a DataFrame) whose verdicts the page's
+        review starts with, a colleague's or one's own from another browser (default: none).
     console
         A `rich.console.Console` on which thumbnails whose images are not found are said; with None (default) a
         `UserWarning` says it.
@@ -770,7 +774,15 @@ def show(
     """
     from qmix_cli.reporting.html import write_html_report
 
-    _check_paths(report=report, out=out, run=run, data=data, frames=("report",), optional=("run", "data"))
+    _check_paths(
+        report=report,
+        out=out,
+        run=run,
+        data=data,
+        review=review,
+        frames=("report", "review"),
+        optional=("run", "data", "review"),
+    )
 
     with _reporter(console, quiet, of=show) as rep:
         return write_html_report(
@@ -782,6 +794,7 @@ def show(
             warn=rep.log if console is not None or quiet else _python_warning(show),
             force=force,
             group_column=group_column,
+            review=review,
         )
 
 

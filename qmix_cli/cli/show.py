@@ -48,6 +48,13 @@ def show_command(
             show_default="the column a Parquet report's audit grouped by",
         ),
     ] = None,
+    review: Annotated[
+        str | None,
+        typer.Option(
+            help="Review sheet (as qmix apply --review takes it) whose verdicts the page's review starts with: a "
+            "colleague's, or your own from another browser."
+        ),
+    ] = None,
     force: Annotated[
         bool,
         typer.Option(
@@ -60,8 +67,8 @@ def show_command(
 
     st = state(ctx)
     path = show(
-        report, out=out, run=run, data=data, top=top, force=force, group_column=group_column, console=st.err,
-        quiet=st.quiet,
+        report, out=out, run=run, data=data, top=top, force=force, group_column=group_column, review=review,
+        console=st.err, quiet=st.quiet,
     )  # fmt: skip
     st.err.print(f"wrote {bold(path)}", highlight=False, soft_wrap=True)
 

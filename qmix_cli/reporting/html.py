@@ -55,6 +55,7 @@ from qmix_cli.io import (
 )
 from qmix_cli.reporting.groups import report_groups, summarise_groups, units_of_rows
 from qmix_cli.reporting.report import REPORT_SCHEMA, check_same_images, check_verdict_rows, read_report, run_digest
+from qmix_cli.reporting.review import page_verdicts, read_review
 
 #: Okabe–Ito colours (safe for the common colour-vision deficiencies), one per category in CATEGORIES order.
 PALETTE: tuple[str, str, str] = ("#0072B2", "#E69F00", "#CC79A7")
@@ -553,6 +554,7 @@ def write_html_report(
     warn: Callable[[str], None] | None = None,
     force: bool = False,
     group_column: str | None = None,
+    review: str | Path | pd.DataFrame | None = None,
 ) -> Path:
     """Write one self-contained HTML page for a report (atomically) and return its path.
 
@@ -581,6 +583,9 @@ def write_html_report(
     group_column
         The dataset manifest's column saying which images belong together, for the section by group (default: the
         column a Parquet report's audit grouped by; CSV and JSON Lines reports record none).
+    review
+        A review sheet (`qmix_cli.reporting.review`) whose verdicts the page's review starts with: a colleague's, or
+        one's own from another browser. The cards still show the audit's verdicts.
 
     Raises
     ------
@@ -636,6 +641,10 @@ def write_html_report(
             "(a manifest cannot hold them: the report was edited); they are shown as placeholders"
         )
     groups = _report_groups(frame, meta, data, warn, column=group_column)
+    if review is not None:
+        if top == 0:
+            raise QmixError("--review starts the review on the page's cards, and --top 0 shows none; give --top N")
+        review = page_verdicts(frame, review if isinstance(review, pd.DataFrame) else read_review(review))
     page = render_page(
         frame,
         meta=meta,
@@ -645,6 +654,7 @@ def write_html_report(
         max_points=max_points,
         source="" if is_table else report,
         groups=groups,
+        review=review or {},
     )
     try:
         atomic_write_text(out, page)
@@ -770,9 +780,11 @@ def render_page(
     max_points: int,
     source: str | Path = "",
     groups: tuple[str, pd.Series] | None = None,
+    review: dict[str, dict[str, str]] | None = None,
 ) -> str:
     """The whole HTML document for a report frame (see :func:`write_html_report`); ``groups``, the column and each
-    row's value of it, adds the section by group."""
+    row's value of it, adds the section by group; ``review``, verdicts to start the review with
+    (`qmix_cli.reporting.review.page_verdicts`)."""
     class_names = _class_names(frame, meta)
     cats = frame["category"].astype(str).to_numpy()
     codes = category_codes(cats)
@@ -790,7 +802,7 @@ def render_page(
         sections.append(groups_section_html(frame, groups[1], column=groups[0], root=root, top=top))
     if top > 0:  # cards to give verdicts on: the review bar under the header, its script at the end
         sections.insert(1, review_bar_html(meta, source=source, sheet=review_sheet_name(source)))
-        sections.append(review_script_html(frame, meta, class_names, source=source))
+        sections.append(review_script_html(frame, meta, class_names, source=source, review=review or {}))
     if run_dir is not None:
         sections.append(_curves_section(run_dir))
     title = f"{_TITLE} — {Path(str(source)).name}" if source else _TITLE
@@ -871,15 +883,22 @@ def review_bar_html(meta: dict[str, str], *, source: str | Path, sheet: str) -> 
 
 
 def review_script_html(
-    frame: pd.DataFrame, meta: dict[str, str], class_names: Sequence[str], *, source: str | Path
+    frame: pd.DataFrame,
+    meta: dict[str, str],
+    class_names: Sequence[str],
+    *,
+    source: str | Path,
+    review: dict[str, dict[str, str]],
 ) -> str:
-    """The review's data (the classes a card can be relabelled to, the sheet's name, the key its verdicts are kept
-    under in the browser: one per report) and its script, ``review.js``."""
-    identity = [Path(str(source)).name, meta.get("created_at", ""), meta.get("run_digest", ""), len(frame)]
+    """The review's data (the classes a card can be relabelled to, the sheet's name, the verdicts it starts with,
+    the key its verdicts are kept under in the browser: one per report and starting sheet) and its script,
+    ``review.js``."""
+    identity = [Path(str(source)).name, meta.get("created_at", ""), meta.get("run_digest", ""), len(frame), review]
     data = {
         "classes": [str(c) for c in class_names],
         "sheet": review_sheet_name(source),
-        "key": hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16],
+        "decisions": review,
+        "key": hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16],
     }
     # As JSON inside a script element: "<" and every character beyond ASCII written as escapes, so that no label can
     # close the element or hold a direction-setting character in the page's source.

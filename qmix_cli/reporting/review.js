@@ -63,12 +63,20 @@
   if (typeof module !== "undefined" && module.exports) module.exports = api;
   if (typeof document === "undefined") return;
 
+  // Stored verdicts are {sample_id: {value, given, flagged}}: the decision, the given label (for the sheet, whether
+  // or not this page shows the card) and the decision that agrees with the audit (to count the overruled ones).
+  function isVerdict(entry) {
+    return entry && typeof entry === "object" && typeof entry.value === "string" && entry.value !== "";
+  }
+
+  // What this browser kept under `key`, or null where it kept nothing.
   function load(key) {
     try {
-      const saved = JSON.parse(root.localStorage.getItem(key) || "{}");
-      return saved && typeof saved === "object" ? saved : {};
+      const saved = JSON.parse(root.localStorage.getItem(key));
+      if (!saved || typeof saved !== "object") return null;
+      return Object.fromEntries(Object.entries(saved).filter(([, entry]) => isVerdict(entry)));
     } catch (error) {
-      return {}; // storage refused (a private window, a policy): the review lasts as long as the page
+      return null; // storage refused (a private window, a policy): the review lasts as long as the page
     }
   }
 
@@ -86,7 +94,9 @@
     if (!source || !bar) return;
     const data = JSON.parse(source.textContent);
     const key = "qmix-review:" + data.key;
-    let decisions = load(key);
+    // A sheet given to `qmix show --review` is where the review starts (the key is of the report and the sheet); once
+    // anything is decided, this browser's copy is the review, "forget" included.
+    let decisions = load(key) || Object.assign({}, data.decisions || {});
     const figures = Array.from(document.querySelectorAll("figure.thumb[data-id]"));
     const card = (figure) => ({
       id: figure.dataset.id,
@@ -96,9 +106,10 @@
       predicted: figure.dataset.predicted || "",
     });
     const menus = [];
+    const valueOf = (id) => (decisions[id] ? decisions[id].value : "");
 
     function fill(menu, info, all) {
-      const value = decisions[info.id] || "";
+      const value = valueOf(info.id);
       menu.textContent = "";
       for (const [choice, text] of choicesFor(info, data.classes, all || (value && !choicesHave(info, value)))) {
         menu.add(new Option(text, choice));
@@ -111,25 +122,27 @@
     function show() {
       const only = bar.querySelector(".only-class").value;
       const hide = bar.querySelector(".hide-decided").checked;
+      const shown = new Set();
       for (const { figure, menu, info } of menus) {
-        const value = decisions[info.id] || "";
+        const value = valueOf(info.id);
         if (menu.value !== value) fill(menu, info, menu.dataset.full === "1");
         figure.classList.toggle("decided", value !== "");
         figure.classList.toggle("overruled", value !== "" && value !== flaggedValue(info));
         figure.hidden = (only !== "" && info.given !== only) || (hide && value !== "");
+        shown.add(info.id);
       }
-      const count = Object.keys(decisions).length;
-      const overruled = menus.filter(({ info }) => decisions[info.id] && decisions[info.id] !== flaggedValue(info));
-      const changed = new Set(overruled.map(({ info }) => info.id)).size;
-      bar.querySelector(".count").textContent = count + " reviewed, " + changed + " overruled";
-      bar.querySelector(".download").disabled = count === 0;
+      const entries = Object.entries(decisions);
+      const overruled = entries.filter(([, entry]) => entry.value !== entry.flagged).length;
+      const elsewhere = entries.filter(([id]) => !shown.has(id)).length;
+      bar.querySelector(".count").textContent =
+        entries.length + " reviewed, " + overruled + " overruled" +
+        (elsewhere ? " (" + elsewhere + " of them on images this page does not show)" : "");
+      bar.querySelector(".download").disabled = entries.length === 0;
     }
 
-    function decide(id, value) {
-      if (value) decisions[id] = value;
-      else delete decisions[id];
-      save(key, decisions);
-      show();
+    function decide(info, value) {
+      if (value) decisions[info.id] = { value, given: info.given, flagged: flaggedValue(info) };
+      else delete decisions[info.id];
     }
 
     for (const figure of figures) {
@@ -145,14 +158,14 @@
       };
       menu.addEventListener("focus", widen);
       menu.addEventListener("pointerdown", widen);
-      menu.addEventListener("change", () => decide(info.id, menu.value));
+      menu.addEventListener("change", () => {
+        decide(info, menu.value);
+        save(key, decisions);
+        show();
+      });
       figure.querySelector("figcaption").appendChild(menu);
       menus.push({ figure, menu, info });
     }
-
-    // Verdicts kept for images this page no longer shows (a page written again with another --top) are let go.
-    const shown = new Set(menus.map(({ info }) => info.id));
-    decisions = Object.fromEntries(Object.entries(decisions).filter(([id]) => shown.has(id)));
 
     // A section's cards the reviewer agrees with, in one go, once the ones they disagree with are set.
     for (const section of document.querySelectorAll(".thumbs[data-verdict]")) {
@@ -161,8 +174,8 @@
       button.textContent = "Agree with the remaining cards above";
       button.addEventListener("click", () => {
         for (const { figure, info } of menus) {
-          if (section.contains(figure) && !figure.hidden && !decisions[info.id] && flaggedValue(info)) {
-            decisions[info.id] = flaggedValue(info);
+          if (section.contains(figure) && !figure.hidden && !valueOf(info.id) && flaggedValue(info)) {
+            decide(info, flaggedValue(info));
           }
         }
         save(key, decisions);
@@ -176,14 +189,11 @@
     only.addEventListener("change", show);
     bar.querySelector(".hide-decided").addEventListener("change", show);
     bar.querySelector(".download").addEventListener("click", () => {
-      const seen = new Set();
-      const rows = [];
-      for (const { info } of menus) {
-        if (decisions[info.id] && !seen.has(info.id)) {
-          seen.add(info.id);
-          rows.push({ sample_id: info.id, given_label: info.given, value: decisions[info.id] });
-        }
-      }
+      // Every verdict given, the cards' in the page's order first: none is lost for not being shown here.
+      const order = [...new Set([...menus.map(({ info }) => info.id), ...Object.keys(decisions)])];
+      const rows = order
+        .filter((id) => decisions[id])
+        .map((id) => ({ sample_id: id, given_label: decisions[id].given || "", value: decisions[id].value }));
       const link = document.createElement("a");
       link.href = URL.createObjectURL(new Blob([reviewCsv(rows)], { type: "text/csv" }));
       link.download = data.sheet;

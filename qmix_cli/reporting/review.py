@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from qmix_cli.categories import CATEGORIES, MIS_H
+from qmix_cli.categories import CATEGORIES, MIS_H, MIS_L
 from qmix_cli.errors import QmixError, summarise_offenders
 from qmix_cli.io import csv_header, is_pipe_or_device
 from qmix_cli.reporting.report import check_verdict_rows, given_label_mismatches
@@ -121,3 +121,33 @@ def overrule(report: pd.DataFrame, review: pd.DataFrame) -> Reviewed:
     out.iloc[where, out.columns.get_loc("suggested_label")] = suggested
     out.attrs = dict(report.attrs)
     return Reviewed(report=out, ids=review["sample_id"].tolist(), overruled=int(changed.sum()))
+
+
+def page_verdicts(report: pd.DataFrame, review: pd.DataFrame) -> dict[str, dict[str, str]]:
+    """The verdicts of ``review`` as the page of ``qmix show --review`` starts its review with them (``review.js``):
+    ``{sample_id: {"value": ..., "given": ..., "flagged": ...}}``, ``value`` the reviewer's decision and ``flagged``
+    the one that agrees with the audit, each ``"clean"``, ``"lq"`` or ``"hq:LABEL"`` (``""``: a wrong label the
+    audit suggests nothing for).
+
+    Raises
+    ------
+    QmixError
+        As `overrule`; and a ``mislabeled_hq`` row without a suggested label, which the page has no decision for.
+    """
+    reviewed = overrule(report, review)
+    before = report.assign(sample_id=report["sample_id"].astype(str)).set_index("sample_id").loc[reviewed.ids]
+    after = reviewed.report.assign(sample_id=reviewed.report["sample_id"].astype(str)).set_index("sample_id")
+    after = after.loc[reviewed.ids]
+    if unsure := after.index[(after["category"] == CATEGORIES[MIS_H]) & after["suggested_label"].isna()].tolist():
+        raise QmixError(summarise_offenders("review rows of mislabeled_hq without a suggested label", unsure))
+    return {
+        sample_id: {"value": _decision(verdict), "given": str(verdict["given_label"]), "flagged": _decision(audit)}
+        for (sample_id, verdict), (_, audit) in zip(after.iterrows(), before.iterrows(), strict=True)
+    }
+
+
+def _decision(row: pd.Series) -> str:
+    """A report row's verdict as the page's script writes a decision."""
+    if row["category"] == CATEGORIES[MIS_H]:
+        return "" if pd.isna(row["suggested_label"]) else f"hq:{row['suggested_label']}"
+    return "lq" if row["category"] == CATEGORIES[MIS_L] else "clean"

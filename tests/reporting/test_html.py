@@ -732,6 +732,28 @@ def test_cards_carry_their_values_exactly_for_the_review_and_the_page_its_classe
     assert "<script" not in page and 'id="review"' not in page
 
 
+def test_a_review_sheet_given_to_the_page_is_where_its_review_starts(report, tmp_path):
+    path, data, rows = report
+    flagged = rows[rows["category"] == "mislabeled_lq"].iloc[0]
+    sheet = pd.DataFrame({"sample_id": [flagged["sample_id"]], "category": ["clean"]})
+    sheet.to_csv(tmp_path / "sheet.csv", index=False)
+
+    def review_data(page: Path) -> dict:
+        found = re.search(r'<script type="application/json" id="qmix-review-data">(.*?)</script>', page.read_text())
+        return json.loads(found.group(1))
+
+    plain = review_data(write_html_report(path, out=tmp_path / "a.html", data=data))
+    started = review_data(write_html_report(path, out=tmp_path / "b.html", data=data, review=tmp_path / "sheet.csv"))
+    assert plain["decisions"] == {}
+    given = str(flagged["given_label"])
+    assert started["decisions"] == {flagged["sample_id"]: {"value": "clean", "given": given, "flagged": "lq"}}
+    assert started["key"] != plain["key"]  # a browser's review of the page without the sheet does not hide it
+    with pytest.raises(QmixError, match="1 review row of images the report does not have: nope"):
+        write_html_report(path, out=tmp_path / "c.html", data=data, review=sheet.assign(sample_id="nope"))
+    with pytest.raises(QmixError, match="--top 0 shows none"):
+        write_html_report(path, out=tmp_path / "c.html", data=data, review=sheet, top=0)
+
+
 def test_no_thumbnails_asked_for_is_not_said_as_an_empty_group(report, tmp_path, write_image):
     path, data, rows = report
     page = write_html_report(path, out=tmp_path / "r.html", data=data, top=0).read_text()

@@ -14,7 +14,7 @@ import pytest
 
 from qmix_cli.categories import CATEGORIES
 from qmix_cli.errors import QmixError
-from qmix_cli.reporting.review import overrule, read_review
+from qmix_cli.reporting.review import overrule, page_verdicts, read_review
 
 C, H, L = CATEGORIES
 
@@ -101,6 +101,17 @@ def test_a_missing_or_unreadable_sheet_is_one_clear_error(tmp_path: Path) -> Non
     (tmp_path / "bin.csv").write_bytes(b"\xff\xfe\x00\x81" * 10)
     with pytest.raises(QmixError, match="cannot read review"):
         read_review(tmp_path / "bin.csv")
+
+
+def test_a_sheet_starts_the_pages_review_as_its_script_keeps_verdicts() -> None:
+    review = sheet(sample_id=["plain", "007", IDS[0]], category=[C, H, H], suggested_label=[None, "dog", "dog"])
+    assert page_verdicts(report(), review) == {
+        "plain": {"value": "clean", "given": "bird, grey", "flagged": "hq:cat"},
+        "007": {"value": "hq:dog", "given": "cat", "flagged": "lq"},
+        IDS[0]: {"value": "hq:dog", "given": "cat", "flagged": "hq:dog"},  # agreeing with the audit
+    }
+    with pytest.raises(QmixError, match="1 review row of mislabeled_hq without a suggested label: 007"):
+        page_verdicts(report(), sheet(sample_id=["007"], category=[H]))
 
 
 # --------------------------------------------------------------------------------------------------- review.js
