@@ -106,8 +106,9 @@ def apply_verdicts(
         Given labels whose images stay as they are whatever their verdict: classes too small for the audit to judge
         (`qmix_cli.categories.small_classes` of the training set).
     reviewed
-        Ids of images whose verdict a person gave (`qmix_cli.reporting.review.overrule`): carried out whatever
-        ``keep_classes`` says, a reviewer's decision not being the audit's guess.
+        Ids of images whose verdict a person gave (`qmix_cli.reporting.review.overrule`): carried out as given
+        (``mislabeled_hq`` relabelled, ``mislabeled_lq`` dropped) whatever ``hq``, ``lq`` and ``keep_classes`` say,
+        which are rules for the audit's verdicts, a reviewer's decision not being the audit's guess.
 
     Returns
     -------
@@ -130,10 +131,11 @@ def apply_verdicts(
     verdict = rep["category"].fillna("").astype(str).to_numpy()
     # Kept as they are: the images of those classes that their verdict's action would change.
     acted_on = ((verdict == CATEGORIES[MIS_H]) & (hq != "keep")) | ((verdict == CATEGORIES[MIS_L]) & (lq == "drop"))
-    rare = np.isin(given, list(keep_classes)) & acted_on & ~ids.isin(set(reviewed)).to_numpy()
+    person = ids.isin(set(reviewed)).to_numpy()  # a person's verdict is carried out as given, whatever the options say
+    rare = np.isin(given, list(keep_classes)) & acted_on & ~person
     is_hq, is_lq = (verdict == CATEGORIES[MIS_H]) & ~rare, (verdict == CATEGORIES[MIS_L]) & ~rare
-    drop = (is_hq & (hq == "drop")) | (is_lq & (lq == "drop")) | (missing & (on_missing == "drop"))
-    relabel = is_hq & (hq == "relabel")
+    drop = (is_hq & (hq == "drop") & ~person) | (is_lq & ((lq == "drop") | person)) | (missing & (on_missing == "drop"))
+    relabel = is_hq & ((hq == "relabel") | person)
     suggested = rep["suggested_label"].to_numpy(dtype=object)
     unsure = relabel & pd.isna(suggested)
     suggested = np.where(pd.isna(suggested), None, suggested.astype(str))  # labels are text, as in the manifest

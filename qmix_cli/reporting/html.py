@@ -467,8 +467,9 @@ def thumbnail_card_html(row: dict[str, Any], uri: str | None) -> str:
 
 
 def _review_attributes(row: dict[str, Any]) -> str:
-    """What the page's review script (``review.js``) needs of a card, as ``data-`` attributes: the values exactly
-    (escaped, not made visible as `_e` makes them: they go back into the review sheet and must match the report)."""
+    """What the page's review script (``review.js``) needs of a card, as ``data-`` attributes: the values exactly,
+    each a JSON string in ASCII (they go back into the review sheet and must match the report: an HTML parser turns
+    a carriage return in an attribute into a line feed and a NUL into U+FFFD, and JSON's escapes it leaves alone)."""
     values = {
         "id": row["sample_id"],
         "given": row["given_label"],
@@ -477,16 +478,10 @@ def _review_attributes(row: dict[str, Any]) -> str:
         "predicted": row.get("predicted_label"),
     }
     return "".join(
-        f' data-{name}="{_attribute(value)}"'
+        f' data-{name}="{html.escape(json.dumps(str(value)), quote=True)}"'
         for name, value in values.items()
         if value is not None and not (isinstance(value, float) and math.isnan(value))
     )
-
-
-def _attribute(value: Any) -> str:
-    """``value`` exactly, as an attribute's text: escaped, and its direction-setting characters written as character
-    references, which the browser reads back as they were but which cannot act on the page's source."""
-    return _BIDI_CONTROLS.sub(lambda m: f"&#x{ord(m.group()):04x};", html.escape(str(value), quote=True))
 
 
 # --------------------------------------------------------------------------------------------------- page
@@ -494,7 +489,8 @@ def _attribute(value: Any) -> str:
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#222;background:#f6f6f4}
 main{max-width:1180px;margin:0 auto;padding:20px 28px 48px}
-h1{font-size:24px;margin:0 0 4px}h2{font-size:18px;margin:30px 0 10px;border-bottom:1px solid #ddd;padding-bottom:4px}
+h1{font-size:24px;margin:0 0 4px}h2{font-size:18px;margin:30px 0 10px;border-bottom:1px solid #ddd;padding-bottom:4px;
+scroll-margin-top:110px}
 h3{font-size:15px;margin:18px 0 8px;font-weight:normal}
 .meta{color:#555;margin:0 0 10px}.meta b{color:#222}.note{color:#666;font-size:13px}
 .legend{display:flex;flex-wrap:wrap;gap:18px;margin:10px 0}.key{white-space:nowrap}
@@ -869,14 +865,15 @@ def review_bar_html(meta: dict[str, str], *, source: str | Path, sheet: str) -> 
     report = shlex.quote(str(source)) if source else "REPORT"
     command = f"qmix apply {dataset} --report {report} --review {shlex.quote(sheet)} --out fixed.parquet"
     return (
-        '<div id="review" class="review" hidden><b>Review</b> <span class="count"></span> '
+        '<div id="review" class="review" hidden><b>Review</b> <span class="count" aria-live="polite"></span> '
         '<button type="button" class="download">Download review sheet</button> '
         '<button type="button" class="clear">Forget verdicts</button> '
         '<label>given label <select class="only-class"><option value="">all</option></select></label> '
         '<label><input type="checkbox" class="hide-decided"> hide reviewed</label>'
         '<div class="note">Give your verdict in the menu of each card you check (kept in this browser), download '
-        f"the sheet, then: <code>{_t(command)}</code>. The sheet overrules the report on the images it lists; the "
-        "others keep the audit's verdicts.</div></div>"
+        f"the sheet, then, with the path your browser saved it to: <code>{_t(command)}</code>. The sheet overrules "
+        "the report on the images it lists, whatever apply's options say; the others keep the audit's verdicts.</div>"
+        "</div>"
         '<noscript><p class="note">With JavaScript on, each card has a menu for your verdict and the page downloads '
         "them as a review sheet for qmix apply --review.</p></noscript>"
     )
@@ -893,7 +890,11 @@ def review_script_html(
     """The review's data (the classes a card can be relabelled to, the sheet's name, the verdicts it starts with,
     the key its verdicts are kept under in the browser: one per report and starting sheet) and its script,
     ``review.js``."""
-    identity = [Path(str(source)).name, meta.get("created_at", ""), meta.get("run_digest", ""), len(frame), review]
+    # The report's name and its rows' ids, labels and verdicts: a CSV report records no creation time, and a new audit
+    # written over it must not inherit the old one's review.
+    rows = pd.util.hash_pandas_object(frame[["sample_id", "given_label", "category"]].astype(str), index=False)
+    content = hashlib.sha256(rows.to_numpy().tobytes()).hexdigest()
+    identity = [Path(str(source)).name, meta.get("created_at", ""), meta.get("run_digest", ""), content, review]
     data = {
         "classes": [str(c) for c in class_names],
         "sheet": review_sheet_name(source),

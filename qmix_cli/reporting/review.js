@@ -98,24 +98,25 @@
     // anything is decided, this browser's copy is the review, "forget" included.
     let decisions = load(key) || Object.assign({}, data.decisions || {});
     const figures = Array.from(document.querySelectorAll("figure.thumb[data-id]"));
+    // Each value is a JSON string (html.py, `_review_attributes`): exact, whatever characters an id holds.
+    const field = (figure, name) => (name in figure.dataset ? JSON.parse(figure.dataset[name]) : "");
     const card = (figure) => ({
-      id: figure.dataset.id,
-      given: figure.dataset.given,
-      category: figure.dataset.category,
-      suggested: figure.dataset.suggested || "",
-      predicted: figure.dataset.predicted || "",
+      id: field(figure, "id"),
+      given: field(figure, "given"),
+      category: field(figure, "category"),
+      suggested: field(figure, "suggested"),
+      predicted: field(figure, "predicted"),
     });
     const menus = [];
     const valueOf = (id) => (decisions[id] ? decisions[id].value : "");
 
     function fill(menu, info, all) {
       const value = valueOf(info.id);
+      const wide = all || (value !== "" && !choicesHave(info, value));
       menu.textContent = "";
-      for (const [choice, text] of choicesFor(info, data.classes, all || (value && !choicesHave(info, value)))) {
-        menu.add(new Option(text, choice));
-      }
+      for (const [choice, text] of choicesFor(info, data.classes, wide)) menu.add(new Option(text, choice));
       menu.value = value;
-      menu.dataset.full = all ? "1" : "";
+      menu.dataset.full = wide ? "1" : "";
     }
     const choicesHave = (info, value) => choicesFor(info, data.classes, false).some(([v]) => v === value);
 
@@ -147,6 +148,8 @@
 
     for (const figure of figures) {
       const info = card(figure);
+      // A verdict kept for the image under another label (a report written again after relabelling) is stale.
+      if (decisions[info.id] && decisions[info.id].given !== info.given) delete decisions[info.id];
       const menu = document.createElement("select");
       menu.className = "decide";
       menu.setAttribute("aria-label", "your verdict on " + info.id);
@@ -158,6 +161,7 @@
       };
       menu.addEventListener("focus", widen);
       menu.addEventListener("pointerdown", widen);
+      menu.addEventListener("blur", () => fill(menu, info, false)); // narrow again: a page of open menus is slow
       menu.addEventListener("change", () => {
         decide(info, menu.value);
         save(key, decisions);
@@ -172,6 +176,7 @@
       const button = document.createElement("button");
       button.type = "button";
       button.textContent = "Agree with the remaining cards above";
+      button.setAttribute("aria-label", "Agree with the remaining " + section.dataset.verdict + " cards");
       button.addEventListener("click", () => {
         for (const { figure, info } of menus) {
           if (section.contains(figure) && !figure.hidden && !valueOf(info.id) && flaggedValue(info)) {
@@ -200,6 +205,7 @@
       document.body.appendChild(link);
       link.click();
       link.remove();
+      setTimeout(() => URL.revokeObjectURL(link.href), 0);
     });
     bar.querySelector(".clear").addEventListener("click", () => {
       if (root.confirm("Forget every verdict given on this page?")) {

@@ -232,6 +232,16 @@ def test_a_reviewers_verdict_on_a_rare_class_is_carried_out() -> None:
     assert applied.counts["kept_rare"] == 1 and applied.counts["relabelled"] == 2
 
 
+@pytest.mark.parametrize(("hq", "lq"), [("drop", "drop"), ("keep", "keep"), ("relabel", "keep")])
+def test_a_reviewers_verdict_is_carried_out_whatever_the_actions_for_the_audits(hq: str, lq: str) -> None:
+    # s2 (mislabeled_hq) and s4 (mislabeled_lq) as a person decided: relabelled and dropped; the others by the rules.
+    out = apply_verdicts(manifest(), report(), hq=hq, lq=lq, reviewed=["s2", "s4"]).frame.set_index("sample_id")
+    assert out.loc["s2", "label"] == "dog" and "s4" not in out.index
+    assert ("s3" in out.index) == (hq != "drop") and ("s5" in out.index) == (lq == "keep")
+    if "s3" in out.index:
+        assert out.loc["s3", "label"] == ("cat" if hq == "relabel" else "dog")
+
+
 def test_a_second_round_keeps_the_first_given_label() -> None:
     first = apply_verdicts(manifest(), report(), lq="keep").frame
     # Round two: s2 (relabelled dog) is flagged again and relabelled back; its first label stays traceable.

@@ -710,18 +710,22 @@ def test_user_text_is_isolated_so_a_right_to_left_override_cannot_reorder_the_pa
 
 
 def test_cards_carry_their_values_exactly_for_the_review_and_the_page_its_classes(tmp_path, write_image):
-    # The review sheet's ids must match the report's: the cards' data attributes read back exactly, direction marks
-    # and markup included, while the page's source holds neither (character references, JSON escapes).
+    # The review sheet's ids must match the report's: the cards' data attributes read back exactly, direction marks,
+    # markup, carriage returns and NULs (which an HTML parser changes in an attribute) included, while the page's
+    # source holds none of them (JSON escapes).
     path, data, _ = make_report(tmp_path, write_image, n=12)
     frame = pd.read_parquet(path)
     frame["given_label"] = frame["given_label"].where(frame["given_label"] != "cat", "cat\u202e</script>")
+    frame["sample_id"] = frame["sample_id"] + np.where(np.arange(len(frame)) % 2, "\r\n", "\x00")
     frame.to_parquet(tmp_path / "odd.parquet")
-    page = write_html_report(tmp_path / "odd.parquet", out=tmp_path / "r.html", data=data, top=100).read_text()
+    written = write_html_report(tmp_path / "odd.parquet", out=tmp_path / "r.html", data=data, top=100)
+    page = written.read_bytes().decode("utf-8")  # as written: no line ending translated
     cards = re.findall(r'<figure class="thumb" data-id="([^"]*)" data-given="([^"]*)" data-category="([^"]*)"', page)
     flagged = frame[frame["category"] != "clean"]
-    assert sorted((html_unescape(i), html_unescape(g), c) for i, g, c in cards) == sorted(
-        zip(flagged["sample_id"], flagged["given_label"], flagged["category"], strict=True)
-    )
+    read = sorted(tuple(json.loads(html_unescape(value)) for value in card) for card in cards)
+    assert read == sorted(zip(flagged["sample_id"], flagged["given_label"], flagged["category"], strict=True))
+    tags = re.findall(r"<figure[^>]*>", page)
+    assert tags and not any("\r" in tag or "\x00" in tag for tag in tags)
     assert "\u202e" not in page and page.count("</script>") == 2  # the data's and the script's own
     data_json = re.search(r'<script type="application/json" id="qmix-review-data">(.*?)</script>', page).group(1)
     review = json.loads(data_json)

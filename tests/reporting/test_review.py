@@ -72,6 +72,15 @@ def test_another_suggested_label_on_a_wrong_label_is_an_overruling() -> None:
             sheet(sample_id=["plain", "007"], category=[C, C], given_label=["bird, grey", "dog"]),
             "1 review row whose given label is not the report's: 007; is this a review of this report?",
         ),
+        # The report itself (or a copy): every row would become a person's decision, carried out whatever the options.
+        (report(), "the review has a report's columns (p_clean): a review sheet lists only the images a person"),
+        (sheet(sample_id=[], category=[]), "the review has no rows"),
+        (sheet(sample_id=["plain", "007"], category=[C, None]), "the review has 1 row without a category"),
+        (sheet(sample_id=["007"], category=[H]), "1 review row of mislabeled_hq without a suggested label: 007"),
+        (
+            sheet(sample_id=["007"], category=[H], suggested_label=["cat"]),
+            "1 review row relabelling an image to the label it has: 007; call them clean",
+        ),
     ],
 )
 def test_a_sheet_that_does_not_fit_the_report_is_refused(review: pd.DataFrame, message: str) -> None:
@@ -98,9 +107,21 @@ def test_a_sheet_saved_by_a_spreadsheet_reads(tmp_path: Path) -> None:
 def test_a_missing_or_unreadable_sheet_is_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(QmixError, match="review not found"):
         read_review(tmp_path / "nope.csv")
+    with pytest.raises(QmixError, match="is a folder; give the review sheet"):
+        read_review(tmp_path)
     (tmp_path / "bin.csv").write_bytes(b"\xff\xfe\x00\x81" * 10)
     with pytest.raises(QmixError, match="cannot read review"):
         read_review(tmp_path / "bin.csv")
+    report().to_parquet(tmp_path / "report.parquet")
+    with pytest.raises(QmixError, match="is a Parquet file; a review sheet is a CSV file"):
+        read_review(tmp_path / "report.parquet")
+    (tmp_path / "twice.csv").write_text("sample_id,category,category\n007,clean,mislabeled_lq\n", "utf-8")
+    with pytest.raises(QmixError, match=r"names column\(s\) category twice"):
+        read_review(tmp_path / "twice.csv")
+    # A field more than the header is an error, not an id column made the index (which read as category NaN).
+    (tmp_path / "long.csv").write_text("sample_id,category\n007,clean,extra\n", "utf-8")
+    with pytest.raises(QmixError, match="cannot read review"):
+        read_review(tmp_path / "long.csv")
 
 
 def test_a_sheet_starts_the_pages_review_as_its_script_keeps_verdicts() -> None:
@@ -110,8 +131,6 @@ def test_a_sheet_starts_the_pages_review_as_its_script_keeps_verdicts() -> None:
         "007": {"value": "hq:dog", "given": "cat", "flagged": "lq"},
         IDS[0]: {"value": "hq:dog", "given": "cat", "flagged": "hq:dog"},  # agreeing with the audit
     }
-    with pytest.raises(QmixError, match="1 review row of mislabeled_hq without a suggested label: 007"):
-        page_verdicts(report(), sheet(sample_id=["007"], category=[H]))
 
 
 # --------------------------------------------------------------------------------------------------- review.js
