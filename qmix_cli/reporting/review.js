@@ -59,7 +59,22 @@
     return lines.join("\r\n") + "\r\n";
   }
 
-  const api = { verdictOf, flaggedValue, choicesFor, reviewCsv };
+  // How often the reviewer agreed with each kind of flag: how far the rest of the audit can be trusted, from the
+  // likeliest cards (so an upper bound). `entries`: [{value, flagged}].
+  function confirmed(entries) {
+    const parts = [];
+    for (const [kind, isKind] of [
+      ["mislabeled_hq", (flag) => flag.startsWith("hq:")],
+      ["mislabeled_lq", (flag) => flag === "lq"],
+    ]) {
+      const judged = entries.filter((entry) => isKind(entry.flagged));
+      const agreed = judged.filter((entry) => entry.value === entry.flagged).length;
+      if (judged.length) parts.push(agreed + " of " + judged.length + " " + kind);
+    }
+    return parts.length ? "; confirmed " + parts.join(", ") : "";
+  }
+
+  const api = { verdictOf, flaggedValue, choicesFor, reviewCsv, confirmed };
   if (typeof module !== "undefined" && module.exports) module.exports = api;
   if (typeof document === "undefined") return;
 
@@ -137,7 +152,8 @@
       const elsewhere = entries.filter(([id]) => !shown.has(id)).length;
       bar.querySelector(".count").textContent =
         entries.length + " reviewed, " + overruled + " overruled" +
-        (elsewhere ? " (" + elsewhere + " of them on images this page does not show)" : "");
+        (elsewhere ? " (" + elsewhere + " of them on images this page does not show)" : "") +
+        confirmed(entries.map(([, entry]) => entry));
       bar.querySelector(".download").disabled = entries.length === 0;
     }
 

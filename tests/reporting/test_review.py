@@ -174,3 +174,19 @@ def test_a_cards_menu_offers_the_likeliest_labels_first_and_never_its_own() -> N
         for change in ({}, {"category": L}, {"category": C}, {"suggested": ""})
     ]
     assert agree == ["hq:dog", "lq", "clean", ""]
+
+
+@pytest.mark.skipif(NODE is None, reason="needs node to run the page's script")
+def test_the_bar_says_how_often_the_reviewer_confirmed_each_kind_of_flag() -> None:
+    entries = [
+        {"value": "hq:dog", "flagged": "hq:dog"},
+        {"value": "clean", "flagged": "hq:dog"},
+        {"value": "hq:fox", "flagged": "hq:dog"},  # a wrong label, but not the suggested one: not a confirmation
+        {"value": "lq", "flagged": "lq"},
+        {"value": "lq", "flagged": "clean"},  # a card of the section by group the audit called clean
+    ]
+    assert (
+        run_script(f"review.confirmed({json.dumps(entries)})")
+        == "; confirmed 1 of 3 mislabeled_hq, 1 of 1 mislabeled_lq"
+    )
+    assert run_script("review.confirmed([])") == ""
