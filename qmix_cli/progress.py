@@ -20,8 +20,16 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 from qmix_cli.errors import one_line
+
+
+def plain(text: str) -> Text:
+    """``text`` (a note or a table cell quoting the user's labels, ids or paths) to print as written: no rich markup,
+    and control characters as escapes (`one_line`: a line break cannot split the line, an escape sequence cannot act
+    on the terminal)."""
+    return Text(one_line(text))
 
 
 class CommandLineConsole(Console):

@@ -7,8 +7,9 @@ from typing import Annotated
 import typer
 
 from qmix_cli.categories import SMALL_CLASS
-from qmix_cli.cli.common import bold, guarded, plain, state
+from qmix_cli.cli.common import bold, guarded, state
 from qmix_cli.errors import count_of, first_few
+from qmix_cli.progress import plain
 
 
 @guarded

@@ -17,7 +17,6 @@ from typing import Any, NoReturn, TypeVar
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.text import Text
 
 from qmix_cli.errors import QmixError, interrupted_status, one_line
 from qmix_cli.io import NO_SPACE, format_bytes, is_stream, send_to_null
@@ -141,12 +140,6 @@ def bold(text: object) -> str:
     """``text`` (a path, a name) in bold rich markup, escaped so that any "[...]" in it prints as written and on one
     line (`one_line`: a line break or a terminal's escape sequence in a path stays text)."""
     return f"[bold]{escape(one_line(str(text)))}[/]"
-
-
-def plain(text: str) -> Text:
-    """``text`` (a note quoting the user's class names or paths) to print as written: no rich markup, and control
-    characters as escapes (`one_line`)."""
-    return Text(one_line(text))
 
 
 def load_engine() -> None:

@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from qmix_cli.cli.common import folder_out, guarded, load_engine, plain, state
+from qmix_cli.cli.common import folder_out, guarded, load_engine, state
+from qmix_cli.progress import plain
 
 # Everything the demo writes in its folder (`run.previous`: the run a rerun replaces, until it is done).
 DEMO_OUTPUTS = frozenset({"noisy-digits", "run", "run.previous", "report.parquet", "report.html", "fixed.parquet"})

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
 from qmix_cli.categories import CATEGORIES, CLEAN, SMALL_CLASS, rare_class_verdicts
 from qmix_cli.errors import first_few
+from qmix_cli.progress import plain
 
 
 def rare_flagged(frame: pd.DataFrame) -> tuple[int, list[str]]:
@@ -59,7 +59,7 @@ def print_audit_summary(
     table by group went (``"-"``: stdout; None: nowhere)."""
     counts = frame["category"].value_counts()
     written = "" if out in (None, "-") else f" → {out}"
-    table = Table(title=Text(f"audit of {len(frame)} images{written}"), title_justify="left")  # a path is no markup
+    table = Table(title=plain(f"audit of {len(frame)} images{written}"), title_justify="left")  # a path: as written
     for col in ("category", "images", "share"):
         table.add_column(col, justify="left" if col == "category" else "right")
     for cat in CATEGORIES:
@@ -69,7 +69,7 @@ def print_audit_summary(
     if groups := frame.attrs.get("groups"):
         where = "" if groups_out in (None, "-") else f" → {groups_out} (one row per group and given label)"
         console.print(
-            Text(
+            plain(
                 f"{groups['flagged']:,} of {groups['groups']:,} groups by {groups['column']} have an image the audit "
                 f"flags{where}"
             )
@@ -92,7 +92,7 @@ def print_audit_summary(
             for name, flagged, size, rest in standout
         ]
         console.print(
-            Text(
+            plain(
                 f"note: the audit flags far more of {'these classes' if len(standout) > 1 else 'this class'} than of "
                 f"the rest: {first_few(shares)}; a small class the nets hesitate over, or one many wrong labels "
                 f"carry: look at {'their' if len(standout) > 1 else 'its'} flagged images (qmix show) before acting "
@@ -102,7 +102,7 @@ def print_audit_summary(
     rare, classes = rare_flagged(frame)
     if rare:
         console.print(
-            Text(
+            plain(
                 f"note: {rare:,} of the flagged images are of classes of fewer than {SMALL_CLASS} images "
                 f"({first_few(classes)}): each is judged by the other images of its class, so these verdicts say "
                 "little; check them by hand (qmix apply keeps them as they are)"
@@ -119,7 +119,7 @@ def _top_issues_table(top: pd.DataFrame) -> Table:
     for row in top.itertuples():
         suggestion = row.suggested_label if isinstance(row.suggested_label, str) else "— (fix or drop image)"
         cells = (str(row.rank), row.sample_id, row.given_label, suggestion, row.category, f"{row.p_clean:.3f}")
-        issues.add_row(*(Text(str(c)) for c in cells))  # Text: labels and ids are not markup
+        issues.add_row(*(plain(str(c)) for c in cells))  # labels and ids as written
     return issues
 
 
@@ -132,5 +132,5 @@ def _top_groups_table(rows: list[dict]) -> Table:
         flagged = f"{row['images'] - row['clean']} of {row['images']}"
         suggestion = row["suggested_label"] if isinstance(row["suggested_label"], str) else "—"
         cells = (row["rank"], row["group"], row["given_label"], flagged, suggestion, f"{row['issue_score']:.3f}")
-        table.add_row(*(Text(str(c)) for c in cells))  # Text: group names and labels are not markup
+        table.add_row(*(plain(str(c)) for c in cells))  # group names and labels as written
     return table

@@ -52,6 +52,16 @@ def test_a_narrow_terminal_shows_every_id_whole():
     assert "".join(cells) == "".join(frame["sample_id"])
 
 
+def test_labels_ids_and_paths_print_as_text_on_their_own_lines():
+    # A label with a terminal's escape sequence (this one clears the screen) and an id with a line break.
+    frame = _frame(["mislabeled_hq", "mislabeled_lq"], labels=["cat\x1b[2J", "dog"])
+    frame["sample_id"] = ["a\nb", "c"]
+    out = io.StringIO()
+    print_audit_summary(frame, Console(file=out, width=200), out="r\n.csv", groups_out=None)
+    said = out.getvalue()
+    assert "\x1b" not in said and "cat\\x1b[2J" in said and "a\\nb" in said and "r\\n.csv" in said
+
+
 def test_a_set_judged_clean_says_so_and_counts_what_was_left_out():
     frame = _frame(["clean"] * 4)
     assert "top issues" not in _said(frame) and "no issues: every image is judged clean" in _said(frame)
