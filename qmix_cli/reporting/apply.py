@@ -31,6 +31,8 @@ SHRINK_NOTE = 0.5
 # Columns the new manifest gains: the label the image had and the verdict that changed it (or not).
 GIVEN_COLUMN = "qmix_given_label"
 VERDICT_COLUMN = "qmix_verdict"
+# Whether that verdict was a person's (a review sheet's) rather than the audit's: who decided a change.
+REVIEWED_COLUMN = "qmix_reviewed"
 
 
 @dataclass(frozen=True)
@@ -41,8 +43,9 @@ class Applied:
     ----------
     frame
         The dataset's rows that stay, in their order, every column kept; ``label`` is the new label;
-        `GIVEN_COLUMN` the label before qmix first changed it (kept from an earlier round) and `VERDICT_COLUMN`
-        the report's category ("" where it has none). Truth columns written by ``qmix corrupt`` (``category``,
+        `GIVEN_COLUMN` the label before qmix first changed it (kept from an earlier round), `VERDICT_COLUMN`
+        the report's category ("" where it has none) and `REVIEWED_COLUMN` whether that verdict was a person's
+        (``reviewed``). Truth columns written by ``qmix corrupt`` (``category``,
         ``is_label_noisy``) describe the new labels.
     counts
         ``images`` (in the dataset), ``kept`` (rows of the new manifest), ``relabelled``, ``dropped_hq``,
@@ -156,7 +159,7 @@ def apply_verdicts(
         raise QmixError("every image would be dropped; nothing written")
 
     first_given = frame[GIVEN_COLUMN].astype(str).to_numpy() if GIVEN_COLUMN in frame else given
-    out = frame.assign(label=labels, **{GIVEN_COLUMN: first_given, VERDICT_COLUMN: verdict})
+    out = frame.assign(label=labels, **{GIVEN_COLUMN: first_given, VERDICT_COLUMN: verdict, REVIEWED_COLUMN: person})
     out = _updated_truth(out)[~drop].reset_index(drop=True)
     counts = {
         "images": len(frame),

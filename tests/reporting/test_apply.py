@@ -8,7 +8,14 @@ import pytest
 
 from qmix_cli.categories import CATEGORIES
 from qmix_cli.errors import QmixError
-from qmix_cli.reporting.apply import GIVEN_COLUMN, VERDICT_COLUMN, apply_verdicts, check_actions, integers_restored
+from qmix_cli.reporting.apply import (
+    GIVEN_COLUMN,
+    REVIEWED_COLUMN,
+    VERDICT_COLUMN,
+    apply_verdicts,
+    check_actions,
+    integers_restored,
+)
 
 C, H, L = CATEGORIES
 
@@ -237,6 +244,7 @@ def test_a_reviewers_verdict_is_carried_out_whatever_the_actions_for_the_audits(
     # s2 (mislabeled_hq) and s4 (mislabeled_lq) as a person decided: relabelled and dropped; the others by the rules.
     out = apply_verdicts(manifest(), report(), hq=hq, lq=lq, reviewed=["s2", "s4"]).frame.set_index("sample_id")
     assert out.loc["s2", "label"] == "dog" and "s4" not in out.index
+    assert out[REVIEWED_COLUMN].to_dict() == {i: i == "s2" for i in out.index}  # who decided each verdict
     assert ("s3" in out.index) == (hq != "drop") and ("s5" in out.index) == (lq == "keep")
     if "s3" in out.index:
         assert out.loc["s3", "label"] == ("cat" if hq == "relabel" else "dog")
