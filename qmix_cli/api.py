@@ -957,7 +957,7 @@ def apply(
         (classes that keep less than half of the images given them, smallest share first), ``by_class`` (per label, a
         dict of ``before``, ``kept``, ``relabelled_away``, ``dropped``, ``relabelled_to`` and ``after``), ``rare`` (the
         rare classes whose flagged images were kept as they are, with their sizes, smallest first), ``reviewed``
-        (rows of the review) and ``overruled`` (of those, the ones whose verdict or suggested label it changed) and
+        (rows of the review), ``overruled`` (of those, the ones whose verdict or suggested label it changed) and
         ``out``.
     """
     import json

@@ -16,9 +16,12 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from qmix_cli.errors import ConfigError, NoSpaceError, QmixError, UnwritableError
+if TYPE_CHECKING:
+    import pandas as pd
+
+from qmix_cli.errors import ConfigError, DataError, NoSpaceError, QmixError, UnwritableError
 
 # What a write on a full disk or past a quota fails with.
 NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -116,6 +119,47 @@ def csv_header(path: str | Path) -> tuple[str, list[str]]:
     fields = {sep: next(csv.reader([line], delimiter=sep), []) for sep in (",", ";", "\t")}
     sep = max(fields, key=lambda sep: (len(fields[sep]), sep == ","))
     return sep, fields[sep]
+
+
+def read_csv_text(path: str | Path, *, what: str, key_columns: Iterable[str]) -> pd.DataFrame:
+    """A CSV table (a manifest, a review sheet) as text columns, blank cells null.
+
+    The separator is `csv_header`'s and a byte-order mark is dropped. A column of ``key_columns`` named twice is
+    refused (pandas would rename the second ``label.1`` and read the first without a word), and so is a row with more
+    fields than the header (pandas would make its first field the index and shift the others along); the empty,
+    unnamed columns a separator at the end of every line makes are dropped. ``what`` names the file in errors.
+
+    Raises
+    ------
+    DataError
+        A key column named twice, a row too long, text that is not UTF-8, or a file pandas cannot read (its first
+        line of explanation).
+    """
+    import warnings
+
+    import pandas as pd
+
+    try:
+        sep, header = csv_header(path)
+        if twice := [name for name in key_columns if header.count(name) > 1]:
+            raise DataError(f"{path}: the column {twice[0]!r} is named {header.count(twice[0])} times; keep one")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)  # index_col=False's "data lost": refused
+            frame = pd.read_csv(
+                path, sep=sep, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8-sig", index_col=False
+            )
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"cannot read {what} {path}: it is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+            "save it as UTF-8"
+        ) from None
+    except pd.errors.ParserWarning:
+        raise DataError(f"cannot read {what} {path}: a row has more fields than its header") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        reason = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise DataError(f"cannot read {what} {path}: {reason}") from None
+    trailing = [c for c in frame.columns if str(c).startswith("Unnamed: ") and frame[c].isna().all()]
+    return frame.drop(columns=trailing)
 
 
 def check_out_file(path: str | Path, *, probe: bool = True) -> Path:

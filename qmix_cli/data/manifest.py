@@ -27,7 +27,7 @@ from qmix_cli.data.images import IMAGE_SUFFIXES, UNREADABLE_TIFF, WIDE_MODES, Im
 from qmix_cli.data.scan_cache import cached_scan, file_stats
 from qmix_cli.data.tiff import PILLOW_READS
 from qmix_cli.errors import ConfigError, DataError, count_of, first_few, summarise_offenders
-from qmix_cli.io import csv_header, is_one_of, is_pipe_or_device
+from qmix_cli.io import is_one_of, is_pipe_or_device, read_csv_text
 from qmix_cli.progress import Reporter, SilentReporter
 
 if TYPE_CHECKING:
@@ -229,19 +229,6 @@ def check_output_file(dataset: Dataset, out: str | Path, *, option: str = "--out
 _KEY_COLUMNS = ("sample_id", *REQUIRED_COLUMNS)
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
-    """A CSV manifest as text columns, by its separator (`csv_header`). A key column named twice is refused (pandas
-    would rename the second ``label.1`` and read the first without a word); the empty, unnamed columns a
-    trailing separator makes are dropped."""
-    sep, header = csv_header(path)
-    twice = [name for name in _KEY_COLUMNS if header.count(name) > 1]
-    if twice:
-        raise DataError(f"{path}: the column {twice[0]!r} is named {header.count(twice[0])} times; keep one")
-    frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""])
-    trailing = [c for c in frame.columns if str(c).startswith("Unnamed: ") and frame[c].isna().all()]
-    return frame.drop(columns=trailing)
-
-
 def _read_parquet(path: Path) -> pd.DataFrame:
     """A Parquet manifest; columns pandas saved as the index (``df.set_index("sample_id").to_parquet()``) come
     back as columns, not dropped: the ids are the user's."""
@@ -272,17 +259,14 @@ def _whole_numbers_as_integers(column: pd.Series) -> pd.Series:
 
 def _read_table(path: Path) -> pd.DataFrame:
     try:
-        return _read_csv(path) if path.suffix.lower() == ".csv" else _read_parquet(path)
+        if path.suffix.lower() == ".csv":
+            return read_csv_text(path, what="manifest", key_columns=_KEY_COLUMNS)
+        return _read_parquet(path)
     except FileNotFoundError:
         raise DataError(f"manifest not found: {path}") from None
     except DataError:
         raise
-    except UnicodeDecodeError as e:
-        raise DataError(
-            f"cannot read manifest {path}: it is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
-            "save it as UTF-8"
-        ) from None
-    except Exception as e:  # pandas/pyarrow raise many types for malformed files; their first line says what
+    except Exception as e:  # pyarrow raises many types for malformed files; their first line says what
         reason = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
         raise DataError(f"cannot read manifest {path}: {reason}") from None
 

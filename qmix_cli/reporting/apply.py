@@ -17,7 +17,7 @@ import pandas as pd
 
 from qmix_cli.categories import CATEGORIES, MIS_H, MIS_L, holds_verdicts, truth_categories
 from qmix_cli.errors import QmixError, summarise_offenders
-from qmix_cli.reporting.report import as_bool, check_verdict_rows, given_label_mismatches
+from qmix_cli.reporting.report import as_bool, given_label_mismatches, verdict_columns
 
 HQ_ACTIONS = ("relabel", "drop", "keep")
 LQ_ACTIONS = ("drop", "keep")
@@ -254,7 +254,7 @@ def _aligned_report(
     """The report's verdict columns in the dataset's row order (its ``ids``, (N,) text) and a (N,) bool mask of the
     rows it lacks, once it is known to be a report of this dataset: every row one of its images, with the label
     the dataset gives it (``given``, (N,) text). ``reapplied``: the dataset was written by `apply_verdicts`."""
-    rep = _indexed_report(report)
+    rep = verdict_columns(report)
     unknown = rep.index.difference(pd.Index(ids)).tolist()
     if unknown:
         again = " (this manifest was written by qmix apply: audit it afresh first)" if reapplied else ""
@@ -272,16 +272,6 @@ def _aligned_report(
             + "; is this the report of this dataset?"
         )
     return rep.reindex(ids), missing
-
-
-def _indexed_report(report: pd.DataFrame) -> pd.DataFrame:
-    """The report's verdict columns indexed by ``sample_id`` (as text), its ids and categories checked; as
-    objects, so that rows it lacks can be filled in whatever dtype a caller's DataFrame held them."""
-    needed = ("sample_id", "category", "given_label", "suggested_label")
-    if missing := [c for c in needed if c not in report.columns]:  # a DataFrame handed over, not read from a file
-        raise QmixError(f"the report lacks column(s) {', '.join(missing)}; give the frame qmix audit returned")
-    rep = check_verdict_rows(report, what="report")
-    return rep.set_index("sample_id")[list(needed[1:])].astype(object)
 
 
 def _updated_truth(frame: pd.DataFrame) -> pd.DataFrame:

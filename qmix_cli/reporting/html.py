@@ -586,7 +586,8 @@ def write_html_report(
     Raises
     ------
     QmixError
-        The report is missing or unreadable, or ``run``/``data`` does not exist.
+        The report is missing or unreadable, or ``run``/``data`` does not exist; ``review`` does not fit the report
+        (`qmix_cli.reporting.review.overrule`), or is given with ``top`` 0 (no cards to start it on).
     """
     if top < 0:
         raise QmixError(f"--top must be 0 or more (got {top})")
@@ -637,10 +638,11 @@ def write_html_report(
             "(a manifest cannot hold them: the report was edited); they are shown as placeholders"
         )
     groups = _report_groups(frame, meta, data, warn, column=group_column)
+    verdicts: dict[str, dict[str, str]] = {}
     if review is not None:
         if top == 0:
             raise QmixError("--review starts the review on the page's cards, and --top 0 shows none; give --top N")
-        review = page_verdicts(frame, review if isinstance(review, pd.DataFrame) else read_review(review))
+        verdicts = page_verdicts(frame, review if isinstance(review, pd.DataFrame) else read_review(review))
     page = render_page(
         frame,
         meta=meta,
@@ -650,7 +652,7 @@ def write_html_report(
         max_points=max_points,
         source="" if is_table else report,
         groups=groups,
-        review=review or {},
+        verdicts=verdicts,
     )
     try:
         atomic_write_text(out, page)
@@ -776,10 +778,10 @@ def render_page(
     max_points: int,
     source: str | Path = "",
     groups: tuple[str, pd.Series] | None = None,
-    review: dict[str, dict[str, str]] | None = None,
+    verdicts: dict[str, dict[str, str]] | None = None,
 ) -> str:
     """The whole HTML document for a report frame (see :func:`write_html_report`); ``groups``, the column and each
-    row's value of it, adds the section by group; ``review``, verdicts to start the review with
+    row's value of it, adds the section by group; ``verdicts``, a review sheet's to start the page's review with
     (`qmix_cli.reporting.review.page_verdicts`)."""
     class_names = _class_names(frame, meta)
     cats = frame["category"].astype(str).to_numpy()
@@ -797,8 +799,11 @@ def render_page(
     if groups is not None:
         sections.append(groups_section_html(frame, groups[1], column=groups[0], root=root, top=top))
     if top > 0:  # cards to give verdicts on: the review bar under the header, its script at the end
-        sections.insert(1, review_bar_html(meta, source=source, sheet=review_sheet_name(source)))
-        sections.append(review_script_html(frame, meta, class_names, source=source, review=review or {}))
+        sheet = review_sheet_name(source)
+        sections.insert(1, review_bar_html(meta, source=source, sheet=sheet))
+        # Any label a card can be relabelled to: the run's classes and the dataset's labels, as apply takes them.
+        labels = [*class_names, *sorted(set(frame["given_label"].astype(str)) - set(class_names))]
+        sections.append(review_script_html(frame, meta, labels, source=source, sheet=sheet, verdicts=verdicts or {}))
     if run_dir is not None:
         sections.append(_curves_section(run_dir))
     title = f"{_TITLE} — {Path(str(source)).name}" if source else _TITLE
@@ -882,23 +887,25 @@ def review_bar_html(meta: dict[str, str], *, source: str | Path, sheet: str) -> 
 def review_script_html(
     frame: pd.DataFrame,
     meta: dict[str, str],
-    class_names: Sequence[str],
+    labels: Sequence[str],
     *,
     source: str | Path,
-    review: dict[str, dict[str, str]],
+    sheet: str,
+    verdicts: dict[str, dict[str, str]],
 ) -> str:
-    """The review's data (the classes a card can be relabelled to, the sheet's name, the verdicts it starts with,
-    the key its verdicts are kept under in the browser: one per report and starting sheet) and its script,
-    ``review.js``."""
-    # The report's name and its rows' ids, labels and verdicts: a CSV report records no creation time, and a new audit
-    # written over it must not inherit the old one's review.
-    rows = pd.util.hash_pandas_object(frame[["sample_id", "given_label", "category"]].astype(str), index=False)
+    """The review's data (the ``labels`` a card can be relabelled to, the ``sheet``'s name, the ``verdicts`` it
+    starts with, the key its verdicts are kept under in the browser: one per report and starting sheet, the same
+    whatever else the page is written with) and its script, ``review.js``."""
+    # The report's name and its rows' ids, labels, verdicts and suggestions: a CSV report records no creation time,
+    # and a new audit written over it must not inherit the old one's review.
+    columns = ["sample_id", "given_label", "category", "suggested_label"]
+    rows = pd.util.hash_pandas_object(frame[columns].astype(str), index=False)
     content = hashlib.sha256(rows.to_numpy().tobytes()).hexdigest()
-    identity = [Path(str(source)).name, meta.get("created_at", ""), meta.get("run_digest", ""), content, review]
+    identity = [Path(str(source)).name, meta.get("created_at", ""), meta.get("run_digest", ""), content, verdicts]
     data = {
-        "classes": [str(c) for c in class_names],
-        "sheet": review_sheet_name(source),
-        "decisions": review,
+        "classes": [str(c) for c in labels],
+        "sheet": sheet,
+        "decisions": verdicts,
         "key": hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16],
     }
     # As JSON inside a script element: "<" and every character beyond ASCII written as escapes, so that no label can

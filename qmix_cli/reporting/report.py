@@ -750,6 +750,17 @@ def check_verdict_rows(frame: pd.DataFrame, *, what: str) -> pd.DataFrame:
     return frame
 
 
+def verdict_columns(report: pd.DataFrame) -> pd.DataFrame:
+    """The report's verdict columns (``category``, ``given_label``, ``suggested_label``) indexed by ``sample_id`` (as
+    text), in its order, its ids and categories checked (`check_verdict_rows`); as objects, so that rows it lacks can
+    be filled in whatever dtype a caller's DataFrame held them. What `apply` and a review join on."""
+    needed = ("sample_id", "category", "given_label", "suggested_label")
+    if missing := [c for c in needed if c not in report.columns]:  # a DataFrame handed over, not read from a file
+        raise QmixError(f"the report lacks column(s) {', '.join(missing)}; give the frame qmix audit returned")
+    rep = check_verdict_rows(report, what="report")
+    return rep.set_index("sample_id")[list(needed[1:])].astype(object)
+
+
 def given_label_mismatches(given: pd.Series, labels: pd.Series) -> list[str]:
     """The ids whose label in a report is not the manifest's: a report of another labelling of the same images
     (another corruption, a relabelled copy), which must not be joined with it.

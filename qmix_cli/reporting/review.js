@@ -74,7 +74,18 @@
     return parts.length ? "; confirmed " + parts.join(", ") : "";
   }
 
-  const api = { verdictOf, flaggedValue, choicesFor, reviewCsv, confirmed };
+  // The bar's line. `entries`: [{value, flagged, shown}], `shown` false for an image this page has no card for.
+  function countText(entries) {
+    const overruled = entries.filter((entry) => entry.value !== entry.flagged).length;
+    const elsewhere = entries.filter((entry) => !entry.shown).length;
+    return (
+      entries.length + " reviewed, " + overruled + " overruled" +
+      (elsewhere ? " (" + elsewhere + " of them on images this page does not show)" : "") +
+      confirmed(entries)
+    );
+  }
+
+  const api = { verdictOf, flaggedValue, choicesFor, reviewCsv, confirmed, countText };
   if (typeof module !== "undefined" && module.exports) module.exports = api;
   if (typeof document === "undefined") return;
 
@@ -138,24 +149,23 @@
     function show() {
       const only = bar.querySelector(".only-class").value;
       const hide = bar.querySelector(".hide-decided").checked;
-      const shown = new Set();
       for (const { figure, menu, info } of menus) {
         const value = valueOf(info.id);
         if (menu.value !== value) fill(menu, info, menu.dataset.full === "1");
         figure.classList.toggle("decided", value !== "");
         figure.classList.toggle("overruled", value !== "" && value !== flaggedValue(info));
         figure.hidden = (only !== "" && info.given !== only) || (hide && value !== "");
-        shown.add(info.id);
       }
-      const entries = Object.entries(decisions);
-      const overruled = entries.filter(([, entry]) => entry.value !== entry.flagged).length;
-      const elsewhere = entries.filter(([id]) => !shown.has(id)).length;
-      bar.querySelector(".count").textContent =
-        entries.length + " reviewed, " + overruled + " overruled" +
-        (elsewhere ? " (" + elsewhere + " of them on images this page does not show)" : "") +
-        confirmed(entries.map(([, entry]) => entry));
-      bar.querySelector(".download").disabled = entries.length === 0;
+      bar.querySelector(".count").textContent = countText(current());
+      bar.querySelector(".download").disabled = Object.keys(decisions).length === 0;
     }
+
+    // Every verdict as countText takes it; what the audit said of a card shown here is read from the card itself.
+    const current = () =>
+      Object.entries(decisions).map(([id, entry]) => {
+        const info = onPage.get(id);
+        return { value: entry.value, flagged: info ? flaggedValue(info) : entry.flagged, shown: !!info };
+      });
 
     function decide(info, value) {
       if (value) decisions[info.id] = { value, given: info.given, flagged: flaggedValue(info) };
@@ -164,8 +174,6 @@
 
     for (const figure of figures) {
       const info = card(figure);
-      // A verdict kept for the image under another label (a report written again after relabelling) is stale.
-      if (decisions[info.id] && decisions[info.id].given !== info.given) delete decisions[info.id];
       const menu = document.createElement("select");
       menu.className = "decide";
       menu.setAttribute("aria-label", "your verdict on " + info.id);
@@ -186,6 +194,8 @@
       figure.querySelector("figcaption").appendChild(menu);
       menus.push({ figure, menu, info });
     }
+
+    const onPage = new Map(menus.map(({ info }) => [info.id, info])); // the cards, by id (one may show twice)
 
     // A section's cards the reviewer agrees with, in one go, once the ones they disagree with are set.
     for (const section of document.querySelectorAll(".thumbs[data-verdict]")) {
@@ -224,7 +234,10 @@
       setTimeout(() => URL.revokeObjectURL(link.href), 0);
     });
     bar.querySelector(".clear").addEventListener("click", () => {
-      if (root.confirm("Forget every verdict given on this page?")) {
+      const entries = current();
+      const elsewhere = entries.filter((entry) => !entry.shown).length;
+      const also = elsewhere ? " (" + elsewhere + " of them on images this page does not show)" : "";
+      if (root.confirm("Forget all " + entries.length + " verdicts of this review" + also + "?")) {
         decisions = {};
         save(key, decisions);
         show();

@@ -9,7 +9,7 @@ review of another labelling is refused). Every other column is ignored. Reading 
 
 from __future__ import annotations
 
-import warnings
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,8 +18,8 @@ import pandas as pd
 
 from qmix_cli.categories import CATEGORIES, MIS_H, MIS_L
 from qmix_cli.errors import QmixError, summarise_offenders
-from qmix_cli.io import csv_header, is_pipe_or_device
-from qmix_cli.reporting.report import check_verdict_rows, given_label_mismatches
+from qmix_cli.io import is_pipe_or_device, read_csv_text
+from qmix_cli.reporting.report import check_verdict_rows, given_label_mismatches, verdict_columns
 
 #: The columns a review sheet must have; ``suggested_label`` and ``given_label`` may be left out.
 REVIEW_COLUMNS = ("sample_id", "category")
@@ -53,12 +53,13 @@ class Reviewed:
 
 
 def read_review(path: str | Path) -> pd.DataFrame:
-    """A review sheet (CSV, separated by commas, semicolons or tabs) as text columns, blank cells null.
+    """A review sheet (CSV, separated by commas, semicolons or tabs) as text columns, blank cells null
+    (`qmix_cli.io.read_csv_text`, as a CSV manifest is read).
 
     Raises
     ------
     QmixError
-        The file is missing, a pipe, not UTF-8 text, or not a table.
+        The file is missing, a folder, a pipe, a Parquet file or a workbook, not UTF-8 text, or not a table.
     """
     path = Path(path)
     if is_pipe_or_device(path):
@@ -72,21 +73,7 @@ def read_review(path: str | Path) -> pd.DataFrame:
     for magic, kind in _NOT_CSV.items():
         if start.startswith(magic):
             raise QmixError(f"review {path} is {kind}; a review sheet is a CSV file (save it as CSV)")
-    try:
-        sep, header = csv_header(path)
-        if twice := sorted({name for name in header if header.count(name) > 1}):
-            raise QmixError(f"review {path} names column(s) {', '.join(twice)} twice; keep one of each")
-        # A row with more fields than the header is an error, not a first column made the index (pandas' default) or
-        # fields dropped with a warning (index_col=False's).
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", pd.errors.ParserWarning)
-            return pd.read_csv(
-                path, sep=sep, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8-sig", index_col=False
-            )
-    except pd.errors.ParserWarning:
-        raise QmixError(f"cannot read review {path}: a row has more fields than its header") from None
-    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise QmixError(f"cannot read review {path}: {str(exc).strip().splitlines()[0]}") from exc
+    return read_csv_text(path, what="review", key_columns=(*REVIEW_COLUMNS, "suggested_label", "given_label"))
 
 
 def overrule(report: pd.DataFrame, review: pd.DataFrame) -> Reviewed:
@@ -95,7 +82,8 @@ def overrule(report: pd.DataFrame, review: pd.DataFrame) -> Reviewed:
     Parameters
     ----------
     report
-        A report (``sample_id``, ``given_label``, ``category``, ``suggested_label``), its ids unique.
+        A report (``sample_id``, ``given_label``, ``category``, ``suggested_label``; `verdict_columns`), its class
+        names in ``attrs["qmix"]`` where it records them.
     review
         A review sheet (`read_review`, or a DataFrame): ``sample_id`` and ``category``, optionally
         ``suggested_label`` and ``given_label``; at most one row per image.
@@ -103,11 +91,67 @@ def overrule(report: pd.DataFrame, review: pd.DataFrame) -> Reviewed:
     Raises
     ------
     QmixError
-        A column missing, or a report's columns (a report given as the review); no rows; a row without an id or a
-        category, a duplicate id or an unknown category; rows of images the report does not have, or with another
-        given label than the report's; a ``mislabeled_hq`` row without a suggested label, or relabelling an image to
-        the label it has.
+        The report's (as `verdict_columns`); the review's: a column missing, or a report's columns (a report given as
+        the review); no rows; a row without an id or a category, a duplicate id or an unknown category; rows of images
+        the report does not have, or with another given label than the report's; a ``mislabeled_hq`` row without a
+        suggested label, relabelling an image to the label it has, or to a label that is no class of the report or
+        its run.
     """
+    rep = verdict_columns(report)
+    review = _checked_sheet(review)
+    where = rep.index.get_indexer(review["sample_id"])
+    if (where < 0).any():
+        unknown = review["sample_id"][where < 0].tolist()
+        raise QmixError(summarise_offenders("review rows of images the report does not have", unknown))
+    given = rep["given_label"].astype(str).to_numpy()[where]
+    if "given_label" in review.columns:  # checked where written: a sheet made by hand may leave it blank
+        stated = review["given_label"].notna().to_numpy()
+        if differ := given_label_mismatches(
+            pd.Series(review["given_label"].to_numpy()[stated], index=review["sample_id"].to_numpy()[stated]),
+            pd.Series(given, index=review["sample_id"].to_numpy()),
+        ):
+            raise QmixError(
+                summarise_offenders("review rows whose given label is not the report's", differ)
+                + "; is this a review of this report?"
+            )
+    category = review["category"].astype(str).to_numpy()
+    relabelled = category == CATEGORIES[MIS_H]
+    stated = review["suggested_label"] if "suggested_label" in review.columns else pd.Series([None] * len(review))
+    # A suggestion means something only on a wrong label of a good image; on the others it is cleared, as audit does.
+    suggested = np.where(relabelled & stated.notna().to_numpy(), stated.astype(str).to_numpy(), None)
+    classes = set(rep["given_label"].astype(str)) | set(
+        json.loads(report.attrs.get("qmix", {}).get("class_names", "[]"))
+    )
+    for problem, rows, advice in (
+        ("of mislabeled_hq without a suggested label", relabelled & pd.isna(suggested), "give the label to give them"),
+        ("relabelling an image to the label it has", relabelled & (suggested == given), "call them clean"),
+        (
+            "relabelling to a label that is no class of the report or its run",
+            relabelled & pd.notna(suggested) & ~np.isin(suggested.astype(str), list(classes)),
+            "check the spelling",
+        ),
+    ):
+        if rows.any():  # a person's verdict is carried out as given, so it must name a label that changes something
+            raise QmixError(
+                summarise_offenders(f"review rows {problem}", review["sample_id"][rows].tolist()) + f"; {advice}"
+            )
+
+    before = rep.iloc[where]
+    changed = (before["category"].astype(str).to_numpy() != category) | (
+        relabelled & (before["suggested_label"].where(before["suggested_label"].notna(), None).to_numpy() != suggested)
+    )
+    out = report.copy()
+    out["category"] = out["category"].astype(object)
+    suggestions = out["suggested_label"].astype(object)
+    out["suggested_label"] = suggestions.where(suggestions.notna(), None)  # one null, whatever the column held
+    out.iloc[where, out.columns.get_loc("category")] = category
+    out.iloc[where, out.columns.get_loc("suggested_label")] = suggested
+    return Reviewed(report=out, ids=review["sample_id"].tolist(), overruled=int(changed.sum()))
+
+
+def _checked_sheet(review: pd.DataFrame) -> pd.DataFrame:
+    """``review`` with its ids as text, once it has the columns of a sheet (and none of a report's), rows, and a
+    category on each of them (`check_verdict_rows`: ids unique, categories verdicts)."""
     if missing := [c for c in REVIEW_COLUMNS if c not in review.columns]:
         found = ", ".join(map(str, review.columns[:8])) or "none"
         raise QmixError(
@@ -117,61 +161,14 @@ def overrule(report: pd.DataFrame, review: pd.DataFrame) -> Reviewed:
     if report_only := [c for c in _REPORT_ONLY if c in review.columns]:
         raise QmixError(
             f"the review has a report's columns ({', '.join(report_only)}): a review sheet lists only the images a "
-            "person decided (sample_id, category, suggested_label); keep the rows you changed, or give an edited "
-            "report as --report"
+            "person decided; keep only sample_id, category and suggested_label (and given_label) of the rows you "
+            "changed, or give an edited report as --report"
         )
     if review.empty:
         raise QmixError("the review has no rows; give the images you decided, one row each")
     if blank := int(review["category"].isna().sum()):
         raise QmixError(f"the review has {blank} row{'s' * (blank != 1)} without a category")
-    review = check_verdict_rows(review, what="review")
-    ids = pd.Index(report["sample_id"].astype(str))
-    where = ids.get_indexer(review["sample_id"])
-    if (where < 0).any():
-        unknown = review["sample_id"][where < 0].tolist()
-        raise QmixError(summarise_offenders("review rows of images the report does not have", unknown))
-    if "given_label" in review.columns:  # checked where written: a sheet made by hand may leave it blank
-        stated = review["given_label"].notna().to_numpy()
-        given = pd.Series(review["given_label"].to_numpy()[stated], index=review["sample_id"].to_numpy()[stated])
-        mine = pd.Series(report["given_label"].to_numpy()[where], index=review["sample_id"].to_numpy())
-        if differ := given_label_mismatches(given, mine):
-            raise QmixError(
-                summarise_offenders("review rows whose given label is not the report's", differ)
-                + "; is this a review of this report?"
-            )
-    category = review["category"].astype(str).to_numpy()
-    stated = review["suggested_label"] if "suggested_label" in review.columns else pd.Series([None] * len(review))
-    suggested = np.where(pd.isna(stated.to_numpy(dtype=object)), None, stated.astype(str).to_numpy())
-    # A suggestion means something only on a wrong label of a good image; on the others it is cleared, as audit does.
-    suggested = np.where(category == CATEGORIES[MIS_H], suggested, None)
-    relabelled = category == CATEGORIES[MIS_H]
-    if (unsure := relabelled & pd.isna(suggested)).any():  # a person's verdict is carried out: it needs its label
-        raise QmixError(
-            summarise_offenders(
-                "review rows of mislabeled_hq without a suggested label", review["sample_id"][unsure].tolist()
-            )
-            + "; give the label to relabel them to"
-        )
-    given = report["given_label"].astype(str).to_numpy()[where]
-    if (own := relabelled & (suggested == given)).any():
-        raise QmixError(
-            summarise_offenders(
-                "review rows relabelling an image to the label it has", review["sample_id"][own].tolist()
-            )
-            + "; call them clean"
-        )
-
-    before_category = report["category"].astype(str).to_numpy()[where]
-    before = np.array([None if pd.isna(v) else str(v) for v in report["suggested_label"].to_numpy(dtype=object)[where]])
-    changed = (before_category != category) | ((category == CATEGORIES[MIS_H]) & (before != suggested))
-    out = report.copy()
-    out["category"] = out["category"].astype(object)
-    suggestions = out["suggested_label"].astype(object)
-    out["suggested_label"] = suggestions.where(suggestions.notna(), None)  # one null, whatever the column held
-    out.iloc[where, out.columns.get_loc("category")] = category
-    out.iloc[where, out.columns.get_loc("suggested_label")] = suggested
-    out.attrs = dict(report.attrs)
-    return Reviewed(report=out, ids=review["sample_id"].tolist(), overruled=int(changed.sum()))
+    return check_verdict_rows(review, what="review")
 
 
 def page_verdicts(report: pd.DataFrame, review: pd.DataFrame) -> dict[str, dict[str, str]]:
@@ -186,12 +183,11 @@ def page_verdicts(report: pd.DataFrame, review: pd.DataFrame) -> dict[str, dict[
         As `overrule`.
     """
     reviewed = overrule(report, review)
-    before = report.assign(sample_id=report["sample_id"].astype(str)).set_index("sample_id").loc[reviewed.ids]
-    after = reviewed.report.assign(sample_id=reviewed.report["sample_id"].astype(str)).set_index("sample_id")
-    after = after.loc[reviewed.ids]
+    person = verdict_columns(reviewed.report).loc[reviewed.ids]
+    audit = verdict_columns(report).loc[reviewed.ids]
     return {
-        sample_id: {"value": _decision(verdict), "given": str(verdict["given_label"]), "flagged": _decision(audit)}
-        for (sample_id, verdict), (_, audit) in zip(after.iterrows(), before.iterrows(), strict=True)
+        sample_id: {"value": _decision(mine), "given": str(mine["given_label"]), "flagged": _decision(theirs)}
+        for (sample_id, mine), (_, theirs) in zip(person.iterrows(), audit.iterrows(), strict=True)
     }
 
 

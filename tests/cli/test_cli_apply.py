@@ -149,6 +149,12 @@ def test_a_review_sheet_overrules_the_reports_verdicts_on_its_images(runner, rep
     # The review is an input: never the output.
     again = runner.invoke(app, [*args, "-o", str(tmp_path / "review.csv"), "--force"])
     assert again.exit_code == 1 and "is the review; write the new manifest to another file" in _stderr(again)
+    # In Python the sheet may be a DataFrame, as the report may.
+    from qmix_cli.api import apply
+
+    counts = apply(noisy_digits, report=report, review=review, out=tmp_path / "api.csv")
+    assert counts["reviewed"] == 4 and counts["overruled"] == 3
+    assert pd.read_csv(tmp_path / "api.csv", dtype=str).equals(pd.read_csv(out, dtype=str))
 
 
 def test_the_summary_writes_a_path_s_control_characters_as_escapes(runner, report, noisy_digits, tmp_path):

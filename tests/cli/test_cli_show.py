@@ -26,6 +26,25 @@ def test_show_writes_the_page(runner, tmp_path, write_image):
     assert page.count('<svg class="curve"') == 2
 
 
+def test_show_starts_the_pages_review_from_a_sheet_and_refuses_one_of_other_images(runner, tmp_path, write_image):
+    import json
+    import re
+
+    import pandas as pd
+
+    report, data, rows = make_report(tmp_path, write_image)
+    flagged = rows[rows["category"] == "mislabeled_lq"].iloc[0]
+    pd.DataFrame({"sample_id": [flagged["sample_id"]], "category": ["clean"]}).to_csv(tmp_path / "s.csv", index=False)
+    out = tmp_path / "r.html"
+    args = ["show", str(report), "--data", str(data), "--out", str(out), "--review"]
+    result = runner.invoke(app, [*args, str(tmp_path / "s.csv")])
+    assert result.exit_code == 0, _stderr(result)
+    found = re.search(r'id="qmix-review-data">(.*?)</script>', out.read_text(encoding="utf-8")).group(1)
+    assert json.loads(found)["decisions"][flagged["sample_id"]]["value"] == "clean"
+    pd.DataFrame({"sample_id": ["nope"], "category": ["clean"]}).to_csv(tmp_path / "s.csv", index=False)
+    _assert_one_line_error(runner.invoke(app, [*args, str(tmp_path / "s.csv")]), "1 review row of images the report does not have: nope")
+
+
 def test_show_quiet_prints_nothing(runner, tmp_path, write_image):
     report, _, _ = make_report(tmp_path, write_image)
     result = runner.invoke(app, ["--quiet", "show", str(report), "--out", str(tmp_path / "r.html"), "--top", "0"])

@@ -595,6 +595,13 @@ def test_spreadsheet_csv_quirks_are_read_or_named(make_image_folder):
     (root / "twice.csv").write_text("path,label,label\n" + body.replace(",\n", ",x\n"))
     with pytest.raises(DataError, match="the column 'label' is named 2 times; keep one"):
         create_dataset(root / "twice.csv")
+    # A separator at the end of the data lines only: pandas took each path for the index and read labels as paths.
+    (root / "ragged.csv").write_text("path,label\n" + body)
+    assert create_dataset(root / "ragged.csv").frame["label"].tolist() == ["a", "a", "b", "b"]
+    # A field more than the header that holds something is refused rather than guessed at.
+    (root / "long.csv").write_text("path,label\n" + body.replace(",\n", ",x\n"))
+    with pytest.raises(DataError, match="long.csv: a row has more fields than its header"):
+        create_dataset(root / "long.csv")
     (root / "own.csv").write_text("path,label,label.1\n" + body.replace(",\n", ",x\n"))  # a column of that name
     assert create_dataset(root / "own.csv").frame["label.1"].tolist() == ["x"] * 4
     pd.DataFrame(_folder_rows(root)).to_csv(root / "indexed.csv")  # pandas' index: a column with no name, kept

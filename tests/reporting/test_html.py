@@ -752,6 +752,14 @@ def test_a_review_sheet_given_to_the_page_is_where_its_review_starts(report, tmp
     given = str(flagged["given_label"])
     assert started["decisions"] == {flagged["sample_id"]: {"value": "clean", "given": given, "flagged": "lq"}}
     assert started["key"] != plain["key"]  # a browser's review of the page without the sheet does not hide it
+    # The same review whatever else the page is written with; another audit's (a new suggestion) starts afresh.
+    assert review_data(write_html_report(path, out=tmp_path / "d.html", data=data, top=3))["key"] == plain["key"]
+    redone = pd.read_parquet(path)
+    redone.loc[redone["category"] == "mislabeled_hq", "suggested_label"] = "a new guess"
+    (tmp_path / "again").mkdir()
+    redone.to_parquet(tmp_path / "again" / path.name)  # pandas keeps the metadata: only the rows differ
+    again = review_data(write_html_report(tmp_path / "again" / path.name, out=tmp_path / "e.html", data=data))
+    assert again["key"] != plain["key"]
     with pytest.raises(QmixError, match="1 review row of images the report does not have: nope"):
         write_html_report(path, out=tmp_path / "c.html", data=data, review=sheet.assign(sample_id="nope"))
     with pytest.raises(QmixError, match="--top 0 shows none"):

@@ -20,7 +20,7 @@ C, H, L = CATEGORIES
 
 # Ids and labels a sheet must carry through exactly: quotes, commas, a line break, leading zeros, another script.
 IDS = ['a "quoted", id', "line\nbreak", "007", "رقم", "plain"]
-GIVEN = ["cat", "dog", "cat", "dog", "bird, grey"]
+GIVEN = ["cat", "dog", "cat", 'a "quoted" label', "bird, grey"]
 
 
 def report() -> pd.DataFrame:
@@ -44,7 +44,7 @@ def test_the_reviews_verdicts_replace_the_audits_on_its_rows_only() -> None:
     review = sheet(
         sample_id=[IDS[0], IDS[2], IDS[3], IDS[4]],
         category=[C, H, L, H],
-        suggested_label=["bird", "dog", "cat", "cat"],  # a suggestion on a low-quality verdict means nothing
+        suggested_label=["dog", "dog", "cat", "cat"],  # a suggestion on a low-quality verdict means nothing
     )
     reviewed = overrule(before, review)
     out = reviewed.report
@@ -89,6 +89,26 @@ def test_a_sheet_that_does_not_fit_the_report_is_refused(review: pd.DataFrame, m
     assert message in str(caught.value)
 
 
+def test_a_relabel_must_name_a_class_of_the_report_or_its_run() -> None:
+    # A class only the run knows (no image is given it) is one; a misspelling is none.
+    with_run = report()
+    with_run.attrs["qmix"] = {"class_names": json.dumps(["bird, grey", "cat", "dog", "fox"])}
+    assert overrule(with_run, sheet(sample_id=["007"], category=[H], suggested_label=["fox"])).overruled == 1
+    with pytest.raises(
+        QmixError, match="1 review row relabelling to a label that is no class of the report or its run"
+    ):
+        overrule(with_run, sheet(sample_id=["007"], category=[H], suggested_label=["Dog"]))
+
+
+def test_the_report_is_checked_before_the_sheet_is_laid_over_it() -> None:
+    # As apply checks it without a review: one line, not pandas' "Reindexing only valid with uniquely valued Index".
+    doubled = pd.concat([report(), report().tail(1)], ignore_index=True)
+    with pytest.raises(QmixError, match="1 duplicate sample id in the report: plain"):
+        overrule(doubled, sheet(sample_id=["007"], category=[C]))
+    with pytest.raises(QmixError, match=r"the report lacks column\(s\) suggested_label"):
+        overrule(report().drop(columns="suggested_label"), sheet(sample_id=["007"], category=[C]))
+
+
 def test_a_blank_given_label_is_not_checked() -> None:
     review = sheet(sample_id=["plain", "007"], category=[C, C], given_label=["bird, grey", None])
     assert overrule(report(), review).report["category"].tolist()[2:] == [C, C, C]
@@ -97,11 +117,15 @@ def test_a_blank_given_label_is_not_checked() -> None:
 def test_a_sheet_saved_by_a_spreadsheet_reads(tmp_path: Path) -> None:
     # A byte-order mark and semicolons (where the comma is the decimal mark); blank cells are no suggestion.
     path = tmp_path / "review.csv"
-    path.write_text("\ufeffsample_id;category;suggested_label\n007;mislabeled_hq;bird\nplain;clean;\n", "utf-8")
+    path.write_text("\ufeffsample_id;category;suggested_label\n007;mislabeled_hq;bird, grey\nplain;clean;\n", "utf-8")
     review = read_review(path)
     assert review["sample_id"].tolist() == ["007", "plain"]  # text: the leading zeros kept
     out = overrule(report(), review).report
-    assert out["category"].tolist()[2:] == [H, C, C] and out["suggested_label"].tolist()[2:] == ["bird", None, None]
+    assert out["category"].tolist()[2:] == [H, C, C] and out["suggested_label"].tolist()[2:] == [
+        "bird, grey",
+        None,
+        None,
+    ]
 
 
 def test_a_missing_or_unreadable_sheet_is_one_clear_error(tmp_path: Path) -> None:
@@ -116,7 +140,7 @@ def test_a_missing_or_unreadable_sheet_is_one_clear_error(tmp_path: Path) -> Non
     with pytest.raises(QmixError, match="is a Parquet file; a review sheet is a CSV file"):
         read_review(tmp_path / "report.parquet")
     (tmp_path / "twice.csv").write_text("sample_id,category,category\n007,clean,mislabeled_lq\n", "utf-8")
-    with pytest.raises(QmixError, match=r"names column\(s\) category twice"):
+    with pytest.raises(QmixError, match="the column 'category' is named 2 times; keep one"):
         read_review(tmp_path / "twice.csv")
     # A field more than the header is an error, not an id column made the index (which read as category NaN).
     (tmp_path / "long.csv").write_text("sample_id,category\n007,clean,extra\n", "utf-8")
@@ -151,14 +175,15 @@ def test_the_sheet_the_page_downloads_gives_apply_the_verdicts_chosen(tmp_path: 
         {"sample_id": IDS[0], "given_label": GIVEN[0], "value": "clean"},
         {"sample_id": IDS[1], "given_label": GIVEN[1], "value": "hq:bird, grey"},
         {"sample_id": IDS[2], "given_label": GIVEN[2], "value": "lq"},
-        {"sample_id": IDS[3], "given_label": GIVEN[3], "value": 'hq:a "label"'},
+        {"sample_id": IDS[3], "given_label": GIVEN[3], "value": "hq:cat"},
+        {"sample_id": IDS[4], "given_label": GIVEN[4], "value": 'hq:a "quoted" label'},
     ]
     (tmp_path / "review.csv").write_text(run_script(f"review.reviewCsv({json.dumps(decisions)})"), "utf-8")
     reviewed = overrule(report(), read_review(tmp_path / "review.csv"))
     out = reviewed.report
     assert out["category"].tolist() == [C, H, L, H, H]
-    assert out["suggested_label"].tolist() == [None, "bird, grey", None, 'a "label"', "cat"]
-    assert reviewed.ids == IDS[:4] and reviewed.overruled == 3  # the third agrees with the audit
+    assert out["suggested_label"].tolist() == [None, "bird, grey", None, "cat", 'a "quoted" label']
+    assert reviewed.ids == IDS and reviewed.overruled == 4  # the third agrees with the audit
 
 
 @pytest.mark.skipif(NODE is None, reason="needs node to run the page's script")
@@ -190,3 +215,15 @@ def test_the_bar_says_how_often_the_reviewer_confirmed_each_kind_of_flag() -> No
         == "; confirmed 1 of 3 mislabeled_hq, 1 of 1 mislabeled_lq"
     )
     assert run_script("review.confirmed([])") == ""
+
+
+@pytest.mark.skipif(NODE is None, reason="needs node to run the page's script")
+def test_the_bar_counts_verdicts_on_images_the_page_does_not_show_apart() -> None:
+    entries = [
+        {"value": "lq", "flagged": "lq", "shown": True},
+        {"value": "clean", "flagged": "hq:dog", "shown": False},  # given on a page written with a larger --top
+    ]
+    assert run_script(f"review.countText({json.dumps(entries)})") == (
+        "2 reviewed, 1 overruled (1 of them on images this page does not show); confirmed 0 of 1 mislabeled_hq, "
+        "1 of 1 mislabeled_lq"
+    )
