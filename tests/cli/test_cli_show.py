@@ -42,7 +42,8 @@ def test_show_starts_the_pages_review_from_a_sheet_and_refuses_one_of_other_imag
     found = re.search(r'id="qmix-review-data">(.*?)</script>', out.read_text(encoding="utf-8")).group(1)
     assert json.loads(found)["decisions"][flagged["sample_id"]]["value"] == "clean"
     pd.DataFrame({"sample_id": ["nope"], "category": ["clean"]}).to_csv(tmp_path / "s.csv", index=False)
-    _assert_one_line_error(runner.invoke(app, [*args, str(tmp_path / "s.csv")]), "1 review row of images the report does not have: nope")
+    refused = runner.invoke(app, [*args, str(tmp_path / "s.csv")])
+    _assert_one_line_error(refused, "1 review row of images the report does not have: nope")
 
 
 def test_show_quiet_prints_nothing(runner, tmp_path, write_image):

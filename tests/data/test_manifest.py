@@ -600,7 +600,7 @@ def test_spreadsheet_csv_quirks_are_read_or_named(make_image_folder):
     assert create_dataset(root / "ragged.csv").frame["label"].tolist() == ["a", "a", "b", "b"]
     # A field more than the header that holds something is refused rather than guessed at.
     (root / "long.csv").write_text("path,label\n" + body.replace(",\n", ",x\n"))
-    with pytest.raises(DataError, match="long.csv: a row has more fields than its header"):
+    with pytest.raises(DataError, match=r"long\.csv: a row has more fields than its header"):
         create_dataset(root / "long.csv")
     (root / "own.csv").write_text("path,label,label.1\n" + body.replace(",\n", ",x\n"))  # a column of that name
     assert create_dataset(root / "own.csv").frame["label.1"].tolist() == ["x"] * 4
