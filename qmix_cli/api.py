@@ -945,7 +945,8 @@ def apply(
     review
         A review sheet (the CSV the page of `show` downloads, or a DataFrame; `qmix_cli.reporting.review`): a
         person's verdicts (``sample_id``, ``category``, ``suggested_label``) on some of the report's images, which
-        take the place of the audit's and are carried out whatever ``rare_classes`` says. Default: none.
+        take the place of the audit's and are carried out as given whatever ``hq``, ``lq`` and ``rare_classes``
+        say (rules for the audit's verdicts). Default: none.
     force
         Replace an existing ``out``.
 

@@ -39,7 +39,8 @@ def apply_command(
         str | None,
         typer.Option(
             help="Review sheet (CSV: sample_id, category, suggested_label), as qmix show's page downloads it: a "
-            "person's verdicts, which overrule the report's on those images."
+            "person's verdicts, which overrule the report's on those images and are carried out as given, whatever "
+            "--hq, --lq and --rare-classes say."
         ),
     ] = None,
     force: Annotated[bool, typer.Option(help="Replace --out if it exists (runs may have been trained on it).")] = False,
