@@ -38,9 +38,10 @@ def apply_command(
     review: Annotated[
         str | None,
         typer.Option(
-            help="Review sheet (CSV: sample_id, category, suggested_label), as qmix show's page downloads it: a "
-            "person's verdicts, which overrule the report's on those images and are carried out as given, whatever "
-            "--hq, --lq and --rare-classes say."
+            help="Review sheet, as qmix show's page downloads it (CSV: sample_id, category, suggested_label, "
+            "optionally given_label; category clean keeps the label, mislabeled_hq relabels to suggested_label, "
+            "mislabeled_lq drops the image): a person's verdicts, which overrule the report's on those images and are "
+            "carried out as given, whatever --hq, --lq and --rare-classes say."
         ),
     ] = None,
     force: Annotated[bool, typer.Option(help="Replace --out if it exists (runs may have been trained on it).")] = False,

@@ -87,7 +87,14 @@ def audit_command(
         command = (
             f"qmix apply {shlex.quote(str(data))} --report {shlex.quote(str(out))}{skipped}{keep_rare} --out {fixed}"
         )
-        st.err.print(Text(f"next: {command}  (relabel mislabeled_hq, drop mislabeled_lq)"))
+        # Only a Parquet report records where its run and images are; the page needs them to show the images.
+        where = (
+            ""
+            if infer_format(out, format) == "parquet"
+            else f" --run {shlex.quote(str(run))} --data {shlex.quote(str(data))}"
+        )
+        look = f"qmix show {shlex.quote(str(out))}{where}"
+        st.err.print(Text(f"next: {command}  (relabel mislabeled_hq, drop mislabeled_lq; review them first: {look})"))
 
 
 def fixed_manifest_name(data: str | Path) -> str:

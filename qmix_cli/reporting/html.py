@@ -39,7 +39,8 @@ import numpy as np
 import pandas as pd
 
 from qmix_cli import __version__
-from qmix_cli.categories import CATEGORIES
+from qmix_cli.categories import CATEGORIES, small_classes
+from qmix_cli.data.builtin import is_builtin
 from qmix_cli.data.groups import check_group_column
 from qmix_cli.data.manifest import MANIFEST_SUFFIXES, escapes_root, read_manifest
 from qmix_cli.errors import QmixError, count_of
@@ -421,10 +422,11 @@ def _class_row(label_html: str, row: np.ndarray, *, cls: str = "") -> str:
     return f"<tr{attr}><th>{label_html}</th>{cells}<td>{total:,}</td><td>{share}</td></tr>"
 
 
-def thumbnail_card_html(row: dict[str, Any], uri: str | None) -> str:
+def thumbnail_card_html(row: dict[str, Any], uri: str | None, *, rare: int = 0) -> str:
     """One thumbnail (or a placeholder) with rank, sample_id, the file, its category's key, given → suggested label,
     why it is flagged (loss and uncertainty, the separation's two axes), and the nets' probability of the given and
-    of the predicted label (the posteriors in its tooltip)."""
+    of the predicted label (the posteriors in its tooltip). ``rare``: the size of its given label's class in the
+    report, when that is fewer than `SMALL_CLASS` images (its verdict says little: `qmix apply` may keep it)."""
     if uri is None:
         picture = '<div class="placeholder" title="image not found or unreadable">no image</div>'
     else:  # focusable, so that the keyboard enlarges it as hovering does; the caption names it
@@ -458,11 +460,18 @@ def thumbnail_card_html(row: dict[str, Any], uri: str | None) -> str:
     same = str(row["sample_id"]) == str(row["path"])
     sid_title = ' title="the image file"' if same else ""
     path = "" if same else f'<span class="path" title="the image file">{_t(row["path"])}</span><br>'
+    few = (
+        f'<br><span class="rare">a class of {rare} image{"s" * (rare != 1)}: qmix apply may keep it as it is; '
+        "decide it yourself</span>"
+        if rare
+        else ""
+    )
+    attributes = _review_attributes(row) + (f' data-rare="{rare}"' if rare else "")
     return (
-        f'<figure class="thumb"{_review_attributes(row)}>{picture}<figcaption>'
+        f'<figure class="thumb"{attributes}>{picture}<figcaption>'
         f'<span class="rank" title="its rank in the report">rank {int(row["rank"])}</span> '
         f'<span class="sid"{sid_title}>{_t(row["sample_id"])}</span><br>{path}'
-        f'{mark}{label}<br><span class="probs">{axes}<br>{probs}</span></figcaption></figure>'
+        f'{mark}{label}<br><span class="probs">{axes}<br>{probs}</span>{few}</figcaption></figure>'
     )
 
 
@@ -516,7 +525,7 @@ display:flex;align-items:center;justify-content:center}
 .sid,.path{font-family:ui-monospace,Menlo,Consolas,monospace;word-break:break-all}.path{color:#555;font-size:11px}
 .rank{color:#595959}.sr{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0)}
 bdi{overflow-wrap:anywhere}
-.probs{color:#555;font-size:11px;white-space:nowrap}
+.probs{color:#555;font-size:11px;white-space:nowrap}.rare{color:#8a4b00;font-size:11px}
 footer{margin-top:36px;color:#5f5f5f;font-size:12px}
 .review{position:sticky;top:0;z-index:5;background:#fffbe6;border:1px solid #e5d9a8;border-radius:4px;
 padding:6px 10px;margin:12px 0}.review label{margin-left:10px;white-space:nowrap}
@@ -639,10 +648,12 @@ def write_html_report(
         )
     groups = _report_groups(frame, meta, data, warn, column=group_column)
     verdicts: dict[str, dict[str, str]] = {}
+    started = ""
     if review is not None:
         if top == 0:
             raise QmixError("--review starts the review on the page's cards, and --top 0 shows none; give --top N")
         verdicts = page_verdicts(frame, review if isinstance(review, pd.DataFrame) else read_review(review))
+        started = "a DataFrame" if isinstance(review, pd.DataFrame) else Path(review).name
     page = render_page(
         frame,
         meta=meta,
@@ -653,6 +664,7 @@ def write_html_report(
         source="" if is_table else report,
         groups=groups,
         verdicts=verdicts,
+        started=started,
     )
     try:
         atomic_write_text(out, page)
@@ -779,10 +791,11 @@ def render_page(
     source: str | Path = "",
     groups: tuple[str, pd.Series] | None = None,
     verdicts: dict[str, dict[str, str]] | None = None,
+    started: str = "",
 ) -> str:
     """The whole HTML document for a report frame (see :func:`write_html_report`); ``groups``, the column and each
     row's value of it, adds the section by group; ``verdicts``, a review sheet's to start the page's review with
-    (`qmix_cli.reporting.review.page_verdicts`)."""
+    (`qmix_cli.reporting.review.page_verdicts`), ``started`` naming that sheet."""
     class_names = _class_names(frame, meta)
     cats = frame["category"].astype(str).to_numpy()
     codes = category_codes(cats)
@@ -803,7 +816,7 @@ def render_page(
         sections.insert(1, review_bar_html(meta, source=source, sheet=sheet))
         # Any label a card can be relabelled to: the run's classes and the dataset's labels, as apply takes them.
         labels = [*class_names, *sorted(set(frame["given_label"].astype(str)) - set(class_names))]
-        sections.append(review_script_html(frame, meta, labels, source=source, sheet=sheet, verdicts=verdicts or {}))
+        sections.append(review_script_html(frame, labels, sheet=sheet, verdicts=verdicts or {}, started=started))
     if run_dir is not None:
         sections.append(_curves_section(run_dir))
     title = f"{_TITLE} — {Path(str(source)).name}" if source else _TITLE
@@ -863,11 +876,21 @@ def review_sheet_name(source: str | Path) -> str:
     return f"{stem}-review.csv" if stem else "review.csv"
 
 
+def dataset_for_command(meta: dict[str, str]) -> str:
+    """The dataset a report records (``meta["dataset"]``, as the audit was given it), as a command pasted in any
+    folder reads it: a relative path made absolute from the folder the report records (``dataset_root``: the
+    dataset's, or its manifest's), a built-in name or an absolute path as it is."""
+    dataset, root = meta["dataset"], meta.get("dataset_root")
+    if not root or Path(dataset).is_absolute() or is_builtin(dataset):
+        return dataset
+    return str(Path(root) / Path(dataset).name) if Path(dataset).suffix.lower() in MANIFEST_SUFFIXES else root
+
+
 def review_bar_html(meta: dict[str, str], *, source: str | Path, sheet: str) -> str:
     """The review's controls (count, download, class filter), hidden until the page's script shows them: without
     JavaScript a page is still read, and a ``<noscript>`` line says what it would add."""
-    dataset = shlex.quote(meta["dataset"]) if meta.get("dataset") else "DATA"
-    report = shlex.quote(str(source)) if source else "REPORT"
+    dataset = shlex.quote(dataset_for_command(meta)) if meta.get("dataset") else "DATA"
+    report = shlex.quote(os.path.abspath(source)) if source else "REPORT"
     command = f"qmix apply {dataset} --report {report} --review {shlex.quote(sheet)} --out fixed.parquet"
     return (
         '<div id="review" class="review" hidden><b>Review</b> <span class="count" aria-live="polite"></span> '
@@ -886,26 +909,25 @@ def review_bar_html(meta: dict[str, str], *, source: str | Path, sheet: str) -> 
 
 def review_script_html(
     frame: pd.DataFrame,
-    meta: dict[str, str],
     labels: Sequence[str],
     *,
-    source: str | Path,
     sheet: str,
     verdicts: dict[str, dict[str, str]],
+    started: str = "",
 ) -> str:
     """The review's data (the ``labels`` a card can be relabelled to, the ``sheet``'s name, the ``verdicts`` it
-    starts with, the key its verdicts are kept under in the browser: one per report and starting sheet, the same
-    whatever else the page is written with) and its script, ``review.js``."""
-    # The report's name and its rows' ids, labels, verdicts and suggestions: a CSV report records no creation time,
-    # and a new audit written over it must not inherit the old one's review.
-    columns = ["sample_id", "given_label", "category", "suggested_label"]
-    rows = pd.util.hash_pandas_object(frame[columns].astype(str), index=False)
-    content = hashlib.sha256(rows.to_numpy().tobytes()).hexdigest()
-    identity = [Path(str(source)).name, meta.get("created_at", ""), meta.get("run_digest", ""), content, verdicts]
+    starts with and where from, the key its verdicts are kept under in the browser) and its script, ``review.js``.
+
+    The key is of the images and their given labels (and the starting sheet), not of the audit: a person's verdict is
+    on an image and its label, which a new audit, a copy of the report or a page written with another ``--top``
+    leaves as they were, and which a relabelled dataset does not (its verdicts would be stale)."""
+    rows = pd.util.hash_pandas_object(frame[["sample_id", "given_label"]].astype(str), index=False)
+    identity = [hashlib.sha256(rows.to_numpy().tobytes()).hexdigest(), verdicts]
     data = {
         "classes": [str(c) for c in labels],
         "sheet": sheet,
         "decisions": verdicts,
+        "started": f"started from {started} ({count_of(len(verdicts), 'verdict')}); " if started else "",
         "key": hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16],
     }
     # As JSON inside a script element: "<" and every character beyond ASCII written as escapes, so that no label can
@@ -1023,7 +1045,11 @@ def _thumbs_section(frame: pd.DataFrame, group: str, blurb: str, *, root: Path |
     if rows.empty:
         return heading + ('<p class="note">No images in this group.</p>' if total == 0 else "")
     uris = [_thumbnail(str(path), root) for path in rows["path"]]
-    cards = [thumbnail_card_html(row, uri) for row, uri in zip(rows.to_dict("records"), uris, strict=True)]
+    rare = small_classes(frame["given_label"].astype(str).to_numpy())
+    cards = [
+        thumbnail_card_html(row, uri, rare=rare.get(str(row["given_label"]), 0))
+        for row, uri in zip(rows.to_dict("records"), uris, strict=True)
+    ]
     # Said on the page too: whoever it is sent to never saw the warning `qmix show` printed.
     missing = sum(uri is None for uri in uris)
     lost = f'<p class="note">{count_of(missing, "image")} not found or unreadable: "no image".</p>' if missing else ""
@@ -1047,6 +1073,7 @@ def groups_section_html(
     if table.empty:
         return heading + f'<p class="note">No image has a {_t(column)}.</p>'
     units = units_of_rows(frame, groups=groups)
+    rare = small_classes(frame["given_label"].astype(str).to_numpy())
     parts = [heading]
     for unit in shown.to_dict("records"):
         member = (units["group"] == unit["group"]) & (units["given_label"] == unit["given_label"])
@@ -1056,7 +1083,7 @@ def groups_section_html(
         counts = ", ".join(f"{int(unit[c]):,} {_e(c)}" for c in CATEGORIES if unit[c])
         more = f" (first {per_group} shown)" if len(members) > per_group else ""
         cards = [
-            thumbnail_card_html(row, _thumbnail(str(row["path"]), root))
+            thumbnail_card_html(row, _thumbnail(str(row["path"]), root), rare=rare.get(str(row["given_label"]), 0))
             for row in members.head(per_group).to_dict("records")
         ]
         parts.append(

@@ -59,19 +59,20 @@
     return lines.join("\r\n") + "\r\n";
   }
 
-  // How often the reviewer agreed with each kind of flag: how far the rest of the audit can be trusted, from the
-  // likeliest cards (so an upper bound). `entries`: [{value, flagged}].
+  // How often the reviewer agreed with each kind of flag, over the cards decided one by one (not those a section's
+  // "agree" button set): how far the rest of the audit can be trusted, from the likeliest cards (so an upper bound).
+  // `entries`: [{value, flagged, bulk}].
   function confirmed(entries) {
     const parts = [];
     for (const [kind, isKind] of [
       ["mislabeled_hq", (flag) => flag.startsWith("hq:")],
       ["mislabeled_lq", (flag) => flag === "lq"],
     ]) {
-      const judged = entries.filter((entry) => isKind(entry.flagged));
+      const judged = entries.filter((entry) => isKind(entry.flagged) && !entry.bulk);
       const agreed = judged.filter((entry) => entry.value === entry.flagged).length;
       if (judged.length) parts.push(agreed + " of " + judged.length + " " + kind);
     }
-    return parts.length ? "; confirmed " + parts.join(", ") : "";
+    return parts.length ? "; one by one, confirmed " + parts.join(", ") : "";
   }
 
   // The bar's line. `entries`: [{value, flagged, shown}], `shown` false for an image this page has no card for.
@@ -156,7 +157,7 @@
         figure.classList.toggle("overruled", value !== "" && value !== flaggedValue(info));
         figure.hidden = (only !== "" && info.given !== only) || (hide && value !== "");
       }
-      bar.querySelector(".count").textContent = countText(current());
+      bar.querySelector(".count").textContent = data.started + countText(current());
       bar.querySelector(".download").disabled = Object.keys(decisions).length === 0;
     }
 
@@ -164,11 +165,13 @@
     const current = () =>
       Object.entries(decisions).map(([id, entry]) => {
         const info = onPage.get(id);
-        return { value: entry.value, flagged: info ? flaggedValue(info) : entry.flagged, shown: !!info };
+        const flagged = info ? flaggedValue(info) : entry.flagged;
+        return { value: entry.value, flagged, shown: !!info, bulk: !!entry.bulk };
       });
 
-    function decide(info, value) {
-      if (value) decisions[info.id] = { value, given: info.given, flagged: flaggedValue(info) };
+    // `bulk`: set by a section's "agree" button, not by looking at the card.
+    function decide(info, value, bulk = false) {
+      if (value) decisions[info.id] = { value, given: info.given, flagged: flaggedValue(info), bulk };
       else delete decisions[info.id];
     }
 
@@ -201,12 +204,16 @@
     for (const section of document.querySelectorAll(".thumbs[data-verdict]")) {
       const button = document.createElement("button");
       button.type = "button";
-      button.textContent = "Agree with the remaining cards above";
+      button.textContent =
+        "Agree with the remaining cards above" +
+        (section.querySelector("figure[data-rare]") ? " (not those of rare classes)" : "");
       button.setAttribute("aria-label", "Agree with the remaining " + section.dataset.verdict + " cards");
       button.addEventListener("click", () => {
         for (const { figure, info } of menus) {
-          if (section.contains(figure) && !figure.hidden && !valueOf(info.id) && flaggedValue(info)) {
-            decide(info, flaggedValue(info));
+          // A card of a class too small for the audit's verdict to say much is left to be decided one by one.
+          const rare = "rare" in figure.dataset;
+          if (section.contains(figure) && !figure.hidden && !rare && !valueOf(info.id) && flaggedValue(info)) {
+            decide(info, flaggedValue(info), true);
           }
         }
         save(key, decisions);

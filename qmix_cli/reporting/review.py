@@ -26,6 +26,11 @@ REVIEW_COLUMNS = ("sample_id", "category")
 # Columns of a report that no review sheet has: a report (or a copy of it) given as the review would make every one of
 # its rows a person's decision, carried out whatever --rare-classes, --hq and --lq say.
 _REPORT_ONLY = ("p_clean", "rank", "loss", "uncertainty")
+# What each verdict does when a person gives it, for the errors a sheet written by hand meets.
+_MEANINGS = (
+    "a category is clean (the label is right: keep it), mislabeled_hq (relabel to suggested_label) or mislabeled_lq "
+    "(the image is too poor: drop it)"
+)
 # The first bytes of the files a sheet is often mistaken for.
 _NOT_CSV = {b"PAR1": "a Parquet file", b"PK\x03\x04": "a zip archive (an Excel workbook?)"}
 
@@ -117,24 +122,32 @@ def overrule(report: pd.DataFrame, review: pd.DataFrame) -> Reviewed:
     category = review["category"].astype(str).to_numpy()
     relabelled = category == CATEGORIES[MIS_H]
     stated = review["suggested_label"] if "suggested_label" in review.columns else pd.Series([None] * len(review))
-    # A suggestion means something only on a wrong label of a good image; on the others it is cleared, as audit does.
-    suggested = np.where(relabelled & stated.notna().to_numpy(), stated.astype(str).to_numpy(), None)
+    labelled = stated.notna().to_numpy()
+    if (stray := labelled & ~relabelled).any():  # "clean, 3" most likely means "this is a 3": not to be dropped quietly
+        raise QmixError(
+            summarise_offenders("review rows with a suggested_label on a clean or mislabeled_lq verdict",
+                                review["sample_id"][stray].tolist())
+            + "; a label is given only to relabel (mislabeled_hq)"
+        )  # fmt: skip
+    suggested = np.where(labelled, stated.astype(str).to_numpy(), None)
     classes = set(rep["given_label"].astype(str)) | set(
         json.loads(report.attrs.get("qmix", {}).get("class_names", "[]"))
     )
     for problem, rows, advice in (
         ("of mislabeled_hq without a suggested label", relabelled & pd.isna(suggested), "give the label to give them"),
         ("relabelling an image to the label it has", relabelled & (suggested == given), "call them clean"),
-        (
-            "relabelling to a label that is no class of the report or its run",
-            relabelled & pd.notna(suggested) & ~np.isin(suggested.astype(str), list(classes)),
-            "check the spelling",
-        ),
     ):
         if rows.any():  # a person's verdict is carried out as given, so it must name a label that changes something
             raise QmixError(
                 summarise_offenders(f"review rows {problem}", review["sample_id"][rows].tolist()) + f"; {advice}"
             )
+    if foreign := sorted(set(suggested[labelled].astype(str)) - classes):
+        # Named by the labels, which is what is wrong: a float column of a sheet read without dtype=str reads "3.0".
+        floats = " (a sheet read with pandas: read it with dtype=str)" if any(f.endswith(".0") for f in foreign) else ""
+        raise QmixError(
+            summarise_offenders("labels in the review that are no class of the report or its run", foreign)
+            + f"; check the spelling{floats}"
+        )
 
     before = rep.iloc[where]
     changed = (before["category"].astype(str).to_numpy() != category) | (
@@ -167,7 +180,9 @@ def _checked_sheet(review: pd.DataFrame) -> pd.DataFrame:
     if review.empty:
         raise QmixError("the review has no rows; give the images you decided, one row each")
     if blank := int(review["category"].isna().sum()):
-        raise QmixError(f"the review has {blank} row{'s' * (blank != 1)} without a category")
+        raise QmixError(f"the review has {blank} row{'s' * (blank != 1)} without a category; {_MEANINGS}")
+    if unknown := sorted(set(review["category"].astype(str)) - set(CATEGORIES)):
+        raise QmixError(f"the review has categories no verdict is called: {', '.join(map(repr, unknown))}; {_MEANINGS}")
     return check_verdict_rows(review, what="review")
 
 

@@ -168,6 +168,8 @@ def test_summary_goes_to_stderr(parquet_report):
     assert "audit of" in flat and "top issues" in flat
     assert "clean" in flat and "mislabeled_hq" in flat and "mislabeled_lq" in flat
     assert "next: qmix apply " in flat and "--out digits-fixed.parquet" in flat  # where a curator goes from here
+    out, _ = parquet_report  # and where to look first (a Parquet report says where its run and images are)
+    assert f"review them first: qmix show {out})" in flat
 
 
 def test_the_suggested_manifest_name_says_what_it_fixes_and_is_free(tmp_path, monkeypatch):

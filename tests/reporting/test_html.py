@@ -752,18 +752,59 @@ def test_a_review_sheet_given_to_the_page_is_where_its_review_starts(report, tmp
     given = str(flagged["given_label"])
     assert started["decisions"] == {flagged["sample_id"]: {"value": "clean", "given": given, "flagged": "lq"}}
     assert started["key"] != plain["key"]  # a browser's review of the page without the sheet does not hide it
-    # The same review whatever else the page is written with; another audit's (a new suggestion) starts afresh.
+    # A verdict is on an image and its label: the same review whatever else the page is written with, and for a new
+    # audit of the same images (other verdicts and suggestions, another file); a relabelled dataset starts afresh.
     assert review_data(write_html_report(path, out=tmp_path / "d.html", data=data, top=3))["key"] == plain["key"]
     redone = pd.read_parquet(path)
-    redone.loc[redone["category"] == "mislabeled_hq", "suggested_label"] = "a new guess"
-    (tmp_path / "again").mkdir()
-    redone.to_parquet(tmp_path / "again" / path.name)  # pandas keeps the metadata: only the rows differ
-    again = review_data(write_html_report(tmp_path / "again" / path.name, out=tmp_path / "e.html", data=data))
-    assert again["key"] != plain["key"]
+    redone.loc[redone["category"] == "mislabeled_hq", ["category", "suggested_label"]] = ["clean", None]
+    redone.to_csv(tmp_path / "again.csv", index=False)
+    again = review_data(write_html_report(tmp_path / "again.csv", out=tmp_path / "e.html", data=data))
+    assert again["key"] == plain["key"]
+    redone.loc[redone.index[0], "given_label"] = "relabelled"
+    redone.to_csv(tmp_path / "relabelled.csv", index=False)
+    relabelled = review_data(write_html_report(tmp_path / "relabelled.csv", out=tmp_path / "f.html", data=data))
+    assert relabelled["key"] != plain["key"]
+    assert started["started"] == "started from sheet.csv (1 verdict); " and plain["started"] == ""
     with pytest.raises(QmixError, match="1 review row of images the report does not have: nope"):
         write_html_report(path, out=tmp_path / "c.html", data=data, review=sheet.assign(sample_id="nope"))
     with pytest.raises(QmixError, match="--top 0 shows none"):
         write_html_report(path, out=tmp_path / "c.html", data=data, review=sheet, top=0)
+
+
+@pytest.mark.parametrize(
+    ("dataset", "root", "pasted"),
+    [
+        ("rare.csv", "/data/site", "/data/site/rare.csv"),  # a manifest given by a relative path
+        ("sub/noisy", "/data/sub/noisy", "/data/sub/noisy"),  # a folder
+        ("/abs/m.parquet", "/abs", "/abs/m.parquet"),
+        ("digits", "/cache/digits", "digits"),  # a built-in name
+    ],
+)
+def test_the_pages_apply_command_names_the_dataset_as_any_folder_reads_it(dataset, root, pasted):
+    from qmix_cli.reporting.html import dataset_for_command
+
+    assert dataset_for_command({"dataset": dataset, "dataset_root": root}) == pasted
+
+
+def test_a_card_of_a_rare_class_says_so_for_the_reviewer(tmp_path, write_image):
+    # Two flagged images are all their class has: apply may keep them as they are, so the card asks for a decision
+    # (and the page's "agree" button passes over it).
+    path, data, _ = make_report(tmp_path, write_image, n=12)
+    frame = pd.read_parquet(path)
+    owls = frame.index[frame["category"] != "clean"][:2]
+    frame.loc[owls, "given_label"] = "owl"
+    frame.to_parquet(tmp_path / "owls.parquet")
+    page = write_html_report(tmp_path / "owls.parquet", out=tmp_path / "r.html", data=data, top=100).read_text()
+    sizes = frame["given_label"].value_counts()
+    cards = page.split('<figure class="thumb"')[1:]
+    assert len(cards) == int((frame["category"] != "clean").sum())
+    for card in cards:
+        given = json.loads(html_unescape(re.search(r'data-given="([^"]*)"', card).group(1)))
+        size = int(sizes[given])
+        marked = f'data-rare="{size}"' in card.split(">", 1)[0] and f"a class of {size} images: qmix apply" in card
+        assert marked == (size < 5), given
+    assert sum('data-given="&quot;owl&quot;"' in card for card in cards) == 2
+    assert (sizes[sizes.index.isin(frame.loc[frame["category"] != "clean", "given_label"])] >= 5).any()  # both kinds
 
 
 def test_no_thumbnails_asked_for_is_not_said_as_an_empty_group(report, tmp_path, write_image):
