@@ -4,7 +4,8 @@ A review sheet is the CSV the page of ``qmix show`` downloads (or one written by
 one row per image a person looked at, with the verdict they reached in the report's own terms, ``sample_id``,
 ``category`` (``clean``, ``mislabeled_hq`` or ``mislabeled_lq``) and ``suggested_label`` (the label to give a
 ``mislabeled_hq`` image; blank otherwise), and optionally ``given_label`` (checked against the report's, so that a
-review of another labelling is refused). Every other column is ignored. Reading is here; the overlay is pure.
+review of another labelling is refused). Other columns are ignored, but for a report's own (``p_clean``, ``rank``...):
+a report given as a sheet is refused. Reading is here; the overlay is pure.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class Reviewed:
         (``suggested_label`` null where the review leaves it blank).
     ids
         The ``sample_id`` (text) of the rows the review decides: a person's decision, which `qmix apply` carries out
-        even for a class too rare for the audit's own verdicts (`qmix_cli.reporting.apply.apply_verdicts`).
+        as given, whatever its rules for the audit's verdicts say (`qmix_cli.reporting.apply.apply_verdicts`).
     overruled
         How many of those rows now have another verdict, or another suggested label for a ``mislabeled_hq`` image,
         than the audit gave.
