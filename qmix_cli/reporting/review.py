@@ -123,7 +123,8 @@ def overrule(report: pd.DataFrame, review: pd.DataFrame) -> Reviewed:
     category = review["category"].astype(str).to_numpy()
     relabelled = category == CATEGORIES[MIS_H]
     stated = review["suggested_label"] if "suggested_label" in review.columns else pd.Series([None] * len(review))
-    labelled = stated.notna().to_numpy()
+    # A blank cell is no label, whether a CSV left it empty (null) or a DataFrame holds "".
+    labelled = stated.notna().to_numpy() & (stated.astype(str).str.strip() != "").to_numpy()
     if (stray := labelled & ~relabelled).any():  # "clean, 3" most likely means "this is a 3": not to be dropped quietly
         raise QmixError(
             summarise_offenders("review rows with a suggested_label on a clean or mislabeled_lq verdict",

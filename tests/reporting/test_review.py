@@ -56,6 +56,12 @@ def test_the_reviews_verdicts_replace_the_audits_on_its_rows_only() -> None:
     assert before["category"].tolist() == [H, H, L, C, H]  # the caller's report is left as it was
 
 
+def test_a_blank_suggestion_is_none_whether_null_or_empty_text() -> None:
+    # What a DataFrame built in Python holds where a CSV read leaves a null.
+    review = sheet(sample_id=["plain", "007"], category=[C, L], suggested_label=["", "  "])
+    assert overrule(report(), review).report["suggested_label"].tolist()[3:] == [None, None]
+
+
 def test_another_suggested_label_on_a_wrong_label_is_an_overruling() -> None:
     reviewed = overrule(report(), sheet(sample_id=["plain"], category=[H], suggested_label=["dog"]))
     assert reviewed.overruled == 1 and reviewed.report["suggested_label"].iloc[4] == "dog"
