@@ -922,7 +922,8 @@ def review_script_html(
     on an image and its label, which a new audit, a copy of the report or a page written with another ``--top``
     leaves as they were, and which a relabelled dataset does not (its verdicts would be stale)."""
     rows = pd.util.hash_pandas_object(frame[["sample_id", "given_label"]].astype(str), index=False)
-    identity = [hashlib.sha256(rows.to_numpy().tobytes()).hexdigest(), verdicts]
+    # Sorted: a report written in another order (`audit --sort rank`) is of the same images.
+    identity = [hashlib.sha256(np.sort(rows.to_numpy()).tobytes()).hexdigest(), verdicts]
     data = {
         "classes": [str(c) for c in labels],
         "sheet": sheet,
