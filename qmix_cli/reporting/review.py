@@ -48,6 +48,8 @@ class Reviewed:
     ids
         The ``sample_id`` (text) of the rows the review decides: a person's decision, which `qmix apply` carries out
         as given, whatever its rules for the audit's verdicts say (`qmix_cli.reporting.apply.apply_verdicts`).
+    rows
+        ``(len(ids),)`` int: where those rows are in ``report`` (and in the report given), positionally.
     overruled
         How many of those rows now have another verdict, or another suggested label for a ``mislabeled_hq`` image,
         than the audit gave.
@@ -55,6 +57,7 @@ class Reviewed:
 
     report: pd.DataFrame
     ids: list[str]
+    rows: np.ndarray
     overruled: int
 
 
@@ -161,7 +164,7 @@ def overrule(report: pd.DataFrame, review: pd.DataFrame) -> Reviewed:
     out["suggested_label"] = suggestions.where(suggestions.notna(), None)  # one null, whatever the column held
     out.iloc[where, out.columns.get_loc("category")] = category
     out.iloc[where, out.columns.get_loc("suggested_label")] = suggested
-    return Reviewed(report=out, ids=review["sample_id"].tolist(), overruled=int(changed.sum()))
+    return Reviewed(report=out, ids=review["sample_id"].tolist(), rows=where, overruled=int(changed.sum()))
 
 
 def _checked_sheet(review: pd.DataFrame) -> pd.DataFrame:
@@ -199,12 +202,11 @@ def page_verdicts(report: pd.DataFrame, review: pd.DataFrame) -> dict[str, dict[
     QmixError
         As `overrule`.
     """
-    reviewed = overrule(report, review)
-    person = verdict_columns(reviewed.report).loc[reviewed.ids]
-    audit = verdict_columns(report).loc[reviewed.ids]
+    reviewed = overrule(report, review)  # the reviewed rows by position: no second pass over the whole report
+    person, audit = reviewed.report.iloc[reviewed.rows], report.iloc[reviewed.rows]
     return {
         sample_id: {"value": _decision(mine), "given": str(mine["given_label"]), "flagged": _decision(theirs)}
-        for (sample_id, mine), (_, theirs) in zip(person.iterrows(), audit.iterrows(), strict=True)
+        for sample_id, (_, mine), (_, theirs) in zip(reviewed.ids, person.iterrows(), audit.iterrows(), strict=True)
     }
 
 
