@@ -750,8 +750,8 @@ def show(
         The dataset the report's paths are relative to, for thumbnails (default: the one a Parquet report
         records, when it still exists).
     top
-        Thumbnails shown per kind of issue (and groups, for an audit by group), most likely first, 0 or more
-        (default 12).
+        Thumbnails shown per kind of issue (and groups, for an audit by group), most likely first, and of a random
+        sample of the images called clean (what the audit missed is among them), 0 or more (default 12).
     force
         Replace an existing ``out`` that is not a page ``qmix show`` wrote (a manifest, say); without it such a file
         is refused, while an earlier page is replaced.

@@ -37,8 +37,8 @@ def show_command(
         typer.Option(
             "--top",
             "-n",  # no min=: click's range error exits 2, where every value qmix refuses exits 1
-            help="Thumbnails shown per kind of issue, and patients (groups) shown by an audit by group, most likely "
-            "first.",
+            help="Thumbnails shown per kind of issue, most likely first, and of a random sample of the images called "
+            "clean (to see what the audit missed); also patients (groups) shown by an audit by group.",
         ),
     ] = 12,
     group_column: Annotated[

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from qmix_cli import __version__
-from qmix_cli.categories import CATEGORIES, small_classes
+from qmix_cli.categories import CATEGORIES, CLEAN, small_classes
 from qmix_cli.data.builtin import is_builtin
 from qmix_cli.data.groups import check_group_column
 from qmix_cli.data.manifest import MANIFEST_SUFFIXES, escapes_root, read_manifest
@@ -437,7 +437,9 @@ def thumbnail_card_html(row: dict[str, Any], uri: str | None, *, rare: int = 0) 
     code = CATEGORIES.index(row["category"]) if row.get("category") in CATEGORIES else None
     mark = "" if code is None else f'{_swatch(code)}<span class="sr">{_e(row["category"])}: </span>'
     suggested = row.get("suggested_label")
-    if suggested is None or (isinstance(suggested, float) and math.isnan(suggested)):
+    if row.get("category") == CATEGORIES[CLEAN]:
+        label = f"{_t(row['given_label'])} <i>kept</i>"  # its suggested label is its own
+    elif suggested is None or (isinstance(suggested, float) and math.isnan(suggested)):
         label = f"{_t(row['given_label'])} → <i>fix or drop</i>"  # what the nets predict: the line below
     else:
         label = f"{_t(row['given_label'])} → <b>{_t(suggested)}</b>"
@@ -578,7 +580,8 @@ def write_html_report(
         relative to. Default: the root recorded in a Parquet report's metadata when it still exists, else paths
         are taken as they are (absolute, or relative to the current directory).
     top
-        Thumbnails shown for each of ``mislabeled_hq`` and ``mislabeled_lq``, best ranked first.
+        Thumbnails shown for each of ``mislabeled_hq`` and ``mislabeled_lq``, likeliest first, and of a random sample
+        of the images called ``clean`` (`clean_sample`): cards a reviewer gives verdicts on (0: none, and no review).
     max_points
         Most points in the scatter; larger reports are subsampled deterministically.
     warn
@@ -835,7 +838,9 @@ def render_page(
 
 def _nav(groups: tuple[str, pd.Series] | None, run_dir: Path | None) -> str:
     """Links to the page's sections, so that a keyboard need not pass every thumbnail to reach the next kind."""
-    links = [("scatter", "loss × uncertainty"), ("classes", "per class"), *((g, g) for g in THUMB_GROUPS)]
+    named = {CATEGORIES[CLEAN]: "clean sample"}
+    links = [("scatter", "loss × uncertainty"), ("classes", "per class")]
+    links += [(g, named.get(g, g)) for g in THUMB_GROUPS]
     links += [("groups", f"by {groups[0]}")] if groups is not None else []
     links += [("curves", "training curves")] if run_dir is not None else []
     return '<nav class="note">' + " · ".join(f'<a href="#{i}">{_t(text)}</a>' for i, text in links) + "</nav>"
@@ -1006,16 +1011,34 @@ THUMB_GROUPS = {
     "mislabeled_hq": "good images whose label looks wrong; the suggested label is the likeliest other class by a "
     "probe that never saw the image",
     "mislabeled_lq": "low-quality images (blurred, noisy, corrupted…): fix or drop them rather than relabel",
+    "clean": "images the audit would keep as they are, picked at random: what it missed is among them. Overrule the "
+    "ones you find wrong and the review bar estimates how many of all the images called clean are",
 }
 
 
 def _top_rows(frame: pd.DataFrame, group: str, top: int) -> pd.DataFrame:
-    """The ``top`` rows of verdict ``group`` likeliest to be of it, by its own posterior (ties by rank): the ones the
-    page shows as thumbnails. Not by rank, which orders by ``p_clean``: within a verdict that is ``1e-20`` against
-    ``1e-30``, and put the low-quality images most like wrong labels on good ones first (docs/decisions.md,
-    "Fortieth round": the first 12 of a section truly low quality 0.60 by rank, 0.97 by ``p_mislabeled_lq``)."""
+    """The ``top`` rows of verdict ``group`` the page shows as thumbnails: for a flag, the likeliest to be of it, by
+    its own posterior (ties by rank); of the clean images, a random sample (`clean_sample`).
+
+    Not by rank, which orders by ``p_clean``: within a verdict that is ``1e-20`` against ``1e-30``, and put the
+    low-quality images most like wrong labels on good ones first (docs/decisions.md, "Fortieth round": the first 12
+    of a section truly low quality 0.60 by rank, 0.97 by ``p_mislabeled_lq``)."""
+    if group == CATEGORIES[CLEAN]:
+        return clean_sample(frame, top)
     rows = frame[frame["category"] == group]
     return rows.sort_values([f"p_{group}", "rank"], ascending=[False, True]).head(top)
+
+
+def clean_sample(frame: pd.DataFrame, n: int) -> pd.DataFrame:
+    """``n`` of the report's rows called clean, picked at random, for a reviewer to estimate what the audit missed.
+
+    The draw is by a hash of each ``sample_id``: the same images whatever order the report lists them in and however
+    often the page is written (a reviewer's verdicts stay on their cards), a larger ``n`` keeping a smaller one's, and
+    nothing to do with the scores, so that the share of wrong labels among them estimates the share among all the
+    images called clean (the ``likeliest first`` order of the flags' sections would not)."""
+    rows = frame[frame["category"] == CATEGORIES[CLEAN]]
+    draw = pd.util.hash_pandas_object(rows["sample_id"].astype(str), index=False).to_numpy()
+    return rows.iloc[np.argsort(draw, kind="stable")[:n]]
 
 
 def missing_thumbnails(frame: pd.DataFrame, *, root: Path | None, top: int) -> tuple[int, int, int]:
@@ -1032,13 +1055,16 @@ def _thumbs_section(frame: pd.DataFrame, group: str, blurb: str, *, root: Path |
     total = int((frame["category"] == group).sum())
     code = CATEGORIES.index(group)
     # The page shows the likeliest few; where the others are, so that a curator goes on from there.
-    rest = f" by p_{group}; the report lists all {total:,}, qmix show --top N shows more" if total > len(rows) else ""
+    sample = group == CATEGORIES[CLEAN]
+    rest = f"; the report lists all {total:,}, qmix show --top N shows more" if total > len(rows) else ""
     if not len(rows):  # --top 0
         shown = count_of(total, "image")
     elif len(rows) == total:
-        shown = f"all {total:,}, likeliest first" if total > 1 else "1 image"
+        shown = "1 image" if total == 1 else f"all {total:,}" + ("" if sample else ", likeliest first")
+    elif sample:
+        shown = f"a random {len(rows):,} of {total:,}{rest}"
     else:
-        shown = f"the {len(rows):,} likeliest of {total:,}{rest}"
+        shown = f"the {len(rows):,} likeliest of {total:,} by p_{group}{rest}"
     heading = (
         f'<h2 id="{group}">{_swatch(code)}{_e(group)} <small class="note">{shown}</small></h2>'
         f'<p class="note">{_e(blurb)}. {_ACTING}</p>'
@@ -1054,7 +1080,9 @@ def _thumbs_section(frame: pd.DataFrame, group: str, blurb: str, *, root: Path |
     # Said on the page too: whoever it is sent to never saw the warning `qmix show` printed.
     missing = sum(uri is None for uri in uris)
     lost = f'<p class="note">{count_of(missing, "image")} not found or unreadable: "no image".</p>' if missing else ""
-    return heading + lost + f'<div class="thumbs" data-verdict="{group}">' + "".join(cards) + "</div>"
+    # The sample's section says how many it is drawn from: the review's estimate of what the audit missed (review.js).
+    drawn = f' data-sample="{total}"' if sample else ""
+    return heading + lost + f'<div class="thumbs" data-verdict="{group}"{drawn}>' + "".join(cards) + "</div>"
 
 
 def groups_section_html(

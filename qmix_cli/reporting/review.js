@@ -75,18 +75,52 @@
     return parts.length ? "; one by one, confirmed " + parts.join(", ") : "";
   }
 
-  // The bar's line. `entries`: [{value, flagged, shown}], `shown` false for an image this page has no card for.
-  function countText(entries) {
+  // The 95 % Wilson score interval of a share seen `k` times in `n`: [low, high], within [0, 1], and not empty at
+  // k = 0 (where the plain k/n ± interval would say "none" from a dozen images).
+  function wilson(k, n) {
+    const z = 1.96;
+    const share = k / n;
+    const spread = z * z / n;
+    const centre = (share + spread / 2) / (1 + spread);
+    const half = (z * Math.sqrt(share * (1 - share) / n + spread / (4 * n))) / (1 + spread);
+    return [Math.max(0, centre - half), Math.min(1, centre + half)];
+  }
+
+  const grouped = (n) => n.toLocaleString("en-US");
+
+  // What the reviewer's verdicts on the random sample of clean cards say of all `total` images the audit called
+  // clean: the share they overruled (a wrong label, or an image too poor), scaled up, with its 95 % interval. Only
+  // cards decided one by one count. `entries`: [{value, sampled, bulk}], `sampled` for a card of the sample.
+  function missedText(entries, total) {
+    const judged = entries.filter((entry) => entry.sampled && !entry.bulk);
+    const n = judged.length;
+    if (!n || !total) return "";
+    const k = judged.filter((entry) => entry.value !== "clean").length;
+    const [low, high] = wilson(k, n);
+    // The images looked at are known: at least the k overruled are not clean, and the n - k confirmed are.
+    const least = Math.max(k, Math.round(low * total));
+    const most = Math.min(total - (n - k), Math.round(high * total));
+    return (
+      "; of the clean sample, " + k + " of " + n + " overruled: about " + grouped(Math.round((k / n) * total)) +
+      " of the " + grouped(total) + " images called clean are wrong or too poor (95 % interval " + grouped(least) + " to " +
+      grouped(most) + ")"
+    );
+  }
+
+  // The bar's line. `entries`: [{value, flagged, shown, sampled, bulk}], `shown` false for an image this page has no
+  // card for; `cleanTotal`, the number of images called clean the page's sample of them is drawn from.
+  function countText(entries, cleanTotal = 0) {
     const overruled = entries.filter((entry) => entry.value !== entry.flagged).length;
     const elsewhere = entries.filter((entry) => !entry.shown).length;
     return (
       entries.length + " reviewed, " + overruled + " overruled" +
       (elsewhere ? " (" + elsewhere + " of them on images this page does not show)" : "") +
-      confirmed(entries)
+      confirmed(entries) +
+      missedText(entries, cleanTotal)
     );
   }
 
-  const api = { verdictOf, flaggedValue, choicesFor, reviewCsv, confirmed, countText };
+  const api = { verdictOf, flaggedValue, choicesFor, reviewCsv, confirmed, wilson, missedText, countText };
   if (typeof module !== "undefined" && module.exports) module.exports = api;
   if (typeof document === "undefined") return;
 
@@ -157,7 +191,7 @@
         figure.classList.toggle("overruled", value !== "" && value !== flaggedValue(info));
         figure.hidden = (only !== "" && info.given !== only) || (hide && value !== "");
       }
-      bar.querySelector(".count").textContent = data.started + countText(current());
+      bar.querySelector(".count").textContent = data.started + countText(current(), cleanTotal);
       bar.querySelector(".download").disabled = Object.keys(decisions).length === 0;
     }
 
@@ -166,7 +200,7 @@
       Object.entries(decisions).map(([id, entry]) => {
         const info = onPage.get(id);
         const flagged = info ? flaggedValue(info) : entry.flagged;
-        return { value: entry.value, flagged, shown: !!info, bulk: !!entry.bulk };
+        return { value: entry.value, flagged, shown: !!info, bulk: !!entry.bulk, sampled: sampled.has(id) };
       });
 
     // `bulk`: set by a section's "agree" button, not by looking at the card.
@@ -199,9 +233,16 @@
     }
 
     const onPage = new Map(menus.map(({ info }) => [info.id, info])); // the cards, by id (one may show twice)
+    // The random sample of clean cards, and how many images called clean it is drawn from (html.py, clean_sample).
+    const sample = document.querySelector(".thumbs[data-sample]");
+    const cleanTotal = sample ? Number(sample.dataset.sample) : 0;
+    const sampled = new Set(
+      menus.filter(({ figure }) => sample && sample.contains(figure)).map(({ info }) => info.id)
+    );
 
-    // A section's cards the reviewer agrees with, in one go, once the ones they disagree with are set.
-    for (const section of document.querySelectorAll(".thumbs[data-verdict]")) {
+    // A section's cards the reviewer agrees with, in one go, once the ones they disagree with are set. Not the clean
+    // sample's: its estimate of what the audit missed rests on each card being looked at.
+    for (const section of document.querySelectorAll(".thumbs[data-verdict]:not([data-sample])")) {
       const button = document.createElement("button");
       button.type = "button";
       button.textContent =

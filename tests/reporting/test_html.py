@@ -21,6 +21,7 @@ from qmix_cli.categories import CATEGORIES
 from qmix_cli.errors import QmixError
 from qmix_cli.reporting.html import (
     class_table_html,
+    clean_sample,
     legend_html,
     line_chart_svg,
     read_separation_means,
@@ -232,7 +233,7 @@ def test_a_card_shows_its_verdict_and_how_sure_the_nets_are_and_the_page_how_to_
     for section in ("scatter", "classes", "mislabeled_hq", "mislabeled_lq"):
         assert f'<a href="#{section}">' in page and f'<h2 id="{section}">' in page
     assert f"image paths under <b><bdi>{data.resolve()}</bdi></b>" in page
-    assert page.count("to overrule a verdict, give yours in the card's menu and pass the review sheet") == 2
+    assert page.count("to overrule a verdict, give yours in the card's menu and pass the review sheet") == 3
     shown = _shown(tmp_path / "r.html")
     for category in ("mislabeled_hq", "mislabeled_lq"):  # every one shown, and the page says where the lost one is
         section, members = _section(shown, category), rows[rows["category"] == category]
@@ -311,13 +312,34 @@ def test_an_image_past_pillows_limit_is_not_decoded_for_a_thumbnail(tmp_path, mo
         assert thumbnail_data_uri(tmp_path / "big.png") is None  # a placeholder on the page
 
 
-def test_clean_images_get_no_thumbnails(report, tmp_path):
+def test_clean_images_are_shown_as_a_random_sample_to_check_what_the_audit_missed(report, tmp_path):
     path, data, rows = report
-    page = write_html_report(path, out=tmp_path / "r.html", data=data, top=100).read_text()
-    issues = int((rows["category"] != "clean").sum())
-    missing = int(((rows["sample_id"] == MISSING_ID) & (rows["category"] != "clean")).sum())
-    assert page.count("data:image/") == issues - missing
-    assert page.count('<figure class="thumb"') == issues
+    clean = rows[rows["category"] == "clean"]
+    page = _shown(write_html_report(path, out=tmp_path / "r.html", data=data, top=4))
+    section = _section(page, "clean")
+    assert f"a random 4 of {len(clean):,}; the report lists all" in section
+    assert f'<div class="thumbs" data-verdict="clean" data-sample="{len(clean)}">' in section
+    shown = [html_unescape(m) for m in re.findall(r'<span class="sid">(.*?)</span>', section)]
+    assert len(shown) == 4 and set(shown) <= set(clean["sample_id"])
+    assert "<i>kept</i>" in section and "→" not in section  # a clean image's suggested label is its own
+    assert '<a href="#clean">clean sample</a>' in page
+    # Not the likeliest clean first, nor the report's first rows: a draw that says nothing of the scores.
+    assert shown != clean.sort_values("p_clean", ascending=False)["sample_id"].head(4).tolist()
+    assert shown != clean["sample_id"].head(4).tolist()
+    # The same images whatever order the report is in, and a larger sample keeps a smaller one's.
+    shuffled = pd.read_parquet(path).sample(frac=1, random_state=3)
+    again = clean_sample(shuffled, 4)["sample_id"].tolist()
+    assert again == shown and clean_sample(shuffled, 8)["sample_id"].head(4).tolist() == shown
+    assert clean_sample(shuffled, 100)["category"].eq("clean").all() and len(clean_sample(shuffled, 100)) == len(clean)
+
+
+def test_a_random_sample_of_ids_holds_about_its_share_of_any_subset():
+    # What the estimate of missed labels rests on: the draw is blind to what the ids say (here, which are wrong).
+    ids = [f"img_{i:05d}.png" for i in range(20000)]
+    frame = pd.DataFrame({"sample_id": ids, "category": "clean"})
+    wrong = set(ids[::10])  # a tenth of them, every tenth file: an ordering a naive draw would bias
+    picked = clean_sample(frame, 2000)["sample_id"]
+    assert 0.08 < picked.isin(wrong).mean() < 0.12
 
 
 def test_text_is_escaped(report, tmp_path):
@@ -344,7 +366,7 @@ def test_unreadable_image_gives_a_placeholder(tmp_path, write_image):
         png.write_bytes(b"not a png")
     page = write_html_report(path, out=tmp_path / "r.html", data=data, top=100).read_text()
     assert "data:image/" not in page
-    assert page.count('class="placeholder"') == int((rows["category"] != "clean").sum())
+    assert page.count('class="placeholder"') == len(rows)  # --top 100: every image has a card
 
 
 def test_a_report_path_climbing_out_of_the_dataset_embeds_nothing_from_there(tmp_path, write_image):
@@ -721,9 +743,8 @@ def test_cards_carry_their_values_exactly_for_the_review_and_the_page_its_classe
     written = write_html_report(tmp_path / "odd.parquet", out=tmp_path / "r.html", data=data, top=100)
     page = written.read_bytes().decode("utf-8")  # as written: no line ending translated
     cards = re.findall(r'<figure class="thumb" data-id="([^"]*)" data-given="([^"]*)" data-category="([^"]*)"', page)
-    flagged = frame[frame["category"] != "clean"]
     read = sorted(tuple(json.loads(html_unescape(value)) for value in card) for card in cards)
-    assert read == sorted(zip(flagged["sample_id"], flagged["given_label"], flagged["category"], strict=True))
+    assert read == sorted(zip(frame["sample_id"], frame["given_label"], frame["category"], strict=True))
     tags = re.findall(r"<figure[^>]*>", page)
     assert tags and not any("\r" in tag or "\x00" in tag for tag in tags)
     assert "\u202e" not in page and page.count("</script>") == 2  # the data's and the script's own
@@ -797,7 +818,7 @@ def test_a_card_of_a_rare_class_says_so_for_the_reviewer(tmp_path, write_image):
     page = write_html_report(tmp_path / "owls.parquet", out=tmp_path / "r.html", data=data, top=100).read_text()
     sizes = frame["given_label"].value_counts()
     cards = page.split('<figure class="thumb"')[1:]
-    assert len(cards) == int((frame["category"] != "clean").sum())
+    assert len(cards) == len(frame)  # --top 100: every image, the clean ones in their sample
     for card in cards:
         given = json.loads(html_unescape(re.search(r'data-given="([^"]*)"', card).group(1)))
         size = int(sizes[given])

@@ -245,3 +245,36 @@ def test_the_bar_counts_verdicts_on_images_the_page_does_not_show_apart() -> Non
         "2 reviewed, 1 overruled (1 of them on images this page does not show); one by one, confirmed 0 of 1 "
         "mislabeled_hq, 1 of 1 mislabeled_lq"
     )
+
+
+@pytest.mark.skipif(NODE is None, reason="needs node to run the page's script")
+def test_the_wilson_interval_matches_its_formula_and_is_not_empty_when_nothing_is_found() -> None:
+    for k, n in ((0, 12), (1, 12), (5, 40), (12, 12)):
+        low, high = run_script(f"review.wilson({k}, {n})")
+        z, p = 1.96, k / n
+        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z / (1 + z * z / n) * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5
+        assert low == pytest.approx(max(0.0, centre - half)) and high == pytest.approx(min(1.0, centre + half))
+        assert low <= p <= high
+    assert run_script("review.wilson(0, 12)")[1] > 0.2  # a dozen confirmed clean images do not prove none is wrong
+
+
+@pytest.mark.skipif(NODE is None, reason="needs node to run the page's script")
+def test_the_bar_estimates_what_the_audit_missed_from_the_clean_sample_looked_at_one_by_one() -> None:
+    looked = [{"value": "clean", "flagged": "clean", "shown": True, "sampled": True}] * 11
+    looked = [*looked, {"value": "hq:dog", "flagged": "clean", "shown": True, "sampled": True}]
+    text = run_script(f"review.countText({json.dumps(looked)}, 1500)")
+    assert text == (
+        "12 reviewed, 1 overruled; of the clean sample, 1 of 12 overruled: about 125 of the 1,500 images called clean "
+        "are wrong or too poor (95 % interval 22 to 531)"
+    )
+    # Cards the section by group shows, or decided in bulk, are no random sample: they estimate nothing.
+    elsewhere = [{**entry, "sampled": False} for entry in looked]
+    assert "clean sample" not in run_script(f"review.countText({json.dumps(elsewhere)}, 1500)")
+    bulk = [{**entry, "bulk": True} for entry in looked]
+    assert run_script(f"review.missedText({json.dumps(bulk)}, 1500)") == ""
+    # What was looked at is known: the bounds hold at least the ones found and leave out the ones confirmed.
+    every = [{**looked[-1]}] * 3
+    assert run_script(f"review.missedText({json.dumps(every)}, 4)").endswith("(95 % interval 3 to 4)")
+    none = looked[:11]
+    assert run_script(f"review.missedText({json.dumps(none)}, 11)").endswith("(95 % interval 0 to 0)")
