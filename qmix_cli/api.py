@@ -958,8 +958,8 @@ def apply(
         (classes that keep less than half of the images given them, smallest share first), ``by_class`` (per label, a
         dict of ``before``, ``kept``, ``relabelled_away``, ``dropped``, ``relabelled_to`` and ``after``), ``rare`` (the
         rare classes whose flagged images were kept as they are, with their sizes, smallest first), ``reviewed``
-        (rows of the review), ``overruled`` (of those, the ones whose verdict or suggested label it changed) and
-        ``out``.
+        (rows of the review), ``overruled`` (of those, the ones whose verdict or suggested label it changed),
+        ``unreviewed`` (images relabelled or dropped by the audit's verdicts, no person's) and ``out``.
     """
     import json
 

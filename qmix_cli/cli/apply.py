@@ -67,7 +67,11 @@ def apply_command(
         why["no verdict"] = counts["dropped_missing"]
         parts[-1] += " (" + ", ".join(f"{n:,} {k}" for k, n in why.items() if n) + ")"
     if counts["reviewed"]:
-        parts.append(f"{counts['reviewed']:,} as reviewed ({counts['overruled']:,} overruled)")
+        rest = counts["unreviewed"]
+        parts.append(
+            f"{counts['reviewed']:,} as reviewed ({counts['overruled']:,} overruled), "
+            + (f"{rest:,} of the changes by the audit's verdicts unreviewed" if rest else "every change reviewed")
+        )
     if counts["kept_missing"]:
         parts.append(f"kept {counts['kept_missing']:,} the report has no verdict for, unchanged")
     if counts["kept_rare"]:

@@ -49,9 +49,9 @@ class Applied:
         ``is_label_noisy``) describe the new labels.
     counts
         ``images`` (in the dataset), ``kept`` (rows of the new manifest), ``relabelled``, ``dropped_hq``,
-        ``dropped_lq``, ``missing`` (rows the report lacks), ``dropped_missing``, ``kept_missing`` and ``kept_rare``
+        ``dropped_lq``, ``missing`` (rows the report lacks), ``dropped_missing``, ``kept_missing``, ``kept_rare``
         (flagged images kept as they are, their class being one of ``keep_classes``, that their action would have
-        changed).
+        changed) and ``unreviewed`` (images relabelled or dropped by a verdict not in ``reviewed``).
     emptied
         Classes the dataset had that no image of the new manifest carries.
     kept_classes
@@ -171,6 +171,8 @@ def apply_verdicts(
         "dropped_missing": int((missing & drop).sum()),
         "kept_missing": int((missing & ~drop).sum()),
         "kept_rare": int(rare.sum()),
+        # The changes no person decided: what a reviewer who gave a sheet has still to take on trust.
+        "unreviewed": int((((relabel & (labels != given)) | (drop & ~missing)) & ~person).sum()),
     }
     by_class = class_changes(given, labels, drop=drop)
     left, had = by_class.index[by_class["after"] > 0], by_class["before"] > 0

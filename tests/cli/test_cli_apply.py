@@ -145,7 +145,11 @@ def test_a_review_sheet_overrules_the_reports_verdicts_on_its_images(runner, rep
     assert fixed.loc[hq["sample_id"], "label"].tolist() == [*hq["given_label"].iloc[:2], other]
     assert fixed.loc[hq["sample_id"], "qmix_verdict"].tolist() == ["clean", "clean", "mislabeled_hq"]
     assert lq["sample_id"].iloc[0] not in fixed.index
-    assert "4 as reviewed (3 overruled)" in " ".join(_stderr(result).split())
+    # What is left on trust: every other flagged image's change (all four reviewed were flagged).
+    unreviewed = int((frame["category"] != "clean").sum()) - 4
+    assert f"4 as reviewed (3 overruled), {unreviewed:,} of the changes by the audit's verdicts unreviewed" in " ".join(
+        _stderr(result).split()
+    )
     # The review is an input: never the output.
     again = runner.invoke(app, [*args, "-o", str(tmp_path / "review.csv"), "--force"])
     assert again.exit_code == 1 and "is the review; write the new manifest to another file" in _stderr(again)
@@ -153,7 +157,7 @@ def test_a_review_sheet_overrules_the_reports_verdicts_on_its_images(runner, rep
     from qmix_cli.api import apply
 
     counts = apply(noisy_digits, report=report, review=review, out=tmp_path / "api.csv")
-    assert counts["reviewed"] == 4 and counts["overruled"] == 3
+    assert counts["reviewed"] == 4 and counts["overruled"] == 3 and counts["unreviewed"] == unreviewed
     assert pd.read_csv(tmp_path / "api.csv", dtype=str).equals(pd.read_csv(out, dtype=str))
 
 

@@ -48,7 +48,7 @@ def test_default_relabels_wrong_labels_and_drops_unusable_images() -> None:
     assert out["site"].tolist() == ["a"] * 4 and out["path"].tolist() == [f"s{i}.png" for i in range(4)]
     assert applied.counts == {
         "images": 6, "kept": 4, "relabelled": 2, "dropped_hq": 0, "dropped_lq": 2, "missing": 0,
-        "dropped_missing": 0, "kept_missing": 0, "kept_rare": 0,
+        "dropped_missing": 0, "kept_missing": 0, "kept_rare": 0, "unreviewed": 4,
     }  # fmt: skip
     assert applied.emptied == []
 
@@ -242,8 +242,11 @@ def test_a_reviewers_verdict_on_a_rare_class_is_carried_out() -> None:
 @pytest.mark.parametrize(("hq", "lq"), [("drop", "drop"), ("keep", "keep"), ("relabel", "keep")])
 def test_a_reviewers_verdict_is_carried_out_whatever_the_actions_for_the_audits(hq: str, lq: str) -> None:
     # s2 (mislabeled_hq) and s4 (mislabeled_lq) as a person decided: relabelled and dropped; the others by the rules.
-    out = apply_verdicts(manifest(), report(), hq=hq, lq=lq, reviewed=["s2", "s4"]).frame.set_index("sample_id")
+    applied = apply_verdicts(manifest(), report(), hq=hq, lq=lq, reviewed=["s2", "s4"])
+    out = applied.frame.set_index("sample_id")
     assert out.loc["s2", "label"] == "dog" and "s4" not in out.index
+    # The changes left on trust: s3 (relabelled or dropped unless kept) and s5 (dropped unless kept).
+    assert applied.counts["unreviewed"] == (hq != "keep") + (lq == "drop")
     assert out[REVIEWED_COLUMN].to_dict() == {i: i == "s2" for i in out.index}  # who decided each verdict
     assert ("s3" in out.index) == (hq != "drop") and ("s5" in out.index) == (lq == "keep")
     if "s3" in out.index:
