@@ -70,7 +70,7 @@ def apply_command(
         rest = counts["unreviewed"]
         parts.append(
             f"{counts['reviewed']:,} as reviewed ({counts['overruled']:,} overruled), "
-            + (f"{rest:,} of the changes by the audit's verdicts unreviewed" if rest else "every change reviewed")
+            + (f"the other {rest:,} changes are the audit's verdicts, unreviewed" if rest else "every change reviewed")
         )
     if counts["kept_missing"]:
         parts.append(f"kept {counts['kept_missing']:,} the report has no verdict for, unchanged")
