@@ -110,6 +110,28 @@ def is_stdout(path: str | Path) -> bool:
     return standard_stream(path) == 1
 
 
+#: The first four bytes of every Parquet file (and its last four).
+PARQUET_MAGIC = b"PAR1"
+# The binary files a CSV table is most often mistaken for, by their first bytes, as an error names them.
+_BINARY_TABLES = {PARQUET_MAGIC: "a Parquet file", b"PK\x03\x04": "a zip archive (an Excel workbook?)"}
+
+
+def leading_bytes(path: str | Path, n: int) -> bytes:
+    """The first ``n`` bytes of the file at ``path`` (fewer for a shorter file); empty where it cannot be read."""
+    try:
+        with Path(path).open("rb") as f:
+            return f.read(n)
+    except OSError:
+        return b""
+
+
+def binary_table(path: str | Path) -> str | None:
+    """What binary table file ``path`` begins as, named for an error (``"a Parquet file"``, ``"a zip archive (an
+    Excel workbook?)"``), or None: text, an unreadable file, anything else."""
+    head = leading_bytes(path, 4)
+    return next((kind for magic, kind in _BINARY_TABLES.items() if head.startswith(magic)), None)
+
+
 def csv_header(path: str | Path) -> tuple[str, list[str]]:
     """The separator of a CSV file (a manifest, or a report edited in a spreadsheet) and its header's fields: of
     comma, semicolon (a spreadsheet's export where the comma is the decimal mark, R's ``write.csv2``) and tab, the one
@@ -132,13 +154,15 @@ def read_csv_text(path: str | Path, *, what: str, key_columns: Iterable[str]) ->
     Raises
     ------
     DataError
-        A key column named twice, a row too long, text that is not UTF-8, or a file pandas cannot read (its first
-        line of explanation).
+        A Parquet file or a workbook (`binary_table`), a key column named twice, a row too long, text that is not
+        UTF-8, or a file pandas cannot read (its first line of explanation).
     """
     import warnings
 
     import pandas as pd
 
+    if kind := binary_table(path):  # said as what it is, not as text that is not UTF-8
+        raise DataError(f"cannot read {what} {path}: it is {kind}, not CSV text; save it as CSV")
     try:
         sep, header = csv_header(path)
         if twice := [name for name in key_columns if header.count(name) > 1]:

@@ -36,7 +36,15 @@ import pyarrow.parquet as pq
 from qmix_cli import __version__
 from qmix_cli.categories import CATEGORIES, CLEAN, MIS_H
 from qmix_cli.errors import DataError, QmixError, summarise_offenders
-from qmix_cli.io import atomic_path, csv_header, is_pipe_or_device, is_stream, send_to_null
+from qmix_cli.io import (
+    PARQUET_MAGIC,
+    atomic_path,
+    csv_header,
+    is_pipe_or_device,
+    is_stream,
+    leading_bytes,
+    send_to_null,
+)
 from qmix_cli.reporting.groups import GROUP_SCHEMA
 
 #: Output formats a report can be written in.
@@ -326,16 +334,15 @@ def written_by_audit(path: str | Path) -> bool:
     mistake is kept (`qmix_cli.io.check_replaceable`). False for anything it cannot parse."""
     path = Path(path)
     try:
-        with path.open("rb") as f:
-            head = f.read(4)
-            if head == b"PAR1":
-                schema = pq.read_schema(path)
-                if not decode_metadata(schema.metadata or {}):  # no qmix.* entry: not a file qmix wrote
-                    return False
-                columns = set(schema.names)
-            else:
-                line = (head + f.readline(1 << 20)).decode("utf-8-sig", errors="replace").strip()
-                columns = set(json.loads(line)) if line.startswith("{") else set(next(csv.reader([line]), []))
+        if leading_bytes(path, 4) == PARQUET_MAGIC:
+            schema = pq.read_schema(path)
+            if not decode_metadata(schema.metadata or {}):  # no qmix.* entry: not a file qmix wrote
+                return False
+            columns = set(schema.names)
+        else:
+            with path.open("rb") as f:
+                line = f.readline(1 << 20).decode("utf-8-sig", errors="replace").strip()
+            columns = set(json.loads(line)) if line.startswith("{") else set(next(csv.reader([line]), []))
     except (OSError, pa.ArrowException, ValueError, TypeError, csv.Error, RecursionError):
         return False  # a binary file, a CR-only or NUL-holding line, a JSON too deep: not ours
     return columns in (set(REPORT_SCHEMA.names), set(GROUP_SCHEMA.names))
@@ -382,15 +389,10 @@ def report_format(path: str | Path) -> str:
     named = _SUFFIX_FORMATS.get(Path(path).suffix.lower())
     if named is not None:
         return named
-    try:
-        with Path(path).open("rb") as f:
-            head = f.read(4)
-            first = (head + f.read(60)).lstrip()[:1]
-    except OSError:
-        return "csv"
-    if head == b"PAR1":
+    head = leading_bytes(path, 64)  # empty where unreadable: CSV, for its reader to say why
+    if head.startswith(PARQUET_MAGIC):
         return "parquet"
-    return "jsonl" if first == b"{" else "csv"
+    return "jsonl" if head.lstrip()[:1] == b"{" else "csv"
 
 
 def read_report_metadata(path: str | Path) -> dict[str, str]:

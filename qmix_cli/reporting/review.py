@@ -32,8 +32,6 @@ _MEANINGS = (
     "a category is clean (the label is right: keep it), mislabeled_hq (relabel to suggested_label) or mislabeled_lq "
     "(the image is too poor: drop it)"
 )
-# The first bytes of the files a sheet is often mistaken for.
-_NOT_CSV = {b"PAR1": "a Parquet file", b"PK\x03\x04": "a zip archive (an Excel workbook?)"}
 
 
 @dataclass(frozen=True)
@@ -77,11 +75,6 @@ def read_review(path: str | Path) -> pd.DataFrame:
         raise QmixError(f"review {path} is a folder; give the review sheet (a CSV file)")
     if not path.is_file():
         raise QmixError(f"review not found: {path}")
-    with open(path, "rb") as f:
-        start = f.read(4)
-    for magic, kind in _NOT_CSV.items():
-        if start.startswith(magic):
-            raise QmixError(f"review {path} is {kind}; a review sheet is a CSV file (save it as CSV)")
     return read_csv_text(path, what="review", key_columns=(*REVIEW_COLUMNS, "suggested_label", "given_label"))
 
 

@@ -611,6 +611,13 @@ def test_spreadsheet_csv_quirks_are_read_or_named(make_image_folder):
     )
     with pytest.raises(DataError, match=r"not UTF-8 text \(byte 0xe9 at offset \d+\); save it as UTF-8$"):
         create_dataset(root / "latin1.csv")
+    # A binary table named .csv is said as what it is, not as text in another encoding.
+    pd.DataFrame(_folder_rows(root)).to_parquet(root / "parquet.csv")
+    with pytest.raises(DataError, match=r"parquet\.csv: it is a Parquet file, not CSV text; save it as CSV$"):
+        create_dataset(root / "parquet.csv")
+    (root / "book.csv").write_bytes(b"PK\x03\x04" + bytes(200))
+    with pytest.raises(DataError, match=r"it is a zip archive \(an Excel workbook\?\), not CSV text"):
+        create_dataset(root / "book.csv")
     (root / "named.csv").write_text("Image Path,Class\n" + body.replace(",\n", "\n"))
     with pytest.raises(
         DataError, match=r"found: Image Path, Class \(rename 'Image Path' to 'path', 'Class' to 'label'\)$"

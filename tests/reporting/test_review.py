@@ -154,7 +154,7 @@ def test_a_missing_or_unreadable_sheet_is_one_clear_error(tmp_path: Path) -> Non
     with pytest.raises(QmixError, match="cannot read review"):
         read_review(tmp_path / "bin.csv")
     report().to_parquet(tmp_path / "report.parquet")
-    with pytest.raises(QmixError, match="is a Parquet file; a review sheet is a CSV file"):
+    with pytest.raises(QmixError, match="it is a Parquet file, not CSV text; save it as CSV"):
         read_review(tmp_path / "report.parquet")
     (tmp_path / "twice.csv").write_text("sample_id,category,category\n007,clean,mislabeled_lq\n", "utf-8")
     with pytest.raises(QmixError, match="the column 'category' is named 2 times; keep one"):
