@@ -428,7 +428,7 @@ def thumbnail_card_html(row: dict[str, Any], uri: str | None, *, rare: int = 0) 
     of the predicted label (the posteriors in its tooltip). ``rare``: the size of its given label's class in the
     report, when that is fewer than `SMALL_CLASS` images (its verdict says little: `qmix apply` may keep it)."""
     if uri is None:
-        picture = '<div class="placeholder" title="image not found or unreadable">no image</div>'
+        picture = '<div class="placeholder" title="image not found or unreadable" tabindex="0">no image</div>'
     else:  # focusable, so that the keyboard enlarges it as hovering does; the caption names it
         alt = f"{row['category']} image, given label {_visible(row['given_label'])}"
         crisp = ' class="px"' if uri.startswith("data:image/png") else ""  # no larger than shown (`_SHOWN_PX`)
@@ -903,9 +903,12 @@ def review_bar_html(meta: dict[str, str], *, source: str | Path, sheet: str) -> 
         '<button type="button" class="clear">Forget verdicts</button> '
         '<label>given label <select class="only-class"><option value="">all</option></select></label> '
         '<label><input type="checkbox" class="hide-decided"> hide reviewed</label>'
-        '<div class="note">Give your verdict in the menu of each card you check (kept in this browser), download '
-        f"the sheet, then, with the path your browser saved it to: <code>{_t(command)}</code>. The sheet overrules "
-        "the report on the images it lists, whatever apply's options say; the others keep the audit's verdicts.</div>"
+        '<div class="note">Give your verdict in the menu of each card you check (kept in this browser), or with a '
+        "key on its picture (Tab or click to it): <kbd>k</kbd> keep the label, <kbd>s</kbd> / <kbd>p</kbd> relabel "
+        "to the suggested / predicted label, <kbd>d</kbd> drop, <kbd>u</kbd> undo; the next card then has the "
+        "focus. Download the sheet, then, with the path your browser saved it to: "
+        f"<code>{_t(command)}</code>. The sheet overrules the report on the images it lists, whatever apply's "
+        "options say; the others keep the audit's verdicts.</div>"
         "</div>"
         '<noscript><p class="note">With JavaScript on, each card has a menu for your verdict and the page downloads '
         "them as a review sheet for qmix apply --review.</p></noscript>"

@@ -45,6 +45,15 @@
     return choices;
   }
 
+  // The decision a key gives a card whose image has the focus ("" clears it; null: not a review key, or a relabel the
+  // card has no label for). k keeps the label, d drops the image, s and p relabel to the suggested and the predicted
+  // label, u undoes.
+  function keyChoice(key, card) {
+    const relabel = (label) => (label && label !== card.given ? "hq:" + label : null);
+    const choice = { k: "clean", d: "lq", s: relabel(card.suggested), p: relabel(card.predicted), u: "" };
+    return key in choice ? choice[key] : null;
+  }
+
   function csvField(text) {
     return '"' + String(text).replace(/"/g, '""') + '"';
   }
@@ -120,7 +129,7 @@
     );
   }
 
-  const api = { verdictOf, flaggedValue, choicesFor, reviewCsv, confirmed, wilson, missedText, countText };
+  const api = { verdictOf, flaggedValue, choicesFor, keyChoice, reviewCsv, confirmed, wilson, missedText, countText };
   if (typeof module !== "undefined" && module.exports) module.exports = api;
   if (typeof document === "undefined") return;
 
@@ -230,6 +239,20 @@
       });
       figure.querySelector("figcaption").appendChild(menu);
       menus.push({ figure, menu, info });
+      // Keys on the card's picture (focused by Tab or a click): decide, then go on to the next card shown.
+      figure.addEventListener("keydown", (event) => {
+        if (event.target === menu || event.altKey || event.ctrlKey || event.metaKey) return; // the menu's own keys
+        const value = keyChoice(event.key.toLowerCase(), info);
+        if (value === null) return;
+        event.preventDefault();
+        decide(info, value);
+        save(key, decisions);
+        show();
+        if (value === "") return;
+        const after = menus.slice(menus.findIndex((entry) => entry.figure === figure) + 1);
+        const next = after.find((entry) => !entry.figure.hidden);
+        if (next) next.figure.querySelector("img, .placeholder").focus();
+      });
     }
 
     const onPage = new Map(menus.map(({ info }) => [info.id, info])); // the cards, by id (one may show twice)

@@ -278,3 +278,17 @@ def test_the_bar_estimates_what_the_audit_missed_from_the_clean_sample_looked_at
     assert run_script(f"review.missedText({json.dumps(every)}, 4)").endswith("(95 % interval 3 to 4)")
     none = looked[:11]
     assert run_script(f"review.missedText({json.dumps(none)}, 11)").endswith("(95 % interval 0 to 0)")
+
+
+@pytest.mark.skipif(NODE is None, reason="needs node to run the page's script")
+def test_a_key_on_a_card_gives_the_verdict_it_names_and_no_relabel_to_the_cards_own_label() -> None:
+    card = {"given": "cat", "suggested": "dog", "predicted": "fox", "category": H}
+    pressed = ["k", "d", "s", "p", "u", "x", "Enter"]
+    keys = run_script(f"{json.dumps(pressed)}.map((key) => review.keyChoice(key, {json.dumps(card)}))")
+    assert keys == ["clean", "lq", "hq:dog", "hq:fox", "", None, None]
+    # A clean card suggests and predicts its own label: no relabel to give, so the key does nothing.
+    own = {"given": "cat", "suggested": "cat", "predicted": "cat", "category": C}
+    assert run_script(f"['s', 'p'].map((key) => review.keyChoice(key, {json.dumps(own)}))") == [None, None]
+    # A low-quality card has no suggestion; its prediction is still one key away.
+    poor = {"given": "cat", "predicted": "dog", "category": L}
+    assert run_script(f"['s', 'p'].map((key) => review.keyChoice(key, {json.dumps(poor)}))") == [None, "hq:dog"]
