@@ -308,8 +308,11 @@
       const entries = current();
       const elsewhere = entries.filter((entry) => !entry.shown).length;
       const also = elsewhere ? " (" + elsewhere + " of them on images this page does not show)" : "";
-      if (root.confirm("Forget all " + entries.length + " verdicts of this review" + also + "?")) {
-        decisions = {};
+      // Back to where the page started: empty, or the sheet `qmix show --review` gave it.
+      const sheet = Object.keys(data.decisions || {}).length;
+      const back = sheet ? " and start again from the sheet's " + sheet : "";
+      if (root.confirm("Forget all " + entries.length + " verdicts of this review" + also + back + "?")) {
+        decisions = Object.assign({}, data.decisions || {});
         save(key, decisions);
         show();
       }
