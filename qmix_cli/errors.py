@@ -156,6 +156,22 @@ def count_of(n: int, noun: str, plural: str | None = None) -> str:
     return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
 
 
+def zeros_lost(unknown: Iterable[str], known: Iterable[str], *, whose: str, file: str) -> str:
+    """A hint for ``unknown`` ids that are ``known`` ones without their leading zeros (``7`` for ``007``): what a
+    spreadsheet does to a column of numbers when a table is opened and saved there. ``whose`` names the ids'
+    owner (``"the report's"``), ``file`` the table that lost them (``"the sheet"``). Empty where no id is such."""
+    by_number = {sid.lstrip("0") or "0": sid for sid in map(str, known) if sid[:1] == "0" and sid[1:].isdigit()}
+    found = [(sid, by_number[sid]) for sid in map(str, unknown) if sid in by_number]
+    if not found:
+        return ""
+    sid, full = found[0]
+    many = len(found) > 1
+    return (
+        f"; {count_of(len(found), 'id')} of {file} {'are' if many else 'is'} {whose} without leading zeros ({sid} is "
+        f"{full}): a spreadsheet drops them; edit {file} as text, or import its sample_id column as text"
+    )
+
+
 def first_few(names: Sequence[str], *, show: int = 5) -> str:
     """``"a, b, c, d, e, and 7 more"``: the first ``show`` of ``names``, and how many are left unnamed."""
     more = f", and {len(names) - show:,} more" if len(names) > show else ""

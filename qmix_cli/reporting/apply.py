@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from qmix_cli.categories import CATEGORIES, MIS_H, MIS_L, holds_verdicts, truth_categories
-from qmix_cli.errors import QmixError, summarise_offenders
+from qmix_cli.errors import QmixError, summarise_offenders, zeros_lost
 from qmix_cli.reporting.report import as_bool, given_label_mismatches, verdict_columns
 
 HQ_ACTIONS = ("relabel", "drop", "keep")
@@ -260,7 +260,10 @@ def _aligned_report(
     unknown = rep.index.difference(pd.Index(ids)).tolist()
     if unknown:
         again = " (this manifest was written by qmix apply: audit it afresh first)" if reapplied else ""
-        raise QmixError(summarise_offenders("report rows of images the dataset does not have", sorted(unknown)) + again)
+        raise QmixError(
+            summarise_offenders("report rows of images the dataset does not have", sorted(unknown))
+            + (zeros_lost(unknown, ids, whose="the dataset's", file="the report") or again)
+        )
     missing = rep.index.get_indexer(ids) < 0  # by its hash table: Series.isin of Arrow strings loops in Python
     if missing.any() and on_missing == "error":
         raise QmixError(

@@ -41,7 +41,7 @@ from sklearn.metrics import (
 
 from qmix_cli.categories import CATEGORIES
 from qmix_cli.data.groups import check_group_column
-from qmix_cli.errors import QmixError, summarise_offenders
+from qmix_cli.errors import QmixError, summarise_offenders, zeros_lost
 from qmix_cli.reporting.groups import report_groups, summarise_groups, units_of_rows
 from qmix_cli.reporting.report import as_bool, check_verdict_rows, given_label_mismatches
 
@@ -600,8 +600,12 @@ def _join(
     # and Series.isin, on pandas' Arrow-backed strings, converts every value in Python (8 s).
     in_truth = pd.Index(tru["sample_id"]).get_indexer(rep["sample_id"]) >= 0
     in_report = pd.Index(rep["sample_id"]).get_indexer(tru["sample_id"]) >= 0
+    # A truth written or saved by a spreadsheet may have lost its ids' leading zeros: said, where it is so.
+    stripped = zeros_lost(tru["sample_id"][~in_report], rep["sample_id"], whose="the report's", file="the truth")
     if not in_truth.any():
-        raise QmixError("the report and the truth share no image (sample_id): is this the truth of that dataset?")
+        raise QmixError(
+            "the report and the truth share no image (sample_id)" + (stripped or ": is this the truth of that dataset?")
+        )
     problems = []
     only_report = sorted(rep["sample_id"][~in_truth])
     if only_report and not skip_unchecked:
@@ -614,7 +618,7 @@ def _join(
     if only_truth and not skip_missing:
         problems.append(
             summarise_offenders("truth rows missing from the report", only_truth)
-            + " (to score a report of part of the images on those, pass --on-missing skip)"
+            + (stripped or " (to score a report of part of the images on those, pass --on-missing skip)")
         )
     if problems:
         raise QmixError("the report and the truth do not cover the same images: " + "; ".join(problems))

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from qmix_cli.categories import CATEGORIES, MIS_H, MIS_L
-from qmix_cli.errors import QmixError, summarise_offenders
+from qmix_cli.errors import QmixError, summarise_offenders, zeros_lost
 from qmix_cli.io import is_pipe_or_device, read_csv_text
 from qmix_cli.reporting.report import check_verdict_rows, given_label_mismatches, verdict_columns
 
@@ -104,7 +104,10 @@ def overrule(report: pd.DataFrame, review: pd.DataFrame) -> Reviewed:
     where = rep.index.get_indexer(review["sample_id"])
     if (where < 0).any():
         unknown = review["sample_id"][where < 0].tolist()
-        raise QmixError(summarise_offenders("review rows of images the report does not have", unknown))
+        raise QmixError(
+            summarise_offenders("review rows of images the report does not have", unknown)
+            + zeros_lost(unknown, rep.index, whose="the report's", file="the sheet")
+        )
     given = rep["given_label"].astype(str).to_numpy()[where]
     if "given_label" in review.columns:  # checked where written: a sheet made by hand may leave it blank
         stated = review["given_label"].notna().to_numpy()

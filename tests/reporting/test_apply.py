@@ -108,6 +108,17 @@ def test_reports_that_do_not_fit_are_refused(bad_report: pd.DataFrame, message: 
         apply_verdicts(manifest(), bad_report)
 
 
+def test_report_ids_a_spreadsheet_shortened_are_said_to_be_so() -> None:
+    padded = manifest().assign(sample_id=[f"{i:03d}" for i in range(6)])
+    saved = report().assign(sample_id=[str(i) for i in range(6)])  # "000" read back as 0, "005" as 5: all six
+    with pytest.raises(QmixError) as caught:
+        apply_verdicts(padded, saved)
+    assert str(caught.value).endswith(
+        "; 6 ids of the report are the dataset's without leading zeros (0 is 000): a spreadsheet drops them; edit the "
+        "report as text, or import its sample_id column as text"
+    )
+
+
 def test_a_report_frame_lacking_columns_is_refused_by_name() -> None:
     with pytest.raises(QmixError, match=r"the report lacks column\(s\) given_label, suggested_label"):
         apply_verdicts(manifest(), report().drop(columns=["given_label", "suggested_label"]))

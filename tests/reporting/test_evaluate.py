@@ -204,6 +204,14 @@ def test_a_truth_of_part_of_the_images_is_scored_on_those_when_asked() -> None:
         evaluate_report(report=report, truth=other, on_unchecked="skip")
     with pytest.raises(QmixError, match="share no image"):
         evaluate_report(report=report, truth=part.assign(sample_id="x" + part["sample_id"]), on_unchecked="skip")
+    # Ids a spreadsheet shortened ("s03" is no number: the report's ids here are made numbers padded with zeros).
+    padded = report.assign(sample_id=[f"{i:03d}" for i in range(10)])
+    saved = truth.assign(sample_id=[str(int(i[1:])) for i in truth["sample_id"]])
+    with pytest.raises(QmixError, match=r"^the report and the truth share no image \(sample_id\); 10 ids of the truth "
+                       r"are the report's without leading zeros \(9 is 009\): a spreadsheet drops them"):  # fmt: skip
+        evaluate_report(report=padded, truth=saved)
+    with pytest.raises(QmixError, match=r"1 truth row missing from the report: 5; 1 id of the truth is the report's "):
+        evaluate_report(report=padded, truth=saved.assign(sample_id=[f"{i:03d}" if i != 5 else "5" for i in range(10)]))
     for empty_report, empty_truth, what in ((True, False, "report"), (False, True, "truth")):
         with pytest.raises(QmixError, match=f"^the {what} is empty: nothing to evaluate$"):
             evaluate_report(

@@ -105,6 +105,21 @@ def test_a_sheet_that_does_not_fit_the_report_is_refused(review: pd.DataFrame, m
     assert message in str(caught.value)
 
 
+def test_ids_a_spreadsheet_stripped_of_leading_zeros_are_said_to_be_so(tmp_path: Path) -> None:
+    # The downloaded sheet opened and saved in a spreadsheet: "007" comes back as 7.
+    (tmp_path / "saved.csv").write_text("sample_id,given_label,category,suggested_label\n7,cat,clean,\n", "utf-8")
+    with pytest.raises(QmixError) as caught:
+        overrule(report(), read_review(tmp_path / "saved.csv"))
+    assert str(caught.value) == (
+        "1 review row of images the report does not have: 7; 1 id of the sheet is the report's without leading zeros "
+        "(7 is 007): a spreadsheet drops them; edit the sheet as text, or import its sample_id column as text"
+    )
+    # An id the report lacks for another reason is refused without the hint.
+    with pytest.raises(QmixError) as caught:
+        overrule(report(), sheet(sample_id=["8", "plain"], category=[C, C]))
+    assert str(caught.value) == "1 review row of images the report does not have: 8"
+
+
 def test_a_relabel_must_name_a_class_of_the_report_or_its_run() -> None:
     # A class only the run knows (no image is given it) is one; a misspelling is none.
     with_run = report()
