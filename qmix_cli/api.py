@@ -959,7 +959,8 @@ def apply(
         dict of ``before``, ``kept``, ``relabelled_away``, ``dropped``, ``relabelled_to`` and ``after``), ``rare`` (the
         rare classes whose flagged images were kept as they are, with their sizes, smallest first), ``reviewed``
         (rows of the review), ``overruled`` (of those, the ones whose verdict or suggested label it changed),
-        ``unreviewed`` (images relabelled or dropped by the audit's verdicts, no person's) and ``out``.
+        ``changed`` (images relabelled or dropped), ``unreviewed`` (of those, the ones no person decided) and
+        ``out``.
     """
     import json
 

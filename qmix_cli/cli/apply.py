@@ -67,10 +67,10 @@ def apply_command(
         why["no verdict"] = counts["dropped_missing"]
         parts[-1] += " (" + ", ".join(f"{n:,} {k}" for k, n in why.items() if n) + ")"
     if counts["reviewed"]:
-        rest = counts["unreviewed"]
+        rest, changed = counts["unreviewed"], counts["changed"]
+        trust = f"{rest:,} of the {changed:,} changes unreviewed" if rest else "every change reviewed"
         parts.append(
-            f"{counts['reviewed']:,} as reviewed ({counts['overruled']:,} overruled), "
-            + (f"the other {rest:,} changes are the audit's verdicts, unreviewed" if rest else "every change reviewed")
+            f"{counts['reviewed']:,} as reviewed ({counts['overruled']:,} overruled)" + (f", {trust}" * bool(changed))
         )
     if counts["kept_missing"]:
         parts.append(f"kept {counts['kept_missing']:,} the report has no verdict for, unchanged")

@@ -63,7 +63,7 @@ def show_command(
     ] = False,
 ) -> None:
     """Write a self-contained HTML page: loss × uncertainty scatter, per-class counts, top issues, curves; review the
-    top issues on it and download your verdicts for qmix apply --review."""
+    top issues and a random sample of the clean images on it, and download your verdicts for qmix apply --review."""
     from qmix_cli.api import show
 
     st = state(ctx)

@@ -51,7 +51,8 @@ class Applied:
         ``images`` (in the dataset), ``kept`` (rows of the new manifest), ``relabelled``, ``dropped_hq``,
         ``dropped_lq``, ``missing`` (rows the report lacks), ``dropped_missing``, ``kept_missing``, ``kept_rare``
         (flagged images kept as they are, their class being one of ``keep_classes``, that their action would have
-        changed) and ``unreviewed`` (images relabelled or dropped by a verdict not in ``reviewed``).
+        changed), ``changed`` (images relabelled or dropped) and ``unreviewed`` (of those, the ones not in
+        ``reviewed``).
     emptied
         Classes the dataset had that no image of the new manifest carries.
     kept_classes
@@ -171,8 +172,10 @@ def apply_verdicts(
         "dropped_missing": int((missing & drop).sum()),
         "kept_missing": int((missing & ~drop).sum()),
         "kept_rare": int(rare.sum()),
-        # The changes no person decided: what a reviewer who gave a sheet has still to take on trust.
-        "unreviewed": int((((relabel & (labels != given)) | (drop & ~missing)) & ~person).sum()),
+        # The changes no person decided (images dropped for having no verdict too): what a reviewer who gave a sheet
+        # still takes on trust.
+        "changed": int(((relabel & (labels != given)) | drop).sum()),
+        "unreviewed": int((((relabel & (labels != given)) | drop) & ~person).sum()),
     }
     by_class = class_changes(given, labels, drop=drop)
     left, had = by_class.index[by_class["after"] > 0], by_class["before"] > 0

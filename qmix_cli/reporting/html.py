@@ -427,6 +427,8 @@ def thumbnail_card_html(row: dict[str, Any], uri: str | None, *, rare: int = 0) 
     why it is flagged (loss and uncertainty, the separation's two axes), and the nets' probability of the given and
     of the predicted label (the posteriors in its tooltip). ``rare``: the size of its given label's class in the
     report, when that is fewer than `SMALL_CLASS` images (its verdict says little: `qmix apply` may keep it)."""
+    if row.get("category") == CATEGORIES[CLEAN]:
+        rare = 0  # apply keeps a clean image whatever its class's size: nothing for the reviewer to weigh there
     if uri is None:
         picture = '<div class="placeholder" title="image not found or unreadable" tabindex="0">no image</div>'
     else:  # focusable, so that the keyboard enlarges it as hovering does; the caption names it
@@ -804,14 +806,16 @@ def render_page(
     codes = category_codes(cats)
     counts = [int((codes == i).sum()) for i in range(len(CATEGORIES))]
     sections = [
-        _header_html(frame, meta, class_names, counts, source, root=root, nav=_nav(groups, run_dir)),
+        _header_html(
+            frame, meta, class_names, counts, source, root=root, nav=_nav(groups, run_dir, _card_groups(counts, top))
+        ),
         _scatter_section(frame, codes, counts, run_dir, max_points),
         '<h2 id="classes">Per class</h2>'
         '<p class="note">Images per given label and category; "issues" is the share not judged clean.</p>'
         + class_table_html(frame["given_label"].astype(str).tolist(), cats.tolist(), class_names),
     ]
-    for group, blurb in THUMB_GROUPS.items():
-        sections.append(_thumbs_section(frame, group, blurb, root=root, top=top))
+    for group in _card_groups(counts, top):
+        sections.append(_thumbs_section(frame, group, THUMB_GROUPS[group], root=root, top=top))
     if groups is not None:
         sections.append(groups_section_html(frame, groups[1], column=groups[0], root=root, top=top))
     if top > 0:  # cards to give verdicts on: the review bar under the header, its script at the end
@@ -836,11 +840,18 @@ def render_page(
     )
 
 
-def _nav(groups: tuple[str, pd.Series] | None, run_dir: Path | None) -> str:
+def _card_groups(counts: Sequence[int], top: int) -> list[str]:
+    """The verdicts the page has a section of cards for: both flags always (an empty one says so), and the sample of
+    clean images where there are cards to show (``top`` > 0) and clean images to draw from (``counts`` by category)."""
+    flags = [g for g in THUMB_GROUPS if g != CATEGORIES[CLEAN]]
+    return flags + ([CATEGORIES[CLEAN]] if top > 0 and counts[CLEAN] > 0 else [])
+
+
+def _nav(groups: tuple[str, pd.Series] | None, run_dir: Path | None, cards: Sequence[str]) -> str:
     """Links to the page's sections, so that a keyboard need not pass every thumbnail to reach the next kind."""
     named = {CATEGORIES[CLEAN]: "clean sample"}
     links = [("scatter", "loss × uncertainty"), ("classes", "per class")]
-    links += [(g, named.get(g, g)) for g in THUMB_GROUPS]
+    links += [(g, named.get(g, g)) for g in cards]
     links += [("groups", f"by {groups[0]}")] if groups is not None else []
     links += [("curves", "training curves")] if run_dir is not None else []
     return '<nav class="note">' + " · ".join(f'<a href="#{i}">{_t(text)}</a>' for i, text in links) + "</nav>"
@@ -1014,8 +1025,9 @@ THUMB_GROUPS = {
     "mislabeled_hq": "good images whose label looks wrong; the suggested label is the likeliest other class by a "
     "probe that never saw the image",
     "mislabeled_lq": "low-quality images (blurred, noisy, corrupted…): fix or drop them rather than relabel",
-    "clean": "images the audit would keep as they are, picked at random: what it missed is among them. Overrule the "
-    "ones you find wrong and the review bar estimates how many of all the images called clean are",
+    "clean": "images the audit would keep as they are, picked at random: what it missed is among them. Give a "
+    "verdict on every one, the right ones kept (k) as well as the wrong ones overruled, and the review bar estimates "
+    "how many of all the images called clean are wrong or too poor",
 }
 
 
@@ -1040,7 +1052,9 @@ def clean_sample(frame: pd.DataFrame, n: int) -> pd.DataFrame:
     nothing to do with the scores, so that the share of wrong labels among them estimates the share among all the
     images called clean (the ``likeliest first`` order of the flags' sections would not)."""
     rows = frame[frame["category"] == CATEGORIES[CLEAN]]
-    draw = pd.util.hash_pandas_object(rows["sample_id"].astype(str), index=False).to_numpy()
+    # A documented digest, not pandas' own hash: the sample must not change with a library's version.
+    digest = (hashlib.blake2b(str(sid).encode(), digest_size=8).digest() for sid in rows["sample_id"])
+    draw = np.fromiter((int.from_bytes(d, "big") for d in digest), dtype=np.uint64, count=len(rows))
     return rows.iloc[np.argsort(draw, kind="stable")[:n]]
 
 

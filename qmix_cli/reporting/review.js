@@ -97,35 +97,42 @@
 
   const grouped = (n) => n.toLocaleString("en-US");
 
-  // What the reviewer's verdicts on the random sample of clean cards say of all `total` images the audit called
-  // clean: the share they overruled (a wrong label, or an image too poor), scaled up, with its 95 % interval. Only
-  // cards decided one by one count. `entries`: [{value, sampled, bulk}], `sampled` for a card of the sample.
-  function missedText(entries, total) {
+  // What the reviewer's verdicts on the page's random sample of `size` clean cards say of all `total` images the
+  // audit called clean: once every card of the sample is decided one by one (a sample of the cards one chose to
+  // decide would be no random sample), the share overruled (a wrong label, or an image too poor), scaled up, with its
+  // 95 % interval; until then, how far the sample is. `entries`: [{value, sampled, bulk}], `sampled` for its cards.
+  function missedText(entries, total, size) {
+    if (!size || !total) return "";
     const judged = entries.filter((entry) => entry.sampled && !entry.bulk);
     const n = judged.length;
-    if (!n || !total) return "";
+    if (n < size) {
+      return "; clean sample: " + n + " of " + size + " decided (decide every one, k keeping a right label, to " +
+        "estimate what the audit missed)";
+    }
     const k = judged.filter((entry) => entry.value !== "clean").length;
+    if (n >= total) return "; of the " + grouped(total) + " images called clean, you overruled " + grouped(k);
     const [low, high] = wilson(k, n);
     // The images looked at are known: at least the k overruled are not clean, and the n - k confirmed are.
     const least = Math.max(k, Math.round(low * total));
     const most = Math.min(total - (n - k), Math.round(high * total));
+    const of = " of the " + grouped(total) + " images called clean are wrong or too poor by your verdicts";
+    if (!k) return "; of the clean sample, none of " + n + " overruled: at most about " + grouped(most) + of + " (95 %)";
     return (
-      "; of the clean sample, " + k + " of " + n + " overruled: about " + grouped(Math.round((k / n) * total)) +
-      " of the " + grouped(total) + " images called clean are wrong or too poor (95 % interval " + grouped(least) + " to " +
-      grouped(most) + ")"
+      "; of the clean sample, " + k + " of " + n + " overruled: about " + grouped(Math.round((k / n) * total)) + of +
+      " (95 % interval " + grouped(least) + " to " + grouped(most) + ")"
     );
   }
 
   // The bar's line. `entries`: [{value, flagged, shown, sampled, bulk}], `shown` false for an image this page has no
-  // card for; `cleanTotal`, the number of images called clean the page's sample of them is drawn from.
-  function countText(entries, cleanTotal = 0) {
+  // card for; `sample`: {total, size}, the page's random sample of `size` clean cards of `total` images called clean.
+  function countText(entries, sample = { total: 0, size: 0 }) {
     const overruled = entries.filter((entry) => entry.value !== entry.flagged).length;
     const elsewhere = entries.filter((entry) => !entry.shown).length;
     return (
       entries.length + " reviewed, " + overruled + " overruled" +
       (elsewhere ? " (" + elsewhere + " of them on images this page does not show)" : "") +
       confirmed(entries) +
-      missedText(entries, cleanTotal)
+      missedText(entries, sample.total, sample.size)
     );
   }
 
@@ -200,7 +207,7 @@
         figure.classList.toggle("overruled", value !== "" && value !== flaggedValue(info));
         figure.hidden = (only !== "" && info.given !== only) || (hide && value !== "");
       }
-      bar.querySelector(".count").textContent = data.started + countText(current(), cleanTotal);
+      bar.querySelector(".count").textContent = data.started + countText(current(), { total: cleanTotal, size: sampled.size });
       bar.querySelector(".download").disabled = Object.keys(decisions).length === 0;
     }
 

@@ -48,7 +48,7 @@ def test_default_relabels_wrong_labels_and_drops_unusable_images() -> None:
     assert out["site"].tolist() == ["a"] * 4 and out["path"].tolist() == [f"s{i}.png" for i in range(4)]
     assert applied.counts == {
         "images": 6, "kept": 4, "relabelled": 2, "dropped_hq": 0, "dropped_lq": 2, "missing": 0,
-        "dropped_missing": 0, "kept_missing": 0, "kept_rare": 0, "unreviewed": 4,
+        "dropped_missing": 0, "kept_missing": 0, "kept_rare": 0, "changed": 4, "unreviewed": 4,
     }  # fmt: skip
     assert applied.emptied == []
 
@@ -88,6 +88,9 @@ def test_images_without_a_verdict() -> None:
         apply_verdicts(manifest(), partial)
     dropped = apply_verdicts(manifest(), partial, on_missing="drop")
     assert "s1" not in set(dropped.frame["sample_id"]) and dropped.counts["dropped_missing"] == 1
+    # Dropped for having no verdict is a change no reviewer made, however many verdicts were reviewed.
+    reviewed = apply_verdicts(manifest(), partial, on_missing="drop", reviewed=["s0", "s2", "s3", "s4", "s5"])
+    assert reviewed.counts["changed"] == dropped.counts["changed"] and reviewed.counts["unreviewed"] == 1
     kept = apply_verdicts(manifest(), partial, on_missing="keep").frame.set_index("sample_id")
     assert kept.loc["s1", "label"] == "dog" and kept.loc["s1", VERDICT_COLUMN] == ""
 

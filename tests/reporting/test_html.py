@@ -331,6 +331,25 @@ def test_clean_images_are_shown_as_a_random_sample_to_check_what_the_audit_misse
     again = clean_sample(shuffled, 4)["sample_id"].tolist()
     assert again == shown and clean_sample(shuffled, 8)["sample_id"].head(4).tolist() == shown
     assert clean_sample(shuffled, 100)["category"].eq("clean").all() and len(clean_sample(shuffled, 100)) == len(clean)
+    # No cards asked for, or no clean image to draw from: no section, no link to one.
+    none = _shown(write_html_report(path, out=tmp_path / "r0.html", data=data, top=0))
+    flagged = pd.read_parquet(path).query("category != 'clean'")
+    flagged.to_parquet(tmp_path / "flagged.parquet")
+    no_clean = _shown(write_html_report(tmp_path / "flagged.parquet", out=tmp_path / "f.html", data=data))
+    for page in (none, no_clean):
+        assert '<h2 id="clean">' not in page and 'href="#clean"' not in page and "picked at random" not in page
+
+
+def test_a_clean_card_of_a_rare_class_asks_nothing_of_the_reviewer(tmp_path, write_image):
+    # apply keeps a clean image whatever its class's size: the rare-class note is for flagged cards.
+    path, data, _ = make_report(tmp_path, write_image, n=12)
+    frame = pd.read_parquet(path)
+    frame.loc[frame.index[frame["category"] == "clean"][:2], "given_label"] = "owl"
+    frame.to_parquet(tmp_path / "owls.parquet")
+    page = write_html_report(tmp_path / "owls.parquet", out=tmp_path / "r.html", data=data, top=100).read_text()
+    cards = [card.split("</figure>")[0] for card in page.split('<figure class="thumb"')[1:]]
+    owls = [card for card in cards if 'data-given="&quot;owl&quot;"' in card]
+    assert len(owls) == 2 and not any("data-rare" in card or "a class of 2 images" in card for card in owls)
 
 
 def test_a_random_sample_of_ids_holds_about_its_share_of_any_subset():
@@ -823,7 +842,8 @@ def test_a_card_of_a_rare_class_says_so_for_the_reviewer(tmp_path, write_image):
         given = json.loads(html_unescape(re.search(r'data-given="([^"]*)"', card).group(1)))
         size = int(sizes[given])
         marked = f'data-rare="{size}"' in card.split(">", 1)[0] and f"a class of {size} images: qmix apply" in card
-        assert marked == (size < 5), given
+        clean = 'data-category="&quot;clean&quot;"' in card.split(">", 1)[0]  # apply keeps it whatever the size
+        assert marked == (size < 5 and not clean), given
     assert sum('data-given="&quot;owl&quot;"' in card for card in cards) == 2
     assert (sizes[sizes.index.isin(frame.loc[frame["category"] != "clean", "given_label"])] >= 5).any()  # both kinds
 

@@ -275,24 +275,38 @@ def test_the_wilson_interval_matches_its_formula_and_is_not_empty_when_nothing_i
 
 
 @pytest.mark.skipif(NODE is None, reason="needs node to run the page's script")
-def test_the_bar_estimates_what_the_audit_missed_from_the_clean_sample_looked_at_one_by_one() -> None:
+def test_the_bar_estimates_what_the_audit_missed_once_every_card_of_the_clean_sample_is_decided() -> None:
+    sample = {"total": 1500, "size": 12}
     looked = [{"value": "clean", "flagged": "clean", "shown": True, "sampled": True}] * 11
     looked = [*looked, {"value": "hq:dog", "flagged": "clean", "shown": True, "sampled": True}]
-    text = run_script(f"review.countText({json.dumps(looked)}, 1500)")
+    text = run_script(f"review.countText({json.dumps(looked)}, {json.dumps(sample)})")
     assert text == (
         "12 reviewed, 1 overruled; of the clean sample, 1 of 12 overruled: about 125 of the 1,500 images called clean "
-        "are wrong or too poor (95 % interval 22 to 531)"
+        "are wrong or too poor by your verdicts (95 % interval 22 to 531)"
     )
-    # Cards the section by group shows, or decided in bulk, are no random sample: they estimate nothing.
+    # Only the wrong ones overruled, the right ones left undecided (what "overrule the wrong ones" invites): no
+    # estimate, which would be of the cards one chose to decide, but how far the sample is.
+    assert run_script(f"review.missedText({json.dumps(looked[-1:])}, 1500, 12)") == (
+        "; clean sample: 1 of 12 decided (decide every one, k keeping a right label, to estimate what the audit missed)"
+    )
+    # Cards the section by group shows, or decided in bulk, are no part of the random sample.
     elsewhere = [{**entry, "sampled": False} for entry in looked]
-    assert "clean sample" not in run_script(f"review.countText({json.dumps(elsewhere)}, 1500)")
+    assert "0 of 12 decided" in run_script(f"review.countText({json.dumps(elsewhere)}, {json.dumps(sample)})")
     bulk = [{**entry, "bulk": True} for entry in looked]
-    assert run_script(f"review.missedText({json.dumps(bulk)}, 1500)") == ""
-    # What was looked at is known: the bounds hold at least the ones found and leave out the ones confirmed.
+    assert "0 of 12 decided" in run_script(f"review.missedText({json.dumps(bulk)}, 1500, 12)")
+    # None overruled is no proof that none is wrong: the bound is said, not "about 0".
+    assert run_script(f"review.missedText({json.dumps(looked[:11])}, 1500, 11)") == (
+        "; of the clean sample, none of 11 overruled: at most about 388 of the 1,500 images called clean are wrong or "
+        "too poor by your verdicts (95 %)"
+    )
+    # What was looked at is known: the bounds hold at least the ones found and leave out the ones confirmed; every
+    # image called clean looked at is a count, not an estimate.
     every = [{**looked[-1]}] * 3
-    assert run_script(f"review.missedText({json.dumps(every)}, 4)").endswith("(95 % interval 3 to 4)")
-    none = looked[:11]
-    assert run_script(f"review.missedText({json.dumps(none)}, 11)").endswith("(95 % interval 0 to 0)")
+    assert run_script(f"review.missedText({json.dumps(every)}, 4, 3)").endswith("(95 % interval 3 to 4)")
+    assert run_script(f"review.missedText({json.dumps(looked[:5])}, 5, 5)") == (
+        "; of the 5 images called clean, you overruled 0"
+    )
+    assert run_script(f"review.countText({json.dumps(looked)})") == "12 reviewed, 1 overruled"  # no sample on the page
 
 
 @pytest.mark.skipif(NODE is None, reason="needs node to run the page's script")
