@@ -30,8 +30,7 @@ def demo_command(
         bool, typer.Option(help="Write into a folder holding other files too (an earlier demo's is replaced anyway).")
     ] = False,
 ) -> None:
-    """Corrupt digits, train qmix, audit every image, evaluate against the truth, write the HTML page and the
-    manifest with the verdicts applied."""
+    """The whole loop on the built-in digits: corrupt, train qmix, audit, evaluate, show and apply the verdicts."""
     folder_out(out, what="the demo's output")
     out_dir = Path(out)
     load_engine()

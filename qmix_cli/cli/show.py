@@ -62,8 +62,7 @@ def show_command(
         ),
     ] = False,
 ) -> None:
-    """Write a self-contained HTML page: loss × uncertainty scatter, per-class counts, top issues, curves; review the
-    top issues and a random sample of the clean images on it, and download your verdicts for qmix apply --review."""
+    """Write a self-contained HTML page of a report: look at its verdicts, review them, download the review sheet."""
     from qmix_cli.api import show
 
     st = state(ctx)
