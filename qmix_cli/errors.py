@@ -160,8 +160,11 @@ def zeros_lost(unknown: Iterable[str], known: Iterable[str], *, whose: str, file
     """A hint for ``unknown`` ids that are ``known`` ones without their leading zeros (``7`` for ``007``): what a
     spreadsheet does to a column of numbers when a table is opened and saved there. ``whose`` names the ids'
     owner (``"the report's"``), ``file`` the table that lost them (``"the sheet"``). Empty where no id is such."""
+    unknown = [str(sid) for sid in unknown]
+    if not unknown:  # nothing to explain: the other side's ids are not read
+        return ""
     by_number = {sid.lstrip("0") or "0": sid for sid in map(str, known) if sid[:1] == "0" and sid[1:].isdigit()}
-    found = [(sid, by_number[sid]) for sid in map(str, unknown) if sid in by_number]
+    found = [(sid, by_number[sid]) for sid in unknown if sid in by_number]
     if not found:
         return ""
     sid, full = found[0]

@@ -67,11 +67,13 @@ def apply_command(
         why["no verdict"] = counts["dropped_missing"]
         parts[-1] += " (" + ", ".join(f"{n:,} {k}" for k, n in why.items() if n) + ")"
     if counts["reviewed"]:
-        rest, changed = counts["unreviewed"], counts["changed"]
-        trust = f"{rest:,} of the {changed:,} changes unreviewed" if rest else "every change reviewed"
-        parts.append(
-            f"{counts['reviewed']:,} as reviewed ({counts['overruled']:,} overruled)" + (f", {trust}" * bool(changed))
-        )
+        reviewed = f"{counts['reviewed']:,} as reviewed ({counts['overruled']:,} overruled)"
+        if counts["changed"]:  # what is left on trust
+            rest = counts["unreviewed"]
+            reviewed += (
+                f", {rest:,} of the {counts['changed']:,} changes unreviewed" if rest else ", every change reviewed"
+            )
+        parts.append(reviewed)
     if counts["kept_missing"]:
         parts.append(f"kept {counts['kept_missing']:,} the report has no verdict for, unchanged")
     if counts["kept_rare"]:

@@ -156,6 +156,7 @@ def apply_verdicts(
             + " (an edited report?)"
         )
     labels = np.where(relabel, suggested, given).astype(object)
+    moved = relabel & (labels != given)  # relabelled to another label than the one given
     if drop.all():
         raise QmixError("every image would be dropped; nothing written")
 
@@ -165,7 +166,7 @@ def apply_verdicts(
     counts = {
         "images": len(frame),
         "kept": len(out),
-        "relabelled": int((relabel & (labels != given)).sum()),
+        "relabelled": int(moved.sum()),
         "dropped_hq": int((is_hq & drop).sum()),
         "dropped_lq": int((is_lq & drop).sum()),
         "missing": int(missing.sum()),
@@ -174,8 +175,8 @@ def apply_verdicts(
         "kept_rare": int(rare.sum()),
         # The changes no person decided (images dropped for having no verdict too): what a reviewer who gave a sheet
         # still takes on trust.
-        "changed": int(((relabel & (labels != given)) | drop).sum()),
-        "unreviewed": int((((relabel & (labels != given)) | drop) & ~person).sum()),
+        "changed": int((moved | drop).sum()),
+        "unreviewed": int(((moved | drop) & ~person).sum()),
     }
     by_class = class_changes(given, labels, drop=drop)
     left, had = by_class.index[by_class["after"] > 0], by_class["before"] > 0
@@ -260,14 +261,18 @@ def _aligned_report(
     rows it lacks, once it is known to be a report of this dataset: every row one of its images, with the label
     the dataset gives it (``given``, (N,) text). ``reapplied``: the dataset was written by `apply_verdicts`."""
     rep = verdict_columns(report)
+    missing = rep.index.get_indexer(ids) < 0  # by its hash table: Series.isin of Arrow strings loops in Python
     unknown = rep.index.difference(pd.Index(ids)).tolist()
     if unknown:
         again = " (this manifest was written by qmix apply: audit it afresh first)" if reapplied else ""
         raise QmixError(
             summarise_offenders("report rows of images the dataset does not have", sorted(unknown))
-            + (zeros_lost(unknown, ids, whose="the dataset's", file="the report") or again)
+            + (
+                zeros_lost(unknown, ids, whose="the dataset's", file="the report")
+                or zeros_lost(ids[missing], rep.index, whose="the report's", file="the manifest")
+                or again
+            )
         )
-    missing = rep.index.get_indexer(ids) < 0  # by its hash table: Series.isin of Arrow strings loops in Python
     if missing.any() and on_missing == "error":
         raise QmixError(
             summarise_offenders("dataset images the report has no verdict for", ids[missing].tolist())

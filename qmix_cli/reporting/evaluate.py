@@ -600,25 +600,29 @@ def _join(
     # and Series.isin, on pandas' Arrow-backed strings, converts every value in Python (8 s).
     in_truth = pd.Index(tru["sample_id"]).get_indexer(rep["sample_id"]) >= 0
     in_report = pd.Index(rep["sample_id"]).get_indexer(tru["sample_id"]) >= 0
-    # A truth written or saved by a spreadsheet may have lost its ids' leading zeros: said, where it is so.
-    stripped = zeros_lost(tru["sample_id"][~in_report], rep["sample_id"], whose="the report's", file="the truth")
+    only_report, only_truth = sorted(rep["sample_id"][~in_truth]), sorted(tru["sample_id"][~in_report])
+    lost = ""
+    if only_report or only_truth:  # a truth or report saved by a spreadsheet may have lost its ids' leading zeros
+        lost = zeros_lost(only_truth, rep["sample_id"], whose="the report's", file="the truth") or zeros_lost(
+            only_report, tru["sample_id"], whose="the truth's", file="the report"
+        )
     if not in_truth.any():
         raise QmixError(
-            "the report and the truth share no image (sample_id)" + (stripped or ": is this the truth of that dataset?")
+            "the report and the truth share no image (sample_id)" + (lost or ": is this the truth of that dataset?")
         )
+    if lost:  # whatever --on-missing and --on-unchecked say: skipping those rows would score the rest without a word
+        raise QmixError("the report and the truth do not cover the same images" + lost)
     problems = []
-    only_report = sorted(rep["sample_id"][~in_truth])
     if only_report and not skip_unchecked:
         problems.append(
             summarise_offenders("report rows missing from the truth", only_report)
             + " (to score the report on a truth of part of its images, such as those checked by hand, pass "
             "--on-unchecked skip)"
         )
-    only_truth = sorted(tru["sample_id"][~in_report])
     if only_truth and not skip_missing:
         problems.append(
             summarise_offenders("truth rows missing from the report", only_truth)
-            + (stripped or " (to score a report of part of the images on those, pass --on-missing skip)")
+            + " (to score a report of part of the images on those, pass --on-missing skip)"
         )
     if problems:
         raise QmixError("the report and the truth do not cover the same images: " + "; ".join(problems))

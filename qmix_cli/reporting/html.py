@@ -10,7 +10,8 @@ with it, each thumbnail has a menu for a reviewer's verdict and the page downloa
 * the loss × uncertainty scatter coloured by category (subsampled deterministically to ``max_points``), with the
   fitted GMM component means of ``run/separation.json`` as crosses;
 * a per-class table (given label × category);
-* thumbnails of the top-ranked ``mislabeled_hq`` and ``mislabeled_lq`` images;
+* thumbnails of the likeliest ``mislabeled_hq`` and ``mislabeled_lq`` images, and of a random sample of the
+  ``clean`` ones (to estimate what the audit missed), each with a menu for a reviewer's verdict;
 * for an audit by group (a report recording ``group_column``), the top-ranked groups and given labels
   (`qmix_cli.reporting.groups.summarise_groups`), each with its images;
 * training curves from ``run/metrics.jsonl``.
@@ -51,6 +52,7 @@ from qmix_cli.io import (
     check_replaceable,
     is_one_of,
     is_stream,
+    leading_bytes,
     read_metrics,
     run_file_named,
 )
@@ -499,6 +501,8 @@ def _review_attributes(row: dict[str, Any]) -> str:
 
 # --------------------------------------------------------------------------------------------------- page
 
+# A picture enlarged on hover or focus grows up and to the right (transform-origin), over the cards before it and not
+# over its own caption: a reviewer deciding by key reads the labels under the enlarged picture.
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#222;background:#f6f6f4}
 main{max-width:1180px;margin:0 auto;padding:20px 28px 48px}
@@ -524,7 +528,7 @@ table.counts{border-collapse:collapse;background:#fff;font-variant-numeric:tabul
 background:#000}.thumb img.px{image-rendering:pixelated}
 .placeholder{background:repeating-linear-gradient(45deg,#eee,#eee 8px,#ddd 8px,#ddd 16px);color:#444;
 display:flex;align-items:center;justify-content:center}
-.thumb img{position:relative;transition:transform .1s;transform-origin:left top}
+.thumb img{position:relative;transition:transform .1s;transform-origin:left bottom}
 .thumb img:hover,.thumb img:focus{transform:scale(2);z-index:2;outline:2px solid #222}
 .sid,.path{font-family:ui-monospace,Menlo,Consolas,monospace;word-break:break-all}.path{color:#555;font-size:11px}
 .rank{color:#595959}.sr{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0)}
@@ -639,7 +643,8 @@ def write_html_report(
     if any(Path(name).suffix.lower() not in PAGE_SUFFIXES for name in (given, out)):  # a link's target too
         raise QmixError(f"--out {given}: the page is HTML; name it .html (e.g. --out report.html)")
     check_replaceable(given, ours=written_by_show, force=force, option="--out", what="a page qmix show wrote")
-    missing, outside, shown = missing_thumbnails(frame, root=root, top=top)
+    cards = card_rows(frame, top)  # drawn once: the warnings below and the page are of the same cards
+    missing, outside, shown = missing_thumbnails(cards, root=root)
     if missing and warn is not None:
         where = f"under {root}" if root is not None else "from the current directory"
         warn(
@@ -665,6 +670,7 @@ def write_html_report(
         run_dir=run_dir,
         root=root,
         top=top,
+        cards=cards,
         max_points=max_points,
         source="" if is_table else report,
         groups=groups,
@@ -686,8 +692,7 @@ _TITLE = "qmix report"
 
 def written_by_show(path: str | Path) -> bool:
     """Whether the file at ``path`` is a page ``qmix show`` wrote (its title, in the first kilobytes)."""
-    with open(path, "rb") as f:
-        return f"<title>{_TITLE}".encode() in f.read(4096)
+    return f"<title>{_TITLE}".encode() in leading_bytes(path, 4096)
 
 
 def _report_groups(
@@ -797,25 +802,26 @@ def render_page(
     groups: tuple[str, pd.Series] | None = None,
     verdicts: dict[str, dict[str, str]] | None = None,
     started: str = "",
+    cards: dict[str, pd.DataFrame] | None = None,
 ) -> str:
     """The whole HTML document for a report frame (see :func:`write_html_report`); ``groups``, the column and each
     row's value of it, adds the section by group; ``verdicts``, a review sheet's to start the page's review with
-    (`qmix_cli.reporting.review.page_verdicts`), ``started`` naming that sheet."""
+    (`qmix_cli.reporting.review.page_verdicts`), ``started`` naming that sheet; ``cards``, the rows of each section
+    of cards (`card_rows`, drawn here when not given)."""
     class_names = _class_names(frame, meta)
     cats = frame["category"].astype(str).to_numpy()
     codes = category_codes(cats)
     counts = [int((codes == i).sum()) for i in range(len(CATEGORIES))]
+    cards = card_rows(frame, top) if cards is None else cards
     sections = [
-        _header_html(
-            frame, meta, class_names, counts, source, root=root, nav=_nav(groups, run_dir, _card_groups(counts, top))
-        ),
+        _header_html(frame, meta, class_names, counts, source, root=root, nav=_nav(groups, run_dir, list(cards))),
         _scatter_section(frame, codes, counts, run_dir, max_points),
         '<h2 id="classes">Per class</h2>'
         '<p class="note">Images per given label and category; "issues" is the share not judged clean.</p>'
         + class_table_html(frame["given_label"].astype(str).tolist(), cats.tolist(), class_names),
     ]
-    for group in _card_groups(counts, top):
-        sections.append(_thumbs_section(frame, group, THUMB_GROUPS[group], root=root, top=top))
+    for group, rows in cards.items():
+        sections.append(_thumbs_section(frame, group, rows, root=root))
     if groups is not None:
         sections.append(groups_section_html(frame, groups[1], column=groups[0], root=root, top=top))
     if top > 0:  # cards to give verdicts on: the review bar under the header, its script at the end
@@ -840,11 +846,15 @@ def render_page(
     )
 
 
-def _card_groups(counts: Sequence[int], top: int) -> list[str]:
-    """The verdicts the page has a section of cards for: both flags always (an empty one says so), and the sample of
-    clean images where there are cards to show (``top`` > 0) and clean images to draw from (``counts`` by category)."""
-    flags = [g for g in THUMB_GROUPS if g != CATEGORIES[CLEAN]]
-    return flags + ([CATEGORIES[CLEAN]] if top > 0 and counts[CLEAN] > 0 else [])
+def card_rows(frame: pd.DataFrame, top: int) -> dict[str, pd.DataFrame]:
+    """The rows of each section of cards, by verdict, in the page's order: the ``top`` likeliest of each flag
+    (`_top_rows`; a flag's section is there, empty, at ``top`` 0 too, to count its images), then a random sample of
+    ``top`` clean images (`clean_sample`) where there are cards to show and clean images to draw from."""
+    cards = {group: _top_rows(frame, group, top) for group in THUMB_GROUPS if group != CATEGORIES[CLEAN]}
+    sample = clean_sample(frame, top) if top > 0 else frame.iloc[:0]
+    if len(sample):
+        cards[CATEGORIES[CLEAN]] = sample
+    return cards
 
 
 def _nav(groups: tuple[str, pd.Series] | None, run_dir: Path | None, cards: Sequence[str]) -> str:
@@ -916,8 +926,8 @@ def review_bar_html(meta: dict[str, str], *, source: str | Path, sheet: str) -> 
         '<label><input type="checkbox" class="hide-decided"> hide reviewed</label>'
         '<div class="note">Give your verdict in the menu of each card you check (kept in this browser), or with a '
         "key on its picture (Tab or click to it): <kbd>k</kbd> keep the label, <kbd>s</kbd> / <kbd>p</kbd> relabel "
-        "to the suggested / predicted label, <kbd>d</kbd> drop, <kbd>u</kbd> undo; the next card then has the "
-        "focus. Download the sheet, then, with the path your browser saved it to: "
+        "to the suggested / predicted label, <kbd>d</kbd> drop (each then moving on to the next card), <kbd>u</kbd> "
+        "undo. Download the sheet, then, with the path your browser saved it to: "
         f"<code>{_t(command)}</code>. The sheet overrules the report on the images it lists, whatever apply's "
         "options say; the others keep the audit's verdicts.</div>"
         "</div>"
@@ -1032,43 +1042,55 @@ THUMB_GROUPS = {
 
 
 def _top_rows(frame: pd.DataFrame, group: str, top: int) -> pd.DataFrame:
-    """The ``top`` rows of verdict ``group`` the page shows as thumbnails: for a flag, the likeliest to be of it, by
-    its own posterior (ties by rank); of the clean images, a random sample (`clean_sample`).
+    """The ``top`` rows of flag ``group`` the page shows as thumbnails: the likeliest to be of it, by its own
+    posterior (ties by rank).
 
     Not by rank, which orders by ``p_clean``: within a verdict that is ``1e-20`` against ``1e-30``, and put the
     low-quality images most like wrong labels on good ones first (docs/decisions.md, "Fortieth round": the first 12
     of a section truly low quality 0.60 by rank, 0.97 by ``p_mislabeled_lq``)."""
-    if group == CATEGORIES[CLEAN]:
-        return clean_sample(frame, top)
     rows = frame[frame["category"] == group]
     return rows.sort_values([f"p_{group}", "rank"], ascending=[False, True]).head(top)
 
 
 def clean_sample(frame: pd.DataFrame, n: int) -> pd.DataFrame:
-    """``n`` of the report's rows called clean, picked at random, for a reviewer to estimate what the audit missed.
+    """A random sample of the report's rows called clean, for a reviewer to estimate what the audit missed.
 
-    The draw is by a hash of each ``sample_id``: the same images whatever order the report lists them in and however
-    often the page is written (a reviewer's verdicts stay on their cards), a larger ``n`` keeping a smaller one's, and
-    nothing to do with the scores, so that the share of wrong labels among them estimates the share among all the
-    images called clean (the ``likeliest first`` order of the flags' sections would not)."""
+    Parameters
+    ----------
+    frame
+        A report: ``sample_id`` and ``category`` columns at least.
+    n
+        How many rows to draw, 0 or more (all of them where there are fewer).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``min(n, clean)`` rows of ``frame``, in the order drawn. The draw is by the smallest BLAKE2b digests of the
+        ids (as text): the same rows whatever order the report lists them in and however often the page is written
+        (a reviewer's verdicts stay on their cards), a larger ``n`` keeping a smaller one's, and nothing to do with
+        the scores, so that the share of wrong labels among them estimates the share among all the images called
+        clean (the ``likeliest first`` order of the flags' sections would not).
+    """
     rows = frame[frame["category"] == CATEGORIES[CLEAN]]
     # A documented digest, not pandas' own hash: the sample must not change with a library's version.
-    digest = (hashlib.blake2b(str(sid).encode(), digest_size=8).digest() for sid in rows["sample_id"])
-    draw = np.fromiter((int.from_bytes(d, "big") for d in digest), dtype=np.uint64, count=len(rows))
+    ids = rows["sample_id"].astype(str).tolist()  # plain str: iterating an Arrow-backed column is three times slower
+    digests = (hashlib.blake2b(sid.encode(), digest_size=8).digest() for sid in ids)
+    draw = np.fromiter((int.from_bytes(d, "big") for d in digests), dtype=np.uint64, count=len(ids))
     return rows.iloc[np.argsort(draw, kind="stable")[:n]]
 
 
-def missing_thumbnails(frame: pd.DataFrame, *, root: Path | None, top: int) -> tuple[int, int, int]:
-    """Of the images the page would show as thumbnails: how many are not files (under ``root``), how many have
-    paths climbing out of it (`_resolve_image`), and how many there are."""
-    paths = [str(p) for g in THUMB_GROUPS for p in _top_rows(frame, g, top)["path"]]
+def missing_thumbnails(cards: dict[str, pd.DataFrame], *, root: Path | None) -> tuple[int, int, int]:
+    """Of the images the page shows as thumbnails (`card_rows`): how many are not files (under ``root``), how many
+    have paths climbing out of it (`_resolve_image`), and how many there are."""
+    paths = [str(p) for rows in cards.values() for p in rows["path"]]
     files = [_resolve_image(p, root) for p in paths]
     outside = sum(file is None for file in files)
     return sum(file is not None and not file.is_file() for file in files), outside, len(paths)
 
 
-def _thumbs_section(frame: pd.DataFrame, group: str, blurb: str, *, root: Path | None, top: int) -> str:
-    rows = _top_rows(frame, group, top)
+def _thumbs_section(frame: pd.DataFrame, group: str, rows: pd.DataFrame, *, root: Path | None) -> str:
+    """The section of verdict ``group``'s cards, ``rows`` (`card_rows`) of the report ``frame``."""
+    blurb = THUMB_GROUPS[group]
     total = int((frame["category"] == group).sum())
     code = CATEGORIES.index(group)
     # The page shows the likeliest few; where the others are, so that a curator goes on from there.

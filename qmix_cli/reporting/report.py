@@ -376,22 +376,23 @@ def holds_images(path: str | Path, sample_ids: Sequence[str] | pd.Series) -> boo
 
 
 def report_format(path: str | Path) -> str:
-    """The format of the report file at ``path``: its suffix's when it is one of ours, else what its first bytes
-    say (Parquet's ``PAR1`` magic, a JSON object, else CSV). `qmix audit --out report.txt --format csv` writes a
-    report a name cannot tell the format of; the readers still take it back. A file that cannot be opened is taken
-    for CSV, for the reader to say it is missing or unreadable.
+    """The format of the report file at ``path``: Parquet where its first bytes are Parquet's ``PAR1`` magic
+    (whatever its name: a Parquet report renamed ``.csv`` was read as text and refused as "not UTF-8"), else its
+    suffix's when it is one of ours, else what its first bytes say (a JSON object, else CSV). `qmix audit --out
+    report.txt --format csv` writes a report a name cannot tell the format of; the readers still take it back. A
+    file that cannot be opened is taken for CSV, for the reader to say it is missing or unreadable.
 
     Returns
     -------
     str
         One of :data:`FORMATS`.
     """
-    named = _SUFFIX_FORMATS.get(Path(path).suffix.lower())
-    if named is not None:
-        return named
     head = leading_bytes(path, 64)  # empty where unreadable: CSV, for its reader to say why
     if head.startswith(PARQUET_MAGIC):
         return "parquet"
+    named = _SUFFIX_FORMATS.get(Path(path).suffix.lower())
+    if named is not None:
+        return named
     return "jsonl" if head.lstrip()[:1] == b"{" else "csv"
 
 

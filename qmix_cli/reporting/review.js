@@ -51,7 +51,7 @@
   function keyChoice(key, card) {
     const relabel = (label) => (label && label !== card.given ? "hq:" + label : null);
     const choice = { k: "clean", d: "lq", s: relabel(card.suggested), p: relabel(card.predicted), u: "" };
-    return key in choice ? choice[key] : null;
+    return Object.hasOwn(choice, key) ? choice[key] : null;
   }
 
   function csvField(text) {
@@ -106,17 +106,22 @@
     const judged = entries.filter((entry) => entry.sampled && !entry.bulk);
     const n = judged.length;
     if (n < size) {
-      return "; clean sample: " + n + " of " + size + " decided (decide every one, k keeping a right label, to " +
-        "estimate what the audit missed)";
+      return (
+        "; clean sample: " + n + " of " + size + " decided (decide every one, k keeping a right label, to " +
+        "estimate what the audit missed)"
+      );
     }
     const k = judged.filter((entry) => entry.value !== "clean").length;
-    if (n >= total) return "; of the " + grouped(total) + " images called clean, you overruled " + grouped(k);
+    const called = " image" + (total === 1 ? "" : "s") + " called clean";
+    if (n >= total) return "; of the " + grouped(total) + called + ", you overruled " + grouped(k);
     const [low, high] = wilson(k, n);
     // The images looked at are known: at least the k overruled are not clean, and the n - k confirmed are.
     const least = Math.max(k, Math.round(low * total));
     const most = Math.min(total - (n - k), Math.round(high * total));
-    const of = " of the " + grouped(total) + " images called clean are wrong or too poor by your verdicts";
-    if (!k) return "; of the clean sample, none of " + n + " overruled: at most about " + grouped(most) + of + " (95 %)";
+    const of = " of the " + grouped(total) + called + " are wrong or too poor by your verdicts";
+    if (!k) {
+      return "; of the clean sample, none of " + n + " overruled: at most about " + grouped(most) + of + " (95 %)";
+    }
     return (
       "; of the clean sample, " + k + " of " + n + " overruled: about " + grouped(Math.round((k / n) * total)) + of +
       " (95 % interval " + grouped(least) + " to " + grouped(most) + ")"
@@ -207,7 +212,8 @@
         figure.classList.toggle("overruled", value !== "" && value !== flaggedValue(info));
         figure.hidden = (only !== "" && info.given !== only) || (hide && value !== "");
       }
-      bar.querySelector(".count").textContent = data.started + countText(current(), { total: cleanTotal, size: sampled.size });
+      const drawn = { total: cleanTotal, size: sampled.size };
+      bar.querySelector(".count").textContent = data.started + countText(current(), drawn);
       bar.querySelector(".download").disabled = Object.keys(decisions).length === 0;
     }
 
@@ -248,7 +254,8 @@
       menus.push({ figure, menu, info });
       // Keys on the card's picture (focused by Tab or a click): decide, then go on to the next card shown.
       figure.addEventListener("keydown", (event) => {
-        if (event.target === menu || event.altKey || event.ctrlKey || event.metaKey) return; // the menu's own keys
+        // The menu's own keys (type-ahead), a shortcut of the browser's, and a held key: one key, one card.
+        if (event.target === menu || event.altKey || event.ctrlKey || event.metaKey || event.repeat) return;
         const value = keyChoice(event.key.toLowerCase(), info);
         if (value === null) return;
         event.preventDefault();
@@ -258,7 +265,9 @@
         if (value === "") return;
         const after = menus.slice(menus.findIndex((entry) => entry.figure === figure) + 1);
         const next = after.find((entry) => !entry.figure.hidden);
+        // The last card shown decided: the download is what is left (the focus is not lost to the page).
         if (next) next.figure.querySelector("img, .placeholder").focus();
+        else bar.querySelector(".download").focus();
       });
     }
 

@@ -106,7 +106,12 @@ def overrule(report: pd.DataFrame, review: pd.DataFrame) -> Reviewed:
         unknown = review["sample_id"][where < 0].tolist()
         raise QmixError(
             summarise_offenders("review rows of images the report does not have", unknown)
-            + zeros_lost(unknown, rep.index, whose="the report's", file="the sheet")
+            + (
+                zeros_lost(unknown, rep.index, whose="the report's", file="the sheet")
+                or zeros_lost(
+                    rep.index.difference(review["sample_id"]), unknown, whose="the sheet's", file="the report"
+                )
+            )
         )
     given = rep["given_label"].astype(str).to_numpy()[where]
     if "given_label" in review.columns:  # checked where written: a sheet made by hand may leave it blank

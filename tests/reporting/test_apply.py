@@ -120,6 +120,11 @@ def test_report_ids_a_spreadsheet_shortened_are_said_to_be_so() -> None:
         "; 6 ids of the report are the dataset's without leading zeros (0 is 000): a spreadsheet drops them; edit the "
         "report as text, or import its sample_id column as text"
     )
+    # The other way round: the manifest is the file a spreadsheet shortened.
+    with pytest.raises(QmixError, match=r"; 1 id of the manifest is the report's without leading zeros \(5 is 005\)"):
+        apply_verdicts(
+            padded.assign(sample_id=[*padded["sample_id"][:5], "5"]), report().assign(sample_id=padded["sample_id"])
+        )
 
 
 def test_a_report_frame_lacking_columns_is_refused_by_name() -> None:

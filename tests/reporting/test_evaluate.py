@@ -208,10 +208,18 @@ def test_a_truth_of_part_of_the_images_is_scored_on_those_when_asked() -> None:
     padded = report.assign(sample_id=[f"{i:03d}" for i in range(10)])
     saved = truth.assign(sample_id=[str(int(i[1:])) for i in truth["sample_id"]])
     with pytest.raises(QmixError, match=r"^the report and the truth share no image \(sample_id\); 10 ids of the truth "
-                       r"are the report's without leading zeros \(9 is 009\): a spreadsheet drops them"):  # fmt: skip
+                       r"are the report's without leading zeros \(0 is 000\): a spreadsheet drops them"):  # fmt: skip
         evaluate_report(report=padded, truth=saved)
-    with pytest.raises(QmixError, match=r"1 truth row missing from the report: 5; 1 id of the truth is the report's "):
-        evaluate_report(report=padded, truth=saved.assign(sample_id=[f"{i:03d}" if i != 5 else "5" for i in range(10)]))
+    one = saved.assign(sample_id=[f"{i:03d}" if i != 5 else "5" for i in range(10)])
+    said = r"do not cover the same images; 1 id of the truth is the report's without leading zeros \(5 is 005\)"
+    for skip in ({}, {"on_missing": "skip", "on_unchecked": "skip"}):  # skipping would score 9 of 10 without a word
+        with pytest.raises(QmixError, match=said):
+            evaluate_report(report=padded, truth=one, **skip)
+    # The other way round: the report is the file a spreadsheet shortened.
+    shortened = padded.assign(sample_id=[i if i != "005" else "5" for i in padded["sample_id"]])
+    full = truth.assign(sample_id=[f"{int(i[1:]):03d}" for i in truth["sample_id"]])
+    with pytest.raises(QmixError, match=r"1 id of the report is the truth's without leading zeros \(5 is 005\)"):
+        evaluate_report(report=shortened, truth=full)
     for empty_report, empty_truth, what in ((True, False, "report"), (False, True, "truth")):
         with pytest.raises(QmixError, match=f"^the {what} is empty: nothing to evaluate$"):
             evaluate_report(

@@ -353,12 +353,21 @@ def test_a_clean_card_of_a_rare_class_asks_nothing_of_the_reviewer(tmp_path, wri
 
 
 def test_a_random_sample_of_ids_holds_about_its_share_of_any_subset():
-    # What the estimate of missed labels rests on: the draw is blind to what the ids say (here, which are wrong).
+    # What the estimate of missed labels rests on: the draw is blind to what the ids say. Here the wrong labels are a
+    # block of consecutive files (one batch labelled badly), which the report's first or last rows, or any draw
+    # that kept the ids' order, would miss entirely or hold only.
     ids = [f"img_{i:05d}.png" for i in range(20000)]
     frame = pd.DataFrame({"sample_id": ids, "category": "clean"})
-    wrong = set(ids[::10])  # a tenth of them, every tenth file: an ordering a naive draw would bias
+    wrong = set(ids[8000:10000])  # a tenth of them
     picked = clean_sample(frame, 2000)["sample_id"]
     assert 0.08 < picked.isin(wrong).mean() < 0.12
+    assert frame["sample_id"].head(2000).isin(wrong).mean() == 0  # what a draw in the report's order would find
+
+
+def test_the_clean_sample_is_the_same_images_from_one_release_to_the_next():
+    # A reviewer's verdicts stay on the cards of a page written again, by a newer qmix too: the draw is pinned.
+    frame = pd.DataFrame({"sample_id": ["a", "b", "c", "d", "007", "7", 42], "category": "clean"})
+    assert clean_sample(frame, 7)["sample_id"].tolist() == ["c", "a", "007", 42, "b", "d", "7"]
 
 
 def test_text_is_escaped(report, tmp_path):

@@ -659,6 +659,9 @@ def test_a_report_under_a_name_that_does_not_say_its_format_is_read_back(
         pd.testing.assert_frame_equal(got, expected)
         assert got.attrs == expected.attrs  # the qmix.* metadata of a Parquet report; none for text
         assert read_report_metadata(tmp_path / name) == read_report_metadata(named)
+    if fmt == "parquet":  # renamed as text: still read as what it is, not refused as text that is not UTF-8
+        (tmp_path / "findings").rename(tmp_path / "renamed.csv")
+        pd.testing.assert_frame_equal(read_report(tmp_path / "renamed.csv"), expected)
 
 
 def test_a_table_audit_wrote_is_told_from_other_files_by_its_content(tmp_path, report):

@@ -114,6 +114,10 @@ def test_ids_a_spreadsheet_stripped_of_leading_zeros_are_said_to_be_so(tmp_path:
         "1 review row of images the report does not have: 7; 1 id of the sheet is the report's without leading zeros "
         "(7 is 007): a spreadsheet drops them; edit the sheet as text, or import its sample_id column as text"
     )
+    # The other way round: the report is the file a spreadsheet shortened (an edited copy), the sheet the page's.
+    shortened = report().assign(sample_id=[i if i != "007" else "7" for i in IDS])
+    with pytest.raises(QmixError, match=r"1 id of the report is the sheet's without leading zeros \(7 is 007\)"):
+        overrule(shortened, sheet(sample_id=["007"], category=[C]))
     # An id the report lacks for another reason is refused without the hint.
     with pytest.raises(QmixError) as caught:
         overrule(report(), sheet(sample_id=["8", "plain"], category=[C, C]))
