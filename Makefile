@@ -7,6 +7,10 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test lint format bench clean
 
+# jsdom, for the tests that drive the review on `qmix show`'s page in a DOM (tests/reporting/test_review_page.py).
+# Best effort: without node and npm, or offline, those tests are skipped and the rest run.
+JSDOM  := $(VENV)/jsdom/node_modules/jsdom/package.json
+
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
@@ -16,7 +20,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/qmix demo
 
-test: $(STAMP)
+$(JSDOM):
+	-command -v npm >/dev/null && timeout 300 npm install -s --no-audit --no-fund --fetch-retries=1 \
+		--prefix $(VENV)/jsdom jsdom@24
+
+test: $(STAMP) $(JSDOM)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
