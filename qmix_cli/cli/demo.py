@@ -77,7 +77,7 @@ def demo_command(
         "corrupted dataset": f"{data}/ (manifest.parquet, noise.json, images/)",
         "training run": f"{run}/ (config.yaml, metrics.jsonl, model.pt, checkpoints/)",
         "report": str(report),
-        "HTML page": str(html),
+        "HTML page": f"{html} (open it to review the verdicts; its review sheet goes to qmix apply --review)",
         "new manifest": f"{fixed['out']} ({fixed['kept']:,} of {fixed['images']:,} images, "
         f"{fixed['relabelled']:,} relabelled)",
         # Few wrong labels are left: plain cross-entropy trains the better classifier (benchmarks/APPLY.md).
