@@ -51,7 +51,7 @@
   function keyChoice(key, card) {
     const relabel = (label) => (label && label !== card.given ? "hq:" + label : null);
     const choice = { k: "clean", d: "lq", s: relabel(card.suggested), p: relabel(card.predicted), u: "" };
-    return Object.hasOwn(choice, key) ? choice[key] : null;
+    return Object.prototype.hasOwnProperty.call(choice, key) ? choice[key] : null; // not Object.hasOwn: older browsers
   }
 
   function csvField(text) {
