@@ -730,6 +730,7 @@ def show(
     force: bool = False,
     group_column: str | None = None,
     review: str | Path | pd.DataFrame | None = None,
+    sample: int | None = None,
     console: Console | None = None,
     quiet: bool = False,
 ) -> Path:
@@ -761,6 +762,9 @@ def show(
     review
         A review sheet (as `apply` takes it: the CSV the page downloads, or a DataFrame) whose verdicts the page's
         review starts with, a colleague's or one's own from another browser (default: none).
+    sample
+        How many images called clean the random sample shows, 0 or more (default: ``top``): a larger one narrows
+        the review's estimate of what the audit missed without more cards of each kind of issue.
     console
         A `rich.console.Console` on which thumbnails whose images are not found are said; with None (default) a
         `UserWarning` says it.
@@ -795,6 +799,7 @@ def show(
             force=force,
             group_column=group_column,
             review=review,
+            sample=sample,
         )
 
 

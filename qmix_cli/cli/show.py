@@ -41,6 +41,14 @@ def show_command(
             "clean (to see what the audit missed); also patients (groups) shown by an audit by group.",
         ),
     ] = 12,
+    sample: Annotated[
+        int | None,
+        typer.Option(
+            help="Images called clean shown at random, to review and estimate what the audit missed (more narrow the "
+            "estimate without more cards of each issue).",
+            show_default="--top",
+        ),
+    ] = None,
     group_column: Annotated[
         str | None,
         typer.Option(
@@ -67,8 +75,8 @@ def show_command(
 
     st = state(ctx)
     path = show(
-        report, out=out, run=run, data=data, top=top, force=force, group_column=group_column, review=review,
-        console=st.err, quiet=st.quiet,
+        report, out=out, run=run, data=data, top=top, sample=sample, force=force, group_column=group_column,
+        review=review, console=st.err, quiet=st.quiet,
     )  # fmt: skip
     st.err.print(f"wrote {bold(path)}", highlight=False, soft_wrap=True)
 

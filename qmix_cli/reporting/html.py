@@ -568,6 +568,7 @@ def write_html_report(
     force: bool = False,
     group_column: str | None = None,
     review: str | Path | pd.DataFrame | None = None,
+    sample: int | None = None,
 ) -> Path:
     """Write one self-contained HTML page for a report (atomically) and return its path.
 
@@ -600,15 +601,20 @@ def write_html_report(
     review
         A review sheet (`qmix_cli.reporting.review`) whose verdicts the page's review starts with: a colleague's, or
         one's own from another browser. The cards still show the audit's verdicts.
+    sample
+        How many of the images called clean the random sample shows (default: ``top``): a larger sample narrows the
+        review's estimate of what the audit missed without more cards of each flag.
 
     Raises
     ------
     QmixError
         The report is missing or unreadable, or ``run``/``data`` does not exist; ``review`` does not fit the report
-        (`qmix_cli.reporting.review.overrule`), or is given with ``top`` 0 (no cards to start it on).
+        (`qmix_cli.reporting.review.overrule`), or is given with no cards to start it on (``top`` and ``sample`` 0).
     """
     if top < 0:
         raise QmixError(f"--top must be 0 or more (got {top})")
+    if sample is not None and sample < 0:
+        raise QmixError(f"--sample must be 0 or more (got {sample})")
     if max_points < 0:
         raise QmixError("max_points must be >= 0")
     if is_stream(out):
@@ -643,7 +649,7 @@ def write_html_report(
     if any(Path(name).suffix.lower() not in PAGE_SUFFIXES for name in (given, out)):  # a link's target too
         raise QmixError(f"--out {given}: the page is HTML; name it .html (e.g. --out report.html)")
     check_replaceable(given, ours=written_by_show, force=force, option="--out", what="a page qmix show wrote")
-    cards = card_rows(frame, top)  # drawn once: the warnings below and the page are of the same cards
+    cards = card_rows(frame, top, sample=sample)  # drawn once: the warnings below and the page are of the same cards
     missing, outside, shown = missing_thumbnails(cards, root=root)
     if missing and warn is not None:
         where = f"under {root}" if root is not None else "from the current directory"
@@ -660,8 +666,10 @@ def write_html_report(
     verdicts: dict[str, dict[str, str]] = {}
     started = ""
     if review is not None:
-        if top == 0:
-            raise QmixError("--review starts the review on the page's cards, and --top 0 shows none; give --top N")
+        if not any(len(rows) for rows in cards.values()):
+            raise QmixError(
+                "--review starts the review on the page's cards, and --top 0 shows none (nor --sample 0); give --top N"
+            )
         verdicts = page_verdicts(frame, review if isinstance(review, pd.DataFrame) else read_review(review))
         started = "a DataFrame" if isinstance(review, pd.DataFrame) else Path(review).name
     page = render_page(
@@ -824,7 +832,7 @@ def render_page(
         sections.append(_thumbs_section(frame, group, rows, root=root))
     if groups is not None:
         sections.append(groups_section_html(frame, groups[1], column=groups[0], root=root, top=top))
-    if top > 0:  # cards to give verdicts on: the review bar under the header, its script at the end
+    if any(len(rows) for rows in cards.values()):  # cards to give verdicts on: the review bar, its script at the end
         sheet = review_sheet_name(source)
         sections.insert(1, review_bar_html(meta, source=source, sheet=sheet))
         # Any label a card can be relabelled to: the run's classes and the dataset's labels, as apply takes them.
@@ -846,14 +854,14 @@ def render_page(
     )
 
 
-def card_rows(frame: pd.DataFrame, top: int) -> dict[str, pd.DataFrame]:
+def card_rows(frame: pd.DataFrame, top: int, *, sample: int | None = None) -> dict[str, pd.DataFrame]:
     """The rows of each section of cards, by verdict, in the page's order: the ``top`` likeliest of each flag
     (`_top_rows`; a flag's section is there, empty, at ``top`` 0 too, to count its images), then a random sample of
-    ``top`` clean images (`clean_sample`) where there are cards to show and clean images to draw from."""
+    ``sample`` clean images (`clean_sample`; ``top`` when None) where it asks for any and there are some."""
     cards = {group: _top_rows(frame, group, top) for group in THUMB_GROUPS if group != CATEGORIES[CLEAN]}
-    sample = clean_sample(frame, top) if top > 0 else frame.iloc[:0]
-    if len(sample):
-        cards[CATEGORIES[CLEAN]] = sample
+    drawn = clean_sample(frame, top if sample is None else sample)
+    if len(drawn):
+        cards[CATEGORIES[CLEAN]] = drawn
     return cards
 
 

@@ -23,6 +23,9 @@ def test_show_writes_the_page(runner, tmp_path, write_image):
     assert page.startswith("<!DOCTYPE html>")
     assert page.count("<circle") == len(rows)
     assert page.count('<figure class="thumb"') == 6  # 2 per issue group, 2 of the clean images
+    result = runner.invoke(app, [*args, "--sample", "5"])
+    assert result.exit_code == 0, result.output
+    assert out.read_text(encoding="utf-8").count('<figure class="thumb"') == 9  # the sample's size is its own
     assert page.count('<svg class="curve"') == 2
 
 

@@ -352,6 +352,20 @@ def test_a_clean_card_of_a_rare_class_asks_nothing_of_the_reviewer(tmp_path, wri
     assert len(owls) == 2 and not any("data-rare" in card or "a class of 2 images" in card for card in owls)
 
 
+def test_the_clean_sample_has_a_size_of_its_own(report, tmp_path):
+    # A narrower estimate of what the audit missed without more cards of each flag.
+    path, data, rows = report
+    page = _shown(write_html_report(path, out=tmp_path / "r.html", data=data, top=2, sample=6))
+    assert _section(page, "mislabeled_hq").count('<figure class="thumb"') == 2
+    assert _section(page, "clean").count('<figure class="thumb"') == 6
+    shown = [html_unescape(m) for m in re.findall(r'<span class="sid">(.*?)</span>', _section(page, "clean"))]
+    assert shown == clean_sample(rows, 6)["sample_id"].tolist()
+    none = _shown(write_html_report(path, out=tmp_path / "n.html", data=data, sample=0))
+    assert '<h2 id="clean">' not in none and 'id="review"' in none  # the flags' cards are still reviewed
+    with pytest.raises(QmixError, match=r"--sample must be 0 or more \(got -1\)"):
+        write_html_report(path, out=tmp_path / "x.html", data=data, sample=-1)
+
+
 def test_a_random_sample_of_ids_holds_about_its_share_of_any_subset():
     # What the estimate of missed labels rests on: the draw is blind to what the ids say. Here the wrong labels are a
     # block of consecutive files (one batch labelled badly), which the report's first or last rows, or any draw
@@ -818,6 +832,9 @@ def test_a_review_sheet_given_to_the_page_is_where_its_review_starts(report, tmp
         write_html_report(path, out=tmp_path / "c.html", data=data, review=sheet.assign(sample_id="nope"))
     with pytest.raises(QmixError, match="--top 0 shows none"):
         write_html_report(path, out=tmp_path / "c.html", data=data, review=sheet, top=0)
+    # Cards of the clean sample alone are cards to review.
+    alone = write_html_report(path, out=tmp_path / "g.html", data=data, review=sheet, top=0, sample=2).read_text()
+    assert 'id="review"' in alone and alone.count('<figure class="thumb"') == 2
 
 
 @pytest.mark.parametrize(
