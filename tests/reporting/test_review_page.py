@@ -233,3 +233,75 @@ def test_hiding_the_reviewed_and_filtering_by_class_hide_the_cards(page) -> None
     got = out["result"]
     assert got["hidden"] == [got["first"]]
     assert got["shown"] and set(got["shown"]) == {"cat"}
+
+
+def test_a_sections_button_passes_over_rare_classes_and_cards_the_filter_hides(tmp_path, write_image) -> None:
+    report, data, _ = make_report(tmp_path, write_image, n=30)
+    frame = pd.read_parquet(report)
+    owls = frame.index[frame["category"] == "mislabeled_lq"][:2]
+    frame.loc[owls, "given_label"] = "owl"  # a class of two images: the audit's verdict says little
+    frame.to_parquet(tmp_path / "owls.parquet")
+    html = write_html_report(tmp_path / "owls.parquet", out=tmp_path / "page.html", data=data, top=100)
+    click = """
+        const section = cards('.thumbs[data-verdict="mislabeled_lq"]');
+        const only = bar.querySelector(".only-class");
+        only.value = FILTER; only.dispatchEvent(new w.Event("change"));
+        const button = [...d.querySelectorAll("button")].find((b) => (b.getAttribute("aria-label") || "")
+          .includes("mislabeled_lq"));
+        button.click();
+        return { label: button.textContent,
+                 decided: section.map((f) => [field(f, "given"), f.querySelector("select").value]) };
+    """
+    every = drive(html, click.replace("FILTER", '""'))["result"]
+    assert every["label"] == "Agree with the remaining cards above (not those of rare classes)"
+    assert all(value == ("" if given == "owl" else "lq") for given, value in every["decided"])
+    chosen = next(given for given, _ in every["decided"] if given != "owl")
+    filtered = drive(html, click.replace("FILTER", json.dumps(chosen)))["result"]
+    assert all(value == ("lq" if given == chosen else "") for given, value in filtered["decided"])
+    assert any(given not in (chosen, "owl") for given, _ in filtered["decided"])  # a class the filter hid
+
+
+def test_a_menu_lists_every_class_while_it_has_the_focus(page) -> None:
+    # A page of a thousand classes would be slow with every menu full: the likeliest choices, and all once opened.
+    html, *_ = page
+    out = drive(
+        html,
+        """
+        const card = cards()[0], menu = card.querySelector("select");
+        const options = () => [...menu.options].map((o) => o.value);
+        const before = options();
+        menu.dispatchEvent(new w.Event("focus"));
+        const open = options();
+        menu.dispatchEvent(new w.Event("blur"));
+        const classes = JSON.parse(d.getElementById("qmix-review-data").textContent).classes;
+        return { before, open, after: options(), classes, given: field(card, "given") };
+        """,
+    )
+    got = out["result"]
+    relabels = [value[3:] for value in got["open"] if value.startswith("hq:")]
+    assert sorted(relabels) == sorted(set(got["classes"]) - {got["given"]})  # each class once, never its own
+    assert len(got["before"]) < len(got["open"]) and got["after"] == got["before"]
+
+
+def test_verdicts_on_cards_a_smaller_page_does_not_show_are_kept_and_downloaded(page, tmp_path) -> None:
+    html, report, data, _ = page
+    every = drive(
+        html,
+        """
+        cards().forEach((f) => choose(f.querySelector("select"), "lq"));
+        return cards().length;
+        """,
+    )
+    small = write_html_report(report, out=tmp_path / "small.html", data=data, top=2, sample=2)
+    out = drive(
+        small,
+        """
+        bar.querySelector(".download").click();
+        return { count: count(), cards: cards().length };
+        """,
+        storage=every["stored"],
+    )
+    n, shown = every["result"], out["result"]["cards"]
+    assert out["result"]["count"].startswith(f"{n} reviewed, ")
+    assert f"({n - shown} of them on images this page does not show)" in out["result"]["count"]
+    assert out["sheet"].count("\r\n") == n + 1  # the header and every verdict, shown here or not
