@@ -502,7 +502,8 @@ def _review_attributes(row: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------------- page
 
 # A picture enlarged on hover or focus grows up and to the right (transform-origin), over the cards before it and not
-# over its own caption: a reviewer deciding by key reads the labels under the enlarged picture.
+# over its own caption: a reviewer deciding by key reads the labels under the enlarged picture. A picture the keys
+# focus is scrolled to below the sticky review bar with room to grow (scroll-margin-top: the bar and 128 px).
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#222;background:#f6f6f4}
 main{max-width:1180px;margin:0 auto;padding:20px 28px 48px}
@@ -529,6 +530,7 @@ background:#000}.thumb img.px{image-rendering:pixelated}
 .placeholder{background:repeating-linear-gradient(45deg,#eee,#eee 8px,#ddd 8px,#ddd 16px);color:#444;
 display:flex;align-items:center;justify-content:center}
 .thumb img{position:relative;transition:transform .1s;transform-origin:left bottom}
+.thumb img,.thumb .placeholder{scroll-margin-top:240px}
 .thumb img:hover,.thumb img:focus{transform:scale(2);z-index:2;outline:2px solid #222}
 .sid,.path{font-family:ui-monospace,Menlo,Consolas,monospace;word-break:break-all}.path{color:#555;font-size:11px}
 .rank{color:#595959}.sr{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0)}
