@@ -23,7 +23,8 @@ from tests.reporting.test_html import make_report
 NODE = shutil.which("node")
 MODULES = Path(os.environ.get("QMIX_JSDOM", Path(__file__).parents[2] / ".venv" / "jsdom" / "node_modules"))
 pytestmark = pytest.mark.skipif(
-    NODE is None or not (MODULES / "jsdom").is_dir(), reason="needs node and jsdom (make test installs it)"
+    NODE is None or not (MODULES / "jsdom" / "package.json").is_file(),
+    reason="needs node and jsdom (make test installs it)",
 )
 
 # Loads the page with its scripts, gives the body below `w` (window), `d` (document), `bar`, `press(element, key,
