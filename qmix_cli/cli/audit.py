@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.text import Text
 
 from qmix_cli.cli.common import CACHE_DEFAULT, guarded, load_engine, state
+from qmix_cli.progress import plain
 
 
 @guarded
@@ -94,7 +94,7 @@ def audit_command(
             else f" --run {shlex.quote(str(run))} --data {shlex.quote(str(data))}"
         )
         look = f"qmix show {shlex.quote(str(out))}{where}"
-        st.err.print(Text(f"next: {command}  (relabel mislabeled_hq, drop mislabeled_lq; review them first: {look})"))
+        st.err.print(plain(f"next: {command}  (relabel mislabeled_hq, drop mislabeled_lq; review them first: {look})"))
 
 
 def fixed_manifest_name(data: str | Path) -> str:

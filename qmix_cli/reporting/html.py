@@ -668,7 +668,7 @@ def write_html_report(
     verdicts: dict[str, dict[str, str]] = {}
     started = ""
     if review is not None:
-        if not any(len(rows) for rows in cards.values()):
+        if not _has_cards(cards):
             raise QmixError(
                 "--review starts the review on the page's cards, and --top 0 shows none (nor --sample 0); give --top N"
             )
@@ -830,11 +830,12 @@ def render_page(
         '<p class="note">Images per given label and category; "issues" is the share not judged clean.</p>'
         + class_table_html(frame["given_label"].astype(str).tolist(), cats.tolist(), class_names),
     ]
+    rare = small_classes(frame["given_label"].astype(str).to_numpy())  # once: a count over every row
     for group, rows in cards.items():
-        sections.append(_thumbs_section(frame, group, rows, root=root))
+        sections.append(_thumbs_section(frame, group, rows, root=root, rare=rare))
     if groups is not None:
-        sections.append(groups_section_html(frame, groups[1], column=groups[0], root=root, top=top))
-    if any(len(rows) for rows in cards.values()):  # cards to give verdicts on: the review bar, its script at the end
+        sections.append(groups_section_html(frame, groups[1], column=groups[0], root=root, top=top, rare=rare))
+    if _has_cards(cards):  # cards to give verdicts on: the review bar under the header, its script at the end
         sheet = review_sheet_name(source)
         sections.insert(1, review_bar_html(meta, source=source, sheet=sheet))
         # Any label a card can be relabelled to: the run's classes and the dataset's labels, as apply takes them.
@@ -865,6 +866,11 @@ def card_rows(frame: pd.DataFrame, top: int, *, sample: int | None = None) -> di
     if len(drawn):
         cards[CATEGORIES[CLEAN]] = drawn
     return cards
+
+
+def _has_cards(cards: dict[str, pd.DataFrame]) -> bool:
+    """Whether the page shows any card (`card_rows`): what a review needs."""
+    return any(len(rows) for rows in cards.values())
 
 
 def _nav(groups: tuple[str, pd.Series] | None, run_dir: Path | None, cards: Sequence[str]) -> str:
@@ -960,9 +966,9 @@ def review_script_html(
     The key is of the images and their given labels (and the starting sheet), not of the audit: a person's verdict is
     on an image and its label, which a new audit, a copy of the report or a page written with another ``--top``
     leaves as they were, and which a relabelled dataset does not (its verdicts would be stale)."""
-    rows = pd.util.hash_pandas_object(frame[["sample_id", "given_label"]].astype(str), index=False)
+    pairs = (frame["sample_id"].astype(str) + "\x00" + frame["given_label"].astype(str)).tolist()
     # Sorted: a report written in another order (`audit --sort rank`) is of the same images.
-    identity = [hashlib.sha256(np.sort(rows.to_numpy()).tobytes()).hexdigest(), verdicts]
+    identity = [hashlib.sha256(np.sort(id_digests(pairs)).tobytes()).hexdigest(), verdicts]
     data = {
         "classes": [str(c) for c in labels],
         "sheet": sheet,
@@ -1062,6 +1068,14 @@ def _top_rows(frame: pd.DataFrame, group: str, top: int) -> pd.DataFrame:
     return rows.sort_values([f"p_{group}", "rank"], ascending=[False, True]).head(top)
 
 
+def id_digests(values: Sequence[str]) -> np.ndarray:
+    """``(N,)`` uint64: a BLAKE2b digest of each text in ``values`` (ids, or ids with their labels). Documented and
+    fixed, unlike pandas' own hash, so that what rests on it (the clean sample a page draws, the key a review is kept
+    under in the browser) does not change with a library's version; 0.8 s a million."""
+    digests = (hashlib.blake2b(text.encode(), digest_size=8).digest() for text in values)
+    return np.fromiter((int.from_bytes(d, "big") for d in digests), dtype=np.uint64, count=len(values))
+
+
 def clean_sample(frame: pd.DataFrame, n: int) -> pd.DataFrame:
     """A random sample of the report's rows called clean, for a reviewer to estimate what the audit missed.
 
@@ -1082,10 +1096,7 @@ def clean_sample(frame: pd.DataFrame, n: int) -> pd.DataFrame:
         clean (the ``likeliest first`` order of the flags' sections would not).
     """
     rows = frame[frame["category"] == CATEGORIES[CLEAN]]
-    # A documented digest, not pandas' own hash: the sample must not change with a library's version.
-    ids = rows["sample_id"].astype(str).tolist()  # plain str: iterating an Arrow-backed column is three times slower
-    digests = (hashlib.blake2b(sid.encode(), digest_size=8).digest() for sid in ids)
-    draw = np.fromiter((int.from_bytes(d, "big") for d in digests), dtype=np.uint64, count=len(ids))
+    draw = id_digests(rows["sample_id"].astype(str).tolist())  # plain str: an Arrow-backed column iterates slower
     return rows.iloc[np.argsort(draw, kind="stable")[:n]]
 
 
@@ -1098,14 +1109,18 @@ def missing_thumbnails(cards: dict[str, pd.DataFrame], *, root: Path | None) -> 
     return sum(file is not None and not file.is_file() for file in files), outside, len(paths)
 
 
-def _thumbs_section(frame: pd.DataFrame, group: str, rows: pd.DataFrame, *, root: Path | None) -> str:
-    """The section of verdict ``group``'s cards, ``rows`` (`card_rows`) of the report ``frame``."""
+def _thumbs_section(
+    frame: pd.DataFrame, group: str, rows: pd.DataFrame, *, root: Path | None, rare: dict[str, int]
+) -> str:
+    """The section of verdict ``group``'s cards, ``rows`` (`card_rows`) of the report ``frame``; ``rare``, the
+    report's small classes and their sizes (`small_classes`)."""
     blurb = THUMB_GROUPS[group]
     total = int((frame["category"] == group).sum())
     code = CATEGORIES.index(group)
     # The page shows the likeliest few; where the others are, so that a curator goes on from there.
     sample = group == CATEGORIES[CLEAN]
-    rest = f"; the report lists all {total:,}, qmix show --top N shows more" if total > len(rows) else ""
+    more = "--sample" if sample else "--top"
+    rest = f"; the report lists all {total:,}, qmix show {more} N shows more" if total > len(rows) else ""
     if not len(rows):  # --top 0
         shown = count_of(total, "image")
     elif len(rows) == total:
@@ -1121,7 +1136,6 @@ def _thumbs_section(frame: pd.DataFrame, group: str, rows: pd.DataFrame, *, root
     if rows.empty:
         return heading + ('<p class="note">No images in this group.</p>' if total == 0 else "")
     uris = [_thumbnail(str(path), root) for path in rows["path"]]
-    rare = small_classes(frame["given_label"].astype(str).to_numpy())
     cards = [
         thumbnail_card_html(row, uri, rare=rare.get(str(row["given_label"]), 0))
         for row, uri in zip(rows.to_dict("records"), uris, strict=True)
@@ -1135,7 +1149,14 @@ def _thumbs_section(frame: pd.DataFrame, group: str, rows: pd.DataFrame, *, root
 
 
 def groups_section_html(
-    frame: pd.DataFrame, groups: pd.Series, *, column: str, root: Path | None, top: int, per_group: int = 8
+    frame: pd.DataFrame,
+    groups: pd.Series,
+    *,
+    column: str,
+    root: Path | None,
+    top: int,
+    rare: dict[str, int],
+    per_group: int = 8,
 ) -> str:
     """The ``top`` likeliest wrong labels by group and given label, each with up to ``per_group`` of its images
     (best ranked first); ``groups`` (N,) is each report row's value of ``column``."""
@@ -1151,7 +1172,6 @@ def groups_section_html(
     if table.empty:
         return heading + f'<p class="note">No image has a {_t(column)}.</p>'
     units = units_of_rows(frame, groups=groups)
-    rare = small_classes(frame["given_label"].astype(str).to_numpy())
     parts = [heading]
     for unit in shown.to_dict("records"):
         member = (units["group"] == unit["group"]) & (units["given_label"] == unit["given_label"])
